@@ -1,1 +1,11 @@
-pub fn hello() {}
+//! recoverd turns an alert into a safe, recorded recovery across Kubernetes clusters.
+//!
+//! The flow (DESIGN.md §1): an alert ([`alert`]) is matched ([`matcher`]) to plans ([`plan`]);
+//! the executor ([`executor`]) runs their steps against named clusters ([`cluster`]), rendering
+//! [`template`]s and reading [`fieldpath`]s, and records every step in a run ([`run`]).
+
+pub mod duration;
+pub mod fieldpath;
+pub mod matcher;
+pub mod plan;
+pub mod template;

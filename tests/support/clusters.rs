@@ -32,6 +32,8 @@ pub const TOKEN: &str = "test-token";
 pub struct TestClusters {
     root: tempfile::TempDir,
     clusters: BTreeMap<String, Cluster>,
+    /// The names in the order given; the first is the kubeconfig's current context.
+    order: Vec<String>,
     kubeconfig: PathBuf,
     watchdog: Option<std::process::Child>,
 }
@@ -95,7 +97,11 @@ pub fn free_port_pair() -> u16 {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 impl TestClusters {
@@ -103,9 +109,14 @@ impl TestClusters {
     /// are established. Panics with the apiserver's last log lines when a cluster fails to start.
     pub fn start(names: &[&str]) -> Self {
         let bin = apiserver_binary();
-        let root = tempfile::Builder::new().prefix("recoverd-kt-").tempdir().unwrap();
+        let root = tempfile::Builder::new()
+            .prefix("recoverd-kt-")
+            .tempdir()
+            .unwrap();
         let pki = root.path().join("pki");
-        run(Command::new("bash").arg(kube_scripts().join("mkpki.sh")).arg(&pki));
+        run(Command::new("bash")
+            .arg(kube_scripts().join("mkpki.sh"))
+            .arg(&pki));
 
         let mut clusters = BTreeMap::new();
         let watchdog = spawn_watchdog(root.path(), names);
@@ -124,7 +135,14 @@ impl TestClusters {
             }
         });
         let kubeconfig = root.path().join("kubeconfig");
-        let this = TestClusters { root, clusters, kubeconfig, watchdog: Some(watchdog) };
+        let order = names.iter().map(|n| n.to_string()).collect();
+        let this = TestClusters {
+            root,
+            clusters,
+            order,
+            kubeconfig,
+            watchdog: Some(watchdog),
+        };
         this.write_kubeconfig(&this.kubeconfig, &BTreeMap::new());
         std::thread::scope(|s| {
             for name in this.clusters.keys() {
@@ -140,11 +158,13 @@ impl TestClusters {
     }
 
     pub fn cluster(&self, name: &str) -> &Cluster {
-        self.clusters.get(name).unwrap_or_else(|| panic!("no test cluster named {name}"))
+        self.clusters
+            .get(name)
+            .unwrap_or_else(|| panic!("no test cluster named {name}"))
     }
 
     /// The kubeconfig with one context per cluster (context name = cluster name); the current
-    /// context is the first cluster.
+    /// context is the first cluster named to [`Self::start`].
     pub fn kubeconfig(&self) -> &Path {
         &self.kubeconfig
     }
@@ -177,7 +197,7 @@ impl TestClusters {
                 n = c.name
             );
         }
-        let first = self.clusters.keys().next().expect("at least one cluster");
+        let first = self.order.first().expect("at least one cluster");
         out += &format!("current-context: {first}\n");
         std::fs::write(path, out).unwrap();
     }
@@ -189,7 +209,11 @@ impl TestClusters {
 
     /// Creates a fresh namespace named after `prefix` in every cluster and returns its name.
     pub async fn namespace(&self, prefix: &str) -> String {
-        let suffix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() % 100_000;
+        let suffix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            % 100_000;
         let name = format!("{}-{suffix}", prefix.replace('_', "-"));
         let name = name.chars().take(63).collect::<String>();
         for c in self.clusters.keys() {
@@ -204,7 +228,10 @@ impl TestClusters {
     /// `kubectl` against one cluster of this set.
     pub fn kubectl(&self, cluster: &str) -> Command {
         let mut cmd = Command::new("kubectl");
-        cmd.arg("--kubeconfig").arg(&self.kubeconfig).arg("--context").arg(cluster);
+        cmd.arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--context")
+            .arg(cluster);
         cmd
     }
 
@@ -212,18 +239,25 @@ impl TestClusters {
         let data = repo_dir().join("tests/data/crds");
         for crd in CRDS {
             let mut cmd = self.kubectl(cluster);
-            cmd.args(["create", "--validate=false", "-f"]).arg(data.join(crd));
+            cmd.args(["create", "--validate=false", "-f"])
+                .arg(data.join(crd));
             run(&mut cmd);
         }
-        let mut wait = self.kubectl(cluster);
-        wait.args(["wait", "--for", "condition=established", "--timeout=60s"]);
-        wait.args(["crd/clusters.postgresql.cnpg.io", "crd/perconapgclusters.pgv2.percona.com"]);
-        run(&mut wait);
-        // Established CRDs can still answer 404 for a moment while the apiserver's handlers catch up.
-        for _ in 0..100 {
+        // A new CRD is served once it is established and the apiserver's handlers caught up.
+        for _ in 0..300 {
             let mut get = self.kubectl(cluster);
-            get.args(["get", "clusters.postgresql.cnpg.io,perconapgclusters.pgv2.percona.com", "-A"]);
-            if get.stderr(Stdio::null()).stdout(Stdio::null()).status().unwrap().success() {
+            get.args([
+                "get",
+                "clusters.postgresql.cnpg.io,perconapgclusters.pgv2.percona.com",
+                "-A",
+            ]);
+            if get
+                .stderr(Stdio::null())
+                .stdout(Stdio::null())
+                .status()
+                .unwrap()
+                .success()
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -255,7 +289,10 @@ impl Drop for TestClusters {
 /// A client for `context` of `kubeconfig`.
 pub async fn client_for(kubeconfig: &Path, context: &str) -> Client {
     let kc = Kubeconfig::read_from(kubeconfig).unwrap();
-    let opts = KubeConfigOptions { context: Some(context.to_string()), ..Default::default() };
+    let opts = KubeConfigOptions {
+        context: Some(context.to_string()),
+        ..Default::default()
+    };
     let config = Config::from_custom_kubeconfig(kc, &opts).await.unwrap();
     Client::try_from(config).unwrap()
 }
@@ -285,7 +322,10 @@ fn start_one(name: &str, dir: &Path, bin: &Path, pki: &Path) -> Cluster {
             };
         }
         last_err = String::from_utf8_lossy(&out.stderr).into_owned();
-        let _ = Command::new("bash").arg(kube_scripts().join("stop-cluster.sh")).arg(dir).status();
+        let _ = Command::new("bash")
+            .arg(kube_scripts().join("stop-cluster.sh"))
+            .arg(dir)
+            .status();
         let _ = std::fs::remove_dir_all(dir);
     }
     panic!("test cluster {name} failed to start:\n{last_err}");
@@ -294,8 +334,10 @@ fn start_one(name: &str, dir: &Path, bin: &Path, pki: &Path) -> Cluster {
 /// A detached process that waits for this test process to exit and then stops the clusters.
 fn spawn_watchdog(root: &Path, names: &[&str]) -> std::process::Child {
     let stop = kube_scripts().join("stop-cluster.sh");
-    let dirs: Vec<String> =
-        names.iter().map(|n| root.join(n).display().to_string()).collect::<Vec<_>>();
+    let dirs: Vec<String> = names
+        .iter()
+        .map(|n| root.join(n).display().to_string())
+        .collect::<Vec<_>>();
     let script = format!(
         "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; for d in {dirs}; do bash {stop} \"$d\"; done; rm -rf {root}",
         pid = std::process::id(),
@@ -313,7 +355,10 @@ fn spawn_watchdog(root: &Path, names: &[&str]) -> std::process::Child {
 }
 
 fn run(cmd: &mut Command) {
-    let out = cmd.stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed:\n{}{}",

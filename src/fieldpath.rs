@@ -1,0 +1,385 @@
+//! Field paths (pure, no I/O): `status.loadBalancer.ingress[0].hostname` as in Nova plans, and
+//! full JSONPath (`$.status.conditions[?(@.type=='Ready')].status`) for reading and waiting.
+//!
+//! Owns parsing paths, reading values through them, and turning "set this path to this value"
+//! into a merge patch (nested object) or, through an array index, a JSON Patch that first tests
+//! the array's length. It must not know about clusters or templates.
+
+use std::fmt;
+
+use serde_json::{json, Map, Value};
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum FieldPathError {
+    #[error("failed to parse field path `{path}`: {reason}")]
+    Parse { path: String, reason: String },
+    #[error("failed to evaluate JSONPath `{path}`: {reason}")]
+    JsonPath { path: String, reason: String },
+}
+
+/// One step of a dotted path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// A parsed path: either dotted (`a.b[0].c`, writable) or JSONPath (`$…`, read-only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FieldPath {
+    Dotted {
+        text: String,
+        segments: Vec<Segment>,
+    },
+    JsonPath {
+        text: String,
+    },
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FieldPath::Dotted { text, .. } | FieldPath::JsonPath { text } => f.write_str(text),
+        }
+    }
+}
+
+impl FieldPath {
+    /// Parses `a.b[0].c` (keys may be quoted with brackets: `data["haproxy.cfg"]`), a leading
+    /// `.` as kubectl's jsonpath allows, or a JSONPath starting with `$`.
+    pub fn parse(text: &str) -> Result<Self, FieldPathError> {
+        let trimmed = text.trim();
+        let err = |reason: &str| FieldPathError::Parse {
+            path: text.to_string(),
+            reason: reason.to_string(),
+        };
+        if trimmed.is_empty() {
+            return Err(err("the path is empty"));
+        }
+        if trimmed.starts_with('$') {
+            jsonpath_rust::parser::parse_json_path(trimmed).map_err(|e| err(&e.to_string()))?;
+            return Ok(FieldPath::JsonPath {
+                text: trimmed.to_string(),
+            });
+        }
+        let body = trimmed.strip_prefix('.').unwrap_or(trimmed);
+        let chars: Vec<char> = body.chars().collect();
+        let mut segments = Vec::new();
+        let mut i = 0;
+        let mut expect_key = true;
+        while i < chars.len() {
+            match chars[i] {
+                '.' => {
+                    if expect_key {
+                        return Err(err(&format!(
+                            "empty key before the `.` at position {}",
+                            i + 1
+                        )));
+                    }
+                    expect_key = true;
+                    i += 1;
+                }
+                '[' => {
+                    let close = chars[i..].iter().position(|&c| c == ']').map(|p| p + i);
+                    let close = close.ok_or_else(|| err("a `[` is never closed"))?;
+                    let inner: String = chars[i + 1..close].iter().collect();
+                    let inner = inner.trim();
+                    if let Some(q) = inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+                        segments.push(Segment::Key(q.to_string()));
+                    } else if let Some(q) =
+                        inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\''))
+                    {
+                        segments.push(Segment::Key(q.to_string()));
+                    } else {
+                        let n = inner.parse::<usize>().map_err(|_| {
+                            err(&format!(
+                                "`[{inner}]` is not an array index (use a number, or a quoted key)"
+                            ))
+                        })?;
+                        segments.push(Segment::Index(n));
+                    }
+                    expect_key = false;
+                    i = close + 1;
+                }
+                _ => {
+                    let start = i;
+                    while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
+                        if chars[i] == ']' {
+                            return Err(err("a `]` without its `[`"));
+                        }
+                        i += 1;
+                    }
+                    segments.push(Segment::Key(chars[start..i].iter().collect()));
+                    expect_key = false;
+                }
+            }
+        }
+        if expect_key {
+            return Err(err("the path ends with `.`"));
+        }
+        Ok(FieldPath::Dotted {
+            text: text.to_string(),
+            segments,
+        })
+    }
+
+    pub fn has_index(&self) -> bool {
+        matches!(self, FieldPath::Dotted { segments, .. } if segments.iter().any(|s| matches!(s, Segment::Index(_))))
+    }
+
+    /// Reads the value at this path; `None` when any part of it is missing. A JSONPath that
+    /// matches several values yields them as an array, one match yields the value itself.
+    pub fn get(&self, doc: &Value) -> Result<Option<Value>, FieldPathError> {
+        match self {
+            FieldPath::Dotted { segments, .. } => {
+                let mut cur = doc;
+                for seg in segments {
+                    let next = match seg {
+                        Segment::Key(k) => cur.get(k),
+                        Segment::Index(n) => cur.get(*n),
+                    };
+                    match next {
+                        Some(v) => cur = v,
+                        None => return Ok(None),
+                    }
+                }
+                Ok(Some(cur.clone()))
+            }
+            FieldPath::JsonPath { text } => {
+                use jsonpath_rust::JsonPath;
+                let found = doc.query(text).map_err(|e| FieldPathError::JsonPath {
+                    path: text.clone(),
+                    reason: e.to_string(),
+                })?;
+                Ok(match found.len() {
+                    0 => None,
+                    1 => Some(found[0].clone()),
+                    _ => Some(Value::Array(found.into_iter().cloned().collect())),
+                })
+            }
+        }
+    }
+
+    fn dotted_segments(&self) -> Result<&[Segment], FieldPathError> {
+        match self {
+            FieldPath::Dotted { segments, .. } => Ok(segments),
+            FieldPath::JsonPath { text } => Err(FieldPathError::Parse {
+                path: text.clone(),
+                reason: "a JSONPath can be read but not written; use a dotted path such as spec.replica.primary"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The merge patch (RFC 7386) that sets this path to `value`, e.g. `spec.replica.primary` →
+    /// `{"spec":{"replica":{"primary":value}}}`. Fails for paths through an array index, which
+    /// a merge patch cannot express: use [`Self::json_patch_for`] for those.
+    pub fn merge_patch(&self, value: Value) -> Result<Value, FieldPathError> {
+        let segments = self.dotted_segments()?;
+        if self.has_index() {
+            return Err(FieldPathError::Parse {
+                path: self.to_string(),
+                reason: "a merge patch cannot go through an array index".into(),
+            });
+        }
+        let mut out = value;
+        for seg in segments.iter().rev() {
+            if let Segment::Key(k) = seg {
+                let mut m = Map::new();
+                m.insert(k.clone(), out);
+                out = Value::Object(m);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The JSON Patch (RFC 6902) that sets this path to `value`, for paths through an array
+    /// index: for each index on the way a `test` that the element is still the one in `current`
+    /// (the object as just read), so a reordered or shrunken array fails the patch instead of
+    /// changing the wrong element; then one `add` (which replaces or creates the member).
+    pub fn json_patch_for(&self, current: &Value, value: Value) -> Result<Value, FieldPathError> {
+        let segments = self.dotted_segments()?;
+        let mut ops = Vec::new();
+        let mut pointer = String::new();
+        let mut cur = Some(current);
+        for seg in segments {
+            match seg {
+                Segment::Key(k) => {
+                    pointer.push('/');
+                    pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    cur = cur.and_then(|c| c.get(k));
+                }
+                Segment::Index(n) => {
+                    let len = cur.and_then(Value::as_array).map(Vec::len);
+                    match len {
+                        Some(len) if *n < len => {}
+                        _ => {
+                            return Err(FieldPathError::Parse {
+                                path: self.to_string(),
+                                reason: format!(
+                                    "`{pointer}` has no element [{n}] (it has {})",
+                                    len.map_or("no array".to_string(), |l| format!("{l} elements"))
+                                ),
+                            })
+                        }
+                    }
+                    cur = cur.and_then(|c| c.get(*n));
+                    pointer.push_str(&format!("/{n}"));
+                    ops.push(json!({"op": "test", "path": pointer.clone(), "value": cur.cloned().unwrap_or(Value::Null)}));
+                }
+            }
+        }
+        ops.push(json!({"op": "add", "path": pointer, "value": value}));
+        Ok(Value::Array(ops))
+    }
+}
+
+/// Whether a read value counts as empty: missing, null, `""`, `[]` or `{}`.
+pub fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// A value as plain text for templates and comparisons: strings without quotes, the rest as JSON.
+pub fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(p: &str) -> Vec<Segment> {
+        match FieldPath::parse(p).unwrap() {
+            FieldPath::Dotted { segments, .. } => segments,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn dotted_paths_with_indexes_and_quoted_keys_parse() {
+        use Segment::*;
+        assert_eq!(
+            segs("status.loadBalancer.ingress[0].hostname"),
+            [
+                Key("status".into()),
+                Key("loadBalancer".into()),
+                Key("ingress".into()),
+                Index(0),
+                Key("hostname".into())
+            ]
+        );
+        assert_eq!(
+            segs(".data[\"haproxy.cfg\"]"),
+            [Key("data".into()), Key("haproxy.cfg".into())]
+        );
+    }
+
+    #[test]
+    fn malformed_paths_say_what_is_wrong() {
+        for (p, want) in [
+            ("spec..replica", "empty key"),
+            ("spec.", "ends with"),
+            ("spec.x[0", "never closed"),
+            ("spec.x[a]", "not an array index"),
+            ("", "empty"),
+        ] {
+            let e = FieldPath::parse(p).unwrap_err().to_string();
+            assert!(e.contains(want), "{p}: {e}");
+        }
+    }
+
+    #[test]
+    fn get_reads_nested_values_and_reports_missing_as_none() {
+        let doc = json!({"status": {"ingress": [{"ip": "10.0.0.9"}]}});
+        let p = FieldPath::parse("status.ingress[0].ip").unwrap();
+        assert_eq!(p.get(&doc).unwrap(), Some(json!("10.0.0.9")));
+        assert_eq!(
+            FieldPath::parse("status.ingress[1].ip")
+                .unwrap()
+                .get(&doc)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            FieldPath::parse("status.nope").unwrap().get(&doc).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn jsonpath_filters_select_a_condition() {
+        let doc = json!({"status": {"conditions": [
+            {"type": "Ready", "status": "False"}, {"type": "Synced", "status": "True"}]}});
+        let p = FieldPath::parse("$.status.conditions[?(@.type=='Ready')].status").unwrap();
+        assert_eq!(p.get(&doc).unwrap(), Some(json!("False")));
+        assert_eq!(
+            FieldPath::parse("$.status.nothing")
+                .unwrap()
+                .get(&doc)
+                .unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn merge_patch_nests_the_value_under_the_path() {
+        let p = FieldPath::parse("spec.replica.primary").unwrap();
+        assert_eq!(
+            p.merge_patch(json!("pg-south")).unwrap(),
+            json!({"spec": {"replica": {"primary": "pg-south"}}})
+        );
+    }
+
+    #[test]
+    fn merge_patch_through_an_index_is_refused() {
+        let p = FieldPath::parse("spec.containers[0].image").unwrap();
+        assert!(p.merge_patch(json!("x")).is_err());
+    }
+
+    #[test]
+    fn json_patch_tests_the_indexed_element_before_setting() {
+        let cur = json!({"spec": {"containers": [{"name": "a", "image": "old"}]}});
+        let p = FieldPath::parse("spec.containers[0].image").unwrap();
+        let patch = p.json_patch_for(&cur, json!("new")).unwrap();
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/spec/containers/0", "value": {"name": "a", "image": "old"}},
+                {"op": "add", "path": "/spec/containers/0/image", "value": "new"}
+            ])
+        );
+        let mut doc = cur.clone();
+        let ops: json_patch::Patch = serde_json::from_value(patch).unwrap();
+        json_patch::patch(&mut doc, &ops).unwrap();
+        assert_eq!(doc["spec"]["containers"][0]["image"], "new");
+    }
+
+    #[test]
+    fn json_patch_for_a_missing_element_fails_before_sending() {
+        let cur = json!({"spec": {"containers": []}});
+        let p = FieldPath::parse("spec.containers[2].image").unwrap();
+        let e = p
+            .json_patch_for(&cur, json!("new"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("no element [2]") && e.contains("0 elements"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn jsonpath_cannot_be_written() {
+        let p = FieldPath::parse("$.spec.x").unwrap();
+        assert!(p.merge_patch(json!(1)).is_err());
+    }
+}

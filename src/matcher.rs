@@ -1,0 +1,158 @@
+//! Alert matching (pure, no I/O): Alertmanager's matcher syntax (`=`, `!=`, `=~`, `!~`, regexes
+//! anchored at both ends) and the plan's `alertLabels` equalities.
+
+use std::collections::BTreeMap;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("failed to parse matcher {text:?}: {reason}")]
+pub struct MatcherError {
+    pub text: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    Equal,
+    NotEqual,
+    Regex,
+    NotRegex,
+}
+
+#[derive(Clone, Debug)]
+pub struct Matcher {
+    pub name: String,
+    pub op: Op,
+    pub value: String,
+    regex: Option<regex::Regex>,
+}
+
+impl Matcher {
+    /// Parses `name="value"`, `name!="value"`, `name=~"re"`, `name!~"re"` (quotes optional for
+    /// values without spaces, commas or quotes).
+    pub fn parse(text: &str) -> Result<Self, MatcherError> {
+        let err = |reason: &str| MatcherError {
+            text: text.to_string(),
+            reason: reason.to_string(),
+        };
+        let s = text.trim();
+        let pos = s
+            .find(['=', '!'])
+            .ok_or_else(|| err("expected an operator: =, !=, =~ or !~"))?;
+        let name = s[..pos].trim();
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(err("the label name must be letters, digits and _"));
+        }
+        let rest = &s[pos..];
+        let (op, value) = if let Some(v) = rest.strip_prefix("=~") {
+            (Op::Regex, v)
+        } else if let Some(v) = rest.strip_prefix("!~") {
+            (Op::NotRegex, v)
+        } else if let Some(v) = rest.strip_prefix("!=") {
+            (Op::NotEqual, v)
+        } else if let Some(v) = rest.strip_prefix('=') {
+            (Op::Equal, v)
+        } else {
+            return Err(err("expected an operator: =, !=, =~ or !~"));
+        };
+        let value = value.trim();
+        let value = if let Some(inner) = value.strip_prefix('"') {
+            let inner = inner
+                .strip_suffix('"')
+                .ok_or_else(|| err("the value's closing quote is missing"))?;
+            unescape(inner)
+        } else {
+            if value.contains(['"', ',', ' ']) {
+                return Err(err("quote values that contain spaces, commas or quotes"));
+            }
+            value.to_string()
+        };
+        let regex = match op {
+            Op::Regex | Op::NotRegex => Some(
+                regex::Regex::new(&format!("^(?:{value})$"))
+                    .map_err(|e| err(&format!("bad regex: {e}")))?,
+            ),
+            _ => None,
+        };
+        Ok(Matcher {
+            name: name.to_string(),
+            op,
+            value,
+            regex,
+        })
+    }
+
+    /// Whether the labels satisfy this matcher. A missing label counts as the empty string, as
+    /// in Alertmanager.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.name).map_or("", String::as_str);
+        match self.op {
+            Op::Equal => v == self.value,
+            Op::NotEqual => v != self.value,
+            Op::Regex => self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+            Op::NotRegex => !self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+        }
+    }
+}
+
+fn unescape(s: &str) -> String {
+    let mut out = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(o) => out.push(o),
+                None => out.push('\\'),
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn regex_matchers_are_anchored() {
+        let m = Matcher::parse(r#"severity=~"critical|page""#).unwrap();
+        assert!(m.matches(&labels(&[("severity", "page")])));
+        assert!(!m.matches(&labels(&[("severity", "pager")])));
+    }
+
+    #[test]
+    fn negative_matchers_treat_missing_labels_as_empty() {
+        assert!(Matcher::parse("env!=test").unwrap().matches(&labels(&[])));
+        assert!(!Matcher::parse(r#"env!~".+""#)
+            .unwrap()
+            .matches(&labels(&[("env", "prod")])));
+        assert!(Matcher::parse(r#"env!~".+""#)
+            .unwrap()
+            .matches(&labels(&[])));
+    }
+
+    #[test]
+    fn malformed_matchers_say_what_is_wrong() {
+        assert!(Matcher::parse("severity")
+            .unwrap_err()
+            .reason
+            .contains("operator"));
+        assert!(Matcher::parse(r#"a=~"(""#)
+            .unwrap_err()
+            .reason
+            .contains("bad regex"));
+        assert!(Matcher::parse(r#"a="x"#)
+            .unwrap_err()
+            .reason
+            .contains("closing quote"));
+    }
+}

@@ -1,0 +1,344 @@
+//! Loading plans from YAML files (I/O edge: reads files; everything else is pure).
+//!
+//! Owns turning files into [`LoadedPlan`]s with errors that name file, line and column, and the
+//! rule that one bad document never stops the others from loading. Accepts `recoverd.io` and
+//! Nova's `recovery.elotl.co` plans; Nova's unnamed steps become `step-1`, `step-2`…
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use kube::core::ObjectMeta;
+use serde::Deserialize;
+
+use super::model::{RecoveryPlan, RecoveryPlanSpec};
+
+pub const API_VERSION: &str = "recoverd.io/v1alpha1";
+pub const NOVA_API_VERSION: &str = "recovery.elotl.co/v1alpha1";
+
+/// A plan read from a file, with where it came from.
+#[derive(Clone, Debug)]
+pub struct LoadedPlan {
+    pub plan: RecoveryPlan,
+    pub source: Source,
+    /// Written in Nova's `recovery.elotl.co` format.
+    pub nova: bool,
+}
+
+/// Where a document came from, for messages.
+#[derive(Clone, Debug, Default)]
+pub struct Source {
+    pub file: PathBuf,
+    /// 1-based line where the document starts.
+    pub line: usize,
+    /// The document's text, to point at steps in later messages.
+    pub text: String,
+}
+
+impl Source {
+    /// The line of a step (`name: <step>`), or of the document when it cannot be found.
+    pub fn line_of_step(&self, step: &str) -> usize {
+        let needle = [
+            format!("name: {step}"),
+            format!("name: \"{step}\""),
+            format!("name: '{step}'"),
+        ];
+        self.text
+            .lines()
+            .position(|l| {
+                let l = l.trim_start().trim_start_matches("- ");
+                needle.iter().any(|n| l.trim_end() == n)
+            })
+            .map_or(self.line, |i| self.line + i)
+    }
+}
+
+/// A document that could not be loaded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub line: usize,
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for LoadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.message
+        )
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Document {
+    api_version: String,
+    kind: String,
+    #[serde(default)]
+    metadata: ObjectMeta,
+    spec: RecoveryPlanSpec,
+    #[serde(default)]
+    #[allow(dead_code)]
+    status: Option<serde_yaml::Value>,
+}
+
+/// Just enough of a document to tell what it is before reading it as a plan.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Header {
+    api_version: Option<String>,
+    kind: Option<String>,
+}
+
+/// Loads every plan under the given paths (files, or directories searched for `*.yaml`/`*.yml`).
+pub fn load_paths(paths: &[PathBuf]) -> (Vec<LoadedPlan>, Vec<LoadError>) {
+    let mut plans = Vec::new();
+    let mut errors = Vec::new();
+    for file in plan_files(paths, &mut errors) {
+        match std::fs::read_to_string(&file) {
+            Ok(text) => {
+                let (p, e) = load_str(&file, &text);
+                plans.extend(p);
+                errors.extend(e);
+            }
+            Err(e) => errors.push(LoadError {
+                file,
+                line: 0,
+                column: 0,
+                message: format!("failed to read: {e}"),
+            }),
+        }
+    }
+    (plans, errors)
+}
+
+/// The YAML files under `paths`, sorted, directories searched recursively.
+pub fn plan_files(paths: &[PathBuf], errors: &mut Vec<LoadError>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut stack = vec![p.clone()];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    if path.is_dir() {
+                        stack.push(path);
+                    } else if matches!(
+                        path.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml")
+                    ) {
+                        out.push(path);
+                    }
+                }
+            }
+        } else if p.exists() {
+            out.push(p.clone());
+        } else {
+            errors.push(LoadError {
+                file: p.clone(),
+                line: 0,
+                column: 0,
+                message: "no such file or directory".into(),
+            });
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// Loads the plans of one file's text (one or many documents).
+pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
+    let mut plans = Vec::new();
+    let mut errors = Vec::new();
+    for (start_line, doc_text) in split_documents(text) {
+        if doc_text
+            .lines()
+            .all(|l| l.trim().is_empty() || l.trim_start().starts_with('#'))
+        {
+            continue;
+        }
+        let err = |line: usize, column: usize, message: String| LoadError {
+            file: file.to_path_buf(),
+            line: start_line + line.saturating_sub(1),
+            column,
+            message,
+        };
+        let header: Header = match serde_yaml::from_str(&doc_text) {
+            Ok(h) => h,
+            Err(e) => {
+                let (l, c) = location(&e);
+                errors.push(err(l, c, describe(&e)));
+                continue;
+            }
+        };
+        let api_version = header.api_version.unwrap_or_default();
+        if api_version != API_VERSION && api_version != NOVA_API_VERSION {
+            errors.push(err(
+                1,
+                1,
+                format!(
+                    "expected apiVersion {API_VERSION} (or Nova's {NOVA_API_VERSION}), found {:?}",
+                    api_version
+                ),
+            ));
+            continue;
+        }
+        if header.kind.as_deref() != Some("RecoveryPlan") {
+            errors.push(err(
+                1,
+                1,
+                format!(
+                    "expected kind RecoveryPlan, found {:?}",
+                    header.kind.unwrap_or_default()
+                ),
+            ));
+            continue;
+        }
+        let doc: Document = match serde_yaml::from_str(&doc_text) {
+            Ok(d) => d,
+            Err(e) => {
+                let (l, c) = location(&e);
+                errors.push(err(l, c, describe(&e)));
+                continue;
+            }
+        };
+        let nova = doc.api_version == NOVA_API_VERSION;
+        let Some(name) = doc.metadata.name.clone().filter(|n| !n.is_empty()) else {
+            errors.push(err(1, 1, "metadata.name is missing".into()));
+            continue;
+        };
+        let mut spec = doc.spec;
+        name_unnamed_steps(&mut spec);
+        let mut plan = RecoveryPlan::new(&name, spec);
+        plan.metadata = doc.metadata;
+        if plan.metadata.namespace.is_none() {
+            plan.metadata.namespace = Some("default".into());
+        }
+        let _ = doc.kind;
+        plans.push(LoadedPlan {
+            plan,
+            source: Source {
+                file: file.to_path_buf(),
+                line: start_line,
+                text: doc_text,
+            },
+            nova,
+        });
+    }
+    (plans, errors)
+}
+
+/// Nova plans may leave steps unnamed: they become `step-1`, `step-2`… by position
+/// (`on-failure-1`… for compensation steps).
+fn name_unnamed_steps(spec: &mut RecoveryPlanSpec) {
+    for (i, step) in spec.steps.iter_mut().enumerate() {
+        if step.name.as_deref().is_none_or(str::is_empty) {
+            step.name = Some(format!("step-{}", i + 1));
+        }
+    }
+    for (i, step) in spec.on_failure.iter_mut().enumerate() {
+        if step.name.as_deref().is_none_or(str::is_empty) {
+            step.name = Some(format!("on-failure-{}", i + 1));
+        }
+    }
+}
+
+/// Splits a multi-document YAML text into (1-based start line, text) pairs.
+fn split_documents(text: &str) -> Vec<(usize, String)> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    let mut start = 1;
+    for (i, line) in text.lines().enumerate() {
+        if line == "---" || line.starts_with("--- ") {
+            docs.push((start, std::mem::take(&mut current)));
+            start = i + 2;
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+    }
+    docs.push((start, current));
+    docs
+}
+
+fn location(e: &serde_yaml::Error) -> (usize, usize) {
+    e.location().map_or((1, 1), |l| (l.line(), l.column()))
+}
+
+/// serde_yaml's message without its trailing "at line X column Y" (the location is given
+/// separately), with a hint for the mistakes people make most.
+fn describe(e: &serde_yaml::Error) -> String {
+    let msg = e.to_string();
+    let msg = match msg.rfind(" at line ") {
+        Some(i) => msg[..i].to_string(),
+        None => msg,
+    };
+    if msg.contains("unknown field") {
+        format!("{msg} (is it indented under the right key?)")
+    } else if msg.contains("unknown variant") && msg.contains("readField") {
+        format!("{msg} (unknown step type)")
+    } else {
+        msg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: a}\nspec:\n  steps:\n  - name: pause\n    type: wait\n    wait: {duration: 1s}\n";
+
+    #[test]
+    fn one_bad_document_does_not_stop_the_others() {
+        let text = format!("{GOOD}---\napiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: b}}\nspec:\n  steps:\n  - name: x\n    type: explode\n---\n{}", GOOD.replace("name: a", "name: c"));
+        let (plans, errors) = load_str(Path::new("p.yaml"), &text);
+        assert_eq!(
+            plans
+                .iter()
+                .map(|p| p.plan.metadata.name.clone().unwrap())
+                .collect::<Vec<_>>(),
+            ["a", "c"]
+        );
+        assert_eq!(errors.len(), 1);
+        let e = &errors[0];
+        assert_eq!((e.line, e.column), (16, 11), "{e}");
+        assert!(e.message.contains("unknown variant `explode`"), "{e}");
+        assert!(e.to_string().starts_with("p.yaml:16:11: "), "{e}");
+    }
+
+    #[test]
+    fn nova_steps_get_positional_names_and_the_default_namespace() {
+        let text = "apiVersion: recovery.elotl.co/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: n}\nspec:\n  alertLabels: {app: x}\n  steps:\n  - type: wait\n    wait: {duration: 1s}\n  - type: wait\n    wait: {duration: 1s}\n";
+        let (plans, errors) = load_str(Path::new("n.yaml"), text);
+        assert!(errors.is_empty(), "{errors:?}");
+        let p = &plans[0];
+        assert!(p.nova);
+        assert_eq!(p.plan.metadata.namespace.as_deref(), Some("default"));
+        let names: Vec<_> = p.plan.spec.steps.iter().map(|s| s.name()).collect();
+        assert_eq!(names, ["step-1", "step-2"]);
+    }
+
+    #[test]
+    fn a_wrong_kind_is_named() {
+        let (_, errors) = load_str(
+            Path::new("x.yaml"),
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
+        );
+        assert!(
+            errors[0]
+                .message
+                .contains("expected apiVersion recoverd.io/v1alpha1"),
+            "{}",
+            errors[0]
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Recovery plans: the model ([`model`]), loading from files ([`load`]) and validation
+//! ([`validate`]). Everything here is pure but for reading files in `load`.
+
+pub mod load;
+pub mod model;
+pub mod validate;
+
+pub use load::{load_paths, load_str, LoadError, LoadedPlan};
+pub use model::*;
+pub use validate::{validate, Problem, Report};

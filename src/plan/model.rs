@@ -1,0 +1,406 @@
+//! The `RecoveryPlan` custom resource (pure data): what a plan author writes.
+//!
+//! Field doc comments are what `kubectl explain recoveryplan.spec…` shows, so they are written
+//! for plan authors. Nova's `recovery.elotl.co/v1alpha1` plans deserialize into the same types.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A recovery plan: which alerts trigger it and the steps that recover from them.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "recoverd.io",
+    version = "v1alpha1",
+    kind = "RecoveryPlan",
+    namespaced,
+    status = "RecoveryPlanStatus",
+    shortname = "rplan",
+    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
+    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.valid"}"#
+)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecoveryPlanSpec {
+    /// Labels an alert must carry, every pair equal, for this plan to run
+    /// (e.g. `alertname: PostgresPrimaryDown`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub alert_labels: BTreeMap<String, String>,
+    /// Further conditions on the alert's labels in Alertmanager's matcher syntax:
+    /// `severity=~"critical|page"`, `env!="test"`. Regexes are anchored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_matchers: Vec<String>,
+    /// `auto` (a matching alert runs the plan), `approval` (a matching alert creates a run that
+    /// waits for POST /api/v1/runs/{id}/approve) or `manual` (only explicit triggers run it).
+    #[serde(default)]
+    pub mode: Mode,
+    /// No new alert-triggered run within this time after a run began, e.g. `30m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cooldown: Option<String>,
+    /// Deadline for the whole run, e.g. `20m`. Default 1h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Default values available to templates as `Values.<name>`; a manual trigger may override
+    /// them.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "free_form_map")]
+    pub params: BTreeMap<String, Value>,
+    /// The steps, run in order.
+    pub steps: Vec<Step>,
+    /// Compensation steps, run in order when a step aborts the run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<Step>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Mode {
+    #[default]
+    Auto,
+    Approval,
+    Manual,
+}
+
+/// What recoverd reports about a plan it has loaded.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RecoveryPlanStatus {
+    /// Whether the plan passed validation; an invalid plan never runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub valid: Option<bool>,
+    /// What is wrong with the plan, one message per problem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<String>,
+    /// The id of the last run of this plan.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_run: Option<String>,
+}
+
+/// One step of a plan. Exactly one of `patch`, `readField`, `wait`, `apply`, `http` is set,
+/// matching `type`.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Step {
+    /// Unique within the plan. Nova plans may omit it; their steps are named `step-1`, `step-2`…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `patch`, `readField`, `wait`, `apply` or `http`.
+    #[serde(rename = "type")]
+    pub step_type: StepType,
+    /// The cluster this step acts on (a name in the cluster registry). Omitted: the default
+    /// cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// A template that must render to true for the step to run, e.g.
+    /// `{{ Values.mode == 'graceful' }}`; false records the step as skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub when: Option<String>,
+    /// Deadline for one attempt, e.g. `30s` (the default).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// How many times to retry on transient errors (timeouts, 429, 5xx, lost connections), with
+    /// exponential backoff. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// `abort` (default): a failure stops the run and runs `onFailure`. `continue`: the failure
+    /// is recorded and the run goes on.
+    #[serde(default)]
+    pub on_error: OnError,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch: Option<PatchStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_field: Option<ReadFieldStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<WaitStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplyStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpStep>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StepType {
+    Patch,
+    ReadField,
+    Wait,
+    Apply,
+    Http,
+}
+
+impl StepType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepType::Patch => "patch",
+            StepType::ReadField => "readField",
+            StepType::Wait => "wait",
+            StepType::Apply => "apply",
+            StepType::Http => "http",
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnError {
+    #[default]
+    Abort,
+    Continue,
+}
+
+/// The object a step acts on.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectRef {
+    /// `group/version` (`postgresql.cnpg.io/v1`) or `v1` for core objects.
+    pub api_version: String,
+    /// The plural resource name, as in the API path: `clusters`, `configmaps`.
+    pub resource: String,
+    /// Omitted for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The object's name (may be a template).
+    pub name: String,
+}
+
+/// Set one field of an object.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PatchStep {
+    /// `group/version` (`postgresql.cnpg.io/v1`) or `v1` for core objects.
+    pub api_version: String,
+    /// The plural resource name, as in the API path: `clusters`, `configmaps`.
+    pub resource: String,
+    /// Omitted for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The object's name (may be a template).
+    pub name: String,
+    /// The field to set and its new value.
+    #[serde(rename = "override")]
+    pub override_: Override,
+    /// `application/merge-patch+json` (default), `application/json-patch+json` or
+    /// `application/strategic-merge-patch+json` (core types only). A merge patch through an
+    /// array index is sent as a JSON Patch that first tests the element.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<String>,
+    /// Patch the `status` subresource instead of the object.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub subresource_status: bool,
+}
+
+/// The field to set and its new value.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Override {
+    /// Dotted path with `[n]` indexes: `spec.replica.primary`, `spec.containers[0].image`.
+    pub field_path: String,
+    pub value: OverrideValue,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OverrideValue {
+    /// The new value, any JSON. Its strings are templates; its structure is not.
+    #[schemars(schema_with = "free_form")]
+    pub raw: Value,
+}
+
+/// Read one field into `Values.<outputKey>`; fails when it is missing or empty.
+#[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReadFieldStep {
+    /// `group/version` (`postgresql.cnpg.io/v1`) or `v1` for core objects.
+    pub api_version: String,
+    /// The plural resource name, as in the API path: `clusters`, `configmaps`.
+    pub resource: String,
+    /// Omitted for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The object's name (may be a template).
+    pub name: String,
+    /// Dotted path or JSONPath (`$.status.conditions[?(@.type=='Ready')].status`).
+    pub field_path: String,
+    /// The name under which later steps find the value: `{{ Values.<outputKey> }}`.
+    pub output_key: String,
+}
+
+/// Wait a fixed time, or until a field of an object meets a condition.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct WaitStep {
+    /// A fixed pause, e.g. `10s`. Either this, or an object and a condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Dotted path or JSONPath of the field to watch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<Condition>,
+    /// How long to wait for the condition (mandatory for a condition wait), e.g. `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// One of: `equals`, `notEquals`, `notEmpty`, `exists`, `changed` (differs from its value when
+/// the step began).
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Condition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub equals: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub not_equals: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_empty: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exists: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub changed: Option<bool>,
+}
+
+/// Render a template into an object (or one key of a ConfigMap/Secret) and server-side apply it
+/// with field manager `recoverd`.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApplyStep {
+    /// A whole object as a YAML template. Values printed into it never change its structure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<String>,
+    /// Or: the ConfigMap/Secret key to write…
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<KeyTarget>,
+    /// …rendered from this template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub template_from: Option<TemplateSource>,
+    /// Take ownership of fields another manager owns (default true: a recovery must not stop at
+    /// a field conflict).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force: Option<bool>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyTarget {
+    /// `ConfigMap` or `Secret`.
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TemplateSource {
+    /// A key of a ConfigMap in the step's cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapKey>,
+    /// A file, relative to the plan file (file mode only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// The template itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigMapKey {
+    pub namespace: String,
+    pub name: String,
+    pub key: String,
+}
+
+/// Call an HTTP endpoint.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpStep {
+    /// The URL (a template).
+    pub url: String,
+    /// Default `GET`, or `POST` when a body is given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
+    /// Header values are templates and may use `secrets.<name>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub headers: BTreeMap<String, String>,
+    /// A text body (a template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// A JSON body: its strings are templates, its structure is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub json: Option<Value>,
+    /// Accepted status codes. Default: any 2xx.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expect_status: Vec<u16>,
+    /// Secrets usable in templates as `secrets.<name>`, each from an environment variable or a
+    /// file; their values are redacted in run records.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, SecretRef>,
+    /// Store the response body (text) in `Values.<outputKey>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretRef {
+    /// The name of an environment variable of the recoverd process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A file path (e.g. a mounted Secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+}
+
+fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"x-kubernetes-preserve-unknown-fields": true})
+}
+
+fn free_form_opt(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"nullable": true, "x-kubernetes-preserve-unknown-fields": true})
+}
+
+fn free_form_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+macro_rules! object_ref {
+    ($t:ty) => {
+        impl $t {
+            /// The object this step acts on.
+            pub fn target(&self) -> ObjectRef {
+                ObjectRef {
+                    api_version: self.api_version.clone(),
+                    resource: self.resource.clone(),
+                    namespace: self.namespace.clone(),
+                    name: self.name.clone(),
+                }
+            }
+        }
+    };
+}
+object_ref!(PatchStep);
+object_ref!(ReadFieldStep);
+
+impl Step {
+    /// The step's name; `load` fills missing ones, so this is only empty before loading.
+    pub fn name(&self) -> &str {
+        self.name.as_deref().unwrap_or("")
+    }
+}

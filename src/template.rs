@@ -1,0 +1,391 @@
+//! Template rendering (pure, no I/O): minijinja in strict mode, with Nova's Go-template form
+//! `{{ .Values.Key }}` accepted as `{{ Values.Key }}`.
+//!
+//! Owns the rule that data never becomes structure: in `raw` values only string leaves are
+//! rendered, and a rendered manifest gets its structure from the template alone — every value
+//! printed into it is substituted only after the YAML is parsed (see [`render_yaml`]). It must not
+//! read files, clusters or the environment.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use minijinja::{Environment, ErrorKind, UndefinedBehavior};
+use serde_json::Value;
+
+/// The top-level names a template may use.
+pub const CONTEXT_NAMES: &[&str] = &["Values", "alert", "plan", "run", "secrets"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    #[error("failed to parse template {template:?}: {reason}")]
+    Parse { template: String, reason: String },
+    #[error("failed to render template {template:?}: {reason}")]
+    Render { template: String, reason: String },
+    #[error("failed to read the rendered manifest as YAML: {reason}")]
+    Yaml { reason: String },
+    #[error("`when` rendered to {value:?}, which is neither true nor false")]
+    NotABool { value: String },
+}
+
+/// Rewrites Nova's Go-template references (`{{ .Values.X }}`, `{{- .alert.labels.y }}`) into
+/// minijinja's (`{{ Values.X }}`).
+pub fn normalize(src: &str) -> String {
+    static GO_REF: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = GO_REF.get_or_init(|| {
+        regex::Regex::new(r"(\{\{-?\s*|[\s(,|])\.(Values|alert|plan|run|secrets)\b").unwrap()
+    });
+    // Only inside `{{ … }}`: split on the delimiters so plain text such as "a .Values b" is kept.
+    let mut out = String::with_capacity(src.len());
+    let mut rest = src;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let end = rest[start..]
+            .find("}}")
+            .map_or(rest.len(), |e| start + e + 2);
+        out.push_str(&re.replace_all(&rest[start..end], "$1$2"));
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// Whether a string contains template syntax at all (plain strings are used as they are).
+pub fn is_template(s: &str) -> bool {
+    s.contains("{{") || s.contains("{%")
+}
+
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_keep_trailing_newline(true);
+    env.add_filter("b64encode", |s: String| {
+        base64::engine::general_purpose::STANDARD.encode(s)
+    });
+    env.add_filter(
+        "b64decode",
+        |s: String| -> Result<String, minijinja::Error> {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .map_err(|e| {
+                    minijinja::Error::new(ErrorKind::InvalidOperation, format!("b64decode: {e}"))
+                })?;
+            String::from_utf8(bytes).map_err(|e| {
+                minijinja::Error::new(ErrorKind::InvalidOperation, format!("b64decode: {e}"))
+            })
+        },
+    );
+    env.add_filter(
+        "tojson",
+        |v: minijinja::Value| -> Result<minijinja::Value, minijinja::Error> {
+            let json = serde_json::to_string(&v).map_err(|e| {
+                minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}"))
+            })?;
+            Ok(minijinja::Value::from_safe_string(json))
+        },
+    );
+    env.add_filter(
+        "toyaml",
+        |v: minijinja::Value| -> Result<minijinja::Value, minijinja::Error> {
+            let yaml = serde_yaml::to_string(&v).map_err(|e| {
+                minijinja::Error::new(ErrorKind::InvalidOperation, format!("toyaml: {e}"))
+            })?;
+            Ok(minijinja::Value::from_safe_string(
+                yaml.trim_end().to_string(),
+            ))
+        },
+    );
+    env
+}
+
+fn describe(e: &minijinja::Error) -> String {
+    let mut s = e
+        .detail()
+        .map_or_else(|| e.kind().to_string(), str::to_string);
+    if let Some(line) = e.line() {
+        s.push_str(&format!(" (template line {line})"));
+    }
+    s
+}
+
+/// Parses a template and returns what it refers to: top-level names (`alert`) and, for
+/// `Values`, each key used (`Values.DemotionToken`).
+pub fn references(src: &str) -> Result<BTreeSet<String>, TemplateError> {
+    let src = normalize(src);
+    let env = environment();
+    let tmpl = env
+        .template_from_str(&src)
+        .map_err(|e| TemplateError::Parse {
+            template: src.clone(),
+            reason: describe(&e),
+        })?;
+    Ok(tmpl.undeclared_variables(true).into_iter().collect())
+}
+
+/// Renders a template as text. Undefined names are errors, never empty strings.
+pub fn render(src: &str, ctx: &Value) -> Result<String, TemplateError> {
+    if !is_template(src) {
+        return Ok(src.to_string());
+    }
+    let src = normalize(src);
+    let env = environment();
+    env.render_str(&src, ctx)
+        .map_err(|e| render_error(&src, &e))
+}
+
+fn render_error(src: &str, e: &minijinja::Error) -> TemplateError {
+    match e.kind() {
+        ErrorKind::SyntaxError => TemplateError::Parse {
+            template: src.to_string(),
+            reason: describe(e),
+        },
+        _ => TemplateError::Render {
+            template: src.to_string(),
+            reason: describe(e),
+        },
+    }
+}
+
+/// Renders every string leaf of a `raw` value; the structure (keys, arrays, types) is kept.
+pub fn render_raw(value: &Value, ctx: &Value) -> Result<Value, TemplateError> {
+    Ok(match value {
+        Value::String(s) => Value::String(render(s, ctx)?),
+        Value::Array(items) => Value::Array(
+            items
+                .iter()
+                .map(|v| render_raw(v, ctx))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), render_raw(v, ctx)?)))
+                .collect::<Result<_, TemplateError>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
+/// Evaluates a `when` template: `true`/`false` (any case), `1`/`0`, `yes`/`no`; empty is false.
+pub fn render_bool(src: &str, ctx: &Value) -> Result<bool, TemplateError> {
+    let out = render(src, ctx)?;
+    match out.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" | "" | "none" => Ok(false),
+        _ => Err(TemplateError::NotABool { value: out }),
+    }
+}
+
+const TOKEN_OPEN: char = '\u{E000}';
+const TOKEN_CLOSE: char = '\u{E001}';
+
+/// Renders a YAML manifest template whose structure cannot be changed by the values printed
+/// into it. Every `{{ … }}` output is first written as an opaque token; the YAML is parsed; then
+/// tokens inside scalars are replaced by the values. A value that is a whole scalar keeps its
+/// type (a number stays a number); text is spliced into strings. Values marked safe (the output
+/// of `tojson`/`toyaml`) are trusted as YAML and written directly.
+pub fn render_yaml(src: &str, ctx: &Value) -> Result<Value, TemplateError> {
+    let src = normalize(src);
+    let printed: Arc<Mutex<Vec<minijinja::Value>>> = Arc::default();
+    let mut env = environment();
+    let table = printed.clone();
+    env.set_formatter(move |out, _state, value| {
+        if value.is_safe() {
+            return minijinja::escape_formatter(out, _state, value);
+        }
+        let mut table = table.lock().unwrap();
+        write!(out, "{TOKEN_OPEN}{}{TOKEN_CLOSE}", table.len()).map_err(minijinja::Error::from)?;
+        table.push(value.clone());
+        Ok(())
+    });
+    let text = env
+        .render_str(&src, ctx)
+        .map_err(|e| render_error(&src, &e))?;
+    let doc: Value = serde_yaml::from_str(&text).map_err(|e| TemplateError::Yaml {
+        reason: e.to_string(),
+    })?;
+    let table = printed.lock().unwrap();
+    Ok(substitute(doc, &table))
+}
+
+fn substitute(v: Value, table: &[minijinja::Value]) -> Value {
+    match v {
+        Value::String(s) => splice(&s, table),
+        Value::Array(items) => {
+            Value::Array(items.into_iter().map(|i| substitute(i, table)).collect())
+        }
+        Value::Object(map) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    (
+                        crate::fieldpath::as_text(&splice(&k, table)),
+                        substitute(v, table),
+                    )
+                })
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+fn splice(s: &str, table: &[minijinja::Value]) -> Value {
+    if !s.contains(TOKEN_OPEN) {
+        return Value::String(s.to_string());
+    }
+    let mut out = String::new();
+    let mut rest = s;
+    let mut whole: Option<Value> = None;
+    let mut pieces = 0;
+    while let Some(start) = rest.find(TOKEN_OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + TOKEN_OPEN.len_utf8()..];
+        let end = after.find(TOKEN_CLOSE).unwrap_or(after.len());
+        let value = after[..end]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| table.get(i));
+        if let Some(value) = value {
+            out.push_str(&value.to_string());
+            whole = serde_json::to_value(value).ok();
+        }
+        pieces += 1;
+        rest = after.get(end + TOKEN_CLOSE.len_utf8()..).unwrap_or("");
+    }
+    out.push_str(rest);
+    let only_token = pieces == 1 && s.starts_with(TOKEN_OPEN) && s.ends_with(TOKEN_CLOSE);
+    match whole {
+        Some(v @ (Value::Number(_) | Value::Bool(_))) if only_token => v,
+        _ => Value::String(out),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn ctx() -> Value {
+        json!({
+            "Values": {"DemotionToken": "tok-123", "SouthIP": "10.0.0.7", "replicas": 3},
+            "alert": {"labels": {"cluster": "pg-north", "evil": "x\"}}\n  injected: {{ Values.SouthIP }}\nkind: Secret"}},
+        })
+    }
+
+    #[test]
+    fn go_template_values_references_are_accepted() {
+        assert_eq!(
+            render("{{ .Values.DemotionToken }}", &ctx()).unwrap(),
+            "tok-123"
+        );
+        assert_eq!(
+            render("ip={{- .Values.SouthIP -}}!", &ctx()).unwrap(),
+            "ip=10.0.0.7!"
+        );
+        assert_eq!(
+            normalize("plain .Values text {{ .alert.labels.cluster }}"),
+            "plain .Values text {{ alert.labels.cluster }}"
+        );
+    }
+
+    #[test]
+    fn undefined_values_are_errors_not_empty_strings() {
+        let e = render("{{ Values.Nope }}", &ctx()).unwrap_err().to_string();
+        assert!(e.contains("undefined"), "{e}");
+        let e = render("{{ nothing }}", &ctx()).unwrap_err().to_string();
+        assert!(e.contains("undefined"), "{e}");
+    }
+
+    #[test]
+    fn default_filter_covers_an_undefined_value() {
+        assert_eq!(
+            render("{{ Values.Nope | default('x') }}", &ctx()).unwrap(),
+            "x"
+        );
+    }
+
+    #[test]
+    fn filters_encode_decode_and_serialise() {
+        assert_eq!(render("{{ 'abc' | b64encode }}", &ctx()).unwrap(), "YWJj");
+        assert_eq!(render("{{ 'YWJj' | b64decode }}", &ctx()).unwrap(), "abc");
+        assert_eq!(
+            render("{{ Values | tojson }}", &json!({"Values": {"a": 1}})).unwrap(),
+            "{\"a\":1}"
+        );
+        assert_eq!(
+            render("{{ Values | toyaml }}", &json!({"Values": {"a": 1}})).unwrap(),
+            "a: 1"
+        );
+    }
+
+    #[test]
+    fn references_lists_values_keys_and_top_level_names() {
+        let refs = references("{{ .Values.A }} {{ alert.labels.x }} {% if Values.B %}{% endif %}")
+            .unwrap();
+        assert!(
+            refs.contains("Values.A") && refs.contains("Values.B"),
+            "{refs:?}"
+        );
+        assert!(refs.iter().any(|r| r.starts_with("alert")), "{refs:?}");
+    }
+
+    #[test]
+    fn syntax_errors_are_reported_as_parse_errors() {
+        assert!(matches!(
+            references("{{ Values.A "),
+            Err(TemplateError::Parse { .. })
+        ));
+    }
+
+    #[test]
+    fn raw_values_render_string_leaves_and_keep_structure() {
+        let raw =
+            json!({"primary": "pg-south", "promotionToken": "{{ Values.DemotionToken }}", "n": 2});
+        assert_eq!(
+            render_raw(&raw, &ctx()).unwrap(),
+            json!({"primary": "pg-south", "promotionToken": "tok-123", "n": 2})
+        );
+        let evil = render_raw(&json!({"a": "{{ alert.labels.evil }}"}), &ctx()).unwrap();
+        assert_eq!(evil.as_object().unwrap().len(), 1);
+        assert!(evil["a"].as_str().unwrap().contains("kind: Secret"));
+    }
+
+    #[test]
+    fn a_label_value_full_of_yaml_and_template_syntax_stays_data_in_a_manifest() {
+        let manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cm\n  labels:\n    from: {{ alert.labels.evil }}\ndata:\n  cfg: |\n    server pg {{ Values.SouthIP }}:5432\n    note {{ alert.labels.evil }}\n";
+        let doc = render_yaml(manifest, &ctx()).unwrap();
+        assert_eq!(doc["kind"], "ConfigMap");
+        assert_eq!(doc.as_object().unwrap().len(), 4, "{doc:#}");
+        assert_eq!(
+            doc["metadata"]["labels"]["from"],
+            ctx()["alert"]["labels"]["evil"]
+        );
+        assert_eq!(doc["data"].as_object().unwrap().len(), 1);
+        let cfg = doc["data"]["cfg"].as_str().unwrap();
+        assert!(
+            cfg.starts_with(
+                "server pg 10.0.0.7:5432\nnote x\"}}\n  injected: {{ Values.SouthIP }}"
+            ),
+            "{cfg}"
+        );
+    }
+
+    #[test]
+    fn a_whole_scalar_value_keeps_its_type_in_a_manifest() {
+        let doc = render_yaml(
+            "spec:\n  replicas: {{ Values.replicas }}\n  name: n-{{ Values.replicas }}\n",
+            &ctx(),
+        )
+        .unwrap();
+        assert_eq!(doc["spec"]["replicas"], json!(3));
+        assert_eq!(doc["spec"]["name"], json!("n-3"));
+    }
+
+    #[test]
+    fn when_renders_to_a_boolean() {
+        assert!(render_bool("{{ Values.SouthIP == '10.0.0.7' }}", &ctx()).unwrap());
+        assert!(!render_bool("{{ Values.replicas > 5 }}", &ctx()).unwrap());
+        assert!(matches!(
+            render_bool("{{ Values.SouthIP }}", &ctx()),
+            Err(TemplateError::NotABool { .. })
+        ));
+    }
+}
