@@ -4,8 +4,16 @@
 //! the executor ([`executor`]) runs their steps against named clusters ([`cluster`]), rendering
 //! [`template`]s and reading [`fieldpath`]s, and records every step in a run ([`run`]).
 
+pub mod alert;
+pub mod cli;
+pub mod cluster;
 pub mod duration;
+pub mod executor;
 pub mod fieldpath;
 pub mod matcher;
 pub mod plan;
+pub mod reactor;
+pub mod run;
+pub mod telemetry;
 pub mod template;
+pub mod world;

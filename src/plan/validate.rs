@@ -245,47 +245,13 @@ impl Validator<'_> {
             );
         }
 
-        let mut templates: Vec<(String, String)> = Vec::new();
-        let mut t = |f: &str, s: &str| templates.push((format!("{field}.{f}"), s.to_string()));
-        if let Some(w) = &step.when {
-            t("when", w);
-        }
-        if let Some(p) = &step.patch {
-            t("patch.name", &p.name);
-            if let Some(ns) = &p.namespace {
-                t("patch.namespace", ns);
-            }
-            collect_raw("patch.override.value.raw", &p.override_.value.raw, &mut t);
-        }
-        if let Some(r) = &step.read_field {
-            t("readField.name", &r.name);
-        }
-        if let Some(a) = &step.apply {
-            if let Some(m) = &a.manifest {
-                t("apply.manifest", m);
-            }
-            if let Some(i) = a.template_from.as_ref().and_then(|tf| tf.inline.as_ref()) {
-                t("apply.templateFrom.inline", i);
-            }
-        }
-        if let Some(h) = &step.http {
-            t("http.url", &h.url);
-            for (k, v) in &h.headers {
-                t(&format!("http.headers.{k}"), v);
-            }
-            if let Some(b) = &h.body {
-                t("http.body", b);
-            }
-            if let Some(j) = &h.json {
-                collect_raw("http.json", j, &mut t);
-            }
-        }
+        let templates = step_templates(step, field);
         let secrets: BTreeSet<&str> = step
             .http
             .iter()
             .flat_map(|h| h.secrets.keys().map(String::as_str))
             .collect();
-        for (f, src) in templates {
+        for (f, src, _) in templates {
             self.template(name, &f, &src, known, producers, &secrets);
         }
 
@@ -601,7 +567,59 @@ impl Validator<'_> {
     }
 }
 
-fn output_key(step: &Step) -> Option<&str> {
+/// Every template of a step: (field, source, whether it is a YAML manifest).
+pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
+    let mut templates: Vec<(String, String, bool)> = Vec::new();
+    let mut t = |f: &str, s: &str| templates.push((format!("{field}.{f}"), s.to_string(), false));
+    if let Some(w) = &step.when {
+        t("when", w);
+    }
+    if let Some(p) = &step.patch {
+        t("patch.name", &p.name);
+        if let Some(ns) = &p.namespace {
+            t("patch.namespace", ns);
+        }
+        collect_raw("patch.override.value.raw", &p.override_.value.raw, &mut t);
+    }
+    if let Some(r) = &step.read_field {
+        t("readField.name", &r.name);
+    }
+    if let Some(w) = &step.wait {
+        for (k, v) in [("wait.name", &w.name), ("wait.namespace", &w.namespace)] {
+            if let Some(v) = v {
+                t(k, v);
+            }
+        }
+        if let Some(c) = &w.condition {
+            for v in [&c.equals, &c.not_equals].into_iter().flatten() {
+                collect_raw("wait.condition", v, &mut t);
+            }
+        }
+    }
+    if let Some(a) = &step.apply {
+        if let Some(i) = a.template_from.as_ref().and_then(|tf| tf.inline.as_ref()) {
+            t("apply.templateFrom.inline", i);
+        }
+    }
+    if let Some(h) = &step.http {
+        t("http.url", &h.url);
+        for (k, v) in &h.headers {
+            t(&format!("http.headers.{k}"), v);
+        }
+        if let Some(b) = &h.body {
+            t("http.body", b);
+        }
+        if let Some(j) = &h.json {
+            collect_raw("http.json", j, &mut t);
+        }
+    }
+    if let Some(m) = step.apply.as_ref().and_then(|a| a.manifest.as_ref()) {
+        templates.push((format!("{field}.apply.manifest"), m.clone(), true));
+    }
+    templates
+}
+
+pub fn output_key(step: &Step) -> Option<&str> {
     match step.step_type {
         StepType::ReadField => step.read_field.as_ref().map(|r| r.output_key.as_str()),
         StepType::Http => step.http.as_ref().and_then(|h| h.output_key.as_deref()),

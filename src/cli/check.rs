@@ -1,0 +1,259 @@
+//! `recoverd check PATH…`: load, validate and render every plan; text for people, JSON and
+//! JUnit for CI. Exit 1 when anything is invalid.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::ClusterArgs;
+use crate::alert::{self, Alert};
+use crate::cluster::WriteMode;
+use crate::plan::validate::{output_key, step_templates};
+use crate::plan::{load_paths, validate, LoadedPlan};
+use crate::template;
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
+pub enum Format {
+    #[default]
+    Text,
+    Json,
+    Junit,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Plan files or directories.
+    #[arg(required = true)]
+    pub paths: Vec<PathBuf>,
+    /// Check cluster names against this registry (without it, cluster names are not checked).
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    /// A sample alert (webhook payload or single alert) to render templates with; default: a
+    /// generated alert carrying each plan's alertLabels.
+    #[arg(long)]
+    pub alert: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// The verdict on one plan (or one file that failed to load).
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct PlanResult {
+    pub file: String,
+    pub plan: Option<String>,
+    pub valid: bool,
+    pub problems: Vec<String>,
+    pub notes: Vec<String>,
+}
+
+pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let names = if args.clusters.clusters.is_some() || args.clusters.kubeconfig.is_some() {
+        Some(args.clusters.registry(WriteMode::DryRun).await?.names())
+    } else {
+        None
+    };
+    let sample = match &args.alert {
+        Some(p) => alert::load_file(p)?.into_iter().find(Alert::is_firing),
+        None => None,
+    };
+    let results = check_paths(&args.paths, names.as_ref(), sample.as_ref());
+    let out = match args.format {
+        Format::Text => text(&results, names.is_some()),
+        Format::Json => serde_json::to_string_pretty(&results)? + "\n",
+        Format::Junit => junit(&results),
+    };
+    print!("{out}");
+    Ok(if results.iter().all(|r| r.valid) {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub fn check_paths(
+    paths: &[PathBuf],
+    clusters: Option<&std::collections::BTreeSet<String>>,
+    sample: Option<&Alert>,
+) -> Vec<PlanResult> {
+    let (plans, errors) = load_paths(paths);
+    let mut results: Vec<PlanResult> = errors
+        .iter()
+        .map(|e| PlanResult {
+            file: e.file.display().to_string(),
+            plan: None,
+            valid: false,
+            problems: vec![e.to_string()],
+            notes: vec![],
+        })
+        .collect();
+    for loaded in &plans {
+        results.push(check_plan(loaded, clusters, sample));
+    }
+    results
+}
+
+fn check_plan(
+    loaded: &LoadedPlan,
+    clusters: Option<&std::collections::BTreeSet<String>>,
+    sample: Option<&Alert>,
+) -> PlanResult {
+    let spec = &loaded.plan.spec;
+    let file = loaded.source.file.display().to_string();
+    let at = |step: Option<&str>| {
+        let line = step.map_or(loaded.source.line, |s| loaded.source.line_of_step(s));
+        format!("{file}:{line}")
+    };
+    let report = validate(spec, clusters);
+    let mut problems: Vec<String> = report
+        .problems
+        .iter()
+        .map(|p| {
+            let step = p
+                .step
+                .as_deref()
+                .map(|s| format!("step {s:?}: "))
+                .unwrap_or_default();
+            format!(
+                "{}: {step}{}: {}",
+                at(p.step.as_deref()),
+                p.field,
+                p.message
+            )
+        })
+        .collect();
+    if report.is_valid() {
+        problems.extend(
+            render_all(loaded, sample)
+                .into_iter()
+                .map(|(step, m)| format!("{}: {m}", at(Some(&step)))),
+        );
+    }
+    PlanResult {
+        file: file.clone(),
+        plan: loaded.plan.metadata.name.clone(),
+        valid: problems.is_empty(),
+        notes: report
+            .notes
+            .iter()
+            .map(|n| format!("{}: step {:?}: {}", at(Some(&n.step)), n.step, n.message))
+            .collect(),
+        problems,
+    }
+}
+
+/// Renders every template of a valid plan with the sample alert; outputs of readField/http
+/// steps are stood in for by placeholders. Returns (step, problem) pairs.
+fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Vec<(String, String)> {
+    let spec = &loaded.plan.spec;
+    let alert = sample.cloned().unwrap_or_else(|| Alert::sample_for(spec));
+    let mut values: Map<String, Value> = spec.params.clone().into_iter().collect();
+    let mut problems = Vec::new();
+    for (i, step) in spec.steps.iter().chain(&spec.on_failure).enumerate() {
+        let mut ctx = json!({
+            "Values": values,
+            "alert": alert.context(),
+            "plan": {"name": loaded.plan.metadata.name, "namespace": loaded.plan.metadata.namespace},
+            "run": {"id": "check", "mode": "dryRun"},
+        });
+        if let Some(h) = &step.http {
+            ctx["secrets"] = h
+                .secrets
+                .keys()
+                .map(|k| (k.clone(), json!(format!("<secret {k}>"))))
+                .collect::<Map<_, _>>()
+                .into();
+        }
+        for (field, src, yaml) in step_templates(step, &format!("steps[{i}]")) {
+            let result = if yaml {
+                template::render_yaml(&src, &ctx)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else if field.ends_with(".when") {
+                template::render_bool(&src, &ctx)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            } else {
+                template::render(&src, &ctx)
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            };
+            if let Err(e) = result {
+                problems.push((
+                    step.name().to_string(),
+                    format!("step {:?}: {field}: {e}", step.name()),
+                ));
+            }
+        }
+        if let Some(k) = output_key(step) {
+            values.insert(
+                k.to_string(),
+                json!(format!("<{k} from step {}>", step.name())),
+            );
+        }
+    }
+    problems
+}
+
+fn text(results: &[PlanResult], clusters_checked: bool) -> String {
+    let mut out = String::new();
+    for r in results {
+        let name = r
+            .plan
+            .as_deref()
+            .map(|p| format!(" plan {p}"))
+            .unwrap_or_default();
+        if r.valid {
+            out += &format!("ok   {}{name}\n", r.file);
+        } else {
+            out += &format!("FAIL {}{name}\n", r.file);
+        }
+        for p in &r.problems {
+            out += &format!("  error: {p}\n");
+        }
+        for n in &r.notes {
+            out += &format!("  note: {n}\n");
+        }
+    }
+    let bad = results.iter().filter(|r| !r.valid).count();
+    out += &format!("{} plan(s) checked, {bad} invalid", results.len());
+    if !clusters_checked {
+        out += " (cluster names not checked: give --kubeconfig or --clusters)";
+    }
+    out.push('\n');
+    out
+}
+
+fn junit(results: &[PlanResult]) -> String {
+    let esc = |s: &str| {
+        s.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    let failures = results.iter().filter(|r| !r.valid).count();
+    let mut out = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"recoverd check\" tests=\"{}\" failures=\"{failures}\">\n<testsuite name=\"plans\" tests=\"{}\" failures=\"{failures}\">\n",
+        results.len(),
+        results.len()
+    );
+    for r in results {
+        let name = esc(r.plan.as_deref().unwrap_or("(not loaded)"));
+        out += &format!(
+            "  <testcase classname=\"{}\" name=\"{name}\">",
+            esc(&r.file)
+        );
+        if !r.valid {
+            out += &format!(
+                "\n    <failure message=\"{} problem(s)\">{}</failure>\n  ",
+                r.problems.len(),
+                esc(&r.problems.join("\n"))
+            );
+        }
+        out += "</testcase>\n";
+    }
+    out += "</testsuite>\n</testsuites>\n";
+    out
+}

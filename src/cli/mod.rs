@@ -1,0 +1,112 @@
+//! The command line (one binary, clap): `check`, `run`, `rehearse`, `crd`. Each command is a
+//! thin layer over the library; output formats live in the command's own file.
+
+pub mod check;
+pub mod crd;
+mod print;
+mod rehearse;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "recoverd",
+    version,
+    about = "Turns an alert into a safe, recorded recovery across Kubernetes clusters"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// Log filter, e.g. `info` or `recoverd=debug` (logs go to stderr).
+    #[arg(long, global = true, env = "RECOVERD_LOG", default_value = "warn")]
+    pub log: String,
+    /// Log as JSON lines.
+    #[arg(long, global = true, env = "RECOVERD_LOG_JSON")]
+    pub log_json: bool,
+}
+
+/// Where the clusters come from.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// Kubeconfig whose contexts are the clusters (context name = cluster name; the current
+    /// context is the default cluster). Default: $KUBECONFIG or ~/.kube/config.
+    #[arg(long, env = "RECOVERD_KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+    /// A clusters.yaml mapping cluster names to kubeconfig files and contexts.
+    #[arg(long, env = "RECOVERD_CLUSTERS")]
+    pub clusters: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Load and validate plans, and render every template with a sample alert; exit 1 when
+    /// anything is invalid.
+    Check(check::Args),
+    /// Execute a plan once against live clusters, printing each step.
+    Run(run::Args),
+    /// Seed throwaway clusters from a world file, run its reactors and the plan, show every
+    /// change and check expectations.
+    Rehearse(rehearse::Args),
+    /// Print the RecoveryPlan and RecoveryRun CRDs.
+    Crd,
+}
+
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    crate::telemetry::init(&cli.log, cli.log_json);
+    let result = match cli.command {
+        Command::Check(a) => check::main(a).await,
+        Command::Run(a) => run::main(a).await,
+        Command::Rehearse(a) => rehearse::main(a).await,
+        Command::Crd => crd::main(),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+impl ClusterArgs {
+    /// The registry these arguments describe; with neither flag, the default kubeconfig, or the
+    /// in-cluster config when running in a pod.
+    pub async fn registry(
+        &self,
+        mode: crate::cluster::WriteMode,
+    ) -> Result<crate::cluster::Registry, crate::cluster::ClusterError> {
+        use crate::cluster::Registry;
+        match (&self.clusters, &self.kubeconfig) {
+            (Some(c), _) => Registry::from_clusters_file(c, mode).await,
+            (None, Some(k)) => Registry::from_kubeconfig(Some(k), mode).await,
+            (None, None)
+                if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some()
+                    && std::env::var_os("KUBECONFIG").is_none() =>
+            {
+                Registry::in_cluster(mode)
+            }
+            (None, None) => Registry::from_kubeconfig(None, mode).await,
+        }
+    }
+}
+
+/// Loads exactly one plan from a file (or fails saying why).
+pub fn load_one(path: &std::path::Path) -> anyhow::Result<crate::plan::LoadedPlan> {
+    let (mut plans, errors) = crate::plan::load_paths(&[path.to_path_buf()]);
+    if let Some(e) = errors.first() {
+        anyhow::bail!("{e}");
+    }
+    match plans.len() {
+        1 => Ok(plans.remove(0)),
+        0 => anyhow::bail!("{} holds no RecoveryPlan", path.display()),
+        n => anyhow::bail!(
+            "{} holds {n} plans; give a file with exactly one",
+            path.display()
+        ),
+    }
+}

@@ -1,0 +1,168 @@
+//! Printing a run as it happens: each step as it starts and ends, with duration, outputs and
+//! the change it made; a live line with elapsed time while a step waits (on a terminal).
+
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::duration;
+use crate::executor::{Event, Observer};
+use crate::run::record::{Phase, RunRecord, StepRecord, StepStatus};
+
+pub struct Printer {
+    spinner: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    tty: bool,
+}
+
+impl Printer {
+    pub fn new() -> Self {
+        Printer {
+            spinner: Mutex::new(None),
+            tty: std::io::stdout().is_terminal(),
+        }
+    }
+
+    fn stop_spinner(&self) {
+        if let Some(h) = self.spinner.lock().unwrap().take() {
+            h.abort();
+            print!("\r\x1b[2K");
+        }
+    }
+}
+
+impl Default for Printer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn step<'a>(run: &'a RunRecord, index: usize, compensation: bool) -> &'a StepRecord {
+    if compensation {
+        &run.on_failure[index]
+    } else {
+        &run.steps[index]
+    }
+}
+
+impl Observer for Printer {
+    fn on_event(&self, run: &RunRecord, event: &Event) {
+        match event {
+            Event::RunStarted => {
+                let mode = if run.mode == crate::run::record::RunMode::DryRun {
+                    " (dry run: every write sent with dryRun=All)"
+                } else {
+                    ""
+                };
+                println!("run {} of plan {}{mode}", run.id, run.plan);
+            }
+            Event::StepStarted {
+                index,
+                compensation,
+            } => {
+                let s = step(run, *index, *compensation);
+                let prefix = if *compensation { "onFailure " } else { "" };
+                let on = s
+                    .cluster
+                    .as_deref()
+                    .map(|c| format!(" on {c}"))
+                    .unwrap_or_default();
+                println!("▶ {prefix}{} ({}{on})", s.name, s.step_type);
+            }
+            Event::StepWaiting { what, deadline, .. } => {
+                self.stop_spinner();
+                if self.tty {
+                    let what = what.clone();
+                    let limit = *deadline;
+                    let started = Instant::now();
+                    let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
+                    let handle = tokio::spawn(async move {
+                        let mut i = 0;
+                        loop {
+                            print!(
+                                "\r\x1b[2K  {} waiting {} / {}: {what}",
+                                frames[i % frames.len()],
+                                duration::format(Duration::from_millis(
+                                    started.elapsed().as_millis() as u64 / 100 * 100
+                                )),
+                                duration::format(limit)
+                            );
+                            let _ = std::io::stdout().flush();
+                            i += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    });
+                    *self.spinner.lock().unwrap() = Some(handle);
+                } else {
+                    println!("  … waiting up to {}: {what}", duration::format(*deadline));
+                }
+            }
+            Event::StepFinished {
+                index,
+                compensation,
+            } => {
+                self.stop_spinner();
+                let s = step(run, *index, *compensation);
+                let took = s
+                    .duration_ms
+                    .map(|ms| duration::format(Duration::from_millis(ms)))
+                    .unwrap_or_default();
+                let attempts = if s.attempts > 1 {
+                    format!(", {} attempts", s.attempts)
+                } else {
+                    String::new()
+                };
+                match s.status {
+                    StepStatus::Succeeded => println!("✔ {} ({took}{attempts})", s.name),
+                    StepStatus::Skipped => {
+                        println!("↷ {} skipped: {}", s.name, s.error.as_deref().unwrap_or(""))
+                    }
+                    _ => {
+                        let cont = if s.continued {
+                            " — continuing (onError: continue)"
+                        } else {
+                            ""
+                        };
+                        println!(
+                            "✘ {} ({took}{attempts}): {}{cont}",
+                            s.name,
+                            s.error.as_deref().unwrap_or("failed")
+                        );
+                    }
+                }
+                for (k, v) in &s.outputs {
+                    println!("    {k} = {}", crate::fieldpath::as_text(v));
+                }
+                if let Some(serde_json::Value::Array(ops)) = &s.diff {
+                    for op in ops {
+                        let value = op
+                            .get("value")
+                            .map(crate::fieldpath::as_text)
+                            .unwrap_or_default();
+                        println!(
+                            "    {} {} {}",
+                            op.get("op").and_then(|o| o.as_str()).unwrap_or(""),
+                            op.get("path").and_then(|o| o.as_str()).unwrap_or(""),
+                            value.replace('\n', "\\n")
+                        );
+                    }
+                }
+            }
+            Event::RunFinished => {
+                self.stop_spinner();
+                let took = run
+                    .duration_ms
+                    .map(|ms| duration::format(Duration::from_millis(ms)))
+                    .unwrap_or_default();
+                match run.phase {
+                    Phase::Succeeded => println!("run {} succeeded in {took}", run.id),
+                    phase => {
+                        println!("run {} {phase:?} after {took}", run.id);
+                        if let Some(e) = &run.error {
+                            println!("{e}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `recoverd rehearse PLAN --world W --kubeconfig F`: seed throwaway clusters from a world,
+//! start its reactors, run the plan through the normal client path, print every change and
+//! check expectations.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use super::print::Printer;
+use super::ClusterArgs;
+use crate::alert::{self, Alert};
+use crate::cluster::WriteMode;
+use crate::executor::{Executor, RunInput, RunnablePlan};
+use crate::run::record::Phase;
+use crate::world;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// The world: CRDs and objects per cluster, and reactors.
+    #[arg(long)]
+    pub world: PathBuf,
+    /// Expectations to check afterwards.
+    #[arg(long)]
+    pub expect: Option<PathBuf>,
+    /// An Alertmanager webhook payload or single alert to run the plan with.
+    #[arg(long)]
+    pub alert: Option<PathBuf>,
+    /// The throwaway clusters (they are written to). Required until the built-in simulator
+    /// lands.
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+}
+
+pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    if args.clusters.kubeconfig.is_none() && args.clusters.clusters.is_none() {
+        anyhow::bail!(
+            "give --kubeconfig (or --clusters) naming the throwaway clusters to rehearse on"
+        );
+    }
+    let loaded = super::load_one(&args.plan)?;
+    let registry = Arc::new(args.clusters.registry(WriteMode::Live).await?);
+    let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
+    if !report.is_valid() {
+        for p in &report.problems {
+            eprintln!(
+                "{}: {}: {}",
+                loaded.source.file.display(),
+                p.field,
+                p.message
+            );
+        }
+        anyhow::bail!("the plan is invalid; nothing was run");
+    }
+    let (w, base) = world::load(&args.world)?;
+    let seeded = world::seed(&registry, &w, &base)
+        .await
+        .context("seeding the world")?;
+    println!(
+        "world: {} object(s) in {} cluster(s), {} reactor(s)",
+        seeded.len(),
+        w.clusters.len(),
+        w.reactors.len()
+    );
+    let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
+
+    let alert = match &args.alert {
+        Some(p) => alert::load_file(p)?
+            .into_iter()
+            .find(|a| a.is_firing() && alert::plan_matches(&loaded.plan.spec, &a.labels)),
+        None => None,
+    };
+    let input = RunInput {
+        params: Default::default(),
+        alert: alert.as_ref().map(Alert::context),
+    };
+    let executor = Executor::new(registry.clone());
+    let runnable = RunnablePlan {
+        plan: loaded.plan.clone(),
+        base_dir: loaded.source.file.parent().map(|p| p.to_path_buf()),
+    };
+    let mut record = executor.new_record("rehearsal", &runnable.plan, &input);
+    record.trigger.kind = "rehearsal".into();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    executor
+        .execute(&runnable, &input, &mut record, &Printer::new(), &cancel)
+        .await;
+
+    println!("\nchanges:");
+    let changed = world::changes(&registry, &seeded).await;
+    if changed.is_empty() {
+        println!("  (none)");
+    }
+    for (s, after) in &changed {
+        println!("  {}", s.describe());
+        for op in crate::executor::object_diff(&s.before, after)
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            println!(
+                "    {} {} {}",
+                op["op"].as_str().unwrap_or(""),
+                op["path"].as_str().unwrap_or(""),
+                op.get("value")
+                    .map(crate::fieldpath::as_text)
+                    .unwrap_or_default()
+            );
+        }
+    }
+    let mut ok = record.phase == Phase::Succeeded;
+    if let Some(path) = &args.expect {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let expectations: world::Expectations =
+            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let failures = world::check(&registry, &seeded, &expectations).await;
+        println!(
+            "\nexpectations: {} checked, {} failed",
+            expectations.expect.len(),
+            failures.len()
+        );
+        for f in &failures {
+            println!("  ✘ {f}");
+        }
+        ok &= failures.is_empty();
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,138 @@
+//! `recoverd run PLAN`: execute once against live clusters.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+use super::print::Printer;
+use super::ClusterArgs;
+use crate::alert::{self, Alert};
+use crate::cluster::WriteMode;
+use crate::executor::{Executor, RunInput, RunnablePlan};
+use crate::run::record::Phase;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The plan file.
+    pub plan: PathBuf,
+    /// An Alertmanager webhook payload or a single alert; each firing alert that matches the
+    /// plan runs it once.
+    #[arg(long)]
+    pub alert: Option<PathBuf>,
+    /// Override a param: `--param north=pg-north` (values are YAML: numbers and booleans keep
+    /// their type).
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    #[command(flatten)]
+    pub clusters: ClusterArgs,
+    /// Send every write with dryRun=All: the API servers validate it, nothing is stored.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Print the final run record as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn parse_params(
+    params: &[String],
+) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
+    params
+        .iter()
+        .map(|p| {
+            let (k, v) = p
+                .split_once('=')
+                .with_context(|| format!("--param {p:?}: expected KEY=VALUE"))?;
+            let v: Value = serde_yaml::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
+            Ok((k.to_string(), v))
+        })
+        .collect()
+}
+
+pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let loaded = super::load_one(&args.plan)?;
+    let mode = if args.dry_run {
+        WriteMode::DryRun
+    } else {
+        WriteMode::Live
+    };
+    let registry = Arc::new(args.clusters.registry(mode).await?);
+    let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
+    if !report.is_valid() {
+        for p in &report.problems {
+            let line = p
+                .step
+                .as_deref()
+                .map_or(loaded.source.line, |s| loaded.source.line_of_step(s));
+            eprintln!(
+                "{}:{line}: {}: {}",
+                loaded.source.file.display(),
+                p.field,
+                p.message
+            );
+        }
+        anyhow::bail!("the plan is invalid; nothing was run");
+    }
+    let params = parse_params(&args.params)?;
+    let alerts: Vec<Option<Alert>> = match &args.alert {
+        None => vec![None],
+        Some(path) => {
+            let all = alert::load_file(path)?;
+            let matching: Vec<_> = all
+                .into_iter()
+                .filter(|a| a.is_firing() && alert::plan_matches(&loaded.plan.spec, &a.labels))
+                .map(Some)
+                .collect();
+            if matching.is_empty() {
+                anyhow::bail!(
+                    "no firing alert in {} matches the plan's alertLabels/alertMatchers",
+                    path.display()
+                );
+            }
+            matching
+        }
+    };
+    let executor = Executor::new(registry);
+    let runnable = RunnablePlan {
+        plan: loaded.plan.clone(),
+        base_dir: loaded.source.file.parent().map(|p| p.to_path_buf()),
+    };
+    let printer = Printer::new();
+    let mut ok = true;
+    for alert in alerts {
+        let input = RunInput {
+            params: params.clone(),
+            alert: alert.as_ref().map(Alert::context),
+        };
+        let id = format!("cli-{}", jiff::Timestamp::now().as_millisecond());
+        let mut record = executor.new_record(&id, &runnable.plan, &input);
+        record.trigger = crate::run::record::Trigger {
+            kind: "cli".into(),
+            fingerprint: alert.as_ref().map(|a| a.fingerprint.clone()),
+            starts_at: alert.as_ref().map(|a| a.starts_at.clone()),
+            ..Default::default()
+        };
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let ctrl_c = cancel.clone();
+        let watcher = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                ctrl_c.cancel();
+            }
+        });
+        executor
+            .execute(&runnable, &input, &mut record, &printer, &cancel)
+            .await;
+        watcher.abort();
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&record)?);
+        }
+        ok &= record.phase == Phase::Succeeded;
+    }
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,424 @@
+//! The cluster registry (I/O edge): named clusters and one `kube::Client` for each, built once
+//! and reused, plus a per-cluster cache of API discovery.
+//!
+//! Clusters come from a kubeconfig (each context is a cluster, context name = cluster name; the
+//! current context is the default cluster), from a `clusters.yaml` that maps names to kubeconfig
+//! files and contexts, or from the in-cluster config when running in a pod. In dry-run mode every
+//! client carries a layer that adds `dryRun=All` to every request that could write, so no code
+//! path can change a cluster.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use kube::api::ApiResource;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::core::GroupVersion;
+use kube::discovery::{ApiCapabilities, Scope};
+use kube::{client::ClientBuilder, Client, Config};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("failed to read kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error("failed to build a client for cluster {cluster:?}: {reason}")]
+    Client { cluster: String, reason: String },
+    #[error("failed to read clusters file {path}: {reason}")]
+    ClustersFile { path: String, reason: String },
+    #[error("cluster {cluster:?} is not in the cluster registry (known: {known})")]
+    Unknown { cluster: String, known: String },
+    #[error("failed to discover {api_version} on cluster {cluster:?}: {source}")]
+    Discovery {
+        cluster: String,
+        api_version: String,
+        source: kube::Error,
+    },
+    #[error("cluster {cluster:?} serves no resource {resource:?} in {api_version}")]
+    NoResource {
+        cluster: String,
+        api_version: String,
+        resource: String,
+    },
+    #[error("no cluster is configured: give --kubeconfig, --clusters, or run in a pod")]
+    Empty,
+}
+
+/// `clusters.yaml`: names mapped to kubeconfig files and contexts.
+///
+/// ```yaml
+/// default: north
+/// clusters:
+///   north: {kubeconfig: /etc/recoverd/north.kubeconfig}
+///   south: {kubeconfig: /etc/recoverd/all.kubeconfig, context: south-admin}
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClustersFile {
+    #[serde(default)]
+    pub default: Option<String>,
+    pub clusters: BTreeMap<String, ClusterSource>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSource {
+    /// Path to a kubeconfig, relative to the clusters file.
+    pub kubeconfig: PathBuf,
+    /// The context to use; default: the kubeconfig's current context.
+    #[serde(default)]
+    pub context: Option<String>,
+}
+
+/// Whether clients may write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteMode {
+    Live,
+    /// Every mutating request is sent with `dryRun=All`.
+    DryRun,
+}
+
+/// What discovery says about a resource.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub resource: ApiResource,
+    pub namespaced: bool,
+    pub subresources: Vec<String>,
+}
+
+pub struct Registry {
+    clients: BTreeMap<String, Client>,
+    default: String,
+    mode: WriteMode,
+    discovery: Mutex<HashMap<(String, String), Vec<(ApiResource, ApiCapabilities)>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("clusters", &self.clients.keys().collect::<Vec<_>>())
+            .field("default", &self.default)
+            .field("mode", &self.mode)
+            .finish()
+    }
+}
+
+impl Registry {
+    /// One cluster per context of the kubeconfig at `path` (or `$KUBECONFIG` / `~/.kube/config`
+    /// when `None`); the current context is the default cluster.
+    pub async fn from_kubeconfig(
+        path: Option<&Path>,
+        mode: WriteMode,
+    ) -> Result<Self, ClusterError> {
+        let (kc, shown) = match path {
+            Some(p) => (Kubeconfig::read_from(p), p.display().to_string()),
+            None => (
+                Kubeconfig::read(),
+                "$KUBECONFIG or ~/.kube/config".to_string(),
+            ),
+        };
+        let kc = kc.map_err(|e| ClusterError::Kubeconfig {
+            path: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let mut clients = BTreeMap::new();
+        for ctx in &kc.contexts {
+            let client = client_for(&kc, Some(&ctx.name), mode).await?;
+            clients.insert(ctx.name.clone(), client);
+        }
+        let default = kc
+            .current_context
+            .clone()
+            .or_else(|| clients.keys().next().cloned())
+            .ok_or(ClusterError::Empty)?;
+        Ok(Self::new(clients, default, mode))
+    }
+
+    /// Clusters named in a `clusters.yaml`.
+    pub async fn from_clusters_file(path: &Path, mode: WriteMode) -> Result<Self, ClusterError> {
+        let err = |reason: String| ClusterError::ClustersFile {
+            path: path.display().to_string(),
+            reason,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+        let file: ClustersFile = serde_yaml::from_str(&text).map_err(|e| err(e.to_string()))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut clients = BTreeMap::new();
+        for (name, src) in &file.clusters {
+            let kpath = base.join(&src.kubeconfig);
+            let kc = Kubeconfig::read_from(&kpath).map_err(|e| ClusterError::Kubeconfig {
+                path: kpath.display().to_string(),
+                reason: e.to_string(),
+            })?;
+            let client = client_for(&kc, src.context.as_deref(), mode)
+                .await
+                .map_err(|e| ClusterError::Client {
+                    cluster: name.clone(),
+                    reason: e.to_string(),
+                })?;
+            clients.insert(name.clone(), client);
+        }
+        let default = file
+            .default
+            .or_else(|| clients.keys().next().cloned())
+            .ok_or(ClusterError::Empty)?;
+        if !clients.contains_key(&default) {
+            return Err(err(format!(
+                "default cluster {default:?} is not among its clusters"
+            )));
+        }
+        Ok(Self::new(clients, default, mode))
+    }
+
+    /// The cluster recoverd runs in, named `in-cluster`, as the only and default cluster.
+    pub fn in_cluster(mode: WriteMode) -> Result<Self, ClusterError> {
+        let config = Config::incluster().map_err(|e| ClusterError::Client {
+            cluster: "in-cluster".into(),
+            reason: e.to_string(),
+        })?;
+        let client = build_client(config, "in-cluster", mode)?;
+        Ok(Self::new(
+            BTreeMap::from([("in-cluster".to_string(), client)]),
+            "in-cluster".into(),
+            mode,
+        ))
+    }
+
+    fn new(clients: BTreeMap<String, Client>, default: String, mode: WriteMode) -> Self {
+        Registry {
+            clients,
+            default,
+            mode,
+            discovery: Mutex::default(),
+        }
+    }
+
+    pub fn names(&self) -> BTreeSet<String> {
+        self.clients.keys().cloned().collect()
+    }
+
+    pub fn default_cluster(&self) -> &str {
+        &self.default
+    }
+
+    pub fn mode(&self) -> WriteMode {
+        self.mode
+    }
+
+    /// The cluster a step names, or the default cluster.
+    pub fn name_or_default<'a>(&'a self, cluster: Option<&'a str>) -> &'a str {
+        cluster.unwrap_or(&self.default)
+    }
+
+    pub fn client(&self, cluster: &str) -> Result<Client, ClusterError> {
+        self.clients
+            .get(cluster)
+            .cloned()
+            .ok_or_else(|| ClusterError::Unknown {
+                cluster: cluster.to_string(),
+                known: self.clients.keys().cloned().collect::<Vec<_>>().join(", "),
+            })
+    }
+
+    async fn group(
+        &self,
+        cluster: &str,
+        api_version: &str,
+    ) -> Result<Vec<(ApiResource, ApiCapabilities)>, ClusterError> {
+        let key = (cluster.to_string(), api_version.to_string());
+        if let Some(found) = self.discovery.lock().unwrap().get(&key) {
+            return Ok(found.clone());
+        }
+        let client = self.client(cluster)?;
+        let gv: GroupVersion =
+            api_version
+                .parse()
+                .map_err(
+                    |e: kube::core::gvk::ParseGroupVersionError| ClusterError::NoResource {
+                        cluster: cluster.into(),
+                        api_version: format!("{api_version} ({e})"),
+                        resource: String::new(),
+                    },
+                )?;
+        let group = kube::discovery::pinned_group(&client, &gv)
+            .await
+            .map_err(|source| ClusterError::Discovery {
+                cluster: cluster.into(),
+                api_version: api_version.into(),
+                source,
+            })?;
+        let resources = group.versioned_resources(&gv.version);
+        self.discovery
+            .lock()
+            .unwrap()
+            .insert(key, resources.clone());
+        Ok(resources)
+    }
+
+    /// Resolves `apiVersion` + plural `resource` on a cluster through (cached) discovery.
+    pub async fn resolve(
+        &self,
+        cluster: &str,
+        api_version: &str,
+        resource: &str,
+    ) -> Result<Resolved, ClusterError> {
+        self.find(cluster, api_version, resource, |ar| ar.plural == resource)
+            .await
+    }
+
+    /// Resolves `apiVersion` + `kind` on a cluster through (cached) discovery.
+    pub async fn resolve_kind(
+        &self,
+        cluster: &str,
+        api_version: &str,
+        kind: &str,
+    ) -> Result<Resolved, ClusterError> {
+        self.find(cluster, api_version, kind, |ar| ar.kind == kind)
+            .await
+    }
+
+    async fn find(
+        &self,
+        cluster: &str,
+        api_version: &str,
+        what: &str,
+        pred: impl Fn(&ApiResource) -> bool,
+    ) -> Result<Resolved, ClusterError> {
+        let resources = self.group(cluster, api_version).await?;
+        let found = resources.into_iter().find(|(ar, _)| pred(ar));
+        match found {
+            Some((resource, caps)) => Ok(Resolved {
+                resource,
+                namespaced: matches!(caps.scope, Scope::Namespaced),
+                subresources: caps
+                    .subresources
+                    .iter()
+                    .map(|(ar, _)| ar.plural.clone())
+                    .collect(),
+            }),
+            None => {
+                // A CRD installed after the first lookup: forget the cached group and look again once.
+                self.discovery
+                    .lock()
+                    .unwrap()
+                    .remove(&(cluster.to_string(), api_version.to_string()));
+                let resources = self.group(cluster, api_version).await?;
+                let (resource, caps) =
+                    resources
+                        .into_iter()
+                        .find(|(ar, _)| pred(ar))
+                        .ok_or_else(|| ClusterError::NoResource {
+                            cluster: cluster.into(),
+                            api_version: api_version.into(),
+                            resource: what.into(),
+                        })?;
+                Ok(Resolved {
+                    resource,
+                    namespaced: matches!(caps.scope, Scope::Namespaced),
+                    subresources: caps
+                        .subresources
+                        .iter()
+                        .map(|(ar, _)| ar.plural.clone())
+                        .collect(),
+                })
+            }
+        }
+    }
+}
+
+async fn client_for(
+    kc: &Kubeconfig,
+    context: Option<&str>,
+    mode: WriteMode,
+) -> Result<Client, ClusterError> {
+    let name = context.unwrap_or("current-context").to_string();
+    let opts = KubeConfigOptions {
+        context: context.map(str::to_string),
+        ..Default::default()
+    };
+    let config = Config::from_custom_kubeconfig(kc.clone(), &opts)
+        .await
+        .map_err(|e| ClusterError::Client {
+            cluster: name.clone(),
+            reason: e.to_string(),
+        })?;
+    build_client(config, &name, mode)
+}
+
+fn build_client(config: Config, name: &str, mode: WriteMode) -> Result<Client, ClusterError> {
+    let builder = ClientBuilder::try_from(config).map_err(|e| ClusterError::Client {
+        cluster: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(match mode {
+        WriteMode::Live => builder.build(),
+        WriteMode::DryRun => builder
+            .with_layer(&tower::util::MapRequestLayer::new(force_dry_run))
+            .build(),
+    })
+}
+
+/// Adds `dryRun=All` to every request that could change something (anything but GET, HEAD,
+/// OPTIONS). The API server then validates and answers as if it wrote, but stores nothing.
+pub fn force_dry_run<B>(mut req: http::Request<B>) -> http::Request<B> {
+    if matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) {
+        return req;
+    }
+    let uri = req.uri().clone();
+    let pq = uri
+        .path_and_query()
+        .map_or(uri.path().to_string(), |pq| pq.as_str().to_string());
+    let already = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "dryRun=All"));
+    if !already {
+        let sep = if uri.query().is_some() { '&' } else { '?' };
+        let mut parts = uri.into_parts();
+        parts.path_and_query = Some(
+            format!("{pq}{sep}dryRun=All")
+                .parse()
+                .expect("valid path and query"),
+        );
+        *req.uri_mut() = http::Uri::from_parts(parts).expect("valid uri");
+    }
+    req
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dry_run_is_added_to_every_write_and_only_to_writes() {
+        for m in [
+            http::Method::POST,
+            http::Method::PUT,
+            http::Method::PATCH,
+            http::Method::DELETE,
+        ] {
+            let req = http::Request::builder()
+                .method(m)
+                .uri("https://h/api/v1/namespaces/a/configmaps/x?fieldManager=r")
+                .body(())
+                .unwrap();
+            assert_eq!(
+                force_dry_run(req).uri().query(),
+                Some("fieldManager=r&dryRun=All")
+            );
+        }
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("https://h/api/v1/namespaces")
+            .body(())
+            .unwrap();
+        assert_eq!(force_dry_run(req).uri().query(), Some("dryRun=All"));
+        let req = http::Request::builder()
+            .uri("https://h/api/v1/namespaces?watch=1")
+            .body(())
+            .unwrap();
+        assert_eq!(force_dry_run(req).uri().query(), Some("watch=1"));
+    }
+}

@@ -1,0 +1,121 @@
+//! Why a step failed, with what an operator needs to act, and whether trying again can help.
+
+use std::time::Duration;
+
+use crate::cluster::ClusterError;
+use crate::duration;
+use crate::fieldpath::FieldPathError;
+use crate::template::TemplateError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error(transparent)]
+    FieldPath(#[from] FieldPathError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
+    #[error("failed to {action} {object}: {source}")]
+    Kube {
+        action: &'static str,
+        object: String,
+        source: kube::Error,
+    },
+    #[error("failed to find {object}: it does not exist")]
+    NotFound { object: String },
+    #[error("failed to read {path} of {object}: the field is missing")]
+    FieldMissing { object: String, path: String },
+    #[error("failed to read {path} of {object}: the field is empty")]
+    FieldEmpty { object: String, path: String },
+    #[error("attempt timed out after {}", duration::format(*after))]
+    AttemptTimeout { after: Duration },
+    #[error("timed out after {} waiting for {condition} on {object} (last value: {last}){}", duration::format(*after), last_error.as_ref().map(|e| format!("; last error: {e}")).unwrap_or_default())]
+    WaitTimeout {
+        after: Duration,
+        condition: String,
+        object: String,
+        last: String,
+        last_error: Option<String>,
+    },
+    #[error("failed to render the manifest: {reason}")]
+    Manifest { reason: String },
+    #[error("failed to read secret {name:?}: {reason}")]
+    Secret { name: String, reason: String },
+    #[error("failed to call {url}: {reason}")]
+    Http {
+        url: String,
+        reason: String,
+        transient: bool,
+    },
+    #[error("{url} answered {status}, expected {expected}: {body}")]
+    HttpStatus {
+        url: String,
+        status: u16,
+        expected: String,
+        body: String,
+    },
+    #[error("the run's deadline of {} passed", duration::format(*after))]
+    RunDeadline { after: Duration },
+    #[error("the run was cancelled")]
+    Cancelled,
+}
+
+impl StepError {
+    /// Whether another attempt may succeed: timeouts, 429, 5xx, lost connections.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StepError::Kube { source, .. } => kube_transient(source),
+            StepError::Cluster(ClusterError::Discovery { source, .. }) => kube_transient(source),
+            StepError::AttemptTimeout { .. } => true,
+            StepError::Http { transient, .. } => *transient,
+            StepError::HttpStatus { status, .. } => *status == 429 || *status >= 500,
+            _ => false,
+        }
+    }
+
+    /// A bounded category for metrics and records.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StepError::Template(_) => "template",
+            StepError::FieldPath(_) => "field-path",
+            StepError::Cluster(ClusterError::Discovery { source, .. })
+                if kube_transient(source) =>
+            {
+                "unreachable"
+            }
+            StepError::Cluster(_) => "cluster",
+            StepError::Kube {
+                source: kube::Error::Api(s),
+                ..
+            } => match s.code {
+                409 => "conflict",
+                422 => "invalid",
+                403 | 401 => "forbidden",
+                429 => "throttled",
+                500..=599 => "server-error",
+                _ => "api-error",
+            },
+            StepError::Kube { .. } => "unreachable",
+            StepError::NotFound { .. } => "not-found",
+            StepError::FieldMissing { .. } => "field-missing",
+            StepError::FieldEmpty { .. } => "field-empty",
+            StepError::AttemptTimeout { .. } => "timeout",
+            StepError::WaitTimeout { .. } => "wait-timeout",
+            StepError::Manifest { .. } => "manifest",
+            StepError::Secret { .. } => "secret",
+            StepError::Http { .. } => "http",
+            StepError::HttpStatus { .. } => "http-status",
+            StepError::RunDeadline { .. } => "run-deadline",
+            StepError::Cancelled => "cancelled",
+        }
+    }
+}
+
+pub fn kube_transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(s) => s.code == 429 || s.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
+        kube::Error::HttpError(_) => true,
+        _ => false,
+    }
+}

@@ -1,0 +1,157 @@
+//! `http`: call an endpoint with reqwest. Secrets come from environment variables or files and
+//! are redacted wherever they appear in the run record.
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::{StepCtx, StepError, StepOutcome};
+use crate::plan::model::{HttpStep, SecretRef};
+use crate::template;
+
+pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+    let secrets = read_secrets(&step.secrets)?;
+    let mut values = ctx.values.clone();
+    values["secrets"] = json!(secrets);
+    let url = template::render(&step.url, &values)?;
+    let method = step.method.clone().unwrap_or_else(|| {
+        if step.body.is_some() || step.json.is_some() {
+            "POST"
+        } else {
+            "GET"
+        }
+        .to_string()
+    });
+    let method =
+        reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
+            StepError::Http {
+                url: url.clone(),
+                reason: format!("{method:?} is not an HTTP method"),
+                transient: false,
+            }
+        })?;
+    let mut req = ctx.http.request(method.clone(), &url);
+    let mut shown_headers = BTreeMap::new();
+    for (k, v) in &step.headers {
+        let v = template::render(v, &values)?;
+        req = req.header(k, &v);
+        shown_headers.insert(k.clone(), v);
+    }
+    let mut shown_body = Value::Null;
+    if let Some(body) = &step.body {
+        let body = template::render(body, &values)?;
+        shown_body = Value::String(body.clone());
+        req = req.body(body);
+    } else if let Some(j) = &step.json {
+        let body = template::render_raw(j, &values)?;
+        shown_body = body.clone();
+        req = req.json(&body);
+    }
+    let secret_values: Vec<&str> = secrets
+        .values()
+        .map(String::as_str)
+        .filter(|s| !s.is_empty())
+        .collect();
+    let inputs = redact(
+        json!({"method": method.as_str(), "url": url, "headers": shown_headers, "body": shown_body}),
+        &secret_values,
+    );
+
+    let resp = req.send().await.map_err(|e| StepError::Http {
+        url: redact_str(&url, &secret_values),
+        reason: redact_str(&error_chain(&e), &secret_values),
+        transient: e.is_timeout() || e.is_connect() || e.is_request(),
+    })?;
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    let ok = if step.expect_status.is_empty() {
+        (200..300).contains(&status)
+    } else {
+        step.expect_status.contains(&status)
+    };
+    if !ok {
+        let expected = if step.expect_status.is_empty() {
+            "2xx".to_string()
+        } else {
+            step.expect_status
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(" or ")
+        };
+        return Err(StepError::HttpStatus {
+            url: redact_str(&url, &secret_values),
+            status,
+            expected,
+            body: redact_str(&text.chars().take(300).collect::<String>(), &secret_values),
+        });
+    }
+    let mut outputs = BTreeMap::new();
+    if let Some(k) = &step.output_key {
+        outputs.insert(k.clone(), Value::String(text.trim_end().to_string()));
+    }
+    Ok(StepOutcome {
+        inputs: Some(inputs),
+        outputs,
+        diff: None,
+        object: Some(format!("{} {}", method, redact_str(&url, &secret_values))),
+    })
+}
+
+fn read_secrets(refs: &BTreeMap<String, SecretRef>) -> Result<BTreeMap<String, String>, StepError> {
+    refs.iter()
+        .map(|(name, r)| {
+            let value = match (&r.env, &r.file) {
+                (Some(var), _) => std::env::var(var).map_err(|_| StepError::Secret {
+                    name: name.clone(),
+                    reason: format!("environment variable {var} is not set"),
+                })?,
+                (None, Some(file)) => std::fs::read_to_string(file)
+                    .map_err(|e| StepError::Secret {
+                        name: name.clone(),
+                        reason: format!("failed to read {file}: {e}"),
+                    })?
+                    .trim_end()
+                    .to_string(),
+                (None, None) => {
+                    return Err(StepError::Secret {
+                        name: name.clone(),
+                        reason: "needs env or file".into(),
+                    })
+                }
+            };
+            Ok((name.clone(), value))
+        })
+        .collect()
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(inner) = cur {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        cur = inner.source();
+    }
+    s
+}
+
+fn redact_str(s: &str, secrets: &[&str]) -> String {
+    secrets.iter().fold(s.to_string(), |acc, secret| {
+        acc.replace(secret, "<redacted>")
+    })
+}
+
+/// Replaces every occurrence of a secret value in every string of `v`.
+pub fn redact(v: Value, secrets: &[&str]) -> Value {
+    match v {
+        Value::String(s) => Value::String(redact_str(&s, secrets)),
+        Value::Array(a) => Value::Array(a.into_iter().map(|v| redact(v, secrets)).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, redact(v, secrets)))
+                .collect(),
+        ),
+        other => other,
+    }
+}

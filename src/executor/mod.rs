@@ -1,0 +1,635 @@
+//! The executor (I/O edge): runs a plan's steps in order against the clusters they name, each
+//! attempt bounded by its timeout, transient failures retried with backoff, every step recorded
+//! in the [`RunRecord`] before and after it runs, and `onFailure` run when a step aborts.
+//!
+//! One file per step type. The executor talks to clusters only through the [`Registry`]'s
+//! `kube::Client`s; it never decides *whether* a run may start (that is the run store's job).
+
+mod apply;
+mod error;
+mod http;
+mod patch;
+mod read_field;
+mod wait;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use kube::api::{Api, DynamicObject};
+use serde_json::{json, Map, Value};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, instrument, warn};
+
+pub use error::StepError;
+
+use crate::cluster::{Registry, Resolved};
+use crate::duration;
+use crate::plan::model::{OnError, RecoveryPlan, Step, StepType};
+use crate::plan::validate::{DEFAULT_RUN_TIMEOUT, DEFAULT_STEP_TIMEOUT};
+use crate::run::record::{now, Phase, RunRecord, StepRecord, StepStatus};
+use crate::template;
+
+/// The field manager recoverd writes with.
+pub const FIELD_MANAGER: &str = "recoverd";
+
+/// Something that wants to know as a run progresses: the CLI's printer, the run store (which
+/// must have written the record before the executor goes on), metrics.
+pub trait Observer: Send + Sync {
+    fn on_event(&self, run: &RunRecord, event: &Event);
+}
+
+/// What just happened in a run.
+#[derive(Clone, Debug)]
+pub enum Event {
+    RunStarted,
+    StepStarted {
+        index: usize,
+        compensation: bool,
+    },
+    /// A step is waiting (a condition wait, a pause, a retry backoff).
+    StepWaiting {
+        index: usize,
+        compensation: bool,
+        what: String,
+        deadline: Duration,
+    },
+    StepFinished {
+        index: usize,
+        compensation: bool,
+    },
+    RunFinished,
+}
+
+/// Observers that do nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {
+    fn on_event(&self, _: &RunRecord, _: &Event) {}
+}
+
+/// A plan with what a run of it needs besides the plan itself.
+#[derive(Clone, Debug)]
+pub struct RunnablePlan {
+    pub plan: RecoveryPlan,
+    /// Where file-relative references (`templateFrom.file`) are resolved.
+    pub base_dir: Option<PathBuf>,
+}
+
+/// The alert that triggered a run, as templates see it (`alert.labels.x`).
+pub type AlertContext = Value;
+
+pub struct Executor {
+    registry: Arc<Registry>,
+    http: reqwest::Client,
+}
+
+/// What a step hands back to the executor.
+#[derive(Default)]
+pub(crate) struct StepOutcome {
+    pub inputs: Option<Value>,
+    pub outputs: BTreeMap<String, Value>,
+    pub diff: Option<Value>,
+    pub object: Option<String>,
+}
+
+/// Everything a step needs while it runs.
+pub(crate) struct StepCtx<'a> {
+    pub registry: &'a Registry,
+    pub http: &'a reqwest::Client,
+    pub cluster: String,
+    pub values: &'a Value,
+    pub base_dir: Option<&'a std::path::Path>,
+    pub progress: &'a (dyn Fn(String, Duration) + Send + Sync),
+}
+
+impl StepCtx<'_> {
+    pub fn render(&self, s: &str) -> Result<String, StepError> {
+        Ok(template::render(s, self.values)?)
+    }
+
+    /// Resolves an object reference (rendering its name and namespace) into an API handle.
+    pub async fn object(
+        &self,
+        api_version: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: &str,
+    ) -> Result<(Api<DynamicObject>, String, String), StepError> {
+        let resolved = self
+            .registry
+            .resolve(&self.cluster, api_version, resource)
+            .await?;
+        let name = self.render(name)?;
+        let namespace = namespace.map(|n| self.render(n)).transpose()?;
+        let api = api_for_object(
+            self.registry,
+            &self.cluster,
+            &resolved,
+            namespace.as_deref(),
+        )?;
+        let shown = describe_object(api_version, resource, namespace.as_deref(), &name);
+        Ok((api, name, shown))
+    }
+}
+
+pub fn api_for_object(
+    registry: &Registry,
+    cluster: &str,
+    resolved: &Resolved,
+    namespace: Option<&str>,
+) -> Result<Api<DynamicObject>, StepError> {
+    let client = registry.client(cluster)?;
+    Ok(match (resolved.namespaced, namespace) {
+        (true, Some(ns)) => Api::namespaced_with(client, ns, &resolved.resource),
+        (true, None) => Api::default_namespaced_with(client, &resolved.resource),
+        (false, _) => Api::all_with(client, &resolved.resource),
+    })
+}
+
+/// `postgresql.cnpg.io/v1 clusters db/pg-north`
+pub fn describe_object(
+    api_version: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> String {
+    match namespace {
+        Some(ns) => format!("{api_version} {resource} {ns}/{name}"),
+        None => format!("{api_version} {resource} {name}"),
+    }
+}
+
+/// Reads an object; a 404 is [`StepError::NotFound`].
+pub(crate) async fn get_object(
+    api: &Api<DynamicObject>,
+    name: &str,
+    shown: &str,
+) -> Result<Value, StepError> {
+    match api.get_opt(name).await {
+        Ok(Some(obj)) => Ok(serde_json::to_value(obj).unwrap_or(Value::Null)),
+        Ok(None) => Err(StepError::NotFound {
+            object: shown.to_string(),
+        }),
+        Err(source) => Err(StepError::Kube {
+            action: "read",
+            object: shown.to_string(),
+            source,
+        }),
+    }
+}
+
+/// The change between two versions of an object as a JSON Patch, without the bookkeeping
+/// fields the API server changes on every write.
+pub fn object_diff(before: &Value, after: &Value) -> Value {
+    let patch = json_patch::diff(before, after);
+    let ops: Vec<Value> = serde_json::to_value(patch)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|op| {
+            let path = op.get("path").and_then(Value::as_str).unwrap_or("");
+            !(path.starts_with("/metadata/resourceVersion")
+                || path.starts_with("/metadata/managedFields")
+                || path.starts_with("/metadata/generation"))
+        })
+        .collect();
+    Value::Array(ops)
+}
+
+/// Inputs to a run besides the plan.
+#[derive(Clone, Debug, Default)]
+pub struct RunInput {
+    pub params: BTreeMap<String, Value>,
+    pub alert: Option<AlertContext>,
+}
+
+impl Executor {
+    pub fn new(registry: Arc<Registry>) -> Self {
+        let http = reqwest::Client::builder()
+            .user_agent(concat!("recoverd/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .expect("a TLS backend is compiled in");
+        Executor { registry, http }
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// A fresh record for a run of `plan`, with params = plan defaults overridden by `input`.
+    pub fn new_record(&self, id: &str, plan: &RecoveryPlan, input: &RunInput) -> RunRecord {
+        let mut params = plan.spec.params.clone();
+        params.extend(input.params.clone());
+        let step_records = |steps: &[Step]| steps.iter().map(|s| self.pending_record(s)).collect();
+        RunRecord {
+            id: id.to_string(),
+            plan: format!(
+                "{}/{}",
+                plan.metadata.namespace.as_deref().unwrap_or("default"),
+                plan.metadata.name.as_deref().unwrap_or_default()
+            ),
+            plan_generation: plan
+                .metadata
+                .generation
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| content_hash(plan)),
+            mode: match self.registry.mode() {
+                crate::cluster::WriteMode::Live => crate::run::record::RunMode::Live,
+                crate::cluster::WriteMode::DryRun => crate::run::record::RunMode::DryRun,
+            },
+            params,
+            steps: step_records(&plan.spec.steps),
+            on_failure: Vec::new(),
+            ..Default::default()
+        }
+    }
+
+    fn pending_record(&self, s: &Step) -> StepRecord {
+        StepRecord {
+            name: s.name().to_string(),
+            step_type: s.step_type.as_str().to_string(),
+            cluster: step_cluster(&self.registry, s).map(str::to_string),
+            ..Default::default()
+        }
+    }
+
+    /// Runs (or resumes) a run: steps already succeeded or skipped in `record` are not run again;
+    /// their outputs are taken from the record. Returns when the run has finished.
+    #[instrument(skip_all, fields(plan = %record.plan, run = %record.id))]
+    pub async fn execute(
+        &self,
+        runnable: &RunnablePlan,
+        input: &RunInput,
+        record: &mut RunRecord,
+        observer: &dyn Observer,
+        cancel: &CancellationToken,
+    ) {
+        let plan = &runnable.plan;
+        let run_timeout = plan
+            .spec
+            .timeout
+            .as_deref()
+            .and_then(|t| duration::parse(t).ok())
+            .unwrap_or(DEFAULT_RUN_TIMEOUT);
+        let started = Instant::now();
+        let deadline = started + run_timeout;
+        record.phase = Phase::Running;
+        record.started_at.get_or_insert_with(now);
+        record.error = None;
+        observer.on_event(record, &Event::RunStarted);
+        info!(steps = plan.spec.steps.len(), "run started");
+
+        let mut failure: Option<String> = None;
+        let start_at = record.first_unfinished().unwrap_or(plan.spec.steps.len());
+        for (index, step) in plan.spec.steps.iter().enumerate().skip(start_at) {
+            let result = self
+                .run_step(
+                    runnable,
+                    input,
+                    record,
+                    index,
+                    false,
+                    step,
+                    deadline,
+                    run_timeout,
+                    observer,
+                    cancel,
+                )
+                .await;
+            if let Err(e) = result {
+                if step.on_error == OnError::Continue
+                    && !matches!(e, StepError::Cancelled | StepError::RunDeadline { .. })
+                {
+                    record.steps[index].continued = true;
+                    observer.on_event(
+                        record,
+                        &Event::StepFinished {
+                            index,
+                            compensation: false,
+                        },
+                    );
+                    warn!(step = step.name(), error = %e, "step failed; continuing (onError: continue)");
+                    continue;
+                }
+                let cluster = record.steps[index].cluster.clone().unwrap_or_default();
+                failure = Some(format!(
+                    "step {:?} failed on cluster {cluster:?}: {e}",
+                    step.name()
+                ));
+                if matches!(e, StepError::Cancelled) {
+                    record.phase = Phase::Cancelled;
+                }
+                break;
+            }
+        }
+
+        if let Some(err) = failure {
+            record.error = Some(err);
+            if record.phase != Phase::Cancelled {
+                record.phase = Phase::Failed;
+                self.compensate(runnable, input, record, observer, cancel)
+                    .await;
+            }
+        } else {
+            record.phase = Phase::Succeeded;
+        }
+        record.finished_at = Some(now());
+        record.duration_ms =
+            Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
+        info!(phase = ?record.phase, "run finished");
+        observer.on_event(record, &Event::RunFinished);
+    }
+
+    async fn compensate(
+        &self,
+        runnable: &RunnablePlan,
+        input: &RunInput,
+        record: &mut RunRecord,
+        observer: &dyn Observer,
+        cancel: &CancellationToken,
+    ) {
+        let steps = &runnable.plan.spec.on_failure;
+        if steps.is_empty() {
+            return;
+        }
+        record.on_failure = steps.iter().map(|s| self.pending_record(s)).collect();
+        // Compensation gets its own budget: the run's deadline may be what failed it.
+        let budget: Duration = steps.iter().map(step_budget).sum();
+        let deadline = Instant::now() + budget;
+        for (index, step) in steps.iter().enumerate() {
+            let res = self
+                .run_step(
+                    runnable, input, record, index, true, step, deadline, budget, observer, cancel,
+                )
+                .await;
+            if let Err(e) = res {
+                warn!(step = step.name(), error = %e, "compensation step failed");
+                if step.on_error != OnError::Continue {
+                    break;
+                }
+                record.on_failure[index].continued = true;
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[instrument(skip_all, fields(step = step.name(), cluster = tracing::field::Empty))]
+    async fn run_step(
+        &self,
+        runnable: &RunnablePlan,
+        input: &RunInput,
+        record: &mut RunRecord,
+        index: usize,
+        compensation: bool,
+        step: &Step,
+        deadline: Instant,
+        run_timeout: Duration,
+        observer: &dyn Observer,
+        cancel: &CancellationToken,
+    ) -> Result<(), StepError> {
+        let cluster = self
+            .registry
+            .name_or_default(step.cluster.as_deref())
+            .to_string();
+        tracing::Span::current().record("cluster", cluster.as_str());
+        let values = context(runnable, input, record);
+        let started = Instant::now();
+        {
+            let rec = step_record(record, index, compensation);
+            rec.status = StepStatus::Running;
+            rec.started_at = Some(now());
+            rec.attempts = 0;
+            rec.error = None;
+            rec.reason = None;
+        }
+        observer.on_event(
+            record,
+            &Event::StepStarted {
+                index,
+                compensation,
+            },
+        );
+
+        let result = self
+            .attempts(
+                runnable,
+                record,
+                index,
+                compensation,
+                step,
+                &cluster,
+                &values,
+                deadline,
+                run_timeout,
+                observer,
+                cancel,
+            )
+            .await;
+
+        let rec = step_record(record, index, compensation);
+        rec.finished_at = Some(now());
+        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+        let outcome = match result {
+            Ok(Some(outcome)) => {
+                rec.status = StepStatus::Succeeded;
+                rec.inputs = outcome.inputs;
+                rec.diff = outcome.diff;
+                rec.object = outcome.object.or(rec.object.take());
+                rec.outputs = outcome.outputs.clone();
+                record.outputs.extend(outcome.outputs);
+                Ok(())
+            }
+            Ok(None) => {
+                rec.status = StepStatus::Skipped;
+                rec.error = Some(format!(
+                    "skipped: `when` was false ({})",
+                    step.when.as_deref().unwrap_or_default()
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                rec.status = StepStatus::Failed;
+                rec.error = Some(e.to_string());
+                rec.reason = Some(e.reason().to_string());
+                warn!(error = %e, reason = e.reason(), "step failed");
+                Err(e)
+            }
+        };
+        if outcome.is_ok() || step.on_error != OnError::Continue {
+            observer.on_event(
+                record,
+                &Event::StepFinished {
+                    index,
+                    compensation,
+                },
+            );
+        }
+        outcome
+    }
+
+    /// Runs the attempts of one step; `Ok(None)` when `when` skipped it.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        runnable: &RunnablePlan,
+        record: &mut RunRecord,
+        index: usize,
+        compensation: bool,
+        step: &Step,
+        cluster: &str,
+        values: &Value,
+        deadline: Instant,
+        run_timeout: Duration,
+        observer: &dyn Observer,
+        cancel: &CancellationToken,
+    ) -> Result<Option<StepOutcome>, StepError> {
+        if let Some(when) = &step.when {
+            if !template::render_bool(when, values)? {
+                return Ok(None);
+            }
+        }
+        let retries = step.retries.unwrap_or(0);
+        let attempt_timeout = step_attempt_timeout(step);
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            step_record(record, index, compensation).attempts = attempt;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(StepError::RunDeadline { after: run_timeout });
+            }
+            let snapshot = record.clone();
+            let progress = move |what: String, limit: Duration| {
+                observer.on_event(
+                    &snapshot,
+                    &Event::StepWaiting {
+                        index,
+                        compensation,
+                        what,
+                        deadline: limit,
+                    },
+                );
+            };
+            let ctx = StepCtx {
+                registry: &self.registry,
+                http: &self.http,
+                cluster: cluster.to_string(),
+                values,
+                base_dir: runnable.base_dir.as_deref(),
+                progress: &progress,
+            };
+            let limit = attempt_timeout.min(remaining);
+            let result = tokio::select! {
+                r = tokio::time::timeout(limit, execute_step(step, &ctx)) => match r {
+                    Ok(r) => r,
+                    Err(_) if limit < attempt_timeout => Err(StepError::RunDeadline { after: run_timeout }),
+                    Err(_) => Err(StepError::AttemptTimeout { after: limit }),
+                },
+                _ = cancel.cancelled() => Err(StepError::Cancelled),
+            };
+            match result {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(e) if e.is_transient() && attempt <= retries => {
+                    warn!(attempt, error = %e, "transient failure; retrying");
+                    let rec = step_record(record, index, compensation);
+                    rec.error = Some(format!("attempt {attempt}: {e}"));
+                    let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                    observer.on_event(
+                        record,
+                        &Event::StepWaiting {
+                            index,
+                            compensation,
+                            what: format!("retry {attempt}/{retries} after: {e}"),
+                            deadline: pause,
+                        },
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = cancel.cancelled() => return Err(StepError::Cancelled),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+    match step.step_type {
+        StepType::Patch => patch::run(step.patch.as_ref().expect("validated"), ctx).await,
+        StepType::ReadField => {
+            read_field::run(step.read_field.as_ref().expect("validated"), ctx).await
+        }
+        StepType::Wait => wait::run(step.wait.as_ref().expect("validated"), ctx).await,
+        StepType::Apply => apply::run(step.apply.as_ref().expect("validated"), ctx).await,
+        StepType::Http => http::run(step.http.as_ref().expect("validated"), ctx).await,
+    }
+}
+
+fn step_record(record: &mut RunRecord, index: usize, compensation: bool) -> &mut StepRecord {
+    if compensation {
+        &mut record.on_failure[index]
+    } else {
+        &mut record.steps[index]
+    }
+}
+
+/// The cluster a step acts on: its own, or the default; `None` for http steps.
+fn step_cluster<'a>(registry: &'a Registry, step: &'a Step) -> Option<&'a str> {
+    (step.step_type != StepType::Http).then(|| registry.name_or_default(step.cluster.as_deref()))
+}
+
+/// How long one attempt of a step may take: a wait's own timeout, else the step's.
+fn step_attempt_timeout(step: &Step) -> Duration {
+    let base = step
+        .timeout
+        .as_deref()
+        .and_then(|t| duration::parse(t).ok())
+        .unwrap_or(DEFAULT_STEP_TIMEOUT);
+    match &step.wait {
+        Some(w) if step.step_type == StepType::Wait => {
+            let own = w
+                .timeout
+                .as_deref()
+                .or(w.duration.as_deref())
+                .and_then(|t| duration::parse(t).ok());
+            // A wait's attempt must outlast what it waits for.
+            own.map_or(base, |d| d.max(base) + Duration::from_secs(1))
+        }
+        _ => base,
+    }
+}
+
+fn step_budget(step: &Step) -> Duration {
+    step_attempt_timeout(step) * (step.retries.unwrap_or(0) + 1) + Duration::from_secs(1)
+}
+
+/// The template context of a run at this point: `Values` (params, then outputs), `alert`,
+/// `plan`, `run`.
+fn context(runnable: &RunnablePlan, input: &RunInput, record: &RunRecord) -> Value {
+    let mut values = Map::new();
+    for (k, v) in &record.params {
+        values.insert(k.clone(), v.clone());
+    }
+    for (k, v) in &record.outputs {
+        values.insert(k.clone(), v.clone());
+    }
+    let meta = &runnable.plan.metadata;
+    json!({
+        "Values": values,
+        "alert": input.alert.clone().unwrap_or_else(|| json!({"labels": {}, "annotations": {}})),
+        "plan": {"name": meta.name, "namespace": meta.namespace},
+        "run": {"id": record.id, "mode": record.mode},
+    })
+}
+
+fn content_hash(plan: &RecoveryPlan) -> String {
+    use sha2::{Digest, Sha256};
+    let text = serde_json::to_string(&plan.spec).unwrap_or_default();
+    let digest = Sha256::digest(text.as_bytes());
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}

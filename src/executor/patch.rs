@@ -1,0 +1,82 @@
+//! `patch`: set one field of an object with a merge, JSON or strategic-merge patch. A merge
+//! patch through an array index is sent as a JSON Patch that tests the element first.
+
+use kube::api::{Patch, PatchParams};
+use serde_json::{json, Value};
+
+use super::{get_object, object_diff, StepCtx, StepError, StepOutcome, FIELD_MANAGER};
+use crate::fieldpath::FieldPath;
+use crate::plan::model::PatchStep;
+use crate::template;
+
+pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+    let path = FieldPath::parse(&step.override_.field_path)?;
+    let value = template::render_raw(&step.override_.value.raw, ctx.values)?;
+    let (api, name, shown) = ctx
+        .object(
+            &step.api_version,
+            &step.resource,
+            step.namespace.as_deref(),
+            &step.name,
+        )
+        .await?;
+    let shown = format!("{shown} on cluster {}", ctx.cluster);
+    let before = get_object(&api, &name, &shown).await?;
+
+    let patch_type = step
+        .patch_type
+        .as_deref()
+        .unwrap_or("application/merge-patch+json");
+    let (patch, body): (Patch<Value>, Value) = match patch_type {
+        "application/json-patch+json" => json_patch(&path, &before, value)?,
+        _ if path.has_index() => json_patch(&path, &before, value)?,
+        "application/strategic-merge-patch+json" => {
+            let body = path.merge_patch(value)?;
+            (Patch::Strategic(body.clone()), body)
+        }
+        _ => {
+            let body = path.merge_patch(value)?;
+            (Patch::Merge(body.clone()), body)
+        }
+    };
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.into()),
+        ..Default::default()
+    };
+    let result = if step.subresource_status {
+        api.patch_status(&name, &params, &patch).await
+    } else {
+        api.patch(&name, &params, &patch).await
+    };
+    let after = result.map_err(|source| StepError::Kube {
+        action: "patch",
+        object: shown.clone(),
+        source,
+    })?;
+    let after = serde_json::to_value(after).unwrap_or(Value::Null);
+    Ok(StepOutcome {
+        inputs: Some(json!({"patchType": patch_kind(&patch), "patch": body})),
+        diff: Some(object_diff(&before, &after)),
+        object: Some(shown),
+        ..Default::default()
+    })
+}
+
+fn json_patch(
+    path: &FieldPath,
+    before: &Value,
+    value: Value,
+) -> Result<(Patch<Value>, Value), StepError> {
+    let ops = path.json_patch_for(before, value)?;
+    let parsed: json_patch::Patch =
+        serde_json::from_value(ops.clone()).expect("generated JSON Patch is valid");
+    Ok((Patch::Json(parsed), ops))
+}
+
+fn patch_kind(p: &Patch<Value>) -> &'static str {
+    match p {
+        Patch::Json(_) => "application/json-patch+json",
+        Patch::Strategic(_) => "application/strategic-merge-patch+json",
+        _ => "application/merge-patch+json",
+    }
+}

@@ -1,0 +1,45 @@
+//! `readField`: read one field of an object into `Values.<outputKey>`; a missing or empty field
+//! fails the step, naming cluster, object and path.
+
+use std::collections::BTreeMap;
+
+use serde_json::json;
+
+use super::{get_object, StepCtx, StepError, StepOutcome};
+use crate::fieldpath::{self, FieldPath};
+use crate::plan::model::ReadFieldStep;
+
+pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+    let path = FieldPath::parse(&step.field_path)?;
+    let (api, name, shown) = ctx
+        .object(
+            &step.api_version,
+            &step.resource,
+            step.namespace.as_deref(),
+            &step.name,
+        )
+        .await?;
+    let shown = format!("{shown} on cluster {}", ctx.cluster);
+    let obj = get_object(&api, &name, &shown).await?;
+    let value = match path.get(&obj)? {
+        None => {
+            return Err(StepError::FieldMissing {
+                object: shown,
+                path: step.field_path.clone(),
+            })
+        }
+        Some(v) if fieldpath::is_empty(&v) => {
+            return Err(StepError::FieldEmpty {
+                object: shown,
+                path: step.field_path.clone(),
+            })
+        }
+        Some(v) => v,
+    };
+    Ok(StepOutcome {
+        inputs: Some(json!({"fieldPath": step.field_path})),
+        outputs: BTreeMap::from([(step.output_key.clone(), value)]),
+        diff: None,
+        object: Some(shown),
+    })
+}

@@ -1,0 +1,200 @@
+//! The run record (pure data): what happened in one execution of one plan, step by step. It is
+//! the status of a `RecoveryRun` custom resource, the body of `GET /api/v1/runs/{id}`, and what
+//! `recoverd run` prints at the end.
+
+use std::collections::BTreeMap;
+
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// One execution of a RecoveryPlan: its trigger and, in `status`, every step's outcome.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[kube(
+    group = "recoverd.io",
+    version = "v1alpha1",
+    kind = "RecoveryRun",
+    namespaced,
+    status = "RunRecord",
+    shortname = "rrun",
+    printcolumn = r#"{"name":"Plan","type":"string","jsonPath":".spec.plan"}"#,
+    printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
+    printcolumn = r#"{"name":"Started","type":"date","jsonPath":".status.startedAt"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct RecoveryRunSpec {
+    /// The plan's name (in the run's namespace).
+    pub plan: String,
+    /// What started the run.
+    pub trigger: Trigger,
+    /// `live`, or `dryRun` (every write sent with dryRun=All).
+    #[serde(default)]
+    pub mode: RunMode,
+}
+
+/// What started a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    /// `alert`, `manual` or `cli`.
+    pub kind: String,
+    /// The alert's fingerprint (alert triggers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+    /// The alert's startsAt (alert triggers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub starts_at: Option<String>,
+    /// Who asked (manual triggers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The caller's idempotency key (manual triggers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum RunMode {
+    #[default]
+    Live,
+    DryRun,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    WaitingForApproval,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    /// recoverd stopped while the run was unfinished; it can be resumed.
+    Interrupted,
+}
+
+impl Phase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum StepStatus {
+    #[default]
+    Pending,
+    Running,
+    Succeeded,
+    Skipped,
+    Failed,
+}
+
+/// The record of a run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RunRecord {
+    pub id: String,
+    /// `namespace/name` of the plan.
+    pub plan: String,
+    /// The plan's generation (or content hash for file plans) when the run began.
+    #[serde(default)]
+    pub plan_generation: String,
+    pub trigger: Trigger,
+    pub mode: RunMode,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The params the run started with (plan defaults overridden by the trigger).
+    #[serde(default)]
+    #[schemars(schema_with = "free_form_map")]
+    pub params: BTreeMap<String, Value>,
+    /// Every value produced by readField/http steps so far, by outputKey.
+    #[serde(default)]
+    #[schemars(schema_with = "free_form_map")]
+    pub outputs: BTreeMap<String, Value>,
+    pub steps: Vec<StepRecord>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub on_failure: Vec<StepRecord>,
+    /// Why the run failed: the failing step and reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// What happened in one step.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct StepRecord {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub step_type: String,
+    /// The cluster the step acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
+    /// The object it acted on: `apiVersion resource namespace/name`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<String>,
+    pub status: StepStatus,
+    #[serde(default)]
+    pub attempts: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// What the step sent, rendered, with secrets redacted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub inputs: Option<Value>,
+    /// What the step produced, by outputKey.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(schema_with = "free_form_map")]
+    pub outputs: BTreeMap<String, Value>,
+    /// For writes: the change it made, as a JSON Patch from the object before to after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub diff: Option<Value>,
+    /// Why it failed, or why it was skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// A bounded category of the failure (`timeout`, `not-found`, `api-error`…).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The failure was tolerated (`onError: continue`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub continued: bool,
+}
+
+impl RunRecord {
+    /// The index of the first step that has not finished (for resuming).
+    pub fn first_unfinished(&self) -> Option<usize> {
+        self.steps
+            .iter()
+            .position(|s| !matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped))
+    }
+}
+
+fn free_form_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "object",
+        "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+fn free_form_opt(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"nullable": true, "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// Now, as RFC 3339 (what Kubernetes timestamps look like).
+pub fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Millisecond)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}

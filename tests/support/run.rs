@@ -1,0 +1,125 @@
+//! Running plans against the test clusters through the library, as `recoverd run` does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use recoverd::cluster::{Registry, WriteMode};
+use recoverd::executor::{Executor, NoObserver, RunInput, RunnablePlan};
+use recoverd::run::RunRecord;
+use serde_json::Value;
+
+use super::clusters::{repo_dir, TestClusters};
+
+pub async fn registry(clusters: &TestClusters, mode: WriteMode) -> Arc<Registry> {
+    registry_from(clusters.kubeconfig(), mode).await
+}
+
+pub async fn registry_from(kubeconfig: &Path, mode: WriteMode) -> Arc<Registry> {
+    Arc::new(
+        Registry::from_kubeconfig(Some(kubeconfig), mode)
+            .await
+            .unwrap(),
+    )
+}
+
+pub fn plan(file: &str) -> RunnablePlan {
+    let path = repo_dir().join("tests/data/plans/run").join(file);
+    let (mut plans, errors) = recoverd::plan::load_paths(&[path.clone()]);
+    assert!(errors.is_empty(), "{errors:?}");
+    let plan = plans.remove(0);
+    let report = recoverd::plan::validate(&plan.plan.spec, None);
+    assert!(report.is_valid(), "{:?}", report.problems);
+    RunnablePlan {
+        plan: plan.plan,
+        base_dir: path.parent().map(Path::to_path_buf),
+    }
+}
+
+/// Runs a plan to the end with `ns` as its `Values.ns` (plus other params).
+pub async fn run(
+    registry: Arc<Registry>,
+    plan: &RunnablePlan,
+    ns: &str,
+    params: &[(&str, Value)],
+) -> RunRecord {
+    let mut p: BTreeMap<String, Value> = params
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    p.insert("ns".into(), Value::String(ns.into()));
+    let input = RunInput {
+        params: p,
+        alert: None,
+    };
+    let executor = Executor::new(registry);
+    let mut record = executor.new_record("test", &plan.plan, &input);
+    let cancel = tokio_util::sync::CancellationToken::new();
+    executor
+        .execute(plan, &input, &mut record, &NoObserver, &cancel)
+        .await;
+    record
+}
+
+/// Copies a world (and the CRDs it names) into a temporary directory with every
+/// `namespace: db` replaced by `ns`, so tests sharing clusters stay apart. Returns the world
+/// file's path; keep the TempDir alive.
+pub fn world_in_namespace(world: &str, ns: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = repo_dir().join("tests/data");
+    copy_replacing(&data.join("worlds"), &dir.path().join("worlds"), ns);
+    copy_replacing(&data.join("crds"), &dir.path().join("crds"), ns);
+    let path = dir.path().join("worlds").join(world);
+    (dir, path)
+}
+
+fn copy_replacing(from: &Path, to: &Path, ns: &str) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            copy_replacing(&p, &to.join(entry.file_name()), ns);
+        } else {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let text = text.replace("namespace: db", &format!("namespace: {ns}"));
+            std::fs::write(to.join(entry.file_name()), text).unwrap();
+        }
+    }
+}
+
+/// Seeds a world into the test clusters and starts its reactors.
+pub async fn seed(
+    registry: Arc<Registry>,
+    world_file: &Path,
+) -> (Vec<recoverd::world::Seeded>, recoverd::reactor::Reactors) {
+    let (world, base) = recoverd::world::load(world_file).unwrap();
+    let seeded = recoverd::world::seed(&registry, &world, &base)
+        .await
+        .unwrap();
+    let reactors = recoverd::reactor::start(registry, &world.reactors)
+        .await
+        .unwrap();
+    (seeded, reactors)
+}
+
+/// Reads one field of an object in a test cluster.
+pub async fn field(
+    registry: &Registry,
+    cluster: &str,
+    api_version: &str,
+    resource: &str,
+    ns: &str,
+    name: &str,
+    path: &str,
+) -> Option<Value> {
+    let resolved = registry
+        .resolve(cluster, api_version, resource)
+        .await
+        .unwrap();
+    let api = recoverd::executor::api_for_object(registry, cluster, &resolved, Some(ns)).unwrap();
+    let obj = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
+    recoverd::fieldpath::FieldPath::parse(path)
+        .unwrap()
+        .get(&obj)
+        .unwrap()
+}
