@@ -120,7 +120,13 @@ async fn a_step_against_an_unreachable_cluster_fails_and_the_run_continues_when_
     clusters.write_kubeconfig(&kubeconfig, &servers);
     let reg = support::run::registry_from(&kubeconfig, WriteMode::Live).await;
 
-    let record = run(reg.clone(), &plan("continue-past-unreachable.yaml"), &ns, &[]).await;
+    let record = run(
+        reg.clone(),
+        &plan("continue-past-unreachable.yaml"),
+        &ns,
+        &[],
+    )
+    .await;
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
     let edge = &record.steps[0];
@@ -131,7 +137,19 @@ async fn a_step_against_an_unreachable_cluster_fails_and_the_run_continues_when_
     assert_eq!(edge.cluster.as_deref(), Some("edge"));
     assert!(edge.error.as_deref().unwrap().contains("edge"), "{edge:#?}");
     assert_eq!(record.steps[1].status, StepStatus::Succeeded);
-    assert_eq!(field(&reg, "north", CNPG, "clusters", &ns, "pg-north", "spec.replica.primary").await, Some(json!("pg-south")));
+    assert_eq!(
+        field(
+            &reg,
+            "north",
+            CNPG,
+            "clusters",
+            &ns,
+            "pg-north",
+            "spec.replica.primary"
+        )
+        .await,
+        Some(json!("pg-south"))
+    );
 }
 
 #[tokio::test]
@@ -149,12 +167,25 @@ async fn a_wait_that_never_sees_its_condition_fails_with_a_clear_timeout() {
     let wait = &record.steps[0];
     assert_eq!(wait.reason.as_deref(), Some("wait-timeout"));
     let err = wait.error.as_deref().unwrap();
-    assert!(err.contains("timed out after 1.5s waiting for status.demotionToken to be non-empty"), "{err}");
-    assert!(err.contains(&format!("{ns}/pg-north on cluster north")), "{err}");
+    assert!(
+        err.contains("timed out after 1.5s waiting for status.demotionToken to be non-empty"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!("{ns}/pg-north on cluster north")),
+        "{err}"
+    );
     assert!(err.contains("last value: <missing>"), "{err}");
-    assert_eq!(record.steps[1].status, StepStatus::Pending, "steps after an aborting failure never run");
+    assert_eq!(
+        record.steps[1].status,
+        StepStatus::Pending,
+        "steps after an aborting failure never run"
+    );
     assert!(record.error.as_deref().unwrap().contains("wait-for-token"));
-    assert!(started.elapsed() < std::time::Duration::from_secs(20), "the wait is bounded by its timeout");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(20),
+        "the wait is bounded by its timeout"
+    );
 }
 
 #[tokio::test]
@@ -171,13 +202,44 @@ async fn a_missing_field_aborts_the_run_and_on_failure_steps_run() {
     let read = &record.steps[0];
     assert_eq!(read.reason.as_deref(), Some("field-missing"));
     let err = read.error.as_deref().unwrap();
-    assert!(err.contains("status.nothingHere") && err.contains(&format!("{ns}/pg-north")) && err.contains("cluster north"), "{err}");
+    assert!(
+        err.contains("status.nothingHere")
+            && err.contains(&format!("{ns}/pg-north"))
+            && err.contains("cluster north"),
+        "{err}"
+    );
     assert_eq!(record.steps[1].status, StepStatus::Pending);
     assert_eq!(record.on_failure.len(), 1);
-    assert_eq!(record.on_failure[0].status, StepStatus::Succeeded, "{:#?}", record.on_failure);
-    let flagged = field(&reg, "edge", "v1", "configmaps", &ns, "haproxy-config", "metadata.annotations[\"recoverd/failed-run\"]").await;
+    assert_eq!(
+        record.on_failure[0].status,
+        StepStatus::Succeeded,
+        "{:#?}",
+        record.on_failure
+    );
+    let flagged = field(
+        &reg,
+        "edge",
+        "v1",
+        "configmaps",
+        &ns,
+        "haproxy-config",
+        "metadata.annotations[\"recoverd/failed-run\"]",
+    )
+    .await;
     assert_eq!(flagged, Some(json!("test")));
-    assert_eq!(field(&reg, "north", CNPG, "clusters", &ns, "pg-north", "spec.replica.primary").await, Some(json!("pg-north")));
+    assert_eq!(
+        field(
+            &reg,
+            "north",
+            CNPG,
+            "clusters",
+            &ns,
+            "pg-north",
+            "spec.replica.primary"
+        )
+        .await,
+        Some(json!("pg-north"))
+    );
 }
 
 #[tokio::test]
@@ -189,20 +251,40 @@ async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
     let (seeded, _reactors) = seed(live.clone(), &world).await;
     let dry = registry(clusters, WriteMode::DryRun).await;
 
-    let record = run(dry.clone(), &plan("continue-past-unreachable.yaml"), &ns, &[]).await;
+    let record = run(
+        dry.clone(),
+        &plan("continue-past-unreachable.yaml"),
+        &ns,
+        &[],
+    )
+    .await;
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
-    assert_eq!(record.steps[1].diff, Some(json!([{"op": "replace", "path": "/spec/replica/primary", "value": "pg-south"}])));
+    assert_eq!(
+        record.steps[1].diff,
+        Some(json!([{"op": "replace", "path": "/spec/replica/primary", "value": "pg-south"}]))
+    );
     let changed = recoverd::world::changes(&live, &seeded).await;
-    assert!(changed.is_empty(), "dry run changed {:?}", changed.iter().map(|(s, _)| s.describe()).collect::<Vec<_>>());
+    assert!(
+        changed.is_empty(),
+        "dry run changed {:?}",
+        changed
+            .iter()
+            .map(|(s, _)| s.describe())
+            .collect::<Vec<_>>()
+    );
 
     // Not even a write that forgets to ask for a dry run gets through a dry-run client.
     let resolved = dry.resolve("north", "v1", "configmaps").await.unwrap();
     let api = recoverd::executor::api_for_object(&dry, "north", &resolved, Some(&ns)).unwrap();
-    let cm = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sneaky"}})).unwrap();
+    let cm = serde_json::from_value(
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sneaky"}}),
+    )
+    .unwrap();
     api.create(&Default::default(), &cm).await.unwrap();
     api.delete("sneaky", &Default::default()).await.ok();
-    let live_api = recoverd::executor::api_for_object(&live, "north", &resolved, Some(&ns)).unwrap();
+    let live_api =
+        recoverd::executor::api_for_object(&live, "north", &resolved, Some(&ns)).unwrap();
     assert!(live_api.get_opt("sneaky").await.unwrap().is_none());
 }
 
@@ -218,13 +300,35 @@ async fn an_indexed_path_is_patched_with_a_tested_json_patch_and_when_false_skip
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
     let patch = &record.steps[0];
-    assert_eq!(patch.inputs.as_ref().unwrap()["patchType"], "application/json-patch+json");
+    assert_eq!(
+        patch.inputs.as_ref().unwrap()["patchType"],
+        "application/json-patch+json"
+    );
     assert_eq!(patch.inputs.as_ref().unwrap()["patch"][0]["op"], "test");
     let host = "spec.externalClusters[1].connectionParameters.host";
-    assert_eq!(field(&reg, "north", CNPG, "clusters", &ns, "pg-north", host).await, Some(json!("pg-south-new.db.svc")));
+    assert_eq!(
+        field(&reg, "north", CNPG, "clusters", &ns, "pg-north", host).await,
+        Some(json!("pg-south-new.db.svc"))
+    );
     assert_eq!(record.steps[1].status, StepStatus::Skipped);
-    assert_eq!(field(&reg, "north", CNPG, "clusters", &ns, "pg-north", "spec.instances").await, Some(json!(3)));
-    assert_eq!(record.outputs["SouthHost"], json!("pg-south-new.db.svc"), "JSONPath filter read");
+    assert_eq!(
+        field(
+            &reg,
+            "north",
+            CNPG,
+            "clusters",
+            &ns,
+            "pg-north",
+            "spec.instances"
+        )
+        .await,
+        Some(json!(3))
+    );
+    assert_eq!(
+        record.outputs["SouthHost"],
+        json!("pg-south-new.db.svc"),
+        "JSONPath filter read"
+    );
 }
 
 #[tokio::test]
@@ -234,14 +338,23 @@ async fn an_http_step_sends_its_secret_and_keeps_it_out_of_the_record() {
     let s = seen.clone();
     let app = axum::Router::new().route(
         "/hooks/{plan}",
-        axum::routing::post(move |headers: axum::http::HeaderMap, axum::extract::Path(plan): axum::extract::Path<String>, body: String| {
-            let s = s.clone();
-            async move {
-                let auth = headers.get("authorization").unwrap().to_str().unwrap().to_string();
-                s.lock().unwrap().push((plan, auth, body));
-                (axum::http::StatusCode::CREATED, "accepted")
-            }
-        }),
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap,
+                  axum::extract::Path(plan): axum::extract::Path<String>,
+                  body: String| {
+                let s = s.clone();
+                async move {
+                    let auth = headers
+                        .get("authorization")
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string();
+                    s.lock().unwrap().push((plan, auth, body));
+                    (axum::http::StatusCode::CREATED, "accepted")
+                }
+            },
+        ),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -257,10 +370,20 @@ async fn an_http_step_sends_its_secret_and_keeps_it_out_of_the_record() {
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].0, "http-notify");
     assert_eq!(got[0].1, "Bearer s3cr3t-t0ken");
-    assert_eq!(serde_json::from_str::<serde_json::Value>(&got[0].2).unwrap(), json!({"text": "switching db", "token": "s3cr3t-t0ken"}));
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&got[0].2).unwrap(),
+        json!({"text": "switching db", "token": "s3cr3t-t0ken"})
+    );
     assert_eq!(record.outputs["Reply"], json!("accepted"));
-    assert_eq!(record.steps[1].status, StepStatus::Succeeded, "when used the http output");
+    assert_eq!(
+        record.steps[1].status,
+        StepStatus::Succeeded,
+        "when used the http output"
+    );
     let text = serde_json::to_string(&record).unwrap();
-    assert!(!text.contains("s3cr3t-t0ken"), "secret leaked into the record: {text}");
+    assert!(
+        !text.contains("s3cr3t-t0ken"),
+        "secret leaked into the record: {text}"
+    );
     assert!(text.contains("Bearer <redacted>"));
 }

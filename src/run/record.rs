@@ -99,7 +99,6 @@ pub struct RunRecord {
     /// `namespace/name` of the plan.
     pub plan: String,
     /// The plan's generation (or content hash for file plans) when the run began.
-    #[serde(default)]
     pub plan_generation: String,
     pub trigger: Trigger,
     pub mode: RunMode,
