@@ -176,15 +176,19 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
             Ok(h) => h,
             Err(e) => {
                 let (l, c) = location(&e);
-                errors.push(err(l, c, describe(&e)));
+                errors.push(err(l, c, describe(&e, start_line)));
                 continue;
             }
         };
+        // Point at the offending top-level key, not at the document's first line (often a
+        // comment).
+        let at_key = |key: &str| top_level_key(&doc_text, key).unwrap_or((1, 1));
         let api_version = header.api_version.unwrap_or_default();
         if api_version != API_VERSION && api_version != NOVA_API_VERSION {
+            let (l, c) = at_key("apiVersion");
             errors.push(err(
-                1,
-                1,
+                l,
+                c,
                 format!(
                     "expected apiVersion {API_VERSION} (or Nova's {NOVA_API_VERSION}), found {:?}",
                     api_version
@@ -193,9 +197,10 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
             continue;
         }
         if header.kind.as_deref() != Some("RecoveryPlan") {
+            let (l, c) = at_key("kind");
             errors.push(err(
-                1,
-                1,
+                l,
+                c,
                 format!(
                     "expected kind RecoveryPlan, found {:?}",
                     header.kind.unwrap_or_default()
@@ -207,17 +212,25 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
             Ok(d) => d,
             Err(e) => {
                 let (l, c) = location(&e);
-                errors.push(err(l, c, describe(&e)));
+                let mut message = describe(&e, start_line);
+                if let Some(hint) = misplaced_key(&doc_text, &message, l, c, start_line) {
+                    message.push_str(&hint);
+                }
+                errors.push(err(l, c, message));
                 continue;
             }
         };
         let nova = doc.api_version == NOVA_API_VERSION;
         let Some(name) = doc.metadata.name.clone().filter(|n| !n.is_empty()) else {
-            errors.push(err(1, 1, "metadata.name is missing".into()));
+            let (l, _) = at_key("metadata");
+            errors.push(err(l, 1, "metadata.name is missing".into()));
             continue;
         };
         let mut spec = doc.spec;
-        name_unnamed_steps(&mut spec);
+        // Only Nova plans may leave steps unnamed; in a recoverd.io plan validation reports it.
+        if nova {
+            name_unnamed_steps(&mut spec);
+        }
         let mut plan = RecoveryPlan::new(&name, spec);
         plan.metadata = doc.metadata;
         if plan.metadata.namespace.is_none() {
@@ -235,6 +248,43 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
         });
     }
     (plans, errors)
+}
+
+/// A required key that serde reports missing is often there, but indented at the wrong level
+/// (e.g. `outputKey:` at the step's level after its `readField:` mapping). Looks for `key:` after
+/// the mapping that lacks it (at `line`/`column`, whose keys are indented `column - 1`), less
+/// indented than that mapping's keys and before the next item of an enclosing list, and returns
+/// a hint naming its line in the file. The error keeps pointing at the mapping that lacks it.
+fn misplaced_key(
+    text: &str,
+    message: &str,
+    line: usize,
+    column: usize,
+    start_line: usize,
+) -> Option<String> {
+    let (path, rest) = message.split_once(": missing field `")?;
+    let key = rest.split('`').next()?;
+    let parent = path.rsplit('.').next()?;
+    let parent = parent.split('[').next().unwrap_or(parent);
+    let indent = column.checked_sub(1)?;
+    for (i, l) in text.lines().enumerate().skip(line) {
+        let spaces = l.len() - l.trim_start_matches(' ').len();
+        let content = &l[spaces..];
+        if content.starts_with("- ") {
+            if spaces < indent {
+                return None;
+            }
+            continue;
+        }
+        if spaces < indent && content.starts_with(&format!("{key}:")) {
+            return Some(format!(
+                " (the `{key}:` at line {} column {} is outside `{parent}`: is it indented under the right key?)",
+                start_line + i,
+                spaces + 1
+            ));
+        }
+    }
+    None
 }
 
 /// Nova plans may leave steps unnamed: they become `step-1`, `step-2`… by position
@@ -274,14 +324,38 @@ fn location(e: &serde_yaml::Error) -> (usize, usize) {
     e.location().map_or((1, 1), |l| (l.line(), l.column()))
 }
 
-/// serde_yaml's message without its trailing "at line X column Y" (the location is given
-/// separately), with a hint for the mistakes people make most.
-fn describe(e: &serde_yaml::Error) -> String {
+/// The 1-based line of a top-level `key:` in a document, and the column of its value.
+fn top_level_key(text: &str, key: &str) -> Option<(usize, usize)> {
+    text.lines().enumerate().find_map(|(i, line)| {
+        let rest = line.strip_prefix(key)?.strip_prefix(':')?;
+        let value = rest.len() - rest.trim_start().len();
+        Some((i + 1, key.len() + 2 + value))
+    })
+}
+
+/// serde_yaml's message without the error's own "at line X column Y" (the location is given
+/// separately); any other position it mentions ("while parsing a flow mapping at line 16
+/// column 17") is made relative to the file, like the location. With a hint for the mistakes
+/// people make most.
+fn describe(e: &serde_yaml::Error, start_line: usize) -> String {
+    static POSITION: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = POSITION.get_or_init(|| regex::Regex::new(r" at line (\d+) column (\d+)").unwrap());
+    let own = e.location().map(|l| (l.line(), l.column()));
     let msg = e.to_string();
-    let msg = match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg,
-    };
+    let msg = re
+        .replace_all(&msg, |c: &regex::Captures| {
+            let line: usize = c[1].parse().unwrap_or(0);
+            let column: usize = c[2].parse().unwrap_or(0);
+            if own == Some((line, column)) {
+                String::new()
+            } else {
+                format!(
+                    " at line {} column {column}",
+                    start_line + line.saturating_sub(1)
+                )
+            }
+        })
+        .into_owned();
     if msg.contains("unknown field") {
         format!("{msg} (is it indented under the right key?)")
     } else if msg.contains("unknown variant") && msg.contains("readField") {

@@ -124,7 +124,14 @@ impl Validator<'_> {
                 .map(|(i, s)| (format!("spec.onFailure[{i}]"), s)),
         );
         for (field, step) in all {
-            if let Some(first) = names.get(step.name()) {
+            if step.name().is_empty() {
+                self.problem(
+                    None,
+                    format!("{field}.name"),
+                    "step-name",
+                    "every step needs a `name` (only Nova plans may leave it out)".into(),
+                );
+            } else if let Some(first) = names.get(step.name()) {
                 self.problem(
                     Some(step.name()),
                     format!("{field}.name"),
@@ -142,12 +149,18 @@ impl Validator<'_> {
         // What `Values.X` can refer to at each point: params, then the outputs of earlier steps.
         let mut known: BTreeMap<String, Option<String>> =
             spec.params.keys().map(|k| (k.clone(), None)).collect();
+        // Who produces each outputKey, as the message about a too-early use will say it.
         let mut producers: BTreeMap<String, String> = BTreeMap::new();
-        for s in spec.steps.iter().chain(&spec.on_failure) {
+        let main = spec.steps.iter().map(|s| (s, false));
+        for (s, compensation) in main.chain(spec.on_failure.iter().map(|s| (s, true))) {
             if let Some(k) = output_key(s) {
-                producers
-                    .entry(k.to_string())
-                    .or_insert_with(|| s.name().to_string());
+                producers.entry(k.to_string()).or_insert_with(|| {
+                    if compensation {
+                        format!("only the onFailure step {:?} produces it, which runs after a step has failed", s.name())
+                    } else {
+                        format!("step {:?} produces it, and must come before this step", s.name())
+                    }
+                });
             }
         }
         for (i, step) in spec.steps.iter().enumerate() {
@@ -548,8 +561,10 @@ impl Validator<'_> {
             match (top, key) {
                 ("Values", Some(k)) if !known.contains_key(k) => {
                     let message = match producers.get(k) {
-                        Some(p) => format!("`Values.{k}` is used before it exists: step {p:?} produces it, and must come before this step"),
-                        None => format!("`Values.{k}` is neither a param nor the outputKey of an earlier step"),
+                        Some(p) => format!("`Values.{k}` is used before it exists: {p}"),
+                        None => format!(
+                            "`Values.{k}` is neither a param nor the outputKey of an earlier step"
+                        ),
                     };
                     self.problem(step, field.into(), "undefined-value", message);
                 }
@@ -583,6 +598,9 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
     }
     if let Some(r) = &step.read_field {
         t("readField.name", &r.name);
+        if let Some(ns) = &r.namespace {
+            t("readField.namespace", ns);
+        }
     }
     if let Some(w) = &step.wait {
         for (k, v) in [("wait.name", &w.name), ("wait.namespace", &w.namespace)] {
@@ -591,8 +609,11 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
             }
         }
         if let Some(c) = &w.condition {
-            for v in [&c.equals, &c.not_equals].into_iter().flatten() {
-                collect_raw("wait.condition", v, &mut t);
+            if let Some(v) = &c.equals {
+                collect_raw("wait.condition.equals", v, &mut t);
+            }
+            if let Some(v) = &c.not_equals {
+                collect_raw("wait.condition.notEquals", v, &mut t);
             }
         }
     }
