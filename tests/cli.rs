@@ -67,7 +67,9 @@ async fn the_crds_install_on_a_real_apiserver_and_accept_the_example_plans() {
     ] {
         let mut text_in =
             std::fs::read_to_string(repo_dir().join("tests/data").join(plan)).unwrap();
-        text_in = text_in.replace("recovery.elotl.co/v1alpha1", "recoverd.io/v1alpha1").replace("  namespace: recoverd\n", "");
+        text_in = text_in
+            .replace("recovery.elotl.co/v1alpha1", "recoverd.io/v1alpha1")
+            .replace("  namespace: recoverd\n", "");
         let file = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(file.path(), text_in).unwrap();
         let out = clusters
