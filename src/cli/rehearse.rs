@@ -108,6 +108,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
                 op.get("value")
                     .map(crate::fieldpath::as_text)
                     .unwrap_or_default()
+                    .replace('\n', "\\n")
             );
         }
     }
