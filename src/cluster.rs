@@ -86,11 +86,14 @@ pub struct Resolved {
     pub subresources: Vec<String>,
 }
 
+type GroupResources = Vec<(ApiResource, ApiCapabilities)>;
+
 pub struct Registry {
     clients: BTreeMap<String, Client>,
     default: String,
     mode: WriteMode,
-    discovery: Mutex<HashMap<(String, String), Vec<(ApiResource, ApiCapabilities)>>>,
+    /// (cluster, apiVersion) → the resources discovery found there.
+    discovery: Mutex<HashMap<(String, String), GroupResources>>,
 }
 
 impl std::fmt::Debug for Registry {

@@ -36,7 +36,7 @@ impl Default for Printer {
     }
 }
 
-fn step<'a>(run: &'a RunRecord, index: usize, compensation: bool) -> &'a StepRecord {
+fn step(run: &RunRecord, index: usize, compensation: bool) -> &StepRecord {
     if compensation {
         &run.on_failure[index]
     } else {

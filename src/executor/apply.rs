@@ -42,14 +42,11 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         });
     }
     let api = api_for_object(ctx.registry, &ctx.cluster, &resolved, namespace.as_deref())?;
-    let shown = format!(
-        "{}",
-        super::describe_object(
-            &api_version,
-            &resolved.resource.plural,
-            namespace.as_deref(),
-            &name
-        )
+    let shown = super::describe_object(
+        &api_version,
+        &resolved.resource.plural,
+        namespace.as_deref(),
+        &name,
     ) + &format!(" on cluster {}", ctx.cluster);
     let before = match get_object(&api, &name, &shown).await {
         Ok(v) => v,

@@ -25,7 +25,7 @@ pub async fn registry_from(kubeconfig: &Path, mode: WriteMode) -> Arc<Registry> 
 
 pub fn plan(file: &str) -> RunnablePlan {
     let path = repo_dir().join("tests/data/plans/run").join(file);
-    let (mut plans, errors) = recoverd::plan::load_paths(&[path.clone()]);
+    let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
     assert!(errors.is_empty(), "{errors:?}");
     let plan = plans.remove(0);
     let report = recoverd::plan::validate(&plan.plan.spec, None);
