@@ -387,3 +387,78 @@ async fn an_http_step_sends_its_secret_and_keeps_it_out_of_the_record() {
     );
     assert!(text.contains("Bearer <redacted>"));
 }
+
+#[tokio::test]
+async fn apply_renders_a_configmap_key_from_a_template_kept_in_the_cluster() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("templates").await;
+    let reg = registry(clusters, WriteMode::Live).await;
+    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
+    let (_seeded, _reactors) = seed(reg.clone(), &world).await;
+    let template = "backend primary\n  server db {{ Values.backend }}:5432 check\n";
+    let out = clusters
+        .kubectl("edge")
+        .args([
+            "create",
+            "configmap",
+            "haproxy-template",
+            "-n",
+            &ns,
+            &format!("--from-literal=haproxy.cfg.j2={template}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut plan = plan("templates-and-changes.yaml");
+    let text = serde_json::to_string(&plan.plan)
+        .unwrap()
+        .replace("\"namespace\":\"db\"", &format!("\"namespace\":\"{ns}\""));
+    plan.plan = serde_json::from_str(&text).unwrap();
+
+    let record = run(reg.clone(), &plan, &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    let cfg = field(
+        &reg,
+        "edge",
+        "v1",
+        "configmaps",
+        &ns,
+        "haproxy-config",
+        "data[\"haproxy.cfg\"]",
+    )
+    .await;
+    assert_eq!(
+        cfg,
+        Some(json!(
+            "backend primary\n  server db pg-south-rw.db.svc:5432 check\n"
+        ))
+    );
+    assert_eq!(
+        field(
+            &reg,
+            "edge",
+            "v1",
+            "configmaps",
+            &ns,
+            "haproxy-config",
+            "metadata.labels[\"recoverd.io/primary\"]"
+        )
+        .await,
+        Some(json!("pg-south"))
+    );
+    assert_eq!(
+        record.steps[1].inputs.as_ref().unwrap()["patchType"],
+        "application/strategic-merge-patch+json"
+    );
+    let observed = &record.steps[3].inputs.as_ref().unwrap()["observed"];
+    assert_eq!(
+        observed,
+        &json!(TOKEN),
+        "the wait saw the token the reactor wrote"
+    );
+}
