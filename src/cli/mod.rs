@@ -6,6 +6,7 @@ pub mod crd;
 mod print;
 mod rehearse;
 mod run;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,8 @@ pub enum Command {
     Rehearse(rehearse::Args),
     /// Print the RecoveryPlan and RecoveryRun CRDs.
     Crd,
+    /// Serve the HTTP API Alertmanager calls, and execute runs.
+    Serve(serve::Args),
 }
 
 pub async fn main() -> ExitCode {
@@ -63,6 +66,7 @@ pub async fn main() -> ExitCode {
         Command::Run(a) => run::main(a).await,
         Command::Rehearse(a) => rehearse::main(a).await,
         Command::Crd => crd::main(),
+        Command::Serve(a) => serve::main(a).await,
     };
     match result {
         Ok(code) => code,

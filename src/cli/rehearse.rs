@@ -84,9 +84,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let mut record = executor.new_record("rehearsal", &runnable.plan, &input);
     record.trigger.kind = "rehearsal".into();
-    let cancel = tokio_util::sync::CancellationToken::new();
+    let control = crate::executor::RunControl::default();
     executor
-        .execute(&runnable, &input, &mut record, &Printer::new(), &cancel)
+        .execute(&runnable, &input, &mut record, &Printer::new(), &control)
         .await;
 
     println!("\nchanges:");

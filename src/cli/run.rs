@@ -114,15 +114,15 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             starts_at: alert.as_ref().map(|a| a.starts_at.clone()),
             ..Default::default()
         };
-        let cancel = tokio_util::sync::CancellationToken::new();
-        let ctrl_c = cancel.clone();
+        let control = crate::executor::RunControl::default();
+        let ctrl_c = control.cancel.clone();
         let watcher = tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 ctrl_c.cancel();
             }
         });
         executor
-            .execute(&runnable, &input, &mut record, &printer, &cancel)
+            .execute(&runnable, &input, &mut record, &printer, &control)
             .await;
         watcher.abort();
         if args.json {

@@ -198,6 +198,15 @@ pub fn object_diff(before: &Value, after: &Value) -> Value {
     Value::Array(ops)
 }
 
+/// How a run can be stopped from outside: `cancel` stops it now (the running step is
+/// abandoned, the run is Cancelled); `drain` (shutdown) lets the running step finish, then
+/// leaves the run Interrupted so it can be resumed.
+#[derive(Clone, Debug, Default)]
+pub struct RunControl {
+    pub cancel: CancellationToken,
+    pub drain: CancellationToken,
+}
+
 /// Inputs to a run besides the plan.
 #[derive(Clone, Debug, Default)]
 pub struct RunInput {
@@ -230,16 +239,13 @@ impl Executor {
                 plan.metadata.namespace.as_deref().unwrap_or("default"),
                 plan.metadata.name.as_deref().unwrap_or_default()
             ),
-            plan_generation: plan
-                .metadata
-                .generation
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| content_hash(plan)),
+            plan_generation: plan_generation(plan),
             mode: match self.registry.mode() {
                 crate::cluster::WriteMode::Live => crate::run::record::RunMode::Live,
                 crate::cluster::WriteMode::DryRun => crate::run::record::RunMode::DryRun,
             },
             params,
+            alert: input.alert.clone(),
             steps: step_records(&plan.spec.steps),
             on_failure: Vec::new(),
             ..Default::default()
@@ -264,8 +270,9 @@ impl Executor {
         input: &RunInput,
         record: &mut RunRecord,
         observer: &dyn Observer,
-        cancel: &CancellationToken,
+        control: &RunControl,
     ) {
+        let cancel = &control.cancel;
         let plan = &runnable.plan;
         let run_timeout = plan
             .spec
@@ -284,6 +291,18 @@ impl Executor {
         let mut failure: Option<String> = None;
         let start_at = record.first_unfinished().unwrap_or(plan.spec.steps.len());
         for (index, step) in plan.spec.steps.iter().enumerate().skip(start_at) {
+            if control.drain.is_cancelled() {
+                record.phase = Phase::Interrupted;
+                record.error = Some(format!(
+                    "recoverd shut down before step {:?}; resume the run to continue",
+                    step.name()
+                ));
+                record.duration_ms =
+                    Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
+                info!("run interrupted by shutdown");
+                observer.on_event(record, &Event::RunFinished);
+                return;
+            }
             let result = self
                 .run_step(
                     runnable,
@@ -621,13 +640,18 @@ fn context(runnable: &RunnablePlan, input: &RunInput, record: &RunRecord) -> Val
     let meta = &runnable.plan.metadata;
     json!({
         "Values": values,
-        "alert": input.alert.clone().unwrap_or_else(|| json!({"labels": {}, "annotations": {}})),
+        "alert": record.alert.clone().or_else(|| input.alert.clone()).unwrap_or_else(|| json!({"labels": {}, "annotations": {}})),
         "plan": {"name": meta.name, "namespace": meta.namespace},
         "run": {"id": record.id, "mode": record.mode},
     })
 }
 
-fn content_hash(plan: &RecoveryPlan) -> String {
+/// What a run records as its plan's generation: the object's generation, or for a plan from a
+/// file a short hash of its spec. Resuming compares it to refuse a plan changed since.
+pub fn plan_generation(plan: &RecoveryPlan) -> String {
+    if let Some(g) = plan.metadata.generation {
+        return g.to_string();
+    }
     use sha2::{Digest, Sha256};
     let text = serde_json::to_string(&plan.spec).unwrap_or_default();
     let digest = Sha256::digest(text.as_bytes());

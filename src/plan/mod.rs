@@ -3,6 +3,7 @@
 
 pub mod load;
 pub mod model;
+pub mod set;
 pub mod validate;
 
 pub use load::{load_paths, load_str, LoadError, LoadedPlan};

@@ -113,6 +113,10 @@ pub struct RunRecord {
     #[serde(default)]
     #[schemars(schema_with = "free_form_map")]
     pub params: BTreeMap<String, Value>,
+    /// The alert that triggered the run, as templates see it (`alert.labels.x`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub alert: Option<Value>,
     /// Every value produced by readField/http steps so far, by outputKey.
     #[serde(default)]
     #[schemars(schema_with = "free_form_map")]

@@ -3,5 +3,6 @@
 
 pub mod clusters;
 pub mod run;
+pub mod server;
 
 pub use clusters::shared;

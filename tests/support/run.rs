@@ -54,9 +54,9 @@ pub async fn run(
     };
     let executor = Executor::new(registry);
     let mut record = executor.new_record("test", &plan.plan, &input);
-    let cancel = tokio_util::sync::CancellationToken::new();
+    let control = recoverd::executor::RunControl::default();
     executor
-        .execute(plan, &input, &mut record, &NoObserver, &cancel)
+        .execute(plan, &input, &mut record, &NoObserver, &control)
         .await;
     record
 }

@@ -1,0 +1,377 @@
+//! The run store (I/O edge): run records in an embedded SQLite database (WAL), written before a
+//! run's first step and after every step.
+//!
+//! Owns the claim that makes runs exactly-once: inserting a run whose id already exists, or
+//! while the plan has an active run, or within the plan's cooldown, is refused in the same
+//! transaction that would have created it — so two triggers racing for one incident cannot both
+//! win. Deciding *what* to claim is the caller's job (see [`super::service`]).
+
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+
+use super::record::{Phase, RunRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("failed to open the run store at {path}: {source}")]
+    Open {
+        path: String,
+        source: rusqlite::Error,
+    },
+    #[error("failed to access the run store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("failed to decode run {id} from the store: {source}")]
+    Decode {
+        id: String,
+        source: serde_json::Error,
+    },
+}
+
+/// Why a claim did not create a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// A run with this id exists: the same incident (or idempotency key) was claimed before.
+    SameRun { existing: String },
+    /// The plan has a run that has not finished.
+    ActiveRun { existing: String },
+    /// The plan's last alert-triggered run began less than its cooldown ago.
+    Cooldown { last: String },
+}
+
+impl Refusal {
+    /// A bounded reason for metrics and replies.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::SameRun { .. } => "same-incident",
+            Refusal::ActiveRun { .. } => "active-run",
+            Refusal::Cooldown { .. } => "cooldown",
+        }
+    }
+
+    pub fn existing(&self) -> &str {
+        match self {
+            Refusal::SameRun { existing } | Refusal::ActiveRun { existing } => existing,
+            Refusal::Cooldown { last } => last,
+        }
+    }
+}
+
+/// What a claim must respect besides the run id.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClaimRules {
+    pub one_active_per_plan: bool,
+    pub cooldown: Option<Duration>,
+}
+
+const ACTIVE: &[&str] = &["Pending", "WaitingForApproval", "Running", "Interrupted"];
+
+pub struct Store {
+    conn: Connection,
+}
+
+fn phase_name(p: Phase) -> String {
+    serde_json::to_value(p)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default()
+}
+
+fn now_ms() -> i64 {
+    jiff::Timestamp::now().as_millisecond()
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path`; `:memory:` for a throwaway store.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = Connection::open(path).map_err(|source| StoreError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS runs (
+                id TEXT PRIMARY KEY,
+                plan TEXT NOT NULL,
+                phase TEXT NOT NULL,
+                trigger_kind TEXT NOT NULL,
+                fingerprint TEXT,
+                created_ms INTEGER NOT NULL,
+                record TEXT NOT NULL
+            );
+            CREATE INDEX IF NOT EXISTS runs_plan ON runs (plan, created_ms);
+            CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);",
+        )?;
+        Ok(Store { conn })
+    }
+
+    /// Creates `record` unless the rules refuse it; both in one immediate transaction.
+    pub fn claim(
+        &mut self,
+        record: &RunRecord,
+        rules: ClaimRules,
+    ) -> Result<Result<(), Refusal>, StoreError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists: Option<String> = tx
+            .query_row("SELECT id FROM runs WHERE id = ?1", [&record.id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if let Some(existing) = exists {
+            return Ok(Err(Refusal::SameRun { existing }));
+        }
+        if rules.one_active_per_plan {
+            let sql = format!(
+                "SELECT id FROM runs WHERE plan = ?1 AND phase IN ({}) ORDER BY created_ms DESC LIMIT 1",
+                ACTIVE.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(",")
+            );
+            let active: Option<String> = tx
+                .query_row(&sql, [&record.plan], |r| r.get(0))
+                .optional()?;
+            if let Some(existing) = active {
+                return Ok(Err(Refusal::ActiveRun { existing }));
+            }
+        }
+        if let Some(cooldown) = rules.cooldown {
+            let since = now_ms() - cooldown.as_millis() as i64;
+            let last: Option<String> = tx
+                .query_row(
+                    "SELECT id FROM runs WHERE plan = ?1 AND trigger_kind = 'alert' AND created_ms > ?2
+                     ORDER BY created_ms DESC LIMIT 1",
+                    params![record.plan, since],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(last) = last {
+                return Ok(Err(Refusal::Cooldown { last }));
+            }
+        }
+        tx.execute(
+            "INSERT INTO runs (id, plan, phase, trigger_kind, fingerprint, created_ms, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                record.id,
+                record.plan,
+                phase_name(record.phase),
+                record.trigger.kind,
+                record.trigger.fingerprint,
+                now_ms(),
+                serde_json::to_string(record).expect("records serialize"),
+            ],
+        )?;
+        tx.commit()?;
+        Ok(Ok(()))
+    }
+
+    /// Writes the record's current state.
+    pub fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
+        self.conn.execute(
+            "UPDATE runs SET phase = ?2, record = ?3 WHERE id = ?1",
+            params![
+                record.id,
+                phase_name(record.phase),
+                serde_json::to_string(record).expect("records serialize")
+            ],
+        )?;
+        Ok(())
+    }
+
+    pub fn get(&self, id: &str) -> Result<Option<RunRecord>, StoreError> {
+        let text: Option<String> = self
+            .conn
+            .query_row("SELECT record FROM runs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?;
+        text.map(|t| {
+            serde_json::from_str(&t).map_err(|source| StoreError::Decode {
+                id: id.into(),
+                source,
+            })
+        })
+        .transpose()
+    }
+
+    /// Runs, newest first, optionally of one plan (`namespace/name`).
+    pub fn list(&self, plan: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, record FROM runs WHERE (?1 IS NULL OR plan = ?1) ORDER BY created_ms DESC, id LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(params![plan, limit as i64], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            out.push(
+                serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Runs waiting for approval that a resolved alert with this fingerprint should cancel.
+    pub fn waiting_for_approval(&self, fingerprint: &str) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT record FROM runs WHERE fingerprint = ?1 AND phase = 'WaitingForApproval'",
+        )?;
+        let rows = stmt.query_map([fingerprint], |r| r.get::<_, String>(0))?;
+        rows.map(|t| {
+            let t = t?;
+            serde_json::from_str(&t).map_err(|source| StoreError::Decode {
+                id: fingerprint.into(),
+                source,
+            })
+        })
+        .collect()
+    }
+
+    /// At start-up: every run that was executing when recoverd stopped is now `Interrupted`
+    /// (its running step is recorded as it was). Returns their ids.
+    pub fn mark_interrupted(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT record FROM runs WHERE phase IN ('Pending', 'Running')")?;
+        let records: Vec<String> = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        let mut ids = Vec::new();
+        for text in records {
+            let mut record: RunRecord =
+                serde_json::from_str(&text).map_err(|source| StoreError::Decode {
+                    id: String::new(),
+                    source,
+                })?;
+            record.phase = Phase::Interrupted;
+            record.error = Some("recoverd stopped while this run was unfinished; resume it to continue from its first unfinished step".into());
+            self.save(&record)?;
+            ids.push(record.id);
+        }
+        Ok(ids)
+    }
+
+    /// How many runs are executing or waiting.
+    pub fn active_count(&self) -> Result<i64, StoreError> {
+        Ok(self.conn.query_row(
+            "SELECT COUNT(*) FROM runs WHERE phase IN ('Pending','Running','WaitingForApproval')",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::record::Trigger;
+
+    fn record(id: &str, plan: &str, kind: &str) -> RunRecord {
+        RunRecord {
+            id: id.into(),
+            plan: plan.into(),
+            trigger: Trigger {
+                kind: kind.into(),
+                fingerprint: Some("fp".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("runs.db")).unwrap();
+        (dir, s)
+    }
+
+    #[test]
+    fn the_same_run_id_is_claimed_once() {
+        let (_d, mut s) = store();
+        assert_eq!(
+            s.claim(&record("r1", "ns/p", "alert"), ClaimRules::default())
+                .unwrap(),
+            Ok(())
+        );
+        assert_eq!(
+            s.claim(&record("r1", "ns/p", "alert"), ClaimRules::default())
+                .unwrap(),
+            Err(Refusal::SameRun {
+                existing: "r1".into()
+            })
+        );
+    }
+
+    #[test]
+    fn a_plan_with_an_active_run_refuses_another_until_it_finishes() {
+        let (_d, mut s) = store();
+        let rules = ClaimRules {
+            one_active_per_plan: true,
+            cooldown: None,
+        };
+        let mut first = record("r1", "ns/p", "alert");
+        s.claim(&first, rules).unwrap().unwrap();
+        assert_eq!(
+            s.claim(&record("r2", "ns/p", "alert"), rules).unwrap(),
+            Err(Refusal::ActiveRun {
+                existing: "r1".into()
+            })
+        );
+        assert_eq!(
+            s.claim(&record("r3", "ns/other", "alert"), rules).unwrap(),
+            Ok(())
+        );
+        first.phase = Phase::Succeeded;
+        s.save(&first).unwrap();
+        assert_eq!(
+            s.claim(&record("r2", "ns/p", "alert"), rules).unwrap(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn cooldown_refuses_alert_runs_but_not_manual_ones() {
+        let (_d, mut s) = store();
+        let rules = ClaimRules {
+            one_active_per_plan: false,
+            cooldown: Some(Duration::from_secs(600)),
+        };
+        s.claim(&record("r1", "ns/p", "alert"), rules)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.claim(&record("r2", "ns/p", "alert"), rules).unwrap(),
+            Err(Refusal::Cooldown { last: "r1".into() })
+        );
+        let manual = ClaimRules {
+            one_active_per_plan: false,
+            cooldown: None,
+        };
+        assert_eq!(
+            s.claim(&record("r3", "ns/p", "manual"), manual).unwrap(),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn unfinished_runs_become_interrupted_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("runs.db");
+        {
+            let mut s = Store::open(&path).unwrap();
+            let mut r = record("r1", "ns/p", "alert");
+            r.phase = Phase::Running;
+            s.claim(&r, ClaimRules::default()).unwrap().unwrap();
+            let mut done = record("r2", "ns/q", "alert");
+            done.phase = Phase::Succeeded;
+            s.claim(&done, ClaimRules::default()).unwrap().unwrap();
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.mark_interrupted().unwrap(), ["r1"]);
+        assert_eq!(s.get("r1").unwrap().unwrap().phase, Phase::Interrupted);
+        assert_eq!(s.get("r2").unwrap().unwrap().phase, Phase::Succeeded);
+        assert_eq!(s.list(None, 10).unwrap().len(), 2);
+        assert_eq!(s.list(Some("ns/q"), 10).unwrap()[0].id, "r2");
+    }
+}

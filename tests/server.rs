@@ -1,0 +1,480 @@
+//! The HTTP API through `server::router` and `oneshot`: status codes, matching, and every rule
+//! that keeps runs exactly-once.
+
+mod support;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use serde_json::{json, Value};
+use support::server::{app, authed, payload};
+
+const T0: &str = "2026-11-21T10:00:00Z";
+
+fn primary_down() -> Value {
+    json!({"alertname": "PrimaryDown", "severity": "critical", "cluster": "pg-north"})
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_firing_alert_starts_its_plan_and_the_reply_says_so() {
+    let app = app(&[]).await;
+    let (status, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", primary_down(), "fp1", T0),
+        )
+        .await;
+
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let out = &body["alerts"][0];
+    assert_eq!(out["action"], "started");
+    assert_eq!(out["plan"], "ops/auto");
+    let id = out["runId"].as_str().unwrap();
+    let run = app.finished(id).await;
+    assert_eq!(run["phase"], "Succeeded");
+    assert_eq!(run["trigger"]["fingerprint"], "fp1");
+    assert_eq!(run["alert"]["labels"]["cluster"], "pg-north");
+    assert_eq!(run["steps"][0]["status"], "succeeded");
+}
+
+#[tokio::test]
+async fn a_resent_alert_does_not_start_a_second_run() {
+    let app = app(&[]).await;
+    let p = payload("firing", primary_down(), "fp1", T0);
+    let (_, first) = app.post("/api/v1/alerts", &p).await;
+    let id = first["alerts"][0]["runId"].as_str().unwrap().to_string();
+    app.finished(&id).await;
+
+    for _ in 0..3 {
+        let (status, again) = app.post("/api/v1/alerts", &p).await;
+        assert_eq!(status, StatusCode::ACCEPTED);
+        assert_eq!(again["alerts"][0]["action"], "deduplicated");
+        assert_eq!(again["alerts"][0]["reason"], "same-incident");
+        assert_eq!(again["alerts"][0]["runId"], id.as_str());
+    }
+    let (_, runs) = app.get("/api/v1/runs?plan=ops/auto").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "recoverd_runs_deduplicated_total{plan=\"ops/auto\",reason=\"same-incident\"}"
+        ),
+        3.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn a_new_incident_while_the_plan_runs_is_deduplicated_not_queued() {
+    let app = app(&[]).await;
+    let (_, first) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", primary_down(), "fp1", T0),
+        )
+        .await;
+    let (_, second) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", primary_down(), "fp2", "2026-11-21T10:05:00Z"),
+        )
+        .await;
+    assert_eq!(second["alerts"][0]["action"], "deduplicated");
+    assert_eq!(second["alerts"][0]["reason"], "active-run");
+    assert_eq!(second["alerts"][0]["runId"], first["alerts"][0]["runId"]);
+    app.finished(first["alerts"][0]["runId"].as_str().unwrap())
+        .await;
+    // Once the first run is over, a new incident runs the plan again (it has no cooldown).
+    let (_, third) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", primary_down(), "fp3", "2026-11-21T10:06:00Z"),
+        )
+        .await;
+    assert_eq!(third["alerts"][0]["action"], "started");
+}
+
+#[tokio::test]
+async fn a_new_incident_within_the_cooldown_is_deduplicated() {
+    let app = app(&[]).await;
+    let lag = json!({"alertname": "ReplicaLag"});
+    let (_, first) = app
+        .post("/api/v1/alerts", &payload("firing", lag.clone(), "a", T0))
+        .await;
+    app.finished(first["alerts"][0]["runId"].as_str().unwrap())
+        .await;
+    let (_, second) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", lag, "b", "2026-11-21T11:00:00Z"),
+        )
+        .await;
+    assert_eq!(second["alerts"][0]["action"], "deduplicated");
+    assert_eq!(second["alerts"][0]["reason"], "cooldown");
+}
+
+#[tokio::test]
+async fn each_alert_is_judged_by_its_own_status_not_the_groups() {
+    let app = app(&[]).await;
+    let mut p = payload("firing", primary_down(), "fp1", T0);
+    p["alerts"][0]["status"] = json!("resolved");
+    let (status, body) = app.post("/api/v1/alerts", &p).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(body["alerts"][0]["action"], "ignored");
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert!(runs["runs"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_alert_matching_no_plan_or_failing_a_matcher_starts_nothing() {
+    let app = app(&[]).await;
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", json!({"alertname": "Other"}), "x", T0),
+        )
+        .await;
+    assert_eq!(body["alerts"][0]["action"], "noMatch");
+    let info = json!({"alertname": "PrimaryDown", "severity": "info"});
+    let (_, body) = app
+        .post("/api/v1/alerts", &payload("firing", info, "y", T0))
+        .await;
+    assert_eq!(
+        body["alerts"][0]["action"], "noMatch",
+        "severity=~critical|page must hold; manual plans never match"
+    );
+}
+
+#[tokio::test]
+async fn an_approval_plan_waits_and_a_resolution_cancels_it() {
+    let app = app(&[]).await;
+    let down = json!({"alertname": "RegionDown"});
+    let (_, body) = app
+        .post("/api/v1/alerts", &payload("firing", down.clone(), "r1", T0))
+        .await;
+    assert_eq!(body["alerts"][0]["action"], "awaitingApproval");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(run["phase"], "WaitingForApproval");
+
+    // Alertmanager's resolution can carry a different startsAt: matched by fingerprint alone.
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("resolved", down, "r1", "2026-11-21T10:00:01Z"),
+        )
+        .await;
+    assert_eq!(body["alerts"][0]["action"], "cancelled");
+    assert_eq!(body["alerts"][0]["runId"], id.as_str());
+    let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(run["phase"], "Cancelled");
+    let (status, _) = app
+        .post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn an_approved_run_executes_once() {
+    let app = app(&[]).await;
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", json!({"alertname": "RegionDown"}), "r2", T0),
+        )
+        .await;
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    let (status, _) = app
+        .post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.finished(&id).await["phase"], "Succeeded");
+    let (status, body) = app
+        .post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        body["error"].as_str().unwrap().contains("Succeeded"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_manual_trigger_with_the_same_idempotency_key_returns_the_same_run() {
+    let app = app(&[]).await;
+    let req = json!({"idempotencyKey": "ticket-42", "params": {"x": 1}, "actor": "sre@example"});
+    let (status, first) = app.post("/api/v1/plans/ops/manual/runs", &req).await;
+    assert_eq!(status, StatusCode::CREATED, "{first}");
+    assert_eq!(first["trigger"]["actor"], "sre@example");
+    app.finished(first["id"].as_str().unwrap()).await;
+    let (status, again) = app.post("/api/v1/plans/ops/manual/runs", &req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], first["id"]);
+    let (_, runs) = app.get("/api/v1/runs?plan=ops/manual").await;
+    assert_eq!(runs["runs"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_manual_trigger_while_the_plan_runs_is_a_conflict_and_cancel_stops_the_run() {
+    let app = app(&[]).await;
+    let (status, run) = app.post("/api/v1/plans/ops/long/runs", &json!({})).await;
+    assert_eq!(status, StatusCode::CREATED);
+    let id = run["id"].as_str().unwrap().to_string();
+    let (status, body) = app.post("/api/v1/plans/ops/long/runs", &json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(body["error"].as_str().unwrap().contains(&id), "{body}");
+    // A dry run changes nothing, so it may run beside the live one.
+    let (status, _) = app
+        .post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let (status, _) = app
+        .post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let run = app.finished(&id).await;
+    assert_eq!(run["phase"], "Cancelled");
+    assert_eq!(run["steps"][1]["status"], "pending");
+}
+
+#[tokio::test]
+async fn requests_without_a_valid_token_are_refused_but_health_is_open() {
+    let app = app(&[]).await;
+    let body = payload("firing", primary_down(), "fp1", T0).to_string();
+    let req = Request::post("/api/v1/alerts")
+        .header("content-type", "application/json")
+        .body(Body::from(body.clone()))
+        .unwrap();
+    assert_eq!(app.send(req).await.0, StatusCode::UNAUTHORIZED);
+    let req = Request::post("/api/v1/alerts")
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer wrong")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, err) = app.send(req).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(err["error"], "missing or invalid bearer token");
+    for path in ["/api/v1/runs", "/metrics", "/api/v1/plans"] {
+        assert_eq!(
+            app.send(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .0,
+            StatusCode::UNAUTHORIZED,
+            "{path}"
+        );
+    }
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            app.send(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .0,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert!(
+        runs["runs"].as_array().unwrap().is_empty(),
+        "refused requests started nothing"
+    );
+}
+
+#[tokio::test]
+async fn bad_requests_get_a_4xx_that_says_what_was_wrong() {
+    let app = app(&[]).await;
+    let post = |ct: &str, body: String| {
+        authed(Request::post("/api/v1/alerts"))
+            .header("content-type", ct)
+            .body(Body::from(body))
+            .unwrap()
+    };
+
+    let (status, err) = app.send(post("text/plain", "{}".into())).await;
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    assert!(err["error"].as_str().unwrap().contains("application/json"));
+
+    let (status, err) = app
+        .send(post("application/json", "{\"version\": \"4\", ".into()))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"].as_str().unwrap().contains("invalid JSON body"),
+        "{err}"
+    );
+
+    let (status, err) = app
+        .send(post(
+            "application/json",
+            json!({"version": "4", "status": "firing"}).to_string(),
+        ))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `alerts`"),
+        "{err}"
+    );
+
+    let mut old = payload("firing", primary_down(), "fp", T0);
+    old["version"] = json!("3");
+    let (status, err) = app.send(post("application/json", old.to_string())).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(err["error"].as_str().unwrap().contains("version"), "{err}");
+
+    let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
+    let (status, err) = app.send(post("application/json", big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(
+        err["error"].as_str().unwrap().contains("larger than"),
+        "{err}"
+    );
+
+    assert_eq!(app.get("/api/v1/runs/nope").await.0, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.post("/api/v1/plans/ops/nope/runs", &json!({})).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(app.get("/api/v1/nothing").await.0, StatusCode::NOT_FOUND);
+    let (status, err) = app
+        .post("/api/v1/plans/ops/manual/runs", &json!({"parms": {}}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("unknown field `parms`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_plan_is_reported_and_skipped_while_the_others_work() {
+    let app = app(&[]).await;
+    let (status, plans) = app.get("/api/v1/plans").await;
+    assert_eq!(status, StatusCode::OK);
+    let names: Vec<&str> = plans["plans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"ops/auto") && !names.contains(&"ops/broken"),
+        "{names:?}"
+    );
+    let invalid = &plans["invalid"][0];
+    assert_eq!(invalid["plan"], "ops/broken");
+    assert!(
+        invalid["problems"][0]
+            .as_str()
+            .unwrap()
+            .contains("Values.B"),
+        "{invalid}"
+    );
+    let m = app.metrics().await;
+    assert_eq!(metric(&m, "recoverd_plans_invalid"), 1.0, "{m}");
+    assert!(metric(&m, "recoverd_plans_loaded") >= 5.0, "{m}");
+}
+
+#[tokio::test]
+async fn a_label_value_full_of_template_syntax_reaches_the_template_only_as_data() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let hook = axum::Router::new().route(
+        "/",
+        axum::routing::post(move |body: String| {
+            let s = s.clone();
+            async move {
+                s.lock().unwrap().push(body);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    let plan = std::fs::read_to_string(
+        support::clusters::repo_dir().join("tests/data/plans/serve/echo.yaml"),
+    )
+    .unwrap()
+    .replace("http://127.0.0.1:1/", &url);
+    let app = app(&[("echo.yaml", plan)]).await;
+    let evil = "{{ Values.url }}\", \"injected\": \"1\" {% raw %}\n}";
+
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload(
+                "firing",
+                json!({"alertname": "Echo", "cluster": evil}),
+                "e1",
+                T0,
+            ),
+        )
+        .await;
+    let run = app
+        .finished(body["alerts"][0]["runId"].as_str().unwrap())
+        .await;
+
+    assert_eq!(run["phase"], "Succeeded", "{run}");
+    let got: Value = serde_json::from_str(&seen.lock().unwrap()[0]).unwrap();
+    assert_eq!(got, json!({"cluster": evil, "note": "from Echo"}));
+}
+
+#[tokio::test]
+async fn metrics_count_alerts_matches_runs_and_steps_with_bounded_labels() {
+    let app = app(&[]).await;
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", primary_down(), "fp1", T0),
+        )
+        .await;
+    app.finished(body["alerts"][0]["runId"].as_str().unwrap())
+        .await;
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(&m, "recoverd_alerts_received_total{status=\"firing\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "recoverd_plan_matches_total{plan=\"ops/auto\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "recoverd_runs_total{plan=\"ops/auto\",result=\"Succeeded\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "recoverd_step_duration_seconds_count{plan=\"ops/auto\",type=\"wait\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(metric(&m, "recoverd_active_runs"), 0.0, "{m}");
+    assert!(
+        !m.contains("pg-north"),
+        "an alert label value leaked into a metric label"
+    );
+}

@@ -1,0 +1,146 @@
+//! Building recoverd's HTTP API for tests, with `server::router` as `serve` does.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use recoverd::cluster::{Registry, WriteMode};
+use recoverd::executor::Executor;
+use recoverd::metrics::Metrics;
+use recoverd::plan::set::PlanSet;
+use recoverd::run::service::Runs;
+use recoverd::run::store::Store;
+use recoverd::server::{router, AppState, Tokens, DEFAULT_BODY_LIMIT};
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::clusters::repo_dir;
+
+pub const TOKEN: &str = "alertmanager-token";
+
+pub struct TestApp {
+    pub router: Router,
+    pub runs: Arc<Runs>,
+    pub dir: tempfile::TempDir,
+}
+
+/// A kubeconfig whose one cluster, `north`, is nowhere: for plans that never touch a cluster.
+pub fn nowhere_kubeconfig(dir: &Path) -> PathBuf {
+    let path = dir.join("kubeconfig");
+    std::fs::write(
+        &path,
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: north\n  cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: north\n  context: {cluster: north, user: u}\ncurrent-context: north\n",
+    )
+    .unwrap();
+    path
+}
+
+/// The API over the plans in `tests/data/plans/serve/` plus `extra` (file name, text).
+pub async fn app(extra: &[(&str, String)]) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    for entry in std::fs::read_dir(repo_dir().join("tests/data/plans/serve"))
+        .unwrap()
+        .flatten()
+    {
+        std::fs::copy(entry.path(), plans.join(entry.file_name())).unwrap();
+    }
+    for (name, text) in extra {
+        std::fs::write(plans.join(name), text).unwrap();
+    }
+    let kubeconfig = nowhere_kubeconfig(dir.path());
+    let live = Arc::new(
+        Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::Live)
+            .await
+            .unwrap(),
+    );
+    let dry = Arc::new(
+        Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::DryRun)
+            .await
+            .unwrap(),
+    );
+    let set = PlanSet::load(&[plans], Some(&live.names()));
+    let store = Store::open(&dir.path().join("runs.db")).unwrap();
+    let runs = Runs::new(
+        store,
+        set,
+        Arc::new(Executor::new(live)),
+        Arc::new(Executor::new(dry)),
+        Arc::new(Metrics::new()),
+    );
+    let state = AppState {
+        runs: runs.clone(),
+        tokens: Tokens::from_list(&[TOKEN]),
+        body_limit: DEFAULT_BODY_LIMIT,
+        metrics_public: false,
+    };
+    TestApp {
+        router: router(state),
+        runs,
+        dir,
+    }
+}
+
+impl TestApp {
+    /// Sends a request; returns status and JSON body (or the body as a JSON string).
+    pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
+        let resp = self.router.clone().oneshot(req).await.unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let body = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, body)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.send(
+            authed(Request::post(path))
+                .header("content-type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+        )
+        .await
+    }
+
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(authed(Request::get(path)).body(Body::empty()).unwrap())
+            .await
+    }
+
+    /// Waits until the run has finished and returns its record.
+    pub async fn finished(&self, id: &str) -> Value {
+        for _ in 0..500 {
+            let (_, run) = self.get(&format!("/api/v1/runs/{id}")).await;
+            if ["Succeeded", "Failed", "Cancelled"].contains(&run["phase"].as_str().unwrap_or("")) {
+                return run;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("run {id} did not finish");
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (_, body) = self.get("/metrics").await;
+        body.as_str().unwrap().to_string()
+    }
+}
+
+pub fn authed(b: axum::http::request::Builder) -> axum::http::request::Builder {
+    b.header("authorization", format!("Bearer {TOKEN}"))
+}
+
+/// An Alertmanager webhook payload with one alert.
+pub fn payload(status: &str, labels: Value, fingerprint: &str, starts_at: &str) -> Value {
+    serde_json::json!({
+        "version": "4", "groupKey": "{}:{}", "truncatedAlerts": 0, "status": status, "receiver": "recoverd",
+        "groupLabels": {}, "commonLabels": labels, "commonAnnotations": {}, "externalURL": "http://am",
+        "alerts": [{"status": status, "labels": labels, "annotations": {}, "startsAt": starts_at,
+                    "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "", "fingerprint": fingerprint}],
+        "notification_reason": "new", "routeLabels": {"x": "y"}
+    })
+}
