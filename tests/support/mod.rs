@@ -1,7 +1,9 @@
-//! Test support shared by the integration tests: real test clusters, running plans against them.
+//! Test support shared by the integration tests: real test clusters, running plans against them,
+//! and a fault-injecting proxy to put in front of a cluster.
 #![allow(dead_code)]
 
 pub mod clusters;
+pub mod proxy;
 pub mod run;
 pub mod server;
 
