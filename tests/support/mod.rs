@@ -1,6 +1,7 @@
 //! Test support shared by the integration tests: real test clusters, running plans against them.
 #![allow(dead_code)]
 
+pub mod alertmanager;
 pub mod clusters;
 pub mod run;
 
