@@ -67,9 +67,15 @@ pub struct AlertmanagerPair {
     root: tempfile::TempDir,
     instances: Vec<Instance>,
     watchdog: Option<Child>,
-    /// Start times given to alerts already fired, by label set, so that firing again and
-    /// resolving use the same `startsAt` (as Prometheus does: one incident, one `startsAt`).
-    starts: Mutex<BTreeMap<Vec<(String, String)>, jiff::Timestamp>>,
+    /// Alerts fired and not resolved, by label set: the start time they were given and their
+    /// annotations, so that firing again and resolving use the same `startsAt` (as Prometheus
+    /// does: one incident, one `startsAt`) and a resolution keeps the annotations.
+    active: Mutex<BTreeMap<Vec<(String, String)>, Active>>,
+}
+
+struct Active {
+    start: jiff::Timestamp,
+    annotations: Vec<(String, String)>,
 }
 
 struct Instance {
@@ -157,7 +163,7 @@ impl AlertmanagerPair {
             root,
             instances: Vec::new(),
             watchdog: Some(watchdog),
-            starts: Mutex::new(BTreeMap::new()),
+            active: Mutex::new(BTreeMap::new()),
         };
         // Ports are picked free but may be taken before Alertmanager binds them: try again.
         let mut last_err = String::new();
@@ -324,36 +330,41 @@ impl AlertmanagerPair {
 
     /// Fires an alert with these labels and annotations at every instance (`amtool alert add`)
     /// and returns its `startsAt`. The first firing of a label set starts now (whole seconds);
-    /// firing the same labels again keeps that start, as Prometheus re-sending an active alert
-    /// does, so every instance and every re-send agree on (fingerprint, startsAt).
+    /// firing the same labels again (until [`Self::resolve`]) keeps that start, as Prometheus
+    /// re-sending an active alert does, so every instance and every re-send agree on
+    /// (fingerprint, startsAt).
     pub fn fire(&self, labels: &[(&str, &str)], annotations: &[(&str, &str)]) -> jiff::Timestamp {
-        let start = *self
-            .starts
-            .lock()
-            .unwrap()
-            .entry(label_key(labels))
-            .or_insert_with(now_seconds);
-        self.add(labels, annotations, start, None);
+        let annotations = pairs(annotations);
+        let start = {
+            let mut active = self.active.lock().unwrap();
+            let a = active.entry(pairs(labels)).or_insert_with(|| Active {
+                start: now_seconds(),
+                annotations: Vec::new(),
+            });
+            a.annotations = annotations.clone();
+            a.start
+        };
+        self.add(labels, &annotations, start, None);
         start
     }
 
     /// Resolves an alert at every instance: `amtool alert add` with the labels, the `startsAt`
-    /// it was fired with (now if it was not fired through this harness) and `--end` now.
-    /// Alertmanager sends the resolution at the group's next flush (within `group_interval`).
+    /// and annotations it was fired with (now and none if it was not fired through this harness)
+    /// and `--end` now. Alertmanager sends the resolution at the group's next flush (within
+    /// `group_interval`).
     pub fn resolve(&self, labels: &[(&str, &str)]) {
-        let start = self
-            .starts
-            .lock()
-            .unwrap()
-            .remove(&label_key(labels))
-            .unwrap_or_else(now_seconds);
-        self.add(labels, &[], start, Some(now_seconds()));
+        let active = self.active.lock().unwrap().remove(&pairs(labels));
+        let (start, annotations) = match active {
+            Some(a) => (a.start, a.annotations),
+            None => (now_seconds(), Vec::new()),
+        };
+        self.add(labels, &annotations, start, Some(now_seconds()));
     }
 
     fn add(
         &self,
         labels: &[(&str, &str)],
-        annotations: &[(&str, &str)],
+        annotations: &[(String, String)],
         start: jiff::Timestamp,
         end: Option<jiff::Timestamp>,
     ) {
@@ -477,7 +488,8 @@ fn now_seconds() -> jiff::Timestamp {
     jiff::Timestamp::from_second(jiff::Timestamp::now().as_second()).unwrap()
 }
 
-fn label_key(labels: &[(&str, &str)]) -> Vec<(String, String)> {
+/// Owned, sorted pairs (a label set's key).
+fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
     let mut key: Vec<_> = labels
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
