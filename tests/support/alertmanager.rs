@@ -302,7 +302,9 @@ impl AlertmanagerPair {
         serde_json::from_slice(&body).unwrap()
     }
 
-    /// `http://127.0.0.1:PORT` of every instance, in cluster position order of their start.
+    /// `http://127.0.0.1:PORT` of every instance, in start order (also each one's `externalURL`,
+    /// so a webhook payload says which instance sent it). Alertmanager orders peers for
+    /// notification by their random cluster names, not by this order.
     pub fn urls(&self) -> Vec<String> {
         self.instances
             .iter()
