@@ -2,6 +2,7 @@
 //! and a fault-injecting proxy to put in front of a cluster.
 #![allow(dead_code)]
 
+pub mod alertmanager;
 pub mod clusters;
 pub mod proxy;
 pub mod run;
