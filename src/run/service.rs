@@ -273,22 +273,19 @@ impl Runs {
                 cooldown,
             };
             let claimed = self.store.lock().unwrap().claim(&record, rules)?;
-            match claimed {
-                Err(refusal) => {
-                    self.metrics
-                        .runs_deduplicated
-                        .with_label_values(&[&name, refusal.reason()])
-                        .inc();
-                    info!(plan = %name, run = %refusal.existing(), reason = refusal.reason(), "alert deduplicated");
-                    out.push(outcome(
-                        "deduplicated",
-                        Some(name),
-                        Some(refusal.existing().to_string()),
-                        Some(refusal.reason().into()),
-                    ));
-                    continue;
-                }
-                Ok(()) => {}
+            if let Err(refusal) = claimed {
+                self.metrics
+                    .runs_deduplicated
+                    .with_label_values(&[&name, refusal.reason()])
+                    .inc();
+                info!(plan = %name, run = %refusal.existing(), reason = refusal.reason(), "alert deduplicated");
+                out.push(outcome(
+                    "deduplicated",
+                    Some(name),
+                    Some(refusal.existing().to_string()),
+                    Some(refusal.reason().into()),
+                ));
+                continue;
             }
             self.refresh_active();
             if approval {

@@ -8,4 +8,5 @@ pub mod proxy;
 pub mod run;
 pub mod server;
 
+#[allow(unused_imports)]
 pub use clusters::shared;
