@@ -1,0 +1,378 @@
+//! `recoverd serve` end to end, as a process: two real clustered Alertmanagers deliver an alert
+//! over and over, and the plan runs exactly once against real clusters; and a server killed in
+//! the middle of a run leaves it Interrupted, to be resumed without repeating finished steps.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use recoverd::cluster::WriteMode;
+use serde_json::{json, Value};
+use support::alertmanager::{AlertmanagerPair, Timings};
+use support::clusters::{free_port, repo_dir};
+use support::run::{field, registry, seed, world_in_namespace};
+
+const TOKEN: &str = "e2e-token";
+
+/// A `recoverd serve` child process, killed when dropped.
+struct Serve {
+    child: Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Serve {
+    async fn start(
+        plans: &Path,
+        kubeconfig: &Path,
+        store: &Path,
+        token_file: &Path,
+        port: u16,
+    ) -> Serve {
+        let log = std::fs::File::create(store.with_extension("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_recoverd"))
+            .args(["serve", "--plans"])
+            .arg(plans)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--reload-interval",
+                "200ms",
+            ])
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--store")
+            .arg(format!("sqlite:{}", store.display()))
+            .env("RECOVERD_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let serve = Serve {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::new(),
+        };
+        for _ in 0..200 {
+            if serve
+                .http
+                .get(format!("{}/readyz", serve.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return serve;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "recoverd serve did not become ready; log: {}",
+            std::fs::read_to_string(store.with_extension("log")).unwrap_or_default()
+        );
+    }
+
+    async fn get(&self, path: &str) -> Value {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        resp.json().await.unwrap()
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn metrics(&self) -> String {
+        self.http
+            .get(format!("{}/metrics", self.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// SIGKILL: no graceful shutdown, no last write.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
+
+fn token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn repeated_alertmanager_deliveries_from_an_ha_pair_make_exactly_one_run() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("am-e2e").await;
+    let reg = registry(clusters, WriteMode::Live).await;
+    let (world_dir, world) = world_in_namespace("cnpg.yaml", &ns);
+    let (_seeded, reactors) = seed(reg.clone(), &world).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let plan = std::fs::read_to_string(repo_dir().join("plans/cnpg-switchover.yaml"))
+        .unwrap()
+        .replace("ns: db", &format!("ns: {ns}"));
+    std::fs::write(plans.join("cnpg-switchover.yaml"), plan).unwrap();
+    let tokens = token_file(dir.path());
+    let port = free_port();
+    let serve = Serve::start(
+        &plans,
+        clusters.kubeconfig(),
+        &dir.path().join("runs.db"),
+        &tokens,
+        port,
+    )
+    .await;
+
+    let webhook = format!("http://127.0.0.1:{port}/api/v1/alerts");
+    let timings = Timings {
+        group_wait: Duration::from_secs(1),
+        group_interval: Duration::from_secs(2),
+        repeat_interval: Duration::from_secs(3),
+    };
+    let am = tokio::task::block_in_place(|| AlertmanagerPair::start(2, &webhook, &tokens, timings));
+    let labels = [
+        ("alertname", "CNPGPrimaryUnavailable"),
+        ("severity", "critical"),
+        ("cluster", "pg-north"),
+        ("namespace", "db"),
+    ];
+    tokio::task::block_in_place(|| {
+        am.fire(&labels, &[("summary", "pg-north primary unavailable")])
+    });
+
+    // The run happens…
+    eventually("a run to succeed", Duration::from_secs(60), || async {
+        serve.get("/api/v1/runs").await["runs"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["phase"] == "Succeeded"))
+    })
+    .await;
+    // …and Alertmanager keeps re-sending the firing alert: each resend is deduplicated.
+    eventually("three deduplicated resends", Duration::from_secs(45), || async {
+        metric(&serve.metrics().await, "recoverd_runs_deduplicated_total{plan=\"recoverd/cnpg-switchover\",reason=\"same-incident\"}") >= 3.0
+    })
+    .await;
+
+    let runs = serve.get("/api/v1/runs").await;
+    let runs = runs["runs"].as_array().unwrap();
+    assert_eq!(runs.len(), 1, "{runs:#?}");
+    assert_eq!(runs[0]["phase"], "Succeeded");
+    assert_eq!(runs[0]["trigger"]["kind"], "alert");
+    assert_eq!(reactors.fired(), 2);
+    assert_eq!(
+        field(
+            &reg,
+            "south",
+            "postgresql.cnpg.io/v1",
+            "clusters",
+            &ns,
+            "pg-south",
+            "spec.replica.primary"
+        )
+        .await,
+        Some(json!("pg-south"))
+    );
+    let cfg = field(
+        &reg,
+        "edge",
+        "v1",
+        "configmaps",
+        &ns,
+        "haproxy-config",
+        "data[\"haproxy.cfg\"]",
+    )
+    .await
+    .unwrap();
+    assert!(cfg.as_str().unwrap().contains("server pg-south"), "{cfg}");
+    let m = serve.metrics().await;
+    assert!(
+        metric(&m, "recoverd_alerts_received_total{status=\"firing\"}") >= 4.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "recoverd_runs_total{plan=\"recoverd/cnpg-switchover\",result=\"Succeeded\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+
+    // Resolving the alert starts nothing.
+    tokio::task::block_in_place(|| am.resolve(&labels));
+    eventually(
+        "the resolution to arrive",
+        Duration::from_secs(30),
+        || async {
+            metric(
+                &serve.metrics().await,
+                "recoverd_alerts_received_total{status=\"resolved\"}",
+            ) >= 1.0
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        serve.get("/api/v1/runs").await["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    drop(world_dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_killed_mid_step_is_interrupted_and_resumes_without_repeating_finished_steps() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let hits: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let h = hits.clone();
+    let hook = axum::Router::new().route(
+        "/step/{n}",
+        axum::routing::post(move |axum::extract::Path(n): axum::extract::Path<usize>| {
+            let h = h.clone();
+            async move {
+                h[n].fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let plan = std::fs::read_to_string(repo_dir().join("tests/data/plans/serve-restart/held.yaml"))
+        .unwrap()
+        .replace("http://hook", &hook_url);
+    std::fs::write(plans.join("held.yaml"), plan).unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let tokens = token_file(dir.path());
+    let store = dir.path().join("runs.db");
+    let port = free_port();
+    let mut serve = Serve::start(&plans, &kubeconfig, &store, &tokens, port).await;
+
+    let (status, run) = serve
+        .post(
+            "/api/v1/plans/ops/held/runs",
+            json!({"idempotencyKey": "restart-test"}),
+        )
+        .await;
+    assert_eq!(status, 201, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    eventually(
+        "the hold step to be running",
+        Duration::from_secs(10),
+        || async {
+            serve.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "running"
+        },
+    )
+    .await;
+    let before = serve.get(&format!("/api/v1/runs/{id}")).await;
+    serve.kill();
+
+    let serve = Serve::start(&plans, &kubeconfig, &store, &tokens, port).await;
+    let run = serve.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(run["phase"], "Interrupted", "{run:#}");
+    assert_eq!(run["steps"][0]["status"], "succeeded");
+    assert!(run["error"].as_str().unwrap().contains("resume"), "{run:#}");
+    // An interrupted run still blocks a new one of the same plan until it is resumed or cancelled.
+    let (status, _) = serve.post("/api/v1/plans/ops/held/runs", json!({})).await;
+    assert_eq!(status, 409);
+
+    let (status, _) = serve
+        .post(&format!("/api/v1/runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    eventually(
+        "the resumed run to succeed",
+        Duration::from_secs(20),
+        || async { serve.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded" },
+    )
+    .await;
+    let after = serve.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(
+        hits[0].load(Ordering::SeqCst),
+        1,
+        "the finished first step was not repeated"
+    );
+    assert_eq!(hits[1].load(Ordering::SeqCst), 1);
+    assert_eq!(
+        after["steps"][0]["startedAt"],
+        before["steps"][0]["startedAt"]
+    );
+    assert_eq!(after["steps"][0]["attempts"], 1);
+    assert!(
+        after["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "succeeded"),
+        "{after:#}"
+    );
+    let (status, _) = serve
+        .post(&format!("/api/v1/runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 409, "a finished run cannot be resumed");
+}
