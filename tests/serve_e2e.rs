@@ -376,3 +376,175 @@ async fn a_run_killed_mid_step_is_interrupted_and_resumes_without_repeating_fini
         .await;
     assert_eq!(status, 409, "a finished run cannot be resumed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_running_step_finish_records_it_and_leaves_the_run_resumable() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    // The hook is nowhere: the first step fails fast, so use a plan of waits only.
+    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: waits, namespace: ops}\nspec:\n  mode: manual\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n  - {name: two, type: wait, wait: {duration: 2s}}\n  - {name: three, type: wait, wait: {duration: 10ms}}\n";
+    std::fs::write(plans.join("waits.yaml"), plan).unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let tokens = token_file(dir.path());
+    let store = dir.path().join("runs.db");
+    let port = free_port();
+    let mut serve = Serve::start(&plans, &kubeconfig, &store, &tokens, port).await;
+    let (_, run) = serve.post("/api/v1/plans/ops/waits/runs", json!({})).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    eventually(
+        "step two to be running",
+        Duration::from_secs(10),
+        || async {
+            serve.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "running"
+        },
+    )
+    .await;
+
+    let status = Command::new("kill")
+        .args(["-TERM", &serve.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = tokio::task::block_in_place(|| serve.child.wait()).unwrap();
+    assert!(exit.success(), "graceful exit: {exit:?}");
+
+    let serve = Serve::start(&plans, &kubeconfig, &store, &tokens, port).await;
+    let run = serve.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(run["phase"], "Interrupted", "{run:#}");
+    assert_eq!(
+        run["steps"][1]["status"], "succeeded",
+        "the running step finished before exit: {run:#}"
+    );
+    assert_eq!(run["steps"][2]["status"], "pending");
+    let (status, _) = serve
+        .post(&format!("/api/v1/runs/{id}/resume"), json!({}))
+        .await;
+    assert_eq!(status, 200);
+    eventually(
+        "the resumed run to succeed",
+        Duration::from_secs(10),
+        || async { serve.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded" },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_speaks_tls_and_picks_up_a_new_plan_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path().join("pki");
+    let out = Command::new("bash")
+        .arg(repo_dir().join("tests/kube/mkpki.sh"))
+        .arg(&pki)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let tokens = token_file(dir.path());
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_recoverd"))
+        .args(["serve", "--plans"])
+        .arg(&plans)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--reload-interval",
+            "100ms",
+            "--metrics-public",
+        ])
+        .arg("--token-file")
+        .arg(&tokens)
+        .arg("--tls-cert")
+        .arg(pki.join("apiserver.crt"))
+        .arg("--tls-key")
+        .arg(pki.join("apiserver.key"))
+        .arg("--store")
+        .arg(format!("sqlite:{}", dir.path().join("runs.db").display()))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let serve = Serve {
+        child,
+        url: format!("https://127.0.0.1:{port}"),
+        http: reqwest::Client::new(),
+    };
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).unwrap()).unwrap();
+    let https = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if https
+            .get(format!("{}/readyz", serve.url))
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        ready,
+        "{}",
+        std::fs::read_to_string(dir.path().join("serve.log")).unwrap()
+    );
+    // Plain HTTP on the TLS port gets no API.
+    assert!(reqwest::get(format!("http://127.0.0.1:{port}/readyz"))
+        .await
+        .map_or(true, |r| !r.status().is_success()));
+    // --metrics-public: no token needed for /metrics, still needed for the API.
+    assert_eq!(
+        https
+            .get(format!("{}/metrics", serve.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        https
+            .get(format!("{}/api/v1/plans", serve.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let plans_now = || async {
+        let v: Value = https
+            .get(format!("{}/api/v1/plans", serve.url))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["plans"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["name"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert!(plans_now().await.is_empty());
+    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: late, namespace: ops}\nspec:\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n";
+    std::fs::write(plans.join("late.yaml"), plan).unwrap();
+    eventually(
+        "the new plan to be loaded",
+        Duration::from_secs(10),
+        || async { plans_now().await == ["ops/late"] },
+    )
+    .await;
+}
