@@ -302,3 +302,58 @@ async fn the_deployment_manifests_are_accepted_by_a_real_apiserver() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out));
 }
+
+#[tokio::test]
+async fn a_failing_run_exits_1_and_ends_with_the_failing_step_and_reason() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("cli-fail").await;
+    let reg = registry(clusters, WriteMode::Live).await;
+    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
+    let (_seeded, _reactors) = seed(reg.clone(), &world).await;
+    let kubeconfig = clusters.kubeconfig().to_str().unwrap().to_string();
+    let param = format!("ns={ns}");
+
+    let out = recoverd(&[
+        "run",
+        "tests/data/plans/run/wait-times-out.yaml",
+        "--kubeconfig",
+        &kubeconfig,
+        "--param",
+        &param,
+    ]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.contains("step \"wait-for-token\" failed on cluster \"north\": timed out after 1.5s"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn while_a_step_waits_a_terminal_shows_a_live_line_with_elapsed_time() {
+    let clusters = support::shared();
+    let kubeconfig = clusters.kubeconfig().to_str().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("pause.yaml");
+    std::fs::write(&plan, "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: pause}\nspec:\n  steps:\n  - {name: pause, type: wait, wait: {duration: 1500ms}}\n").unwrap();
+    let cmd = format!(
+        "{} run {} --kubeconfig {kubeconfig}",
+        env!("CARGO_BIN_EXE_recoverd"),
+        plan.display()
+    );
+    // `script` runs the command on a pseudo-terminal, as a person at a shell would.
+    let out = Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .output()
+        .unwrap();
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("waiting 1.") && t.contains("/ 1.5s: pausing for 1.5s"),
+        "{t}"
+    );
+    assert!(t.contains('\r'), "the live line redraws in place: {t:?}");
+    assert!(t.contains("✔ pause (1.5s)"), "{t}");
+}

@@ -462,3 +462,70 @@ async fn apply_renders_a_configmap_key_from_a_template_kept_in_the_cluster() {
         "the wait saw the token the reactor wrote"
     );
 }
+
+#[tokio::test]
+async fn a_clusters_file_names_clusters_independently_of_kubeconfig_contexts() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("clusters-file").await;
+    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
+    let (_seeded, _reactors) = seed(registry(clusters, WriteMode::Live).await, &world).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(clusters.kubeconfig(), dir.path().join("all.kubeconfig")).unwrap();
+    let file = dir.path().join("clusters.yaml");
+    std::fs::write(&file, "default: primary\nclusters:\n  primary: {kubeconfig: all.kubeconfig, context: north}\n  standby: {kubeconfig: all.kubeconfig, context: south}\n").unwrap();
+
+    let reg = recoverd::cluster::Registry::from_clusters_file(&file, WriteMode::Live)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        reg.names().into_iter().collect::<Vec<_>>(),
+        ["primary", "standby"]
+    );
+    assert_eq!(reg.default_cluster(), "primary");
+    assert_eq!(
+        field(
+            &reg,
+            "primary",
+            CNPG,
+            "clusters",
+            &ns,
+            "pg-north",
+            "spec.replica.self"
+        )
+        .await,
+        Some(json!("pg-north"))
+    );
+    assert_eq!(
+        field(
+            &reg,
+            "standby",
+            CNPG,
+            "clusters",
+            &ns,
+            "pg-south",
+            "spec.replica.self"
+        )
+        .await,
+        Some(json!("pg-south"))
+    );
+    let err = recoverd::cluster::Registry::from_clusters_file(
+        &dir.path().join("nope.yaml"),
+        WriteMode::Live,
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("nope.yaml"), "{err}");
+    std::fs::write(
+        &file,
+        "default: elsewhere\nclusters:\n  primary: {kubeconfig: all.kubeconfig, context: north}\n",
+    )
+    .unwrap();
+    let err = recoverd::cluster::Registry::from_clusters_file(&file, WriteMode::Live)
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("default cluster \"elsewhere\""),
+        "{err}"
+    );
+}
