@@ -248,22 +248,37 @@ async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
     let ns = clusters.namespace("dry-run").await;
     let live = registry(clusters, WriteMode::Live).await;
     let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (seeded, _reactors) = seed(live.clone(), &world).await;
+    let (seeded, reactors) = seed(live.clone(), &world).await;
     let dry = registry(clusters, WriteMode::DryRun).await;
 
-    let record = run(
-        dry.clone(),
-        &plan("continue-past-unreachable.yaml"),
-        &ns,
-        &[],
-    )
-    .await;
+    // The whole switchover: every write is validated by the API servers and stored nowhere;
+    // waits for what those writes would cause are recorded, not waited out.
+    let record = run(dry.clone(), &plan("cnpg-switchover.yaml"), &ns, &[]).await;
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
     assert_eq!(
-        record.steps[1].diff,
+        record.steps[0].diff,
         Some(json!([{"op": "replace", "path": "/spec/replica/primary", "value": "pg-south"}]))
     );
+    let wait = record.steps[1].inputs.as_ref().unwrap();
+    assert_eq!(
+        wait["dryRun"],
+        json!("would wait up to 1m for status.demotionToken to be non-empty")
+    );
+    assert_eq!(
+        record.outputs["DemotionToken"],
+        json!("dry-run-demotiontoken")
+    );
+    assert_eq!(
+        record.steps[3].diff.as_ref().unwrap()[1]["value"],
+        json!("dry-run-demotiontoken"),
+        "{:#?}",
+        record.steps[3]
+    );
+    assert!(record.steps[5]
+        .diff
+        .as_ref()
+        .is_some_and(|d| !d.as_array().unwrap().is_empty()));
     let changed = recoverd::world::changes(&live, &seeded).await;
     assert!(
         changed.is_empty(),
@@ -273,6 +288,7 @@ async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
             .map(|(s, _)| s.describe())
             .collect::<Vec<_>>()
     );
+    assert_eq!(reactors.fired(), 0, "no operator saw a change");
 
     // Not even a write that forgets to ask for a dry run gets through a dry-run client.
     let resolved = dry.resolve("north", "v1", "configmaps").await.unwrap();

@@ -548,3 +548,68 @@ async fn serve_speaks_tls_and_picks_up_a_new_plan_file() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: waits, namespace: ops}\nspec:\n  mode: manual\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n  - {name: two, type: wait, wait: {duration: 300ms}}\n";
+    std::fs::write(plans.join("waits.yaml"), plan).unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let tokens = token_file(dir.path());
+    let port = free_port();
+    let serve = Serve::start(
+        &plans,
+        &kubeconfig,
+        &dir.path().join("runs.db"),
+        &tokens,
+        port,
+    )
+    .await;
+    let trigger = |extra: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_recoverd"));
+        cmd.args(["trigger", "ops/waits", "--url", &serve.url, "--token-file"])
+            .arg(&tokens)
+            .args(extra);
+        tokio::task::block_in_place(|| cmd.output().unwrap())
+    };
+
+    let out = trigger(&["--wait", "--idempotency-key", "INC-7"]);
+    let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "{t}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        t.contains("started")
+            && t.contains("✔ one (")
+            && t.contains("✔ two (")
+            && t.contains("succeeded"),
+        "{t}"
+    );
+
+    let again = trigger(&["--idempotency-key", "INC-7"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already exists"));
+    assert_eq!(
+        serve.get("/api/v1/runs?plan=ops/waits").await["runs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+
+    let missing = trigger(&["--param", "x=1"]);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_recoverd"));
+    cmd.args(["trigger", "ops/nope", "--url", &serve.url, "--token-file"])
+        .arg(&tokens);
+    let nope = tokio::task::block_in_place(|| cmd.output().unwrap());
+    assert!(missing.status.success());
+    assert!(!nope.status.success());
+    assert!(
+        String::from_utf8_lossy(&nope.stderr).contains("404 Not Found: no plan named ops/nope"),
+        "{}",
+        String::from_utf8_lossy(&nope.stderr)
+    );
+}

@@ -7,6 +7,7 @@ mod print;
 mod rehearse;
 mod run;
 mod serve;
+mod trigger;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -56,6 +57,8 @@ pub enum Command {
     Crd,
     /// Serve the HTTP API Alertmanager calls, and execute runs.
     Serve(serve::Args),
+    /// Start a run of a plan through a running `recoverd serve`.
+    Trigger(trigger::Args),
 }
 
 pub async fn main() -> ExitCode {
@@ -67,6 +70,7 @@ pub async fn main() -> ExitCode {
         Command::Rehearse(a) => rehearse::main(a).await,
         Command::Crd => crd::main(),
         Command::Serve(a) => serve::main(a).await,
+        Command::Trigger(a) => trigger::main(a).await,
     };
     match result {
         Ok(code) => code,

@@ -32,6 +32,11 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         });
     };
     let namespace = field("/metadata/namespace");
+    let shown_early = format!("{api_version} {kind} {name}");
+    super::check_name("name", &name, &shown_early)?;
+    if let Some(ns) = &namespace {
+        super::check_name("namespace", ns, &shown_early)?;
+    }
     let resolved = ctx
         .registry
         .resolve_kind(&ctx.cluster, &api_version, &kind)

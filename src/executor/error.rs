@@ -58,6 +58,14 @@ pub enum StepError {
     RunDeadline { after: Duration },
     #[error("the run was cancelled")]
     Cancelled,
+    #[error("rendered {what} {value:?} of {object} is not a Kubernetes name (lower-case letters, digits, '-', '.')")]
+    BadName {
+        what: &'static str,
+        value: String,
+        object: String,
+    },
+    #[error("invalid duration: {0}")]
+    Duration(#[from] crate::duration::DurationError),
 }
 
 impl StepError {
@@ -107,6 +115,8 @@ impl StepError {
             StepError::HttpStatus { .. } => "http-status",
             StepError::RunDeadline { .. } => "run-deadline",
             StepError::Cancelled => "cancelled",
+            StepError::BadName { .. } => "bad-name",
+            StepError::Duration(_) => "duration",
         }
     }
 }
@@ -115,7 +125,6 @@ pub fn kube_transient(e: &kube::Error) -> bool {
     match e {
         kube::Error::Api(s) => s.code == 429 || s.code >= 500,
         kube::Error::HyperError(_) | kube::Error::Service(_) | kube::Error::ReadEvents(_) => true,
-        kube::Error::HttpError(_) => true,
         _ => false,
     }
 }

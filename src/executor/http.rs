@@ -57,6 +57,27 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         &secret_values,
     );
 
+    if ctx.dry_run() && !matches!(method, reqwest::Method::GET | reqwest::Method::HEAD) {
+        // A dry run never calls out: a notification or a webhook is a real write.
+        let mut inputs = inputs;
+        inputs["sent"] = Value::Bool(false);
+        let mut outputs = BTreeMap::new();
+        if let Some(k) = &step.output_key {
+            outputs.insert(
+                k.clone(),
+                Value::String(format!(
+                    "<dry run: response of {method} {}>",
+                    redact_str(&url, &secret_values)
+                )),
+            );
+        }
+        return Ok(StepOutcome {
+            inputs: Some(inputs),
+            outputs,
+            diff: None,
+            object: None,
+        });
+    }
     let resp = req.send().await.map_err(|e| StepError::Http {
         url: redact_str(&url, &secret_values),
         reason: redact_str(&error_chain(&e), &secret_values),

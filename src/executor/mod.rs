@@ -104,6 +104,11 @@ pub(crate) struct StepCtx<'a> {
 }
 
 impl StepCtx<'_> {
+    /// A dry run: writes go with dryRun=All, so nothing a later step waits for will happen.
+    pub fn dry_run(&self) -> bool {
+        self.registry.mode() == crate::cluster::WriteMode::DryRun
+    }
+
     pub fn render(&self, s: &str) -> Result<String, StepError> {
         Ok(template::render(s, self.values)?)
     }
@@ -122,13 +127,17 @@ impl StepCtx<'_> {
             .await?;
         let name = self.render(name)?;
         let namespace = namespace.map(|n| self.render(n)).transpose()?;
+        let shown = describe_object(api_version, resource, namespace.as_deref(), &name);
+        check_name("name", &name, &shown)?;
+        if let Some(ns) = &namespace {
+            check_name("namespace", ns, &shown)?;
+        }
         let api = api_for_object(
             self.registry,
             &self.cluster,
             &resolved,
             namespace.as_deref(),
         )?;
-        let shown = describe_object(api_version, resource, namespace.as_deref(), &name);
         Ok((api, name, shown))
     }
 }
@@ -145,6 +154,33 @@ pub fn api_for_object(
         (true, None) => Api::default_namespaced_with(client, &resolved.resource),
         (false, _) => Api::all_with(client, &resolved.resource),
     })
+}
+
+/// A rendered name or namespace must be a Kubernetes name (DNS-1123 subdomain): a value from an
+/// alert label such as `pg-north/status` or `a,b` must not re-target the request.
+pub(crate) fn check_name(what: &'static str, value: &str, object: &str) -> Result<(), StepError> {
+    let ok = !value.is_empty()
+        && value.len() <= 253
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && value
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(StepError::BadName {
+            what,
+            value: value.to_string(),
+            object: object.to_string(),
+        })
+    }
 }
 
 /// `postgresql.cnpg.io/v1 clusters db/pg-north`
@@ -289,8 +325,13 @@ impl Executor {
         info!(steps = plan.spec.steps.len(), "run started");
 
         let mut failure: Option<String> = None;
-        let start_at = record.first_unfinished().unwrap_or(plan.spec.steps.len());
-        for (index, step) in plan.spec.steps.iter().enumerate().skip(start_at) {
+        for (index, step) in plan.spec.steps.iter().enumerate() {
+            // Resuming: every step that already finished (or failed and was tolerated) stays done.
+            let done = &record.steps[index];
+            if matches!(done.status, StepStatus::Succeeded | StepStatus::Skipped) || done.continued
+            {
+                continue;
+            }
             if control.drain.is_cancelled() {
                 record.phase = Phase::Interrupted;
                 record.error = Some(format!(
@@ -318,25 +359,16 @@ impl Executor {
                 )
                 .await;
             if let Err(e) = result {
-                if step.on_error == OnError::Continue
-                    && !matches!(e, StepError::Cancelled | StepError::RunDeadline { .. })
-                {
-                    record.steps[index].continued = true;
-                    observer.on_event(
-                        record,
-                        &Event::StepFinished {
-                            index,
-                            compensation: false,
-                        },
-                    );
+                if record.steps[index].continued {
                     warn!(step = step.name(), error = %e, "step failed; continuing (onError: continue)");
                     continue;
                 }
-                let cluster = record.steps[index].cluster.clone().unwrap_or_default();
-                failure = Some(format!(
-                    "step {:?} failed on cluster {cluster:?}: {e}",
-                    step.name()
-                ));
+                failure = Some(match &record.steps[index].cluster {
+                    Some(cluster) => {
+                        format!("step {:?} failed on cluster {cluster:?}: {e}", step.name())
+                    }
+                    None => format!("step {:?} failed: {e}", step.name()),
+                });
                 if matches!(e, StepError::Cancelled) {
                     record.phase = Phase::Cancelled;
                 }
@@ -347,9 +379,11 @@ impl Executor {
         if let Some(err) = failure {
             record.error = Some(err);
             if record.phase != Phase::Cancelled {
-                record.phase = Phase::Failed;
+                // Still Running while compensating: the plan stays busy, and a crash here leaves
+                // the run Interrupted rather than looking finished.
                 self.compensate(runnable, input, record, observer, cancel)
                     .await;
+                record.phase = Phase::Failed;
             }
         } else {
             record.phase = Phase::Succeeded;
@@ -385,10 +419,9 @@ impl Executor {
                 .await;
             if let Err(e) = res {
                 warn!(step = step.name(), error = %e, "compensation step failed");
-                if step.on_error != OnError::Continue {
+                if !record.on_failure[index].continued {
                     break;
                 }
-                record.on_failure[index].continued = true;
             }
         }
     }
@@ -422,6 +455,7 @@ impl Executor {
             rec.attempts = 0;
             rec.error = None;
             rec.reason = None;
+            rec.continued = false;
         }
         observer.on_event(
             record,
@@ -472,19 +506,20 @@ impl Executor {
                 rec.status = StepStatus::Failed;
                 rec.error = Some(e.to_string());
                 rec.reason = Some(e.reason().to_string());
+                // A cancelled run or a passed deadline stops even a step that may fail.
+                rec.continued = step.on_error == OnError::Continue
+                    && !matches!(e, StepError::Cancelled | StepError::RunDeadline { .. });
                 warn!(error = %e, reason = e.reason(), "step failed");
                 Err(e)
             }
         };
-        if outcome.is_ok() || step.on_error != OnError::Continue {
-            observer.on_event(
-                record,
-                &Event::StepFinished {
-                    index,
-                    compensation,
-                },
-            );
-        }
+        observer.on_event(
+            record,
+            &Event::StepFinished {
+                index,
+                compensation,
+            },
+        );
         outcome
     }
 

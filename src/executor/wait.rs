@@ -15,9 +15,7 @@ use crate::plan::model::{Condition, WaitStep};
 
 pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
     if let Some(d) = &step.duration {
-        let d = duration::parse(d).map_err(|e| StepError::Manifest {
-            reason: e.to_string(),
-        })?;
+        let d = duration::parse(d)?;
         (ctx.progress)(format!("pausing for {}", duration::format(d)), d);
         tokio::time::sleep(d).await;
         return Ok(StepOutcome {
@@ -71,6 +69,17 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     ) {
         return Ok(done(field, &wanted, initial, shown));
     }
+    if ctx.dry_run() {
+        // Nothing was written, so nothing will change: record what the live run would wait for.
+        let mut outcome = done(field, &wanted, initial, shown);
+        if let Some(inputs) = outcome.inputs.as_mut() {
+            inputs["dryRun"] = json!(format!(
+                "would wait up to {} for {wanted}",
+                duration::format(timeout)
+            ));
+        }
+        return Ok(outcome);
+    }
     (ctx.progress)(format!("{wanted} on {shown}"), timeout);
 
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
@@ -90,7 +99,16 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
                     last_error,
                 })
             }
-            Ok(None) => continue,
+            // kube's watcher restarts itself; a stream that ends is not waited on in a busy loop.
+            Ok(None) => {
+                return Err(StepError::WaitTimeout {
+                    after: timeout,
+                    condition: wanted,
+                    object: shown,
+                    last: last.as_ref().map_or("<missing>".into(), fieldpath::as_text),
+                    last_error: Some("the watch ended".into()),
+                })
+            }
             Ok(Some(Err(e))) => {
                 last_error = Some(e.to_string());
                 continue;

@@ -1,0 +1,130 @@
+//! `recoverd trigger NAMESPACE/PLAN`: start a run through a running `recoverd serve` (the HTTP
+//! API's manual trigger), optionally wait for it and print its steps.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::{json, Value};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// The plan, as `namespace/name`.
+    pub plan: String,
+    /// The recoverd API.
+    #[arg(long, env = "RECOVERD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// File holding the bearer token.
+    #[arg(long, env = "RECOVERD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Override a param: `--param north=pg-north`.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    /// Send every write with dryRun=All.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The same key always means the same run (safe to repeat).
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Wait for the run to finish and print its steps; exit 1 unless it succeeded.
+    #[arg(long)]
+    pub wait: bool,
+}
+
+pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let (namespace, name) = args
+        .plan
+        .split_once('/')
+        .context("the plan is namespace/name, e.g. recoverd/cnpg-switchover")?;
+    let token = match &args.token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .lines()
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let http = reqwest::Client::new();
+    let authed = |rb: reqwest::RequestBuilder| match &token {
+        Some(t) => rb.bearer_auth(t),
+        None => rb,
+    };
+    let body = json!({
+        "params": super::run::parse_params(&args.params)?,
+        "dryRun": args.dry_run,
+        "idempotencyKey": args.idempotency_key,
+        "actor": std::env::var("USER").ok().map(|u| format!("{u} (recoverd trigger)")),
+    });
+    let base = args.url.trim_end_matches('/');
+    let resp = authed(http.post(format!("{base}/api/v1/plans/{namespace}/{name}/runs")))
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("calling {base}"))?;
+    let status = resp.status();
+    let run: Value = resp.json().await.context("reading the reply")?;
+    if !status.is_success() {
+        anyhow::bail!(
+            "{status}: {}",
+            run["error"].as_str().unwrap_or("request failed")
+        );
+    }
+    let id = run["id"].as_str().unwrap_or_default().to_string();
+    let verb = if status.as_u16() == 201 {
+        "started"
+    } else {
+        "already exists (same idempotency key)"
+    };
+    println!("run {id} of plan {} {verb}", args.plan);
+    if !args.wait {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut printed = 0;
+    loop {
+        let run: Value = authed(http.get(format!("{base}/api/v1/runs/{id}")))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let steps = run["steps"].as_array().cloned().unwrap_or_default();
+        while printed < steps.len()
+            && matches!(
+                steps[printed]["status"].as_str(),
+                Some("succeeded" | "failed" | "skipped")
+            )
+        {
+            let s = &steps[printed];
+            let mark = match s["status"].as_str() {
+                Some("succeeded") => "✔",
+                Some("skipped") => "↷",
+                _ => "✘",
+            };
+            let took = s["durationMs"]
+                .as_u64()
+                .map(|ms| crate::duration::format(Duration::from_millis(ms)))
+                .unwrap_or_default();
+            let err = s["error"]
+                .as_str()
+                .map(|e| format!(": {e}"))
+                .unwrap_or_default();
+            println!("{mark} {} ({took}){err}", s["name"].as_str().unwrap_or(""));
+            printed += 1;
+        }
+        match run["phase"].as_str() {
+            Some("Succeeded") => {
+                println!("run {id} succeeded");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(p @ ("Failed" | "Cancelled" | "Interrupted")) => {
+                println!("run {id} {p}: {}", run["error"].as_str().unwrap_or(""));
+                return Ok(ExitCode::FAILURE);
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+}
