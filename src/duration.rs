@@ -41,7 +41,10 @@ pub fn parse(text: &str) -> Result<Duration, DurationError> {
             "" => return Err(err("a unit is missing")),
             other => return Err(err(&format!("unknown unit {other:?}"))),
         };
-        total += Duration::from_secs_f64(number * seconds);
+        total = Duration::try_from_secs_f64(number * seconds)
+            .ok()
+            .and_then(|d| total.checked_add(d))
+            .ok_or_else(|| err("it is too large"))?;
         rest = &rest[unit_len..];
     }
     Ok(total)
@@ -90,6 +93,10 @@ mod tests {
             .reason
             .contains("unknown unit"));
         assert!(parse("").is_err());
+        assert!(parse("99999999999999999999h")
+            .unwrap_err()
+            .reason
+            .contains("too large"));
     }
 
     #[test]

@@ -554,7 +554,7 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
-    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: waits, namespace: ops}\nspec:\n  mode: manual\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n  - {name: two, type: wait, wait: {duration: 300ms}}\n";
+    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: waits, namespace: ops}\nspec:\n  mode: manual\n  params: {x: 0}\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n  - {name: two, type: wait, wait: {duration: 300ms}}\n";
     std::fs::write(plans.join("waits.yaml"), plan).unwrap();
     let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
     let tokens = token_file(dir.path());

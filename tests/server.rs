@@ -478,3 +478,136 @@ async fn metrics_count_alerts_matches_runs_and_steps_with_bounded_labels() {
         "an alert label value leaked into a metric label"
     );
 }
+
+#[tokio::test]
+async fn with_approver_tokens_the_alertmanager_token_cannot_approve() {
+    let app = support::server::app_with(&[], true).await;
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", json!({"alertname": "RegionDown"}), "r9", T0),
+        )
+        .await;
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    let (status, err) = app
+        .post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        err["error"].as_str().unwrap().contains("approver token"),
+        "{err}"
+    );
+    let approve = Request::post(format!("/api/v1/runs/{id}/approve"))
+        .header(
+            "authorization",
+            format!("Bearer {}", support::server::APPROVER),
+        )
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.send(approve).await.0, StatusCode::OK);
+    assert_eq!(app.finished(&id).await["phase"], "Succeeded");
+}
+
+#[tokio::test]
+async fn a_run_not_approved_in_time_is_cancelled_and_frees_the_plan() {
+    let app = app(&[]).await;
+    let flapping = json!({"alertname": "RegionFlapping"});
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", flapping.clone(), "f1", T0),
+        )
+        .await;
+    assert_eq!(body["alerts"][0]["action"], "awaitingApproval");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    assert!(app.runs.expire_approvals().unwrap().is_empty(), "not yet");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+
+    assert_eq!(app.runs.expire_approvals().unwrap(), [id.clone()]);
+
+    let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(run["phase"], "Cancelled");
+    assert!(
+        run["error"]
+            .as_str()
+            .unwrap()
+            .contains("no approval within 200ms"),
+        "{run}"
+    );
+    let (_, again) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", flapping, "f2", "2026-11-21T10:30:00Z"),
+        )
+        .await;
+    assert_eq!(
+        again["alerts"][0]["action"], "awaitingApproval",
+        "the plan is free again"
+    );
+}
+
+#[tokio::test]
+async fn manual_triggers_refuse_unknown_params_and_invalid_plans_and_keep_dry_and_live_apart() {
+    let app = app(&[]).await;
+    let (status, err) = app
+        .post(
+            "/api/v1/plans/ops/manual/runs",
+            &json!({"params": {"nrth": "pg-south"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"].as_str().unwrap().contains("no param \"nrth\""),
+        "{err}"
+    );
+    let (status, err) = app.post("/api/v1/plans/ops/broken/runs", &json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(
+        err["error"].as_str().unwrap().contains("invalid")
+            && err["error"].as_str().unwrap().contains("Values.B"),
+        "{err}"
+    );
+
+    let (status, dry) = app
+        .post(
+            "/api/v1/plans/ops/manual/runs",
+            &json!({"idempotencyKey": "INC-1", "dryRun": true}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(dry["mode"], "dryRun");
+    app.finished(dry["id"].as_str().unwrap()).await;
+    let (status, live) = app
+        .post(
+            "/api/v1/plans/ops/manual/runs",
+            &json!({"idempotencyKey": "INC-1"}),
+        )
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "previewing with a key must not swallow the live run"
+    );
+    assert_eq!(live["mode"], "live");
+    assert_ne!(live["id"], dry["id"]);
+}
+
+#[tokio::test]
+async fn a_payload_with_one_bad_alert_is_refused_whole_before_anything_runs() {
+    let app = app(&[]).await;
+    let mut p = payload("firing", primary_down(), "fp1", T0);
+    let mut second = p["alerts"][0].clone();
+    second["fingerprint"] = json!("");
+    p["alerts"].as_array_mut().unwrap().push(second);
+    let (status, err) = app.post("/api/v1/alerts", &p).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        err["error"]
+            .as_str()
+            .unwrap()
+            .contains("alerts[1] has no fingerprint"),
+        "{err}"
+    );
+    let (_, runs) = app.get("/api/v1/runs").await;
+    assert!(runs["runs"].as_array().unwrap().is_empty());
+}

@@ -23,9 +23,11 @@ use clap::{Parser, Subcommand};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
-    /// Log filter, e.g. `info` or `recoverd=debug` (logs go to stderr).
-    #[arg(long, global = true, env = "RECOVERD_LOG", default_value = "warn")]
-    pub log: String,
+    /// Log filter, e.g. `info` or `recoverd=debug` (logs go to stderr). Default: `info` for
+    /// `serve`, `warn` otherwise (where the command prints its own progress); `RUST_LOG` is used
+    /// when this is not given.
+    #[arg(long, global = true, env = "RECOVERD_LOG")]
+    pub log: Option<String>,
     /// Log as JSON lines.
     #[arg(long, global = true, env = "RECOVERD_LOG_JSON")]
     pub log_json: bool,
@@ -63,7 +65,12 @@ pub enum Command {
 
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    crate::telemetry::init(&cli.log, cli.log_json);
+    let default = if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    crate::telemetry::init(cli.log.as_deref(), default, cli.log_json);
     let result = match cli.command {
         Command::Check(a) => check::main(a).await,
         Command::Run(a) => run::main(a).await,

@@ -76,6 +76,20 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("the plan is invalid; nothing was run");
     }
     let params = parse_params(&args.params)?;
+    if let Some(key) = params
+        .keys()
+        .find(|k| !loaded.plan.spec.params.contains_key(*k))
+    {
+        let known: Vec<_> = loaded.plan.spec.params.keys().cloned().collect();
+        anyhow::bail!(
+            "the plan has no param {key:?} (its params: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
     let alerts: Vec<Option<Alert>> = match &args.alert {
         None => vec![None],
         Some(path) => {

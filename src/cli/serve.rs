@@ -33,6 +33,10 @@ pub struct Args {
     /// is open, which is only acceptable on loopback.
     #[arg(long, env = "RECOVERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
+    /// File of approver tokens: when given, only these may approve, cancel or resume runs, so
+    /// the token Alertmanager holds cannot approve what its alerts started.
+    #[arg(long, env = "RECOVERD_APPROVER_TOKEN_FILE")]
+    pub approver_token_file: Option<PathBuf>,
     /// TLS certificate (PEM); with --tls-key, serve HTTPS.
     #[arg(long, env = "RECOVERD_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -94,9 +98,17 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             Tokens::default()
         }
     };
+    let approvers = match &args.approver_token_file {
+        Some(f) => Some(
+            Tokens::from_file(f)
+                .with_context(|| format!("reading --approver-token-file {}", f.display()))?,
+        ),
+        None => None,
+    };
     let state = AppState {
         runs: runs.clone(),
         tokens,
+        approvers,
         body_limit: args.body_limit,
         metrics_public: args.metrics_public,
     };
@@ -189,6 +201,9 @@ async fn reload_loop(
             info!("plan files changed; reloading");
             runs.set_plans(load_plans(&paths, &names));
             last = now;
+        }
+        if let Err(e) = runs.expire_approvals() {
+            warn!(error = %e, "failed to expire approvals");
         }
     }
 }

@@ -282,6 +282,7 @@ impl Executor {
             },
             params,
             alert: input.alert.clone(),
+            created_at: Some(now()),
             steps: step_records(&plan.spec.steps),
             on_failure: Vec::new(),
             ..Default::default()

@@ -128,6 +128,10 @@ pub fn plan_files(paths: &[PathBuf], errors: &mut Vec<LoadError>) -> Vec<PathBuf
                     continue;
                 };
                 for entry in entries.flatten() {
+                    // A ConfigMap mount holds `..data` and `..<timestamp>` copies of every file.
+                    if entry.file_name().to_string_lossy().starts_with('.') {
+                        continue;
+                    }
                     let path = entry.path();
                     if path.is_dir() {
                         stack.push(path);

@@ -39,6 +39,10 @@ pub struct RecoveryPlanSpec {
     /// No new alert-triggered run within this time after a run began, e.g. `30m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cooldown: Option<String>,
+    /// How long a run of an `approval` plan waits to be approved before it is cancelled, e.g.
+    /// `15m`. Default: the plan's `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_timeout: Option<String>,
     /// Deadline for the whole run, e.g. `20m`. Default 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

@@ -89,6 +89,14 @@ impl Validator<'_> {
             Some(Ok(d)) => d,
             None => DEFAULT_RUN_TIMEOUT,
         };
+        if let Some(Err(e)) = spec.approval_timeout.as_deref().map(duration::parse) {
+            self.problem(
+                None,
+                "spec.approvalTimeout".into(),
+                "duration",
+                e.to_string(),
+            );
+        }
         if let Some(Err(e)) = spec.cooldown.as_deref().map(duration::parse) {
             self.problem(None, "spec.cooldown".into(), "duration", e.to_string());
         }

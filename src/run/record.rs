@@ -103,6 +103,9 @@ pub struct RunRecord {
     pub trigger: Trigger,
     pub mode: RunMode,
     pub phase: Phase,
+    /// When the run was created (claimed); a run waiting for approval has not started yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

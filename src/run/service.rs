@@ -33,6 +33,14 @@ pub enum RunsError {
     Store(#[from] StoreError),
     #[error("no plan named {0}")]
     UnknownPlan(String),
+    #[error("plan {plan} is invalid and cannot run: {problems}")]
+    InvalidPlan { plan: String, problems: String },
+    #[error("plan {plan} has no param {key:?} (its params: {known})")]
+    UnknownParam {
+        plan: String,
+        key: String,
+        known: String,
+    },
     #[error("no run with id {0}")]
     UnknownRun(String),
     #[error("run {id} is {phase:?}; {action} needs a run that is {needs}")]
@@ -42,7 +50,7 @@ pub enum RunsError {
         action: &'static str,
         needs: &'static str,
     },
-    #[error("plan {plan} changed since run {id} began (generation {then}, now {now}); start a new run instead")]
+    #[error("plan {plan} changed since run {id} began (generation {then}, now {now}); cancel it (POST /api/v1/runs/{id}/cancel) and trigger the plan again")]
     PlanChanged {
         id: String,
         plan: String,
@@ -213,19 +221,19 @@ impl Runs {
                 )]);
             }
             let mut out = Vec::new();
-            for mut run in waiting {
-                run.phase = Phase::Cancelled;
-                run.error = Some("the alert resolved before the run was approved".into());
-                run.finished_at = Some(super::record::now());
-                self.store.lock().unwrap().save(&run)?;
-                self.metrics
-                    .runs
-                    .with_label_values(&[&run.plan, "Cancelled"])
-                    .inc();
+            for run in waiting {
+                let (plan, id) = (run.plan.clone(), run.id.clone());
+                // Lost a race with an approval: the run is executing and the resolution is moot.
+                if self
+                    .finish_unstarted(run, "the alert resolved before the run was approved")
+                    .is_err()
+                {
+                    continue;
+                }
                 out.push(outcome(
                     "cancelled",
-                    Some(run.plan.clone()),
-                    Some(run.id.clone()),
+                    Some(plan),
+                    Some(id),
                     Some("alert resolved".into()),
                 ));
             }
@@ -310,12 +318,46 @@ impl Runs {
             return Err(RunsError::ShuttingDown);
         }
         let plans = self.plans();
-        let loaded = plans
-            .get(plan_name)
-            .ok_or_else(|| RunsError::UnknownPlan(plan_name.into()))?
-            .clone();
+        let probe = RunRecord {
+            plan: plan_name.to_string(),
+            ..Default::default()
+        };
+        let Some(loaded) = plans.get(plan_name).cloned() else {
+            return Err(self
+                .current_plan(&probe)
+                .err()
+                .unwrap_or_else(|| RunsError::UnknownPlan(plan_name.into())));
+        };
+        // A mistyped param must not quietly run the plan with its default.
+        if let Some(key) = req
+            .params
+            .keys()
+            .find(|k| !loaded.plan.spec.params.contains_key(*k))
+        {
+            let known = loaded
+                .plan
+                .spec
+                .params
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(RunsError::UnknownParam {
+                plan: plan_name.into(),
+                key: key.clone(),
+                known: if known.is_empty() {
+                    "none".into()
+                } else {
+                    known
+                },
+            });
+        }
         let id = match &req.idempotency_key {
-            Some(k) => format!("m-{}", short_hash(&[plan_name, k])),
+            // A dry run and a live run with the same key are different runs.
+            Some(k) => format!(
+                "m-{}",
+                short_hash(&[plan_name, if req.dry_run { "dry" } else { "live" }, k])
+            ),
             None => format!(
                 "m-{}",
                 short_hash(&[
@@ -383,46 +425,115 @@ impl Runs {
     }
 
     pub fn approve(self: &Arc<Self>, id: &str) -> Result<RunRecord, RunsError> {
-        let mut record = self.get(id)?;
-        if record.phase != Phase::WaitingForApproval {
-            return Err(RunsError::WrongPhase {
-                id: id.into(),
-                phase: record.phase,
-                action: "approval",
-                needs: "WaitingForApproval",
-            });
+        if !self.accepting() {
+            return Err(RunsError::ShuttingDown);
         }
+        let mut record = self.get(id)?;
         let loaded = self.current_plan(&record)?;
         record.phase = Phase::Pending;
-        self.store.lock().unwrap().save(&record)?;
+        self.transition(
+            &record,
+            &[Phase::WaitingForApproval],
+            "approval",
+            "WaitingForApproval",
+        )?;
         self.spawn(record.clone(), loaded, false);
         Ok(record)
     }
 
     pub fn cancel(&self, id: &str) -> Result<RunRecord, RunsError> {
-        let mut record = self.get(id)?;
+        let record = self.get(id)?;
         if let Some(control) = self.controls.lock().unwrap().get(id) {
             control.cancel.cancel();
             return Ok(record);
         }
-        if record.phase.is_finished() {
-            return Err(RunsError::WrongPhase {
-                id: id.into(),
-                phase: record.phase,
-                action: "cancelling",
-                needs: "not finished",
-            });
-        }
+        self.finish_unstarted(record, "cancelled")
+    }
+
+    /// Ends a run that is not executing (waiting for approval, or interrupted) as Cancelled.
+    fn finish_unstarted(&self, mut record: RunRecord, why: &str) -> Result<RunRecord, RunsError> {
         record.phase = Phase::Cancelled;
         record.finished_at = Some(super::record::now());
-        record.error = Some("cancelled".into());
-        self.store.lock().unwrap().save(&record)?;
+        record.error = Some(why.to_string());
+        let from = [
+            Phase::Pending,
+            Phase::WaitingForApproval,
+            Phase::Interrupted,
+        ];
+        self.transition(
+            &record,
+            &from,
+            "cancelling",
+            "waiting, interrupted or running",
+        )?;
         self.metrics
             .runs
             .with_label_values(&[&record.plan, "Cancelled"])
             .inc();
         self.refresh_active();
         Ok(record)
+    }
+
+    /// Writes `record` if the run is still in one of `from`; otherwise says what phase it is in.
+    fn transition(
+        &self,
+        record: &RunRecord,
+        from: &[Phase],
+        action: &'static str,
+        needs: &'static str,
+    ) -> Result<(), RunsError> {
+        if self.store.lock().unwrap().transition(record, from)? {
+            return Ok(());
+        }
+        let phase = self.get(&record.id)?.phase;
+        Err(RunsError::WrongPhase {
+            id: record.id.clone(),
+            phase,
+            action,
+            needs,
+        })
+    }
+
+    /// Cancels runs that have waited for approval longer than their plan's `approvalTimeout`
+    /// (default: the plan's `timeout`, 1h if unset). Returns their ids.
+    pub fn expire_approvals(&self) -> Result<Vec<String>, RunsError> {
+        let waiting = self
+            .store
+            .lock()
+            .unwrap()
+            .in_phase(Phase::WaitingForApproval)?;
+        let plans = self.plans();
+        let mut expired = Vec::new();
+        for run in waiting {
+            let limit = plans
+                .get(&run.plan)
+                .and_then(|p| {
+                    p.plan
+                        .spec
+                        .approval_timeout
+                        .as_deref()
+                        .or(p.plan.spec.timeout.as_deref())
+                        .and_then(|t| crate::duration::parse(t).ok())
+                })
+                .unwrap_or(crate::plan::validate::DEFAULT_RUN_TIMEOUT);
+            let age = run
+                .created_at
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map(|t| jiff::Timestamp::now().duration_since(t).unsigned_abs());
+            if age.is_some_and(|a| a > limit) {
+                let why = format!(
+                    "no approval within {}; trigger the plan again if it is still needed",
+                    crate::duration::format(limit)
+                );
+                let id = run.id.clone();
+                if self.finish_unstarted(run, &why).is_ok() {
+                    warn!(run = %id, "approval expired");
+                    expired.push(id);
+                }
+            }
+        }
+        Ok(expired)
     }
 
     /// Continues an Interrupted run from its first unfinished step; finished steps are not
@@ -432,14 +543,6 @@ impl Runs {
             return Err(RunsError::ShuttingDown);
         }
         let mut record = self.get(id)?;
-        if record.phase != Phase::Interrupted {
-            return Err(RunsError::WrongPhase {
-                id: id.into(),
-                phase: record.phase,
-                action: "resuming",
-                needs: "Interrupted",
-            });
-        }
         let loaded = self.current_plan(&record)?;
         record.phase = Phase::Pending;
         record.error = None;
@@ -451,7 +554,7 @@ impl Runs {
         {
             step.status = StepStatus::Pending;
         }
-        self.store.lock().unwrap().save(&record)?;
+        self.transition(&record, &[Phase::Interrupted], "resuming", "Interrupted")?;
         let dry = record.mode == super::record::RunMode::DryRun;
         self.spawn(record.clone(), loaded, dry);
         Ok(record)
@@ -459,10 +562,21 @@ impl Runs {
 
     fn current_plan(&self, record: &RunRecord) -> Result<LoadedPlan, RunsError> {
         let plans = self.plans();
-        let loaded = plans
-            .get(&record.plan)
-            .ok_or_else(|| RunsError::UnknownPlan(record.plan.clone()))?
-            .clone();
+        let Some(loaded) = plans.get(&record.plan) else {
+            return Err(
+                match plans
+                    .invalid
+                    .iter()
+                    .find(|i| i.plan.as_deref() == Some(&record.plan))
+                {
+                    Some(bad) => RunsError::InvalidPlan {
+                        plan: record.plan.clone(),
+                        problems: bad.problems.join("; "),
+                    },
+                    None => RunsError::UnknownPlan(record.plan.clone()),
+                },
+            );
+        };
         let now = plan_generation(&loaded.plan);
         if now != record.plan_generation {
             return Err(RunsError::PlanChanged {
@@ -472,7 +586,7 @@ impl Runs {
                 now,
             });
         }
-        Ok(loaded)
+        Ok(loaded.clone())
     }
 
     fn spawn(self: &Arc<Self>, mut record: RunRecord, loaded: LoadedPlan, dry_run: bool) {

@@ -85,13 +85,31 @@ fn now_ms() -> i64 {
 impl Store {
     /// Opens (creating if needed) the store at `path`; `:memory:` for a throwaway store.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(|source| StoreError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let shown = path.display().to_string();
+        let open_err = |source: rusqlite::Error| {
+            let busy = matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            );
+            let path = if busy {
+                format!("{shown} (another recoverd is using it; one process per store)")
+            } else {
+                shown.clone()
+            };
+            StoreError::Open { path, source }
+        };
+        let conn = Connection::open(path).map_err(open_err)?;
+        // One process per store: a second recoverd on the same file would mark the first one's
+        // live runs Interrupted and resume them twice. The exclusive lock is taken by the first
+        // write below and held until the connection closes.
+        conn.busy_timeout(Duration::from_millis(500))
+            .map_err(open_err)?;
+        conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS runs (
                 id TEXT PRIMARY KEY,
@@ -103,8 +121,12 @@ impl Store {
                 record TEXT NOT NULL
             );
             CREATE INDEX IF NOT EXISTS runs_plan ON runs (plan, created_ms);
-            CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);",
-        )?;
+            CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);
+            BEGIN IMMEDIATE; COMMIT;",
+        )
+        .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5))
+            .map_err(open_err)?;
         Ok(Store { conn })
     }
 
@@ -167,6 +189,27 @@ impl Store {
         Ok(Ok(()))
     }
 
+    /// Writes the record only if the run is still in one of `from` phases — one statement, so
+    /// two callers racing (a double approve, an approve and a resolution) cannot both win.
+    pub fn transition(&self, record: &RunRecord, from: &[Phase]) -> Result<bool, StoreError> {
+        let from: Vec<String> = from
+            .iter()
+            .map(|p| format!("'{}'", phase_name(*p)))
+            .collect();
+        let n = self.conn.execute(
+            &format!(
+                "UPDATE runs SET phase = ?2, record = ?3 WHERE id = ?1 AND phase IN ({})",
+                from.join(",")
+            ),
+            params![
+                record.id,
+                phase_name(record.phase),
+                serde_json::to_string(record).expect("records serialize")
+            ],
+        )?;
+        Ok(n == 1)
+    }
+
     /// Writes the record's current state.
     pub fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
         self.conn.execute(
@@ -212,6 +255,24 @@ impl Store {
         Ok(out)
     }
 
+    /// Every run in one phase.
+    pub fn in_phase(&self, phase: Phase) -> Result<Vec<RunRecord>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT id, record FROM runs WHERE phase = ?1")?;
+        let rows = stmt.query_map([phase_name(phase)], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (id, text) = row?;
+            out.push(
+                serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Runs waiting for approval that a resolved alert with this fingerprint should cancel.
     pub fn waiting_for_approval(&self, fingerprint: &str) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
@@ -233,17 +294,20 @@ impl Store {
     pub fn mark_interrupted(&self) -> Result<Vec<String>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT record FROM runs WHERE phase IN ('Pending', 'Running')")?;
-        let records: Vec<String> = stmt
-            .query_map([], |r| r.get(0))?
+            .prepare("SELECT id, record FROM runs WHERE phase IN ('Pending', 'Running')")?;
+        let rows: Vec<(String, String)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
         let mut ids = Vec::new();
-        for text in records {
-            let mut record: RunRecord =
-                serde_json::from_str(&text).map_err(|source| StoreError::Decode {
-                    id: String::new(),
-                    source,
-                })?;
+        for (id, text) in rows {
+            let mut record: RunRecord = match serde_json::from_str(&text) {
+                Ok(r) => r,
+                Err(e) => {
+                    // One unreadable record must not keep recoverd from starting.
+                    tracing::error!(run = %id, error = %e, "cannot read this run's record; left as it is");
+                    continue;
+                }
+            };
             record.phase = Phase::Interrupted;
             record.error = Some("recoverd stopped while this run was unfinished; resume it to continue from its first unfinished step".into());
             self.save(&record)?;
@@ -352,6 +416,33 @@ mod tests {
             s.claim(&record("r3", "ns/p", "manual"), manual).unwrap(),
             Ok(())
         );
+    }
+
+    #[test]
+    fn a_second_process_cannot_open_a_store_in_use() {
+        let (dir, _first) = store();
+        let err = Store::open(&dir.path().join("runs.db"))
+            .err()
+            .expect("the store is in use");
+        assert!(
+            err.to_string().contains("another recoverd is using it"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_transition_happens_only_from_the_expected_phases() {
+        let (_d, mut s) = store();
+        let mut r = record("r1", "ns/p", "alert");
+        r.phase = Phase::WaitingForApproval;
+        s.claim(&r, ClaimRules::default()).unwrap().unwrap();
+        r.phase = Phase::Pending;
+        assert!(s.transition(&r, &[Phase::WaitingForApproval]).unwrap());
+        assert!(
+            !s.transition(&r, &[Phase::WaitingForApproval]).unwrap(),
+            "a second approval loses"
+        );
+        assert_eq!(s.get("r1").unwrap().unwrap().phase, Phase::Pending);
     }
 
     #[test]

@@ -15,6 +15,8 @@ pub enum ApiError {
     #[error("missing or invalid bearer token")]
     Unauthorized,
     #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
@@ -33,6 +35,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -49,11 +52,18 @@ impl From<RunsError> for ApiError {
             RunsError::UnknownPlan(_) | RunsError::UnknownRun(_) => {
                 ApiError::NotFound(e.to_string())
             }
+            RunsError::UnknownParam { .. } => ApiError::BadRequest(e.to_string()),
             RunsError::WrongPhase { .. }
             | RunsError::PlanChanged { .. }
-            | RunsError::Busy { .. } => ApiError::Conflict(e.to_string()),
+            | RunsError::Busy { .. }
+            | RunsError::InvalidPlan { .. } => ApiError::Conflict(e.to_string()),
             RunsError::ShuttingDown => ApiError::Unavailable(e.to_string()),
-            RunsError::Store(s) => ApiError::Internal(s.to_string()),
+            // The store is what makes runs exactly-once: without it recoverd cannot accept work,
+            // and Alertmanager should retry (DESIGN §4).
+            RunsError::Store(s) => {
+                tracing::error!(error = %s, "run store failed");
+                ApiError::Unavailable("the run store is failing; retry shortly".into())
+            }
         }
     }
 }
@@ -71,6 +81,10 @@ impl IntoResponse for ApiError {
         if let ApiError::Unauthorized = self {
             resp.headers_mut()
                 .insert("www-authenticate", "Bearer".parse().expect("static header"));
+        }
+        if let ApiError::Unavailable(_) = self {
+            resp.headers_mut()
+                .insert("retry-after", "5".parse().expect("static header"));
         }
         resp
     }

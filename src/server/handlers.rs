@@ -62,13 +62,15 @@ pub async fn alerts(
             payload.version
         )));
     }
+    // Check every alert before acting on any: a 4xx after some runs started would lose the rest
+    // (Alertmanager does not retry a 4xx).
+    if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
+        return Err(ApiError::BadRequest(format!(
+            "alerts[{i}] has no fingerprint"
+        )));
+    }
     let mut outcomes = Vec::new();
     for alert in &payload.alerts {
-        if alert.fingerprint.is_empty() {
-            return Err(ApiError::BadRequest(
-                "every alert needs a fingerprint".into(),
-            ));
-        }
         outcomes.extend(state.runs.alert(alert)?);
     }
     Ok((

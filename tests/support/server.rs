@@ -37,8 +37,15 @@ pub fn nowhere_kubeconfig(dir: &Path) -> PathBuf {
     path
 }
 
+pub const APPROVER: &str = "approver-token";
+
 /// The API over the plans in `tests/data/plans/serve/` plus `extra` (file name, text).
 pub async fn app(extra: &[(&str, String)]) -> TestApp {
+    app_with(extra, false).await
+}
+
+/// Like [`app`]; with `approvers`, only [`APPROVER`] may approve, cancel or resume.
+pub async fn app_with(extra: &[(&str, String)], approvers: bool) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
@@ -74,6 +81,7 @@ pub async fn app(extra: &[(&str, String)]) -> TestApp {
     let state = AppState {
         runs: runs.clone(),
         tokens: Tokens::from_list(&[TOKEN]),
+        approvers: approvers.then(|| Tokens::from_list(&[APPROVER])),
         body_limit: DEFAULT_BODY_LIMIT,
         metrics_public: false,
     };
