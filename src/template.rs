@@ -179,19 +179,16 @@ const TOKEN_OPEN: char = '\u{E000}';
 const TOKEN_CLOSE: char = '\u{E001}';
 
 /// Renders a YAML manifest template whose structure cannot be changed by the values printed
-/// into it. Every `{{ … }}` output is first written as an opaque token; the YAML is parsed; then
-/// tokens inside scalars are replaced by the values. A value that is a whole scalar keeps its
-/// type (a number stays a number); text is spliced into strings. Values marked safe (the output
-/// of `tojson`/`toyaml`) are trusted as YAML and written directly.
+/// into it. Every `{{ … }}` output — whatever filters made it, `safe`, `tojson` and `toyaml`
+/// included — is first written as an opaque token; the YAML is parsed; then tokens inside
+/// scalars are replaced by the values. A value that is a whole scalar keeps its type (a number
+/// stays a number, a map from `Values` becomes a map); text is spliced into strings.
 pub fn render_yaml(src: &str, ctx: &Value) -> Result<Value, TemplateError> {
     let src = normalize(src);
     let printed: Arc<Mutex<Vec<minijinja::Value>>> = Arc::default();
     let mut env = environment();
     let table = printed.clone();
     env.set_formatter(move |out, _state, value| {
-        if value.is_safe() {
-            return minijinja::escape_formatter(out, _state, value);
-        }
         let mut table = table.lock().unwrap();
         write!(out, "{TOKEN_OPEN}{}{TOKEN_CLOSE}", table.len()).map_err(minijinja::Error::from)?;
         table.push(value.clone());
@@ -253,7 +250,8 @@ fn splice(s: &str, table: &[minijinja::Value]) -> Value {
     out.push_str(rest);
     let only_token = pieces == 1 && s.starts_with(TOKEN_OPEN) && s.ends_with(TOKEN_CLOSE);
     match whole {
-        Some(v @ (Value::Number(_) | Value::Bool(_))) if only_token => v,
+        // A value that is a whole scalar keeps its type, maps and lists included.
+        Some(v) if only_token => v,
         _ => Value::String(out),
     }
 }
@@ -377,6 +375,30 @@ mod tests {
         .unwrap();
         assert_eq!(doc["spec"]["replicas"], json!(3));
         assert_eq!(doc["spec"]["name"], json!("n-3"));
+    }
+
+    #[test]
+    fn filters_marked_safe_cannot_smuggle_structure_into_a_manifest() {
+        let ctx =
+            json!({"alert": {"labels": {"a": "1", "kind": "Secret"}}, "Values": {"m": {"x": 1}}});
+        let doc = render_yaml(
+            "kind: ConfigMap\nmetadata:\n  labels:\n    {{ alert.labels | toyaml }}\n",
+            &ctx,
+        );
+        // The whole label map is one opaque scalar where a key was expected: not a top-level kind.
+        assert!(
+            doc.is_err() || doc.as_ref().unwrap()["kind"] == "ConfigMap",
+            "{doc:?}"
+        );
+        let doc = render_yaml(
+            "kind: ConfigMap\ndata: {{ alert.labels.kind | safe }}\nextra: {{ Values.m }}\n",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(
+            doc,
+            json!({"kind": "ConfigMap", "data": "Secret", "extra": {"x": 1}})
+        );
     }
 
     #[test]

@@ -915,3 +915,14 @@ fn a_secret_without_a_source_is_refused() {
         &["exactly one of `env` or `file`"],
     );
 }
+
+#[test]
+fn a_templated_json_text_body_must_be_written_as_json_so_values_cannot_break_it() {
+    the_problem(
+        "json-looking-body.yaml",
+        "http",
+        Some("notify"),
+        "spec.steps[0].http.body",
+        &["json:", "structure"],
+    );
+}

@@ -523,7 +523,10 @@ async fn a_run_not_approved_in_time_is_cancelled_and_frees_the_plan() {
     assert!(app.runs.expire_approvals().unwrap().is_empty(), "not yet");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
-    assert_eq!(app.runs.expire_approvals().unwrap(), std::slice::from_ref(&id));
+    assert_eq!(
+        app.runs.expire_approvals().unwrap(),
+        std::slice::from_ref(&id)
+    );
 
     let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
     assert_eq!(run["phase"], "Cancelled");

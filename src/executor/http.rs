@@ -33,19 +33,23 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     let mut req = ctx.http.request(method.clone(), &url);
     let mut shown_headers = BTreeMap::new();
     for (k, v) in &step.headers {
-        let v = template::render(v, &values)?;
-        req = req.header(k, &v);
-        shown_headers.insert(k.clone(), v);
+        let rendered = template::render(v, &values)?;
+        req = req.header(k, &rendered);
+        shown_headers.insert(k.clone(), shown(v, rendered));
     }
     let mut shown_body = Value::Null;
     if let Some(body) = &step.body {
-        let body = template::render(body, &values)?;
-        shown_body = Value::String(body.clone());
-        req = req.body(body);
+        let rendered = template::render(body, &values)?;
+        req = req.body(rendered.clone());
+        shown_body = Value::String(shown(body, rendered));
     } else if let Some(j) = &step.json {
         let body = template::render_raw(j, &values)?;
-        shown_body = body.clone();
         req = req.json(&body);
+        shown_body = if uses_secrets(&j.to_string()) {
+            Value::String(REDACTED.into())
+        } else {
+            body
+        };
     }
     let secret_values: Vec<&str> = secrets
         .values()
@@ -53,7 +57,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         .filter(|s| !s.is_empty())
         .collect();
     let inputs = redact(
-        json!({"method": method.as_str(), "url": url, "headers": shown_headers, "body": shown_body}),
+        json!({"method": method.as_str(), "url": shown(&step.url, url.clone()), "headers": shown_headers, "body": shown_body}),
         &secret_values,
     );
 
@@ -144,6 +148,25 @@ fn read_secrets(refs: &BTreeMap<String, SecretRef>) -> Result<BTreeMap<String, S
             Ok((name.clone(), value))
         })
         .collect()
+}
+
+const REDACTED: &str = "<redacted>";
+
+/// Whether a template mentions a secret: then whatever it renders to (a secret transformed by a
+/// filter, say `b64encode`) is kept out of the record, not only the secret's exact value.
+fn uses_secrets(src: &str) -> bool {
+    template::references(src).is_ok_and(|refs| {
+        refs.iter()
+            .any(|r| r == "secrets" || r.starts_with("secrets."))
+    })
+}
+
+fn shown(src: &str, rendered: String) -> String {
+    if uses_secrets(src) {
+        REDACTED.into()
+    } else {
+        rendered
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

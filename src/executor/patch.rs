@@ -54,9 +54,16 @@ pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         source,
     })?;
     let after = serde_json::to_value(after).unwrap_or(Value::Null);
+    // A Secret's values never go into the record.
+    let secret = step.api_version == "v1" && step.resource == "secrets";
+    let (body, diff) = if secret {
+        (json!("<redacted>"), json!("<redacted>"))
+    } else {
+        (body, object_diff(&before, &after))
+    };
     Ok(StepOutcome {
         inputs: Some(json!({"patchType": patch_kind(&patch), "patch": body})),
-        diff: Some(object_diff(&before, &after)),
+        diff: Some(diff),
         object: Some(shown),
         ..Default::default()
     })

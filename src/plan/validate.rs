@@ -426,6 +426,17 @@ impl Validator<'_> {
                             "give either `body` or `json`, not both".into(),
                         );
                     }
+                    if let Some(b) = &h.body {
+                        let t = b.trim_start();
+                        if (t.starts_with('{') || t.starts_with('[')) && template::is_template(b) {
+                            self.problem(
+                                name,
+                                format!("{field}.http.body"),
+                                "http",
+                                "a JSON body with templates must be written as `json:` (its strings are templated, its structure is not), so a value with quotes cannot break it".into(),
+                            );
+                        }
+                    }
                     for (k, s) in &h.secrets {
                         if s.env.is_some() == s.file.is_some() {
                             self.problem(
