@@ -40,6 +40,8 @@ pub enum ClusterError {
         api_version: String,
         resource: String,
     },
+    #[error("apiVersion {api_version:?} is not group/version or v1: {reason}")]
+    BadApiVersion { api_version: String, reason: String },
     #[error("no cluster is configured: give --kubeconfig, --clusters, or run in a pod")]
     Empty,
 }
@@ -236,13 +238,12 @@ impl Registry {
         let gv: GroupVersion =
             api_version
                 .parse()
-                .map_err(
-                    |e: kube::core::gvk::ParseGroupVersionError| ClusterError::NoResource {
-                        cluster: cluster.into(),
-                        api_version: format!("{api_version} ({e})"),
-                        resource: String::new(),
-                    },
-                )?;
+                .map_err(|e: kube::core::gvk::ParseGroupVersionError| {
+                    ClusterError::BadApiVersion {
+                        api_version: api_version.into(),
+                        reason: e.to_string(),
+                    }
+                })?;
         let group = kube::discovery::pinned_group(&client, &gv)
             .await
             .map_err(|source| ClusterError::Discovery {

@@ -124,8 +124,10 @@ pub async fn start(
         let mut stream = watcher(api, config).default_backoff().boxed();
         // Wait for the initial state.
         let mut held = false;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut last_error = String::from("no answer");
         loop {
-            match tokio::time::timeout(Duration::from_secs(30), stream.next()).await {
+            match tokio::time::timeout_at(deadline, stream.next()).await {
                 Ok(Some(Ok(watcher::Event::InitApply(obj)))) => {
                     held = matches(
                         &path,
@@ -134,8 +136,14 @@ pub async fn start(
                     );
                 }
                 Ok(Some(Ok(watcher::Event::InitDone))) => break,
+                Ok(Some(Err(e))) => last_error = e.to_string(),
                 Ok(Some(_)) => {}
-                Ok(None) | Err(_) => return Err(setup(format!("could not watch {}", r.when.name))),
+                Ok(None) | Err(_) => {
+                    return Err(setup(format!(
+                        "could not watch {} within 30s: {last_error}",
+                        r.when.name
+                    )))
+                }
             }
         }
         let (registry, r, fired) = (registry.clone(), r.clone(), fired.clone());

@@ -151,7 +151,10 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Vec<(String, Strin
     let alert = sample.cloned().unwrap_or_else(|| Alert::sample_for(spec));
     let mut values: Map<String, Value> = spec.params.clone().into_iter().collect();
     let mut problems = Vec::new();
-    for (i, step) in spec.steps.iter().chain(&spec.on_failure).enumerate() {
+    let fields = (0..spec.steps.len())
+        .map(|i| format!("spec.steps[{i}]"))
+        .chain((0..spec.on_failure.len()).map(|j| format!("spec.onFailure[{j}]")));
+    for (step, field_prefix) in spec.steps.iter().chain(&spec.on_failure).zip(fields) {
         let mut ctx = json!({
             "Values": values,
             "alert": alert.context(),
@@ -166,7 +169,7 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Vec<(String, Strin
                 .collect::<Map<_, _>>()
                 .into();
         }
-        for (field, src, yaml) in step_templates(step, &format!("steps[{i}]")) {
+        for (field, src, yaml) in step_templates(step, &field_prefix) {
             let result = if yaml {
                 template::render_yaml(&src, &ctx)
                     .map(|_| ())

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::duration;
 use crate::executor::{Event, Observer};
-use crate::run::record::{Phase, RunRecord, StepRecord, StepStatus};
+use crate::run::record::{Phase, RunRecord, StepStatus};
 
 pub struct Printer {
     spinner: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -36,14 +36,6 @@ impl Default for Printer {
     }
 }
 
-fn step(run: &RunRecord, index: usize, compensation: bool) -> &StepRecord {
-    if compensation {
-        &run.on_failure[index]
-    } else {
-        &run.steps[index]
-    }
-}
-
 impl Observer for Printer {
     fn on_event(&self, run: &RunRecord, event: &Event) {
         match event {
@@ -59,7 +51,7 @@ impl Observer for Printer {
                 index,
                 compensation,
             } => {
-                let s = step(run, *index, *compensation);
+                let s = run.step(*index, *compensation);
                 let prefix = if *compensation { "onFailure " } else { "" };
                 let on = s
                     .cluster
@@ -101,7 +93,7 @@ impl Observer for Printer {
                 compensation,
             } => {
                 self.stop_spinner();
-                let s = step(run, *index, *compensation);
+                let s = run.step(*index, *compensation);
                 let took = s
                     .duration_ms
                     .map(|ms| duration::format(Duration::from_millis(ms)))

@@ -30,6 +30,9 @@ pub struct Args {
     /// Wait for the run to finish and print its steps; exit 1 unless it succeeded.
     #[arg(long)]
     pub wait: bool,
+    /// With --wait: give up waiting after this long (the run goes on).
+    #[arg(long, default_value = "1h", value_parser = |s: &str| crate::duration::parse(s).map_err(|e| e.to_string()))]
+    pub timeout: Duration,
 }
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
@@ -49,7 +52,10 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let http = reqwest::Client::new();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let deadline = tokio::time::Instant::now() + args.timeout;
     let authed = |rb: reqwest::RequestBuilder| match &token {
         Some(t) => rb.bearer_auth(t),
         None => rb,
@@ -122,6 +128,14 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             }
             Some(p @ ("Failed" | "Cancelled" | "Interrupted")) => {
                 println!("run {id} {p}: {}", run["error"].as_str().unwrap_or(""));
+                return Ok(ExitCode::FAILURE);
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                println!(
+                    "stopped waiting after {}; run {id} is still {}",
+                    crate::duration::format(args.timeout),
+                    run["phase"].as_str().unwrap_or("?")
+                );
                 return Ok(ExitCode::FAILURE);
             }
             _ => tokio::time::sleep(Duration::from_millis(250)).await,

@@ -450,7 +450,7 @@ impl Executor {
         let values = context(runnable, input, record);
         let started = Instant::now();
         {
-            let rec = step_record(record, index, compensation);
+            let rec = record.step_mut(index, compensation);
             rec.status = StepStatus::Running;
             rec.started_at = Some(now());
             rec.attempts = 0;
@@ -482,7 +482,7 @@ impl Executor {
             )
             .await;
 
-        let rec = step_record(record, index, compensation);
+        let rec = record.step_mut(index, compensation);
         rec.finished_at = Some(now());
         rec.duration_ms = Some(started.elapsed().as_millis() as u64);
         let outcome = match result {
@@ -551,7 +551,7 @@ impl Executor {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            step_record(record, index, compensation).attempts = attempt;
+            record.step_mut(index, compensation).attempts = attempt;
             let remaining = deadline.saturating_duration_since(Instant::now());
             if remaining.is_zero() {
                 return Err(StepError::RunDeadline { after: run_timeout });
@@ -589,7 +589,7 @@ impl Executor {
                 Ok(outcome) => return Ok(Some(outcome)),
                 Err(e) if e.is_transient() && attempt <= retries => {
                     warn!(attempt, error = %e, "transient failure; retrying");
-                    let rec = step_record(record, index, compensation);
+                    let rec = record.step_mut(index, compensation);
                     rec.error = Some(format!("attempt {attempt}: {e}"));
                     let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
                     observer.on_event(
@@ -622,14 +622,6 @@ async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, Ste
         StepType::Wait => wait::run(step.wait.as_ref().expect("validated"), ctx).await,
         StepType::Apply => apply::run(step.apply.as_ref().expect("validated"), ctx).await,
         StepType::Http => http::run(step.http.as_ref().expect("validated"), ctx).await,
-    }
-}
-
-fn step_record(record: &mut RunRecord, index: usize, compensation: bool) -> &mut StepRecord {
-    if compensation {
-        &mut record.on_failure[index]
-    } else {
-        &mut record.steps[index]
     }
 }
 

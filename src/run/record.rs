@@ -178,11 +178,21 @@ pub struct StepRecord {
 }
 
 impl RunRecord {
-    /// The index of the first step that has not finished (for resuming).
-    pub fn first_unfinished(&self) -> Option<usize> {
-        self.steps
-            .iter()
-            .position(|s| !matches!(s.status, StepStatus::Succeeded | StepStatus::Skipped))
+    /// Step `index` of the plan's steps, or of its `onFailure` steps.
+    pub fn step(&self, index: usize, compensation: bool) -> &StepRecord {
+        if compensation {
+            &self.on_failure[index]
+        } else {
+            &self.steps[index]
+        }
+    }
+
+    pub fn step_mut(&mut self, index: usize, compensation: bool) -> &mut StepRecord {
+        if compensation {
+            &mut self.on_failure[index]
+        } else {
+            &mut self.steps[index]
+        }
     }
 }
 

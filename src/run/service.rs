@@ -662,11 +662,7 @@ impl Observer for StoreObserver<'_> {
                 index,
                 compensation,
             } => {
-                let s = if *compensation {
-                    &run.on_failure[*index]
-                } else {
-                    &run.steps[*index]
-                };
+                let s = run.step(*index, *compensation);
                 if let Some(ms) = s.duration_ms {
                     m.step_duration
                         .with_label_values(&[&run.plan, &s.step_type])
