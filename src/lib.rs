@@ -16,6 +16,7 @@ pub mod plan;
 pub mod reactor;
 pub mod run;
 pub mod server;
+pub mod sim;
 pub mod telemetry;
 pub mod template;
 pub mod world;

@@ -34,6 +34,9 @@ pub struct WorldCluster {
     /// Objects, inline or as file paths relative to the world file.
     #[serde(default)]
     pub objects: Vec<Value>,
+    /// Faults the built-in simulator injects for this cluster (ignored on real clusters).
+    #[serde(default)]
+    pub faults: Option<crate::sim::faults::FaultSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]

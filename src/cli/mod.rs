@@ -8,6 +8,7 @@ mod rehearse;
 mod run;
 mod serve;
 mod trigger;
+mod sim;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,9 @@ pub enum Command {
     Serve(serve::Args),
     /// Start a run of a plan through a running `recoverd serve`.
     Trigger(trigger::Args),
+    /// Serve a world's clusters from the built-in simulator (plain HTTP on loopback), with
+    /// its reactors, until stopped.
+    Sim(sim::Args),
 }
 
 pub async fn main() -> ExitCode {
@@ -78,6 +82,7 @@ pub async fn main() -> ExitCode {
         Command::Crd => crd::main(),
         Command::Serve(a) => serve::main(a).await,
         Command::Trigger(a) => trigger::main(a).await,
+        Command::Sim(a) => sim::main(a).await,
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,170 @@
+//! Faults a simulated cluster can be given in the world file (I/O edge: it delays requests and
+//! cuts watch streams), the same kinds the test harness's fault proxy injects: latency, a share
+//! of requests answered with an error `Status`, watches that end after a few events, and a
+//! cluster that is down (nothing listens on its port).
+//!
+//! ```yaml
+//! clusters:
+//!   north:
+//!     faults: {latency: 200ms, errorRate: 0.25, errorStatus: 503, watchEventLimit: 3}
+//! ```
+//!
+//! Rates are deterministic, as in the proxy: with rate `r`, the `i`-th request (from 0) is
+//! faulted when `floor((i + 1) * r) > floor(i * r)`.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::http::{header, Method};
+use axum::response::Response;
+use futures::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+
+/// The faults of one cluster, as written in the world file.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FaultSpec {
+    /// Added before every request is answered, e.g. `200ms`.
+    #[serde(default)]
+    pub latency: Option<String>,
+    /// Share (0..=1) of requests answered with `errorStatus` instead.
+    #[serde(default)]
+    pub error_rate: f64,
+    /// 500, 503 (default) or 429 (with `Retry-After: 1`).
+    #[serde(default)]
+    pub error_status: Option<u16>,
+    /// Watches end (cleanly) after this many events.
+    #[serde(default)]
+    pub watch_event_limit: Option<usize>,
+    /// Nothing listens on the cluster's port: every connection is refused.
+    #[serde(default)]
+    pub down: bool,
+    /// Apply latency, errors and watch limits only to requests whose path contains this.
+    #[serde(default)]
+    pub only_path: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("failed to read the faults of cluster {cluster:?}: {reason}")]
+    Invalid { cluster: String, reason: String },
+}
+
+/// Faults in force on one served cluster.
+#[derive(Debug, Default)]
+pub struct Faults {
+    spec: FaultSpec,
+    latency: Duration,
+    seen: AtomicU64,
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+fn reason(code: u16) -> &'static str {
+    match code {
+        429 => "TooManyRequests",
+        503 => "ServiceUnavailable",
+        504 => "Timeout",
+        _ => "InternalError",
+    }
+}
+
+impl Faults {
+    pub fn new(cluster: &str, spec: FaultSpec) -> Result<Faults, FaultError> {
+        let err = |reason: String| FaultError::Invalid {
+            cluster: cluster.to_string(),
+            reason,
+        };
+        let latency = match &spec.latency {
+            Some(l) => crate::duration::parse(l).map_err(|e| err(e.to_string()))?,
+            None => Duration::ZERO,
+        };
+        if !(0.0..=1.0).contains(&spec.error_rate) {
+            return Err(err(format!(
+                "errorRate must be between 0 and 1, not {}",
+                spec.error_rate
+            )));
+        }
+        Ok(Faults {
+            spec,
+            latency,
+            seen: AtomicU64::new(0),
+        })
+    }
+
+    pub fn down(&self) -> bool {
+        self.spec.down
+    }
+
+    fn applies(&self, path: &str) -> bool {
+        self.spec
+            .only_path
+            .as_deref()
+            .is_none_or(|p| path.contains(p))
+    }
+
+    /// Delays the request, or answers it with an injected error.
+    pub async fn before(&self, _method: &Method, path: &str) -> Option<Response> {
+        if !self.applies(path) || path.ends_with("z") {
+            return None;
+        }
+        if !self.latency.is_zero() {
+            tokio::time::sleep(self.latency).await;
+        }
+        let r = self.spec.error_rate;
+        if r <= 0.0 {
+            return None;
+        }
+        let i = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
+        if ((i + 1.0) * r).floor() <= (i * r).floor() {
+            return None;
+        }
+        let code = self.spec.error_status.unwrap_or(503);
+        let body = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+            "status": "Failure", "message": "injected fault (recoverd sim)",
+            "reason": reason(code), "code": code});
+        let mut resp = Response::builder()
+            .status(code)
+            .header(header::CONTENT_TYPE, "application/json");
+        if code == 429 {
+            resp = resp.header(header::RETRY_AFTER, "1");
+        }
+        resp.body(Body::from(body.to_string())).ok()
+    }
+
+    /// Ends a watch after the configured number of events.
+    pub fn wrap_watch(
+        &self,
+        stream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    ) -> WatchStream {
+        match self.spec.watch_event_limit {
+            Some(n) => Box::pin(stream.take(n)),
+            None => Box::pin(stream),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn half_the_requests_fail_at_an_error_rate_of_a_half() {
+        let f = Faults::new(
+            "x",
+            FaultSpec {
+                error_rate: 0.5,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut failed = Vec::new();
+        for _ in 0..4 {
+            failed.push(f.before(&Method::GET, "/api/v1/pods").await.is_some());
+        }
+        assert_eq!(failed, [false, true, false, true]);
+    }
+}

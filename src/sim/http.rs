@@ -1,0 +1,425 @@
+//! The simulator's HTTP face (axum): one router per cluster that reads Kubernetes API paths
+//! (`/api`, `/apis/{group}/{version}`, `…/namespaces/{ns}/{resource}/{name}/{subresource}`),
+//! query parameters and content types, calls the verbs of [`super::api`], and writes JSON
+//! bodies, `Status` errors and watch streams as kube-apiserver v1.20 does. Plain HTTP on
+//! loopback: there is no TLS and no authentication.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use serde_json::{json, Value};
+
+use super::api::{Cluster, ListOptions, Target, WriteOptions};
+use super::faults::Faults;
+use super::selector::{FieldSelector, LabelSelector};
+use super::status::StatusError;
+use super::watch::{self, WatchRequest};
+
+/// What every request handler shares.
+#[derive(Clone)]
+pub struct Served {
+    pub cluster: Arc<Cluster>,
+    /// `host:port` the cluster is served on.
+    pub address: String,
+    pub faults: Arc<Faults>,
+}
+
+/// The router serving one cluster.
+pub fn router(served: Served) -> Router {
+    Router::new()
+        .fallback(handle)
+        .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
+        .with_state(served)
+}
+
+fn json_response(code: u16, v: &Value) -> Response {
+    let mut body = v.to_string();
+    body.push('\n');
+    Response::builder()
+        .status(StatusCode::from_u16(code).unwrap_or(StatusCode::OK))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn error_response(e: &StatusError) -> Response {
+    tracing::debug!(code = e.code, reason = e.reason_label(), "request failed");
+    json_response(e.code, &e.to_json())
+}
+
+/// Query parameters, percent-decoded.
+struct Query(Vec<(String, String)>);
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).unwrap_or("");
+                match u8::from_str_radix(hex, 16) {
+                    Ok(b) => {
+                        out.push(b);
+                        i += 2;
+                    }
+                    Err(_) => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+impl Query {
+    fn parse(q: Option<&str>) -> Query {
+        Query(
+            q.unwrap_or("")
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => (percent_decode(k), percent_decode(v)),
+                    None => (percent_decode(kv), String::new()),
+                })
+                .collect(),
+        )
+    }
+
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn flag(&self, k: &str) -> bool {
+        matches!(self.get(k), Some("1" | "true" | "True" | ""))
+            && self.0.iter().any(|(key, _)| key == k)
+    }
+
+    fn list_options(&self) -> Result<ListOptions, StatusError> {
+        Ok(ListOptions {
+            labels: LabelSelector::parse(self.get("labelSelector").unwrap_or(""))?,
+            fields: FieldSelector::parse(self.get("fieldSelector").unwrap_or(""))?,
+            limit: self.get("limit").and_then(|l| l.parse().ok()),
+            continue_token: self
+                .get("continue")
+                .filter(|c| !c.is_empty())
+                .map(str::to_string),
+        })
+    }
+
+    fn write_options(&self, headers: &HeaderMap) -> Result<WriteOptions, StatusError> {
+        let dry_run = match self.get("dryRun") {
+            None | Some("") => false,
+            Some("All") => true,
+            Some(other) => {
+                return Err(StatusError::invalid(
+                    "meta.k8s.io",
+                    "CreateOptions",
+                    "",
+                    vec![super::status::Cause::not_supported(
+                        "dryRun",
+                        &json!(other),
+                        &[json!("All")],
+                    )],
+                ))
+            }
+        };
+        Ok(WriteOptions {
+            dry_run,
+            field_manager: self.get("fieldManager").map(str::to_string),
+            user_agent: headers
+                .get(header::USER_AGENT)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string(),
+            force: self.get("force").map(|f| f == "true" || f == "1"),
+        })
+    }
+}
+
+/// What a path names.
+enum Route {
+    Version,
+    Health,
+    Api,
+    CoreV1,
+    Apis,
+    Group(String),
+    GroupVersion(String, String),
+    OpenApi,
+    Resource(Box<Target>),
+}
+
+fn route(s: &Served, path: &str) -> Result<Route, StatusError> {
+    let segs: Vec<&str> = path
+        .trim_matches('/')
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["version"] => return Ok(Route::Version),
+        ["healthz" | "readyz" | "livez", ..] => return Ok(Route::Health),
+        ["openapi", ..] => return Ok(Route::OpenApi),
+        ["api"] => return Ok(Route::Api),
+        ["api", "v1"] => return Ok(Route::CoreV1),
+        ["apis"] => return Ok(Route::Apis),
+        ["apis", g] => return Ok(Route::Group(g.to_string())),
+        ["apis", g, v] => return Ok(Route::GroupVersion(g.to_string(), v.to_string())),
+        ["api", "v1", rest @ ..] => ("", "v1", rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return Err(StatusError::page_not_found()),
+    };
+    let resources = {
+        let store = s
+            .cluster
+            .store
+            .lock()
+            .map_err(|_| StatusError::internal("the store is poisoned"))?;
+        store.resources.clone()
+    };
+    let find = |plural: &str| {
+        resources
+            .find(group, version, plural)
+            .cloned()
+            .ok_or_else(StatusError::page_not_found)
+    };
+    let target = |ty, namespace: Option<&str>, name: Option<&str>, sub: Option<&str>| Target {
+        ty,
+        namespace: namespace.map(str::to_string),
+        name: name.map(str::to_string),
+        subresource: sub.map(str::to_string),
+    };
+    let is_sub = |ty: &super::discovery::ResourceType, sub: &str| {
+        ty.subresources.iter().any(|(s, _)| s == sub)
+    };
+    let t = match rest {
+        [res] => target(find(res)?, None, None, None),
+        ["namespaces", ns, sub] if group.is_empty() && matches!(*sub, "status" | "finalize") => {
+            target(find("namespaces")?, None, Some(ns), Some(sub))
+        }
+        ["namespaces", ns, res] => {
+            let ty = find(res)?;
+            if !ty.namespaced {
+                return Err(StatusError::page_not_found());
+            }
+            target(ty, Some(ns), None, None)
+        }
+        ["namespaces", ns, res, name] => {
+            let ty = find(res)?;
+            if !ty.namespaced {
+                return Err(StatusError::page_not_found());
+            }
+            target(ty, Some(ns), Some(name), None)
+        }
+        ["namespaces", ns, res, name, sub] => {
+            let ty = find(res)?;
+            if !ty.namespaced || !is_sub(&ty, sub) {
+                return Err(StatusError::page_not_found());
+            }
+            target(ty, Some(ns), Some(name), Some(sub))
+        }
+        [res, name] => {
+            let ty = find(res)?;
+            if ty.namespaced {
+                return Err(StatusError::page_not_found());
+            }
+            target(ty, None, Some(name), None)
+        }
+        [res, name, sub] => {
+            let ty = find(res)?;
+            if ty.namespaced || !is_sub(&ty, sub) {
+                return Err(StatusError::page_not_found());
+            }
+            target(ty, None, Some(name), Some(sub))
+        }
+        _ => return Err(StatusError::page_not_found()),
+    };
+    if t.subresource.as_deref() == Some("scale") {
+        // Served in discovery, but the simulator has no Scale objects.
+        return Err(StatusError::page_not_found());
+    }
+    Ok(Route::Resource(Box::new(t)))
+}
+
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, StatusError> {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
+    let ct = ct.split(';').next().unwrap_or("").trim();
+    match ct {
+        "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            StatusError::bad_request(format!("the request body is not valid JSON: {e}"))
+        }),
+        "application/yaml" | "application/x-yaml" | "text/yaml" => {
+            let text = std::str::from_utf8(body)
+                .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))?;
+            serde_yaml::from_str(text)
+                .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))
+        }
+        _ => Err(StatusError::unsupported_media_type(
+            "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
+        )),
+    }
+}
+
+async fn handle(
+    State(s): State<Served>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Some(resp) = s.faults.before(&method, uri.path()).await {
+        return resp;
+    }
+    match serve(&s, &method, &uri, &headers, body) {
+        Ok(r) => r,
+        Err(e) => error_response(&e),
+    }
+}
+
+fn serve(
+    s: &Served,
+    method: &Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, StatusError> {
+    let q = Query::parse(uri.query());
+    let r = route(s, uri.path())?;
+    let store = || {
+        s.cluster
+            .store
+            .lock()
+            .map_err(|_| StatusError::internal("the store is poisoned"))
+    };
+    let t = match r {
+        Route::Version => {
+            return Ok(json_response(
+                200,
+                &json!({"major": "1", "minor": "20", "gitVersion": "v1.20.2",
+                    "gitCommit": "recoverd-sim", "gitTreeState": "clean",
+                    "buildDate": "1970-01-01T00:00:00Z", "goVersion": "rust",
+                    "compiler": "recoverd", "platform": "linux/amd64"}),
+            ))
+        }
+        Route::Health => {
+            return Ok(Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::from("ok"))
+                .unwrap_or_default())
+        }
+        Route::OpenApi => return Err(StatusError::page_not_found()),
+        Route::Api => {
+            return Ok(json_response(
+                200,
+                &store()?.resources.api_versions(&s.address),
+            ))
+        }
+        Route::CoreV1 => {
+            let list = store()?.resources.resource_list("", "v1");
+            return Ok(json_response(200, &list.unwrap_or(Value::Null)));
+        }
+        Route::Apis => return Ok(json_response(200, &store()?.resources.group_list())),
+        Route::Group(g) => {
+            let v = store()?
+                .resources
+                .group(&g)
+                .ok_or_else(StatusError::page_not_found)?;
+            return Ok(json_response(200, &v));
+        }
+        Route::GroupVersion(g, v) => {
+            let list = store()?
+                .resources
+                .resource_list(&g, &v)
+                .ok_or_else(StatusError::page_not_found)?;
+            return Ok(json_response(200, &list));
+        }
+        Route::Resource(t) => *t,
+    };
+    let c = &s.cluster;
+    let collection = t.name.is_none();
+    match (method.as_str(), collection) {
+        ("GET", true) if q.flag("watch") => {
+            let req = WatchRequest {
+                target: t,
+                list: q.list_options()?,
+                resource_version: q.get("resourceVersion").map(str::to_string),
+                timeout: q
+                    .get("timeoutSeconds")
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .filter(|t| *t > 0)
+                    .map(Duration::from_secs),
+                bookmarks: q.flag("allowWatchBookmarks"),
+            };
+            let stream = watch::start(c.clone(), req)?;
+            let stream = s.faults.wrap_watch(stream);
+            Ok(Response::builder()
+                .status(200)
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(header::CACHE_CONTROL, "no-cache, private")
+                .body(Body::from_stream(stream))
+                .unwrap_or_default())
+        }
+        ("GET", true) => Ok(json_response(200, &c.list(&t, &q.list_options()?)?)),
+        ("GET", false) => Ok(json_response(200, &c.get(&t)?)),
+        ("POST", true) => {
+            let body = parse_body(headers, &body)?;
+            let o = q.write_options(headers)?;
+            Ok(json_response(201, &c.create(&t, body, &o)?))
+        }
+        ("PUT", false) => {
+            let body = parse_body(headers, &body)?;
+            let o = q.write_options(headers)?;
+            Ok(json_response(200, &c.replace(&t, body, &o)?))
+        }
+        ("PATCH", false) => {
+            let ct = headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let o = q.write_options(headers)?;
+            let (code, v) = c.patch(&t, ct, &body, &o)?;
+            Ok(json_response(code, &v))
+        }
+        ("DELETE", false) => {
+            let options = if body.is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_slice(&body).unwrap_or(Value::Null)
+            };
+            let mut o = q.write_options(headers)?;
+            if options
+                .get("dryRun")
+                .and_then(Value::as_array)
+                .is_some_and(|d| d.iter().any(|x| x == "All"))
+            {
+                o.dry_run = true;
+            }
+            let (code, v) = c.delete(&t, &options, &o)?;
+            Ok(json_response(code, &v))
+        }
+        ("DELETE", true) => {
+            let o = q.write_options(headers)?;
+            Ok(json_response(
+                200,
+                &c.delete_collection(&t, &q.list_options()?, &o)?,
+            ))
+        }
+        (m, _) => Err(StatusError::method_not_allowed(format!(
+            "the server does not allow this method on the requested resource ({m})"
+        ))),
+    }
+}
