@@ -1,6 +1,7 @@
-//! `recoverd rehearse PLAN --world W --kubeconfig F`: seed throwaway clusters from a world,
-//! start its reactors, run the plan through the normal client path, print every change and
-//! check expectations.
+//! `recoverd rehearse PLAN --world W [--kubeconfig F]`: seed throwaway clusters from a world
+//! (the built-in simulator's unless a kubeconfig or clusters file is given), start its
+//! reactors, run the plan through the normal client path, print every change and check
+//! expectations.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -29,20 +30,31 @@ pub struct Args {
     /// An Alertmanager webhook payload or single alert to run the plan with.
     #[arg(long)]
     pub alert: Option<PathBuf>,
-    /// The throwaway clusters (they are written to). Required until the built-in simulator
-    /// lands.
+    /// Throwaway clusters to rehearse on (they are written to). Default: the built-in
+    /// simulator, serving the world's clusters on free loopback ports.
     #[command(flatten)]
     pub clusters: ClusterArgs,
 }
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
-    if args.clusters.kubeconfig.is_none() && args.clusters.clusters.is_none() {
-        anyhow::bail!(
-            "give --kubeconfig (or --clusters) naming the throwaway clusters to rehearse on"
-        );
-    }
     let loaded = super::load_one(&args.plan)?;
-    let registry = Arc::new(args.clusters.registry(WriteMode::Live).await?);
+    let sandbox = match (&args.clusters.kubeconfig, &args.clusters.clusters) {
+        (None, None) => Some(crate::sim::Sandbox::start(&args.world, None, None).await?),
+        _ => None,
+    };
+    let registry = Arc::new(match &sandbox {
+        Some(s) => {
+            let names: Vec<&str> = s
+                .simulator
+                .clusters()
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect();
+            println!("clusters: built-in simulator ({})", names.join(", "));
+            s.registry().await?
+        }
+        None => args.clusters.registry(WriteMode::Live).await?,
+    });
     let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
     if !report.is_valid() {
         for p in &report.problems {

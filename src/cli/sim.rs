@@ -25,7 +25,7 @@ pub struct Args {
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let session = Session::start(&args.world, args.listen, Some(&args.kubeconfig_out)).await?;
-    for c in session.simulator.clusters() {
+    for c in session.sandbox.simulator.clusters() {
         println!("cluster {:<12} http://{}", c.name, c.addr);
     }
     println!(

@@ -37,9 +37,31 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     pub user_agent: String,
     pub force: Option<bool>,
+    /// `Strict` rejects unknown fields (kube-apiserver v1.20 has no `fieldValidation` and
+    /// always drops them, as the simulator does without it).
+    pub field_validation: Option<String>,
 }
 
 impl WriteOptions {
+    /// With `fieldValidation=Strict`, a 400 naming the fields the object's schema lacks.
+    fn check_fields(&self, ty: &ResourceType, obj: &Value) -> Result<(), StatusError> {
+        if self.field_validation.as_deref() != Some("Strict") {
+            return Ok(());
+        }
+        let unknown = unknown_fields(ty, obj);
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        Err(StatusError::bad_request(format!(
+            "strict decoding error: {}",
+            list.join(", ")
+        )))
+    }
+
     /// The manager of an update: `fieldManager`, else the user agent up to its first `/`.
     fn manager(&self) -> String {
         if let Some(m) = self.field_manager.as_deref().filter(|m| !m.is_empty()) {
@@ -466,6 +488,7 @@ impl Cluster {
     /// POST: creates an object.
     pub fn create(&self, t: &Target, body: Value, o: &WriteOptions) -> Result<Value, StatusError> {
         let mut obj = Self::check_body(t, body, None)?;
+        o.check_fields(&t.ty, &obj)?;
         let mut s = self.lock();
         let name = meta_str(&obj, "name").unwrap_or("").to_string();
         let name = if name.is_empty() {
@@ -536,6 +559,7 @@ impl Cluster {
     pub fn replace(&self, t: &Target, body: Value, o: &WriteOptions) -> Result<Value, StatusError> {
         let name = t.name.clone().unwrap_or_default();
         let obj = Self::check_body(t, body, Some(&name))?;
+        o.check_fields(&t.ty, &obj)?;
         let mut s = self.lock();
         let k = Self::key_of(t, &name);
         let live = s.get(&k).cloned().ok_or_else(|| not_found(&t.ty, &name))?;
@@ -698,6 +722,7 @@ impl Cluster {
             }
         };
         let obj = Self::check_body(t, patched, Some(&name))?;
+        o.check_fields(&t.ty, &obj)?;
         self.write_update(&mut s, t, &live, obj, o, true)
             .map(|(v, _)| (200, v))
     }
@@ -748,6 +773,7 @@ impl Cluster {
                 "managed fields must be nil but was set".to_string(),
             ));
         }
+        o.check_fields(&t.ty, &config)?;
         let ty = t.ty.ty();
         if !matches!(ty, typed::Ty::Untyped) {
             if let Some(p) = typed::first_undeclared(&ty, &config) {
@@ -1043,6 +1069,42 @@ impl Cluster {
         }
         s.refresh_resources();
     }
+}
+
+/// The fields (`spec.bogus`) decoding would drop.
+fn unknown_fields(ty: &ResourceType, obj: &Value) -> Vec<String> {
+    let mut pruned = obj.clone();
+    match (&ty.builtin, &ty.schema) {
+        (Some(_), _) => typed::prune_undeclared(&ty.ty(), &mut pruned),
+        (None, Some(s)) => s.prune(&mut pruned),
+        (None, None) => return Vec::new(),
+    }
+    fn diff(a: &Value, b: &Value, path: &str, out: &mut Vec<String>) {
+        match (a, b) {
+            (Value::Object(a), Value::Object(b)) => {
+                for (k, av) in a {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    match b.get(k) {
+                        Some(bv) => diff(av, bv, &p, out),
+                        None => out.push(p),
+                    }
+                }
+            }
+            (Value::Array(a), Value::Array(b)) => {
+                for (i, (av, bv)) in a.iter().zip(b).enumerate() {
+                    diff(av, bv, &format!("{path}[{i}]"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    diff(obj, &pruned, "", &mut out);
+    out
 }
 
 fn patch_options_invalid(causes: Vec<Cause>) -> StatusError {

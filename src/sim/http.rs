@@ -143,6 +143,7 @@ impl Query {
                 .unwrap_or("")
                 .to_string(),
             force: self.get("force").map(|f| f == "true" || f == "1"),
+            field_validation: self.get("fieldValidation").map(str::to_string),
         })
     }
 }
@@ -156,7 +157,8 @@ enum Route {
     Apis,
     Group(String),
     GroupVersion(String, String),
-    OpenApi,
+    OpenApiIndex,
+    OpenApiGroupVersion(String, String),
     Resource(Box<Target>),
 }
 
@@ -169,7 +171,14 @@ fn route(s: &Served, path: &str) -> Result<Route, StatusError> {
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Route::Version),
         ["healthz" | "readyz" | "livez", ..] => return Ok(Route::Health),
-        ["openapi", ..] => return Ok(Route::OpenApi),
+        ["openapi", "v3"] => return Ok(Route::OpenApiIndex),
+        ["openapi", "v3", "api", v] => {
+            return Ok(Route::OpenApiGroupVersion(String::new(), v.to_string()))
+        }
+        ["openapi", "v3", "apis", g, v] => {
+            return Ok(Route::OpenApiGroupVersion(g.to_string(), v.to_string()))
+        }
+        ["openapi", ..] => return Err(StatusError::page_not_found()),
         ["api"] => return Ok(Route::Api),
         ["api", "v1"] => return Ok(Route::CoreV1),
         ["apis"] => return Ok(Route::Apis),
@@ -321,7 +330,18 @@ fn serve(
                 .body(Body::from("ok"))
                 .unwrap_or_default())
         }
-        Route::OpenApi => return Err(StatusError::page_not_found()),
+        Route::OpenApiIndex => {
+            return Ok(json_response(
+                200,
+                &super::openapi::index(&store()?.resources),
+            ))
+        }
+        Route::OpenApiGroupVersion(g, v) => {
+            let resources = store()?.resources.clone();
+            let doc = super::openapi::group_version(&resources, &g, &v)
+                .ok_or_else(StatusError::page_not_found)?;
+            return Ok(json_response(200, &doc));
+        }
         Route::Api => {
             return Ok(json_response(
                 200,

@@ -21,6 +21,7 @@
 //! - [`selector`]: label and field selectors;
 //! - [`status`]: `Status` errors;
 //! - [`faults`]: injected latency, errors, cut watches, dead clusters;
+//! - [`openapi`]: OpenAPI v3 documents for `kubectl`;
 //! - [`http`]: the axum routes.
 
 pub mod api;
@@ -29,6 +30,7 @@ pub mod discovery;
 pub mod faults;
 pub mod http;
 pub mod managed;
+pub mod openapi;
 pub mod patch;
 pub mod schema;
 pub mod selector;
@@ -230,29 +232,23 @@ pub fn world_clusters(
     Ok((names, faults))
 }
 
-/// A simulator seeded with a world, its reactors running.
-pub struct Session {
+/// A world's clusters served, with a kubeconfig for them; nothing seeded yet.
+pub struct Sandbox {
     pub simulator: Simulator,
-    pub registry: Arc<Registry>,
-    pub world: World,
-    pub seeded: Vec<Seeded>,
-    pub reactors: crate::reactor::Reactors,
     pub kubeconfig: PathBuf,
     /// Removed on drop when the kubeconfig was written to a temporary place.
     temporary: bool,
 }
 
-impl Session {
-    /// Serves the world's clusters, writes the kubeconfig to `kubeconfig` (or a temporary
-    /// file), seeds the world through a registry built from that kubeconfig, and starts the
-    /// reactors.
+impl Sandbox {
+    /// Serves the clusters of the world file (with their faults) and writes the kubeconfig to
+    /// `kubeconfig`, or to a temporary file.
     pub async fn start(
         world_path: &Path,
         listen: Option<SocketAddr>,
         kubeconfig: Option<&Path>,
-    ) -> Result<Session, SimError> {
+    ) -> Result<Sandbox, SimError> {
         let (names, faults) = world_clusters(world_path)?;
-        let (w, base) = world::load(world_path)?;
         let simulator = Simulator::start(&names, listen, &faults).await?;
         let (path, temporary) = match kubeconfig {
             Some(p) => (p.to_path_buf(), false),
@@ -266,27 +262,58 @@ impl Session {
             ),
         };
         simulator.write_kubeconfig(&path)?;
-        let registry = Arc::new(Registry::from_kubeconfig(Some(&path), WriteMode::Live).await?);
+        Ok(Sandbox {
+            simulator,
+            kubeconfig: path,
+            temporary,
+        })
+    }
+
+    /// A registry of the simulated clusters, built from the kubeconfig like any other.
+    pub async fn registry(&self) -> Result<Registry, SimError> {
+        Ok(Registry::from_kubeconfig(Some(&self.kubeconfig), WriteMode::Live).await?)
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if self.temporary {
+            let _ = std::fs::remove_file(&self.kubeconfig);
+        }
+    }
+}
+
+/// A simulator seeded with a world, its reactors running.
+pub struct Session {
+    pub sandbox: Sandbox,
+    pub registry: Arc<Registry>,
+    pub world: World,
+    pub seeded: Vec<Seeded>,
+    pub reactors: crate::reactor::Reactors,
+}
+
+impl Session {
+    /// Serves the world's clusters, writes the kubeconfig to `kubeconfig` (or a temporary
+    /// file), seeds the world through a registry built from that kubeconfig, and starts the
+    /// reactors.
+    pub async fn start(
+        world_path: &Path,
+        listen: Option<SocketAddr>,
+        kubeconfig: Option<&Path>,
+    ) -> Result<Session, SimError> {
+        let (w, base) = world::load(world_path)?;
+        let sandbox = Sandbox::start(world_path, listen, kubeconfig).await?;
+        let registry = Arc::new(sandbox.registry().await?);
         let seeded = world::seed(&registry, &w, &base).await?;
         let reactors = crate::reactor::start(registry.clone(), &w.reactors)
             .await
             .map_err(|e| SimError::Reactors(e.to_string()))?;
         Ok(Session {
-            simulator,
+            sandbox,
             registry,
             world: w,
             seeded,
             reactors,
-            kubeconfig: path,
-            temporary,
         })
-    }
-}
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        if self.temporary {
-            let _ = std::fs::remove_file(&self.kubeconfig);
-        }
     }
 }
