@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod crd;
+mod demo;
 mod print;
 mod rehearse;
 mod run;
@@ -65,6 +66,9 @@ pub enum Command {
     /// Serve a world's clusters from the built-in simulator (plain HTTP on loopback), with
     /// its reactors, until stopped.
     Sim(sim::Args),
+    /// The whole story on simulated clusters: an alert, a CloudNativePG switchover step by
+    /// step, the proxy redirected, the run record.
+    Demo(demo::Args),
 }
 
 pub async fn main() -> ExitCode {
@@ -83,6 +87,7 @@ pub async fn main() -> ExitCode {
         Command::Serve(a) => serve::main(a).await,
         Command::Trigger(a) => trigger::main(a).await,
         Command::Sim(a) => sim::main(a).await,
+        Command::Demo(a) => demo::main(a).await,
     };
     match result {
         Ok(code) => code,

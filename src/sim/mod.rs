@@ -22,10 +22,12 @@
 //! - [`status`]: `Status` errors;
 //! - [`faults`]: injected latency, errors, cut watches, dead clusters;
 //! - [`openapi`]: OpenAPI v3 documents for `kubectl`;
-//! - [`http`]: the axum routes.
+//! - [`http`]: the axum routes;
+//! - [`demo`]: the world, plan and alert of `recoverd demo`.
 
 pub mod api;
 pub mod builtin;
+pub mod demo;
 pub mod discovery;
 pub mod faults;
 pub mod http;
