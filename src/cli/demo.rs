@@ -45,8 +45,17 @@ enum Delivery {
     InProcess,
 }
 
-/// The objects the demo changes: (cluster, apiVersion, resource, namespace, name, fields shown).
-const WATCHED: &[(&str, &str, &str, &str, &str, &[&str])] = &[
+/// An object the demo changes: (cluster, apiVersion, resource, namespace, name, fields shown).
+type Watched = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [&'static str],
+);
+
+const WATCHED: &[Watched] = &[
     (
         "north",
         "postgresql.cnpg.io/v1",
