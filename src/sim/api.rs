@@ -92,6 +92,9 @@ pub struct ListOptions {
     pub continue_token: Option<String>,
 }
 
+/// The manager of the API server's own writes (a CRD's status).
+const CONTROLLER_MANAGER: &str = "kube-apiserver-v1.20.2";
+
 /// One cluster: its storage behind a lock (every verb is short and synchronous).
 pub struct Cluster {
     pub name: String,
@@ -241,6 +244,9 @@ impl Cluster {
         if let Some(c) = more {
             meta.insert("continue".into(), json!(c));
             meta.insert("remainingItemCount".into(), json!(remaining));
+        } else if t.ty.is_custom() {
+            // An unstructured list always carries its continue token, empty or not.
+            meta.insert("continue".into(), json!(""));
         }
         Ok(
             json!({"apiVersion": t.ty.api_version(), "kind": t.ty.list_kind,
@@ -331,8 +337,10 @@ impl Cluster {
     fn decode(ty: &ResourceType, obj: &mut Value) {
         match (&ty.builtin, &ty.schema) {
             (Some(b), _) => {
+                let t = ty.ty();
                 builtin::default_on_decode(b.kind, obj);
-                typed::prune_undeclared(&ty.ty(), obj);
+                typed::prune_undeclared(&t, obj);
+                builtin::go_roundtrip(b.kind, &t, obj);
             }
             (None, Some(s)) => {
                 s.prune(obj);
@@ -579,6 +587,19 @@ impl Cluster {
     ) -> Result<(Value, bool), StatusError> {
         let name = t.name.clone().unwrap_or_default();
         let live_rv = meta_str(live, "resourceVersion").unwrap_or("");
+        if t.ty.is_custom() && meta_str(&obj, "resourceVersion").is_none_or(str::is_empty) {
+            // Custom resources allow no unconditional update.
+            return Err(StatusError::invalid(
+                &t.ty.group,
+                &t.ty.plural,
+                &name,
+                vec![Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: "Invalid value: 0x0: must be specified for an update".into(),
+                    field: "metadata.resourceVersion".into(),
+                }],
+            ));
+        }
         if let Some(rv) = meta_str(&obj, "resourceVersion").filter(|r| !r.is_empty()) {
             if rv != live_rv {
                 return Err(StatusError::stale(&t.ty.group, &t.ty.plural, &name));
@@ -591,7 +612,11 @@ impl Cluster {
                     &t.ty.group,
                     &t.ty.plural,
                     &name,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {live_uid}"),
+                    &precondition_failed(
+                        t,
+                        &name,
+                        &format!("UID in precondition: {uid}, UID in object meta: {live_uid}"),
+                    ),
                 ));
             }
         }
@@ -695,6 +720,10 @@ impl Cluster {
                 | "application/strategic-merge-patch+json"
                 | "application/apply-patch+yaml"
         );
+        if !known && !t.ty.is_custom() {
+            // Built-in resources are routed by go-restful, which refuses first.
+            return Err(restful_unsupported_media_type());
+        }
         if !known || (ct == "application/strategic-merge-patch+json" && t.ty.is_custom()) {
             return Err(StatusError::unsupported_media_type(format!(
                 "the body of the request was in an unknown format - accepted media types include: {accepted}"
@@ -864,7 +893,11 @@ impl Cluster {
                     &t.ty.group,
                     &t.ty.plural,
                     &name,
-                    &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {live_uid}"),
+                    &precondition_failed(
+                        t,
+                        &name,
+                        &format!("UID in precondition: {uid}, UID in object meta: {live_uid}"),
+                    ),
                 ));
             }
         }
@@ -878,11 +911,22 @@ impl Cluster {
                     &t.ty.group,
                     &t.ty.plural,
                     &name,
-                    &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {live_rv}"),
+                    &precondition_failed(
+                        t,
+                        &name,
+                        &format!("ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {live_rv}"),
+                    ),
                 ));
             }
         }
         let is_namespace = t.ty.builtin.is_some_and(|b| b.kind == "Namespace");
+        if t.ty
+            .builtin
+            .is_some_and(|b| b.kind == "CustomResourceDefinition")
+            && live.pointer("/metadata/deletionTimestamp").is_none()
+        {
+            return self.start_crd_deletion(&mut s, t, &k, &live, o);
+        }
         let has_finalizers = live
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
@@ -891,7 +935,9 @@ impl Cluster {
             let mut obj = live.clone();
             if obj.pointer("/metadata/deletionTimestamp").is_none() {
                 set_meta(&mut obj, "deletionTimestamp", json!(store::now()));
-                set_meta(&mut obj, "deletionGracePeriodSeconds", json!(0));
+                if !is_namespace {
+                    set_meta(&mut obj, "deletionGracePeriodSeconds", json!(0));
+                }
             }
             if is_namespace {
                 if let Some(st) = obj.get_mut("status").and_then(Value::as_object_mut) {
@@ -906,15 +952,7 @@ impl Cluster {
             } else {
                 live.clone()
             };
-            let shown = present(&t.ty, &stored);
-            if is_namespace {
-                // What the namespace controller of a real cluster does soon after.
-                self.empty_namespace(&mut s, &name);
-                if let Some(gone) = s.delete(&k) {
-                    self.after_delete(&mut s, &t.ty, &gone);
-                }
-            }
-            return Ok((200, shown));
+            return Ok((200, present(&t.ty, &stored)));
         }
         if !o.dry_run {
             if let Some(gone) = s.delete(&k) {
@@ -933,6 +971,48 @@ impl Cluster {
             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": details}),
         ))
+    }
+
+    /// The first DELETE of a CRD marks it: deletionTimestamp, the cleanup finalizer, a
+    /// Terminating condition; the objects go later ([`Self::finish_crd_deletion`]).
+    fn start_crd_deletion(
+        &self,
+        s: &mut Store,
+        t: &Target,
+        k: &Key,
+        live: &Value,
+        o: &WriteOptions,
+    ) -> Result<(u16, Value), StatusError> {
+        let mut obj = live.clone();
+        set_meta(&mut obj, "deletionTimestamp", json!(store::now()));
+        let mut finalizers = obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let cleanup = json!("customresourcecleanup.apiextensions.k8s.io");
+        if !finalizers.contains(&cleanup) {
+            finalizers.push(cleanup);
+        }
+        set_meta(&mut obj, "finalizers", Value::Array(finalizers));
+        let condition = json!({"type": "Terminating", "status": "True",
+            "lastTransitionTime": store::now(), "reason": "InstanceDeletionPending",
+            "message": "CustomResourceDefinition marked for deletion; CustomResource deletion will begin soon"});
+        if let Some(st) = obj.get_mut("status").and_then(Value::as_object_mut) {
+            let conds = st.entry("conditions").or_insert_with(|| json!([]));
+            if !conds.is_array() {
+                *conds = json!([]);
+            }
+            if let Some(c) = conds.as_array_mut() {
+                c.retain(|c| c["type"] != "Terminating");
+                c.push(condition);
+            }
+        }
+        if o.dry_run {
+            return Ok((200, present(&t.ty, &obj)));
+        }
+        let stored = s.put(k.clone(), obj, EventType::Modified, Some(live.clone()));
+        Ok((200, present(&t.ty, &stored)))
     }
 
     /// DELETE a collection: every object the selectors match; returns them as a list.
@@ -957,6 +1037,20 @@ impl Cluster {
         let mut list = list;
         list["items"] = Value::Array(out);
         Ok(list)
+    }
+
+    /// What the namespace controller of a real cluster does a little after a namespace was
+    /// deleted: delete everything in it, then the namespace.
+    pub fn finish_namespace_deletion(&self, ns: &str) {
+        let mut s = self.lock();
+        let k = key("", "namespaces", "", ns);
+        if s.get(&k)
+            .is_none_or(|n| n.pointer("/metadata/deletionTimestamp").is_none())
+        {
+            return;
+        }
+        self.empty_namespace(&mut s, ns);
+        s.delete(&k);
     }
 
     fn empty_namespace(&self, s: &mut Store, ns: &str) {
@@ -1027,6 +1121,20 @@ impl Cluster {
                  "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"}],
             "storedVersions": storage});
         let name = meta_str(stored, "name").unwrap_or("").to_string();
+        let mut managed = Managed::decode(stored);
+        let api_version = ty.api_version();
+        managed.update(
+            &ty.ty(),
+            stored,
+            &obj,
+            &Writer {
+                manager: CONTROLLER_MANAGER,
+                api_version: &api_version,
+                now: &now,
+            },
+            false,
+        );
+        managed.encode(&mut obj);
         s.put(
             key(
                 "apiextensions.k8s.io",
@@ -1038,6 +1146,31 @@ impl Cluster {
             EventType::Modified,
             Some(stored.clone()),
         );
+    }
+
+    /// What the CRD finalizer of a real API server does after a CRD was deleted: delete its
+    /// custom resources, then the CRD.
+    pub fn finish_crd_deletion(&self, name: &str) {
+        let mut s = self.lock();
+        let k = key(
+            "apiextensions.k8s.io",
+            "customresourcedefinitions",
+            "",
+            name,
+        );
+        let Some(crd) = s.get(&k).cloned() else {
+            return;
+        };
+        if crd.pointer("/metadata/deletionTimestamp").is_none() {
+            return;
+        }
+        let ty = s
+            .resources
+            .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+            .cloned();
+        if let (Some(ty), Some(gone)) = (ty, s.delete(&k)) {
+            self.after_delete(&mut s, &ty, &gone);
+        }
     }
 
     /// Follow-ups of a delete: a CRD's objects go with it.
@@ -1107,6 +1240,33 @@ fn unknown_fields(ty: &ResourceType, obj: &Value) -> Vec<String> {
     out
 }
 
+/// go-restful's answer to a content type a built-in route does not consume.
+pub fn restful_unsupported_media_type() -> StatusError {
+    StatusError::unsupported_media_type("415: Unsupported Media Type").with_details(json!({}))
+}
+
+/// Where etcd would keep the object: `/registry/configmaps/ns/name`, custom resources under
+/// their group.
+fn etcd_key(t: &Target, name: &str) -> String {
+    let mut k = String::from("/registry/");
+    if t.ty.is_custom() || t.ty.group == "apiextensions.k8s.io" {
+        k += &format!("{}/", t.ty.group);
+    }
+    k += &t.ty.plural;
+    if let Some(ns) = &t.namespace {
+        k += &format!("/{ns}");
+    }
+    k + "/" + name
+}
+
+/// The storage layer's words for a failed precondition, as the API server passes them on.
+fn precondition_failed(t: &Target, name: &str, what: &str) -> String {
+    format!(
+        "StorageError: invalid object, Code: 4, Key: {}, ResourceVersion: 0, AdditionalErrorMsg: Precondition failed: {what}",
+        etcd_key(t, name)
+    )
+}
+
 fn patch_options_invalid(causes: Vec<Cause>) -> StatusError {
     StatusError::invalid("meta.k8s.io", "PatchOptions", "", causes)
 }
@@ -1123,9 +1283,24 @@ fn allocate_ip(s: &mut Store, obj: &mut Value) {
         Some(ip) if !ip.is_empty() => ip.to_string(),
         _ => s.allocate_cluster_ip(),
     };
+    let node_ports = matches!(ty, "NodePort" | "LoadBalancer");
     if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
         spec.insert("clusterIP".into(), json!(ip));
         spec.insert("clusterIPs".into(), json!([ip]));
+        if node_ports {
+            for p in spec
+                .get_mut("ports")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(p) = p.as_object_mut() {
+                    if p.get("nodePort").is_none_or(Value::is_null) {
+                        p.insert("nodePort".into(), json!(s.allocate_node_port()));
+                    }
+                }
+            }
+        }
     }
 }
 

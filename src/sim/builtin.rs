@@ -32,6 +32,8 @@ pub struct Builtin {
     pub definition: &'static str,
     /// Whether `metadata.generation` is kept.
     pub generation: bool,
+    /// The version objects are stored in (what `storageVersionHash` is computed from).
+    pub storage_version: &'static str,
 }
 
 const ALL: &[&str] = &[
@@ -61,6 +63,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: ALL,
         subresources: &[],
         definition: "io.k8s.api.core.v1.ConfigMap",
+        storage_version: "v1",
         generation: false,
     },
     Builtin {
@@ -74,6 +77,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: ALL,
         subresources: &[],
         definition: "io.k8s.api.core.v1.Event",
+        storage_version: "v1",
         generation: false,
     },
     Builtin {
@@ -87,6 +91,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: NO_COLLECTION,
         subresources: &[("finalize", &["update"]), ("status", STATUS)],
         definition: "io.k8s.api.core.v1.Namespace",
+        storage_version: "v1",
         generation: false,
     },
     Builtin {
@@ -100,6 +105,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: ALL,
         subresources: &[("status", STATUS)],
         definition: "io.k8s.api.core.v1.Pod",
+        storage_version: "v1",
         generation: false,
     },
     Builtin {
@@ -113,6 +119,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: ALL,
         subresources: &[],
         definition: "io.k8s.api.core.v1.Secret",
+        storage_version: "v1",
         generation: false,
     },
     Builtin {
@@ -126,6 +133,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: ALL,
         subresources: &[],
         definition: "io.k8s.api.core.v1.ServiceAccount",
+        storage_version: "v1",
         generation: false,
     },
     Builtin {
@@ -139,6 +147,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: NO_COLLECTION,
         subresources: &[("status", STATUS)],
         definition: "io.k8s.api.core.v1.Service",
+        storage_version: "v1",
         generation: false,
     },
     Builtin {
@@ -152,6 +161,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: ALL,
         subresources: &[("status", STATUS)],
         definition: "io.k8s.api.apps.v1.Deployment",
+        storage_version: "v1",
         generation: true,
     },
     Builtin {
@@ -165,6 +175,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: ALL,
         subresources: &[],
         definition: "io.k8s.api.coordination.v1.Lease",
+        storage_version: "v1beta1",
         generation: false,
     },
     Builtin {
@@ -179,6 +190,7 @@ pub const BUILTINS: &[Builtin] = &[
         subresources: &[("status", STATUS)],
         definition:
             "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
+        storage_version: "v1beta1",
         generation: true,
     },
 ];
@@ -337,6 +349,43 @@ pub fn fill_zero(kind: &str, obj: &mut Value) {
     }
 }
 
+/// What a round trip through the Go type does to a built-in object: nulls and empty lists
+/// and maps of `omitempty` fields disappear, and the zero values Go always writes appear.
+pub fn go_roundtrip(kind: &str, ty: &Ty, obj: &mut Value) {
+    fn go(ty: &Ty, v: &mut Value) {
+        match (ty.resolve(), v) {
+            (Ty::Map(m), Value::Object(o)) => {
+                o.retain(|k, child| {
+                    let is_go_map = |t: &Ty| {
+                        matches!(t.resolve(), Ty::Map(mm) if mm.fields.is_empty() && mm.elem.is_some())
+                    };
+                    let field_ty = m.fields.get(k);
+                    match child {
+                        Value::Null => m.fields.is_empty(),
+                        // `containers` is the one list here without omitempty.
+                        Value::Array(a) => !a.is_empty() || k == "containers",
+                        Value::Object(c) if c.is_empty() => !field_ty.is_some_and(is_go_map),
+                        _ => true,
+                    }
+                });
+                for (k, child) in o.iter_mut() {
+                    if let Some(t) = m.fields.get(k).or(m.elem.as_ref()) {
+                        go(t, child);
+                    }
+                }
+            }
+            (Ty::List(l), Value::Array(items)) => {
+                for item in items {
+                    go(&l.elem, item);
+                }
+            }
+            _ => {}
+        }
+    }
+    go(ty, obj);
+    fill_zero(kind, obj);
+}
+
 fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.to_string(), value);
@@ -418,6 +467,12 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 set_default(spec, "type", json!("ClusterIP"));
                 set_default(spec, "sessionAffinity", json!("None"));
+                if matches!(
+                    spec.get("type").and_then(Value::as_str),
+                    Some("NodePort" | "LoadBalancer")
+                ) {
+                    set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+                }
                 for p in spec
                     .get_mut("ports")
                     .and_then(Value::as_array_mut)
@@ -451,6 +506,39 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
                 set_default(spec, "progressDeadlineSeconds", json!(600));
                 if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
                     default_pod_spec(ps);
+                }
+            }
+        }
+        "CustomResourceDefinition" => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                let conv = spec.entry("conversion").or_insert_with(|| json!({}));
+                if let Some(c) = conv.as_object_mut() {
+                    set_default(c, "strategy", json!("None"));
+                }
+                if let Some(n) = spec.get_mut("names").and_then(Value::as_object_mut) {
+                    let kind = n
+                        .get("kind")
+                        .and_then(Value::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    set_default(n, "listKind", json!(format!("{kind}List")));
+                    set_default(n, "singular", json!(kind.to_lowercase()));
+                }
+            }
+            let storage: Vec<Value> = obj
+                .pointer("/spec/versions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|v| v["storage"] == json!(true))
+                .map(|v| v["name"].clone())
+                .collect();
+            if let Some(o) = obj.as_object_mut() {
+                let status = o.entry("status").or_insert_with(|| json!({}));
+                if let Some(st) = status.as_object_mut() {
+                    if st.get("storedVersions").is_none_or(Value::is_null) && !storage.is_empty() {
+                        st.insert("storedVersions".into(), Value::Array(storage));
+                    }
                 }
             }
         }

@@ -33,6 +33,8 @@ pub struct ResourceType {
     pub schema: Option<CrdSchema>,
     pub printer_columns: Vec<Value>,
     pub generation: bool,
+    /// The version objects are stored in.
+    pub storage_version: String,
 }
 
 impl ResourceType {
@@ -96,6 +98,7 @@ impl ResourceType {
             schema: None,
             printer_columns: Vec::new(),
             generation: b.generation,
+            storage_version: b.storage_version.into(),
         }
     }
 
@@ -112,6 +115,13 @@ impl ResourceType {
                 .filter_map(|x| x.as_str().map(str::to_string))
                 .collect()
         };
+        let storage_version = spec["versions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|v| v["storage"] == json!(true))
+            .map(|v| s(&v["name"]))
+            .unwrap_or_default();
         let mut out = Vec::new();
         for v in spec["versions"].as_array().into_iter().flatten() {
             if v["served"] != json!(true) {
@@ -174,6 +184,7 @@ impl ResourceType {
                     .cloned()
                     .unwrap_or_default(),
                 generation: true,
+                storage_version: storage_version.clone(),
             });
         }
         out
@@ -253,6 +264,10 @@ impl Resources {
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
     }
 
+    pub fn has_group(&self, group: &str) -> bool {
+        self.types.iter().any(|t| t.group == group)
+    }
+
     pub fn group(&self, group: &str) -> Option<Value> {
         let (g, vs) = self.groups().into_iter().find(|(g, _)| g == group)?;
         let mut v = Self::group_json(&g, &vs);
@@ -289,7 +304,7 @@ impl Resources {
             }
             r.insert(
                 "storageVersionHash".into(),
-                json!(storage_version_hash(&t.group, &t.version, &t.kind)),
+                json!(storage_version_hash(&t.group, &t.storage_version, &t.kind)),
             );
             resources.push(Value::Object(r));
             for (sub, verbs) in t.subresources.clone() {

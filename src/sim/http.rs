@@ -20,6 +20,10 @@ use super::selector::{FieldSelector, LabelSelector};
 use super::status::StatusError;
 use super::watch::{self, WatchRequest};
 
+/// How long a deleted namespace or CRD stays `Terminating` before its content and itself go
+/// (a real cluster's controllers take about as long).
+const FINALIZE_AFTER: Duration = Duration::from_secs(5);
+
 /// What every request handler shares.
 #[derive(Clone)]
 pub struct Served {
@@ -126,11 +130,14 @@ impl Query {
                     "meta.k8s.io",
                     "CreateOptions",
                     "",
-                    vec![super::status::Cause::not_supported(
-                        "dryRun",
-                        &json!(other),
-                        &[json!("All")],
-                    )],
+                    vec![super::status::Cause {
+                        reason: "FieldValueNotSupported".into(),
+                        message: format!(
+                            "Unsupported value: []string{{{}}}: supported values: \"All\"",
+                            json!(other)
+                        ),
+                        field: "dryRun".into(),
+                    }],
                 ))
             }
         };
@@ -160,6 +167,17 @@ enum Route {
     OpenApiIndex,
     OpenApiGroupVersion(String, String),
     Resource(Box<Target>),
+    /// A group nothing serves: the Go mux's plain-text 404.
+    NoGroup,
+}
+
+fn has_group(s: &Served, group: &str) -> Result<bool, StatusError> {
+    let store = s
+        .cluster
+        .store
+        .lock()
+        .map_err(|_| StatusError::internal("the store is poisoned"))?;
+    Ok(store.resources.has_group(group))
 }
 
 fn route(s: &Served, path: &str) -> Result<Route, StatusError> {
@@ -182,6 +200,7 @@ fn route(s: &Served, path: &str) -> Result<Route, StatusError> {
         ["api"] => return Ok(Route::Api),
         ["api", "v1"] => return Ok(Route::CoreV1),
         ["apis"] => return Ok(Route::Apis),
+        ["apis", g, ..] if !has_group(s, g)? => return Ok(Route::NoGroup),
         ["apis", g] => return Ok(Route::Group(g.to_string())),
         ["apis", g, v] => return Ok(Route::GroupVersion(g.to_string(), v.to_string())),
         ["api", "v1", rest @ ..] => ("", "v1", rest),
@@ -260,7 +279,7 @@ fn route(s: &Served, path: &str) -> Result<Route, StatusError> {
     Ok(Route::Resource(Box::new(t)))
 }
 
-fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, StatusError> {
+fn parse_body(t: &Target, headers: &HeaderMap, body: &Bytes) -> Result<Value, StatusError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -276,6 +295,7 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, StatusError> {
             serde_yaml::from_str(text)
                 .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))
         }
+        _ if !t.ty.is_custom() => Err(super::api::restful_unsupported_media_type()),
         _ => Err(StatusError::unsupported_media_type(
             "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml",
         )),
@@ -368,6 +388,13 @@ fn serve(
             return Ok(json_response(200, &list));
         }
         Route::Resource(t) => *t,
+        Route::NoGroup => {
+            return Ok(Response::builder()
+                .status(404)
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Body::from("404 page not found\n"))
+                .unwrap_or_default())
+        }
     };
     let c = &s.cluster;
     let collection = t.name.is_none();
@@ -396,12 +423,12 @@ fn serve(
         ("GET", true) => Ok(json_response(200, &c.list(&t, &q.list_options()?)?)),
         ("GET", false) => Ok(json_response(200, &c.get(&t)?)),
         ("POST", true) => {
-            let body = parse_body(headers, &body)?;
+            let body = parse_body(&t, headers, &body)?;
             let o = q.write_options(headers)?;
             Ok(json_response(201, &c.create(&t, body, &o)?))
         }
         ("PUT", false) => {
-            let body = parse_body(headers, &body)?;
+            let body = parse_body(&t, headers, &body)?;
             let o = q.write_options(headers)?;
             Ok(json_response(200, &c.replace(&t, body, &o)?))
         }
@@ -429,6 +456,18 @@ fn serve(
                 o.dry_run = true;
             }
             let (code, v) = c.delete(&t, &options, &o)?;
+            let kind = t.ty.builtin.map(|b| b.kind);
+            if matches!(kind, Some("Namespace" | "CustomResourceDefinition")) && !o.dry_run {
+                let (c, name) = (c.clone(), t.name.clone().unwrap_or_default());
+                tokio::spawn(async move {
+                    tokio::time::sleep(FINALIZE_AFTER).await;
+                    if kind == Some("Namespace") {
+                        c.finish_namespace_deletion(&name);
+                    } else {
+                        c.finish_crd_deletion(&name);
+                    }
+                });
+            }
             Ok(json_response(code, &v))
         }
         ("DELETE", true) => {
@@ -438,8 +477,8 @@ fn serve(
                 &c.delete_collection(&t, &q.list_options()?, &o)?,
             ))
         }
-        (m, _) => Err(StatusError::method_not_allowed(format!(
-            "the server does not allow this method on the requested resource ({m})"
-        ))),
+        (_, _) => Err(StatusError::method_not_allowed(
+            "the server does not allow this method on the requested resource",
+        )),
     }
 }

@@ -233,8 +233,11 @@ fn merge_map(
     Ok(Some(orig))
 }
 
+/// Merges a list with the merge strategy, as the API server orders the result: the patch's
+/// items (merged into the original ones they name) in the patch's order, then the original
+/// items the patch does not mention.
 fn merge_list(
-    mut orig: Vec<Value>,
+    orig: Vec<Value>,
     patch: Vec<Value>,
     key: Option<&str>,
     items: &Schema,
@@ -250,17 +253,20 @@ fn merge_list(
             .collect());
     }
     let Some(key) = key else {
-        // A list of scalars with the merge strategy: a union in order.
-        for p in patch {
-            if !orig.contains(&p) {
-                orig.push(p);
+        // A list of scalars with the merge strategy: a union.
+        let mut out: Vec<Value> = Vec::new();
+        for p in patch.into_iter().chain(orig) {
+            if !out.contains(&p) {
+                out.push(p);
             }
         }
-        return Ok(orig);
+        return Ok(out);
     };
+    let mut orig: Vec<Option<Value>> = orig.into_iter().map(Some).collect();
+    let mut out = Vec::new();
     for p in patch {
-        let Value::Object(mut pm) = p else {
-            orig.push(p);
+        let Value::Object(pm) = p else {
+            out.push(p);
             continue;
         };
         let Some(kv) = pm.get(key).cloned() else {
@@ -268,33 +274,28 @@ fn merge_list(
                 "map: {pm:?} does not contain declared merge key: {key}"
             )));
         };
-        let at = orig.iter().position(|o| o.get(key) == Some(&kv));
+        let at = orig
+            .iter()
+            .position(|o| o.as_ref().and_then(|o| o.get(key)) == Some(&kv));
+        let existing = at.and_then(|i| orig[i].take());
         if pm.get(DIRECTIVE).and_then(Value::as_str) == Some("delete") {
-            if let Some(i) = at {
-                orig.remove(i);
-            }
             continue;
         }
-        match at {
-            Some(i) => {
-                let o = match orig[i].take() {
-                    Value::Object(o) => o,
-                    _ => Map::new(),
-                };
-                match merge_map(o, pm, items)? {
-                    Some(m) => orig[i] = Value::Object(m),
-                    None => {
-                        orig.remove(i);
-                    }
+        match existing {
+            Some(Value::Object(o)) => {
+                if let Some(m) = merge_map(o, pm, items)? {
+                    out.push(Value::Object(m));
                 }
             }
-            None => {
+            _ => {
+                let mut pm = pm;
                 pm.remove(DIRECTIVE);
-                orig.push(strip_directives(Value::Object(pm)));
+                out.push(strip_directives(Value::Object(pm)));
             }
         }
     }
-    Ok(orig)
+    out.extend(orig.into_iter().flatten());
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -316,8 +317,8 @@ mod tests {
         assert_eq!(
             out["spec"]["template"]["spec"]["containers"],
             json!([{"name": "app", "image": "a:2", "args": ["y"]},
-                   {"name": "side", "image": "s:1"},
-                   {"name": "new", "image": "n:1"}])
+                   {"name": "new", "image": "n:1"},
+                   {"name": "side", "image": "s:1"}])
         );
     }
 

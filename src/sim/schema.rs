@@ -446,35 +446,24 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             }
         }
         Value::String(text) => {
+            // Like go-openapi's string validator: the first failing check only.
             let len = text.chars().count() as u64;
-            if let Some(min) = s.get("minLength").and_then(Value::as_u64) {
-                if len < min {
-                    out.push(Cause::invalid(
-                        path,
-                        v,
-                        &format!("{shown} in body should be at least {min} chars long"),
-                    ));
-                }
-            }
-            if let Some(max) = s.get("maxLength").and_then(Value::as_u64) {
-                if len > max {
-                    out.push(Cause::invalid(
-                        path,
-                        v,
-                        &format!("{shown} in body should be at most {max} chars long"),
-                    ));
-                }
-            }
-            if let Some(p) = s.get("pattern").and_then(Value::as_str) {
-                if let Ok(re) = regex::Regex::new(p) {
-                    if !re.is_match(text) {
-                        out.push(Cause::invalid(
-                            path,
-                            v,
-                            &format!("{shown} in body should match '{p}'"),
-                        ));
-                    }
-                }
+            let too_long = s
+                .get("maxLength")
+                .and_then(Value::as_u64)
+                .filter(|max| len > *max)
+                .map(|max| format!("{shown} in body should be at most {max} chars long"));
+            let too_short = s
+                .get("minLength")
+                .and_then(Value::as_u64)
+                .filter(|min| len < *min)
+                .map(|min| format!("{shown} in body should be at least {min} chars long"));
+            let mismatch = s.get("pattern").and_then(Value::as_str).and_then(|p| {
+                let re = regex::Regex::new(p).ok()?;
+                (!re.is_match(text)).then(|| format!("{shown} in body should match '{p}'"))
+            });
+            if let Some(msg) = too_long.or(too_short).or(mismatch) {
+                out.push(Cause::invalid(path, v, &msg));
             }
         }
         Value::Array(items) => {
@@ -483,7 +472,7 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
                 if n < min {
                     out.push(Cause::invalid(
                         path,
-                        v,
+                        &Value::from(n),
                         &format!("{shown} in body should have at least {min} items"),
                     ));
                 }
@@ -492,7 +481,7 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
                 if n > max {
                     out.push(Cause::invalid(
                         path,
-                        v,
+                        &Value::from(n),
                         &format!("{shown} in body should have at most {max} items"),
                     ));
                 }
@@ -511,8 +500,9 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
                 }
             }
             if let Some(is) = s.get("items") {
-                for (i, item) in items.iter().enumerate() {
-                    validate(item, is, &format!("{path}[{i}]"), out);
+                // The API server names an item's fields after the list, without an index.
+                for item in items {
+                    validate(item, is, path, out);
                 }
             }
         }
@@ -529,7 +519,7 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
                 if n < min {
                     out.push(Cause::invalid(
                         path,
-                        v,
+                        &Value::from(n),
                         &format!("{shown} in body should have at least {min} properties"),
                     ));
                 }

@@ -136,7 +136,7 @@ impl FieldSelector {
             let k = k.trim();
             if !matches!(k, "metadata.name" | "metadata.namespace") {
                 return Err(StatusError::bad_request(format!(
-                    "field label not supported: {k}"
+                    "{k:?} is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
                 )));
             }
             reqs.push((k.to_string(), eq, v.trim().to_string()));
@@ -205,7 +205,7 @@ mod tests {
             .matches(&obj));
         assert_eq!(
             FieldSelector::parse("spec.x=1").unwrap_err().message,
-            "field label not supported: spec.x"
+            "\"spec.x\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""
         );
     }
 }

@@ -69,6 +69,7 @@ pub struct Store {
     pub resources: Resources,
     types: HashMap<(String, String), TypeState>,
     next_ip: u32,
+    next_node_port: u16,
     tx: broadcast::Sender<Arc<Event>>,
 }
 
@@ -113,6 +114,7 @@ impl Store {
             resources: Resources::new([]),
             types: HashMap::new(),
             next_ip: 1,
+            next_node_port: 0,
             tx,
         };
         for ns in ["default", "kube-node-lease", "kube-public", "kube-system"] {
@@ -266,6 +268,15 @@ impl Store {
             }
         }
         "10.0.0.254".into()
+    }
+}
+
+impl Store {
+    /// The next port of the node-port range (30000-32767).
+    pub fn allocate_node_port(&mut self) -> u16 {
+        let port = 30000 + (self.next_node_port % 2768);
+        self.next_node_port = self.next_node_port.wrapping_add(1);
+        port
     }
 }
 

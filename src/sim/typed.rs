@@ -340,7 +340,12 @@ fn item_element(rel: &ListRel, index: usize, item: &Value) -> PathElement {
         ListRel::Map(keys) => {
             let mut kv: Vec<(String, String)> = keys
                 .iter()
-                .filter_map(|k| item.get(k).map(|v| (k.clone(), compact(v))))
+                .filter_map(|k| match item.get(k) {
+                    Some(v) => Some((k.clone(), compact(v))),
+                    // The one list key with a default (ports): the server would default it.
+                    None if k == "protocol" => Some((k.clone(), "\"TCP\"".into())),
+                    None => None,
+                })
                 .collect();
             kv.sort();
             if kv.is_empty() {
@@ -557,8 +562,8 @@ fn post(l: Option<&Value>, r: Option<&Value>, path: &Path, c: &mut Comparison) {
 }
 
 /// Merges an applied configuration into a live object (structured-merge-diff's `Merge`):
-/// granular maps key by key, associative lists item by item (the configuration's items in its
-/// order, then the live object's other items), everything else replaced by the configuration.
+/// granular maps key by key, associative lists item by item (the live object's items in their
+/// order, then the configuration's new ones), everything else replaced by the configuration.
 pub fn merge(ty: &Ty, live: &Value, config: &Value) -> Value {
     match (shape(ty, Some(live)), shape(ty, Some(config))) {
         (Shape::Map(m), Shape::Map(_)) => {
@@ -579,26 +584,26 @@ pub fn merge(ty: &Ty, live: &Value, config: &Value) -> Value {
             let (Some(li), Some(ci)) = (live.as_array(), config.as_array()) else {
                 return config.clone();
             };
-            let mut live_items: Vec<(PathElement, &Value)> = Vec::new();
-            for (i, item) in li.iter().enumerate() {
+            let mut config_items: Vec<(PathElement, &Value)> = Vec::new();
+            for (i, item) in ci.iter().enumerate() {
                 let pe = item_element(&l.rel, i, item);
-                if !live_items.iter().any(|(p, _)| p == &pe) {
-                    live_items.push((pe, item));
+                if !config_items.iter().any(|(p, _)| p == &pe) {
+                    config_items.push((pe, item));
                 }
             }
             let mut out = Vec::new();
             let mut seen = BTreeSet::new();
-            for (i, item) in ci.iter().enumerate() {
+            for (i, item) in li.iter().enumerate() {
                 let pe = item_element(&l.rel, i, item);
                 if !seen.insert(pe.clone()) {
                     continue;
                 }
-                match live_items.iter().find(|(p, _)| p == &pe) {
-                    Some((_, lv)) => out.push(merge(&l.elem, lv, item)),
+                match config_items.iter().find(|(p, _)| p == &pe) {
+                    Some((_, cv)) => out.push(merge(&l.elem, item, cv)),
                     None => out.push(item.clone()),
                 }
             }
-            for (pe, item) in live_items {
+            for (pe, item) in config_items {
                 if !seen.contains(&pe) {
                     out.push(item.clone());
                 }
@@ -768,12 +773,12 @@ mod tests {
     }
 
     #[test]
-    fn merging_keeps_live_list_items_after_the_applied_ones() {
+    fn merging_keeps_live_list_items_before_the_new_ones() {
         let live = json!({"items": [{"name": "a", "v": 1}, {"name": "b", "v": 2}]});
         let config = json!({"items": [{"name": "b", "v": 3}, {"name": "c"}]});
         assert_eq!(
             merge(&configmap(), &live, &config),
-            json!({"items": [{"name": "b", "v": 3}, {"name": "c"}, {"name": "a", "v": 1}]})
+            json!({"items": [{"name": "a", "v": 1}, {"name": "b", "v": 3}, {"name": "c"}]})
         );
     }
 

@@ -36,6 +36,8 @@ struct State {
     rx: Option<broadcast::Receiver<Arc<Event>>>,
     deadline: Instant,
     bookmark_at: Option<Instant>,
+    /// The resourceVersion the watch started from: bookmarks must be newer.
+    start_rv: u64,
 }
 
 fn line(kind: &str, object: Value) -> Bytes {
@@ -59,18 +61,28 @@ impl State {
         let sel = |o: &Value| self.list.labels.matches(o) && self.list.fields.matches(o);
         let now = sel(&ev.object);
         let before = ev.previous.as_ref().is_some_and(sel);
-        let kind = match ev.kind {
-            EventType::Added if now => EventType::Added,
-            EventType::Modified if now && before => EventType::Modified,
-            EventType::Modified if now => EventType::Added,
-            EventType::Modified if before => EventType::Deleted,
-            EventType::Deleted if now => EventType::Deleted,
+        let (kind, object) = match ev.kind {
+            EventType::Added if now => (EventType::Added, ev.object.clone()),
+            EventType::Modified if now && before => (EventType::Modified, ev.object.clone()),
+            EventType::Modified if now => (EventType::Added, ev.object.clone()),
+            EventType::Modified if before => {
+                // The object as the watcher last saw it, at the event's resourceVersion.
+                let mut old = ev.previous.clone().unwrap_or_default();
+                if let Some(m) = old.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.insert("resourceVersion".into(), json!(ev.rv.to_string()));
+                }
+                (EventType::Deleted, old)
+            }
+            EventType::Deleted if now => (EventType::Deleted, ev.object.clone()),
             _ => return None,
         };
-        Some(line(kind.as_str(), present(&self.target.ty, &ev.object)))
+        Some(line(kind.as_str(), present(&self.target.ty, &object)))
     }
 
-    fn bookmark(&self) -> Option<Bytes> {
+    /// A bookmark at the resource's latest event, when that is newer than what the watch
+    /// started from; schedules the next one as the watch cache does (every minute, two
+    /// seconds before the deadline, then about every second until it).
+    fn bookmark(&mut self) -> Option<Bytes> {
         let (g, p) = self.target.ty.storage_key();
         let last = self
             .cluster
@@ -78,8 +90,17 @@ impl State {
             .lock()
             .map(|s| s.type_state(&g, &p).last_event_rv)
             .unwrap_or(0);
-        if last == 0 {
-            // Like the watch cache: no bookmark before it has seen an event.
+        let now = Instant::now();
+        let pre_deadline = self.deadline - Duration::from_secs(2);
+        self.bookmark_at = if last == 0 {
+            // The watch cache has seen no event: it drops the watcher from its schedule.
+            None
+        } else if now >= pre_deadline {
+            Some(now + Duration::from_millis(1100)).filter(|t| *t < self.deadline)
+        } else {
+            Some((now + Duration::from_secs(60)).min(pre_deadline))
+        };
+        if last <= self.start_rv {
             return None;
         }
         let mut meta = json!({"resourceVersion": last.to_string()});
@@ -103,8 +124,10 @@ pub fn start(
         .timeout
         .unwrap_or_else(|| Duration::from_secs(1800 + fastish_random() % 1800));
     let deadline = Instant::now() + timeout;
-    let bookmark_at = (req.bookmarks && timeout > Duration::from_secs(2))
-        .then(|| deadline - Duration::from_secs(2));
+    let bookmark_at = req.bookmarks.then(|| {
+        (Instant::now() + Duration::from_secs(60))
+            .min(deadline - Duration::from_secs(2).min(timeout))
+    });
     let mut st = State {
         cluster: cluster.clone(),
         target: req.target,
@@ -113,6 +136,7 @@ pub fn start(
         rx: None,
         deadline,
         bookmark_at,
+        start_rv: 0,
     };
     {
         let store = cluster
@@ -126,6 +150,8 @@ pub fn start(
             .filter(|r| !r.is_empty() && *r != "0");
         match rv {
             None => {
+                let state = store.type_state(&g, &p);
+                st.start_rv = state.last_event_rv.max(state.list_rv);
                 for ((kg, kp, ns, _), obj) in &store.objects {
                     if *kg != g || *kp != p {
                         continue;
@@ -158,6 +184,7 @@ pub fn start(
                     match store.events_since(&g, &p, rv) {
                         None => st.pending.push_back(expired(rv)),
                         Some((backlog, rx)) => {
+                            st.start_rv = backlog.last().map_or(rv, |e| e.rv.max(rv));
                             for ev in backlog {
                                 if let Some(b) = st.view(&ev) {
                                     st.pending.push_back(b);
@@ -183,7 +210,6 @@ async fn next(mut st: State) -> Option<(Result<Bytes, std::io::Error>, State)> {
         tokio::select! {
             _ = tokio::time::sleep_until(st.deadline) => return None,
             _ = async { tokio::time::sleep_until(bookmark_at.unwrap_or(st.deadline)).await }, if bookmark_at.is_some() => {
-                st.bookmark_at = None;
                 if let Some(b) = st.bookmark() {
                     return Some((Ok(b), st));
                 }
