@@ -138,9 +138,10 @@ impl Faults {
     /// Ends a watch after the configured number of events.
     pub fn wrap_watch(
         &self,
+        path: &str,
         stream: impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
     ) -> WatchStream {
-        match self.spec.watch_event_limit {
+        match self.spec.watch_event_limit.filter(|_| self.applies(path)) {
             Some(n) => Box::pin(stream.take(n)),
             None => Box::pin(stream),
         }

@@ -412,7 +412,7 @@ fn serve(
                 bookmarks: q.flag("allowWatchBookmarks"),
             };
             let stream = watch::start(c.clone(), req)?;
-            let stream = s.faults.wrap_watch(stream);
+            let stream = s.faults.wrap_watch(uri.path(), stream);
             Ok(Response::builder()
                 .status(200)
                 .header(header::CONTENT_TYPE, "application/json")

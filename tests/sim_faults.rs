@@ -1,0 +1,80 @@
+//! Faults the simulator injects per cluster, as configured in the world file
+//! (`tests/data/sim/worlds/faults.yaml`): error rates, latency, cut watches, a dead cluster.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use recoverd::sim::{world_clusters, Simulator};
+
+async fn simulator() -> Simulator {
+    let world = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sim/worlds/faults.yaml");
+    let (names, faults) = world_clusters(&world).unwrap();
+    Simulator::start(&names, None, &faults).await.unwrap()
+}
+
+#[tokio::test]
+async fn half_the_requests_to_a_flaky_cluster_fail_with_503_and_a_status() {
+    let sim = simulator().await;
+    let base = sim.server("flaky").unwrap();
+    let client = reqwest::Client::new();
+    let mut codes = Vec::new();
+    for _ in 0..4 {
+        let r = client
+            .get(format!("{base}/api/v1/namespaces/default/configmaps"))
+            .send()
+            .await
+            .unwrap();
+        codes.push(r.status().as_u16());
+        if r.status().as_u16() == 503 {
+            let body: serde_json::Value = r.json().await.unwrap();
+            assert_eq!(body["reason"], "ServiceUnavailable");
+        }
+    }
+    assert_eq!(codes, [200, 503, 200, 503]);
+    // Other paths are left alone.
+    let ns = client
+        .get(format!("{base}/api/v1/namespaces"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ns.status().as_u16(), 200);
+}
+
+#[tokio::test]
+async fn a_slow_cluster_answers_late_and_throttles_with_retry_after() {
+    let sim = simulator().await;
+    let base = sim.server("slow").unwrap();
+    let started = Instant::now();
+    let r = reqwest::get(format!("{base}/api/v1/namespaces/default/secrets"))
+        .await
+        .unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert_eq!(r.status().as_u16(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
+}
+
+#[tokio::test]
+async fn watches_on_a_cutting_cluster_end_after_the_event_limit() {
+    let sim = simulator().await;
+    let base = sim.server("cut").unwrap();
+    let body = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::get(format!("{base}/api/v1/namespaces?watch=1")),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .text()
+    .await
+    .unwrap();
+    assert_eq!(body.lines().count(), 2, "{body}");
+}
+
+#[tokio::test]
+async fn nothing_answers_on_a_dead_cluster() {
+    let sim = simulator().await;
+    let base = sim.server("dead").unwrap();
+    let err = reqwest::get(format!("{base}/api")).await.unwrap_err();
+    assert!(err.is_connect(), "{err}");
+    assert!(sim.kubeconfig().contains("name: dead"));
+}
