@@ -11,6 +11,7 @@
 //!   body: {…}                  # sent as JSON (application/json unless contentType says otherwise)
 //!   bodyText: "…"              # or sent as is (an apply's YAML)
 //!   contentType: application/merge-patch+json
+//!   accept: application/json;as=Table;v=v1;g=meta.k8s.io   # (default application/json)
 //!   mask: [/spec/clusterIP]    # JSON pointers to mask (`*` matches every array item)
 //!   pick: {resources: [configmaps]}   # keep only these entries (by name) of a list field
 //!   watch: {events: 2, timeout: 5s}   # read a watch stream: N events, or until it ends
@@ -54,6 +55,9 @@ struct Step {
     body_text: Option<String>,
     #[serde(default)]
     content_type: Option<String>,
+    /// The Accept header (default `application/json`).
+    #[serde(default)]
+    accept: Option<String>,
     #[serde(default)]
     mask: Vec<String>,
     #[serde(default)]
@@ -138,7 +142,10 @@ async fn send(t: &Target, step: &Step, ns: &str, done: &HashMap<String, Outcome>
         .client
         .request(method.parse().unwrap(), format!("{}{path}", t.base))
         .header("User-Agent", "recoverd-differential/1.0")
-        .header("Accept", "application/json");
+        .header(
+            "Accept",
+            step.accept.as_deref().unwrap_or("application/json"),
+        );
     if let Some(token) = &t.token {
         req = req.bearer_auth(token);
     }
@@ -614,4 +621,9 @@ async fn namespaces_match_the_real_apiserver() {
 #[tokio::test]
 async fn deployments_services_secrets_leases_and_pages_match_the_real_apiserver() {
     differential("workloads").await;
+}
+
+#[tokio::test]
+async fn the_tables_kubectl_get_prints_match_the_real_apiserver() {
+    differential("tables").await;
 }

@@ -398,6 +398,11 @@ fn serve(
     };
     let c = &s.cluster;
     let collection = t.name.is_none();
+    let table = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .filter(|a| super::table::wanted(a))
+        .map(|_| super::table::Include::parse(q.get("includeObject")));
     match (method.as_str(), collection) {
         ("GET", true) if q.flag("watch") => {
             let req = WatchRequest {
@@ -410,6 +415,7 @@ fn serve(
                     .filter(|t| *t > 0)
                     .map(Duration::from_secs),
                 bookmarks: q.flag("allowWatchBookmarks"),
+                table,
             };
             let stream = watch::start(c.clone(), req)?;
             let stream = s.faults.wrap_watch(uri.path(), stream);
@@ -420,8 +426,37 @@ fn serve(
                 .body(Body::from_stream(stream))
                 .unwrap_or_default())
         }
-        ("GET", true) => Ok(json_response(200, &c.list(&t, &q.list_options()?)?)),
-        ("GET", false) => Ok(json_response(200, &c.get(&t)?)),
+        ("GET", true) => {
+            let list = c.list(&t, &q.list_options()?)?;
+            Ok(json_response(
+                200,
+                &match table {
+                    Some(include) => {
+                        let items: Vec<Value> = list["items"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(|i| super::api::present(&t.ty, i))
+                            .collect();
+                        super::table::table(&t.ty, &items, list["metadata"].clone(), include)
+                    }
+                    None => list,
+                },
+            ))
+        }
+        ("GET", false) => {
+            let obj = c.get(&t)?;
+            Ok(json_response(
+                200,
+                &match table {
+                    Some(include) => {
+                        let rv = obj.pointer("/metadata/resourceVersion").cloned();
+                        super::table::table(&t.ty, &[obj], json!({"resourceVersion": rv}), include)
+                    }
+                    None => obj,
+                },
+            ))
+        }
         ("POST", true) => {
             let body = parse_body(&t, headers, &body)?;
             let o = q.write_options(headers)?;

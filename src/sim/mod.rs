@@ -22,6 +22,7 @@
 //! - [`status`]: `Status` errors;
 //! - [`faults`]: injected latency, errors, cut watches, dead clusters;
 //! - [`openapi`]: OpenAPI v3 documents for `kubectl`;
+//! - [`table`]: the Tables `kubectl get` prints;
 //! - [`http`]: the axum routes;
 //! - [`demo`]: the world, plan and alert of `recoverd demo`.
 
@@ -38,6 +39,7 @@ pub mod schema;
 pub mod selector;
 pub mod status;
 pub mod store;
+pub mod table;
 pub mod typed;
 pub mod watch;
 

@@ -18,6 +18,7 @@ use tokio::time::Instant;
 use super::api::{present, Cluster, ListOptions, Target};
 use super::status::StatusError;
 use super::store::{Event, EventType};
+use super::table::{self, Include};
 
 /// What a watch asked for.
 pub struct WatchRequest {
@@ -26,6 +27,8 @@ pub struct WatchRequest {
     pub resource_version: Option<String>,
     pub timeout: Option<Duration>,
     pub bookmarks: bool,
+    /// Send each object as a one-row Table (`kubectl get -w`).
+    pub table: Option<Include>,
 }
 
 struct State {
@@ -38,6 +41,7 @@ struct State {
     bookmark_at: Option<Instant>,
     /// The resourceVersion the watch started from: bookmarks must be newer.
     start_rv: u64,
+    table: Option<Include>,
 }
 
 fn line(kind: &str, object: Value) -> Bytes {
@@ -76,7 +80,24 @@ impl State {
             EventType::Deleted if now => (EventType::Deleted, ev.object.clone()),
             _ => return None,
         };
-        Some(line(kind.as_str(), present(&self.target.ty, &object)))
+        Some(line(kind.as_str(), self.shown(&object)))
+    }
+
+    /// An object as the watcher asked to see it.
+    fn shown(&self, obj: &Value) -> Value {
+        let obj = present(&self.target.ty, obj);
+        match self.table {
+            Some(include) => {
+                let rv = obj.pointer("/metadata/resourceVersion").cloned();
+                table::table(
+                    &self.target.ty,
+                    &[obj],
+                    json!({"resourceVersion": rv}),
+                    include,
+                )
+            }
+            None => obj,
+        }
     }
 
     /// A bookmark at the resource's latest event, when that is newer than what the watch
@@ -137,6 +158,7 @@ pub fn start(
         deadline,
         bookmark_at,
         start_rv: 0,
+        table: req.table,
     };
     {
         let store = cluster
@@ -160,8 +182,7 @@ pub fn start(
                         continue;
                     }
                     if st.list.labels.matches(obj) && st.list.fields.matches(obj) {
-                        st.pending
-                            .push_back(line("ADDED", present(&st.target.ty, obj)));
+                        st.pending.push_back(line("ADDED", st.shown(obj)));
                     }
                 }
                 st.rx = Some(store.subscribe());
