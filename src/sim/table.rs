@@ -176,12 +176,7 @@ fn selector(map: Option<&Value>) -> String {
 type Cells = Box<dyn Fn(&Value, jiff::Timestamp) -> Vec<Value>>;
 
 /// The columns, and a function from object to cells.
-fn printer(
-    t: &ResourceType,
-) -> (
-    Vec<Value>,
-    Box<dyn Fn(&Value, jiff::Timestamp) -> Vec<Value>>,
-) {
+fn printer(t: &ResourceType) -> (Vec<Value>, Cells) {
     let name = column("Name", "string", "name", NAME_DESC, 0);
     let n = |o: &Value| json!(text_at(o, "/metadata/name"));
     let kind = t.builtin.map(|b| b.kind);
