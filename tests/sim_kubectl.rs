@@ -395,3 +395,31 @@ async fn kubectl_api_resources_lists_built_in_and_custom_resources() {
         "{namespaced}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_create_sends_protobuf_the_simulator_reads() {
+    let k = start().await;
+    k.ok(&["create", "namespace", "team-a"]).await;
+    k.ok(&["create", "configmap", "made", "--from-literal=a=1"])
+        .await;
+    k.ok(&["create", "secret", "generic", "pw", "--from-literal=p=q"])
+        .await;
+    assert_eq!(
+        k.ok(&[
+            "get",
+            "namespace",
+            "team-a",
+            "-o",
+            "jsonpath={.status.phase}"
+        ])
+        .await,
+        "Active"
+    );
+    assert_eq!(k.jsonpath("configmap/made", "{.data.a}").await, "1");
+    assert_eq!(k.jsonpath("secret/pw", "{.data.p}").await, "cQ==");
+    assert_eq!(
+        k.jsonpath("configmap/made", "{.metadata.managedFields[0].manager}")
+            .await,
+        "kubectl-create"
+    );
+}

@@ -289,6 +289,7 @@ fn parse_body(t: &Target, headers: &HeaderMap, body: &Bytes) -> Result<Value, St
         "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
             StatusError::bad_request(format!("the request body is not valid JSON: {e}"))
         }),
+        "application/vnd.kubernetes.protobuf" if !t.ty.is_custom() => super::proto::decode(body),
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
             let text = std::str::from_utf8(body)
                 .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))?;

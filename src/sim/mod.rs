@@ -13,6 +13,7 @@
 //! - [`builtin`]: the built-in resources, their types, defaults and validation;
 //! - [`schema`]: CRD structural schemas — pruning, defaulting, validation;
 //! - [`patch`]: merge, JSON and strategic merge patches;
+//! - [`proto`]: the protobuf bodies `kubectl create` sends;
 //! - [`managed`]: `managedFields` and server-side apply conflicts;
 //! - [`store`]: objects, resourceVersions, the event log;
 //! - [`discovery`]: the served resources and discovery documents;
@@ -35,6 +36,7 @@ pub mod http;
 pub mod managed;
 pub mod openapi;
 pub mod patch;
+pub mod proto;
 pub mod schema;
 pub mod selector;
 pub mod status;
