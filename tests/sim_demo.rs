@@ -1,5 +1,6 @@
-//! The binary on the built-in simulator: `recoverd demo` end to end, `rehearse` without a
-//! kubeconfig, and `recoverd sim` serving a world to kubectl until it is stopped.
+//! The binary on the built-in simulator: `recoverd demo` end to end (the alert through the
+//! receiver's webhook), `rehearse` without a kubeconfig, and `recoverd sim` serving a world to
+//! kubectl until it is stopped.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -46,6 +47,14 @@ fn the_demo_switches_over_and_leaves_both_clusters_and_the_proxy_switched() {
     ] {
         assert!(t.contains(&format!("✔ {step} (")), "{step} not done:\n{t}");
     }
+    assert!(
+        t.contains("POST /api/v1/alerts → 202 Accepted: started run a-"),
+        "{t}"
+    );
+    assert!(
+        t.contains("POST /api/v1/alerts → 202 Accepted: deduplicated run a-"),
+        "{t}"
+    );
     assert!(t.contains("Where to look next"), "{t}");
 
     let state: Value =

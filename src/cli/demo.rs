@@ -1,12 +1,10 @@
 //! `recoverd demo`: the whole story with no cluster at all. Three simulated clusters start in
 //! this process (north with the CloudNativePG primary, south with its replica, edge with the
-//! HAProxy configuration), an Alertmanager alert says the primary is unavailable, the
-//! `cnpg-switchover` plan runs step by step until the replica is promoted and the proxy
-//! redirected, and the demo shows the final state, the run record, and where to look next.
-//!
-//! The alert is delivered in process for now ([`Delivery::InProcess`]: match, then execute, as
-//! `rehearse` does). When `recoverd serve` is available, [`deliver`] is where the same payload
-//! gets POSTed to its `/api/v1/alerts` webhook instead, exactly as Alertmanager would.
+//! HAProxy configuration), and so does the receiver (`recoverd serve`'s router, on loopback,
+//! with a bearer token). The demo POSTs an Alertmanager webhook payload to it exactly as
+//! Alertmanager would, follows the run it started through the HTTP API, narrating each step
+//! until the replica is promoted and the proxy redirected, re-sends the alert as Alertmanager
+//! does (deduplicated), and shows the final state, the run record, and where to look next.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -16,11 +14,16 @@ use anyhow::Context as _;
 use serde_json::{json, Value};
 
 use super::print::Printer;
-use crate::alert::{self, Alert};
-use crate::cluster::Registry;
-use crate::executor::{Executor, RunInput, RunnablePlan};
+use crate::alert;
+use crate::cluster::{Registry, WriteMode};
+use crate::executor::{Event, Executor, Observer};
 use crate::fieldpath::{as_text, FieldPath};
-use crate::run::record::{Phase, RunRecord};
+use crate::metrics::Metrics;
+use crate::plan::set::PlanSet;
+use crate::run::record::{Phase, RunRecord, StepStatus};
+use crate::run::service::Runs;
+use crate::run::store::Store;
+use crate::server::{router, AppState, Tokens, DEFAULT_BODY_LIMIT};
 use crate::sim::{demo, Sandbox};
 use crate::world;
 
@@ -37,12 +40,6 @@ pub struct Args {
     /// Also write the run record and the final objects as JSON to this file.
     #[arg(long, env = "RECOVERD_DEMO_STATE_OUT")]
     pub state_out: Option<PathBuf>,
-}
-
-/// How the demo's alert reaches recoverd.
-enum Delivery {
-    /// Matched and executed in this process, as `rehearse` does.
-    InProcess,
 }
 
 /// An object the demo changes: (cluster, apiVersion, resource, namespace, name, fields shown).
@@ -130,32 +127,35 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         seeded.len()
     );
 
-    let loaded = super::load_one(&plan_path)?;
-    let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
-    if !report.is_valid() {
-        anyhow::bail!("the demo plan is invalid: {:?}", report.problems);
-    }
+    let receiver = Receiver::start(&sandbox, &plan_path, dir).await?;
+    println!(
+        "2. The receiver (`recoverd serve`) listens on http://{} with the plan cnpg-switchover loaded.",
+        receiver.addr
+    );
     let alerts = alert::parse(demo::ALERT).map_err(|e| anyhow::anyhow!(e))?;
     let firing = alerts
         .iter()
         .find(|a| a.is_firing())
         .context("the demo alert is not firing")?;
     println!(
-        "2. Alertmanager fires {} (severity {}) for {}: {}.",
+        "   Alertmanager fires {} (severity {}) for {}: {}.",
         firing.labels.get("alertname").map_or("", String::as_str),
         firing.labels.get("severity").map_or("", String::as_str),
         firing.labels.get("cluster").map_or("", String::as_str),
         firing.annotations.get("summary").map_or("", String::as_str)
     );
+    let reply = receiver.post_alert().await?;
+    println!("   POST /api/v1/alerts → {}", reply.summary);
+    let id = reply
+        .run_id
+        .context("the receiver started no run for the demo alert")?;
+    println!();
+    let record = receiver.follow(&id).await?;
+    let again = receiver.post_alert().await?;
     println!(
-        "   Plan {} matches its labels; recoverd runs it:\n",
-        loaded.plan.metadata.name.as_deref().unwrap_or("")
+        "\n   Alertmanager re-sends the alert (repeat_interval, HA peers): POST /api/v1/alerts → {}",
+        again.summary
     );
-    let runnable = RunnablePlan {
-        plan: loaded.plan.clone(),
-        base_dir: plan_path.parent().map(|p| p.to_path_buf()),
-    };
-    let record = deliver(Delivery::InProcess, &registry, &runnable, firing).await;
 
     println!("\n3. Where things stand now:");
     let mut objects = serde_json::Map::new();
@@ -184,20 +184,34 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("   ✘ {f}");
     }
     println!("\nWhere to look next:");
-    println!("   • the plan: recoverd's plans/cnpg-switchover.yaml (validate yours with `recoverd check`)");
-    println!("   • rehearse your own plan on simulated clusters: recoverd rehearse PLAN --world WORLD --alert ALERT");
-    println!("   • serve a world for kubectl and your CI: recoverd sim --world WORLD --kubeconfig-out sim.kubeconfig");
+    println!(
+        "   • the plan: plans/cnpg-switchover.yaml (validate yours with `recoverd check PLAN`)"
+    );
+    println!("   • rehearse your plan on simulated clusters: recoverd rehearse PLAN --world WORLD --alert ALERT");
+    println!("   • serve a world for kubectl and CI: recoverd sim --world WORLD --kubeconfig-out sim.kubeconfig");
+    println!("   • run the receiver against it: recoverd serve --plans plans/ --kubeconfig sim.kubeconfig");
     match (&kubeconfig, args.hold) {
         (Some(k), true) => {
             println!(
-                "   • these clusters stay up until Ctrl-C: kubectl --kubeconfig {} --context south get clusters -n db -o yaml",
-                k.display()
+                "   • these clusters and the receiver stay up until Ctrl-C:\n       kubectl --kubeconfig {} --context south get clusters -n db -o yaml\n       curl -H 'Authorization: Bearer {}' http://{}/api/v1/runs/{id}",
+                k.display(),
+                receiver.token,
+                receiver.addr
             );
             super::sim::wait_for_stop().await;
         }
-        _ => println!("   • keep these clusters running to look around: recoverd demo --hold"),
+        _ => println!(
+            "   • keep these clusters and the receiver up to look around: recoverd demo --hold"
+        ),
     }
+    receiver.stop().await;
     drop(sandbox);
+    if args.hold && args.kubeconfig_out.is_none() {
+        // It names ports nothing listens on any more.
+        if let Some(k) = &kubeconfig {
+            let _ = std::fs::remove_file(k);
+        }
+    }
     Ok(if ok {
         ExitCode::SUCCESS
     } else {
@@ -205,30 +219,155 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Hands the alert to recoverd and returns the run it started.
-async fn deliver(
-    how: Delivery,
-    registry: &Arc<Registry>,
-    plan: &RunnablePlan,
-    alert: &Alert,
-) -> RunRecord {
-    match how {
-        Delivery::InProcess => {
-            let input = RunInput {
-                params: Default::default(),
-                alert: Some(alert.context()),
-            };
-            let executor = Executor::new(registry.clone());
-            let mut record = executor.new_record("demo", &plan.plan, &input);
-            record.trigger.kind = "alert".into();
-            record.trigger.fingerprint = Some(alert.fingerprint.clone());
-            record.trigger.starts_at = Some(alert.starts_at.clone());
-            let cancel = tokio_util::sync::CancellationToken::new();
-            executor
-                .execute(plan, &input, &mut record, &Printer::new(), &cancel)
-                .await;
-            record
+/// The receiver, in process: `recoverd serve`'s router over a SQLite store, on loopback.
+struct Receiver {
+    addr: std::net::SocketAddr,
+    token: String,
+    runs: Arc<Runs>,
+    http: reqwest::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What the webhook answered.
+struct Reply {
+    summary: String,
+    run_id: Option<String>,
+}
+
+impl Receiver {
+    async fn start(
+        sandbox: &Sandbox,
+        plan: &std::path::Path,
+        dir: &std::path::Path,
+    ) -> anyhow::Result<Self> {
+        let live = Arc::new(sandbox.registry().await?);
+        let dry = Arc::new(
+            Registry::from_kubeconfig(Some(&sandbox.kubeconfig), WriteMode::DryRun).await?,
+        );
+        let plans = PlanSet::load(&[plan.to_path_buf()], Some(&live.names()));
+        if !plans.invalid.is_empty() {
+            anyhow::bail!("the demo plan is invalid: {:?}", plans.invalid);
         }
+        let store = Store::open(&dir.join("recoverd.db"))?;
+        let runs = Runs::new(
+            store,
+            plans,
+            Arc::new(Executor::new(live)),
+            Arc::new(Executor::new(dry)),
+            Arc::new(Metrics::new()),
+        );
+        let token = crate::sim::store::new_uid("demo-token");
+        let app = router(AppState {
+            runs: runs.clone(),
+            tokens: Tokens::from_list(&[&token]),
+            approvers: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+            metrics_public: false,
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(Receiver {
+            addr,
+            token,
+            runs,
+            http: reqwest::Client::new(),
+            task,
+        })
+    }
+
+    /// POSTs the demo payload as Alertmanager does (JSON, bearer token).
+    async fn post_alert(&self) -> anyhow::Result<Reply> {
+        let resp = self
+            .http
+            .post(format!("http://{}/api/v1/alerts", self.addr))
+            .bearer_auth(&self.token)
+            .header("Content-Type", "application/json")
+            .body(demo::ALERT)
+            .send()
+            .await?;
+        let code = resp.status();
+        let body: Value = resp.json().await?;
+        let outcome = &body["alerts"][0];
+        let action = outcome["action"].as_str().unwrap_or("?");
+        let run_id = outcome["runId"].as_str().map(str::to_string);
+        let summary = format!(
+            "{} {}: {action}{}",
+            code.as_u16(),
+            code.canonical_reason().unwrap_or(""),
+            run_id
+                .as_deref()
+                .map(|id| format!(" run {id}"))
+                .unwrap_or_default()
+        );
+        Ok(Reply { summary, run_id })
+    }
+
+    /// Follows a run through `GET /api/v1/runs/{id}`, narrating each step as it starts and
+    /// ends, until it is finished; returns its record.
+    async fn follow(&self, id: &str) -> anyhow::Result<RunRecord> {
+        let printer = Printer::new();
+        let url = format!("http://{}/api/v1/runs/{id}", self.addr);
+        let mut started = false;
+        let mut shown: Vec<StepStatus> = Vec::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+        loop {
+            let record: RunRecord = self
+                .http
+                .get(&url)
+                .bearer_auth(&self.token)
+                .send()
+                .await?
+                .error_for_status()?
+                .json()
+                .await?;
+            if !started {
+                printer.on_event(&record, &Event::RunStarted);
+                started = true;
+            }
+            shown.resize(record.steps.len(), StepStatus::Pending);
+            for (i, step) in record.steps.iter().enumerate() {
+                let (was, now) = (shown[i], step.status);
+                if was == now {
+                    continue;
+                }
+                if was == StepStatus::Pending && now != StepStatus::Skipped {
+                    printer.on_event(
+                        &record,
+                        &Event::StepStarted {
+                            index: i,
+                            compensation: false,
+                        },
+                    );
+                }
+                if !matches!(now, StepStatus::Pending | StepStatus::Running) {
+                    printer.on_event(
+                        &record,
+                        &Event::StepFinished {
+                            index: i,
+                            compensation: false,
+                        },
+                    );
+                }
+                shown[i] = now;
+            }
+            if record.phase.is_finished() {
+                printer.on_event(&record, &Event::RunFinished);
+                return Ok(record);
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("the run {id} did not finish within 5 minutes");
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(self) {
+        self.runs.idle().await;
+        self.runs.shutdown(std::time::Duration::from_secs(5)).await;
+        self.task.abort();
     }
 }
 

@@ -8,8 +8,8 @@ mod print;
 mod rehearse;
 mod run;
 mod serve;
-mod trigger;
 mod sim;
+mod trigger;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
