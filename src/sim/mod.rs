@@ -8,6 +8,28 @@
 //! also seeds a world through the ordinary client path (`world::seed` over HTTP) and starts its
 //! reactors.
 //!
+//! Known differences from kube-apiserver v1.20 (everything else the differential suite
+//! compares is the same, byte for byte after masking uids, times and resourceVersion values):
+//! - Only some built-in resources are served (namespaces, configmaps, secrets, services,
+//!   serviceaccounts, pods, events, deployments, leases, customresourcedefinitions), and only
+//!   version v1 of each group; no aggregated discovery, no `/openapi/v2`. On purpose, like newer
+//!   servers: OpenAPI v3 documents and `fieldValidation=Strict` (so `kubectl apply` validates
+//!   server-side).
+//! - No controllers: pods are never scheduled, deployments get no replicas, services no
+//!   endpoints. A deleted namespace or CRD is `Terminating` for 5 s, then its content and itself
+//!   go, as with a real cluster's controllers (the test clusters have none: theirs stay).
+//! - Validation of built-in kinds covers names, ConfigMap and Secret keys and a few Deployment
+//!   fields; a body whose JSON types do not fit the Go type is not refused with Go's message.
+//! - Protobuf request bodies are read for Namespaces, ConfigMaps, Secrets and ServiceAccounts
+//!   (what `kubectl create` sends); responses are always JSON.
+//! - Apply bodies are YAML 1.2: an unquoted `y`, `yes` or `on` stays a string (v1.20 reads
+//!   YAML 1.1 booleans). A typed apply is checked for undeclared fields, not value types.
+//! - Watches resume from the last 10,000 events of a cluster; bookmark timing follows the watch
+//!   cache's rules only approximately.
+//! - No authentication or authorization; no `managedFields` cap of 10 updaters; no sync of
+//!   kubectl's last-applied annotation; CRD versions are served without conversion; the
+//!   `scale` subresource is listed in discovery only.
+//!
 //! Modules, by what they own:
 //! - [`typed`]: field types, paths and sets, compare/merge (structured-merge-diff);
 //! - [`builtin`]: the built-in resources, their types, defaults and validation;
