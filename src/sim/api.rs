@@ -884,21 +884,16 @@ impl Cluster {
         let k = Self::key_of(t, &name);
         let live = s.get(&k).cloned().ok_or_else(|| not_found(&t.ty, &name))?;
         let live_uid = meta_str(&live, "uid").unwrap_or("").to_string();
+        // The delete path words its precondition failures itself, and names the kind.
+        let failed = |why: String| StatusError::conflict(&t.ty.group, &t.ty.kind, &name, &why);
         if let Some(uid) = options
             .pointer("/preconditions/uid")
             .and_then(Value::as_str)
         {
             if uid != live_uid {
-                return Err(StatusError::conflict(
-                    &t.ty.group,
-                    &t.ty.plural,
-                    &name,
-                    &precondition_failed(
-                        t,
-                        &name,
-                        &format!("UID in precondition: {uid}, UID in object meta: {live_uid}"),
-                    ),
-                ));
+                return Err(failed(format!(
+                    "the UID in the precondition ({uid}) does not match the UID in record ({live_uid}). The object might have been deleted and then recreated"
+                )));
             }
         }
         if let Some(rv) = options
@@ -907,16 +902,9 @@ impl Cluster {
         {
             let live_rv = meta_str(&live, "resourceVersion").unwrap_or("");
             if rv != live_rv {
-                return Err(StatusError::conflict(
-                    &t.ty.group,
-                    &t.ty.plural,
-                    &name,
-                    &precondition_failed(
-                        t,
-                        &name,
-                        &format!("ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {live_rv}"),
-                    ),
-                ));
+                return Err(failed(format!(
+                    "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({live_rv}). The object might have been modified"
+                )));
             }
         }
         let is_namespace = t.ty.builtin.is_some_and(|b| b.kind == "Namespace");
@@ -1347,21 +1335,50 @@ fn validate_crd(obj: &Value) -> Result<(), StatusError> {
 }
 
 fn encode_continue(ns: &str, name: &str, rv: u64) -> String {
+    use base64::Engine as _;
     let raw = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{ns}/{name}\u{0}")});
-    builtin::base64_encode(raw.to_string().as_bytes())
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw.to_string().as_bytes())
 }
 
 fn decode_continue(tok: &str) -> Result<(String, String), StatusError> {
     use base64::Engine as _;
-    let bad = || StatusError::bad_request(format!("continue key is not valid: {tok}"));
-    let bytes = base64::engine::general_purpose::STANDARD
-        .decode(tok)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(tok))
-        .map_err(|_| bad())?;
-    let v: Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    let bad = |why: String| {
+        StatusError::bad_request(format!(
+            "invalid continue token: continue key is not valid: {why}"
+        ))
+    };
+    // Go's RawURLEncoding: no padding, trailing bits ignored.
+    let lenient = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::URL_SAFE,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_allow_trailing_bits(true)
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    let bytes = lenient.decode(tok).map_err(|e| match e {
+        base64::DecodeError::InvalidByte(at, _) | base64::DecodeError::InvalidLastSymbol(at, _) => {
+            bad(format!("illegal base64 data at input byte {at}"))
+        }
+        other => bad(other.to_string()),
+    })?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
+        // Go's JSON decoder names the first character it could not start a value with.
+        let c = bytes
+            .iter()
+            .copied()
+            .find(|b| !b.is_ascii_whitespace())
+            .unwrap_or(0);
+        let shown = if c.is_ascii_graphic() {
+            format!("'{}'", c as char)
+        } else {
+            format!("'\\u{c:04x}'")
+        };
+        bad(format!(
+            "invalid character {shown} looking for beginning of value"
+        ))
+    })?;
     let start = v["start"]
         .as_str()
-        .ok_or_else(bad)?
+        .ok_or_else(|| bad("no start key".into()))?
         .trim_end_matches('\u{0}');
     let (ns, name) = start.split_once('/').unwrap_or(("", start));
     Ok((ns.to_string(), name.to_string()))
