@@ -5,7 +5,8 @@
 //!
 //! Scenario steps:
 //! ```yaml
-//! - name: create               # unique; later steps refer to it: {rv:create}, {uid:create}, {name:create}
+//! - name: create               # unique; later steps refer to it: {rv:create}, {uid:create},
+//!                              # {name:create}, {continue:create} (a list's continue token)
 //!   method: POST
 //!   path: /api/v1/namespaces/{ns}/configmaps
 //!   body: {…}                  # sent as JSON (application/json unless contentType says otherwise)
@@ -113,7 +114,7 @@ struct Outcome {
 
 fn substitute(text: &str, ns: &str, done: &HashMap<String, Outcome>) -> String {
     let mut out = text.replace("{ns}", ns);
-    let re = regex::Regex::new(r"\{(rv|uid|name):([A-Za-z0-9_.-]+)\}").unwrap();
+    let re = regex::Regex::new(r"\{(rv|uid|name|continue):([A-Za-z0-9_.-]+)\}").unwrap();
     while let Some(c) = re.captures(&out) {
         let (whole, what, step) = (c[0].to_string(), c[1].to_string(), c[2].to_string());
         let raw = &done
@@ -123,6 +124,7 @@ fn substitute(text: &str, ns: &str, done: &HashMap<String, Outcome>) -> String {
         let field = match what.as_str() {
             "rv" => "resourceVersion",
             "uid" => "uid",
+            "continue" => "continue",
             _ => "name",
         };
         let v = raw
