@@ -233,9 +233,10 @@ fn merge_map(
     Ok(Some(orig))
 }
 
-/// Merges a list with the merge strategy, as the API server orders the result: the patch's
-/// items (merged into the original ones they name) in the patch's order, then the original
-/// items the patch does not mention.
+/// Merges a list with the merge strategy. The result is ordered as the API server orders it:
+/// the patch's items (merged into the original ones they name) and the original items the
+/// patch does not mention, interleaved so that each keeps its relative order and originals go
+/// before patch items that came after them in the original list.
 fn merge_list(
     orig: Vec<Value>,
     patch: Vec<Value>,
@@ -252,21 +253,28 @@ fn merge_list(
             .map(strip_directives)
             .collect());
     }
-    let Some(key) = key else {
-        // A list of scalars with the merge strategy: a union.
-        let mut out: Vec<Value> = Vec::new();
-        for p in patch.into_iter().chain(orig) {
-            if !out.contains(&p) {
-                out.push(p);
-            }
+    let id = |v: &Value| -> Value {
+        match key {
+            Some(k) => v.get(k).cloned().unwrap_or(Value::Null),
+            None => v.clone(),
         }
-        return Ok(out);
     };
+    let server_order: Vec<Value> = orig.iter().map(&id).collect();
     let mut orig: Vec<Option<Value>> = orig.into_iter().map(Some).collect();
-    let mut out = Vec::new();
+    let mut patched = Vec::new();
     for p in patch {
+        let Some(key) = key else {
+            // A list of scalars: a union.
+            if let Some(i) = orig.iter().position(|o| o.as_ref() == Some(&p)) {
+                orig[i] = None;
+            }
+            if !patched.contains(&p) {
+                patched.push(p);
+            }
+            continue;
+        };
         let Value::Object(pm) = p else {
-            out.push(p);
+            patched.push(p);
             continue;
         };
         let Some(kv) = pm.get(key).cloned() else {
@@ -284,17 +292,34 @@ fn merge_list(
         match existing {
             Some(Value::Object(o)) => {
                 if let Some(m) = merge_map(o, pm, items)? {
-                    out.push(Value::Object(m));
+                    patched.push(Value::Object(m));
                 }
             }
             _ => {
                 let mut pm = pm;
                 pm.remove(DIRECTIVE);
-                out.push(strip_directives(Value::Object(pm)));
+                patched.push(strip_directives(Value::Object(pm)));
             }
         }
     }
-    out.extend(orig.into_iter().flatten());
+    let server_only: Vec<Value> = orig.into_iter().flatten().collect();
+    // strategicpatch's mergeSortedSlice.
+    let index = |v: &Value| server_order.iter().position(|s| *s == id(v));
+    let (mut l, mut r) = (
+        server_only.into_iter().peekable(),
+        patched.into_iter().peekable(),
+    );
+    let mut out = Vec::new();
+    loop {
+        let take_left = match (l.peek(), r.peek()) {
+            (None, None) => break,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (Some(a), Some(b)) => matches!((index(a), index(b)), (Some(x), Some(y)) if x < y),
+        };
+        let next = if take_left { l.next() } else { r.next() };
+        out.extend(next);
+    }
     Ok(out)
 }
 
