@@ -78,3 +78,42 @@ async fn nothing_answers_on_a_dead_cluster() {
     assert!(err.is_connect(), "{err}");
     assert!(sim.kubeconfig().contains("name: dead"));
 }
+
+#[tokio::test]
+async fn the_first_requests_fail_then_the_cluster_answers() {
+    let sim = simulator().await;
+    let base = sim.server("first").unwrap();
+    let mut codes = Vec::new();
+    for _ in 0..3 {
+        codes.push(
+            reqwest::get(format!("{base}/api/v1/namespaces"))
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    assert_eq!(codes, [500, 500, 200]);
+}
+
+#[tokio::test]
+async fn a_hanging_cluster_never_answers_until_the_client_gives_up() {
+    let sim = simulator().await;
+    let base = sim.server("hanging").unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let err = client
+        .get(format!("{base}/api/v1/namespaces/default/configmaps"))
+        .send()
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    let ok = client
+        .get(format!("{base}/api/v1/namespaces"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+}

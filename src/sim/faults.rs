@@ -1,7 +1,8 @@
 //! Faults a simulated cluster can be given in the world file (I/O edge: it delays requests and
-//! cuts watch streams), the same kinds the test harness's fault proxy injects: latency, a share
-//! of requests answered with an error `Status`, watches that end after a few events, and a
-//! cluster that is down (nothing listens on its port).
+//! cuts watch streams), the same kinds the test harness's fault proxy injects: latency, the
+//! first requests or a share of them answered with an error `Status`, a share never answered,
+//! watches that end after a few events, and a cluster that is down (nothing listens on its
+//! port).
 //!
 //! ```yaml
 //! clusters:
@@ -10,7 +11,9 @@
 //! ```
 //!
 //! Rates are deterministic, as in the proxy: with rate `r`, the `i`-th request (from 0) is
-//! faulted when `floor((i + 1) * r) > floor(i * r)`.
+//! faulted when `floor((i + 1) * r) > floor(i * r)`. One request gets at most one fault, in this
+//! order: `failNext`, `errorRate`, `timeoutRate`; each kind counts only the requests no earlier
+//! kind took.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +39,12 @@ pub struct FaultSpec {
     /// 500, 503 (default) or 429 (with `Retry-After: 1`).
     #[serde(default)]
     pub error_status: Option<u16>,
+    /// The first N requests fail with `errorStatus`.
+    #[serde(default)]
+    pub fail_next: u64,
+    /// Share (0..=1) of requests never answered: the client waits until it gives up.
+    #[serde(default)]
+    pub timeout_rate: f64,
     /// Watches end (cleanly) after this many events.
     #[serde(default)]
     pub watch_event_limit: Option<usize>,
@@ -58,7 +67,8 @@ pub enum FaultError {
 pub struct Faults {
     spec: FaultSpec,
     latency: Duration,
-    seen: AtomicU64,
+    /// Requests considered by each fault kind: fail-next, errors, timeouts.
+    seen: [AtomicU64; 3],
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
@@ -82,16 +92,18 @@ impl Faults {
             Some(l) => crate::duration::parse(l).map_err(|e| err(e.to_string()))?,
             None => Duration::ZERO,
         };
-        if !(0.0..=1.0).contains(&spec.error_rate) {
-            return Err(err(format!(
-                "errorRate must be between 0 and 1, not {}",
-                spec.error_rate
-            )));
+        for (name, rate) in [
+            ("errorRate", spec.error_rate),
+            ("timeoutRate", spec.timeout_rate),
+        ] {
+            if !(0.0..=1.0).contains(&rate) {
+                return Err(err(format!("{name} must be between 0 and 1, not {rate}")));
+            }
         }
         Ok(Faults {
             spec,
             latency,
-            seen: AtomicU64::new(0),
+            seen: Default::default(),
         })
     }
 
@@ -108,18 +120,20 @@ impl Faults {
 
     /// Delays the request, or answers it with an injected error.
     pub async fn before(&self, _method: &Method, path: &str) -> Option<Response> {
-        if !self.applies(path) || path.ends_with("z") {
+        let health = matches!(path, "/healthz" | "/readyz" | "/livez");
+        if !self.applies(path) || health {
             return None;
         }
         if !self.latency.is_zero() {
             tokio::time::sleep(self.latency).await;
         }
-        let r = self.spec.error_rate;
-        if r <= 0.0 {
-            return None;
-        }
-        let i = self.seen.fetch_add(1, Ordering::Relaxed) as f64;
-        if ((i + 1.0) * r).floor() <= (i * r).floor() {
+        let fail_next = self.seen[0].fetch_add(1, Ordering::Relaxed) < self.spec.fail_next;
+        let error = fail_next || self.hit(1, self.spec.error_rate);
+        if !error {
+            if self.hit(2, self.spec.timeout_rate) {
+                // Never answered: the client's own timeout ends it.
+                std::future::pending::<()>().await;
+            }
             return None;
         }
         let code = self.spec.error_status.unwrap_or(503);
@@ -133,6 +147,15 @@ impl Faults {
             resp = resp.header(header::RETRY_AFTER, "1");
         }
         resp.body(Body::from(body.to_string())).ok()
+    }
+
+    /// Whether the next request counted by fault kind `kind` gets it, at `rate`.
+    fn hit(&self, kind: usize, rate: f64) -> bool {
+        if rate <= 0.0 {
+            return false;
+        }
+        let i = self.seen[kind].fetch_add(1, Ordering::Relaxed) as f64;
+        ((i + 1.0) * rate).floor() > (i * rate).floor()
     }
 
     /// Ends a watch after the configured number of events.
