@@ -1,5 +1,6 @@
-//! The command line (one binary, clap): `check`, `run`, `rehearse`, `crd`. Each command is a
-//! thin layer over the library; output formats live in the command's own file.
+//! The command line (one binary, clap): `check`, `run`, `rehearse`, `crd`, `serve`, `trigger`,
+//! `sim`, `demo`. Each command is a thin layer over the library; output formats live in the
+//! command's own file.
 
 pub mod check;
 pub mod crd;
