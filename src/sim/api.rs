@@ -571,8 +571,7 @@ impl Cluster {
         let mut s = self.lock();
         let k = Self::key_of(t, &name);
         let live = s.get(&k).cloned().ok_or_else(|| not_found(&t.ty, &name))?;
-        self.write_update(&mut s, t, &live, obj, o, false)
-            .map(|(v, _)| v)
+        self.write_update(&mut s, t, &live, obj, o)
     }
 
     /// The rest of an update, shared by PUT and the non-apply patches.
@@ -583,8 +582,7 @@ impl Cluster {
         live: &Value,
         mut obj: Value,
         o: &WriteOptions,
-        patched: bool,
-    ) -> Result<(Value, bool), StatusError> {
+    ) -> Result<Value, StatusError> {
         let name = t.name.clone().unwrap_or_default();
         let live_rv = meta_str(live, "resourceVersion").unwrap_or("");
         if t.ty.is_custom() && meta_str(&obj, "resourceVersion").is_none_or(str::is_empty) {
@@ -620,7 +618,6 @@ impl Cluster {
                 ));
             }
         }
-        let _ = patched;
         Self::decode(&t.ty, &mut obj);
         let now = store::now();
         let mut managed = match obj.pointer("/metadata/managedFields") {
@@ -661,7 +658,7 @@ impl Cluster {
         live: &Value,
         mut obj: Value,
         o: &WriteOptions,
-    ) -> Result<(Value, bool), StatusError> {
+    ) -> Result<Value, StatusError> {
         let name = t.name.clone().unwrap_or_default();
         set_meta(
             &mut obj,
@@ -671,10 +668,10 @@ impl Cluster {
                 .unwrap_or(Value::Null),
         );
         if obj == *live {
-            return Ok((present(&t.ty, live), false));
+            return Ok(present(&t.ty, live));
         }
         if o.dry_run {
-            return Ok((present(&t.ty, &obj), false));
+            return Ok(present(&t.ty, &obj));
         }
         let k = Self::key_of(t, &name);
         let finalizers_gone = obj
@@ -690,11 +687,11 @@ impl Cluster {
             );
             let gone = s.delete(&k).unwrap_or(obj);
             self.after_delete(s, &t.ty, &gone);
-            return Ok((present(&t.ty, &gone), false));
+            return Ok(present(&t.ty, &gone));
         }
         let stored = s.put(k, obj, EventType::Modified, Some(live.clone()));
         self.after_write(s, &t.ty, &stored);
-        Ok((present(&t.ty, &stored), false))
+        Ok(present(&t.ty, &stored))
     }
 
     /// PATCH: merge, JSON, strategic merge, or server-side apply. Returns the status code
@@ -752,8 +749,8 @@ impl Cluster {
         };
         let obj = Self::check_body(t, patched, Some(&name))?;
         o.check_fields(&t.ty, &obj)?;
-        self.write_update(&mut s, t, &live, obj, o, true)
-            .map(|(v, _)| (200, v))
+        self.write_update(&mut s, t, &live, obj, o)
+            .map(|v| (200, v))
     }
 
     /// Server-side apply.
@@ -866,7 +863,7 @@ impl Cluster {
                 Self::prepare_update(t, &mut obj, &live);
                 Self::validate(&t.ty, &obj)?;
                 self.commit_update(&mut s, t, &live, obj, o)
-                    .map(|(v, _)| (200, v))
+                    .map(|v| (200, v))
             }
         }
     }
