@@ -288,35 +288,18 @@ impl Registry {
         what: &str,
         pred: impl Fn(&ApiResource) -> bool,
     ) -> Result<Resolved, ClusterError> {
-        let resources = self.group(cluster, api_version).await?;
-        let found = resources.into_iter().find(|(ar, _)| pred(ar));
-        match found {
-            Some((resource, caps)) => Ok(Resolved {
-                resource,
-                namespaced: matches!(caps.scope, Scope::Namespaced),
-                subresources: caps
-                    .subresources
-                    .iter()
-                    .map(|(ar, _)| ar.plural.clone())
-                    .collect(),
-            }),
-            None => {
-                // A CRD installed after the first lookup: forget the cached group and look again once.
+        // Twice at most: a CRD installed after the first lookup is found once the cached group
+        // is forgotten.
+        for fresh in [false, true] {
+            if fresh {
                 self.discovery
                     .lock()
                     .unwrap()
                     .remove(&(cluster.to_string(), api_version.to_string()));
-                let resources = self.group(cluster, api_version).await?;
-                let (resource, caps) =
-                    resources
-                        .into_iter()
-                        .find(|(ar, _)| pred(ar))
-                        .ok_or_else(|| ClusterError::NoResource {
-                            cluster: cluster.into(),
-                            api_version: api_version.into(),
-                            resource: what.into(),
-                        })?;
-                Ok(Resolved {
+            }
+            let resources = self.group(cluster, api_version).await?;
+            if let Some((resource, caps)) = resources.into_iter().find(|(ar, _)| pred(ar)) {
+                return Ok(Resolved {
                     resource,
                     namespaced: matches!(caps.scope, Scope::Namespaced),
                     subresources: caps
@@ -324,9 +307,14 @@ impl Registry {
                         .iter()
                         .map(|(ar, _)| ar.plural.clone())
                         .collect(),
-                })
+                });
             }
         }
+        Err(ClusterError::NoResource {
+            cluster: cluster.into(),
+            api_version: api_version.into(),
+            resource: what.into(),
+        })
     }
 }
 

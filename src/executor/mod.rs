@@ -113,7 +113,8 @@ impl StepCtx<'_> {
         Ok(template::render(s, self.values)?)
     }
 
-    /// Resolves an object reference (rendering its name and namespace) into an API handle.
+    /// Resolves an object reference (rendering its name and namespace) into an API handle, the
+    /// rendered name, and how messages show the object (`… db/pg-north on cluster north`).
     pub async fn object(
         &self,
         api_version: &str,
@@ -127,7 +128,11 @@ impl StepCtx<'_> {
             .await?;
         let name = self.render(name)?;
         let namespace = namespace.map(|n| self.render(n)).transpose()?;
-        let shown = describe_object(api_version, resource, namespace.as_deref(), &name);
+        let shown = format!(
+            "{} on cluster {}",
+            describe_object(api_version, resource, namespace.as_deref(), &name),
+            self.cluster
+        );
         check_name("name", &name, &shown)?;
         if let Some(ns) = &namespace {
             check_name("namespace", ns, &shown)?;

@@ -20,7 +20,6 @@ pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutco
             &step.name,
         )
         .await?;
-    let shown = format!("{shown} on cluster {}", ctx.cluster);
     let before = get_object(&api, &name, &shown).await?;
 
     let patch_type = step

@@ -19,7 +19,6 @@ pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepO
             &step.name,
         )
         .await?;
-    let shown = format!("{shown} on cluster {}", ctx.cluster);
     let obj = get_object(&api, &name, &shown).await?;
     let value = match path.get(&obj)? {
         // In a dry run the writes before this step were not stored, so a field they would have

@@ -39,7 +39,6 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     let (api, name, shown) = ctx
         .object(api_version, resource, step.namespace.as_deref(), name)
         .await?;
-    let shown = format!("{shown} on cluster {}", ctx.cluster);
     let wanted = describe(field, &condition, ctx)?;
 
     // The value when the step began, for `changed`.
