@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::model::Mode;
 use super::{load_paths, validate, LoadedPlan};
-use crate::alert::plan_matches;
+use crate::matcher::Matcher;
 
 #[derive(Default)]
 pub struct PlanSet {
@@ -22,6 +22,8 @@ pub struct PlanSet {
     pub invalid: Vec<InvalidPlan>,
     by_label: HashMap<(String, String), Vec<String>>,
     unindexed: Vec<String>,
+    /// Each plan's `alertMatchers`, compiled once (regexes included), by plan name.
+    matchers: HashMap<String, Vec<Matcher>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -92,6 +94,15 @@ impl PlanSet {
     }
 
     fn insert(&mut self, name: String, plan: LoadedPlan) {
+        // Validation has already refused plans whose matchers do not parse.
+        let compiled = plan
+            .plan
+            .spec
+            .alert_matchers
+            .iter()
+            .filter_map(|m| Matcher::parse(m).ok())
+            .collect();
+        self.matchers.insert(name.clone(), compiled);
         if plan.plan.spec.mode != Mode::Manual {
             match plan.plan.spec.alert_labels.iter().next() {
                 Some((k, v)) => self
@@ -142,8 +153,16 @@ impl PlanSet {
         }
         candidates
             .into_iter()
-            .filter_map(|n| self.plans.get(n))
-            .filter(|p| plan_matches(&p.plan.spec, labels))
+            .filter_map(|n| Some((self.plans.get(n)?, self.matchers.get(n)?)))
+            .filter(|(p, matchers)| {
+                p.plan
+                    .spec
+                    .alert_labels
+                    .iter()
+                    .all(|(k, v)| labels.get(k) == Some(v))
+                    && matchers.iter().all(|m| m.matches(labels))
+            })
+            .map(|(p, _)| p)
             .collect()
     }
 }
