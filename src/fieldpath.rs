@@ -202,11 +202,21 @@ impl FieldPath {
         let mut ops = Vec::new();
         let mut pointer = String::new();
         let mut cur = Some(current);
+        // Where the path first leaves the object, and the keys beyond it: an `add` there of the
+        // nested remainder creates them, as a merge patch would.
+        let mut first_missing: Option<(String, Vec<String>)> = None;
         for seg in segments {
             match seg {
                 Segment::Key(k) => {
                     pointer.push('/');
                     pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
+                    match &mut first_missing {
+                        Some((_, rest)) => rest.push(k.clone()),
+                        None if cur.is_some_and(|c| c.get(k).is_none()) => {
+                            first_missing = Some((pointer.clone(), Vec::new()))
+                        }
+                        None => {}
+                    }
                     cur = cur.and_then(|c| c.get(k));
                 }
                 Segment::Index(n) => {
@@ -229,7 +239,14 @@ impl FieldPath {
                 }
             }
         }
-        ops.push(json!({"op": "add", "path": pointer, "value": value}));
+        let (path, value) = match first_missing {
+            None => (pointer, value),
+            Some((at, rest)) => {
+                let nested = rest.into_iter().rev().fold(value, |v, k| json!({ k: v }));
+                (at, nested)
+            }
+        };
+        ops.push(json!({"op": "add", "path": path, "value": value}));
         Ok(Value::Array(ops))
     }
 }
@@ -361,6 +378,27 @@ mod tests {
         let ops: json_patch::Patch = serde_json::from_value(patch).unwrap();
         json_patch::patch(&mut doc, &ops).unwrap();
         assert_eq!(doc["spec"]["containers"][0]["image"], "new");
+    }
+
+    #[test]
+    fn json_patch_through_an_index_creates_missing_nested_fields() {
+        let cur = json!({"spec": {"containers": [{"name": "a"}]}});
+        let p = FieldPath::parse("spec.containers[0].resources.limits.cpu").unwrap();
+        let patch = p.json_patch_for(&cur, json!("2")).unwrap();
+        assert_eq!(
+            patch[1],
+            json!({"op": "add", "path": "/spec/containers/0/resources", "value": {"limits": {"cpu": "2"}}})
+        );
+        let mut doc = cur.clone();
+        json_patch::patch(
+            &mut doc,
+            &serde_json::from_value::<json_patch::Patch>(patch).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            doc["spec"]["containers"][0]["resources"]["limits"]["cpu"],
+            "2"
+        );
     }
 
     #[test]
