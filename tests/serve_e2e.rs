@@ -612,4 +612,38 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
         "{}",
         String::from_utf8_lossy(&nope.stderr)
     );
+
+    // The other commands an SRE types.
+    let cli = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_recoverd"));
+        cmd.args(args)
+            .args(["--url", &serve.url, "--token-file"])
+            .arg(&tokens);
+        tokio::task::block_in_place(|| cmd.output().unwrap())
+    };
+    let listed = cli(&["runs", "--plan", "ops/waits"]);
+    let listed_text = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.status.success()
+            && listed_text.contains("ops/waits")
+            && listed_text.contains("Succeeded"),
+        "{listed_text}"
+    );
+    let runs = serve.get("/api/v1/runs?plan=ops/waits").await;
+    let done = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["trigger"]["idempotencyKey"] == "INC-7")
+        .unwrap();
+    let id = done["id"].as_str().unwrap().to_string();
+    let shown = cli(&["runs", &id]);
+    assert!(String::from_utf8_lossy(&shown.stdout).contains("\"phase\": \"Succeeded\""));
+    let resume = cli(&["resume", &id]);
+    assert!(!resume.status.success());
+    let err = String::from_utf8_lossy(&resume.stderr);
+    assert!(
+        err.contains("409 Conflict") && err.contains("resuming needs a run that is Interrupted"),
+        "{err}"
+    );
 }

@@ -2,6 +2,7 @@
 //! `sim`, `demo`. Each command is a thin layer over the library; output formats live in the
 //! command's own file.
 
+mod api;
 pub mod check;
 pub mod crd;
 mod demo;
@@ -64,6 +65,14 @@ pub enum Command {
     Serve(serve::Args),
     /// Start a run of a plan through a running `recoverd serve`.
     Trigger(trigger::Args),
+    /// List runs (or show one) from a running `recoverd serve`.
+    Runs(api::RunsArgs),
+    /// Approve a run that waits for approval.
+    Approve(api::DecideArgs),
+    /// Cancel a run (waiting, interrupted or executing).
+    Cancel(api::DecideArgs),
+    /// Resume an interrupted run from its first unfinished step.
+    Resume(api::DecideArgs),
     /// Serve a world's clusters from the built-in simulator (plain HTTP on loopback), with
     /// its reactors, until stopped.
     Sim(sim::Args),
@@ -87,6 +96,10 @@ pub async fn main() -> ExitCode {
         Command::Crd => crd::main(),
         Command::Serve(a) => serve::main(a).await,
         Command::Trigger(a) => trigger::main(a).await,
+        Command::Runs(a) => api::runs(a).await,
+        Command::Approve(a) => api::decide("approve", a).await,
+        Command::Cancel(a) => api::decide("cancel", a).await,
+        Command::Resume(a) => api::decide("resume", a).await,
         Command::Sim(a) => sim::main(a).await,
         Command::Demo(a) => demo::main(a).await,
     };

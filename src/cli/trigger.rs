@@ -1,23 +1,18 @@
 //! `recoverd trigger NAMESPACE/PLAN`: start a run through a running `recoverd serve` (the HTTP
 //! API's manual trigger), optionally wait for it and print its steps.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use serde_json::{json, Value};
+use serde_json::json;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The plan, as `namespace/name`.
     pub plan: String,
-    /// The recoverd API.
-    #[arg(long, env = "RECOVERD_URL", default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// File holding the bearer token.
-    #[arg(long, env = "RECOVERD_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: super::api::ApiArgs,
     /// Override a param: `--param north=pg-north`.
     #[arg(long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
@@ -40,48 +35,23 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .plan
         .split_once('/')
         .context("the plan is namespace/name, e.g. recoverd/cnpg-switchover")?;
-    let token = match &args.token_file {
-        Some(f) => Some(
-            std::fs::read_to_string(f)
-                .with_context(|| format!("reading {}", f.display()))?
-                .lines()
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+    let api = super::api::Api::new(&args.api)?;
     let deadline = tokio::time::Instant::now() + args.timeout;
-    let authed = |rb: reqwest::RequestBuilder| match &token {
-        Some(t) => rb.bearer_auth(t),
-        None => rb,
-    };
     let body = json!({
         "params": super::run::parse_params(&args.params)?,
         "dryRun": args.dry_run,
         "idempotencyKey": args.idempotency_key,
         "actor": std::env::var("USER").ok().map(|u| format!("{u} (recoverd trigger)")),
     });
-    let base = args.url.trim_end_matches('/');
-    let resp = authed(http.post(format!("{base}/api/v1/plans/{namespace}/{name}/runs")))
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("calling {base}"))?;
-    let status = resp.status();
-    let run: Value = resp.json().await.context("reading the reply")?;
-    if !status.is_success() {
-        anyhow::bail!(
-            "{status}: {}",
-            run["error"].as_str().unwrap_or("request failed")
-        );
-    }
+    let (status, run) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/plans/{namespace}/{name}/runs"),
+            Some(&body),
+        )
+        .await?;
     let id = run["id"].as_str().unwrap_or_default().to_string();
-    let verb = if status.as_u16() == 201 {
+    let verb = if status == 201 {
         "started"
     } else {
         "already exists (same idempotency key)"
@@ -92,10 +62,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut printed = 0;
     loop {
-        let run: Value = authed(http.get(format!("{base}/api/v1/runs/{id}")))
-            .send()
-            .await?
-            .json()
+        let (_, run) = api
+            .call(reqwest::Method::GET, &format!("/api/v1/runs/{id}"), None)
             .await?;
         let steps = run["steps"].as_array().cloned().unwrap_or_default();
         while printed < steps.len()

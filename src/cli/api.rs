@@ -1,0 +1,152 @@
+//! A small client for a running `recoverd serve`, for the commands an SRE types: `trigger`,
+//! `runs`, `approve`, `cancel`, `resume`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use serde_json::Value;
+
+/// Where the API is and how to authenticate.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ApiArgs {
+    /// The recoverd API.
+    #[arg(long, env = "RECOVERD_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// File holding the bearer token (its first line).
+    #[arg(long, env = "RECOVERD_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    pub fn new(args: &ApiArgs) -> anyhow::Result<Api> {
+        let token = match &args.token_file {
+            Some(f) => Some(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        };
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()?;
+        Ok(Api {
+            http,
+            base: args.url.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// Sends a request; returns the status and JSON body, or fails with the API's own words.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut rb = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            rb = rb.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            rb = rb.json(b);
+        }
+        let resp = rb
+            .send()
+            .await
+            .with_context(|| format!("calling {}", self.base))?;
+        let status = resp.status();
+        let value: Value = resp.json().await.context("reading the reply")?;
+        if !status.is_success() {
+            anyhow::bail!(
+                "{status}: {}",
+                value["error"].as_str().unwrap_or("request failed")
+            );
+        }
+        Ok((status.as_u16(), value))
+    }
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunsArgs {
+    /// One run to show in full; without it, the latest runs.
+    pub id: Option<String>,
+    /// Only runs of this plan (`namespace/name`).
+    #[arg(long)]
+    pub plan: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    if let Some(id) = &args.id {
+        let (_, run) = api
+            .call(reqwest::Method::GET, &format!("/api/v1/runs/{id}"), None)
+            .await?;
+        println!("{}", serde_json::to_string_pretty(&run)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = match &args.plan {
+        Some(p) => format!("/api/v1/runs?plan={p}"),
+        None => "/api/v1/runs".into(),
+    };
+    let (_, body) = api.call(reqwest::Method::GET, &path, None).await?;
+    println!(
+        "{:<20} {:<32} {:<20} {:<10} {}",
+        "RUN", "PLAN", "PHASE", "TRIGGER", "STARTED"
+    );
+    for r in body["runs"].as_array().into_iter().flatten() {
+        println!(
+            "{:<20} {:<32} {:<20} {:<10} {}",
+            r["id"].as_str().unwrap_or(""),
+            r["plan"].as_str().unwrap_or(""),
+            r["phase"].as_str().unwrap_or(""),
+            r["trigger"]["kind"].as_str().unwrap_or(""),
+            r["startedAt"]
+                .as_str()
+                .or(r["createdAt"].as_str())
+                .unwrap_or("")
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct DecideArgs {
+    /// The run's id.
+    pub id: String,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `approve`, `cancel` or `resume` one run.
+pub async fn decide(verb: &str, args: DecideArgs) -> anyhow::Result<ExitCode> {
+    let api = Api::new(&args.api)?;
+    let (_, run) = api
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/runs/{}/{verb}", args.id),
+            None,
+        )
+        .await?;
+    println!(
+        "run {} of plan {}: {verb} accepted (now {})",
+        args.id,
+        run["plan"].as_str().unwrap_or("?"),
+        run["phase"].as_str().unwrap_or("?")
+    );
+    Ok(ExitCode::SUCCESS)
+}
