@@ -105,8 +105,8 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
     };
     let (_, body) = api.call(reqwest::Method::GET, &path, None).await?;
     println!(
-        "{:<20} {:<32} {:<20} {:<10} {}",
-        "RUN", "PLAN", "PHASE", "TRIGGER", "STARTED"
+        "{:<20} {:<32} {:<20} {:<10} STARTED",
+        "RUN", "PLAN", "PHASE", "TRIGGER"
     );
     for r in body["runs"].as_array().into_iter().flatten() {
         println!(
