@@ -5,18 +5,16 @@ mod support;
 use recoverd::cluster::WriteMode;
 use recoverd::run::record::{Phase, StepStatus};
 use serde_json::json;
-use support::run::{field, plan, registry, run, seed, world_in_namespace};
+use support::run::{cnpg_world, field, plan, registry, run};
 
 const CNPG: &str = "postgresql.cnpg.io/v1";
 const TOKEN: &str = "eyJ0b2tlbiI6ImRlbW90aW9uLTAwMSJ9";
 
 #[tokio::test]
 async fn cnpg_switchover_demotes_hands_over_the_token_promotes_and_redirects_the_proxy() {
-    let clusters = support::shared();
-    let ns = clusters.namespace("switchover").await;
-    let reg = registry(clusters, WriteMode::Live).await;
-    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, reactors) = seed(reg.clone(), &world).await;
+    let world = cnpg_world("switchover").await;
+    let (ns, reg) = (world.ns.clone(), world.registry.clone());
+    let reactors = &world.reactors;
 
     let record = run(reg.clone(), &plan("cnpg-switchover.yaml"), &ns, &[]).await;
 
@@ -110,9 +108,8 @@ async fn cnpg_switchover_demotes_hands_over_the_token_promotes_and_redirects_the
 #[tokio::test]
 async fn a_step_against_an_unreachable_cluster_fails_and_the_run_continues_when_told_to() {
     let clusters = support::shared();
-    let ns = clusters.namespace("unreachable").await;
-    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, _reactors) = seed(registry(clusters, WriteMode::Live).await, &world).await;
+    let world = cnpg_world("unreachable").await;
+    let ns = world.ns.clone();
     // The same clusters, but edge's API server address leads nowhere.
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
@@ -154,11 +151,8 @@ async fn a_step_against_an_unreachable_cluster_fails_and_the_run_continues_when_
 
 #[tokio::test]
 async fn a_wait_that_never_sees_its_condition_fails_with_a_clear_timeout() {
-    let clusters = support::shared();
-    let ns = clusters.namespace("wait-timeout").await;
-    let reg = registry(clusters, WriteMode::Live).await;
-    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, _reactors) = seed(reg.clone(), &world).await;
+    let world = cnpg_world("wait-timeout").await;
+    let (ns, reg) = (world.ns.clone(), world.registry.clone());
 
     let started = std::time::Instant::now();
     let record = run(reg, &plan("wait-times-out.yaml"), &ns, &[]).await;
@@ -190,11 +184,8 @@ async fn a_wait_that_never_sees_its_condition_fails_with_a_clear_timeout() {
 
 #[tokio::test]
 async fn a_missing_field_aborts_the_run_and_on_failure_steps_run() {
-    let clusters = support::shared();
-    let ns = clusters.namespace("on-failure").await;
-    let reg = registry(clusters, WriteMode::Live).await;
-    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, _reactors) = seed(reg.clone(), &world).await;
+    let world = cnpg_world("on-failure").await;
+    let (ns, reg) = (world.ns.clone(), world.registry.clone());
 
     let record = run(reg.clone(), &plan("on-failure.yaml"), &ns, &[]).await;
 
@@ -245,10 +236,10 @@ async fn a_missing_field_aborts_the_run_and_on_failure_steps_run() {
 #[tokio::test]
 async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
     let clusters = support::shared();
-    let ns = clusters.namespace("dry-run").await;
-    let live = registry(clusters, WriteMode::Live).await;
-    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (seeded, reactors) = seed(live.clone(), &world).await;
+    let world = cnpg_world("dry-run").await;
+    let (ns, live) = (world.ns.clone(), world.registry.clone());
+    let seeded = &world.seeded;
+    let reactors = &world.reactors;
     let dry = registry(clusters, WriteMode::DryRun).await;
 
     // The whole switchover: every write is validated by the API servers and stored nowhere;
@@ -279,7 +270,7 @@ async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
         .diff
         .as_ref()
         .is_some_and(|d| !d.as_array().unwrap().is_empty()));
-    let changed = recoverd::world::changes(&live, &seeded).await;
+    let changed = recoverd::world::changes(&live, seeded).await;
     assert!(
         changed.is_empty(),
         "dry run changed {:?}",
@@ -306,11 +297,8 @@ async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
 
 #[tokio::test]
 async fn an_indexed_path_is_patched_with_a_tested_json_patch_and_when_false_skips() {
-    let clusters = support::shared();
-    let ns = clusters.namespace("array").await;
-    let reg = registry(clusters, WriteMode::Live).await;
-    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, _reactors) = seed(reg.clone(), &world).await;
+    let world = cnpg_world("array").await;
+    let (ns, reg) = (world.ns.clone(), world.registry.clone());
 
     let record = run(reg.clone(), &plan("array-and-when.yaml"), &ns, &[]).await;
 
@@ -407,10 +395,8 @@ async fn an_http_step_sends_its_secret_and_keeps_it_out_of_the_record() {
 #[tokio::test]
 async fn apply_renders_a_configmap_key_from_a_template_kept_in_the_cluster() {
     let clusters = support::shared();
-    let ns = clusters.namespace("templates").await;
-    let reg = registry(clusters, WriteMode::Live).await;
-    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, _reactors) = seed(reg.clone(), &world).await;
+    let world = cnpg_world("templates").await;
+    let (ns, reg) = (world.ns.clone(), world.registry.clone());
     let template = "backend primary\n  server db {{ Values.backend }}:5432 check\n";
     let out = clusters
         .kubectl("edge")
@@ -482,9 +468,8 @@ async fn apply_renders_a_configmap_key_from_a_template_kept_in_the_cluster() {
 #[tokio::test]
 async fn a_clusters_file_names_clusters_independently_of_kubeconfig_contexts() {
     let clusters = support::shared();
-    let ns = clusters.namespace("clusters-file").await;
-    let (_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, _reactors) = seed(registry(clusters, WriteMode::Live).await, &world).await;
+    let world = cnpg_world("clusters-file").await;
+    let ns = world.ns.clone();
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(clusters.kubeconfig(), dir.path().join("all.kubeconfig")).unwrap();
     let file = dir.path().join("clusters.yaml");

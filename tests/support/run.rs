@@ -123,3 +123,29 @@ pub async fn field(
         .get(&obj)
         .unwrap()
 }
+
+/// The CNPG world (`tests/data/worlds/cnpg.yaml`: two CNPG clusters, the HAProxy config, the
+/// reactors that play the operator) seeded into the shared test clusters in a fresh namespace.
+pub struct CnpgWorld {
+    pub ns: String,
+    /// A live registry of the shared clusters.
+    pub registry: Arc<Registry>,
+    pub seeded: Vec<recoverd::world::Seeded>,
+    pub reactors: recoverd::reactor::Reactors,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn cnpg_world(test: &str) -> CnpgWorld {
+    let clusters = super::shared();
+    let ns = clusters.namespace(test).await;
+    let registry = registry(clusters, WriteMode::Live).await;
+    let (dir, world) = world_in_namespace("cnpg.yaml", &ns);
+    let (seeded, reactors) = seed(registry.clone(), &world).await;
+    CnpgWorld {
+        ns,
+        registry,
+        seeded,
+        reactors,
+        _dir: dir,
+    }
+}
