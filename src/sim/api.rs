@@ -1078,24 +1078,9 @@ impl Cluster {
         let mut obj = stored.clone();
         let mut names = stored.pointer("/spec/names").cloned().unwrap_or(json!({}));
         if let Some(n) = names.as_object_mut() {
-            let kind = n
-                .get("kind")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_string();
-            n.entry("singular")
-                .or_insert_with(|| json!(kind.to_lowercase()));
-            n.entry("listKind")
-                .or_insert_with(|| json!(format!("{kind}List")));
+            builtin::default_crd_names(n);
         }
-        let storage: Vec<Value> = stored
-            .pointer("/spec/versions")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter(|v| v["storage"] == json!(true))
-            .map(|v| v["name"].clone())
-            .collect();
+        let storage = builtin::crd_storage_versions(stored);
         let now = store::now();
         obj["status"] = json!({
             "acceptedNames": names,

@@ -386,6 +386,28 @@ pub fn go_roundtrip(kind: &str, ty: &Ty, obj: &mut Value) {
     fill_zero(kind, obj);
 }
 
+/// A CRD's `names` as the API server completes them: `singular` and `listKind` from `kind`.
+pub(crate) fn default_crd_names(names: &mut Map<String, Value>) {
+    let kind = names
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    set_default(names, "listKind", json!(format!("{kind}List")));
+    set_default(names, "singular", json!(kind.to_lowercase()));
+}
+
+/// The names of a CRD's versions marked `storage: true`.
+pub(crate) fn crd_storage_versions(crd: &Value) -> Vec<Value> {
+    crd.pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|v| v["storage"] == json!(true))
+        .map(|v| v["name"].clone())
+        .collect()
+}
+
 fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
     if obj.get(key).is_none_or(Value::is_null) {
         obj.insert(key.to_string(), value);
@@ -516,23 +538,10 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
                     set_default(c, "strategy", json!("None"));
                 }
                 if let Some(n) = spec.get_mut("names").and_then(Value::as_object_mut) {
-                    let kind = n
-                        .get("kind")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
-                        .to_string();
-                    set_default(n, "listKind", json!(format!("{kind}List")));
-                    set_default(n, "singular", json!(kind.to_lowercase()));
+                    default_crd_names(n);
                 }
             }
-            let storage: Vec<Value> = obj
-                .pointer("/spec/versions")
-                .and_then(Value::as_array)
-                .into_iter()
-                .flatten()
-                .filter(|v| v["storage"] == json!(true))
-                .map(|v| v["name"].clone())
-                .collect();
+            let storage = crd_storage_versions(obj);
             if let Some(o) = obj.as_object_mut() {
                 let status = o.entry("status").or_insert_with(|| json!({}));
                 if let Some(st) = status.as_object_mut() {
