@@ -19,22 +19,29 @@ use crate::matcher::{Matcher, Regexes};
 
 #[derive(Default)]
 pub struct PlanSet {
-    /// Valid plans by `namespace/name`.
-    plans: BTreeMap<String, LoadedPlan>,
+    /// Valid plans, in name (`namespace/name`) order once indexed. Matching reaches a candidate
+    /// by its position, without a lookup by name: with thousands of plans, cache misses are
+    /// most of what a match costs.
+    plans: Vec<Entry>,
+    /// Position in `plans` by name.
+    by_name: HashMap<String, usize>,
     /// What is wrong with each plan (or file) that did not load or validate.
     pub invalid: Vec<InvalidPlan>,
     index: Index,
     /// Compiled regexes by pattern, shared by every plan's matchers.
     regexes: Regexes,
-    /// Each plan's `alertMatchers`, compiled once, by plan name.
-    matchers: HashMap<String, Vec<Matcher>>,
 }
 
-/// Which plans an alert has to look at. Rebuilt whenever a plan is added.
+struct Entry {
+    name: String,
+    plan: LoadedPlan,
+    /// The plan's `alertMatchers`, compiled once.
+    matchers: Vec<Matcher>,
+}
+
+/// Which plans an alert has to look at, by position in [`PlanSet::plans`].
 #[derive(Default)]
 struct Index {
-    /// Plan names in name order; the numbers below point into it.
-    names: Vec<String>,
     /// label name → label value → the plans filed under that pair, ascending.
     by_label: HashMap<String, HashMap<String, Vec<u32>>>,
     /// Plans (not manual) without `alertLabels`: checked for every alert.
@@ -93,7 +100,7 @@ impl PlanSet {
                         .map(|p| format!("{}: {}", p.field, p.message))
                         .collect(),
                 });
-            } else if set.plans.contains_key(&name) {
+            } else if set.by_name.contains_key(&name) {
                 set.invalid.push(InvalidPlan {
                     file: plan.source.file.display().to_string(),
                     plan: Some(name.clone()),
@@ -118,17 +125,26 @@ impl PlanSet {
             .iter()
             .filter_map(|m| Matcher::parse_shared(m, &mut self.regexes).ok())
             .collect();
-        self.matchers.insert(name.clone(), compiled);
-        self.plans.insert(name, plan);
+        self.by_name.insert(name.clone(), self.plans.len());
+        self.plans.push(Entry {
+            name,
+            plan,
+            matchers: compiled,
+        });
     }
 
-    /// Files the plans for matching; after the last [`PlanSet::add`].
+    /// Puts the plans in name order and files them for matching; after the last
+    /// [`PlanSet::add`].
     fn reindex(&mut self) {
+        self.plans.sort_by(|a, b| a.name.cmp(&b.name));
+        self.by_name = (self.plans.iter().enumerate())
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
         self.index = Index::build(&self.plans);
     }
 
     pub fn get(&self, name: &str) -> Option<&LoadedPlan> {
-        self.plans.get(name)
+        self.by_name.get(name).map(|&i| &self.plans[i].plan)
     }
 
     pub fn len(&self) -> usize {
@@ -142,7 +158,7 @@ impl PlanSet {
     pub fn summaries(&self) -> Vec<PlanSummary> {
         self.plans
             .iter()
-            .map(|(name, p)| PlanSummary {
+            .map(|Entry { name, plan: p, .. }| PlanSummary {
                 name: name.clone(),
                 file: p.source.file.display().to_string(),
                 mode: p.plan.spec.mode,
@@ -162,29 +178,29 @@ impl PlanSet {
                 candidates.extend_from_slice(filed);
             }
         }
-        // Each plan is filed once, so there is nothing to deduplicate; sorting keeps the
-        // result in name order.
+        // Each plan is filed once, so there is nothing to deduplicate; positions are in name
+        // order.
         candidates.sort_unstable();
         candidates
             .into_iter()
-            .filter_map(|i| self.plan_if_it_matches(&self.index.names[i as usize], labels))
+            .filter_map(|i| self.plan_if_it_matches(&self.plans[i as usize], labels))
             .collect()
     }
 
-    fn plan_if_it_matches(
+    fn plan_if_it_matches<'a>(
         &self,
-        name: &str,
+        entry: &'a Entry,
         labels: &BTreeMap<String, String>,
-    ) -> Option<&LoadedPlan> {
-        let plan = self.plans.get(name)?;
-        let holds = plan
+    ) -> Option<&'a LoadedPlan> {
+        let holds = entry
+            .plan
             .plan
             .spec
             .alert_labels
             .iter()
             .all(|(k, v)| labels.get(k) == Some(v))
-            && self.matchers.get(name)?.iter().all(|m| m.matches(labels));
-        holds.then_some(plan)
+            && entry.matchers.iter().all(|m| m.matches(labels));
+        holds.then_some(&entry.plan)
     }
 
     /// Every plan (not manual) whose labels and matchers hold, found by checking each one: what
@@ -192,8 +208,8 @@ impl PlanSet {
     pub fn matching_by_scan(&self, labels: &BTreeMap<String, String>) -> Vec<&LoadedPlan> {
         self.plans
             .iter()
-            .filter(|(_, p)| p.plan.spec.mode != Mode::Manual)
-            .filter_map(|(name, _)| self.plan_if_it_matches(name, labels))
+            .filter(|e| e.plan.plan.spec.mode != Mode::Manual)
+            .filter_map(|e| self.plan_if_it_matches(e, labels))
             .collect()
     }
 }
@@ -201,24 +217,22 @@ impl PlanSet {
 impl Index {
     /// Files each plan under the pair of its `alertLabels` that the fewest plans share (ties:
     /// the alphabetically first pair), so that no pair's list is longer than it must be.
-    fn build(plans: &BTreeMap<String, LoadedPlan>) -> Self {
+    fn build(plans: &[Entry]) -> Self {
         let active = || {
             plans
                 .iter()
+                .map(|e| &e.plan)
                 .enumerate()
-                .filter(|(_, (_, p))| p.plan.spec.mode != Mode::Manual)
+                .filter(|(_, p)| p.plan.spec.mode != Mode::Manual)
         };
         let mut shared_by: HashMap<(&str, &str), usize> = HashMap::new();
-        for (_, (_, p)) in active() {
+        for (_, p) in active() {
             for (k, v) in &p.plan.spec.alert_labels {
                 *shared_by.entry((k, v)).or_default() += 1;
             }
         }
-        let mut index = Index {
-            names: plans.keys().cloned().collect(),
-            ..Default::default()
-        };
-        for (i, (_, p)) in active() {
+        let mut index = Index::default();
+        for (i, p) in active() {
             let i = u32::try_from(i).expect("fewer than 2^32 plans");
             let rarest = p
                 .plan
