@@ -34,9 +34,11 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-#[path = "../tests/support/clusters.rs"]
-#[allow(dead_code)]
-mod clusters;
+#[path = "../tests/support/mod.rs"]
+#[allow(unused_imports)]
+mod support;
+
+use support::clusters;
 
 const TOKEN: &str = "bench-token";
 
@@ -939,12 +941,10 @@ fn cluster_figures(opts: &Opts) -> Vec<Figure> {
         })
         .unwrap_or_default();
     let setting = format!("kube-apiserver {version}");
-    let test_clusters = clusters::TestClusters::start(&["north"]);
+    // north, south and edge, stopped when this process ends.
+    let test_clusters = support::shared();
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let out = rt.block_on(cluster_figures_on(opts, &test_clusters, &setting));
-    drop(rt);
-    drop(test_clusters);
-    out
+    rt.block_on(cluster_figures_on(opts, test_clusters, &setting))
 }
 
 async fn cluster_figures_on(
@@ -1148,7 +1148,7 @@ async fn cluster_figures_on(
     }
 
     if opts.wants("P6") {
-        println!("P6    CNPG switchover end to end vs a kubectl runbook: not measured by this suite yet (see BENCHMARKS.md)");
+        out.extend(p6(opts, tc, setting).await);
     }
 
     if opts.wants("P8") {
@@ -1211,4 +1211,71 @@ async fn cluster_figures_on(
         ));
     }
     out
+}
+
+/// The CNPG switchover as an SRE would type it, with kubectl; `$K` is kubectl with the test
+/// kubeconfig, `$NS` the namespace.
+const RUNBOOK: &str = r#"set -euo pipefail
+C=clusters.postgresql.cnpg.io
+$K --context north -n "$NS" patch $C pg-north --type merge -p '{"spec":{"replica":{"primary":"pg-south"}}}' >/dev/null
+$K --context north -n "$NS" wait $C/pg-north --for=jsonpath='{.status.demotionToken}' --timeout=60s >/dev/null
+TOKEN=$($K --context north -n "$NS" get $C pg-north -o jsonpath='{.status.demotionToken}')
+$K --context south -n "$NS" patch $C pg-south --type merge -p "{\"spec\":{\"replica\":{\"primary\":\"pg-south\",\"promotionToken\":\"$TOKEN\"}}}" >/dev/null
+$K --context south -n "$NS" wait $C/pg-south --for=jsonpath="{.status.lastPromotionToken}=$TOKEN" --timeout=60s >/dev/null
+$K --context edge apply --server-side --field-manager=runbook -f - >/dev/null <<EOF
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: haproxy-config, namespace: $NS}
+data:
+  haproxy.cfg: |
+    frontend pg
+      bind *:5432
+      default_backend primary
+    backend primary
+      server pg-south pg-south-rw.db.svc:5432 check
+EOF
+"#;
+
+/// P6: the CNPG switchover (`tests/data/plans/run/cnpg-switchover.yaml`) on three real
+/// clusters with the reactors playing the operator, against the same steps as a kubectl
+/// runbook; both with the reactors' fixed delays (2 × 300 ms) subtracted.
+async fn p6(opts: &Opts, tc: &clusters::TestClusters, setting: &str) -> Vec<Figure> {
+    const REACTOR_DELAYS_MS: f64 = 600.0;
+    let rounds = if opts.quick { 1 } else { 3 };
+    let plan = support::run::plan("cnpg-switchover.yaml");
+    let (mut via, mut bash) = (Vec::new(), Vec::new());
+    for r in 0..rounds {
+        let world = support::run::cnpg_world(&format!("p6-recoverd-{r}")).await;
+        let t = Instant::now();
+        let record = support::run::run(world.registry.clone(), &plan, &world.ns, &[]).await;
+        via.push(ms(t.elapsed()) - REACTOR_DELAYS_MS);
+        succeeded(&record);
+        drop(world);
+        let world = support::run::cnpg_world(&format!("p6-runbook-{r}")).await;
+        let t = Instant::now();
+        let status = tokio::process::Command::new("bash")
+            .args(["-c", RUNBOOK])
+            .env(
+                "K",
+                format!("kubectl --kubeconfig {}", tc.kubeconfig().display()),
+            )
+            .env("NS", &world.ns)
+            .status()
+            .await
+            .unwrap();
+        bash.push(ms(t.elapsed()) - REACTOR_DELAYS_MS);
+        assert!(status.success(), "the kubectl runbook failed");
+        drop(world);
+    }
+    vec![figure(
+        "P6",
+        "CNPG switchover end to end, 3 clusters, reactor delays subtracted",
+        setting,
+        median(&via),
+        "ms",
+        Some((median(&bash), "the same steps as a kubectl runbook")),
+        Compare::RatioAtMost(0.1),
+        rounds,
+        format!("median of {rounds}; each run in a freshly seeded namespace"),
+    )]
 }
