@@ -174,6 +174,10 @@ fn median(xs: &[f64]) -> f64 {
     v[v.len() / 2]
 }
 
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
 fn pct(xs: &[f64], p: f64) -> f64 {
     let mut v = xs.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
@@ -798,13 +802,17 @@ fn p9(opts: &Opts) -> Vec<Figure> {
             let kc = unreachable_kubeconfig(dir.path());
             let live = Arc::new(Registry::from_kubeconfig(Some(&kc), WriteMode::Live).await.unwrap());
             let dry = Arc::new(Registry::from_kubeconfig(Some(&kc), WriteMode::DryRun).await.unwrap());
-            let set = plan_set(&dir.path().join("plans"), "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: p9, namespace: ops}\nspec:\n  alertLabels: {alertname: P9}\n  steps:\n  - {name: pause, type: wait, wait: {duration: 1ms}}\n", None);
-            let (app, runs) = receiver(dir.path(), set, live, dry).await;
+            let set = || plan_set(&dir.path().join("plans"), "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: p9, namespace: ops}\nspec:\n  alertLabels: {alertname: P9}\n  steps:\n  - {name: pause, type: wait, wait: {duration: 1ms}}\n", None);
+            // One real run to copy; the store is locked by its process, so the receiver is
+            // closed while the copies are made, then opened again as a restarted recoverd would.
+            let (app, runs) = receiver(dir.path(), set(), live.clone(), dry.clone()).await;
             assert_eq!(post(&app, incident(0)).await, 202);
             runs.idle().await;
+            drop((app, runs));
             if n > 0 {
                 seed_past_runs(&dir.path().join("runs.db"), n);
             }
+            let (app, runs) = receiver(dir.path(), set(), live, dry).await;
             let mut xs = Vec::new();
             for i in 1..=samples {
                 let t = Instant::now();
@@ -991,16 +999,18 @@ async fn cluster_figures_on(
         }
         out.push(figure(
             "B2",
-            "GET on a new connection after a dropped watch (p50)",
+            "GET on a new connection after a dropped watch (mean)",
             setting,
-            median(&per[1]),
+            mean(&per[1]),
             "ms",
-            Some((median(&per[0]), "kube's default client (before)")),
+            Some((mean(&per[0]), "kube's default client (before)")),
             Compare::AtMost(5.0),
             n,
             format!(
-                "bug 2: p99 {:.2} ms with TCP_NODELAY, {:.2} ms without",
+                "bug 2: p50/p99 {:.2}/{:.2} ms with TCP_NODELAY, {:.2}/{:.2} ms without",
+                pct(&per[1], 0.5),
                 pct(&per[1], 0.99),
+                pct(&per[0], 0.5),
                 pct(&per[0], 0.99)
             ),
         ));
@@ -1222,7 +1232,7 @@ $K --context north -n "$NS" wait $C/pg-north --for=jsonpath='{.status.demotionTo
 TOKEN=$($K --context north -n "$NS" get $C pg-north -o jsonpath='{.status.demotionToken}')
 $K --context south -n "$NS" patch $C pg-south --type merge -p "{\"spec\":{\"replica\":{\"primary\":\"pg-south\",\"promotionToken\":\"$TOKEN\"}}}" >/dev/null
 $K --context south -n "$NS" wait $C/pg-south --for=jsonpath="{.status.lastPromotionToken}=$TOKEN" --timeout=60s >/dev/null
-$K --context edge apply --server-side --field-manager=runbook -f - >/dev/null <<EOF
+$K --context edge apply --server-side --force-conflicts --field-manager=runbook -f - >/dev/null <<EOF
 apiVersion: v1
 kind: ConfigMap
 metadata: {name: haproxy-config, namespace: $NS}
