@@ -244,6 +244,9 @@ fn main() {
     if opts.wants("P9") {
         figures.extend(p9(&opts));
     }
+    if opts.wants("L1") {
+        figures.extend(l1(&opts));
+    }
     if opts.clusters
         && ["B2", "P3", "P4", "P5", "P6", "P8"]
             .iter()
@@ -299,6 +302,15 @@ fn alert_labels(i: usize, shared_first_label: bool) -> BTreeMap<String, String> 
     l
 }
 
+/// P2's large plan set: 10 000, or 1 000 in the smoke mode.
+fn large_set(opts: &Opts) -> usize {
+    if opts.quick {
+        1_000
+    } else {
+        10_000
+    }
+}
+
 /// A webhook body carrying one firing alert with exactly these labels.
 fn body_with_labels(labels: &BTreeMap<String, String>) -> String {
     let mut v: Value = serde_json::from_str(&alert_body("X", false)).unwrap();
@@ -323,7 +335,7 @@ fn p2_webhook(opts: &Opts) -> Vec<Figure> {
         (false, "distinct first label"),
         (true, "shared first label"),
     ] {
-        let per_n: Vec<f64> = [10, 10_000]
+        let per_n: Vec<f64> = [10, large_set(opts)]
             .into_iter()
             .map(|n| {
                 let dir = tempfile::tempdir().unwrap();
@@ -362,7 +374,10 @@ fn p2_webhook(opts: &Opts) -> Vec<Figure> {
             .collect();
         out.push(figure(
             if shared { "P2b" } else { "P2a" },
-            &format!("webhook, one re-sent alert, 10 000 plans ({layout})"),
+            &format!(
+                "webhook, one re-sent alert, {} plans ({layout})",
+                large_set(opts)
+            ),
             "local",
             per_n[1],
             "µs",
@@ -384,7 +399,7 @@ fn p2_matching(opts: &Opts) -> Vec<Figure> {
         (false, "distinct first label"),
         (true, "shared first label"),
     ] {
-        let sets: Vec<(usize, PlanSet)> = [10, 10_000]
+        let sets: Vec<(usize, PlanSet)> = [10, large_set(opts)]
             .into_iter()
             .map(|n| {
                 let dir = tempfile::tempdir().unwrap();
@@ -411,7 +426,7 @@ fn p2_matching(opts: &Opts) -> Vec<Figure> {
         let (small, large) = (median(&per_round[0]), median(&per_round[1]));
         out.push(figure(
             if shared { "P2d" } else { "P2c" },
-            &format!("matching alone, 10 000 plans ({layout})"),
+            &format!("matching alone, {} plans ({layout})", large_set(opts)),
             "local",
             large,
             "µs",
@@ -693,6 +708,49 @@ fn p1_p7(opts: &Opts) -> Vec<Figure> {
         "target: no growth (≤ +2 MiB of allocator noise)".into(),
     ));
     out
+}
+
+/// L1: `recoverd check` of 10 000 plans (load, validate, render), timed by hyperfine: what a
+/// reload of that many plans costs.
+fn l1(opts: &Opts) -> Vec<Figure> {
+    let n = if opts.quick { 1_000 } else { 10_000 };
+    let runs = if opts.quick { 3 } else { 5 };
+    let dir = tempfile::tempdir().unwrap();
+    write_plans(&dir.path().join("plans"), n, false);
+    let json = dir.path().join("hyperfine.json");
+    let status = Command::new("hyperfine")
+        .args([
+            "--style",
+            "none",
+            "--warmup",
+            "1",
+            "--runs",
+            &runs.to_string(),
+        ])
+        .arg("--export-json")
+        .arg(&json)
+        .arg(format!(
+            "{} check {}",
+            env!("CARGO_BIN_EXE_recoverd"),
+            dir.path().join("plans").display()
+        ))
+        .stdout(Stdio::null())
+        .status()
+        .expect("hyperfine (apt-get install hyperfine; benches/run.sh does)");
+    assert!(status.success(), "hyperfine or recoverd check failed");
+    let v: Value = serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let median_s = v["results"][0]["median"].as_f64().unwrap();
+    vec![figure(
+        "L1",
+        &format!("recoverd check of {n} plans (load, validate, render)"),
+        "local",
+        median_s * 1e3,
+        "ms",
+        None,
+        Compare::AtMost(2_000.0),
+        runs,
+        format!("hyperfine, median of {runs}; informational: a reload costs about this"),
+    )]
 }
 
 /// In-process receiver (router + run service + SQLite store), as `recoverd serve` builds it.
