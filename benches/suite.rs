@@ -148,6 +148,7 @@ fn print_figure(f: &Figure) {
         .unwrap_or_else(|| "—".into());
     let cmp = match (f.compare, f.ratio, f.delta) {
         (Compare::DeltaAtMost(_), _, Some(d)) => format!("{:+.3} {}", d, f.unit),
+        (_, Some(r), _) if r < 1.0 => format!("{r:.3}×"),
         (_, Some(r), _) => format!("{r:.2}×"),
         _ => "—".into(),
     };
