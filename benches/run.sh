@@ -2,7 +2,7 @@
 # The performance suite (BENCHMARKS.md): every figure P1–P9 with its baseline measured in the same
 # run, the ratio or difference, and the target.
 #
-#   bash benches/run.sh                      # everything (~15 min on 2 busy cores)
+#   bash benches/run.sh                      # everything (~3 min once built)
 #   bash benches/run.sh --quick              # the smoke mode CI runs: small sizes, short runs
 #   bash benches/run.sh --json out.json      # also write the figures as JSON
 #   bash benches/run.sh --only P2,P7         # some figures; --no-clusters skips the API servers
