@@ -881,6 +881,17 @@ fn a_template_from_two_sources_is_refused() {
     );
 }
 
+#[test]
+fn a_template_file_outside_the_plan_directory_is_refused() {
+    the_problem(
+        "apply-template-file-outside.yaml",
+        "apply-form",
+        Some("haproxy"),
+        "spec.steps[0].apply.templateFrom.file",
+        &["../../../../etc/shadow", "inside the plan's directory"],
+    );
+}
+
 // ---- HTTP ----
 
 #[test]

@@ -289,3 +289,117 @@ async fn a_deleted_object_does_not_satisfy_not_equals_its_old_uid() {
     assert_eq!(observed, &json!(new.metadata.uid.unwrap()), "{record:#?}");
     assert_ne!(observed, &json!(old_uid));
 }
+
+#[tokio::test]
+async fn two_plans_applying_different_keys_keep_each_others_and_a_conflict_names_the_owner() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("keys").await;
+    let _ = Api::<k8s_openapi::api::core::v1::Namespace>::all(clusters.client("edge").await)
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap(),
+        )
+        .await;
+    let reg = registry(clusters, WriteMode::Live).await;
+
+    for plan in ["keys-a.yaml", "keys-b.yaml"] {
+        let record = run(reg.clone(), &truth(plan), &ns, &[]).await;
+        assert_eq!(record.phase, Phase::Succeeded, "{plan}: {record:#?}");
+    }
+    let data = field(&reg, "edge", "v1", "configmaps", &ns, "shared", "data")
+        .await
+        .unwrap();
+    assert_eq!(
+        data,
+        json!({"a.cfg": "written by plan a", "b.cfg": "written by plan b"}),
+        "plan b's apply removed plan a's key"
+    );
+
+    let record = run(reg.clone(), &truth("keys-conflict.yaml"), &ns, &[]).await;
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let step = &record.steps[0];
+    assert_eq!(step.reason.as_deref(), Some("conflict"), "{step:#?}");
+    let error = step.error.as_deref().unwrap();
+    assert!(
+        error.contains("recoverd/recoverd/keys-a") && error.contains("force: true"),
+        "{error}"
+    );
+    let a = field(
+        &reg,
+        "edge",
+        "v1",
+        "configmaps",
+        &ns,
+        "shared",
+        "data[\"a.cfg\"]",
+    )
+    .await;
+    assert_eq!(a, Some(json!("written by plan a")));
+}
+
+#[tokio::test]
+async fn a_template_file_symlinked_out_of_the_plan_directory_is_not_read() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("confined").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", dir.path().join("t.j2")).unwrap();
+    let plan_file = dir.path().join("plan.yaml");
+    std::fs::write(
+        &plan_file,
+        "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: confined, namespace: recoverd}\n\
+         spec:\n  params: {ns: db}\n  steps:\n  - name: render\n    type: apply\n    cluster: edge\n    apply:\n      \
+         target: {kind: ConfigMap, namespace: \"{{ Values.ns }}\", name: leaked, key: content}\n      templateFrom: {file: t.j2}\n",
+    )
+    .unwrap();
+    let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&plan_file));
+    assert!(errors.is_empty(), "{errors:?}");
+    let plan = RunnablePlan {
+        plan: plans.remove(0).plan,
+        base_dir: Some(dir.path().to_path_buf()),
+    };
+    let reg = registry(clusters, WriteMode::Live).await;
+
+    let record = run(reg, &plan, &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let error = record.steps[0].error.as_deref().unwrap();
+    assert!(error.contains("out of the plan's directory"), "{error}");
+}
+
+#[tokio::test]
+async fn a_value_printed_into_a_url_cannot_change_the_endpoint_called() {
+    use std::sync::{Arc, Mutex};
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let s = seen.clone();
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let s = s.clone();
+        async move {
+            s.lock().unwrap().push(uri.to_string());
+            "ok"
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let reg = registry(support::shared(), WriteMode::Live).await;
+    let evil = "../../admin?x=1&fixed=0#";
+
+    let record = run(
+        reg,
+        &truth("http-url-values.yaml"),
+        "db",
+        &[("url", json!(url)), ("target", json!(evil))],
+    )
+    .await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    let called = seen.lock().unwrap().clone();
+    let encoded = "..%2F..%2Fadmin%3Fx%3D1%26fixed%3D0%23";
+    assert_eq!(called, [format!("/hooks/{encoded}?who={encoded}")]);
+    // The record shows the URL actually called.
+    let shown = record.steps[0].object.as_deref().unwrap();
+    assert!(
+        shown.ends_with(&format!("/hooks/{encoded}?who={encoded}")),
+        "{shown}"
+    );
+}

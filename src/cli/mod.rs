@@ -192,3 +192,34 @@ pub fn load_one(path: &std::path::Path) -> anyhow::Result<crate::plan::LoadedPla
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::record::Phase;
+
+    #[test]
+    fn the_exit_code_is_the_worst_outcome_and_tolerated_failures_have_their_own() {
+        let code = |phases: &[Phase]| format!("{:?}", exit_code_for(phases.iter().copied()));
+        assert_eq!(
+            code(&[Phase::Succeeded]),
+            format!("{:?}", ExitCode::from(0))
+        );
+        assert_eq!(
+            code(&[Phase::Succeeded, Phase::SucceededWithErrors]),
+            format!("{:?}", ExitCode::from(EXIT_SUCCEEDED_WITH_ERRORS))
+        );
+        assert_eq!(
+            code(&[Phase::SucceededWithErrors, Phase::Failed]),
+            format!("{:?}", ExitCode::from(1))
+        );
+        assert_eq!(
+            code(&[Phase::Failed, Phase::SucceededWithErrors]),
+            format!("{:?}", ExitCode::from(1))
+        );
+        assert_eq!(
+            code(&[Phase::Cancelled]),
+            format!("{:?}", ExitCode::from(1))
+        );
+    }
+}

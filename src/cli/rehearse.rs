@@ -37,6 +37,13 @@ pub struct Args {
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = super::load_one(&args.plan)?;
+    // Before any cluster is started or seeded: an alert the plan does not match runs nothing.
+    let alert = match &args.alert {
+        Some(p) => super::matching_alerts(p, &loaded.plan.spec)?
+            .into_iter()
+            .next(),
+        None => None,
+    };
     let sandbox = match (&args.clusters.kubeconfig, &args.clusters.clusters) {
         (None, None) => Some(crate::sim::Sandbox::start(&args.world, None, None).await?),
         _ => None,
@@ -56,14 +63,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     });
     let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
     if !report.is_valid() {
-        for p in &report.problems {
-            eprintln!(
-                "{}: {}: {}",
-                loaded.source.file.display(),
-                p.field,
-                p.message
-            );
-        }
+        super::check::eprint_problems(&loaded, &report);
         anyhow::bail!("the plan is invalid; nothing was run");
     }
     let (w, base) = world::load(&args.world)?;
@@ -78,12 +78,6 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     );
     let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
 
-    let alert = match &args.alert {
-        Some(p) => super::matching_alerts(p, &loaded.plan.spec)?
-            .into_iter()
-            .next(),
-        None => None,
-    };
     let input = RunInput {
         params: Default::default(),
         alert: alert.as_ref().map(Alert::context),

@@ -52,6 +52,14 @@ pub fn parse_params(
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = super::load_one(&args.plan)?;
+    // Before anything touches a cluster: an alert the plan does not match runs nothing.
+    let alerts: Vec<Option<Alert>> = match &args.alert {
+        None => vec![None],
+        Some(path) => super::matching_alerts(path, &loaded.plan.spec)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
     let mode = if args.dry_run {
         WriteMode::DryRun
     } else {
@@ -60,18 +68,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let registry = Arc::new(args.clusters.registry(mode).await?);
     let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
     if !report.is_valid() {
-        for p in &report.problems {
-            let line = p
-                .step
-                .as_deref()
-                .map_or(loaded.source.line, |s| loaded.source.line_of_step(s));
-            eprintln!(
-                "{}:{line}: {}: {}",
-                loaded.source.file.display(),
-                p.field,
-                p.message
-            );
-        }
+        super::check::eprint_problems(&loaded, &report);
         anyhow::bail!("the plan is invalid; nothing was run");
     }
     let params = parse_params(&args.params)?;
@@ -89,13 +86,6 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    let alerts: Vec<Option<Alert>> = match &args.alert {
-        None => vec![None],
-        Some(path) => super::matching_alerts(path, &loaded.plan.spec)?
-            .into_iter()
-            .map(Some)
-            .collect(),
-    };
     let executor = Executor::new(registry);
     let runnable = RunnablePlan {
         plan: loaded.plan.clone(),

@@ -177,25 +177,20 @@ async fn keyed_object(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<(Value, boo
             reason: format!("failed to read template {}: {e}", path.display()),
         })?
     } else if let Some(cm) = &from.config_map {
-        let resolved = ctx
-            .registry
-            .resolve(&ctx.cluster, "v1", "configmaps")
+        let (api, name, shown) = ctx
+            .object("v1", "configmaps", Some(&cm.namespace), &cm.name)
             .await?;
-        let api = api_for_object(ctx.registry, &ctx.cluster, &resolved, Some(&cm.namespace))?;
-        let shown = format!(
-            "v1 configmaps {}/{} on cluster {}",
-            cm.namespace, cm.name, ctx.cluster
-        );
-        let obj = get_object(&api, &cm.name, &shown).await?;
+        let key = ctx.render(&cm.key)?;
+        let obj = get_object(&api, &name, &shown).await?;
         obj.pointer(&format!(
             "/data/{}",
-            cm.key.replace('~', "~0").replace('/', "~1")
+            key.replace('~', "~0").replace('/', "~1")
         ))
         .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or(StepError::FieldMissing {
             object: shown,
-            path: format!("data[{:?}]", cm.key),
+            path: format!("data[{key:?}]"),
         })?
     } else {
         return Err(StepError::Manifest {
@@ -204,16 +199,18 @@ async fn keyed_object(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<(Value, boo
     };
     let tainted = ctx.uses_secret(&source);
     let rendered = template::render(&source, ctx.values)?;
+    // The target's name, namespace and key are templates like any object reference.
+    let key = ctx.render(&target.key)?;
     let data = if target.kind == "Secret" {
-        json!({ target.key.clone(): base64::engine::general_purpose::STANDARD.encode(rendered) })
+        json!({ key: base64::engine::general_purpose::STANDARD.encode(rendered) })
     } else {
-        json!({ target.key.clone(): rendered })
+        json!({ key: rendered })
     };
     Ok((
         json!({
             "apiVersion": "v1",
             "kind": target.kind,
-            "metadata": {"name": target.name, "namespace": target.namespace},
+            "metadata": {"name": ctx.render(&target.name)?, "namespace": ctx.render(&target.namespace)?},
             "data": data,
         }),
         tainted,

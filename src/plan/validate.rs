@@ -402,6 +402,25 @@ impl Validator<'_> {
                                         .into(),
                                 );
                             }
+                            // A plan may read templates beside it, nothing else on the host.
+                            if let Some(file) = &tf.file {
+                                let path = std::path::Path::new(file);
+                                if path.is_absolute()
+                                    || path
+                                        .components()
+                                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                                {
+                                    self.problem(
+                                        name,
+                                        format!("{field}.apply.templateFrom.file"),
+                                        "apply-form",
+                                        format!(
+                                            "templateFrom.file {file:?} must be a path inside the \
+                                             plan's directory (relative, without `..`)"
+                                        ),
+                                    );
+                                }
+                            }
                         }
                     }
                 }
@@ -637,6 +656,20 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
         }
     }
     if let Some(a) = &step.apply {
+        if let Some(tf) = &a.target {
+            t("apply.target.namespace", &tf.namespace);
+            t("apply.target.name", &tf.name);
+            t("apply.target.key", &tf.key);
+        }
+        if let Some(cm) = a
+            .template_from
+            .as_ref()
+            .and_then(|tf| tf.config_map.as_ref())
+        {
+            t("apply.templateFrom.configMap.namespace", &cm.namespace);
+            t("apply.templateFrom.configMap.name", &cm.name);
+            t("apply.templateFrom.configMap.key", &cm.key);
+        }
         if let Some(i) = a.template_from.as_ref().and_then(|tf| tf.inline.as_ref()) {
             t("apply.templateFrom.inline", i);
         }
