@@ -253,6 +253,7 @@ fn every_kustomization_is_accepted_by_a_current_apiserver_without_pod_security_w
     let c = clusters();
     let repo = repo_copy();
     stand_in_install_files(repo.path());
+    let _guard = installing();
     for k in kustomizations() {
         let objects = render(&repo.path().join("deploy").join(&k));
         // Namespaces first (a namespaced dry run needs its namespace), for real, as a user's
@@ -690,10 +691,19 @@ fn the_image_assembles_without_pulling_and_runs_recoverd_as_a_numeric_non_root_u
 // ---------------------------------------------------------------------------------------------
 // recoverd serve as the Deployment runs it
 
+/// Held while a test installs into the clusters, so concurrent `kubectl apply`s of the same
+/// objects do not race each other.
+static INSTALLING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn installing() -> std::sync::MutexGuard<'static, ()> {
+    INSTALLING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Applies the remote-cluster bundle to every target and writes each one's kubeconfig entry
 /// into the overlay's `clusters/kubeconfig`, as the README says.
 fn install_remote_identities(repo: &Path) {
     let c = clusters();
+    let _guard = installing();
     for t in TARGETS {
         ok(c.kubectl(t)
             .args(["apply", "-k"])
@@ -1310,4 +1320,125 @@ fn the_overlays_plans_are_the_repositorys() {
             entry.file_name()
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The README
+
+/// The ```bash blocks of the README's "Deploying" section, in order.
+fn deploying_commands() -> Vec<String> {
+    let readme = std::fs::read_to_string(repo_dir().join("README.md")).unwrap();
+    let start = readme
+        .find("\n## Deploying\n")
+        .expect("README has no Deploying section");
+    let section = &readme[start + 1..];
+    let section = &section[..section[3..].find("\n## ").map_or(section.len(), |e| e + 3)];
+    let mut blocks = Vec::new();
+    let mut rest = section;
+    while let Some(open) = rest.find("```bash\n") {
+        let body = &rest[open + 8..];
+        let close = body.find("```").unwrap();
+        blocks.push(body[..close].to_string());
+        rest = &body[close + 3..];
+    }
+    blocks
+}
+
+#[test]
+fn the_readmes_deploying_commands_run_as_written() {
+    let c = clusters();
+    support::alertmanager::ensure_installed();
+    let blocks = deploying_commands();
+    assert!(blocks.len() >= 4, "{blocks:?}");
+    let repo = repo_copy();
+    let repo = repo.path();
+    // The reader's kubeconfig: the test clusters, and `home` for the home cluster.
+    let kubeconfig = repo.join("kubeconfig");
+    std::fs::copy(c.kubeconfig(), &kubeconfig).unwrap();
+    ok(Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args([
+            "config",
+            "set-context",
+            "home",
+            "--cluster",
+            HOME,
+            "--user",
+            "admin",
+        ]));
+    // `cargo build --release` would take minutes and build what cargo test built already: a
+    // stand-in `cargo` accepts exactly the README's build command and puts this build's
+    // binary where the release build would.
+    let bin = repo.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let shim = bin.join("cargo");
+    std::fs::write(
+        &shim,
+        format!(
+            "#!/bin/sh\n[ \"$*\" = 'build --release --locked --bin recoverd' ] || {{ echo \"unexpected: cargo $*\" >&2; exit 1; }}\nmkdir -p target/release && cp {} target/release/recoverd\n",
+            RECOVERD
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&shim, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let store = tempdir();
+    let script = format!("set -euo pipefail\n{}", blocks.join("\n"));
+    let _guard = installing();
+    let out = Command::new("bash")
+        .args(["-c", &script])
+        .current_dir(repo)
+        .env("KUBECONFIG", &kubeconfig)
+        .env(
+            "PATH",
+            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
+        )
+        .env("BUILDAH_OPTS", buildah_opts(store.path()))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let t = text(&out);
+    assert!(out.status.success(), "the README's commands failed:\n{t}");
+
+    // What they made: the image, the identities, the token, recoverd and its monitoring.
+    ok(buildah(store.path()).args([
+        "inspect",
+        "--type",
+        "image",
+        &format!("localhost/recoverd:{VERSION}"),
+    ]));
+    let token = std::fs::read_to_string(repo.join("deploy/overlays/single/token")).unwrap();
+    assert!(token.trim().len() >= 32);
+    let image = ok(c.kubectl(HOME).args([
+        "-n",
+        "recoverd",
+        "get",
+        "deployment",
+        "recoverd",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]));
+    assert_eq!(image, format!("localhost/recoverd:{VERSION}"));
+    for kind in [
+        "servicemonitor",
+        "prometheusrule",
+        "alertmanagerconfig",
+        "networkpolicy",
+    ] {
+        ok(c.kubectl(HOME)
+            .args(["-n", "recoverd", "get", kind, "recoverd"]));
+    }
+    let stored = ok(c.kubectl(HOME).args([
+        "-n",
+        "recoverd",
+        "get",
+        "secret",
+        "recoverd-token",
+        "-o",
+        "jsonpath={.data.token}",
+    ]));
+    let stored = base64::engine::general_purpose::STANDARD
+        .decode(stored.trim())
+        .unwrap();
+    assert_eq!(String::from_utf8(stored).unwrap(), token);
 }
