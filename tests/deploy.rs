@@ -305,6 +305,28 @@ fn every_kustomization_is_accepted_by_a_current_apiserver_without_pod_security_w
         // whose pods it would refuse; the version-skew warning of kubectl is not one of those.
         assert!(!t.contains("PodSecurity"), "{k}: {t}");
     }
+    // That check can fail: the namespace's Pod Security admission warns about a pod without
+    // the restricted profile's settings.
+    let bad = serde_json::json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "unrestricted", "namespace": "recoverd"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "unrestricted"}},
+            "template": {
+                "metadata": {"labels": {"app": "unrestricted"}},
+                "spec": {"containers": [{"name": "c", "image": "x:1"}]}
+            }
+        }
+    });
+    let file = repo.path().join("unrestricted.json");
+    std::fs::write(&file, bad.to_string()).unwrap();
+    let out = c
+        .kubectl(HOME)
+        .args(["apply", "--server-side", "--dry-run=server", "-f"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(text(&out).contains("PodSecurity"), "{}", text(&out));
 }
 
 /// What a pod template uses by name: (kind, name) pairs.
