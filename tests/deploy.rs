@@ -1410,6 +1410,32 @@ fn the_alerts_on_recoverd_use_its_metric_names_and_the_example_alert_matches_the
 }
 
 #[test]
+fn the_alerts_on_recoverd_fire_on_its_series_and_stay_quiet_without_them() {
+    // promtool (Debian's prometheus package, installed by .ci/run) checks the rules' PromQL
+    // and runs tests/data/deploy/prometheusrule-tests.yaml against them.
+    let monitoring = render(&repo_dir().join("deploy/monitoring"));
+    let rule = find(&monitoring, "PrometheusRule", "recoverd");
+    let dir = tempdir();
+    let groups = serde_json::json!({"groups": rule["spec"]["groups"]});
+    std::fs::write(dir.path().join("rules.yaml"), groups.to_string()).unwrap();
+    std::fs::copy(
+        repo_dir().join("tests/data/deploy/prometheusrule-tests.yaml"),
+        dir.path().join("tests.yaml"),
+    )
+    .unwrap();
+    assert!(
+        Path::new("/usr/bin/promtool").exists(),
+        "promtool is missing: apt-get install prometheus (as .ci/run does)"
+    );
+    ok(Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(dir.path().join("rules.yaml")));
+    ok(Command::new("promtool")
+        .args(["test", "rules"])
+        .arg(dir.path().join("tests.yaml")));
+}
+
+#[test]
 fn the_overlays_plans_are_the_repositorys() {
     let dir = repo_dir().join("deploy/overlays/single/plans");
     for entry in std::fs::read_dir(&dir).unwrap().flatten() {
