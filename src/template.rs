@@ -75,6 +75,12 @@ fn environment() -> Environment<'static> {
             })
         },
     );
+    env.add_filter("urlencode", |s: String| {
+        minijinja::Value::from_safe_string(
+            percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+        )
+    });
     env.add_filter(
         "tojson",
         |v: minijinja::Value| -> Result<minijinja::Value, minijinja::Error> {
@@ -204,6 +210,85 @@ pub fn render_yaml(src: &str, ctx: &Value) -> Result<Value, TemplateError> {
     Ok(substitute(doc, &table))
 }
 
+/// Renders a URL template so that values cannot change which endpoint is called: every value
+/// printed into the path is percent-encoded as one path segment (`/`, `?`, `#` included, and
+/// `.`/`..` refused), into the query or fragment as one component (`&`, `=`, `#`, `+` included).
+/// A value that is the whole start of the URL (`{{ secrets.webhookUrl }}/…`) is the URL the
+/// author chose and is kept as it is; so is a value marked `| safe`, or one already passed
+/// through the `urlencode` filter.
+pub fn render_url(src: &str, ctx: &Value) -> Result<String, TemplateError> {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    // RFC 3986 unreserved characters stay; everything else is encoded.
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    const AUTHORITY: &AsciiSet = &COMPONENT.remove(b':');
+    if !is_template(src) {
+        return Ok(src.to_string());
+    }
+    let src = normalize(src);
+    let printed: Arc<Mutex<Vec<minijinja::Value>>> = Arc::default();
+    let mut env = environment();
+    let table = printed.clone();
+    env.set_formatter(move |out, _state, value| {
+        let mut table = table.lock().unwrap();
+        write!(out, "{TOKEN_OPEN}{}{TOKEN_CLOSE}", table.len()).map_err(minijinja::Error::from)?;
+        table.push(value.clone());
+        Ok(())
+    });
+    let text = env
+        .render_str(&src, ctx)
+        .map_err(|e| render_error(&src, &e))?;
+    let table = printed.lock().unwrap();
+    // Which part of the URL the text written so far ends in.
+    let part = |out: &str| {
+        if out.contains('#') {
+            "fragment"
+        } else if out.contains('?') {
+            "query"
+        } else {
+            let after_scheme = out.find("://").map_or(out, |i| &out[i + 3..]);
+            if after_scheme.contains('/') {
+                "path"
+            } else {
+                "authority"
+            }
+        }
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(TOKEN_OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + TOKEN_OPEN.len_utf8()..];
+        let end = after.find(TOKEN_CLOSE).unwrap_or(after.len());
+        let value = after[..end]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| table.get(i));
+        rest = after.get(end + TOKEN_CLOSE.len_utf8()..).unwrap_or("");
+        let Some(value) = value else { continue };
+        let raw = value.to_string();
+        if out.is_empty() || value.is_safe() {
+            out.push_str(&raw);
+            continue;
+        }
+        match part(&out) {
+            "authority" => out.extend(utf8_percent_encode(&raw, AUTHORITY)),
+            "path" if raw == "." || raw == ".." => {
+                return Err(TemplateError::Render {
+                    template: src.clone(),
+                    reason: format!("{raw:?} cannot be a URL path segment"),
+                })
+            }
+            _ => out.extend(utf8_percent_encode(&raw, COMPONENT)),
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 fn substitute(v: Value, table: &[minijinja::Value]) -> Value {
     match v {
         Value::String(s) => splice(&s, table),
@@ -266,6 +351,34 @@ mod tests {
             "Values": {"DemotionToken": "tok-123", "SouthIP": "10.0.0.7", "replicas": 3},
             "alert": {"labels": {"cluster": "pg-north", "evil": "x\"}}\n  injected: {{ Values.SouthIP }}\nkind: Secret"}},
         })
+    }
+
+    #[test]
+    fn values_in_a_url_cannot_change_the_endpoint() {
+        let ctx = json!({"alert": {"labels": {"x": "../../admin?x=1&fixed=0#", "host": "pg.db:8080"}},
+                         "Values": {"base": "https://hooks.example/a", "dots": ".."}});
+        assert_eq!(
+            render_url("https://h.example/api/{{ alert.labels.x }}/run?who={{ alert.labels.x }}", &ctx).unwrap(),
+            "https://h.example/api/..%2F..%2Fadmin%3Fx%3D1%26fixed%3D0%23/run?who=..%2F..%2Fadmin%3Fx%3D1%26fixed%3D0%23"
+        );
+        assert_eq!(
+            render_url("http://{{ alert.labels.host }}/x", &ctx).unwrap(),
+            "http://pg.db:8080/x"
+        );
+        // The author's whole URL from a value, `safe`, and `urlencode` are kept.
+        assert_eq!(
+            render_url("{{ Values.base }}/b?q={{ 'a b' | urlencode }}", &ctx).unwrap(),
+            "https://hooks.example/a/b?q=a%20b"
+        );
+        assert_eq!(
+            render_url("https://h/{{ 'p/q' | safe }}", &ctx).unwrap(),
+            "https://h/p/q"
+        );
+        let e = render_url("https://h/a/{{ Values.dots }}/b", &ctx).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot be a URL path segment"),
+            "{e}"
+        );
     }
 
     #[test]

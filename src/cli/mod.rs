@@ -1,6 +1,11 @@
 //! The command line (one binary, clap): `check`, `run`, `rehearse`, `crd`, `serve`, `trigger`,
 //! `sim`, `demo`. Each command is a thin layer over the library; output formats live in the
 //! command's own file.
+//!
+//! Exit codes of the commands that run a plan (`run`, `rehearse`): 0 the run succeeded; 1 it
+//! failed or was cancelled (or an expectation failed); 2 nothing ran (bad arguments, an invalid
+//! plan, an alert that does not match); 3 it succeeded with tolerated failures
+//! (`SucceededWithErrors`: a step with `onError: continue` failed).
 
 mod api;
 pub mod check;
@@ -132,6 +137,44 @@ impl ClusterArgs {
             (None, None) => Registry::from_kubeconfig(None, mode).await,
         }
     }
+}
+
+/// Exit code 3: the run succeeded, but a step with `onError: continue` failed.
+pub const EXIT_SUCCEEDED_WITH_ERRORS: u8 = 3;
+
+/// The exit code for runs that ended in these phases: the worst of them.
+pub fn exit_code_for(phases: impl IntoIterator<Item = crate::run::record::Phase>) -> ExitCode {
+    use crate::run::record::Phase;
+    let mut code = 0;
+    for phase in phases {
+        code = match phase {
+            Phase::Succeeded => code,
+            Phase::SucceededWithErrors if code == 0 => EXIT_SUCCEEDED_WITH_ERRORS,
+            Phase::SucceededWithErrors => code,
+            _ => 1,
+        };
+    }
+    ExitCode::from(code)
+}
+
+/// The firing alerts in an alert file (a webhook payload or one alert) that match a plan; an
+/// error when there is none, so that no command runs a plan for an alert it does not match.
+pub fn matching_alerts(
+    path: &std::path::Path,
+    spec: &crate::plan::model::RecoveryPlanSpec,
+) -> anyhow::Result<Vec<crate::alert::Alert>> {
+    let all = crate::alert::load_file(path)?;
+    let matching: Vec<_> = all
+        .into_iter()
+        .filter(|a| a.is_firing() && crate::alert::plan_matches(spec, &a.labels))
+        .collect();
+    if matching.is_empty() {
+        anyhow::bail!(
+            "no firing alert in {} matches the plan's alertLabels/alertMatchers; nothing was run",
+            path.display()
+        );
+    }
+    Ok(matching)
 }
 
 /// Loads exactly one plan from a file (or fails saying why).

@@ -11,10 +11,9 @@ use anyhow::Context as _;
 
 use super::print::Printer;
 use super::ClusterArgs;
-use crate::alert::{self, Alert};
+use crate::alert::Alert;
 use crate::cluster::WriteMode;
 use crate::executor::{Executor, RunInput, RunnablePlan};
-use crate::run::record::Phase;
 use crate::world;
 
 #[derive(clap::Args, Debug)]
@@ -80,9 +79,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
 
     let alert = match &args.alert {
-        Some(p) => alert::load_file(p)?
+        Some(p) => super::matching_alerts(p, &loaded.plan.spec)?
             .into_iter()
-            .find(|a| a.is_firing() && alert::plan_matches(&loaded.plan.spec, &a.labels)),
+            .next(),
         None => None,
     };
     let input = RunInput {
@@ -102,29 +101,61 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .await;
 
     println!("\nchanges:");
+    let needles = record.secrets.needles();
     let changed = world::changes(&registry, &seeded).await;
-    if changed.is_empty() {
+    let seeded_objects: std::collections::BTreeSet<String> = seeded
+        .iter()
+        .map(|s| {
+            format!(
+                "{} on cluster {}",
+                crate::executor::describe_object(
+                    &s.api_version,
+                    &s.resource,
+                    s.namespace.as_deref(),
+                    &s.name
+                ),
+                s.cluster
+            )
+        })
+        .collect();
+    // Objects the world did not seed that the plan wrote: created by the plan (their step's
+    // diff starts from nothing).
+    let created: Vec<_> = record
+        .steps
+        .iter()
+        .chain(&record.on_failure)
+        .filter(|s| s.diff.is_some() && s.status == crate::run::record::StepStatus::Succeeded)
+        .filter(|s| {
+            s.object
+                .as_ref()
+                .is_some_and(|o| !seeded_objects.contains(o))
+        })
+        .collect();
+    if changed.is_empty() && created.is_empty() {
         println!("  (none)");
     }
     for (s, after) in &changed {
-        println!("  {}", s.describe());
-        for op in crate::executor::object_diff(&s.before, after)
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            println!(
-                "    {} {} {}",
-                op["op"].as_str().unwrap_or(""),
-                op["path"].as_str().unwrap_or(""),
-                op.get("value")
-                    .map(crate::fieldpath::as_text)
-                    .unwrap_or_default()
-                    .replace('\n', "\\n")
-            );
-        }
+        println!("  changed {}", s.describe());
+        let secret = s.api_version == "v1" && s.resource == "secrets";
+        print_ops(
+            &crate::executor::object_diff(&s.before, after),
+            secret,
+            &needles,
+        );
     }
-    let mut ok = record.phase == Phase::Succeeded;
+    for step in created {
+        println!(
+            "  written {} (by step {:?}; not in the world)",
+            step.object.as_deref().unwrap_or_default(),
+            step.name
+        );
+        let secret = step
+            .object
+            .as_deref()
+            .is_some_and(|o| o.starts_with("v1 secrets "));
+        print_ops(step.diff.as_ref().expect("filtered"), secret, &needles);
+    }
+    let mut code = super::exit_code_for([record.phase]);
     if let Some(path) = &args.expect {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -139,11 +170,31 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         for f in &failures {
             println!("  ✘ {f}");
         }
-        ok &= failures.is_empty();
+        if !failures.is_empty() {
+            code = ExitCode::FAILURE;
+        }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(code)
+}
+
+/// Prints a change as JSON Patch operations; a Secret's values, and any secret the run read,
+/// as `<redacted>`.
+fn print_ops(diff: &serde_json::Value, secret: bool, needles: &[String]) {
+    let Some(ops) = diff.as_array() else {
+        println!("    <redacted>");
+        return;
+    };
+    for op in ops {
+        let value = match op.get("value") {
+            Some(_) if secret => "<redacted>".to_string(),
+            Some(v) => crate::executor::scrub(&crate::fieldpath::as_text(v), needles),
+            None => String::new(),
+        };
+        println!(
+            "    {} {} {}",
+            op["op"].as_str().unwrap_or(""),
+            op["path"].as_str().unwrap_or(""),
+            value.replace('\n', "\\n")
+        );
+    }
 }

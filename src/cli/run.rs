@@ -9,10 +9,9 @@ use serde_json::Value;
 
 use super::print::Printer;
 use super::ClusterArgs;
-use crate::alert::{self, Alert};
+use crate::alert::Alert;
 use crate::cluster::WriteMode;
 use crate::executor::{Executor, RunInput, RunnablePlan};
-use crate::run::record::Phase;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,7 +30,7 @@ pub struct Args {
     /// Send every write with dryRun=All: the API servers validate it, nothing is stored.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the final run record as JSON.
+    /// Print the final run record as JSON on stdout (progress goes to stderr).
     #[arg(long)]
     pub json: bool,
 }
@@ -92,29 +91,23 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     let alerts: Vec<Option<Alert>> = match &args.alert {
         None => vec![None],
-        Some(path) => {
-            let all = alert::load_file(path)?;
-            let matching: Vec<_> = all
-                .into_iter()
-                .filter(|a| a.is_firing() && alert::plan_matches(&loaded.plan.spec, &a.labels))
-                .map(Some)
-                .collect();
-            if matching.is_empty() {
-                anyhow::bail!(
-                    "no firing alert in {} matches the plan's alertLabels/alertMatchers",
-                    path.display()
-                );
-            }
-            matching
-        }
+        Some(path) => super::matching_alerts(path, &loaded.plan.spec)?
+            .into_iter()
+            .map(Some)
+            .collect(),
     };
     let executor = Executor::new(registry);
     let runnable = RunnablePlan {
         plan: loaded.plan.clone(),
         base_dir: loaded.source.file.parent().map(|p| p.to_path_buf()),
     };
-    let printer = Printer::new();
-    let mut ok = true;
+    // With --json, stdout carries only the record.
+    let printer = if args.json {
+        Printer::to_stderr()
+    } else {
+        Printer::new()
+    };
+    let mut phases = Vec::new();
     for alert in alerts {
         let input = RunInput {
             params: params.clone(),
@@ -142,11 +135,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&record)?);
         }
-        ok &= record.phase == Phase::Succeeded;
+        phases.push(record.phase);
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(super::exit_code_for(phases))
 }

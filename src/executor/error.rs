@@ -21,6 +21,10 @@ pub enum StepError {
         object: String,
         source: kube::Error,
     },
+    #[error("the write to {object} did not take effect: {detail}")]
+    NotApplied { object: String, detail: String },
+    #[error("failed to apply {object}: {detail}")]
+    Conflict { object: String, detail: String },
     #[error("failed to find {object}: it does not exist")]
     NotFound { object: String },
     #[error("failed to read {path} of {object}: the field is missing")]
@@ -105,6 +109,8 @@ impl StepError {
             },
             StepError::Kube { .. } => "unreachable",
             StepError::NotFound { .. } => "not-found",
+            StepError::NotApplied { .. } => "not-applied",
+            StepError::Conflict { .. } => "conflict",
             StepError::FieldMissing { .. } => "field-missing",
             StepError::FieldEmpty { .. } => "field-empty",
             StepError::AttemptTimeout { .. } => "timeout",

@@ -1,5 +1,7 @@
 //! `http`: call an endpoint with reqwest. Secrets come from environment variables or files and
-//! are redacted wherever they appear in the run record.
+//! are redacted wherever they appear in the run record; a response to a request that carried a
+//! secret is itself secret (an endpoint may echo it). Values printed into the URL are
+//! percent-encoded, so an alert label cannot change which endpoint is called.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +15,13 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     let secrets = read_secrets(&step.secrets)?;
     let mut values = ctx.values.clone();
     values["secrets"] = json!(secrets);
-    let url = template::render(&step.url, &values)?;
+    let url = template::render_url(&step.url, &values)?;
+    let mut sources: Vec<&str> = vec![&step.url];
+    sources.extend(step.headers.values().map(String::as_str));
+    sources.extend(step.body.as_deref());
+    let json_text = step.json.as_ref().map(Value::to_string);
+    sources.extend(json_text.as_deref());
+    let carries_secret = sources.iter().any(|s| ctx.uses_secret(s));
     let method = step.method.clone().unwrap_or_else(|| {
         if step.body.is_some() || step.json.is_some() {
             "POST"
@@ -35,17 +43,17 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     for (k, v) in &step.headers {
         let rendered = template::render(v, &values)?;
         req = req.header(k, &rendered);
-        shown_headers.insert(k.clone(), shown(v, rendered));
+        shown_headers.insert(k.clone(), shown(ctx, v, rendered));
     }
     let mut shown_body = Value::Null;
     if let Some(body) = &step.body {
         let rendered = template::render(body, &values)?;
         req = req.body(rendered.clone());
-        shown_body = Value::String(shown(body, rendered));
+        shown_body = Value::String(shown(ctx, body, rendered));
     } else if let Some(j) = &step.json {
         let body = template::render_raw(j, &values)?;
         req = req.json(&body);
-        shown_body = if uses_secrets(&j.to_string()) {
+        shown_body = if ctx.uses_secret(&j.to_string()) {
             Value::String(REDACTED.into())
         } else {
             body
@@ -57,7 +65,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         .filter(|s| !s.is_empty())
         .collect();
     let inputs = redact(
-        json!({"method": method.as_str(), "url": shown(&step.url, url.clone()), "headers": shown_headers, "body": shown_body}),
+        json!({"method": method.as_str(), "url": shown(ctx, &step.url, url.clone()), "headers": shown_headers, "body": shown_body}),
         &secret_values,
     );
 
@@ -78,8 +86,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         return Ok(StepOutcome {
             inputs: Some(inputs),
             outputs,
-            diff: None,
-            object: None,
+            ..Default::default()
         });
     }
     let resp = req.send().await.map_err(|e| StepError::Http {
@@ -118,8 +125,9 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     Ok(StepOutcome {
         inputs: Some(inputs),
         outputs,
-        diff: None,
         object: Some(format!("{} {}", method, redact_str(&url, &secret_values))),
+        secret_outputs: carries_secret,
+        ..Default::default()
     })
 }
 
@@ -152,17 +160,8 @@ fn read_secrets(refs: &BTreeMap<String, SecretRef>) -> Result<BTreeMap<String, S
 
 const REDACTED: &str = "<redacted>";
 
-/// Whether a template mentions a secret: then whatever it renders to (a secret transformed by a
-/// filter, say `b64encode`) is kept out of the record, not only the secret's exact value.
-fn uses_secrets(src: &str) -> bool {
-    template::references(src).is_ok_and(|refs| {
-        refs.iter()
-            .any(|r| r == "secrets" || r.starts_with("secrets."))
-    })
-}
-
-fn shown(src: &str, rendered: String) -> String {
-    if uses_secrets(src) {
+fn shown(ctx: &StepCtx<'_>, src: &str, rendered: String) -> String {
+    if ctx.uses_secret(src) {
         REDACTED.into()
     } else {
         rendered

@@ -1,5 +1,6 @@
 //! `readField`: read one field of an object into `Values.<outputKey>`; a missing or empty field
-//! fails the step, naming cluster, object and path.
+//! fails the step, naming cluster, object and path. A value read from a Secret is secret: later
+//! steps can use it, records show `<redacted>`.
 
 use std::collections::BTreeMap;
 
@@ -22,8 +23,12 @@ pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepO
     let obj = get_object(&api, &name, &shown).await?;
     let value = match path.get(&obj)? {
         // In a dry run the writes before this step were not stored, so a field they would have
-        // produced (a demotion token) is not there yet: stand in for it and go on checking.
-        v if ctx.dry_run() && v.as_ref().is_none_or(fieldpath::is_empty) => {
+        // produced (a demotion token) is not there yet: stand in for it and go on checking —
+        // but only for an object this dry run wrote, so a misspelled path still fails here.
+        v if ctx.dry_run()
+            && ctx.written.contains(&shown)
+            && v.as_ref().is_none_or(fieldpath::is_empty) =>
+        {
             dry_run_placeholder(step)
         }
         None => {
@@ -43,8 +48,9 @@ pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepO
     Ok(StepOutcome {
         inputs: Some(json!({"fieldPath": step.field_path})),
         outputs: BTreeMap::from([(step.output_key.clone(), value)]),
-        diff: None,
+        secret_outputs: step.api_version == "v1" && step.resource == "secrets",
         object: Some(shown),
+        ..Default::default()
     })
 }
 

@@ -16,6 +16,16 @@ use crate::plan::model::{Condition, WaitStep};
 pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
     if let Some(d) = &step.duration {
         let d = duration::parse(d)?;
+        if ctx.dry_run() {
+            // A dry run proves nothing by sleeping, and must not delay anything.
+            return Ok(StepOutcome {
+                inputs: Some(json!({
+                    "duration": duration::format(d),
+                    "dryRun": format!("would pause for {}", duration::format(d)),
+                })),
+                ..Default::default()
+            });
+        }
         (ctx.progress)(format!("pausing for {}", duration::format(d)), d);
         tokio::time::sleep(d).await;
         return Ok(StepOutcome {
@@ -40,6 +50,12 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         .object(api_version, resource, step.namespace.as_deref(), name)
         .await?;
     let wanted = describe(field, &condition, ctx)?;
+    let secret = api_version == "v1" && resource == "secrets";
+    let last_text = |v: &Option<Value>| match v {
+        None => "<missing>".to_string(),
+        Some(_) if secret => "<redacted>".to_string(),
+        Some(v) => fieldpath::as_text(v),
+    };
 
     // The value when the step began, for `changed`.
     let initial = match api.get_opt(&name).await {
@@ -66,11 +82,11 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         initial.as_ref(),
         initial.as_ref(),
     ) {
-        return Ok(done(field, &wanted, initial, shown));
+        return Ok(done(field, &wanted, initial, shown, secret));
     }
     if ctx.dry_run() {
         // Nothing was written, so nothing will change: record what the live run would wait for.
-        let mut outcome = done(field, &wanted, initial, shown);
+        let mut outcome = done(field, &wanted, initial, shown, secret);
         if let Some(inputs) = outcome.inputs.as_mut() {
             inputs["dryRun"] = json!(format!(
                 "would wait up to {} for {wanted}",
@@ -94,7 +110,7 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
                     after: timeout,
                     condition: wanted,
                     object: shown,
-                    last: last.as_ref().map_or("<missing>".into(), fieldpath::as_text),
+                    last: last_text(&last),
                     last_error,
                 })
             }
@@ -104,7 +120,7 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
                     after: timeout,
                     condition: wanted,
                     object: shown,
-                    last: last.as_ref().map_or("<missing>".into(), fieldpath::as_text),
+                    last: last_text(&last),
                     last_error: Some("the watch ended".into()),
                 })
             }
@@ -128,35 +144,45 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
             current.as_ref(),
             initial.as_ref(),
         ) {
-            return Ok(done(field, &wanted, current, shown));
+            return Ok(done(field, &wanted, current, shown, secret));
         }
         last = current;
     }
 }
 
-fn done(field: &str, wanted: &str, value: Option<Value>, shown: String) -> StepOutcome {
+fn done(
+    field: &str,
+    wanted: &str,
+    value: Option<Value>,
+    shown: String,
+    secret: bool,
+) -> StepOutcome {
+    let observed = match value {
+        Some(_) if secret => json!("<redacted>"),
+        v => json!(v),
+    };
     StepOutcome {
-        inputs: Some(json!({"fieldPath": field, "condition": wanted, "observed": value})),
+        inputs: Some(json!({"fieldPath": field, "condition": wanted, "observed": observed})),
         object: Some(shown),
         ..Default::default()
     }
 }
 
-/// Whether the condition holds for the current value (`None` = missing).
+/// Whether the condition holds for the current value (`None` = missing). A missing object or
+/// field never satisfies a comparison (`equals`, `notEquals`, `changed`): "wait until the uid is
+/// not the old one" must not pass while the pod is gone. Waiting for absence is `exists: false`.
 pub fn holds(
     c: &Condition,
     expected: Option<&Value>,
     current: Option<&Value>,
     initial: Option<&Value>,
 ) -> bool {
-    let same = |a: Option<&Value>, b: &Value| {
-        a.is_some_and(|a| a == b || fieldpath::as_text(a) == fieldpath::as_text(b))
-    };
+    let same = |a: &Value, b: &Value| a == b || fieldpath::as_text(a) == fieldpath::as_text(b);
     if c.equals.is_some() {
-        return expected.is_some_and(|e| same(current, e));
+        return expected.is_some_and(|e| current.is_some_and(|c| same(c, e)));
     }
     if c.not_equals.is_some() {
-        return expected.is_some_and(|e| !same(current, e));
+        return expected.is_some_and(|e| current.is_some_and(|c| !same(c, e)));
     }
     if let Some(want) = c.not_empty {
         return want == current.is_some_and(|v| !fieldpath::is_empty(v));
@@ -165,7 +191,7 @@ pub fn holds(
         return want == current.is_some();
     }
     if c.changed == Some(true) {
-        return current != initial;
+        return current.is_some() && current != initial;
     }
     false
 }
@@ -209,7 +235,10 @@ mod tests {
             not_equals: Some(json!("a")),
             ..Default::default()
         };
-        assert!(holds(&ne, Some(&json!("a")), None, None));
+        assert!(holds(&ne, Some(&json!("a")), Some(&json!("b")), None));
+        assert!(!holds(&ne, Some(&json!("a")), Some(&json!("a")), None));
+        // A missing object or field is not "a different value".
+        assert!(!holds(&ne, Some(&json!("a")), None, None));
         let nonempty = Condition {
             not_empty: Some(true),
             ..Default::default()
@@ -222,6 +251,7 @@ mod tests {
         };
         assert!(!holds(&changed, None, Some(&json!(1)), Some(&json!(1))));
         assert!(holds(&changed, None, Some(&json!(2)), Some(&json!(1))));
+        assert!(!holds(&changed, None, None, Some(&json!(1))));
         let absent = Condition {
             exists: Some(false),
             ..Default::default()

@@ -276,7 +276,7 @@ pub struct Condition {
 }
 
 /// Render a template into an object (or one key of a ConfigMap/Secret) and server-side apply it
-/// with field manager `recoverd`.
+/// with the plan's field manager `recoverd/<namespace>/<plan>`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplyStep {
@@ -289,8 +289,8 @@ pub struct ApplyStep {
     /// …rendered from this template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_from: Option<TemplateSource>,
-    /// Take ownership of fields another manager owns (default true: a recovery must not stop at
-    /// a field conflict).
+    /// Take over fields another field manager owns (default false: a conflict fails the step
+    /// and names the other manager; a dry run or rehearsal shows it before a live run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
 }
