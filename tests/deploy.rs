@@ -1387,6 +1387,31 @@ fn the_alerts_on_recoverd_use_its_metric_names_and_the_example_alert_matches_the
         }
     }
 
+    // Label values are ones recoverd sets: run phases and step failure reasons.
+    let record = std::fs::read_to_string(repo_dir().join("src/run/record.rs")).unwrap();
+    let errors = std::fs::read_to_string(repo_dir().join("src/executor/error.rs")).unwrap();
+    let result = regex::Regex::new(r#"result="([A-Za-z]+)""#).unwrap();
+    let reason = regex::Regex::new(r#"reason="([a-z-]+)""#).unwrap();
+    for r in &rules {
+        let expr = r["expr"].as_str().unwrap();
+        for c in result.captures_iter(expr) {
+            assert!(
+                record.contains(&format!("    {},\n", &c[1])),
+                "{}: no phase {}",
+                r["alert"],
+                &c[1]
+            );
+        }
+        for c in reason.captures_iter(expr) {
+            assert!(
+                errors.contains(&format!("\"{}\"", &c[1])),
+                "{}: no reason {}",
+                r["alert"],
+                &c[1]
+            );
+        }
+    }
+
     // The example alert, with its rule's labels, is one the shipped plan acts on.
     let rule = rules
         .iter()
