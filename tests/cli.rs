@@ -341,38 +341,6 @@ async fn rehearse_seeds_the_world_runs_the_plan_and_checks_expectations() {
 }
 
 #[tokio::test]
-async fn the_deployment_manifests_are_accepted_by_a_real_apiserver() {
-    let clusters = support::shared();
-    // A server-side dry run of namespaced objects needs their namespace to exist.
-    let out = clusters
-        .kubectl("edge")
-        .args(["create", "namespace", "recoverd"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let out = clusters
-        .kubectl("edge")
-        .args(["apply", "--dry-run=server", "-f"])
-        .arg(repo_dir().join("deploy/recoverd.yaml"))
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    assert!(
-        t.contains("deployment.apps/recoverd created (server dry run)"),
-        "{t}"
-    );
-    // The Alertmanager side is a configuration the real amtool accepts.
-    support::alertmanager::ensure_installed();
-    let out = Command::new("amtool")
-        .arg("check-config")
-        .arg(repo_dir().join("deploy/alertmanager-receiver.yaml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-}
-
-#[tokio::test]
 async fn a_failing_run_exits_1_and_ends_with_the_failing_step_and_reason() {
     let clusters = support::shared();
     let ns = clusters.namespace("cli-fail").await;

@@ -55,13 +55,8 @@ pub async fn alerts(
             "recoverd is shutting down; retry against another replica".into(),
         ));
     }
-    let payload: WebhookPayload = json_body(&headers, body, state.body_limit)?;
-    if payload.version != "4" {
-        return Err(ApiError::BadRequest(format!(
-            "unsupported webhook payload version {:?} (expected \"4\")",
-            payload.version
-        )));
-    }
+    let mut payload: WebhookPayload = json_body(&headers, body, state.body_limit)?;
+    payload.accept().map_err(ApiError::BadRequest)?;
     // Check every alert before acting on any: a 4xx after some runs started would lose the rest
     // (Alertmanager does not retry a 4xx).
     if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
