@@ -364,6 +364,8 @@ fn build_client(config: Config, name: &str, mode: WriteMode) -> Result<Client, C
 
 /// Adds `dryRun=All` to every request that could change something (anything but GET, HEAD,
 /// OPTIONS). The API server then validates and answers as if it wrote, but stores nothing.
+/// A DELETE's body (DeleteOptions) overrides its query on the API server, so the executor's
+/// delete also sets `dryRun` in the body.
 pub fn force_dry_run<B>(mut req: http::Request<B>) -> http::Request<B> {
     if matches!(
         *req.method(),

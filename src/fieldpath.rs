@@ -170,6 +170,25 @@ impl FieldPath {
         })
     }
 
+    /// The first key of a dotted path (`spec` of `spec.replica.primary`); for a JSONPath, the
+    /// first name after `$.` when there is one.
+    pub fn first_key(&self) -> Option<&str> {
+        match self {
+            FieldPath::Dotted { segments, .. } => match segments.first() {
+                Some(Segment::Key(k)) => Some(k),
+                _ => None,
+            },
+            FieldPath::JsonPath { text } => text
+                .strip_prefix("$.")
+                .map(|rest| rest.split(['.', '[']).next().unwrap_or(rest)),
+        }
+    }
+
+    /// Whether the path is under `status` (what controllers write).
+    pub fn is_status(&self) -> bool {
+        self.first_key() == Some("status")
+    }
+
     pub fn has_index(&self) -> bool {
         matches!(self, FieldPath::Dotted { segments, .. } if segments.iter().any(|s| matches!(s, Segment::Index(_))))
     }

@@ -16,6 +16,9 @@ use serde_json::Value;
 /// The top-level names a template may use.
 pub const CONTEXT_NAMES: &[&str] = &["Values", "alert", "plan", "run", "secrets"];
 
+/// Functions templates may call.
+pub const FUNCTIONS: &[&str] = &["now", "seconds_since"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("failed to parse template {template:?}: {reason}")]
@@ -73,6 +76,26 @@ fn environment() -> Environment<'static> {
             String::from_utf8(bytes).map_err(|e| {
                 minijinja::Error::new(ErrorKind::InvalidOperation, format!("b64decode: {e}"))
             })
+        },
+    );
+    // Time: `now()` (RFC 3339, UTC, for annotations) and `seconds_since(ts)` (for "older
+    // than" checks: `{{ seconds_since(Values.LastBackup) > 3600 }}`).
+    env.add_function("now", || {
+        jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+            .to_string()
+    });
+    env.add_function(
+        "seconds_since",
+        |ts: String| -> Result<i64, minijinja::Error> {
+            let t: jiff::Timestamp = ts.trim().parse().map_err(|e| {
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("seconds_since: {ts:?} is not an RFC 3339 timestamp: {e}"),
+                )
+            })?;
+            Ok(jiff::Timestamp::now().as_second() - t.as_second())
         },
     );
     env.add_filter("urlencode", |s: String| {
@@ -224,7 +247,6 @@ pub fn render_url(src: &str, ctx: &Value) -> Result<String, TemplateError> {
         .remove(b'.')
         .remove(b'_')
         .remove(b'~');
-    const AUTHORITY: &AsciiSet = &COMPONENT.remove(b':');
     if !is_template(src) {
         return Ok(src.to_string());
     }
@@ -275,7 +297,17 @@ pub fn render_url(src: &str, ctx: &Value) -> Result<String, TemplateError> {
             continue;
         }
         match part(&out) {
-            "authority" => out.extend(utf8_percent_encode(&raw, AUTHORITY)),
+            // Which host is called is the plan's decision, never a value's.
+            "authority" => {
+                return Err(TemplateError::Render {
+                    template: src.clone(),
+                    reason: format!(
+                        "{raw:?} would be printed into the URL's host: a host comes from the \
+                         plan, or a whole URL from a param or secret at the start of the URL \
+                         (or mark the value `| safe`)"
+                    ),
+                })
+            }
             "path" if raw == "." || raw == ".." => {
                 return Err(TemplateError::Render {
                     template: src.clone(),
@@ -361,8 +393,11 @@ mod tests {
             render_url("https://h.example/api/{{ alert.labels.x }}/run?who={{ alert.labels.x }}", &ctx).unwrap(),
             "https://h.example/api/..%2F..%2Fadmin%3Fx%3D1%26fixed%3D0%23/run?who=..%2F..%2Fadmin%3Fx%3D1%26fixed%3D0%23"
         );
+        // A value in the host is refused: an alert label must not pick the endpoint.
+        let e = render_url("http://{{ alert.labels.host }}/x", &ctx).unwrap_err();
+        assert!(e.to_string().contains("URL's host"), "{e}");
         assert_eq!(
-            render_url("http://{{ alert.labels.host }}/x", &ctx).unwrap(),
+            render_url("http://{{ alert.labels.host | safe }}/x", &ctx).unwrap(),
             "http://pg.db:8080/x"
         );
         // The author's whole URL from a value, `safe`, and `urlencode` are kept.
@@ -379,6 +414,17 @@ mod tests {
             e.to_string().contains("cannot be a URL path segment"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn now_and_seconds_since_do_date_arithmetic() {
+        let now = render("{{ now() }}", &ctx()).unwrap();
+        let parsed: jiff::Timestamp = now.parse().unwrap();
+        assert!((jiff::Timestamp::now().as_second() - parsed.as_second()).abs() <= 2);
+        assert!(render_bool("{{ seconds_since('2020-01-01T00:00:00Z') > 3600 }}", &ctx()).unwrap());
+        assert!(!render_bool("{{ seconds_since(now()) > 3600 }}", &ctx()).unwrap());
+        let e = render("{{ seconds_since('yesterday') }}", &ctx()).unwrap_err();
+        assert!(e.to_string().contains("not an RFC 3339 timestamp"), "{e}");
     }
 
     #[test]

@@ -162,6 +162,19 @@ async fn a_dry_run_stands_in_only_for_fields_its_own_writes_would_produce() {
             .contains("status.demotionTokn"),
         "{typo:#?}"
     );
+
+    // Of an object the dry run wrote, only a status (what the operator writes in response)
+    // is stood in for: a misspelled spec path fails as live.
+    let record = run(
+        registry(support::shared(), WriteMode::DryRun).await,
+        &truth("dry-run-reads.yaml"),
+        &world.ns,
+        &[("typo", json!("written"))],
+    )
+    .await;
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let typo = &record.steps[3];
+    assert_eq!(typo.reason.as_deref(), Some("field-missing"), "{typo:#?}");
 }
 
 #[tokio::test]

@@ -146,7 +146,18 @@ impl Observer for Printer {
                     String::new()
                 };
                 match s.status {
-                    StepStatus::Succeeded => say!(self, "✔ {} ({took}{attempts})", s.name),
+                    StepStatus::Succeeded => match s
+                        .inputs
+                        .as_ref()
+                        .and_then(|i| i.get("dryRun"))
+                        .and_then(|d| d.as_str())
+                    {
+                        // Not verified: say what the live run would do instead.
+                        Some(would) => {
+                            say!(self, "✔ {} ({took}{attempts}) — dry run: {would}", s.name)
+                        }
+                        None => say!(self, "✔ {} ({took}{attempts})", s.name),
+                    },
                     StepStatus::Skipped => {
                         say!(
                             self,

@@ -128,9 +128,29 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     if changed.is_empty() && created.is_empty() {
         println!("  (none)");
     }
+    // Objects a step wrote with a secret-derived value: their record's diff is redacted, and so
+    // is their change here (no scrubbing can find every form a value takes).
+    let tainted: std::collections::BTreeSet<&str> = record
+        .steps
+        .iter()
+        .chain(&record.on_failure)
+        .filter(|s| s.diff.as_ref().is_some_and(|d| d == "<redacted>"))
+        .filter_map(|s| s.object.as_deref())
+        .collect();
     for (s, after) in &changed {
         println!("  changed {}", s.describe());
-        let secret = s.api_version == "v1" && s.resource == "secrets";
+        let shown = format!(
+            "{} on cluster {}",
+            crate::executor::describe_object(
+                &s.api_version,
+                &s.resource,
+                s.namespace.as_deref(),
+                &s.name
+            ),
+            s.cluster
+        );
+        let secret =
+            s.api_version == "v1" && s.resource == "secrets" || tainted.contains(shown.as_str());
         print_ops(
             &crate::executor::object_diff(&s.before, after),
             secret,

@@ -30,7 +30,8 @@ pub struct Args {
     /// Send every write with dryRun=All: the API servers validate it, nothing is stored.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the final run record as JSON on stdout (progress goes to stderr).
+    /// Print the final run record as JSON on stdout (progress goes to stderr); an array of
+    /// records when several alerts match.
     #[arg(long)]
     pub json: bool,
 }
@@ -98,6 +99,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         Printer::new()
     };
     let mut phases = Vec::new();
+    let mut records = Vec::new();
     for alert in alerts {
         let input = RunInput {
             params: params.clone(),
@@ -122,10 +124,16 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             .execute(&runnable, &input, &mut record, &printer, &control)
             .await;
         watcher.abort();
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&record)?);
-        }
         phases.push(record.phase);
+        records.push(record);
+    }
+    if args.json {
+        // One alert, one record; several, an array of them: stdout is always one document.
+        let out = match records.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            many => serde_json::to_string_pretty(many)?,
+        };
+        println!("{out}");
     }
     Ok(super::exit_code_for(phases))
 }

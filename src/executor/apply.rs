@@ -64,10 +64,19 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
     let mut params = PatchParams::apply(ctx.field_manager);
     params.force = step.force.unwrap_or(false);
     params.field_validation = Some(ValidationDirective::Strict);
-    let after = api
-        .patch(&name, &params, &Patch::Apply(&object))
-        .await
-        .map_err(|source| super::write_error("apply", &shown, source))?;
+    let after = match api.patch(&name, &params, &Patch::Apply(&object)).await {
+        // Fields owned only by `recoverd` itself — the one field manager of versions before
+        // per-plan managers — are this plan's own earlier writes: take them over.
+        Err(kube::Error::Api(s))
+            if s.code == 409 && !params.force && only_legacy_manager(&s.message) =>
+        {
+            let mut forced = params.clone();
+            forced.force = true;
+            api.patch(&name, &forced, &Patch::Apply(&object)).await
+        }
+        other => other,
+    }
+    .map_err(|source| super::write_error("apply", &shown, source))?;
     let after = serde_json::to_value(after).unwrap_or(Value::Null);
     let secret = kind == "Secret";
     let hide_values =
@@ -98,6 +107,18 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         tainted,
         ..Default::default()
     })
+}
+
+/// Whether every manager a server-side apply conflict names is `recoverd` (the legacy,
+/// pre-per-plan field manager): `conflict with "recoverd": .data.x`.
+fn only_legacy_manager(message: &str) -> bool {
+    static MANAGER: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = MANAGER.get_or_init(|| regex::Regex::new(r#"conflicts? with "([^"]*)""#).unwrap());
+    let mut managers = re
+        .captures_iter(message)
+        .map(|c| c[1].to_string())
+        .peekable();
+    managers.peek().is_some() && managers.all(|m| m == super::FIELD_MANAGER)
 }
 
 /// The manifest as the API server stores it: a Secret's `stringData` becomes base64 `data`.
@@ -215,4 +236,26 @@ async fn keyed_object(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<(Value, boo
         }),
         tainted,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_conflicts_with_the_legacy_manager_alone_are_taken_over() {
+        assert!(only_legacy_manager(
+            "Apply failed with 1 conflict: conflict with \"recoverd\": .data.haproxy.cfg"
+        ));
+        assert!(only_legacy_manager(
+            "Apply failed with 2 conflicts: conflicts with \"recoverd\":\n- .data.a\n- .data.b"
+        ));
+        assert!(!only_legacy_manager(
+            "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using v1: .data.x"
+        ));
+        assert!(!only_legacy_manager(
+            "Apply failed with 1 conflict: conflict with \"recoverd/recoverd/other-plan\": .data.x"
+        ));
+        assert!(!only_legacy_manager("something else"));
+    }
 }

@@ -21,6 +21,12 @@ pub enum StepError {
         object: String,
         source: kube::Error,
     },
+    #[error("failed to evaluate the condition: {reason}")]
+    Condition { reason: String },
+    #[error("assertion failed: {message}")]
+    Assertion { message: String },
+    #[error("refused to delete {object}: {detail}")]
+    DeleteRefused { object: String, detail: String },
     #[error("the write to {object} did not take effect: {detail}")]
     NotApplied { object: String, detail: String },
     #[error("failed to apply {object}: {detail}")]
@@ -110,6 +116,9 @@ impl StepError {
             StepError::Kube { .. } => "unreachable",
             StepError::NotFound { .. } => "not-found",
             StepError::NotApplied { .. } => "not-applied",
+            StepError::Condition { .. } => "condition",
+            StepError::Assertion { .. } => "assertion",
+            StepError::DeleteRefused { .. } => "delete-refused",
             StepError::Conflict { .. } => "conflict",
             StepError::FieldMissing { .. } => "field-missing",
             StepError::FieldEmpty { .. } => "field-empty",

@@ -22,6 +22,14 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     let json_text = step.json.as_ref().map(Value::to_string);
     sources.extend(json_text.as_deref());
     let carries_secret = sources.iter().any(|s| ctx.uses_secret(s));
+    // The URL as records, errors and logs show it: a URL built from a secret is not shown at
+    // all (the secret may be in it percent-encoded, where no scrubbing would find it).
+    let url_secret = ctx.uses_secret(&step.url);
+    let shown_url = if url_secret {
+        REDACTED.to_string()
+    } else {
+        url.clone()
+    };
     let method = step.method.clone().unwrap_or_else(|| {
         if step.body.is_some() || step.json.is_some() {
             "POST"
@@ -33,7 +41,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     let method =
         reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
             StepError::Http {
-                url: url.clone(),
+                url: shown_url.clone(),
                 reason: format!("{method:?} is not an HTTP method"),
                 transient: false,
             }
@@ -65,7 +73,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         .filter(|s| !s.is_empty())
         .collect();
     let inputs = redact(
-        json!({"method": method.as_str(), "url": shown(ctx, &step.url, url.clone()), "headers": shown_headers, "body": shown_body}),
+        json!({"method": method.as_str(), "url": shown_url, "headers": shown_headers, "body": shown_body}),
         &secret_values,
     );
 
@@ -79,19 +87,24 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
                 k.clone(),
                 Value::String(format!(
                     "<dry run: response of {method} {}>",
-                    redact_str(&url, &secret_values)
+                    redact_str(&shown_url, &secret_values)
                 )),
             );
         }
         return Ok(StepOutcome {
             inputs: Some(inputs),
             outputs,
+            secret_outputs: carries_secret,
             ..Default::default()
         });
     }
     let resp = req.send().await.map_err(|e| StepError::Http {
-        url: redact_str(&url, &secret_values),
-        reason: redact_str(&error_chain(&e), &secret_values),
+        url: redact_str(&shown_url, &secret_values),
+        // reqwest's message repeats the URL: say it once, as shown.
+        reason: redact_str(
+            &error_chain(&e).replace(url.as_str(), &shown_url),
+            &secret_values,
+        ),
         transient: e.is_timeout() || e.is_connect() || e.is_request(),
     })?;
     let status = resp.status().as_u16();
@@ -112,10 +125,14 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
                 .join(" or ")
         };
         return Err(StepError::HttpStatus {
-            url: redact_str(&url, &secret_values),
+            url: redact_str(&shown_url, &secret_values),
             status,
             expected,
-            body: redact_str(&text.chars().take(300).collect::<String>(), &secret_values),
+            // Redact first: a secret across the cut would leak its first part.
+            body: redact_str(&text, &secret_values)
+                .chars()
+                .take(300)
+                .collect(),
         });
     }
     let mut outputs = BTreeMap::new();
@@ -125,7 +142,11 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     Ok(StepOutcome {
         inputs: Some(inputs),
         outputs,
-        object: Some(format!("{} {}", method, redact_str(&url, &secret_values))),
+        object: Some(format!(
+            "{} {}",
+            method,
+            redact_str(&shown_url, &secret_values)
+        )),
         secret_outputs: carries_secret,
         ..Default::default()
     })

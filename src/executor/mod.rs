@@ -6,6 +6,8 @@
 //! `kube::Client`s; it never decides *whether* a run may start (that is the run store's job).
 
 mod apply;
+mod assert;
+mod delete;
 mod error;
 mod http;
 mod patch;
@@ -578,12 +580,41 @@ impl Executor {
         observer: &dyn Observer,
         cancel: &CancellationToken,
     ) -> Result<(), StepError> {
-        let cluster = self
-            .registry
-            .name_or_default(step.cluster.as_deref())
-            .to_string();
-        tracing::Span::current().record("cluster", cluster.as_str());
         let values = context(runnable, input, record);
+        // `cluster: "{{ Values.from }}"`: one plan serves both directions; the rendered name
+        // must be in the registry.
+        let cluster = match step.cluster.as_deref() {
+            Some(c) if template::is_template(c) => template::render(c, &values)
+                .map_err(StepError::from)
+                .and_then(|name| {
+                    self.registry.client(&name)?;
+                    Ok(name)
+                }),
+            other => Ok(self.registry.name_or_default(other).to_string()),
+        };
+        let cluster = match cluster {
+            Ok(c) => c,
+            Err(e) => {
+                let text = scrub(&e.to_string(), &record.secrets.needles());
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::Failed;
+                rec.error = Some(text);
+                rec.reason = Some(e.reason().to_string());
+                rec.continued = step.on_error == OnError::Continue;
+                observer.on_event(
+                    record,
+                    &Event::StepFinished {
+                        index,
+                        compensation,
+                    },
+                );
+                return Err(e);
+            }
+        };
+        tracing::Span::current().record("cluster", cluster.as_str());
+        if step.step_type.uses_cluster() {
+            record.step_mut(index, compensation).cluster = Some(cluster.clone());
+        }
         let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
         // http steps redact their own inputs field by field (see `http.rs`).
         let tainted_in = step.step_type != StepType::Http
@@ -651,7 +682,11 @@ impl Executor {
                 rec.inputs = outcome.inputs.map(|v| scrub_value(v, &needles));
                 rec.diff = outcome.diff.map(|v| scrub_value(v, &needles));
                 rec.object = outcome.object.or(rec.object.take());
-                rec.outputs = outcome.outputs;
+                rec.outputs = outcome
+                    .outputs
+                    .into_iter()
+                    .map(|(k, v)| (k, scrub_value(v, &needles)))
+                    .collect();
                 Ok(())
             }
             Ok(None) => {
@@ -807,12 +842,16 @@ async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, Ste
         StepType::Wait => wait::run(step.wait.as_ref().expect("validated"), ctx).await,
         StepType::Apply => apply::run(step.apply.as_ref().expect("validated"), ctx).await,
         StepType::Http => http::run(step.http.as_ref().expect("validated"), ctx).await,
+        StepType::Delete => delete::run(step.delete.as_ref().expect("validated"), ctx).await,
+        StepType::Assert => assert::run(step.assert.as_ref().expect("validated"), ctx).await,
     }
 }
 
-/// The cluster a step acts on: its own, or the default; `None` for http steps.
+/// The cluster a step acts on: its own, or the default; `None` for http and assert steps.
 fn step_cluster<'a>(registry: &'a Registry, step: &'a Step) -> Option<&'a str> {
-    (step.step_type != StepType::Http).then(|| registry.name_or_default(step.cluster.as_deref()))
+    step.step_type
+        .uses_cluster()
+        .then(|| registry.name_or_default(step.cluster.as_deref()))
 }
 
 /// How long one attempt of a step may take: a wait's own timeout, else the step's.
@@ -832,7 +871,13 @@ fn step_attempt_timeout(step: &Step) -> Duration {
             // A wait's attempt must outlast what it waits for.
             own.map_or(base, |d| d.max(base) + Duration::from_secs(1))
         }
-        _ => base,
+        _ => match step.delete.as_ref().and_then(|d| d.wait.as_ref()) {
+            Some(w) if w.gone => {
+                let own = w.timeout.as_deref().and_then(|t| duration::parse(t).ok());
+                own.map_or(base, |d| d + base)
+            }
+            _ => base,
+        },
     }
 }
 

@@ -52,17 +52,23 @@ pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutco
     } else {
         api.patch(&name, &params, &patch).await
     };
-    let secret = step.api_version == "v1" && step.resource == "secrets"
-        || ctx.uses_secret(&step.override_.value.raw.to_string());
+    let secret = secret_resource(step) || ctx.uses_secret(&step.override_.value.raw.to_string());
     let after = result.map_err(|source| super::write_error("patch", &shown, source))?;
     let after = serde_json::to_value(after).unwrap_or(Value::Null);
-    verify::check_path(&after, &path, &value, lists).map_err(|m| StepError::NotApplied {
-        object: shown.clone(),
-        detail: m.explain(
-            &ctx.resource_name(&step.api_version, &step.resource),
-            secret,
-            path.to_string().starts_with("status") && !step.subresource_status,
-        ),
+    // A Secret's `stringData` is stored as base64 `data`: check what the server stores.
+    let (check_path, check_value) = match (secret_resource(step), path.first_key()) {
+        (true, Some("stringData")) => stored_secret_path(&path, &value)?,
+        _ => (path.clone(), value.clone()),
+    };
+    verify::check_path(&after, &check_path, &check_value, lists).map_err(|m| {
+        StepError::NotApplied {
+            object: shown.clone(),
+            detail: m.explain(
+                &ctx.resource_name(&step.api_version, &step.resource),
+                secret,
+                path.is_status() && !step.subresource_status,
+            ),
+        }
     })?;
     // A Secret's values never go into the record.
     let (body, diff) = if secret {
@@ -75,6 +81,33 @@ pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         diff: Some(diff),
         object: Some(shown),
         ..Default::default()
+    })
+}
+
+fn secret_resource(step: &PatchStep) -> bool {
+    step.api_version == "v1" && step.resource == "secrets"
+}
+
+/// `stringData.k` = v (or `stringData` = {k: v}) as the API server stores it: `data.k` = base64(v).
+fn stored_secret_path(path: &FieldPath, value: &Value) -> Result<(FieldPath, Value), StepError> {
+    use base64::Engine as _;
+    let b64 = |v: &Value| {
+        let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+        Value::String(base64::engine::general_purpose::STANDARD.encode(text))
+    };
+    let text = path.to_string();
+    let rest = text
+        .trim_start_matches('.')
+        .strip_prefix("stringData")
+        .unwrap_or_default();
+    Ok(if rest.is_empty() {
+        let data = value
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), b64(v))).collect())
+            .unwrap_or_default();
+        (FieldPath::parse("data")?, Value::Object(data))
+    } else {
+        (FieldPath::parse(&format!("data{rest}"))?, b64(value))
     })
 }
 

@@ -224,15 +224,54 @@ fn push_key(at: &mut String, k: &str) {
     at.push_str(&key_text(k));
 }
 
-/// Equal values, numbers compared as numbers, and an int-or-string field holding `3` for `"3"`.
+/// Equal values, numbers compared as numbers (integers exactly), an int-or-string field holding
+/// `3` for `"3"`, and Kubernetes quantities by value (the API server stores `1024Mi` as `1Gi`,
+/// `0.5` CPUs as `500m`).
 fn same_scalar(found: &Value, wanted: &Value) -> bool {
     match (found, wanted) {
-        (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
+        (Value::Number(a), Value::Number(b)) => match (a.as_i64(), b.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => a.as_f64() == b.as_f64(),
+        },
         (Value::String(a), Value::Number(b)) | (Value::Number(b), Value::String(a)) => {
-            a.parse::<f64>().ok() == b.as_f64()
+            quantity(a).is_some_and(|q| Some(q) == b.as_f64())
+        }
+        (Value::String(a), Value::String(b)) if a != b => {
+            matches!((quantity(a), quantity(b)), (Some(x), Some(y)) if (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()) * 4.0)
         }
         (a, b) => a == b,
     }
+}
+
+/// The value of a Kubernetes quantity (`1Gi`, `500m`, `2.5`, `1e3`), or `None` for other text.
+fn quantity(s: &str) -> Option<f64> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == '+'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(split);
+    let n: f64 = number.parse().ok()?;
+    let factor = match suffix {
+        "" => 1.0,
+        "Ki" => 1024f64,
+        "Mi" => 1024f64.powi(2),
+        "Gi" => 1024f64.powi(3),
+        "Ti" => 1024f64.powi(4),
+        "Pi" => 1024f64.powi(5),
+        "Ei" => 1024f64.powi(6),
+        "n" => 1e-9,
+        "u" => 1e-6,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "P" => 1e15,
+        "E" => 1e18,
+        e if e.starts_with(['e', 'E']) => 10f64.powi(e[1..].parse().ok()?),
+        _ => return None,
+    };
+    Some(n * factor)
 }
 
 #[cfg(test)]
@@ -313,6 +352,35 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    #[test]
+    fn quantities_the_server_normalises_are_the_same_value() {
+        let after = json!({"spec": {"resources": {"limits": {"memory": "1Gi", "cpu": "500m"}}}});
+        for (p, v) in [
+            ("spec.resources.limits.memory", json!("1024Mi")),
+            ("spec.resources.limits.cpu", json!("0.5")),
+        ] {
+            assert!(
+                check_path(&after, &path(p), &v, Lists::Replace).is_ok(),
+                "{p}"
+            );
+        }
+        assert!(check_path(
+            &after,
+            &path("spec.resources.limits.memory"),
+            &json!("2Gi"),
+            Lists::Replace
+        )
+        .is_err());
+        // Text that is not a quantity is compared as text.
+        assert!(check_path(
+            &json!({"a": "pg-south"}),
+            &path("a"),
+            &json!("pg-north"),
+            Lists::Replace
+        )
+        .is_err());
     }
 
     #[test]
