@@ -14,7 +14,7 @@ use support::alertmanager::{AlertmanagerPair, Timings};
 use support::clusters::{free_port, repo_dir};
 use support::run::{field, registry, seed, world_in_namespace};
 
-const TOKEN: &str = "e2e-token";
+const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
 
 /// A `recoverd serve` child process, killed when dropped.
 struct Serve {
@@ -554,7 +554,7 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
-    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: waits, namespace: ops}\nspec:\n  mode: manual\n  params: {x: 0}\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n  - {name: two, type: wait, wait: {duration: 300ms}}\n";
+    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: waits, namespace: ops}\nspec:\n  mode: manual\n  params: {x: 0}\n  overridableParams: [x]\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n  - {name: two, type: wait, wait: {duration: 300ms}}\n";
     std::fs::write(plans.join("waits.yaml"), plan).unwrap();
     let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
     let tokens = token_file(dir.path());

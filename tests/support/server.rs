@@ -12,7 +12,7 @@ use recoverd::metrics::Metrics;
 use recoverd::plan::set::PlanSet;
 use recoverd::run::service::Runs;
 use recoverd::run::store::Store;
-use recoverd::server::{router, AppState, Tokens, DEFAULT_BODY_LIMIT};
+use recoverd::server::{router, AppState, Tokens};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -38,6 +38,14 @@ pub fn nowhere_kubeconfig(dir: &Path) -> PathBuf {
 }
 
 pub const APPROVER: &str = "approver-token";
+pub const OPERATOR: &str = "operator-token";
+
+/// Which token sets the API is given besides [`TOKEN`] (the alert sender's).
+#[derive(Clone, Copy, Default)]
+pub struct Split {
+    pub approvers: bool,
+    pub operators: bool,
+}
 
 /// The API over the plans in `tests/data/plans/serve/` plus `extra` (file name, text).
 pub async fn app(extra: &[(&str, String)]) -> TestApp {
@@ -46,6 +54,18 @@ pub async fn app(extra: &[(&str, String)]) -> TestApp {
 
 /// Like [`app`]; with `approvers`, only [`APPROVER`] may approve, cancel or resume.
 pub async fn app_with(extra: &[(&str, String)], approvers: bool) -> TestApp {
+    app_split(
+        extra,
+        Split {
+            approvers,
+            operators: false,
+        },
+    )
+    .await
+}
+
+/// Like [`app`], with [`APPROVER`] and/or [`OPERATOR`] tokens in their own roles.
+pub async fn app_split(extra: &[(&str, String)], split: Split) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
@@ -78,13 +98,9 @@ pub async fn app_with(extra: &[(&str, String)], approvers: bool) -> TestApp {
         Arc::new(Executor::new(dry)),
         Arc::new(Metrics::new()),
     );
-    let state = AppState {
-        runs: runs.clone(),
-        tokens: Tokens::from_list(&[TOKEN]),
-        approvers: approvers.then(|| Tokens::from_list(&[APPROVER])),
-        body_limit: DEFAULT_BODY_LIMIT,
-        metrics_public: false,
-    };
+    let mut state = AppState::new(runs.clone(), Tokens::from_list(&[TOKEN]));
+    state.approvers = split.approvers.then(|| Tokens::from_list(&[APPROVER]));
+    state.operators = split.operators.then(|| Tokens::from_list(&[OPERATOR]));
     TestApp {
         router: router(state),
         runs,
@@ -106,8 +122,14 @@ impl TestApp {
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (StatusCode, Value) {
+        self.post_as(TOKEN, path, body).await
+    }
+
+    /// POSTs with another bearer token.
+    pub async fn post_as(&self, token: &str, path: &str, body: &Value) -> (StatusCode, Value) {
         self.send(
-            authed(Request::post(path))
+            Request::post(path)
+                .header("authorization", format!("Bearer {token}"))
                 .header("content-type", "application/json")
                 .body(Body::from(body.to_string()))
                 .unwrap(),
@@ -116,14 +138,29 @@ impl TestApp {
     }
 
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        self.send(authed(Request::get(path)).body(Body::empty()).unwrap())
-            .await
+        self.get_as(TOKEN, path).await
+    }
+
+    /// GETs with another bearer token.
+    pub async fn get_as(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        self.send(
+            Request::get(path)
+                .header("authorization", format!("Bearer {token}"))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
     }
 
     /// Waits until the run has finished and returns its record.
     pub async fn finished(&self, id: &str) -> Value {
+        self.finished_as(TOKEN, id).await
+    }
+
+    /// Like [`TestApp::finished`], reading with another token.
+    pub async fn finished_as(&self, token: &str, id: &str) -> Value {
         for _ in 0..500 {
-            let (_, run) = self.get(&format!("/api/v1/runs/{id}")).await;
+            let (_, run) = self.get_as(token, &format!("/api/v1/runs/{id}")).await;
             if ["Succeeded", "Failed", "Cancelled"].contains(&run["phase"].as_str().unwrap_or("")) {
                 return run;
             }
