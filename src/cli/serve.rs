@@ -97,7 +97,15 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// SIGXFSZ on Linux: sent when a write passes the file-size limit (RLIMIT_FSIZE).
+#[cfg(unix)]
+const SIGXFSZ: i32 = 25;
+
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    // A store write over a file-size limit must fail as a write error — the run stops,
+    // /readyz says why — instead of the signal killing recoverd mid-run.
+    #[cfg(unix)]
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
     let _ = rustls::crypto::ring::default_provider().install_default();
     let live = Arc::new(args.clusters.registry(WriteMode::Live).await?);
     let dry = Arc::new(args.clusters.registry(WriteMode::DryRun).await?);

@@ -189,3 +189,157 @@ pub fn payload(status: &str, labels: Value, fingerprint: &str, starts_at: &str) 
         "notification_reason": "new", "routeLabels": {"x": "y"}
     })
 }
+
+/// A token long enough for `recoverd serve` (which refuses short ones).
+pub const SERVE_TOKEN: &str = "serve-token-0123456789abcdef0123456789";
+
+/// A `recoverd serve` child process with its own directory, killed when dropped.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    pub port: u16,
+    pub store: PathBuf,
+    pub log: PathBuf,
+    pub http: reqwest::Client,
+}
+
+/// Writes [`SERVE_TOKEN`] to `dir/token`.
+pub fn serve_token_file(dir: &Path) -> PathBuf {
+    let path = dir.join("token");
+    std::fs::write(&path, format!("{SERVE_TOKEN}\n")).unwrap();
+    path
+}
+
+impl ServeProcess {
+    /// Starts `recoverd serve --plans PLANS --kubeconfig K --store sqlite:DIR/runs.db` with the
+    /// token file `DIR/token` and `extra` arguments, and waits until `/healthz` answers.
+    pub async fn start(dir: &Path, plans: &Path, kubeconfig: &Path, extra: &[&str]) -> Self {
+        let port = super::clusters::free_port();
+        let store = dir.join("runs.db");
+        let log = dir.join("serve.log");
+        let token = serve_token_file(dir);
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_recoverd"))
+            .args(["serve", "--plans"])
+            .arg(plans)
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--store")
+            .arg(format!("sqlite:{}", store.display()))
+            .args(extra)
+            .env("RECOVERD_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            // A pipe, as under a container runtime, copied to the log file by this process: a
+            // test may limit what the server can write to files (RLIMIT_FSIZE).
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut child = child;
+        let mut stderr = child.stderr.take().unwrap();
+        let mut file = std::fs::File::create(&log).unwrap();
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut stderr, &mut file);
+        });
+        let serve = ServeProcess {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            store,
+            log,
+            // No pooled connections: a test counting connections sees only its own.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .unwrap(),
+        };
+        for _ in 0..400 {
+            if serve
+                .http
+                .get(format!("{}/healthz", serve.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return serve;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("recoverd serve did not start; log:\n{}", serve.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub async fn status(&self, path: &str) -> u16 {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(SERVE_TOKEN)
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    }
+
+    pub async fn get(&self, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(SERVE_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap_or(Value::Null)
+    }
+
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(SERVE_TOKEN)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    /// SIGKILL: no graceful shutdown, no last write.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `check` until it holds; panics naming `what` after `limit` (a hang guard, not a
+/// timing assertion).
+pub async fn eventually<F, Fut>(what: &str, limit: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out after {limit:?} waiting for {what}");
+}
