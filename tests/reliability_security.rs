@@ -1,0 +1,140 @@
+//! Reliability suite R5 (security), the receiver's part: every route against every token role,
+//! in both configurations (one token for everything; split alert sender / operator / approver).
+//! One table, one assertion per cell, every failing cell reported together.
+
+mod support;
+
+use axum::body::Body;
+use axum::http::Request;
+use support::server::{app_split, Split, TestApp, APPROVER, OPERATOR, TOKEN};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Who {
+    Nobody,
+    Stranger,
+    Sender,
+    Operator,
+    Approver,
+}
+
+const EVERYONE: [Who; 5] = [
+    Who::Nobody,
+    Who::Stranger,
+    Who::Sender,
+    Who::Operator,
+    Who::Approver,
+];
+
+fn header(who: Who) -> Option<String> {
+    match who {
+        Who::Nobody => None,
+        Who::Stranger => Some("Bearer not-a-token-of-this-server-at-all".into()),
+        Who::Sender => Some(format!("Bearer {TOKEN}")),
+        Who::Operator => Some(format!("Bearer {OPERATOR}")),
+        Who::Approver => Some(format!("Bearer {APPROVER}")),
+    }
+}
+
+/// What a route needs.
+#[derive(Clone, Copy, Debug)]
+enum Needs {
+    Open,
+    AnyToken,
+    Sender,
+    Operator,
+    Approver,
+}
+
+const ROUTES: &[(&str, &str, Needs)] = &[
+    ("GET", "/healthz", Needs::Open),
+    ("GET", "/readyz", Needs::Open),
+    ("GET", "/metrics", Needs::AnyToken),
+    ("POST", "/api/v1/alerts", Needs::Sender),
+    ("GET", "/api/v1/plans", Needs::Operator),
+    ("POST", "/api/v1/plans/ops/manual/runs", Needs::Operator),
+    ("GET", "/api/v1/runs", Needs::Operator),
+    ("GET", "/api/v1/runs/no-such-run", Needs::Operator),
+    ("POST", "/api/v1/runs/no-such-run/approve", Needs::Approver),
+    ("POST", "/api/v1/runs/no-such-run/cancel", Needs::Approver),
+    ("POST", "/api/v1/runs/no-such-run/resume", Needs::Approver),
+];
+
+/// Whether `who` may use a route needing `needs`, when roles are `split` or not.
+fn allowed(needs: Needs, who: Who, split: bool) -> Option<bool> {
+    let known = matches!(who, Who::Sender | Who::Operator | Who::Approver);
+    match needs {
+        Needs::Open => Some(true),
+        _ if !known => None, // 401
+        Needs::AnyToken => Some(true),
+        _ if !split => Some(true),
+        Needs::Sender => Some(who == Who::Sender),
+        Needs::Operator => Some(matches!(who, Who::Operator | Who::Approver)),
+        Needs::Approver => Some(who == Who::Approver),
+    }
+}
+
+async fn status(app: &TestApp, method: &str, path: &str, who: Who) -> u16 {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(h) = header(who) {
+        req = req.header("authorization", h);
+    }
+    let body = if path == "/api/v1/alerts" {
+        req = req.header("content-type", "application/json");
+        Body::from(
+            support::server::payload(
+                "firing",
+                serde_json::json!({"alertname": "Nothing"}),
+                "fp",
+                "2026-11-21T10:00:00Z",
+            )
+            .to_string(),
+        )
+    } else if method == "POST" {
+        req = req.header("content-type", "application/json");
+        Body::from("{\"dryRun\": true}")
+    } else {
+        Body::empty()
+    };
+    app.send(req.body(body).unwrap()).await.0.as_u16()
+}
+
+async fn matrix(split: bool) -> Vec<String> {
+    let app = app_split(
+        &[],
+        Split {
+            approvers: split,
+            operators: split,
+        },
+    )
+    .await;
+    let mut wrong = Vec::new();
+    for &(method, path, needs) in ROUTES {
+        for who in EVERYONE {
+            // Without split roles the operator and approver tokens are strangers.
+            let who_here = if !split && matches!(who, Who::Operator | Who::Approver) {
+                Who::Stranger
+            } else {
+                who
+            };
+            let got = status(&app, method, path, who).await;
+            let ok = match allowed(needs, who_here, split) {
+                None => got == 401,
+                Some(false) => got == 403,
+                Some(true) => got != 401 && got != 403 && got < 500,
+            };
+            if !ok {
+                wrong.push(format!(
+                    "{method} {path} as {who:?} (split: {split}): {got}"
+                ));
+            }
+        }
+    }
+    wrong
+}
+
+#[tokio::test]
+async fn every_route_answers_every_token_role_as_documented() {
+    let mut wrong = matrix(false).await;
+    wrong.extend(matrix(true).await);
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
