@@ -224,6 +224,31 @@ fn active_list() -> String {
         .join(",")
 }
 
+/// The plan's newest unfinished live run (the one-active-run rule).
+fn active_run_sql() -> String {
+    format!(
+        "SELECT id FROM runs WHERE phase IN ({}) AND plan = ?1 AND mode = 'live'
+         ORDER BY created_ms DESC LIMIT 1",
+        active_list()
+    )
+}
+
+/// The plan's newest alert-triggered live run within the cooldown.
+const COOLDOWN_SQL: &str = "SELECT id FROM runs WHERE plan = ?1 AND created_ms > ?2
+       AND trigger_kind = 'alert' AND mode = 'live'
+     ORDER BY created_ms DESC LIMIT 1";
+
+const PAGE_SQL: &str = "SELECT id, created_ms, COALESCE(summary, record) FROM runs
+     WHERE (?1 IS NULL OR plan = ?1)
+       AND (created_ms < ?2 OR (created_ms = ?2 AND id < ?3))
+     ORDER BY created_ms DESC, id DESC LIMIT ?4";
+
+const ACTIVE_COUNT_SQL: &str =
+    "SELECT COUNT(*) FROM runs WHERE phase IN ('Pending','Running','WaitingForApproval')";
+
+const WAITING_SQL: &str =
+    "SELECT record FROM runs WHERE fingerprint = ?1 AND phase = 'WaitingForApproval'";
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
@@ -339,13 +364,8 @@ impl Store {
         }
         let live = record.mode == RunMode::Live;
         if rules.one_active_per_plan && live {
-            let sql = format!(
-                "SELECT id FROM runs WHERE phase IN ({}) AND plan = ?1 AND mode = 'live'
-                 ORDER BY created_ms DESC LIMIT 1",
-                active_list()
-            );
             let active: Option<String> = tx
-                .query_row(&sql, [&record.plan], |r| r.get(0))
+                .query_row(&active_run_sql(), [&record.plan], |r| r.get(0))
                 .optional()?;
             if let Some(existing) = active {
                 return Ok(Err(Refusal::ActiveRun { existing }));
@@ -354,13 +374,7 @@ impl Store {
         if let (Some(cooldown), true) = (rules.cooldown, live) {
             let since = now_ms() - cooldown.as_millis() as i64;
             let last: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM runs WHERE plan = ?1 AND created_ms > ?2
-                       AND trigger_kind = 'alert' AND mode = 'live'
-                     ORDER BY created_ms DESC LIMIT 1",
-                    params![record.plan, since],
-                    |r| r.get(0),
-                )
+                .query_row(COOLDOWN_SQL, params![record.plan, since], |r| r.get(0))
                 .optional()?;
             if let Some(last) = last {
                 return Ok(Err(Refusal::Cooldown { last }));
@@ -466,12 +480,7 @@ impl Store {
             None => (i64::MAX, String::new()),
             Some(token) => decode_continue(token)?,
         };
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT id, created_ms, COALESCE(summary, record) FROM runs
-             WHERE (?1 IS NULL OR plan = ?1)
-               AND (created_ms < ?2 OR (created_ms = ?2 AND id < ?3))
-             ORDER BY created_ms DESC, id DESC LIMIT ?4",
-        )?;
+        let mut stmt = self.conn.prepare_cached(PAGE_SQL)?;
         let rows = stmt.query_map(params![plan, after_ms, after_id, limit as i64 + 1], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -523,9 +532,7 @@ impl Store {
 
     /// Runs waiting for approval that a resolved alert with this fingerprint may cancel.
     pub fn waiting_for_approval(&self, fingerprint: &str) -> Result<Vec<RunRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT record FROM runs WHERE fingerprint = ?1 AND phase = 'WaitingForApproval'",
-        )?;
+        let mut stmt = self.conn.prepare(WAITING_SQL)?;
         let rows = stmt.query_map([fingerprint], |r| r.get::<_, String>(0))?;
         rows.map(|t| {
             let t = t?;
@@ -568,9 +575,7 @@ impl Store {
     pub fn active_count(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn
-            .prepare_cached(
-                "SELECT COUNT(*) FROM runs WHERE phase IN ('Pending','Running','WaitingForApproval')",
-            )?
+            .prepare_cached(ACTIVE_COUNT_SQL)?
             .query_row([], |r| r.get(0))?)
     }
 
@@ -879,5 +884,52 @@ mod tests {
         std::fs::write(&path, b"").unwrap();
         let err = s.save(&record("x", "ns/p", "alert")).unwrap_err();
         assert!(err.to_string().contains("was replaced"), "{err}");
+    }
+
+    /// Each query a hot path makes (webhook claim, active count, approval expiry, resolutions,
+    /// lists) is answered from an index, never by reading every run: with a million past runs
+    /// they must cost what they cost with none.
+    #[test]
+    fn the_hot_path_queries_are_answered_from_indexes() {
+        let (_d, s) = store();
+        let queries = [
+            ("exists", "SELECT 1 FROM runs WHERE id = ?1".to_string()),
+            ("active run", active_run_sql()),
+            ("cooldown", COOLDOWN_SQL.to_string()),
+            ("active count", ACTIVE_COUNT_SQL.to_string()),
+            ("waiting", WAITING_SQL.to_string()),
+            (
+                "in phase",
+                "SELECT id, record FROM runs WHERE phase = ?1".to_string(),
+            ),
+            ("page", PAGE_SQL.to_string()),
+            // The control: a query no index serves must be caught.
+            (
+                "control",
+                "SELECT id FROM runs WHERE trigger_kind = ?1".to_string(),
+            ),
+        ];
+        let mut full_scans = Vec::new();
+        for (what, sql) in queries {
+            let mut stmt = s
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let n = stmt.parameter_count();
+            let args: Vec<rusqlite::types::Value> =
+                (0..n).map(|_| rusqlite::types::Value::Null).collect();
+            let details: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // "SCAN runs" without an index reads the table; "SEARCH … USING INDEX" or an
+            // index-ordered scan stopped by LIMIT does not.
+            if details.iter().any(|d| d == "SCAN runs") {
+                full_scans.push(format!("{what}: {details:?}"));
+            }
+        }
+        assert_eq!(full_scans.len(), 1, "{full_scans:#?}");
+        assert!(full_scans[0].starts_with("control"), "{full_scans:#?}");
     }
 }
