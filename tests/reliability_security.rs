@@ -138,3 +138,93 @@ async fn every_route_answers_every_token_role_as_documented() {
     wrong.extend(matrix(true).await);
     assert!(wrong.is_empty(), "{wrong:#?}");
 }
+
+#[test]
+fn serve_refuses_to_start_with_a_short_or_placeholder_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    std::fs::create_dir_all(dir.path().join("plans")).unwrap();
+    for token in ["change-me", "short"] {
+        let file = dir.path().join("token");
+        std::fs::write(&file, format!("{token}\n")).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recoverd"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--plans"])
+            .arg(dir.path().join("plans"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .arg("--store")
+            .arg(format!("sqlite:{}", dir.path().join("runs.db").display()))
+            .arg("--token-file")
+            .arg(&file)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{token}: started");
+        assert!(
+            err.contains("--token-file")
+                && (err.contains("placeholder") || err.contains("at least 32")),
+            "{token}: {err}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_token_file_takes_effect_without_a_restart() {
+    use support::server::{eventually, ServeProcess, SERVE_TOKEN};
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let serve = ServeProcess::start(
+        dir.path(),
+        &plans,
+        &kubeconfig,
+        &["--reload-interval", "200ms"],
+    )
+    .await;
+    let status = |token: String| {
+        let (http, url) = (serve.http.clone(), serve.url.clone());
+        async move {
+            http.get(format!("{url}/api/v1/runs"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status(SERVE_TOKEN.into()).await, 200);
+    // As a Secret volume updates: a new file swapped in.
+    let new = "rotated-token-abcdefghijklmnopqrstuvwxyz0123";
+    std::fs::write(dir.path().join("token.new"), format!("{new}\n")).unwrap();
+    std::fs::rename(dir.path().join("token.new"), dir.path().join("token")).unwrap();
+    eventually(
+        "the new token to work",
+        std::time::Duration::from_secs(20),
+        || {
+            let answer = status(new.into());
+            async move { answer.await == 200 }
+        },
+    )
+    .await;
+    assert_eq!(
+        status(SERVE_TOKEN.into()).await,
+        401,
+        "the old token is gone"
+    );
+    // An invalid replacement keeps the tokens there were.
+    std::fs::write(dir.path().join("token.new"), "change-me\n").unwrap();
+    std::fs::rename(dir.path().join("token.new"), dir.path().join("token")).unwrap();
+    eventually(
+        "the bad file to be noticed",
+        std::time::Duration::from_secs(20),
+        || {
+            let log = serve.log_text();
+            async move { log.contains("token file changed but is not valid") }
+        },
+    )
+    .await;
+    assert_eq!(status(new.into()).await, 200);
+    assert_eq!(status("change-me".into()).await, 401);
+}
