@@ -773,13 +773,13 @@ impl Runs {
                             .into(),
                     );
                 }
-                let saved = this.store().save(&record);
+                let saved = off_worker(|| this.store().save(&record));
                 if saved.is_err() {
                     lock(&this.unrecorded).insert(record.id.clone(), record.clone());
                 }
             }
             lock(&this.controls).remove(&record.id);
-            this.refresh_active();
+            off_worker(|| this.refresh_active());
         });
     }
 
@@ -816,15 +816,19 @@ struct StoreObserver<'a> {
     failed: AtomicBool,
 }
 
+/// Runs blocking store work from async code without holding up a worker thread the rest of the
+/// server needs (the runtime moves its other tasks elsewhere meanwhile); a current-thread
+/// runtime (tests) has no other worker to protect.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl StoreObserver<'_> {
     fn save(&self, run: &RunRecord) -> Result<(), StoreError> {
-        let save = || self.runs.store().save(run);
-        // Keep the write off a worker thread the rest of the server needs; a current-thread
-        // runtime (tests) has no other worker to protect.
-        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(save),
-            _ => save(),
-        }
+        off_worker(|| self.runs.store().save(run))
     }
 }
 
