@@ -228,3 +228,82 @@ async fn a_rotated_token_file_takes_effect_without_a_restart() {
     assert_eq!(status(new.into()).await, 200);
     assert_eq!(status("change-me".into()).await, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_tls_certificate_is_served_without_a_restart() {
+    use support::clusters::repo_dir;
+    use support::server::{eventually, ServeProcess};
+    let dir = tempfile::tempdir().unwrap();
+    for pki in ["pki1", "pki2"] {
+        let out = std::process::Command::new("bash")
+            .arg(repo_dir().join("tests/kube/mkpki.sh"))
+            .arg(dir.path().join(pki))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    }
+    let install = |pki: &str| {
+        for (from, to) in [("apiserver.crt", "tls.crt"), ("apiserver.key", "tls.key")] {
+            let tmp = dir.path().join(format!("{to}.new"));
+            std::fs::copy(dir.path().join(pki).join(from), &tmp).unwrap();
+            std::fs::rename(&tmp, dir.path().join(to)).unwrap();
+        }
+    };
+    install("pki1");
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    let serve = ServeProcess::start(
+        dir.path(),
+        &plans,
+        &kubeconfig,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--reload-interval",
+            "200ms",
+        ],
+    )
+    .await;
+    let trusting = |pki: &str| {
+        let ca = std::fs::read(dir.path().join(pki).join("ca.crt")).unwrap();
+        reqwest::Client::builder()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    };
+    let (old_ca, new_ca) = (trusting("pki1"), trusting("pki2"));
+    let ok = |client: reqwest::Client| {
+        let url = format!("{}/healthz", serve.url);
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+        }
+    };
+    eventually(
+        "the first certificate to be served",
+        std::time::Duration::from_secs(20),
+        || ok(old_ca.clone()),
+    )
+    .await;
+    assert!(!ok(new_ca.clone()).await);
+    install("pki2");
+    eventually(
+        "the new certificate to be served",
+        std::time::Duration::from_secs(20),
+        || ok(new_ca.clone()),
+    )
+    .await;
+    assert!(
+        !ok(old_ca.clone()).await,
+        "the old certificate is no longer served"
+    );
+}

@@ -162,9 +162,20 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let auth = state.auth();
     let app = router(state);
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls {
+            config: axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .context("loading TLS certificate and key")?,
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
     let reload = tokio::spawn(reload_loop(
         runs.clone(),
         auth,
+        tls.clone(),
         args.plans.clone(),
         names,
         args.reload_interval,
@@ -192,20 +203,17 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     info!(listen = %args.listen, "recoverd serving");
     println!("recoverd listening on {}", args.listen);
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .context("loading TLS certificate and key")?;
-            let acceptor =
-                axum_server::tls_rustls::RustlsAcceptor::new(config).acceptor(Guard::new(limits));
+    match tls {
+        Some(tls) => {
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls.config)
+                .acceptor(Guard::new(limits));
             let mut server = axum_server::bind(args.listen)
                 .acceptor(acceptor)
                 .handle(handle);
             limits::configure(&mut server, limits);
             server.serve(app.into_make_service()).await?;
         }
-        _ => {
+        None => {
             let mut server = axum_server::bind(args.listen)
                 .acceptor(Guard::new(limits))
                 .handle(handle);
@@ -255,6 +263,7 @@ fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 async fn reload_loop(
     runs: Arc<Runs>,
     auth: Auth,
+    tls: Option<Tls>,
     paths: Vec<PathBuf>,
     names: std::collections::BTreeSet<String>,
     every: Duration,
@@ -263,8 +272,21 @@ async fn reload_loop(
     let sig_paths = paths.clone();
     let mut last = blocking(move || signature(&sig_paths)).await;
     let mut last_prune: Option<std::time::Instant> = None;
+    let mut tls_seen = tls.as_ref().map(Tls::signature);
     loop {
         tokio::time::sleep(every).await;
+        if let Some(tls) = &tls {
+            let now = Some(tls.signature());
+            if now != tls_seen {
+                tls_seen = now;
+                match tls.config.reload_from_pem_file(&tls.cert, &tls.key).await {
+                    Ok(()) => info!("TLS certificate or key changed; reloaded"),
+                    Err(e) => {
+                        warn!(error = %e, "TLS certificate or key changed but cannot be loaded; serving the previous one")
+                    }
+                }
+            }
+        }
         let (sig_paths, load_paths, names) = (paths.clone(), paths.clone(), names.clone());
         let now = blocking(move || signature(&sig_paths)).await;
         if now != last {
@@ -300,6 +322,28 @@ async fn reload_loop(
             }
         })
         .await;
+    }
+}
+
+/// The TLS configuration and where it came from, to reload it when the files change (a mounted
+/// Secret is updated in place).
+#[derive(Clone)]
+struct Tls {
+    config: axum_server::tls_rustls::RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+type FileSig = Option<(SystemTime, u64, u64)>;
+
+impl Tls {
+    fn signature(&self) -> (FileSig, FileSig) {
+        let sig = |p: &PathBuf| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        };
+        (sig(&self.cert), sig(&self.key))
     }
 }
 

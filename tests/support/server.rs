@@ -242,9 +242,10 @@ impl ServeProcess {
         std::thread::spawn(move || {
             let _ = std::io::copy(&mut stderr, &mut file);
         });
+        let tls = extra.contains(&"--tls-cert");
         let serve = ServeProcess {
             child,
-            url: format!("http://127.0.0.1:{port}"),
+            url: format!("{}://127.0.0.1:{port}", if tls { "https" } else { "http" }),
             port,
             store,
             log,
@@ -255,13 +256,20 @@ impl ServeProcess {
                 .unwrap(),
         };
         for _ in 0..400 {
-            if serve
-                .http
-                .get(format!("{}/healthz", serve.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
+            // (Over TLS the caller brings a client that trusts the server's CA.)
+            let up = if tls {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            } else {
+                serve
+                    .http
+                    .get(format!("{}/healthz", serve.url))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success())
+            };
+            if up {
                 return serve;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
