@@ -645,6 +645,7 @@ async fn a_dry_run_in_flight_never_blocks_a_live_alert_or_trigger() {
     for id in [live.as_str(), dry["id"].as_str().unwrap()] {
         app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
             .await;
+        app.finished(id).await;
     }
     // With the live run gone, a live trigger is free even though dry runs remain.
     let (status, again) = app

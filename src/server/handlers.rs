@@ -129,8 +129,18 @@ pub async fn alerts(
 }
 
 pub async fn plans(State(state): State<AppState>) -> impl IntoResponse {
+    /// Serialized straight to bytes: no intermediate `Value` of every plan.
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        plans: Vec<crate::plan::set::PlanSummary>,
+        invalid: &'a [crate::plan::set::InvalidPlan],
+    }
     let plans = state.runs.plans();
-    Json(json!({"plans": plans.summaries(), "invalid": plans.invalid}))
+    Json(Reply {
+        plans: plans.summaries(),
+        invalid: &plans.invalid,
+    })
+    .into_response()
 }
 
 pub async fn trigger(
