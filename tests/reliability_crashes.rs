@@ -7,39 +7,13 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::json;
 use support::clusters::repo_dir;
-use support::server::{eventually, nowhere_kubeconfig, ServeProcess};
-
-type Hits = Arc<Vec<AtomicUsize>>;
-
-/// A hook counting POSTs to `/step/{n}`; returns its URL and the counts.
-async fn hook(steps: usize) -> (String, Hits) {
-    let hits: Hits = Arc::new((0..steps).map(|_| AtomicUsize::new(0)).collect());
-    let h = hits.clone();
-    let app = axum::Router::new().route(
-        "/step/{n}",
-        axum::routing::post(move |axum::extract::Path(n): axum::extract::Path<usize>| {
-            let h = h.clone();
-            async move {
-                h[n].fetch_add(1, Ordering::SeqCst);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, hits)
-}
-
-fn counts(hits: &Hits) -> Vec<usize> {
-    hits.iter().map(|h| h.load(Ordering::SeqCst)).collect()
-}
+use support::server::{
+    counting_hook, counts, eventually, metric, nowhere_kubeconfig, ServeProcess,
+};
 
 fn write_plan(dir: &Path, file: &str, hook_url: &str) -> std::path::PathBuf {
     let plans = dir.join("plans");
@@ -60,7 +34,7 @@ async fn step_status(serve: &ServeProcess, id: &str, step: usize) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_every_step_boundary_leaves_a_resumable_run_and_no_step_runs_twice() {
-    let (hook_url, hits) = hook(6).await;
+    let (hook_url, hits) = counting_hook(6).await;
     let dir = tempfile::tempdir().unwrap();
     let plans = write_plan(dir.path(), "six.yaml", &hook_url);
     let kubeconfig = nowhere_kubeconfig(dir.path());
@@ -112,14 +86,6 @@ fn prlimit_fsize(pid: u32, soft: &str) {
     );
 }
 
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 async fn metrics(serve: &ServeProcess) -> String {
     serve
         .http
@@ -135,7 +101,7 @@ async fn metrics(serve: &ServeProcess) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_cannot_be_written_stops_the_run_before_its_next_step_and_readyz_says_so() {
-    let (hook_url, hits) = hook(2).await;
+    let (hook_url, hits) = counting_hook(2).await;
     let dir = tempfile::tempdir().unwrap();
     let plans = write_plan(dir.path(), "held.yaml", &hook_url);
     let kubeconfig = nowhere_kubeconfig(dir.path());

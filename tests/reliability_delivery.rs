@@ -6,34 +6,14 @@
 mod support;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::alertmanager::{AlertmanagerPair, Timings};
-use support::server::{eventually, nowhere_kubeconfig, payload, serve_token_file, ServeProcess};
-
-type Hits = Arc<Vec<AtomicUsize>>;
-
-async fn hook(n: usize) -> (String, Hits) {
-    let hits: Hits = Arc::new((0..n).map(|_| AtomicUsize::new(0)).collect());
-    let h = hits.clone();
-    let app = axum::Router::new().route(
-        "/step/{n}",
-        axum::routing::post(move |axum::extract::Path(n): axum::extract::Path<usize>| {
-            let h = h.clone();
-            async move {
-                h[n].fetch_add(1, Ordering::SeqCst);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, hits)
-}
+use support::server::{
+    counting_hook, eventually, nowhere_kubeconfig, payload, serve_token_file, ServeProcess,
+};
 
 /// An auto plan matching `labels` whose first step calls `hook/step/{n}` and whose second holds
 /// it active for a while (a dry run sends no POST, but does pause).
@@ -73,7 +53,7 @@ fn write(dir: &Path, file: &str, text: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_resends_from_two_ha_alertmanagers_and_direct_posts_make_one_run() {
-    let (hook_url, hits) = hook(1).await;
+    let (hook_url, hits) = counting_hook(1).await;
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     write(
@@ -141,7 +121,7 @@ async fn a_thousand_resends_from_two_ha_alertmanagers_and_direct_posts_make_one_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fifty_incidents_of_fifty_plans_at_once_make_fifty_runs_each_once() {
     const N: usize = 50;
-    let (hook_url, hits) = hook(N).await;
+    let (hook_url, hits) = counting_hook(N).await;
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     for i in 0..N {

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 use support::alertmanager::{AlertmanagerPair, Timings};
 use support::clusters::{free_port, repo_dir};
 use support::run::{field, registry, seed, world_in_namespace};
+use support::server::metric;
 
 const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
 
@@ -125,14 +126,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -282,23 +275,8 @@ async fn repeated_alertmanager_deliveries_from_an_ha_pair_make_exactly_one_run()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_mid_step_is_interrupted_and_resumes_without_repeating_finished_steps() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let hits: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
-    let h = hits.clone();
-    let hook = axum::Router::new().route(
-        "/step/{n}",
-        axum::routing::post(move |axum::extract::Path(n): axum::extract::Path<usize>| {
-            let h = h.clone();
-            async move {
-                h[n].fetch_add(1, Ordering::SeqCst);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    use std::sync::atomic::Ordering;
+    let (hook_url, hits) = support::server::counting_hook(2).await;
 
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");

@@ -6,20 +6,12 @@ mod support;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use support::server::{app, authed, payload};
+use support::server::{app, authed, metric, payload};
 
 const T0: &str = "2026-11-21T10:00:00Z";
 
 fn primary_down() -> Value {
     json!({"alertname": "PrimaryDown", "severity": "critical", "cluster": "pg-north"})
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -65,27 +65,11 @@ fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<Bytes, BytesRejection>,
     limit: usize,
 ) -> Result<T, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json")
-    {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    let body = body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(limit)
-        } else {
-            ApiError::BadRequest(format!("failed to read the body: {r}"))
-        }
-    })?;
-    serde_json::from_slice(&body)
+    parse(&json_bytes(headers, body, limit)?)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
@@ -101,8 +85,7 @@ pub async fn alerts(
     }
     let bytes = json_bytes(&headers, body, state.body_limit)?;
     blocking(&state, move |runs| {
-        let payload: WebhookPayload = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))?;
+        let payload: WebhookPayload = parse(&bytes)?;
         if payload.version != "4" {
             return Err(ApiError::BadRequest(format!(
                 "unsupported webhook payload version {:?} (expected \"4\")",

@@ -351,3 +351,44 @@ where
     }
     panic!("timed out after {limit:?} waiting for {what}");
 }
+
+/// Counts of calls to a [`counting_hook`], by step number.
+pub type Hits = Arc<Vec<std::sync::atomic::AtomicUsize>>;
+
+/// An HTTP server on loopback counting POSTs to `/step/{n}` for `n < steps` — where a test's
+/// plan steps land, so "ran once" is counted outside recoverd. Returns its URL and the counts.
+pub async fn counting_hook(steps: usize) -> (String, Hits) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits: Hits = Arc::new((0..steps).map(|_| AtomicUsize::new(0)).collect());
+    let h = hits.clone();
+    let app = Router::new().route(
+        "/step/{n}",
+        axum::routing::post(move |axum::extract::Path(n): axum::extract::Path<usize>| {
+            let h = h.clone();
+            async move {
+                h[n].fetch_add(1, Ordering::SeqCst);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, hits)
+}
+
+/// The counts of a [`counting_hook`] now.
+pub fn counts(hits: &Hits) -> Vec<usize> {
+    hits.iter()
+        .map(|h| h.load(std::sync::atomic::Ordering::SeqCst))
+        .collect()
+}
+
+/// The value of one series in Prometheus text, 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
