@@ -161,7 +161,9 @@ impl TestApp {
     pub async fn finished_as(&self, token: &str, id: &str) -> Value {
         for _ in 0..500 {
             let (_, run) = self.get_as(token, &format!("/api/v1/runs/{id}")).await;
-            if ["Succeeded", "Failed", "Cancelled"].contains(&run["phase"].as_str().unwrap_or("")) {
+            // Any phase but the unfinished ones (so a finished phase added later counts too).
+            let phase = run["phase"].as_str().unwrap_or("");
+            if !phase.is_empty() && !recoverd::run::store::ACTIVE.contains(&phase) {
                 return run;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
