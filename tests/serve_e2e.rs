@@ -625,3 +625,58 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_runs_beyond_keep_runs_are_pruned_and_unfinished_ones_kept() {
+    use support::server::{eventually as until, ServeProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let quick = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: quick, namespace: ops}\nspec:\n  mode: manual\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n";
+    let gated = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: gated, namespace: ops}\nspec:\n  mode: approval\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n";
+    std::fs::write(plans.join("quick.yaml"), quick).unwrap();
+    std::fs::write(plans.join("gated.yaml"), gated).unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let mut serve = ServeProcess::start(dir.path(), &plans, &kubeconfig, &[]).await;
+    for i in 0..4 {
+        let (status, _) = serve
+            .post(
+                "/api/v1/plans/ops/quick/runs",
+                &json!({"idempotencyKey": format!("k{i}")}),
+            )
+            .await;
+        assert_eq!(status, 201);
+        until("the run to finish", Duration::from_secs(20), || async {
+            serve.get("/api/v1/runs?plan=ops/quick").await["runs"][0]["phase"] == "Succeeded"
+        })
+        .await;
+    }
+    let (status, waiting) = serve.post("/api/v1/plans/ops/gated/runs", &json!({})).await;
+    assert_eq!(status, 201, "{waiting}");
+    serve.kill();
+
+    let serve = ServeProcess::start(
+        dir.path(),
+        &plans,
+        &kubeconfig,
+        &["--keep-runs", "1", "--reload-interval", "200ms"],
+    )
+    .await;
+    until("old runs to be pruned", Duration::from_secs(20), || async {
+        serve.get("/api/v1/runs").await["runs"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let runs = serve.get("/api/v1/runs").await;
+    let phases: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    assert!(
+        phases.contains(&"WaitingForApproval") && phases.contains(&"Succeeded"),
+        "the newest finished run and the unfinished one are kept: {runs:#}"
+    );
+}
