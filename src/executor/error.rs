@@ -68,6 +68,8 @@ pub enum StepError {
     RunDeadline { after: Duration },
     #[error("the run was cancelled")]
     Cancelled,
+    #[error("recoverd stopped before the step started (its record could not be written, or a shutdown); resume the run to continue")]
+    Interrupted,
     #[error("rendered {what} {value:?} of {object} is not a Kubernetes name (lower-case letters, digits, '-', '.')")]
     BadName {
         what: &'static str,
@@ -130,6 +132,7 @@ impl StepError {
             StepError::HttpStatus { .. } => "http-status",
             StepError::RunDeadline { .. } => "run-deadline",
             StepError::Cancelled => "cancelled",
+            StepError::Interrupted => "interrupted",
             StepError::BadName { .. } => "bad-name",
             StepError::Duration(_) => "duration",
         }

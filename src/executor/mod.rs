@@ -413,7 +413,6 @@ impl Executor {
         observer: &dyn Observer,
         control: &RunControl,
     ) {
-        let cancel = &control.cancel;
         let plan = &runnable.plan;
         let run_timeout = plan
             .spec
@@ -453,15 +452,7 @@ impl Executor {
                 continue;
             }
             if control.drain.is_cancelled() {
-                record.phase = Phase::Interrupted;
-                record.error = Some(format!(
-                    "recoverd shut down before step {:?}; resume the run to continue",
-                    step.name()
-                ));
-                record.duration_ms =
-                    Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
-                info!("run interrupted by shutdown");
-                observer.on_event(record, &Event::RunFinished);
+                self.interrupted(record, step.name(), started, observer);
                 return;
             }
             let result = self
@@ -475,9 +466,13 @@ impl Executor {
                     deadline,
                     run_timeout,
                     observer,
-                    cancel,
+                    control,
                 )
                 .await;
+            if let Err(StepError::Interrupted) = result {
+                self.interrupted(record, step.name(), started, observer);
+                return;
+            }
             if let Err(e) = result {
                 // The recorded error, secrets scrubbed.
                 let text = record.steps[index].error.clone().unwrap_or_default();
@@ -506,8 +501,13 @@ impl Executor {
             if record.phase != Phase::Cancelled {
                 // Still Running while compensating: the plan stays busy, and a crash here leaves
                 // the run Interrupted rather than looking finished.
-                self.compensate(runnable, input, record, observer, cancel)
-                    .await;
+                if !self
+                    .compensate(runnable, input, record, observer, control)
+                    .await
+                {
+                    self.interrupted(record, "onFailure", started, observer);
+                    return;
+                }
                 record.phase = Phase::Failed;
             }
         } else if record.steps.iter().any(|s| s.continued) {
@@ -533,28 +533,53 @@ impl Executor {
         observer.on_event(record, &Event::RunFinished);
     }
 
+    /// The run stops here, resumable: a shutdown, or a record that could not be written.
+    fn interrupted(
+        &self,
+        record: &mut RunRecord,
+        before: &str,
+        started: Instant,
+        observer: &dyn Observer,
+    ) {
+        record.phase = Phase::Interrupted;
+        record.error = Some(format!(
+            "recoverd stopped before step {before:?}; resume the run to continue"
+        ));
+        record.duration_ms =
+            Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
+        info!("run interrupted");
+        observer.on_event(record, &Event::RunFinished);
+    }
+
+    /// Runs the `onFailure` steps; false when the run was interrupted meanwhile.
     async fn compensate(
         &self,
         runnable: &RunnablePlan,
         input: &RunInput,
         record: &mut RunRecord,
         observer: &dyn Observer,
-        cancel: &CancellationToken,
-    ) {
+        control: &RunControl,
+    ) -> bool {
         let steps = &runnable.plan.spec.on_failure;
         if steps.is_empty() {
-            return;
+            return true;
         }
         record.on_failure = steps.iter().map(|s| self.pending_record(s)).collect();
         // Compensation gets its own budget: the run's deadline may be what failed it.
         let budget: Duration = steps.iter().map(step_budget).sum();
         let deadline = Instant::now() + budget;
         for (index, step) in steps.iter().enumerate() {
+            if control.drain.is_cancelled() {
+                return false;
+            }
             let res = self
                 .run_step(
-                    runnable, input, record, index, true, step, deadline, budget, observer, cancel,
+                    runnable, input, record, index, true, step, deadline, budget, observer, control,
                 )
                 .await;
+            if let Err(StepError::Interrupted) = res {
+                return false;
+            }
             if res.is_err() {
                 let text = record.on_failure[index].error.clone().unwrap_or_default();
                 warn!(step = step.name(), error = %text, "compensation step failed");
@@ -563,6 +588,7 @@ impl Executor {
                 }
             }
         }
+        true
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -578,7 +604,7 @@ impl Executor {
         deadline: Instant,
         run_timeout: Duration,
         observer: &dyn Observer,
-        cancel: &CancellationToken,
+        control: &RunControl,
     ) -> Result<(), StepError> {
         let values = context(runnable, input, record);
         // `cluster: "{{ Values.from }}"`: one plan serves both directions; the rendered name
@@ -638,6 +664,14 @@ impl Executor {
                 compensation,
             },
         );
+        // The record of the step's start could not be written (or recoverd is shutting down):
+        // a step must never run unrecorded.
+        if control.drain.is_cancelled() {
+            let rec = record.step_mut(index, compensation);
+            rec.status = StepStatus::Pending;
+            rec.started_at = None;
+            return Err(StepError::Interrupted);
+        }
 
         let result = self
             .attempts(
@@ -651,7 +685,7 @@ impl Executor {
                 deadline,
                 run_timeout,
                 observer,
-                cancel,
+                &control.cancel,
             )
             .await;
 

@@ -46,11 +46,15 @@ pub struct RecoveryPlanSpec {
     /// Deadline for the whole run, e.g. `20m`. Default 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// Default values available to templates as `Values.<name>`; a manual trigger may override
-    /// them.
+    /// Default values available to templates as `Values.<name>`. A manual trigger may set
+    /// only those named in `overridableParams`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "free_form_map")]
     pub params: BTreeMap<String, Value>,
+    /// The `params` a manual trigger may set (`POST /api/v1/plans/{ns}/{name}/runs` with
+    /// `params`); every other param keeps the plan's value. Empty: none may be set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overridable_params: Vec<String>,
     /// The steps, run in order.
     pub steps: Vec<Step>,
     /// Compensation steps, run in order when a step aborts the run.
