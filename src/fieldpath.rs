@@ -141,9 +141,21 @@ impl FieldPath {
                             i + 1
                         )));
                     }
-                    let start = i;
+                    let mut key = String::new();
                     while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
                         let c = chars[i];
+                        // kubectl's escaped dot: `metadata.labels.app\.kubernetes\.io/name`.
+                        if c == '\\' {
+                            if chars.get(i + 1) == Some(&'.') {
+                                key.push('.');
+                                i += 2;
+                                continue;
+                            }
+                            return Err(err(&format!(
+                                "`\\` at position {} escapes only a `.` (`app\\.kubernetes\\.io`)",
+                                i + 1
+                            )));
+                        }
                         if c == ']' {
                             return Err(err("a `]` without its `[`"));
                         }
@@ -154,9 +166,10 @@ impl FieldPath {
                                 i + 1
                             )));
                         }
+                        key.push(c);
                         i += 1;
                     }
-                    segments.push(Segment::Key(chars[start..i].iter().collect()));
+                    segments.push(Segment::Key(key));
                     expect_key = false;
                 }
             }
@@ -424,6 +437,12 @@ mod tests {
             assert!(e.contains(want), "{p}: {e}");
             assert!(e.contains("accepted forms"), "{p}: {e}");
         }
+        // kubectl's escaped dots are part of the key.
+        assert_eq!(
+            segs(r"{.metadata.labels.app\.kubernetes\.io/name}")[2],
+            Segment::Key("app.kubernetes.io/name".into())
+        );
+        assert!(FieldPath::parse(r"spec.a\b").is_err());
         // Quoted keys may hold anything.
         assert_eq!(
             segs(r#"data["my key*"]"#)[1],

@@ -2,7 +2,8 @@
 //! `sim`, `demo`. Each command is a thin layer over the library; output formats live in the
 //! command's own file.
 //!
-//! Exit codes of the commands that run a plan (`run`, `rehearse`): 0 the run succeeded; 1 it
+//! Exit codes of the commands that run a plan (`run`, `rehearse`, `trigger --wait`): 0 the run
+//! succeeded; 1 it
 //! failed or was cancelled (or an expectation failed); 2 nothing ran (bad arguments, an invalid
 //! plan, an alert that does not match); 3 it succeeded with tolerated failures
 //! (`SucceededWithErrors`: a step with `onError: continue` failed).
