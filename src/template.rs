@@ -151,6 +151,29 @@ pub fn references(src: &str) -> Result<BTreeSet<String>, TemplateError> {
     Ok(tmpl.undeclared_variables(true).into_iter().collect())
 }
 
+/// A filter, test or function the template uses that does not exist (`{{ x | nosuchfilter }}`),
+/// found by rendering it once with every value undefined-but-usable, so that `check` and
+/// `serve` refuse the plan at load instead of failing the step at 3 a.m. Branches not taken with
+/// such values are not seen.
+pub fn unknown_callable(src: &str) -> Option<String> {
+    if !is_template(src) {
+        return None;
+    }
+    let mut env = environment();
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    match env.render_str(&normalize(src), Value::Null) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction
+            ) =>
+        {
+            Some(describe(&e))
+        }
+        _ => None,
+    }
+}
+
 /// Renders a template as text. Undefined names are errors, never empty strings.
 pub fn render(src: &str, ctx: &Value) -> Result<String, TemplateError> {
     if !is_template(src) {
@@ -423,6 +446,19 @@ mod tests {
         .unwrap();
         assert_eq!(doc["metadata"]["annotations"]["x"], json!("a\u{85}b"));
         assert_eq!(doc["metadata"]["annotations"]["y"], json!("pre c\u{2028}d"));
+    }
+
+    #[test]
+    fn an_unknown_filter_test_or_function_is_found_without_values() {
+        assert!(unknown_callable("{{ Values.x | nosuchfilter }}")
+            .unwrap()
+            .contains("nosuchfilter"));
+        assert!(unknown_callable("{{ nosuchfn(1) }}").is_some());
+        assert!(unknown_callable("{% if Values.x is nosuchtest %}y{% endif %}").is_some());
+        assert_eq!(
+            unknown_callable("{{ Values.x | b64encode | upper }} {{ now() }}"),
+            None
+        );
     }
 
     #[test]

@@ -897,6 +897,17 @@ fn a_template_file_outside_the_plan_directory_is_refused() {
 // ---- HTTP ----
 
 #[test]
+fn an_unknown_template_filter_is_refused_at_load() {
+    the_problem(
+        "unknown-filter.yaml",
+        "template",
+        Some("annotate"),
+        "spec.steps[0].patch.override.value.raw",
+        &["shout"],
+    );
+}
+
+#[test]
 fn an_exec_step_needs_a_command() {
     the_problem(
         "exec-without-command.yaml",

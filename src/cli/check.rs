@@ -174,7 +174,8 @@ fn check_plan(
     // Templates in the same pass: every template a validation problem is not already about.
     let reported: std::collections::BTreeSet<&str> =
         report.problems.iter().map(|p| p.field.as_str()).collect();
-    for (step, field, message) in render_all(loaded, sample) {
+    let (rendered, render_notes) = render_all(loaded, sample);
+    for (step, field, message) in rendered {
         if !reported.contains(field.as_str()) {
             problems.push(problem(Some(&step), &field, "template", message));
         }
@@ -195,6 +196,10 @@ fn check_plan(
             .notes
             .iter()
             .map(|n| format!("{}: step {:?}: {}", at(&n.step), n.step, n.message))
+            .chain(render_notes.iter().map(|(step, field, message)| {
+                let (line, column) = positions.locate(field);
+                format!("{file}:{line}:{column}: step {step:?}: {field}: {message}")
+            }))
             .collect(),
         problems,
     }
@@ -231,13 +236,19 @@ pub fn eprint_problems(loaded: &LoadedPlan, report: &crate::plan::Report) {
     }
 }
 
-/// Renders every template of a plan with the sample alert; outputs of readField/http steps are
-/// stood in for by placeholders. Returns (step, field, problem).
-fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Vec<(String, String, String)> {
+/// What rendering a plan's templates found: (step, field, message) problems, and notes about
+/// templates a stand-in value could not render (`{{ Values.Lag | int }}` with a placeholder).
+type Rendered = (Vec<(String, String, String)>, Vec<(String, String, String)>);
+
+/// Renders every template of a plan with the sample alert; outputs of earlier steps are stood in
+/// for by placeholders, and a failure that may be the placeholder's is a note, not a problem.
+fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
     let spec = &loaded.plan.spec;
     let alert = sample.cloned().unwrap_or_else(|| Alert::sample_for(spec));
     let mut values: Map<String, Value> = spec.params.clone().into_iter().collect();
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let mut standins = std::collections::BTreeSet::new();
     let fields = (0..spec.steps.len())
         .map(|i| format!("spec.steps[{i}]"))
         .chain((0..spec.on_failure.len()).map(|j| format!("spec.onFailure[{j}]")));
@@ -271,17 +282,32 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Vec<(String, Strin
                     .map_err(|e| e.to_string())
             };
             if let Err(e) = result {
-                problems.push((step.name().to_string(), field, e));
+                let uses_standin = template::references(&src).is_ok_and(|refs| {
+                    refs.iter().any(|r| {
+                        r.strip_prefix("Values.")
+                            .is_some_and(|k| standins.contains(k))
+                    })
+                });
+                if uses_standin && !e.contains("undefined") {
+                    notes.push((
+                        step.name().to_string(),
+                        field,
+                        format!("not checked: a stand-in for a value read at run time cannot render it ({e})"),
+                    ));
+                } else {
+                    problems.push((step.name().to_string(), field, e));
+                }
             }
         }
         if let Some(k) = output_key(step) {
+            standins.insert(k.to_string());
             values.insert(
                 k.to_string(),
                 json!(format!("<{k} from step {}>", step.name())),
             );
         }
     }
-    problems
+    (problems, notes)
 }
 
 fn text(results: &[PlanResult], clusters_checked: bool) -> String {

@@ -759,6 +759,10 @@ impl Validator<'_> {
                 return;
             }
         };
+        if let Some(reason) = template::unknown_callable(src) {
+            self.problem(step, field.into(), "template", reason);
+            return;
+        }
         for r in refs {
             let mut parts = r.splitn(3, '.');
             let top = parts.next().unwrap_or_default();
