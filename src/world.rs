@@ -36,7 +36,7 @@ pub struct WorldCluster {
     pub objects: Vec<Value>,
     /// Faults the built-in simulator injects for this cluster (ignored on real clusters).
     #[serde(default)]
-    pub faults: Option<crate::sim::faults::FaultSpec>,
+    pub faults: Option<kube_sim::FaultSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -155,14 +155,6 @@ impl FieldSelector {
             (got == v) == *eq
         })
     }
-
-    /// The name the selector pins, if it pins one (`metadata.name=x`).
-    pub fn name(&self) -> Option<&str> {
-        self.reqs
-            .iter()
-            .find(|(k, eq, _)| k == "metadata.name" && *eq)
-            .map(|(_, _, v)| v.as_str())
-    }
 }
 
 #[cfg(test)]

@@ -1,14 +1,17 @@
-//! Faults the simulator injects per cluster, as configured in the world file
-//! (`tests/data/sim/worlds/faults.yaml`): error rates, latency, cut watches, a dead cluster.
+//! Faults the simulator injects per cluster (`tests/data/faults.yaml`): error rates, latency,
+//! cut watches, a dead cluster.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use recoverd::sim::{world_clusters, Simulator};
+use kube_sim::{FaultSpec, Simulator};
 
 async fn simulator() -> Simulator {
-    let world = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sim/worlds/faults.yaml");
-    let (names, faults) = world_clusters(&world).unwrap();
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/faults.yaml");
+    let faults: BTreeMap<String, FaultSpec> =
+        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let names: Vec<String> = faults.keys().cloned().collect();
     Simulator::start(&names, None, &faults).await.unwrap()
 }
 

@@ -493,6 +493,62 @@ impl Cluster {
         }
     }
 
+    /// Creates one object as a client would (for [`crate::Simulator::seed`]), then writes its
+    /// `status` through the status subresource. The error names the object.
+    pub fn seed(&self, obj: Value) -> Result<Value, (String, StatusError)> {
+        let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
+        let kind = obj["kind"].as_str().unwrap_or_default().to_string();
+        let namespace = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+        let name = obj.pointer("/metadata/name").and_then(Value::as_str);
+        let what = format!(
+            "{kind} {}{}",
+            namespace.map(|n| format!("{n}/")).unwrap_or_default(),
+            name.unwrap_or("")
+        );
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", &api_version));
+        let ty = self
+            .lock()
+            .resources
+            .find_kind(group, version, &kind)
+            .cloned()
+            .ok_or_else(|| {
+                let e = StatusError::bad_request(format!(
+                    "no kind {kind:?} is served in {api_version:?}"
+                ));
+                (what.clone(), e)
+            })?;
+        let mut t = Target {
+            namespace: if ty.namespaced {
+                Some(namespace.unwrap_or("default").to_string())
+            } else {
+                None
+            },
+            ty,
+            name: None,
+            subresource: None,
+        };
+        let o = WriteOptions {
+            field_manager: Some("kube-sim-seed".to_string()),
+            ..Default::default()
+        };
+        let created = self
+            .create(&t, obj.clone(), &o)
+            .map_err(|e| (what.clone(), e))?;
+        match obj.get("status") {
+            Some(status) if t.ty.has_status() => {
+                let mut with_status = created;
+                with_status["status"] = status.clone();
+                t.name = with_status
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .map(str::to_string);
+                t.subresource = Some("status".to_string());
+                self.replace(&t, with_status, &o).map_err(|e| (what, e))
+            }
+            _ => Ok(created),
+        }
+    }
+
     /// POST: creates an object.
     pub fn create(&self, t: &Target, body: Value, o: &WriteOptions) -> Result<Value, StatusError> {
         let mut obj = Self::check_body(t, body, None)?;

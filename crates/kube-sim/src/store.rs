@@ -62,7 +62,6 @@ pub type Backlog = (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>);
 pub const LOG_CAPACITY: usize = 10_000;
 
 pub struct Store {
-    pub cluster: String,
     rv: u64,
     pub objects: BTreeMap<Key, Value>,
     log: VecDeque<Arc<Event>>,
@@ -107,7 +106,6 @@ impl Store {
     pub fn new(cluster: &str) -> Self {
         let (tx, _) = broadcast::channel(4096);
         let mut s = Store {
-            cluster: cluster.to_string(),
             rv: 0,
             objects: BTreeMap::new(),
             log: VecDeque::new(),

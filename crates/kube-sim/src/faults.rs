@@ -82,6 +82,33 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
+/// A Go-style duration of one or more `<number><unit>` parts (`ms`, `s`, `m`, `h`).
+fn parse_duration(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    while !rest.is_empty() {
+        let n = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let (number, tail) = rest.split_at(n);
+        let u = tail
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(tail.len());
+        let (unit, next) = tail.split_at(u);
+        let scale = match unit {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        total += Duration::try_from_secs_f64(number.parse::<f64>().ok()? * scale).ok()?;
+        rest = next;
+    }
+    Some(total)
+}
+
 impl Faults {
     pub fn new(cluster: &str, spec: FaultSpec) -> Result<Faults, FaultError> {
         let err = |reason: String| FaultError::Invalid {
@@ -89,7 +116,11 @@ impl Faults {
             reason,
         };
         let latency = match &spec.latency {
-            Some(l) => crate::duration::parse(l).map_err(|e| err(e.to_string()))?,
+            Some(l) => parse_duration(l).ok_or_else(|| {
+                err(format!(
+                    "latency {l:?} is not a duration (write e.g. 200ms, 2s, 1m)"
+                ))
+            })?,
             None => Duration::ZERO,
         };
         for (name, rate) in [

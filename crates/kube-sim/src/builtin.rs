@@ -7,13 +7,12 @@
 //!
 //! Everything here is about one object at a time; storage and HTTP live elsewhere.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 
 use serde_json::{json, Map, Value};
 
 use super::status::{Cause, StatusError};
-use super::typed::{ListRel, Ty};
+use super::typed::{Definitions, Ty};
 
 /// One built-in resource.
 #[derive(Debug)]
@@ -205,82 +204,20 @@ pub fn openapi_definitions() -> &'static Map<String, Value> {
     })
 }
 
-/// The type of a named definition; [`Ty::Untyped`] for an unknown name.
+/// The built-in definitions as types.
+fn definitions() -> &'static Definitions {
+    static DEFS: OnceLock<Definitions> = OnceLock::new();
+    DEFS.get_or_init(|| Definitions::new(openapi_definitions().clone()))
+}
+
+/// The type of a named built-in definition; [`Ty::Untyped`] for an unknown name.
 pub fn definition(name: &str) -> Ty {
-    static TYPES: OnceLock<HashMap<String, Ty>> = OnceLock::new();
-    let types = TYPES.get_or_init(|| {
-        openapi_definitions()
-            .iter()
-            .map(|(name, schema)| (name.clone(), openapi_ty(schema)))
-            .collect()
-    });
-    types.get(name).cloned().unwrap_or(Ty::Untyped)
+    definitions().get(name)
 }
 
-/// An OpenAPI v2 schema as a structured-merge-diff type, as kube-openapi's `schemaconv` makes it:
-/// lists without `x-kubernetes-list-type` are associative when their patch strategy merges.
-pub fn openapi_ty(s: &Value) -> Ty {
-    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
-        return Ty::Named(Arc::from(r.rsplit('/').next().unwrap_or(r)));
-    }
-    let ext = |k: &str| s.get(k).and_then(Value::as_str);
-    match s.get("type").and_then(Value::as_str) {
-        Some("object") => {
-            let fields: BTreeMap<String, Ty> = s
-                .get("properties")
-                .and_then(Value::as_object)
-                .map(|p| p.iter().map(|(k, v)| (k.clone(), openapi_ty(v))).collect())
-                .unwrap_or_default();
-            let elem = match s.get("additionalProperties") {
-                Some(Value::Object(a)) => Some(openapi_ty(&Value::Object(a.clone()))),
-                Some(Value::Bool(true)) => Some(Ty::Untyped),
-                _ if s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => {
-                    Some(Ty::Untyped)
-                }
-                _ => None,
-            };
-            if fields.is_empty() && elem.is_none() {
-                return Ty::Untyped;
-            }
-            Ty::map(fields, elem, ext("x-kubernetes-map-type") == Some("atomic"))
-        }
-        Some("array") => {
-            let elem = s.get("items").map(openapi_ty).unwrap_or(Ty::Untyped);
-            let rel = match ext("x-kubernetes-list-type") {
-                Some("set") => ListRel::Set,
-                Some("map") => ListRel::Map(
-                    s.get("x-kubernetes-list-map-keys")
-                        .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|k| k.as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default(),
-                ),
-                Some(_) => ListRel::Atomic,
-                None => match (
-                    ext("x-kubernetes-patch-strategy"),
-                    ext("x-kubernetes-patch-merge-key"),
-                ) {
-                    (Some(st), key) if st.split(',').any(|p| p == "merge") => match key {
-                        Some(k) => ListRel::Map(vec![k.to_string()]),
-                        None => ListRel::Set,
-                    },
-                    _ => ListRel::Atomic,
-                },
-            };
-            Ty::list(elem, rel)
-        }
-        Some(_) => Ty::Scalar,
-        None => Ty::Untyped,
-    }
-}
-
-pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Builtin> {
-    BUILTINS
-        .iter()
-        .find(|b| b.group == group && b.version == version && b.plural == plural)
+/// A reference to a named built-in definition (e.g. `ObjectMeta` inside a CRD's type).
+pub fn named(name: &str) -> Ty {
+    definitions().named(name)
 }
 
 /// The object Go's zero value of the kind serializes to: what a create is compared against
@@ -687,25 +624,10 @@ pub fn validate(b: &Builtin, obj: &Value) -> Result<(), StatusError> {
     }
 }
 
-/// The patch strategy of a list (`merge` with its key) or map, for strategic merge patches.
-pub fn patch_meta(schema: &Value, field: &str) -> Option<(String, Option<String>)> {
-    let p = schema.get("properties")?.get(field)?;
-    let strategy = p
-        .get("x-kubernetes-patch-strategy")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
-    let key = p
-        .get("x-kubernetes-patch-merge-key")
-        .and_then(Value::as_str)
-        .map(str::to_string);
-    Some((strategy, key))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::typed::field_set;
+    use crate::typed::field_set;
 
     #[test]
     fn every_builtin_kind_has_its_openapi_definition() {

@@ -210,10 +210,6 @@ impl StatusError {
         StatusError::new(410, "Expired", message)
     }
 
-    pub fn gone(message: impl Into<String>) -> Self {
-        StatusError::new(410, "Gone", message)
-    }
-
     /// A 404 for a path that names no resource.
     pub fn page_not_found() -> Self {
         StatusError::new(

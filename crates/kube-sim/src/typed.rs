@@ -5,12 +5,13 @@
 //! comparison of two versions of an object, the merge of an applied configuration into a live
 //! object, and the removal of fields.
 //!
-//! It must not know about HTTP, storage or which resource a value belongs to; built-in types
-//! refer to their definitions by name ([`Ty::Named`]), resolved by [`super::builtin`].
+//! It must not know about HTTP, storage or which resource a value belongs to; types from an
+//! OpenAPI document refer to its definitions by name ([`Ty::Named`]), resolved in the
+//! [`Definitions`] they came from.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde_json::{Map, Value};
 
@@ -26,9 +27,114 @@ pub enum Ty {
     Untyped,
     /// Any value, replaced as a whole (preserved unknown fields inside a typed schema).
     Opaque,
-    /// A built-in definition (`io.k8s.api.core.v1.PodSpec`), resolved lazily because the
+    /// A named definition (`io.k8s.api.core.v1.PodSpec`), resolved lazily because the
     /// definitions are recursive.
-    Named(Arc<str>),
+    Named(Arc<str>, &'static Definitions),
+}
+
+/// Named type definitions (an OpenAPI v2 document's `definitions`), which [`Ty::Named`]
+/// points into; each is converted once, when first resolved.
+pub struct Definitions {
+    schemas: Map<String, Value>,
+    types: OnceLock<HashMap<String, Ty>>,
+}
+
+impl fmt::Debug for Definitions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Definitions({})", self.schemas.len())
+    }
+}
+
+impl Definitions {
+    pub fn new(schemas: Map<String, Value>) -> Self {
+        Definitions {
+            schemas,
+            types: OnceLock::new(),
+        }
+    }
+
+    /// The type of a definition; [`Ty::Untyped`] for an unknown name.
+    pub fn get(&'static self, name: &str) -> Ty {
+        let types = self.types.get_or_init(|| {
+            self.schemas
+                .iter()
+                .map(|(n, s)| (n.clone(), openapi_ty(s, self)))
+                .collect()
+        });
+        types.get(name).cloned().unwrap_or(Ty::Untyped)
+    }
+
+    /// A reference to a definition, resolved when used.
+    pub fn named(&'static self, name: &str) -> Ty {
+        Ty::Named(Arc::from(name), self)
+    }
+}
+
+/// An OpenAPI v2 schema as a structured-merge-diff type, as kube-openapi's `schemaconv` makes it:
+/// lists without `x-kubernetes-list-type` are associative when their patch strategy merges.
+pub fn openapi_ty(s: &Value, defs: &'static Definitions) -> Ty {
+    if let Some(r) = s.get("$ref").and_then(Value::as_str) {
+        return defs.named(r.rsplit('/').next().unwrap_or(r));
+    }
+    let ext = |k: &str| s.get(k).and_then(Value::as_str);
+    match s.get("type").and_then(Value::as_str) {
+        Some("object") => {
+            let fields: BTreeMap<String, Ty> = s
+                .get("properties")
+                .and_then(Value::as_object)
+                .map(|p| {
+                    p.iter()
+                        .map(|(k, v)| (k.clone(), openapi_ty(v, defs)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let elem = match s.get("additionalProperties") {
+                Some(Value::Object(a)) => Some(openapi_ty(&Value::Object(a.clone()), defs)),
+                Some(Value::Bool(true)) => Some(Ty::Untyped),
+                _ if s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => {
+                    Some(Ty::Untyped)
+                }
+                _ => None,
+            };
+            if fields.is_empty() && elem.is_none() {
+                return Ty::Untyped;
+            }
+            Ty::map(fields, elem, ext("x-kubernetes-map-type") == Some("atomic"))
+        }
+        Some("array") => {
+            let elem = s
+                .get("items")
+                .map(|i| openapi_ty(i, defs))
+                .unwrap_or(Ty::Untyped);
+            let rel = match ext("x-kubernetes-list-type") {
+                Some("set") => ListRel::Set,
+                Some("map") => ListRel::Map(
+                    s.get("x-kubernetes-list-map-keys")
+                        .and_then(Value::as_array)
+                        .map(|a| {
+                            a.iter()
+                                .filter_map(|k| k.as_str().map(str::to_string))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                ),
+                Some(_) => ListRel::Atomic,
+                None => match (
+                    ext("x-kubernetes-patch-strategy"),
+                    ext("x-kubernetes-patch-merge-key"),
+                ) {
+                    (Some(st), key) if st.split(',').any(|p| p == "merge") => match key {
+                        Some(k) => ListRel::Map(vec![k.to_string()]),
+                        None => ListRel::Set,
+                    },
+                    _ => ListRel::Atomic,
+                },
+            };
+            Ty::list(elem, rel)
+        }
+        Some(_) => Ty::Scalar,
+        None => Ty::Untyped,
+    }
 }
 
 /// An object: named fields, and the type of any other key.
@@ -74,7 +180,7 @@ impl Ty {
     /// The definition behind a name; any other type as it is.
     pub fn resolve(&self) -> Ty {
         match self {
-            Ty::Named(name) => super::builtin::definition(name),
+            Ty::Named(name, defs) => defs.get(name),
             other => other.clone(),
         }
     }
@@ -231,10 +337,6 @@ impl FieldSet {
         self.0.insert(p);
     }
 
-    pub fn contains(&self, p: &[PathElement]) -> bool {
-        self.0.contains(p)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
@@ -249,17 +351,6 @@ impl FieldSet {
 
     pub fn intersection(&self, o: &FieldSet) -> FieldSet {
         FieldSet(self.0.intersection(&o.0).cloned().collect())
-    }
-
-    /// Without every path that equals or lies under one of `o`'s.
-    pub fn recursive_difference(&self, o: &FieldSet) -> FieldSet {
-        FieldSet(
-            self.0
-                .iter()
-                .filter(|p| !(0..=p.len()).any(|n| o.0.contains(&p[..n])))
-                .cloned()
-                .collect(),
-        )
     }
 
     /// The `fieldsV1` JSON of this set.

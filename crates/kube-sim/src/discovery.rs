@@ -214,6 +214,12 @@ impl Resources {
             .find(|t| t.group == group && t.version == version && t.plural == plural)
     }
 
+    pub fn find_kind(&self, group: &str, version: &str, kind: &str) -> Option<&ResourceType> {
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.version == version && t.kind == kind)
+    }
+
     /// Groups in the order `/apis` lists them (built-in groups first, then CRD groups by name),
     /// each with its versions.
     fn groups(&self) -> Vec<(String, Vec<String>)> {

@@ -1,10 +1,17 @@
-//! Differential tests of the simulator: each scenario under `tests/data/sim/scenarios/` (a list
-//! of HTTP requests) runs against a real kube-apiserver v1.20 test cluster and against the
-//! simulator, and the normalised responses — status code and body, with uids, timestamps and
-//! resourceVersions masked but the order of resourceVersions kept — must be equal.
+//! Differential tests of the simulator: each scenario under `tests/data/scenarios/` (a list of
+//! HTTP requests) runs against a real kube-apiserver and against the simulator, and the
+//! normalised responses — status code and body, with uids, timestamps and resourceVersions
+//! masked but the order of resourceVersions kept — must be equal. Every scenario runs against
+//! v1.36.2, the version the simulator models; those that hold there too also against v1.20.2
+//! (`versions:` in the scenario). Both servers have the CloudNativePG and Percona CRDs: as
+//! published upstream on v1.36, made acceptable to v1.20 (`tests/data/crds/` of the workspace)
+//! on v1.20.
 //!
 //! Scenario steps:
 //! ```yaml
+//! description: …
+//! versions: [v1.36, v1.20]     # the real servers to compare with (default: both)
+//! steps:
 //! - name: create               # unique; later steps refer to it: {rv:create}, {uid:create},
 //!                              # {name:create}, {continue:create} (a list's continue token)
 //!   method: POST
@@ -18,6 +25,7 @@
 //!   watch: {events: 2, timeout: 5s}   # read a watch stream: N events, or until it ends
 //!   background: true           # a watch that runs while the next steps do; see `await`
 //!   sortEvents: true           # compare the events in name order
+//!   versions: [v1.36]          # only against these servers (default: all of the scenario's)
 //! - name: watched
 //!   await: watch-step-name     # the events of a background watch
 //! ```
@@ -32,14 +40,27 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use support::clusters::repo_dir;
+use support::{crate_dir, real, Version};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Scenario {
     #[allow(dead_code)]
     description: String,
+    #[serde(default = "both")]
+    versions: Vec<String>,
     steps: Vec<Step>,
+}
+
+fn both() -> Vec<String> {
+    vec!["v1.36".to_string(), "v1.20".to_string()]
+}
+
+fn version_name(v: Version) -> &'static str {
+    match v {
+        Version::V1_36 => "v1.36",
+        Version::V1_20 => "v1.20",
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -76,6 +97,9 @@ struct Step {
     /// of a watch without resourceVersion in map order).
     #[serde(default)]
     sort_events: bool,
+    /// Only against these versions of the real server.
+    #[serde(default)]
+    versions: Option<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -93,13 +117,21 @@ struct Target {
     token: Option<String>,
 }
 
+/// `500ms`, `2s`.
 fn duration(s: &str) -> Duration {
-    recoverd::duration::parse(s).expect("a valid duration")
+    let parsed = match s.strip_suffix("ms") {
+        Some(ms) => ms.parse().ok().map(Duration::from_millis),
+        None => s
+            .strip_suffix('s')
+            .and_then(|x| x.parse().ok())
+            .map(Duration::from_secs_f64),
+    };
+    parsed.unwrap_or_else(|| panic!("{s:?} is not a duration like 500ms or 2s"))
 }
 
 fn load(name: &str) -> Scenario {
-    let path: PathBuf = repo_dir()
-        .join("tests/data/sim/scenarios")
+    let path: PathBuf = crate_dir()
+        .join("tests/data/scenarios")
         .join(format!("{name}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
@@ -195,11 +227,16 @@ async fn send(t: &Target, step: &Step, ns: &str, done: &HashMap<String, Outcome>
 }
 
 /// Runs a scenario on one target; returns every step's outcome, in order.
-async fn run(t: &Target, s: &Scenario, ns: &str) -> Vec<(String, Outcome)> {
+async fn run(t: &Target, s: &Scenario, ns: &str, version: Version) -> Vec<(String, Outcome)> {
     let mut done: HashMap<String, Outcome> = HashMap::new();
     let mut order = Vec::new();
     let mut background: HashMap<String, tokio::task::JoinHandle<Value>> = HashMap::new();
-    for step in &s.steps {
+    let steps = s.steps.iter().filter(|st| {
+        st.versions
+            .as_ref()
+            .is_none_or(|vs| vs.iter().any(|v| v == version_name(version)))
+    });
+    for step in steps {
         if let Some(d) = &step.sleep {
             tokio::time::sleep(duration(d)).await;
         }
@@ -490,142 +527,161 @@ fn number(outcomes: &mut [(String, Outcome)]) {
     }
 }
 
-/// A simulator with the CRDs the test clusters have.
-async fn simulator() -> (recoverd::sim::Simulator, Target) {
-    let sim = recoverd::sim::Simulator::start(&["north".to_string()], None, &BTreeMap::new())
+/// The CRDs both sides have: as published upstream for v1.36, made acceptable to v1.20 for it.
+fn crd_files(version: Version) -> Vec<PathBuf> {
+    let dir = match version {
+        Version::V1_36 => crate_dir().join("tests/data/crds"),
+        Version::V1_20 => support::workspace_dir().join("tests/data/crds"),
+    };
+    support::CRDS.iter().map(|f| dir.join(f)).collect()
+}
+
+/// A simulator with the CRDs the real server of `version` has.
+async fn simulator(version: Version) -> (kube_sim::Simulator, Target) {
+    let sim = kube_sim::Simulator::start(&["north".to_string()], None, &BTreeMap::new())
         .await
         .unwrap();
+    let crds: Vec<Value> = crd_files(version)
+        .iter()
+        .map(|f| serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap())
+        .collect();
+    sim.seed("north", &crds)
+        .expect("the simulator installs the CRDs");
     let target = Target {
         base: sim.server("north").unwrap(),
         client: reqwest::Client::new(),
         token: None,
     };
-    for crd in support::clusters::CRDS {
-        let text = std::fs::read_to_string(repo_dir().join("tests/data/crds").join(crd)).unwrap();
-        let body: Value = serde_yaml::from_str(&text).unwrap();
-        let resp = target
-            .client
-            .post(format!(
-                "{}/apis/apiextensions.k8s.io/v1/customresourcedefinitions",
-                target.base
-            ))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            resp.status().as_u16(),
-            201,
-            "installing {crd} in the simulator"
-        );
-    }
     (sim, target)
 }
 
-fn real() -> Target {
-    let clusters = support::shared();
-    let ca = std::fs::read(clusters.ca_cert()).unwrap();
+fn real_target(version: Version) -> Target {
+    let server = real(version);
     Target {
-        base: clusters.cluster("north").server.clone(),
-        client: reqwest::Client::builder()
-            .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
-            .build()
-            .unwrap(),
-        token: Some(support::clusters::TOKEN.to_string()),
+        base: server.base.clone(),
+        client: server.client(),
+        token: Some(support::TOKEN.to_string()),
     }
 }
 
-/// Runs a scenario on both servers and fails with every step whose responses differ.
+async fn create_namespace(t: &Target, ns: &str) {
+    let mut req = t
+        .client
+        .post(format!("{}/api/v1/namespaces", t.base))
+        .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}));
+    if let Some(token) = &t.token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status().as_u16(), 201, "creating namespace {ns}");
+}
+
+/// Runs a scenario on the simulator and each real server it names, and fails with every step
+/// whose responses differ.
 async fn differential(name: &str) {
     let scenario = load(name);
-    let clusters = support::shared();
-    let ns = clusters.namespace(&format!("sim-{name}")).await;
-    let (_sim, sim) = simulator().await;
-    let resp = sim
-        .client
-        .post(format!("{}/api/v1/namespaces", sim.base))
-        .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status().as_u16(), 201);
-
-    let real = real();
-    let (mut want, mut got) = tokio::join!(run(&real, &scenario, &ns), run(&sim, &scenario, &ns));
-    number(&mut want);
-    number(&mut got);
     let mut failures = Vec::new();
-    for ((step, w), (_, g)) in want.iter().zip(&got) {
-        if w.compared != g.compared {
-            let diff = json_patch::diff(&w.compared, &g.compared);
-            failures.push(format!(
-                "step {step:?} differs (JSON Patch from the real apiserver's to the simulator's):\n  {}\n  real:      {}\n  simulator: {}",
-                serde_json::to_string(&diff).unwrap(),
-                w.compared,
-                g.compared
-            ));
+    let mut compared = 0;
+    for version in [Version::V1_36, Version::V1_20] {
+        if !scenario.versions.iter().any(|v| v == version_name(version)) {
+            continue;
+        }
+        let real = tokio::task::spawn_blocking(move || real_target(version))
+            .await
+            .unwrap();
+        let (_sim, sim) = simulator(version).await;
+        let suffix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+            % 100_000;
+        let ns = format!("sim-{name}-{suffix}");
+        create_namespace(&real, &ns).await;
+        create_namespace(&sim, &ns).await;
+        let (mut want, mut got) = tokio::join!(
+            run(&real, &scenario, &ns, version),
+            run(&sim, &scenario, &ns, version)
+        );
+        number(&mut want);
+        number(&mut got);
+        compared += want.len();
+        for ((step, w), (_, g)) in want.iter().zip(&got) {
+            if w.compared != g.compared {
+                let diff = json_patch::diff(&w.compared, &g.compared);
+                failures.push(format!(
+                    "{v}: step {step:?} differs (JSON Patch from the real apiserver's to the simulator's):\n  {}\n  real:      {}\n  simulator: {}",
+                    serde_json::to_string(&diff).unwrap(),
+                    w.compared,
+                    g.compared,
+                    v = version_name(version),
+                ));
+            }
         }
     }
+    assert!(
+        compared > 0,
+        "scenario {name} names no version to compare with"
+    );
     assert!(
         failures.is_empty(),
         "scenario {name}: {} of {} steps differ\n\n{}",
         failures.len(),
-        want.len(),
+        compared,
         failures.join("\n\n")
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn discovery_matches_the_real_apiserver() {
     differential("discovery").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn configmap_reads_writes_and_errors_match_the_real_apiserver() {
     differential("configmaps").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn merge_json_and_strategic_patches_match_the_real_apiserver() {
     differential("patches").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn server_side_apply_and_managed_fields_match_the_real_apiserver() {
     differential("apply").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_status_subresource_and_generation_match_the_real_apiserver() {
     differential("status").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn dry_run_writes_nothing_like_the_real_apiserver() {
     differential("dryrun").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn custom_resources_are_validated_pruned_and_defaulted_like_the_real_apiserver() {
     differential("crds").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn watches_resume_filter_expire_and_bookmark_like_the_real_apiserver() {
     differential("watch").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn namespaces_match_the_real_apiserver() {
     differential("namespaces").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn deployments_services_secrets_leases_and_pages_match_the_real_apiserver() {
     differential("workloads").await;
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn the_tables_kubectl_get_prints_match_the_real_apiserver() {
     differential("tables").await;
 }

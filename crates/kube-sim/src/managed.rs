@@ -357,7 +357,7 @@ fn conflict_error(conflicts: &mut [(&Entry, Vec<typed::Path>)]) -> StatusError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sim::builtin;
+    use crate::builtin;
 
     fn cm_ty() -> Ty {
         builtin::definition("io.k8s.api.core.v1.ConfigMap")

@@ -136,7 +136,7 @@ impl CrdSchema {
             fields.insert("kind".into(), Ty::Scalar);
             fields.insert(
                 "metadata".into(),
-                Ty::Named(Arc::from("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")),
+                super::builtin::named("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
             );
             t = Ty::map(fields, m.elem.clone(), m.atomic);
         }
@@ -165,7 +165,7 @@ fn structural_ty(s: &Value) -> Ty {
                 fields.insert("kind".into(), Ty::Scalar);
                 fields.insert(
                     "metadata".into(),
-                    Ty::Named(Arc::from("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta")),
+                    super::builtin::named("io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"),
                 );
             }
             let elem = match s.get("additionalProperties") {
