@@ -8,7 +8,7 @@
 //!
 //! HTTP parsing and encoding live in [`super::http`]; storage in [`super::store`].
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Map, Value};
 
@@ -19,6 +19,7 @@ use super::patch;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::{Cause, StatusError};
 use super::store::{self, key, EventType, Key, Store};
+use super::strict;
 use super::typed;
 
 /// The object or collection a request is about.
@@ -37,29 +38,34 @@ pub struct WriteOptions {
     pub field_manager: Option<String>,
     pub user_agent: String,
     pub force: Option<bool>,
-    /// `Strict` rejects unknown fields (kube-apiserver v1.20 has no `fieldValidation` and
-    /// always drops them, as the simulator does without it).
-    pub field_validation: Option<String>,
+    /// What to do about unknown and duplicate fields.
+    pub field_validation: strict::Mode,
+    /// The fields of the request body, for duplicates and their order.
+    pub body_fields: strict::BodyFields,
+    /// `Warning` headers for the response (unknown or duplicate fields with `Warn`).
+    pub warnings: Arc<Mutex<Vec<String>>>,
 }
 
 impl WriteOptions {
-    /// With `fieldValidation=Strict`, a 400 naming the fields the object's schema lacks.
+    /// Unknown and duplicate fields: a 400 naming them with `fieldValidation=Strict`, a warning
+    /// each with `Warn`.
     fn check_fields(&self, ty: &ResourceType, obj: &Value) -> Result<(), StatusError> {
-        if self.field_validation.as_deref() != Some("Strict") {
+        if self.field_validation == strict::Mode::Ignore {
             return Ok(());
         }
         let unknown = unknown_fields(ty, obj);
-        if unknown.is_empty() {
+        let problems = strict::problems(&self.body_fields, &unknown, ty.is_custom());
+        if problems.is_empty() {
             return Ok(());
         }
-        let list: Vec<String> = unknown
-            .iter()
-            .map(|f| format!("unknown field {f:?}"))
-            .collect();
-        Err(StatusError::bad_request(format!(
-            "strict decoding error: {}",
-            list.join(", ")
-        )))
+        if self.field_validation == strict::Mode::Strict {
+            return Err(strict::strict_error(&ty.kind, &ty.version, &problems));
+        }
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(problems);
+        Ok(())
     }
 
     /// The manager of an update: `fieldManager`, else the user agent up to its first `/`.
@@ -350,7 +356,9 @@ impl Cluster {
         }
     }
 
-    fn validate(ty: &ResourceType, obj: &Value) -> Result<(), StatusError> {
+    /// Validates an object about to be stored; `old` is the stored one on an update (for CRD
+    /// transition rules).
+    fn validate(ty: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(), StatusError> {
         if let Some(b) = ty.builtin {
             builtin::validate(b, obj)?;
             if b.kind == "CustomResourceDefinition" {
@@ -370,6 +378,17 @@ impl Cluster {
         }
         if let Some(scale) = &ty.scale {
             causes.extend(super::schema::validate_scale_paths(obj, scale));
+        }
+        if let Some(s) = ty
+            .schema
+            .as_ref()
+            .filter(|s| super::cel::has_rules(s.raw()))
+        {
+            if super::cel::blocks_rules(&causes) {
+                causes.push(super::cel::rules_not_checked());
+            } else {
+                super::cel::check(s.raw(), obj, old, "", &mut causes);
+            }
         }
         if causes.is_empty() {
             Ok(())
@@ -602,7 +621,7 @@ impl Cluster {
         if t.ty.builtin.is_some_and(|b| b.kind == "Service") {
             allocate_ip(&mut s, &mut obj);
         }
-        Self::validate(&t.ty, &obj)?;
+        Self::validate(&t.ty, &obj, None)?;
         let k = Self::key_of(t, &name);
         if s.get(&k).is_some() {
             return Err(StatusError::already_exists(
@@ -701,7 +720,7 @@ impl Cluster {
         }
         managed.encode(&mut obj);
         Self::prepare_update(t, &mut obj, live);
-        Self::validate(&t.ty, &obj)?;
+        Self::validate(&t.ty, &obj, Some(live))?;
         self.commit_update(s, t, live, obj, o)
     }
 
@@ -855,7 +874,7 @@ impl Cluster {
                 "managed fields must be nil but was set".to_string(),
             ));
         }
-        o.check_fields(&t.ty, &config)?;
+        // Undeclared fields in an apply are refused below whatever `fieldValidation` says.
         let ty = t.ty.ty();
         if !matches!(ty, typed::Ty::Untyped) {
             if let Some(p) = typed::first_undeclared(&ty, &config) {
@@ -906,7 +925,7 @@ impl Cluster {
                 if t.ty.builtin.is_some_and(|b| b.kind == "Service") {
                     allocate_ip(&mut s, &mut obj);
                 }
-                Self::validate(&t.ty, &obj)?;
+                Self::validate(&t.ty, &obj, None)?;
                 if o.dry_run {
                     return Ok((201, present(&t.ty, &obj)));
                 }
@@ -917,7 +936,7 @@ impl Cluster {
             Some(live) => {
                 let mut obj = obj;
                 Self::prepare_update(t, &mut obj, &live);
-                Self::validate(&t.ty, &obj)?;
+                Self::validate(&t.ty, &obj, Some(&live))?;
                 self.commit_update(&mut s, t, &live, obj, o)
                     .map(|v| (200, v))
             }

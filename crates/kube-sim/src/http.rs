@@ -18,6 +18,7 @@ use super::api::{Cluster, ListOptions, Target, WriteOptions};
 use super::faults::Faults;
 use super::selector::{FieldSelector, LabelSelector};
 use super::status::StatusError;
+use super::strict::{BodyFields, Mode};
 use super::watch::{self, WatchRequest};
 
 /// How long a deleted namespace or CRD stays `Terminating` before its content and itself go
@@ -49,6 +50,18 @@ fn json_response(code: u16, v: &Value) -> Response {
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(body))
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+/// Adds a `Warning: 299 - "…"` header per warning the write collected.
+fn with_warnings(mut resp: Response, o: &WriteOptions) -> Response {
+    let warnings = o.warnings.lock().unwrap_or_else(|e| e.into_inner());
+    for w in warnings.iter() {
+        let text = format!("299 - {}", Value::String(w.clone()));
+        if let Ok(v) = header::HeaderValue::from_str(&text) {
+            resp.headers_mut().append(header::WARNING, v);
+        }
+    }
+    resp
 }
 
 fn error_response(e: &StatusError) -> Response {
@@ -121,14 +134,21 @@ impl Query {
         })
     }
 
-    fn write_options(&self, headers: &HeaderMap) -> Result<WriteOptions, StatusError> {
+    /// The options of a write; `options` is the kind errors name (`CreateOptions`, …) and
+    /// `body` the request body, scanned for duplicate fields.
+    fn write_options(
+        &self,
+        headers: &HeaderMap,
+        options: &str,
+        body: &[u8],
+    ) -> Result<WriteOptions, StatusError> {
         let dry_run = match self.get("dryRun") {
             None | Some("") => false,
             Some("All") => true,
             Some(other) => {
                 return Err(StatusError::invalid(
                     "meta.k8s.io",
-                    "CreateOptions",
+                    options,
                     "",
                     vec![super::status::Cause {
                         reason: "FieldValueNotSupported".into(),
@@ -150,7 +170,9 @@ impl Query {
                 .unwrap_or("")
                 .to_string(),
             force: self.get("force").map(|f| f == "true" || f == "1"),
-            field_validation: self.get("fieldValidation").map(str::to_string),
+            field_validation: Mode::parse(self.get("fieldValidation"), options)?,
+            body_fields: BodyFields::scan(body),
+            warnings: Default::default(),
         })
     }
 }
@@ -286,9 +308,16 @@ fn parse_body(t: &Target, headers: &HeaderMap, body: &Bytes) -> Result<Value, St
         .unwrap_or("application/json");
     let ct = ct.split(';').next().unwrap_or("").trim();
     match ct {
-        "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
-            StatusError::bad_request(format!("the request body is not valid JSON: {e}"))
-        }),
+        "application/json" | "" | "*/*" => {
+            let parsed = if t.ty.is_custom() {
+                serde_json::from_slice(body)
+            } else {
+                super::strict::parse_merging_duplicates(body)
+            };
+            parsed.map_err(|e| {
+                StatusError::bad_request(format!("the request body is not valid JSON: {e}"))
+            })
+        }
         "application/vnd.kubernetes.protobuf" if !t.ty.is_custom() => super::proto::decode(body),
         "application/yaml" | "application/x-yaml" | "text/yaml" => {
             let text = std::str::from_utf8(body)
@@ -338,10 +367,12 @@ fn serve(
         Route::Version => {
             return Ok(json_response(
                 200,
-                &json!({"major": "1", "minor": "20", "gitVersion": "v1.20.2",
-                    "gitCommit": "recoverd-sim", "gitTreeState": "clean",
+                &json!({"major": "1", "minor": "36", "emulationMajor": "1",
+                    "emulationMinor": "36", "minCompatibilityMajor": "1",
+                    "minCompatibilityMinor": "35", "gitVersion": "v1.36.2",
+                    "gitCommit": "kube-sim", "gitTreeState": "clean",
                     "buildDate": "1970-01-01T00:00:00Z", "goVersion": "rust",
-                    "compiler": "recoverd", "platform": "linux/amd64"}),
+                    "compiler": "kube-sim", "platform": "linux/amd64"}),
             ))
         }
         Route::Health => {
@@ -459,23 +490,25 @@ fn serve(
             ))
         }
         ("POST", true) => {
+            let o = q.write_options(headers, "CreateOptions", &body)?;
             let body = parse_body(&t, headers, &body)?;
-            let o = q.write_options(headers)?;
-            Ok(json_response(201, &c.create(&t, body, &o)?))
+            let created = c.create(&t, body, &o)?;
+            Ok(with_warnings(json_response(201, &created), &o))
         }
         ("PUT", false) => {
+            let o = q.write_options(headers, "UpdateOptions", &body)?;
             let body = parse_body(&t, headers, &body)?;
-            let o = q.write_options(headers)?;
-            Ok(json_response(200, &c.replace(&t, body, &o)?))
+            let replaced = c.replace(&t, body, &o)?;
+            Ok(with_warnings(json_response(200, &replaced), &o))
         }
         ("PATCH", false) => {
             let ct = headers
                 .get(header::CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
-            let o = q.write_options(headers)?;
+            let o = q.write_options(headers, "PatchOptions", &body)?;
             let (code, v) = c.patch(&t, ct, &body, &o)?;
-            Ok(json_response(code, &v))
+            Ok(with_warnings(json_response(code, &v), &o))
         }
         ("DELETE", false) => {
             let options = if body.is_empty() {
@@ -483,7 +516,7 @@ fn serve(
             } else {
                 serde_json::from_slice(&body).unwrap_or(Value::Null)
             };
-            let mut o = q.write_options(headers)?;
+            let mut o = q.write_options(headers, "DeleteOptions", &[])?;
             if options
                 .get("dryRun")
                 .and_then(Value::as_array)
@@ -507,7 +540,7 @@ fn serve(
             Ok(json_response(code, &v))
         }
         ("DELETE", true) => {
-            let o = q.write_options(headers)?;
+            let o = q.write_options(headers, "DeleteOptions", &[])?;
             Ok(json_response(
                 200,
                 &c.delete_collection(&t, &q.list_options()?, &o)?,

@@ -51,6 +51,7 @@
 
 mod api;
 mod builtin;
+mod cel;
 mod discovery;
 mod faults;
 mod http;
@@ -62,6 +63,7 @@ mod schema;
 mod selector;
 mod status;
 mod store;
+mod strict;
 mod table;
 mod typed;
 mod watch;

@@ -26,6 +26,7 @@
 //!   background: true           # a watch that runs while the next steps do; see `await`
 //!   sortEvents: true           # compare the events in name order
 //!   versions: [v1.36]          # only against these servers (default: all of the scenario's)
+//!   headers: [warning]         # compare these response headers too (all values, in order)
 //! - name: watched
 //!   await: watch-step-name     # the events of a background watch
 //! ```
@@ -100,6 +101,9 @@ struct Step {
     /// Only against these versions of the real server.
     #[serde(default)]
     versions: Option<Vec<String>>,
+    /// Response headers to compare.
+    #[serde(default)]
+    headers: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -220,10 +224,27 @@ async fn send(t: &Target, step: &Step, ns: &str, done: &HashMap<String, Outcome>
     }
     let resp = req.send().await.expect("the request is sent");
     let code = resp.status().as_u16();
+    let headers: Map<String, Value> = step
+        .headers
+        .iter()
+        .map(|h| {
+            let values: Vec<Value> = resp
+                .headers()
+                .get_all(h.as_str())
+                .iter()
+                .map(|v| json!(v.to_str().unwrap_or_default()))
+                .collect();
+            (h.clone(), Value::Array(values))
+        })
+        .collect();
     let bytes = resp.bytes().await.unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    json!({"code": code, "body": body})
+    if headers.is_empty() {
+        json!({"code": code, "body": body})
+    } else {
+        json!({"code": code, "body": body, "headers": headers})
+    }
 }
 
 /// Runs a scenario on one target; returns every step's outcome, in order.
@@ -629,6 +650,16 @@ async fn differential(name: &str) {
         compared,
         failures.join("\n\n")
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crd_validation_rules_are_evaluated_like_the_real_apiserver() {
+    differential("cel").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn field_validation_strict_warn_and_ignore_match_the_real_apiserver() {
+    differential("fieldvalidation").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

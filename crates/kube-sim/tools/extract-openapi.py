@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Extracts the OpenAPI v2 definitions of the built-in types the simulator serves from a real
-kube-apiserver's /openapi/v2 (descriptions dropped), for src/sim/builtin/openapi.json.
+kube-apiserver's /openapi/v2 (descriptions dropped), for src/builtin/openapi.json (made from
+kube-apiserver v1.36.2, the version the simulator models).
 
 Usage: curl … https://127.0.0.1:PORT/openapi/v2 > full.json; extract-openapi.py full.json OUT
 """
@@ -15,7 +16,14 @@ ROOTS = [
     "io.k8s.api.core.v1.ServiceAccount",
     "io.k8s.api.core.v1.Pod",
     "io.k8s.api.core.v1.Event",
+    "io.k8s.api.core.v1.PersistentVolumeClaim",
+    "io.k8s.api.core.v1.PersistentVolume",
     "io.k8s.api.apps.v1.Deployment",
+    "io.k8s.api.apps.v1.StatefulSet",
+    "io.k8s.api.rbac.v1.Role",
+    "io.k8s.api.rbac.v1.ClusterRole",
+    "io.k8s.api.rbac.v1.RoleBinding",
+    "io.k8s.api.rbac.v1.ClusterRoleBinding",
     "io.k8s.api.coordination.v1.Lease",
     "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
 ]
