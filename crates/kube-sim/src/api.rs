@@ -99,7 +99,7 @@ pub struct ListOptions {
 }
 
 /// The manager of the API server's own writes (a CRD's status).
-const CONTROLLER_MANAGER: &str = "kube-apiserver-v1.20.2";
+const CONTROLLER_MANAGER: &str = "kube-apiserver-v1.36.2";
 
 /// One cluster: its storage behind a lock (every verb is short and synchronous).
 pub struct Cluster {
@@ -598,6 +598,8 @@ impl Cluster {
             manager: &manager,
             api_version: &api_version,
             now: &now,
+            subresource: t.subresource.as_deref(),
+            reset: reset_fields(t),
         };
         managed.update(&t.ty.ty(), &t.ty.zero(), &obj, &w, true);
         managed.encode(&mut obj);
@@ -668,7 +670,7 @@ impl Cluster {
                 &name,
                 vec![Cause {
                     reason: "FieldValueInvalid".into(),
-                    message: "Invalid value: 0x0: must be specified for an update".into(),
+                    message: "Invalid value: 0: must be specified for an update".into(),
                     field: "metadata.resourceVersion".into(),
                 }],
             ));
@@ -715,6 +717,8 @@ impl Cluster {
                 manager: &manager,
                 api_version: &api_version,
                 now: &now,
+                subresource: t.subresource.as_deref(),
+                reset: reset_fields(t),
             };
             managed.update(&t.ty.ty(), live, &obj, &w, false);
         }
@@ -859,9 +863,10 @@ impl Cluster {
             .and_then(Value::as_str)
             .unwrap_or("");
         if version != t.ty.api_version() {
+            let (group, v) = version.rsplit_once('/').unwrap_or(("", version));
+            let kind = config.get("kind").and_then(Value::as_str).unwrap_or("");
             return Err(StatusError::bad_request(format!(
-                "Incorrect version specified in apply patch. Specified patch version: {version}, expected: {}",
-                t.ty.api_version()
+                "invalid object type: {group}/{v}, Kind={kind}"
             )));
         }
         if let Some(n) = meta_str(&config, "name").filter(|n| !n.is_empty() && *n != name) {
@@ -882,7 +887,11 @@ impl Cluster {
                     500,
                     "",
                     format!(
-                        "failed to create typed patch object: {p}: field not declared in schema"
+                        "failed to create typed patch object ({}/{name}; {}/{}, Kind={}): {p}: field not declared in schema",
+                        meta_str(&config, "namespace").unwrap_or(""),
+                        t.ty.group,
+                        t.ty.version,
+                        t.ty.kind
                     ),
                 ));
             }
@@ -904,6 +913,8 @@ impl Cluster {
             manager: &manager,
             api_version: &api_version,
             now: &now,
+            subresource: t.subresource.as_deref(),
+            reset: reset_fields(t),
         };
         let mut obj = managed.apply(
             &ty,
@@ -1176,6 +1187,8 @@ impl Cluster {
                 manager: CONTROLLER_MANAGER,
                 api_version: &api_version,
                 now: &now,
+                subresource: Some("status"),
+                reset: &["spec"],
             },
             false,
         );
@@ -1283,6 +1296,16 @@ fn unknown_fields(ty: &ResourceType, obj: &Value) -> Vec<String> {
     let mut out = Vec::new();
     diff(obj, &pruned, "", &mut out);
     out
+}
+
+/// The top-level fields a write to `t` cannot own: a kind with a status subresource keeps its
+/// status out of main-resource writes, and its spec out of status writes.
+fn reset_fields(t: &Target) -> &'static [&'static str] {
+    match t.subresource.as_deref() {
+        Some("status") => &["spec"],
+        _ if t.ty.has_status() => &["status"],
+        _ => &[],
+    }
 }
 
 /// go-restful's answer to a content type a built-in route does not consume.

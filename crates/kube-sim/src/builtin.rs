@@ -143,7 +143,7 @@ pub const BUILTINS: &[Builtin] = &[
         namespaced: true,
         short_names: &["svc"],
         categories: &["all"],
-        verbs: NO_COLLECTION,
+        verbs: ALL,
         subresources: &[("status", STATUS)],
         definition: "io.k8s.api.core.v1.Service",
         storage_version: "v1",
@@ -174,7 +174,7 @@ pub const BUILTINS: &[Builtin] = &[
         verbs: ALL,
         subresources: &[],
         definition: "io.k8s.api.coordination.v1.Lease",
-        storage_version: "v1beta1",
+        storage_version: "v1",
         generation: false,
     },
     Builtin {
@@ -228,7 +228,7 @@ pub fn zero(kind: &str) -> Value {
         "Namespace" => json!({"metadata": meta, "spec": {}, "status": {}}),
         "Service" => json!({"metadata": meta, "spec": {}, "status": {"loadBalancer": {}}}),
         "Deployment" => json!({"metadata": meta, "spec": {"selector": null,
-            "template": {"metadata": {"creationTimestamp": null}, "spec": {"containers": null}},
+            "template": {"metadata": {}, "spec": {"containers": null}},
             "strategy": {}}, "status": {}}),
         "Pod" => json!({"metadata": meta, "spec": {"containers": null}, "status": {}}),
         "Lease" => json!({"metadata": meta, "spec": {}}),
@@ -397,10 +397,17 @@ fn default_pod_spec(spec: &mut Value) {
 pub fn default_on_decode(kind: &str, obj: &mut Value) {
     match kind {
         "Namespace" => {
-            if let Some(o) = obj.as_object_mut() {
-                let status = o.entry("status").or_insert_with(|| json!({}));
-                if let Some(s) = status.as_object_mut() {
-                    set_default(s, "phase", json!("Active"));
+            // Since v1.21 every namespace carries its name as a label.
+            let name = obj.pointer("/metadata/name").cloned();
+            if let (Some(name), Some(meta)) =
+                (name, obj.get_mut("metadata").and_then(Value::as_object_mut))
+            {
+                let labels = meta.entry("labels").or_insert_with(|| json!({}));
+                if labels.is_null() {
+                    *labels = json!({});
+                }
+                if let Some(l) = labels.as_object_mut() {
+                    l.insert("kubernetes.io/metadata.name".into(), name);
                 }
             }
         }
@@ -426,11 +433,19 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 set_default(spec, "type", json!("ClusterIP"));
                 set_default(spec, "sessionAffinity", json!("None"));
-                if matches!(
-                    spec.get("type").and_then(Value::as_str),
-                    Some("NodePort" | "LoadBalancer")
-                ) {
+                let ty = spec
+                    .get("type")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string();
+                if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
                     set_default(spec, "externalTrafficPolicy", json!("Cluster"));
+                }
+                if ty == "LoadBalancer" {
+                    set_default(spec, "allocateLoadBalancerNodePorts", json!(true));
+                }
+                if ty != "ExternalName" {
+                    set_default(spec, "internalTrafficPolicy", json!("Cluster"));
                 }
                 for p in spec
                     .get_mut("ports")
@@ -444,6 +459,16 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
                             set_default(p, "targetPort", port);
                         }
                     }
+                }
+            }
+            for ingress in obj
+                .pointer_mut("/status/loadBalancer/ingress")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                if let Some(i) = ingress.as_object_mut().filter(|i| i.contains_key("ip")) {
+                    set_default(i, "ipMode", json!("VIP"));
                 }
             }
         }
@@ -516,11 +541,21 @@ pub fn prepare_for_create(kind: &str, obj: &mut Value) {
                         s.insert("finalizers".into(), json!(["kubernetes"]));
                     }
                 }
+                let status = o.entry("status").or_insert_with(|| json!({}));
+                if let Some(s) = status.as_object_mut() {
+                    s.insert("phase".into(), json!("Active"));
+                }
             }
         }
         "Service" => {
             if let Some(o) = obj.as_object_mut() {
                 o.insert("status".into(), json!({"loadBalancer": {}}));
+                if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
+                    if spec.get("type").and_then(Value::as_str) != Some("ExternalName") {
+                        set_default(spec, "ipFamilies", json!(["IPv4"]));
+                        set_default(spec, "ipFamilyPolicy", json!("SingleStack"));
+                    }
+                }
             }
         }
         "Deployment" | "Pod" => {
@@ -539,28 +574,26 @@ pub fn base64_encode(bytes: &[u8]) -> String {
 
 const DNS1123_SUBDOMAIN_MSG: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
 const DNS1123_LABEL_MSG: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
-const DNS1035_LABEL_MSG: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
-fn is_label(s: &str, first_alpha: bool) -> bool {
+fn is_label(s: &str) -> bool {
     let b = s.as_bytes();
     !b.is_empty()
         && b.len() <= 63
         && b.iter()
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
-        && (b[0].is_ascii_lowercase() || (!first_alpha && b[0].is_ascii_digit()))
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
         && b[b.len() - 1] != b'-'
 }
 
 pub fn is_subdomain(s: &str) -> bool {
-    s.len() <= 253 && s.split('.').all(|l| is_label(l, false))
+    s.len() <= 253 && s.split('.').all(is_label)
 }
 
-/// Checks a name as the kind requires: most names are RFC 1123 subdomains, namespaces RFC 1123
-/// labels, services DNS-1035 labels.
+/// Checks a name as the kind requires: most names are RFC 1123 subdomains, namespaces and
+/// services RFC 1123 labels (services were DNS-1035 labels before v1.34).
 pub fn validate_name(kind: &str, name: &str) -> Option<Cause> {
     let (ok, msg) = match kind {
-        "Namespace" => (is_label(name, false), DNS1123_LABEL_MSG),
-        "Service" => (is_label(name, true), DNS1035_LABEL_MSG),
+        "Namespace" | "Service" => (is_label(name), DNS1123_LABEL_MSG),
         _ => (is_subdomain(name), DNS1123_SUBDOMAIN_MSG),
     };
     (!ok).then(|| Cause::invalid("metadata.name", &Value::String(name.into()), msg))
@@ -655,6 +688,8 @@ mod tests {
         assert!(validate_name("ConfigMap", "a.b-c").is_none());
         assert!(validate_name("ConfigMap", "Bad_Name").is_some());
         assert!(validate_name("Namespace", "a.b").is_some());
-        assert!(validate_name("Service", "1abc").is_some());
+        // Since v1.34 a service name is an RFC 1123 label: it may start with a digit.
+        assert!(validate_name("Service", "1abc").is_none());
+        assert!(validate_name("Service", "a.b").is_some());
     }
 }

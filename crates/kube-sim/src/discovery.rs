@@ -81,7 +81,7 @@ impl ResourceType {
             group: b.group.into(),
             version: b.version.into(),
             plural: b.plural.into(),
-            singular: String::new(),
+            singular: b.kind.to_lowercase(),
             kind: b.kind.into(),
             list_kind: format!("{}List", b.kind),
             namespaced: b.namespaced,

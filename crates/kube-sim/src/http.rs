@@ -153,7 +153,7 @@ impl Query {
                     vec![super::status::Cause {
                         reason: "FieldValueNotSupported".into(),
                         message: format!(
-                            "Unsupported value: []string{{{}}}: supported values: \"All\"",
+                            "Unsupported value: [{}]: supported values: \"All\"",
                             json!(other)
                         ),
                         field: "dryRun".into(),

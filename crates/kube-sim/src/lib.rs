@@ -1,6 +1,8 @@
 //! A Kubernetes API simulator (I/O edge): Kubernetes-API-compatible HTTP servers for several
 //! named clusters in one process, each with its own in-memory store, held to the behaviour of a
-//! real kube-apiserver by the differential tests in `tests/differential.rs`.
+//! real kube-apiserver by the differential tests in `tests/differential.rs`. It models
+//! kube-apiserver **v1.36** (`/version` says v1.36.2): every scenario is compared with a real
+//! v1.36.2, and with v1.20.2 where the two agree.
 //!
 //! Clusters are served over plain HTTP on loopback, without authentication: a kubeconfig
 //! whose `server` is `http://127.0.0.1:PORT` works with `kubectl` and `kube::Client` alike.
@@ -9,13 +11,20 @@
 //! It knows nothing of the programs it is used by (recoverd seeds worlds and runs its reactors
 //! through ordinary clients).
 //!
-//! Known differences from kube-apiserver v1.20 (everything else the differential suite
+//! CRD validation rules (`x-kubernetes-validations`, CEL) are evaluated on every write, transition
+//! rules with `oldSelf` included (`cel`); `fieldValidation=Strict|Warn|Ignore` reports unknown
+//! and duplicate fields (`strict`); status subresource writes have managers of their own.
+//!
+//! Known differences from kube-apiserver v1.36 (everything else the differential suite
 //! compares is the same, byte for byte after masking uids, times and resourceVersion values):
 //! - Only some built-in resources are served (namespaces, configmaps, secrets, services,
 //!   serviceaccounts, pods, events, deployments, leases, customresourcedefinitions), and only
-//!   version v1 of each group; no aggregated discovery, no `/openapi/v2`. On purpose, like newer
-//!   servers: OpenAPI v3 documents and `fieldValidation=Strict` (so `kubectl apply` validates
-//!   server-side).
+//!   version v1 of each group; no aggregated discovery, no `/openapi/v2`; OpenAPI v3 documents.
+//! - CEL rules use the `cel` crate's standard library: a rule calling Kubernetes' own CEL
+//!   libraries (`quantity()`, `url()`, `isSorted()`, …) or failing to evaluate is not enforced;
+//!   `optionalOldSelf`, rule cost limits and ratcheting are not modelled. Strict field
+//!   validation of a merge patch answers like a strict create (the real server quotes the
+//!   whole patched object in a 422).
 //! - No controllers: pods are never scheduled, deployments get no replicas, services no
 //!   endpoints. A deleted namespace or CRD is `Terminating` for 5 s, then its content and itself
 //!   go, as with a real cluster's controllers (the test clusters have none: theirs stay).
@@ -23,7 +32,7 @@
 //!   fields; a body whose JSON types do not fit the Go type is not refused with Go's message.
 //! - Protobuf request bodies are read for Namespaces, ConfigMaps, Secrets and ServiceAccounts
 //!   (what `kubectl create` sends); responses are always JSON.
-//! - Apply bodies are YAML 1.2: an unquoted `y`, `yes` or `on` stays a string (v1.20 reads
+//! - Apply bodies are YAML 1.2: an unquoted `y`, `yes` or `on` stays a string (Go reads
 //!   YAML 1.1 booleans). A typed apply is checked for undeclared fields, not value types.
 //! - Watches resume from the last 10,000 events of a cluster; bookmark timing follows the watch
 //!   cache's rules only approximately.
@@ -35,6 +44,8 @@
 //! - `typed`: field types, paths and sets, compare/merge (structured-merge-diff);
 //! - `builtin`: the built-in resources, their types, defaults and validation;
 //! - `schema`: CRD structural schemas — pruning, defaulting, validation;
+//! - `cel`: CRD validation rules;
+//! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
 //! - `proto`: the protobuf bodies `kubectl create` sends;
 //! - `managed`: `managedFields` and server-side apply conflicts;

@@ -1,5 +1,6 @@
-//! `metadata.managedFields` (pure, no I/O): who owns which fields, as kube-apiserver v1.20's
-//! field manager keeps it. An update (POST, PUT, any non-apply PATCH) gives its manager the
+//! `metadata.managedFields` (pure, no I/O): who owns which fields, as kube-apiserver v1.36's
+//! field manager keeps it — with an entry of its own per manager for writes through the status
+//! subresource, and without the fields a write's strategy resets. An update (POST, PUT, any non-apply PATCH) gives its manager the
 //! fields it added or changed and takes them from everyone else; a server-side apply owns
 //! exactly the fields of its configuration, reports conflicts with other owners of fields whose
 //! values it changes (unless forced), and removes the fields it owned before and no longer
@@ -31,15 +32,24 @@ impl Operation {
 pub struct Entry {
     pub manager: String,
     pub operation: Operation,
+    /// `status` for writes through the status subresource.
+    pub subresource: Option<String>,
     pub api_version: String,
     pub time: Option<String>,
     pub set: FieldSet,
 }
 
 impl Entry {
-    fn same_manager(&self, manager: &str, op: Operation, api_version: &str) -> bool {
+    fn same_manager(
+        &self,
+        manager: &str,
+        op: Operation,
+        api_version: &str,
+        subresource: Option<&str>,
+    ) -> bool {
         self.manager == manager
             && self.operation == op
+            && self.subresource.as_deref() == subresource
             && (op == Operation::Apply || self.api_version == api_version)
     }
 
@@ -70,6 +80,25 @@ pub struct Writer<'a> {
     pub manager: &'a str,
     pub api_version: &'a str,
     pub now: &'a str,
+    /// `status` for writes through the status subresource.
+    pub subresource: Option<&'a str>,
+    /// Top-level fields this write cannot own (the strategy resets them): `status` for a
+    /// kind with a status subresource, `spec` for its status subresource.
+    pub reset: &'a [&'a str],
+}
+
+impl Writer<'_> {
+    /// `set` without the fields under [`Writer::reset`].
+    fn owned(&self, set: &FieldSet) -> FieldSet {
+        let mut out = FieldSet::new();
+        for p in set.ordered() {
+            let reset = matches!(p.first(), Some(PathElement::Field(f)) if self.reset.contains(&f.as_str()));
+            if !reset {
+                out.insert(p);
+            }
+        }
+        out
+    }
 }
 
 /// The entries of one object.
@@ -120,6 +149,10 @@ impl Managed {
             .flatten()
             .filter_map(|e| {
                 Some(Entry {
+                    subresource: e
+                        .get("subresource")
+                        .and_then(Value::as_str)
+                        .map(str::to_string),
                     manager: e.get("manager")?.as_str()?.to_string(),
                     operation: match e.get("operation")?.as_str()? {
                         "Apply" => Operation::Apply,
@@ -162,6 +195,9 @@ impl Managed {
                 let mut m = Map::new();
                 m.insert("manager".into(), json!(e.manager));
                 m.insert("operation".into(), json!(e.operation.as_str()));
+                if let Some(s) = &e.subresource {
+                    m.insert("subresource".into(), json!(s));
+                }
                 m.insert("apiVersion".into(), json!(e.api_version));
                 if let Some(t) = &e.time {
                     m.insert("time".into(), json!(t));
@@ -174,10 +210,16 @@ impl Managed {
         meta.insert("managedFields".into(), Value::Array(list));
     }
 
-    fn position(&self, manager: &str, op: Operation, api_version: &str) -> Option<usize> {
+    fn position(
+        &self,
+        manager: &str,
+        op: Operation,
+        api_version: &str,
+        subresource: Option<&str>,
+    ) -> Option<usize> {
         self.entries
             .iter()
-            .position(|e| e.same_manager(manager, op, api_version))
+            .position(|e| e.same_manager(manager, op, api_version, subresource))
     }
 
     fn drop_empty(&mut self) {
@@ -196,29 +238,34 @@ impl Managed {
             &without_managed_fields(live),
             &without_managed_fields(new),
         );
-        let taken = c.modified.union(&c.added);
+        // What the strategy resets was not written, and stays with its owners.
+        let taken = w.owned(&c.modified.union(&c.added));
+        let removed = w.owned(&c.removed);
         for e in &mut self.entries {
-            e.set = e.set.difference(&taken).difference(&c.removed);
+            e.set = e.set.difference(&taken).difference(&removed);
         }
-        let mine = taken.difference(&c.removed);
+        let mine = taken.difference(&removed);
         if !mine.is_empty() {
             let mine = mine.difference(&stripped());
-            match self.position(manager, Operation::Update, api_version) {
+            match self.position(manager, Operation::Update, api_version, w.subresource) {
                 Some(i) => {
-                    let e = &mut self.entries[i];
+                    // The updated entry goes last (entries with the same time keep this order).
+                    let mut e = self.entries.remove(i);
                     e.set = e.set.union(&mine);
                     e.time = Some(now.to_string());
+                    self.entries.push(e);
                 }
                 None => self.entries.push(Entry {
                     manager: manager.to_string(),
                     operation: Operation::Update,
+                    subresource: w.subresource.map(str::to_string),
                     api_version: api_version.to_string(),
                     time: Some(now.to_string()),
                     set: mine,
                 }),
             }
         }
-        if let Some(i) = self.position(manager, Operation::Update, api_version) {
+        if let Some(i) = self.position(manager, Operation::Update, api_version, w.subresource) {
             let e = &mut self.entries[i];
             e.set = e.set.difference(&stripped());
         }
@@ -247,9 +294,9 @@ impl Managed {
             };
             self.update(ty, zero, &live, &before, true);
         }
-        let set = typed::field_set(ty, config).difference(&stripped());
+        let set = w.owned(&typed::field_set(ty, config).difference(&stripped()));
         let last = self
-            .position(manager, Operation::Apply, "")
+            .position(manager, Operation::Apply, "", w.subresource)
             .map(|i| self.entries[i].set.clone());
         let mut merged = typed::merge(ty, &live, config);
 
@@ -257,7 +304,7 @@ impl Managed {
         if let Some(last) = &last {
             let mut owned = set.clone();
             for e in &self.entries {
-                if !e.same_manager(manager, Operation::Apply, "") {
+                if !e.same_manager(manager, Operation::Apply, "", w.subresource) {
                     owned = owned.union(&e.set);
                 }
             }
@@ -269,10 +316,10 @@ impl Managed {
         }
 
         let c = typed::compare(ty, &live, &merged);
-        let taken = c.modified.union(&c.added);
+        let taken = w.owned(&c.modified.union(&c.added));
         let mut conflicts: Vec<(&Entry, Vec<typed::Path>)> = Vec::new();
         for e in &self.entries {
-            if e.same_manager(manager, Operation::Apply, "") {
+            if e.same_manager(manager, Operation::Apply, "", w.subresource) {
                 continue;
             }
             let clash = e.set.intersection(&taken);
@@ -284,13 +331,13 @@ impl Managed {
             return Err(conflict_error(&mut conflicts));
         }
         for e in &mut self.entries {
-            if e.same_manager(manager, Operation::Apply, "") {
+            if e.same_manager(manager, Operation::Apply, "", w.subresource) {
                 continue;
             }
-            e.set = e.set.difference(&taken).difference(&c.removed);
+            e.set = e.set.difference(&taken).difference(&w.owned(&c.removed));
         }
         let changed = !c.is_same();
-        match self.position(manager, Operation::Apply, "") {
+        match self.position(manager, Operation::Apply, "", w.subresource) {
             Some(i) => {
                 let e = &mut self.entries[i];
                 e.set = set;
@@ -302,6 +349,7 @@ impl Managed {
             None => self.entries.push(Entry {
                 manager: manager.to_string(),
                 operation: Operation::Apply,
+                subresource: w.subresource.map(str::to_string),
                 api_version: api_version.to_string(),
                 time: changed.then(|| now.to_string()),
                 set,
@@ -368,6 +416,8 @@ mod tests {
             manager,
             api_version: "v1",
             now: "2026-01-01T00:00:00Z",
+            subresource: None,
+            reset: &[],
         }
     }
 

@@ -10,11 +10,20 @@ use serde_json::{Map, Value};
 use super::builtin::openapi_definitions;
 use super::status::StatusError;
 
+/// Go's `encoding/json` wording of a syntax error, as far as it can be told from serde's.
+fn go_json_error(e: &serde_json::Error) -> String {
+    if e.is_eof() {
+        "unexpected end of JSON input".to_string()
+    } else {
+        format!("invalid character in JSON input: {e}")
+    }
+}
+
 /// RFC 7386: objects merged key by key, `null` deletes, anything else replaces.
 pub fn merge_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
-    // kube-apiserver v1.20 answers an unparsable merge patch with a bare 500.
-    let patch: Value = serde_json::from_slice(body)
-        .map_err(|_| StatusError::new(500, "", "Invalid JSON Patch"))?;
+    let patch: Value = serde_json::from_slice(body).map_err(|e| {
+        StatusError::bad_request(format!("error decoding patch: {}", go_json_error(&e)))
+    })?;
     let mut out = doc.clone();
     json_patch::merge(&mut out, &patch);
     Ok(out)
@@ -22,8 +31,9 @@ pub fn merge_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
 
 /// RFC 6902, `test` included.
 pub fn json_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
-    let raw: Value = serde_json::from_slice(body)
-        .map_err(|e| StatusError::bad_request(format!("invalid character in JSON Patch: {e}")))?;
+    let raw: Value = serde_json::from_slice(body).map_err(|e| {
+        StatusError::bad_request(format!("error decoding patch: {}", go_json_error(&e)))
+    })?;
     if !raw.is_array() {
         let what = match raw {
             Value::Object(_) => "object",
@@ -33,7 +43,7 @@ pub fn json_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
             _ => "value",
         };
         return Err(StatusError::bad_request(format!(
-            "json: cannot unmarshal {what} into Go value of type jsonpatch.Patch"
+            "error decoding patch: json: cannot unmarshal {what} into Go value of type []handlers.jsonPatchOp"
         )));
     }
     let patch: json_patch::Patch =
@@ -368,7 +378,7 @@ mod tests {
         let err = json_patch(&doc, br#"{"op":"test"}"#).unwrap_err();
         assert_eq!(
             err.message,
-            "json: cannot unmarshal object into Go value of type jsonpatch.Patch"
+            "error decoding patch: json: cannot unmarshal object into Go value of type []handlers.jsonPatchOp"
         );
     }
 }

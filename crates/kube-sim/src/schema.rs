@@ -41,16 +41,6 @@ const OBJECT_META: &[&str] = &[
     "managedFields",
 ];
 
-fn has_combinator(s: &Value) -> bool {
-    match s {
-        Value::Object(m) => m.iter().any(|(k, v)| {
-            matches!(k.as_str(), "anyOf" | "allOf" | "oneOf" | "not") || has_combinator(v)
-        }),
-        Value::Array(a) => a.iter().any(has_combinator),
-        _ => false,
-    }
-}
-
 fn bool_of(s: &Value, k: &str) -> bool {
     s.get(k).and_then(Value::as_bool).unwrap_or(false)
 }
@@ -122,13 +112,8 @@ impl CrdSchema {
         causes
     }
 
-    /// The types server-side apply sees. Like kube-apiserver v1.20, a schema using
-    /// `anyOf`/`allOf`/`oneOf`/`not` cannot be turned into types, and every field is deduced
-    /// from the values instead.
+    /// The types server-side apply sees (`anyOf`/`allOf`/`oneOf`/`not` add no types).
     pub fn ty(&self) -> Ty {
-        if has_combinator(&self.root) {
-            return Ty::Untyped;
-        }
         let mut t = structural_ty(&self.root);
         if let Ty::Map(m) = &mut t {
             let mut fields = m.fields.clone();
@@ -171,7 +156,7 @@ fn structural_ty(s: &Value) -> Ty {
             let elem = match s.get("additionalProperties") {
                 Some(a @ Value::Object(_)) => Some(structural_ty(a)),
                 Some(Value::Bool(true)) => Some(Ty::Opaque),
-                _ if preserve => Some(Ty::Opaque),
+                _ if preserve => Some(Ty::Untyped),
                 _ => None,
             };
             let atomic = s.get("x-kubernetes-map-type").and_then(Value::as_str) == Some("atomic");
@@ -354,6 +339,12 @@ fn fmt_num(s: &Value) -> String {
     }
 }
 
+/// A wrong type is `FieldValueTypeInvalid` (it keeps CEL rules from being evaluated).
+fn type_invalid(mut c: Cause) -> Cause {
+    c.reason = "FieldValueTypeInvalid".into();
+    c
+}
+
 fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
     let shown = if path.is_empty() { "body" } else { path };
     if v.is_null() {
@@ -361,34 +352,34 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             return;
         }
         if let Some(t) = s.get("type").and_then(Value::as_str) {
-            out.push(Cause::invalid(
+            out.push(type_invalid(Cause::invalid(
                 path,
                 &Value::String("null".into()),
                 &format!("{shown} in body must be of type {t}: \"null\""),
-            ));
+            )));
         }
         return;
     }
     if bool_of(s, "x-kubernetes-int-or-string") {
         if !matches!(type_name(v), "integer" | "string") {
-            out.push(Cause::invalid(
+            out.push(type_invalid(Cause::invalid(
                 path,
                 &Value::String(type_name(v).into()),
                 &format!(
                     "{shown} in body must be of type integer,string: {:?}",
                     type_name(v)
                 ),
-            ));
+            )));
         }
         return;
     }
     if let Some(t) = s.get("type").and_then(Value::as_str) {
         if !type_ok(v, t) {
-            out.push(Cause::invalid(
+            out.push(type_invalid(Cause::invalid(
                 path,
                 &Value::String(type_name(v).into()),
                 &format!("{shown} in body must be of type {t}: {:?}", type_name(v)),
-            ));
+            )));
             return;
         }
     }
@@ -446,13 +437,19 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             }
         }
         Value::String(text) => {
-            // Like go-openapi's string validator: the first failing check only.
+            // A too long string is its own error, and the only one; else, like go-openapi's
+            // string validator, the first failing check only.
             let len = text.chars().count() as u64;
-            let too_long = s
-                .get("maxLength")
-                .and_then(Value::as_u64)
-                .filter(|max| len > *max)
-                .map(|max| format!("{shown} in body should be at most {max} chars long"));
+            if let Some(max) = s.get("maxLength").and_then(Value::as_u64) {
+                if len > max {
+                    out.push(Cause {
+                        reason: "FieldValueTooLong".into(),
+                        message: format!("Too long: may not be more than {max} bytes"),
+                        field: path.into(),
+                    });
+                    return;
+                }
+            }
             let too_short = s
                 .get("minLength")
                 .and_then(Value::as_u64)
@@ -462,7 +459,7 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
                 let re = regex::Regex::new(p).ok()?;
                 (!re.is_match(text)).then(|| format!("{shown} in body should match '{p}'"))
             });
-            if let Some(msg) = too_long.or(too_short).or(mismatch) {
+            if let Some(msg) = too_short.or(mismatch) {
                 out.push(Cause::invalid(path, v, &msg));
             }
         }
@@ -479,11 +476,11 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             }
             if let Some(max) = s.get("maxItems").and_then(Value::as_u64) {
                 if n > max {
-                    out.push(Cause::invalid(
-                        path,
-                        &Value::from(n),
-                        &format!("{shown} in body should have at most {max} items"),
-                    ));
+                    out.push(Cause {
+                        reason: "FieldValueTooMany".into(),
+                        message: format!("Too many: {n}: must have at most {max} items"),
+                        field: path.into(),
+                    });
                 }
             }
             if bool_of(s, "uniqueItems") {
@@ -500,9 +497,8 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
                 }
             }
             if let Some(is) = s.get("items") {
-                // The API server names an item's fields after the list, without an index.
-                for item in items {
-                    validate(item, is, path, out);
+                for (i, item) in items.iter().enumerate() {
+                    validate(item, is, &format!("{path}[{i}]"), out);
                 }
             }
         }

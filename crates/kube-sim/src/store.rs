@@ -247,7 +247,10 @@ impl Store {
     }
 
     /// The next free address of the service range (10.0.0.0/24 as in the test clusters).
+    /// A free cluster IP; like the real allocator, which stores an `IPAddress` object for it,
+    /// this advances the resourceVersion.
     pub fn allocate_cluster_ip(&mut self) -> String {
+        self.rv += 1;
         let used: Vec<String> = self
             .objects
             .iter()

@@ -25,7 +25,8 @@
 //!   watch: {events: 2, timeout: 5s}   # read a watch stream: N events, or until it ends
 //!   background: true           # a watch that runs while the next steps do; see `await`
 //!   sortEvents: true           # compare the events in name order
-//!   versions: [v1.36]          # only against these servers (default: all of the scenario's)
+//!   versions: [v1.36]          # compared only on these servers (default: all of the
+//!                              # scenario's); sent to all, so later steps can refer to it
 //!   headers: [warning]         # compare these response headers too (all values, in order)
 //! - name: watched
 //!   await: watch-step-name     # the events of a background watch
@@ -252,12 +253,7 @@ async fn run(t: &Target, s: &Scenario, ns: &str, version: Version) -> Vec<(Strin
     let mut done: HashMap<String, Outcome> = HashMap::new();
     let mut order = Vec::new();
     let mut background: HashMap<String, tokio::task::JoinHandle<Value>> = HashMap::new();
-    let steps = s.steps.iter().filter(|st| {
-        st.versions
-            .as_ref()
-            .is_none_or(|vs| vs.iter().any(|v| v == version_name(version)))
-    });
-    for step in steps {
+    for step in &s.steps {
         if let Some(d) = &step.sleep {
             tokio::time::sleep(duration(d)).await;
         }
@@ -288,7 +284,15 @@ async fn run(t: &Target, s: &Scenario, ns: &str, version: Version) -> Vec<(Strin
         } else {
             send(t, step, ns, &done).await
         };
-        let compared = shape(&raw, step);
+        let compared = if step
+            .versions
+            .as_ref()
+            .is_none_or(|vs| vs.iter().any(|v| v == version_name(version)))
+        {
+            shape(&raw, step)
+        } else {
+            json!("<not compared on this version>")
+        };
         let o = Outcome { raw, compared };
         done.insert(step.name.clone(), o.clone());
         order.push((step.name.clone(), o));
@@ -402,10 +406,11 @@ fn tidy(v: &mut Value, key: &str) {
             if let Some(Value::Array(mf)) = m.get_mut("managedFields") {
                 mf.sort_by_key(|e| {
                     format!(
-                        "{}|{}|{}",
+                        "{}|{}|{}|{}",
                         e["operation"].as_str().unwrap_or(""),
                         e["manager"].as_str().unwrap_or(""),
-                        e["apiVersion"].as_str().unwrap_or("")
+                        e["apiVersion"].as_str().unwrap_or(""),
+                        e["subresource"].as_str().unwrap_or("")
                     )
                 });
             }
