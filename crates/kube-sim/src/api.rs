@@ -180,6 +180,56 @@ impl Cluster {
         self.store.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Every change from now on (for the controllers).
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<store::Event>> {
+        self.lock().subscribe()
+    }
+
+    /// A stored object by resource, namespace and name.
+    pub fn stored(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
+        self.lock().get(&key(group, plural, ns, name)).cloned()
+    }
+
+    /// A request target for a served resource (its first served version).
+    pub fn target(
+        &self,
+        group: &str,
+        plural: &str,
+        ns: &str,
+        name: &str,
+        subresource: Option<&str>,
+    ) -> Option<Target> {
+        let ty = self.lock().resources.find_plural(group, plural)?.clone();
+        Some(Target {
+            namespace: (ty.namespaced && !ns.is_empty()).then(|| ns.to_string()),
+            name: (!name.is_empty()).then(|| name.to_string()),
+            subresource: subresource.map(str::to_string),
+            ty,
+        })
+    }
+
+    /// The objects with an owner reference to `uid`.
+    pub fn owned_by(&self, uid: &str) -> Vec<(Key, Value)> {
+        self.lock()
+            .objects
+            .iter()
+            .filter(|(_, o)| {
+                o.pointer("/metadata/ownerReferences")
+                    .and_then(Value::as_array)
+                    .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+            })
+            .map(|(k, o)| (k.clone(), o.clone()))
+            .collect()
+    }
+
+    /// Whether any stored object has this uid.
+    pub fn exists_uid(&self, uid: &str) -> bool {
+        self.lock()
+            .objects
+            .values()
+            .any(|o| o.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid))
+    }
+
     fn key_of(t: &Target, name: &str) -> Key {
         let (g, p) = t.ty.storage_key();
         key(&g, &p, t.namespace.as_deref().unwrap_or(""), name)
@@ -998,12 +1048,31 @@ impl Cluster {
         {
             return self.start_crd_deletion(&mut s, t, &k, &live, o);
         }
-        let has_finalizers = live
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_some_and(|f| !f.is_empty());
+        // Propagation: Orphan drops the dependents' references now; Foreground keeps the
+        // object (finalizer `foregroundDeletion`) until the garbage collector has deleted them.
+        let policy = options
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .or_else(|| {
+                (options.get("orphanDependents") == Some(&json!(true))).then_some("Orphan")
+            });
+        let mut base = live.clone();
+        if live.pointer("/metadata/deletionTimestamp").is_none() && !is_namespace {
+            match policy {
+                Some("Orphan") if !o.dry_run => orphan_dependents(&mut s, &live_uid),
+                Some("Foreground") => {
+                    let mut f = finalizer_list(&base);
+                    if !f.iter().any(|x| x == "foregroundDeletion") {
+                        f.push(json!("foregroundDeletion"));
+                    }
+                    set_meta(&mut base, "finalizers", Value::Array(f));
+                }
+                _ => {}
+            }
+        }
+        let has_finalizers = !finalizer_list(&base).is_empty();
         if is_namespace || has_finalizers {
-            let mut obj = live.clone();
+            let mut obj = base;
             if obj.pointer("/metadata/deletionTimestamp").is_none() {
                 set_meta(&mut obj, "deletionTimestamp", json!(store::now()));
                 if !is_namespace {
@@ -1305,6 +1374,42 @@ fn reset_fields(t: &Target) -> &'static [&'static str] {
         Some("status") => &["spec"],
         _ if t.ty.has_status() => &["status"],
         _ => &[],
+    }
+}
+
+fn finalizer_list(obj: &Value) -> Vec<Value> {
+    obj.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Drops the owner references to `uid` from every object (`propagationPolicy: Orphan`).
+fn orphan_dependents(s: &mut Store, uid: &str) {
+    let owned: Vec<(Key, Value)> = s
+        .objects
+        .iter()
+        .filter(|(_, o)| {
+            o.pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|refs| refs.iter().any(|r| r["uid"] == uid))
+        })
+        .map(|(k, o)| (k.clone(), o.clone()))
+        .collect();
+    for (k, before) in owned {
+        let mut obj = before.clone();
+        if let Some(refs) = obj
+            .pointer_mut("/metadata/ownerReferences")
+            .and_then(Value::as_array_mut)
+        {
+            refs.retain(|r| r["uid"] != uid);
+            if refs.is_empty() {
+                if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                    m.remove("ownerReferences");
+                }
+            }
+        }
+        s.put(k, obj, EventType::Modified, Some(before));
     }
 }
 

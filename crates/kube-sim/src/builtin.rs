@@ -96,6 +96,34 @@ pub const BUILTINS: &[Builtin] = &[
     Builtin {
         group: "",
         version: "v1",
+        plural: "persistentvolumeclaims",
+        kind: "PersistentVolumeClaim",
+        namespaced: true,
+        short_names: &["pvc"],
+        categories: &[],
+        verbs: ALL,
+        subresources: &[("status", STATUS)],
+        definition: "io.k8s.api.core.v1.PersistentVolumeClaim",
+        storage_version: "v1",
+        generation: false,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
+        plural: "persistentvolumes",
+        kind: "PersistentVolume",
+        namespaced: false,
+        short_names: &["pv"],
+        categories: &[],
+        verbs: ALL,
+        subresources: &[("status", STATUS)],
+        definition: "io.k8s.api.core.v1.PersistentVolume",
+        storage_version: "v1",
+        generation: false,
+    },
+    Builtin {
+        group: "",
+        version: "v1",
         plural: "pods",
         kind: "Pod",
         namespaced: true,
@@ -162,6 +190,76 @@ pub const BUILTINS: &[Builtin] = &[
         definition: "io.k8s.api.apps.v1.Deployment",
         storage_version: "v1",
         generation: true,
+    },
+    Builtin {
+        group: "apps",
+        version: "v1",
+        plural: "statefulsets",
+        kind: "StatefulSet",
+        namespaced: true,
+        short_names: &["sts"],
+        categories: &["all"],
+        verbs: ALL,
+        subresources: &[("status", STATUS)],
+        definition: "io.k8s.api.apps.v1.StatefulSet",
+        storage_version: "v1",
+        generation: true,
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "clusterrolebindings",
+        kind: "ClusterRoleBinding",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        verbs: ALL,
+        subresources: &[],
+        definition: "io.k8s.api.rbac.v1.ClusterRoleBinding",
+        storage_version: "v1",
+        generation: false,
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "clusterroles",
+        kind: "ClusterRole",
+        namespaced: false,
+        short_names: &[],
+        categories: &[],
+        verbs: ALL,
+        subresources: &[],
+        definition: "io.k8s.api.rbac.v1.ClusterRole",
+        storage_version: "v1",
+        generation: false,
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "rolebindings",
+        kind: "RoleBinding",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        verbs: ALL,
+        subresources: &[],
+        definition: "io.k8s.api.rbac.v1.RoleBinding",
+        storage_version: "v1",
+        generation: false,
+    },
+    Builtin {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "roles",
+        kind: "Role",
+        namespaced: true,
+        short_names: &[],
+        categories: &[],
+        verbs: ALL,
+        subresources: &[],
+        definition: "io.k8s.api.rbac.v1.Role",
+        storage_version: "v1",
+        generation: false,
     },
     Builtin {
         group: "coordination.k8s.io",
@@ -231,6 +329,17 @@ pub fn zero(kind: &str) -> Value {
             "template": {"metadata": {}, "spec": {"containers": null}},
             "strategy": {}}, "status": {}}),
         "Pod" => json!({"metadata": meta, "spec": {"containers": null}, "status": {}}),
+        "PersistentVolumeClaim" => {
+            json!({"metadata": meta, "spec": {"resources": {}}, "status": {}})
+        }
+        "PersistentVolume" => json!({"metadata": meta, "spec": {}, "status": {}}),
+        "StatefulSet" => json!({"metadata": meta, "spec": {"selector": null,
+            "template": {"metadata": {}, "spec": {"containers": null}},
+            "updateStrategy": {}}, "status": {"replicas": 0, "availableReplicas": 0}}),
+        "Role" | "ClusterRole" => json!({"metadata": meta, "rules": null}),
+        "RoleBinding" | "ClusterRoleBinding" => {
+            json!({"metadata": meta, "roleRef": {"apiGroup": "", "kind": "", "name": ""}})
+        }
         "Lease" => json!({"metadata": meta, "spec": {}}),
         "CustomResourceDefinition" => json!({"metadata": meta, "spec": {"group": "",
             "names": {"plural": "", "kind": ""}, "scope": "", "versions": null},
@@ -263,7 +372,7 @@ pub fn fill_zero(kind: &str, obj: &mut Value) {
         m.remove("creationTimestamp");
     }
     fill(obj, &z);
-    if kind == "Deployment" || kind == "Pod" {
+    if matches!(kind, "Deployment" | "StatefulSet" | "Pod") {
         let spec = if kind == "Pod" {
             obj.pointer_mut("/spec")
         } else {
@@ -513,6 +622,60 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
                 }
             }
         }
+        "PersistentVolumeClaim" => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "volumeMode", json!("Filesystem"));
+            }
+        }
+        "PersistentVolume" => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+                set_default(spec, "volumeMode", json!("Filesystem"));
+                if let Some(hp) = spec.get_mut("hostPath").and_then(Value::as_object_mut) {
+                    set_default(hp, "type", json!(""));
+                }
+            }
+        }
+        "StatefulSet" => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "replicas", json!(1));
+                set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+                let strategy = spec.entry("updateStrategy").or_insert_with(|| json!({}));
+                if let Some(st) = strategy.as_object_mut() {
+                    set_default(st, "type", json!("RollingUpdate"));
+                    if st.get("type") == Some(&json!("RollingUpdate")) {
+                        let ru = st.entry("rollingUpdate").or_insert_with(|| json!({}));
+                        if let Some(ru) = ru.as_object_mut() {
+                            set_default(ru, "partition", json!(0));
+                        }
+                    }
+                }
+                set_default(spec, "revisionHistoryLimit", json!(10));
+                set_default(
+                    spec,
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
+                for t in spec
+                    .get_mut("volumeClaimTemplates")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
+                    if let Some(ts) = t.get_mut("spec").and_then(Value::as_object_mut) {
+                        set_default(ts, "volumeMode", json!("Filesystem"));
+                    }
+                    if let Some(t) = t.as_object_mut() {
+                        set_default(t, "apiVersion", json!("v1"));
+                        set_default(t, "kind", json!("PersistentVolumeClaim"));
+                        set_default(t, "status", json!({"phase": "Pending"}));
+                    }
+                }
+                if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+                    default_pod_spec(ps);
+                }
+            }
+        }
         "Pod" => {
             if let Some(ps) = obj.get_mut("spec") {
                 default_pod_spec(ps);
@@ -561,6 +724,37 @@ pub fn prepare_for_create(kind: &str, obj: &mut Value) {
         "Deployment" | "Pod" => {
             if let Some(o) = obj.as_object_mut() {
                 o.insert("status".into(), json!({}));
+            }
+        }
+        "StatefulSet" => {
+            if let Some(o) = obj.as_object_mut() {
+                o.insert(
+                    "status".into(),
+                    json!({"replicas": 0, "availableReplicas": 0}),
+                );
+            }
+        }
+        "PersistentVolumeClaim" | "PersistentVolume" => {
+            // The storage-object-in-use protection admission plugin's finalizer.
+            let protection = if kind == "PersistentVolume" {
+                "kubernetes.io/pv-protection"
+            } else {
+                "kubernetes.io/pvc-protection"
+            };
+            if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+                let f = meta.entry("finalizers").or_insert_with(|| json!([]));
+                if let Some(f) = f.as_array_mut() {
+                    if !f.iter().any(|x| x == protection) {
+                        f.push(json!(protection));
+                    }
+                }
+            }
+            if let Some(o) = obj.as_object_mut() {
+                let mut status = json!({"phase": "Pending"});
+                if kind == "PersistentVolume" {
+                    status["lastPhaseTransitionTime"] = json!(super::store::now());
+                }
+                o.insert("status".into(), status);
             }
         }
         _ => {}

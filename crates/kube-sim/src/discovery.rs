@@ -214,6 +214,12 @@ impl Resources {
             .find(|t| t.group == group && t.version == version && t.plural == plural)
     }
 
+    pub fn find_plural(&self, group: &str, plural: &str) -> Option<&ResourceType> {
+        self.types
+            .iter()
+            .find(|t| t.group == group && t.plural == plural)
+    }
+
     pub fn find_kind(&self, group: &str, version: &str, kind: &str) -> Option<&ResourceType> {
         self.types
             .iter()

@@ -83,7 +83,7 @@ fn reason(code: u16) -> &'static str {
 }
 
 /// A Go-style duration of one or more `<number><unit>` parts (`ms`, `s`, `m`, `h`).
-fn parse_duration(text: &str) -> Option<Duration> {
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return None;

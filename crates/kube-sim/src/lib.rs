@@ -18,16 +18,21 @@
 //! Known differences from kube-apiserver v1.36 (everything else the differential suite
 //! compares is the same, byte for byte after masking uids, times and resourceVersion values):
 //! - Only some built-in resources are served (namespaces, configmaps, secrets, services,
-//!   serviceaccounts, pods, events, deployments, leases, customresourcedefinitions), and only
-//!   version v1 of each group; no aggregated discovery, no `/openapi/v2`; OpenAPI v3 documents.
+//!   serviceaccounts, pods, events, persistentvolumeclaims, persistentvolumes, deployments,
+//!   statefulsets, roles, clusterroles, rolebindings, clusterrolebindings, leases,
+//!   customresourcedefinitions), and only version v1 of each group; no aggregated discovery,
+//!   no `/openapi/v2`; OpenAPI v3 documents.
 //! - CEL rules use the `cel` crate's standard library: a rule calling Kubernetes' own CEL
 //!   libraries (`quantity()`, `url()`, `isSorted()`, …) or failing to evaluate is not enforced;
 //!   `optionalOldSelf`, rule cost limits and ratcheting are not modelled. Strict field
 //!   validation of a merge patch answers like a strict create (the real server quotes the
 //!   whole patched object in a 422).
-//! - No controllers: pods are never scheduled, deployments get no replicas, services no
-//!   endpoints. A deleted namespace or CRD is `Terminating` for 5 s, then its content and itself
-//!   go, as with a real cluster's controllers (the test clusters have none: theirs stay).
+//! - Controllers, in their simplest form (`controllers`, off with
+//!   [`Simulator::start_without_controllers`]): garbage collection with the propagation
+//!   policies, StatefulSet pods (re-created with a new uid after a delay when deleted, at once
+//!   `Running` and `Ready`), storage-protection finalizers removed on deletion. Nothing else:
+//!   pods are never scheduled, deployments get no replicas, services no endpoints. A deleted
+//!   namespace or CRD is `Terminating` for 5 s, then its content and itself go.
 //! - Validation of built-in kinds covers names, ConfigMap and Secret keys and a few Deployment
 //!   fields; a body whose JSON types do not fit the Go type is not refused with Go's message.
 //! - Protobuf request bodies are read for Namespaces, ConfigMaps, Secrets and ServiceAccounts
@@ -58,11 +63,13 @@
 //! - `faults`: injected latency, errors, cut watches, dead clusters;
 //! - `openapi`: OpenAPI v3 documents for `kubectl`;
 //! - `table`: the Tables `kubectl get` prints;
+//! - `controllers`: garbage collection, StatefulSets, storage protection;
 //! - `http`: the axum routes;
 
 mod api;
 mod builtin;
 mod cel;
+mod controllers;
 mod discovery;
 mod faults;
 mod http;
@@ -121,6 +128,7 @@ pub struct ServedCluster {
     pub addr: SocketAddr,
     cluster: Arc<api::Cluster>,
     task: Option<JoinHandle<()>>,
+    controllers: Option<JoinHandle<()>>,
 }
 
 /// Simulated clusters, served until dropped.
@@ -130,11 +138,31 @@ pub struct Simulator {
 
 impl Simulator {
     /// Serves one cluster per name, in order: on free loopback ports when `listen` is `None`,
-    /// else the first on `listen` and the next ones on the following ports.
+    /// else the first on `listen` and the next ones on the following ports. Each cluster runs
+    /// the simulated controllers (garbage collection, StatefulSets, storage protection).
     pub async fn start(
         names: &[String],
         listen: Option<SocketAddr>,
         faults: &BTreeMap<String, FaultSpec>,
+    ) -> Result<Self, SimError> {
+        Self::serve(names, listen, faults, true).await
+    }
+
+    /// Like [`Simulator::start`], without controllers: the API server alone, as a bare
+    /// kube-apiserver (what the differential tests compare with).
+    pub async fn start_without_controllers(
+        names: &[String],
+        listen: Option<SocketAddr>,
+        faults: &BTreeMap<String, FaultSpec>,
+    ) -> Result<Self, SimError> {
+        Self::serve(names, listen, faults, false).await
+    }
+
+    async fn serve(
+        names: &[String],
+        listen: Option<SocketAddr>,
+        faults: &BTreeMap<String, FaultSpec>,
+        with_controllers: bool,
     ) -> Result<Self, SimError> {
         if names.is_empty() {
             return Err(SimError::NoClusters);
@@ -176,9 +204,11 @@ impl Simulator {
                 }))
             };
             tracing::info!(cluster = %name, %addr, "simulated cluster listening");
+            let controllers = with_controllers.then(|| controllers::spawn(cluster.clone()));
             clusters.push(ServedCluster {
                 name: name.clone(),
                 addr,
+                controllers,
                 cluster,
                 task,
             });
@@ -257,6 +287,9 @@ impl Drop for Simulator {
     fn drop(&mut self) {
         for c in &mut self.clusters {
             if let Some(t) = c.task.take() {
+                t.abort();
+            }
+            if let Some(t) = c.controllers.take() {
                 t.abort();
             }
         }

@@ -294,6 +294,33 @@ fn printer(t: &ResourceType) -> (Vec<Value>, Cells) {
                 ]
             }),
         ),
+        Some("StatefulSet") => (
+            vec![
+                name,
+                column("Ready", "string", "", "Number of the pod with ready state", 0),
+                column("Age", "string", "", AGE_DESC, 0),
+                column("Containers", "string", "", "Names of each container in the template.", 1),
+                column("Images", "string", "", "Images referenced by each container in the template.", 1),
+            ],
+            Box::new(move |o, now| {
+                let num = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+                let containers: Vec<&Value> = o
+                    .pointer("/spec/template/spec/containers")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                let names: Vec<String> = containers.iter().map(|c| text_at(c, "/name")).collect();
+                let images: Vec<String> = containers.iter().map(|c| text_at(c, "/image")).collect();
+                vec![
+                    n(o),
+                    json!(format!("{}/{}", num("/status/readyReplicas"), num("/spec/replicas"))),
+                    age(o, now),
+                    json!(names.join(",")),
+                    json!(images.join(",")),
+                ]
+            }),
+        ),
         Some("Lease") => (
             vec![
                 name,
