@@ -37,6 +37,10 @@ pub struct Served {
 /// The router serving one cluster.
 pub fn router(served: Served) -> Router {
     Router::new()
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            axum::routing::any(super::exec::handle),
+        )
         .fallback(handle)
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(served)
@@ -64,6 +68,11 @@ fn with_warnings(mut resp: Response, o: &WriteOptions) -> Response {
     resp
 }
 
+/// A `Status` error as a response (for routes outside [`handle`]).
+pub fn status_response(e: &StatusError) -> Response {
+    error_response(e)
+}
+
 fn error_response(e: &StatusError) -> Response {
     tracing::debug!(code = e.code, reason = e.reason_label(), "request failed");
     json_response(e.code, &e.to_json())
@@ -72,7 +81,7 @@ fn error_response(e: &StatusError) -> Response {
 /// Query parameters, percent-decoded.
 struct Query(Vec<(String, String)>);
 
-fn percent_decode(s: &str) -> String {
+pub fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;

@@ -64,6 +64,7 @@
 //! - `openapi`: OpenAPI v3 documents for `kubectl`;
 //! - `table`: the Tables `kubectl get` prints;
 //! - `controllers`: garbage collection, StatefulSets, storage protection;
+//! - `exec`: `pods/exec` over the WebSocket channel protocol, for the commands a pod declares;
 //! - `http`: the axum routes;
 
 mod api;
@@ -71,6 +72,7 @@ mod builtin;
 mod cel;
 mod controllers;
 mod discovery;
+mod exec;
 mod faults;
 mod http;
 mod managed;

@@ -218,3 +218,63 @@ async fn deleting_a_statefulset_cascades_to_its_pods_unless_orphaned() {
         .await;
     assert_eq!(owners, "");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubectl_exec_runs_the_commands_a_pod_declares_and_no_others() {
+    let k = start().await;
+    let pong = k.ok(&["exec", "cache-0", "--", "redis-cli", "ping"]).await;
+    assert_eq!(pong, "PONG\n");
+
+    let refused = k
+        .run(&["exec", "cache-0", "--", "redis-cli", "shutdown"])
+        .await;
+    assert_eq!(refused.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&refused.stderr),
+        "ERR shutdown refused\ncommand terminated with exit code 2\n"
+    );
+
+    let missing = k.run(&["exec", "cache-0", "--", "rm", "-rf", "/"]).await;
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr)
+            .contains("exec: \"rm\": executable file not found in $PATH"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubes_exec_client_reads_stdout_and_the_exit_status() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, AttachParams};
+    use tokio::io::AsyncReadExt as _;
+
+    let k = start().await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(k.dir.path().join("kubeconfig")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(config).unwrap(), "db");
+    let params = AttachParams::default().stderr(true);
+    let mut proc = pods
+        .exec("cache-0", ["redis-cli", "ping"], &params)
+        .await
+        .unwrap();
+    let mut out = String::new();
+    proc.stdout()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    let status = proc.take_status().unwrap().await.unwrap();
+    assert_eq!(out, "PONG\n");
+    assert_eq!(status.status.as_deref(), Some("Success"));
+
+    let mut failed = pods
+        .exec("cache-0", ["redis-cli", "shutdown"], &params)
+        .await
+        .unwrap();
+    let status = failed.take_status().unwrap().await.unwrap();
+    assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+}
