@@ -43,7 +43,9 @@
 //!   cache's rules only approximately.
 //! - No authentication or authorization; no `managedFields` cap of 10 updaters; no sync of
 //!   kubectl's last-applied annotation; CRD versions are served without conversion; the
-//!   `scale` subresource is listed in discovery only.
+//!   `scale` subresource is listed in discovery only. `pods/exec` speaks only the WebSocket
+//!   protocols (no SPDY) and answers from the pod's `kube-sim.io/exec` annotation; there is no
+//!   stdin, tty, attach, logs or port-forward.
 //!
 //! Modules, by what they own:
 //! - `typed`: field types, paths and sets, compare/merge (structured-merge-diff);
