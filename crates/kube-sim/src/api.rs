@@ -475,7 +475,7 @@ impl Cluster {
     /// The create strategy: fresh metadata, status left to its subresource.
     fn prepare_create(ty: &ResourceType, obj: &mut Value, cluster: &str) {
         match ty.builtin {
-            Some(b) => builtin::prepare_for_create(b.kind, obj),
+            Some(b) => builtin::prepare_for_create(b.kind, obj, &store::now()),
             None => {
                 if ty.has_status() {
                     if let Some(o) = obj.as_object_mut() {

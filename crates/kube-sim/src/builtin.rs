@@ -692,7 +692,7 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
 
 /// What the API server's create strategy sets (owned by no one): a namespace's finalizer,
 /// cleared status.
-pub fn prepare_for_create(kind: &str, obj: &mut Value) {
+pub fn prepare_for_create(kind: &str, obj: &mut Value, now: &str) {
     match kind {
         "Namespace" => {
             if let Some(o) = obj.as_object_mut() {
@@ -752,7 +752,7 @@ pub fn prepare_for_create(kind: &str, obj: &mut Value) {
             if let Some(o) = obj.as_object_mut() {
                 let mut status = json!({"phase": "Pending"});
                 if kind == "PersistentVolume" {
-                    status["lastPhaseTransitionTime"] = json!(super::store::now());
+                    status["lastPhaseTransitionTime"] = json!(now);
                 }
                 o.insert("status".into(), status);
             }

@@ -15,15 +15,12 @@
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Path, State};
-use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::http::Served;
+use super::api::Cluster;
 use super::status::StatusError;
-use super::store::key;
 
 pub const ANNOTATION: &str = "kube-sim.io/exec";
 
@@ -41,17 +38,6 @@ struct Declared {
     stderr: String,
     #[serde(default)]
     exit_code: i64,
-}
-
-/// The command line of an exec request (`command=a&command=b`).
-fn command(uri: &Uri) -> Vec<String> {
-    uri.query()
-        .unwrap_or("")
-        .split('&')
-        .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| *k == "command")
-        .map(|(_, v)| super::http::percent_decode(v))
-        .collect()
 }
 
 /// What to send: stdout, stderr, and the `Status` for the error channel.
@@ -98,30 +84,26 @@ async fn send(socket: &mut WebSocket, channel: u8, data: &[u8]) -> bool {
     socket.send(Message::Binary(frame.into())).await.is_ok()
 }
 
-/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec`.
-pub async fn handle(
-    State(s): State<Served>,
-    Path((ns, name)): Path<(String, String)>,
-    uri: Uri,
+/// Answers `pods/exec` for pod `name` in `ns` with the command line `cmd`, over the upgraded
+/// connection `ws` (the route lives in `http`).
+pub fn serve(
+    cluster: &Cluster,
+    ns: &str,
+    name: &str,
+    cmd: Vec<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    let pod = {
-        let store = s.cluster.store.lock().unwrap_or_else(|e| e.into_inner());
-        store.get(&key("", "pods", &ns, &name)).cloned()
-    };
-    let Some(pod) = pod else {
-        let e = StatusError::not_found("", "pods", &name);
-        return super::http::status_response(&e);
-    };
-    let Ok(ws) = ws else {
-        let e = StatusError::bad_request(
+) -> Result<Response, StatusError> {
+    let pod = cluster
+        .stored("", "pods", ns, name)
+        .ok_or_else(|| StatusError::not_found("", "pods", name))?;
+    let ws = ws.map_err(|_| {
+        StatusError::bad_request(
             "Upgrade request required: pods/exec speaks the WebSocket channel protocol",
-        );
-        return super::http::status_response(&e);
-    };
-    let cmd = command(&uri);
+        )
+    })?;
     let (stdout, stderr, status) = outcome(&pod, &cmd);
-    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"])
+    Ok(ws
+        .protocols(["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"])
         .on_upgrade(move |mut socket| async move {
             let ok = (stdout.is_empty() || send(&mut socket, STDOUT, stdout.as_bytes()).await)
                 && (stderr.is_empty() || send(&mut socket, STDERR, stderr.as_bytes()).await)
@@ -135,7 +117,7 @@ pub async fn handle(
                 let _ = socket.send(Message::Close(Some(close))).await;
             }
         })
-        .into_response()
+        .into_response())
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ pub fn router(served: Served) -> Router {
     Router::new()
         .route(
             "/api/v1/namespaces/{ns}/pods/{name}/exec",
-            axum::routing::any(super::exec::handle),
+            axum::routing::any(exec),
         )
         .fallback(handle)
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
@@ -68,9 +68,23 @@ fn with_warnings(mut resp: Response, o: &WriteOptions) -> Response {
     resp
 }
 
-/// A `Status` error as a response (for routes outside [`handle`]).
-pub fn status_response(e: &StatusError) -> Response {
-    error_response(e)
+/// `GET|POST /api/v1/namespaces/{ns}/pods/{name}/exec` (a WebSocket upgrade).
+async fn exec(
+    State(s): State<Served>,
+    axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
+    uri: Uri,
+    ws: Result<
+        axum::extract::ws::WebSocketUpgrade,
+        axum::extract::ws::rejection::WebSocketUpgradeRejection,
+    >,
+) -> Response {
+    let cmd = Query::parse(uri.query())
+        .0
+        .into_iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v)
+        .collect();
+    super::exec::serve(&s.cluster, &ns, &name, cmd, ws).unwrap_or_else(|e| error_response(&e))
 }
 
 fn error_response(e: &StatusError) -> Response {
@@ -81,7 +95,7 @@ fn error_response(e: &StatusError) -> Response {
 /// Query parameters, percent-decoded.
 struct Query(Vec<(String, String)>);
 
-pub fn percent_decode(s: &str) -> String {
+fn percent_decode(s: &str) -> String {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
