@@ -34,6 +34,11 @@ pub enum ClusterError {
         api_version: String,
         source: kube::Error,
     },
+    #[error("cluster {cluster:?} does not serve {api_version} (is its CRD installed?)")]
+    NoApiVersion {
+        cluster: String,
+        api_version: String,
+    },
     #[error("cluster {cluster:?} serves no resource {resource:?} in {api_version}")]
     NoResource {
         cluster: String,
@@ -246,10 +251,17 @@ impl Registry {
                 })?;
         let group = kube::discovery::pinned_group(&client, &gv)
             .await
-            .map_err(|source| ClusterError::Discovery {
-                cluster: cluster.into(),
-                api_version: api_version.into(),
-                source,
+            .map_err(|source| match &source {
+                // The group/version is not served: say so, not the raw 404 body.
+                kube::Error::Api(status) if status.code == 404 => ClusterError::NoApiVersion {
+                    cluster: cluster.into(),
+                    api_version: api_version.into(),
+                },
+                _ => ClusterError::Discovery {
+                    cluster: cluster.into(),
+                    api_version: api_version.into(),
+                    source,
+                },
             })?;
         let resources = group.versioned_resources(&gv.version);
         self.discovery
@@ -337,21 +349,61 @@ async fn client_for(
     build_client(config, &name, mode)
 }
 
+/// A client for one cluster. Its connections set `TCP_NODELAY`: kube's default connector does
+/// not, and the first request on a new connection (after a watch is dropped, say) then waits ~40 ms
+/// for the server's delayed ACK. Otherwise the stack is kube's own (`ClientBuilder::try_from`):
+/// TLS from the config, timeouts, kube's retry policy, auth, extra headers, tracing. Configs that
+/// need what only kube's builder can do (a proxy, exec credentials that expire) use it unchanged.
 fn build_client(config: Config, name: &str, mode: WriteMode) -> Result<Client, ClusterError> {
-    let builder = ClientBuilder::try_from(config).map_err(|e| ClusterError::Client {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use kube::client::ConfigExt;
+    use tower::{BoxError, ServiceBuilder};
+
+    let err = |e: kube::Error| ClusterError::Client {
         cluster: name.to_string(),
         reason: e.to_string(),
-    })?;
-    Ok(match mode {
-        WriteMode::Live => builder.build(),
-        WriteMode::DryRun => builder
-            .with_layer(&tower::util::MapRequestLayer::new(force_dry_run))
-            .build(),
-    })
+    };
+    let dry_run = (mode == WriteMode::DryRun)
+        .then(|| tower::util::MapRequestLayer::new(force_dry_run::<kube::client::Body>));
+    if config.proxy_url.is_some() || config.auth_info.exec.is_some() {
+        let builder = ClientBuilder::try_from(config).map_err(err)?;
+        return Ok(match dry_run {
+            None => builder.build(),
+            Some(layer) => builder.with_layer(&layer).build(),
+        });
+    }
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    let tls = config
+        .rustls_https_connector_with_connector(http)
+        .map_err(err)?;
+    let mut connector = hyper_timeout::TimeoutConnector::new(tls);
+    connector.set_connect_timeout(config.connect_timeout);
+    connector.set_read_timeout(config.read_timeout);
+    connector.set_write_timeout(config.write_timeout);
+    connector.set_reset_reader_on_write(config.reset_reader_on_write);
+    let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
+        hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+    let service = ServiceBuilder::new()
+        .option_layer(dry_run)
+        .layer(config.base_uri_layer())
+        .option_layer(config.default_retry.then(|| {
+            tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry())
+        }))
+        .option_layer(config.auth_layer().map_err(err)?)
+        .layer(config.extra_headers_layer().map_err(err)?)
+        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .map_err(BoxError::from)
+        .service(http_client);
+    Ok(ClientBuilder::new(service, config.default_namespace).build())
 }
 
 /// Adds `dryRun=All` to every request that could change something (anything but GET, HEAD,
 /// OPTIONS). The API server then validates and answers as if it wrote, but stores nothing.
+/// A DELETE's body (DeleteOptions) overrides its query on the API server, so the executor's
+/// delete also sets `dryRun` in the body.
 pub fn force_dry_run<B>(mut req: http::Request<B>) -> http::Request<B> {
     if matches!(
         *req.method(),

@@ -1,7 +1,12 @@
 //! Alert matching (pure, no I/O): Alertmanager's matcher syntax (`=`, `!=`, `=~`, `!~`, regexes
 //! anchored at both ends) and the plan's `alertLabels` equalities.
+//!
+//! A compiled regex costs ~12 KiB, and thousands of plans tend to repeat a handful of matchers
+//! (`severity=~"critical|page"`), so matchers compiled for a plan set share one compiled regex per
+//! pattern through [`Regexes`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("failed to parse matcher {text:?}: {reason}")]
@@ -23,13 +28,45 @@ pub struct Matcher {
     pub name: String,
     pub op: Op,
     pub value: String,
-    regex: Option<regex::Regex>,
+    regex: Option<Arc<regex::Regex>>,
+}
+
+/// Compiled regexes by pattern, so that equal matchers in different plans share one.
+#[derive(Debug, Default)]
+pub struct Regexes {
+    by_pattern: HashMap<String, Arc<regex::Regex>>,
+}
+
+impl Regexes {
+    fn get(&mut self, pattern: String) -> Result<Arc<regex::Regex>, regex::Error> {
+        if let Some(re) = self.by_pattern.get(&pattern) {
+            return Ok(re.clone());
+        }
+        let re = Arc::new(regex::Regex::new(&pattern)?);
+        self.by_pattern.insert(pattern, re.clone());
+        Ok(re)
+    }
+
+    /// How many distinct patterns have been compiled.
+    pub fn len(&self) -> usize {
+        self.by_pattern.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_pattern.is_empty()
+    }
 }
 
 impl Matcher {
     /// Parses `name="value"`, `name!="value"`, `name=~"re"`, `name!~"re"` (quotes optional for
     /// values without spaces, commas or quotes).
     pub fn parse(text: &str) -> Result<Self, MatcherError> {
+        Self::parse_shared(text, &mut Regexes::default())
+    }
+
+    /// [`Matcher::parse`], taking an already compiled regex for the same pattern from `regexes`
+    /// (and adding new ones to it).
+    pub fn parse_shared(text: &str, regexes: &mut Regexes) -> Result<Self, MatcherError> {
         let err = |reason: &str| MatcherError {
             text: text.to_string(),
             reason: reason.to_string(),
@@ -68,7 +105,8 @@ impl Matcher {
         };
         let regex = match op {
             Op::Regex | Op::NotRegex => Some(
-                regex::Regex::new(&format!("^(?:{value})$"))
+                regexes
+                    .get(format!("^(?:{value})$"))
                     .map_err(|e| err(&format!("bad regex: {e}")))?,
             ),
             _ => None,
@@ -138,6 +176,31 @@ mod tests {
         assert!(Matcher::parse(r#"env!~".+""#)
             .unwrap()
             .matches(&labels(&[])));
+    }
+
+    #[test]
+    fn equal_patterns_share_one_compiled_regex_and_match_alike() {
+        let mut regexes = Regexes::default();
+        let a = Matcher::parse_shared(r#"severity=~"critical|page""#, &mut regexes).unwrap();
+        let b = Matcher::parse_shared(r#"severity=~"critical|page""#, &mut regexes).unwrap();
+        let c = Matcher::parse_shared(r#"env!~"critical|page""#, &mut regexes).unwrap();
+        let d = Matcher::parse_shared(r#"severity=~"page""#, &mut regexes).unwrap();
+        assert_eq!(regexes.len(), 2);
+        assert!(Arc::ptr_eq(
+            a.regex.as_ref().unwrap(),
+            b.regex.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(
+            a.regex.as_ref().unwrap(),
+            c.regex.as_ref().unwrap()
+        ));
+        let fresh = Matcher::parse(r#"severity=~"critical|page""#).unwrap();
+        for v in ["page", "critical", "pager", "", "Page"] {
+            let l = labels(&[("severity", v), ("env", v)]);
+            assert_eq!(a.matches(&l), fresh.matches(&l), "{v:?}");
+            assert_eq!(c.matches(&l), !fresh.matches(&l), "{v:?}");
+        }
+        assert!(!d.matches(&labels(&[("severity", "critical")])));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::plan::set::PlanSet;
 use crate::run::record::{Phase, RunRecord, StepStatus};
 use crate::run::service::Runs;
 use crate::run::store::Store;
-use crate::server::{router, AppState, Tokens, DEFAULT_BODY_LIMIT};
+use crate::server::{router, AppState, Tokens};
 use crate::sim::{demo, Sandbox};
 use crate::world;
 
@@ -257,13 +257,7 @@ impl Receiver {
             Arc::new(Metrics::new()),
         );
         let token = kube_sim::new_uid("demo-token");
-        let app = router(AppState {
-            runs: runs.clone(),
-            tokens: Tokens::from_list(&[&token]),
-            approvers: None,
-            body_limit: DEFAULT_BODY_LIMIT,
-            metrics_public: false,
-        });
+        let app = router(AppState::new(runs.clone(), Tokens::from_list(&[&token])));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {

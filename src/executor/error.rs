@@ -21,6 +21,16 @@ pub enum StepError {
         object: String,
         source: kube::Error,
     },
+    #[error("failed to evaluate the condition: {reason}")]
+    Condition { reason: String },
+    #[error("assertion failed: {message}")]
+    Assertion { message: String },
+    #[error("refused to delete {object}: {detail}")]
+    DeleteRefused { object: String, detail: String },
+    #[error("the write to {object} did not take effect: {detail}")]
+    NotApplied { object: String, detail: String },
+    #[error("failed to apply {object}: {detail}")]
+    Conflict { object: String, detail: String },
     #[error("failed to find {object}: it does not exist")]
     NotFound { object: String },
     #[error("failed to read {path} of {object}: the field is missing")]
@@ -58,6 +68,8 @@ pub enum StepError {
     RunDeadline { after: Duration },
     #[error("the run was cancelled")]
     Cancelled,
+    #[error("recoverd stopped before the step started (its record could not be written, or a shutdown); resume the run to continue")]
+    Interrupted,
     #[error("rendered {what} {value:?} of {object} is not a Kubernetes name (lower-case letters, digits, '-', '.')")]
     BadName {
         what: &'static str,
@@ -105,6 +117,11 @@ impl StepError {
             },
             StepError::Kube { .. } => "unreachable",
             StepError::NotFound { .. } => "not-found",
+            StepError::NotApplied { .. } => "not-applied",
+            StepError::Condition { .. } => "condition",
+            StepError::Assertion { .. } => "assertion",
+            StepError::DeleteRefused { .. } => "delete-refused",
+            StepError::Conflict { .. } => "conflict",
             StepError::FieldMissing { .. } => "field-missing",
             StepError::FieldEmpty { .. } => "field-empty",
             StepError::AttemptTimeout { .. } => "timeout",
@@ -115,6 +132,7 @@ impl StepError {
             StepError::HttpStatus { .. } => "http-status",
             StepError::RunDeadline { .. } => "run-deadline",
             StepError::Cancelled => "cancelled",
+            StepError::Interrupted => "interrupted",
             StepError::BadName { .. } => "bad-name",
             StepError::Duration(_) => "duration",
         }

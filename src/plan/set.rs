@@ -1,9 +1,12 @@
 //! The plans a server knows (pure but for loading): valid ones indexed by alert label for
 //! matching, invalid ones kept with their problems for the API and metrics.
 //!
-//! Matching does not scan every plan for every alert: each plan with `alertLabels` is indexed
-//! under one of its pairs, so an alert only looks at plans filed under its own labels, then
-//! checks all of their conditions. Plans with only `alertMatchers` are checked for every alert.
+//! Matching does not scan every plan for every alert. A plan matches only alerts that carry every
+//! one of its `alertLabels` pairs, so it is filed under one of them — the pair the fewest plans
+//! share — and an alert looks only at plans filed under its own pairs before checking all of
+//! their conditions. With one plan per service under a shared `alertname`, each plan is filed
+//! under its service, not under the name all of them share. Plans with only `alertMatchers` are
+//! checked for every alert.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -12,18 +15,37 @@ use serde::Serialize;
 
 use super::model::Mode;
 use super::{load_paths, validate, LoadedPlan};
-use crate::matcher::Matcher;
+use crate::matcher::{Matcher, Regexes};
 
 #[derive(Default)]
 pub struct PlanSet {
-    /// Valid plans by `namespace/name`.
-    plans: BTreeMap<String, LoadedPlan>,
+    /// Valid plans, in name (`namespace/name`) order once indexed. Matching reaches a candidate
+    /// by its position, without a lookup by name: with thousands of plans, cache misses are
+    /// most of what a match costs.
+    plans: Vec<Entry>,
+    /// Position in `plans` by name.
+    by_name: HashMap<String, usize>,
     /// What is wrong with each plan (or file) that did not load or validate.
     pub invalid: Vec<InvalidPlan>,
-    by_label: HashMap<(String, String), Vec<String>>,
-    unindexed: Vec<String>,
-    /// Each plan's `alertMatchers`, compiled once (regexes included), by plan name.
-    matchers: HashMap<String, Vec<Matcher>>,
+    index: Index,
+    /// Compiled regexes by pattern, shared by every plan's matchers.
+    regexes: Regexes,
+}
+
+struct Entry {
+    name: String,
+    plan: LoadedPlan,
+    /// The plan's `alertMatchers`, compiled once.
+    matchers: Vec<Matcher>,
+}
+
+/// Which plans an alert has to look at, by position in [`PlanSet::plans`].
+#[derive(Default)]
+struct Index {
+    /// label name → label value → the plans filed under that pair, ascending.
+    by_label: HashMap<String, HashMap<String, Vec<u32>>>,
+    /// Plans (not manual) without `alertLabels`: checked for every alert.
+    unindexed: Vec<u32>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -78,7 +100,7 @@ impl PlanSet {
                         .map(|p| format!("{}: {}", p.field, p.message))
                         .collect(),
                 });
-            } else if set.plans.contains_key(&name) {
+            } else if set.by_name.contains_key(&name) {
                 set.invalid.push(InvalidPlan {
                     file: plan.source.file.display().to_string(),
                     plan: Some(name.clone()),
@@ -87,37 +109,42 @@ impl PlanSet {
                     )],
                 });
             } else {
-                set.insert(name, plan);
+                set.add(name, plan);
             }
         }
+        set.reindex();
         set
     }
 
-    fn insert(&mut self, name: String, plan: LoadedPlan) {
+    fn add(&mut self, name: String, plan: LoadedPlan) {
         // Validation has already refused plans whose matchers do not parse.
         let compiled = plan
             .plan
             .spec
             .alert_matchers
             .iter()
-            .filter_map(|m| Matcher::parse(m).ok())
+            .filter_map(|m| Matcher::parse_shared(m, &mut self.regexes).ok())
             .collect();
-        self.matchers.insert(name.clone(), compiled);
-        if plan.plan.spec.mode != Mode::Manual {
-            match plan.plan.spec.alert_labels.iter().next() {
-                Some((k, v)) => self
-                    .by_label
-                    .entry((k.clone(), v.clone()))
-                    .or_default()
-                    .push(name.clone()),
-                None => self.unindexed.push(name.clone()),
-            }
-        }
-        self.plans.insert(name, plan);
+        self.by_name.insert(name.clone(), self.plans.len());
+        self.plans.push(Entry {
+            name,
+            plan,
+            matchers: compiled,
+        });
+    }
+
+    /// Puts the plans in name order and files them for matching; after the last
+    /// [`PlanSet::add`].
+    fn reindex(&mut self) {
+        self.plans.sort_by(|a, b| a.name.cmp(&b.name));
+        self.by_name = (self.plans.iter().enumerate())
+            .map(|(i, e)| (e.name.clone(), i))
+            .collect();
+        self.index = Index::build(&self.plans);
     }
 
     pub fn get(&self, name: &str) -> Option<&LoadedPlan> {
-        self.plans.get(name)
+        self.by_name.get(name).map(|&i| &self.plans[i].plan)
     }
 
     pub fn len(&self) -> usize {
@@ -131,7 +158,7 @@ impl PlanSet {
     pub fn summaries(&self) -> Vec<PlanSummary> {
         self.plans
             .iter()
-            .map(|(name, p)| PlanSummary {
+            .map(|Entry { name, plan: p, .. }| PlanSummary {
                 name: name.clone(),
                 file: p.source.file.display().to_string(),
                 mode: p.plan.spec.mode,
@@ -145,25 +172,86 @@ impl PlanSet {
     /// The plans (not in manual mode) whose labels and matchers all hold for these labels, by
     /// name.
     pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<&LoadedPlan> {
-        let mut candidates: BTreeSet<&str> = self.unindexed.iter().map(String::as_str).collect();
+        let mut candidates = self.index.unindexed.clone();
         for (k, v) in labels {
-            if let Some(names) = self.by_label.get(&(k.clone(), v.clone())) {
-                candidates.extend(names.iter().map(String::as_str));
+            if let Some(filed) = self.index.by_label.get(k).and_then(|by| by.get(v)) {
+                candidates.extend_from_slice(filed);
             }
         }
+        // Each plan is filed once, so there is nothing to deduplicate; positions are in name
+        // order.
+        candidates.sort_unstable();
         candidates
             .into_iter()
-            .filter_map(|n| Some((self.plans.get(n)?, self.matchers.get(n)?)))
-            .filter(|(p, matchers)| {
-                p.plan
-                    .spec
-                    .alert_labels
-                    .iter()
-                    .all(|(k, v)| labels.get(k) == Some(v))
-                    && matchers.iter().all(|m| m.matches(labels))
-            })
-            .map(|(p, _)| p)
+            .filter_map(|i| self.plan_if_it_matches(&self.plans[i as usize], labels))
             .collect()
+    }
+
+    fn plan_if_it_matches<'a>(
+        &self,
+        entry: &'a Entry,
+        labels: &BTreeMap<String, String>,
+    ) -> Option<&'a LoadedPlan> {
+        let holds = entry
+            .plan
+            .plan
+            .spec
+            .alert_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && entry.matchers.iter().all(|m| m.matches(labels));
+        holds.then_some(&entry.plan)
+    }
+
+    /// Every plan (not manual) whose labels and matchers hold, found by checking each one: what
+    /// [`PlanSet::matching`] must always agree with, and what it is measured against.
+    pub fn matching_by_scan(&self, labels: &BTreeMap<String, String>) -> Vec<&LoadedPlan> {
+        self.plans
+            .iter()
+            .filter(|e| e.plan.plan.spec.mode != Mode::Manual)
+            .filter_map(|e| self.plan_if_it_matches(e, labels))
+            .collect()
+    }
+}
+
+impl Index {
+    /// Files each plan under the pair of its `alertLabels` that the fewest plans share (ties:
+    /// the alphabetically first pair), so that no pair's list is longer than it must be.
+    fn build(plans: &[Entry]) -> Self {
+        let active = || {
+            plans
+                .iter()
+                .map(|e| &e.plan)
+                .enumerate()
+                .filter(|(_, p)| p.plan.spec.mode != Mode::Manual)
+        };
+        let mut shared_by: HashMap<(&str, &str), usize> = HashMap::new();
+        for (_, p) in active() {
+            for (k, v) in &p.plan.spec.alert_labels {
+                *shared_by.entry((k, v)).or_default() += 1;
+            }
+        }
+        let mut index = Index::default();
+        for (i, p) in active() {
+            let i = u32::try_from(i).expect("fewer than 2^32 plans");
+            let rarest = p
+                .plan
+                .spec
+                .alert_labels
+                .iter()
+                .min_by_key(|(k, v)| shared_by[&(k.as_str(), v.as_str())]);
+            match rarest {
+                Some((k, v)) => index
+                    .by_label
+                    .entry(k.clone())
+                    .or_default()
+                    .entry(v.clone())
+                    .or_default()
+                    .push(i),
+                None => index.unindexed.push(i),
+            }
+        }
+        index
     }
 }
 
@@ -171,18 +259,27 @@ impl PlanSet {
 mod tests {
     use super::*;
 
-    fn set_of(n: usize) -> PlanSet {
+    /// A plan set from one `spec` body per plan (`{i}` is replaced by the plan's number).
+    fn set_from(n: usize, spec: impl Fn(usize) -> String) -> PlanSet {
         let mut set = PlanSet::default();
         for i in 0..n {
             let text = format!(
-                "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: p{i}}}\nspec:\n  alertLabels: {{alertname: A{i}, team: db}}\n  alertMatchers: ['severity=~\"critical|page\"']\n  steps:\n  - {{name: s, type: wait, wait: {{duration: 1s}}}}\n"
+                "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: p{i}}}\nspec:\n{}  steps:\n  - {{name: s, type: wait, wait: {{duration: 1s}}}}\n",
+                spec(i)
             );
             let (mut plans, errors) = super::super::load_str(std::path::Path::new("x.yaml"), &text);
-            assert!(errors.is_empty());
+            assert!(errors.is_empty(), "{errors:?}");
             let p = plans.remove(0);
-            set.insert(key(&p), p);
+            set.add(key(&p), p);
         }
+        set.reindex();
         set
+    }
+
+    fn set_of(n: usize) -> PlanSet {
+        set_from(n, |i| {
+            format!("  alertLabels: {{alertname: A{i}, team: db}}\n  alertMatchers: ['severity=~\"critical|page\"']\n")
+        })
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
@@ -190,6 +287,10 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    fn names(plans: &[&LoadedPlan]) -> Vec<String> {
+        plans.iter().map(|p| key(p)).collect()
     }
 
     #[test]
@@ -200,10 +301,7 @@ mod tests {
             ("team", "db"),
             ("severity", "page"),
         ]));
-        assert_eq!(
-            hit.iter().map(|p| key(p)).collect::<Vec<_>>(),
-            ["default/p7"]
-        );
+        assert_eq!(names(&hit), ["default/p7"]);
         assert!(set
             .matching(&labels(&[
                 ("alertname", "A7"),
@@ -220,17 +318,82 @@ mod tests {
             .is_empty());
     }
 
+    /// Plan layouts met in practice, mixed in one set: a distinct alert name per plan; one alert
+    /// name with one plan per namespace; one per service within ten teams; matchers only;
+    /// manual plans; an alert name shared by exactly two plans.
+    fn mixed_set() -> PlanSet {
+        set_from(600, |i| {
+            match i % 6 {
+            0 => format!("  alertLabels: {{alertname: A{i}, team: db}}\n  alertMatchers: ['severity=~\"critical|page\"']\n"),
+            1 => format!("  alertLabels: {{alertname: PostgresDown, namespace: ns{}}}\n", i % 50),
+            2 => format!("  alertLabels: {{alertname: Down, team: t{}, service: s{i}}}\n  alertMatchers: ['env!=\"test\"']\n", i % 10),
+            3 => format!("  alertMatchers: ['alertname=~\"Only{}|Any\"']\n", i % 3),
+            4 => format!("  mode: manual\n  alertLabels: {{alertname: PostgresDown, namespace: ns{}}}\n", i % 50),
+            _ => format!("  mode: approval\n  alertLabels: {{alertname: Pair{}}}\n", i / 12),
+        }
+        })
+    }
+
     #[test]
-    fn matching_looks_only_at_plans_filed_under_the_alerts_labels() {
+    fn indexed_matching_finds_exactly_the_plans_a_full_scan_finds() {
+        let set = mixed_set();
+        let mut alerts = vec![labels(&[]), labels(&[("alertname", "Any")])];
+        for i in (0..600).step_by(5) {
+            let i = i.to_string();
+            for (name, extra) in [
+                (format!("A{i}"), vec![("team", "db"), ("severity", "page")]),
+                (format!("A{i}"), vec![("team", "db"), ("severity", "info")]),
+                ("PostgresDown".into(), vec![("namespace", "ns7")]),
+                (
+                    "PostgresDown".into(),
+                    vec![("namespace", "ns49"), ("x", "y")],
+                ),
+                ("Down".into(), vec![("team", "t2"), ("service", "s2")]),
+                (
+                    "Down".into(),
+                    vec![("team", "t2"), ("service", "s2"), ("env", "test")],
+                ),
+                ("Down".into(), vec![("service", "s2")]),
+                ("Only1".into(), vec![("team", "db")]),
+                (format!("Pair{}", i.len()), vec![]),
+            ] {
+                let mut l = labels(&extra);
+                l.insert("alertname".into(), name);
+                l.insert("service".into(), format!("s{i}"));
+                alerts.push(l);
+            }
+        }
+        let mut hits = 0;
+        for alert in &alerts {
+            let indexed = names(&set.matching(alert));
+            assert_eq!(indexed, names(&set.matching_by_scan(alert)), "{alert:?}");
+            hits += indexed.len();
+        }
+        assert!(hits > alerts.len(), "the cases match something");
+    }
+
+    #[test]
+    fn plans_sharing_their_first_label_are_filed_under_a_rarer_pair() {
+        let set = set_from(1000, |i| {
+            format!("  alertLabels: {{alertname: PostgresDown, namespace: ns{i}}}\n")
+        });
+        assert!(set.index.unindexed.is_empty());
+        assert!(!set.index.by_label.contains_key("alertname"));
+        let filed: Vec<usize> = set.index.by_label["namespace"]
+            .values()
+            .map(Vec::len)
+            .collect();
+        assert_eq!((filed.len(), filed.iter().max()), (1000, Some(&1)));
+        let hit = set.matching(&labels(&[
+            ("alertname", "PostgresDown"),
+            ("namespace", "ns7"),
+        ]));
+        assert_eq!(names(&hit), ["default/p7"]);
+    }
+
+    #[test]
+    fn equal_matchers_of_many_plans_share_one_compiled_regex() {
         let set = set_of(1000);
-        // Each plan is filed under exactly one of its pairs; none is scanned for every alert.
-        assert!(set.unindexed.is_empty());
-        let filed: usize = set.by_label.values().map(Vec::len).sum();
-        assert_eq!(filed, 1000);
-        let under_alertname = set
-            .by_label
-            .get(&("alertname".into(), "A7".into()))
-            .map_or(0, Vec::len);
-        assert_eq!(under_alertname, 1);
+        assert_eq!(set.regexes.len(), 1);
     }
 }

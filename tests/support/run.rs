@@ -24,7 +24,12 @@ pub async fn registry_from(kubeconfig: &Path, mode: WriteMode) -> Arc<Registry> 
 }
 
 pub fn plan(file: &str) -> RunnablePlan {
-    let path = repo_dir().join("tests/data/plans/run").join(file);
+    plan_in("run", file)
+}
+
+/// A plan from `tests/data/plans/<dir>/`, validated.
+pub fn plan_in(dir: &str, file: &str) -> RunnablePlan {
+    let path = repo_dir().join("tests/data/plans").join(dir).join(file);
     let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
     assert!(errors.is_empty(), "{errors:?}");
     let plan = plans.remove(0);
@@ -68,7 +73,8 @@ pub fn world_in_namespace(world: &str, ns: &str) -> (tempfile::TempDir, PathBuf)
     let dir = tempfile::tempdir().unwrap();
     let data = repo_dir().join("tests/data");
     copy_replacing(&data.join("worlds"), &dir.path().join("worlds"), ns);
-    copy_replacing(&data.join("crds"), &dir.path().join("crds"), ns);
+    // The CRDs the test apiserver takes: upstream on a current server, downgraded on v1.20.
+    copy_replacing(&super::clusters::crd_dir(), &dir.path().join("crds"), ns);
     let path = dir.path().join("worlds").join(world);
     (dir, path)
 }
@@ -78,7 +84,9 @@ fn copy_replacing(from: &Path, to: &Path, ns: &str) {
     for entry in std::fs::read_dir(from).unwrap().flatten() {
         let p = entry.path();
         if p.is_dir() {
-            copy_replacing(&p, &to.join(entry.file_name()), ns);
+            if entry.file_name() != "upstream" {
+                copy_replacing(&p, &to.join(entry.file_name()), ns);
+            }
         } else {
             let text = std::fs::read_to_string(&p).unwrap();
             let text = text.replace("namespace: db", &format!("namespace: {ns}"));

@@ -2,9 +2,10 @@
 //! version, on loopback, started once per test binary with the workspace's scripts
 //! (`tests/kube/start-cluster.sh`) and stopped by a watchdog when the test process is gone.
 //!
-//! Binaries: v1.36 from `$KUBE_SIM_APISERVER_V1_36`, else
-//! `../shared/tools/kube/modern-apiserver.sh`; v1.20 from `$RECOVERD_TEST_APISERVER` (what
-//! `.ci/run` exports), else `tests/kube/build-apiserver.sh`.
+//! Binaries: v1.36 from `$RECOVERD_TEST_APISERVER_MODERN`, else the workspace's
+//! `tests/kube/modern-apiserver.sh`; v1.20 from `$RECOVERD_TEST_APISERVER_V1_20`, else
+//! `tests/kube/build-apiserver.sh` (cached after its first build). `$RECOVERD_TEST_APISERVER`
+//! is not used: `.ci/run` points it at either version in turn for recoverd's own tests.
 #![allow(dead_code)]
 
 use std::net::TcpListener;
@@ -71,13 +72,11 @@ fn script_output(script: &Path) -> PathBuf {
 
 pub fn binary(version: Version) -> PathBuf {
     match version {
-        Version::V1_36 => match std::env::var_os("KUBE_SIM_APISERVER_V1_36") {
+        Version::V1_36 => match std::env::var_os("RECOVERD_TEST_APISERVER_MODERN") {
             Some(b) => PathBuf::from(b),
-            None => {
-                script_output(&workspace_dir().join("../shared/tools/kube/modern-apiserver.sh"))
-            }
+            None => script_output(&scripts().join("modern-apiserver.sh")),
         },
-        Version::V1_20 => match std::env::var_os("RECOVERD_TEST_APISERVER") {
+        Version::V1_20 => match std::env::var_os("RECOVERD_TEST_APISERVER_V1_20") {
             Some(b) => PathBuf::from(b),
             None => script_output(&scripts().join("build-apiserver.sh")),
         },
