@@ -417,6 +417,19 @@ mod tests {
     }
 
     #[test]
+    fn a_next_line_character_in_a_label_reaches_the_manifest_unchanged() {
+        // U+0085 is a line break to YAML 1.1: it must stay data, not become a space or a break.
+        let ctx = json!({"alert": {"labels": {"x": "a\u{85}b", "y": "c\u{2028}d"}}});
+        let doc = render_yaml(
+            "metadata:\n  annotations:\n    x: {{ alert.labels.x }}\n    y: \"pre {{ alert.labels.y }}\"\n",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(doc["metadata"]["annotations"]["x"], json!("a\u{85}b"));
+        assert_eq!(doc["metadata"]["annotations"]["y"], json!("pre c\u{2028}d"));
+    }
+
+    #[test]
     fn now_and_seconds_since_do_date_arithmetic() {
         let now = render("{{ now() }}", &ctx()).unwrap();
         let parsed: jiff::Timestamp = now.parse().unwrap();

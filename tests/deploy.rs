@@ -81,14 +81,32 @@ fn clusters() -> &'static TestClusters {
                 .args(["apply", "--server-side", "-f"])
                 .arg(crds.join(crd)));
         }
-        ok(c.kubectl(HOME).args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/servicemonitors.monitoring.coreos.com",
-            "crd/prometheusrules.monitoring.coreos.com",
-            "crd/alertmanagerconfigs.monitoring.coreos.com",
-        ]));
+        // `kubectl wait` fails outright ("<nil> is of the type <nil>") on a CRD whose status has
+        // no conditions yet, right after it was created: ask again until it has them.
+        for attempt in 0.. {
+            let out = c
+                .kubectl(HOME)
+                .args([
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "crd/servicemonitors.monitoring.coreos.com",
+                    "crd/prometheusrules.monitoring.coreos.com",
+                    "crd/alertmanagerconfigs.monitoring.coreos.com",
+                ])
+                .stdin(Stdio::null())
+                .output()
+                .unwrap();
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                attempt < 50,
+                "the monitoring CRDs never became established:\n{}",
+                text(&out)
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
         for t in TARGETS {
             ok(c.kubectl(t).args(["create", "namespace", "db"]));
         }

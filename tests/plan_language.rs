@@ -318,3 +318,64 @@ fn the_plan_reference_quotes_the_tested_plans_unchanged() {
         );
     }
 }
+
+/// A pod that exists but never runs: the test apiservers have no kubelet.
+async fn pending_pod(ns: &str) -> Api<k8s_openapi::api::core::v1::Pod> {
+    let pods = Api::namespaced(support::shared().client("south").await, ns);
+    let pod = serde_json::from_value(json!({
+        "metadata": {"name": "pg-south-1"},
+        "spec": {"containers": [{"name": "postgres", "image": "postgres:17"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &pod).await.unwrap();
+    pods
+}
+
+#[tokio::test]
+async fn an_exec_in_a_dry_run_runs_nothing_and_says_what_it_would_run() {
+    let (ns, _) = setup("exec-dry", "south").await;
+    pending_pod(&ns).await;
+    let dry = registry(support::shared(), WriteMode::DryRun).await;
+
+    let record = run(dry, &language("exec-is-primary.yaml"), &ns, &[]).await;
+
+    // The assert on the stand-in output is not decided, and says so.
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    assert!(
+        record.steps[1].inputs.as_ref().unwrap()["dryRun"]
+            .as_str()
+            .unwrap()
+            .contains("Values.InRecovery"),
+        "{record:#?}"
+    );
+    let exec = &record.steps[0];
+    assert_eq!(exec.status, StepStatus::Succeeded, "{record:#?}");
+    assert_eq!(
+        exec.inputs.as_ref().unwrap()["dryRun"],
+        json!("would exec psql -tAc 'select pg_is_in_recovery()'")
+    );
+    assert_eq!(record.outputs["InRecovery"], json!("dry-run-inrecovery"));
+}
+
+#[tokio::test]
+async fn an_exec_in_a_pod_that_is_not_running_fails_naming_the_pod() {
+    let (ns, _) = setup("exec-pending", "south").await;
+    pending_pod(&ns).await;
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("exec-is-primary.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let exec = &record.steps[0];
+    assert_eq!(exec.status, StepStatus::Failed);
+    let error = exec.error.as_deref().unwrap();
+    assert!(
+        error.contains("pg-south-1") && error.contains("south"),
+        "{error}"
+    );
+    assert_eq!(
+        record.steps[1].status,
+        StepStatus::Pending,
+        "the assert must not run"
+    );
+}

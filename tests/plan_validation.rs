@@ -157,6 +157,7 @@ fn every_validation_rule_has_an_invalid_plan() {
         "apply-form",
         "http",
         "delete-form",
+        "exec-form",
     ];
     let mut seen = BTreeSet::new();
     for path in yaml_files("invalid") {
@@ -894,6 +895,17 @@ fn a_template_file_outside_the_plan_directory_is_refused() {
 }
 
 // ---- HTTP ----
+
+#[test]
+fn an_exec_step_needs_a_command() {
+    the_problem(
+        "exec-without-command.yaml",
+        "exec-form",
+        Some("is-primary"),
+        "spec.steps[0].exec.command",
+        &["needs a `command`"],
+    );
+}
 
 #[test]
 fn a_delete_names_one_object_or_a_selector_not_both() {

@@ -23,6 +23,14 @@ pub enum StepError {
     },
     #[error("failed to evaluate the condition: {reason}")]
     Condition { reason: String },
+    #[error("`{command}` in {object} exited with {}, expected {expected}{}", code.map_or("no exit code".to_string(), |c| c.to_string()), if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    ExecFailed {
+        object: String,
+        command: String,
+        code: Option<i32>,
+        expected: i32,
+        stderr: String,
+    },
     #[error("assertion failed: {message}")]
     Assertion { message: String },
     #[error("refused to delete {object}: {detail}")]
@@ -120,6 +128,7 @@ impl StepError {
             StepError::NotApplied { .. } => "not-applied",
             StepError::Condition { .. } => "condition",
             StepError::Assertion { .. } => "assertion",
+            StepError::ExecFailed { .. } => "exec-failed",
             StepError::DeleteRefused { .. } => "delete-refused",
             StepError::Conflict { .. } => "conflict",
             StepError::FieldMissing { .. } => "field-missing",

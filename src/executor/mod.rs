@@ -9,6 +9,7 @@ mod apply;
 mod assert;
 mod delete;
 mod error;
+mod exec;
 mod http;
 mod patch;
 mod read_field;
@@ -878,6 +879,7 @@ async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, Ste
         StepType::Http => http::run(step.http.as_ref().expect("validated"), ctx).await,
         StepType::Delete => delete::run(step.delete.as_ref().expect("validated"), ctx).await,
         StepType::Assert => assert::run(step.assert.as_ref().expect("validated"), ctx).await,
+        StepType::Exec => exec::run(step.exec.as_ref().expect("validated"), ctx).await,
     }
 }
 

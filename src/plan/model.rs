@@ -130,6 +130,8 @@ pub struct Step {
     pub delete: Option<DeleteStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub assert: Option<AssertStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecStep>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -142,10 +144,11 @@ pub enum StepType {
     Http,
     Delete,
     Assert,
+    Exec,
 }
 
 impl StepType {
-    pub const ALL: [StepType; 7] = [
+    pub const ALL: [StepType; 8] = [
         StepType::Patch,
         StepType::ReadField,
         StepType::Wait,
@@ -153,6 +156,7 @@ impl StepType {
         StepType::Http,
         StepType::Delete,
         StepType::Assert,
+        StepType::Exec,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -164,6 +168,7 @@ impl StepType {
             StepType::Http => "http",
             StepType::Delete => "delete",
             StepType::Assert => "assert",
+            StepType::Exec => "exec",
         }
     }
 
@@ -223,6 +228,27 @@ pub struct DeleteWait {
     /// How long, e.g. `2m` (mandatory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
+}
+
+/// Run a command in a container of a pod (the API server's `pods/exec`): `pg_isready`,
+/// `psql -tAc 'select pg_is_in_recovery()'`. Not run in a dry run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecStep {
+    pub namespace: String,
+    /// The pod's name (a template).
+    pub pod: String,
+    /// The container; default: the pod's only (or default) container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The command and its arguments, each a template; no shell unless you call one.
+    pub command: Vec<String>,
+    /// The exit code that means success. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_exit_code: Option<i32>,
+    /// Store stdout (trimmed, at most 64 KiB) in `Values.<outputKey>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
 }
 
 /// Fail the run now, with the author's message, unless a condition holds.

@@ -218,6 +218,7 @@ impl Validator<'_> {
             ("http", step.http.is_some()),
             ("delete", step.delete.is_some()),
             ("assert", step.assert.is_some()),
+            ("exec", step.exec.is_some()),
         ];
         let ty = step.step_type.as_str();
         if !set.iter().any(|(k, on)| *k == ty && *on) {
@@ -483,6 +484,19 @@ impl Validator<'_> {
                 }
             }
             StepType::Assert => {}
+            StepType::Exec => {
+                if let Some(e) = &step.exec {
+                    if e.command.is_empty() || e.command[0].trim().is_empty() {
+                        self.problem(
+                            name,
+                            format!("{field}.exec.command"),
+                            "exec-form",
+                            "an exec step needs a `command` (a list: [psql, -tAc, \"select 1\"])"
+                                .into(),
+                        );
+                    }
+                }
+            }
             StepType::Http => {
                 if let Some(h) = &step.http {
                     // A value at the start of the URL is taken as the whole base URL: it must not
@@ -823,6 +837,16 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
         t("assert.that", &a.that);
         t("assert.message", &a.message);
     }
+    if let Some(e) = &step.exec {
+        t("exec.namespace", &e.namespace);
+        t("exec.pod", &e.pod);
+        if let Some(c) = &e.container {
+            t("exec.container", c);
+        }
+        for (i, arg) in e.command.iter().enumerate() {
+            t(&format!("exec.command[{i}]"), arg);
+        }
+    }
     if let Some(p) = &step.patch {
         t("patch.name", &p.name);
         if let Some(ns) = &p.namespace {
@@ -915,6 +939,7 @@ pub fn output_key(step: &Step) -> Option<&str> {
     match step.step_type {
         StepType::ReadField => step.read_field.as_ref().map(|r| r.output_key.as_str()),
         StepType::Http => step.http.as_ref().and_then(|h| h.output_key.as_deref()),
+        StepType::Exec => step.exec.as_ref().and_then(|e| e.output_key.as_deref()),
         _ => None,
     }
 }
