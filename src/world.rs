@@ -175,6 +175,13 @@ pub async fn seed(
             seeded.push(apply_object(registry, cluster, obj).await.map_err(err)?);
         }
     }
+    // What the clusters' controllers did in answer to seeding (a StatefulSet's status) is part
+    // of the world, not a change the plan makes.
+    for s in &mut seeded {
+        if let Ok(now) = current(registry, s).await {
+            s.before = now;
+        }
+    }
     Ok(seeded)
 }
 

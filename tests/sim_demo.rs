@@ -161,6 +161,20 @@ fn a_rehearsed_patch_breaking_a_cel_rule_of_the_upstream_crd_gets_the_real_serve
 }
 
 #[test]
+fn an_exec_step_rehearses_against_the_commands_the_world_declares() {
+    let out = recoverd(&[
+        "rehearse",
+        "tests/data/plans/language/exec-is-primary.yaml",
+        "--world",
+        "tests/data/worlds/exec.yaml",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("✔ in-recovery ("), "{t}");
+    assert!(t.contains("✔ is-primary ("), "{t}");
+}
+
+#[test]
 fn recoverd_sim_serves_the_world_to_kubectl_until_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("sim.kubeconfig");

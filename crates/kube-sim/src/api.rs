@@ -185,6 +185,11 @@ impl Cluster {
         self.lock().subscribe()
     }
 
+    /// The resourceVersion of the latest change.
+    pub fn last_event_rv(&self) -> u64 {
+        self.lock().last_event_rv()
+    }
+
     /// A stored object by resource, namespace and name.
     pub fn stored(&self, group: &str, plural: &str, ns: &str, name: &str) -> Option<Value> {
         self.lock().get(&key(group, plural, ns, name)).cloned()

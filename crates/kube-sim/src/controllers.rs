@@ -14,6 +14,7 @@
 //! - **storage protection**: the `kubernetes.io/pvc-protection` and `pv-protection` finalizers
 //!   are removed once a claim or volume is being deleted.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,13 +56,17 @@ fn finalizers(obj: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Runs the controllers of one cluster until the cluster's event stream ends.
-pub fn spawn(cluster: Arc<Cluster>) -> tokio::task::JoinHandle<()> {
+/// Runs the controllers of one cluster until the cluster's event stream ends; `handled` is the
+/// resourceVersion of the last event they have acted on.
+pub fn spawn(cluster: Arc<Cluster>, handled: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
     let mut rx = cluster.subscribe();
     tokio::spawn(async move {
         loop {
             match rx.recv().await {
-                Ok(ev) => handle(&cluster, &ev),
+                Ok(ev) => {
+                    handle(&cluster, &ev);
+                    handled.fetch_max(ev.rv, Ordering::SeqCst);
+                }
                 Err(RecvError::Lagged(n)) => {
                     tracing::warn!(skipped = n, "the simulated controllers fell behind");
                 }

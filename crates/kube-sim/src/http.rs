@@ -32,6 +32,23 @@ pub struct Served {
     /// `host:port` the cluster is served on.
     pub address: String,
     pub faults: Arc<Faults>,
+    /// The last event the cluster's controllers acted on (`None`: no controllers).
+    pub handled: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+impl Served {
+    /// Waits (at most 2 s) until the controllers have acted on every change so far, so that a
+    /// write's answer comes once the pods of a new StatefulSet exist: rehearsals are
+    /// deterministic.
+    async fn settle(&self) {
+        let Some(handled) = &self.handled else { return };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while handled.load(std::sync::atomic::Ordering::SeqCst) < self.cluster.last_event_rv()
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
 }
 
 /// The router serving one cluster.
@@ -366,7 +383,12 @@ async fn handle(
         return resp;
     }
     match serve(&s, &method, &uri, &headers, body) {
-        Ok(r) => r,
+        Ok(r) => {
+            if method != Method::GET {
+                s.settle().await;
+            }
+            r
+        }
         Err(e) => error_response(&e),
     }
 }

@@ -133,6 +133,8 @@ pub struct ServedCluster {
     cluster: Arc<api::Cluster>,
     task: Option<JoinHandle<()>>,
     controllers: Option<JoinHandle<()>>,
+    /// The last event the controllers have acted on.
+    handled: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Simulated clusters, served until dropped.
@@ -191,6 +193,9 @@ impl Simulator {
             })?;
             let cluster = Arc::new(api::Cluster::new(name));
             let f = faults::Faults::new(name, faults.get(name).cloned().unwrap_or_default())?;
+            let handled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let controllers =
+                with_controllers.then(|| controllers::spawn(cluster.clone(), handled.clone()));
             let task = if f.down() {
                 // A dead cluster: the port is known, nothing answers on it.
                 drop(listener);
@@ -200,6 +205,7 @@ impl Simulator {
                     cluster: cluster.clone(),
                     address: addr.to_string(),
                     faults: Arc::new(f),
+                    handled: with_controllers.then(|| handled.clone()),
                 });
                 Some(tokio::spawn(async move {
                     if let Err(e) = axum::serve(listener, app).await {
@@ -208,11 +214,11 @@ impl Simulator {
                 }))
             };
             tracing::info!(cluster = %name, %addr, "simulated cluster listening");
-            let controllers = with_controllers.then(|| controllers::spawn(cluster.clone()));
             clusters.push(ServedCluster {
                 name: name.clone(),
                 addr,
                 controllers,
+                handled,
                 cluster,
                 task,
             });
@@ -251,6 +257,20 @@ impl Simulator {
                 code: e.code,
                 message: e.message,
             })
+    }
+
+    /// Waits (at most 5 s) until the controllers have acted on every change made so far — the
+    /// pods of seeded StatefulSets exist, their status is written — so that what follows starts
+    /// from a settled cluster. Delayed actions (a pod re-created later) are not waited for.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        for c in self.clusters.iter().filter(|c| c.controllers.is_some()) {
+            while c.handled.load(std::sync::atomic::Ordering::SeqCst) < c.cluster.last_event_rv()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
     }
 
     /// A kubeconfig with one context per cluster (context name = cluster name); the first

@@ -63,6 +63,7 @@ pub const LOG_CAPACITY: usize = 10_000;
 
 pub struct Store {
     rv: u64,
+    last_event_rv: u64,
     pub objects: BTreeMap<Key, Value>,
     log: VecDeque<Arc<Event>>,
     pub resources: Resources,
@@ -107,6 +108,7 @@ impl Store {
         let (tx, _) = broadcast::channel(4096);
         let mut s = Store {
             rv: 0,
+            last_event_rv: 0,
             objects: BTreeMap::new(),
             log: VecDeque::new(),
             resources: Resources::new([]),
@@ -130,6 +132,11 @@ impl Store {
             });
         }
         s
+    }
+
+    /// The resourceVersion of the latest event.
+    pub fn last_event_rv(&self) -> u64 {
+        self.last_event_rv
     }
 
     pub fn rv(&self) -> u64 {
@@ -185,6 +192,7 @@ impl Store {
                 last_event_rv: 0,
             });
         state.last_event_rv = self.rv;
+        self.last_event_rv = self.rv;
         let ev = Arc::new(Event {
             rv: self.rv,
             group,
