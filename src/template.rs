@@ -213,6 +213,17 @@ const TOKEN_CLOSE: char = '\u{E001}';
 /// scalars are replaced by the values. A value that is a whole scalar keeps its type (a number
 /// stays a number, a map from `Values` becomes a map); text is spliced into strings.
 pub fn render_yaml(src: &str, ctx: &Value) -> Result<Value, TemplateError> {
+    let (text, table) = render_tokens(src, ctx)?;
+    let doc: Value = serde_yaml::from_str(&text).map_err(|e| TemplateError::Yaml {
+        reason: e.to_string(),
+    })?;
+    Ok(substitute(doc, &table))
+}
+
+/// Renders a template with every printed value replaced by an opaque token (`\u{E000}N\u{E001}`),
+/// and returns the text and the values by token number: the caller decides where the text's
+/// structure ends and how each value is put in.
+fn render_tokens(src: &str, ctx: &Value) -> Result<(String, Vec<minijinja::Value>), TemplateError> {
     let src = normalize(src);
     let printed: Arc<Mutex<Vec<minijinja::Value>>> = Arc::default();
     let mut env = environment();
@@ -226,11 +237,8 @@ pub fn render_yaml(src: &str, ctx: &Value) -> Result<Value, TemplateError> {
     let text = env
         .render_str(&src, ctx)
         .map_err(|e| render_error(&src, &e))?;
-    let doc: Value = serde_yaml::from_str(&text).map_err(|e| TemplateError::Yaml {
-        reason: e.to_string(),
-    })?;
-    let table = printed.lock().unwrap();
-    Ok(substitute(doc, &table))
+    let table = std::mem::take(&mut *printed.lock().unwrap());
+    Ok((text, table))
 }
 
 /// Renders a URL template so that values cannot change which endpoint is called: every value
@@ -250,20 +258,8 @@ pub fn render_url(src: &str, ctx: &Value) -> Result<String, TemplateError> {
     if !is_template(src) {
         return Ok(src.to_string());
     }
+    let (text, table) = render_tokens(src, ctx)?;
     let src = normalize(src);
-    let printed: Arc<Mutex<Vec<minijinja::Value>>> = Arc::default();
-    let mut env = environment();
-    let table = printed.clone();
-    env.set_formatter(move |out, _state, value| {
-        let mut table = table.lock().unwrap();
-        write!(out, "{TOKEN_OPEN}{}{TOKEN_CLOSE}", table.len()).map_err(minijinja::Error::from)?;
-        table.push(value.clone());
-        Ok(())
-    });
-    let text = env
-        .render_str(&src, ctx)
-        .map_err(|e| render_error(&src, &e))?;
-    let table = printed.lock().unwrap();
     // Which part of the URL the text written so far ends in.
     let part = |out: &str| {
         if out.contains('#') {

@@ -6,52 +6,17 @@
 
 mod support;
 
-use std::collections::BTreeMap;
-
-use recoverd::cluster::WriteMode;
 use recoverd::run::record::{Phase, StepStatus};
 use serde_json::json;
-use support::proxy::{FaultProxy, Faults};
-use support::run::{field, plan_in, registry, registry_from, run, seed, world_in_namespace};
+use support::proxy::Faults;
+use support::run::{field, plan_in, run, FaultyWorld};
 
 const CNPG: &str = "postgresql.cnpg.io/v1";
 const TOKEN: &str = "eyJ0b2tlbiI6ImRlbW90aW9uLTAwMSJ9";
 
-/// The CNPG world seeded directly; a registry whose `north` and `south` go through proxies.
-struct Rig {
-    north: FaultProxy,
-    south: FaultProxy,
-    direct: std::sync::Arc<recoverd::cluster::Registry>,
-    proxied: std::sync::Arc<recoverd::cluster::Registry>,
-    ns: String,
-    _reactors: recoverd::reactor::Reactors,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-}
-
-async fn rig(test: &str) -> Rig {
-    let clusters = support::shared();
-    let ns = clusters.namespace(test).await;
-    let direct = registry(clusters, WriteMode::Live).await;
-    let (world_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, reactors) = seed(direct.clone(), &world).await;
-    let north = FaultProxy::in_front_of(clusters, "north");
-    let south = FaultProxy::in_front_of(clusters, "south");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    clusters.write_kubeconfig(
-        &kubeconfig,
-        &BTreeMap::from([("north".into(), north.url()), ("south".into(), south.url())]),
-    );
-    let proxied = registry_from(&kubeconfig, WriteMode::Live).await;
-    Rig {
-        north,
-        south,
-        direct,
-        proxied,
-        ns,
-        _reactors: reactors,
-        _dirs: (world_dir, dir),
-    }
+/// The CNPG world, with `north` and `south` behind fault-injecting proxies.
+async fn rig(test: &str) -> FaultyWorld {
+    FaultyWorld::new(test, &["north", "south"]).await
 }
 
 #[tokio::test]
@@ -65,8 +30,8 @@ async fn the_switchover_succeeds_with_a_third_of_the_api_requests_failing() {
         watch_event_limit: Some(1),
         ..Default::default()
     };
-    r.north.set(flaky.clone());
-    r.south.set(flaky);
+    r.proxy("north").set(flaky.clone());
+    r.proxy("south").set(flaky);
 
     let record = run(
         r.proxied.clone(),
@@ -78,7 +43,7 @@ async fn the_switchover_succeeds_with_a_third_of_the_api_requests_failing() {
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
     // The faults were really there, and recoverd's retries met some of them.
-    let (n, s) = (r.north.stats(), r.south.stats());
+    let (n, s) = (r.proxy("north").stats(), r.proxy("south").stats());
     let faults = n.errors + n.timeouts + n.resets + s.errors + s.timeouts + s.resets;
     assert!(faults > 0, "no fault was injected: {n:?} {s:?}");
     assert!(
@@ -113,7 +78,7 @@ async fn the_switchover_succeeds_with_a_third_of_the_api_requests_failing() {
 #[tokio::test]
 async fn a_cluster_that_stays_down_fails_after_its_bounded_attempts_and_compensation_runs() {
     let r = rig("r3-down").await;
-    r.north.set(Faults {
+    r.proxy("north").set(Faults {
         down: true,
         ..Default::default()
     });

@@ -97,21 +97,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     println!("\nchanges:");
     let needles = record.secrets.needles();
     let changed = world::changes(&registry, &seeded).await;
-    let seeded_objects: std::collections::BTreeSet<String> = seeded
-        .iter()
-        .map(|s| {
-            format!(
-                "{} on cluster {}",
-                crate::executor::describe_object(
-                    &s.api_version,
-                    &s.resource,
-                    s.namespace.as_deref(),
-                    &s.name
-                ),
-                s.cluster
-            )
-        })
-        .collect();
+    let seeded_objects: std::collections::BTreeSet<String> =
+        seeded.iter().map(as_in_record).collect();
     // Objects the world did not seed that the plan wrote: created by the plan (their step's
     // diff starts from nothing).
     let created: Vec<_> = record
@@ -139,16 +126,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     for (s, after) in &changed {
         println!("  changed {}", s.describe());
-        let shown = format!(
-            "{} on cluster {}",
-            crate::executor::describe_object(
-                &s.api_version,
-                &s.resource,
-                s.namespace.as_deref(),
-                &s.name
-            ),
-            s.cluster
-        );
+        let shown = as_in_record(s);
         let secret =
             s.api_version == "v1" && s.resource == "secrets" || tainted.contains(shown.as_str());
         print_ops(
@@ -189,6 +167,20 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(code)
+}
+
+/// A seeded object as step records name it (`v1 configmaps db/x on cluster edge`).
+fn as_in_record(s: &world::Seeded) -> String {
+    format!(
+        "{} on cluster {}",
+        crate::executor::describe_object(
+            &s.api_version,
+            &s.resource,
+            s.namespace.as_deref(),
+            &s.name
+        ),
+        s.cluster
+    )
 }
 
 /// Prints a change as JSON Patch operations; a Secret's values, and any secret the run read,

@@ -208,14 +208,6 @@ fn redact_str(s: &str, secrets: &[&str]) -> String {
 
 /// Replaces every occurrence of a secret value in every string of `v`.
 pub fn redact(v: Value, secrets: &[&str]) -> Value {
-    match v {
-        Value::String(s) => Value::String(redact_str(&s, secrets)),
-        Value::Array(a) => Value::Array(a.into_iter().map(|v| redact(v, secrets)).collect()),
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (k, redact(v, secrets)))
-                .collect(),
-        ),
-        other => other,
-    }
+    let needles: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+    super::scrub_value(v, &needles)
 }

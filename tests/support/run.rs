@@ -157,3 +157,55 @@ pub async fn cnpg_world(test: &str) -> CnpgWorld {
         _dir: dir,
     }
 }
+
+/// The CNPG world seeded directly into the shared clusters, and a second registry in which the
+/// named clusters are reached through fault-injecting proxies.
+pub struct FaultyWorld {
+    pub proxies: BTreeMap<String, super::proxy::FaultProxy>,
+    /// The clusters themselves, for checking what really happened.
+    pub direct: Arc<Registry>,
+    /// The clusters as recoverd reaches them in the test: some behind proxies.
+    pub proxied: Arc<Registry>,
+    pub ns: String,
+    _reactors: recoverd::reactor::Reactors,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl FaultyWorld {
+    pub async fn new(test: &str, behind_proxies: &[&str]) -> Self {
+        let clusters = super::shared();
+        let ns = clusters.namespace(test).await;
+        let direct = registry(clusters, WriteMode::Live).await;
+        let (world_dir, world) = world_in_namespace("cnpg.yaml", &ns);
+        let (_seeded, reactors) = seed(direct.clone(), &world).await;
+        let proxies: BTreeMap<String, super::proxy::FaultProxy> = behind_proxies
+            .iter()
+            .map(|c| {
+                (
+                    c.to_string(),
+                    super::proxy::FaultProxy::in_front_of(clusters, c),
+                )
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        clusters.write_kubeconfig(
+            &kubeconfig,
+            &proxies.iter().map(|(c, p)| (c.clone(), p.url())).collect(),
+        );
+        let proxied = registry_from(&kubeconfig, WriteMode::Live).await;
+        FaultyWorld {
+            proxies,
+            direct,
+            proxied,
+            ns,
+            _reactors: reactors,
+            _dirs: (world_dir, dir),
+        }
+    }
+
+    /// The proxy in front of a cluster.
+    pub fn proxy(&self, cluster: &str) -> &super::proxy::FaultProxy {
+        &self.proxies[cluster]
+    }
+}
