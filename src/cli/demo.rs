@@ -87,7 +87,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!(
         "recoverd-demo-{}-{}",
         std::process::id(),
-        crate::sim::store::new_uid("demo")
+        kube_sim::new_uid("demo")
     ));
     let result = run(&args, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -256,7 +256,7 @@ impl Receiver {
             Arc::new(Executor::new(dry)),
             Arc::new(Metrics::new()),
         );
-        let token = crate::sim::store::new_uid("demo-token");
+        let token = kube_sim::new_uid("demo-token");
         let app = router(AppState::new(runs.clone(), Tokens::from_list(&[&token])));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;

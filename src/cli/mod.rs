@@ -11,11 +11,14 @@
 mod api;
 pub mod check;
 pub mod crd;
+#[cfg(feature = "sim")]
 mod demo;
 mod print;
+#[cfg(feature = "sim")]
 mod rehearse;
 mod run;
 mod serve;
+#[cfg(feature = "sim")]
 mod sim;
 mod trigger;
 
@@ -64,6 +67,7 @@ pub enum Command {
     Run(run::Args),
     /// Seed throwaway clusters from a world file, run its reactors and the plan, show every
     /// change and check expectations.
+    #[cfg(feature = "sim")]
     Rehearse(rehearse::Args),
     /// Print the RecoveryPlan and RecoveryRun CRDs.
     Crd,
@@ -81,9 +85,11 @@ pub enum Command {
     Resume(api::DecideArgs),
     /// Serve a world's clusters from the built-in simulator (plain HTTP on loopback), with
     /// its reactors, until stopped.
+    #[cfg(feature = "sim")]
     Sim(sim::Args),
     /// The whole story on simulated clusters: an alert, a CloudNativePG switchover step by
     /// step, the proxy redirected, the run record.
+    #[cfg(feature = "sim")]
     Demo(demo::Args),
 }
 
@@ -98,6 +104,7 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(a) => check::main(a).await,
         Command::Run(a) => run::main(a).await,
+        #[cfg(feature = "sim")]
         Command::Rehearse(a) => rehearse::main(a).await,
         Command::Crd => crd::main(),
         Command::Serve(a) => serve::main(a).await,
@@ -106,7 +113,9 @@ pub async fn main() -> ExitCode {
         Command::Approve(a) => api::decide("approve", a).await,
         Command::Cancel(a) => api::decide("cancel", a).await,
         Command::Resume(a) => api::decide("resume", a).await,
+        #[cfg(feature = "sim")]
         Command::Sim(a) => sim::main(a).await,
+        #[cfg(feature = "sim")]
         Command::Demo(a) => demo::main(a).await,
     };
     match result {
