@@ -17,7 +17,7 @@ use recoverd::metrics::Metrics;
 use recoverd::plan::set::PlanSet;
 use recoverd::run::service::Runs;
 use recoverd::run::store::Store;
-use recoverd::server::{router, AppState, Tokens, DEFAULT_BODY_LIMIT};
+use recoverd::server::{router, AppState, Tokens};
 use tower::ServiceExt;
 
 fn plans_dir(dir: &Path, n: usize) {
@@ -98,7 +98,7 @@ fn main() {
         let set = PlanSet::load(&[dir.path().join("plans")], Some(&live.names()));
         let store = Store::open(&dir.path().join("runs.db")).unwrap();
         let runs = Runs::new(store, set, Arc::new(Executor::new(live)), Arc::new(Executor::new(dry)), Arc::new(Metrics::new()));
-        let app = router(AppState { runs: runs.clone(), tokens: Tokens::from_list(&["t"]), approvers: None, body_limit: DEFAULT_BODY_LIMIT, metrics_public: false });
+        let app = router(AppState::new(runs.clone(), Tokens::from_list(&["t"])));
         let body = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/alerts/firing-one-alert.json"))
             .unwrap()
             .replace("CNPGPrimaryUnavailable", "Alert7")

@@ -29,7 +29,7 @@ use recoverd::metrics::Metrics;
 use recoverd::plan::set::PlanSet;
 use recoverd::run::service::Runs;
 use recoverd::run::store::Store;
-use recoverd::server::{router, AppState, Tokens, DEFAULT_BODY_LIMIT};
+use recoverd::server::{router, AppState, Tokens};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -769,13 +769,7 @@ async fn receiver(
         Arc::new(Executor::new(dry)),
         Arc::new(Metrics::new()),
     );
-    let app = router(AppState {
-        runs: runs.clone(),
-        tokens: Tokens::from_list(&[TOKEN]),
-        approvers: None,
-        body_limit: DEFAULT_BODY_LIMIT,
-        metrics_public: false,
-    });
+    let app = router(AppState::new(runs.clone(), Tokens::from_list(&[TOKEN])));
     (app, runs)
 }
 

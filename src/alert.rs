@@ -1,5 +1,5 @@
-//! Alerts (pure, no I/O): Alertmanager's webhook payload (version 4) and single alerts, and
-//! what templates see of an alert (`alert.labels.x`).
+//! Alerts (pure, no I/O): the webhook payloads of Alertmanager (version 4) and Grafana alerting
+//! (version 1), single alerts, and what templates see of an alert (`alert.labels.x`).
 
 use std::collections::BTreeMap;
 
@@ -9,11 +9,16 @@ use serde_json::{json, Value};
 use crate::matcher::Matcher;
 use crate::plan::RecoveryPlanSpec;
 
-/// Alertmanager's webhook payload, version 4. Fields added by newer versions are ignored.
+/// Alertmanager's webhook payload, version 4, or Grafana alerting's, version 1 (Alertmanager's
+/// with `orgId`, `title`, `state`, `message` added, and more fields on each alert). Fields this
+/// does not name are ignored. [`WebhookPayload::accept`] checks the version.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WebhookPayload {
     pub version: String,
+    /// Grafana's organisation; absent from Alertmanager's payloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub org_id: Option<i64>,
     #[serde(default)]
     pub group_key: String,
     #[serde(default)]
@@ -53,6 +58,58 @@ pub struct Alert {
 
 fn firing() -> String {
     "firing".into()
+}
+
+/// Who sent a webhook payload, told by its `version`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sender {
+    /// Prometheus Alertmanager, `"version": "4"`.
+    Alertmanager,
+    /// Grafana alerting's webhook contact point, `"version": "1"`.
+    Grafana,
+}
+
+impl WebhookPayload {
+    /// Checks that recoverd reads this payload's version and gives every alert the identity the
+    /// exactly-once rules key on (`fingerprint`). Alertmanager's alerts carry theirs. Grafana's
+    /// carry Grafana's own `fingerprint` — computed by its embedded Alertmanager over the alert
+    /// instance's labels, so it plays the same role — and recoverd uses it unchanged; only when a
+    /// Grafana alert has none is one derived from the organisation and the labels, so that its
+    /// re-sends and its resolution still name the same incident.
+    pub fn accept(&mut self) -> Result<Sender, String> {
+        match self.version.as_str() {
+            "4" => Ok(Sender::Alertmanager),
+            "1" => {
+                let org = self.org_id.unwrap_or(0);
+                for alert in &mut self.alerts {
+                    if alert.fingerprint.is_empty() {
+                        alert.fingerprint = label_identity(org, &alert.labels);
+                    }
+                }
+                Ok(Sender::Grafana)
+            }
+            other => Err(format!(
+                "unsupported webhook payload version {other:?}: recoverd reads Alertmanager's (\"4\") and Grafana alerting's (\"1\")"
+            )),
+        }
+    }
+}
+
+/// 16 hex digits naming a label set within a Grafana organisation.
+fn label_identity(org: i64, labels: &BTreeMap<String, String>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(format!("grafana-org-{org}\0"));
+    for (k, v) in labels {
+        h.update(k.as_bytes());
+        h.update([0xff]);
+        h.update(v.as_bytes());
+        h.update([0xfe]);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -112,11 +169,14 @@ pub fn load_file(path: &std::path::Path) -> Result<Vec<Alert>, AlertError> {
     })
 }
 
-/// Parses a webhook payload (JSON with `alerts`) or a single alert (JSON or YAML).
+/// Parses a webhook payload (JSON with `alerts`, from Alertmanager or Grafana) or a single alert
+/// (JSON or YAML).
 pub fn parse(text: &str) -> Result<Vec<Alert>, String> {
     let value: Value = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
     if value.get("alerts").is_some() {
-        let payload: WebhookPayload = serde_json::from_value(value).map_err(|e| e.to_string())?;
+        let mut payload: WebhookPayload =
+            serde_json::from_value(value).map_err(|e| e.to_string())?;
+        payload.accept()?;
         Ok(payload.alerts)
     } else {
         Ok(vec![
@@ -158,5 +218,51 @@ mod tests {
                 .unwrap();
         assert_eq!(alerts[0].labels["alertname"], "X");
         assert!(alerts[0].is_firing());
+    }
+
+    #[test]
+    fn a_grafana_payload_in_its_documented_format_parses_with_grafanas_fingerprint() {
+        let text = include_str!("../tests/data/alerts/grafana/firing.json");
+        let mut payload: WebhookPayload = serde_json::from_str(text).unwrap();
+        assert_eq!(payload.accept(), Ok(Sender::Grafana));
+        assert_eq!(payload.org_id, Some(1));
+        let a = &payload.alerts[0];
+        assert_eq!(a.labels["alertname"], "CNPGPrimaryUnavailable");
+        assert_eq!(a.fingerprint, "9d3b6f0c2e71a845");
+        assert!(a.is_firing());
+    }
+
+    #[test]
+    fn a_grafana_alert_without_fingerprint_gets_one_from_its_organisation_and_labels() {
+        let text = include_str!("../tests/data/alerts/grafana/firing.json");
+        let mut value: Value = serde_json::from_str(text).unwrap();
+        value["alerts"][0]["fingerprint"] = json!("");
+        let identity = |v: &Value| {
+            let mut p: WebhookPayload = serde_json::from_value(v.clone()).unwrap();
+            p.accept().unwrap();
+            p.alerts[0].fingerprint.clone()
+        };
+        let first = identity(&value);
+        assert_eq!(first.len(), 16);
+        assert_eq!(identity(&value), first, "the same alert, the same identity");
+        value["orgId"] = json!(2);
+        assert_ne!(
+            identity(&value),
+            first,
+            "another organisation, another alert"
+        );
+    }
+
+    #[test]
+    fn an_unknown_payload_version_is_refused_naming_the_ones_read() {
+        let text = include_str!("../tests/data/alerts/firing-one-alert.json");
+        let mut payload: WebhookPayload = serde_json::from_str(text).unwrap();
+        assert_eq!(payload.accept(), Ok(Sender::Alertmanager));
+        payload.version = "2".into();
+        let e = payload.accept().unwrap_err();
+        assert!(
+            e.contains("\"2\"") && e.contains("\"4\"") && e.contains("\"1\""),
+            "{e}"
+        );
     }
 }

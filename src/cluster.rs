@@ -34,6 +34,11 @@ pub enum ClusterError {
         api_version: String,
         source: kube::Error,
     },
+    #[error("cluster {cluster:?} does not serve {api_version} (is its CRD installed?)")]
+    NoApiVersion {
+        cluster: String,
+        api_version: String,
+    },
     #[error("cluster {cluster:?} serves no resource {resource:?} in {api_version}")]
     NoResource {
         cluster: String,
@@ -246,10 +251,17 @@ impl Registry {
                 })?;
         let group = kube::discovery::pinned_group(&client, &gv)
             .await
-            .map_err(|source| ClusterError::Discovery {
-                cluster: cluster.into(),
-                api_version: api_version.into(),
-                source,
+            .map_err(|source| match &source {
+                // The group/version is not served: say so, not the raw 404 body.
+                kube::Error::Api(status) if status.code == 404 => ClusterError::NoApiVersion {
+                    cluster: cluster.into(),
+                    api_version: api_version.into(),
+                },
+                _ => ClusterError::Discovery {
+                    cluster: cluster.into(),
+                    api_version: api_version.into(),
+                    source,
+                },
             })?;
         let resources = group.versioned_resources(&gv.version);
         self.discovery
@@ -390,6 +402,8 @@ fn build_client(config: Config, name: &str, mode: WriteMode) -> Result<Client, C
 
 /// Adds `dryRun=All` to every request that could change something (anything but GET, HEAD,
 /// OPTIONS). The API server then validates and answers as if it wrote, but stores nothing.
+/// A DELETE's body (DeleteOptions) overrides its query on the API server, so the executor's
+/// delete also sets `dryRun` in the body.
 pub fn force_dry_run<B>(mut req: http::Request<B>) -> http::Request<B> {
     if matches!(
         *req.method(),

@@ -17,6 +17,10 @@ pub enum FieldPathError {
     JsonPath { path: String, reason: String },
 }
 
+/// Appended to every parse error, so the author sees what would have worked.
+const ACCEPTED_FORMS: &str = "accepted forms: `spec.replica.primary`, `status.ingress[0].ip`, \
+     `data[\"tls.crt\"]`, kubectl's `{.status.demotionToken}`, or a JSONPath `$.status.conditions[?(@.type=='Ready')].status`";
+
 /// One step of a dotted path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Segment {
@@ -46,15 +50,43 @@ impl fmt::Display for FieldPath {
 
 impl FieldPath {
     /// Parses `a.b[0].c` (keys may be quoted with brackets: `data["haproxy.cfg"]`), a leading
-    /// `.` as kubectl's jsonpath allows, or a JSONPath starting with `$`.
+    /// `.` as kubectl's jsonpath allows, kubectl's template form `{.a.b[0].c}` (what runbooks
+    /// paste from `kubectl -o jsonpath=…`), or a JSONPath starting with `$`.
     pub fn parse(text: &str) -> Result<Self, FieldPathError> {
-        let trimmed = text.trim();
         let err = |reason: &str| FieldPathError::Parse {
             path: text.to_string(),
-            reason: reason.to_string(),
+            reason: format!("{reason}; {ACCEPTED_FORMS}"),
         };
+        let mut trimmed = text.trim();
         if trimmed.is_empty() {
             return Err(err("the path is empty"));
+        }
+        // kubectl's `{.status.demotionToken}`: one expression in braces means the expression.
+        if let Some(inner) = trimmed.strip_prefix('{') {
+            let inner = inner
+                .strip_suffix('}')
+                .ok_or_else(|| err("a `{` is never closed"))?;
+            if inner.contains(['{', '}']) {
+                return Err(err(
+                    "only one `{…}` expression is accepted, without text around it",
+                ));
+            }
+            trimmed = inner.trim();
+            if trimmed.is_empty() {
+                return Err(err("the path is empty"));
+            }
+            // `{.items[*].metadata.name}`, `{.status.conditions[?(@.type=="Ready")].status}`:
+            // kubectl's filters and wildcards are JSONPath's.
+            if trimmed.contains(['*', '?']) {
+                let dot = if trimmed.starts_with(['.', '[']) {
+                    ""
+                } else {
+                    "."
+                };
+                let jp = format!("${dot}{trimmed}");
+                jsonpath_rust::parser::parse_json_path(&jp).map_err(|e| err(&e.to_string()))?;
+                return Ok(FieldPath::JsonPath { text: jp });
+            }
         }
         if trimmed.starts_with('$') {
             jsonpath_rust::parser::parse_json_path(trimmed).map_err(|e| err(&e.to_string()))?;
@@ -102,14 +134,42 @@ impl FieldPath {
                     i = close + 1;
                 }
                 _ => {
-                    let start = i;
+                    if !expect_key {
+                        return Err(err(&format!(
+                            "`{}` at position {} must follow a `.`",
+                            chars[i],
+                            i + 1
+                        )));
+                    }
+                    let mut key = String::new();
                     while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
-                        if chars[i] == ']' {
+                        let c = chars[i];
+                        // kubectl's escaped dot: `metadata.labels.app\.kubernetes\.io/name`.
+                        if c == '\\' {
+                            if chars.get(i + 1) == Some(&'.') {
+                                key.push('.');
+                                i += 2;
+                                continue;
+                            }
+                            return Err(err(&format!(
+                                "`\\` at position {} escapes only a `.` (`app\\.kubernetes\\.io`)",
+                                i + 1
+                            )));
+                        }
+                        if c == ']' {
                             return Err(err("a `]` without its `[`"));
                         }
+                        if c.is_whitespace() || matches!(c, '{' | '}' | '*' | '?' | '$' | '@') {
+                            return Err(err(&format!(
+                                "`{c}` at position {} cannot be in a field name (quote keys with \
+                                 such characters: data[\"my key\"])",
+                                i + 1
+                            )));
+                        }
+                        key.push(c);
                         i += 1;
                     }
-                    segments.push(Segment::Key(chars[start..i].iter().collect()));
+                    segments.push(Segment::Key(key));
                     expect_key = false;
                 }
             }
@@ -118,9 +178,28 @@ impl FieldPath {
             return Err(err("the path ends with `.`"));
         }
         Ok(FieldPath::Dotted {
-            text: text.to_string(),
+            text: trimmed.to_string(),
             segments,
         })
+    }
+
+    /// The first key of a dotted path (`spec` of `spec.replica.primary`); for a JSONPath, the
+    /// first name after `$.` when there is one.
+    pub fn first_key(&self) -> Option<&str> {
+        match self {
+            FieldPath::Dotted { segments, .. } => match segments.first() {
+                Some(Segment::Key(k)) => Some(k),
+                _ => None,
+            },
+            FieldPath::JsonPath { text } => text
+                .strip_prefix("$.")
+                .map(|rest| rest.split(['.', '[']).next().unwrap_or(rest)),
+        }
+    }
+
+    /// Whether the path is under `status` (what controllers write).
+    pub fn is_status(&self) -> bool {
+        self.first_key() == Some("status")
     }
 
     pub fn has_index(&self) -> bool {
@@ -312,6 +391,63 @@ mod tests {
             let e = FieldPath::parse(p).unwrap_err().to_string();
             assert!(e.contains(want), "{p}: {e}");
         }
+    }
+
+    #[test]
+    fn kubectl_jsonpath_braces_mean_the_path_inside() {
+        use Segment::*;
+        assert_eq!(
+            segs("{.status.demotionToken}"),
+            [Key("status".into()), Key("demotionToken".into())]
+        );
+        assert_eq!(
+            segs(" { .spec.containers[0].image } "),
+            [
+                Key("spec".into()),
+                Key("containers".into()),
+                Index(0),
+                Key("image".into())
+            ]
+        );
+        assert_eq!(
+            FieldPath::parse("{.status.demotionToken}")
+                .unwrap()
+                .to_string(),
+            ".status.demotionToken"
+        );
+        let doc = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
+        let p = FieldPath::parse(r#"{.status.conditions[?(@.type=="Ready")].status}"#).unwrap();
+        assert!(matches!(p, FieldPath::JsonPath { .. }), "{p:?}");
+        assert_eq!(p.get(&doc).unwrap(), Some(json!("True")));
+    }
+
+    #[test]
+    fn characters_that_cannot_be_in_a_field_name_are_refused_with_the_accepted_forms() {
+        for (p, want) in [
+            ("{.status.demotionToken", "never closed"),
+            ("{.a}{.b}", "only one"),
+            ("status.{demotionToken}", "`{`"),
+            ("spec.replica primary", "` `"),
+            ("spec.*", "`*`"),
+            ("spec.a?", "`?`"),
+            ("spec.x[0]y", "must follow a `.`"),
+            ("spec.x]", "without its `[`"),
+        ] {
+            let e = FieldPath::parse(p).unwrap_err().to_string();
+            assert!(e.contains(want), "{p}: {e}");
+            assert!(e.contains("accepted forms"), "{p}: {e}");
+        }
+        // kubectl's escaped dots are part of the key.
+        assert_eq!(
+            segs(r"{.metadata.labels.app\.kubernetes\.io/name}")[2],
+            Segment::Key("app.kubernetes.io/name".into())
+        );
+        assert!(FieldPath::parse(r"spec.a\b").is_err());
+        // Quoted keys may hold anything.
+        assert_eq!(
+            segs(r#"data["my key*"]"#)[1],
+            Segment::Key("my key*".into())
+        );
     }
 
     #[test]

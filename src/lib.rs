@@ -13,10 +13,13 @@ pub mod fieldpath;
 pub mod matcher;
 pub mod metrics;
 pub mod plan;
+#[cfg(feature = "sim")]
 pub mod reactor;
 pub mod run;
 pub mod server;
+#[cfg(feature = "sim")]
 pub mod sim;
 pub mod telemetry;
 pub mod template;
+#[cfg(feature = "sim")]
 pub mod world;

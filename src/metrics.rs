@@ -17,6 +17,8 @@ pub struct Metrics {
     pub active_runs: IntGauge,
     pub plans_loaded: IntGauge,
     pub plans_invalid: IntGauge,
+    pub store_healthy: IntGauge,
+    pub store_failures: IntCounterVec,
 }
 
 impl Metrics {
@@ -90,6 +92,15 @@ impl Metrics {
             plans_invalid: gauge(
                 "recoverd_plans_invalid",
                 "Plans (or plan files) that failed to load or validate.",
+            ),
+            store_healthy: gauge(
+                "recoverd_store_healthy",
+                "1 while the run store takes writes and is the file it was opened as, else 0.",
+            ),
+            store_failures: counter(
+                "recoverd_store_failures_total",
+                "Failed run store writes and health checks, by reason.",
+                &["reason"],
             ),
             registry,
         }

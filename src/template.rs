@@ -16,6 +16,9 @@ use serde_json::Value;
 /// The top-level names a template may use.
 pub const CONTEXT_NAMES: &[&str] = &["Values", "alert", "plan", "run", "secrets"];
 
+/// Functions templates may call.
+pub const FUNCTIONS: &[&str] = &["now", "seconds_since"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum TemplateError {
     #[error("failed to parse template {template:?}: {reason}")]
@@ -75,6 +78,32 @@ fn environment() -> Environment<'static> {
             })
         },
     );
+    // Time: `now()` (RFC 3339, UTC, for annotations) and `seconds_since(ts)` (for "older
+    // than" checks: `{{ seconds_since(Values.LastBackup) > 3600 }}`).
+    env.add_function("now", || {
+        jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or_else(|_| jiff::Timestamp::now())
+            .to_string()
+    });
+    env.add_function(
+        "seconds_since",
+        |ts: String| -> Result<i64, minijinja::Error> {
+            let t: jiff::Timestamp = ts.trim().parse().map_err(|e| {
+                minijinja::Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("seconds_since: {ts:?} is not an RFC 3339 timestamp: {e}"),
+                )
+            })?;
+            Ok(jiff::Timestamp::now().as_second() - t.as_second())
+        },
+    );
+    env.add_filter("urlencode", |s: String| {
+        minijinja::Value::from_safe_string(
+            percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC)
+                .to_string(),
+        )
+    });
     env.add_filter(
         "tojson",
         |v: minijinja::Value| -> Result<minijinja::Value, minijinja::Error> {
@@ -120,6 +149,29 @@ pub fn references(src: &str) -> Result<BTreeSet<String>, TemplateError> {
             reason: describe(&e),
         })?;
     Ok(tmpl.undeclared_variables(true).into_iter().collect())
+}
+
+/// A filter, test or function the template uses that does not exist (`{{ x | nosuchfilter }}`),
+/// found by rendering it once with every value undefined-but-usable, so that `check` and
+/// `serve` refuse the plan at load instead of failing the step at 3 a.m. Branches not taken with
+/// such values are not seen.
+pub fn unknown_callable(src: &str) -> Option<String> {
+    if !is_template(src) {
+        return None;
+    }
+    let mut env = environment();
+    env.set_undefined_behavior(UndefinedBehavior::Chainable);
+    match env.render_str(&normalize(src), Value::Null) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                ErrorKind::UnknownFilter | ErrorKind::UnknownTest | ErrorKind::UnknownFunction
+            ) =>
+        {
+            Some(describe(&e))
+        }
+        _ => None,
+    }
 }
 
 /// Renders a template as text. Undefined names are errors, never empty strings.
@@ -184,6 +236,17 @@ const TOKEN_CLOSE: char = '\u{E001}';
 /// scalars are replaced by the values. A value that is a whole scalar keeps its type (a number
 /// stays a number, a map from `Values` becomes a map); text is spliced into strings.
 pub fn render_yaml(src: &str, ctx: &Value) -> Result<Value, TemplateError> {
+    let (text, table) = render_tokens(src, ctx)?;
+    let doc: Value = serde_yaml::from_str(&text).map_err(|e| TemplateError::Yaml {
+        reason: e.to_string(),
+    })?;
+    Ok(substitute(doc, &table))
+}
+
+/// Renders a template with every printed value replaced by an opaque token (`\u{E000}N\u{E001}`),
+/// and returns the text and the values by token number: the caller decides where the text's
+/// structure ends and how each value is put in.
+fn render_tokens(src: &str, ctx: &Value) -> Result<(String, Vec<minijinja::Value>), TemplateError> {
     let src = normalize(src);
     let printed: Arc<Mutex<Vec<minijinja::Value>>> = Arc::default();
     let mut env = environment();
@@ -197,11 +260,84 @@ pub fn render_yaml(src: &str, ctx: &Value) -> Result<Value, TemplateError> {
     let text = env
         .render_str(&src, ctx)
         .map_err(|e| render_error(&src, &e))?;
-    let doc: Value = serde_yaml::from_str(&text).map_err(|e| TemplateError::Yaml {
-        reason: e.to_string(),
-    })?;
-    let table = printed.lock().unwrap();
-    Ok(substitute(doc, &table))
+    let table = std::mem::take(&mut *printed.lock().unwrap());
+    Ok((text, table))
+}
+
+/// Renders a URL template so that values cannot change which endpoint is called: every value
+/// printed into the path is percent-encoded as one path segment (`/`, `?`, `#` included, and
+/// `.`/`..` refused), into the query or fragment as one component (`&`, `=`, `#`, `+` included).
+/// A value that is the whole start of the URL (`{{ secrets.webhookUrl }}/…`) is the URL the
+/// author chose and is kept as it is; so is a value marked `| safe`, or one already passed
+/// through the `urlencode` filter.
+pub fn render_url(src: &str, ctx: &Value) -> Result<String, TemplateError> {
+    use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+    // RFC 3986 unreserved characters stay; everything else is encoded.
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+    if !is_template(src) {
+        return Ok(src.to_string());
+    }
+    let (text, table) = render_tokens(src, ctx)?;
+    let src = normalize(src);
+    // Which part of the URL the text written so far ends in.
+    let part = |out: &str| {
+        if out.contains('#') {
+            "fragment"
+        } else if out.contains('?') {
+            "query"
+        } else {
+            let after_scheme = out.find("://").map_or(out, |i| &out[i + 3..]);
+            if after_scheme.contains('/') {
+                "path"
+            } else {
+                "authority"
+            }
+        }
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text.as_str();
+    while let Some(start) = rest.find(TOKEN_OPEN) {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + TOKEN_OPEN.len_utf8()..];
+        let end = after.find(TOKEN_CLOSE).unwrap_or(after.len());
+        let value = after[..end]
+            .parse::<usize>()
+            .ok()
+            .and_then(|i| table.get(i));
+        rest = after.get(end + TOKEN_CLOSE.len_utf8()..).unwrap_or("");
+        let Some(value) = value else { continue };
+        let raw = value.to_string();
+        if out.is_empty() || value.is_safe() {
+            out.push_str(&raw);
+            continue;
+        }
+        match part(&out) {
+            // Which host is called is the plan's decision, never a value's.
+            "authority" => {
+                return Err(TemplateError::Render {
+                    template: src.clone(),
+                    reason: format!(
+                        "{raw:?} would be printed into the URL's host: a host comes from the \
+                         plan, or a whole URL from a param or secret at the start of the URL \
+                         (or mark the value `| safe`)"
+                    ),
+                })
+            }
+            "path" if raw == "." || raw == ".." => {
+                return Err(TemplateError::Render {
+                    template: src.clone(),
+                    reason: format!("{raw:?} cannot be a URL path segment"),
+                })
+            }
+            _ => out.extend(utf8_percent_encode(&raw, COMPONENT)),
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 fn substitute(v: Value, table: &[minijinja::Value]) -> Value {
@@ -266,6 +402,74 @@ mod tests {
             "Values": {"DemotionToken": "tok-123", "SouthIP": "10.0.0.7", "replicas": 3},
             "alert": {"labels": {"cluster": "pg-north", "evil": "x\"}}\n  injected: {{ Values.SouthIP }}\nkind: Secret"}},
         })
+    }
+
+    #[test]
+    fn values_in_a_url_cannot_change_the_endpoint() {
+        let ctx = json!({"alert": {"labels": {"x": "../../admin?x=1&fixed=0#", "host": "pg.db:8080"}},
+                         "Values": {"base": "https://hooks.example/a", "dots": ".."}});
+        assert_eq!(
+            render_url("https://h.example/api/{{ alert.labels.x }}/run?who={{ alert.labels.x }}", &ctx).unwrap(),
+            "https://h.example/api/..%2F..%2Fadmin%3Fx%3D1%26fixed%3D0%23/run?who=..%2F..%2Fadmin%3Fx%3D1%26fixed%3D0%23"
+        );
+        // A value in the host is refused: an alert label must not pick the endpoint.
+        let e = render_url("http://{{ alert.labels.host }}/x", &ctx).unwrap_err();
+        assert!(e.to_string().contains("URL's host"), "{e}");
+        assert_eq!(
+            render_url("http://{{ alert.labels.host | safe }}/x", &ctx).unwrap(),
+            "http://pg.db:8080/x"
+        );
+        // The author's whole URL from a value, `safe`, and `urlencode` are kept.
+        assert_eq!(
+            render_url("{{ Values.base }}/b?q={{ 'a b' | urlencode }}", &ctx).unwrap(),
+            "https://hooks.example/a/b?q=a%20b"
+        );
+        assert_eq!(
+            render_url("https://h/{{ 'p/q' | safe }}", &ctx).unwrap(),
+            "https://h/p/q"
+        );
+        let e = render_url("https://h/a/{{ Values.dots }}/b", &ctx).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot be a URL path segment"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_next_line_character_in_a_label_reaches_the_manifest_unchanged() {
+        // U+0085 is a line break to YAML 1.1: it must stay data, not become a space or a break.
+        let ctx = json!({"alert": {"labels": {"x": "a\u{85}b", "y": "c\u{2028}d"}}});
+        let doc = render_yaml(
+            "metadata:\n  annotations:\n    x: {{ alert.labels.x }}\n    y: \"pre {{ alert.labels.y }}\"\n",
+            &ctx,
+        )
+        .unwrap();
+        assert_eq!(doc["metadata"]["annotations"]["x"], json!("a\u{85}b"));
+        assert_eq!(doc["metadata"]["annotations"]["y"], json!("pre c\u{2028}d"));
+    }
+
+    #[test]
+    fn an_unknown_filter_test_or_function_is_found_without_values() {
+        assert!(unknown_callable("{{ Values.x | nosuchfilter }}")
+            .unwrap()
+            .contains("nosuchfilter"));
+        assert!(unknown_callable("{{ nosuchfn(1) }}").is_some());
+        assert!(unknown_callable("{% if Values.x is nosuchtest %}y{% endif %}").is_some());
+        assert_eq!(
+            unknown_callable("{{ Values.x | b64encode | upper }} {{ now() }}"),
+            None
+        );
+    }
+
+    #[test]
+    fn now_and_seconds_since_do_date_arithmetic() {
+        let now = render("{{ now() }}", &ctx()).unwrap();
+        let parsed: jiff::Timestamp = now.parse().unwrap();
+        assert!((jiff::Timestamp::now().as_second() - parsed.as_second()).abs() <= 2);
+        assert!(render_bool("{{ seconds_since('2020-01-01T00:00:00Z') > 3600 }}", &ctx()).unwrap());
+        assert!(!render_bool("{{ seconds_since(now()) > 3600 }}", &ctx()).unwrap());
+        let e = render("{{ seconds_since('yesterday') }}", &ctx()).unwrap_err();
+        assert!(e.to_string().contains("not an RFC 3339 timestamp"), "{e}");
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub struct WorldCluster {
     pub objects: Vec<Value>,
     /// Faults the built-in simulator injects for this cluster (ignored on real clusters).
     #[serde(default)]
-    pub faults: Option<crate::sim::faults::FaultSpec>,
+    pub faults: Option<kube_sim::FaultSpec>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -173,6 +173,13 @@ pub async fn seed(
         }
         for obj in objects {
             seeded.push(apply_object(registry, cluster, obj).await.map_err(err)?);
+        }
+    }
+    // What the clusters' controllers did in answer to seeding (a StatefulSet's status) is part
+    // of the world, not a change the plan makes.
+    for s in &mut seeded {
+        if let Ok(now) = current(registry, s).await {
+            s.before = now;
         }
     }
     Ok(seeded)

@@ -17,7 +17,7 @@ use axum::Router;
 use serde_json::Value;
 use support::alertmanager::{AlertmanagerPair, Timings};
 
-const TOKEN: &str = "am-harness-token";
+const TOKEN: &str = "am-harness-token-0123456789abcdef012345";
 
 /// One POST the webhook received.
 #[derive(Clone, Debug)]

@@ -121,6 +121,62 @@ fn check_accepts_good_plans_and_names_file_line_and_column_of_a_bad_one() {
 }
 
 #[test]
+fn check_points_every_problem_of_a_file_at_its_field_in_one_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("many.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: recoverd.io/v1alpha1
+kind: RecoveryPlan
+metadata: {name: m}
+spec:
+  params: {ns: db}
+  steps:
+  - name: read
+    type: readField
+    readField:
+      apiVersion: v1
+      resource: configmaps
+      namespace: \"{{ Values.ns }}\"
+      name: x
+      fieldPath: \"{.data.a\"
+      outputKey: A
+  - name: read
+    type: wait
+    wait:
+      duration: 1s
+  - name: notify
+    type: http
+    http:
+      url: \"http://h/{{ Values.ns | nosuchfilter }}\"
+",
+    )
+    .unwrap();
+    let out = recoverd(&["check", bad.to_str().unwrap()]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    let file = bad.display();
+    // The bad path, at its own line and column, with the line and a caret under it.
+    assert!(t.contains(&format!("{file}:14:7: step \"read\": spec.steps[0].readField.fieldPath: failed to parse field path")), "{t}");
+    assert!(
+        t.contains("    |       fieldPath: \"{.data.a\"\n    |       ^"),
+        "{t}"
+    );
+    // The duplicate name points at the second step, not the first.
+    assert!(
+        t.contains(&format!("{file}:16:5: step \"read\": spec.steps[1].name")),
+        "{t}"
+    );
+    // A template problem in the same pass as the validation problems.
+    assert!(
+        t.contains(&format!(
+            "{file}:23:7: step \"notify\": spec.steps[2].http.url"
+        )),
+        "{t}"
+    );
+}
+
+#[test]
 fn check_reports_undefined_values_in_json_and_junit() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("undefined.yaml");
@@ -129,11 +185,24 @@ fn check_reports_undefined_values_in_json_and_junit() {
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v[0]["valid"], json!(false));
-    let problem = v[0]["problems"][0].as_str().unwrap();
-    assert!(
-        problem.contains(":6: step \"patch-it\"") && problem.contains("Values.Token"),
+    let problem = &v[0]["problems"][0];
+    // At the field, not at the step: `raw:` is on line 12, column 45.
+    assert_eq!(problem["line"], json!(12), "{problem}");
+    assert_eq!(problem["column"], json!(45), "{problem}");
+    assert_eq!(
+        problem["path"],
+        json!("spec.steps[0].patch.override.value.raw"),
         "{problem}"
     );
+    assert_eq!(problem["rule"], json!("undefined-value"), "{problem}");
+    assert!(
+        problem["message"]
+            .as_str()
+            .unwrap()
+            .contains("Values.Token"),
+        "{problem}"
+    );
+    assert_eq!(problem["file"], json!(bad.to_str().unwrap()));
     let out = recoverd(&["check", "--format", "junit", bad.to_str().unwrap()]);
     let t = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -272,38 +341,6 @@ async fn rehearse_seeds_the_world_runs_the_plan_and_checks_expectations() {
 }
 
 #[tokio::test]
-async fn the_deployment_manifests_are_accepted_by_a_real_apiserver() {
-    let clusters = support::shared();
-    // A server-side dry run of namespaced objects needs their namespace to exist.
-    let out = clusters
-        .kubectl("edge")
-        .args(["create", "namespace", "recoverd"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-    let out = clusters
-        .kubectl("edge")
-        .args(["apply", "--dry-run=server", "-f"])
-        .arg(repo_dir().join("deploy/recoverd.yaml"))
-        .output()
-        .unwrap();
-    let t = text(&out);
-    assert!(out.status.success(), "{t}");
-    assert!(
-        t.contains("deployment.apps/recoverd created (server dry run)"),
-        "{t}"
-    );
-    // The Alertmanager side is a configuration the real amtool accepts.
-    support::alertmanager::ensure_installed();
-    let out = Command::new("amtool")
-        .arg("check-config")
-        .arg(repo_dir().join("deploy/alertmanager-receiver.yaml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
-}
-
-#[tokio::test]
 async fn a_failing_run_exits_1_and_ends_with_the_failing_step_and_reason() {
     let clusters = support::shared();
     let ns = clusters.namespace("cli-fail").await;
@@ -356,4 +393,86 @@ async fn while_a_step_waits_a_terminal_shows_a_live_line_with_elapsed_time() {
     );
     assert!(t.contains('\r'), "the live line redraws in place: {t:?}");
     assert!(t.contains("✔ pause (1.5s)"), "{t}");
+}
+
+#[test]
+fn run_and_rehearse_refuse_an_alert_the_plan_does_not_match() {
+    let alert = "tests/data/alerts/firing-other-alert.json";
+    for args in [
+        vec![
+            "rehearse",
+            "plans/cnpg-switchover.yaml",
+            "--world",
+            "tests/data/worlds/cnpg.yaml",
+            "--alert",
+            alert,
+        ],
+        // The kubeconfig is never read: the alert is refused first.
+        vec![
+            "run",
+            "plans/cnpg-switchover.yaml",
+            "--kubeconfig",
+            "/nonexistent",
+            "--alert",
+            alert,
+        ],
+    ] {
+        let out = recoverd(&args);
+        let t = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {t}");
+        assert!(
+            t.contains("matches the plan's alertLabels/alertMatchers; nothing was run"),
+            "{args:?}: {t}"
+        );
+        assert!(!t.contains("▶"), "a step ran: {t}");
+    }
+}
+
+#[test]
+fn a_rehearsal_lists_every_object_the_plan_wrote_with_secret_values_redacted() {
+    let out = recoverd(&[
+        "rehearse",
+        "tests/data/rehearse/rotate.yaml",
+        "--world",
+        "tests/data/rehearse/world.yaml",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    let changes = &t[t.find("\nchanges:").expect("a changes section")..];
+    assert!(
+        changes.contains("changed edge: v1 secrets db/creds"),
+        "{changes}"
+    );
+    assert!(changes.contains("/data/password <redacted>"), "{changes}");
+    assert!(
+        changes.contains("written v1 configmaps db/rotation on cluster edge"),
+        "{changes}"
+    );
+    assert!(
+        changes.contains("/data {\"rotated\":\"yes\"}") || changes.contains("rotated"),
+        "{changes}"
+    );
+    assert!(!t.contains("swordfish"), "a secret value was printed: {t}");
+}
+
+#[test]
+fn every_plan_the_tests_run_passes_check_and_a_stand_in_that_cannot_render_is_a_note() {
+    let out = recoverd(&[
+        "check",
+        "plans",
+        "tests/data/plans/run",
+        "tests/data/plans/truth",
+        "tests/data/plans/language",
+        "tests/data/plans/reliability",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    // `{{ Values.LagBytes | int }}` cannot render with a placeholder for a value read at run
+    // time: a note, not an error.
+    assert!(
+        t.contains(
+            "spec.steps[1].assert.that: not checked: a stand-in for a value read at run time"
+        ),
+        "{t}"
+    );
 }

@@ -125,7 +125,12 @@ async fn a_step_against_an_unreachable_cluster_fails_and_the_run_continues_when_
     )
     .await;
 
-    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    // The run did its job, and shows that something it tried did not happen.
+    assert_eq!(record.phase, Phase::SucceededWithErrors, "{record:#?}");
+    assert!(
+        record.error.as_deref().unwrap().contains("annotate-edge"),
+        "{record:#?}"
+    );
     let edge = &record.steps[0];
     assert_eq!(edge.status, StepStatus::Failed);
     assert!(edge.continued);
@@ -378,7 +383,10 @@ async fn an_http_step_sends_its_secret_and_keeps_it_out_of_the_record() {
         serde_json::from_str::<serde_json::Value>(&got[0].2).unwrap(),
         json!({"text": "switching db", "token": "s3cr3t-t0ken"})
     );
-    assert_eq!(record.outputs["Reply"], json!("accepted"));
+    // The request carried a secret, so its response is secret too (an endpoint may echo it):
+    // recorded as redacted, still usable by the next step.
+    assert_eq!(record.outputs["Reply"], json!("<redacted>"));
+    assert_eq!(record.secret_outputs, ["Reply"]);
     assert_eq!(
         record.steps[1].status,
         StepStatus::Succeeded,

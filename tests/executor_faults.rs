@@ -3,56 +3,25 @@
 
 mod support;
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use recoverd::cluster::WriteMode;
 use recoverd::run::record::{Phase, StepStatus};
 use serde_json::json;
-use support::proxy::{FaultProxy, Faults};
-use support::run::{field, plan, registry, registry_from, run, seed, world_in_namespace};
+use support::proxy::Faults;
+use support::run::{field, plan, run, FaultyWorld};
 
 const CNPG: &str = "postgresql.cnpg.io/v1";
 
-/// The CNPG world seeded directly, and a registry whose `north` goes through a fresh proxy.
-struct Rig {
-    proxy: FaultProxy,
-    direct: std::sync::Arc<recoverd::cluster::Registry>,
-    proxied: std::sync::Arc<recoverd::cluster::Registry>,
-    ns: String,
-    _reactors: recoverd::reactor::Reactors,
-    _dirs: (tempfile::TempDir, tempfile::TempDir),
-}
-
-async fn rig(test: &str) -> Rig {
-    let clusters = support::shared();
-    let ns = clusters.namespace(test).await;
-    let direct = registry(clusters, WriteMode::Live).await;
-    let (world_dir, world) = world_in_namespace("cnpg.yaml", &ns);
-    let (_seeded, reactors) = seed(direct.clone(), &world).await;
-    let proxy = FaultProxy::in_front_of(clusters, "north");
-    let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = dir.path().join("kubeconfig");
-    clusters.write_kubeconfig(
-        &kubeconfig,
-        &BTreeMap::from([("north".into(), proxy.url())]),
-    );
-    let proxied = registry_from(&kubeconfig, WriteMode::Live).await;
-    Rig {
-        proxy,
-        direct,
-        proxied,
-        ns,
-        _reactors: reactors,
-        _dirs: (world_dir, dir),
-    }
+/// The CNPG world, with `north` behind a fault-injecting proxy.
+async fn rig(test: &str) -> FaultyWorld {
+    FaultyWorld::new(test, &["north"]).await
 }
 
 #[tokio::test]
 async fn retries_get_a_patch_through_injected_server_errors() {
     let r = rig("retry-500").await;
     // kube's own client retries 503/429 by itself; 500s reach recoverd's retries.
-    r.proxy.set(Faults {
+    r.proxy("north").set(Faults {
         fail_next: 2,
         error_status: 500,
         ..Default::default()
@@ -65,7 +34,7 @@ async fn retries_get_a_patch_through_injected_server_errors() {
         record.steps[0].attempts, 3,
         "two failed attempts, then success"
     );
-    assert!(r.proxy.stats().errors >= 2);
+    assert!(r.proxy("north").stats().errors >= 2);
     assert_eq!(
         field(
             &r.direct,
@@ -86,7 +55,7 @@ async fn retries_get_a_patch_through_connections_reset_mid_response() {
     let r = rig("retry-reset").await;
     // Every patch (the only requests with recoverd's field manager) is cut mid-response until
     // two have been; then the proxy behaves.
-    r.proxy.set(Faults {
+    r.proxy("north").set(Faults {
         reset_rate: 1.0,
         only_path: Some("fieldManager=recoverd".into()),
         ..Default::default()
@@ -94,16 +63,16 @@ async fn retries_get_a_patch_through_connections_reset_mid_response() {
     let demote = plan("retried-demote.yaml");
     let runner = run(r.proxied.clone(), &demote, &r.ns, &[]);
     let healer = async {
-        while r.proxy.stats().resets < 2 {
+        while r.proxy("north").stats().resets < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        r.proxy.clear();
+        r.proxy("north").clear();
     };
     let (record, ()) = tokio::join!(runner, healer);
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
     assert!(record.steps[0].attempts >= 3, "{:#?}", record.steps[0]);
-    assert_eq!(r.proxy.stats().resets, 2);
+    assert_eq!(r.proxy("north").stats().resets, 2);
     assert_eq!(
         field(
             &r.direct,
@@ -122,7 +91,7 @@ async fn retries_get_a_patch_through_connections_reset_mid_response() {
 #[tokio::test]
 async fn a_hanging_apiserver_costs_one_attempt_timeout_per_try_then_fails_the_step() {
     let r = rig("hang").await;
-    r.proxy.set(Faults {
+    r.proxy("north").set(Faults {
         timeout_rate: 1.0,
         ..Default::default()
     });
@@ -163,7 +132,7 @@ async fn a_hanging_apiserver_costs_one_attempt_timeout_per_try_then_fails_the_st
 #[tokio::test]
 async fn persistent_server_errors_exhaust_the_retries_with_a_clear_reason() {
     let r = rig("exhaust").await;
-    r.proxy.set(Faults {
+    r.proxy("north").set(Faults {
         error_rate: 1.0,
         error_status: 500,
         ..Default::default()
@@ -193,7 +162,7 @@ async fn persistent_server_errors_exhaust_the_retries_with_a_clear_reason() {
 async fn a_wait_survives_its_watch_being_cut_and_still_sees_the_condition() {
     let r = rig("watch-cut").await;
     // Every watch ends after one event; the reactor's token arrives later, on a new watch.
-    r.proxy.set(Faults {
+    r.proxy("north").set(Faults {
         watch_event_limit: Some(1),
         ..Default::default()
     });
@@ -210,7 +179,7 @@ async fn a_wait_survives_its_watch_being_cut_and_still_sees_the_condition() {
 #[tokio::test]
 async fn a_wait_rides_out_the_cluster_being_unreachable_for_a_while() {
     let r = rig("down-up").await;
-    let proxy = &r.proxy;
+    let proxy = r.proxy("north");
     let demote = plan("retried-demote.yaml");
     let runner = run(r.proxied.clone(), &demote, &r.ns, &[]);
     let flapper = async {

@@ -156,6 +156,8 @@ fn every_validation_rule_has_an_invalid_plan() {
         "wait-form",
         "apply-form",
         "http",
+        "delete-form",
+        "exec-form",
     ];
     let mut seen = BTreeSet::new();
     for path in yaml_files("invalid") {
@@ -881,7 +883,98 @@ fn a_template_from_two_sources_is_refused() {
     );
 }
 
+#[test]
+fn a_template_file_outside_the_plan_directory_is_refused() {
+    the_problem(
+        "apply-template-file-outside.yaml",
+        "apply-form",
+        Some("haproxy"),
+        "spec.steps[0].apply.templateFrom.file",
+        &["../../../../etc/shadow", "inside the plan's directory"],
+    );
+}
+
 // ---- HTTP ----
+
+#[test]
+fn an_unknown_template_filter_is_refused_at_load() {
+    the_problem(
+        "unknown-filter.yaml",
+        "template",
+        Some("annotate"),
+        "spec.steps[0].patch.override.value.raw",
+        &["shout"],
+    );
+}
+
+#[test]
+fn an_exec_step_needs_a_command() {
+    the_problem(
+        "exec-without-command.yaml",
+        "exec-form",
+        Some("is-primary"),
+        "spec.steps[0].exec.command",
+        &["needs a `command`"],
+    );
+}
+
+#[test]
+fn a_delete_names_one_object_or_a_selector_not_both() {
+    the_problem(
+        "delete-name-and-selector.yaml",
+        "delete-form",
+        Some("delete-pvc"),
+        "spec.steps[0].delete",
+        &["`name`", "`labelSelector`", "not both"],
+    );
+}
+
+#[test]
+fn a_condition_with_two_operators_or_a_number_that_is_not_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cond.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: c}\nspec:\n  steps:\n  - name: w\n    type: wait\n    wait:\n      apiVersion: v1\n      resource: configmaps\n      name: x\n      timeout: 10s\n      condition:\n        allOf:\n        - {fieldPath: data.a, equals: x, notEquals: y}\n        - {fieldPath: data.b, atLeast: lots}\n        - {gone: true}\n        - {exists: true}\n",
+    )
+    .unwrap();
+    let (plans, errors) = plan::load_paths(std::slice::from_ref(&path));
+    assert!(errors.is_empty(), "{errors:?}");
+    let problems = plan::validate(&plans[0].plan.spec, None).problems;
+    let fields: Vec<&str> = problems.iter().map(|p| p.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.steps[0].wait.condition.allOf[0]",
+            "spec.steps[0].wait.condition.allOf[1].atLeast",
+            "spec.steps[0].wait.condition.allOf[3].fieldPath",
+        ],
+        "{problems:#?}"
+    );
+    assert!(
+        problems[0].message.contains("found: equals, notEquals"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[1].message.contains("compares numbers"),
+        "{problems:#?}"
+    );
+    assert!(
+        problems[2].message.contains("needs a `fieldPath`"),
+        "{problems:#?}"
+    );
+}
+
+#[test]
+fn a_url_whose_start_comes_from_the_alert_is_refused() {
+    the_problem(
+        "http-url-from-alert.yaml",
+        "http",
+        Some("notify"),
+        "spec.steps[0].http.url",
+        &["starts with a value from the alert", "param or a secret"],
+    );
+}
 
 #[test]
 fn a_method_that_is_not_http_is_refused() {

@@ -13,8 +13,9 @@ use serde_json::{json, Value};
 use support::alertmanager::{AlertmanagerPair, Timings};
 use support::clusters::{free_port, repo_dir};
 use support::run::{field, registry, seed, world_in_namespace};
+use support::server::metric;
 
-const TOKEN: &str = "e2e-token";
+const TOKEN: &str = "e2e-token-0123456789abcdef0123456789";
 
 /// A `recoverd serve` child process, killed when dropped.
 struct Serve {
@@ -125,14 +126,6 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 async fn eventually<F, Fut>(what: &str, limit: Duration, mut check: F)
@@ -282,23 +275,8 @@ async fn repeated_alertmanager_deliveries_from_an_ha_pair_make_exactly_one_run()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_killed_mid_step_is_interrupted_and_resumes_without_repeating_finished_steps() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
-    let hits: Arc<[AtomicUsize; 2]> = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0)]);
-    let h = hits.clone();
-    let hook = axum::Router::new().route(
-        "/step/{n}",
-        axum::routing::post(move |axum::extract::Path(n): axum::extract::Path<usize>| {
-            let h = h.clone();
-            async move {
-                h[n].fetch_add(1, Ordering::SeqCst);
-                "ok"
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hook_url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    use std::sync::atomic::Ordering;
+    let (hook_url, hits) = support::server::counting_hook(2).await;
 
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
@@ -554,7 +532,7 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
-    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: waits, namespace: ops}\nspec:\n  mode: manual\n  params: {x: 0}\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n  - {name: two, type: wait, wait: {duration: 300ms}}\n";
+    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: waits, namespace: ops}\nspec:\n  mode: manual\n  params: {x: 0}\n  overridableParams: [x]\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n  - {name: two, type: wait, wait: {duration: 300ms}}\n";
     std::fs::write(plans.join("waits.yaml"), plan).unwrap();
     let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
     let tokens = token_file(dir.path());
@@ -645,5 +623,60 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
     assert!(
         err.contains("409 Conflict") && err.contains("resuming needs a run that is Interrupted"),
         "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_runs_beyond_keep_runs_are_pruned_and_unfinished_ones_kept() {
+    use support::server::{eventually as until, ServeProcess};
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let quick = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: quick, namespace: ops}\nspec:\n  mode: manual\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n";
+    let gated = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: gated, namespace: ops}\nspec:\n  mode: approval\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n";
+    std::fs::write(plans.join("quick.yaml"), quick).unwrap();
+    std::fs::write(plans.join("gated.yaml"), gated).unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let mut serve = ServeProcess::start(dir.path(), &plans, &kubeconfig, &[]).await;
+    for i in 0..4 {
+        let (status, _) = serve
+            .post(
+                "/api/v1/plans/ops/quick/runs",
+                &json!({"idempotencyKey": format!("k{i}")}),
+            )
+            .await;
+        assert_eq!(status, 201);
+        until("the run to finish", Duration::from_secs(20), || async {
+            serve.get("/api/v1/runs?plan=ops/quick").await["runs"][0]["phase"] == "Succeeded"
+        })
+        .await;
+    }
+    let (status, waiting) = serve.post("/api/v1/plans/ops/gated/runs", &json!({})).await;
+    assert_eq!(status, 201, "{waiting}");
+    serve.kill();
+
+    let serve = ServeProcess::start(
+        dir.path(),
+        &plans,
+        &kubeconfig,
+        &["--keep-runs", "1", "--reload-interval", "200ms"],
+    )
+    .await;
+    until("old runs to be pruned", Duration::from_secs(20), || async {
+        serve.get("/api/v1/runs").await["runs"]
+            .as_array()
+            .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    let runs = serve.get("/api/v1/runs").await;
+    let phases: Vec<&str> = runs["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["phase"].as_str().unwrap())
+        .collect();
+    assert!(
+        phases.contains(&"WaitingForApproval") && phases.contains(&"Succeeded"),
+        "the newest finished run and the unfinished one are kept: {runs:#}"
     );
 }

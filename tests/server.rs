@@ -6,20 +6,12 @@ mod support;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::{json, Value};
-use support::server::{app, authed, payload};
+use support::server::{app, authed, metric, payload};
 
 const T0: &str = "2026-11-21T10:00:00Z";
 
 fn primary_down() -> Value {
     json!({"alertname": "PrimaryDown", "severity": "critical", "cluster": "pg-north"})
-}
-
-fn metric(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]
@@ -505,7 +497,10 @@ async fn with_approver_tokens_the_alertmanager_token_cannot_approve() {
         .body(Body::empty())
         .unwrap();
     assert_eq!(app.send(approve).await.0, StatusCode::OK);
-    assert_eq!(app.finished(&id).await["phase"], "Succeeded");
+    assert_eq!(
+        app.finished_as(support::server::APPROVER, &id).await["phase"],
+        "Succeeded"
+    );
 }
 
 #[tokio::test]
@@ -613,4 +608,248 @@ async fn a_payload_with_one_bad_alert_is_refused_whole_before_anything_runs() {
     );
     let (_, runs) = app.get("/api/v1/runs").await;
     assert!(runs["runs"].as_array().unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn a_dry_run_in_flight_never_blocks_a_live_alert_or_trigger() {
+    let app = app(&[]).await;
+    let (status, dry) = app
+        .post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{dry}");
+    let (status, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", json!({"alertname": "SlowBurn"}), "sb1", T0),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(
+        body["alerts"][0]["action"], "started",
+        "the real alert is not deduplicated against the dry run: {body}"
+    );
+    let live = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    // And the other way round: a second dry run beside the live one.
+    let (status, _) = app
+        .post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    for id in [live.as_str(), dry["id"].as_str().unwrap()] {
+        app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
+            .await;
+        app.finished(id).await;
+    }
+    // With the live run gone, a live trigger is free even though dry runs remain.
+    let (status, again) = app
+        .post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, live2) = app.post("/api/v1/plans/ops/long/runs", &json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{live2}");
+    for id in [&again["id"], &live2["id"]] {
+        app.post(
+            &format!("/api/v1/runs/{}/cancel", id.as_str().unwrap()),
+            &json!({}),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_manual_trigger_of_an_approval_plan_waits_for_an_approver() {
+    use support::server::{app_split, Split, APPROVER, OPERATOR};
+    let app = app_split(
+        &[],
+        Split {
+            approvers: true,
+            operators: true,
+        },
+    )
+    .await;
+    let (status, _) = app
+        .post("/api/v1/plans/ops/approval/runs", &json!({}))
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::FORBIDDEN,
+        "the alert sender's token may only send alerts"
+    );
+    let (status, run) = app
+        .post_as(OPERATOR, "/api/v1/plans/ops/approval/runs", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["phase"], "WaitingForApproval");
+    let id = run["id"].as_str().unwrap();
+    let (status, _) = app
+        .post_as(OPERATOR, &format!("/api/v1/runs/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (_, still) = app.get_as(OPERATOR, &format!("/api/v1/runs/{id}")).await;
+    assert_eq!(still["phase"], "WaitingForApproval", "nothing ran");
+    assert!(still["steps"][0]["startedAt"].is_null(), "{still}");
+    let (status, _) = app
+        .post_as(APPROVER, &format!("/api/v1/runs/{id}/approve"), &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(app.finished_as(OPERATOR, id).await["phase"], "Succeeded");
+}
+
+#[tokio::test]
+async fn a_trigger_may_set_only_the_params_the_plan_declares_overridable() {
+    let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: guarded, namespace: ops}\nspec:\n  mode: manual\n  params: {target: pg-south, url: 'http://safe.example/'}\n  overridableParams: [target]\n  steps:\n  - {name: hold, type: wait, wait: {duration: 10ms}}\n";
+    let app = app(&[("guarded.yaml", plan.to_string())]).await;
+    let (status, err) = app
+        .post(
+            "/api/v1/plans/ops/guarded/runs",
+            &json!({"params": {"url": "http://evil.example/"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
+    let msg = err["error"].as_str().unwrap();
+    assert!(
+        msg.contains("\"url\"")
+            && msg.contains("may set: target")
+            && msg.contains("overridableParams"),
+        "{msg}"
+    );
+    let (status, run) = app
+        .post(
+            "/api/v1/plans/ops/guarded/runs",
+            &json!({"params": {"target": "pg-east"}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    assert_eq!(run["params"]["target"], "pg-east");
+    assert_eq!(run["params"]["url"], "http://safe.example/");
+}
+
+#[tokio::test]
+async fn a_resolved_alert_cancels_only_waiting_runs_of_plans_its_labels_match() {
+    let other = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: other-approval, namespace: ops}\nspec:\n  alertLabels: {alertname: DiskFull}\n  mode: approval\n  steps:\n  - {name: hold, type: wait, wait: {duration: 10ms}}\n";
+    let app = app(&[("other.yaml", other.to_string())]).await;
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", json!({"alertname": "DiskFull"}), "shared-fp", T0),
+        )
+        .await;
+    assert_eq!(body["alerts"][0]["action"], "awaitingApproval");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    // The same fingerprint with another plan's labels: not this run's alert.
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload(
+                "resolved",
+                json!({"alertname": "RegionDown"}),
+                "shared-fp",
+                T0,
+            ),
+        )
+        .await;
+    assert_eq!(body["alerts"][0]["action"], "ignored", "{body}");
+    let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(run["phase"], "WaitingForApproval");
+    let (_, body) = app
+        .post(
+            "/api/v1/alerts",
+            &payload(
+                "resolved",
+                json!({"alertname": "DiskFull"}),
+                "shared-fp",
+                T0,
+            ),
+        )
+        .await;
+    assert_eq!(body["alerts"][0]["action"], "cancelled", "{body}");
+}
+
+#[tokio::test]
+async fn runs_are_listed_as_summaries_a_page_at_a_time() {
+    let app = app(&[]).await;
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let (_, run) = app
+            .post(
+                "/api/v1/plans/ops/manual/runs",
+                &json!({"idempotencyKey": format!("k{i}"), "dryRun": true}),
+            )
+            .await;
+        ids.push(run["id"].as_str().unwrap().to_string());
+    }
+    let mut seen = Vec::new();
+    let mut next: Option<String> = None;
+    loop {
+        let path = match &next {
+            Some(t) => format!("/api/v1/runs?limit=2&continue={t}"),
+            None => "/api/v1/runs?limit=2".to_string(),
+        };
+        let (status, page) = app.get(&path).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        let runs = page["runs"].as_array().unwrap();
+        assert!(runs.len() <= 2);
+        for r in runs {
+            assert!(r.get("steps").is_none(), "a summary, not the record: {r}");
+            seen.push(r["id"].as_str().unwrap().to_string());
+        }
+        match page["continue"].as_str() {
+            Some(t) => next = Some(t.to_string()),
+            None => break,
+        }
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+    let (status, err) = app.get("/api/v1/runs?limit=0").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+    let (status, err) = app.get("/api/v1/runs?continue=garbage!").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{err}");
+}
+
+#[tokio::test]
+async fn a_run_keeps_at_most_a_bounded_part_of_a_huge_alert() {
+    let app = app(&[]).await;
+    let mut p = payload("firing", primary_down(), "huge", T0);
+    let big = "x".repeat(200 * 1024);
+    p["alerts"][0]["annotations"] = json!({"a": big, "b": big, "c": big});
+    let (status, body) = app.post("/api/v1/alerts", &p).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap();
+    let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
+    let kept = run["alert"]["annotations"].to_string().len();
+    assert!(
+        kept < 40 * 1024,
+        "the record kept {kept} bytes of annotations"
+    );
+    assert!(run["alert"]["annotations"]["a"]
+        .as_str()
+        .unwrap()
+        .ends_with("[truncated by recoverd]"));
+}
+
+#[tokio::test]
+async fn the_bearer_scheme_is_case_insensitive_and_an_oversized_body_is_refused_before_it_is_read()
+{
+    let app = app(&[]).await;
+    let req = Request::get("/api/v1/runs")
+        .header(
+            "authorization",
+            format!("bEaReR {}", support::server::TOKEN),
+        )
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(app.send(req).await.0, StatusCode::OK);
+    // A declared length over the limit is answered before the body is polled: the body here
+    // would fail if read, so a 413 proves it never was.
+    let failing = Body::from_stream(futures::stream::once(async {
+        Err::<bytes::Bytes, std::io::Error>(std::io::Error::other("the body must not be read"))
+    }));
+    let req = authed(Request::post("/api/v1/alerts"))
+        .header("content-type", "application/json")
+        .header("expect", "100-continue")
+        .header("content-length", (2 * 1024 * 1024).to_string())
+        .body(failing)
+        .unwrap();
+    let (status, body) = app.send(req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
 }

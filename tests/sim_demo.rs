@@ -129,6 +129,52 @@ fn a_rehearsal_on_the_simulator_fails_when_an_expectation_does_not_hold() {
 }
 
 #[test]
+fn a_world_with_the_upstream_cnpg_and_percona_crds_seeds_and_rehearses_the_switchover() {
+    let out = recoverd(&[
+        "rehearse",
+        "plans/cnpg-switchover.yaml",
+        "--world",
+        "tests/data/worlds/upstream.yaml",
+        "--expect",
+        "tests/data/worlds/cnpg-expect.yaml",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("✔ promote-south ("), "{t}");
+}
+
+#[test]
+fn a_rehearsed_patch_breaking_a_cel_rule_of_the_upstream_crd_gets_the_real_servers_422() {
+    let out = recoverd(&[
+        "rehearse",
+        "tests/data/worlds/upstream/cel-violation.yaml",
+        "--world",
+        "tests/data/worlds/upstream.yaml",
+    ]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("422"), "{t}");
+    assert!(
+        t.contains("spec: Invalid value: imageName and imageCatalogRef are mutually exclusive"),
+        "{t}"
+    );
+}
+
+#[test]
+fn an_exec_step_rehearses_against_the_commands_the_world_declares() {
+    let out = recoverd(&[
+        "rehearse",
+        "tests/data/plans/language/exec-is-primary.yaml",
+        "--world",
+        "tests/data/worlds/exec.yaml",
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(t.contains("✔ in-recovery ("), "{t}");
+    assert!(t.contains("✔ is-primary ("), "{t}");
+}
+
+#[test]
 fn recoverd_sim_serves_the_world_to_kubectl_until_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("sim.kubeconfig");

@@ -1,6 +1,7 @@
-//! kubectl (1.32, as installed) against the simulator: every test serves the world in
+//! kubectl (1.32, as installed) against the simulator: most tests serve the world in
 //! `tests/data/sim/worlds/kubectl.yaml` (seeded through the ordinary client path, reactors
-//! running) and drives it with the real `kubectl` binary.
+//! running) and drive it with the real `kubectl` binary; the reactor tests serve
+//! `tests/data/worlds/operator.yaml`.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -22,9 +23,14 @@ struct Kubectl {
 }
 
 async fn start() -> Kubectl {
-    let session = Session::start(&data("worlds/kubectl.yaml"), None, None)
+    start_world("worlds/kubectl.yaml").await
+}
+
+/// Serves a world under `tests/data/sim/`.
+async fn start_world(world: &str) -> Kubectl {
+    let session = Session::start(&data(world), None, None)
         .await
-        .expect("the simulator serves the kubectl world");
+        .expect("the simulator serves the world");
     Kubectl {
         kubeconfig: session.sandbox.kubeconfig.clone(),
         _session: session,
@@ -61,6 +67,22 @@ impl Kubectl {
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Polls a jsonpath until `done` holds (at most 20 s).
+    async fn until(&self, what: &str, path: &str, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self
+                .run(&["get", what, "-o", &format!("jsonpath={path}")])
+                .await;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && done(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "{what} {path}: last {text:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     async fn jsonpath(&self, what: &str, path: &str) -> String {
@@ -422,4 +444,82 @@ async fn kubectl_create_sends_protobuf_the_simulator_reads() {
             .await,
         "kubectl-create"
     );
+}
+
+// Reactors playing an operator (`tests/data/worlds/operator.yaml`): several fields at once, a
+// generated token, a sequence of states, a value copied into another object, an object created,
+// a deleted object re-created with a new uid.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_generates_a_token_moves_through_phases_and_hands_the_token_over() {
+    let w = start_world("../worlds/operator.yaml").await;
+    w.ok(&[
+        "patch",
+        "clusters.postgresql.cnpg.io",
+        "pg-north",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replica":{"primary":"pg-south"}}}"#,
+    ])
+    .await;
+    w.until(
+        "clusters.postgresql.cnpg.io/pg-north",
+        "{.status.phase}",
+        |p| p == "Demoted",
+    )
+    .await;
+    let token = w
+        .ok(&[
+            "get",
+            "clusters.postgresql.cnpg.io",
+            "pg-north",
+            "-o",
+            "jsonpath={.status.demotionToken}",
+        ])
+        .await;
+    use base64::Engine as _;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(&token)
+        .expect("the token is base64");
+    assert!(
+        String::from_utf8_lossy(&decoded).starts_with("{\"token\":"),
+        "{token}"
+    );
+    let handed = w
+        .until("configmap/handoff", "{.data.token}", |t| !t.is_empty())
+        .await;
+    assert_eq!(handed, token, "the ConfigMap carries the generated token");
+    w.until("configmap/demoted", "{.data.by}", |b| b == "operator")
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_managed_object_is_recreated_with_a_new_uid() {
+    let w = start_world("../worlds/operator.yaml").await;
+    let old = w
+        .ok(&[
+            "get",
+            "configmap",
+            "pooler-config",
+            "-o",
+            "jsonpath={.metadata.uid}",
+        ])
+        .await;
+    w.ok(&["delete", "configmap", "pooler-config"]).await;
+    let new = w
+        .until("configmap/pooler-config", "{.metadata.uid}", |u| {
+            !u.is_empty() && u != old
+        })
+        .await;
+    assert_ne!(new, old);
+    let data = w
+        .ok(&[
+            "get",
+            "configmap",
+            "pooler-config",
+            "-o",
+            "jsonpath={.data.pgbouncer\\.ini}",
+        ])
+        .await;
+    assert_eq!(data, "[databases]\n");
 }

@@ -86,6 +86,12 @@ pub struct RunsArgs {
     /// Only runs of this plan (`namespace/name`).
     #[arg(long)]
     pub plan: Option<String>,
+    /// How many runs to list (newest first; at most 1000).
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    /// Continue a previous listing from the token it printed.
+    #[arg(long = "continue")]
+    pub after: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -99,10 +105,13 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&run)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let path = match &args.plan {
-        Some(p) => format!("/api/v1/runs?plan={p}"),
-        None => "/api/v1/runs".into(),
-    };
+    let mut path = format!("/api/v1/runs?limit={}", args.limit);
+    if let Some(p) = &args.plan {
+        path.push_str(&format!("&plan={p}"));
+    }
+    if let Some(c) = &args.after {
+        path.push_str(&format!("&continue={c}"));
+    }
     let (_, body) = api.call(reqwest::Method::GET, &path, None).await?;
     println!(
         "{:<20} {:<32} {:<20} {:<10} STARTED",
@@ -120,6 +129,9 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
                 .or(r["createdAt"].as_str())
                 .unwrap_or("")
         );
+    }
+    if let Some(next) = body["continue"].as_str() {
+        println!("(more: --continue {next})");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use super::ClusterArgs;
 use crate::alert::{self, Alert};
 use crate::cluster::WriteMode;
+use crate::plan::spans::Positions;
 use crate::plan::validate::{output_key, step_templates};
 use crate::plan::{load_paths, validate, LoadedPlan};
 use crate::template;
@@ -45,8 +46,40 @@ pub struct PlanResult {
     pub file: String,
     pub plan: Option<String>,
     pub valid: bool,
-    pub problems: Vec<String>,
+    pub problems: Vec<CheckProblem>,
     pub notes: Vec<String>,
+}
+
+/// One problem, at the exact field it is about.
+#[derive(Serialize, Debug, Clone)]
+#[serde(rename_all = "camelCase")]
+pub struct CheckProblem {
+    pub file: String,
+    pub line: usize,
+    pub column: usize,
+    /// The field: `spec.steps[2].readField.fieldPath` (empty for a document that did not load).
+    pub path: String,
+    /// A bounded category (`undefined-value`, `field-path`, `template`, `yaml`…).
+    pub rule: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub message: String,
+    /// The source line, for the caret in text output.
+    #[serde(skip)]
+    pub source_line: Option<String>,
+}
+
+impl std::fmt::Display for CheckProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        if let Some(step) = &self.step {
+            write!(f, "step {step:?}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
 }
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
@@ -85,7 +118,18 @@ pub fn check_paths(
             file: e.file.display().to_string(),
             plan: None,
             valid: false,
-            problems: vec![e.to_string()],
+            problems: vec![CheckProblem {
+                file: e.file.display().to_string(),
+                line: e.line,
+                column: e.column,
+                path: String::new(),
+                rule: "load".into(),
+                step: None,
+                message: e.message.clone(),
+                source_line: std::fs::read_to_string(&e.file)
+                    .ok()
+                    .and_then(|t| t.lines().nth(e.line.saturating_sub(1)).map(str::to_string)),
+            }],
             notes: vec![],
         })
         .collect();
@@ -102,35 +146,48 @@ fn check_plan(
 ) -> PlanResult {
     let spec = &loaded.plan.spec;
     let file = loaded.source.file.display().to_string();
-    let at = |step: Option<&str>| {
-        let line = step.map_or(loaded.source.line, |s| loaded.source.line_of_step(s));
-        format!("{file}:{line}")
+    let positions = Positions::of_document(&loaded.source.text, loaded.source.line);
+    let problem = |step: Option<&str>, path: &str, rule: &str, message: String| {
+        let (line, column) = positions.locate(path);
+        CheckProblem {
+            file: file.clone(),
+            line,
+            column,
+            path: path.to_string(),
+            rule: rule.to_string(),
+            step: step.map(str::to_string),
+            message,
+            source_line: loaded
+                .source
+                .text
+                .lines()
+                .nth(line.saturating_sub(loaded.source.line))
+                .map(str::to_string),
+        }
     };
     let report = validate(spec, clusters);
-    let mut problems: Vec<String> = report
+    let mut problems: Vec<CheckProblem> = report
         .problems
         .iter()
-        .map(|p| {
-            let step = p
-                .step
-                .as_deref()
-                .map(|s| format!("step {s:?}: "))
-                .unwrap_or_default();
-            format!(
-                "{}: {step}{}: {}",
-                at(p.step.as_deref()),
-                p.field,
-                p.message
-            )
-        })
+        .map(|p| problem(p.step.as_deref(), &p.field, p.rule, p.message.clone()))
         .collect();
-    if report.is_valid() {
-        problems.extend(
-            render_all(loaded, sample)
-                .into_iter()
-                .map(|(step, m)| format!("{}: {m}", at(Some(&step)))),
-        );
+    // Templates in the same pass: every template a validation problem is not already about.
+    let reported: std::collections::BTreeSet<&str> =
+        report.problems.iter().map(|p| p.field.as_str()).collect();
+    let (rendered, render_notes) = render_all(loaded, sample);
+    for (step, field, message) in rendered {
+        if !reported.contains(field.as_str()) {
+            problems.push(problem(Some(&step), &field, "template", message));
+        }
     }
+    problems.sort_by_key(|p| (p.line, p.column));
+    let at = |step: &str| {
+        let index = spec.steps.iter().position(|s| s.name() == step);
+        let (line, column) = index.map_or((loaded.source.line, 1), |i| {
+            positions.locate(&format!("spec.steps[{i}]"))
+        });
+        format!("{file}:{line}:{column}")
+    };
     PlanResult {
         file: file.clone(),
         plan: loaded.plan.metadata.name.clone(),
@@ -138,19 +195,60 @@ fn check_plan(
         notes: report
             .notes
             .iter()
-            .map(|n| format!("{}: step {:?}: {}", at(Some(&n.step)), n.step, n.message))
+            .map(|n| format!("{}: step {:?}: {}", at(&n.step), n.step, n.message))
+            .chain(render_notes.iter().map(|(step, field, message)| {
+                let (line, column) = positions.locate(field);
+                format!("{file}:{line}:{column}: step {step:?}: {field}: {message}")
+            }))
             .collect(),
         problems,
     }
 }
 
-/// Renders every template of a valid plan with the sample alert; outputs of readField/http
-/// steps are stood in for by placeholders. Returns (step, problem) pairs.
-fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Vec<(String, String)> {
+/// Prints a plan's validation problems to stderr, each at its field with the source line and a
+/// caret (what `run` and `rehearse` say before refusing to run an invalid plan).
+pub fn eprint_problems(loaded: &LoadedPlan, report: &crate::plan::Report) {
+    let positions = Positions::of_document(&loaded.source.text, loaded.source.line);
+    for p in &report.problems {
+        let (line, column) = positions.locate(&p.field);
+        let step = p
+            .step
+            .as_deref()
+            .map(|s| format!("step {s:?}: "))
+            .unwrap_or_default();
+        eprintln!(
+            "{}:{line}:{column}: {step}{}: {}",
+            loaded.source.file.display(),
+            p.field,
+            p.message
+        );
+        if let Some(src) = loaded
+            .source
+            .text
+            .lines()
+            .nth(line.saturating_sub(loaded.source.line))
+        {
+            eprintln!(
+                "    | {src}\n    | {}^",
+                " ".repeat(column.saturating_sub(1))
+            );
+        }
+    }
+}
+
+/// What rendering a plan's templates found: (step, field, message) problems, and notes about
+/// templates a stand-in value could not render (`{{ Values.Lag | int }}` with a placeholder).
+type Rendered = (Vec<(String, String, String)>, Vec<(String, String, String)>);
+
+/// Renders every template of a plan with the sample alert; outputs of earlier steps are stood in
+/// for by placeholders, and a failure that may be the placeholder's is a note, not a problem.
+fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
     let spec = &loaded.plan.spec;
     let alert = sample.cloned().unwrap_or_else(|| Alert::sample_for(spec));
     let mut values: Map<String, Value> = spec.params.clone().into_iter().collect();
     let mut problems = Vec::new();
+    let mut notes = Vec::new();
+    let mut standins = std::collections::BTreeSet::new();
     let fields = (0..spec.steps.len())
         .map(|i| format!("spec.steps[{i}]"))
         .chain((0..spec.on_failure.len()).map(|j| format!("spec.onFailure[{j}]")));
@@ -184,20 +282,32 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Vec<(String, Strin
                     .map_err(|e| e.to_string())
             };
             if let Err(e) = result {
-                problems.push((
-                    step.name().to_string(),
-                    format!("step {:?}: {field}: {e}", step.name()),
-                ));
+                let uses_standin = template::references(&src).is_ok_and(|refs| {
+                    refs.iter().any(|r| {
+                        r.strip_prefix("Values.")
+                            .is_some_and(|k| standins.contains(k))
+                    })
+                });
+                if uses_standin && !e.contains("undefined") {
+                    notes.push((
+                        step.name().to_string(),
+                        field,
+                        format!("not checked: a stand-in for a value read at run time cannot render it ({e})"),
+                    ));
+                } else {
+                    problems.push((step.name().to_string(), field, e));
+                }
             }
         }
         if let Some(k) = output_key(step) {
+            standins.insert(k.to_string());
             values.insert(
                 k.to_string(),
                 json!(format!("<{k} from step {}>", step.name())),
             );
         }
     }
-    problems
+    (problems, notes)
 }
 
 fn text(results: &[PlanResult], clusters_checked: bool) -> String {
@@ -215,6 +325,10 @@ fn text(results: &[PlanResult], clusters_checked: bool) -> String {
         }
         for p in &r.problems {
             out += &format!("  error: {p}\n");
+            if let Some(src) = &p.source_line {
+                let caret = " ".repeat(p.column.saturating_sub(1));
+                out += &format!("    | {src}\n    | {caret}^\n");
+            }
         }
         for n in &r.notes {
             out += &format!("  note: {n}\n");
@@ -252,7 +366,12 @@ fn junit(results: &[PlanResult]) -> String {
             out += &format!(
                 "\n    <failure message=\"{} problem(s)\">{}</failure>\n  ",
                 r.problems.len(),
-                esc(&r.problems.join("\n"))
+                esc(&r
+                    .problems
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("\n"))
             );
         }
         out += "</testcase>\n";

@@ -23,7 +23,7 @@ use crate::plan::set::PlanSet;
 use crate::run::record::{Phase, RunRecord, StepStatus};
 use crate::run::service::Runs;
 use crate::run::store::Store;
-use crate::server::{router, AppState, Tokens, DEFAULT_BODY_LIMIT};
+use crate::server::{router, AppState, Tokens};
 use crate::sim::{demo, Sandbox};
 use crate::world;
 
@@ -87,7 +87,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let dir = std::env::temp_dir().join(format!(
         "recoverd-demo-{}-{}",
         std::process::id(),
-        crate::sim::store::new_uid("demo")
+        kube_sim::new_uid("demo")
     ));
     let result = run(&args, &dir).await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -256,14 +256,8 @@ impl Receiver {
             Arc::new(Executor::new(dry)),
             Arc::new(Metrics::new()),
         );
-        let token = crate::sim::store::new_uid("demo-token");
-        let app = router(AppState {
-            runs: runs.clone(),
-            tokens: Tokens::from_list(&[&token]),
-            approvers: None,
-            body_limit: DEFAULT_BODY_LIMIT,
-            metrics_public: false,
-        });
+        let token = kube_sim::new_uid("demo-token");
+        let app = router(AppState::new(runs.clone(), Tokens::from_list(&[&token])));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {

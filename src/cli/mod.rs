@@ -1,15 +1,24 @@
 //! The command line (one binary, clap): `check`, `run`, `rehearse`, `crd`, `serve`, `trigger`,
 //! `sim`, `demo`. Each command is a thin layer over the library; output formats live in the
 //! command's own file.
+//!
+//! Exit codes of the commands that run a plan (`run`, `rehearse`, `trigger --wait`): 0 the run
+//! succeeded; 1 it
+//! failed or was cancelled (or an expectation failed); 2 nothing ran (bad arguments, an invalid
+//! plan, an alert that does not match); 3 it succeeded with tolerated failures
+//! (`SucceededWithErrors`: a step with `onError: continue` failed).
 
 mod api;
 pub mod check;
 pub mod crd;
+#[cfg(feature = "sim")]
 mod demo;
 mod print;
+#[cfg(feature = "sim")]
 mod rehearse;
 mod run;
 mod serve;
+#[cfg(feature = "sim")]
 mod sim;
 mod trigger;
 
@@ -58,6 +67,7 @@ pub enum Command {
     Run(run::Args),
     /// Seed throwaway clusters from a world file, run its reactors and the plan, show every
     /// change and check expectations.
+    #[cfg(feature = "sim")]
     Rehearse(rehearse::Args),
     /// Print the RecoveryPlan and RecoveryRun CRDs.
     Crd,
@@ -75,9 +85,11 @@ pub enum Command {
     Resume(api::DecideArgs),
     /// Serve a world's clusters from the built-in simulator (plain HTTP on loopback), with
     /// its reactors, until stopped.
+    #[cfg(feature = "sim")]
     Sim(sim::Args),
     /// The whole story on simulated clusters: an alert, a CloudNativePG switchover step by
     /// step, the proxy redirected, the run record.
+    #[cfg(feature = "sim")]
     Demo(demo::Args),
 }
 
@@ -92,6 +104,7 @@ pub async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Check(a) => check::main(a).await,
         Command::Run(a) => run::main(a).await,
+        #[cfg(feature = "sim")]
         Command::Rehearse(a) => rehearse::main(a).await,
         Command::Crd => crd::main(),
         Command::Serve(a) => serve::main(a).await,
@@ -100,7 +113,9 @@ pub async fn main() -> ExitCode {
         Command::Approve(a) => api::decide("approve", a).await,
         Command::Cancel(a) => api::decide("cancel", a).await,
         Command::Resume(a) => api::decide("resume", a).await,
+        #[cfg(feature = "sim")]
         Command::Sim(a) => sim::main(a).await,
+        #[cfg(feature = "sim")]
         Command::Demo(a) => demo::main(a).await,
     };
     match result {
@@ -134,6 +149,44 @@ impl ClusterArgs {
     }
 }
 
+/// Exit code 3: the run succeeded, but a step with `onError: continue` failed.
+pub const EXIT_SUCCEEDED_WITH_ERRORS: u8 = 3;
+
+/// The exit code for runs that ended in these phases: the worst of them.
+pub fn exit_code_for(phases: impl IntoIterator<Item = crate::run::record::Phase>) -> ExitCode {
+    use crate::run::record::Phase;
+    let mut code = 0;
+    for phase in phases {
+        code = match phase {
+            Phase::Succeeded => code,
+            Phase::SucceededWithErrors if code == 0 => EXIT_SUCCEEDED_WITH_ERRORS,
+            Phase::SucceededWithErrors => code,
+            _ => 1,
+        };
+    }
+    ExitCode::from(code)
+}
+
+/// The firing alerts in an alert file (a webhook payload or one alert) that match a plan; an
+/// error when there is none, so that no command runs a plan for an alert it does not match.
+pub fn matching_alerts(
+    path: &std::path::Path,
+    spec: &crate::plan::model::RecoveryPlanSpec,
+) -> anyhow::Result<Vec<crate::alert::Alert>> {
+    let all = crate::alert::load_file(path)?;
+    let matching: Vec<_> = all
+        .into_iter()
+        .filter(|a| a.is_firing() && crate::alert::plan_matches(spec, &a.labels))
+        .collect();
+    if matching.is_empty() {
+        anyhow::bail!(
+            "no firing alert in {} matches the plan's alertLabels/alertMatchers; nothing was run",
+            path.display()
+        );
+    }
+    Ok(matching)
+}
+
 /// Loads exactly one plan from a file (or fails saying why).
 pub fn load_one(path: &std::path::Path) -> anyhow::Result<crate::plan::LoadedPlan> {
     let (mut plans, errors) = crate::plan::load_paths(&[path.to_path_buf()]);
@@ -147,5 +200,36 @@ pub fn load_one(path: &std::path::Path) -> anyhow::Result<crate::plan::LoadedPla
             "{} holds {n} plans; give a file with exactly one",
             path.display()
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::run::record::Phase;
+
+    #[test]
+    fn the_exit_code_is_the_worst_outcome_and_tolerated_failures_have_their_own() {
+        let code = |phases: &[Phase]| format!("{:?}", exit_code_for(phases.iter().copied()));
+        assert_eq!(
+            code(&[Phase::Succeeded]),
+            format!("{:?}", ExitCode::from(0))
+        );
+        assert_eq!(
+            code(&[Phase::Succeeded, Phase::SucceededWithErrors]),
+            format!("{:?}", ExitCode::from(EXIT_SUCCEEDED_WITH_ERRORS))
+        );
+        assert_eq!(
+            code(&[Phase::SucceededWithErrors, Phase::Failed]),
+            format!("{:?}", ExitCode::from(1))
+        );
+        assert_eq!(
+            code(&[Phase::Failed, Phase::SucceededWithErrors]),
+            format!("{:?}", ExitCode::from(1))
+        );
+        assert_eq!(
+            code(&[Phase::Cancelled]),
+            format!("{:?}", ExitCode::from(1))
+        );
     }
 }

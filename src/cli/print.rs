@@ -12,20 +12,55 @@ use crate::run::record::{Phase, RunRecord, StepStatus};
 pub struct Printer {
     spinner: Mutex<Option<tokio::task::JoinHandle<()>>>,
     tty: bool,
+    stderr: bool,
+}
+
+/// One line of progress, to the printer's stream.
+macro_rules! say {
+    ($p:expr, $($arg:tt)*) => { $p.line(format_args!($($arg)*)) };
 }
 
 impl Printer {
+    /// Progress on stdout.
     pub fn new() -> Self {
         Printer {
             spinner: Mutex::new(None),
             tty: std::io::stdout().is_terminal(),
+            stderr: false,
+        }
+    }
+
+    /// Progress on stderr, so that stdout carries only a result (`-o json`).
+    pub fn to_stderr() -> Self {
+        Printer {
+            spinner: Mutex::new(None),
+            tty: std::io::stderr().is_terminal(),
+            stderr: true,
+        }
+    }
+
+    fn line(&self, args: std::fmt::Arguments<'_>) {
+        if self.stderr {
+            eprintln!("{args}");
+        } else {
+            println!("{args}");
+        }
+    }
+
+    fn raw(stderr: bool, text: &str) {
+        if stderr {
+            eprint!("{text}");
+            let _ = std::io::stderr().flush();
+        } else {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
         }
     }
 
     fn stop_spinner(&self) {
         if let Some(h) = self.spinner.lock().unwrap().take() {
             h.abort();
-            print!("\r\x1b[2K");
+            Self::raw(self.stderr, "\r\x1b[2K");
         }
     }
 }
@@ -45,7 +80,7 @@ impl Observer for Printer {
                 } else {
                     ""
                 };
-                println!("run {} of plan {}{mode}", run.id, run.plan);
+                say!(self, "run {} of plan {}{mode}", run.id, run.plan);
             }
             Event::StepStarted {
                 index,
@@ -58,7 +93,7 @@ impl Observer for Printer {
                     .as_deref()
                     .map(|c| format!(" on {c}"))
                     .unwrap_or_default();
-                println!("▶ {prefix}{} ({}{on})", s.name, s.step_type);
+                say!(self, "▶ {prefix}{} ({}{on})", s.name, s.step_type);
             }
             Event::StepWaiting { what, deadline, .. } => {
                 self.stop_spinner();
@@ -66,26 +101,33 @@ impl Observer for Printer {
                     let what = what.clone();
                     let limit = *deadline;
                     let started = Instant::now();
+                    let stderr = self.stderr;
                     let frames = ['⠋', '⠙', '⠹', '⠸', '⠼', '⠴', '⠦', '⠧', '⠇', '⠏'];
                     let handle = tokio::spawn(async move {
                         let mut i = 0;
                         loop {
-                            print!(
-                                "\r\x1b[2K  {} waiting {} / {}: {what}",
-                                frames[i % frames.len()],
-                                duration::format(Duration::from_millis(
-                                    started.elapsed().as_millis() as u64 / 100 * 100
-                                )),
-                                duration::format(limit)
+                            Self::raw(
+                                stderr,
+                                &format!(
+                                    "\r\x1b[2K  {} waiting {} / {}: {what}",
+                                    frames[i % frames.len()],
+                                    duration::format(Duration::from_millis(
+                                        started.elapsed().as_millis() as u64 / 100 * 100
+                                    )),
+                                    duration::format(limit)
+                                ),
                             );
-                            let _ = std::io::stdout().flush();
                             i += 1;
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     });
                     *self.spinner.lock().unwrap() = Some(handle);
                 } else {
-                    println!("  … waiting up to {}: {what}", duration::format(*deadline));
+                    say!(
+                        self,
+                        "  … waiting up to {}: {what}",
+                        duration::format(*deadline)
+                    );
                 }
             }
             Event::StepFinished {
@@ -104,9 +146,25 @@ impl Observer for Printer {
                     String::new()
                 };
                 match s.status {
-                    StepStatus::Succeeded => println!("✔ {} ({took}{attempts})", s.name),
+                    StepStatus::Succeeded => match s
+                        .inputs
+                        .as_ref()
+                        .and_then(|i| i.get("dryRun"))
+                        .and_then(|d| d.as_str())
+                    {
+                        // Not verified: say what the live run would do instead.
+                        Some(would) => {
+                            say!(self, "✔ {} ({took}{attempts}) — dry run: {would}", s.name)
+                        }
+                        None => say!(self, "✔ {} ({took}{attempts})", s.name),
+                    },
                     StepStatus::Skipped => {
-                        println!("↷ {} skipped: {}", s.name, s.error.as_deref().unwrap_or(""))
+                        say!(
+                            self,
+                            "↷ {} skipped: {}",
+                            s.name,
+                            s.error.as_deref().unwrap_or("")
+                        )
                     }
                     _ => {
                         let cont = if s.continued {
@@ -114,7 +172,8 @@ impl Observer for Printer {
                         } else {
                             ""
                         };
-                        println!(
+                        say!(
+                            self,
                             "✘ {} ({took}{attempts}): {}{cont}",
                             s.name,
                             s.error.as_deref().unwrap_or("failed")
@@ -122,7 +181,7 @@ impl Observer for Printer {
                     }
                 }
                 for (k, v) in &s.outputs {
-                    println!("    {k} = {}", crate::fieldpath::as_text(v));
+                    say!(self, "    {k} = {}", crate::fieldpath::as_text(v));
                 }
                 if let Some(serde_json::Value::Array(ops)) = &s.diff {
                     for op in ops {
@@ -130,7 +189,8 @@ impl Observer for Printer {
                             .get("value")
                             .map(crate::fieldpath::as_text)
                             .unwrap_or_default();
-                        println!(
+                        say!(
+                            self,
                             "    {} {} {}",
                             op.get("op").and_then(|o| o.as_str()).unwrap_or(""),
                             op.get("path").and_then(|o| o.as_str()).unwrap_or(""),
@@ -146,11 +206,11 @@ impl Observer for Printer {
                     .map(|ms| duration::format(Duration::from_millis(ms)))
                     .unwrap_or_default();
                 match run.phase {
-                    Phase::Succeeded => println!("run {} succeeded in {took}", run.id),
+                    Phase::Succeeded => say!(self, "run {} succeeded in {took}", run.id),
                     phase => {
-                        println!("run {} {phase:?} after {took}", run.id);
+                        say!(self, "run {} {} after {took}", run.id, phase.as_str());
                         if let Some(e) = &run.error {
-                            println!("{e}");
+                            say!(self, "{e}");
                         }
                     }
                 }

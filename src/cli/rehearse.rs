@@ -11,10 +11,9 @@ use anyhow::Context as _;
 
 use super::print::Printer;
 use super::ClusterArgs;
-use crate::alert::{self, Alert};
+use crate::alert::Alert;
 use crate::cluster::WriteMode;
 use crate::executor::{Executor, RunInput, RunnablePlan};
-use crate::run::record::Phase;
 use crate::world;
 
 #[derive(clap::Args, Debug)]
@@ -38,6 +37,13 @@ pub struct Args {
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = super::load_one(&args.plan)?;
+    // Before any cluster is started or seeded: an alert the plan does not match runs nothing.
+    let alert = match &args.alert {
+        Some(p) => super::matching_alerts(p, &loaded.plan.spec)?
+            .into_iter()
+            .next(),
+        None => None,
+    };
     let sandbox = match (&args.clusters.kubeconfig, &args.clusters.clusters) {
         (None, None) => Some(crate::sim::Sandbox::start(&args.world, None, None).await?),
         _ => None,
@@ -57,14 +63,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     });
     let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
     if !report.is_valid() {
-        for p in &report.problems {
-            eprintln!(
-                "{}: {}: {}",
-                loaded.source.file.display(),
-                p.field,
-                p.message
-            );
-        }
+        super::check::eprint_problems(&loaded, &report);
         anyhow::bail!("the plan is invalid; nothing was run");
     }
     let (w, base) = world::load(&args.world)?;
@@ -79,12 +78,6 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     );
     let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
 
-    let alert = match &args.alert {
-        Some(p) => alert::load_file(p)?
-            .into_iter()
-            .find(|a| a.is_firing() && alert::plan_matches(&loaded.plan.spec, &a.labels)),
-        None => None,
-    };
     let input = RunInput {
         params: Default::default(),
         alert: alert.as_ref().map(Alert::context),
@@ -102,29 +95,59 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .await;
 
     println!("\nchanges:");
+    let needles = record.secrets.needles();
     let changed = world::changes(&registry, &seeded).await;
-    if changed.is_empty() {
+    let seeded_objects: std::collections::BTreeSet<String> =
+        seeded.iter().map(as_in_record).collect();
+    // Objects the world did not seed that the plan wrote: created by the plan (their step's
+    // diff starts from nothing).
+    let created: Vec<_> = record
+        .steps
+        .iter()
+        .chain(&record.on_failure)
+        .filter(|s| s.diff.is_some() && s.status == crate::run::record::StepStatus::Succeeded)
+        .filter(|s| {
+            s.object
+                .as_ref()
+                .is_some_and(|o| !seeded_objects.contains(o))
+        })
+        .collect();
+    if changed.is_empty() && created.is_empty() {
         println!("  (none)");
     }
+    // Objects a step wrote with a secret-derived value: their record's diff is redacted, and so
+    // is their change here (no scrubbing can find every form a value takes).
+    let tainted: std::collections::BTreeSet<&str> = record
+        .steps
+        .iter()
+        .chain(&record.on_failure)
+        .filter(|s| s.diff.as_ref().is_some_and(|d| d == "<redacted>"))
+        .filter_map(|s| s.object.as_deref())
+        .collect();
     for (s, after) in &changed {
-        println!("  {}", s.describe());
-        for op in crate::executor::object_diff(&s.before, after)
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            println!(
-                "    {} {} {}",
-                op["op"].as_str().unwrap_or(""),
-                op["path"].as_str().unwrap_or(""),
-                op.get("value")
-                    .map(crate::fieldpath::as_text)
-                    .unwrap_or_default()
-                    .replace('\n', "\\n")
-            );
-        }
+        println!("  changed {}", s.describe());
+        let shown = as_in_record(s);
+        let secret =
+            s.api_version == "v1" && s.resource == "secrets" || tainted.contains(shown.as_str());
+        print_ops(
+            &crate::executor::object_diff(&s.before, after),
+            secret,
+            &needles,
+        );
     }
-    let mut ok = record.phase == Phase::Succeeded;
+    for step in created {
+        println!(
+            "  written {} (by step {:?}; not in the world)",
+            step.object.as_deref().unwrap_or_default(),
+            step.name
+        );
+        let secret = step
+            .object
+            .as_deref()
+            .is_some_and(|o| o.starts_with("v1 secrets "));
+        print_ops(step.diff.as_ref().expect("filtered"), secret, &needles);
+    }
+    let mut code = super::exit_code_for([record.phase]);
     if let Some(path) = &args.expect {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -139,11 +162,45 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         for f in &failures {
             println!("  ✘ {f}");
         }
-        ok &= failures.is_empty();
+        if !failures.is_empty() {
+            code = ExitCode::FAILURE;
+        }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(code)
+}
+
+/// A seeded object as step records name it (`v1 configmaps db/x on cluster edge`).
+fn as_in_record(s: &world::Seeded) -> String {
+    format!(
+        "{} on cluster {}",
+        crate::executor::describe_object(
+            &s.api_version,
+            &s.resource,
+            s.namespace.as_deref(),
+            &s.name
+        ),
+        s.cluster
+    )
+}
+
+/// Prints a change as JSON Patch operations; a Secret's values, and any secret the run read,
+/// as `<redacted>`.
+fn print_ops(diff: &serde_json::Value, secret: bool, needles: &[String]) {
+    let Some(ops) = diff.as_array() else {
+        println!("    <redacted>");
+        return;
+    };
+    for op in ops {
+        let value = match op.get("value") {
+            Some(_) if secret => "<redacted>".to_string(),
+            Some(v) => crate::executor::scrub(&crate::fieldpath::as_text(v), needles),
+            None => String::new(),
+        };
+        println!(
+            "    {} {} {}",
+            op["op"].as_str().unwrap_or(""),
+            op["path"].as_str().unwrap_or(""),
+            value.replace('\n', "\\n")
+        );
+    }
 }

@@ -9,10 +9,9 @@ use serde_json::Value;
 
 use super::print::Printer;
 use super::ClusterArgs;
-use crate::alert::{self, Alert};
+use crate::alert::Alert;
 use crate::cluster::WriteMode;
 use crate::executor::{Executor, RunInput, RunnablePlan};
-use crate::run::record::Phase;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -31,7 +30,8 @@ pub struct Args {
     /// Send every write with dryRun=All: the API servers validate it, nothing is stored.
     #[arg(long)]
     pub dry_run: bool,
-    /// Print the final run record as JSON.
+    /// Print the final run record as JSON on stdout (progress goes to stderr); an array of
+    /// records when several alerts match.
     #[arg(long)]
     pub json: bool,
 }
@@ -53,6 +53,14 @@ pub fn parse_params(
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = super::load_one(&args.plan)?;
+    // Before anything touches a cluster: an alert the plan does not match runs nothing.
+    let alerts: Vec<Option<Alert>> = match &args.alert {
+        None => vec![None],
+        Some(path) => super::matching_alerts(path, &loaded.plan.spec)?
+            .into_iter()
+            .map(Some)
+            .collect(),
+    };
     let mode = if args.dry_run {
         WriteMode::DryRun
     } else {
@@ -61,18 +69,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let registry = Arc::new(args.clusters.registry(mode).await?);
     let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
     if !report.is_valid() {
-        for p in &report.problems {
-            let line = p
-                .step
-                .as_deref()
-                .map_or(loaded.source.line, |s| loaded.source.line_of_step(s));
-            eprintln!(
-                "{}:{line}: {}: {}",
-                loaded.source.file.display(),
-                p.field,
-                p.message
-            );
-        }
+        super::check::eprint_problems(&loaded, &report);
         anyhow::bail!("the plan is invalid; nothing was run");
     }
     let params = parse_params(&args.params)?;
@@ -90,31 +87,19 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    let alerts: Vec<Option<Alert>> = match &args.alert {
-        None => vec![None],
-        Some(path) => {
-            let all = alert::load_file(path)?;
-            let matching: Vec<_> = all
-                .into_iter()
-                .filter(|a| a.is_firing() && alert::plan_matches(&loaded.plan.spec, &a.labels))
-                .map(Some)
-                .collect();
-            if matching.is_empty() {
-                anyhow::bail!(
-                    "no firing alert in {} matches the plan's alertLabels/alertMatchers",
-                    path.display()
-                );
-            }
-            matching
-        }
-    };
     let executor = Executor::new(registry);
     let runnable = RunnablePlan {
         plan: loaded.plan.clone(),
         base_dir: loaded.source.file.parent().map(|p| p.to_path_buf()),
     };
-    let printer = Printer::new();
-    let mut ok = true;
+    // With --json, stdout carries only the record.
+    let printer = if args.json {
+        Printer::to_stderr()
+    } else {
+        Printer::new()
+    };
+    let mut phases = Vec::new();
+    let mut records = Vec::new();
     for alert in alerts {
         let input = RunInput {
             params: params.clone(),
@@ -139,14 +124,16 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             .execute(&runnable, &input, &mut record, &printer, &control)
             .await;
         watcher.abort();
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&record)?);
-        }
-        ok &= record.phase == Phase::Succeeded;
+        phases.push(record.phase);
+        records.push(record);
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    if args.json {
+        // One alert, one record; several, an array of them: stdout is always one document.
+        let out = match records.as_slice() {
+            [one] => serde_json::to_string_pretty(one)?,
+            many => serde_json::to_string_pretty(many)?,
+        };
+        println!("{out}");
+    }
+    Ok(super::exit_code_for(phases))
 }

@@ -16,8 +16,9 @@ use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::plan::set::PlanSet;
 use crate::run::service::Runs;
-use crate::run::store::Store;
-use crate::server::{router, AppState, Tokens, DEFAULT_BODY_LIMIT};
+use crate::run::store::{Retention, Store};
+use crate::server::limits::{self, ConnLimits, Guard};
+use crate::server::{router, AppState, Auth, Tokens, DEFAULT_BODY_LIMIT};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -34,9 +35,15 @@ pub struct Args {
     #[arg(long, env = "RECOVERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// File of approver tokens: when given, only these may approve, cancel or resume runs, so
-    /// the token Alertmanager holds cannot approve what its alerts started.
+    /// the token Alertmanager holds cannot approve what its alerts started; the --token-file
+    /// tokens may then only send alerts.
     #[arg(long, env = "RECOVERD_APPROVER_TOKEN_FILE")]
     pub approver_token_file: Option<PathBuf>,
+    /// File of operator tokens: these may read plans and runs and trigger plans (a triggered run
+    /// of an approval plan still waits for an approver); the --token-file tokens may then only
+    /// send alerts.
+    #[arg(long, env = "RECOVERD_OPERATOR_TOKEN_FILE")]
+    pub operator_token_file: Option<PathBuf>,
     /// TLS certificate (PEM); with --tls-key, serve HTTPS.
     #[arg(long, env = "RECOVERD_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -58,13 +65,47 @@ pub struct Args {
     /// On shutdown, how long running steps may take to reach a recorded state.
     #[arg(long, env = "RECOVERD_SHUTDOWN_GRACE", default_value = "20s", value_parser = parse_duration)]
     pub shutdown_grace: Duration,
+    /// Retention and connection limits.
+    #[command(flatten)]
+    pub limits: Box<LimitArgs>,
+}
+
+/// Limits on what `serve` keeps and on its clients.
+#[derive(clap::Args, Debug)]
+pub struct LimitArgs {
+    /// How many finished runs to keep; older ones are deleted (unfinished runs never are).
+    #[arg(long, env = "RECOVERD_KEEP_RUNS", default_value_t = 10_000)]
+    pub keep_runs: u64,
+    /// How long to keep finished runs.
+    #[arg(long, env = "RECOVERD_KEEP_RUNS_FOR", default_value = "90d", value_parser = parse_duration)]
+    pub keep_runs_for: Duration,
+    /// Most connections open at once; more are closed when accepted.
+    #[arg(long, env = "RECOVERD_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+    /// A connection with no traffic for this long is closed.
+    #[arg(long, env = "RECOVERD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// A client must send a request's headers within this long.
+    #[arg(long, env = "RECOVERD_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// A client must send a request's body within this long.
+    #[arg(long, env = "RECOVERD_BODY_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     crate::duration::parse(s).map_err(|e| e.to_string())
 }
 
+/// SIGXFSZ on Linux: sent when a write passes the file-size limit (RLIMIT_FSIZE).
+#[cfg(unix)]
+const SIGXFSZ: i32 = 25;
+
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    // A store write over a file-size limit must fail as a write error — the run stops,
+    // /readyz says why — instead of the signal killing recoverd mid-run.
+    #[cfg(unix)]
+    let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
     let _ = rustls::crypto::ring::default_provider().install_default();
     let live = Arc::new(args.clusters.registry(WriteMode::Live).await?);
     let dry = Arc::new(args.clusters.registry(WriteMode::DryRun).await?);
@@ -74,7 +115,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .strip_prefix("sqlite:")
         .with_context(|| format!("--store {:?}: expected sqlite:PATH", args.store))?;
     let store = Store::open(std::path::Path::new(path))?;
-    let plans = load_plans(&args.plans, &names);
+    let plan_paths = args.plans.clone();
+    let plan_names = names.clone();
+    let plans = blocking(move || load_plans(&plan_paths, &plan_names)).await;
     let runs = Runs::new(
         store,
         plans,
@@ -86,10 +129,11 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     if !interrupted.is_empty() {
         warn!(runs = ?interrupted, "runs interrupted by the last shutdown; resume them with POST /api/v1/runs/{{id}}/resume");
     }
+    let read = |flag: &str, f: &PathBuf| {
+        Tokens::from_file(f).with_context(|| format!("reading --{flag} {}", f.display()))
+    };
     let tokens = match &args.token_file {
-        Some(f) => {
-            Tokens::from_file(f).with_context(|| format!("reading --token-file {}", f.display()))?
-        }
+        Some(f) => read("token-file", f)?,
         None => {
             warn!(
                 "no --token-file: the API is open to anyone who can reach {}",
@@ -99,27 +143,52 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let approvers = match &args.approver_token_file {
-        Some(f) => Some(
-            Tokens::from_file(f)
-                .with_context(|| format!("reading --approver-token-file {}", f.display()))?,
-        ),
+        Some(f) => Some(read("approver-token-file", f)?),
+        None => None,
+    };
+    let operators = match &args.operator_token_file {
+        Some(f) => Some(read("operator-token-file", f)?),
         None => None,
     };
     let state = AppState {
         runs: runs.clone(),
         tokens,
         approvers,
+        operators,
         body_limit: args.body_limit,
+        body_timeout: args.limits.body_timeout,
         metrics_public: args.metrics_public,
     };
+    let auth = state.auth();
     let app = router(state);
 
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(Tls {
+            config: axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .context("loading TLS certificate and key")?,
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        _ => None,
+    };
     let reload = tokio::spawn(reload_loop(
         runs.clone(),
+        auth,
+        tls.clone(),
         args.plans.clone(),
         names,
         args.reload_interval,
+        Retention {
+            max_runs: args.limits.keep_runs,
+            max_age: args.limits.keep_runs_for,
+        },
     ));
+    let limits = ConnLimits {
+        max_connections: args.limits.max_connections,
+        idle_timeout: args.limits.idle_timeout,
+        header_timeout: args.limits.header_timeout,
+    };
     let handle = axum_server::Handle::new();
     let shutdown = {
         let handle = handle.clone();
@@ -134,21 +203,22 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     info!(listen = %args.listen, "recoverd serving");
     println!("recoverd listening on {}", args.listen);
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .context("loading TLS certificate and key")?;
-            axum_server::bind_rustls(args.listen, config)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
+    match tls {
+        Some(tls) => {
+            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls.config)
+                .acceptor(Guard::new(limits));
+            let mut server = axum_server::bind(args.listen)
+                .acceptor(acceptor)
+                .handle(handle);
+            limits::configure(&mut server, limits);
+            server.serve(app.into_make_service()).await?;
         }
-        _ => {
-            axum_server::bind(args.listen)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await?;
+        None => {
+            let mut server = axum_server::bind(args.listen)
+                .acceptor(Guard::new(limits))
+                .handle(handle);
+            limits::configure(&mut server, limits);
+            server.serve(app.into_make_service()).await?;
         }
     }
     reload.abort();
@@ -187,25 +257,100 @@ fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         .collect()
 }
 
+/// Every `every`: reloads changed plans and token files, expires approvals, checks the store
+/// (and writes runs that stopped on a failed write), and prunes old runs. The file and store
+/// work runs on the blocking pool, and a reload swaps the plan set in one step.
 async fn reload_loop(
     runs: Arc<Runs>,
+    auth: Auth,
+    tls: Option<Tls>,
     paths: Vec<PathBuf>,
     names: std::collections::BTreeSet<String>,
     every: Duration,
+    keep: Retention,
 ) {
-    let mut last = signature(&paths);
+    let sig_paths = paths.clone();
+    let mut last = blocking(move || signature(&sig_paths)).await;
+    let mut last_prune: Option<std::time::Instant> = None;
+    let mut tls_seen = tls.as_ref().map(Tls::signature);
     loop {
         tokio::time::sleep(every).await;
-        let now = signature(&paths);
+        if let Some(tls) = &tls {
+            let now = Some(tls.signature());
+            if now != tls_seen {
+                tls_seen = now;
+                match tls.config.reload_from_pem_file(&tls.cert, &tls.key).await {
+                    Ok(()) => info!("TLS certificate or key changed; reloaded"),
+                    Err(e) => {
+                        warn!(error = %e, "TLS certificate or key changed but cannot be loaded; serving the previous one")
+                    }
+                }
+            }
+        }
+        let (sig_paths, load_paths, names) = (paths.clone(), paths.clone(), names.clone());
+        let now = blocking(move || signature(&sig_paths)).await;
         if now != last {
             info!("plan files changed; reloading");
-            runs.set_plans(load_plans(&paths, &names));
+            let set = blocking(move || load_plans(&load_paths, &names)).await;
+            runs.set_plans(set);
             last = now;
         }
-        if let Err(e) = runs.expire_approvals() {
-            warn!(error = %e, "failed to expire approvals");
+        for tokens in auth.all() {
+            let tokens = tokens.clone();
+            match blocking(move || tokens.reload()).await {
+                Ok(true) => info!("token file changed; tokens reloaded"),
+                Ok(false) => {}
+                Err(e) => {
+                    warn!(error = %e, "token file changed but is not valid; keeping the tokens it had")
+                }
+            }
         }
+        let r = runs.clone();
+        let prune_due = last_prune.is_none_or(|t| t.elapsed() >= Duration::from_secs(60));
+        if prune_due {
+            last_prune = Some(std::time::Instant::now());
+        }
+        blocking(move || {
+            if let Err(e) = r.expire_approvals() {
+                warn!(error = %e, "failed to expire approvals");
+            }
+            // Logged and counted by the store check itself.
+            if r.check_store().is_ok() && prune_due {
+                if let Err(e) = r.prune(keep) {
+                    warn!(error = %e, "failed to prune old runs");
+                }
+            }
+        })
+        .await;
     }
+}
+
+/// The TLS configuration and where it came from, to reload it when the files change (a mounted
+/// Secret is updated in place).
+#[derive(Clone)]
+struct Tls {
+    config: axum_server::tls_rustls::RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+type FileSig = Option<(SystemTime, u64, u64)>;
+
+impl Tls {
+    fn signature(&self) -> (FileSig, FileSig) {
+        let sig = |p: &PathBuf| {
+            use std::os::unix::fs::MetadataExt;
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len(), m.ino()))
+        };
+        (sig(&self.cert), sig(&self.key))
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(f)
+        .await
+        .expect("blocking task panicked")
 }
 
 async fn wait_for_signal() {

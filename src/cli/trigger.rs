@@ -22,7 +22,8 @@ pub struct Args {
     /// The same key always means the same run (safe to repeat).
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Wait for the run to finish and print its steps; exit 1 unless it succeeded.
+    /// Wait for the run to finish and print its steps; exit 0 when it succeeded, 3 when it
+    /// succeeded with tolerated failures, 1 otherwise.
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up waiting after this long (the run goes on).
@@ -93,6 +94,13 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             Some("Succeeded") => {
                 println!("run {id} succeeded");
                 return Ok(ExitCode::SUCCESS);
+            }
+            Some("SucceededWithErrors") => {
+                println!(
+                    "run {id} succeeded with errors: {}",
+                    run["error"].as_str().unwrap_or("")
+                );
+                return Ok(ExitCode::from(super::EXIT_SUCCEEDED_WITH_ERRORS));
             }
             Some(p @ ("Failed" | "Cancelled" | "Interrupted")) => {
                 println!("run {id} {p}: {}", run["error"].as_str().unwrap_or(""));

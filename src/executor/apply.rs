@@ -1,19 +1,22 @@
 //! `apply`: render a template into an object (or into one key of a ConfigMap/Secret) and
-//! server-side apply it with field manager `recoverd`.
+//! server-side apply it with the plan's own field manager (`recoverd/<namespace>/<plan>`), so
+//! two plans writing different keys of one object never remove each other's. Every field of the
+//! manifest must be in the object the API server answers with, or the step fails.
 
 use base64::Engine as _;
-use kube::api::{Patch, PatchParams};
+use std::path::{Component, Path, PathBuf};
+
+use kube::api::{Patch, PatchParams, ValidationDirective};
 use serde_json::{json, Value};
 
-use super::{
-    api_for_object, get_object, object_diff, StepCtx, StepError, StepOutcome, FIELD_MANAGER,
-};
+use super::verify::{self, Lists};
+use super::{api_for_object, get_object, object_diff, StepCtx, StepError, StepOutcome};
 use crate::plan::model::ApplyStep;
 use crate::template;
 
 pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    let object = match &step.manifest {
-        Some(m) => template::render_yaml(m, ctx.values)?,
+    let (object, tainted) = match &step.manifest {
+        Some(m) => (template::render_yaml(m, ctx.values)?, false),
         None => keyed_object(step, ctx).await?,
     };
     let field = |k: &str| {
@@ -58,36 +61,130 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         Err(StepError::NotFound { .. }) => json!({}),
         Err(e) => return Err(e),
     };
-    let mut params = PatchParams::apply(FIELD_MANAGER);
-    params.force = step.force.unwrap_or(true);
-    let after = api
-        .patch(&name, &params, &Patch::Apply(&object))
-        .await
-        .map_err(|source| StepError::Kube {
-            action: "apply",
-            object: shown.clone(),
-            source,
-        })?;
+    let mut params = PatchParams::apply(ctx.field_manager);
+    params.force = step.force.unwrap_or(false);
+    params.field_validation = Some(ValidationDirective::Strict);
+    let after = match api.patch(&name, &params, &Patch::Apply(&object)).await {
+        // Fields owned only by `recoverd` itself — the one field manager of versions before
+        // per-plan managers — are this plan's own earlier writes: take them over.
+        Err(kube::Error::Api(s))
+            if s.code == 409 && !params.force && only_legacy_manager(&s.message) =>
+        {
+            let mut forced = params.clone();
+            forced.force = true;
+            api.patch(&name, &forced, &Patch::Apply(&object)).await
+        }
+        other => other,
+    }
+    .map_err(|source| super::write_error("apply", &shown, source))?;
     let after = serde_json::to_value(after).unwrap_or(Value::Null);
-    let redacted = if kind == "Secret" {
+    let secret = kind == "Secret";
+    let hide_values =
+        secret || tainted || step.manifest.as_deref().is_some_and(|m| ctx.uses_secret(m));
+    verify::check_object(&after, &as_stored(&object, secret), Lists::Merge).map_err(|m| {
+        StepError::NotApplied {
+            object: shown.clone(),
+            detail: m.explain(
+                &ctx.resource_name(&api_version, &resolved.resource.plural),
+                hide_values,
+                false,
+            ),
+        }
+    })?;
+    let redacted = if secret {
         json!({"kind": "Secret", "name": name, "data": "<redacted>"})
     } else {
         object.clone()
     };
     Ok(StepOutcome {
-        inputs: Some(json!({"object": redacted})),
-        diff: Some(if kind == "Secret" {
+        inputs: Some(json!({"object": redacted, "fieldManager": ctx.field_manager})),
+        diff: Some(if secret {
             json!("<redacted>")
         } else {
             object_diff(&before, &after)
         }),
         object: Some(shown),
+        tainted,
         ..Default::default()
     })
 }
 
-/// The partial ConfigMap/Secret that sets `target.key` to the rendered template.
-async fn keyed_object(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<Value, StepError> {
+/// Whether every manager a server-side apply conflict names is `recoverd` (the legacy,
+/// pre-per-plan field manager): `conflict with "recoverd": .data.x`.
+fn only_legacy_manager(message: &str) -> bool {
+    static MANAGER: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+    let re = MANAGER.get_or_init(|| regex::Regex::new(r#"conflicts? with "([^"]*)""#).unwrap());
+    let mut managers = re
+        .captures_iter(message)
+        .map(|c| c[1].to_string())
+        .peekable();
+    managers.peek().is_some() && managers.all(|m| m == super::FIELD_MANAGER)
+}
+
+/// The manifest as the API server stores it: a Secret's `stringData` becomes base64 `data`.
+fn as_stored(object: &Value, secret: bool) -> Value {
+    use base64::Engine as _;
+    let mut object = object.clone();
+    if !secret {
+        return object;
+    }
+    if let Some(Value::Object(string_data)) =
+        object.as_object_mut().and_then(|o| o.remove("stringData"))
+    {
+        let data = object
+            .as_object_mut()
+            .expect("a manifest is an object")
+            .entry("data")
+            .or_insert_with(|| json!({}));
+        if let Value::Object(data) = data {
+            for (k, v) in string_data {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                data.insert(
+                    k,
+                    Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
+                );
+            }
+        }
+    }
+    object
+}
+
+/// A `templateFrom.file` path inside the plan's directory: relative, no `..`, and still inside
+/// it once symlinks are resolved. A plan must not be able to write `/etc/shadow` into a
+/// ConfigMap.
+pub(crate) fn confined_file(base_dir: Option<&Path>, file: &str) -> Result<PathBuf, StepError> {
+    let refuse = |why: &str| StepError::Manifest {
+        reason: format!("templateFrom.file {file:?} {why}"),
+    };
+    let rel = Path::new(file);
+    if rel.is_absolute() {
+        return Err(refuse("must be relative to the plan's directory"));
+    }
+    if rel
+        .components()
+        .any(|c| !matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(refuse("must stay inside the plan's directory (no `..`)"));
+    }
+    let base = base_dir.ok_or_else(|| refuse("needs a plan loaded from a file"))?;
+    let base = base
+        .canonicalize()
+        .map_err(|e| refuse(&format!("cannot be resolved: {e}")))?;
+    let full = base
+        .join(rel)
+        .canonicalize()
+        .map_err(|e| refuse(&format!("cannot be read: {e}")))?;
+    if !full.starts_with(&base) {
+        return Err(refuse(
+            "leads out of the plan's directory through a symlink",
+        ));
+    }
+    Ok(full)
+}
+
+/// The partial ConfigMap/Secret that sets `target.key` to the rendered template, and whether
+/// the template used a secret value.
+async fn keyed_object(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<(Value, bool), StepError> {
     let (Some(target), Some(from)) = (&step.target, &step.template_from) else {
         return Err(StepError::Manifest {
             reason: "`target` and `templateFrom` are both needed".into(),
@@ -96,48 +193,69 @@ async fn keyed_object(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<Value, Step
     let source = if let Some(inline) = &from.inline {
         inline.clone()
     } else if let Some(file) = &from.file {
-        let path = ctx
-            .base_dir
-            .map_or_else(|| std::path::PathBuf::from(file), |d| d.join(file));
+        let path = confined_file(ctx.base_dir, file)?;
         std::fs::read_to_string(&path).map_err(|e| StepError::Manifest {
             reason: format!("failed to read template {}: {e}", path.display()),
         })?
     } else if let Some(cm) = &from.config_map {
-        let resolved = ctx
-            .registry
-            .resolve(&ctx.cluster, "v1", "configmaps")
+        let (api, name, shown) = ctx
+            .object("v1", "configmaps", Some(&cm.namespace), &cm.name)
             .await?;
-        let api = api_for_object(ctx.registry, &ctx.cluster, &resolved, Some(&cm.namespace))?;
-        let shown = format!(
-            "v1 configmaps {}/{} on cluster {}",
-            cm.namespace, cm.name, ctx.cluster
-        );
-        let obj = get_object(&api, &cm.name, &shown).await?;
+        let key = ctx.render(&cm.key)?;
+        let obj = get_object(&api, &name, &shown).await?;
         obj.pointer(&format!(
             "/data/{}",
-            cm.key.replace('~', "~0").replace('/', "~1")
+            key.replace('~', "~0").replace('/', "~1")
         ))
         .and_then(Value::as_str)
         .map(str::to_string)
         .ok_or(StepError::FieldMissing {
             object: shown,
-            path: format!("data[{:?}]", cm.key),
+            path: format!("data[{key:?}]"),
         })?
     } else {
         return Err(StepError::Manifest {
             reason: "templateFrom needs configMap, file or inline".into(),
         });
     };
+    let tainted = ctx.uses_secret(&source);
     let rendered = template::render(&source, ctx.values)?;
+    // The target's name, namespace and key are templates like any object reference.
+    let key = ctx.render(&target.key)?;
     let data = if target.kind == "Secret" {
-        json!({ target.key.clone(): base64::engine::general_purpose::STANDARD.encode(rendered) })
+        json!({ key: base64::engine::general_purpose::STANDARD.encode(rendered) })
     } else {
-        json!({ target.key.clone(): rendered })
+        json!({ key: rendered })
     };
-    Ok(json!({
-        "apiVersion": "v1",
-        "kind": target.kind,
-        "metadata": {"name": target.name, "namespace": target.namespace},
-        "data": data,
-    }))
+    Ok((
+        json!({
+            "apiVersion": "v1",
+            "kind": target.kind,
+            "metadata": {"name": ctx.render(&target.name)?, "namespace": ctx.render(&target.namespace)?},
+            "data": data,
+        }),
+        tainted,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_conflicts_with_the_legacy_manager_alone_are_taken_over() {
+        assert!(only_legacy_manager(
+            "Apply failed with 1 conflict: conflict with \"recoverd\": .data.haproxy.cfg"
+        ));
+        assert!(only_legacy_manager(
+            "Apply failed with 2 conflicts: conflicts with \"recoverd\":\n- .data.a\n- .data.b"
+        ));
+        assert!(!only_legacy_manager(
+            "Apply failed with 1 conflict: conflict with \"kubectl-client-side-apply\" using v1: .data.x"
+        ));
+        assert!(!only_legacy_manager(
+            "Apply failed with 1 conflict: conflict with \"recoverd/recoverd/other-plan\": .data.x"
+        ));
+        assert!(!only_legacy_manager("something else"));
+    }
 }

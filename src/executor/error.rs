@@ -21,6 +21,24 @@ pub enum StepError {
         object: String,
         source: kube::Error,
     },
+    #[error("failed to evaluate the condition: {reason}")]
+    Condition { reason: String },
+    #[error("`{command}` in {object} exited with {}, expected {expected}{}", code.map_or("no exit code".to_string(), |c| c.to_string()), if stderr.is_empty() { String::new() } else { format!(": {stderr}") })]
+    ExecFailed {
+        object: String,
+        command: String,
+        code: Option<i32>,
+        expected: i32,
+        stderr: String,
+    },
+    #[error("assertion failed: {message}")]
+    Assertion { message: String },
+    #[error("refused to delete {object}: {detail}")]
+    DeleteRefused { object: String, detail: String },
+    #[error("the write to {object} did not take effect: {detail}")]
+    NotApplied { object: String, detail: String },
+    #[error("failed to apply {object}: {detail}")]
+    Conflict { object: String, detail: String },
     #[error("failed to find {object}: it does not exist")]
     NotFound { object: String },
     #[error("failed to read {path} of {object}: the field is missing")]
@@ -58,6 +76,8 @@ pub enum StepError {
     RunDeadline { after: Duration },
     #[error("the run was cancelled")]
     Cancelled,
+    #[error("recoverd stopped before the step started (its record could not be written, or a shutdown); resume the run to continue")]
+    Interrupted,
     #[error("rendered {what} {value:?} of {object} is not a Kubernetes name (lower-case letters, digits, '-', '.')")]
     BadName {
         what: &'static str,
@@ -105,6 +125,12 @@ impl StepError {
             },
             StepError::Kube { .. } => "unreachable",
             StepError::NotFound { .. } => "not-found",
+            StepError::NotApplied { .. } => "not-applied",
+            StepError::Condition { .. } => "condition",
+            StepError::Assertion { .. } => "assertion",
+            StepError::ExecFailed { .. } => "exec-failed",
+            StepError::DeleteRefused { .. } => "delete-refused",
+            StepError::Conflict { .. } => "conflict",
             StepError::FieldMissing { .. } => "field-missing",
             StepError::FieldEmpty { .. } => "field-empty",
             StepError::AttemptTimeout { .. } => "timeout",
@@ -115,6 +141,7 @@ impl StepError {
             StepError::HttpStatus { .. } => "http-status",
             StepError::RunDeadline { .. } => "run-deadline",
             StepError::Cancelled => "cancelled",
+            StepError::Interrupted => "interrupted",
             StepError::BadName { .. } => "bad-name",
             StepError::Duration(_) => "duration",
         }

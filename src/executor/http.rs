@@ -1,5 +1,7 @@
 //! `http`: call an endpoint with reqwest. Secrets come from environment variables or files and
-//! are redacted wherever they appear in the run record.
+//! are redacted wherever they appear in the run record; a response to a request that carried a
+//! secret is itself secret (an endpoint may echo it). Values printed into the URL are
+//! percent-encoded, so an alert label cannot change which endpoint is called.
 
 use std::collections::BTreeMap;
 
@@ -13,7 +15,21 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     let secrets = read_secrets(&step.secrets)?;
     let mut values = ctx.values.clone();
     values["secrets"] = json!(secrets);
-    let url = template::render(&step.url, &values)?;
+    let url = template::render_url(&step.url, &values)?;
+    let mut sources: Vec<&str> = vec![&step.url];
+    sources.extend(step.headers.values().map(String::as_str));
+    sources.extend(step.body.as_deref());
+    let json_text = step.json.as_ref().map(Value::to_string);
+    sources.extend(json_text.as_deref());
+    let carries_secret = sources.iter().any(|s| ctx.uses_secret(s));
+    // The URL as records, errors and logs show it: a URL built from a secret is not shown at
+    // all (the secret may be in it percent-encoded, where no scrubbing would find it).
+    let url_secret = ctx.uses_secret(&step.url);
+    let shown_url = if url_secret {
+        REDACTED.to_string()
+    } else {
+        url.clone()
+    };
     let method = step.method.clone().unwrap_or_else(|| {
         if step.body.is_some() || step.json.is_some() {
             "POST"
@@ -25,7 +41,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     let method =
         reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
             StepError::Http {
-                url: url.clone(),
+                url: shown_url.clone(),
                 reason: format!("{method:?} is not an HTTP method"),
                 transient: false,
             }
@@ -35,17 +51,17 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     for (k, v) in &step.headers {
         let rendered = template::render(v, &values)?;
         req = req.header(k, &rendered);
-        shown_headers.insert(k.clone(), shown(v, rendered));
+        shown_headers.insert(k.clone(), shown(ctx, v, rendered));
     }
     let mut shown_body = Value::Null;
     if let Some(body) = &step.body {
         let rendered = template::render(body, &values)?;
         req = req.body(rendered.clone());
-        shown_body = Value::String(shown(body, rendered));
+        shown_body = Value::String(shown(ctx, body, rendered));
     } else if let Some(j) = &step.json {
         let body = template::render_raw(j, &values)?;
         req = req.json(&body);
-        shown_body = if uses_secrets(&j.to_string()) {
+        shown_body = if ctx.uses_secret(&j.to_string()) {
             Value::String(REDACTED.into())
         } else {
             body
@@ -57,7 +73,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         .filter(|s| !s.is_empty())
         .collect();
     let inputs = redact(
-        json!({"method": method.as_str(), "url": shown(&step.url, url.clone()), "headers": shown_headers, "body": shown_body}),
+        json!({"method": method.as_str(), "url": shown_url, "headers": shown_headers, "body": shown_body}),
         &secret_values,
     );
 
@@ -71,20 +87,24 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
                 k.clone(),
                 Value::String(format!(
                     "<dry run: response of {method} {}>",
-                    redact_str(&url, &secret_values)
+                    redact_str(&shown_url, &secret_values)
                 )),
             );
         }
         return Ok(StepOutcome {
             inputs: Some(inputs),
             outputs,
-            diff: None,
-            object: None,
+            secret_outputs: carries_secret,
+            ..Default::default()
         });
     }
     let resp = req.send().await.map_err(|e| StepError::Http {
-        url: redact_str(&url, &secret_values),
-        reason: redact_str(&error_chain(&e), &secret_values),
+        url: redact_str(&shown_url, &secret_values),
+        // reqwest's message repeats the URL: say it once, as shown.
+        reason: redact_str(
+            &error_chain(&e).replace(url.as_str(), &shown_url),
+            &secret_values,
+        ),
         transient: e.is_timeout() || e.is_connect() || e.is_request(),
     })?;
     let status = resp.status().as_u16();
@@ -105,10 +125,14 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
                 .join(" or ")
         };
         return Err(StepError::HttpStatus {
-            url: redact_str(&url, &secret_values),
+            url: redact_str(&shown_url, &secret_values),
             status,
             expected,
-            body: redact_str(&text.chars().take(300).collect::<String>(), &secret_values),
+            // Redact first: a secret across the cut would leak its first part.
+            body: redact_str(&text, &secret_values)
+                .chars()
+                .take(300)
+                .collect(),
         });
     }
     let mut outputs = BTreeMap::new();
@@ -118,8 +142,13 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     Ok(StepOutcome {
         inputs: Some(inputs),
         outputs,
-        diff: None,
-        object: Some(format!("{} {}", method, redact_str(&url, &secret_values))),
+        object: Some(format!(
+            "{} {}",
+            method,
+            redact_str(&shown_url, &secret_values)
+        )),
+        secret_outputs: carries_secret,
+        ..Default::default()
     })
 }
 
@@ -152,17 +181,8 @@ fn read_secrets(refs: &BTreeMap<String, SecretRef>) -> Result<BTreeMap<String, S
 
 const REDACTED: &str = "<redacted>";
 
-/// Whether a template mentions a secret: then whatever it renders to (a secret transformed by a
-/// filter, say `b64encode`) is kept out of the record, not only the secret's exact value.
-fn uses_secrets(src: &str) -> bool {
-    template::references(src).is_ok_and(|refs| {
-        refs.iter()
-            .any(|r| r == "secrets" || r.starts_with("secrets."))
-    })
-}
-
-fn shown(src: &str, rendered: String) -> String {
-    if uses_secrets(src) {
+fn shown(ctx: &StepCtx<'_>, src: &str, rendered: String) -> String {
+    if ctx.uses_secret(src) {
         REDACTED.into()
     } else {
         rendered
@@ -188,14 +208,6 @@ fn redact_str(s: &str, secrets: &[&str]) -> String {
 
 /// Replaces every occurrence of a secret value in every string of `v`.
 pub fn redact(v: Value, secrets: &[&str]) -> Value {
-    match v {
-        Value::String(s) => Value::String(redact_str(&s, secrets)),
-        Value::Array(a) => Value::Array(a.into_iter().map(|v| redact(v, secrets)).collect()),
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (k, redact(v, secrets)))
-                .collect(),
-        ),
-        other => other,
-    }
+    let needles: Vec<String> = secrets.iter().map(|s| s.to_string()).collect();
+    super::scrub_value(v, &needles)
 }

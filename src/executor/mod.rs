@@ -6,13 +6,17 @@
 //! `kube::Client`s; it never decides *whether* a run may start (that is the run store's job).
 
 mod apply;
+mod assert;
+mod delete;
 mod error;
+mod exec;
 mod http;
 mod patch;
 mod read_field;
+mod verify;
 mod wait;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +24,7 @@ use std::time::{Duration, Instant};
 use kube::api::{Api, DynamicObject};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 pub use error::StepError;
 
@@ -31,8 +35,25 @@ use crate::plan::validate::{DEFAULT_RUN_TIMEOUT, DEFAULT_STEP_TIMEOUT};
 use crate::run::record::{now, Phase, RunRecord, StepRecord, StepStatus};
 use crate::template;
 
-/// The field manager recoverd writes with.
+/// The prefix of the field managers recoverd writes with: each plan writes as
+/// `recoverd/<namespace>/<name>`, so two plans applying different keys of one object never
+/// remove each other's (server-side apply removes fields a manager stops sending).
 pub const FIELD_MANAGER: &str = "recoverd";
+
+/// The field manager of a plan's writes (at most 128 bytes, as the API server requires).
+pub fn field_manager(plan: &RecoveryPlan) -> String {
+    let mut m = format!(
+        "{FIELD_MANAGER}/{}/{}",
+        plan.metadata.namespace.as_deref().unwrap_or("default"),
+        plan.metadata.name.as_deref().unwrap_or_default()
+    );
+    while m.len() > 128 {
+        m.pop();
+    }
+    m
+}
+
+const REDACTED: &str = "<redacted>";
 
 /// Something that wants to know as a run progresses: the CLI's printer, the run store (which
 /// must have written the record before the executor goes on), metrics.
@@ -91,6 +112,11 @@ pub(crate) struct StepOutcome {
     pub outputs: BTreeMap<String, Value>,
     pub diff: Option<Value>,
     pub object: Option<String>,
+    /// The step used a secret in a way the executor could not see from the plan (a template
+    /// loaded at run time): its inputs and diff are kept out of the record.
+    pub tainted: bool,
+    /// The step's outputs are secret.
+    pub secret_outputs: bool,
 }
 
 /// Everything a step needs while it runs.
@@ -101,9 +127,29 @@ pub(crate) struct StepCtx<'a> {
     pub values: &'a Value,
     pub base_dir: Option<&'a std::path::Path>,
     pub progress: &'a (dyn Fn(String, Duration) + Send + Sync),
+    /// The plan's field manager.
+    pub field_manager: &'a str,
+    /// Objects (as described in records) that earlier steps of this run wrote.
+    pub written: &'a BTreeSet<String>,
+    /// The `Values` keys that hold secrets.
+    pub secret_keys: &'a BTreeSet<String>,
 }
 
 impl StepCtx<'_> {
+    /// Whether a template uses a secret: a `secrets.*` of an http step or a secret `Values` key.
+    /// Whatever it renders to (a secret through `b64encode`, say) is then secret too.
+    pub fn uses_secret(&self, src: &str) -> bool {
+        uses_secret(src, self.secret_keys)
+    }
+
+    /// `clusters.postgresql.cnpg.io`, as the API server names a resource in its messages.
+    pub fn resource_name(&self, api_version: &str, resource: &str) -> String {
+        match api_version.split_once('/') {
+            Some((group, _)) => format!("{resource}.{group}"),
+            None => resource.to_string(),
+        }
+    }
+
     /// A dry run: writes go with dryRun=All, so nothing a later step waits for will happen.
     pub fn dry_run(&self) -> bool {
         self.registry.mode() == crate::cluster::WriteMode::DryRun
@@ -144,6 +190,60 @@ impl StepCtx<'_> {
             namespace.as_deref(),
         )?;
         Ok((api, name, shown))
+    }
+}
+
+/// Whether a template refers to a secret: `secrets` (an http step's) or a secret `Values` key.
+fn uses_secret(src: &str, secret_keys: &BTreeSet<String>) -> bool {
+    if !template::is_template(src) {
+        return false;
+    }
+    match template::references(src) {
+        Ok(refs) => refs.iter().any(|r| {
+            r == "secrets"
+                || r.starts_with("secrets.")
+                || r.strip_prefix("Values.")
+                    .is_some_and(|k| secret_keys.contains(k.split('.').next().unwrap_or(k)))
+                // `Values` used whole (`Values | tojson`) carries every secret in it.
+                || (r == "Values" && !secret_keys.is_empty())
+        }),
+        // An unparsable template fails the step anyway; be safe meanwhile.
+        Err(_) => !secret_keys.is_empty(),
+    }
+}
+
+/// A write the API server refused, in words that say what to do: a server-side apply conflict
+/// names the other field manager; a strict field validation error is a field the schema does not
+/// have, as the read-back would report on servers without `fieldValidation`.
+pub(crate) fn write_error(action: &'static str, object: &str, source: kube::Error) -> StepError {
+    if let kube::Error::Api(status) = &source {
+        let msg = &status.message;
+        if status.code == 409 && action == "apply" && msg.contains("conflict") {
+            return StepError::Conflict {
+                object: object.to_string(),
+                detail: format!(
+                    "{msg}; another field manager owns these fields: set `force: true` on the \
+                     step to take them over"
+                ),
+            };
+        }
+        // Strict validation: 400 "strict decoding error: unknown field" for patches; a
+        // server-side apply of a field the schema lacks is a 500 "field not declared in schema"
+        // (not a transient server error: retrying cannot help).
+        if (matches!(status.code, 400 | 422)
+            && (msg.contains("unknown field") || msg.contains("strict decoding error")))
+            || msg.contains("field not declared in schema")
+        {
+            return StepError::NotApplied {
+                object: object.to_string(),
+                detail: format!("the API server refused a field that is not in the schema: {msg}"),
+            };
+        }
+    }
+    StepError::Kube {
+        action,
+        object: object.to_string(),
+        source,
     }
 }
 
@@ -314,7 +414,6 @@ impl Executor {
         observer: &dyn Observer,
         control: &RunControl,
     ) {
-        let cancel = &control.cancel;
         let plan = &runnable.plan;
         let run_timeout = plan
             .spec
@@ -330,6 +429,21 @@ impl Executor {
         observer.on_event(record, &Event::RunStarted);
         info!(steps = plan.spec.steps.len(), "run started");
 
+        // Secret values are never stored: a resumed run reads them again. A readField is safe
+        // to repeat; anything else that produced one is refused by the strict templates of the
+        // steps that use it ("undefined value"), never given `<redacted>` as a value.
+        for (index, step) in plan.spec.steps.iter().enumerate() {
+            let rec = &record.steps[index];
+            let lost = rec
+                .outputs
+                .keys()
+                .any(|k| record.secret_outputs.contains(k) && !record.secrets.0.contains_key(k));
+            if lost && step.step_type == StepType::ReadField && rec.status == StepStatus::Succeeded
+            {
+                record.steps[index].status = StepStatus::Pending;
+            }
+        }
+
         let mut failure: Option<String> = None;
         for (index, step) in plan.spec.steps.iter().enumerate() {
             // Resuming: every step that already finished (or failed and was tolerated) stays done.
@@ -339,15 +453,7 @@ impl Executor {
                 continue;
             }
             if control.drain.is_cancelled() {
-                record.phase = Phase::Interrupted;
-                record.error = Some(format!(
-                    "recoverd shut down before step {:?}; resume the run to continue",
-                    step.name()
-                ));
-                record.duration_ms =
-                    Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
-                info!("run interrupted by shutdown");
-                observer.on_event(record, &Event::RunFinished);
+                self.interrupted(record, step.name(), started, observer);
                 return;
             }
             let result = self
@@ -361,19 +467,28 @@ impl Executor {
                     deadline,
                     run_timeout,
                     observer,
-                    cancel,
+                    control,
                 )
                 .await;
+            if let Err(StepError::Interrupted) = result {
+                self.interrupted(record, step.name(), started, observer);
+                return;
+            }
             if let Err(e) = result {
+                // The recorded error, secrets scrubbed.
+                let text = record.steps[index].error.clone().unwrap_or_default();
                 if record.steps[index].continued {
-                    warn!(step = step.name(), error = %e, "step failed; continuing (onError: continue)");
+                    info!(step = step.name(), error = %text, "step failed; continuing (onError: continue)");
                     continue;
                 }
                 failure = Some(match &record.steps[index].cluster {
                     Some(cluster) => {
-                        format!("step {:?} failed on cluster {cluster:?}: {e}", step.name())
+                        format!(
+                            "step {:?} failed on cluster {cluster:?}: {text}",
+                            step.name()
+                        )
                     }
-                    None => format!("step {:?} failed: {e}", step.name()),
+                    None => format!("step {:?} failed: {text}", step.name()),
                 });
                 if matches!(e, StepError::Cancelled) {
                     record.phase = Phase::Cancelled;
@@ -387,49 +502,94 @@ impl Executor {
             if record.phase != Phase::Cancelled {
                 // Still Running while compensating: the plan stays busy, and a crash here leaves
                 // the run Interrupted rather than looking finished.
-                self.compensate(runnable, input, record, observer, cancel)
-                    .await;
+                if !self
+                    .compensate(runnable, input, record, observer, control)
+                    .await
+                {
+                    self.interrupted(record, "onFailure", started, observer);
+                    return;
+                }
                 record.phase = Phase::Failed;
             }
+        } else if record.steps.iter().any(|s| s.continued) {
+            // A tolerated failure (a fence that did not happen) must be visible at a glance.
+            record.phase = Phase::SucceededWithErrors;
+            record.error = Some(format!(
+                "tolerated failures (onError: continue): {}",
+                record
+                    .steps
+                    .iter()
+                    .filter(|s| s.continued)
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
         } else {
             record.phase = Phase::Succeeded;
         }
         record.finished_at = Some(now());
         record.duration_ms =
             Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
-        info!(phase = ?record.phase, "run finished");
+        info!(phase = record.phase.as_str(), "run finished");
         observer.on_event(record, &Event::RunFinished);
     }
 
+    /// The run stops here, resumable: a shutdown, or a record that could not be written.
+    fn interrupted(
+        &self,
+        record: &mut RunRecord,
+        before: &str,
+        started: Instant,
+        observer: &dyn Observer,
+    ) {
+        record.phase = Phase::Interrupted;
+        record.error = Some(format!(
+            "recoverd stopped before step {before:?}; resume the run to continue"
+        ));
+        record.duration_ms =
+            Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
+        info!("run interrupted");
+        observer.on_event(record, &Event::RunFinished);
+    }
+
+    /// Runs the `onFailure` steps; false when the run was interrupted meanwhile.
     async fn compensate(
         &self,
         runnable: &RunnablePlan,
         input: &RunInput,
         record: &mut RunRecord,
         observer: &dyn Observer,
-        cancel: &CancellationToken,
-    ) {
+        control: &RunControl,
+    ) -> bool {
         let steps = &runnable.plan.spec.on_failure;
         if steps.is_empty() {
-            return;
+            return true;
         }
         record.on_failure = steps.iter().map(|s| self.pending_record(s)).collect();
         // Compensation gets its own budget: the run's deadline may be what failed it.
         let budget: Duration = steps.iter().map(step_budget).sum();
         let deadline = Instant::now() + budget;
         for (index, step) in steps.iter().enumerate() {
+            if control.drain.is_cancelled() {
+                return false;
+            }
             let res = self
                 .run_step(
-                    runnable, input, record, index, true, step, deadline, budget, observer, cancel,
+                    runnable, input, record, index, true, step, deadline, budget, observer, control,
                 )
                 .await;
-            if let Err(e) = res {
-                warn!(step = step.name(), error = %e, "compensation step failed");
+            if let Err(StepError::Interrupted) = res {
+                return false;
+            }
+            if res.is_err() {
+                let text = record.on_failure[index].error.clone().unwrap_or_default();
+                warn!(step = step.name(), error = %text, "compensation step failed");
                 if !record.on_failure[index].continued {
                     break;
                 }
             }
         }
+        true
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -445,14 +605,49 @@ impl Executor {
         deadline: Instant,
         run_timeout: Duration,
         observer: &dyn Observer,
-        cancel: &CancellationToken,
+        control: &RunControl,
     ) -> Result<(), StepError> {
-        let cluster = self
-            .registry
-            .name_or_default(step.cluster.as_deref())
-            .to_string();
-        tracing::Span::current().record("cluster", cluster.as_str());
         let values = context(runnable, input, record);
+        // `cluster: "{{ Values.from }}"`: one plan serves both directions; the rendered name
+        // must be in the registry.
+        let cluster = match step.cluster.as_deref() {
+            Some(c) if template::is_template(c) => template::render(c, &values)
+                .map_err(StepError::from)
+                .and_then(|name| {
+                    self.registry.client(&name)?;
+                    Ok(name)
+                }),
+            other => Ok(self.registry.name_or_default(other).to_string()),
+        };
+        let cluster = match cluster {
+            Ok(c) => c,
+            Err(e) => {
+                let text = scrub(&e.to_string(), &record.secrets.needles());
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::Failed;
+                rec.error = Some(text);
+                rec.reason = Some(e.reason().to_string());
+                rec.continued = step.on_error == OnError::Continue;
+                observer.on_event(
+                    record,
+                    &Event::StepFinished {
+                        index,
+                        compensation,
+                    },
+                );
+                return Err(e);
+            }
+        };
+        tracing::Span::current().record("cluster", cluster.as_str());
+        if step.step_type.uses_cluster() {
+            record.step_mut(index, compensation).cluster = Some(cluster.clone());
+        }
+        let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
+        // http steps redact their own inputs field by field (see `http.rs`).
+        let tainted_in = step.step_type != StepType::Http
+            && crate::plan::validate::step_templates(step, "")
+                .iter()
+                .any(|(_, src, _)| uses_secret(src, &secret_keys));
         let started = Instant::now();
         {
             let rec = record.step_mut(index, compensation);
@@ -470,6 +665,14 @@ impl Executor {
                 compensation,
             },
         );
+        // The record of the step's start could not be written (or recoverd is shutting down):
+        // a step must never run unrecorded.
+        if control.drain.is_cancelled() {
+            let rec = record.step_mut(index, compensation);
+            rec.status = StepStatus::Pending;
+            rec.started_at = None;
+            return Err(StepError::Interrupted);
+        }
 
         let result = self
             .attempts(
@@ -483,42 +686,73 @@ impl Executor {
                 deadline,
                 run_timeout,
                 observer,
-                cancel,
+                &control.cancel,
             )
             .await;
 
-        let rec = record.step_mut(index, compensation);
-        rec.finished_at = Some(now());
-        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
         let outcome = match result {
-            Ok(Some(outcome)) => {
+            Ok(Some(mut outcome)) => {
+                let tainted = tainted_in || outcome.tainted;
+                if tainted {
+                    outcome.inputs = outcome.inputs.map(redact_inputs);
+                    outcome.diff = outcome.diff.map(|_| json!(REDACTED));
+                }
+                let secret = outcome.secret_outputs || tainted;
+                for (key, value) in std::mem::take(&mut outcome.outputs) {
+                    record.secret_outputs.retain(|k| k != &key);
+                    record.secrets.0.remove(&key);
+                    let shown = if secret {
+                        record.secret_outputs.push(key.clone());
+                        record.secrets.0.insert(key.clone(), value);
+                        json!(REDACTED)
+                    } else {
+                        value
+                    };
+                    outcome.outputs.insert(key.clone(), shown.clone());
+                    record.outputs.insert(key, shown);
+                }
+                let needles = record.secrets.needles();
+                let rec = record.step_mut(index, compensation);
                 rec.status = StepStatus::Succeeded;
-                rec.inputs = outcome.inputs;
-                rec.diff = outcome.diff;
+                rec.inputs = outcome.inputs.map(|v| scrub_value(v, &needles));
+                rec.diff = outcome.diff.map(|v| scrub_value(v, &needles));
                 rec.object = outcome.object.or(rec.object.take());
-                rec.outputs = outcome.outputs.clone();
-                record.outputs.extend(outcome.outputs);
+                rec.outputs = outcome
+                    .outputs
+                    .into_iter()
+                    .map(|(k, v)| (k, scrub_value(v, &needles)))
+                    .collect();
                 Ok(())
             }
             Ok(None) => {
+                let rec = record.step_mut(index, compensation);
                 rec.status = StepStatus::Skipped;
                 rec.error = Some(format!(
-                    "skipped: `when` was false ({})",
+                    "`when` was false ({})",
                     step.when.as_deref().unwrap_or_default()
                 ));
                 Ok(())
             }
             Err(e) => {
+                let text = scrub(&e.to_string(), &record.secrets.needles());
+                let rec = record.step_mut(index, compensation);
                 rec.status = StepStatus::Failed;
-                rec.error = Some(e.to_string());
+                rec.error = Some(text.clone());
                 rec.reason = Some(e.reason().to_string());
                 // A cancelled run or a passed deadline stops even a step that may fail.
                 rec.continued = step.on_error == OnError::Continue
                     && !matches!(e, StepError::Cancelled | StepError::RunDeadline { .. });
-                warn!(error = %e, reason = e.reason(), "step failed");
+                if rec.continued {
+                    info!(error = %text, reason = e.reason(), "step failed");
+                } else {
+                    warn!(error = %text, reason = e.reason(), "step failed");
+                }
                 Err(e)
             }
         };
+        let rec = record.step_mut(index, compensation);
+        rec.finished_at = Some(now());
+        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
         observer.on_event(
             record,
             &Event::StepFinished {
@@ -552,6 +786,16 @@ impl Executor {
         }
         let retries = step.retries.unwrap_or(0);
         let attempt_timeout = step_attempt_timeout(step);
+        let field_manager = field_manager(&runnable.plan);
+        let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
+        let needles = record.secrets.needles();
+        // Objects earlier steps of this run wrote (a write's record has a diff).
+        let written: BTreeSet<String> = record
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Succeeded && s.diff.is_some())
+            .filter_map(|s| s.object.clone())
+            .collect();
         let mut backoff = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
@@ -562,13 +806,14 @@ impl Executor {
                 return Err(StepError::RunDeadline { after: run_timeout });
             }
             let snapshot = record.clone();
+            let progress_needles = needles.clone();
             let progress = move |what: String, limit: Duration| {
                 observer.on_event(
                     &snapshot,
                     &Event::StepWaiting {
                         index,
                         compensation,
-                        what,
+                        what: scrub(&what, &progress_needles),
                         deadline: limit,
                     },
                 );
@@ -580,6 +825,9 @@ impl Executor {
                 values,
                 base_dir: runnable.base_dir.as_deref(),
                 progress: &progress,
+                field_manager: &field_manager,
+                written: &written,
+                secret_keys: &secret_keys,
             };
             let limit = attempt_timeout.min(remaining);
             let result = tokio::select! {
@@ -593,16 +841,18 @@ impl Executor {
             match result {
                 Ok(outcome) => return Ok(Some(outcome)),
                 Err(e) if e.is_transient() && attempt <= retries => {
-                    warn!(attempt, error = %e, "transient failure; retrying");
+                    let text = scrub(&e.to_string(), &needles);
+                    // The step's own retry handles it: not a warning (yet).
+                    debug!(attempt, error = %text, "transient failure; retrying");
                     let rec = record.step_mut(index, compensation);
-                    rec.error = Some(format!("attempt {attempt}: {e}"));
+                    rec.error = Some(format!("attempt {attempt}: {text}"));
                     let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
                     observer.on_event(
                         record,
                         &Event::StepWaiting {
                             index,
                             compensation,
-                            what: format!("retry {attempt}/{retries} after: {e}"),
+                            what: format!("retry {attempt}/{retries} after: {text}"),
                             deadline: pause,
                         },
                     );
@@ -627,12 +877,17 @@ async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, Ste
         StepType::Wait => wait::run(step.wait.as_ref().expect("validated"), ctx).await,
         StepType::Apply => apply::run(step.apply.as_ref().expect("validated"), ctx).await,
         StepType::Http => http::run(step.http.as_ref().expect("validated"), ctx).await,
+        StepType::Delete => delete::run(step.delete.as_ref().expect("validated"), ctx).await,
+        StepType::Assert => assert::run(step.assert.as_ref().expect("validated"), ctx).await,
+        StepType::Exec => exec::run(step.exec.as_ref().expect("validated"), ctx).await,
     }
 }
 
-/// The cluster a step acts on: its own, or the default; `None` for http steps.
+/// The cluster a step acts on: its own, or the default; `None` for http and assert steps.
 fn step_cluster<'a>(registry: &'a Registry, step: &'a Step) -> Option<&'a str> {
-    (step.step_type != StepType::Http).then(|| registry.name_or_default(step.cluster.as_deref()))
+    step.step_type
+        .uses_cluster()
+        .then(|| registry.name_or_default(step.cluster.as_deref()))
 }
 
 /// How long one attempt of a step may take: a wait's own timeout, else the step's.
@@ -652,7 +907,13 @@ fn step_attempt_timeout(step: &Step) -> Duration {
             // A wait's attempt must outlast what it waits for.
             own.map_or(base, |d| d.max(base) + Duration::from_secs(1))
         }
-        _ => base,
+        _ => match step.delete.as_ref().and_then(|d| d.wait.as_ref()) {
+            Some(w) if w.gone => {
+                let own = w.timeout.as_deref().and_then(|t| duration::parse(t).ok());
+                own.map_or(base, |d| d + base)
+            }
+            _ => base,
+        },
     }
 }
 
@@ -668,6 +929,12 @@ fn context(runnable: &RunnablePlan, input: &RunInput, record: &RunRecord) -> Val
         values.insert(k.clone(), v.clone());
     }
     for (k, v) in &record.outputs {
+        if !record.secret_outputs.contains(k) {
+            values.insert(k.clone(), v.clone());
+        }
+    }
+    // Secret values exist only in memory; after a restart they are read again or missing.
+    for (k, v) in &record.secrets.0 {
         values.insert(k.clone(), v.clone());
     }
     let meta = &runnable.plan.metadata;
@@ -689,4 +956,52 @@ pub fn plan_generation(plan: &RecoveryPlan) -> String {
     let text = serde_json::to_string(&plan.spec).unwrap_or_default();
     let digest = Sha256::digest(text.as_bytes());
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// Replaces every occurrence of a secret (and the usual forms a filter turns it into) in text.
+pub fn scrub(text: &str, needles: &[String]) -> String {
+    needles
+        .iter()
+        .fold(text.to_string(), |acc, n| acc.replace(n.as_str(), REDACTED))
+}
+
+fn scrub_value(v: Value, needles: &[String]) -> Value {
+    if needles.is_empty() {
+        return v;
+    }
+    match v {
+        Value::String(s) => Value::String(scrub(&s, needles)),
+        Value::Array(a) => Value::Array(a.into_iter().map(|v| scrub_value(v, needles)).collect()),
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .map(|(k, v)| (k, scrub_value(v, needles)))
+                .collect(),
+        ),
+        other => other,
+    }
+}
+
+/// The inputs of a step that used a secret: what was rendered from templates (patch bodies,
+/// manifests, URLs, headers, bodies, compared values) is replaced; the shape stays.
+fn redact_inputs(inputs: Value) -> Value {
+    const RENDERED: &[&str] = &[
+        "patch",
+        "object",
+        "url",
+        "headers",
+        "body",
+        "condition",
+        "observed",
+    ];
+    match inputs {
+        Value::Object(mut m) => {
+            for key in RENDERED {
+                if let Some(v) = m.get_mut(*key) {
+                    *v = json!(REDACTED);
+                }
+            }
+            Value::Object(m)
+        }
+        _ => json!(REDACTED),
+    }
 }

@@ -1,5 +1,6 @@
 //! `readField`: read one field of an object into `Values.<outputKey>`; a missing or empty field
-//! fails the step, naming cluster, object and path.
+//! fails the step, naming cluster, object and path. A value read from a Secret is secret: later
+//! steps can use it, records show `<redacted>`.
 
 use std::collections::BTreeMap;
 
@@ -21,9 +22,14 @@ pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepO
         .await?;
     let obj = get_object(&api, &name, &shown).await?;
     let value = match path.get(&obj)? {
-        // In a dry run the writes before this step were not stored, so a field they would have
-        // produced (a demotion token) is not there yet: stand in for it and go on checking.
-        v if ctx.dry_run() && v.as_ref().is_none_or(fieldpath::is_empty) => {
+        // In a dry run the writes before this step were not stored, so a status an operator would
+        // have written in response (a demotion token) is not there yet: stand in for it and go
+        // on checking — only under `status` of an object this dry run wrote.
+        v if ctx.dry_run()
+            && ctx.written.contains(&shown)
+            && path.is_status()
+            && v.as_ref().is_none_or(fieldpath::is_empty) =>
+        {
             dry_run_placeholder(step)
         }
         None => {
@@ -43,8 +49,14 @@ pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepO
     Ok(StepOutcome {
         inputs: Some(json!({"fieldPath": step.field_path})),
         outputs: BTreeMap::from([(step.output_key.clone(), value)]),
-        diff: None,
+        // A Secret's values are secret; its name, labels and the like are not.
+        secret_outputs: step.api_version == "v1"
+            && step.resource == "secrets"
+            && path
+                .first_key()
+                .is_none_or(|k| k == "data" || k == "stringData"),
         object: Some(shown),
+        ..Default::default()
     })
 }
 

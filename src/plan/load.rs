@@ -95,35 +95,80 @@ struct Header {
     kind: Option<String>,
 }
 
+/// The largest plan file read.
+pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+/// The most plan files read from all `--plans` paths together.
+pub const MAX_FILES: usize = 10_000;
+/// The most steps (with `onFailure` steps) one plan may have.
+pub const MAX_STEPS: usize = 500;
+/// How deep directories are searched.
+const MAX_DEPTH: usize = 32;
+
 /// Loads every plan under the given paths (files, or directories searched for `*.yaml`/`*.yml`).
 pub fn load_paths(paths: &[PathBuf]) -> (Vec<LoadedPlan>, Vec<LoadError>) {
     let mut plans = Vec::new();
     let mut errors = Vec::new();
     for file in plan_files(paths, &mut errors) {
-        match std::fs::read_to_string(&file) {
+        match read_limited(&file) {
             Ok(text) => {
                 let (p, e) = load_str(&file, &text);
                 plans.extend(p);
                 errors.extend(e);
             }
-            Err(e) => errors.push(LoadError {
+            Err(message) => errors.push(LoadError {
                 file,
                 line: 0,
                 column: 0,
-                message: format!("failed to read: {e}"),
+                message,
             }),
         }
     }
     (plans, errors)
 }
 
+/// A file's text, refusing one over [`MAX_FILE_BYTES`] without reading it all.
+fn read_limited(file: &Path) -> Result<String, String> {
+    use std::io::Read;
+    let f = std::fs::File::open(file).map_err(|e| format!("failed to read: {e}"))?;
+    let mut text = String::new();
+    f.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("failed to read: {e}"))?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(format!(
+            "the file is larger than {MAX_FILE_BYTES} bytes; a plan never needs that much (split it, or keep large templates in a ConfigMap)"
+        ));
+    }
+    Ok(text)
+}
+
+fn walk_error(errors: &mut Vec<LoadError>, file: &Path, message: String) {
+    errors.push(LoadError {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        message,
+    });
+}
+
 /// The YAML files under `paths`, sorted, directories searched recursively.
+///
+/// Symbolic links are followed only to files and directories inside the directory given (a
+/// mounted ConfigMap links every file to `..data/`); a link out of the tree is reported and
+/// skipped, and a directory reached twice (a link loop) is read once. At most [`MAX_FILES`]
+/// files, [`MAX_DEPTH`] directories deep.
 pub fn plan_files(paths: &[PathBuf], errors: &mut Vec<LoadError>) -> Vec<PathBuf> {
     let mut out = Vec::new();
+    let mut too_many = false;
     for p in paths {
         if p.is_dir() {
-            let mut stack = vec![p.clone()];
-            while let Some(dir) = stack.pop() {
+            let Ok(root) = p.canonicalize() else {
+                walk_error(errors, p, "cannot resolve the directory".into());
+                continue;
+            };
+            let mut visited = std::collections::BTreeSet::from([root.clone()]);
+            let mut stack = vec![(p.clone(), 0usize)];
+            while let Some((dir, depth)) = stack.pop() {
                 let Ok(entries) = std::fs::read_dir(&dir) else {
                     continue;
                 };
@@ -133,12 +178,46 @@ pub fn plan_files(paths: &[PathBuf], errors: &mut Vec<LoadError>) -> Vec<PathBuf
                         continue;
                     }
                     let path = entry.path();
-                    if path.is_dir() {
-                        stack.push(path);
+                    let Ok(kind) = entry.file_type() else {
+                        continue;
+                    };
+                    let (is_dir, real) = if kind.is_symlink() {
+                        let Ok(real) = path.canonicalize() else {
+                            walk_error(errors, &path, "a symbolic link to nothing".into());
+                            continue;
+                        };
+                        if !real.starts_with(&root) {
+                            walk_error(
+                                errors,
+                                &path,
+                                format!(
+                                    "a symbolic link out of the plan directory (to {}); not followed",
+                                    real.display()
+                                ),
+                            );
+                            continue;
+                        }
+                        (real.is_dir(), Some(real))
+                    } else {
+                        (kind.is_dir(), None)
+                    };
+                    if is_dir {
+                        let real = match real {
+                            Some(r) => r,
+                            None => path.canonicalize().unwrap_or_else(|_| path.clone()),
+                        };
+                        // A directory already searched (a link back up the tree) is not searched again.
+                        if depth < MAX_DEPTH && visited.insert(real) {
+                            stack.push((path, depth + 1));
+                        }
                     } else if matches!(
                         path.extension().and_then(|e| e.to_str()),
                         Some("yaml" | "yml")
                     ) {
+                        if out.len() >= MAX_FILES {
+                            too_many = true;
+                            continue;
+                        }
                         out.push(path);
                     }
                 }
@@ -146,13 +225,15 @@ pub fn plan_files(paths: &[PathBuf], errors: &mut Vec<LoadError>) -> Vec<PathBuf
         } else if p.exists() {
             out.push(p.clone());
         } else {
-            errors.push(LoadError {
-                file: p.clone(),
-                line: 0,
-                column: 0,
-                message: "no such file or directory".into(),
-            });
+            walk_error(errors, p, "no such file or directory".into());
         }
+    }
+    if too_many {
+        walk_error(
+            errors,
+            paths.first().map_or(Path::new(""), |p| p.as_path()),
+            format!("more than {MAX_FILES} plan files; the rest were not read"),
+        );
     }
     out.sort();
     out.dedup();
@@ -231,6 +312,31 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
             continue;
         };
         let mut spec = doc.spec;
+        let steps = spec.steps.len() + spec.on_failure.len();
+        if steps > MAX_STEPS {
+            let (l, c) = at_key("spec");
+            errors.push(err(
+                l,
+                c,
+                format!(
+                    "the plan has {steps} steps (with onFailure); at most {MAX_STEPS} are allowed"
+                ),
+            ));
+            continue;
+        }
+        if let Some(p) = spec
+            .overridable_params
+            .iter()
+            .find(|p| !spec.params.contains_key(*p))
+        {
+            let (l, c) = at_key("spec");
+            errors.push(err(
+                l,
+                c,
+                format!("spec.overridableParams names {p:?}, which is not in spec.params"),
+            ));
+            continue;
+        }
         // Only Nova plans may leave steps unnamed; in a recoverd.io plan validation reports it.
         if nova {
             name_unnamed_steps(&mut spec);

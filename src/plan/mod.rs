@@ -4,6 +4,7 @@
 pub mod load;
 pub mod model;
 pub mod set;
+pub mod spans;
 pub mod validate;
 
 pub use load::{load_paths, load_str, LoadError, LoadedPlan};

@@ -46,11 +46,15 @@ pub struct RecoveryPlanSpec {
     /// Deadline for the whole run, e.g. `20m`. Default 1h.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,
-    /// Default values available to templates as `Values.<name>`; a manual trigger may override
-    /// them.
+    /// Default values available to templates as `Values.<name>`. A manual trigger may set
+    /// only those named in `overridableParams`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "free_form_map")]
     pub params: BTreeMap<String, Value>,
+    /// The `params` a manual trigger may set (`POST /api/v1/plans/{ns}/{name}/runs` with
+    /// `params`); every other param keeps the plan's value. Empty: none may be set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub overridable_params: Vec<String>,
     /// The steps, run in order.
     pub steps: Vec<Step>,
     /// Compensation steps, run in order when a step aborts the run.
@@ -122,6 +126,12 @@ pub struct Step {
     pub apply: Option<ApplyStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http: Option<HttpStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delete: Option<DeleteStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub assert: Option<AssertStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exec: Option<ExecStep>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
@@ -132,9 +142,23 @@ pub enum StepType {
     Wait,
     Apply,
     Http,
+    Delete,
+    Assert,
+    Exec,
 }
 
 impl StepType {
+    pub const ALL: [StepType; 8] = [
+        StepType::Patch,
+        StepType::ReadField,
+        StepType::Wait,
+        StepType::Apply,
+        StepType::Http,
+        StepType::Delete,
+        StepType::Assert,
+        StepType::Exec,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             StepType::Patch => "patch",
@@ -142,8 +166,99 @@ impl StepType {
             StepType::Wait => "wait",
             StepType::Apply => "apply",
             StepType::Http => "http",
+            StepType::Delete => "delete",
+            StepType::Assert => "assert",
+            StepType::Exec => "exec",
         }
     }
+
+    /// Whether a step of this type acts on a cluster (and is recorded with one).
+    pub fn uses_cluster(self) -> bool {
+        !matches!(self, StepType::Http | StepType::Assert)
+    }
+}
+
+/// Delete one object by name, or every object a label selector matches (at most `maxObjects`).
+/// An object already gone counts as deleted.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteStep {
+    /// `group/version` (`postgresql.cnpg.io/v1`) or `v1` for core objects.
+    pub api_version: String,
+    /// The plural resource name, as in the API path: `pods`, `persistentvolumeclaims`.
+    pub resource: String,
+    /// Omitted for cluster-scoped objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// The object's name (a template). Either this or `labelSelector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Every object matching this selector (`cnpg.io/instanceName=pg-north-1`, a template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_selector: Option<String>,
+    /// With `labelSelector`: refuse (delete nothing) when more objects match. Default 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_objects: Option<u32>,
+    /// `Background` (the API server's default for most kinds), `Foreground` or `Orphan`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub propagation_policy: Option<String>,
+    /// Delete only the object with this uid / resourceVersion (from an earlier readField), so
+    /// a re-created object is never deleted by mistake.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preconditions: Option<DeletePreconditions>,
+    /// Wait until the objects are really gone (finalizers done), bounded by `timeout`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wait: Option<DeleteWait>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeletePreconditions {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resource_version: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DeleteWait {
+    /// Wait until every deleted object is gone.
+    pub gone: bool,
+    /// How long, e.g. `2m` (mandatory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// Run a command in a container of a pod (the API server's `pods/exec`): `pg_isready`,
+/// `psql -tAc 'select pg_is_in_recovery()'`. Not run in a dry run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExecStep {
+    pub namespace: String,
+    /// The pod's name (a template).
+    pub pod: String,
+    /// The container; default: the pod's only (or default) container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<String>,
+    /// The command and its arguments, each a template; no shell unless you call one.
+    pub command: Vec<String>,
+    /// The exit code that means success. Default 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_exit_code: Option<i32>,
+    /// Store stdout (trimmed, at most 64 KiB) in `Values.<outputKey>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_key: Option<String>,
+}
+
+/// Fail the run now, with the author's message, unless a condition holds.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AssertStep {
+    /// A template that must render to true: `{{ Values.LagBytes | int < 16777216 }}`.
+    pub that: String,
+    /// Why the run stops when it does not (a template).
+    pub message: String,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -256,11 +371,41 @@ pub struct WaitStep {
     pub timeout: Option<String>,
 }
 
-/// One of: `equals`, `notEquals`, `notEmpty`, `exists`, `changed` (differs from its value when
-/// the step began).
+/// Exactly one of: `equals`, `notEquals`, `notEmpty`, `exists`, `changed` (differs from its
+/// value when the step began), `gone` (the object does not exist), `recreated` (the object
+/// exists with a uid other than this one), `greaterThan`/`lessThan`/`atLeast`/`atMost` (numbers),
+/// `equalsField` (another field of the same object), `allOf`/`anyOf` (of conditions). A missing
+/// object or field never satisfies a comparison. `fieldPath` overrides the wait's for this
+/// condition (so `allOf` can compare several fields).
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gone: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recreated: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub greater_than: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub less_than: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub at_least: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub at_most: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub equals_field: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_form_list")]
+    pub all_of: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_form_list")]
+    pub any_of: Vec<Condition>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_opt")]
     pub equals: Option<Value>,
@@ -276,7 +421,7 @@ pub struct Condition {
 }
 
 /// Render a template into an object (or one key of a ConfigMap/Secret) and server-side apply it
-/// with field manager `recoverd`.
+/// with the plan's field manager `recoverd/<namespace>/<plan>`.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ApplyStep {
@@ -289,8 +434,8 @@ pub struct ApplyStep {
     /// …rendered from this template.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub template_from: Option<TemplateSource>,
-    /// Take ownership of fields another manager owns (default true: a recovery must not stop at
-    /// a field conflict).
+    /// Take over fields another field manager owns (default false: a conflict fails the step
+    /// and names the other manager; a dry run or rehearsal shows it before a live run).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub force: Option<bool>,
 }
@@ -367,6 +512,13 @@ pub struct SecretRef {
     /// A file path (e.g. a mounted Secret).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
+}
+
+fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+    })
 }
 
 fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -14,6 +14,8 @@ use crate::{duration, template};
 pub const DEFAULT_STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Whole-run deadline when a plan sets none.
 pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(3600);
+/// A condition wait without a timeout is refused by validation; this bounds one regardless.
+pub const DEFAULT_WAIT_TIMEOUT: Duration = Duration::from_secs(60);
 /// The longest any wait may be.
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 
@@ -214,6 +216,9 @@ impl Validator<'_> {
             ("wait", step.wait.is_some()),
             ("apply", step.apply.is_some()),
             ("http", step.http.is_some()),
+            ("delete", step.delete.is_some()),
+            ("assert", step.assert.is_some()),
+            ("exec", step.exec.is_some()),
         ];
         let ty = step.step_type.as_str();
         if !set.iter().any(|(k, on)| *k == ty && *on) {
@@ -234,8 +239,10 @@ impl Validator<'_> {
                 );
             }
         }
+        // A templated cluster (`{{ Values.from }}`) is checked against the registry when it
+        // runs; its template is checked below like any other.
         if let (Some(cluster), Some(clusters)) = (&step.cluster, self.clusters) {
-            if !clusters.contains(cluster) {
+            if !template::is_template(cluster) && !clusters.contains(cluster) {
                 let have = clusters.iter().cloned().collect::<Vec<_>>().join(", ");
                 self.problem(
                     name,
@@ -402,12 +409,113 @@ impl Validator<'_> {
                                         .into(),
                                 );
                             }
+                            // A plan may read templates beside it, nothing else on the host.
+                            if let Some(file) = &tf.file {
+                                let path = std::path::Path::new(file);
+                                if path.is_absolute()
+                                    || path
+                                        .components()
+                                        .any(|c| matches!(c, std::path::Component::ParentDir))
+                                {
+                                    self.problem(
+                                        name,
+                                        format!("{field}.apply.templateFrom.file"),
+                                        "apply-form",
+                                        format!(
+                                            "templateFrom.file {file:?} must be a path inside the \
+                                             plan's directory (relative, without `..`)"
+                                        ),
+                                    );
+                                }
+                            }
                         }
+                    }
+                }
+            }
+            StepType::Delete => {
+                if let Some(d) = &step.delete {
+                    let f = format!("{field}.delete");
+                    self.object(name, &f, &d.api_version, &d.resource);
+                    match (&d.name, &d.label_selector) {
+                        (Some(_), None) | (None, Some(_)) => {}
+                        _ => self.problem(
+                            name,
+                            f.clone(),
+                            "delete-form",
+                            "a delete names one object with `name`, or several with `labelSelector` (not both)".into(),
+                        ),
+                    }
+                    if d.max_objects == Some(0) {
+                        self.problem(
+                            name,
+                            format!("{f}.maxObjects"),
+                            "delete-form",
+                            "maxObjects must be at least 1".into(),
+                        );
+                    }
+                    if let Some(p) = &d.propagation_policy {
+                        if !["Background", "Foreground", "Orphan"].contains(&p.as_str()) {
+                            self.problem(
+                                name,
+                                format!("{f}.propagationPolicy"),
+                                "delete-form",
+                                format!("propagationPolicy {p:?} must be Background, Foreground or Orphan"),
+                            );
+                        }
+                    }
+                    if let Some(w) = &d.wait {
+                        match w.timeout.as_deref().map(duration::parse) {
+                            None if w.gone => self.problem(
+                                name,
+                                format!("{f}.wait.timeout"),
+                                "unbounded",
+                                "waiting until deleted objects are gone needs a `timeout` (e.g. 2m)".into(),
+                            ),
+                            Some(Err(e)) => self.problem(name, format!("{f}.wait.timeout"), "duration", e.to_string()),
+                            Some(Ok(t)) if t > run_timeout.min(MAX_WAIT) => self.problem(
+                                name,
+                                format!("{f}.wait.timeout"),
+                                "unbounded",
+                                format!("wait timeout {} is longer than the plan's timeout {}", duration::format(t), duration::format(run_timeout)),
+                            ),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            StepType::Assert => {}
+            StepType::Exec => {
+                if let Some(e) = &step.exec {
+                    if e.command.is_empty() || e.command[0].trim().is_empty() {
+                        self.problem(
+                            name,
+                            format!("{field}.exec.command"),
+                            "exec-form",
+                            "an exec step needs a `command` (a list: [psql, -tAc, \"select 1\"])"
+                                .into(),
+                        );
                     }
                 }
             }
             StepType::Http => {
                 if let Some(h) = &step.http {
+                    // A value at the start of the URL is taken as the whole base URL: it must not
+                    // come from an alert, or a label would choose the endpoint.
+                    let url = template::normalize(h.url.trim_start());
+                    if let Some(first) = url.strip_prefix("{{").and_then(|r| r.split_once("}}")) {
+                        let from_alert = template::references(&format!("{{{{{}}}}}", first.0))
+                            .is_ok_and(|refs| {
+                                refs.iter().any(|r| r == "alert" || r.starts_with("alert."))
+                            });
+                        if from_alert {
+                            self.problem(
+                                name,
+                                format!("{field}.http.url"),
+                                "http",
+                                "the URL starts with a value from the alert: a label would choose which endpoint is called; take the base URL from a param or a secret".into(),
+                            );
+                        }
+                    }
                     if let Some(m) = &h.method {
                         if reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err() {
                             self.problem(
@@ -477,6 +585,104 @@ impl Validator<'_> {
         }
     }
 
+    /// One condition of a wait: exactly one operator; a field to apply it to (its own
+    /// `fieldPath` or the wait's) unless it is about the whole object; numbers where numbers
+    /// are compared.
+    fn condition(
+        &mut self,
+        step: Option<&str>,
+        field: &str,
+        c: &super::model::Condition,
+        has_path: bool,
+    ) {
+        let ops = [
+            ("equals", c.equals.is_some()),
+            ("notEquals", c.not_equals.is_some()),
+            ("notEmpty", c.not_empty.is_some()),
+            ("exists", c.exists.is_some()),
+            ("changed", c.changed.is_some()),
+            ("gone", c.gone.is_some()),
+            ("recreated", c.recreated.is_some()),
+            ("greaterThan", c.greater_than.is_some()),
+            ("lessThan", c.less_than.is_some()),
+            ("atLeast", c.at_least.is_some()),
+            ("atMost", c.at_most.is_some()),
+            ("equalsField", c.equals_field.is_some()),
+            ("allOf", !c.all_of.is_empty()),
+            ("anyOf", !c.any_of.is_empty()),
+        ];
+        let set: Vec<&str> = ops.iter().filter(|(_, on)| *on).map(|(k, _)| *k).collect();
+        if set.len() != 1 {
+            self.problem(
+                step,
+                field.into(),
+                "wait-form",
+                format!(
+                    "a condition has exactly one of {} (found: {})",
+                    CONDITIONS.join(", "),
+                    if set.is_empty() {
+                        "none".into()
+                    } else {
+                        set.join(", ")
+                    }
+                ),
+            );
+            return;
+        }
+        let has_path = has_path || c.field_path.is_some();
+        if let Some(Err(e)) = c.field_path.as_deref().map(FieldPath::parse) {
+            self.problem(
+                step,
+                format!("{field}.fieldPath"),
+                "field-path",
+                e.to_string(),
+            );
+        }
+        if let Some(Err(e)) = c.equals_field.as_deref().map(FieldPath::parse) {
+            self.problem(
+                step,
+                format!("{field}.equalsField"),
+                "field-path",
+                e.to_string(),
+            );
+        }
+        let whole_object = matches!(set[0], "gone" | "recreated" | "allOf" | "anyOf");
+        if !whole_object && !has_path {
+            self.problem(
+                step,
+                format!("{field}.fieldPath"),
+                "wait-form",
+                format!(
+                    "`{}` needs a `fieldPath` (on the wait or on the condition)",
+                    set[0]
+                ),
+            );
+        }
+        for (k, v) in [
+            ("greaterThan", &c.greater_than),
+            ("lessThan", &c.less_than),
+            ("atLeast", &c.at_least),
+            ("atMost", &c.at_most),
+        ] {
+            match v {
+                Some(Value::Number(_)) | None => {}
+                Some(Value::String(t))
+                    if template::is_template(t) || t.trim().parse::<f64>().is_ok() => {}
+                Some(other) => self.problem(
+                    step,
+                    format!("{field}.{k}"),
+                    "wait-form",
+                    format!("`{k}` compares numbers: {other} is not one"),
+                ),
+            }
+        }
+        for (k, list) in [("allOf", &c.all_of), ("anyOf", &c.any_of)] {
+            for (i, sub) in list.iter().enumerate() {
+                self.condition(step, &format!("{field}.{k}[{i}]"), sub, has_path);
+            }
+        }
+    }
+
     fn wait(
         &mut self,
         step: Option<&str>,
@@ -499,7 +705,7 @@ impl Validator<'_> {
             (Some(_), true) => self.problem(step, field.into(), "wait-form", "a wait has either `duration`, or an object with `fieldPath` and `condition`, not both".into()),
             (None, false) => self.problem(step, field.into(), "wait-form", "a wait needs `duration`, or an object with `fieldPath` and `condition`".into()),
             (None, true) => {
-                for (k, v) in [("apiVersion", &w.api_version), ("resource", &w.resource), ("name", &w.name), ("fieldPath", &w.field_path)] {
+                for (k, v) in [("apiVersion", &w.api_version), ("resource", &w.resource), ("name", &w.name)] {
                     if v.as_deref().is_none_or(str::is_empty) {
                         self.problem(step, format!("{field}.{k}"), "wait-form", format!("a condition wait needs `{k}`"));
                     }
@@ -511,16 +717,8 @@ impl Validator<'_> {
                     self.problem(step, format!("{field}.fieldPath"), "field-path", e.to_string());
                 }
                 match &w.condition {
-                    None => self.problem(step, format!("{field}.condition"), "wait-form", "a condition wait needs `condition` (equals, notEquals, notEmpty, exists or changed)".into()),
-                    Some(c) => {
-                        let n = [c.equals.is_some(), c.not_equals.is_some(), c.not_empty.is_some(), c.exists.is_some(), c.changed.is_some()]
-                            .iter()
-                            .filter(|b| **b)
-                            .count();
-                        if n != 1 {
-                            self.problem(step, format!("{field}.condition"), "wait-form", "a condition has exactly one of equals, notEquals, notEmpty, exists, changed".into());
-                        }
-                    }
+                    None => self.problem(step, format!("{field}.condition"), "wait-form", format!("a condition wait needs `condition` ({})", CONDITIONS.join(", "))),
+                    Some(c) => self.condition(step, &format!("{field}.condition"), c, w.field_path.is_some()),
                 }
                 match w.timeout.as_deref().map(duration::parse) {
                     None => self.problem(
@@ -561,10 +759,17 @@ impl Validator<'_> {
                 return;
             }
         };
+        if let Some(reason) = template::unknown_callable(src) {
+            self.problem(step, field.into(), "template", reason);
+            return;
+        }
         for r in refs {
             let mut parts = r.splitn(3, '.');
             let top = parts.next().unwrap_or_default();
             let key = parts.next();
+            if template::FUNCTIONS.contains(&top) {
+                continue;
+            }
             if !template::CONTEXT_NAMES.contains(&top) {
                 self.problem(
                     step,
@@ -608,6 +813,44 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
     if let Some(w) = &step.when {
         t("when", w);
     }
+    if let Some(c) = step.cluster.as_deref().filter(|c| template::is_template(c)) {
+        t("cluster", c);
+    }
+    if let Some(d) = &step.delete {
+        for (k, v) in [
+            ("delete.namespace", &d.namespace),
+            ("delete.name", &d.name),
+            ("delete.labelSelector", &d.label_selector),
+        ] {
+            if let Some(v) = v {
+                t(k, v);
+            }
+        }
+        if let Some(p) = &d.preconditions {
+            for (k, v) in [
+                ("delete.preconditions.uid", &p.uid),
+                ("delete.preconditions.resourceVersion", &p.resource_version),
+            ] {
+                if let Some(v) = v {
+                    t(k, v);
+                }
+            }
+        }
+    }
+    if let Some(a) = &step.assert {
+        t("assert.that", &a.that);
+        t("assert.message", &a.message);
+    }
+    if let Some(e) = &step.exec {
+        t("exec.namespace", &e.namespace);
+        t("exec.pod", &e.pod);
+        if let Some(c) = &e.container {
+            t("exec.container", c);
+        }
+        for (i, arg) in e.command.iter().enumerate() {
+            t(&format!("exec.command[{i}]"), arg);
+        }
+    }
     if let Some(p) = &step.patch {
         t("patch.name", &p.name);
         if let Some(ns) = &p.namespace {
@@ -628,15 +871,24 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
             }
         }
         if let Some(c) = &w.condition {
-            if let Some(v) = &c.equals {
-                collect_raw("wait.condition.equals", v, &mut t);
-            }
-            if let Some(v) = &c.not_equals {
-                collect_raw("wait.condition.notEquals", v, &mut t);
-            }
+            condition_templates("wait.condition", c, &mut t);
         }
     }
     if let Some(a) = &step.apply {
+        if let Some(tf) = &a.target {
+            t("apply.target.namespace", &tf.namespace);
+            t("apply.target.name", &tf.name);
+            t("apply.target.key", &tf.key);
+        }
+        if let Some(cm) = a
+            .template_from
+            .as_ref()
+            .and_then(|tf| tf.config_map.as_ref())
+        {
+            t("apply.templateFrom.configMap.namespace", &cm.namespace);
+            t("apply.templateFrom.configMap.name", &cm.name);
+            t("apply.templateFrom.configMap.key", &cm.key);
+        }
         if let Some(i) = a.template_from.as_ref().and_then(|tf| tf.inline.as_ref()) {
             t("apply.templateFrom.inline", i);
         }
@@ -659,10 +911,39 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
     templates
 }
 
+/// The templates of a condition and of the conditions inside it.
+pub fn condition_templates(
+    field: &str,
+    c: &super::model::Condition,
+    t: &mut impl FnMut(&str, &str),
+) {
+    for (k, v) in [
+        ("equals", &c.equals),
+        ("notEquals", &c.not_equals),
+        ("greaterThan", &c.greater_than),
+        ("lessThan", &c.less_than),
+        ("atLeast", &c.at_least),
+        ("atMost", &c.at_most),
+    ] {
+        if let Some(v) = v {
+            collect_raw(&format!("{field}.{k}"), v, t);
+        }
+    }
+    if let Some(r) = &c.recreated {
+        t(&format!("{field}.recreated"), r);
+    }
+    for (k, list) in [("allOf", &c.all_of), ("anyOf", &c.any_of)] {
+        for (i, sub) in list.iter().enumerate() {
+            condition_templates(&format!("{field}.{k}[{i}]"), sub, t);
+        }
+    }
+}
+
 pub fn output_key(step: &Step) -> Option<&str> {
     match step.step_type {
         StepType::ReadField => step.read_field.as_ref().map(|r| r.output_key.as_str()),
         StepType::Http => step.http.as_ref().and_then(|h| h.output_key.as_deref()),
+        StepType::Exec => step.exec.as_ref().and_then(|e| e.output_key.as_deref()),
         _ => None,
     }
 }
@@ -680,6 +961,24 @@ fn collect_raw(field: &str, v: &Value, t: &mut impl FnMut(&str, &str)) {
         _ => {}
     }
 }
+
+/// The condition operators, as plan authors write them.
+pub const CONDITIONS: &[&str] = &[
+    "equals",
+    "notEquals",
+    "notEmpty",
+    "exists",
+    "changed",
+    "gone",
+    "recreated",
+    "greaterThan",
+    "lessThan",
+    "atLeast",
+    "atMost",
+    "equalsField",
+    "allOf",
+    "anyOf",
+];
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();

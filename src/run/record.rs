@@ -68,6 +68,9 @@ pub enum Phase {
     WaitingForApproval,
     Running,
     Succeeded,
+    /// Every step ran, but at least one failed and was tolerated (`onError: continue`): the
+    /// run did its job, and something it tried (fencing the old primary, say) did not happen.
+    SucceededWithErrors,
     Failed,
     Cancelled,
     /// recoverd stopped while the run was unfinished; it can be resumed.
@@ -76,7 +79,29 @@ pub enum Phase {
 
 impl Phase {
     pub fn is_finished(self) -> bool {
-        matches!(self, Phase::Succeeded | Phase::Failed | Phase::Cancelled)
+        matches!(
+            self,
+            Phase::Succeeded | Phase::SucceededWithErrors | Phase::Failed | Phase::Cancelled
+        )
+    }
+
+    /// The run reached its end: `Succeeded` or `SucceededWithErrors`.
+    pub fn is_success(self) -> bool {
+        matches!(self, Phase::Succeeded | Phase::SucceededWithErrors)
+    }
+
+    /// The phase as the API, the store and metrics spell it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Pending => "Pending",
+            Phase::WaitingForApproval => "WaitingForApproval",
+            Phase::Running => "Running",
+            Phase::Succeeded => "Succeeded",
+            Phase::SucceededWithErrors => "SucceededWithErrors",
+            Phase::Failed => "Failed",
+            Phase::Cancelled => "Cancelled",
+            Phase::Interrupted => "Interrupted",
+        }
     }
 }
 
@@ -120,10 +145,20 @@ pub struct RunRecord {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_opt")]
     pub alert: Option<Value>,
-    /// Every value produced by readField/http steps so far, by outputKey.
+    /// Every value produced by readField/http steps so far, by outputKey (secret ones as
+    /// `<redacted>`).
     #[serde(default)]
     #[schemars(schema_with = "free_form_map")]
     pub outputs: BTreeMap<String, Value>,
+    /// The outputKeys whose values are secret (read from a Secret, or derived from a secret):
+    /// recorded as `<redacted>`, usable by later steps of the same process only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_outputs: Vec<String>,
+    /// The values of `secret_outputs`, in memory only: never serialized, so never stored,
+    /// printed or answered by the API.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub secrets: SecretValues,
     pub steps: Vec<StepRecord>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_failure: Vec<StepRecord>,
@@ -205,6 +240,59 @@ fn free_form_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 fn free_form_opt(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({"nullable": true, "x-kubernetes-preserve-unknown-fields": true})
+}
+
+/// Secret values by outputKey. `Debug` shows only the keys, so a logged or panicking record
+/// cannot print them.
+#[derive(Clone, Default)]
+pub struct SecretValues(pub BTreeMap<String, Value>);
+
+impl std::fmt::Debug for SecretValues {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.0.keys()).finish()
+    }
+}
+
+impl SecretValues {
+    /// Every secret as text, with the forms a template filter commonly turns it into, longest
+    /// first, for scrubbing free text (errors, logs) that may contain one.
+    pub fn needles(&self) -> Vec<String> {
+        use base64::Engine as _;
+        let mut out = Vec::new();
+        for v in self.0.values() {
+            let text = match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            if text.len() < 4 {
+                continue;
+            }
+            let b64 = base64::engine::general_purpose::STANDARD.encode(&text);
+            // A Secret's data is base64: what it decodes to is the secret itself.
+            if let Ok(plain) = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+            {
+                out.extend([plain.clone(), plain.to_uppercase(), plain.to_lowercase()]);
+            }
+            // As a URL carries it.
+            let encoded =
+                percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            out.extend([
+                encoded,
+                text.clone(),
+                text.to_uppercase(),
+                text.to_lowercase(),
+                b64.trim_end_matches('=').to_string(),
+                text.trim().to_string(),
+            ]);
+        }
+        out.retain(|s| s.len() >= 4);
+        out.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        out.dedup();
+        out
+    }
 }
 
 /// Now, as RFC 3339 (what Kubernetes timestamps look like).

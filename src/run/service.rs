@@ -7,17 +7,18 @@
 //! run still waiting for approval. Every state change is in the store before it is acted on.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::record::{Phase, RunRecord, StepStatus, Trigger};
-use super::store::{ClaimRules, Refusal, Store, StoreError};
+use super::store::{ClaimRules, Page, Refusal, Retention, Store, StoreError};
 use crate::alert::Alert;
 use crate::executor::{
     plan_generation, Event, Executor, Observer, RunControl, RunInput, RunnablePlan,
@@ -40,6 +41,12 @@ pub enum RunsError {
         plan: String,
         key: String,
         known: String,
+    },
+    #[error("plan {plan} does not let a trigger set param {key:?} (it may set: {allowed}); list it under spec.overridableParams to allow it")]
+    ParamNotOverridable {
+        plan: String,
+        key: String,
+        allowed: String,
     },
     #[error("no run with id {0}")]
     UnknownRun(String),
@@ -96,6 +103,11 @@ pub struct ManualTrigger {
 
 pub struct Runs {
     store: Mutex<Store>,
+    /// False after a write to the store failed, until a health check writes again.
+    store_ok: AtomicBool,
+    /// Runs that stopped because their record could not be written: written again (as
+    /// Interrupted) once the store takes writes.
+    unrecorded: Mutex<HashMap<String, RunRecord>>,
     plans: RwLock<Arc<PlanSet>>,
     live: Arc<Executor>,
     dry: Arc<Executor>,
@@ -127,6 +139,45 @@ pub fn alert_run_id(plan: &str, alert: &Alert) -> String {
     )
 }
 
+/// Locks a mutex whether or not a thread panicked while holding it: every value behind these
+/// locks is consistent between statements (the store rolls back an unfinished transaction).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The most a run record keeps of one alert label or annotation value, and of all annotations.
+pub const ALERT_VALUE_LIMIT: usize = 4096;
+pub const ALERT_ANNOTATIONS_LIMIT: usize = 32 * 1024;
+const TRUNCATED: &str = "…[truncated by recoverd]";
+
+fn cap(value: &str, limit: usize) -> String {
+    if value.len() <= limit {
+        return value.to_string();
+    }
+    let mut end = limit;
+    while !value.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{TRUNCATED}", &value[..end])
+}
+
+/// The alert as a run record keeps it (and templates see it): every label and annotation
+/// value at most [`ALERT_VALUE_LIMIT`] bytes, annotations at most [`ALERT_ANNOTATIONS_LIMIT`]
+/// in all, so that a noisy alert cannot make every record (and list) huge.
+pub fn capped_context(alert: &Alert) -> Value {
+    let mut alert = alert.clone();
+    for v in alert.labels.values_mut() {
+        *v = cap(v, ALERT_VALUE_LIMIT);
+    }
+    let mut budget = ALERT_ANNOTATIONS_LIMIT;
+    for v in alert.annotations.values_mut() {
+        let capped = cap(v, ALERT_VALUE_LIMIT.min(budget));
+        budget = budget.saturating_sub(capped.len());
+        *v = capped;
+    }
+    alert.context()
+}
+
 impl Runs {
     pub fn new(
         store: Store,
@@ -137,6 +188,8 @@ impl Runs {
     ) -> Arc<Self> {
         let runs = Arc::new(Runs {
             store: Mutex::new(store),
+            store_ok: AtomicBool::new(true),
+            unrecorded: Mutex::default(),
             plans: RwLock::new(Arc::new(PlanSet::default())),
             live,
             dry,
@@ -145,18 +198,22 @@ impl Runs {
             tasks: TaskTracker::new(),
             drain: Default::default(),
         });
+        runs.metrics.store_healthy.set(1);
         runs.set_plans(plans);
         runs
     }
 
     pub fn plans(&self) -> Arc<PlanSet> {
-        self.plans.read().unwrap().clone()
+        self.plans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     pub fn set_plans(&self, plans: PlanSet) {
         self.metrics.plans_loaded.set(plans.len() as i64);
         self.metrics.plans_invalid.set(plans.invalid.len() as i64);
-        *self.plans.write().unwrap() = Arc::new(plans);
+        *self.plans.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(plans);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -167,9 +224,13 @@ impl Runs {
         !self.drain.is_cancelled()
     }
 
+    fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
     /// Marks runs left unfinished by a previous process as Interrupted.
     pub fn recover(&self) -> Result<Vec<String>, RunsError> {
-        let ids = self.store.lock().unwrap().mark_interrupted()?;
+        let ids = self.store().mark_interrupted()?;
         for id in &ids {
             warn!(run = %id, "run was interrupted by a restart; resume it with POST /api/v1/runs/{id}/resume");
         }
@@ -178,9 +239,56 @@ impl Runs {
     }
 
     fn refresh_active(&self) {
-        if let Ok(n) = self.store.lock().unwrap().active_count() {
+        if let Ok(n) = self.store().active_count() {
             self.metrics.active_runs.set(n);
         }
+    }
+
+    /// Whether the store takes writes now and is still the file it was opened as; records the
+    /// answer in `recoverd_store_healthy`. Runs that stopped on a failed write are written
+    /// again once it is healthy.
+    pub fn check_store(&self) -> Result<(), StoreError> {
+        let result = self.store().check_health();
+        match &result {
+            Ok(()) => {
+                let pending: Vec<RunRecord> = lock(&self.unrecorded).values().cloned().collect();
+                for record in pending {
+                    if let Err(e) = self.store().save(&record) {
+                        self.store_failed(&record.id, &e);
+                        return Err(e);
+                    }
+                    info!(run = %record.id, "the store takes writes again; the stopped run is recorded as Interrupted");
+                    lock(&self.unrecorded).remove(&record.id);
+                }
+                if !self.store_ok.swap(true, Ordering::SeqCst) {
+                    info!("the run store takes writes again");
+                }
+                self.metrics.store_healthy.set(1);
+                self.refresh_active();
+            }
+            Err(e) => self.store_failed("", e),
+        }
+        result
+    }
+
+    fn store_failed(&self, run: &str, e: &StoreError) {
+        self.metrics
+            .store_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        self.metrics.store_healthy.set(0);
+        if self.store_ok.swap(false, Ordering::SeqCst) || !run.is_empty() {
+            error!(run = %run, reason = e.reason(), error = %e, "the run store cannot be written; no run will take a step until it can");
+        }
+    }
+
+    /// Deletes finished runs beyond the retention.
+    pub fn prune(&self, keep: Retention) -> Result<usize, RunsError> {
+        let n = self.store().prune(keep)?;
+        if n > 0 {
+            info!(deleted = n, "pruned finished runs beyond the retention");
+        }
+        Ok(n)
     }
 
     /// Handles one alert of a webhook payload; each alert is judged by its own status.
@@ -204,14 +312,22 @@ impl Runs {
                 "resolved"
             }])
             .inc();
+        let plans = self.plans();
         if !alert.is_firing() {
             // A resolution never acts; it only withdraws runs still waiting for approval, matched
-            // by fingerprint alone (its startsAt may differ from the firing notifications').
-            let waiting = self
-                .store
-                .lock()
-                .unwrap()
-                .waiting_for_approval(&alert.fingerprint)?;
+            // by fingerprint (its startsAt may differ from the firing notifications') and only of
+            // plans its labels match — a fingerprint is no secret, and must not cancel others.
+            let matching: Vec<String> =
+                plans.matching(&alert.labels).into_iter().map(key).collect();
+            let waiting: Vec<RunRecord> = if matching.is_empty() {
+                Vec::new()
+            } else {
+                self.store()
+                    .waiting_for_approval(&alert.fingerprint)?
+                    .into_iter()
+                    .filter(|r| matching.contains(&r.plan))
+                    .collect()
+            };
             if waiting.is_empty() {
                 return Ok(vec![outcome(
                     "ignored",
@@ -243,7 +359,6 @@ impl Runs {
         if !self.accepting() {
             return Err(RunsError::ShuttingDown);
         }
-        let plans = self.plans();
         let matching = plans.matching(&alert.labels);
         if matching.is_empty() {
             return Ok(vec![outcome("noMatch", None, None, None)]);
@@ -253,9 +368,29 @@ impl Runs {
             let name = key(loaded);
             self.metrics.plan_matches.with_label_values(&[&name]).inc();
             let id = alert_run_id(&name, alert);
+            let deduplicated = |refusal: &Refusal| {
+                self.metrics
+                    .runs_deduplicated
+                    .with_label_values(&[&name, refusal.reason()])
+                    .inc();
+                // Alertmanager resends every group interval: one line per resend would drown
+                // the log, so the duplicate itself is only a debug line.
+                debug!(plan = %name, run = %refusal.existing(), reason = refusal.reason(), "alert deduplicated");
+                outcome(
+                    "deduplicated",
+                    Some(name.clone()),
+                    Some(refusal.existing().to_string()),
+                    Some(refusal.reason().into()),
+                )
+            };
+            // A resend is the common case: answer it from the index before building a record.
+            if self.store().exists(&id)? {
+                out.push(deduplicated(&Refusal::SameRun { existing: id }));
+                continue;
+            }
             let input = RunInput {
                 params: BTreeMap::new(),
-                alert: Some(alert.context()),
+                alert: Some(capped_context(alert)),
             };
             let mut record = self.live.new_record(&id, &loaded.plan, &input);
             record.trigger = Trigger {
@@ -280,19 +415,9 @@ impl Runs {
                 one_active_per_plan: true,
                 cooldown,
             };
-            let claimed = self.store.lock().unwrap().claim(&record, rules)?;
+            let claimed = self.store().claim(&record, rules)?;
             if let Err(refusal) = claimed {
-                self.metrics
-                    .runs_deduplicated
-                    .with_label_values(&[&name, refusal.reason()])
-                    .inc();
-                info!(plan = %name, run = %refusal.existing(), reason = refusal.reason(), "alert deduplicated");
-                out.push(outcome(
-                    "deduplicated",
-                    Some(name),
-                    Some(refusal.existing().to_string()),
-                    Some(refusal.reason().into()),
-                ));
+                out.push(deduplicated(&refusal));
                 continue;
             }
             self.refresh_active();
@@ -308,7 +433,8 @@ impl Runs {
     }
 
     /// A manual trigger. Returns the run and whether it was created now (false: the same
-    /// idempotency key was used before and this is that run).
+    /// idempotency key was used before and this is that run). A live run of an `approval`
+    /// plan waits for approval as an alert's would; a dry run needs none (it changes nothing).
     pub fn trigger(
         self: &Arc<Self>,
         plan_name: &str,
@@ -328,28 +454,33 @@ impl Runs {
                 .err()
                 .unwrap_or_else(|| RunsError::UnknownPlan(plan_name.into())));
         };
+        let spec = &loaded.plan.spec;
+        let listed = |names: &mut dyn Iterator<Item = &String>| {
+            let list = names.cloned().collect::<Vec<_>>().join(", ");
+            if list.is_empty() {
+                "none".to_string()
+            } else {
+                list
+            }
+        };
         // A mistyped param must not quietly run the plan with its default.
-        if let Some(key) = req
-            .params
-            .keys()
-            .find(|k| !loaded.plan.spec.params.contains_key(*k))
-        {
-            let known = loaded
-                .plan
-                .spec
-                .params
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ");
+        if let Some(key) = req.params.keys().find(|k| !spec.params.contains_key(*k)) {
             return Err(RunsError::UnknownParam {
                 plan: plan_name.into(),
                 key: key.clone(),
-                known: if known.is_empty() {
-                    "none".into()
-                } else {
-                    known
-                },
+                known: listed(&mut spec.params.keys()),
+            });
+        }
+        // Which params a trigger may set is the plan author's decision, not the caller's.
+        if let Some(key) = req
+            .params
+            .keys()
+            .find(|k| !spec.overridable_params.contains(k))
+        {
+            return Err(RunsError::ParamNotOverridable {
+                plan: plan_name.into(),
+                key: key.clone(),
+                allowed: listed(&mut spec.overridable_params.iter()),
             });
         }
         let id = match &req.idempotency_key {
@@ -378,14 +509,19 @@ impl Runs {
             idempotency_key: req.idempotency_key.clone(),
             ..Default::default()
         };
-        record.phase = Phase::Pending;
-        // A dry run changes nothing, so it may run beside a live one.
+        let approval = spec.mode == Mode::Approval && !req.dry_run;
+        record.phase = if approval {
+            Phase::WaitingForApproval
+        } else {
+            Phase::Pending
+        };
+        // The store applies the one-active-run rule to live runs only.
         let rules = ClaimRules {
-            one_active_per_plan: !req.dry_run,
+            one_active_per_plan: true,
             cooldown: None,
         };
         // Bind the claim first: the store's lock must be released before `get` takes it again.
-        let claimed = self.store.lock().unwrap().claim(&record, rules)?;
+        let claimed = self.store().claim(&record, rules)?;
         match claimed {
             Ok(()) => {}
             Err(Refusal::SameRun { existing }) => {
@@ -408,20 +544,33 @@ impl Runs {
             }
         }
         self.refresh_active();
-        self.spawn(record.clone(), loaded, req.dry_run);
+        if approval {
+            info!(plan = %plan_name, run = %id, "manually triggered run awaits approval");
+        } else {
+            self.spawn(record.clone(), loaded, req.dry_run);
+        }
         Ok((record, true))
     }
 
     pub fn get(&self, id: &str) -> Result<RunRecord, RunsError> {
-        self.store
-            .lock()
-            .unwrap()
+        self.store()
             .get(id)?
             .ok_or_else(|| RunsError::UnknownRun(id.into()))
     }
 
+    /// Up to 500 full records, newest first (the CLI's `recoverd run` history and tests).
     pub fn list(&self, plan: Option<&str>) -> Result<Vec<RunRecord>, RunsError> {
-        Ok(self.store.lock().unwrap().list(plan, 500)?)
+        Ok(self.store().list(plan, 500)?)
+    }
+
+    /// One page of run summaries, newest first.
+    pub fn page(
+        &self,
+        plan: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page, RunsError> {
+        Ok(self.store().page(plan, limit, after)?)
     }
 
     pub fn approve(self: &Arc<Self>, id: &str) -> Result<RunRecord, RunsError> {
@@ -437,13 +586,14 @@ impl Runs {
             "approval",
             "WaitingForApproval",
         )?;
-        self.spawn(record.clone(), loaded, false);
+        let dry = record.mode == super::record::RunMode::DryRun;
+        self.spawn(record.clone(), loaded, dry);
         Ok(record)
     }
 
     pub fn cancel(&self, id: &str) -> Result<RunRecord, RunsError> {
         let record = self.get(id)?;
-        if let Some(control) = self.controls.lock().unwrap().get(id) {
+        if let Some(control) = lock(&self.controls).get(id) {
             control.cancel.cancel();
             return Ok(record);
         }
@@ -482,7 +632,7 @@ impl Runs {
         action: &'static str,
         needs: &'static str,
     ) -> Result<(), RunsError> {
-        if self.store.lock().unwrap().transition(record, from)? {
+        if self.store().transition(record, from)? {
             return Ok(());
         }
         let phase = self.get(&record.id)?.phase;
@@ -497,11 +647,7 @@ impl Runs {
     /// Cancels runs that have waited for approval longer than their plan's `approvalTimeout`
     /// (default: the plan's `timeout`, 1h if unset). Returns their ids.
     pub fn expire_approvals(&self) -> Result<Vec<String>, RunsError> {
-        let waiting = self
-            .store
-            .lock()
-            .unwrap()
-            .in_phase(Phase::WaitingForApproval)?;
+        let waiting = self.store().in_phase(Phase::WaitingForApproval)?;
         let plans = self.plans();
         let mut expired = Vec::new();
         for run in waiting {
@@ -594,10 +740,7 @@ impl Runs {
             cancel: Default::default(),
             drain: self.drain.child_token(),
         };
-        self.controls
-            .lock()
-            .unwrap()
-            .insert(record.id.clone(), control.clone());
+        lock(&self.controls).insert(record.id.clone(), control.clone());
         let this = self.clone();
         self.tasks.spawn(async move {
             let executor = if dry_run {
@@ -613,12 +756,30 @@ impl Runs {
                 params: BTreeMap::new(),
                 alert: record.alert.clone(),
             };
-            let observer = StoreObserver { runs: &this };
+            let observer = StoreObserver {
+                runs: &this,
+                drain: control.drain.clone(),
+                failed: AtomicBool::new(false),
+            };
             executor
                 .execute(&runnable, &input, &mut record, &observer, &control)
                 .await;
-            this.controls.lock().unwrap().remove(&record.id);
-            this.refresh_active();
+            if observer.failed.load(Ordering::SeqCst) {
+                // The run stopped (before its next step) because its record could not be
+                // written. Keep the truth in memory and write it once the store takes writes.
+                if record.phase == Phase::Interrupted {
+                    record.error = Some(
+                        "the run store could not be written, so the run stopped before its next step rather than run it unrecorded; resume it once the store is writable (see /readyz)"
+                            .into(),
+                    );
+                }
+                let saved = off_worker(|| this.store().save(&record));
+                if saved.is_err() {
+                    lock(&this.unrecorded).insert(record.id.clone(), record.clone());
+                }
+            }
+            lock(&this.controls).remove(&record.id);
+            off_worker(|| this.refresh_active());
         });
     }
 
@@ -638,7 +799,7 @@ impl Runs {
     /// Waits until no run is executing (tests, `demo`).
     pub async fn idle(&self) {
         loop {
-            if self.controls.lock().unwrap().is_empty() {
+            if lock(&self.controls).is_empty() {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -646,15 +807,37 @@ impl Runs {
     }
 }
 
-/// Writes the record after every event, and keeps the metrics.
+/// Writes the record after every event, and keeps the metrics. A write that fails stops the
+/// run before its next step (as a shutdown would: Interrupted, resumable), so that no step
+/// runs without its record.
 struct StoreObserver<'a> {
     runs: &'a Runs,
+    drain: tokio_util::sync::CancellationToken,
+    failed: AtomicBool,
+}
+
+/// Runs blocking store work from async code without holding up a worker thread the rest of the
+/// server needs (the runtime moves its other tasks elsewhere meanwhile); a current-thread
+/// runtime (tests) has no other worker to protect.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl StoreObserver<'_> {
+    fn save(&self, run: &RunRecord) -> Result<(), StoreError> {
+        off_worker(|| self.runs.store().save(run))
+    }
 }
 
 impl Observer for StoreObserver<'_> {
     fn on_event(&self, run: &RunRecord, event: &Event) {
-        if let Err(e) = self.runs.store.lock().unwrap().save(run) {
-            warn!(run = %run.id, error = %e, "failed to record the run");
+        if let Err(e) = self.save(run) {
+            self.runs.store_failed(&run.id, &e);
+            self.failed.store(true, Ordering::SeqCst);
+            self.drain.cancel();
         }
         let m = &self.runs.metrics;
         match event {

@@ -2,16 +2,26 @@
 //! run's first step and after every step.
 //!
 //! Owns the claim that makes runs exactly-once: inserting a run whose id already exists, or
-//! while the plan has an active run, or within the plan's cooldown, is refused in the same
+//! while the plan has an active live run, or within the plan's cooldown, is refused in the same
 //! transaction that would have created it — so two triggers racing for one incident cannot both
 //! win. Deciding *what* to claim is the caller's job (see [`super::service`]).
+//!
+//! Every query a hot path makes is answered from an index: the active-run check and the active
+//! count read only unfinished runs (`runs_phase`), lists page through `runs_created` and read a
+//! small summary, not the whole record. Finished runs are pruned by [`Store::prune`]. The store
+//! also notices when it cannot be written or when its file was deleted or replaced
+//! ([`Store::check_health`]), so `/readyz` can say so.
+//!
+//! "Active" is a fixed list of phases ([`ACTIVE`]); every other phase — including any added
+//! later — counts as finished.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
+use serde::{Deserialize, Serialize};
 
-use super::record::{Phase, RunRecord};
+use super::record::{Phase, RunMode, RunRecord, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -27,6 +37,33 @@ pub enum StoreError {
         id: String,
         source: serde_json::Error,
     },
+    #[error("the run store file {path} {what}; restart recoverd to open it again")]
+    FileChanged { path: String, what: &'static str },
+    #[error(
+        "invalid continue token {0:?}; pass the `continue` value of the previous page unchanged"
+    )]
+    BadContinue(String),
+}
+
+impl StoreError {
+    /// A bounded reason for metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            StoreError::Open { .. } => "open",
+            StoreError::Sql(e) => match e.sqlite_error_code() {
+                Some(rusqlite::ErrorCode::DiskFull) => "disk-full",
+                Some(rusqlite::ErrorCode::ReadOnly) => "read-only",
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                    "busy"
+                }
+                Some(rusqlite::ErrorCode::SystemIoFailure) => "io",
+                _ => "sql",
+            },
+            StoreError::Decode { .. } => "decode",
+            StoreError::FileChanged { .. } => "file-changed",
+            StoreError::BadContinue(_) => "bad-continue",
+        }
+    }
 }
 
 /// Why a claim did not create a run.
@@ -34,9 +71,9 @@ pub enum StoreError {
 pub enum Refusal {
     /// A run with this id exists: the same incident (or idempotency key) was claimed before.
     SameRun { existing: String },
-    /// The plan has a run that has not finished.
+    /// The plan has a live run that has not finished.
     ActiveRun { existing: String },
-    /// The plan's last alert-triggered run began less than its cooldown ago.
+    /// The plan's last alert-triggered live run began less than its cooldown ago.
     Cooldown { last: String },
 }
 
@@ -58,17 +95,111 @@ impl Refusal {
     }
 }
 
-/// What a claim must respect besides the run id.
+/// What a claim must respect besides the run id. Both rules are about live runs only: a dry
+/// run changes nothing, so it never holds the plan's active-run slot or starts its cooldown.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClaimRules {
     pub one_active_per_plan: bool,
     pub cooldown: Option<Duration>,
 }
 
-const ACTIVE: &[&str] = &["Pending", "WaitingForApproval", "Running", "Interrupted"];
+/// Phases of a run that has not finished. Every other phase is finished.
+pub const ACTIVE: &[&str] = &["Pending", "WaitingForApproval", "Running", "Interrupted"];
+
+/// How many finished runs to keep, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Retention {
+    pub max_runs: u64,
+    pub max_age: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            max_runs: 10_000,
+            max_age: Duration::from_secs(90 * 24 * 3600),
+        }
+    }
+}
+
+/// What a list of runs shows of each: enough to pick one, not its steps. The full record is
+/// `GET /api/v1/runs/{id}`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RunSummary {
+    pub id: String,
+    pub plan: String,
+    pub trigger: Trigger,
+    pub mode: RunMode,
+    pub phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    /// The first line of the run's error, at most [`SUMMARY_ERROR_CHARS`] characters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+pub const SUMMARY_ERROR_CHARS: usize = 300;
+
+impl RunSummary {
+    pub fn of(r: &RunRecord) -> Self {
+        RunSummary {
+            id: r.id.clone(),
+            plan: r.plan.clone(),
+            trigger: r.trigger.clone(),
+            mode: r.mode,
+            phase: r.phase,
+            created_at: r.created_at.clone(),
+            started_at: r.started_at.clone(),
+            finished_at: r.finished_at.clone(),
+            duration_ms: r.duration_ms,
+            error: r.error.as_deref().map(|e| {
+                let line = e.lines().next().unwrap_or_default();
+                if line.chars().count() > SUMMARY_ERROR_CHARS {
+                    let cut: String = line.chars().take(SUMMARY_ERROR_CHARS).collect();
+                    format!("{cut}…")
+                } else {
+                    line.to_string()
+                }
+            }),
+        }
+    }
+}
+
+/// One page of runs, newest first, and the token for the next page.
+#[derive(Clone, Debug, Serialize)]
+pub struct Page {
+    pub runs: Vec<RunSummary>,
+    #[serde(rename = "continue", skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// The identity of the store's file, to notice it being deleted or replaced underneath us.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileId {
+    dev: u64,
+    ino: u64,
+}
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path)?;
+    Ok(FileId {
+        dev: m.dev(),
+        ino: m.ino(),
+    })
+}
 
 pub struct Store {
     conn: Connection,
+    /// The file and its identity at open; `None` for an in-memory store.
+    file: Option<(PathBuf, FileId)>,
 }
 
 fn phase_name(p: Phase) -> String {
@@ -78,8 +209,52 @@ fn phase_name(p: Phase) -> String {
         .unwrap_or_default()
 }
 
+fn mode_name(m: RunMode) -> &'static str {
+    match m {
+        RunMode::Live => "live",
+        RunMode::DryRun => "dryRun",
+    }
+}
+
+fn active_list() -> String {
+    ACTIVE
+        .iter()
+        .map(|p| format!("'{p}'"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// The plan's newest unfinished live run (the one-active-run rule).
+fn active_run_sql() -> String {
+    format!(
+        "SELECT id FROM runs WHERE phase IN ({}) AND plan = ?1 AND mode = 'live'
+         ORDER BY created_ms DESC LIMIT 1",
+        active_list()
+    )
+}
+
+/// The plan's newest alert-triggered live run within the cooldown.
+const COOLDOWN_SQL: &str = "SELECT id FROM runs WHERE plan = ?1 AND created_ms > ?2
+       AND trigger_kind = 'alert' AND mode = 'live'
+     ORDER BY created_ms DESC LIMIT 1";
+
+const PAGE_SQL: &str = "SELECT id, created_ms, COALESCE(summary, record) FROM runs
+     WHERE (?1 IS NULL OR plan = ?1)
+       AND (created_ms < ?2 OR (created_ms = ?2 AND id < ?3))
+     ORDER BY created_ms DESC, id DESC LIMIT ?4";
+
+const ACTIVE_COUNT_SQL: &str =
+    "SELECT COUNT(*) FROM runs WHERE phase IN ('Pending','Running','WaitingForApproval')";
+
+const WAITING_SQL: &str =
+    "SELECT record FROM runs WHERE fingerprint = ?1 AND phase = 'WaitingForApproval'";
+
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
+}
+
+fn to_json<T: Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("records serialize")
 }
 
 impl Store {
@@ -120,14 +295,54 @@ impl Store {
                 created_ms INTEGER NOT NULL,
                 record TEXT NOT NULL
             );
-            CREATE INDEX IF NOT EXISTS runs_plan ON runs (plan, created_ms);
-            CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint);
+            CREATE TABLE IF NOT EXISTS probe (k INTEGER PRIMARY KEY, at_ms INTEGER NOT NULL);
             BEGIN IMMEDIATE; COMMIT;",
+        )
+        .map_err(open_err)?;
+        // Stores written by older versions lack these columns: add them, filled from the records.
+        let columns: Vec<String> = conn
+            .prepare("SELECT name FROM pragma_table_info('runs')")
+            .and_then(|mut s| {
+                s.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<_, _>>()
+            })
+            .map_err(open_err)?;
+        if !columns.iter().any(|c| c == "mode") {
+            conn.execute_batch(
+                "ALTER TABLE runs ADD COLUMN mode TEXT NOT NULL DEFAULT 'live';
+                 UPDATE runs SET mode = COALESCE(json_extract(record, '$.mode'), 'live');",
+            )
+            .map_err(open_err)?;
+        }
+        if !columns.iter().any(|c| c == "summary") {
+            // NULL until the run is next written; lists read the record instead.
+            conn.execute_batch("ALTER TABLE runs ADD COLUMN summary TEXT;")
+                .map_err(open_err)?;
+        }
+        conn.execute_batch(
+            "CREATE INDEX IF NOT EXISTS runs_plan ON runs (plan, created_ms);
+             CREATE INDEX IF NOT EXISTS runs_fingerprint ON runs (fingerprint, phase);
+             CREATE INDEX IF NOT EXISTS runs_phase ON runs (phase, plan, mode, created_ms);
+             CREATE INDEX IF NOT EXISTS runs_created ON runs (created_ms, id);",
         )
         .map_err(open_err)?;
         conn.busy_timeout(Duration::from_secs(5))
             .map_err(open_err)?;
-        Ok(Store { conn })
+        let file = if shown == ":memory:" {
+            None
+        } else {
+            file_id(path).ok().map(|id| (path.to_path_buf(), id))
+        };
+        Ok(Store { conn, file })
+    }
+
+    /// Whether the run `id` exists: the cheap check that lets a resent alert be answered
+    /// before a record is built for it.
+    pub fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn
+            .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?
+            .exists([id])?)
     }
 
     /// Creates `record` unless the rules refuse it; both in one immediate transaction.
@@ -147,34 +362,27 @@ impl Store {
         if let Some(existing) = exists {
             return Ok(Err(Refusal::SameRun { existing }));
         }
-        if rules.one_active_per_plan {
-            let sql = format!(
-                "SELECT id FROM runs WHERE plan = ?1 AND phase IN ({}) ORDER BY created_ms DESC LIMIT 1",
-                ACTIVE.iter().map(|p| format!("'{p}'")).collect::<Vec<_>>().join(",")
-            );
+        let live = record.mode == RunMode::Live;
+        if rules.one_active_per_plan && live {
             let active: Option<String> = tx
-                .query_row(&sql, [&record.plan], |r| r.get(0))
+                .query_row(&active_run_sql(), [&record.plan], |r| r.get(0))
                 .optional()?;
             if let Some(existing) = active {
                 return Ok(Err(Refusal::ActiveRun { existing }));
             }
         }
-        if let Some(cooldown) = rules.cooldown {
+        if let (Some(cooldown), true) = (rules.cooldown, live) {
             let since = now_ms() - cooldown.as_millis() as i64;
             let last: Option<String> = tx
-                .query_row(
-                    "SELECT id FROM runs WHERE plan = ?1 AND trigger_kind = 'alert' AND created_ms > ?2
-                     ORDER BY created_ms DESC LIMIT 1",
-                    params![record.plan, since],
-                    |r| r.get(0),
-                )
+                .query_row(COOLDOWN_SQL, params![record.plan, since], |r| r.get(0))
                 .optional()?;
             if let Some(last) = last {
                 return Ok(Err(Refusal::Cooldown { last }));
             }
         }
         tx.execute(
-            "INSERT INTO runs (id, plan, phase, trigger_kind, fingerprint, created_ms, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            "INSERT INTO runs (id, plan, phase, trigger_kind, fingerprint, created_ms, record, mode, summary)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             params![
                 record.id,
                 record.plan,
@@ -182,7 +390,9 @@ impl Store {
                 record.trigger.kind,
                 record.trigger.fingerprint,
                 now_ms(),
-                serde_json::to_string(record).expect("records serialize"),
+                to_json(record),
+                mode_name(record.mode),
+                to_json(&RunSummary::of(record)),
             ],
         )?;
         tx.commit()?;
@@ -192,19 +402,21 @@ impl Store {
     /// Writes the record only if the run is still in one of `from` phases — one statement, so
     /// two callers racing (a double approve, an approve and a resolution) cannot both win.
     pub fn transition(&self, record: &RunRecord, from: &[Phase]) -> Result<bool, StoreError> {
+        self.check_file()?;
         let from: Vec<String> = from
             .iter()
             .map(|p| format!("'{}'", phase_name(*p)))
             .collect();
         let n = self.conn.execute(
             &format!(
-                "UPDATE runs SET phase = ?2, record = ?3 WHERE id = ?1 AND phase IN ({})",
+                "UPDATE runs SET phase = ?2, record = ?3, summary = ?4 WHERE id = ?1 AND phase IN ({})",
                 from.join(",")
             ),
             params![
                 record.id,
                 phase_name(record.phase),
-                serde_json::to_string(record).expect("records serialize")
+                to_json(record),
+                to_json(&RunSummary::of(record)),
             ],
         )?;
         Ok(n == 1)
@@ -212,14 +424,15 @@ impl Store {
 
     /// Writes the record's current state.
     pub fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
-        self.conn.execute(
-            "UPDATE runs SET phase = ?2, record = ?3 WHERE id = ?1",
-            params![
+        self.check_file()?;
+        self.conn
+            .prepare_cached("UPDATE runs SET phase = ?2, record = ?3, summary = ?4 WHERE id = ?1")?
+            .execute(params![
                 record.id,
                 phase_name(record.phase),
-                serde_json::to_string(record).expect("records serialize")
-            ],
-        )?;
+                to_json(record),
+                to_json(&RunSummary::of(record)),
+            ])?;
         Ok(())
     }
 
@@ -240,7 +453,7 @@ impl Store {
     /// Runs, newest first, optionally of one plan (`namespace/name`).
     pub fn list(&self, plan: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT id, record FROM runs WHERE (?1 IS NULL OR plan = ?1) ORDER BY created_ms DESC, id LIMIT ?2",
+            "SELECT id, record FROM runs WHERE (?1 IS NULL OR plan = ?1) ORDER BY created_ms DESC, id DESC LIMIT ?2",
         )?;
         let rows = stmt.query_map(params![plan, limit as i64], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
@@ -253,6 +466,50 @@ impl Store {
             );
         }
         Ok(out)
+    }
+
+    /// One page of run summaries, newest first, optionally of one plan; `after` is the
+    /// `continue` token of the previous page.
+    pub fn page(
+        &self,
+        plan: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page, StoreError> {
+        let (after_ms, after_id) = match after {
+            None => (i64::MAX, String::new()),
+            Some(token) => decode_continue(token)?,
+        };
+        let mut stmt = self.conn.prepare_cached(PAGE_SQL)?;
+        let rows = stmt.query_map(params![plan, after_ms, after_id, limit as i64 + 1], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut runs = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        for row in rows {
+            let (id, ms, text) = row?;
+            if runs.len() == limit {
+                more = true;
+                break;
+            }
+            let summary: RunSummary =
+                serde_json::from_str(&text).map_err(|source| StoreError::Decode {
+                    id: id.clone(),
+                    source,
+                })?;
+            runs.push(summary);
+            last = Some((ms, id));
+        }
+        let next = match (more, last) {
+            (true, Some((ms, id))) => Some(encode_continue(ms, &id)),
+            _ => None,
+        };
+        Ok(Page { runs, next })
     }
 
     /// Every run in one phase.
@@ -273,11 +530,9 @@ impl Store {
         Ok(out)
     }
 
-    /// Runs waiting for approval that a resolved alert with this fingerprint should cancel.
+    /// Runs waiting for approval that a resolved alert with this fingerprint may cancel.
     pub fn waiting_for_approval(&self, fingerprint: &str) -> Result<Vec<RunRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT record FROM runs WHERE fingerprint = ?1 AND phase = 'WaitingForApproval'",
-        )?;
+        let mut stmt = self.conn.prepare(WAITING_SQL)?;
         let rows = stmt.query_map([fingerprint], |r| r.get::<_, String>(0))?;
         rows.map(|t| {
             let t = t?;
@@ -316,14 +571,74 @@ impl Store {
         Ok(ids)
     }
 
-    /// How many runs are executing or waiting.
+    /// How many runs are executing or waiting — read from the phase index, never the table.
     pub fn active_count(&self) -> Result<i64, StoreError> {
-        Ok(self.conn.query_row(
-            "SELECT COUNT(*) FROM runs WHERE phase IN ('Pending','Running','WaitingForApproval')",
-            [],
-            |r| r.get(0),
-        )?)
+        Ok(self
+            .conn
+            .prepare_cached(ACTIVE_COUNT_SQL)?
+            .query_row([], |r| r.get(0))?)
     }
+
+    /// Deletes finished runs beyond the retention: older than `max_age`, or beyond the newest
+    /// `max_runs` finished ones. Unfinished runs are never deleted. Returns how many went.
+    pub fn prune(&self, keep: Retention) -> Result<usize, StoreError> {
+        let cutoff = now_ms() - keep.max_age.as_millis().min(i64::MAX as u128) as i64;
+        let finished = format!("phase NOT IN ({})", active_list());
+        let old = self.conn.execute(
+            &format!("DELETE FROM runs WHERE {finished} AND created_ms < ?1"),
+            [cutoff],
+        )?;
+        let over = self.conn.execute(
+            &format!(
+                "DELETE FROM runs WHERE id IN (
+                   SELECT id FROM runs WHERE {finished}
+                   ORDER BY created_ms DESC, id DESC LIMIT -1 OFFSET ?1)"
+            ),
+            [keep.max_runs.min(i64::MAX as u64) as i64],
+        )?;
+        Ok(old + over)
+    }
+
+    /// Fails when the store cannot be written now, or its file was deleted or replaced since
+    /// it was opened (the runs would be written where no one can read them).
+    pub fn check_health(&self) -> Result<(), StoreError> {
+        self.check_file()?;
+        self.conn
+            .prepare_cached("INSERT OR REPLACE INTO probe (k, at_ms) VALUES (1, ?1)")?
+            .execute([now_ms()])?;
+        Ok(())
+    }
+
+    fn check_file(&self) -> Result<(), StoreError> {
+        let Some((path, id)) = &self.file else {
+            return Ok(());
+        };
+        let what = match file_id(path) {
+            Ok(now) if now == *id => return Ok(()),
+            Ok(_) => "was replaced by another file",
+            Err(_) => "was deleted",
+        };
+        Err(StoreError::FileChanged {
+            path: path.display().to_string(),
+            what,
+        })
+    }
+}
+
+fn encode_continue(ms: i64, id: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("{ms}/{id}"))
+}
+
+fn decode_continue(token: &str) -> Result<(i64, String), StoreError> {
+    use base64::Engine;
+    let bad = || StoreError::BadContinue(token.chars().take(64).collect());
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
+    let text = String::from_utf8(bytes).map_err(|_| bad())?;
+    let (ms, id) = text.split_once('/').ok_or_else(bad)?;
+    Ok((ms.parse().map_err(|_| bad())?, id.to_string()))
 }
 
 #[cfg(test)]
@@ -464,5 +779,157 @@ mod tests {
         assert_eq!(s.get("r2").unwrap().unwrap().phase, Phase::Succeeded);
         assert_eq!(s.list(None, 10).unwrap().len(), 2);
         assert_eq!(s.list(Some("ns/q"), 10).unwrap()[0].id, "r2");
+    }
+
+    fn dry(id: &str, plan: &str, kind: &str) -> RunRecord {
+        let mut r = record(id, plan, kind);
+        r.mode = RunMode::DryRun;
+        r
+    }
+
+    #[test]
+    fn a_dry_run_never_holds_the_active_slot_or_the_cooldown() {
+        let (_d, mut s) = store();
+        let rules = ClaimRules {
+            one_active_per_plan: true,
+            cooldown: Some(Duration::from_secs(600)),
+        };
+        let mut crashed = dry("d1", "ns/p", "alert");
+        s.claim(&crashed, rules).unwrap().unwrap();
+        crashed.phase = Phase::Interrupted;
+        s.save(&crashed).unwrap();
+        s.claim(&dry("d2", "ns/p", "manual"), rules)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            s.claim(&record("r1", "ns/p", "alert"), rules).unwrap(),
+            Ok(()),
+            "a live run starts beside a running and a crashed dry run"
+        );
+        assert_eq!(
+            s.claim(&dry("d3", "ns/p", "manual"), rules).unwrap(),
+            Ok(()),
+            "a dry run is not refused by the live run either"
+        );
+    }
+
+    #[test]
+    fn pages_of_summaries_cover_every_run_once_in_order() {
+        let (_d, mut s) = store();
+        for i in 0..7 {
+            s.claim(
+                &record(&format!("r{i}"), "ns/p", "alert"),
+                ClaimRules::default(),
+            )
+            .unwrap()
+            .unwrap();
+        }
+        let mut seen = Vec::new();
+        let mut token = None;
+        loop {
+            let page = s.page(None, 3, token.as_deref()).unwrap();
+            assert!(page.runs.len() <= 3);
+            seen.extend(page.runs.into_iter().map(|r| r.id));
+            match page.next {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        let mut sorted = seen.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 7, "{seen:?}");
+        assert!(matches!(
+            s.page(None, 3, Some("not a token")),
+            Err(StoreError::BadContinue(_))
+        ));
+    }
+
+    #[test]
+    fn pruning_keeps_unfinished_runs_and_the_newest_finished_ones() {
+        let (_d, mut s) = store();
+        for i in 0..5 {
+            let mut r = record(&format!("f{i}"), "ns/p", "alert");
+            s.claim(&r, ClaimRules::default()).unwrap().unwrap();
+            r.phase = Phase::Failed;
+            s.save(&r).unwrap();
+        }
+        let mut waiting = record("w", "ns/p", "alert");
+        waiting.phase = Phase::WaitingForApproval;
+        s.claim(&waiting, ClaimRules::default()).unwrap().unwrap();
+        let keep = Retention {
+            max_runs: 2,
+            max_age: Duration::from_secs(3600),
+        };
+        assert_eq!(s.prune(keep).unwrap(), 3);
+        assert!(s.get("w").unwrap().is_some());
+        assert_eq!(s.page(None, 10, None).unwrap().runs.len(), 3);
+        let none = Retention {
+            max_runs: 100,
+            max_age: Duration::ZERO,
+        };
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.prune(none).unwrap(), 2, "age alone prunes finished runs");
+        assert!(s.get("w").unwrap().is_some());
+    }
+
+    #[test]
+    fn a_deleted_or_replaced_store_file_is_noticed() {
+        let (dir, s) = store();
+        s.check_health().unwrap();
+        let path = dir.path().join("runs.db");
+        std::fs::remove_file(&path).unwrap();
+        let err = s.check_health().unwrap_err();
+        assert!(err.to_string().contains("was deleted"), "{err}");
+        std::fs::write(&path, b"").unwrap();
+        let err = s.save(&record("x", "ns/p", "alert")).unwrap_err();
+        assert!(err.to_string().contains("was replaced"), "{err}");
+    }
+
+    /// Each query a hot path makes (webhook claim, active count, approval expiry, resolutions,
+    /// lists) is answered from an index, never by reading every run: with a million past runs
+    /// they must cost what they cost with none.
+    #[test]
+    fn the_hot_path_queries_are_answered_from_indexes() {
+        let (_d, s) = store();
+        let queries = [
+            ("exists", "SELECT 1 FROM runs WHERE id = ?1".to_string()),
+            ("active run", active_run_sql()),
+            ("cooldown", COOLDOWN_SQL.to_string()),
+            ("active count", ACTIVE_COUNT_SQL.to_string()),
+            ("waiting", WAITING_SQL.to_string()),
+            (
+                "in phase",
+                "SELECT id, record FROM runs WHERE phase = ?1".to_string(),
+            ),
+            ("page", PAGE_SQL.to_string()),
+            // The control: a query no index serves must be caught.
+            (
+                "control",
+                "SELECT id FROM runs WHERE trigger_kind = ?1".to_string(),
+            ),
+        ];
+        let mut full_scans = Vec::new();
+        for (what, sql) in queries {
+            let mut stmt = s
+                .conn
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .unwrap();
+            let n = stmt.parameter_count();
+            let args: Vec<rusqlite::types::Value> =
+                (0..n).map(|_| rusqlite::types::Value::Null).collect();
+            let details: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            // "SCAN runs" without an index reads the table; "SEARCH … USING INDEX" or an
+            // index-ordered scan stopped by LIMIT does not.
+            if details.iter().any(|d| d == "SCAN runs") {
+                full_scans.push(format!("{what}: {details:?}"));
+            }
+        }
+        assert_eq!(full_scans.len(), 1, "{full_scans:#?}");
+        assert!(full_scans[0].starts_with("control"), "{full_scans:#?}");
     }
 }

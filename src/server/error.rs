@@ -7,6 +7,7 @@ use axum::Json;
 use serde_json::json;
 
 use crate::run::service::RunsError;
+use crate::run::store::StoreError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -25,6 +26,8 @@ pub enum ApiError {
     #[error("expected Content-Type: application/json")]
     UnsupportedMediaType,
     #[error("{0}")]
+    Timeout(String),
+    #[error("{0}")]
     Unavailable(String),
     #[error("internal error; see recoverd's log")]
     Internal(String),
@@ -40,6 +43,7 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -53,6 +57,8 @@ impl From<RunsError> for ApiError {
                 ApiError::NotFound(e.to_string())
             }
             RunsError::UnknownParam { .. } => ApiError::BadRequest(e.to_string()),
+            RunsError::ParamNotOverridable { .. } => ApiError::Forbidden(e.to_string()),
+            RunsError::Store(s @ StoreError::BadContinue(_)) => ApiError::BadRequest(s.to_string()),
             RunsError::WrongPhase { .. }
             | RunsError::PlanChanged { .. }
             | RunsError::Busy { .. }

@@ -1,4 +1,8 @@
 //! The HTTP handlers: parse and check the request, hand it to the run service, answer.
+//!
+//! Everything that touches the run store, and the parsing and matching of webhook bodies, runs
+//! on the blocking pool ([`blocking`]): a slow disk or a large batch of alerts must not hold
+//! the runtime's worker threads that answer `/healthz`.
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -12,15 +16,26 @@ use serde_json::json;
 use super::error::ApiError;
 use super::AppState;
 use crate::alert::WebhookPayload;
-use crate::run::service::ManualTrigger;
+use crate::run::service::{ManualTrigger, Runs};
 
-/// The body of a JSON request, with the failures a client can fix turned into [`ApiError`]s:
-/// wrong content type (415), too large (413), unreadable (400).
-fn json_body<T: serde::de::DeserializeOwned>(
+/// Runs `f` with the run service on the blocking pool.
+async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce(&std::sync::Arc<Runs>) -> Result<T, ApiError> + Send + 'static,
+{
+    let runs = state.runs.clone();
+    tokio::task::spawn_blocking(move || f(&runs))
+        .await
+        .map_err(|e| ApiError::Internal(format!("a request task failed: {e}")))?
+}
+
+/// The body, unread, with its content type checked (415) — for parsing on the blocking pool.
+fn json_bytes(
     headers: &HeaderMap,
     body: Result<Bytes, BytesRejection>,
     limit: usize,
-) -> Result<T, ApiError> {
+) -> Result<Bytes, ApiError> {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -34,14 +49,27 @@ fn json_body<T: serde::de::DeserializeOwned>(
     {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = body.map_err(|r| {
+    body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::TooLarge(limit)
         } else {
             ApiError::BadRequest(format!("failed to read the body: {r}"))
         }
-    })?;
-    serde_json::from_slice(&body)
+    })
+}
+
+/// The body of a JSON request, with the failures a client can fix turned into [`ApiError`]s:
+/// wrong content type (415), too large (413), unreadable (400).
+fn json_body<T: serde::de::DeserializeOwned>(
+    headers: &HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+    limit: usize,
+) -> Result<T, ApiError> {
+    parse(&json_bytes(headers, body, limit)?)
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
         .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 
@@ -55,33 +83,43 @@ pub async fn alerts(
             "recoverd is shutting down; retry against another replica".into(),
         ));
     }
-    let payload: WebhookPayload = json_body(&headers, body, state.body_limit)?;
-    if payload.version != "4" {
-        return Err(ApiError::BadRequest(format!(
-            "unsupported webhook payload version {:?} (expected \"4\")",
-            payload.version
-        )));
-    }
-    // Check every alert before acting on any: a 4xx after some runs started would lose the rest
-    // (Alertmanager does not retry a 4xx).
-    if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
-        return Err(ApiError::BadRequest(format!(
-            "alerts[{i}] has no fingerprint"
-        )));
-    }
-    let mut outcomes = Vec::new();
-    for alert in &payload.alerts {
-        outcomes.extend(state.runs.alert(alert)?);
-    }
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({"receiver": payload.receiver, "alerts": outcomes})),
-    ))
+    let bytes = json_bytes(&headers, body, state.body_limit)?;
+    blocking(&state, move |runs| {
+        let mut payload: WebhookPayload = parse(&bytes)?;
+        // Alertmanager's version 4 or Grafana's version 1 (see `alert.rs`).
+        payload.accept().map_err(ApiError::BadRequest)?;
+        // Check every alert before acting on any: a 4xx after some runs started would lose the
+        // rest (Alertmanager does not retry a 4xx).
+        if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
+            return Err(ApiError::BadRequest(format!(
+                "alerts[{i}] has no fingerprint"
+            )));
+        }
+        let mut outcomes = Vec::new();
+        for alert in &payload.alerts {
+            outcomes.extend(runs.alert(alert)?);
+        }
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(json!({"receiver": payload.receiver, "alerts": outcomes})),
+        ))
+    })
+    .await
 }
 
 pub async fn plans(State(state): State<AppState>) -> impl IntoResponse {
+    /// Serialized straight to bytes: no intermediate `Value` of every plan.
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        plans: Vec<crate::plan::set::PlanSummary>,
+        invalid: &'a [crate::plan::set::InvalidPlan],
+    }
     let plans = state.runs.plans();
-    Json(json!({"plans": plans.summaries(), "invalid": plans.invalid}))
+    Json(Reply {
+        plans: plans.summaries(),
+        invalid: &plans.invalid,
+    })
+    .into_response()
 }
 
 pub async fn trigger(
@@ -96,7 +134,10 @@ pub async fn trigger(
     } else {
         json_body(&headers, body, state.body_limit)?
     };
-    let (record, created) = state.runs.trigger(&format!("{namespace}/{name}"), req)?;
+    let (record, created) = blocking(&state, move |runs| {
+        Ok(runs.trigger(&format!("{namespace}/{name}"), req)?)
+    })
+    .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -105,54 +146,88 @@ pub async fn trigger(
     Ok((status, Json(record)))
 }
 
+/// Default and largest page of `GET /api/v1/runs`.
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 1000;
+
 #[derive(Deserialize)]
 pub struct RunsQuery {
     plan: Option<String>,
+    limit: Option<usize>,
+    #[serde(rename = "continue")]
+    after: Option<String>,
 }
 
+/// Run summaries, newest first, a page at a time: `?limit=N` (default 100, at most 1000) and
+/// `?continue=` the previous page's `continue`. Full records only by id.
 pub async fn runs(
     State(state): State<AppState>,
     Query(q): Query<RunsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(json!({"runs": state.runs.list(q.plan.as_deref())?})))
+    let limit = q.limit.unwrap_or(DEFAULT_PAGE);
+    if limit == 0 || limit > MAX_PAGE {
+        return Err(ApiError::BadRequest(format!(
+            "limit must be between 1 and {MAX_PAGE}, not {limit}"
+        )));
+    }
+    let page = blocking(&state, move |runs| {
+        Ok(runs.page(q.plan.as_deref(), limit, q.after.as_deref())?)
+    })
+    .await?;
+    Ok(Json(page))
 }
 
 pub async fn run(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.runs.get(&id)?))
+    Ok(Json(
+        blocking(&state, move |runs| Ok(runs.get(&id)?)).await?,
+    ))
 }
 
 pub async fn approve(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.runs.approve(&id)?))
+    Ok(Json(
+        blocking(&state, move |runs| Ok(runs.approve(&id)?)).await?,
+    ))
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.runs.cancel(&id)?))
+    Ok(Json(
+        blocking(&state, move |runs| Ok(runs.cancel(&id)?)).await?,
+    ))
 }
 
 pub async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(state.runs.resume(&id)?))
+    Ok(Json(
+        blocking(&state, move |runs| Ok(runs.resume(&id)?)).await?,
+    ))
 }
 
 pub async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
+/// Ready while accepting work and while the run store takes writes (and is still the file it
+/// opened): without the store, no run can be recorded, so none should be sent here.
 pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     if !state.runs.accepting() {
         return Err(ApiError::Unavailable("shutting down".into()));
     }
+    blocking(&state, |runs| {
+        runs.check_store()
+            .map_err(|e| ApiError::Unavailable(format!("the run store cannot be written: {e}")))
+    })
+    .await?;
     let plans = state.runs.plans();
     Ok(Json(
         json!({"status": "ready", "plans": plans.len(), "invalidPlans": plans.invalid.len()}),

@@ -1,11 +1,14 @@
 //! The HTTP API (axum, DESIGN §4): the Alertmanager webhook, manual triggers, runs, health and
-//! metrics. [`router`] builds it for `serve` and for tests.
+//! metrics. [`router`] builds it for `serve` and for tests; [`limits`] keeps hostile clients
+//! (slow, idle, too many, too large) from starving it.
 
 mod auth;
 mod error;
 mod handlers;
+pub mod limits;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -13,89 +16,137 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
-pub use auth::Tokens;
+pub use auth::{Auth, Roles, TokenError, Tokens, MIN_TOKEN_BYTES};
 pub use error::ApiError;
 
 use crate::run::service::Runs;
 
 /// Default request body limit: 1 MiB.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+/// Default time a client has to send a request's whole body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Clone)]
 pub struct AppState {
     pub runs: Arc<Runs>,
+    /// The alert senders' tokens (`--token-file`); see [`Auth`] for the roles.
     pub tokens: Tokens,
     /// When set, only these tokens may approve, cancel or resume runs.
     pub approvers: Option<Tokens>,
+    /// When set, these tokens may read and trigger; the alert senders' may then only send alerts.
+    pub operators: Option<Tokens>,
     pub body_limit: usize,
+    pub body_timeout: Duration,
     pub metrics_public: bool,
 }
 
-async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+impl AppState {
+    /// One set of tokens holding every role, the default limits, private metrics.
+    pub fn new(runs: Arc<Runs>, tokens: Tokens) -> Self {
+        AppState {
+            runs,
+            tokens,
+            approvers: None,
+            operators: None,
+            body_limit: DEFAULT_BODY_LIMIT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+            metrics_public: false,
+        }
+    }
+
+    pub fn auth(&self) -> Auth {
+        Auth {
+            alert_senders: self.tokens.clone(),
+            operators: self.operators.clone(),
+            approvers: self.approvers.clone(),
+        }
+    }
+}
+
+/// Which role a group of routes needs.
+#[derive(Clone, Copy)]
+enum Need {
+    AnyRole,
+    AlertSender,
+    Operator,
+    Approver,
+}
+
+fn roles(state: &AppState, req: &Request) -> Roles {
     let header = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let approver = state.approvers.as_ref().is_some_and(|a| a.allows(header));
-    if !state.tokens.allows(header) && !approver {
+    state.auth().roles(header)
+}
+
+async fn require(state: AppState, need: Need, req: Request, next: Next) -> Response {
+    let roles = roles(&state, &req);
+    if !roles.any() {
         return ApiError::Unauthorized.into_response();
+    }
+    let (ok, what) = match need {
+        Need::AnyRole => (true, ""),
+        Need::AlertSender => (
+            roles.alert_sender,
+            "sending alerts needs the alert sender's token (--token-file)",
+        ),
+        Need::Operator => (
+            roles.operator,
+            "reading and triggering plans and runs needs an operator or approver token",
+        ),
+        Need::Approver => (
+            roles.approver,
+            "approving, cancelling and resuming runs needs an approver token",
+        ),
+    };
+    if !ok {
+        return ApiError::Forbidden(what.into()).into_response();
     }
     next.run(req).await
 }
 
-/// With `--approver-token-file`, deciding about runs (approve, cancel, resume) needs one of
-/// those tokens: the token Alertmanager holds cannot approve what its alerts started.
-async fn require_approver(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let header = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if let Some(approvers) = &state.approvers {
-        if !approvers.allows(header) {
-            return ApiError::Forbidden(
-                "approving, cancelling and resuming runs needs an approver token".into(),
-            )
-            .into_response();
-        }
-    }
-    next.run(req).await
+fn gate(router: Router<AppState>, state: &AppState, need: Need) -> Router<AppState> {
+    router.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        move |State(s): State<AppState>, req: Request, next: Next| require(s, need, req, next),
+    ))
 }
 
 /// The whole API. Every route but `/healthz`, `/readyz` (and `/metrics` when public) needs a
-/// bearer token.
+/// bearer token of the role it serves (see [`Auth`]).
 pub fn router(state: AppState) -> Router {
     let decisions = Router::new()
         .route("/api/v1/runs/{id}/approve", post(handlers::approve))
         .route("/api/v1/runs/{id}/cancel", post(handlers::cancel))
-        .route("/api/v1/runs/{id}/resume", post(handlers::resume))
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_approver,
-        ));
-    let protected = Router::new()
-        .route("/api/v1/alerts", post(handlers::alerts))
+        .route("/api/v1/runs/{id}/resume", post(handlers::resume));
+    let operations = Router::new()
         .route("/api/v1/plans", get(handlers::plans))
         .route(
             "/api/v1/plans/{namespace}/{name}/runs",
             post(handlers::trigger),
         )
         .route("/api/v1/runs", get(handlers::runs))
-        .route("/api/v1/runs/{id}", get(handlers::run))
-        .merge(decisions);
+        .route("/api/v1/runs/{id}", get(handlers::run));
+    let alerts = Router::new().route("/api/v1/alerts", post(handlers::alerts));
     let metrics = Router::new().route("/metrics", get(handlers::metrics));
-    let (protected, open) = if state.metrics_public {
-        (protected, metrics)
+    let metrics = if state.metrics_public {
+        metrics
     } else {
-        (protected.merge(metrics), Router::new())
+        gate(metrics, &state, Need::AnyRole)
     };
-    let protected =
-        protected.route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .merge(protected)
-        .merge(open)
+        .merge(gate(decisions, &state, Need::Approver))
+        .merge(gate(operations, &state, Need::Operator))
+        .merge(gate(alerts, &state, Need::AlertSender))
+        .merge(metrics)
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::read_body,
+        ))
         .layer(DefaultBodyLimit::max(state.body_limit))
         .with_state(state)
 }

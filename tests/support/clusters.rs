@@ -55,13 +55,17 @@ fn kube_scripts() -> PathBuf {
     repo_dir().join("tests/kube")
 }
 
-/// The kube-apiserver binary: `$RECOVERD_TEST_APISERVER` if set, else built (once, cached in
+/// The kube-apiserver binary: `$RECOVERD_TEST_APISERVER` if set, else `kube-apiserver` in
+/// `$KUBEBUILDER_ASSETS` (where envtest's `setup-envtest` puts it), else built (once, cached in
 /// `$KUBE_TEST_CACHE`, default `~/.cache/kube-test`) by `tests/kube/build-apiserver.sh`.
 pub fn apiserver_binary() -> PathBuf {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         if let Ok(bin) = std::env::var("RECOVERD_TEST_APISERVER") {
             return PathBuf::from(bin);
+        }
+        if let Ok(assets) = std::env::var("KUBEBUILDER_ASSETS") {
+            return PathBuf::from(assets).join("kube-apiserver");
         }
         let out = Command::new("bash")
             .arg(kube_scripts().join("build-apiserver.sh"))
@@ -76,6 +80,41 @@ pub fn apiserver_binary() -> PathBuf {
         PathBuf::from(stdout.lines().last().expect("build-apiserver.sh printed no path").trim())
     })
     .clone()
+}
+
+/// The test apiserver's minor version (`20` for v1.20.2, `36` for v1.36.2), from `--version`.
+pub fn apiserver_minor() -> u32 {
+    static MINOR: OnceLock<u32> = OnceLock::new();
+    *MINOR.get_or_init(|| {
+        let out = Command::new(apiserver_binary())
+            .arg("--version")
+            .output()
+            .expect("failed to run the kube-apiserver binary");
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "Kubernetes v1.36.2"
+        text.split_whitespace()
+            .find_map(|w| w.strip_prefix("v1."))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|m| m.parse().ok())
+            .unwrap_or_else(|| panic!("cannot read the apiserver version from {text:?}"))
+    })
+}
+
+/// Whether the test apiserver is a current Kubernetes (v1.25+: CEL rules, `fieldValidation`),
+/// which gets the upstream CRDs unmodified; v1.20 gets the copies `downgrade-crd.py` made.
+pub fn modern_apiserver() -> bool {
+    apiserver_minor() >= 25
+}
+
+/// The directory of CRDs for the test apiserver: `tests/data/crds/upstream` (unmodified, with
+/// their CEL rules) on a current server, `tests/data/crds` (downgraded) on v1.20.
+pub fn crd_dir() -> PathBuf {
+    let data = repo_dir().join("tests/data/crds");
+    if modern_apiserver() {
+        data.join("upstream")
+    } else {
+        data
+    }
 }
 
 /// Clusters shared by all tests of one test binary: `north`, `south` and `edge`.
@@ -236,7 +275,7 @@ impl TestClusters {
     }
 
     fn install_crds(&self, cluster: &str) {
-        let data = repo_dir().join("tests/data/crds");
+        let data = crd_dir();
         for crd in CRDS {
             let mut cmd = self.kubectl(cluster);
             cmd.args(["create", "--validate=false", "-f"])

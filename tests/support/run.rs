@@ -24,7 +24,12 @@ pub async fn registry_from(kubeconfig: &Path, mode: WriteMode) -> Arc<Registry> 
 }
 
 pub fn plan(file: &str) -> RunnablePlan {
-    let path = repo_dir().join("tests/data/plans/run").join(file);
+    plan_in("run", file)
+}
+
+/// A plan from `tests/data/plans/<dir>/`, validated.
+pub fn plan_in(dir: &str, file: &str) -> RunnablePlan {
+    let path = repo_dir().join("tests/data/plans").join(dir).join(file);
     let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
     assert!(errors.is_empty(), "{errors:?}");
     let plan = plans.remove(0);
@@ -68,7 +73,8 @@ pub fn world_in_namespace(world: &str, ns: &str) -> (tempfile::TempDir, PathBuf)
     let dir = tempfile::tempdir().unwrap();
     let data = repo_dir().join("tests/data");
     copy_replacing(&data.join("worlds"), &dir.path().join("worlds"), ns);
-    copy_replacing(&data.join("crds"), &dir.path().join("crds"), ns);
+    // The CRDs the test apiserver takes: upstream on a current server, downgraded on v1.20.
+    copy_replacing(&super::clusters::crd_dir(), &dir.path().join("crds"), ns);
     let path = dir.path().join("worlds").join(world);
     (dir, path)
 }
@@ -78,7 +84,9 @@ fn copy_replacing(from: &Path, to: &Path, ns: &str) {
     for entry in std::fs::read_dir(from).unwrap().flatten() {
         let p = entry.path();
         if p.is_dir() {
-            copy_replacing(&p, &to.join(entry.file_name()), ns);
+            if entry.file_name() != "upstream" {
+                copy_replacing(&p, &to.join(entry.file_name()), ns);
+            }
         } else {
             let text = std::fs::read_to_string(&p).unwrap();
             let text = text.replace("namespace: db", &format!("namespace: {ns}"));
@@ -147,5 +155,57 @@ pub async fn cnpg_world(test: &str) -> CnpgWorld {
         seeded,
         reactors,
         _dir: dir,
+    }
+}
+
+/// The CNPG world seeded directly into the shared clusters, and a second registry in which the
+/// named clusters are reached through fault-injecting proxies.
+pub struct FaultyWorld {
+    pub proxies: BTreeMap<String, super::proxy::FaultProxy>,
+    /// The clusters themselves, for checking what really happened.
+    pub direct: Arc<Registry>,
+    /// The clusters as recoverd reaches them in the test: some behind proxies.
+    pub proxied: Arc<Registry>,
+    pub ns: String,
+    _reactors: recoverd::reactor::Reactors,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl FaultyWorld {
+    pub async fn new(test: &str, behind_proxies: &[&str]) -> Self {
+        let clusters = super::shared();
+        let ns = clusters.namespace(test).await;
+        let direct = registry(clusters, WriteMode::Live).await;
+        let (world_dir, world) = world_in_namespace("cnpg.yaml", &ns);
+        let (_seeded, reactors) = seed(direct.clone(), &world).await;
+        let proxies: BTreeMap<String, super::proxy::FaultProxy> = behind_proxies
+            .iter()
+            .map(|c| {
+                (
+                    c.to_string(),
+                    super::proxy::FaultProxy::in_front_of(clusters, c),
+                )
+            })
+            .collect();
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        clusters.write_kubeconfig(
+            &kubeconfig,
+            &proxies.iter().map(|(c, p)| (c.clone(), p.url())).collect(),
+        );
+        let proxied = registry_from(&kubeconfig, WriteMode::Live).await;
+        FaultyWorld {
+            proxies,
+            direct,
+            proxied,
+            ns,
+            _reactors: reactors,
+            _dirs: (world_dir, dir),
+        }
+    }
+
+    /// The proxy in front of a cluster.
+    pub fn proxy(&self, cluster: &str) -> &super::proxy::FaultProxy {
+        &self.proxies[cluster]
     }
 }

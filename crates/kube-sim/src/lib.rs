@@ -1,0 +1,326 @@
+//! A Kubernetes API simulator (I/O edge): Kubernetes-API-compatible HTTP servers for several
+//! named clusters in one process, each with its own in-memory store, held to the behaviour of a
+//! real kube-apiserver by the differential tests in `tests/differential.rs`. It models
+//! kube-apiserver **v1.36** (`/version` says v1.36.2): every scenario is compared with a real
+//! v1.36.2, and with v1.20.2 where the two agree.
+//!
+//! Clusters are served over plain HTTP on loopback, without authentication: a kubeconfig
+//! whose `server` is `http://127.0.0.1:PORT` works with `kubectl` and `kube::Client` alike.
+//! [`Simulator::start`] serves the clusters and writes that kubeconfig; [`Simulator::seed`]
+//! creates objects in one of them. Everything else is private: clients speak HTTP to it.
+//! It knows nothing of the programs it is used by (recoverd seeds worlds and runs its reactors
+//! through ordinary clients).
+//!
+//! CRD validation rules (`x-kubernetes-validations`, CEL) are evaluated on every write, transition
+//! rules with `oldSelf` included (`cel`); `fieldValidation=Strict|Warn|Ignore` reports unknown
+//! and duplicate fields (`strict`); status subresource writes have managers of their own.
+//!
+//! Known differences from kube-apiserver v1.36 (everything else the differential suite
+//! compares is the same, byte for byte after masking uids, times and resourceVersion values):
+//! - Only some built-in resources are served (namespaces, configmaps, secrets, services,
+//!   serviceaccounts, pods, events, persistentvolumeclaims, persistentvolumes, deployments,
+//!   statefulsets, roles, clusterroles, rolebindings, clusterrolebindings, leases,
+//!   customresourcedefinitions), and only version v1 of each group; no aggregated discovery,
+//!   no `/openapi/v2`; OpenAPI v3 documents.
+//! - CEL rules use the `cel` crate's standard library: a rule calling Kubernetes' own CEL
+//!   libraries (`quantity()`, `url()`, `isSorted()`, …) or failing to evaluate is not enforced;
+//!   `optionalOldSelf`, rule cost limits and ratcheting are not modelled. Strict field
+//!   validation of a merge patch answers like a strict create (the real server quotes the
+//!   whole patched object in a 422).
+//! - Controllers, in their simplest form (`controllers`, off with
+//!   [`Simulator::start_without_controllers`]): garbage collection with the propagation
+//!   policies, StatefulSet pods (re-created with a new uid after a delay when deleted, at once
+//!   `Running` and `Ready`), storage-protection finalizers removed on deletion. Nothing else:
+//!   pods are never scheduled, deployments get no replicas, services no endpoints. A deleted
+//!   namespace or CRD is `Terminating` for 5 s, then its content and itself go.
+//! - Validation of built-in kinds covers names, ConfigMap and Secret keys and a few Deployment
+//!   fields; a body whose JSON types do not fit the Go type is not refused with Go's message.
+//! - Protobuf request bodies are read for Namespaces, ConfigMaps, Secrets and ServiceAccounts
+//!   (what `kubectl create` sends); responses are always JSON.
+//! - Apply bodies are YAML 1.2: an unquoted `y`, `yes` or `on` stays a string (Go reads
+//!   YAML 1.1 booleans). A typed apply is checked for undeclared fields, not value types.
+//! - Watches resume from the last 10,000 events of a cluster; bookmark timing follows the watch
+//!   cache's rules only approximately.
+//! - No authentication or authorization; no `managedFields` cap of 10 updaters; no sync of
+//!   kubectl's last-applied annotation; CRD versions are served without conversion; the
+//!   `scale` subresource is listed in discovery only. `pods/exec` speaks only the WebSocket
+//!   protocols (no SPDY) and answers from the pod's `kube-sim.io/exec` annotation; there is no
+//!   stdin, tty, attach, logs or port-forward.
+//!
+//! Modules, by what they own:
+//! - `typed`: field types, paths and sets, compare/merge (structured-merge-diff);
+//! - `builtin`: the built-in resources, their types, defaults and validation;
+//! - `schema`: CRD structural schemas — pruning, defaulting, validation;
+//! - `cel`: CRD validation rules;
+//! - `strict`: `fieldValidation`, unknown and duplicate fields;
+//! - `patch`: merge, JSON and strategic merge patches;
+//! - `proto`: the protobuf bodies `kubectl create` sends;
+//! - `managed`: `managedFields` and server-side apply conflicts;
+//! - `store`: objects, resourceVersions, the event log;
+//! - `discovery`: the served resources and discovery documents;
+//! - `api`: the verbs (get, list, create, update, patch, apply, delete);
+//! - `watch`: watch streams;
+//! - `selector`: label and field selectors;
+//! - `status`: `Status` errors;
+//! - `faults`: injected latency, errors, cut watches, dead clusters;
+//! - `openapi`: OpenAPI v3 documents for `kubectl`;
+//! - `table`: the Tables `kubectl get` prints;
+//! - `controllers`: garbage collection, StatefulSets, storage protection;
+//! - `exec`: `pods/exec` over the WebSocket channel protocol, for the commands a pod declares;
+//! - `http`: the axum routes;
+
+mod api;
+mod builtin;
+mod cel;
+mod controllers;
+mod discovery;
+mod exec;
+mod faults;
+mod http;
+mod managed;
+mod openapi;
+mod patch;
+mod proto;
+mod schema;
+mod selector;
+mod status;
+mod store;
+mod strict;
+mod table;
+mod typed;
+mod watch;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+pub use faults::{FaultError, FaultSpec};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SimError {
+    #[error("failed to listen on {addr} for cluster {cluster:?}: {reason}")]
+    Listen {
+        cluster: String,
+        addr: String,
+        reason: String,
+    },
+    #[error("failed to write the kubeconfig {path}: {reason}")]
+    Kubeconfig { path: String, reason: String },
+    #[error("no cluster to simulate")]
+    NoClusters,
+    #[error(transparent)]
+    Faults(#[from] FaultError),
+    #[error("no simulated cluster is named {0:?}")]
+    UnknownCluster(String),
+    #[error("failed to seed {object} in cluster {cluster:?}: {code} {message}")]
+    Seed {
+        cluster: String,
+        object: String,
+        code: u16,
+        message: String,
+    },
+}
+
+/// One served cluster.
+pub struct ServedCluster {
+    pub name: String,
+    pub addr: SocketAddr,
+    cluster: Arc<api::Cluster>,
+    task: Option<JoinHandle<()>>,
+    controllers: Option<JoinHandle<()>>,
+    /// The last event the controllers have acted on.
+    handled: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// Simulated clusters, served until dropped.
+pub struct Simulator {
+    clusters: Vec<ServedCluster>,
+}
+
+impl Simulator {
+    /// Serves one cluster per name, in order: on free loopback ports when `listen` is `None`,
+    /// else the first on `listen` and the next ones on the following ports. Each cluster runs
+    /// the simulated controllers (garbage collection, StatefulSets, storage protection).
+    pub async fn start(
+        names: &[String],
+        listen: Option<SocketAddr>,
+        faults: &BTreeMap<String, FaultSpec>,
+    ) -> Result<Self, SimError> {
+        Self::serve(names, listen, faults, true).await
+    }
+
+    /// Like [`Simulator::start`], without controllers: the API server alone, as a bare
+    /// kube-apiserver (what the differential tests compare with).
+    pub async fn start_without_controllers(
+        names: &[String],
+        listen: Option<SocketAddr>,
+        faults: &BTreeMap<String, FaultSpec>,
+    ) -> Result<Self, SimError> {
+        Self::serve(names, listen, faults, false).await
+    }
+
+    async fn serve(
+        names: &[String],
+        listen: Option<SocketAddr>,
+        faults: &BTreeMap<String, FaultSpec>,
+        with_controllers: bool,
+    ) -> Result<Self, SimError> {
+        if names.is_empty() {
+            return Err(SimError::NoClusters);
+        }
+        let mut clusters = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let addr = match listen {
+                Some(a) => SocketAddr::new(a.ip(), a.port().saturating_add(i as u16)),
+                None => SocketAddr::from(([127, 0, 0, 1], 0)),
+            };
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| SimError::Listen {
+                    cluster: name.clone(),
+                    addr: addr.to_string(),
+                    reason: e.to_string(),
+                })?;
+            let addr = listener.local_addr().map_err(|e| SimError::Listen {
+                cluster: name.clone(),
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
+            let cluster = Arc::new(api::Cluster::new(name));
+            let f = faults::Faults::new(name, faults.get(name).cloned().unwrap_or_default())?;
+            let handled = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let controllers =
+                with_controllers.then(|| controllers::spawn(cluster.clone(), handled.clone()));
+            let task = if f.down() {
+                // A dead cluster: the port is known, nothing answers on it.
+                drop(listener);
+                None
+            } else {
+                let app = http::router(http::Served {
+                    cluster: cluster.clone(),
+                    address: addr.to_string(),
+                    faults: Arc::new(f),
+                    handled: with_controllers.then(|| handled.clone()),
+                });
+                Some(tokio::spawn(async move {
+                    if let Err(e) = axum::serve(listener, app).await {
+                        tracing::error!(error = %e, "the simulator stopped serving");
+                    }
+                }))
+            };
+            tracing::info!(cluster = %name, %addr, "simulated cluster listening");
+            clusters.push(ServedCluster {
+                name: name.clone(),
+                addr,
+                controllers,
+                handled,
+                cluster,
+                task,
+            });
+        }
+        Ok(Simulator { clusters })
+    }
+
+    pub fn clusters(&self) -> &[ServedCluster] {
+        &self.clusters
+    }
+
+    /// `http://127.0.0.1:PORT` of a cluster.
+    pub fn server(&self, name: &str) -> Option<String> {
+        self.clusters
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| format!("http://{}", c.addr))
+    }
+
+    /// Creates objects in one cluster, in order, as a client's POST would (CRDs are served as
+    /// soon as they are created); an object's `status` is then written through its status
+    /// subresource. Returns the objects as stored.
+    pub fn seed(&self, cluster: &str, objects: &[Value]) -> Result<Vec<Value>, SimError> {
+        let c = self
+            .clusters
+            .iter()
+            .find(|c| c.name == cluster)
+            .ok_or_else(|| SimError::UnknownCluster(cluster.to_string()))?;
+        objects
+            .iter()
+            .map(|o| c.cluster.seed(o.clone()))
+            .collect::<Result<_, _>>()
+            .map_err(|(object, e)| SimError::Seed {
+                cluster: cluster.to_string(),
+                object,
+                code: e.code,
+                message: e.message,
+            })
+    }
+
+    /// Waits (at most 5 s) until the controllers have acted on every change made so far — the
+    /// pods of seeded StatefulSets exist, their status is written — so that what follows starts
+    /// from a settled cluster. Delayed actions (a pod re-created later) are not waited for.
+    pub async fn settle(&self) {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        for c in self.clusters.iter().filter(|c| c.controllers.is_some()) {
+            while c.handled.load(std::sync::atomic::Ordering::SeqCst) < c.cluster.last_event_rv()
+                && tokio::time::Instant::now() < deadline
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+        }
+    }
+
+    /// A kubeconfig with one context per cluster (context name = cluster name); the first
+    /// cluster is the current context.
+    pub fn kubeconfig(&self) -> String {
+        let mut out = String::from(
+            "# Simulated clusters: plain HTTP on loopback, no credentials needed.\napiVersion: v1\nkind: Config\nclusters:\n",
+        );
+        for c in &self.clusters {
+            out += &format!(
+                "- name: {n}\n  cluster: {{server: \"http://{a}\"}}\n",
+                n = c.name,
+                a = c.addr
+            );
+        }
+        out += "users:\n- name: recoverd-sim\n  user: {}\ncontexts:\n";
+        for c in &self.clusters {
+            out += &format!(
+                "- name: {n}\n  context: {{cluster: {n}, user: recoverd-sim, namespace: default}}\n",
+                n = c.name
+            );
+        }
+        if let Some(first) = self.clusters.first() {
+            out += &format!("current-context: {}\n", first.name);
+        }
+        out
+    }
+
+    pub fn write_kubeconfig(&self, path: &Path) -> Result<(), SimError> {
+        std::fs::write(path, self.kubeconfig()).map_err(|e| SimError::Kubeconfig {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        for c in &mut self.clusters {
+            if let Some(t) = c.task.take() {
+                t.abort();
+            }
+            if let Some(t) = c.controllers.take() {
+                t.abort();
+            }
+        }
+    }
+}
+
+/// A fresh uid, as the simulator gives objects (for names that must not collide).
+pub fn new_uid(scope: &str) -> String {
+    store::new_uid(scope)
+}
