@@ -40,7 +40,8 @@ mod support;
 
 use support::clusters;
 
-const TOKEN: &str = "bench-token";
+// serve refuses tokens shorter than 32 bytes.
+const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
 
 struct Opts {
     quick: bool,

@@ -90,12 +90,45 @@ pub fn serve(
     cluster: &Cluster,
     ns: &str,
     name: &str,
+    container: Option<&str>,
     cmd: Vec<String>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, StatusError> {
     let pod = cluster
         .stored("", "pods", ns, name)
         .ok_or_else(|| StatusError::not_found("", "pods", name))?;
+    // What the real server refuses before upgrading the connection, in its words.
+    if cmd.is_empty() {
+        return Err(StatusError::bad_request(
+            "you must specify at least 1 command",
+        ));
+    }
+    let containers: Vec<&str> = pod
+        .pointer("/spec/containers")
+        .and_then(|c| c.as_array())
+        .map(|list| list.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default();
+    match container {
+        Some(c) if !containers.contains(&c) => {
+            return Err(StatusError::bad_request(format!(
+                "container {c} is not valid for pod {name}"
+            )))
+        }
+        None if containers.len() > 1 => {
+            return Err(StatusError::bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                containers.join(" ")
+            )))
+        }
+        _ => {}
+    }
+    if let Some(phase @ ("Succeeded" | "Failed")) =
+        pod.pointer("/status/phase").and_then(|p| p.as_str())
+    {
+        return Err(StatusError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
+    }
     let ws = ws.map_err(|_| {
         StatusError::bad_request(
             "Upgrade request required: pods/exec speaks the WebSocket channel protocol",

@@ -95,13 +95,18 @@ async fn exec(
         axum::extract::ws::rejection::WebSocketUpgradeRejection,
     >,
 ) -> Response {
-    let cmd = Query::parse(uri.query())
-        .0
-        .into_iter()
+    let query = Query::parse(uri.query()).0;
+    let cmd = query
+        .iter()
         .filter(|(k, _)| k == "command")
-        .map(|(_, v)| v)
+        .map(|(_, v)| v.clone())
         .collect();
-    super::exec::serve(&s.cluster, &ns, &name, cmd, ws).unwrap_or_else(|e| error_response(&e))
+    let container = query
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.clone());
+    super::exec::serve(&s.cluster, &ns, &name, container.as_deref(), cmd, ws)
+        .unwrap_or_else(|e| error_response(&e))
 }
 
 fn error_response(e: &StatusError) -> Response {

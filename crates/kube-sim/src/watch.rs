@@ -141,8 +141,10 @@ pub fn start(
     cluster: Arc<Cluster>,
     req: WatchRequest,
 ) -> Result<impl Stream<Item = Result<Bytes, std::io::Error>>, StatusError> {
+    // A timeoutSeconds too large for a deadline is as good as none (and must not overflow).
     let timeout = req
         .timeout
+        .filter(|t| *t <= Duration::from_secs(24 * 3600))
         .unwrap_or_else(|| Duration::from_secs(1800 + fastish_random() % 1800));
     let deadline = Instant::now() + timeout;
     let bookmark_at = req.bookmarks.then(|| {

@@ -245,6 +245,21 @@ async fn kubectl_exec_runs_the_commands_a_pod_declares_and_no_others() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn an_exec_into_a_container_the_pod_lacks_is_refused_as_the_real_server_refuses_it() {
+    let k = start().await;
+    let wrong = k
+        .run(&["exec", "cache-0", "-c", "nope", "--", "redis-cli", "ping"])
+        .await;
+    assert!(!wrong.status.success());
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr)
+            .contains("container nope is not valid for pod cache-0"),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kubes_exec_client_reads_stdout_and_the_exit_status() {
     use k8s_openapi::api::core::v1::Pod;
     use kube::api::{Api, AttachParams};
@@ -277,4 +292,19 @@ async fn kubes_exec_client_reads_stdout_and_the_exit_status() {
         .unwrap();
     let status = failed.take_status().unwrap().await.unwrap();
     assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watch_timeout_too_large_for_a_deadline_is_answered_not_a_panic() {
+    let k = start().await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(k.dir.path().join("kubeconfig")).unwrap();
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let url = format!(
+        "{}api/v1/namespaces/db/configmaps?watch=1&timeoutSeconds=18446744073709551615",
+        config.cluster_url
+    );
+    let resp = reqwest::get(&url).await.expect("the watch is answered");
+    assert_eq!(resp.status(), 200);
 }
