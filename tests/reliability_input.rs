@@ -197,6 +197,8 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
             s
         })
         .collect();
+    // Let the server accept and count them (a connect() returns before the acceptor has run).
+    tokio::time::sleep(Duration::from_millis(500)).await;
     // The cap is reached: a surplus connection is closed at once.
     let mut surplus = TcpStream::connect(&addr).unwrap();
     let _ = surplus.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
