@@ -375,6 +375,10 @@ async fn run(
                 "deletionGracePeriodSeconds",
                 "generation",
                 "managedFields",
+                // The last state seen still had the finalizers the final update removed, and
+                // owner references to owners that may be gone: a re-created object starts clean.
+                "finalizers",
+                "ownerReferences",
             ] {
                 meta.remove(k);
             }

@@ -414,6 +414,40 @@ impl Cluster {
     /// Validates an object about to be stored; `old` is the stored one on an update (for CRD
     /// transition rules).
     fn validate(ty: &ResourceType, obj: &Value, old: Option<&Value>) -> Result<(), StatusError> {
+        // An object being deleted may lose finalizers, never gain them.
+        if let Some(old) = old.filter(|o| o.pointer("/metadata/deletionTimestamp").is_some()) {
+            let list = |v: &Value| -> Vec<String> {
+                v.pointer("/metadata/finalizers")
+                    .and_then(Value::as_array)
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|f| f.as_str().map(str::to_string))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            let before = list(old);
+            let added: Vec<String> = list(obj)
+                .into_iter()
+                .filter(|f| !before.contains(f))
+                .collect();
+            if !added.is_empty() {
+                let quoted: Vec<String> = added.iter().map(|f| format!("{f:?}")).collect();
+                return Err(StatusError::invalid(
+                    &ty.group,
+                    &ty.kind,
+                    meta_str(obj, "name").unwrap_or(""),
+                    vec![Cause {
+                        reason: "FieldValueForbidden".into(),
+                        message: format!(
+                            "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                            quoted.join(", ")
+                        ),
+                        field: "metadata.finalizers".into(),
+                    }],
+                ));
+            }
+        }
         if let Some(b) = ty.builtin {
             builtin::validate(b, obj)?;
             if b.kind == "CustomResourceDefinition" {

@@ -168,6 +168,24 @@ async fn kubectl_wait_for_delete_returns_once_the_last_finalizer_is_removed() {
         .run(&["wait", "--for=delete", "pvc/scratch", "--timeout=1s"])
         .await;
     assert!(!timed_out.status.success());
+    // Being deleted, it may lose finalizers but not gain one (the real server's 422).
+    let gained = k
+        .run(&[
+            "patch",
+            "pvc",
+            "scratch",
+            "--type=json",
+            "-p",
+            "[{\"op\":\"add\",\"path\":\"/metadata/finalizers/-\",\"value\":\"example.com/new\"}]",
+        ])
+        .await;
+    assert!(!gained.status.success());
+    assert!(
+        String::from_utf8_lossy(&gained.stderr)
+            .contains("no new finalizers can be added if the object is being deleted"),
+        "{}",
+        String::from_utf8_lossy(&gained.stderr)
+    );
     k.ok(&[
         "patch",
         "pvc",
