@@ -40,7 +40,8 @@ mod support;
 
 use support::clusters;
 
-const TOKEN: &str = "bench-token";
+// recoverd serve refuses tokens shorter than 32 bytes.
+const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
 
 struct Opts {
     quick: bool,
@@ -274,18 +275,21 @@ fn main() {
 
 fn write_plans(dir: &Path, n: usize, shared_first_label: bool) {
     std::fs::create_dir_all(dir).unwrap();
-    let mut text = String::new();
-    for i in 0..n {
-        let labels = if shared_first_label {
-            format!("{{alertname: PostgresDown, namespace: ns{i}}}")
-        } else {
-            format!("{{alertname: Alert{i}, team: db}}")
-        };
-        text += &format!(
-            "---\napiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: p{i}, namespace: ops}}\nspec:\n  alertLabels: {labels}\n  alertMatchers: ['severity=~\"critical|page\"', 'env!=\"test\"']\n  steps:\n  - {{name: pause, type: wait, wait: {{duration: 1ms}}}}\n"
-        );
+    // Files of at most 1 000 plans: recoverd refuses a plan file over 1 MiB.
+    for (file, chunk) in (0..n).collect::<Vec<_>>().chunks(1_000).enumerate() {
+        let mut text = String::new();
+        for &i in chunk {
+            let labels = if shared_first_label {
+                format!("{{alertname: PostgresDown, namespace: ns{i}}}")
+            } else {
+                format!("{{alertname: Alert{i}, team: db}}")
+            };
+            text += &format!(
+                "---\napiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: p{i}, namespace: ops}}\nspec:\n  alertLabels: {labels}\n  alertMatchers: ['severity=~\"critical|page\"', 'env!=\"test\"']\n  steps:\n  - {{name: pause, type: wait, wait: {{duration: 1ms}}}}\n"
+            );
+        }
+        std::fs::write(dir.join(format!("plans-{file}.yaml")), text).unwrap();
     }
-    std::fs::write(dir.join("plans.yaml"), text).unwrap();
 }
 
 fn alert_labels(i: usize, shared_first_label: bool) -> BTreeMap<String, String> {
