@@ -1319,12 +1319,16 @@ async fn p6(opts: &Opts, tc: &clusters::TestClusters, setting: &str) -> Vec<Figu
     let (mut via, mut bash) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         let world = support::run::cnpg_world(&format!("p6-recoverd-{r}")).await;
+        // The reactors' watches are established in the background: give them time, on both
+        // sides, so that neither waits for a reactor that missed the change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let t = Instant::now();
         let record = support::run::run(world.registry.clone(), &plan, &world.ns, &[]).await;
         via.push(ms(t.elapsed()) - REACTOR_DELAYS_MS);
         succeeded(&record);
         drop(world);
         let world = support::run::cnpg_world(&format!("p6-runbook-{r}")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let t = Instant::now();
         let status = tokio::process::Command::new("bash")
             .args(["-c", RUNBOOK])
