@@ -40,7 +40,7 @@ mod support;
 
 use support::clusters;
 
-// serve refuses tokens shorter than 32 bytes.
+// recoverd serve refuses tokens shorter than 32 bytes.
 const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
 
 struct Opts {
@@ -275,18 +275,21 @@ fn main() {
 
 fn write_plans(dir: &Path, n: usize, shared_first_label: bool) {
     std::fs::create_dir_all(dir).unwrap();
-    let mut text = String::new();
-    for i in 0..n {
-        let labels = if shared_first_label {
-            format!("{{alertname: PostgresDown, namespace: ns{i}}}")
-        } else {
-            format!("{{alertname: Alert{i}, team: db}}")
-        };
-        text += &format!(
-            "---\napiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: p{i}, namespace: ops}}\nspec:\n  alertLabels: {labels}\n  alertMatchers: ['severity=~\"critical|page\"', 'env!=\"test\"']\n  steps:\n  - {{name: pause, type: wait, wait: {{duration: 1ms}}}}\n"
-        );
+    // Files of at most 1 000 plans: recoverd refuses a plan file over 1 MiB.
+    for (file, chunk) in (0..n).collect::<Vec<_>>().chunks(1_000).enumerate() {
+        let mut text = String::new();
+        for &i in chunk {
+            let labels = if shared_first_label {
+                format!("{{alertname: PostgresDown, namespace: ns{i}}}")
+            } else {
+                format!("{{alertname: Alert{i}, team: db}}")
+            };
+            text += &format!(
+                "---\napiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: p{i}, namespace: ops}}\nspec:\n  alertLabels: {labels}\n  alertMatchers: ['severity=~\"critical|page\"', 'env!=\"test\"']\n  steps:\n  - {{name: pause, type: wait, wait: {{duration: 1ms}}}}\n"
+            );
+        }
+        std::fs::write(dir.join(format!("plans-{file}.yaml")), text).unwrap();
     }
-    std::fs::write(dir.join("plans.yaml"), text).unwrap();
 }
 
 fn alert_labels(i: usize, shared_first_label: bool) -> BTreeMap<String, String> {
@@ -1316,12 +1319,16 @@ async fn p6(opts: &Opts, tc: &clusters::TestClusters, setting: &str) -> Vec<Figu
     let (mut via, mut bash) = (Vec::new(), Vec::new());
     for r in 0..rounds {
         let world = support::run::cnpg_world(&format!("p6-recoverd-{r}")).await;
+        // The reactors' watches are established in the background: give them time, on both
+        // sides, so that neither waits for a reactor that missed the change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let t = Instant::now();
         let record = support::run::run(world.registry.clone(), &plan, &world.ns, &[]).await;
         via.push(ms(t.elapsed()) - REACTOR_DELAYS_MS);
         succeeded(&record);
         drop(world);
         let world = support::run::cnpg_world(&format!("p6-runbook-{r}")).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
         let t = Instant::now();
         let status = tokio::process::Command::new("bash")
             .args(["-c", RUNBOOK])
