@@ -36,21 +36,25 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
         }
         (None, Some(selector)) => {
             let selector = ctx.render(selector)?;
-            // Any name will do to resolve the API; the selector picks the objects.
-            let (api, _, shown) = ctx
-                .object(
+            let resolved = ctx
+                .registry
+                .resolve(&ctx.cluster, &step.api_version, &step.resource)
+                .await?;
+            if let Some(ns) = &namespace {
+                super::check_name("namespace", ns, &step.resource)?;
+            }
+            let api =
+                super::api_for_object(ctx.registry, &ctx.cluster, &resolved, namespace.as_deref())?;
+            let shown = format!(
+                "{} on cluster {}",
+                super::describe_object(
                     &step.api_version,
                     &step.resource,
                     namespace.as_deref(),
-                    "selector",
-                )
-                .await?;
-            let shown = shown.replacen("/selector", &format!("/[{selector}]"), 1);
-            let shown = if namespace.is_none() {
-                shown.replacen(" selector", &format!(" [{selector}]"), 1)
-            } else {
-                shown
-            };
+                    &format!("[{selector}]")
+                ),
+                ctx.cluster
+            );
             let found = api
                 .list(&ListParams::default().labels(&selector))
                 .await
