@@ -29,6 +29,9 @@ pub struct Args {
     /// An Alertmanager webhook payload or single alert to run the plan with.
     #[arg(long)]
     pub alert: Option<PathBuf>,
+    /// Override a param, as `recoverd run --param` does: `--param execChecks=false`.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
     /// Throwaway clusters to rehearse on (they are written to). Default: the built-in
     /// simulator, serving the world's clusters on free loopback ports.
     #[command(flatten)]
@@ -44,6 +47,21 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             .next(),
         None => None,
     };
+    let params = super::run::parse_params(&args.params)?;
+    if let Some(key) = params
+        .keys()
+        .find(|k| !loaded.plan.spec.params.contains_key(*k))
+    {
+        let known: Vec<_> = loaded.plan.spec.params.keys().cloned().collect();
+        anyhow::bail!(
+            "the plan has no param {key:?} (its params: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
     let sandbox = match (&args.clusters.kubeconfig, &args.clusters.clusters) {
         (None, None) => Some(crate::sim::Sandbox::start(&args.world, None, None).await?),
         _ => None,
@@ -79,7 +97,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
 
     let input = RunInput {
-        params: Default::default(),
+        params,
         alert: alert.as_ref().map(Alert::context),
     };
     let executor = Executor::new(registry.clone());
