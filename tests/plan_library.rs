@@ -266,4 +266,7 @@ macro_rules! rehearsals {
 
 rehearsals! {
     cnpg_switchover_rehearses_on_the_simulator, cnpg_switchover_rehearses_on_real_clusters => "cnpg-switchover";
+    haproxy_redirect_rehearses_on_the_simulator, haproxy_redirect_rehearses_on_real_clusters => "haproxy-redirect";
+    nova_ferretdb_rehearses_on_the_simulator, nova_ferretdb_rehearses_on_real_clusters => "nova-ferretdb";
+    percona_standby_swap_rehearses_on_the_simulator, percona_standby_swap_rehearses_on_real_clusters => "percona-standby-swap";
 }
