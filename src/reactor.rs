@@ -474,6 +474,12 @@ pub async fn start(
                             fired.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             tracing::info!(cluster = %r.cluster, name = %r.when.name, "reactor acted");
                         }
+                        // Gone already: another controller (the simulator's own) got there
+                        // first, as happens between controllers.
+                        Err(e) if e.contains("NotFound") => {
+                            tracing::info!(cluster = %r.cluster, error = %e, "reactor found its object gone");
+                            break;
+                        }
                         Err(e) => {
                             tracing::warn!(cluster = %r.cluster, error = %e, "reactor failed");
                             break;
