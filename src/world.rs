@@ -247,6 +247,10 @@ async fn apply_object(
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expectations {
+    /// The run's expected result, when it is not `Succeeded`: a failover whose fence of the
+    /// lost site cannot succeed ends `SucceededWithErrors`, and a rehearsal proving that passes.
+    #[serde(default)]
+    pub outcome: Option<String>,
     pub expect: Vec<Expectation>,
 }
 

@@ -171,7 +171,19 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let expectations: world::Expectations =
             serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let failures = world::check(&registry, &seeded, &expectations).await;
+        let mut failures = world::check(&registry, &seeded, &expectations).await;
+        // A declared outcome replaces "succeeded" as what the rehearsal must end with.
+        if let Some(want) = &expectations.outcome {
+            let got = serde_json::to_value(record.phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            if &got == want {
+                code = ExitCode::SUCCESS;
+            } else {
+                failures.push(format!("the run ended {got}, expected {want}"));
+            }
+        }
         println!(
             "\nexpectations: {} checked, {} failed",
             expectations.expect.len(),
