@@ -327,6 +327,30 @@ fn every_plan_in_the_library_passes_check() {
     assert!(!t.contains("plans/worlds"), "{t}");
 }
 
+#[test]
+fn every_reactor_and_expectation_example_in_docs_worlds_md_parses() {
+    let doc = std::fs::read_to_string(repo_dir().join("docs/worlds.md")).unwrap();
+    let reactors = &doc[doc.find("## Reactors").unwrap()..doc.find("## Expectations").unwrap()];
+    let expectations = &doc[doc.find("## Expectations").unwrap()..];
+    let blocks = |text: &str| -> Vec<String> {
+        text.split("```yaml\n")
+            .skip(1)
+            .map(|b| b[..b.find("```").unwrap()].to_string())
+            .collect()
+    };
+    let reactor_blocks = blocks(reactors);
+    assert!(reactor_blocks.len() >= 7, "{reactor_blocks:?}");
+    for block in reactor_blocks {
+        let list = block.strip_prefix("reactors:\n").unwrap_or(&block);
+        let parsed: Result<Vec<recoverd::reactor::Reactor>, _> = serde_yaml::from_str(list);
+        assert!(parsed.is_ok(), "{block}\n{:?}", parsed.err());
+    }
+    for block in blocks(expectations) {
+        let parsed: Result<recoverd::world::Expectations, _> = serde_yaml::from_str(&block);
+        assert!(parsed.is_ok(), "{block}\n{:?}", parsed.err());
+    }
+}
+
 macro_rules! rehearsals {
     ($($test_sim:ident, $test_real:ident => $name:literal;)*) => {$(
         #[tokio::test]
