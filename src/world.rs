@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::cluster::Registry;
 use crate::cluster::{api_for_object, object_diff};
 use crate::fieldpath::{self, FieldPath};
-use crate::reactor::Reactor;
+use crate::reactor::{Reactor, ValueFrom};
 
 const WORLD_MANAGER: &str = "recoverd-world";
 
@@ -266,9 +266,10 @@ pub struct Expectation {
     /// fieldPath → expected value.
     #[serde(default)]
     pub fields: BTreeMap<String, Value>,
-    /// fieldPath → a field (of this object unless the reference names another) it must equal.
+    /// fieldPath → a field it must equal: of this object unless `cluster`, `apiVersion`,
+    /// `resource`, `namespace` or `name` say otherwise.
     #[serde(default)]
-    pub same_as: BTreeMap<String, FieldRef>,
+    pub same_as: BTreeMap<String, ValueFrom>,
     /// Fields whose value must differ from the one the world seeded (a missing field never
     /// counts as changed).
     #[serde(default)]
@@ -276,24 +277,6 @@ pub struct Expectation {
     /// The object must not exist.
     #[serde(default)]
     pub absent: bool,
-}
-
-/// A field of an object; cluster, apiVersion, resource, namespace and name default to the
-/// expectation's own.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct FieldRef {
-    #[serde(default)]
-    pub cluster: Option<String>,
-    #[serde(default)]
-    pub api_version: Option<String>,
-    #[serde(default)]
-    pub resource: Option<String>,
-    #[serde(default)]
-    pub namespace: Option<String>,
-    #[serde(default)]
-    pub name: Option<String>,
-    pub field_path: String,
 }
 
 /// An object's change during the rehearsal.
@@ -383,14 +366,16 @@ pub async fn check(
         }
         for (path, other) in &e.same_as {
             let o = Seeded {
-                cluster: other.cluster.clone().unwrap_or_else(|| s.cluster.clone()),
-                api_version: other
-                    .api_version
+                cluster: other
+                    .object
+                    .cluster
                     .clone()
+                    .unwrap_or_else(|| s.cluster.clone()),
+                api_version: (other.object.api_version.clone())
                     .unwrap_or_else(|| s.api_version.clone()),
-                resource: other.resource.clone().unwrap_or_else(|| s.resource.clone()),
-                namespace: other.namespace.clone().or_else(|| s.namespace.clone()),
-                name: other.name.clone().unwrap_or_else(|| s.name.clone()),
+                resource: (other.object.resource.clone()).unwrap_or_else(|| s.resource.clone()),
+                namespace: (other.object.namespace.clone()).or_else(|| s.namespace.clone()),
+                name: other.object.name.clone().unwrap_or_else(|| s.name.clone()),
                 before: Value::Null,
             };
             let want = match current(registry, &o).await {

@@ -47,21 +47,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             .next(),
         None => None,
     };
-    let params = super::run::parse_params(&args.params)?;
-    if let Some(key) = params
-        .keys()
-        .find(|k| !loaded.plan.spec.params.contains_key(*k))
-    {
-        let known: Vec<_> = loaded.plan.spec.params.keys().cloned().collect();
-        anyhow::bail!(
-            "the plan has no param {key:?} (its params: {})",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
-        );
-    }
+    let params = super::run::plan_params(&args.params, &loaded.plan.spec)?;
     let sandbox = match (&args.clusters.kubeconfig, &args.clusters.clusters) {
         (None, None) => Some(crate::sim::Sandbox::start(&args.world, None, None).await?),
         _ => None,
