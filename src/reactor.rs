@@ -754,6 +754,23 @@ mod tests {
             actions_of(&recreate).unwrap_err(),
             "`recreate` needs a `deleted: true` trigger"
         );
+        let status_alone = reactor(&format!(
+            "cluster: c\n{when}\nactions: [{{set: [{{fieldPath: data.z, value: 1}}], status: {{phase: Pending}}}}]"
+        ));
+        assert_eq!(
+            actions_of(&status_alone).unwrap_err(),
+            "action 0: `status` goes with `recreate` only"
+        );
+        let bad_condition = reactor(&format!(
+            "cluster: c\n{when}\nactions: [{{conditions: [{{type: Ready, status: yes}}]}}]"
+        ));
+        assert!(actions_of(&bad_condition)
+            .unwrap_err()
+            .contains("status must be \"True\", \"False\" or \"Unknown\""));
+        let set_and_conditions = reactor(&format!(
+            "cluster: c\n{when}\nactions: [{{set: [{{fieldPath: status.phase, value: Running}}], conditions: [{{type: Ready, status: \"True\"}}]}}]"
+        ));
+        assert_eq!(actions_of(&set_and_conditions).unwrap().len(), 1);
         let short = reactor(&format!(
             "cluster: c\n{when}\nafter: 1s\nset: {{fieldPath: data.z, value: 1}}"
         ));
