@@ -115,7 +115,7 @@ fn environment() -> Environment<'static> {
             Ok(jiff::Timestamp::now().as_second() - t.as_second())
         },
     );
-    // A short, stable digest of a rendered config: for the pod-template annotation that rolls a
+    // The hex SHA-256 of a rendered config: for the pod-template annotation that rolls a
     // Deployment when its (subPath-mounted, never refreshed) ConfigMap changed.
     env.add_filter("sha256", |s: String| {
         use sha2::{Digest, Sha256};

@@ -328,6 +328,25 @@ fn every_plan_in_the_library_passes_check() {
 }
 
 #[test]
+fn rehearse_refuses_a_param_the_plan_does_not_have_before_starting_anything() {
+    let out = recoverd(&[
+        "rehearse",
+        "plans/cnpg-switchover.yaml",
+        "--world",
+        "plans/worlds/cnpg-switchover.yaml",
+        "--param",
+        "execCheck=false",
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("the plan has no param \"execCheck\" (its params: ") && t.contains("execChecks"),
+        "{t}"
+    );
+    assert!(!t.contains("clusters: built-in simulator"), "{t}");
+}
+
+#[test]
 fn every_reactor_and_expectation_example_in_docs_worlds_md_parses() {
     let doc = std::fs::read_to_string(repo_dir().join("docs/worlds.md")).unwrap();
     let reactors = &doc[doc.find("## Reactors").unwrap()..doc.find("## Expectations").unwrap()];
