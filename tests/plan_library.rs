@@ -347,6 +347,41 @@ fn rehearse_refuses_a_param_the_plan_does_not_have_before_starting_anything() {
 }
 
 #[test]
+fn an_expectation_that_an_object_is_gone_fails_while_it_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        std::fs::read_to_string(repo_dir().join("plans/worlds/nova-ferretdb.expect.yaml")).unwrap();
+    let gone = |name: &str| {
+        format!("- {{cluster: north, apiVersion: v1, resource: configmaps, namespace: default, name: {name}, absent: true}}\n")
+    };
+    for (name, holds) in [("no-such-config", true), ("haproxy-config", false)] {
+        let expect = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&expect, format!("{base}{}", gone(name))).unwrap();
+        let out = recoverd(&[
+            "rehearse",
+            "plans/nova-ferretdb.yaml",
+            "--world",
+            "plans/worlds/nova-ferretdb.yaml",
+            "--alert",
+            "plans/worlds/nova-ferretdb.alert.json",
+            "--expect",
+            expect.to_str().unwrap(),
+        ]);
+        let t = text(&out);
+        if holds {
+            assert!(out.status.success(), "{t}");
+            assert!(t.contains("expectations: 4 checked, 0 failed"), "{t}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{t}");
+            assert!(
+                t.contains("v1 configmaps default/haproxy-config: exists, expected it gone"),
+                "{t}"
+            );
+        }
+    }
+}
+
+#[test]
 fn every_reactor_and_expectation_example_in_docs_worlds_md_parses() {
     let doc = std::fs::read_to_string(repo_dir().join("docs/worlds.md")).unwrap();
     let reactors = &doc[doc.find("## Reactors").unwrap()..doc.find("## Expectations").unwrap()];
