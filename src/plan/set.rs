@@ -116,6 +116,39 @@ impl PlanSet {
         set
     }
 
+    /// A set of plans already loaded and validated (by their source), with the problems of
+    /// those that were not; a name given twice keeps its first plan and reports the others.
+    pub fn from_valid(
+        plans: impl IntoIterator<Item = LoadedPlan>,
+        invalid: Vec<InvalidPlan>,
+    ) -> Self {
+        let mut set = PlanSet {
+            invalid,
+            ..PlanSet::default()
+        };
+        for plan in plans {
+            let name = key(&plan);
+            if set.by_name.contains_key(&name) {
+                set.invalid.push(InvalidPlan {
+                    file: plan.source.file.display().to_string(),
+                    plan: Some(name.clone()),
+                    problems: vec![format!(
+                        "plan {name} is defined twice; the first definition is used"
+                    )],
+                });
+            } else {
+                set.add(name, plan);
+            }
+        }
+        set.reindex();
+        set
+    }
+
+    /// The valid plans, in name order.
+    pub fn plans(&self) -> impl Iterator<Item = &LoadedPlan> {
+        self.plans.iter().map(|e| &e.plan)
+    }
+
     fn add(&mut self, name: String, plan: LoadedPlan) {
         // Validation has already refused plans whose matchers do not parse.
         let compiled = plan
