@@ -10,6 +10,7 @@
 
 mod api;
 pub mod check;
+mod cluster_plans;
 pub mod crd;
 #[cfg(feature = "sim")]
 mod demo;

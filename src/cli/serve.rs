@@ -14,6 +14,7 @@ use super::ClusterArgs;
 use crate::cluster::WriteMode;
 use crate::executor::Executor;
 use crate::metrics::Metrics;
+use crate::plan::cluster_source::PlanSources;
 use crate::plan::set::PlanSet;
 use crate::run::service::Runs;
 use crate::run::store::{Retention, Store};
@@ -23,8 +24,14 @@ use crate::server::{router, AppState, Auth, Tokens, DEFAULT_BODY_LIMIT};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory (or files) of RecoveryPlans; reloaded when they change.
-    #[arg(long, env = "RECOVERD_PLANS", required = true)]
+    #[arg(
+        long,
+        env = "RECOVERD_PLANS",
+        required_unless_present = "plans_from_cluster"
+    )]
     pub plans: Vec<PathBuf>,
+    #[command(flatten)]
+    pub from_cluster: Box<super::cluster_plans::PlansFromClusterArgs>,
     #[command(flatten)]
     pub clusters: ClusterArgs,
     /// Address to listen on.
@@ -120,11 +127,24 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let plans = blocking(move || load_plans(&plan_paths, &plan_names)).await;
     let runs = Runs::new(
         store,
-        plans,
-        Arc::new(Executor::new(live)),
+        PlanSet::default(),
+        Arc::new(Executor::new(live.clone())),
         Arc::new(Executor::new(dry)),
         Arc::new(Metrics::new()),
     );
+    // File plans and, with --plans-from-cluster, the home cluster's: one set, swapped whole.
+    let sources = PlanSources::new({
+        let runs = runs.clone();
+        move |set| runs.set_plans(set)
+    });
+    sources.set_files(plans);
+    let watch = super::cluster_plans::start(
+        &args.from_cluster,
+        &live,
+        sources.clone(),
+        args.reload_interval * 5,
+    )
+    .await?;
     let interrupted = runs.recover()?;
     if !interrupted.is_empty() {
         warn!(runs = ?interrupted, "runs interrupted by the last shutdown; resume them with POST /api/v1/runs/{{id}}/resume");
@@ -174,6 +194,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let reload = tokio::spawn(reload_loop(
         runs.clone(),
+        sources,
         auth,
         tls.clone(),
         args.plans.clone(),
@@ -223,6 +244,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     reload.abort();
     shutdown.abort();
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -260,8 +284,10 @@ fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 /// Every `every`: reloads changed plans and token files, expires approvals, checks the store
 /// (and writes runs that stopped on a failed write), and prunes old runs. The file and store
 /// work runs on the blocking pool, and a reload swaps the plan set in one step.
+#[allow(clippy::too_many_arguments)]
 async fn reload_loop(
     runs: Arc<Runs>,
+    sources: Arc<PlanSources>,
     auth: Auth,
     tls: Option<Tls>,
     paths: Vec<PathBuf>,
@@ -292,7 +318,7 @@ async fn reload_loop(
         if now != last {
             info!("plan files changed; reloading");
             let set = blocking(move || load_plans(&load_paths, &names)).await;
-            runs.set_plans(set);
+            sources.set_files(set);
             last = now;
         }
         for tokens in auth.all() {

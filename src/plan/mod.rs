@@ -1,6 +1,7 @@
 //! Recovery plans: the model ([`model`]), loading from files ([`load`]) and validation
 //! ([`validate`]). Everything here is pure but for reading files in `load`.
 
+pub mod cluster_source;
 pub mod load;
 pub mod model;
 pub mod set;
