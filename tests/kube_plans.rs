@@ -1,0 +1,454 @@
+//! `recoverd serve --plans-from-cluster` against real apiservers, with the real kubectl: plans
+//! `kubectl apply`d to the home cluster (`north`, the kubeconfig's current context) are matched
+//! by the next alert and run; an invalid one is reported on its status and in an Event while the
+//! others run; a deleted one stops matching; Nova's format runs unchanged once Nova's CRD is
+//! installed (after recoverd started); `kubectl get` and `kubectl explain` show what the CRDs
+//! say. Each test has its own namespace and its own `recoverd serve`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::clusters::repo_dir;
+use support::server::{counting_hook, counts, eventually, payload, ServeProcess};
+
+const HOME: &str = "north";
+const LIMIT: Duration = Duration::from_secs(60);
+
+fn kubectl() -> Command {
+    support::shared().kubectl(HOME)
+}
+
+/// Runs a kubectl command, failing the test with its output when it fails; returns stdout.
+fn ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// recoverd's CRDs, installed once in the home cluster (`kubectl apply -f crds/`).
+fn install_crds() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        ok(kubectl()
+            .args(["apply", "-f"])
+            .arg(repo_dir().join("crds/recoverd.io.yaml")));
+        ok(kubectl().args([
+            "wait",
+            "--for=condition=established",
+            "--timeout=60s",
+            "crd/recoveryplans.recoverd.io",
+            "crd/recoveryruns.recoverd.io",
+        ]));
+    });
+}
+
+/// A fixture from `tests/data/kube-plans/`, with `TESTNS` and `HOOK` filled in, written to `dir`.
+fn fixture(dir: &Path, name: &str, ns: &str, hook: &str) -> PathBuf {
+    let text = std::fs::read_to_string(repo_dir().join("tests/data/kube-plans").join(name))
+        .unwrap()
+        .replace("TESTNS", ns)
+        .replace("HOOK", hook);
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn apply(ns: &str, file: &Path) {
+    ok(kubectl().args(["apply", "-n", ns, "-f"]).arg(file));
+}
+
+/// `kubectl get RESOURCE NAME -o json`, or Null when it does not exist.
+fn get(ns: &str, resource: &str, name: &str) -> Value {
+    let out = kubectl()
+        .args(["get", "-n", ns, resource, name, "-o", "json"])
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
+}
+
+fn valid_condition(obj: &Value) -> Value {
+    obj["status"]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type"] == "Valid"))
+        .cloned()
+        .unwrap_or(Value::Null)
+}
+
+/// Starts `recoverd serve` on the test clusters, plans from `plans` and from the cluster's
+/// namespace `ns`.
+async fn serve(dir: &Path, plans: &Path, ns: &str) -> ServeProcess {
+    install_crds();
+    let kubeconfig = support::shared().kubeconfig().to_path_buf();
+    ServeProcess::start(
+        dir,
+        plans,
+        &kubeconfig,
+        &[
+            "--plans-from-cluster",
+            "--namespace",
+            ns,
+            "--reload-interval",
+            "200ms",
+        ],
+    )
+    .await
+}
+
+async fn plan_names(serve: &ServeProcess) -> Vec<String> {
+    let listing = serve.get("/api/v1/plans").await;
+    listing["plans"]
+        .as_array()
+        .map(|p| {
+            p.iter()
+                .filter_map(|p| p["name"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Sends a firing alert; returns what recoverd did with it.
+async fn alert(serve: &ServeProcess, labels: Value, fingerprint: &str, starts_at: &str) -> Value {
+    let (status, reply) = serve
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", labels, fingerprint, starts_at),
+        )
+        .await;
+    assert_eq!(status, 202, "{reply}");
+    reply["alerts"][0].clone()
+}
+
+/// Polls `f` until it gives a value; panics naming `what` after [`LIMIT`] (a hang guard).
+async fn until<T, F, Fut>(what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < LIMIT, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn finished(serve: &ServeProcess, id: &str) -> Value {
+    until("the run to finish", || async {
+        let run = serve.get(&format!("/api/v1/runs/{id}")).await;
+        matches!(
+            run["phase"].as_str(),
+            Some("Succeeded" | "SucceededWithErrors" | "Failed" | "Cancelled")
+        )
+        .then_some(run)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_one_is_not() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("kp-apply").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(3).await;
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    fixture(&plans, "clash-file.yaml", &ns, &hook);
+    let serve = serve(dir.path(), &plans, &ns).await;
+    let labels = json!({"alertname": "KubePlanFired", "testns": ns});
+
+    // Nothing applied yet: the alert matches nothing.
+    let before = alert(&serve, labels.clone(), "fp-1", "2026-12-01T10:00:00Z").await;
+    assert_eq!(before["action"], "noMatch", "{before}");
+
+    apply(&ns, &fixture(dir.path(), "hook.yaml", &ns, &hook));
+    let name = format!("{ns}/hook");
+    eventually("the applied plan to be loaded", LIMIT, || async {
+        plan_names(&serve).await.contains(&name)
+    })
+    .await;
+    let started = alert(&serve, labels.clone(), "fp-2", "2026-12-01T10:01:00Z").await;
+    assert_eq!(started["action"], "started", "{started}");
+    assert_eq!(started["plan"], name.as_str());
+    let run = finished(&serve, started["runId"].as_str().unwrap()).await;
+    assert_eq!(run["phase"], "Succeeded", "{run}");
+    assert_eq!(counts(&hits)[0], 1, "the plan's step ran once");
+
+    // Its status says recoverd read this generation and found it valid.
+    let obj = until("the plan's status to say Valid=True", || async {
+        let obj = get(&ns, "recoveryplans.recoverd.io", "hook");
+        (valid_condition(&obj)["status"] == "True").then_some(obj)
+    })
+    .await;
+    assert_eq!(
+        obj["status"]["observedGeneration"], obj["metadata"]["generation"],
+        "{obj}"
+    );
+    assert_eq!(valid_condition(&obj)["reason"], "Validated");
+    assert_eq!(obj["status"]["steps"], 1);
+
+    // A resource named like a plan file loses to the file: reported, never run.
+    let clash = json!({"alertname": "KubePlanClash", "testns": ns});
+    apply(&ns, &fixture(dir.path(), "clash-resource.yaml", &ns, &hook));
+    eventually("the clashing resource to be reported", LIMIT, || async {
+        valid_condition(&get(&ns, "recoveryplans.recoverd.io", "clash"))["reason"] == "NameClash"
+    })
+    .await;
+    let message = valid_condition(&get(&ns, "recoveryplans.recoverd.io", "clash"))["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(message.contains("clash-file.yaml"), "{message}");
+    let from_file = alert(&serve, clash, "fp-3", "2026-12-01T10:02:00Z").await;
+    assert_eq!(from_file["action"], "started", "{from_file}");
+    finished(&serve, from_file["runId"].as_str().unwrap()).await;
+    assert_eq!(
+        counts(&hits)[1..],
+        [1, 0],
+        "the file's plan ran, not the resource's"
+    );
+
+    // Deleted: the next alert of the same kind matches nothing.
+    ok(kubectl().args(["delete", "-n", &ns, "recoveryplans.recoverd.io", "hook"]));
+    eventually("the deleted plan to be dropped", LIMIT, || async {
+        !plan_names(&serve).await.contains(&name)
+    })
+    .await;
+    let after = alert(&serve, labels, "fp-4", "2026-12-01T10:03:00Z").await;
+    assert_eq!(after["action"], "noMatch", "{after}");
+    assert_eq!(counts(&hits)[0], 1);
+}
+
+#[tokio::test]
+async fn an_invalid_plan_is_reported_on_its_status_and_in_an_event_while_the_others_run() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("kp-invalid").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(1).await;
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    let serve = serve(dir.path(), &plans, &ns).await;
+
+    apply(&ns, &fixture(dir.path(), "broken.yaml", &ns, &hook));
+    apply(&ns, &fixture(dir.path(), "hook.yaml", &ns, &hook));
+    eventually("the broken plan to be reported invalid", LIMIT, || async {
+        valid_condition(&get(&ns, "recoveryplans.recoverd.io", "broken"))["status"] == "False"
+    })
+    .await;
+    let broken = get(&ns, "recoveryplans.recoverd.io", "broken");
+    let condition = valid_condition(&broken);
+    assert_eq!(condition["reason"], "InvalidPlan", "{broken}");
+    let message = condition["message"].as_str().unwrap();
+    assert!(message.contains("spec.steps[0].wait.timeout"), "{message}");
+    assert_eq!(broken["status"]["observedGeneration"], 1);
+
+    // The Event says the same.
+    let events = until("an Event about the broken plan", || async {
+        let events = ok(kubectl().args([
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            "involvedObject.name=broken",
+            "-o",
+            "json",
+        ]));
+        events.contains("InvalidPlan").then_some(events)
+    })
+    .await;
+    assert!(events.contains("spec.steps[0].wait.timeout"), "{events}");
+
+    // The valid plan runs; the broken one never does.
+    eventually("the valid plan to be loaded", LIMIT, || async {
+        plan_names(&serve).await.contains(&format!("{ns}/hook"))
+    })
+    .await;
+    let good = alert(
+        &serve,
+        json!({"alertname": "KubePlanFired", "testns": ns}),
+        "fp-good",
+        "2026-12-01T11:00:00Z",
+    )
+    .await;
+    assert_eq!(good["action"], "started", "{good}");
+    let run = finished(&serve, good["runId"].as_str().unwrap()).await;
+    assert_eq!(run["phase"], "Succeeded", "{run}");
+    assert_eq!(counts(&hits), [1]);
+    let bad = alert(
+        &serve,
+        json!({"alertname": "KubePlanBroken", "testns": ns}),
+        "fp-bad",
+        "2026-12-01T11:00:00Z",
+    )
+    .await;
+    assert_eq!(bad["action"], "noMatch", "{bad}");
+    let listing = serve.get("/api/v1/plans").await;
+    let invalid = listing["invalid"].to_string();
+    assert!(
+        invalid.contains(&format!("{ns}/broken")) && invalid.contains("wait.timeout"),
+        "{listing}"
+    );
+
+    // Fixed: valid again, at its new generation.
+    apply(&ns, &fixture(dir.path(), "broken-fixed.yaml", &ns, &hook));
+    eventually("the fixed plan to be valid", LIMIT, || async {
+        let obj = get(&ns, "recoveryplans.recoverd.io", "broken");
+        valid_condition(&obj)["status"] == "True" && obj["status"]["observedGeneration"] == 2
+    })
+    .await;
+    eventually("the fixed plan to be loaded", LIMIT, || async {
+        plan_names(&serve).await.contains(&format!("{ns}/broken"))
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_nova_plan_runs_unchanged_once_novas_crd_is_installed_after_recoverd_started() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("kp-nova").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    let serve = serve(dir.path(), &plans, &ns).await;
+
+    // Nova's CRD (deploy/nova-compat, for clusters without Nova) arrives after recoverd.
+    ok(kubectl()
+        .args(["apply", "-k"])
+        .arg(repo_dir().join("deploy/nova-compat")));
+    ok(kubectl().args([
+        "wait",
+        "--for=condition=established",
+        "--timeout=60s",
+        "crd/recoveryplans.recovery.elotl.co",
+    ]));
+    ok(kubectl().args([
+        "create",
+        "configmap",
+        "nova-target",
+        "-n",
+        &ns,
+        "--from-literal=source=10.0.0.7",
+    ]));
+    apply(&ns, &fixture(dir.path(), "nova.yaml", &ns, ""));
+    let name = format!("{ns}/nova-copy");
+    eventually("the Nova plan to be loaded", LIMIT, || async {
+        plan_names(&serve).await.contains(&name)
+    })
+    .await;
+
+    let started = alert(
+        &serve,
+        json!({"app": "nova-example", "testns": ns}),
+        "fp-nova",
+        "2026-12-01T12:00:00Z",
+    )
+    .await;
+    assert_eq!(started["action"], "started", "{started}");
+    let run = finished(&serve, started["runId"].as_str().unwrap()).await;
+    assert_eq!(run["phase"], "Succeeded", "{run}");
+    let steps: Vec<&str> = run["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(steps, ["step-1", "step-2"]);
+    let cm = get(&ns, "configmap", "nova-target");
+    assert_eq!(cm["data"]["copied"], "10.0.0.7", "{cm}");
+
+    eventually(
+        "the Nova plan's status to say Valid=True",
+        LIMIT,
+        || async {
+            valid_condition(&get(&ns, "recoveryplans.recovery.elotl.co", "nova-copy"))["status"]
+                == "True"
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn kubectl_get_shows_the_columns_and_kubectl_explain_the_descriptions() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("kp-kubectl").await;
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    let serve = serve(dir.path(), &plans, &ns).await;
+    apply(
+        &ns,
+        &fixture(dir.path(), "hook.yaml", &ns, "http://127.0.0.1:9"),
+    );
+    eventually("the plan's status", LIMIT, || async {
+        valid_condition(&get(&ns, "recoveryplans.recoverd.io", "hook"))["status"] == "True"
+    })
+    .await;
+    drop(serve);
+
+    let table = ok(kubectl().args(["get", "-n", &ns, "recoveryplans.recoverd.io"]));
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        ["NAME", "MODE", "STEPS", "VALID", "LAST", "RESULT", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(row[..4], ["hook", "auto", "1", "True"], "{table}");
+
+    apply(&ns, &fixture(dir.path(), "run.yaml", &ns, ""));
+    let table = ok(kubectl().args(["get", "-n", &ns, "recoveryruns.recoverd.io"]));
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME",
+            "PLAN",
+            "PHASE",
+            "CURRENT",
+            "STEP",
+            "TRIGGER",
+            "DURATION(MS)",
+            "AGE"
+        ],
+        "{table}"
+    );
+    assert!(
+        table.contains("columns") && table.contains("manual"),
+        "{table}"
+    );
+
+    let explain = ok(kubectl().args([
+        "explain",
+        "--api-version=recoverd.io/v1alpha1",
+        "recoveryplan.spec.steps",
+    ]));
+    for text in [
+        "The steps, run in order.",
+        "Unique within the plan",
+        "The cluster this step acts on",
+    ] {
+        assert!(explain.contains(text), "{text:?} not in:\n{explain}");
+    }
+    let explain = ok(kubectl().args([
+        "explain",
+        "--api-version=recoverd.io/v1alpha1",
+        "recoveryplan",
+    ]));
+    assert!(
+        explain.contains("status.conditions") && !explain.contains("Auto-generated"),
+        "{explain}"
+    );
+}
