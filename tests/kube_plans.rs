@@ -3,7 +3,9 @@
 //! by the next alert and run; an invalid one is reported on its status and in an Event while the
 //! others run; a deleted one stops matching; Nova's format runs unchanged once Nova's CRD is
 //! installed (after recoverd started); `kubectl get` and `kubectl explain` show what the CRDs
-//! say. Each test has its own namespace and its own `recoverd serve`.
+//! say; and deploy/overlays/kube-native's Role is all recoverd needs for it. The clusters enforce
+//! RBAC (the admin token is in system:masters), so that Role is tested for real. Each test has
+//! its own namespace and its own `recoverd serve`.
 
 mod support;
 
@@ -12,6 +14,7 @@ use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 use support::clusters::repo_dir;
 use support::server::{counting_hook, counts, eventually, payload, ServeProcess};
@@ -19,8 +22,36 @@ use support::server::{counting_hook, counts, eventually, payload, ServeProcess};
 const HOME: &str = "north";
 const LIMIT: Duration = Duration::from_secs(60);
 
+/// This binary's clusters (`support::shared()`'s), with `--authorization-mode RBAC` in place of
+/// the harness's AlwaysAllow (`tests/data/deploy/rbac-apiserver.sh`, as tests/deploy.rs does).
+fn clusters() -> &'static support::clusters::TestClusters {
+    static RBAC: OnceLock<()> = OnceLock::new();
+    RBAC.get_or_init(|| {
+        // The harness reads the binary from the environment once, when the clusters start:
+        // nothing has started any yet, and every test comes through here.
+        let bin = match std::env::var("RECOVERD_TEST_APISERVER") {
+            Ok(bin) => PathBuf::from(bin),
+            Err(_) => match std::env::var("KUBEBUILDER_ASSETS") {
+                Ok(assets) => PathBuf::from(assets).join("kube-apiserver"),
+                Err(_) => {
+                    let out =
+                        ok(Command::new("bash")
+                            .arg(repo_dir().join("tests/kube/build-apiserver.sh")));
+                    PathBuf::from(out.lines().last().expect("a path").trim())
+                }
+            },
+        };
+        std::env::set_var("RECOVERD_DEPLOY_APISERVER", bin);
+        std::env::set_var(
+            "RECOVERD_TEST_APISERVER",
+            repo_dir().join("tests/data/deploy/rbac-apiserver.sh"),
+        );
+    });
+    support::shared()
+}
+
 fn kubectl() -> Command {
-    support::shared().kubectl(HOME)
+    clusters().kubectl(HOME)
 }
 
 /// Runs a kubectl command, failing the test with its output when it fails; returns stdout.
@@ -88,7 +119,7 @@ fn valid_condition(obj: &Value) -> Value {
 /// namespace `ns`.
 async fn serve(dir: &Path, plans: &Path, ns: &str) -> ServeProcess {
     install_crds();
-    let kubeconfig = support::shared().kubeconfig().to_path_buf();
+    let kubeconfig = clusters().kubeconfig().to_path_buf();
     ServeProcess::start(
         dir,
         plans,
@@ -158,7 +189,7 @@ async fn finished(serve: &ServeProcess, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_one_is_not() {
-    let clusters = support::shared();
+    let clusters = clusters();
     let ns = clusters.namespace("kp-apply").await;
     let dir = tempfile::tempdir().unwrap();
     let (hook, hits) = counting_hook(3).await;
@@ -232,7 +263,7 @@ async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_
 
 #[tokio::test]
 async fn an_invalid_plan_is_reported_on_its_status_and_in_an_event_while_the_others_run() {
-    let clusters = support::shared();
+    let clusters = clusters();
     let ns = clusters.namespace("kp-invalid").await;
     let dir = tempfile::tempdir().unwrap();
     let (hook, hits) = counting_hook(1).await;
@@ -316,7 +347,7 @@ async fn an_invalid_plan_is_reported_on_its_status_and_in_an_event_while_the_oth
 
 #[tokio::test]
 async fn a_nova_plan_runs_unchanged_once_novas_crd_is_installed_after_recoverd_started() {
-    let clusters = support::shared();
+    let clusters = clusters();
     let ns = clusters.namespace("kp-nova").await;
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
@@ -381,7 +412,7 @@ async fn a_nova_plan_runs_unchanged_once_novas_crd_is_installed_after_recoverd_s
 
 #[tokio::test]
 async fn kubectl_get_shows_the_columns_and_kubectl_explain_the_descriptions() {
-    let clusters = support::shared();
+    let clusters = clusters();
     let ns = clusters.namespace("kp-kubectl").await;
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
@@ -450,5 +481,161 @@ async fn kubectl_get_shows_the_columns_and_kubectl_explain_the_descriptions() {
     assert!(
         explain.contains("status.conditions") && !explain.contains("Auto-generated"),
         "{explain}"
+    );
+}
+
+/// The objects `kubectl kustomize deploy/overlays/kube-native` renders, from a copy of deploy/
+/// with stand-ins for the files an installer makes.
+fn render_kube_native(dir: &Path) -> Vec<Value> {
+    let deploy = dir.join("deploy");
+    ok(Command::new("cp")
+        .arg("-r")
+        .arg(repo_dir().join("deploy"))
+        .arg(&deploy));
+    let single = deploy.join("overlays/single");
+    std::fs::write(single.join("token"), "x".repeat(64)).unwrap();
+    std::fs::write(
+        single.join("clusters/kubeconfig"),
+        "apiVersion: v1\nkind: Config\n",
+    )
+    .unwrap();
+    let yaml = ok(Command::new("kubectl")
+        .arg("kustomize")
+        .arg(deploy.join("overlays/kube-native")));
+    serde_yaml::Deserializer::from_str(&yaml)
+        .map(|d| {
+            serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(d).unwrap()).unwrap()
+        })
+        .filter(|o| !o.is_null())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_kube_native_overlays_role_is_all_recoverd_needs_to_take_plans_from_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    install_crds();
+    let objects = render_kube_native(dir.path());
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    assert!(
+        pod["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"name": "RECOVERD_PLANS_FROM_CLUSTER", "value": "true"})),
+        "{pod}"
+    );
+    // recoverd's identity in its home cluster, exactly as the overlay makes it.
+    let identity: Vec<Value> = objects
+        .iter()
+        .filter(|o| {
+            ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
+                .contains(&o["kind"].as_str().unwrap_or(""))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(identity.len(), 4, "{identity:?}");
+    let file = dir.path().join("identity.json");
+    std::fs::write(
+        &file,
+        json!({"apiVersion": "v1", "kind": "List", "items": identity}).to_string(),
+    )
+    .unwrap();
+    ok(kubectl().args(["apply", "-f"]).arg(&file));
+    let token = ok(kubectl().args([
+        "create",
+        "token",
+        "recoverd",
+        "-n",
+        "recoverd",
+        "--duration=1h",
+    ]));
+    let sa = "system:serviceaccount:recoverd:recoverd";
+    let can = |args: &[&str]| -> bool {
+        let out = kubectl()
+            .args(["auth", "can-i", "--as", sa, "-n", "recoverd"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim() == "yes"
+    };
+    assert!(can(&["watch", "recoveryplans.recoverd.io"]));
+    assert!(can(&[
+        "patch",
+        "recoveryplans.recoverd.io",
+        "--subresource=status"
+    ]));
+    assert!(
+        !can(&["patch", "recoveryplans.recoverd.io"]),
+        "never the spec"
+    );
+    assert!(!can(&["get", "secrets"]));
+    assert!(!can(&[
+        "list",
+        "recoveryplans.recoverd.io",
+        "-n",
+        "default"
+    ]));
+
+    // recoverd with nothing but that token for its home cluster.
+    let home = clusters().cluster(HOME);
+    let kubeconfig = dir.path().join("home.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: home\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: recoverd\n  user: {{token: {}}}\ncontexts:\n- name: home\n  context: {{cluster: home, user: recoverd, namespace: recoverd}}\ncurrent-context: home\n",
+            home.server,
+            clusters().ca_cert().display(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    let serve = ServeProcess::start(
+        dir.path(),
+        &plans,
+        &kubeconfig,
+        &["--plans-from-cluster", "--reload-interval", "200ms"],
+    )
+    .await;
+    apply(
+        "recoverd",
+        &fixture(dir.path(), "hook.yaml", "recoverd", "http://127.0.0.1:9"),
+    );
+    apply(
+        "recoverd",
+        &fixture(dir.path(), "broken.yaml", "recoverd", ""),
+    );
+    eventually("both plans' status to be written", LIMIT, || async {
+        valid_condition(&get("recoverd", "recoveryplans.recoverd.io", "hook"))["status"] == "True"
+            && valid_condition(&get("recoverd", "recoveryplans.recoverd.io", "broken"))["status"]
+                == "False"
+    })
+    .await;
+    eventually("an Event about the broken plan", LIMIT, || async {
+        ok(kubectl().args([
+            "get",
+            "events",
+            "-n",
+            "recoverd",
+            "--field-selector",
+            "involvedObject.name=broken",
+            "-o",
+            "json",
+        ]))
+        .contains("InvalidPlan")
+    })
+    .await;
+    assert!(plan_names(&serve)
+        .await
+        .contains(&"recoverd/hook".to_string()));
+    let log = serve.log_text();
+    assert!(
+        !log.contains("forbidden") && !log.contains("failed to"),
+        "{log}"
     );
 }
