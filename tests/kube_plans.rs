@@ -228,6 +228,20 @@ async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_
     );
     assert_eq!(valid_condition(&obj)["reason"], "Validated");
     assert_eq!(obj["status"]["steps"], 1);
+    // ...and how its last run went.
+    let id = started["runId"].as_str().unwrap();
+    eventually("the plan's status to show its last run", LIMIT, || async {
+        let status = &get(&ns, "recoveryplans.recoverd.io", "hook")["status"];
+        status["lastRun"] == id && status["lastResult"] == "Succeeded"
+    })
+    .await;
+    let table = ok(kubectl().args(["get", "-n", &ns, "recoveryplans.recoverd.io", "hook"]));
+    let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(
+        row[..5],
+        ["hook", "auto", "1", "True", "Succeeded"],
+        "{table}"
+    );
 
     // A resource named like a plan file loses to the file: reported, never run.
     let clash = json!({"alertname": "KubePlanClash", "testns": ns});

@@ -37,12 +37,31 @@ pub struct PlansFromClusterArgs {
     pub home_cluster: Option<String>,
 }
 
+/// The newest live runs, for the plans' `status.lastRun`/`lastResult` (one page of the store).
+pub fn last_runs(runs: Arc<crate::run::service::Runs>) -> cluster_source::LastRuns {
+    Arc::new(move || {
+        let Ok(page) = runs.page(None, 200, None) else {
+            return Vec::new();
+        };
+        page.runs
+            .into_iter()
+            .filter(|r| r.mode == crate::run::record::RunMode::Live)
+            .map(|r| cluster_source::LastRun {
+                plan: r.plan,
+                id: r.id,
+                phase: r.phase.as_str().to_string(),
+            })
+            .collect()
+    })
+}
+
 /// Starts watching when asked to; returns once the cluster's plans are published.
 pub async fn start(
     args: &PlansFromClusterArgs,
     registry: &Registry,
     sources: Arc<PlanSources>,
     nova_poll: Duration,
+    last_runs: cluster_source::LastRuns,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     if !args.plans_from_cluster {
         return Ok(None);
@@ -69,6 +88,7 @@ pub async fn start(
         clusters: registry.names(),
         nova_poll,
         sync_limit: Duration::from_secs(30),
+        last_runs: Some((last_runs, nova_poll / 5)),
     };
     Ok(Some(cluster_source::start(config, sources).await?))
 }

@@ -75,7 +75,7 @@ pub fn plan_crd() -> CustomResourceDefinition {
                 "Last Result",
                 "string",
                 ".status.lastResult",
-                "The phase the plan's last run ended in",
+                "The phase of the plan's last live run",
             ),
             age(),
         ],

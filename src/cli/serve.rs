@@ -143,6 +143,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         &live,
         sources.clone(),
         args.reload_interval * 5,
+        super::cluster_plans::last_runs(runs.clone()),
     )
     .await?;
     let interrupted = runs.recover()?;

@@ -328,6 +328,19 @@ impl PlanSources {
     }
 }
 
+/// The newest live run of a plan, as the run store has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LastRun {
+    /// `namespace/name` of the plan.
+    pub plan: String,
+    pub id: String,
+    /// The run's phase (`Running` while it runs).
+    pub phase: String,
+}
+
+/// The newest live runs, newest first (a bounded number): called on the blocking pool.
+pub type LastRuns = Arc<dyn Fn() -> Vec<LastRun> + Send + Sync>;
+
 /// Where and how to watch.
 pub struct WatchConfig {
     /// A client for the home cluster.
@@ -339,6 +352,8 @@ pub struct WatchConfig {
     pub nova_poll: Duration,
     /// How long the first list of recoverd.io plans may take before `start` fails.
     pub sync_limit: Duration,
+    /// Where `status.lastRun` and `status.lastResult` come from, and how often to look.
+    pub last_runs: Option<(LastRuns, Duration)>,
 }
 
 /// Starts watching; returns once the `recoverd.io` plans are listed and published (so the
@@ -353,6 +368,7 @@ pub async fn start(
         clusters,
         nova_poll,
         sync_limit,
+        last_runs,
     } = config;
     let api = |flavour: Flavour| -> Api<DynamicObject> {
         let ar = flavour.resource();
@@ -395,6 +411,8 @@ pub async fn start(
         sources,
         stores: vec![(Flavour::Recoverd, own, true)],
         cache: BTreeMap::new(),
+        used: BTreeMap::new(),
+        last_runs,
     };
     reconciler.reconcile().await;
     let nova_api = api(Flavour::Nova);
@@ -483,11 +501,30 @@ struct Reconciler {
     /// Loaded plans by (flavour, uid), with the resourceVersion they were loaded from: an
     /// object is loaded and validated again only when it changed.
     cache: BTreeMap<(Flavour, String), (String, ObjectPlan)>,
+    /// The resources whose plans are in use (valid, no clash), by `namespace/name`.
+    used: BTreeMap<String, (Flavour, usize)>,
+    last_runs: Option<(LastRuns, Duration)>,
 }
 
 impl Reconciler {
     async fn run(&mut self, mut rx: mpsc::UnboundedReceiver<Signal>) {
-        while let Some(signal) = rx.recv().await {
+        let every = self
+            .last_runs
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |(_, every)| *every);
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let signal = tokio::select! {
+                s = rx.recv() => match s {
+                    Some(s) => s,
+                    None => return,
+                },
+                _ = tick.tick() => {
+                    self.report_last_runs().await;
+                    continue;
+                }
+            };
             let mut signals = vec![signal];
             // Many events at once (a relist, a kubectl apply of a directory): one pass.
             while let Ok(more) = rx.try_recv() {
@@ -525,6 +562,10 @@ impl Reconciler {
         let verdicts = self
             .sources
             .set_objects(objects.iter().map(|(_, p, _)| p.clone()).collect());
+        self.used = (objects.iter().enumerate())
+            .filter(|(i, (_, _, writable))| *writable && verdicts[*i].valid)
+            .map(|(i, (_, p, _))| (p.key(), (p.flavour, i)))
+            .collect();
         let (valid, invalid) =
             verdicts.iter().fold(
                 (0, 0),
@@ -540,6 +581,52 @@ impl Reconciler {
         for ((obj, plan, writable), verdict) in objects.iter().zip(&verdicts) {
             if *writable {
                 self.report(obj, plan, verdict).await;
+            }
+        }
+    }
+
+    /// Writes each used plan's newest live run to its status (`lastRun`, `lastResult`) when the
+    /// status says something else.
+    async fn report_last_runs(&self) {
+        let Some((last_runs, _)) = &self.last_runs else {
+            return;
+        };
+        if self.used.is_empty() {
+            return;
+        }
+        let f = last_runs.clone();
+        let Ok(runs) = tokio::task::spawn_blocking(move || f()).await else {
+            return;
+        };
+        let mut newest: BTreeMap<&str, &LastRun> = BTreeMap::new();
+        for run in &runs {
+            newest.entry(run.plan.as_str()).or_insert(run);
+        }
+        for (plan, run) in newest {
+            let Some((flavour, _)) = self.used.get(plan) else {
+                continue;
+            };
+            let Some((ns, name)) = plan.split_once('/') else {
+                continue;
+            };
+            let store = self.stores.iter().find(|(f, _, _)| f == flavour);
+            let Some(obj) = store.and_then(|(_, store, _)| {
+                store.get(&reflector::ObjectRef::new_with(name, flavour.resource()).within(ns))
+            }) else {
+                continue;
+            };
+            let status = obj.data.get("status").cloned().unwrap_or(Value::Null);
+            if status["lastRun"] == run.id.as_str() && status["lastResult"] == run.phase.as_str() {
+                continue;
+            }
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), ns, &flavour.resource());
+            let patch = json!({"status": {"lastRun": run.id, "lastResult": run.phase}});
+            if let Err(e) = api
+                .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                debug!(plan, error = %e, "failed to write the plan's last run");
             }
         }
     }

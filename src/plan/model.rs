@@ -82,7 +82,7 @@ pub struct RecoveryPlanStatus {
     /// The id of the last run of this plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<String>,
-    /// The phase the last run of this plan ended in (`Succeeded`, `Failed`…).
+    /// The phase of the plan's last live run: `Succeeded`, `Failed`… (`Running` while it runs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_result: Option<String>,
     /// How many steps the plan has (without `onFailure`), for `kubectl get`.
