@@ -26,9 +26,9 @@ use serde_json::{json, Value};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::load::{load_str, LoadedPlan, API_VERSION, NOVA_API_VERSION};
+use super::load::{load_str, API_VERSION, NOVA_API_VERSION};
 use super::set::{InvalidPlan, PlanSet};
-use super::validate;
+use super::{compile_one, Plan};
 
 /// Which namespaces are watched.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -102,7 +102,7 @@ pub struct ObjectPlan {
     pub name: String,
     pub generation: Option<i64>,
     /// The plan, or what is wrong with it (each naming the field).
-    pub outcome: Result<LoadedPlan, Vec<String>>,
+    pub outcome: Result<Arc<Plan>, Vec<String>>,
 }
 
 impl ObjectPlan {
@@ -157,7 +157,7 @@ fn load_value(
     name: &str,
     obj: &DynamicObject,
     clusters: Option<&BTreeSet<String>>,
-) -> Result<LoadedPlan, Vec<String>> {
+) -> Result<Arc<Plan>, Vec<String>> {
     let Some(spec) = obj.data.get("spec") else {
         return Err(vec!["spec: the RecoveryPlan has no spec".into()]);
     };
@@ -184,16 +184,15 @@ fn load_value(
     if plans.len() != 1 {
         return Err(vec!["spec: the RecoveryPlan could not be read".into()]);
     }
-    let plan = plans.remove(0);
-    let report = validate(&plan.plan.spec, clusters);
-    let mut problems: Vec<String> = report
-        .problems
-        .iter()
-        .map(|p| format!("{}: {}", p.field, p.message))
-        .collect();
+    let loaded = plans.remove(0);
+    let compiled = compile_one(&loaded, clusters);
+    let mut problems: Vec<String> = match &compiled {
+        Ok(_) => Vec::new(),
+        Err(invalid) => invalid.problems.iter().map(ToString::to_string).collect(),
+    };
     for (list, steps) in [
-        ("steps", &plan.plan.spec.steps),
-        ("onFailure", &plan.plan.spec.on_failure),
+        ("steps", &loaded.plan.spec.steps),
+        ("onFailure", &loaded.plan.spec.on_failure),
     ] {
         for (i, step) in steps.iter().enumerate() {
             let file = step
@@ -208,10 +207,14 @@ fn load_value(
             }
         }
     }
-    if problems.is_empty() {
-        Ok(plan)
-    } else {
-        Err(problems)
+    match compiled {
+        Ok(mut plan) if problems.is_empty() => {
+            // Nothing of the resource is relative to a directory (its `source.file` only names
+            // it).
+            plan.base_dir = None;
+            Ok(Arc::new(plan))
+        }
+        _ => Err(problems),
     }
 }
 
@@ -221,9 +224,9 @@ fn load_value(
 pub fn combine(files: &PlanSet, objects: &[ObjectPlan]) -> (PlanSet, Vec<Verdict>) {
     let mut taken: BTreeMap<String, String> = files
         .plans()
-        .map(|p| (super::set::key(p), p.source.file.display().to_string()))
+        .map(|p| (p.key.clone(), p.source.file.display().to_string()))
         .collect();
-    let mut plans: Vec<LoadedPlan> = files.plans().cloned().collect();
+    let mut plans: Vec<Arc<Plan>> = files.plans().cloned().collect();
     let mut invalid: Vec<InvalidPlan> = files.invalid.clone();
     let mut order: Vec<usize> = (0..objects.len()).collect();
     order.sort_by_key(|&i| (objects[i].flavour, objects[i].key()));
@@ -231,7 +234,7 @@ pub fn combine(files: &PlanSet, objects: &[ObjectPlan]) -> (PlanSet, Vec<Verdict
     for i in order {
         let o = &objects[i];
         let steps = match &o.outcome {
-            Ok(p) => p.plan.spec.steps.len(),
+            Ok(p) => p.steps.len(),
             Err(_) => 0,
         };
         let verdict = match &o.outcome {
@@ -747,7 +750,7 @@ mod tests {
     }
 
     fn names(set: &PlanSet) -> Vec<String> {
-        set.plans().map(super::super::set::key).collect()
+        set.plans().map(|p| p.key.clone()).collect()
     }
 
     #[test]
@@ -759,11 +762,12 @@ mod tests {
             wait_spec(json!({"alertname": "A"})),
         );
         let plan = load_object(Flavour::Recoverd, &obj, None);
-        let loaded = plan.outcome.expect("valid");
-        assert_eq!(loaded.plan.metadata.generation, Some(3));
-        assert_eq!(loaded.plan.metadata.namespace.as_deref(), Some("ops"));
+        let plan = plan.outcome.expect("valid");
+        assert_eq!(plan.generation, "3");
+        assert_eq!(plan.key, "ops/p");
+        assert_eq!(plan.base_dir, None);
         assert_eq!(
-            loaded.source.file.display().to_string(),
+            plan.source.file.display().to_string(),
             "cluster:recoveryplans.recoverd.io/ops/p"
         );
     }
@@ -810,7 +814,7 @@ mod tests {
         );
         let loaded = load_object(Flavour::Nova, &obj, None).outcome.unwrap();
         assert!(loaded.nova);
-        assert_eq!(loaded.plan.spec.steps[0].name(), "step-1");
+        assert_eq!(loaded.steps[0].name, "step-1");
     }
 
     #[test]
@@ -818,7 +822,8 @@ mod tests {
         let text = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: shared, namespace: ops}\nspec:\n  steps:\n  - {name: s, type: wait, wait: {duration: 1s}}\n";
         let (plans, errors) = load_str(std::path::Path::new("plans/shared.yaml"), text);
         assert!(errors.is_empty());
-        let files = PlanSet::from_valid(plans, Vec::new());
+        let plan = compile_one(&plans[0], None).unwrap();
+        let files = PlanSet::from_valid([Arc::new(plan)], Vec::new());
         let load = |f, name: &str| {
             load_object(
                 f,

@@ -17,16 +17,14 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use super::record::{Phase, RunRecord, StepStatus, Trigger};
 use super::store::{ClaimRules, Page, Refusal, Retention, Store, StoreError};
-use crate::alert::Alert;
-use crate::executor::{
-    plan_generation, Event, Executor, Observer, RunControl, RunInput, RunnablePlan,
-};
+use crate::alert::{Alert, AlertStatus};
+use crate::executor::{Event, Executor, Observer, RunControl, RunInput};
 use crate::metrics::Metrics;
 use crate::plan::model::Mode;
-use crate::plan::set::{key, PlanSet};
-use crate::plan::LoadedPlan;
+use crate::plan::set::PlanSet;
+use crate::plan::Plan;
+use crate::record::{Phase, RunRecord, StepStatus, Trigger, TriggerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunsError {
@@ -75,15 +73,32 @@ pub enum RunsError {
 #[serde(rename_all = "camelCase")]
 pub struct AlertOutcome {
     pub fingerprint: String,
-    pub status: String,
-    /// `started`, `awaitingApproval`, `deduplicated`, `noMatch`, `cancelled`, `ignored`.
-    pub action: String,
+    pub status: AlertStatus,
+    pub action: Action,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What recoverd did with one alert.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    /// A run of the plan started.
+    Started,
+    /// A run was created and waits for approval.
+    AwaitingApproval,
+    /// The incident already has a run (or the plan is busy or cooling down): nothing new.
+    Deduplicated,
+    /// No plan matches the alert's labels.
+    NoMatch,
+    /// A resolution withdrew a run that was waiting for approval.
+    Cancelled,
+    /// A resolution with nothing to withdraw.
+    Ignored,
 }
 
 /// `POST /api/v1/plans/{ns}/{name}/runs`.
@@ -293,32 +308,31 @@ impl Runs {
 
     /// Handles one alert of a webhook payload; each alert is judged by its own status.
     pub fn alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
-        let outcome = |action: &str,
+        let outcome = |action: Action,
                        plan: Option<String>,
                        run_id: Option<String>,
                        reason: Option<String>| AlertOutcome {
             fingerprint: alert.fingerprint.clone(),
-            status: alert.status.clone(),
-            action: action.into(),
+            status: alert.status,
+            action,
             plan,
             run_id,
             reason,
         };
         self.metrics
             .alerts_received
-            .with_label_values(&[if alert.is_firing() {
-                "firing"
-            } else {
-                "resolved"
-            }])
+            .with_label_values(&[alert.status.as_str()])
             .inc();
         let plans = self.plans();
         if !alert.is_firing() {
             // A resolution never acts; it only withdraws runs still waiting for approval, matched
             // by fingerprint (its startsAt may differ from the firing notifications') and only of
             // plans its labels match — a fingerprint is no secret, and must not cancel others.
-            let matching: Vec<String> =
-                plans.matching(&alert.labels).into_iter().map(key).collect();
+            let matching: Vec<String> = plans
+                .matching(&alert.labels)
+                .into_iter()
+                .map(|p| p.key.clone())
+                .collect();
             let waiting: Vec<RunRecord> = if matching.is_empty() {
                 Vec::new()
             } else {
@@ -330,7 +344,7 @@ impl Runs {
             };
             if waiting.is_empty() {
                 return Ok(vec![outcome(
-                    "ignored",
+                    Action::Ignored,
                     None,
                     None,
                     Some("resolved alerts never start runs".into()),
@@ -347,7 +361,7 @@ impl Runs {
                     continue;
                 }
                 out.push(outcome(
-                    "cancelled",
+                    Action::Cancelled,
                     Some(plan),
                     Some(id),
                     Some("alert resolved".into()),
@@ -361,11 +375,11 @@ impl Runs {
         }
         let matching = plans.matching(&alert.labels);
         if matching.is_empty() {
-            return Ok(vec![outcome("noMatch", None, None, None)]);
+            return Ok(vec![outcome(Action::NoMatch, None, None, None)]);
         }
         let mut out = Vec::new();
-        for loaded in matching {
-            let name = key(loaded);
+        for plan in matching {
+            let name = plan.key.clone();
             self.metrics.plan_matches.with_label_values(&[&name]).inc();
             let id = alert_run_id(&name, alert);
             let deduplicated = |refusal: &Refusal| {
@@ -377,7 +391,7 @@ impl Runs {
                 // the log, so the duplicate itself is only a debug line.
                 debug!(plan = %name, run = %refusal.existing(), reason = refusal.reason(), "alert deduplicated");
                 outcome(
-                    "deduplicated",
+                    Action::Deduplicated,
                     Some(name.clone()),
                     Some(refusal.existing().to_string()),
                     Some(refusal.reason().into()),
@@ -392,28 +406,22 @@ impl Runs {
                 params: BTreeMap::new(),
                 alert: Some(capped_context(alert)),
             };
-            let mut record = self.live.new_record(&id, &loaded.plan, &input);
+            let mut record = self.live.new_record(&id, plan, &input);
             record.trigger = Trigger {
-                kind: "alert".into(),
+                kind: TriggerKind::Alert,
                 fingerprint: Some(alert.fingerprint.clone()),
                 starts_at: Some(alert.starts_at.clone()),
                 ..Default::default()
             };
-            let approval = loaded.plan.spec.mode == Mode::Approval;
+            let approval = plan.mode == Mode::Approval;
             record.phase = if approval {
                 Phase::WaitingForApproval
             } else {
                 Phase::Pending
             };
-            let cooldown = loaded
-                .plan
-                .spec
-                .cooldown
-                .as_deref()
-                .and_then(|c| crate::duration::parse(c).ok());
             let rules = ClaimRules {
                 one_active_per_plan: true,
-                cooldown,
+                cooldown: plan.cooldown,
             };
             let claimed = self.store().claim(&record, rules)?;
             if let Err(refusal) = claimed {
@@ -423,10 +431,15 @@ impl Runs {
             self.refresh_active();
             if approval {
                 info!(plan = %name, run = %id, "run awaits approval");
-                out.push(outcome("awaitingApproval", Some(name), Some(id), None));
+                out.push(outcome(
+                    Action::AwaitingApproval,
+                    Some(name),
+                    Some(id),
+                    None,
+                ));
             } else {
-                self.spawn(record, loaded.clone(), false);
-                out.push(outcome("started", Some(name), Some(id), None));
+                self.spawn(record, plan.clone(), false);
+                out.push(outcome(Action::Started, Some(name), Some(id), None));
             }
         }
         Ok(out)
@@ -448,13 +461,12 @@ impl Runs {
             plan: plan_name.to_string(),
             ..Default::default()
         };
-        let Some(loaded) = plans.get(plan_name).cloned() else {
+        let Some(plan) = plans.get(plan_name).cloned() else {
             return Err(self
                 .current_plan(&probe)
                 .err()
                 .unwrap_or_else(|| RunsError::UnknownPlan(plan_name.into())));
         };
-        let spec = &loaded.plan.spec;
         let listed = |names: &mut dyn Iterator<Item = &String>| {
             let list = names.cloned().collect::<Vec<_>>().join(", ");
             if list.is_empty() {
@@ -464,23 +476,23 @@ impl Runs {
             }
         };
         // A mistyped param must not quietly run the plan with its default.
-        if let Some(key) = req.params.keys().find(|k| !spec.params.contains_key(*k)) {
+        if let Some(key) = req.params.keys().find(|k| !plan.params().contains_key(*k)) {
             return Err(RunsError::UnknownParam {
                 plan: plan_name.into(),
                 key: key.clone(),
-                known: listed(&mut spec.params.keys()),
+                known: listed(&mut plan.params().keys()),
             });
         }
         // Which params a trigger may set is the plan author's decision, not the caller's.
         if let Some(key) = req
             .params
             .keys()
-            .find(|k| !spec.overridable_params.contains(k))
+            .find(|k| !plan.overridable_params().contains(k))
         {
             return Err(RunsError::ParamNotOverridable {
                 plan: plan_name.into(),
                 key: key.clone(),
-                allowed: listed(&mut spec.overridable_params.iter()),
+                allowed: listed(&mut plan.overridable_params().iter()),
             });
         }
         let id = match &req.idempotency_key {
@@ -502,14 +514,14 @@ impl Runs {
             params: req.params.clone(),
             alert: None,
         };
-        let mut record = executor.new_record(&id, &loaded.plan, &input);
+        let mut record = executor.new_record(&id, &plan, &input);
         record.trigger = Trigger {
-            kind: "manual".into(),
+            kind: TriggerKind::Manual,
             actor: req.actor.clone(),
             idempotency_key: req.idempotency_key.clone(),
             ..Default::default()
         };
-        let approval = spec.mode == Mode::Approval && !req.dry_run;
+        let approval = plan.mode == Mode::Approval && !req.dry_run;
         record.phase = if approval {
             Phase::WaitingForApproval
         } else {
@@ -547,7 +559,7 @@ impl Runs {
         if approval {
             info!(plan = %plan_name, run = %id, "manually triggered run awaits approval");
         } else {
-            self.spawn(record.clone(), loaded, req.dry_run);
+            self.spawn(record.clone(), plan, req.dry_run);
         }
         Ok((record, true))
     }
@@ -578,7 +590,7 @@ impl Runs {
             return Err(RunsError::ShuttingDown);
         }
         let mut record = self.get(id)?;
-        let loaded = self.current_plan(&record)?;
+        let plan = self.current_plan(&record)?;
         record.phase = Phase::Pending;
         self.transition(
             &record,
@@ -586,8 +598,8 @@ impl Runs {
             "approval",
             "WaitingForApproval",
         )?;
-        let dry = record.mode == super::record::RunMode::DryRun;
-        self.spawn(record.clone(), loaded, dry);
+        let dry = record.mode == crate::record::RunMode::DryRun;
+        self.spawn(record.clone(), plan, dry);
         Ok(record)
     }
 
@@ -603,7 +615,7 @@ impl Runs {
     /// Ends a run that is not executing (waiting for approval, or interrupted) as Cancelled.
     fn finish_unstarted(&self, mut record: RunRecord, why: &str) -> Result<RunRecord, RunsError> {
         record.phase = Phase::Cancelled;
-        record.finished_at = Some(super::record::now());
+        record.finished_at = Some(crate::record::now());
         record.error = Some(why.to_string());
         let from = [
             Phase::Pending,
@@ -653,15 +665,9 @@ impl Runs {
         for run in waiting {
             let limit = plans
                 .get(&run.plan)
-                .and_then(|p| {
-                    p.plan
-                        .spec
-                        .approval_timeout
-                        .as_deref()
-                        .or(p.plan.spec.timeout.as_deref())
-                        .and_then(|t| crate::duration::parse(t).ok())
-                })
-                .unwrap_or(crate::plan::validate::DEFAULT_RUN_TIMEOUT);
+                .map_or(crate::plan::compiled::DEFAULT_RUN_TIMEOUT, |p| {
+                    p.approval_timeout
+                });
             let age = run
                 .created_at
                 .as_deref()
@@ -689,7 +695,7 @@ impl Runs {
             return Err(RunsError::ShuttingDown);
         }
         let mut record = self.get(id)?;
-        let loaded = self.current_plan(&record)?;
+        let plan = self.current_plan(&record)?;
         record.phase = Phase::Pending;
         record.error = None;
         // The step that was running when recoverd stopped starts again from its beginning.
@@ -701,14 +707,14 @@ impl Runs {
             step.status = StepStatus::Pending;
         }
         self.transition(&record, &[Phase::Interrupted], "resuming", "Interrupted")?;
-        let dry = record.mode == super::record::RunMode::DryRun;
-        self.spawn(record.clone(), loaded, dry);
+        let dry = record.mode == crate::record::RunMode::DryRun;
+        self.spawn(record.clone(), plan, dry);
         Ok(record)
     }
 
-    fn current_plan(&self, record: &RunRecord) -> Result<LoadedPlan, RunsError> {
+    fn current_plan(&self, record: &RunRecord) -> Result<Arc<Plan>, RunsError> {
         let plans = self.plans();
-        let Some(loaded) = plans.get(&record.plan) else {
+        let Some(plan) = plans.get(&record.plan) else {
             return Err(
                 match plans
                     .invalid
@@ -723,7 +729,7 @@ impl Runs {
                 },
             );
         };
-        let now = plan_generation(&loaded.plan);
+        let now = plan.generation.clone();
         if now != record.plan_generation {
             return Err(RunsError::PlanChanged {
                 id: record.id.clone(),
@@ -732,10 +738,10 @@ impl Runs {
                 now,
             });
         }
-        Ok(loaded.clone())
+        Ok(plan.clone())
     }
 
-    fn spawn(self: &Arc<Self>, mut record: RunRecord, loaded: LoadedPlan, dry_run: bool) {
+    fn spawn(self: &Arc<Self>, mut record: RunRecord, plan: Arc<Plan>, dry_run: bool) {
         let control = RunControl {
             cancel: Default::default(),
             drain: self.drain.child_token(),
@@ -748,10 +754,6 @@ impl Runs {
             } else {
                 this.live.clone()
             };
-            let runnable = RunnablePlan {
-                plan: loaded.plan.clone(),
-                base_dir: loaded.source.file.parent().map(|p| p.to_path_buf()),
-            };
             let input = RunInput {
                 params: BTreeMap::new(),
                 alert: record.alert.clone(),
@@ -762,7 +764,7 @@ impl Runs {
                 failed: AtomicBool::new(false),
             };
             executor
-                .execute(&runnable, &input, &mut record, &observer, &control)
+                .execute(&plan, &input, &mut record, &observer, &control)
                 .await;
             if observer.failed.load(Ordering::SeqCst) {
                 // The run stopped (before its next step) because its record could not be
@@ -848,19 +850,20 @@ impl Observer for StoreObserver<'_> {
                 let s = run.step(*index, *compensation);
                 if let Some(ms) = s.duration_ms {
                     m.step_duration
-                        .with_label_values(&[&run.plan, &s.step_type])
+                        .with_label_values(&[&run.plan, s.step_type.as_str()])
                         .observe(ms as f64 / 1000.0);
                 }
                 if s.status == StepStatus::Failed {
                     let reason = s.reason.as_deref().unwrap_or("unknown");
                     m.step_failures
-                        .with_label_values(&[&run.plan, &s.step_type, reason])
+                        .with_label_values(&[&run.plan, s.step_type.as_str(), reason])
                         .inc();
                 }
             }
             Event::RunFinished => {
-                let result = format!("{:?}", run.phase);
-                m.runs.with_label_values(&[&run.plan, &result]).inc();
+                m.runs
+                    .with_label_values(&[&run.plan, run.phase.as_str()])
+                    .inc();
                 if let Some(ms) = run.duration_ms {
                     m.run_duration
                         .with_label_values(&[&run.plan])
