@@ -501,8 +501,8 @@ struct Reconciler {
     /// Each watched kind's store, and whether its status may be written (a CRD without the
     /// status subresource would count a status write as a new generation).
     stores: Vec<(Flavour, Store<DynamicObject>, bool)>,
-    /// Loaded plans by (flavour, uid), with the resourceVersion they were loaded from: an
-    /// object is loaded and validated again only when it changed.
+    /// Loaded plans by (flavour, uid), with the generation they were loaded from: an object is
+    /// loaded and validated again only when its spec changed.
     cache: BTreeMap<(Flavour, String), (String, ObjectPlan)>,
     /// The resources whose plans are in use (valid, no clash), by `namespace/name`.
     used: BTreeMap<String, (Flavour, usize)>,
@@ -548,7 +548,11 @@ impl Reconciler {
         for (flavour, store, writable) in &self.stores {
             for obj in store.state() {
                 let uid = obj.uid().unwrap_or_default();
-                let version = obj.resource_version().unwrap_or_default();
+                // A spec change is a new generation; status writes (ours) are not.
+                let version = match obj.metadata.generation {
+                    Some(g) => g.to_string(),
+                    None => obj.resource_version().unwrap_or_default(),
+                };
                 seen.insert((*flavour, uid.clone()));
                 let plan = match self.cache.get(&(*flavour, uid.clone())) {
                     Some((v, plan)) if *v == version => plan.clone(),
