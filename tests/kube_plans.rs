@@ -73,14 +73,32 @@ fn install_crds() {
         ok(kubectl()
             .args(["apply", "-f"])
             .arg(repo_dir().join("crds/recoverd.io.yaml")));
-        ok(kubectl().args([
-            "wait",
-            "--for=condition=established",
-            "--timeout=60s",
+        established(&[
             "crd/recoveryplans.recoverd.io",
             "crd/recoveryruns.recoverd.io",
-        ]));
+        ]);
     });
+}
+
+/// Waits until the CRDs are established. `kubectl wait` fails outright on a CRD whose status
+/// has no conditions yet, right after it was created: ask again until it has them.
+fn established(crds: &[&str]) {
+    for attempt in 0.. {
+        let out = kubectl()
+            .args(["wait", "--for=condition=established", "--timeout=60s"])
+            .args(crds)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return;
+        }
+        assert!(
+            attempt < 50,
+            "{crds:?} never became established: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A fixture from `tests/data/kube-plans/`, with `TESTNS` and `HOOK` filled in, written to `dir`.
@@ -113,6 +131,15 @@ fn valid_condition(obj: &Value) -> Value {
         .and_then(|c| c.iter().find(|c| c["type"] == "Valid"))
         .cloned()
         .unwrap_or(Value::Null)
+}
+
+/// A test's own namespace, a directory, and an (empty) plan directory in it.
+async fn case(prefix: &str) -> (String, tempfile::TempDir, PathBuf) {
+    let ns = clusters().namespace(prefix).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    (ns, dir, plans)
 }
 
 /// Starts `recoverd serve` on the test clusters, plans from `plans` and from the cluster's
@@ -175,6 +202,35 @@ where
     }
 }
 
+/// Sends a firing alert that must start `plan`; returns the run once it succeeded.
+async fn runs_to_success(
+    serve: &ServeProcess,
+    plan: &str,
+    labels: Value,
+    fingerprint: &str,
+) -> Value {
+    let started = alert(serve, labels, fingerprint, "2026-12-01T10:00:00Z").await;
+    assert_eq!(started["action"], "started", "{started}");
+    assert_eq!(started["plan"], plan, "{started}");
+    let run = finished(serve, started["runId"].as_str().unwrap()).await;
+    assert_eq!(run["phase"], "Succeeded", "{run}");
+    run
+}
+
+/// The Events about one object, as `kubectl get events -o json` prints them.
+fn events_about(ns: &str, name: &str) -> String {
+    ok(kubectl().args([
+        "get",
+        "events",
+        "-n",
+        ns,
+        "--field-selector",
+        &format!("involvedObject.name={name}"),
+        "-o",
+        "json",
+    ]))
+}
+
 async fn finished(serve: &ServeProcess, id: &str) -> Value {
     until("the run to finish", || async {
         let run = serve.get(&format!("/api/v1/runs/{id}")).await;
@@ -189,12 +245,8 @@ async fn finished(serve: &ServeProcess, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_one_is_not() {
-    let clusters = clusters();
-    let ns = clusters.namespace("kp-apply").await;
-    let dir = tempfile::tempdir().unwrap();
+    let (ns, dir, plans) = case("kp-apply").await;
     let (hook, hits) = counting_hook(3).await;
-    let plans = dir.path().join("plans");
-    std::fs::create_dir(&plans).unwrap();
     fixture(&plans, "clash-file.yaml", &ns, &hook);
     let serve = serve(dir.path(), &plans, &ns).await;
     let labels = json!({"alertname": "KubePlanFired", "testns": ns});
@@ -209,11 +261,7 @@ async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_
         plan_names(&serve).await.contains(&name)
     })
     .await;
-    let started = alert(&serve, labels.clone(), "fp-2", "2026-12-01T10:01:00Z").await;
-    assert_eq!(started["action"], "started", "{started}");
-    assert_eq!(started["plan"], name.as_str());
-    let run = finished(&serve, started["runId"].as_str().unwrap()).await;
-    assert_eq!(run["phase"], "Succeeded", "{run}");
+    let run = runs_to_success(&serve, &name, labels.clone(), "fp-2").await;
     assert_eq!(counts(&hits)[0], 1, "the plan's step ran once");
 
     // Its status says recoverd read this generation and found it valid.
@@ -229,7 +277,7 @@ async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_
     assert_eq!(valid_condition(&obj)["reason"], "Validated");
     assert_eq!(obj["status"]["steps"], 1);
     // ...and how its last run went.
-    let id = started["runId"].as_str().unwrap();
+    let id = run["id"].as_str().unwrap();
     eventually("the plan's status to show its last run", LIMIT, || async {
         let status = &get(&ns, "recoveryplans.recoverd.io", "hook")["status"];
         status["lastRun"] == id && status["lastResult"] == "Succeeded"
@@ -255,9 +303,7 @@ async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_
         .unwrap_or_default()
         .to_string();
     assert!(message.contains("clash-file.yaml"), "{message}");
-    let from_file = alert(&serve, clash, "fp-3", "2026-12-01T10:02:00Z").await;
-    assert_eq!(from_file["action"], "started", "{from_file}");
-    finished(&serve, from_file["runId"].as_str().unwrap()).await;
+    runs_to_success(&serve, &format!("{ns}/clash"), clash, "fp-3").await;
     assert_eq!(
         counts(&hits)[1..],
         [1, 0],
@@ -277,12 +323,8 @@ async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_
 
 #[tokio::test]
 async fn an_invalid_plan_is_reported_on_its_status_and_in_an_event_while_the_others_run() {
-    let clusters = clusters();
-    let ns = clusters.namespace("kp-invalid").await;
-    let dir = tempfile::tempdir().unwrap();
+    let (ns, dir, plans) = case("kp-invalid").await;
     let (hook, hits) = counting_hook(1).await;
-    let plans = dir.path().join("plans");
-    std::fs::create_dir(&plans).unwrap();
     let serve = serve(dir.path(), &plans, &ns).await;
 
     apply(&ns, &fixture(dir.path(), "broken.yaml", &ns, &hook));
@@ -300,16 +342,7 @@ async fn an_invalid_plan_is_reported_on_its_status_and_in_an_event_while_the_oth
 
     // The Event says the same.
     let events = until("an Event about the broken plan", || async {
-        let events = ok(kubectl().args([
-            "get",
-            "events",
-            "-n",
-            &ns,
-            "--field-selector",
-            "involvedObject.name=broken",
-            "-o",
-            "json",
-        ]));
+        let events = events_about(&ns, "broken");
         events.contains("InvalidPlan").then_some(events)
     })
     .await;
@@ -320,16 +353,8 @@ async fn an_invalid_plan_is_reported_on_its_status_and_in_an_event_while_the_oth
         plan_names(&serve).await.contains(&format!("{ns}/hook"))
     })
     .await;
-    let good = alert(
-        &serve,
-        json!({"alertname": "KubePlanFired", "testns": ns}),
-        "fp-good",
-        "2026-12-01T11:00:00Z",
-    )
-    .await;
-    assert_eq!(good["action"], "started", "{good}");
-    let run = finished(&serve, good["runId"].as_str().unwrap()).await;
-    assert_eq!(run["phase"], "Succeeded", "{run}");
+    let labels = json!({"alertname": "KubePlanFired", "testns": ns});
+    runs_to_success(&serve, &format!("{ns}/hook"), labels, "fp-good").await;
     assert_eq!(counts(&hits), [1]);
     let bad = alert(
         &serve,
@@ -361,23 +386,14 @@ async fn an_invalid_plan_is_reported_on_its_status_and_in_an_event_while_the_oth
 
 #[tokio::test]
 async fn a_nova_plan_runs_unchanged_once_novas_crd_is_installed_after_recoverd_started() {
-    let clusters = clusters();
-    let ns = clusters.namespace("kp-nova").await;
-    let dir = tempfile::tempdir().unwrap();
-    let plans = dir.path().join("plans");
-    std::fs::create_dir(&plans).unwrap();
+    let (ns, dir, plans) = case("kp-nova").await;
     let serve = serve(dir.path(), &plans, &ns).await;
 
     // Nova's CRD (deploy/nova-compat, for clusters without Nova) arrives after recoverd.
     ok(kubectl()
         .args(["apply", "-k"])
         .arg(repo_dir().join("deploy/nova-compat")));
-    ok(kubectl().args([
-        "wait",
-        "--for=condition=established",
-        "--timeout=60s",
-        "crd/recoveryplans.recovery.elotl.co",
-    ]));
+    established(&["crd/recoveryplans.recovery.elotl.co"]);
     ok(kubectl().args([
         "create",
         "configmap",
@@ -393,16 +409,8 @@ async fn a_nova_plan_runs_unchanged_once_novas_crd_is_installed_after_recoverd_s
     })
     .await;
 
-    let started = alert(
-        &serve,
-        json!({"app": "nova-example", "testns": ns}),
-        "fp-nova",
-        "2026-12-01T12:00:00Z",
-    )
-    .await;
-    assert_eq!(started["action"], "started", "{started}");
-    let run = finished(&serve, started["runId"].as_str().unwrap()).await;
-    assert_eq!(run["phase"], "Succeeded", "{run}");
+    let labels = json!({"app": "nova-example", "testns": ns});
+    let run = runs_to_success(&serve, &name, labels, "fp-nova").await;
     let steps: Vec<&str> = run["steps"]
         .as_array()
         .unwrap()
@@ -426,11 +434,7 @@ async fn a_nova_plan_runs_unchanged_once_novas_crd_is_installed_after_recoverd_s
 
 #[tokio::test]
 async fn kubectl_get_shows_the_columns_and_kubectl_explain_the_descriptions() {
-    let clusters = clusters();
-    let ns = clusters.namespace("kp-kubectl").await;
-    let dir = tempfile::tempdir().unwrap();
-    let plans = dir.path().join("plans");
-    std::fs::create_dir(&plans).unwrap();
+    let (ns, dir, plans) = case("kp-kubectl").await;
     let serve = serve(dir.path(), &plans, &ns).await;
     apply(
         &ns,
@@ -631,17 +635,7 @@ async fn the_kube_native_overlays_role_is_all_recoverd_needs_to_take_plans_from_
     })
     .await;
     eventually("an Event about the broken plan", LIMIT, || async {
-        ok(kubectl().args([
-            "get",
-            "events",
-            "-n",
-            "recoverd",
-            "--field-selector",
-            "involvedObject.name=broken",
-            "-o",
-            "json",
-        ]))
-        .contains("InvalidPlan")
+        events_about("recoverd", "broken").contains("InvalidPlan")
     })
     .await;
     assert!(plan_names(&serve)

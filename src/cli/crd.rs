@@ -237,23 +237,14 @@ mod tests {
     }
 
     #[test]
-    fn every_plan_field_kubectl_explain_shows_has_a_description() {
-        let crd = plan_crd();
-        let s = schema(&crd);
-        assert!(!s.description.as_deref().unwrap().contains("Auto-generated"));
-        let mut missing = Vec::new();
-        undocumented(s, "recoveryplan", &mut missing);
-        assert_eq!(missing, Vec::<String>::new());
-    }
-
-    #[test]
-    fn every_run_field_kubectl_explain_shows_has_a_description() {
-        let crd = run_crd();
-        let s = schema(&crd);
-        assert!(!s.description.as_deref().unwrap().contains("Auto-generated"));
-        let mut missing = Vec::new();
-        undocumented(s, "recoveryrun", &mut missing);
-        assert_eq!(missing, Vec::<String>::new());
+    fn every_field_kubectl_explain_shows_has_a_description() {
+        for (kind, crd) in [("recoveryplan", plan_crd()), ("recoveryrun", run_crd())] {
+            let s = schema(&crd);
+            assert!(!s.description.as_deref().unwrap().contains("Auto-generated"));
+            let mut missing = Vec::new();
+            undocumented(s, kind, &mut missing);
+            assert_eq!(missing, Vec::<String>::new());
+        }
     }
 
     #[test]
