@@ -142,24 +142,20 @@ async fn case(prefix: &str) -> (String, tempfile::TempDir, PathBuf) {
     (ns, dir, plans)
 }
 
-/// Starts `recoverd serve` on the test clusters, plans from `plans` and from the cluster's
-/// namespace `ns`.
+/// Starts `recoverd serve` on the test clusters, plans from `plans` and from the home
+/// cluster's namespace `ns`. (Never every namespace: two servers judging the same plan with
+/// different plan files would overwrite each other's verdicts.)
 async fn serve(dir: &Path, plans: &Path, ns: &str) -> ServeProcess {
     install_crds();
     let kubeconfig = clusters().kubeconfig().to_path_buf();
-    ServeProcess::start(
-        dir,
-        plans,
-        &kubeconfig,
-        &[
-            "--plans-from-cluster",
-            "--namespace",
-            ns,
-            "--reload-interval",
-            "200ms",
-        ],
-    )
-    .await
+    let args = [
+        "--plans-from-cluster",
+        "--namespace",
+        ns,
+        "--reload-interval",
+        "200ms",
+    ];
+    ServeProcess::start(dir, plans, &kubeconfig, &args).await
 }
 
 async fn plan_names(serve: &ServeProcess) -> Vec<String> {
@@ -613,6 +609,30 @@ async fn the_kube_native_overlays_role_is_all_recoverd_needs_to_take_plans_from_
     .unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir(&plans).unwrap();
+    // Every namespace needs a ClusterRole: without one, serve refuses to start, saying why.
+    let out = Command::new(env!("CARGO_BIN_EXE_recoverd"))
+        .args([
+            "serve",
+            "--plans-from-cluster",
+            "--all-namespaces",
+            "--kubeconfig",
+        ])
+        .arg(&kubeconfig)
+        .args(["--listen", "127.0.0.1:0", "--store"])
+        .arg(format!(
+            "sqlite:{}",
+            dir.path().join("refused.db").display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "failed to list recoveryplans.recoverd.io in the home cluster (all namespaces)"
+        ) && stderr.contains("forbidden"),
+        "{stderr}"
+    );
     let serve = ServeProcess::start(
         dir.path(),
         &plans,
