@@ -869,6 +869,24 @@ mod tests {
     }
 
     #[test]
+    fn either_source_changing_publishes_both_combined() {
+        let published: Arc<Mutex<Vec<Vec<String>>>> = Arc::default();
+        let sink = published.clone();
+        let sources = PlanSources::new(move |set| sink.lock().unwrap().push(names(&set)));
+        let text = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: f, namespace: ops}\nspec:\n  steps:\n  - {name: s, type: wait, wait: {duration: 1s}}\n";
+        let (plans, _) = load_str(std::path::Path::new("f.yaml"), text);
+        let file_plan = Arc::new(compile_one(&plans[0], None).unwrap());
+        sources.set_files(PlanSet::from_valid([file_plan.clone()], Vec::new()));
+        let obj = object(Flavour::Recoverd, "ops", "r", wait_spec(json!({"a": "b"})));
+        sources.set_objects(vec![load_object(Flavour::Recoverd, &obj, None)]);
+        sources.set_files(PlanSet::default());
+        assert_eq!(
+            *published.lock().unwrap(),
+            [vec!["ops/f"], vec!["ops/f", "ops/r"], vec!["ops/r"]]
+        );
+    }
+
+    #[test]
     fn bounded_cuts_on_a_character_boundary() {
         assert_eq!(bounded("abc", 10), "abc");
         let cut = bounded(&"é".repeat(100), 11);
