@@ -188,6 +188,19 @@ pub fn matching_alerts(
     Ok(matching)
 }
 
+/// The control of a run the command line executes: approval steps approved in advance with
+/// `--approve`, else impossible to answer.
+pub fn run_control(approve: bool) -> crate::executor::RunControl {
+    crate::executor::RunControl {
+        approvals: if approve {
+            crate::executor::Approvals::Given
+        } else {
+            crate::executor::Approvals::Unavailable
+        },
+        ..Default::default()
+    }
+}
+
 /// A plan validated without a cluster registry (cluster names unchecked), for what must be
 /// decided before any cluster is reached: which alerts it matches.
 pub fn compile_unchecked(loaded: &crate::plan::LoadedPlan) -> anyhow::Result<crate::plan::Plan> {

@@ -26,6 +26,10 @@ pub struct Args {
     /// Expectations to check afterwards.
     #[arg(long)]
     pub expect: Option<PathBuf>,
+    /// Approve every `approval` step as the run reaches it: you are the approver. Without it,
+    /// an approval step fails the run (nobody can answer it here).
+    #[arg(long)]
+    pub approve: bool,
     /// An Alertmanager webhook payload or single alert to run the plan with.
     #[arg(long)]
     pub alert: Option<PathBuf>,
@@ -91,7 +95,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let executor = Executor::new(registry.clone());
     let mut record = executor.new_record("rehearsal", &plan, &input);
     record.trigger.kind = crate::record::TriggerKind::Rehearsal;
-    let control = crate::executor::RunControl::default();
+    let control = super::run_control(args.approve);
     executor
         .execute(&plan, &input, &mut record, &Printer::new(), &control)
         .await;

@@ -30,6 +30,10 @@ pub struct Args {
     /// Send every write with dryRun=All: the API servers validate it, nothing is stored.
     #[arg(long)]
     pub dry_run: bool,
+    /// Approve every `approval` step as the run reaches it: you are the approver. Without it,
+    /// an approval step fails the run (nobody can answer it here).
+    #[arg(long)]
+    pub approve: bool,
     /// Print the final run record as JSON on stdout (progress goes to stderr); an array of
     /// records when several alerts match.
     #[arg(long)]
@@ -117,7 +121,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             starts_at: alert.as_ref().map(|a| a.starts_at.clone()),
             ..Default::default()
         };
-        let control = crate::executor::RunControl::default();
+        let control = super::run_control(args.approve);
         let ctrl_c = control.cancel.clone();
         let watcher = tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
