@@ -1526,7 +1526,7 @@ fn validate_crd(obj: &Value) -> Result<(), StatusError> {
         .pointer("/spec/group")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let mut causes = Vec::new();
+    let mut causes = super::cel::crd_causes(obj);
     if name != format!("{plural}.{group}") {
         causes.push(Cause::invalid(
             "metadata.name",

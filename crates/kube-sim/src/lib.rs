@@ -11,8 +11,9 @@
 //! It knows nothing of the programs it is used by (recoverd seeds worlds and runs its reactors
 //! through ordinary clients).
 //!
-//! CRD validation rules (`x-kubernetes-validations`, CEL) are evaluated on every write, transition
-//! rules with `oldSelf` included (`cel`); `fieldValidation=Strict|Warn|Ignore` reports unknown
+//! CRD validation rules (`x-kubernetes-validations`, CEL) are checked when a CRD is written and
+//! evaluated on every write, transition rules with `oldSelf` and `optionalOldSelf` included,
+//! unchanged values ratcheted (`cel`); `fieldValidation=Strict|Warn|Ignore` reports unknown
 //! and duplicate fields (`strict`); status subresource writes have managers of their own.
 //!
 //! Known differences from kube-apiserver v1.36 (everything else the differential suite
@@ -22,11 +23,17 @@
 //!   statefulsets, roles, clusterroles, rolebindings, clusterrolebindings, leases,
 //!   customresourcedefinitions), and only version v1 of each group; no aggregated discovery,
 //!   no `/openapi/v2`; OpenAPI v3 documents.
-//! - CEL rules use the `cel` crate's standard library: a rule calling Kubernetes' own CEL
-//!   libraries (`quantity()`, `url()`, `isSorted()`, …) or failing to evaluate is not enforced;
-//!   `optionalOldSelf`, rule cost limits and ratcheting are not modelled. Strict field
-//!   validation of a merge patch answers like a strict create (the real server quotes the
-//!   whole patched object in a 422).
+//! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
+//!   libraries in `cel_lib` (quantities, URLs, list and regex functions). A rule calling a
+//!   Kubernetes function not implemented there (IP/CIDR, `format`, `semver`, list `indexOf`)
+//!   installs and is not enforced. Rules are parsed, not type-checked, when a CRD is created:
+//!   syntax errors and undeclared functions refuse it (the message's detail is the `cel`
+//!   crate's, not cel-go's), a reference to an undeclared field does not. Costs are estimated
+//!   per rule from the schema (refused at CRD creation only when more than 100 times over the
+//!   budget) and from the object's sizes before a rule runs (refused past the request budget),
+//!   not counted as cel-go counts them. Ratcheting skips unchanged values for CEL rules only,
+//!   not for the schema's other constraints. Strict field validation of a merge patch answers
+//!   like a strict create (the real server quotes the whole patched object in a 422).
 //! - Controllers, in their simplest form (`controllers`, off with
 //!   [`Simulator::start_without_controllers`]): garbage collection with the propagation
 //!   policies, StatefulSet pods (re-created with a new uid after a delay when deleted, at once
@@ -51,7 +58,8 @@
 //! - `typed`: field types, paths and sets, compare/merge (structured-merge-diff);
 //! - `builtin`: the built-in resources, their types, defaults and validation;
 //! - `schema`: CRD structural schemas — pruning, defaulting, validation;
-//! - `cel`: CRD validation rules;
+//! - `cel`: CRD validation rules: compile and cost checks, evaluation, ratcheting;
+//! - `cel_lib`: Kubernetes' CEL libraries (quantity, URL, lists, regex);
 //! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
 //! - `proto`: the protobuf bodies `kubectl create` sends;
@@ -72,6 +80,7 @@
 mod api;
 mod builtin;
 mod cel;
+mod cel_lib;
 mod controllers;
 mod discovery;
 mod exec;

@@ -731,3 +731,8 @@ async fn deployments_services_secrets_leases_and_pages_match_the_real_apiserver(
 async fn the_tables_kubectl_get_prints_match_the_real_apiserver() {
     differential("tables").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crd_rules_that_fail_to_compile_or_evaluate_are_refused_like_the_real_apiserver() {
+    differential("celerrors").await;
+}
