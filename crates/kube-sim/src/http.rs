@@ -24,6 +24,8 @@ use super::watch::{self, WatchRequest};
 /// How long a deleted namespace or CRD stays `Terminating` before its content and itself go
 /// (a real cluster's controllers take about as long).
 const FINALIZE_AFTER: Duration = Duration::from_secs(5);
+/// How often a namespace or CRD whose content has finalizers is looked at again.
+const FINALIZE_RETRY: Duration = Duration::from_millis(500);
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -561,11 +563,28 @@ fn serve(
             Ok(with_warnings(json_response(code, &v), &o))
         }
         ("DELETE", false) => {
-            let options = if body.is_empty() {
-                Value::Null
+            let mut options = if body.is_empty() {
+                json!({})
             } else {
-                serde_json::from_slice(&body).unwrap_or(Value::Null)
+                serde_json::from_slice(&body).unwrap_or(json!({}))
             };
+            // DeleteOptions may come as query parameters too.
+            for key in [
+                "gracePeriodSeconds",
+                "propagationPolicy",
+                "orphanDependents",
+            ] {
+                if let (Some(v), Some(o)) = (q.get(key), options.as_object_mut()) {
+                    if !o.contains_key(key) {
+                        let value = v
+                            .parse::<i64>()
+                            .map(|n| json!(n))
+                            .or_else(|_| v.parse::<bool>().map(|b| json!(b)))
+                            .unwrap_or_else(|_| json!(v));
+                        o.insert(key.to_string(), value);
+                    }
+                }
+            }
             let mut o = q.write_options(headers, "DeleteOptions", &[])?;
             if options
                 .get("dryRun")
@@ -580,10 +599,17 @@ fn serve(
                 let (c, name) = (c.clone(), t.name.clone().unwrap_or_default());
                 tokio::spawn(async move {
                     tokio::time::sleep(FINALIZE_AFTER).await;
-                    if kind == Some("Namespace") {
-                        c.finish_namespace_deletion(&name);
-                    } else {
-                        c.finish_crd_deletion(&name);
+                    // Until what is left has lost its finalizers.
+                    loop {
+                        let done = if kind == Some("Namespace") {
+                            c.finish_namespace_deletion(&name)
+                        } else {
+                            c.finish_crd_deletion(&name)
+                        };
+                        if done {
+                            break;
+                        }
+                        tokio::time::sleep(FINALIZE_RETRY).await;
                     }
                 });
             }

@@ -36,10 +36,17 @@
 //!   like a strict create (the real server quotes the whole patched object in a 422).
 //! - Controllers, in their simplest form (`controllers`, off with
 //!   [`Simulator::start_without_controllers`]): garbage collection with the propagation
-//!   policies, StatefulSet pods (re-created with a new uid after a delay when deleted, at once
-//!   `Running` and `Ready`), storage-protection finalizers removed on deletion. Nothing else:
-//!   pods are never scheduled, deployments get no replicas, services no endpoints. A deleted
-//!   namespace or CRD is `Terminating` for 5 s, then its content and itself go.
+//!   policies; StatefulSet pods (bound to the node `kube-sim`, at once `Running` and `Ready`,
+//!   re-created with a new uid after a delay when deleted, rolled out to a new template as
+//!   `RollingUpdate` does, at most 500 per StatefulSet with a Warning event `ReplicasCapped`
+//!   beyond); revisions are `NAME-HASH` labels without ControllerRevision objects; storage
+//!   protection that waits for the pods using a claim; the kubelet's part of graceful pod
+//!   deletion, after `kube-sim.io/termination-delay` (default 200 ms) rather than when the
+//!   containers stop. Nothing else: pods are never scheduled, deployments get no replicas,
+//!   services no endpoints. A deleted namespace or CRD is `Terminating` for 5 s, then its
+//!   content is deleted as a client's DELETE would (finalizers and grace periods kept), and it
+//!   goes once that content is gone; the CRD's resources stay served meanwhile, creates
+//!   included.
 //! - Validation of built-in kinds covers names, ConfigMap and Secret keys and a few Deployment
 //!   fields; a body whose JSON types do not fit the Go type is not refused with Go's message.
 //! - Protobuf request bodies are read for Namespaces, ConfigMaps, Secrets and ServiceAccounts

@@ -102,6 +102,15 @@ pub fn now() -> String {
         .to_string()
 }
 
+/// `secs` seconds from now, written as [`now`] writes it.
+pub fn in_seconds(secs: i64) -> String {
+    let now = jiff::Timestamp::now();
+    now.checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap_or(now)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 impl Store {
     /// A new cluster with the namespaces every cluster has.
     pub fn new(cluster: &str) -> Self {

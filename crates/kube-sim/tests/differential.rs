@@ -736,3 +736,8 @@ async fn the_tables_kubectl_get_prints_match_the_real_apiserver() {
 async fn crd_rules_that_fail_to_compile_or_evaluate_are_refused_like_the_real_apiserver() {
     differential("celerrors").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_are_deleted_gracefully_like_the_real_apiserver() {
+    differential("pods").await;
+}
