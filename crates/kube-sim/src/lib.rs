@@ -21,8 +21,9 @@
 //! - Only some built-in resources are served (namespaces, configmaps, secrets, services,
 //!   serviceaccounts, pods, events, persistentvolumeclaims, persistentvolumes, deployments,
 //!   statefulsets, roles, clusterroles, rolebindings, clusterrolebindings, leases,
-//!   customresourcedefinitions), and only version v1 of each group; no aggregated discovery,
-//!   no `/openapi/v2`; OpenAPI v3 documents.
+//!   customresourcedefinitions), and only version v1 of each group (also in aggregated
+//!   discovery, which lists only the subresources served); no `/openapi/v2`; OpenAPI v3
+//!   documents.
 //! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
 //!   libraries in `cel_lib` (quantities, URLs, list and regex functions). A rule calling a
 //!   Kubernetes function not implemented there (IP/CIDR, `format`, `semver`, list `indexOf`)
@@ -54,7 +55,9 @@
 //! - Apply bodies are YAML 1.2: an unquoted `y`, `yes` or `on` stays a string (Go reads
 //!   YAML 1.1 booleans). A typed apply is checked for undeclared fields, not value types.
 //! - Watches resume from the last 10,000 events of a cluster; bookmark timing follows the watch
-//!   cache's rules only approximately.
+//!   cache's rules only approximately. Streaming lists (`sendInitialEvents`) answer as a server
+//!   whose etcd has progress notifications (the differential suite's does not, so they are
+//!   tested against kube-rs's watcher instead, `tests/watchlist.rs`).
 //! - No authentication or authorization; no `managedFields` cap of 10 updaters; no sync of
 //!   kubectl's last-applied annotation; CRD versions are served without conversion; the
 //!   `scale` subresource is listed in discovery only. `pods/exec` speaks only the WebSocket

@@ -112,6 +112,11 @@ pub fn in_seconds(secs: i64) -> String {
 }
 
 impl Store {
+    /// The cluster's latest resourceVersion.
+    pub fn current_rv(&self) -> u64 {
+        self.rv
+    }
+
     /// A new cluster with the namespaces every cluster has.
     pub fn new(cluster: &str) -> Self {
         let (tx, _) = broadcast::channel(4096);
