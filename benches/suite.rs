@@ -23,13 +23,14 @@ use axum::http::Request;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
-use recoverd::executor::{Executor, NoObserver, RunControl, RunInput, RunnablePlan};
-use recoverd::metrics::Metrics;
+use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
 use recoverd::plan::set::PlanSet;
+use recoverd::plan::Plan;
 use recoverd::run::service::Runs;
 use recoverd::run::store::Store;
-use recoverd::server::{router, AppState, Tokens};
+use recoverd::server::{Settings, Tokens};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -766,14 +767,15 @@ async fn receiver(
     dry: Arc<Registry>,
 ) -> (axum::Router, Arc<Runs>) {
     let store = Store::open(&dir.join("runs.db")).unwrap();
-    let runs = Runs::new(
+    let app = App::build(Config {
+        live: registry,
+        dry,
         store,
         plans,
-        Arc::new(Executor::new(registry)),
-        Arc::new(Executor::new(dry)),
-        Arc::new(Metrics::new()),
-    );
-    let app = router(AppState::new(runs.clone(), Tokens::from_list(&[TOKEN])));
+        settings: Settings::new(Tokens::from_list(&[TOKEN])),
+    });
+    let runs = app.runs.clone();
+    let app = app.router();
     (app, runs)
 }
 
@@ -900,24 +902,18 @@ fn cm(name: &str, data: Value) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap()
 }
 
-fn runnable(text: &str) -> RunnablePlan {
+fn runnable(text: &str) -> Plan {
     let (mut plans, errors) = recoverd::plan::load_str(Path::new("bench.yaml"), text);
     assert!(errors.is_empty(), "{errors:?}");
-    let p = plans.remove(0);
-    let report = recoverd::plan::validate(&p.plan.spec, None);
-    assert!(report.is_valid(), "{:?}", report.problems);
-    RunnablePlan {
-        plan: p.plan,
-        base_dir: None,
-    }
+    recoverd::plan::compile_one(&plans.remove(0), None).unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn execute(executor: &Executor, plan: &RunnablePlan) -> recoverd::run::RunRecord {
+async fn execute(executor: &Executor, plan: &Plan) -> recoverd::run::RunRecord {
     let input = RunInput {
         params: BTreeMap::new(),
         alert: None,
     };
-    let mut record = executor.new_record("bench", &plan.plan, &input);
+    let mut record = executor.new_record("bench", plan, &input);
     executor
         .execute(
             plan,

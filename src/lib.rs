@@ -5,6 +5,7 @@
 //! [`template`]s and reading [`fieldpath`]s, and records every step in a run ([`run`]).
 
 pub mod alert;
+pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod duration;
@@ -15,6 +16,7 @@ pub mod metrics;
 pub mod plan;
 #[cfg(feature = "sim")]
 pub mod reactor;
+pub mod record;
 pub mod run;
 pub mod server;
 #[cfg(feature = "sim")]

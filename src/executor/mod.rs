@@ -7,53 +7,38 @@
 
 mod apply;
 mod assert;
+mod ctx;
 mod delete;
 mod error;
 mod exec;
 mod http;
 mod patch;
 mod read_field;
+mod redact;
+mod step;
 mod verify;
 mod wait;
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use kube::api::{Api, DynamicObject};
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, instrument, warn};
+use tracing::{info, instrument, warn};
 
 pub use error::StepError;
+pub use redact::scrub;
 
-use crate::cluster::{Registry, Resolved};
-use crate::duration;
-use crate::plan::model::{OnError, RecoveryPlan, Step, StepType};
-use crate::plan::validate::{DEFAULT_RUN_TIMEOUT, DEFAULT_STEP_TIMEOUT};
-use crate::run::record::{now, Phase, RunRecord, StepRecord, StepStatus};
-use crate::template;
+pub(crate) use ctx::{check_name, get_object, write_error, StepCtx, StepOutcome};
+pub(crate) use redact::scrub_value;
+use step::{At, RunScope};
 
-/// The prefix of the field managers recoverd writes with: each plan writes as
-/// `recoverd/<namespace>/<name>`, so two plans applying different keys of one object never
-/// remove each other's (server-side apply removes fields a manager stops sending).
-pub const FIELD_MANAGER: &str = "recoverd";
+use crate::cluster::Registry;
+use crate::plan::compiled::{Plan, Step, StepKind};
+use crate::record::{now, Phase, RunRecord, StepRecord, StepStatus};
 
-/// The field manager of a plan's writes (at most 128 bytes, as the API server requires).
-pub fn field_manager(plan: &RecoveryPlan) -> String {
-    let mut m = format!(
-        "{FIELD_MANAGER}/{}/{}",
-        plan.metadata.namespace.as_deref().unwrap_or("default"),
-        plan.metadata.name.as_deref().unwrap_or_default()
-    );
-    while m.len() > 128 {
-        m.pop();
-    }
-    m
-}
-
-const REDACTED: &str = "<redacted>";
+pub use crate::plan::compiled::FIELD_MANAGER;
 
 /// Something that wants to know as a run progresses: the CLI's printer, the run store (which
 /// must have written the record before the executor goes on), metrics.
@@ -89,255 +74,12 @@ impl Observer for NoObserver {
     fn on_event(&self, _: &RunRecord, _: &Event) {}
 }
 
-/// A plan with what a run of it needs besides the plan itself.
-#[derive(Clone, Debug)]
-pub struct RunnablePlan {
-    pub plan: RecoveryPlan,
-    /// Where file-relative references (`templateFrom.file`) are resolved.
-    pub base_dir: Option<PathBuf>,
-}
-
 /// The alert that triggered a run, as templates see it (`alert.labels.x`).
 pub type AlertContext = Value;
 
 pub struct Executor {
     registry: Arc<Registry>,
     http: reqwest::Client,
-}
-
-/// What a step hands back to the executor.
-#[derive(Default)]
-pub(crate) struct StepOutcome {
-    pub inputs: Option<Value>,
-    pub outputs: BTreeMap<String, Value>,
-    pub diff: Option<Value>,
-    pub object: Option<String>,
-    /// The step used a secret in a way the executor could not see from the plan (a template
-    /// loaded at run time): its inputs and diff are kept out of the record.
-    pub tainted: bool,
-    /// The step's outputs are secret.
-    pub secret_outputs: bool,
-}
-
-/// Everything a step needs while it runs.
-pub(crate) struct StepCtx<'a> {
-    pub registry: &'a Registry,
-    pub http: &'a reqwest::Client,
-    pub cluster: String,
-    pub values: &'a Value,
-    pub base_dir: Option<&'a std::path::Path>,
-    pub progress: &'a (dyn Fn(String, Duration) + Send + Sync),
-    /// The plan's field manager.
-    pub field_manager: &'a str,
-    /// Objects (as described in records) that earlier steps of this run wrote.
-    pub written: &'a BTreeSet<String>,
-    /// The `Values` keys that hold secrets.
-    pub secret_keys: &'a BTreeSet<String>,
-}
-
-impl StepCtx<'_> {
-    /// Whether a template uses a secret: a `secrets.*` of an http step or a secret `Values` key.
-    /// Whatever it renders to (a secret through `b64encode`, say) is then secret too.
-    pub fn uses_secret(&self, src: &str) -> bool {
-        uses_secret(src, self.secret_keys)
-    }
-
-    /// `clusters.postgresql.cnpg.io`, as the API server names a resource in its messages.
-    pub fn resource_name(&self, api_version: &str, resource: &str) -> String {
-        match api_version.split_once('/') {
-            Some((group, _)) => format!("{resource}.{group}"),
-            None => resource.to_string(),
-        }
-    }
-
-    /// A dry run: writes go with dryRun=All, so nothing a later step waits for will happen.
-    pub fn dry_run(&self) -> bool {
-        self.registry.mode() == crate::cluster::WriteMode::DryRun
-    }
-
-    pub fn render(&self, s: &str) -> Result<String, StepError> {
-        Ok(template::render(s, self.values)?)
-    }
-
-    /// Resolves an object reference (rendering its name and namespace) into an API handle, the
-    /// rendered name, and how messages show the object (`… db/pg-north on cluster north`).
-    pub async fn object(
-        &self,
-        api_version: &str,
-        resource: &str,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Result<(Api<DynamicObject>, String, String), StepError> {
-        let resolved = self
-            .registry
-            .resolve(&self.cluster, api_version, resource)
-            .await?;
-        let name = self.render(name)?;
-        let namespace = namespace.map(|n| self.render(n)).transpose()?;
-        let shown = format!(
-            "{} on cluster {}",
-            describe_object(api_version, resource, namespace.as_deref(), &name),
-            self.cluster
-        );
-        check_name("name", &name, &shown)?;
-        if let Some(ns) = &namespace {
-            check_name("namespace", ns, &shown)?;
-        }
-        let api = api_for_object(
-            self.registry,
-            &self.cluster,
-            &resolved,
-            namespace.as_deref(),
-        )?;
-        Ok((api, name, shown))
-    }
-}
-
-/// Whether a template refers to a secret: `secrets` (an http step's) or a secret `Values` key.
-fn uses_secret(src: &str, secret_keys: &BTreeSet<String>) -> bool {
-    // Most steps of most runs have no secret at all: no need to parse their templates.
-    if !template::is_template(src) || (secret_keys.is_empty() && !src.contains("secrets")) {
-        return false;
-    }
-    match template::references(src) {
-        Ok(refs) => refs.iter().any(|r| {
-            r == "secrets"
-                || r.starts_with("secrets.")
-                || r.strip_prefix("Values.")
-                    .is_some_and(|k| secret_keys.contains(k.split('.').next().unwrap_or(k)))
-                // `Values` used whole (`Values | tojson`) carries every secret in it.
-                || (r == "Values" && !secret_keys.is_empty())
-        }),
-        // An unparsable template fails the step anyway; be safe meanwhile.
-        Err(_) => !secret_keys.is_empty(),
-    }
-}
-
-/// A write the API server refused, in words that say what to do: a server-side apply conflict
-/// names the other field manager; a strict field validation error is a field the schema does not
-/// have, as the read-back would report on servers without `fieldValidation`.
-pub(crate) fn write_error(action: &'static str, object: &str, source: kube::Error) -> StepError {
-    if let kube::Error::Api(status) = &source {
-        let msg = &status.message;
-        if status.code == 409 && action == "apply" && msg.contains("conflict") {
-            return StepError::Conflict {
-                object: object.to_string(),
-                detail: format!(
-                    "{msg}; another field manager owns these fields: set `force: true` on the \
-                     step to take them over"
-                ),
-            };
-        }
-        // Strict validation: 400 "strict decoding error: unknown field" for patches; a
-        // server-side apply of a field the schema lacks is a 500 "field not declared in schema"
-        // (not a transient server error: retrying cannot help).
-        if (matches!(status.code, 400 | 422)
-            && (msg.contains("unknown field") || msg.contains("strict decoding error")))
-            || msg.contains("field not declared in schema")
-        {
-            return StepError::NotApplied {
-                object: object.to_string(),
-                detail: format!("the API server refused a field that is not in the schema: {msg}"),
-            };
-        }
-    }
-    StepError::Kube {
-        action,
-        object: object.to_string(),
-        source,
-    }
-}
-
-pub fn api_for_object(
-    registry: &Registry,
-    cluster: &str,
-    resolved: &Resolved,
-    namespace: Option<&str>,
-) -> Result<Api<DynamicObject>, StepError> {
-    let client = registry.client(cluster)?;
-    Ok(match (resolved.namespaced, namespace) {
-        (true, Some(ns)) => Api::namespaced_with(client, ns, &resolved.resource),
-        (true, None) => Api::default_namespaced_with(client, &resolved.resource),
-        (false, _) => Api::all_with(client, &resolved.resource),
-    })
-}
-
-/// A rendered name or namespace must be a Kubernetes name (DNS-1123 subdomain): a value from an
-/// alert label such as `pg-north/status` or `a,b` must not re-target the request.
-pub(crate) fn check_name(what: &'static str, value: &str, object: &str) -> Result<(), StepError> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && value
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && value
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
-    if ok {
-        Ok(())
-    } else {
-        Err(StepError::BadName {
-            what,
-            value: value.to_string(),
-            object: object.to_string(),
-        })
-    }
-}
-
-/// `postgresql.cnpg.io/v1 clusters db/pg-north`
-pub fn describe_object(
-    api_version: &str,
-    resource: &str,
-    namespace: Option<&str>,
-    name: &str,
-) -> String {
-    match namespace {
-        Some(ns) => format!("{api_version} {resource} {ns}/{name}"),
-        None => format!("{api_version} {resource} {name}"),
-    }
-}
-
-/// Reads an object; a 404 is [`StepError::NotFound`].
-pub(crate) async fn get_object(
-    api: &Api<DynamicObject>,
-    name: &str,
-    shown: &str,
-) -> Result<Value, StepError> {
-    match api.get_opt(name).await {
-        Ok(Some(obj)) => Ok(serde_json::to_value(obj).unwrap_or(Value::Null)),
-        Ok(None) => Err(StepError::NotFound {
-            object: shown.to_string(),
-        }),
-        Err(source) => Err(StepError::Kube {
-            action: "read",
-            object: shown.to_string(),
-            source,
-        }),
-    }
-}
-
-/// The change between two versions of an object as a JSON Patch, without the bookkeeping
-/// fields the API server changes on every write.
-pub fn object_diff(before: &Value, after: &Value) -> Value {
-    let patch = json_patch::diff(before, after);
-    let ops: Vec<Value> = serde_json::to_value(patch)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|op| {
-            let path = op.get("path").and_then(Value::as_str).unwrap_or("");
-            !(path.starts_with("/metadata/resourceVersion")
-                || path.starts_with("/metadata/managedFields")
-                || path.starts_with("/metadata/generation"))
-        })
-        .collect();
-    Value::Array(ops)
 }
 
 /// How a run can be stopped from outside: `cancel` stops it now (the running step is
@@ -370,26 +112,22 @@ impl Executor {
     }
 
     /// A fresh record for a run of `plan`, with params = plan defaults overridden by `input`.
-    pub fn new_record(&self, id: &str, plan: &RecoveryPlan, input: &RunInput) -> RunRecord {
-        let mut params = plan.spec.params.clone();
+    pub fn new_record(&self, id: &str, plan: &Plan, input: &RunInput) -> RunRecord {
+        let mut params = plan.params().clone();
         params.extend(input.params.clone());
         let step_records = |steps: &[Step]| steps.iter().map(|s| self.pending_record(s)).collect();
         RunRecord {
             id: id.to_string(),
-            plan: format!(
-                "{}/{}",
-                plan.metadata.namespace.as_deref().unwrap_or("default"),
-                plan.metadata.name.as_deref().unwrap_or_default()
-            ),
-            plan_generation: plan_generation(plan),
+            plan: plan.key.clone(),
+            plan_generation: plan.generation.clone(),
             mode: match self.registry.mode() {
-                crate::cluster::WriteMode::Live => crate::run::record::RunMode::Live,
-                crate::cluster::WriteMode::DryRun => crate::run::record::RunMode::DryRun,
+                crate::cluster::WriteMode::Live => crate::record::RunMode::Live,
+                crate::cluster::WriteMode::DryRun => crate::record::RunMode::DryRun,
             },
             params,
             alert: input.alert.clone(),
             created_at: Some(now()),
-            steps: step_records(&plan.spec.steps),
+            steps: step_records(&plan.steps),
             on_failure: Vec::new(),
             ..Default::default()
         }
@@ -397,8 +135,8 @@ impl Executor {
 
     fn pending_record(&self, s: &Step) -> StepRecord {
         StepRecord {
-            name: s.name().to_string(),
-            step_type: s.step_type.as_str().to_string(),
+            name: s.name.clone(),
+            step_type: s.kind.type_name(),
             cluster: step_cluster(&self.registry, s).map(str::to_string),
             ..Default::default()
         }
@@ -409,44 +147,40 @@ impl Executor {
     #[instrument(skip_all, fields(plan = %record.plan, run = %record.id))]
     pub async fn execute(
         &self,
-        runnable: &RunnablePlan,
+        plan: &Plan,
         input: &RunInput,
         record: &mut RunRecord,
         observer: &dyn Observer,
         control: &RunControl,
     ) {
-        let plan = &runnable.plan;
-        let run_timeout = plan
-            .spec
-            .timeout
-            .as_deref()
-            .and_then(|t| duration::parse(t).ok())
-            .unwrap_or(DEFAULT_RUN_TIMEOUT);
+        let run_timeout = plan.timeout;
         let started = Instant::now();
         let deadline = started + run_timeout;
         record.phase = Phase::Running;
         record.started_at.get_or_insert_with(now);
         record.error = None;
         observer.on_event(record, &Event::RunStarted);
-        info!(steps = plan.spec.steps.len(), "run started");
+        info!(steps = plan.steps.len(), "run started");
 
         // Secret values are never stored: a resumed run reads them again. A readField is safe
         // to repeat; anything else that produced one is refused by the strict templates of the
         // steps that use it ("undefined value"), never given `<redacted>` as a value.
-        for (index, step) in plan.spec.steps.iter().enumerate() {
+        for (index, step) in plan.steps.iter().enumerate() {
             let rec = &record.steps[index];
             let lost = rec
                 .outputs
                 .keys()
                 .any(|k| record.secret_outputs.contains(k) && !record.secrets.0.contains_key(k));
-            if lost && step.step_type == StepType::ReadField && rec.status == StepStatus::Succeeded
+            if lost
+                && matches!(step.kind, StepKind::ReadField(_))
+                && rec.status == StepStatus::Succeeded
             {
                 record.steps[index].status = StepStatus::Pending;
             }
         }
 
         let mut failure: Option<String> = None;
-        for (index, step) in plan.spec.steps.iter().enumerate() {
+        for (index, step) in plan.steps.iter().enumerate() {
             // Resuming: every step that already finished (or failed and was tolerated) stays done.
             let done = &record.steps[index];
             if matches!(done.status, StepStatus::Succeeded | StepStatus::Skipped) || done.continued
@@ -454,42 +188,41 @@ impl Executor {
                 continue;
             }
             if control.drain.is_cancelled() {
-                self.interrupted(record, step.name(), started, observer);
+                self.interrupted(record, step.name.as_str(), started, observer);
                 return;
             }
-            let result = self
-                .run_step(
-                    runnable,
-                    input,
-                    record,
-                    index,
-                    false,
-                    step,
-                    deadline,
-                    run_timeout,
-                    observer,
-                    control,
-                )
-                .await;
+            let scope = RunScope {
+                plan,
+                input,
+                observer,
+                control,
+                deadline,
+                budget: run_timeout,
+            };
+            let at = At {
+                index,
+                compensation: false,
+            };
+            let result = self.run_step(&scope, record, at, step).await;
             if let Err(StepError::Interrupted) = result {
-                self.interrupted(record, step.name(), started, observer);
+                self.interrupted(record, step.name.as_str(), started, observer);
                 return;
             }
             if let Err(e) = result {
                 // The recorded error, secrets scrubbed.
                 let text = record.steps[index].error.clone().unwrap_or_default();
                 if record.steps[index].continued {
-                    info!(step = step.name(), error = %text, "step failed; continuing (onError: continue)");
+                    info!(step = step.name.as_str(), error = %text, "step failed; continuing (onError: continue)");
                     continue;
                 }
                 failure = Some(match &record.steps[index].cluster {
                     Some(cluster) => {
                         format!(
                             "step {:?} failed on cluster {cluster:?}: {text}",
-                            step.name()
+                            step.name.as_str()
                         )
                     }
-                    None => format!("step {:?} failed: {text}", step.name()),
+                    None => format!("step {:?} failed: {text}", step.name.as_str()),
                 });
                 if matches!(e, StepError::Cancelled) {
                     record.phase = Phase::Cancelled;
@@ -504,7 +237,7 @@ impl Executor {
                 // Still Running while compensating: the plan stays busy, and a crash here leaves
                 // the run Interrupted rather than looking finished.
                 if !self
-                    .compensate(runnable, input, record, observer, control)
+                    .compensate(plan, input, record, observer, control)
                     .await
                 {
                     self.interrupted(record, "onFailure", started, observer);
@@ -556,35 +289,43 @@ impl Executor {
     /// Runs the `onFailure` steps; false when the run was interrupted meanwhile.
     async fn compensate(
         &self,
-        runnable: &RunnablePlan,
+        plan: &Plan,
         input: &RunInput,
         record: &mut RunRecord,
         observer: &dyn Observer,
         control: &RunControl,
     ) -> bool {
-        let steps = &runnable.plan.spec.on_failure;
+        let steps = &plan.on_failure;
         if steps.is_empty() {
             return true;
         }
         record.on_failure = steps.iter().map(|s| self.pending_record(s)).collect();
         // Compensation gets its own budget: the run's deadline may be what failed it.
-        let budget: Duration = steps.iter().map(step_budget).sum();
+        let budget = plan.compensation_budget();
         let deadline = Instant::now() + budget;
         for (index, step) in steps.iter().enumerate() {
             if control.drain.is_cancelled() {
                 return false;
             }
-            let res = self
-                .run_step(
-                    runnable, input, record, index, true, step, deadline, budget, observer, control,
-                )
-                .await;
+            let scope = RunScope {
+                plan,
+                input,
+                observer,
+                control,
+                deadline,
+                budget,
+            };
+            let at = At {
+                index,
+                compensation: true,
+            };
+            let res = self.run_step(&scope, record, at, step).await;
             if let Err(StepError::Interrupted) = res {
                 return false;
             }
             if res.is_err() {
                 let text = record.on_failure[index].error.clone().unwrap_or_default();
-                warn!(step = step.name(), error = %text, "compensation step failed");
+                warn!(step = step.name.as_str(), error = %text, "compensation step failed");
                 if !record.on_failure[index].continued {
                     break;
                 }
@@ -592,417 +333,10 @@ impl Executor {
         }
         true
     }
-
-    #[allow(clippy::too_many_arguments)]
-    #[instrument(skip_all, fields(step = step.name(), cluster = tracing::field::Empty))]
-    async fn run_step(
-        &self,
-        runnable: &RunnablePlan,
-        input: &RunInput,
-        record: &mut RunRecord,
-        index: usize,
-        compensation: bool,
-        step: &Step,
-        deadline: Instant,
-        run_timeout: Duration,
-        observer: &dyn Observer,
-        control: &RunControl,
-    ) -> Result<(), StepError> {
-        let values = context(runnable, input, record);
-        // `cluster: "{{ Values.from }}"`: one plan serves both directions; the rendered name
-        // must be in the registry.
-        let cluster = match step.cluster.as_deref() {
-            Some(c) if template::is_template(c) => template::render(c, &values)
-                .map_err(StepError::from)
-                .and_then(|name| {
-                    self.registry.client(&name)?;
-                    Ok(name)
-                }),
-            other => Ok(self.registry.name_or_default(other).to_string()),
-        };
-        let cluster = match cluster {
-            Ok(c) => c,
-            Err(e) => {
-                let text = scrub(&e.to_string(), &record.secrets.needles());
-                let rec = record.step_mut(index, compensation);
-                rec.status = StepStatus::Failed;
-                rec.error = Some(text);
-                rec.reason = Some(e.reason().to_string());
-                rec.continued = step.on_error == OnError::Continue;
-                observer.on_event(
-                    record,
-                    &Event::StepFinished {
-                        index,
-                        compensation,
-                    },
-                );
-                return Err(e);
-            }
-        };
-        tracing::Span::current().record("cluster", cluster.as_str());
-        if step.step_type.uses_cluster() {
-            record.step_mut(index, compensation).cluster = Some(cluster.clone());
-        }
-        let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
-        // http steps redact their own inputs field by field (see `http.rs`).
-        let tainted_in = step.step_type != StepType::Http
-            && crate::plan::validate::step_templates(step, "")
-                .iter()
-                .any(|(_, src, _)| uses_secret(src, &secret_keys));
-        let started = Instant::now();
-        {
-            let rec = record.step_mut(index, compensation);
-            rec.status = StepStatus::Running;
-            rec.started_at = Some(now());
-            rec.attempts = 0;
-            rec.error = None;
-            rec.reason = None;
-            rec.continued = false;
-        }
-        observer.on_event(
-            record,
-            &Event::StepStarted {
-                index,
-                compensation,
-            },
-        );
-        // The record of the step's start could not be written (or recoverd is shutting down):
-        // a step must never run unrecorded.
-        if control.drain.is_cancelled() {
-            let rec = record.step_mut(index, compensation);
-            rec.status = StepStatus::Pending;
-            rec.started_at = None;
-            return Err(StepError::Interrupted);
-        }
-
-        let result = self
-            .attempts(
-                runnable,
-                record,
-                index,
-                compensation,
-                step,
-                &cluster,
-                &values,
-                deadline,
-                run_timeout,
-                observer,
-                &control.cancel,
-            )
-            .await;
-
-        let outcome = match result {
-            Ok(Some(mut outcome)) => {
-                let tainted = tainted_in || outcome.tainted;
-                if tainted {
-                    outcome.inputs = outcome.inputs.map(redact_inputs);
-                    outcome.diff = outcome.diff.map(|_| json!(REDACTED));
-                }
-                let secret = outcome.secret_outputs || tainted;
-                for (key, value) in std::mem::take(&mut outcome.outputs) {
-                    record.secret_outputs.retain(|k| k != &key);
-                    record.secrets.0.remove(&key);
-                    let shown = if secret {
-                        record.secret_outputs.push(key.clone());
-                        record.secrets.0.insert(key.clone(), value);
-                        json!(REDACTED)
-                    } else {
-                        value
-                    };
-                    outcome.outputs.insert(key.clone(), shown.clone());
-                    record.outputs.insert(key, shown);
-                }
-                let needles = record.secrets.needles();
-                let rec = record.step_mut(index, compensation);
-                rec.status = StepStatus::Succeeded;
-                rec.inputs = outcome.inputs.map(|v| scrub_value(v, &needles));
-                rec.diff = outcome.diff.map(|v| scrub_value(v, &needles));
-                rec.object = outcome.object.or(rec.object.take());
-                rec.outputs = outcome
-                    .outputs
-                    .into_iter()
-                    .map(|(k, v)| (k, scrub_value(v, &needles)))
-                    .collect();
-                Ok(())
-            }
-            Ok(None) => {
-                let rec = record.step_mut(index, compensation);
-                rec.status = StepStatus::Skipped;
-                rec.error = Some(format!(
-                    "`when` was false ({})",
-                    step.when.as_deref().unwrap_or_default()
-                ));
-                Ok(())
-            }
-            Err(e) => {
-                let text = scrub(&e.to_string(), &record.secrets.needles());
-                let rec = record.step_mut(index, compensation);
-                rec.status = StepStatus::Failed;
-                rec.error = Some(text.clone());
-                rec.reason = Some(e.reason().to_string());
-                // A cancelled run or a passed deadline stops even a step that may fail.
-                rec.continued = step.on_error == OnError::Continue
-                    && !matches!(e, StepError::Cancelled | StepError::RunDeadline { .. });
-                if rec.continued {
-                    info!(error = %text, reason = e.reason(), "step failed");
-                } else {
-                    warn!(error = %text, reason = e.reason(), "step failed");
-                }
-                Err(e)
-            }
-        };
-        let rec = record.step_mut(index, compensation);
-        rec.finished_at = Some(now());
-        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-        observer.on_event(
-            record,
-            &Event::StepFinished {
-                index,
-                compensation,
-            },
-        );
-        outcome
-    }
-
-    /// Runs the attempts of one step; `Ok(None)` when `when` skipped it.
-    #[allow(clippy::too_many_arguments)]
-    async fn attempts(
-        &self,
-        runnable: &RunnablePlan,
-        record: &mut RunRecord,
-        index: usize,
-        compensation: bool,
-        step: &Step,
-        cluster: &str,
-        values: &Value,
-        deadline: Instant,
-        run_timeout: Duration,
-        observer: &dyn Observer,
-        cancel: &CancellationToken,
-    ) -> Result<Option<StepOutcome>, StepError> {
-        if let Some(when) = &step.when {
-            if !template::render_bool(when, values)? {
-                return Ok(None);
-            }
-        }
-        let retries = step.retries.unwrap_or(0);
-        let attempt_timeout = step_attempt_timeout(step);
-        let field_manager = field_manager(&runnable.plan);
-        let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
-        let needles = record.secrets.needles();
-        // Objects earlier steps of this run wrote (a write's record has a diff).
-        let written: BTreeSet<String> = record
-            .steps
-            .iter()
-            .filter(|s| s.status == StepStatus::Succeeded && s.diff.is_some())
-            .filter_map(|s| s.object.clone())
-            .collect();
-        let mut backoff = Duration::from_millis(200);
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            record.step_mut(index, compensation).attempts = attempt;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
-                return Err(StepError::RunDeadline { after: run_timeout });
-            }
-            let snapshot = record.clone();
-            let progress_needles = needles.clone();
-            let progress = move |what: String, limit: Duration| {
-                observer.on_event(
-                    &snapshot,
-                    &Event::StepWaiting {
-                        index,
-                        compensation,
-                        what: scrub(&what, &progress_needles),
-                        deadline: limit,
-                    },
-                );
-            };
-            let ctx = StepCtx {
-                registry: &self.registry,
-                http: &self.http,
-                cluster: cluster.to_string(),
-                values,
-                base_dir: runnable.base_dir.as_deref(),
-                progress: &progress,
-                field_manager: &field_manager,
-                written: &written,
-                secret_keys: &secret_keys,
-            };
-            let limit = attempt_timeout.min(remaining);
-            let result = tokio::select! {
-                r = tokio::time::timeout(limit, execute_step(step, &ctx)) => match r {
-                    Ok(r) => r,
-                    Err(_) if limit < attempt_timeout => Err(StepError::RunDeadline { after: run_timeout }),
-                    Err(_) => Err(StepError::AttemptTimeout { after: limit }),
-                },
-                _ = cancel.cancelled() => Err(StepError::Cancelled),
-            };
-            match result {
-                Ok(outcome) => return Ok(Some(outcome)),
-                Err(e) if e.is_transient() && attempt <= retries => {
-                    let text = scrub(&e.to_string(), &needles);
-                    // The step's own retry handles it: not a warning (yet).
-                    debug!(attempt, error = %text, "transient failure; retrying");
-                    let rec = record.step_mut(index, compensation);
-                    rec.error = Some(format!("attempt {attempt}: {text}"));
-                    let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                    observer.on_event(
-                        record,
-                        &Event::StepWaiting {
-                            index,
-                            compensation,
-                            what: format!("retry {attempt}/{retries} after: {text}"),
-                            deadline: pause,
-                        },
-                    );
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = cancel.cancelled() => return Err(StepError::Cancelled),
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-}
-
-async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    match step.step_type {
-        StepType::Patch => patch::run(step.patch.as_ref().expect("validated"), ctx).await,
-        StepType::ReadField => {
-            read_field::run(step.read_field.as_ref().expect("validated"), ctx).await
-        }
-        StepType::Wait => wait::run(step.wait.as_ref().expect("validated"), ctx).await,
-        StepType::Apply => apply::run(step.apply.as_ref().expect("validated"), ctx).await,
-        StepType::Http => http::run(step.http.as_ref().expect("validated"), ctx).await,
-        StepType::Delete => delete::run(step.delete.as_ref().expect("validated"), ctx).await,
-        StepType::Assert => assert::run(step.assert.as_ref().expect("validated"), ctx).await,
-        StepType::Exec => exec::run(step.exec.as_ref().expect("validated"), ctx).await,
-    }
 }
 
 /// The cluster a step acts on: its own, or the default; `None` for http and assert steps.
 fn step_cluster<'a>(registry: &'a Registry, step: &'a Step) -> Option<&'a str> {
-    step.step_type
-        .uses_cluster()
+    step.uses_cluster()
         .then(|| registry.name_or_default(step.cluster.as_deref()))
-}
-
-/// How long one attempt of a step may take: a wait's own timeout, else the step's.
-fn step_attempt_timeout(step: &Step) -> Duration {
-    let base = step
-        .timeout
-        .as_deref()
-        .and_then(|t| duration::parse(t).ok())
-        .unwrap_or(DEFAULT_STEP_TIMEOUT);
-    match &step.wait {
-        Some(w) if step.step_type == StepType::Wait => {
-            let own = w
-                .timeout
-                .as_deref()
-                .or(w.duration.as_deref())
-                .and_then(|t| duration::parse(t).ok());
-            // A wait's attempt must outlast what it waits for.
-            own.map_or(base, |d| d.max(base) + Duration::from_secs(1))
-        }
-        _ => match step.delete.as_ref().and_then(|d| d.wait.as_ref()) {
-            Some(w) if w.gone => {
-                let own = w.timeout.as_deref().and_then(|t| duration::parse(t).ok());
-                own.map_or(base, |d| d + base)
-            }
-            _ => base,
-        },
-    }
-}
-
-fn step_budget(step: &Step) -> Duration {
-    step_attempt_timeout(step) * (step.retries.unwrap_or(0) + 1) + Duration::from_secs(1)
-}
-
-/// The template context of a run at this point: `Values` (params, then outputs), `alert`,
-/// `plan`, `run`.
-fn context(runnable: &RunnablePlan, input: &RunInput, record: &RunRecord) -> Value {
-    let mut values = Map::new();
-    for (k, v) in &record.params {
-        values.insert(k.clone(), v.clone());
-    }
-    for (k, v) in &record.outputs {
-        if !record.secret_outputs.contains(k) {
-            values.insert(k.clone(), v.clone());
-        }
-    }
-    // Secret values exist only in memory; after a restart they are read again or missing.
-    for (k, v) in &record.secrets.0 {
-        values.insert(k.clone(), v.clone());
-    }
-    let meta = &runnable.plan.metadata;
-    json!({
-        "Values": values,
-        "alert": record.alert.clone().or_else(|| input.alert.clone()).unwrap_or_else(|| json!({"labels": {}, "annotations": {}})),
-        "plan": {"name": meta.name, "namespace": meta.namespace},
-        "run": {"id": record.id, "mode": record.mode},
-    })
-}
-
-/// What a run records as its plan's generation: the object's generation, or for a plan from a
-/// file a short hash of its spec. Resuming compares it to refuse a plan changed since.
-pub fn plan_generation(plan: &RecoveryPlan) -> String {
-    if let Some(g) = plan.metadata.generation {
-        return g.to_string();
-    }
-    use sha2::{Digest, Sha256};
-    let text = serde_json::to_string(&plan.spec).unwrap_or_default();
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
-}
-
-/// Replaces every occurrence of a secret (and the usual forms a filter turns it into) in text.
-pub fn scrub(text: &str, needles: &[String]) -> String {
-    needles
-        .iter()
-        .fold(text.to_string(), |acc, n| acc.replace(n.as_str(), REDACTED))
-}
-
-fn scrub_value(v: Value, needles: &[String]) -> Value {
-    if needles.is_empty() {
-        return v;
-    }
-    match v {
-        Value::String(s) => Value::String(scrub(&s, needles)),
-        Value::Array(a) => Value::Array(a.into_iter().map(|v| scrub_value(v, needles)).collect()),
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (k, scrub_value(v, needles)))
-                .collect(),
-        ),
-        other => other,
-    }
-}
-
-/// The inputs of a step that used a secret: what was rendered from templates (patch bodies,
-/// manifests, URLs, headers, bodies, compared values) is replaced; the shape stays.
-fn redact_inputs(inputs: Value) -> Value {
-    const RENDERED: &[&str] = &[
-        "patch",
-        "object",
-        "url",
-        "headers",
-        "body",
-        "condition",
-        "observed",
-    ];
-    match inputs {
-        Value::Object(mut m) => {
-            for key in RENDERED {
-                if let Some(v) = m.get_mut(*key) {
-                    *v = json!(REDACTED);
-                }
-            }
-            Value::Object(m)
-        }
-        _ => json!(REDACTED),
-    }
 }
