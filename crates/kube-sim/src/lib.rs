@@ -48,6 +48,8 @@
 //!   content is deleted as a client's DELETE would (finalizers and grace periods kept), and it
 //!   goes once that content is gone; the CRD's resources stay served meanwhile, creates
 //!   included.
+//! - CRD schemas check the string formats `date-time`, `date`, `uuid` and `byte`; other
+//!   formats (`email`, `hostname`, `ipv4`, `cidr`, …) are not checked.
 //! - Validation of built-in kinds covers names, ConfigMap and Secret keys and a few Deployment
 //!   fields; a body whose JSON types do not fit the Go type is not refused with Go's message.
 //! - Protobuf request bodies are read for Namespaces, ConfigMaps, Secrets and ServiceAccounts
