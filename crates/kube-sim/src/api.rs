@@ -1329,7 +1329,20 @@ impl Cluster {
             return true;
         }
         let mut obj = live.clone();
-        obj["status"]["conditions"] = namespace_conditions(&s, ns);
+        let mut conditions = namespace_conditions(&s, ns);
+        // A condition that says the same keeps its time: nothing is written then.
+        let before = live.pointer("/status/conditions").and_then(Value::as_array);
+        for c in conditions.as_array_mut().into_iter().flatten() {
+            let same = before.into_iter().flatten().find(|b| {
+                ["type", "status", "reason", "message"]
+                    .iter()
+                    .all(|f| b.get(*f) == c.get(*f))
+            });
+            if let Some(b) = same {
+                c["lastTransitionTime"] = b["lastTransitionTime"].clone();
+            }
+        }
+        obj["status"]["conditions"] = conditions;
         if obj != live {
             s.put(k, obj, EventType::Modified, Some(live));
         }
