@@ -64,8 +64,28 @@ fn env() -> Arc<cel::Env> {
     .clone()
 }
 
-fn compile(rule: &str) -> Result<cel::Program, String> {
-    env().compile(rule).map_err(|e| e.to_string())
+/// A rule compiled, from a per-thread cache: every write of a custom resource evaluates all its
+/// CRD's rules, and parsing them each time would cost more than evaluating them.
+fn compile(rule: &str) -> Result<std::rc::Rc<cel::Program>, String> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<String, Result<std::rc::Rc<cel::Program>, String>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    CACHE.with(|c| {
+        if let Some(p) = c.borrow().get(rule) {
+            return p.clone();
+        }
+        let compiled = env()
+            .compile(rule)
+            .map(std::rc::Rc::new)
+            .map_err(|e| e.to_string());
+        let mut cache = c.borrow_mut();
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(rule.to_string(), compiled.clone());
+        compiled
+    })
 }
 
 /// What `oldSelf` is bound to.
