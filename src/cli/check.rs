@@ -30,7 +30,7 @@ pub struct Args {
     #[arg(long)]
     pub alert: Option<PathBuf>,
     /// text, json, yaml (a verdict per plan, each problem at its file, line and column) or
-    /// junit (a test case per plan). `--format` is the old name.
+    /// junit (a test case per plan).
     #[arg(short, long, alias = "format", value_name = "FORMAT", default_value = "text",
           value_parser = output::formats(&[Format::Text, Format::Json, Format::Yaml, Format::Junit]))]
     pub output: Format,
