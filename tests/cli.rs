@@ -839,3 +839,45 @@ fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
     assert!(on_terminal(None), "no colour on a terminal");
     assert!(!on_terminal(Some("1")), "colour with NO_COLOR=1");
 }
+
+#[test]
+fn sigterm_cancels_a_run_as_ctrl_c_does() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let plan = plan_file(
+        dir.path(),
+        "pauses",
+        "  - {name: pause, type: wait, wait: {duration: 60s}}\n",
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_recoverd"))
+        .args(["run", &plan, "--kubeconfig", kubeconfig.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    // Once the step waits, the handler is installed (it is, before the run starts).
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let waiting = line.contains("waiting up to 1m");
+        seen.push(line);
+        if waiting {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|l| l.contains("▶ pause")), "{seen:?}");
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let rest: Vec<String> = lines.map(Result::unwrap).collect();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.contains("Cancelled")),
+        "the run was not cancelled: {rest:?}"
+    );
+}

@@ -117,8 +117,10 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         };
         let control = crate::executor::RunControl::default();
         let cancel = control.cancel.clone();
+        // Listening before the run starts: a signal during its first step cancels it.
+        let stop = super::signal::Stop::listen();
         let watcher = tokio::spawn(async move {
-            super::signal::wait_for_stop().await;
+            stop.recv().await;
             cancel.cancel();
         });
         executor
