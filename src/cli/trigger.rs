@@ -26,8 +26,8 @@ pub struct Args {
     /// The same key always means the same run (safe to repeat).
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Wait for the run to finish and print its steps; exit 0 when it succeeded, 3 when it
-    /// succeeded with tolerated failures, 1 otherwise, 5 when --timeout passed first.
+    /// Wait for the run to finish and print its steps; exit as `recoverd run` does (0, 1, 3 or
+    /// 4: see `recoverd --help`), or 5 when --timeout passes first.
     #[arg(long)]
     pub wait: bool,
     /// With --wait: give up waiting after this long (the run goes on; exit 5).
