@@ -186,6 +186,27 @@ mod tests {
         assert_eq!(Exit::for_error(&anyhow::Error::new(missing)), Exit::Usage);
     }
 
+    #[tokio::test]
+    async fn a_cluster_that_refuses_the_connection_is_unreachable_through_the_error_chain() {
+        use crate::cluster::{Registry, WriteMode};
+        let dir = tempfile::tempdir().unwrap();
+        let kubeconfig = dir.path().join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: north\n  cluster: {server: \"https://127.0.0.1:1\", insecure-skip-tls-verify: true}\nusers:\n- name: u\n  user: {token: t}\ncontexts:\n- name: north\n  context: {cluster: north, user: u}\ncurrent-context: north\n",
+        )
+        .unwrap();
+        let registry = Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::Live)
+            .await
+            .unwrap();
+        let e = registry
+            .resolve("north", "v1", "configmaps")
+            .await
+            .expect_err("nothing listens on port 1");
+        let e = anyhow::Error::new(e).context("seeding the world");
+        assert_eq!(Exit::for_error(&e), Exit::Unreachable, "{e:#}");
+    }
+
     #[test]
     fn every_code_is_distinct_and_in_the_table() {
         let all = [
