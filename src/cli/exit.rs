@@ -4,7 +4,7 @@
 
 use std::process::ExitCode;
 
-use crate::run::record::{Phase, RunRecord, StepStatus};
+use crate::record::{Phase, RunRecord, StepStatus};
 
 /// How a command ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,7 +154,7 @@ mod tests {
 
     #[test]
     fn a_run_failed_by_an_unreachable_cluster_says_so_unless_the_failure_was_tolerated() {
-        let step = |reason: &str, continued| crate::run::record::StepRecord {
+        let step = |reason: &str, continued| crate::record::StepRecord {
             status: StepStatus::Failed,
             reason: Some(reason.into()),
             continued,

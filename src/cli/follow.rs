@@ -7,7 +7,7 @@ use std::time::Duration;
 use super::api::Api;
 use super::print::Printer;
 use crate::executor::{Event, Observer};
-use crate::run::record::{RunRecord, StepStatus};
+use crate::record::{RunRecord, StepStatus};
 
 /// Where following a run ended.
 #[derive(Debug)]

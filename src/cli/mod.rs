@@ -191,12 +191,12 @@ impl ClusterArgs {
 /// error when there is none, so that no command runs a plan for an alert it does not match.
 pub fn matching_alerts(
     path: &std::path::Path,
-    spec: &crate::plan::model::RecoveryPlanSpec,
+    plan: &crate::plan::Plan,
 ) -> anyhow::Result<Vec<crate::alert::Alert>> {
     let all = crate::alert::load_file(path)?;
     let matching: Vec<_> = all
         .into_iter()
-        .filter(|a| a.is_firing() && crate::alert::plan_matches(spec, &a.labels))
+        .filter(|a| a.is_firing() && plan.matches(&a.labels))
         .collect();
     if matching.is_empty() {
         anyhow::bail!(
@@ -205,6 +205,15 @@ pub fn matching_alerts(
         );
     }
     Ok(matching)
+}
+
+/// A plan validated without a cluster registry (cluster names unchecked), for what must be
+/// decided before any cluster is reached: which alerts it matches.
+pub fn compile_unchecked(loaded: &crate::plan::LoadedPlan) -> anyhow::Result<crate::plan::Plan> {
+    crate::plan::compile_one(loaded, None).map_err(|invalid| {
+        check::eprint_problems(loaded, &invalid.problems);
+        anyhow::anyhow!("the plan is invalid; nothing was run")
+    })
 }
 
 /// Loads exactly one plan from a file (or fails saying why).

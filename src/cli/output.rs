@@ -7,7 +7,7 @@ use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 
 use crate::duration;
-use crate::run::record::{RunRecord, StepRecord, StepStatus};
+use crate::record::{RunRecord, StepRecord, StepStatus};
 
 /// A result's format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,7 +183,7 @@ pub fn run_line(run: &RunRecord) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::record::Phase;
+    use crate::record::Phase;
 
     #[test]
     fn a_failed_run_is_a_suite_with_one_failure_per_failed_step_and_the_totals_add_up() {
