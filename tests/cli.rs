@@ -657,6 +657,13 @@ async fn trigger_prints_the_run_in_each_format_and_a_wait_that_times_out_exits_5
         "slow",
         "  - {name: long, type: wait, wait: {duration: 30s}}\n",
     );
+    let guarded = plan_file(
+        &plans,
+        "guarded",
+        "  - {name: one, type: wait, wait: {duration: 10ms}}\n",
+    );
+    let text_in = std::fs::read_to_string(&guarded).unwrap();
+    std::fs::write(&guarded, text_in.replace("mode: manual", "mode: approval")).unwrap();
     let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
     let serve = support::server::ServeProcess::start(dir.path(), &plans, &kubeconfig, &[]).await;
     let token = dir.path().join("token");
@@ -709,6 +716,16 @@ async fn trigger_prints_the_run_in_each_format_and_a_wait_that_times_out_exits_5
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let cancelled: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cancelled["id"], json!(slow_id));
+
+    // A run that waits for approval: following it says so, once, and how to approve it.
+    let out = cli(&["trigger", "ops/guarded", "--wait", "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let t = text(&out);
+    assert_eq!(
+        t.matches("waiting for approval: recoverd approve ").count(),
+        1,
+        "{t}"
+    );
 }
 
 #[test]

@@ -7,12 +7,13 @@ use std::time::Duration;
 use super::api::Api;
 use super::print::Printer;
 use crate::executor::{Event, Observer};
-use crate::record::{RunRecord, StepStatus};
+use crate::record::{Phase, RunRecord, StepStatus};
 
 /// Where following a run ended.
 #[derive(Debug)]
 pub enum Followed {
-    /// The run finished (its phase says how).
+    /// The run finished (its phase says how), or was interrupted by a shutdown of the server
+    /// (it waits for `recoverd resume`).
     Finished(RunRecord),
     /// The run was still going when the time to wait ran out.
     StillGoing(RunRecord),
@@ -37,7 +38,7 @@ impl Follow {
                 .await?;
             let record: RunRecord = serde_json::from_value(body)?;
             shown.narrate(&record, printer);
-            if record.phase.is_finished() {
+            if record.phase.is_finished() || record.phase == Phase::Interrupted {
                 printer.on_event(&record, &Event::RunFinished);
                 return Ok(Followed::Finished(record));
             }
@@ -53,6 +54,7 @@ impl Follow {
 #[derive(Default)]
 struct Shown {
     started: bool,
+    said_approval: bool,
     steps: Vec<StepStatus>,
     on_failure: Vec<StepStatus>,
 }
@@ -63,6 +65,13 @@ impl Shown {
         if !self.started {
             printer.on_event(record, &Event::RunStarted);
             self.started = true;
+        }
+        if record.phase == Phase::WaitingForApproval && !self.said_approval {
+            printer.say(format_args!(
+                "  … waiting for approval: recoverd approve {}",
+                record.id
+            ));
+            self.said_approval = true;
         }
         for (compensation, shown, steps) in [
             (false, &mut self.steps, &record.steps),
