@@ -1,8 +1,8 @@
 //! The command line (one binary, clap): `check`, `run`, `rehearse`, `crd`, `serve`, `trigger`,
 //! `runs`, `approve`, `cancel`, `resume`, `sim`, `demo`, `completions`. Each command is a thin
 //! layer over the library. What they share lives here: `-o/--output` ([`output`]), the exit
-//! codes ([`exit`], listed in `recoverd --help`), following a run through the API ([`follow`]),
-//! waiting for a stop signal ([`signal`]) and printing a run as it happens ([`print`]).
+//! codes ([`exit`], listed in `recoverd --help`), following a run through the API (`follow`),
+//! waiting for a stop signal (`signal`) and printing a run as it happens (`print`).
 
 mod api;
 pub mod check;
