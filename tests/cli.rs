@@ -898,3 +898,65 @@ fn sigterm_cancels_a_run_as_ctrl_c_does() {
         "the run was not cancelled: {rest:?}"
     );
 }
+
+#[test]
+fn a_failed_expectation_is_a_junit_failure_and_in_the_json_and_exits_1() {
+    let dir = tempfile::tempdir().unwrap();
+    let wrong = dir.path().join("wrong.yaml");
+    std::fs::write(
+        &wrong,
+        "expect:\n- {cluster: south, apiVersion: postgresql.cnpg.io/v1, resource: clusters, namespace: db, name: pg-south, fields: {spec.replica.primary: pg-north}}\n- {cluster: north, apiVersion: postgresql.cnpg.io/v1, resource: clusters, namespace: db, name: pg-north, fields: {spec.replica.primary: pg-south}}\n",
+    )
+    .unwrap();
+    let args = [
+        "rehearse",
+        "plans/cnpg-switchover.yaml",
+        "--world",
+        "tests/data/worlds/cnpg.yaml",
+        "--expect",
+        wrong.to_str().unwrap(),
+    ];
+    let out = recoverd(&[&args[..], &["-o", "junit"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    let expectations = &t[t.find("<testsuite name=\"expectations\"").expect("a suite")..];
+    assert!(
+        !expectations.starts_with("<testsuite name=\"expectations\" tests=\"1\" failures=\"0\"")
+            && expectations.contains(
+                "<failure message=\"south: postgresql.cnpg.io/v1 clusters db/pg-south: spec.replica.primary is pg-south, expected pg-north\"/>"
+            ),
+        "{t}"
+    );
+    let out = recoverd(&[&args[..], &["-o", "json"]].concat());
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["run"]["phase"], json!("Succeeded"));
+    assert_eq!(v["expectations"]["checked"], json!(2));
+    let failures = v["expectations"]["failures"].as_array().unwrap();
+    assert!(
+        failures.iter().any(|f| f
+            .as_str()
+            .unwrap()
+            .contains("spec.replica.primary is pg-south, expected pg-north")),
+        "{v}"
+    );
+    // When every expectation holds: one passing case that says how many.
+    let out = recoverd(&[
+        "rehearse",
+        "plans/cnpg-switchover.yaml",
+        "--world",
+        "tests/data/worlds/cnpg.yaml",
+        "--alert",
+        "tests/data/alerts/firing-one-alert.json",
+        "--expect",
+        "tests/data/worlds/cnpg-expect.yaml",
+        "-o",
+        "junit",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let t = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        t.contains("<testsuite name=\"expectations\" tests=\"1\" failures=\"0\">\n  <testcase classname=\"expectations\" name=\"3 expectation(s) held\">"),
+        "{t}"
+    );
+}
