@@ -38,8 +38,8 @@ pub struct WebhookPayload {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
-    #[serde(default = "firing")]
-    pub status: String,
+    #[serde(default)]
+    pub status: AlertStatus,
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
@@ -53,8 +53,24 @@ pub struct Alert {
     pub fingerprint: String,
 }
 
-fn firing() -> String {
-    "firing".into()
+/// Whether an alert is firing. Anything else than `firing` is a resolution: it never starts a
+/// run, it only withdraws runs still waiting for approval.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    #[default]
+    Firing,
+    #[serde(other)]
+    Resolved,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
 }
 
 /// Who sent a webhook payload, told by its `version`.
@@ -121,7 +137,7 @@ pub enum AlertError {
 
 impl Alert {
     pub fn is_firing(&self) -> bool {
-        self.status == "firing"
+        self.status == AlertStatus::Firing
     }
 
     /// What templates see as `alert`.
@@ -139,7 +155,7 @@ impl Alert {
     /// `check` without a sample alert).
     pub fn sample(labels: BTreeMap<String, String>) -> Alert {
         Alert {
-            status: "firing".into(),
+            status: AlertStatus::Firing,
             labels,
             annotations: BTreeMap::from([(
                 "summary".into(),
