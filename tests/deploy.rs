@@ -1049,6 +1049,11 @@ async fn recoverd_serve_as_the_deployment_runs_it_acts_on_an_alert_alertmanager_
     let c = clusters();
     let repo = repo_copy();
     let repo = repo.path();
+    // The test clusters have no kubelet: the shipped plan's exec checks cannot run there.
+    let plan = repo.join("deploy/overlays/single/plans/cnpg-switchover.yaml");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    assert!(text.contains("execChecks: true"), "{text}");
+    std::fs::write(&plan, text.replace("execChecks: true", "execChecks: false")).unwrap();
     install_remote_identities(repo);
     std::fs::write(repo.join("deploy/overlays/single/token"), random_token()).unwrap();
     let objects = render(&repo.join("deploy/overlays/single"));

@@ -32,6 +32,9 @@ pub struct Args {
     /// An Alertmanager webhook payload or single alert to run the plan with.
     #[arg(long)]
     pub alert: Option<PathBuf>,
+    /// Override a param, as `recoverd run --param` does: `--param execChecks=false`.
+    #[arg(long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
     /// Throwaway clusters to rehearse on (they are written to). Default: the built-in
     /// simulator, serving the world's clusters on free loopback ports.
     #[command(flatten)]
@@ -83,6 +86,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             .next(),
         None => None,
     };
+    let params = super::run::plan_params(&args.params, &loaded.plan.spec)?;
     let sandbox = match (&args.clusters.kubeconfig, &args.clusters.clusters) {
         (None, None) => Some(crate::sim::Sandbox::start(&args.world, None, None).await?),
         _ => None,
@@ -123,7 +127,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
 
     let input = RunInput {
-        params: Default::default(),
+        params,
         alert: alert.as_ref().map(Alert::context),
     };
     let executor = Executor::new(registry.clone());
@@ -206,7 +210,19 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let expectations: world::Expectations =
             serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let failures = world::check(&registry, &seeded, &expectations).await;
+        let mut failures = world::check(&registry, &seeded, &expectations).await;
+        // A declared outcome replaces "succeeded" as what the rehearsal must end with.
+        if let Some(want) = &expectations.outcome {
+            let got = serde_json::to_value(record.phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            if &got == want {
+                code = Exit::Success;
+            } else {
+                failures.push(format!("the run ended {got}, expected {want}"));
+            }
+        }
         printer.say(format_args!(
             "\nexpectations: {} checked, {} failed",
             expectations.expect.len(),

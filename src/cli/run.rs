@@ -57,6 +57,26 @@ pub fn parse_params(
         .collect()
 }
 
+/// `--param` values for a plan: parsed, and each one a param the plan has.
+pub fn plan_params(
+    params: &[String],
+    spec: &crate::plan::RecoveryPlanSpec,
+) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
+    let params = parse_params(params)?;
+    if let Some(key) = params.keys().find(|k| !spec.params.contains_key(*k)) {
+        let known: Vec<_> = spec.params.keys().cloned().collect();
+        anyhow::bail!(
+            "the plan has no param {key:?} (its params: {})",
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        );
+    }
+    Ok(params)
+}
+
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let format = if args.json { Format::Json } else { args.output };
     let loaded = super::load_one(&args.plan)?;
@@ -81,21 +101,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("the plan is invalid; nothing was run");
         }
     };
-    let params = parse_params(&args.params)?;
-    if let Some(key) = params
-        .keys()
-        .find(|k| !loaded.plan.spec.params.contains_key(*k))
-    {
-        let known: Vec<_> = loaded.plan.spec.params.keys().cloned().collect();
-        anyhow::bail!(
-            "the plan has no param {key:?} (its params: {})",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
-        );
-    }
+    let params = plan_params(&args.params, &loaded.plan.spec)?;
     let executor = Executor::new(registry);
     // With a machine format, stdout carries only the result.
     let printer = format.printer();

@@ -1,5 +1,5 @@
 //! Recovery plans: the resource as written ([`model`]), loading it from files ([`load`]),
-//! validating it into a typed [`Plan`] ([`validate`], [`compiled`]) and the set a server matches
+//! validating it into a typed [`Plan`] ([`mod@validate`], [`compiled`]) and the set a server matches
 //! alerts against ([`set`]). Everything here is pure but for reading files in `load`.
 
 pub mod compiled;
