@@ -132,6 +132,8 @@ pub struct Step {
     pub assert: Option<AssertStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalStep>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -147,6 +149,7 @@ pub enum StepType {
     Delete,
     Assert,
     Exec,
+    Approval,
 }
 
 impl std::fmt::Display for StepType {
@@ -156,7 +159,7 @@ impl std::fmt::Display for StepType {
 }
 
 impl StepType {
-    pub const ALL: [StepType; 8] = [
+    pub const ALL: [StepType; 9] = [
         StepType::Patch,
         StepType::ReadField,
         StepType::Wait,
@@ -165,6 +168,7 @@ impl StepType {
         StepType::Delete,
         StepType::Assert,
         StepType::Exec,
+        StepType::Approval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -177,12 +181,13 @@ impl StepType {
             StepType::Delete => "delete",
             StepType::Assert => "assert",
             StepType::Exec => "exec",
+            StepType::Approval => "approval",
         }
     }
 
     /// Whether a step of this type acts on a cluster (and is recorded with one).
     pub fn uses_cluster(self) -> bool {
-        !matches!(self, StepType::Http | StepType::Assert)
+        !matches!(self, StepType::Http | StepType::Assert | StepType::Approval)
     }
 }
 
@@ -257,6 +262,32 @@ pub struct ExecStep {
     /// Store stdout (trimmed, at most 64 KiB) in `Values.<outputKey>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+}
+
+/// Pause the run until a person approves it (`POST /api/v1/runs/{id}/approve` with an approver
+/// token, or `recoverd approve ID`), showing them the message and the values gathered so far.
+/// The split-brain decision of a failover belongs here, after the probes, not before the run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalStep {
+    /// What the approver decides (a template): `Old site unreachable for {{ Values.down }}s;
+    /// promote pg-south without a token? Writes not yet replicated are lost.`
+    pub message: String,
+    /// How long to wait, e.g. `15m` (mandatory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// `abort` (default): no approval in time fails the step. `continue`: the run goes on
+    /// without it (recorded as such).
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnTimeout {
+    #[default]
+    Abort,
+    Continue,
 }
 
 /// Fail the run now, with the author's message, unless a condition holds.
