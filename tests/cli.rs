@@ -664,6 +664,11 @@ async fn trigger_prints_the_run_in_each_format_and_a_wait_that_times_out_exits_5
     );
     let text_in = std::fs::read_to_string(&guarded).unwrap();
     std::fs::write(&guarded, text_in.replace("mode: manual", "mode: approval")).unwrap();
+    plan_file(
+        &plans,
+        "asks",
+        "  - {name: ask, type: approval, approval: {message: go on?, timeout: 1m}}\n",
+    );
     let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
     let serve = support::server::ServeProcess::start(dir.path(), &plans, &kubeconfig, &[]).await;
     let token = dir.path().join("token");
@@ -724,6 +729,18 @@ async fn trigger_prints_the_run_in_each_format_and_a_wait_that_times_out_exits_5
     assert_eq!(
         t.matches("waiting for approval: recoverd approve ").count(),
         1,
+        "{t}"
+    );
+
+    // A running plan's approval step: it has started, it has not finished.
+    let out = cli(&["trigger", "ops/asks", "--wait", "--timeout", "300ms"]);
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains("▶ ask (approval")
+            && t.matches("waiting for approval: recoverd approve ").count() == 1
+            && !t.contains("✔ ask")
+            && !t.contains("✘ ask"),
         "{t}"
     );
 }

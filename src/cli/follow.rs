@@ -92,7 +92,16 @@ impl Shown {
                         },
                     );
                 }
-                if !matches!(now, StepStatus::Pending | StepStatus::Running) {
+                if now == StepStatus::WaitingForApproval {
+                    printer.say(format_args!(
+                        "  … waiting for approval: recoverd approve {}",
+                        record.id
+                    ));
+                }
+                if !matches!(
+                    now,
+                    StepStatus::Pending | StepStatus::Running | StepStatus::WaitingForApproval
+                ) {
                     printer.on_event(
                         record,
                         &Event::StepFinished {

@@ -133,7 +133,7 @@ pub fn run_suite(run: &RunRecord) -> Suite {
                     xml_escape(s.error.as_deref().unwrap_or("not run"))
                 );
             }
-            StepStatus::Succeeded | StepStatus::Running => {}
+            StepStatus::Succeeded | StepStatus::Running | StepStatus::WaitingForApproval => {}
         }
         cases += "</testcase>\n";
     }
