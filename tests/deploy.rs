@@ -259,7 +259,14 @@ fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
 fn the_kustomizations_are_the_base_the_single_overlay_monitoring_and_the_remote_bundle() {
     assert_eq!(
         kustomizations(),
-        ["base", "monitoring", "overlays/single", "remote-cluster"],
+        [
+            "base",
+            "monitoring",
+            "nova-compat",
+            "overlays/kube-native",
+            "overlays/single",
+            "remote-cluster"
+        ],
         "a new kustomization must be added to the tests here"
     );
     // The HA overlay needs the Kubernetes run store, which does not exist yet: absent, not broken.

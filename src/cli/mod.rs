@@ -6,6 +6,7 @@
 
 mod api;
 pub mod check;
+mod cluster_plans;
 pub mod crd;
 #[cfg(feature = "sim")]
 mod demo;
@@ -88,8 +89,8 @@ pub enum Command {
     /// change and check expectations.
     #[cfg(feature = "sim")]
     Rehearse(rehearse::Args),
-    /// Print the RecoveryPlan and RecoveryRun CRDs.
-    Crd,
+    /// Print the RecoveryPlan and RecoveryRun CRDs (`--nova`: Nova's RecoveryPlan CRD).
+    Crd(crd::Args),
     /// Serve the HTTP API Alertmanager calls, and execute runs.
     Serve(serve::Args),
     /// Start a run of a plan through a running `recoverd serve`.
@@ -131,7 +132,7 @@ pub async fn main() -> ExitCode {
         Command::Run(a) => run::main(a).await,
         #[cfg(feature = "sim")]
         Command::Rehearse(a) => rehearse::main(a).await,
-        Command::Crd => crd::main(),
+        Command::Crd(a) => crd::main(a),
         Command::Serve(a) => serve::main(a).await,
         Command::Trigger(a) => trigger::main(a).await,
         Command::Runs(a) => api::runs(a).await,

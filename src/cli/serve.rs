@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::ClusterArgs;
 use crate::app::{App, Config};
 use crate::cluster::WriteMode;
+use crate::plan::cluster_source::PlanSources;
 use crate::plan::set::PlanSet;
 use crate::run::service::Runs;
 use crate::run::store::{Retention, Store};
@@ -22,8 +23,14 @@ use crate::server::{Auth, Settings, Tokens, DEFAULT_BODY_LIMIT};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory (or files) of RecoveryPlans; reloaded when they change.
-    #[arg(long, env = "RECOVERD_PLANS", required = true)]
+    #[arg(
+        long,
+        env = "RECOVERD_PLANS",
+        required_unless_present = "plans_from_cluster"
+    )]
     pub plans: Vec<PathBuf>,
+    #[command(flatten)]
+    pub from_cluster: Box<super::cluster_plans::PlansFromClusterArgs>,
     #[command(flatten)]
     pub clusters: ClusterArgs,
     /// Address to listen on.
@@ -143,13 +150,27 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     settings.body_timeout = args.limits.body_timeout;
     settings.metrics_public = args.metrics_public;
     let app = App::build(Config {
-        live,
+        live: live.clone(),
         dry,
         store,
-        plans,
+        plans: PlanSet::default(),
         settings,
     });
     let runs = app.runs.clone();
+    // File plans and, with --plans-from-cluster, the home cluster's: one set, swapped whole.
+    let sources = PlanSources::new({
+        let runs = runs.clone();
+        move |set| runs.set_plans(set)
+    });
+    sources.set_files(plans);
+    let watch = super::cluster_plans::start(
+        &args.from_cluster,
+        &live,
+        sources.clone(),
+        args.reload_interval * 5,
+        super::cluster_plans::last_runs(runs.clone()),
+    )
+    .await?;
     let interrupted = runs.recover()?;
     if !interrupted.is_empty() {
         warn!(runs = ?interrupted, "runs interrupted by the last shutdown; resume them with POST /api/v1/runs/{{id}}/resume");
@@ -169,6 +190,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let reload = tokio::spawn(housekeeping_loop(
         runs.clone(),
+        sources,
         auth,
         tls.clone(),
         args.plans.clone(),
@@ -218,6 +240,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     reload.abort();
     shutdown.abort();
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -255,8 +280,10 @@ fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 /// Every `every`: reloads changed plans and token files, expires approvals, checks the store
 /// (and writes runs that stopped on a failed write), and prunes old runs. The file and store
 /// work runs on the blocking pool, and a reload swaps the plan set in one step.
+#[allow(clippy::too_many_arguments)]
 async fn housekeeping_loop(
     runs: Arc<Runs>,
+    sources: Arc<PlanSources>,
     auth: Auth,
     tls: Option<Tls>,
     paths: Vec<PathBuf>,
@@ -287,7 +314,7 @@ async fn housekeeping_loop(
         if now != last {
             info!("plan files changed; reloading");
             let set = blocking(move || load_plans(&load_paths, &names)).await;
-            runs.set_plans(set);
+            sources.set_files(set);
             last = now;
         }
         for tokens in auth.all() {
