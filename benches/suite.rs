@@ -773,6 +773,7 @@ async fn receiver(
         store,
         plans,
         settings: Settings::new(Tokens::from_list(&[TOKEN])),
+        notify: None,
     });
     let runs = app.runs.clone();
     let app = app.router();

@@ -62,6 +62,24 @@ pub struct Args {
     /// Serve /metrics without a token.
     #[arg(long, env = "RECOVERD_METRICS_PUBLIC")]
     pub metrics_public: bool,
+    /// A file holding the URL of a chat or paging webhook (it usually carries a token, so it
+    /// is read from a file such as a mounted Secret) to tell about each live run: started,
+    /// awaiting approval, a step failed, succeeded, succeeded with errors, failed, cancelled.
+    #[arg(long, env = "RECOVERD_NOTIFY_URL_FILE")]
+    pub notify_url_file: Option<PathBuf>,
+    /// `slack` (`{"text": …}`, also Mattermost and Rocket.Chat) or `json` (event, run, plan,
+    /// phase, step, error, at, text).
+    #[arg(
+        long,
+        env = "RECOVERD_NOTIFY_FORMAT",
+        value_enum,
+        default_value = "slack"
+    )]
+    pub notify_format: crate::notify::NotifyFormat,
+    /// A minijinja template for the notice's text (variables: event, summary, run, plan,
+    /// phase, step, error, at). Default: one line naming run, plan, what happened and why.
+    #[arg(long, env = "RECOVERD_NOTIFY_TEMPLATE", requires = "notify_url_file")]
+    pub notify_template: Option<PathBuf>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "RECOVERD_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
@@ -149,12 +167,37 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     settings.body_limit = args.body_limit;
     settings.body_timeout = args.limits.body_timeout;
     settings.metrics_public = args.metrics_public;
+    let notify = match &args.notify_url_file {
+        None => None,
+        Some(f) => {
+            let url = std::fs::read_to_string(f)
+                .with_context(|| format!("reading --notify-url-file {}", f.display()))?
+                .trim()
+                .to_string();
+            reqwest::Url::parse(&url)
+                .with_context(|| format!("--notify-url-file {}: not a URL", f.display()))?;
+            let template = match &args.notify_template {
+                Some(t) => std::fs::read_to_string(t)
+                    .with_context(|| format!("reading --notify-template {}", t.display()))?,
+                None => crate::notify::DEFAULT_TEMPLATE.to_string(),
+            };
+            Some(
+                crate::notify::Notifier::start(crate::notify::NotifyConfig {
+                    url,
+                    format: args.notify_format,
+                    template,
+                })
+                .map_err(anyhow::Error::msg)?,
+            )
+        }
+    };
     let app = App::build(Config {
         live: live.clone(),
         dry,
         store,
         plans: PlanSet::default(),
         settings,
+        notify,
     });
     let runs = app.runs.clone();
     // File plans and, with --plans-from-cluster, the home cluster's: one set, swapped whole.

@@ -5,7 +5,7 @@
 //! the runtime's worker threads that answer `/healthz`.
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
@@ -134,21 +134,66 @@ pub async fn run(
     ))
 }
 
+/// The optional body of approve and cancel.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// Who decides, as recorded.
+    actor: Option<String>,
+    /// The approval step being approved: required while a run executes, so that an answer
+    /// can only approve the question it was given to.
+    step: Option<String>,
+}
+
+/// Who decided, for the record: the name the caller gave and which token it used (the first
+/// 8 hex digits of its SHA-256, never the token).
+fn decided_by(headers: &HeaderMap, actor: Option<String>) -> String {
+    use sha2::{Digest, Sha256};
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim()))
+        .unwrap_or("");
+    let hash: String = Sha256::digest(token.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let name: String = actor
+        .unwrap_or_else(|| "someone".into())
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(128)
+        .collect();
+    format!("{name} (token sha256:{hash})")
+}
+
 pub async fn approve(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body: DecisionBody = body.parse_or_default()?;
+    let by = decided_by(&headers, body.actor);
     Ok(Json(
-        blocking(&state, move |runs| Ok(runs.approve(&id)?)).await?,
+        blocking(&state, move |runs| {
+            Ok(runs.approve(&id, &by, body.step.as_deref())?)
+        })
+        .await?,
     ))
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body: DecisionBody = body.parse_or_default()?;
+    let by = decided_by(&headers, body.actor);
     Ok(Json(
-        blocking(&state, move |runs| Ok(runs.cancel(&id)?)).await?,
+        blocking(&state, move |runs| Ok(runs.cancel(&id, &by)?)).await?,
     ))
 }
 
