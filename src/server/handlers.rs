@@ -5,7 +5,7 @@
 //! the runtime's worker threads that answer `/healthz`.
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
@@ -122,6 +122,9 @@ pub async fn plans(State(state): State<AppState>) -> impl IntoResponse {
     .into_response()
 }
 
+/// The longest `actor` and `idempotencyKey` a manual trigger may give.
+pub const MAX_TRIGGER_TEXT: usize = 1024;
+
 pub async fn trigger(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
@@ -134,6 +137,21 @@ pub async fn trigger(
     } else {
         json_body(&headers, body, state.body_limit)?
     };
+    // Both are kept in the run's record and in every list of runs.
+    for (field, value) in [
+        ("actor", &req.actor),
+        ("idempotencyKey", &req.idempotency_key),
+    ] {
+        if let Some(n) = value
+            .as_ref()
+            .map(String::len)
+            .filter(|n| *n > MAX_TRIGGER_TEXT)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{field} is {n} bytes; at most {MAX_TRIGGER_TEXT} are accepted"
+            )));
+        }
+    }
     let (record, created) = blocking(&state, move |runs| {
         Ok(runs.trigger(&format!("{namespace}/{name}"), req)?)
     })
@@ -162,8 +180,10 @@ pub struct RunsQuery {
 /// `?continue=` the previous page's `continue`. Full records only by id.
 pub async fn runs(
     State(state): State<AppState>,
-    Query(q): Query<RunsQuery>,
+    q: Result<Query<RunsQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, ApiError> {
+    // axum's own rejection is plain text; every answer of this API is JSON.
+    let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!(
