@@ -24,9 +24,10 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use recoverd::cluster::{Registry, WriteMode};
-use recoverd::executor::{Executor, NoObserver, RunControl, RunInput, RunnablePlan};
+use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
 use recoverd::metrics::Metrics;
 use recoverd::plan::set::PlanSet;
+use recoverd::plan::Plan;
 use recoverd::run::service::Runs;
 use recoverd::run::store::Store;
 use recoverd::server::{router, AppState, Tokens};
@@ -900,24 +901,18 @@ fn cm(name: &str, data: Value) -> ConfigMap {
     serde_json::from_value(json!({"metadata": {"name": name}, "data": data})).unwrap()
 }
 
-fn runnable(text: &str) -> RunnablePlan {
+fn runnable(text: &str) -> Plan {
     let (mut plans, errors) = recoverd::plan::load_str(Path::new("bench.yaml"), text);
     assert!(errors.is_empty(), "{errors:?}");
-    let p = plans.remove(0);
-    let report = recoverd::plan::validate(&p.plan.spec, None);
-    assert!(report.is_valid(), "{:?}", report.problems);
-    RunnablePlan {
-        plan: p.plan,
-        base_dir: None,
-    }
+    recoverd::plan::compile_one(&plans.remove(0), None).unwrap_or_else(|e| panic!("{e}"))
 }
 
-async fn execute(executor: &Executor, plan: &RunnablePlan) -> recoverd::run::RunRecord {
+async fn execute(executor: &Executor, plan: &Plan) -> recoverd::run::RunRecord {
     let input = RunInput {
         params: BTreeMap::new(),
         alert: None,
     };
-    let mut record = executor.new_record("bench", &plan.plan, &input);
+    let mut record = executor.new_record("bench", plan, &input);
     executor
         .execute(
             plan,

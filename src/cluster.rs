@@ -11,12 +11,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use kube::api::ApiResource;
+use kube::api::{Api, ApiResource, DynamicObject};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::core::GroupVersion;
 use kube::discovery::{ApiCapabilities, Scope};
 use kube::{client::ClientBuilder, Client, Config};
 use serde::Deserialize;
+use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -429,6 +430,54 @@ pub fn force_dry_run<B>(mut req: http::Request<B>) -> http::Request<B> {
         *req.uri_mut() = http::Uri::from_parts(parts).expect("valid uri");
     }
     req
+}
+
+/// The API handle for objects of a resolved resource in a cluster: namespaced or not, as the
+/// cluster's discovery said.
+pub fn api_for_object(
+    registry: &Registry,
+    cluster: &str,
+    resolved: &Resolved,
+    namespace: Option<&str>,
+) -> Result<Api<DynamicObject>, ClusterError> {
+    let client = registry.client(cluster)?;
+    Ok(match (resolved.namespaced, namespace) {
+        (true, Some(ns)) => Api::namespaced_with(client, ns, &resolved.resource),
+        (true, None) => Api::default_namespaced_with(client, &resolved.resource),
+        (false, _) => Api::all_with(client, &resolved.resource),
+    })
+}
+
+/// `postgresql.cnpg.io/v1 clusters db/pg-north`
+pub fn describe_object(
+    api_version: &str,
+    resource: &str,
+    namespace: Option<&str>,
+    name: &str,
+) -> String {
+    match namespace {
+        Some(ns) => format!("{api_version} {resource} {ns}/{name}"),
+        None => format!("{api_version} {resource} {name}"),
+    }
+}
+
+/// The change between two versions of an object as a JSON Patch, without the bookkeeping
+/// fields the API server changes on every write.
+pub fn object_diff(before: &Value, after: &Value) -> Value {
+    let patch = json_patch::diff(before, after);
+    let ops: Vec<Value> = serde_json::to_value(patch)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|op| {
+            let path = op.get("path").and_then(Value::as_str).unwrap_or("");
+            !(path.starts_with("/metadata/resourceVersion")
+                || path.starts_with("/metadata/managedFields")
+                || path.starts_with("/metadata/generation"))
+        })
+        .collect();
+    Value::Array(ops)
 }
 
 #[cfg(test)]

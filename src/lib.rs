@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod plan;
 #[cfg(feature = "sim")]
 pub mod reactor;
+pub mod record;
 pub mod run;
 pub mod server;
 #[cfg(feature = "sim")]

@@ -238,7 +238,7 @@ pub async fn start(
             .resolve(&r.cluster, &r.when.api_version, &r.when.resource)
             .await
             .map_err(|e| setup(e.to_string()))?;
-        let api = crate::executor::api_for_object(
+        let api = crate::cluster::api_for_object(
             &registry,
             &r.cluster,
             &resolved,
@@ -334,7 +334,7 @@ async fn handle(
         .resolve(cluster, api_version, resource)
         .await
         .map_err(|e| e.to_string())?;
-    let api = crate::executor::api_for_object(registry, cluster, &resolved, namespace)
+    let api = crate::cluster::api_for_object(registry, cluster, &resolved, namespace)
         .map_err(|e| e.to_string())?;
     Ok((api, resolved, name.to_string()))
 }
@@ -451,7 +451,7 @@ async fn apply_object(registry: &Registry, cluster: &str, obj: Value) -> Result<
         .resolve_kind(cluster, &api_version, &kind)
         .await
         .map_err(|e| e.to_string())?;
-    let api = crate::executor::api_for_object(registry, cluster, &resolved, namespace.as_deref())
+    let api = crate::cluster::api_for_object(registry, cluster, &resolved, namespace.as_deref())
         .map_err(|e| e.to_string())?;
     let mut spec = obj.clone();
     let status = spec.as_object_mut().and_then(|o| o.remove("status"));

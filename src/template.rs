@@ -16,6 +16,23 @@ use serde_json::Value;
 /// The top-level names a template may use.
 pub const CONTEXT_NAMES: &[&str] = &["Values", "alert", "plan", "run", "secrets"];
 
+/// The context every template of a run renders in: `Values`, `alert` (labels and annotations
+/// at least), `plan` (name, namespace) and `run` (id, mode). `secrets` is added per http step.
+pub fn context(
+    values: serde_json::Map<String, Value>,
+    alert: Option<Value>,
+    plan: &kube::core::ObjectMeta,
+    run_id: &str,
+    run_mode: Value,
+) -> Value {
+    serde_json::json!({
+        "Values": values,
+        "alert": alert.unwrap_or_else(|| serde_json::json!({"labels": {}, "annotations": {}})),
+        "plan": {"name": plan.name, "namespace": plan.namespace},
+        "run": {"id": run_id, "mode": run_mode},
+    })
+}
+
 /// Functions templates may call.
 pub const FUNCTIONS: &[&str] = &["now", "seconds_since"];
 

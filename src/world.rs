@@ -11,7 +11,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::cluster::Registry;
-use crate::executor::{api_for_object, object_diff};
+use crate::cluster::{api_for_object, object_diff};
 use crate::fieldpath::{self, FieldPath};
 use crate::reactor::Reactor;
 
@@ -63,7 +63,7 @@ impl Seeded {
         format!(
             "{}: {}",
             self.cluster,
-            crate::executor::describe_object(
+            crate::cluster::describe_object(
                 &self.api_version,
                 &self.resource,
                 self.namespace.as_deref(),

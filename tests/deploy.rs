@@ -1447,7 +1447,9 @@ fn the_alerts_on_recoverd_use_its_metric_names_and_the_example_alert_matches_the
     )
     .unwrap();
     assert!(
-        recoverd::alert::plan_matches(&plan.plan.spec, &labels),
+        recoverd::plan::compile_one(&plan, None)
+            .unwrap()
+            .matches(&labels),
         "{labels:?}"
     );
 }

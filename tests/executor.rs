@@ -288,15 +288,14 @@ async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
 
     // Not even a write that forgets to ask for a dry run gets through a dry-run client.
     let resolved = dry.resolve("north", "v1", "configmaps").await.unwrap();
-    let api = recoverd::executor::api_for_object(&dry, "north", &resolved, Some(&ns)).unwrap();
+    let api = recoverd::cluster::api_for_object(&dry, "north", &resolved, Some(&ns)).unwrap();
     let cm = serde_json::from_value(
         json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sneaky"}}),
     )
     .unwrap();
     api.create(&Default::default(), &cm).await.unwrap();
     api.delete("sneaky", &Default::default()).await.ok();
-    let live_api =
-        recoverd::executor::api_for_object(&live, "north", &resolved, Some(&ns)).unwrap();
+    let live_api = recoverd::cluster::api_for_object(&live, "north", &resolved, Some(&ns)).unwrap();
     assert!(live_api.get_opt("sneaky").await.unwrap().is_none());
 }
 
@@ -423,11 +422,16 @@ async fn apply_renders_a_configmap_key_from_a_template_kept_in_the_cluster() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut plan = plan("templates-and-changes.yaml");
-    let text = serde_json::to_string(&plan.plan)
+    let original = plan("templates-and-changes.yaml");
+    let text = serde_json::to_string(&original.resource)
         .unwrap()
         .replace("\"namespace\":\"db\"", &format!("\"namespace\":\"{ns}\""));
-    plan.plan = serde_json::from_str(&text).unwrap();
+    let loaded = recoverd::plan::LoadedPlan {
+        plan: serde_json::from_str(&text).unwrap(),
+        source: original.source.clone(),
+        nova: false,
+    };
+    let plan = recoverd::plan::compile_one(&loaded, None).unwrap();
 
     let record = run(reg.clone(), &plan, &ns, &[]).await;
 

@@ -11,12 +11,12 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use recoverd::cluster::WriteMode;
-use recoverd::executor::RunnablePlan;
+use recoverd::plan::Plan;
 use recoverd::run::record::{Phase, StepStatus};
 use serde_json::json;
 use support::run::{plan_in, registry, run};
 
-fn language(file: &str) -> RunnablePlan {
+fn language(file: &str) -> Plan {
     plan_in("language", file)
 }
 

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, DeleteParams, PostParams};
 use recoverd::cluster::WriteMode;
-use recoverd::executor::RunnablePlan;
+use recoverd::plan::Plan;
 use recoverd::run::record::{Phase, StepStatus};
 use serde_json::json;
 use support::clusters::modern_apiserver;
@@ -20,7 +20,7 @@ use support::run::{cnpg_world, field, plan_in, registry, run};
 
 const CNPG: &str = "postgresql.cnpg.io/v1";
 
-fn truth(file: &str) -> RunnablePlan {
+fn truth(file: &str) -> Plan {
     plan_in("truth", file)
 }
 
@@ -366,10 +366,8 @@ async fn a_template_file_symlinked_out_of_the_plan_directory_is_not_read() {
     .unwrap();
     let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&plan_file));
     assert!(errors.is_empty(), "{errors:?}");
-    let plan = RunnablePlan {
-        plan: plans.remove(0).plan,
-        base_dir: Some(dir.path().to_path_buf()),
-    };
+    let plan = recoverd::plan::compile_one(&plans.remove(0), None).unwrap();
+    assert_eq!(plan.base_dir.as_deref(), Some(dir.path()));
     let reg = registry(clusters, WriteMode::Live).await;
 
     let record = run(reg, &plan, &ns, &[]).await;

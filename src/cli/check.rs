@@ -169,7 +169,14 @@ fn check_plan(
     let mut problems: Vec<CheckProblem> = report
         .problems
         .iter()
-        .map(|p| problem(p.step.as_deref(), &p.field, p.rule, p.message.clone()))
+        .map(|p| {
+            problem(
+                p.step.as_deref(),
+                &p.field,
+                p.rule.as_str(),
+                p.message.clone(),
+            )
+        })
         .collect();
     // Templates in the same pass: every template a validation problem is not already about.
     let reported: std::collections::BTreeSet<&str> =
@@ -207,9 +214,9 @@ fn check_plan(
 
 /// Prints a plan's validation problems to stderr, each at its field with the source line and a
 /// caret (what `run` and `rehearse` say before refusing to run an invalid plan).
-pub fn eprint_problems(loaded: &LoadedPlan, report: &crate::plan::Report) {
+pub fn eprint_problems(loaded: &LoadedPlan, problems: &[crate::plan::Problem]) {
     let positions = Positions::of_document(&loaded.source.text, loaded.source.line);
-    for p in &report.problems {
+    for p in problems {
         let (line, column) = positions.locate(&p.field);
         let step = p
             .step
@@ -244,7 +251,9 @@ type Rendered = (Vec<(String, String, String)>, Vec<(String, String, String)>);
 /// for by placeholders, and a failure that may be the placeholder's is a note, not a problem.
 fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
     let spec = &loaded.plan.spec;
-    let alert = sample.cloned().unwrap_or_else(|| Alert::sample_for(spec));
+    let alert = sample
+        .cloned()
+        .unwrap_or_else(|| Alert::sample(spec.alert_labels.clone()));
     let mut values: Map<String, Value> = spec.params.clone().into_iter().collect();
     let mut problems = Vec::new();
     let mut notes = Vec::new();
@@ -253,12 +262,13 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
         .map(|i| format!("spec.steps[{i}]"))
         .chain((0..spec.on_failure.len()).map(|j| format!("spec.onFailure[{j}]")));
     for (step, field_prefix) in spec.steps.iter().chain(&spec.on_failure).zip(fields) {
-        let mut ctx = json!({
-            "Values": values,
-            "alert": alert.context(),
-            "plan": {"name": loaded.plan.metadata.name, "namespace": loaded.plan.metadata.namespace},
-            "run": {"id": "check", "mode": "dryRun"},
-        });
+        let mut ctx = template::context(
+            values.clone(),
+            Some(alert.context()),
+            &loaded.plan.metadata,
+            "check",
+            json!("dryRun"),
+        );
         if let Some(h) = &step.http {
             ctx["secrets"] = h
                 .secrets

@@ -20,7 +20,7 @@ use crate::executor::{Event, Executor, Observer};
 use crate::fieldpath::{as_text, FieldPath};
 use crate::metrics::Metrics;
 use crate::plan::set::PlanSet;
-use crate::run::record::{Phase, RunRecord, StepStatus};
+use crate::record::{Phase, RunRecord, StepStatus};
 use crate::run::service::Runs;
 use crate::run::store::Store;
 use crate::server::{router, AppState, Tokens};
@@ -374,7 +374,7 @@ async fn read(
     name: &str,
 ) -> anyhow::Result<Value> {
     let resolved = registry.resolve(cluster, api_version, resource).await?;
-    let api = crate::executor::api_for_object(registry, cluster, &resolved, Some(ns))?;
+    let api = crate::cluster::api_for_object(registry, cluster, &resolved, Some(ns))?;
     Ok(serde_json::to_value(api.get(name).await?)?)
 }
 

@@ -153,8 +153,8 @@ impl ClusterArgs {
 pub const EXIT_SUCCEEDED_WITH_ERRORS: u8 = 3;
 
 /// The exit code for runs that ended in these phases: the worst of them.
-pub fn exit_code_for(phases: impl IntoIterator<Item = crate::run::record::Phase>) -> ExitCode {
-    use crate::run::record::Phase;
+pub fn exit_code_for(phases: impl IntoIterator<Item = crate::record::Phase>) -> ExitCode {
+    use crate::record::Phase;
     let mut code = 0;
     for phase in phases {
         code = match phase {
@@ -171,12 +171,12 @@ pub fn exit_code_for(phases: impl IntoIterator<Item = crate::run::record::Phase>
 /// error when there is none, so that no command runs a plan for an alert it does not match.
 pub fn matching_alerts(
     path: &std::path::Path,
-    spec: &crate::plan::model::RecoveryPlanSpec,
+    plan: &crate::plan::Plan,
 ) -> anyhow::Result<Vec<crate::alert::Alert>> {
     let all = crate::alert::load_file(path)?;
     let matching: Vec<_> = all
         .into_iter()
-        .filter(|a| a.is_firing() && crate::alert::plan_matches(spec, &a.labels))
+        .filter(|a| a.is_firing() && plan.matches(&a.labels))
         .collect();
     if matching.is_empty() {
         anyhow::bail!(
@@ -185,6 +185,15 @@ pub fn matching_alerts(
         );
     }
     Ok(matching)
+}
+
+/// A plan validated without a cluster registry (cluster names unchecked), for what must be
+/// decided before any cluster is reached: which alerts it matches.
+pub fn compile_unchecked(loaded: &crate::plan::LoadedPlan) -> anyhow::Result<crate::plan::Plan> {
+    crate::plan::compile_one(loaded, None).map_err(|invalid| {
+        check::eprint_problems(loaded, &invalid.problems);
+        anyhow::anyhow!("the plan is invalid; nothing was run")
+    })
 }
 
 /// Loads exactly one plan from a file (or fails saying why).
@@ -206,7 +215,7 @@ pub fn load_one(path: &std::path::Path) -> anyhow::Result<crate::plan::LoadedPla
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::record::Phase;
+    use crate::record::Phase;
 
     #[test]
     fn the_exit_code_is_the_worst_outcome_and_tolerated_failures_have_their_own() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::duration;
 use crate::executor::{Event, Observer};
-use crate::run::record::{Phase, RunRecord, StepStatus};
+use crate::record::{Phase, RunRecord, StepStatus};
 
 pub struct Printer {
     spinner: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -75,7 +75,7 @@ impl Observer for Printer {
     fn on_event(&self, run: &RunRecord, event: &Event) {
         match event {
             Event::RunStarted => {
-                let mode = if run.mode == crate::run::record::RunMode::DryRun {
+                let mode = if run.mode == crate::record::RunMode::DryRun {
                     " (dry run: every write sent with dryRun=All)"
                 } else {
                     ""

@@ -13,7 +13,7 @@ use super::print::Printer;
 use super::ClusterArgs;
 use crate::alert::Alert;
 use crate::cluster::WriteMode;
-use crate::executor::{Executor, RunInput, RunnablePlan};
+use crate::executor::{Executor, RunInput};
 use crate::world;
 
 #[derive(clap::Args, Debug)]
@@ -39,7 +39,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let loaded = super::load_one(&args.plan)?;
     // Before any cluster is started or seeded: an alert the plan does not match runs nothing.
     let alert = match &args.alert {
-        Some(p) => super::matching_alerts(p, &loaded.plan.spec)?
+        Some(p) => super::matching_alerts(p, &super::compile_unchecked(&loaded)?)?
             .into_iter()
             .next(),
         None => None,
@@ -61,11 +61,13 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => args.clusters.registry(WriteMode::Live).await?,
     });
-    let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
-    if !report.is_valid() {
-        super::check::eprint_problems(&loaded, &report);
-        anyhow::bail!("the plan is invalid; nothing was run");
-    }
+    let plan = match crate::plan::compile_one(&loaded, Some(&registry.names())) {
+        Ok(plan) => plan,
+        Err(invalid) => {
+            super::check::eprint_problems(&loaded, &invalid.problems);
+            anyhow::bail!("the plan is invalid; nothing was run");
+        }
+    };
     let (w, base) = world::load(&args.world)?;
     let seeded = world::seed(&registry, &w, &base)
         .await
@@ -83,15 +85,11 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         alert: alert.as_ref().map(Alert::context),
     };
     let executor = Executor::new(registry.clone());
-    let runnable = RunnablePlan {
-        plan: loaded.plan.clone(),
-        base_dir: loaded.source.file.parent().map(|p| p.to_path_buf()),
-    };
-    let mut record = executor.new_record("rehearsal", &runnable.plan, &input);
+    let mut record = executor.new_record("rehearsal", &plan, &input);
     record.trigger.kind = "rehearsal".into();
     let control = crate::executor::RunControl::default();
     executor
-        .execute(&runnable, &input, &mut record, &Printer::new(), &control)
+        .execute(&plan, &input, &mut record, &Printer::new(), &control)
         .await;
 
     println!("\nchanges:");
@@ -105,7 +103,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .steps
         .iter()
         .chain(&record.on_failure)
-        .filter(|s| s.diff.is_some() && s.status == crate::run::record::StepStatus::Succeeded)
+        .filter(|s| s.diff.is_some() && s.status == crate::record::StepStatus::Succeeded)
         .filter(|s| {
             s.object
                 .as_ref()
@@ -130,7 +128,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         let secret =
             s.api_version == "v1" && s.resource == "secrets" || tainted.contains(shown.as_str());
         print_ops(
-            &crate::executor::object_diff(&s.before, after),
+            &crate::cluster::object_diff(&s.before, after),
             secret,
             &needles,
         );
@@ -173,7 +171,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
 fn as_in_record(s: &world::Seeded) -> String {
     format!(
         "{} on cluster {}",
-        crate::executor::describe_object(
+        crate::cluster::describe_object(
             &s.api_version,
             &s.resource,
             s.namespace.as_deref(),

@@ -11,7 +11,7 @@ use super::print::Printer;
 use super::ClusterArgs;
 use crate::alert::Alert;
 use crate::cluster::WriteMode;
-use crate::executor::{Executor, RunInput, RunnablePlan};
+use crate::executor::{Executor, RunInput};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -56,7 +56,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     // Before anything touches a cluster: an alert the plan does not match runs nothing.
     let alerts: Vec<Option<Alert>> = match &args.alert {
         None => vec![None],
-        Some(path) => super::matching_alerts(path, &loaded.plan.spec)?
+        Some(path) => super::matching_alerts(path, &super::compile_unchecked(&loaded)?)?
             .into_iter()
             .map(Some)
             .collect(),
@@ -67,11 +67,13 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         WriteMode::Live
     };
     let registry = Arc::new(args.clusters.registry(mode).await?);
-    let report = crate::plan::validate(&loaded.plan.spec, Some(&registry.names()));
-    if !report.is_valid() {
-        super::check::eprint_problems(&loaded, &report);
-        anyhow::bail!("the plan is invalid; nothing was run");
-    }
+    let plan = match crate::plan::compile_one(&loaded, Some(&registry.names())) {
+        Ok(plan) => plan,
+        Err(invalid) => {
+            super::check::eprint_problems(&loaded, &invalid.problems);
+            anyhow::bail!("the plan is invalid; nothing was run");
+        }
+    };
     let params = parse_params(&args.params)?;
     if let Some(key) = params
         .keys()
@@ -88,10 +90,6 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let executor = Executor::new(registry);
-    let runnable = RunnablePlan {
-        plan: loaded.plan.clone(),
-        base_dir: loaded.source.file.parent().map(|p| p.to_path_buf()),
-    };
     // With --json, stdout carries only the record.
     let printer = if args.json {
         Printer::to_stderr()
@@ -106,8 +104,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             alert: alert.as_ref().map(Alert::context),
         };
         let id = format!("cli-{}", jiff::Timestamp::now().as_millisecond());
-        let mut record = executor.new_record(&id, &runnable.plan, &input);
-        record.trigger = crate::run::record::Trigger {
+        let mut record = executor.new_record(&id, &plan, &input);
+        record.trigger = crate::record::Trigger {
             kind: "cli".into(),
             fingerprint: alert.as_ref().map(|a| a.fingerprint.clone()),
             starts_at: alert.as_ref().map(|a| a.starts_at.clone()),
@@ -121,7 +119,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             }
         });
         executor
-            .execute(&runnable, &input, &mut record, &printer, &control)
+            .execute(&plan, &input, &mut record, &printer, &control)
             .await;
         watcher.abort();
         phases.push(record.phase);

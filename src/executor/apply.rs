@@ -10,14 +10,15 @@ use kube::api::{Patch, PatchParams, ValidationDirective};
 use serde_json::{json, Value};
 
 use super::verify::{self, Lists};
-use super::{api_for_object, get_object, object_diff, StepCtx, StepError, StepOutcome};
-use crate::plan::model::ApplyStep;
+use super::{get_object, StepCtx, StepError, StepOutcome};
+use crate::cluster::{api_for_object, object_diff};
+use crate::plan::compiled::{Apply as ApplyStep, ApplyForm, KeyKind, KeyTarget, TemplateSource};
 use crate::template;
 
 pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    let (object, tainted) = match &step.manifest {
-        Some(m) => (template::render_yaml(m, ctx.values)?, false),
-        None => keyed_object(step, ctx).await?,
+    let (object, tainted) = match &step.form {
+        ApplyForm::Manifest(m) => (template::render_yaml(m, ctx.values)?, false),
+        ApplyForm::Key { target, source } => keyed_object(target, source, ctx).await?,
     };
     let field = |k: &str| {
         object
@@ -50,7 +51,7 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         });
     }
     let api = api_for_object(ctx.registry, &ctx.cluster, &resolved, namespace.as_deref())?;
-    let shown = super::describe_object(
+    let shown = crate::cluster::describe_object(
         &api_version,
         &resolved.resource.plural,
         namespace.as_deref(),
@@ -62,7 +63,7 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         Err(e) => return Err(e),
     };
     let mut params = PatchParams::apply(ctx.field_manager);
-    params.force = step.force.unwrap_or(false);
+    params.force = step.force;
     params.field_validation = Some(ValidationDirective::Strict);
     let after = match api.patch(&name, &params, &Patch::Apply(&object)).await {
         // Fields owned only by `recoverd` itself — the one field manager of versions before
@@ -80,7 +81,7 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
     let after = serde_json::to_value(after).unwrap_or(Value::Null);
     let secret = kind == "Secret";
     let hide_values =
-        secret || tainted || step.manifest.as_deref().is_some_and(|m| ctx.uses_secret(m));
+        secret || tainted || matches!(&step.form, ApplyForm::Manifest(m) if ctx.uses_secret(m));
     verify::check_object(&after, &as_stored(&object, secret), Lists::Merge).map_err(|m| {
         StepError::NotApplied {
             object: shown.clone(),
@@ -184,45 +185,42 @@ pub(crate) fn confined_file(base_dir: Option<&Path>, file: &str) -> Result<PathB
 
 /// The partial ConfigMap/Secret that sets `target.key` to the rendered template, and whether
 /// the template used a secret value.
-async fn keyed_object(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<(Value, bool), StepError> {
-    let (Some(target), Some(from)) = (&step.target, &step.template_from) else {
-        return Err(StepError::Manifest {
-            reason: "`target` and `templateFrom` are both needed".into(),
-        });
-    };
-    let source = if let Some(inline) = &from.inline {
-        inline.clone()
-    } else if let Some(file) = &from.file {
-        let path = confined_file(ctx.base_dir, file)?;
-        std::fs::read_to_string(&path).map_err(|e| StepError::Manifest {
-            reason: format!("failed to read template {}: {e}", path.display()),
-        })?
-    } else if let Some(cm) = &from.config_map {
-        let (api, name, shown) = ctx
-            .object("v1", "configmaps", Some(&cm.namespace), &cm.name)
-            .await?;
-        let key = ctx.render(&cm.key)?;
-        let obj = get_object(&api, &name, &shown).await?;
-        obj.pointer(&format!(
-            "/data/{}",
-            key.replace('~', "~0").replace('/', "~1")
-        ))
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .ok_or(StepError::FieldMissing {
-            object: shown,
-            path: format!("data[{key:?}]"),
-        })?
-    } else {
-        return Err(StepError::Manifest {
-            reason: "templateFrom needs configMap, file or inline".into(),
-        });
+async fn keyed_object(
+    target: &KeyTarget,
+    from: &TemplateSource,
+    ctx: &StepCtx<'_>,
+) -> Result<(Value, bool), StepError> {
+    let source = match from {
+        TemplateSource::Inline(inline) => inline.clone(),
+        TemplateSource::File(file) => {
+            let path = confined_file(ctx.base_dir, file)?;
+            std::fs::read_to_string(&path).map_err(|e| StepError::Manifest {
+                reason: format!("failed to read template {}: {e}", path.display()),
+            })?
+        }
+        TemplateSource::ConfigMap(cm) => {
+            let (api, name, shown) = ctx
+                .object("v1", "configmaps", Some(&cm.namespace), &cm.name)
+                .await?;
+            let key = ctx.render(&cm.key)?;
+            let obj = get_object(&api, &name, &shown).await?;
+            obj.pointer(&format!(
+                "/data/{}",
+                key.replace('~', "~0").replace('/', "~1")
+            ))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+            .ok_or(StepError::FieldMissing {
+                object: shown,
+                path: format!("data[{key:?}]"),
+            })?
+        }
     };
     let tainted = ctx.uses_secret(&source);
     let rendered = template::render(&source, ctx.values)?;
     // The target's name, namespace and key are templates like any object reference.
     let key = ctx.render(&target.key)?;
-    let data = if target.kind == "Secret" {
+    let data = if target.kind == KeyKind::Secret {
         json!({ key: base64::engine::general_purpose::STANDARD.encode(rendered) })
     } else {
         json!({ key: rendered })
@@ -230,7 +228,7 @@ async fn keyed_object(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<(Value, boo
     Ok((
         json!({
             "apiVersion": "v1",
-            "kind": target.kind,
+            "kind": target.kind.as_str(),
             "metadata": {"name": ctx.render(&target.name)?, "namespace": ctx.render(&target.namespace)?},
             "data": data,
         }),

@@ -10,11 +10,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Preconditions, Pro
 use serde_json::{json, Value};
 
 use super::{StepCtx, StepError, StepOutcome};
-use crate::duration;
-use crate::plan::model::DeleteStep;
-
-/// `maxObjects` when the plan does not say.
-pub const DEFAULT_MAX_OBJECTS: u32 = 10;
+use crate::plan::compiled::{Delete as DeleteStep, Propagation, Selection};
 
 pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
     let namespace = step
@@ -22,8 +18,8 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
         .as_deref()
         .map(|n| ctx.render(n))
         .transpose()?;
-    let (api, names, shown) = match (&step.name, &step.label_selector) {
-        (Some(name), _) => {
+    let (api, names, shown) = match &step.selection {
+        Selection::Name(name) => {
             let (api, name, shown) = ctx
                 .object(
                     &step.api_version,
@@ -34,7 +30,10 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
                 .await?;
             (api, vec![name], shown)
         }
-        (None, Some(selector)) => {
+        Selection::Selector {
+            selector,
+            max_objects,
+        } => {
             let selector = ctx.render(selector)?;
             let resolved = ctx
                 .registry
@@ -43,11 +42,15 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
             if let Some(ns) = &namespace {
                 super::check_name("namespace", ns, &step.resource)?;
             }
-            let api =
-                super::api_for_object(ctx.registry, &ctx.cluster, &resolved, namespace.as_deref())?;
+            let api = crate::cluster::api_for_object(
+                ctx.registry,
+                &ctx.cluster,
+                &resolved,
+                namespace.as_deref(),
+            )?;
             let shown = format!(
                 "{} on cluster {}",
-                super::describe_object(
+                crate::cluster::describe_object(
                     &step.api_version,
                     &step.resource,
                     namespace.as_deref(),
@@ -63,7 +66,7 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
                     object: shown.clone(),
                     source,
                 })?;
-            let max = step.max_objects.unwrap_or(DEFAULT_MAX_OBJECTS) as usize;
+            let max = *max_objects as usize;
             let names: Vec<String> = found
                 .items
                 .iter()
@@ -80,12 +83,6 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
             }
             (api, names, shown)
         }
-        (None, None) => {
-            return Err(StepError::DeleteRefused {
-                object: format!("{} {}", step.api_version, step.resource),
-                detail: "neither name nor labelSelector is given".into(),
-            })
-        }
     };
 
     let params = DeleteParams {
@@ -93,12 +90,11 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
         // (DeleteOptions, which kube always sends) takes precedence over the query on the API
         // server: say it in the body too, or a dry run deletes for real.
         dry_run: ctx.dry_run(),
-        propagation_policy: match step.propagation_policy.as_deref() {
-            Some("Foreground") => Some(PropagationPolicy::Foreground),
-            Some("Orphan") => Some(PropagationPolicy::Orphan),
-            Some("Background") => Some(PropagationPolicy::Background),
-            _ => None,
-        },
+        propagation_policy: step.propagation_policy.map(|p| match p {
+            Propagation::Foreground => PropagationPolicy::Foreground,
+            Propagation::Orphan => PropagationPolicy::Orphan,
+            Propagation::Background => PropagationPolicy::Background,
+        }),
         preconditions: match &step.preconditions {
             Some(p) => Some(Preconditions {
                 uid: p.uid.as_deref().map(|u| ctx.render(u)).transpose()?,
@@ -167,11 +163,7 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
         }
     }
 
-    if let Some(w) = step.wait.as_ref().filter(|w| w.gone) {
-        let timeout = match &w.timeout {
-            Some(t) => duration::parse(t)?,
-            None => crate::plan::validate::DEFAULT_WAIT_TIMEOUT,
-        };
+    if let Some(timeout) = step.wait_gone {
         if !ctx.dry_run() && !deleted.is_empty() {
             (ctx.progress)(format!("{shown} to be gone"), timeout);
             let deadline = tokio::time::Instant::now() + timeout;
@@ -203,8 +195,11 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
 
     Ok(StepOutcome {
         inputs: Some(json!({
-            "labelSelector": step.label_selector,
-            "propagationPolicy": step.propagation_policy,
+            "labelSelector": match &step.selection {
+                Selection::Selector { selector, .. } => Some(selector),
+                Selection::Name(_) => None,
+            },
+            "propagationPolicy": step.propagation_policy.map(Propagation::as_str),
             "objects": results,
         })),
         diff: Some(Value::Array(

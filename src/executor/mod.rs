@@ -17,7 +17,6 @@ mod verify;
 mod wait;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,30 +27,13 @@ use tracing::{debug, info, instrument, warn};
 
 pub use error::StepError;
 
-use crate::cluster::{Registry, Resolved};
-use crate::duration;
-use crate::plan::model::{OnError, RecoveryPlan, Step, StepType};
-use crate::plan::validate::{DEFAULT_RUN_TIMEOUT, DEFAULT_STEP_TIMEOUT};
-use crate::run::record::{now, Phase, RunRecord, StepRecord, StepStatus};
+use crate::cluster::{api_for_object, describe_object, Registry};
+use crate::plan::compiled::{Plan, Step, StepKind};
+use crate::plan::model::OnError;
+use crate::record::{now, Phase, RunRecord, StepRecord, StepStatus};
 use crate::template;
 
-/// The prefix of the field managers recoverd writes with: each plan writes as
-/// `recoverd/<namespace>/<name>`, so two plans applying different keys of one object never
-/// remove each other's (server-side apply removes fields a manager stops sending).
-pub const FIELD_MANAGER: &str = "recoverd";
-
-/// The field manager of a plan's writes (at most 128 bytes, as the API server requires).
-pub fn field_manager(plan: &RecoveryPlan) -> String {
-    let mut m = format!(
-        "{FIELD_MANAGER}/{}/{}",
-        plan.metadata.namespace.as_deref().unwrap_or("default"),
-        plan.metadata.name.as_deref().unwrap_or_default()
-    );
-    while m.len() > 128 {
-        m.pop();
-    }
-    m
-}
+pub use crate::plan::compiled::FIELD_MANAGER;
 
 const REDACTED: &str = "<redacted>";
 
@@ -87,14 +69,6 @@ pub enum Event {
 pub struct NoObserver;
 impl Observer for NoObserver {
     fn on_event(&self, _: &RunRecord, _: &Event) {}
-}
-
-/// A plan with what a run of it needs besides the plan itself.
-#[derive(Clone, Debug)]
-pub struct RunnablePlan {
-    pub plan: RecoveryPlan,
-    /// Where file-relative references (`templateFrom.file`) are resolved.
-    pub base_dir: Option<PathBuf>,
 }
 
 /// The alert that triggered a run, as templates see it (`alert.labels.x`).
@@ -157,6 +131,15 @@ impl StepCtx<'_> {
 
     pub fn render(&self, s: &str) -> Result<String, StepError> {
         Ok(template::render(s, self.values)?)
+    }
+
+    /// [`StepCtx::object`] for a step's target.
+    pub async fn target(
+        &self,
+        t: &crate::plan::model::ObjectRef,
+    ) -> Result<(Api<DynamicObject>, String, String), StepError> {
+        self.object(&t.api_version, &t.resource, t.namespace.as_deref(), &t.name)
+            .await
     }
 
     /// Resolves an object reference (rendering its name and namespace) into an API handle, the
@@ -248,20 +231,6 @@ pub(crate) fn write_error(action: &'static str, object: &str, source: kube::Erro
     }
 }
 
-pub fn api_for_object(
-    registry: &Registry,
-    cluster: &str,
-    resolved: &Resolved,
-    namespace: Option<&str>,
-) -> Result<Api<DynamicObject>, StepError> {
-    let client = registry.client(cluster)?;
-    Ok(match (resolved.namespaced, namespace) {
-        (true, Some(ns)) => Api::namespaced_with(client, ns, &resolved.resource),
-        (true, None) => Api::default_namespaced_with(client, &resolved.resource),
-        (false, _) => Api::all_with(client, &resolved.resource),
-    })
-}
-
 /// A rendered name or namespace must be a Kubernetes name (DNS-1123 subdomain): a value from an
 /// alert label such as `pg-north/status` or `a,b` must not re-target the request.
 pub(crate) fn check_name(what: &'static str, value: &str, object: &str) -> Result<(), StepError> {
@@ -289,19 +258,6 @@ pub(crate) fn check_name(what: &'static str, value: &str, object: &str) -> Resul
     }
 }
 
-/// `postgresql.cnpg.io/v1 clusters db/pg-north`
-pub fn describe_object(
-    api_version: &str,
-    resource: &str,
-    namespace: Option<&str>,
-    name: &str,
-) -> String {
-    match namespace {
-        Some(ns) => format!("{api_version} {resource} {ns}/{name}"),
-        None => format!("{api_version} {resource} {name}"),
-    }
-}
-
 /// Reads an object; a 404 is [`StepError::NotFound`].
 pub(crate) async fn get_object(
     api: &Api<DynamicObject>,
@@ -319,25 +275,6 @@ pub(crate) async fn get_object(
             source,
         }),
     }
-}
-
-/// The change between two versions of an object as a JSON Patch, without the bookkeeping
-/// fields the API server changes on every write.
-pub fn object_diff(before: &Value, after: &Value) -> Value {
-    let patch = json_patch::diff(before, after);
-    let ops: Vec<Value> = serde_json::to_value(patch)
-        .ok()
-        .and_then(|v| v.as_array().cloned())
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|op| {
-            let path = op.get("path").and_then(Value::as_str).unwrap_or("");
-            !(path.starts_with("/metadata/resourceVersion")
-                || path.starts_with("/metadata/managedFields")
-                || path.starts_with("/metadata/generation"))
-        })
-        .collect();
-    Value::Array(ops)
 }
 
 /// How a run can be stopped from outside: `cancel` stops it now (the running step is
@@ -370,26 +307,22 @@ impl Executor {
     }
 
     /// A fresh record for a run of `plan`, with params = plan defaults overridden by `input`.
-    pub fn new_record(&self, id: &str, plan: &RecoveryPlan, input: &RunInput) -> RunRecord {
-        let mut params = plan.spec.params.clone();
+    pub fn new_record(&self, id: &str, plan: &Plan, input: &RunInput) -> RunRecord {
+        let mut params = plan.params().clone();
         params.extend(input.params.clone());
         let step_records = |steps: &[Step]| steps.iter().map(|s| self.pending_record(s)).collect();
         RunRecord {
             id: id.to_string(),
-            plan: format!(
-                "{}/{}",
-                plan.metadata.namespace.as_deref().unwrap_or("default"),
-                plan.metadata.name.as_deref().unwrap_or_default()
-            ),
-            plan_generation: plan_generation(plan),
+            plan: plan.key.clone(),
+            plan_generation: plan.generation.clone(),
             mode: match self.registry.mode() {
-                crate::cluster::WriteMode::Live => crate::run::record::RunMode::Live,
-                crate::cluster::WriteMode::DryRun => crate::run::record::RunMode::DryRun,
+                crate::cluster::WriteMode::Live => crate::record::RunMode::Live,
+                crate::cluster::WriteMode::DryRun => crate::record::RunMode::DryRun,
             },
             params,
             alert: input.alert.clone(),
             created_at: Some(now()),
-            steps: step_records(&plan.spec.steps),
+            steps: step_records(&plan.steps),
             on_failure: Vec::new(),
             ..Default::default()
         }
@@ -397,8 +330,8 @@ impl Executor {
 
     fn pending_record(&self, s: &Step) -> StepRecord {
         StepRecord {
-            name: s.name().to_string(),
-            step_type: s.step_type.as_str().to_string(),
+            name: s.name.clone(),
+            step_type: s.kind.type_name().as_str().to_string(),
             cluster: step_cluster(&self.registry, s).map(str::to_string),
             ..Default::default()
         }
@@ -409,44 +342,40 @@ impl Executor {
     #[instrument(skip_all, fields(plan = %record.plan, run = %record.id))]
     pub async fn execute(
         &self,
-        runnable: &RunnablePlan,
+        plan: &Plan,
         input: &RunInput,
         record: &mut RunRecord,
         observer: &dyn Observer,
         control: &RunControl,
     ) {
-        let plan = &runnable.plan;
-        let run_timeout = plan
-            .spec
-            .timeout
-            .as_deref()
-            .and_then(|t| duration::parse(t).ok())
-            .unwrap_or(DEFAULT_RUN_TIMEOUT);
+        let run_timeout = plan.timeout;
         let started = Instant::now();
         let deadline = started + run_timeout;
         record.phase = Phase::Running;
         record.started_at.get_or_insert_with(now);
         record.error = None;
         observer.on_event(record, &Event::RunStarted);
-        info!(steps = plan.spec.steps.len(), "run started");
+        info!(steps = plan.steps.len(), "run started");
 
         // Secret values are never stored: a resumed run reads them again. A readField is safe
         // to repeat; anything else that produced one is refused by the strict templates of the
         // steps that use it ("undefined value"), never given `<redacted>` as a value.
-        for (index, step) in plan.spec.steps.iter().enumerate() {
+        for (index, step) in plan.steps.iter().enumerate() {
             let rec = &record.steps[index];
             let lost = rec
                 .outputs
                 .keys()
                 .any(|k| record.secret_outputs.contains(k) && !record.secrets.0.contains_key(k));
-            if lost && step.step_type == StepType::ReadField && rec.status == StepStatus::Succeeded
+            if lost
+                && matches!(step.kind, StepKind::ReadField(_))
+                && rec.status == StepStatus::Succeeded
             {
                 record.steps[index].status = StepStatus::Pending;
             }
         }
 
         let mut failure: Option<String> = None;
-        for (index, step) in plan.spec.steps.iter().enumerate() {
+        for (index, step) in plan.steps.iter().enumerate() {
             // Resuming: every step that already finished (or failed and was tolerated) stays done.
             let done = &record.steps[index];
             if matches!(done.status, StepStatus::Succeeded | StepStatus::Skipped) || done.continued
@@ -454,12 +383,12 @@ impl Executor {
                 continue;
             }
             if control.drain.is_cancelled() {
-                self.interrupted(record, step.name(), started, observer);
+                self.interrupted(record, step.name.as_str(), started, observer);
                 return;
             }
             let result = self
                 .run_step(
-                    runnable,
+                    plan,
                     input,
                     record,
                     index,
@@ -472,24 +401,24 @@ impl Executor {
                 )
                 .await;
             if let Err(StepError::Interrupted) = result {
-                self.interrupted(record, step.name(), started, observer);
+                self.interrupted(record, step.name.as_str(), started, observer);
                 return;
             }
             if let Err(e) = result {
                 // The recorded error, secrets scrubbed.
                 let text = record.steps[index].error.clone().unwrap_or_default();
                 if record.steps[index].continued {
-                    info!(step = step.name(), error = %text, "step failed; continuing (onError: continue)");
+                    info!(step = step.name.as_str(), error = %text, "step failed; continuing (onError: continue)");
                     continue;
                 }
                 failure = Some(match &record.steps[index].cluster {
                     Some(cluster) => {
                         format!(
                             "step {:?} failed on cluster {cluster:?}: {text}",
-                            step.name()
+                            step.name.as_str()
                         )
                     }
-                    None => format!("step {:?} failed: {text}", step.name()),
+                    None => format!("step {:?} failed: {text}", step.name.as_str()),
                 });
                 if matches!(e, StepError::Cancelled) {
                     record.phase = Phase::Cancelled;
@@ -504,7 +433,7 @@ impl Executor {
                 // Still Running while compensating: the plan stays busy, and a crash here leaves
                 // the run Interrupted rather than looking finished.
                 if !self
-                    .compensate(runnable, input, record, observer, control)
+                    .compensate(plan, input, record, observer, control)
                     .await
                 {
                     self.interrupted(record, "onFailure", started, observer);
@@ -556,19 +485,19 @@ impl Executor {
     /// Runs the `onFailure` steps; false when the run was interrupted meanwhile.
     async fn compensate(
         &self,
-        runnable: &RunnablePlan,
+        plan: &Plan,
         input: &RunInput,
         record: &mut RunRecord,
         observer: &dyn Observer,
         control: &RunControl,
     ) -> bool {
-        let steps = &runnable.plan.spec.on_failure;
+        let steps = &plan.on_failure;
         if steps.is_empty() {
             return true;
         }
         record.on_failure = steps.iter().map(|s| self.pending_record(s)).collect();
         // Compensation gets its own budget: the run's deadline may be what failed it.
-        let budget: Duration = steps.iter().map(step_budget).sum();
+        let budget = plan.compensation_budget();
         let deadline = Instant::now() + budget;
         for (index, step) in steps.iter().enumerate() {
             if control.drain.is_cancelled() {
@@ -576,7 +505,7 @@ impl Executor {
             }
             let res = self
                 .run_step(
-                    runnable, input, record, index, true, step, deadline, budget, observer, control,
+                    plan, input, record, index, true, step, deadline, budget, observer, control,
                 )
                 .await;
             if let Err(StepError::Interrupted) = res {
@@ -584,7 +513,7 @@ impl Executor {
             }
             if res.is_err() {
                 let text = record.on_failure[index].error.clone().unwrap_or_default();
-                warn!(step = step.name(), error = %text, "compensation step failed");
+                warn!(step = step.name.as_str(), error = %text, "compensation step failed");
                 if !record.on_failure[index].continued {
                     break;
                 }
@@ -594,10 +523,10 @@ impl Executor {
     }
 
     #[allow(clippy::too_many_arguments)]
-    #[instrument(skip_all, fields(step = step.name(), cluster = tracing::field::Empty))]
+    #[instrument(skip_all, fields(step = %step.name, cluster = tracing::field::Empty))]
     async fn run_step(
         &self,
-        runnable: &RunnablePlan,
+        plan: &Plan,
         input: &RunInput,
         record: &mut RunRecord,
         index: usize,
@@ -608,7 +537,7 @@ impl Executor {
         observer: &dyn Observer,
         control: &RunControl,
     ) -> Result<(), StepError> {
-        let values = context(runnable, input, record);
+        let values = context(plan, input, record);
         // `cluster: "{{ Values.from }}"`: one plan serves both directions; the rendered name
         // must be in the registry.
         let cluster = match step.cluster.as_deref() {
@@ -640,15 +569,16 @@ impl Executor {
             }
         };
         tracing::Span::current().record("cluster", cluster.as_str());
-        if step.step_type.uses_cluster() {
+        if step.uses_cluster() {
             record.step_mut(index, compensation).cluster = Some(cluster.clone());
         }
         let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
         // http steps redact their own inputs field by field (see `http.rs`).
-        let tainted_in = step.step_type != StepType::Http
-            && crate::plan::validate::step_templates(step, "")
+        let tainted_in = !matches!(step.kind, StepKind::Http(_))
+            && step
+                .templates
                 .iter()
-                .any(|(_, src, _)| uses_secret(src, &secret_keys));
+                .any(|src| uses_secret(src, &secret_keys));
         let started = Instant::now();
         {
             let rec = record.step_mut(index, compensation);
@@ -677,7 +607,7 @@ impl Executor {
 
         let result = self
             .attempts(
-                runnable,
+                plan,
                 record,
                 index,
                 compensation,
@@ -768,7 +698,7 @@ impl Executor {
     #[allow(clippy::too_many_arguments)]
     async fn attempts(
         &self,
-        runnable: &RunnablePlan,
+        plan: &Plan,
         record: &mut RunRecord,
         index: usize,
         compensation: bool,
@@ -785,9 +715,8 @@ impl Executor {
                 return Ok(None);
             }
         }
-        let retries = step.retries.unwrap_or(0);
-        let attempt_timeout = step_attempt_timeout(step);
-        let field_manager = field_manager(&runnable.plan);
+        let retries = step.retries;
+        let attempt_timeout = step.attempt_timeout;
         let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
         let needles = record.secrets.needles();
         // Objects earlier steps of this run wrote (a write's record has a diff).
@@ -824,9 +753,9 @@ impl Executor {
                 http: &self.http,
                 cluster: cluster.to_string(),
                 values,
-                base_dir: runnable.base_dir.as_deref(),
+                base_dir: plan.base_dir.as_deref(),
                 progress: &progress,
-                field_manager: &field_manager,
+                field_manager: &plan.field_manager,
                 written: &written,
                 secret_keys: &secret_keys,
             };
@@ -870,61 +799,27 @@ impl Executor {
 }
 
 async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    match step.step_type {
-        StepType::Patch => patch::run(step.patch.as_ref().expect("validated"), ctx).await,
-        StepType::ReadField => {
-            read_field::run(step.read_field.as_ref().expect("validated"), ctx).await
-        }
-        StepType::Wait => wait::run(step.wait.as_ref().expect("validated"), ctx).await,
-        StepType::Apply => apply::run(step.apply.as_ref().expect("validated"), ctx).await,
-        StepType::Http => http::run(step.http.as_ref().expect("validated"), ctx).await,
-        StepType::Delete => delete::run(step.delete.as_ref().expect("validated"), ctx).await,
-        StepType::Assert => assert::run(step.assert.as_ref().expect("validated"), ctx).await,
-        StepType::Exec => exec::run(step.exec.as_ref().expect("validated"), ctx).await,
+    match &step.kind {
+        StepKind::Patch(s) => patch::run(s, ctx).await,
+        StepKind::ReadField(s) => read_field::run(s, ctx).await,
+        StepKind::Wait(s) => wait::run(s, ctx).await,
+        StepKind::Apply(s) => apply::run(s, ctx).await,
+        StepKind::Http(s) => http::run(s, ctx).await,
+        StepKind::Delete(s) => delete::run(s, ctx).await,
+        StepKind::Assert(s) => assert::run(s, ctx).await,
+        StepKind::Exec(s) => exec::run(s, ctx).await,
     }
 }
 
 /// The cluster a step acts on: its own, or the default; `None` for http and assert steps.
 fn step_cluster<'a>(registry: &'a Registry, step: &'a Step) -> Option<&'a str> {
-    step.step_type
-        .uses_cluster()
+    step.uses_cluster()
         .then(|| registry.name_or_default(step.cluster.as_deref()))
-}
-
-/// How long one attempt of a step may take: a wait's own timeout, else the step's.
-fn step_attempt_timeout(step: &Step) -> Duration {
-    let base = step
-        .timeout
-        .as_deref()
-        .and_then(|t| duration::parse(t).ok())
-        .unwrap_or(DEFAULT_STEP_TIMEOUT);
-    match &step.wait {
-        Some(w) if step.step_type == StepType::Wait => {
-            let own = w
-                .timeout
-                .as_deref()
-                .or(w.duration.as_deref())
-                .and_then(|t| duration::parse(t).ok());
-            // A wait's attempt must outlast what it waits for.
-            own.map_or(base, |d| d.max(base) + Duration::from_secs(1))
-        }
-        _ => match step.delete.as_ref().and_then(|d| d.wait.as_ref()) {
-            Some(w) if w.gone => {
-                let own = w.timeout.as_deref().and_then(|t| duration::parse(t).ok());
-                own.map_or(base, |d| d + base)
-            }
-            _ => base,
-        },
-    }
-}
-
-fn step_budget(step: &Step) -> Duration {
-    step_attempt_timeout(step) * (step.retries.unwrap_or(0) + 1) + Duration::from_secs(1)
 }
 
 /// The template context of a run at this point: `Values` (params, then outputs), `alert`,
 /// `plan`, `run`.
-fn context(runnable: &RunnablePlan, input: &RunInput, record: &RunRecord) -> Value {
+fn context(plan: &Plan, input: &RunInput, record: &RunRecord) -> Value {
     let mut values = Map::new();
     for (k, v) in &record.params {
         values.insert(k.clone(), v.clone());
@@ -938,25 +833,13 @@ fn context(runnable: &RunnablePlan, input: &RunInput, record: &RunRecord) -> Val
     for (k, v) in &record.secrets.0 {
         values.insert(k.clone(), v.clone());
     }
-    let meta = &runnable.plan.metadata;
-    json!({
-        "Values": values,
-        "alert": record.alert.clone().or_else(|| input.alert.clone()).unwrap_or_else(|| json!({"labels": {}, "annotations": {}})),
-        "plan": {"name": meta.name, "namespace": meta.namespace},
-        "run": {"id": record.id, "mode": record.mode},
-    })
-}
-
-/// What a run records as its plan's generation: the object's generation, or for a plan from a
-/// file a short hash of its spec. Resuming compares it to refuse a plan changed since.
-pub fn plan_generation(plan: &RecoveryPlan) -> String {
-    if let Some(g) = plan.metadata.generation {
-        return g.to_string();
-    }
-    use sha2::{Digest, Sha256};
-    let text = serde_json::to_string(&plan.spec).unwrap_or_default();
-    let digest = Sha256::digest(text.as_bytes());
-    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+    template::context(
+        values,
+        record.alert.clone().or_else(|| input.alert.clone()),
+        &plan.resource.metadata,
+        &record.id,
+        json!(record.mode),
+    )
 }
 
 /// Replaces every occurrence of a secret (and the usual forms a filter turns it into) in text.

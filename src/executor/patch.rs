@@ -6,36 +6,26 @@ use kube::api::{Patch, PatchParams, ValidationDirective};
 use serde_json::{json, Value};
 
 use super::verify::{self, Lists};
-use super::{get_object, object_diff, StepCtx, StepError, StepOutcome};
+use super::{get_object, StepCtx, StepError, StepOutcome};
+use crate::cluster::object_diff;
 use crate::fieldpath::FieldPath;
-use crate::plan::model::PatchStep;
+use crate::plan::compiled::{Patch as PatchStep, PatchType};
 use crate::template;
 
 pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    let path = FieldPath::parse(&step.override_.field_path)?;
-    let value = template::render_raw(&step.override_.value.raw, ctx.values)?;
-    let (api, name, shown) = ctx
-        .object(
-            &step.api_version,
-            &step.resource,
-            step.namespace.as_deref(),
-            &step.name,
-        )
-        .await?;
+    let path = &step.path;
+    let value = template::render_raw(&step.value, ctx.values)?;
+    let (api, name, shown) = ctx.target(&step.target).await?;
     let before = get_object(&api, &name, &shown).await?;
 
-    let patch_type = step
-        .patch_type
-        .as_deref()
-        .unwrap_or("application/merge-patch+json");
-    let (patch, body, lists): (Patch<Value>, Value, Lists) = match patch_type {
-        "application/json-patch+json" => json_patch(&path, &before, value.clone())?,
-        _ if path.has_index() => json_patch(&path, &before, value.clone())?,
-        "application/strategic-merge-patch+json" => {
+    let (patch, body, lists): (Patch<Value>, Value, Lists) = match step.patch_type {
+        PatchType::Json => json_patch(path, &before, value.clone())?,
+        _ if path.has_index() => json_patch(path, &before, value.clone())?,
+        PatchType::Strategic => {
             let body = path.merge_patch(value.clone())?;
             (Patch::Strategic(body.clone()), body, Lists::Merge)
         }
-        _ => {
+        PatchType::Merge => {
             let body = path.merge_patch(value.clone())?;
             (Patch::Merge(body.clone()), body, Lists::Replace)
         }
@@ -52,19 +42,19 @@ pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutco
     } else {
         api.patch(&name, &params, &patch).await
     };
-    let secret = secret_resource(step) || ctx.uses_secret(&step.override_.value.raw.to_string());
+    let secret = secret_resource(step) || ctx.uses_secret(&step.value.to_string());
     let after = result.map_err(|source| super::write_error("patch", &shown, source))?;
     let after = serde_json::to_value(after).unwrap_or(Value::Null);
     // A Secret's `stringData` is stored as base64 `data`: check what the server stores.
     let (check_path, check_value) = match (secret_resource(step), path.first_key()) {
-        (true, Some("stringData")) => stored_secret_path(&path, &value)?,
+        (true, Some("stringData")) => stored_secret_path(path, &value)?,
         _ => (path.clone(), value.clone()),
     };
     verify::check_path(&after, &check_path, &check_value, lists).map_err(|m| {
         StepError::NotApplied {
             object: shown.clone(),
             detail: m.explain(
-                &ctx.resource_name(&step.api_version, &step.resource),
+                &ctx.resource_name(&step.target.api_version, &step.target.resource),
                 secret,
                 path.is_status() && !step.subresource_status,
             ),
@@ -85,7 +75,7 @@ pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutco
 }
 
 fn secret_resource(step: &PatchStep) -> bool {
-    step.api_version == "v1" && step.resource == "secrets"
+    step.target.api_version == "v1" && step.target.resource == "secrets"
 }
 
 /// `stringData.k` = v (or `stringData` = {k: v}) as the API server stores it: `data.k` = base64(v).

@@ -7,19 +7,12 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{get_object, StepCtx, StepError, StepOutcome};
-use crate::fieldpath::{self, FieldPath};
-use crate::plan::model::ReadFieldStep;
+use crate::fieldpath;
+use crate::plan::compiled::ReadField as ReadFieldStep;
 
 pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    let path = FieldPath::parse(&step.field_path)?;
-    let (api, name, shown) = ctx
-        .object(
-            &step.api_version,
-            &step.resource,
-            step.namespace.as_deref(),
-            &step.name,
-        )
-        .await?;
+    let path = &step.path;
+    let (api, name, shown) = ctx.target(&step.target).await?;
     let obj = get_object(&api, &name, &shown).await?;
     let value = match path.get(&obj)? {
         // In a dry run the writes before this step were not stored, so a status an operator would
@@ -50,8 +43,8 @@ pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepO
         inputs: Some(json!({"fieldPath": step.field_path})),
         outputs: BTreeMap::from([(step.output_key.clone(), value)]),
         // A Secret's values are secret; its name, labels and the like are not.
-        secret_outputs: step.api_version == "v1"
-            && step.resource == "secrets"
+        secret_outputs: step.target.api_version == "v1"
+            && step.target.resource == "secrets"
             && path
                 .first_key()
                 .is_none_or(|k| k == "data" || k == "stringData"),

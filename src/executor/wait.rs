@@ -12,41 +12,52 @@ use serde_json::{json, Value};
 use super::{StepCtx, StepError, StepOutcome};
 use crate::duration;
 use crate::fieldpath::{self, FieldPath};
-use crate::plan::model::{Condition, WaitStep};
+use crate::plan::compiled::{Condition, Ordering, Wait};
 
-pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    if let Some(d) = &step.duration {
-        let d = duration::parse(d)?;
-        if ctx.dry_run() {
-            // A dry run proves nothing by sleeping, and must not delay anything.
-            return Ok(StepOutcome {
-                inputs: Some(json!({
-                    "duration": duration::format(d),
-                    "dryRun": format!("would pause for {}", duration::format(d)),
-                })),
-                ..Default::default()
-            });
-        }
-        (ctx.progress)(format!("pausing for {}", duration::format(d)), d);
-        tokio::time::sleep(d).await;
+/// A fixed pause; a dry run records it without sleeping.
+async fn pause(d: std::time::Duration, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+    if ctx.dry_run() {
+        // A dry run proves nothing by sleeping, and must not delay anything.
         return Ok(StepOutcome {
-            inputs: Some(json!({"duration": duration::format(d)})),
+            inputs: Some(json!({
+                "duration": duration::format(d),
+                "dryRun": format!("would pause for {}", duration::format(d)),
+            })),
             ..Default::default()
         });
     }
-    let (api_version, resource, name) = (
-        step.api_version.as_deref().unwrap_or_default(),
-        step.resource.as_deref().unwrap_or_default(),
-        step.name.as_deref().unwrap_or_default(),
-    );
-    let field = step.field_path.as_deref();
-    let timeout = match &step.timeout {
-        Some(t) => duration::parse(t)?,
-        None => crate::plan::validate::DEFAULT_WAIT_TIMEOUT,
+    (ctx.progress)(format!("pausing for {}", duration::format(d)), d);
+    tokio::time::sleep(d).await;
+    Ok(StepOutcome {
+        inputs: Some(json!({"duration": duration::format(d)})),
+        ..Default::default()
+    })
+}
+
+/// The template sources of a condition (the values it compares with).
+fn templates(c: &Condition) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut raw = |v: &Value| out.push(v.to_string());
+    match c {
+        Condition::Equals(_, v) | Condition::NotEquals(_, v) | Condition::Compare(_, _, v) => {
+            raw(v)
+        }
+        Condition::Recreated(uid) => out.push(uid.clone()),
+        Condition::All(list) | Condition::Any(list) => out.extend(list.iter().flat_map(templates)),
+        _ => {}
+    }
+    out
+}
+
+pub(super) async fn run(step: &Wait, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+    let step = match step {
+        Wait::Pause(d) => return pause(*d, ctx).await,
+        Wait::Until(until) => until,
     };
-    let (api, name, shown) = ctx
-        .object(api_version, resource, step.namespace.as_deref(), name)
-        .await?;
+    let field = step.field_path.as_deref();
+    let timeout = step.timeout;
+    let (api, name, shown) = ctx.target(&step.target).await?;
+    let (api_version, resource) = (&step.target.api_version, &step.target.resource);
     let secret = api_version == "v1" && resource == "secrets";
     let shown_value = |v: &Option<Value>| match v {
         None => "<missing>".to_string(),
@@ -68,21 +79,12 @@ pub(super) async fn run(step: &WaitStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
             Err(e) => return Err(e),
         }
     };
-    let condition = Cond::compile(
-        step.condition.as_ref().unwrap_or(&Condition::default()),
-        field,
-        ctx,
-        initial.as_ref(),
-    )?;
+    let condition = Cond::compile(&step.condition, ctx, initial.as_ref())?;
     // A condition built from a secret is described without its values (escaped or not, they
     // would be in progress lines, records and timeouts).
-    let from_secret = step.condition.as_ref().is_some_and(|c| {
-        let mut uses = false;
-        crate::plan::validate::condition_templates("", c, &mut |_, src| {
-            uses |= ctx.uses_secret(src)
-        });
-        uses
-    });
+    let from_secret = templates(&step.condition)
+        .iter()
+        .any(|src| ctx.uses_secret(src));
     let wanted = if from_secret {
         format!(
             "{} (compared with a secret value)",
@@ -215,74 +217,43 @@ pub(crate) enum Cond {
     Any(Vec<Cond>),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(crate) enum Ordering {
-    GreaterThan,
-    LessThan,
-    AtLeast,
-    AtMost,
-}
-
 impl Cond {
-    /// Compiles a plan's condition; `field` is the wait's own `fieldPath`, `initial` the object
-    /// when the step began.
+    /// Renders a plan's condition; `initial` is the object when the step began (for `changed`).
     pub(crate) fn compile(
         c: &Condition,
-        field: Option<&str>,
         ctx: &StepCtx<'_>,
         initial: Option<&Value>,
     ) -> Result<Cond, StepError> {
-        let path = || -> Result<FieldPath, StepError> {
-            let text = c.field_path.as_deref().or(field).unwrap_or_default();
-            Ok(FieldPath::parse(text)?)
-        };
         let value = |v: &Value| crate::template::render_raw(v, ctx.values);
-        let number = |v: &Value| -> Result<f64, StepError> {
-            let rendered = value(v)?;
-            as_number(&rendered).ok_or_else(|| StepError::Condition {
-                reason: format!("{} is not a number", fieldpath::as_text(&rendered)),
-            })
-        };
-        let sub = |field_path: Option<&str>, list: &[Condition]| -> Result<Vec<Cond>, StepError> {
-            list.iter()
-                .map(|s| Cond::compile(s, field_path, ctx, initial))
-                .collect()
-        };
-        let own = c.field_path.as_deref().or(field);
-        Ok(if let Some(v) = &c.equals {
-            Cond::Equals(path()?, value(v)?)
-        } else if let Some(v) = &c.not_equals {
-            Cond::NotEquals(path()?, value(v)?)
-        } else if let Some(b) = c.not_empty {
-            Cond::NotEmpty(path()?, b)
-        } else if let Some(b) = c.exists {
-            Cond::Exists(path()?, b)
-        } else if c.changed == Some(true) {
-            let p = path()?;
-            let before = initial.map(|o| p.get(o)).transpose()?.flatten();
-            Cond::Changed(p, before)
-        } else if c.gone == Some(true) {
-            Cond::Gone
-        } else if let Some(uid) = &c.recreated {
-            Cond::Recreated(ctx.render(uid)?)
-        } else if let Some(v) = &c.greater_than {
-            Cond::Compare(path()?, Ordering::GreaterThan, number(v)?)
-        } else if let Some(v) = &c.less_than {
-            Cond::Compare(path()?, Ordering::LessThan, number(v)?)
-        } else if let Some(v) = &c.at_least {
-            Cond::Compare(path()?, Ordering::AtLeast, number(v)?)
-        } else if let Some(v) = &c.at_most {
-            Cond::Compare(path()?, Ordering::AtMost, number(v)?)
-        } else if let Some(other) = &c.equals_field {
-            Cond::EqualsField(path()?, FieldPath::parse(other)?)
-        } else if !c.all_of.is_empty() {
-            Cond::All(sub(own, &c.all_of)?)
-        } else if !c.any_of.is_empty() {
-            Cond::Any(sub(own, &c.any_of)?)
-        } else {
-            return Err(StepError::Condition {
-                reason: "the condition says nothing to wait for".into(),
-            });
+        Ok(match c {
+            Condition::Equals(p, v) => Cond::Equals(p.clone(), value(v)?),
+            Condition::NotEquals(p, v) => Cond::NotEquals(p.clone(), value(v)?),
+            Condition::NotEmpty(p, b) => Cond::NotEmpty(p.clone(), *b),
+            Condition::Exists(p, b) => Cond::Exists(p.clone(), *b),
+            Condition::Changed(p) => {
+                let before = initial.map(|o| p.get(o)).transpose()?.flatten();
+                Cond::Changed(p.clone(), before)
+            }
+            Condition::Gone => Cond::Gone,
+            Condition::Recreated(uid) => Cond::Recreated(ctx.render(uid)?),
+            Condition::Compare(p, ord, v) => {
+                let rendered = value(v)?;
+                let n = as_number(&rendered).ok_or_else(|| StepError::Condition {
+                    reason: format!("{} is not a number", fieldpath::as_text(&rendered)),
+                })?;
+                Cond::Compare(p.clone(), *ord, n)
+            }
+            Condition::EqualsField(a, b) => Cond::EqualsField(a.clone(), b.clone()),
+            Condition::All(list) => Cond::All(
+                list.iter()
+                    .map(|s| Cond::compile(s, ctx, initial))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Condition::Any(list) => Cond::Any(
+                list.iter()
+                    .map(|s| Cond::compile(s, ctx, initial))
+                    .collect::<Result<_, _>>()?,
+            ),
         })
     }
 
@@ -354,15 +325,7 @@ impl Cond {
             Cond::Changed(p, _) => format!("{p} to change"),
             Cond::Gone => "the object to be gone".into(),
             Cond::Recreated(uid) => format!("the object to be re-created (uid other than {uid})"),
-            Cond::Compare(p, ord, n) => {
-                let op = match ord {
-                    Ordering::GreaterThan => ">",
-                    Ordering::LessThan => "<",
-                    Ordering::AtLeast => ">=",
-                    Ordering::AtMost => "<=",
-                };
-                format!("{p} {op} {n}")
-            }
+            Cond::Compare(p, ord, n) => format!("{p} {} {n}", ord.symbol()),
             Cond::EqualsField(a, b) => format!("{a} == {b}"),
             Cond::All(list) => format!(
                 "all of ({})",

@@ -1,12 +1,15 @@
-//! Recovery plans: the model ([`model`]), loading from files ([`load`]) and validation
-//! ([`validate`]). Everything here is pure but for reading files in `load`.
+//! Recovery plans: the resource as written ([`model`]), loading it from files ([`load`]),
+//! validating it into a typed [`Plan`] ([`validate`], [`compiled`]) and the set a server matches
+//! alerts against ([`set`]). Everything here is pure but for reading files in `load`.
 
+pub mod compiled;
 pub mod load;
 pub mod model;
 pub mod set;
 pub mod spans;
 pub mod validate;
 
+pub use compiled::{Plan, Step as PlanStep, StepKind};
 pub use load::{load_paths, load_str, LoadError, LoadedPlan};
 pub use model::*;
-pub use validate::{validate, Problem, Report};
+pub use validate::{compile, compile_one, validate, Invalid, Problem, Report, Rule};

@@ -10,12 +10,13 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde::Serialize;
 
 use super::model::Mode;
-use super::{load_paths, validate, LoadedPlan};
-use crate::matcher::{Matcher, Regexes};
+use super::{compile, load_paths, LoadedPlan, Plan};
+use crate::matcher::Regexes;
 
 #[derive(Default)]
 pub struct PlanSet {
@@ -34,9 +35,7 @@ pub struct PlanSet {
 
 struct Entry {
     name: String,
-    plan: LoadedPlan,
-    /// The plan's `alertMatchers`, compiled once.
-    matchers: Vec<Matcher>,
+    plan: Arc<Plan>,
 }
 
 /// Which plans an alert has to look at, by position in [`PlanSet::plans`].
@@ -88,48 +87,39 @@ impl PlanSet {
             });
         }
         for plan in loaded {
-            let report = validate(&plan.plan.spec, clusters);
-            let name = key(&plan);
-            if !report.is_valid() {
-                set.invalid.push(InvalidPlan {
-                    file: plan.source.file.display().to_string(),
-                    plan: Some(name),
-                    problems: report
-                        .problems
-                        .iter()
-                        .map(|p| format!("{}: {}", p.field, p.message))
-                        .collect(),
-                });
-            } else if set.by_name.contains_key(&name) {
-                set.invalid.push(InvalidPlan {
-                    file: plan.source.file.display().to_string(),
-                    plan: Some(name.clone()),
-                    problems: vec![format!(
-                        "plan {name} is defined twice; the first definition is used"
-                    )],
-                });
-            } else {
-                set.add(name, plan);
-            }
+            set.insert(&plan, clusters);
         }
         set.reindex();
         set
     }
 
-    fn add(&mut self, name: String, plan: LoadedPlan) {
-        // Validation has already refused plans whose matchers do not parse.
-        let compiled = plan
-            .plan
-            .spec
-            .alert_matchers
-            .iter()
-            .filter_map(|m| Matcher::parse_shared(m, &mut self.regexes).ok())
-            .collect();
-        self.by_name.insert(name.clone(), self.plans.len());
+    /// Validates a plan and adds it, or records why it is invalid (a second plan of the same
+    /// name included: the first is kept). Call [`PlanSet::reindex`] after the last one.
+    fn insert(&mut self, loaded: &LoadedPlan, clusters: Option<&BTreeSet<String>>) {
+        let name = key(loaded);
+        let file = loaded.source.file.display().to_string();
+        match compile(loaded, clusters, &mut self.regexes) {
+            Err(invalid) => self.invalid.push(InvalidPlan {
+                file,
+                plan: Some(name),
+                problems: invalid.problems.iter().map(ToString::to_string).collect(),
+            }),
+            Ok(_) if self.by_name.contains_key(&name) => self.invalid.push(InvalidPlan {
+                file,
+                plan: Some(name.clone()),
+                problems: vec![format!(
+                    "plan {name} is defined twice; the first definition is used"
+                )],
+            }),
+            Ok(plan) => self.add(Arc::new(plan)),
+        }
+    }
+
+    fn add(&mut self, plan: Arc<Plan>) {
+        self.by_name.insert(plan.key.clone(), self.plans.len());
         self.plans.push(Entry {
-            name,
+            name: plan.key.clone(),
             plan,
-            matchers: compiled,
         });
     }
 
@@ -143,7 +133,7 @@ impl PlanSet {
         self.index = Index::build(&self.plans);
     }
 
-    pub fn get(&self, name: &str) -> Option<&LoadedPlan> {
+    pub fn get(&self, name: &str) -> Option<&Arc<Plan>> {
         self.by_name.get(name).map(|&i| &self.plans[i].plan)
     }
 
@@ -168,17 +158,17 @@ impl PlanSet {
             .map(|Entry { name, plan: p, .. }| PlanSummary {
                 name: name.clone(),
                 file: p.source.file.display().to_string(),
-                mode: p.plan.spec.mode,
-                alert_labels: p.plan.spec.alert_labels.clone(),
-                alert_matchers: p.plan.spec.alert_matchers.clone(),
-                steps: p.plan.spec.steps.len(),
+                mode: p.mode,
+                alert_labels: p.labels.clone(),
+                alert_matchers: p.resource.spec.alert_matchers.clone(),
+                steps: p.steps.len(),
             })
             .collect()
     }
 
     /// The plans (not in manual mode) whose labels and matchers all hold for these labels, by
     /// name.
-    pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<&LoadedPlan> {
+    pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<&Arc<Plan>> {
         let mut candidates = self.index.unindexed.clone();
         for (k, v) in labels {
             if let Some(filed) = self.index.by_label.get(k).and_then(|by| by.get(v)) {
@@ -198,24 +188,16 @@ impl PlanSet {
         &self,
         entry: &'a Entry,
         labels: &BTreeMap<String, String>,
-    ) -> Option<&'a LoadedPlan> {
-        let holds = entry
-            .plan
-            .plan
-            .spec
-            .alert_labels
-            .iter()
-            .all(|(k, v)| labels.get(k) == Some(v))
-            && entry.matchers.iter().all(|m| m.matches(labels));
-        holds.then_some(&entry.plan)
+    ) -> Option<&'a Arc<Plan>> {
+        entry.plan.matches(labels).then_some(&entry.plan)
     }
 
     /// Every plan (not manual) whose labels and matchers hold, found by checking each one: what
     /// [`PlanSet::matching`] must always agree with, and what it is measured against.
-    pub fn matching_by_scan(&self, labels: &BTreeMap<String, String>) -> Vec<&LoadedPlan> {
+    pub fn matching_by_scan(&self, labels: &BTreeMap<String, String>) -> Vec<&Arc<Plan>> {
         self.plans
             .iter()
-            .filter(|e| e.plan.plan.spec.mode != Mode::Manual)
+            .filter(|e| e.plan.mode != Mode::Manual)
             .filter_map(|e| self.plan_if_it_matches(e, labels))
             .collect()
     }
@@ -233,10 +215,10 @@ impl Serialize for Listing<'_> {
                 s.collect_seq(self.0.iter().map(|e| SummaryRef {
                     name: &e.name,
                     file: &e.plan.source.file,
-                    mode: e.plan.plan.spec.mode,
-                    alert_labels: &e.plan.plan.spec.alert_labels,
-                    alert_matchers: &e.plan.plan.spec.alert_matchers,
-                    steps: e.plan.plan.spec.steps.len(),
+                    mode: e.plan.mode,
+                    alert_labels: &e.plan.labels,
+                    alert_matchers: &e.plan.resource.spec.alert_matchers,
+                    steps: e.plan.steps.len(),
                 }))
             }
         }
@@ -273,11 +255,11 @@ impl Index {
                 .iter()
                 .map(|e| &e.plan)
                 .enumerate()
-                .filter(|(_, p)| p.plan.spec.mode != Mode::Manual)
+                .filter(|(_, p)| p.mode != Mode::Manual)
         };
         let mut shared_by: HashMap<(&str, &str), usize> = HashMap::new();
         for (_, p) in active() {
-            for (k, v) in &p.plan.spec.alert_labels {
+            for (k, v) in &p.labels {
                 *shared_by.entry((k, v)).or_default() += 1;
             }
         }
@@ -285,9 +267,7 @@ impl Index {
         for (i, p) in active() {
             let i = u32::try_from(i).expect("fewer than 2^32 plans");
             let rarest = p
-                .plan
-                .spec
-                .alert_labels
+                .labels
                 .iter()
                 .min_by_key(|(k, v)| shared_by[&(k.as_str(), v.as_str())]);
             match rarest {
@@ -319,8 +299,7 @@ mod tests {
             );
             let (mut plans, errors) = super::super::load_str(std::path::Path::new("x.yaml"), &text);
             assert!(errors.is_empty(), "{errors:?}");
-            let p = plans.remove(0);
-            set.add(key(&p), p);
+            set.insert(&plans.remove(0), None);
         }
         set.reindex();
         set
@@ -339,8 +318,8 @@ mod tests {
             .collect()
     }
 
-    fn names(plans: &[&LoadedPlan]) -> Vec<String> {
-        plans.iter().map(|p| key(p)).collect()
+    fn names(plans: &[&Arc<Plan>]) -> Vec<String> {
+        plans.iter().map(|p| p.key.clone()).collect()
     }
 
     #[test]

@@ -1,6 +1,7 @@
-//! Runs: the record of one execution of a plan ([`record`]).
+//! Runs: deciding which runs start ([`service`]: claims, approvals, expiry) and keeping their
+//! records ([`store`]). The record itself is [`crate::record`], shared with the executor.
 
-pub mod record;
+pub use crate::record;
 pub mod service;
 pub mod store;
 

@@ -17,16 +17,14 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use super::record::{Phase, RunRecord, StepStatus, Trigger};
 use super::store::{ClaimRules, Page, Refusal, Retention, Store, StoreError};
 use crate::alert::Alert;
-use crate::executor::{
-    plan_generation, Event, Executor, Observer, RunControl, RunInput, RunnablePlan,
-};
+use crate::executor::{Event, Executor, Observer, RunControl, RunInput};
 use crate::metrics::Metrics;
 use crate::plan::model::Mode;
-use crate::plan::set::{key, PlanSet};
-use crate::plan::LoadedPlan;
+use crate::plan::set::PlanSet;
+use crate::plan::Plan;
+use crate::record::{Phase, RunRecord, StepStatus, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunsError {
@@ -317,8 +315,11 @@ impl Runs {
             // A resolution never acts; it only withdraws runs still waiting for approval, matched
             // by fingerprint (its startsAt may differ from the firing notifications') and only of
             // plans its labels match — a fingerprint is no secret, and must not cancel others.
-            let matching: Vec<String> =
-                plans.matching(&alert.labels).into_iter().map(key).collect();
+            let matching: Vec<String> = plans
+                .matching(&alert.labels)
+                .into_iter()
+                .map(|p| p.key.clone())
+                .collect();
             let waiting: Vec<RunRecord> = if matching.is_empty() {
                 Vec::new()
             } else {
@@ -364,8 +365,8 @@ impl Runs {
             return Ok(vec![outcome("noMatch", None, None, None)]);
         }
         let mut out = Vec::new();
-        for loaded in matching {
-            let name = key(loaded);
+        for plan in matching {
+            let name = plan.key.clone();
             self.metrics.plan_matches.with_label_values(&[&name]).inc();
             let id = alert_run_id(&name, alert);
             let deduplicated = |refusal: &Refusal| {
@@ -392,28 +393,22 @@ impl Runs {
                 params: BTreeMap::new(),
                 alert: Some(capped_context(alert)),
             };
-            let mut record = self.live.new_record(&id, &loaded.plan, &input);
+            let mut record = self.live.new_record(&id, plan, &input);
             record.trigger = Trigger {
                 kind: "alert".into(),
                 fingerprint: Some(alert.fingerprint.clone()),
                 starts_at: Some(alert.starts_at.clone()),
                 ..Default::default()
             };
-            let approval = loaded.plan.spec.mode == Mode::Approval;
+            let approval = plan.mode == Mode::Approval;
             record.phase = if approval {
                 Phase::WaitingForApproval
             } else {
                 Phase::Pending
             };
-            let cooldown = loaded
-                .plan
-                .spec
-                .cooldown
-                .as_deref()
-                .and_then(|c| crate::duration::parse(c).ok());
             let rules = ClaimRules {
                 one_active_per_plan: true,
-                cooldown,
+                cooldown: plan.cooldown,
             };
             let claimed = self.store().claim(&record, rules)?;
             if let Err(refusal) = claimed {
@@ -425,7 +420,7 @@ impl Runs {
                 info!(plan = %name, run = %id, "run awaits approval");
                 out.push(outcome("awaitingApproval", Some(name), Some(id), None));
             } else {
-                self.spawn(record, loaded.clone(), false);
+                self.spawn(record, plan.clone(), false);
                 out.push(outcome("started", Some(name), Some(id), None));
             }
         }
@@ -448,13 +443,12 @@ impl Runs {
             plan: plan_name.to_string(),
             ..Default::default()
         };
-        let Some(loaded) = plans.get(plan_name).cloned() else {
+        let Some(plan) = plans.get(plan_name).cloned() else {
             return Err(self
                 .current_plan(&probe)
                 .err()
                 .unwrap_or_else(|| RunsError::UnknownPlan(plan_name.into())));
         };
-        let spec = &loaded.plan.spec;
         let listed = |names: &mut dyn Iterator<Item = &String>| {
             let list = names.cloned().collect::<Vec<_>>().join(", ");
             if list.is_empty() {
@@ -464,23 +458,23 @@ impl Runs {
             }
         };
         // A mistyped param must not quietly run the plan with its default.
-        if let Some(key) = req.params.keys().find(|k| !spec.params.contains_key(*k)) {
+        if let Some(key) = req.params.keys().find(|k| !plan.params().contains_key(*k)) {
             return Err(RunsError::UnknownParam {
                 plan: plan_name.into(),
                 key: key.clone(),
-                known: listed(&mut spec.params.keys()),
+                known: listed(&mut plan.params().keys()),
             });
         }
         // Which params a trigger may set is the plan author's decision, not the caller's.
         if let Some(key) = req
             .params
             .keys()
-            .find(|k| !spec.overridable_params.contains(k))
+            .find(|k| !plan.overridable_params().contains(k))
         {
             return Err(RunsError::ParamNotOverridable {
                 plan: plan_name.into(),
                 key: key.clone(),
-                allowed: listed(&mut spec.overridable_params.iter()),
+                allowed: listed(&mut plan.overridable_params().iter()),
             });
         }
         let id = match &req.idempotency_key {
@@ -502,14 +496,14 @@ impl Runs {
             params: req.params.clone(),
             alert: None,
         };
-        let mut record = executor.new_record(&id, &loaded.plan, &input);
+        let mut record = executor.new_record(&id, &plan, &input);
         record.trigger = Trigger {
             kind: "manual".into(),
             actor: req.actor.clone(),
             idempotency_key: req.idempotency_key.clone(),
             ..Default::default()
         };
-        let approval = spec.mode == Mode::Approval && !req.dry_run;
+        let approval = plan.mode == Mode::Approval && !req.dry_run;
         record.phase = if approval {
             Phase::WaitingForApproval
         } else {
@@ -547,7 +541,7 @@ impl Runs {
         if approval {
             info!(plan = %plan_name, run = %id, "manually triggered run awaits approval");
         } else {
-            self.spawn(record.clone(), loaded, req.dry_run);
+            self.spawn(record.clone(), plan, req.dry_run);
         }
         Ok((record, true))
     }
@@ -578,7 +572,7 @@ impl Runs {
             return Err(RunsError::ShuttingDown);
         }
         let mut record = self.get(id)?;
-        let loaded = self.current_plan(&record)?;
+        let plan = self.current_plan(&record)?;
         record.phase = Phase::Pending;
         self.transition(
             &record,
@@ -586,8 +580,8 @@ impl Runs {
             "approval",
             "WaitingForApproval",
         )?;
-        let dry = record.mode == super::record::RunMode::DryRun;
-        self.spawn(record.clone(), loaded, dry);
+        let dry = record.mode == crate::record::RunMode::DryRun;
+        self.spawn(record.clone(), plan, dry);
         Ok(record)
     }
 
@@ -603,7 +597,7 @@ impl Runs {
     /// Ends a run that is not executing (waiting for approval, or interrupted) as Cancelled.
     fn finish_unstarted(&self, mut record: RunRecord, why: &str) -> Result<RunRecord, RunsError> {
         record.phase = Phase::Cancelled;
-        record.finished_at = Some(super::record::now());
+        record.finished_at = Some(crate::record::now());
         record.error = Some(why.to_string());
         let from = [
             Phase::Pending,
@@ -653,15 +647,9 @@ impl Runs {
         for run in waiting {
             let limit = plans
                 .get(&run.plan)
-                .and_then(|p| {
-                    p.plan
-                        .spec
-                        .approval_timeout
-                        .as_deref()
-                        .or(p.plan.spec.timeout.as_deref())
-                        .and_then(|t| crate::duration::parse(t).ok())
-                })
-                .unwrap_or(crate::plan::validate::DEFAULT_RUN_TIMEOUT);
+                .map_or(crate::plan::compiled::DEFAULT_RUN_TIMEOUT, |p| {
+                    p.approval_timeout
+                });
             let age = run
                 .created_at
                 .as_deref()
@@ -689,7 +677,7 @@ impl Runs {
             return Err(RunsError::ShuttingDown);
         }
         let mut record = self.get(id)?;
-        let loaded = self.current_plan(&record)?;
+        let plan = self.current_plan(&record)?;
         record.phase = Phase::Pending;
         record.error = None;
         // The step that was running when recoverd stopped starts again from its beginning.
@@ -701,14 +689,14 @@ impl Runs {
             step.status = StepStatus::Pending;
         }
         self.transition(&record, &[Phase::Interrupted], "resuming", "Interrupted")?;
-        let dry = record.mode == super::record::RunMode::DryRun;
-        self.spawn(record.clone(), loaded, dry);
+        let dry = record.mode == crate::record::RunMode::DryRun;
+        self.spawn(record.clone(), plan, dry);
         Ok(record)
     }
 
-    fn current_plan(&self, record: &RunRecord) -> Result<LoadedPlan, RunsError> {
+    fn current_plan(&self, record: &RunRecord) -> Result<Arc<Plan>, RunsError> {
         let plans = self.plans();
-        let Some(loaded) = plans.get(&record.plan) else {
+        let Some(plan) = plans.get(&record.plan) else {
             return Err(
                 match plans
                     .invalid
@@ -723,7 +711,7 @@ impl Runs {
                 },
             );
         };
-        let now = plan_generation(&loaded.plan);
+        let now = plan.generation.clone();
         if now != record.plan_generation {
             return Err(RunsError::PlanChanged {
                 id: record.id.clone(),
@@ -732,10 +720,10 @@ impl Runs {
                 now,
             });
         }
-        Ok(loaded.clone())
+        Ok(plan.clone())
     }
 
-    fn spawn(self: &Arc<Self>, mut record: RunRecord, loaded: LoadedPlan, dry_run: bool) {
+    fn spawn(self: &Arc<Self>, mut record: RunRecord, plan: Arc<Plan>, dry_run: bool) {
         let control = RunControl {
             cancel: Default::default(),
             drain: self.drain.child_token(),
@@ -748,10 +736,6 @@ impl Runs {
             } else {
                 this.live.clone()
             };
-            let runnable = RunnablePlan {
-                plan: loaded.plan.clone(),
-                base_dir: loaded.source.file.parent().map(|p| p.to_path_buf()),
-            };
             let input = RunInput {
                 params: BTreeMap::new(),
                 alert: record.alert.clone(),
@@ -762,7 +746,7 @@ impl Runs {
                 failed: AtomicBool::new(false),
             };
             executor
-                .execute(&runnable, &input, &mut record, &observer, &control)
+                .execute(&plan, &input, &mut record, &observer, &control)
                 .await;
             if observer.failed.load(Ordering::SeqCst) {
                 // The run stopped (before its next step) because its record could not be

@@ -21,7 +21,7 @@ use std::time::Duration;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::{Deserialize, Serialize};
 
-use super::record::{Phase, RunMode, RunRecord, Trigger};
+use crate::record::{Phase, RunMode, RunRecord, Trigger};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -644,7 +644,7 @@ fn decode_continue(token: &str) -> Result<(i64, String), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::run::record::Trigger;
+    use crate::record::Trigger;
 
     fn record(id: &str, plan: &str, kind: &str) -> RunRecord {
         RunRecord {

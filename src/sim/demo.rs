@@ -53,10 +53,8 @@ mod tests {
         let (plans, errors) = crate::plan::load_paths(&[plan]);
         assert!(errors.is_empty(), "{errors:?}");
         let alerts = crate::alert::parse(ALERT).unwrap();
-        assert!(crate::alert::plan_matches(
-            &plans[0].plan.spec,
-            &alerts[0].labels
-        ));
+        let plan = crate::plan::compile_one(&plans[0], None).unwrap();
+        assert!(plan.matches(&alerts[0].labels));
         assert_eq!(expectations().expect.len(), 3);
         std::fs::remove_dir_all(dir).unwrap();
     }

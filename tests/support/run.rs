@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use recoverd::cluster::{Registry, WriteMode};
-use recoverd::executor::{Executor, NoObserver, RunInput, RunnablePlan};
+use recoverd::executor::{Executor, NoObserver, RunInput};
+use recoverd::plan::Plan;
 use recoverd::run::RunRecord;
 use serde_json::Value;
 
@@ -23,28 +24,22 @@ pub async fn registry_from(kubeconfig: &Path, mode: WriteMode) -> Arc<Registry> 
     )
 }
 
-pub fn plan(file: &str) -> RunnablePlan {
+pub fn plan(file: &str) -> Plan {
     plan_in("run", file)
 }
 
 /// A plan from `tests/data/plans/<dir>/`, validated.
-pub fn plan_in(dir: &str, file: &str) -> RunnablePlan {
+pub fn plan_in(dir: &str, file: &str) -> Plan {
     let path = repo_dir().join("tests/data/plans").join(dir).join(file);
     let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
     assert!(errors.is_empty(), "{errors:?}");
-    let plan = plans.remove(0);
-    let report = recoverd::plan::validate(&plan.plan.spec, None);
-    assert!(report.is_valid(), "{:?}", report.problems);
-    RunnablePlan {
-        plan: plan.plan,
-        base_dir: path.parent().map(Path::to_path_buf),
-    }
+    recoverd::plan::compile_one(&plans.remove(0), None).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Runs a plan to the end with `ns` as its `Values.ns` (plus other params).
 pub async fn run(
     registry: Arc<Registry>,
-    plan: &RunnablePlan,
+    plan: &Plan,
     ns: &str,
     params: &[(&str, Value)],
 ) -> RunRecord {
@@ -58,7 +53,7 @@ pub async fn run(
         alert: None,
     };
     let executor = Executor::new(registry);
-    let mut record = executor.new_record("test", &plan.plan, &input);
+    let mut record = executor.new_record("test", plan, &input);
     let control = recoverd::executor::RunControl::default();
     executor
         .execute(plan, &input, &mut record, &NoObserver, &control)
@@ -124,7 +119,7 @@ pub async fn field(
         .resolve(cluster, api_version, resource)
         .await
         .unwrap();
-    let api = recoverd::executor::api_for_object(registry, cluster, &resolved, Some(ns)).unwrap();
+    let api = recoverd::cluster::api_for_object(registry, cluster, &resolved, Some(ns)).unwrap();
     let obj = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
     recoverd::fieldpath::FieldPath::parse(path)
         .unwrap()
