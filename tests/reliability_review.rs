@@ -212,10 +212,8 @@ async fn an_http_step_reads_a_bounded_part_of_a_response_that_never_ends() {
     std::fs::write(&file, text).unwrap();
     let (mut loaded, errors) = recoverd::plan::load_paths(std::slice::from_ref(&file));
     assert!(errors.is_empty(), "{errors:?}");
-    let plan = recoverd::executor::RunnablePlan {
-        plan: loaded.remove(0).plan,
-        base_dir: Some(dir.path().to_path_buf()),
-    };
+    let plan =
+        recoverd::plan::compile_one(&loaded.remove(0), None).unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = nowhere_kubeconfig(dir.path());
     let registry = Arc::new(
         Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::Live)
