@@ -287,3 +287,42 @@ fn serve_refuses_an_open_api_on_an_address_others_can_reach() {
         "the error says what to fix: {said}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_its_store_file_deleted_the_webhook_answers_503_so_alertmanager_retries() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    std::fs::copy(
+        support::clusters::repo_dir().join("tests/data/plans/serve/auto.yaml"),
+        plans.join("auto.yaml"),
+    )
+    .unwrap();
+    let kubeconfig = nowhere_kubeconfig(dir.path());
+    let serve = ServeProcess::start(dir.path(), &plans, &kubeconfig, &[]).await;
+    let (status, body) = serve
+        .post(
+            "/api/v1/alerts",
+            &payload("firing", primary_down(), "before", T0),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    std::fs::remove_file(&serve.store).unwrap();
+    // A new incident and a re-sent one: neither may be answered 202 with nowhere to record it
+    // (Alertmanager never re-sends what was answered 2xx until its repeat interval, hours).
+    for fingerprint in ["after", "before"] {
+        let resp = serve
+            .http
+            .post(format!("{}/api/v1/alerts", serve.url))
+            .bearer_auth(support::server::SERVE_TOKEN)
+            .json(&payload("firing", primary_down(), fingerprint, T0))
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let retry = resp.headers().contains_key("retry-after");
+        let body = resp.text().await.unwrap();
+        assert_eq!(status, 503, "{fingerprint}: {body}");
+        assert!(retry, "{fingerprint}: a 503 says when to retry");
+    }
+}
