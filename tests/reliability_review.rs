@@ -326,3 +326,62 @@ async fn with_its_store_file_deleted_the_webhook_answers_503_so_alertmanager_ret
         assert!(retry, "{fingerprint}: a 503 says when to retry");
     }
 }
+
+/// A keep-alive connection from `source` that has been answered once, or `None` if the server
+/// closed it unanswered.
+async fn held_connection(source: &str, port: u16) -> Option<tokio::net::TcpStream> {
+    use tokio::io::AsyncReadExt;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut s = socket
+        .connect(format!("127.0.0.1:{port}").parse().unwrap())
+        .await
+        .ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .ok()?;
+    let mut buf = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .ok()?
+        .ok()?;
+    String::from_utf8_lossy(&buf[..n])
+        .starts_with("HTTP/1.1 200")
+        .then_some(s)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_cannot_take_every_connection_and_lock_out_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    let kubeconfig = nowhere_kubeconfig(dir.path());
+    let serve = ServeProcess::start(
+        dir.path(),
+        &plans,
+        &kubeconfig,
+        &[
+            "--max-connections",
+            "8",
+            "--max-connections-per-client",
+            "3",
+        ],
+    )
+    .await;
+    // One client (127.0.0.2) opens as many keep-alive connections as it can and holds them, as
+    // one that sends a request a minute on each would.
+    let mut greedy = Vec::new();
+    for _ in 0..8 {
+        if let Some(s) = held_connection("127.0.0.2", serve.port).await {
+            greedy.push(s);
+        }
+    }
+    assert_eq!(greedy.len(), 3, "the client got only its share");
+    // Another client (the kubelet, Alertmanager) is still served.
+    for _ in 0..3 {
+        assert!(
+            held_connection("127.0.0.3", serve.port).await.is_some(),
+            "another client was locked out"
+        );
+    }
+}
