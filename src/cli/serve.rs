@@ -82,6 +82,15 @@ pub struct LimitArgs {
     /// Most connections open at once; more are closed when accepted.
     #[arg(long, env = "RECOVERD_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
+    /// Most connections open at once from one client address (0: no such limit), so that one
+    /// client cannot hold every connection and lock out the others (Alertmanager, the kubelet);
+    /// raise it (or 0) when one proxy address, such as a mesh sidecar's, carries every client.
+    #[arg(
+        long,
+        env = "RECOVERD_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub max_connections_per_client: usize,
     /// A connection with no traffic for this long is closed.
     #[arg(long, env = "RECOVERD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -194,6 +203,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     ));
     let limits = ConnLimits {
         max_connections: args.limits.max_connections,
+        max_per_client: args.limits.max_connections_per_client,
         idle_timeout: args.limits.idle_timeout,
         header_timeout: args.limits.header_timeout,
     };
