@@ -38,8 +38,8 @@ pub struct WebhookPayload {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
-    #[serde(default = "firing")]
-    pub status: String,
+    #[serde(default)]
+    pub status: AlertStatus,
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
@@ -57,8 +57,24 @@ pub struct Alert {
 /// are 16 hex digits and an RFC 3339 time; both are kept in every run record and summary.
 pub const MAX_IDENTITY_BYTES: usize = 256;
 
-fn firing() -> String {
-    "firing".into()
+/// Whether an alert is firing. Anything else than `firing` is a resolution: it never starts a
+/// run, it only withdraws runs still waiting for approval.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AlertStatus {
+    #[default]
+    Firing,
+    #[serde(other)]
+    Resolved,
+}
+
+impl AlertStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertStatus::Firing => "firing",
+            AlertStatus::Resolved => "resolved",
+        }
+    }
 }
 
 /// Who sent a webhook payload, told by its `version`.
@@ -144,7 +160,7 @@ pub enum AlertError {
 
 impl Alert {
     pub fn is_firing(&self) -> bool {
-        self.status == "firing"
+        self.status == AlertStatus::Firing
     }
 
     /// What templates see as `alert`.
@@ -162,7 +178,7 @@ impl Alert {
     /// `check` without a sample alert).
     pub fn sample(labels: BTreeMap<String, String>) -> Alert {
         Alert {
-            status: "firing".into(),
+            status: AlertStatus::Firing,
             labels,
             annotations: BTreeMap::from([(
                 "summary".into(),

@@ -9,6 +9,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::plan::model::StepType;
+
 /// One execution of a RecoveryPlan: its trigger and, in `status`, every step's outcome.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
 #[kube(
@@ -37,8 +39,8 @@ pub struct RecoveryRunSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Trigger {
-    /// `alert`, `manual` or `cli`.
-    pub kind: String,
+    /// `alert`, `manual`, `cli` (`recoverd run`) or `rehearsal`.
+    pub kind: TriggerKind,
     /// The alert's fingerprint (alert triggers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
@@ -51,6 +53,38 @@ pub struct Trigger {
     /// The caller's idempotency key (manual triggers).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
+}
+
+/// What kind of thing started a run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TriggerKind {
+    /// An alert delivered to the webhook.
+    #[default]
+    Alert,
+    /// `POST /api/v1/plans/{ns}/{name}/runs`.
+    Manual,
+    /// `recoverd run`.
+    Cli,
+    /// `recoverd rehearse`.
+    Rehearsal,
+}
+
+impl TriggerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TriggerKind::Alert => "alert",
+            TriggerKind::Manual => "manual",
+            TriggerKind::Cli => "cli",
+            TriggerKind::Rehearsal => "rehearsal",
+        }
+    }
+}
+
+impl std::fmt::Display for TriggerKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -78,6 +112,17 @@ pub enum Phase {
 }
 
 impl Phase {
+    pub const ALL: [Phase; 8] = [
+        Phase::Pending,
+        Phase::WaitingForApproval,
+        Phase::Running,
+        Phase::Succeeded,
+        Phase::SucceededWithErrors,
+        Phase::Failed,
+        Phase::Cancelled,
+        Phase::Interrupted,
+    ];
+
     pub fn is_finished(self) -> bool {
         matches!(
             self,
@@ -173,7 +218,7 @@ pub struct RunRecord {
 pub struct StepRecord {
     pub name: String,
     #[serde(rename = "type")]
-    pub step_type: String,
+    pub step_type: StepType,
     /// The cluster the step acted on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,

@@ -293,7 +293,10 @@ async fn webhook_load_while_the_switchover_runs_loses_no_run_and_keeps_health_an
     // Every run finishes (a hang guard, not a timing assertion).
     eventually("every run to finish", Duration::from_secs(120), || async {
         all_runs(&serve).await.iter().all(|r| {
-            !recoverd::run::store::ACTIVE.contains(&r["phase"].as_str().unwrap_or("Pending"))
+            let phase = r["phase"].as_str().unwrap_or("Pending");
+            !recoverd::run::store::ACTIVE
+                .iter()
+                .any(|p| p.as_str() == phase)
         })
     })
     .await;

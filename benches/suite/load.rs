@@ -114,7 +114,7 @@ async fn switchover(serve: &support::server::ServeProcess, ns: &str, key: &str) 
                     .sum();
                 return steps - REACTOR_DELAYS_MS;
             }
-            Some(p) if !recoverd::run::store::ACTIVE.contains(&p) => {
+            Some(p) if !recoverd::run::store::ACTIVE.iter().any(|a| a.as_str() == p) => {
                 panic!("the switchover did not succeed: {run:#}")
             }
             _ => tokio::time::sleep(Duration::from_millis(50)).await,

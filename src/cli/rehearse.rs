@@ -86,7 +86,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let executor = Executor::new(registry.clone());
     let mut record = executor.new_record("rehearsal", &plan, &input);
-    record.trigger.kind = "rehearsal".into();
+    record.trigger.kind = crate::record::TriggerKind::Rehearsal;
     let control = crate::executor::RunControl::default();
     executor
         .execute(&plan, &input, &mut record, &Printer::new(), &control)

@@ -106,7 +106,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         let id = format!("cli-{}", jiff::Timestamp::now().as_millisecond());
         let mut record = executor.new_record(&id, &plan, &input);
         record.trigger = crate::record::Trigger {
-            kind: "cli".into(),
+            kind: crate::record::TriggerKind::Cli,
             fingerprint: alert.as_ref().map(|a| a.fingerprint.clone()),
             starts_at: alert.as_ref().map(|a| a.starts_at.clone()),
             ..Default::default()

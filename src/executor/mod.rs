@@ -331,7 +331,7 @@ impl Executor {
     fn pending_record(&self, s: &Step) -> StepRecord {
         StepRecord {
             name: s.name.clone(),
-            step_type: s.kind.type_name().as_str().to_string(),
+            step_type: s.kind.type_name(),
             cluster: step_cluster(&self.registry, s).map(str::to_string),
             ..Default::default()
         }

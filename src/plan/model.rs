@@ -134,9 +134,11 @@ pub struct Step {
     pub exec: Option<ExecStep>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum StepType {
+    /// (The default only so that an empty step record can be built.)
+    #[default]
     Patch,
     ReadField,
     Wait,
@@ -145,6 +147,12 @@ pub enum StepType {
     Delete,
     Assert,
     Exec,
+}
+
+impl std::fmt::Display for StepType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl StepType {

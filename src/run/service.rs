@@ -18,13 +18,13 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
 use super::store::{ClaimRules, Page, Refusal, Retention, Store, StoreError};
-use crate::alert::Alert;
+use crate::alert::{Alert, AlertStatus};
 use crate::executor::{Event, Executor, Observer, RunControl, RunInput};
 use crate::metrics::Metrics;
 use crate::plan::model::Mode;
 use crate::plan::set::PlanSet;
 use crate::plan::Plan;
-use crate::record::{Phase, RunRecord, StepStatus, Trigger};
+use crate::record::{Phase, RunRecord, StepStatus, Trigger, TriggerKind};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunsError {
@@ -73,15 +73,32 @@ pub enum RunsError {
 #[serde(rename_all = "camelCase")]
 pub struct AlertOutcome {
     pub fingerprint: String,
-    pub status: String,
-    /// `started`, `awaitingApproval`, `deduplicated`, `noMatch`, `cancelled`, `ignored`.
-    pub action: String,
+    pub status: AlertStatus,
+    pub action: Action,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub plan: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_id: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// What recoverd did with one alert.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum Action {
+    /// A run of the plan started.
+    Started,
+    /// A run was created and waits for approval.
+    AwaitingApproval,
+    /// The incident already has a run (or the plan is busy or cooling down): nothing new.
+    Deduplicated,
+    /// No plan matches the alert's labels.
+    NoMatch,
+    /// A resolution withdrew a run that was waiting for approval.
+    Cancelled,
+    /// A resolution with nothing to withdraw.
+    Ignored,
 }
 
 /// `POST /api/v1/plans/{ns}/{name}/runs`.
@@ -291,24 +308,20 @@ impl Runs {
 
     /// Handles one alert of a webhook payload; each alert is judged by its own status.
     pub fn alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
-        let outcome = |action: &str,
+        let outcome = |action: Action,
                        plan: Option<String>,
                        run_id: Option<String>,
                        reason: Option<String>| AlertOutcome {
             fingerprint: alert.fingerprint.clone(),
-            status: alert.status.clone(),
-            action: action.into(),
+            status: alert.status,
+            action,
             plan,
             run_id,
             reason,
         };
         self.metrics
             .alerts_received
-            .with_label_values(&[if alert.is_firing() {
-                "firing"
-            } else {
-                "resolved"
-            }])
+            .with_label_values(&[alert.status.as_str()])
             .inc();
         let plans = self.plans();
         if !alert.is_firing() {
@@ -331,7 +344,7 @@ impl Runs {
             };
             if waiting.is_empty() {
                 return Ok(vec![outcome(
-                    "ignored",
+                    Action::Ignored,
                     None,
                     None,
                     Some("resolved alerts never start runs".into()),
@@ -348,7 +361,7 @@ impl Runs {
                     continue;
                 }
                 out.push(outcome(
-                    "cancelled",
+                    Action::Cancelled,
                     Some(plan),
                     Some(id),
                     Some("alert resolved".into()),
@@ -362,7 +375,7 @@ impl Runs {
         }
         let matching = plans.matching(&alert.labels);
         if matching.is_empty() {
-            return Ok(vec![outcome("noMatch", None, None, None)]);
+            return Ok(vec![outcome(Action::NoMatch, None, None, None)]);
         }
         let mut out = Vec::new();
         for plan in matching {
@@ -378,7 +391,7 @@ impl Runs {
                 // the log, so the duplicate itself is only a debug line.
                 debug!(plan = %name, run = %refusal.existing(), reason = refusal.reason(), "alert deduplicated");
                 outcome(
-                    "deduplicated",
+                    Action::Deduplicated,
                     Some(name.clone()),
                     Some(refusal.existing().to_string()),
                     Some(refusal.reason().into()),
@@ -395,7 +408,7 @@ impl Runs {
             };
             let mut record = self.live.new_record(&id, plan, &input);
             record.trigger = Trigger {
-                kind: "alert".into(),
+                kind: TriggerKind::Alert,
                 fingerprint: Some(alert.fingerprint.clone()),
                 starts_at: Some(alert.starts_at.clone()),
                 ..Default::default()
@@ -418,10 +431,15 @@ impl Runs {
             self.refresh_active();
             if approval {
                 info!(plan = %name, run = %id, "run awaits approval");
-                out.push(outcome("awaitingApproval", Some(name), Some(id), None));
+                out.push(outcome(
+                    Action::AwaitingApproval,
+                    Some(name),
+                    Some(id),
+                    None,
+                ));
             } else {
                 self.spawn(record, plan.clone(), false);
-                out.push(outcome("started", Some(name), Some(id), None));
+                out.push(outcome(Action::Started, Some(name), Some(id), None));
             }
         }
         Ok(out)
@@ -498,7 +516,7 @@ impl Runs {
         };
         let mut record = executor.new_record(&id, &plan, &input);
         record.trigger = Trigger {
-            kind: "manual".into(),
+            kind: TriggerKind::Manual,
             actor: req.actor.clone(),
             idempotency_key: req.idempotency_key.clone(),
             ..Default::default()
@@ -832,19 +850,20 @@ impl Observer for StoreObserver<'_> {
                 let s = run.step(*index, *compensation);
                 if let Some(ms) = s.duration_ms {
                     m.step_duration
-                        .with_label_values(&[&run.plan, &s.step_type])
+                        .with_label_values(&[&run.plan, s.step_type.as_str()])
                         .observe(ms as f64 / 1000.0);
                 }
                 if s.status == StepStatus::Failed {
                     let reason = s.reason.as_deref().unwrap_or("unknown");
                     m.step_failures
-                        .with_label_values(&[&run.plan, &s.step_type, reason])
+                        .with_label_values(&[&run.plan, s.step_type.as_str(), reason])
                         .inc();
                 }
             }
             Event::RunFinished => {
-                let result = format!("{:?}", run.phase);
-                m.runs.with_label_values(&[&run.plan, &result]).inc();
+                m.runs
+                    .with_label_values(&[&run.plan, run.phase.as_str()])
+                    .inc();
                 if let Some(ms) = run.duration_ms {
                     m.run_duration
                         .with_label_values(&[&run.plan])

@@ -13,7 +13,8 @@
 //! ([`Store::check_health`]), so `/readyz` can say so.
 //!
 //! "Active" is a fixed list of phases ([`ACTIVE`]); every other phase — including any added
-//! later — counts as finished.
+//! later — counts as finished. Every phase in a query is written from [`Phase`], never as a
+//! string literal.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -104,7 +105,19 @@ pub struct ClaimRules {
 }
 
 /// Phases of a run that has not finished. Every other phase is finished.
-pub const ACTIVE: &[&str] = &["Pending", "WaitingForApproval", "Running", "Interrupted"];
+pub const ACTIVE: &[Phase] = &[
+    Phase::Pending,
+    Phase::WaitingForApproval,
+    Phase::Running,
+    Phase::Interrupted,
+];
+
+/// The phases the active-runs gauge counts: about to run, running, or waiting for approval (an
+/// Interrupted run holds its plan but runs nothing until resumed).
+const COUNTED_ACTIVE: &[Phase] = &[Phase::Pending, Phase::Running, Phase::WaitingForApproval];
+
+/// The phases of runs that were executing when recoverd stopped.
+const EXECUTING: &[Phase] = &[Phase::Pending, Phase::Running];
 
 /// How many finished runs to keep, and for how long.
 #[derive(Clone, Copy, Debug)]
@@ -202,11 +215,8 @@ pub struct Store {
     file: Option<(PathBuf, FileId)>,
 }
 
-fn phase_name(p: Phase) -> String {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
+fn phase_name(p: Phase) -> &'static str {
+    p.as_str()
 }
 
 fn mode_name(m: RunMode) -> &'static str {
@@ -216,12 +226,17 @@ fn mode_name(m: RunMode) -> &'static str {
     }
 }
 
-fn active_list() -> String {
-    ACTIVE
+/// Phases as an SQL list: `'Pending','Running'`.
+fn sql_list(phases: &[Phase]) -> String {
+    phases
         .iter()
-        .map(|p| format!("'{p}'"))
+        .map(|p| format!("'{}'", p.as_str()))
         .collect::<Vec<_>>()
         .join(",")
+}
+
+fn active_list() -> String {
+    sql_list(ACTIVE)
 }
 
 /// The plan's newest unfinished live run (the one-active-run rule).
@@ -243,11 +258,19 @@ const PAGE_SQL: &str = "SELECT id, created_ms, COALESCE(summary, record) FROM ru
        AND (created_ms < ?2 OR (created_ms = ?2 AND id < ?3))
      ORDER BY created_ms DESC, id DESC LIMIT ?4";
 
-const ACTIVE_COUNT_SQL: &str =
-    "SELECT COUNT(*) FROM runs WHERE phase IN ('Pending','Running','WaitingForApproval')";
+fn active_count_sql() -> String {
+    format!(
+        "SELECT COUNT(*) FROM runs WHERE phase IN ({})",
+        sql_list(COUNTED_ACTIVE)
+    )
+}
 
-const WAITING_SQL: &str =
-    "SELECT record FROM runs WHERE fingerprint = ?1 AND phase = 'WaitingForApproval'";
+fn waiting_sql() -> String {
+    format!(
+        "SELECT record FROM runs WHERE fingerprint = ?1 AND phase = '{}'",
+        Phase::WaitingForApproval.as_str()
+    )
+}
 
 fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
@@ -392,7 +415,7 @@ impl Store {
                 record.id,
                 record.plan,
                 phase_name(record.phase),
-                record.trigger.kind,
+                record.trigger.kind.as_str(),
                 record.trigger.fingerprint,
                 now_ms(),
                 to_json(record),
@@ -537,7 +560,7 @@ impl Store {
 
     /// Runs waiting for approval that a resolved alert with this fingerprint may cancel.
     pub fn waiting_for_approval(&self, fingerprint: &str) -> Result<Vec<RunRecord>, StoreError> {
-        let mut stmt = self.conn.prepare(WAITING_SQL)?;
+        let mut stmt = self.conn.prepare(&waiting_sql())?;
         let rows = stmt.query_map([fingerprint], |r| r.get::<_, String>(0))?;
         rows.map(|t| {
             let t = t?;
@@ -552,9 +575,10 @@ impl Store {
     /// At start-up: every run that was executing when recoverd stopped is now `Interrupted`
     /// (its running step is recorded as it was). Returns their ids.
     pub fn mark_interrupted(&self) -> Result<Vec<String>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, record FROM runs WHERE phase IN ('Pending', 'Running')")?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT id, record FROM runs WHERE phase IN ({})",
+            sql_list(EXECUTING)
+        ))?;
         let rows: Vec<(String, String)> = stmt
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
             .collect::<Result<_, _>>()?;
@@ -580,7 +604,7 @@ impl Store {
     pub fn active_count(&self) -> Result<i64, StoreError> {
         Ok(self
             .conn
-            .prepare_cached(ACTIVE_COUNT_SQL)?
+            .prepare_cached(&active_count_sql())?
             .query_row([], |r| r.get(0))?)
     }
 
@@ -656,7 +680,7 @@ mod tests {
             id: id.into(),
             plan: plan.into(),
             trigger: Trigger {
-                kind: kind.into(),
+                kind: serde_json::from_value(serde_json::json!(kind)).unwrap(),
                 fingerprint: Some("fp".into()),
                 ..Default::default()
             },
@@ -901,8 +925,8 @@ mod tests {
             ("exists", "SELECT 1 FROM runs WHERE id = ?1".to_string()),
             ("active run", active_run_sql()),
             ("cooldown", COOLDOWN_SQL.to_string()),
-            ("active count", ACTIVE_COUNT_SQL.to_string()),
-            ("waiting", WAITING_SQL.to_string()),
+            ("active count", active_count_sql()),
+            ("waiting", waiting_sql()),
             (
                 "in phase",
                 "SELECT id, record FROM runs WHERE phase = ?1".to_string(),

@@ -163,7 +163,11 @@ impl TestApp {
             let (_, run) = self.get_as(token, &format!("/api/v1/runs/{id}")).await;
             // Any phase but the unfinished ones (so a finished phase added later counts too).
             let phase = run["phase"].as_str().unwrap_or("");
-            if !phase.is_empty() && !recoverd::run::store::ACTIVE.contains(&phase) {
+            if !phase.is_empty()
+                && !recoverd::run::store::ACTIVE
+                    .iter()
+                    .any(|p| p.as_str() == phase)
+            {
                 return run;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
