@@ -11,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::Request;
+use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
-use recoverd::executor::Executor;
-use recoverd::metrics::Metrics;
 use recoverd::plan::set::PlanSet;
-use recoverd::run::service::Runs;
 use recoverd::run::store::Store;
-use recoverd::server::{router, AppState, Tokens};
+use recoverd::server::{Settings, Tokens};
 use tower::ServiceExt;
 
 fn plans_dir(dir: &Path, n: usize) {
@@ -97,8 +95,8 @@ fn main() {
         let dry = Arc::new(Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::DryRun).await.unwrap());
         let set = PlanSet::load(&[dir.path().join("plans")], Some(&live.names()));
         let store = Store::open(&dir.path().join("runs.db")).unwrap();
-        let runs = Runs::new(store, set, Arc::new(Executor::new(live)), Arc::new(Executor::new(dry)), Arc::new(Metrics::new()));
-        let app = router(AppState::new(runs.clone(), Tokens::from_list(&["t"])));
+        let built = App::build(Config { live, dry, store, plans: set, settings: Settings::new(Tokens::from_list(&["t"])) });
+        let (runs, app) = (built.runs.clone(), built.router());
         let body = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/alerts/firing-one-alert.json"))
             .unwrap()
             .replace("CNPGPrimaryUnavailable", "Alert7")

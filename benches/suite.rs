@@ -23,14 +23,14 @@ use axum::http::Request;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
 use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
-use recoverd::metrics::Metrics;
 use recoverd::plan::set::PlanSet;
 use recoverd::plan::Plan;
 use recoverd::run::service::Runs;
 use recoverd::run::store::Store;
-use recoverd::server::{router, AppState, Tokens};
+use recoverd::server::{Settings, Tokens};
 use serde::Serialize;
 use serde_json::{json, Value};
 use tower::ServiceExt;
@@ -770,14 +770,15 @@ async fn receiver(
     dry: Arc<Registry>,
 ) -> (axum::Router, Arc<Runs>) {
     let store = Store::open(&dir.join("runs.db")).unwrap();
-    let runs = Runs::new(
+    let app = App::build(Config {
+        live: registry,
+        dry,
         store,
         plans,
-        Arc::new(Executor::new(registry)),
-        Arc::new(Executor::new(dry)),
-        Arc::new(Metrics::new()),
-    );
-    let app = router(AppState::new(runs.clone(), Tokens::from_list(&[TOKEN])));
+        settings: Settings::new(Tokens::from_list(&[TOKEN])),
+    });
+    let runs = app.runs.clone();
+    let app = app.router();
     (app, runs)
 }
 

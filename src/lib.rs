@@ -5,6 +5,7 @@
 //! [`template`]s and reading [`fieldpath`]s, and records every step in a run ([`run`]).
 
 pub mod alert;
+pub mod app;
 pub mod cli;
 pub mod cluster;
 pub mod duration;

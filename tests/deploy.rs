@@ -1406,7 +1406,7 @@ fn the_alerts_on_recoverd_use_its_metric_names_and_the_example_alert_matches_the
     }
 
     // Label values are ones recoverd sets: run phases and step failure reasons.
-    let record = std::fs::read_to_string(repo_dir().join("src/run/record.rs")).unwrap();
+    let record = std::fs::read_to_string(repo_dir().join("src/record.rs")).unwrap();
     let errors = std::fs::read_to_string(repo_dir().join("src/executor/error.rs")).unwrap();
     let result = regex::Regex::new(r#"result="([A-Za-z]+)""#).unwrap();
     let reason = regex::Regex::new(r#"reason="([a-z-]+)""#).unwrap();

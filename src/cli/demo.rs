@@ -15,15 +15,15 @@ use serde_json::{json, Value};
 
 use super::print::Printer;
 use crate::alert;
+use crate::app::{App, Config};
 use crate::cluster::{Registry, WriteMode};
-use crate::executor::{Event, Executor, Observer};
+use crate::executor::{Event, Observer};
 use crate::fieldpath::{as_text, FieldPath};
-use crate::metrics::Metrics;
 use crate::plan::set::PlanSet;
 use crate::record::{Phase, RunRecord, StepStatus};
 use crate::run::service::Runs;
 use crate::run::store::Store;
-use crate::server::{router, AppState, Tokens};
+use crate::server::{Settings, Tokens};
 use crate::sim::{demo, Sandbox};
 use crate::world;
 
@@ -249,15 +249,15 @@ impl Receiver {
             anyhow::bail!("the demo plan is invalid: {:?}", plans.invalid);
         }
         let store = Store::open(&dir.join("recoverd.db"))?;
-        let runs = Runs::new(
+        let token = kube_sim::new_uid("demo-token");
+        let built = App::build(Config {
+            live,
+            dry,
             store,
             plans,
-            Arc::new(Executor::new(live)),
-            Arc::new(Executor::new(dry)),
-            Arc::new(Metrics::new()),
-        );
-        let token = kube_sim::new_uid("demo-token");
-        let app = router(AppState::new(runs.clone(), Tokens::from_list(&[&token])));
+            settings: Settings::new(Tokens::from_list(&[&token])),
+        });
+        let (runs, app) = (built.runs.clone(), built.router());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let task = tokio::spawn(async move {

@@ -11,14 +11,13 @@ use anyhow::Context as _;
 use tracing::{info, warn};
 
 use super::ClusterArgs;
+use crate::app::{App, Config};
 use crate::cluster::WriteMode;
-use crate::executor::Executor;
-use crate::metrics::Metrics;
 use crate::plan::set::PlanSet;
 use crate::run::service::Runs;
 use crate::run::store::{Retention, Store};
 use crate::server::limits::{self, ConnLimits, Guard};
-use crate::server::{router, AppState, Auth, Tokens, DEFAULT_BODY_LIMIT};
+use crate::server::{Auth, Settings, Tokens, DEFAULT_BODY_LIMIT};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -135,17 +134,6 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let plan_paths = args.plans.clone();
     let plan_names = names.clone();
     let plans = blocking(move || load_plans(&plan_paths, &plan_names)).await;
-    let runs = Runs::new(
-        store,
-        plans,
-        Arc::new(Executor::new(live)),
-        Arc::new(Executor::new(dry)),
-        Arc::new(Metrics::new()),
-    );
-    let interrupted = runs.recover()?;
-    if !interrupted.is_empty() {
-        warn!(runs = ?interrupted, "runs interrupted by the last shutdown; resume them with POST /api/v1/runs/{{id}}/resume");
-    }
     let read = |flag: &str, f: &PathBuf| {
         Tokens::from_file(f).with_context(|| format!("reading --{flag} {}", f.display()))
     };
@@ -159,25 +147,32 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             Tokens::default()
         }
     };
-    let approvers = match &args.approver_token_file {
+    let mut settings = Settings::new(tokens);
+    settings.auth.approvers = match &args.approver_token_file {
         Some(f) => Some(read("approver-token-file", f)?),
         None => None,
     };
-    let operators = match &args.operator_token_file {
+    settings.auth.operators = match &args.operator_token_file {
         Some(f) => Some(read("operator-token-file", f)?),
         None => None,
     };
-    let state = AppState {
-        runs: runs.clone(),
-        tokens,
-        approvers,
-        operators,
-        body_limit: args.body_limit,
-        body_timeout: args.limits.body_timeout,
-        metrics_public: args.metrics_public,
-    };
-    let auth = state.auth();
-    let app = router(state);
+    settings.body_limit = args.body_limit;
+    settings.body_timeout = args.limits.body_timeout;
+    settings.metrics_public = args.metrics_public;
+    let app = App::build(Config {
+        live,
+        dry,
+        store,
+        plans,
+        settings,
+    });
+    let runs = app.runs.clone();
+    let interrupted = runs.recover()?;
+    if !interrupted.is_empty() {
+        warn!(runs = ?interrupted, "runs interrupted by the last shutdown; resume them with POST /api/v1/runs/{{id}}/resume");
+    }
+    let auth = app.state.settings.auth.clone();
+    let app = app.router();
 
     let tls = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => Some(Tls {
@@ -189,7 +184,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         }),
         _ => None,
     };
-    let reload = tokio::spawn(reload_loop(
+    let reload = tokio::spawn(housekeeping_loop(
         runs.clone(),
         auth,
         tls.clone(),
@@ -278,7 +273,7 @@ fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 /// Every `every`: reloads changed plans and token files, expires approvals, checks the store
 /// (and writes runs that stopped on a failed write), and prunes old runs. The file and store
 /// work runs on the blocking pool, and a reload swaps the plan set in one step.
-async fn reload_loop(
+async fn housekeeping_loop(
     runs: Arc<Runs>,
     auth: Auth,
     tls: Option<Tls>,

@@ -4,16 +4,15 @@
 //! on the blocking pool ([`blocking`]): a slow disk or a large batch of alerts must not hold
 //! the runtime's worker threads that answer `/healthz`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
 use super::error::ApiError;
+use super::extract::{ApiQuery, JsonBytes};
 use super::AppState;
 use crate::alert::WebhookPayload;
 use crate::run::service::{ManualTrigger, Runs};
@@ -30,62 +29,17 @@ where
         .map_err(|e| ApiError::Internal(format!("a request task failed: {e}")))?
 }
 
-/// The body, unread, with its content type checked (415) — for parsing on the blocking pool.
-fn json_bytes(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<Bytes, ApiError> {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !ct
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .eq_ignore_ascii_case("application/json")
-    {
-        return Err(ApiError::UnsupportedMediaType);
-    }
-    body.map_err(|r| {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge(limit)
-        } else {
-            ApiError::BadRequest(format!("failed to read the body: {r}"))
-        }
-    })
-}
-
-/// The body of a JSON request, with the failures a client can fix turned into [`ApiError`]s:
-/// wrong content type (415), too large (413), unreadable (400).
-fn json_body<T: serde::de::DeserializeOwned>(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-    limit: usize,
-) -> Result<T, ApiError> {
-    parse(&json_bytes(headers, body, limit)?)
-}
-
-fn parse<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-}
-
 pub async fn alerts(
     State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
     if !state.runs.accepting() {
         return Err(ApiError::Unavailable(
             "recoverd is shutting down; retry against another replica".into(),
         ));
     }
-    let bytes = json_bytes(&headers, body, state.body_limit)?;
     blocking(&state, move |runs| {
-        let mut payload: WebhookPayload = parse(&bytes)?;
+        let mut payload: WebhookPayload = body.parse()?;
         // Alertmanager's version 4 or Grafana's version 1 (see `alert.rs`).
         payload.accept().map_err(ApiError::BadRequest)?;
         // Check every alert before acting on any: a 4xx after some runs started would lose the
@@ -128,15 +82,9 @@ pub const MAX_TRIGGER_TEXT: usize = 1024;
 pub async fn trigger(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let empty = matches!(&body, Ok(b) if b.is_empty());
-    let req: ManualTrigger = if empty {
-        ManualTrigger::default()
-    } else {
-        json_body(&headers, body, state.body_limit)?
-    };
+    let req: ManualTrigger = body.parse_or_default()?;
     // Both are kept in the run's record and in every list of runs.
     for (field, value) in [
         ("actor", &req.actor),
@@ -180,10 +128,8 @@ pub struct RunsQuery {
 /// `?continue=` the previous page's `continue`. Full records only by id.
 pub async fn runs(
     State(state): State<AppState>,
-    q: Result<Query<RunsQuery>, QueryRejection>,
+    ApiQuery(q): ApiQuery<RunsQuery>,
 ) -> Result<impl IntoResponse, ApiError> {
-    // axum's own rejection is plain text; every answer of this API is JSON.
-    let Query(q) = q.map_err(|r| ApiError::BadRequest(r.body_text()))?;
     let limit = q.limit.unwrap_or(DEFAULT_PAGE);
     if limit == 0 || limit > MAX_PAGE {
         return Err(ApiError::BadRequest(format!(

@@ -52,7 +52,7 @@ impl Default for ConnLimits {
 
 /// Reads the whole body within the size and time limits before the handler sees it.
 pub async fn read_body(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let limit = state.body_limit;
+    let limit = state.settings.body_limit;
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -66,7 +66,7 @@ pub async fn read_body(State(state): State<AppState>, req: Request, next: Next) 
     }
     let (parts, body) = req.into_parts();
     let bytes = match tokio::time::timeout(
-        state.body_timeout,
+        state.settings.body_timeout,
         axum::body::to_bytes(body, limit.saturating_add(1)),
     )
     .await
@@ -74,7 +74,7 @@ pub async fn read_body(State(state): State<AppState>, req: Request, next: Next) 
         Err(_) => {
             return ApiError::Timeout(format!(
                 "the request body did not arrive within {}",
-                crate::duration::format(state.body_timeout)
+                crate::duration::format(state.settings.body_timeout)
             ))
             .into_response()
         }

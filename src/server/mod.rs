@@ -1,9 +1,10 @@
 //! The HTTP API (axum, DESIGN §4): the Alertmanager webhook, manual triggers, runs, health and
-//! metrics. [`router`] builds it for `serve` and for tests; [`limits`] keeps hostile clients
+//! metrics. [`router`] builds it over the state [`crate::app::App`] assembles; [`limits`] keeps hostile clients
 //! (slow, idle, too many, too large) from starving it.
 
 mod auth;
 mod error;
+mod extract;
 mod handlers;
 pub mod limits;
 
@@ -26,41 +27,38 @@ pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 /// Default time a client has to send a request's whole body.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(10);
 
-#[derive(Clone)]
-pub struct AppState {
-    pub runs: Arc<Runs>,
-    /// The alert senders' tokens (`--token-file`); see [`Auth`] for the roles.
-    pub tokens: Tokens,
-    /// When set, only these tokens may approve, cancel or resume runs.
-    pub approvers: Option<Tokens>,
-    /// When set, these tokens may read and trigger; the alert senders' may then only send alerts.
-    pub operators: Option<Tokens>,
+/// How the API admits requests: who may do what, and how much a request may send.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The tokens of each role (see [`Auth`]).
+    pub auth: Auth,
     pub body_limit: usize,
+    /// How long a client has to send a request's whole body.
     pub body_timeout: Duration,
+    /// `/metrics` without a token.
     pub metrics_public: bool,
 }
 
-impl AppState {
+impl Settings {
     /// One set of tokens holding every role, the default limits, private metrics.
-    pub fn new(runs: Arc<Runs>, tokens: Tokens) -> Self {
-        AppState {
-            runs,
-            tokens,
-            approvers: None,
-            operators: None,
+    pub fn new(tokens: Tokens) -> Self {
+        Settings {
+            auth: Auth {
+                alert_senders: tokens,
+                operators: None,
+                approvers: None,
+            },
             body_limit: DEFAULT_BODY_LIMIT,
             body_timeout: DEFAULT_BODY_TIMEOUT,
             metrics_public: false,
         }
     }
+}
 
-    pub fn auth(&self) -> Auth {
-        Auth {
-            alert_senders: self.tokens.clone(),
-            operators: self.operators.clone(),
-            approvers: self.approvers.clone(),
-        }
-    }
+#[derive(Clone)]
+pub struct AppState {
+    pub runs: Arc<Runs>,
+    pub settings: Settings,
 }
 
 /// Which role a group of routes needs.
@@ -77,7 +75,7 @@ fn roles(state: &AppState, req: &Request) -> Roles {
         .headers()
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    state.auth().roles(header)
+    state.settings.auth.roles(header)
 }
 
 async fn require(state: AppState, need: Need, req: Request, next: Next) -> Response {
@@ -137,7 +135,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}", get(handlers::run));
     let alerts = Router::new().route("/api/v1/alerts", post(handlers::alerts));
     let metrics = Router::new().route("/metrics", get(handlers::metrics));
-    let metrics = if state.metrics_public {
+    let metrics = if state.settings.metrics_public {
         metrics.route_layer(middleware::from_fn_with_state(
             state.clone(),
             limits::read_body,
@@ -153,6 +151,6 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)
-        .layer(DefaultBodyLimit::max(state.body_limit))
+        .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .with_state(state)
 }

@@ -6,13 +6,12 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use axum::Router;
+use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
-use recoverd::executor::Executor;
-use recoverd::metrics::Metrics;
 use recoverd::plan::set::PlanSet;
 use recoverd::run::service::Runs;
 use recoverd::run::store::Store;
-use recoverd::server::{router, AppState, Tokens};
+use recoverd::server::{Settings, Tokens};
 use serde_json::Value;
 use tower::ServiceExt;
 
@@ -91,19 +90,19 @@ pub async fn app_split(extra: &[(&str, String)], split: Split) -> TestApp {
     );
     let set = PlanSet::load(&[plans], Some(&live.names()));
     let store = Store::open(&dir.path().join("runs.db")).unwrap();
-    let runs = Runs::new(
+    let mut settings = Settings::new(Tokens::from_list(&[TOKEN]));
+    settings.auth.approvers = split.approvers.then(|| Tokens::from_list(&[APPROVER]));
+    settings.auth.operators = split.operators.then(|| Tokens::from_list(&[OPERATOR]));
+    let app = App::build(Config {
+        live,
+        dry,
         store,
-        set,
-        Arc::new(Executor::new(live)),
-        Arc::new(Executor::new(dry)),
-        Arc::new(Metrics::new()),
-    );
-    let mut state = AppState::new(runs.clone(), Tokens::from_list(&[TOKEN]));
-    state.approvers = split.approvers.then(|| Tokens::from_list(&[APPROVER]));
-    state.operators = split.operators.then(|| Tokens::from_list(&[OPERATOR]));
+        plans: set,
+        settings,
+    });
     TestApp {
-        router: router(state),
-        runs,
+        router: app.router(),
+        runs: app.runs,
         dir,
     }
 }

@@ -1,0 +1,352 @@
+//! One step of a run: deciding its cluster, recording its start before it runs, its attempts
+//! (each bounded by the step's timeout and the run's deadline, transient failures retried with
+//! backoff), and recording its outcome with secrets kept out.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+use tracing::{debug, info, instrument, warn};
+
+use crate::plan::compiled::{Plan, Step, StepKind};
+use crate::plan::model::OnError;
+use crate::record::{now, RunRecord, StepStatus};
+use crate::template;
+
+use super::ctx::{uses_secret, StepCtx, StepOutcome};
+use super::redact::{redact_inputs, scrub, scrub_value, REDACTED};
+use super::{apply, assert, delete, exec, http, patch, read_field, wait};
+use super::{Event, Executor, Observer, RunControl, RunInput, StepError};
+
+/// What every step of a run (or of its compensation) shares.
+#[derive(Clone, Copy)]
+pub(super) struct RunScope<'a> {
+    pub plan: &'a Plan,
+    pub input: &'a RunInput,
+    pub observer: &'a dyn Observer,
+    pub control: &'a RunControl,
+    /// When the run (or its compensation) must be over, and the budget that deadline came from.
+    pub deadline: Instant,
+    pub budget: Duration,
+}
+
+/// Which step of the record: its index in the steps or in the `onFailure` steps.
+#[derive(Clone, Copy)]
+pub(super) struct At {
+    pub index: usize,
+    pub compensation: bool,
+}
+
+impl Executor {
+    #[instrument(skip_all, fields(step = %step.name, cluster = tracing::field::Empty))]
+    pub(super) async fn run_step(
+        &self,
+        scope: &RunScope<'_>,
+        record: &mut RunRecord,
+        at: At,
+        step: &Step,
+    ) -> Result<(), StepError> {
+        let RunScope {
+            plan,
+            input,
+            observer,
+            control,
+            ..
+        } = *scope;
+        let At {
+            index,
+            compensation,
+        } = at;
+        let values = context(plan, input, record);
+        // `cluster: "{{ Values.from }}"`: one plan serves both directions; the rendered name
+        // must be in the registry.
+        let cluster = match step.cluster.as_deref() {
+            Some(c) if template::is_template(c) => template::render(c, &values)
+                .map_err(StepError::from)
+                .and_then(|name| {
+                    self.registry.client(&name)?;
+                    Ok(name)
+                }),
+            other => Ok(self.registry.name_or_default(other).to_string()),
+        };
+        let cluster = match cluster {
+            Ok(c) => c,
+            Err(e) => {
+                let text = scrub(&e.to_string(), &record.secrets.needles());
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::Failed;
+                rec.error = Some(text);
+                rec.reason = Some(e.reason().to_string());
+                rec.continued = step.on_error == OnError::Continue;
+                observer.on_event(
+                    record,
+                    &Event::StepFinished {
+                        index,
+                        compensation,
+                    },
+                );
+                return Err(e);
+            }
+        };
+        tracing::Span::current().record("cluster", cluster.as_str());
+        if step.uses_cluster() {
+            record.step_mut(index, compensation).cluster = Some(cluster.clone());
+        }
+        let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
+        // http steps redact their own inputs field by field (see `http.rs`).
+        let tainted_in = !matches!(step.kind, StepKind::Http(_))
+            && step
+                .templates
+                .iter()
+                .any(|src| uses_secret(src, &secret_keys));
+        let started = Instant::now();
+        {
+            let rec = record.step_mut(index, compensation);
+            rec.status = StepStatus::Running;
+            rec.started_at = Some(now());
+            rec.attempts = 0;
+            rec.error = None;
+            rec.reason = None;
+            rec.continued = false;
+        }
+        observer.on_event(
+            record,
+            &Event::StepStarted {
+                index,
+                compensation,
+            },
+        );
+        // The record of the step's start could not be written (or recoverd is shutting down):
+        // a step must never run unrecorded.
+        if control.drain.is_cancelled() {
+            let rec = record.step_mut(index, compensation);
+            rec.status = StepStatus::Pending;
+            rec.started_at = None;
+            return Err(StepError::Interrupted);
+        }
+
+        let result = self
+            .attempts(scope, record, at, step, &cluster, &values)
+            .await;
+
+        let outcome = match result {
+            Ok(Some(mut outcome)) => {
+                let tainted = tainted_in || outcome.tainted;
+                if tainted {
+                    outcome.inputs = outcome.inputs.map(redact_inputs);
+                    outcome.diff = outcome.diff.map(|_| json!(REDACTED));
+                }
+                let secret = outcome.secret_outputs || tainted;
+                for (key, value) in std::mem::take(&mut outcome.outputs) {
+                    record.secret_outputs.retain(|k| k != &key);
+                    record.secrets.0.remove(&key);
+                    let shown = if secret {
+                        record.secret_outputs.push(key.clone());
+                        record.secrets.0.insert(key.clone(), value);
+                        json!(REDACTED)
+                    } else {
+                        value
+                    };
+                    outcome.outputs.insert(key.clone(), shown.clone());
+                    record.outputs.insert(key, shown);
+                }
+                let needles = record.secrets.needles();
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::Succeeded;
+                rec.inputs = outcome.inputs.map(|v| scrub_value(v, &needles));
+                rec.diff = outcome.diff.map(|v| scrub_value(v, &needles));
+                rec.object = outcome.object.or(rec.object.take());
+                rec.outputs = outcome
+                    .outputs
+                    .into_iter()
+                    .map(|(k, v)| (k, scrub_value(v, &needles)))
+                    .collect();
+                Ok(())
+            }
+            Ok(None) => {
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::Skipped;
+                rec.error = Some(format!(
+                    "`when` was false ({})",
+                    step.when.as_deref().unwrap_or_default()
+                ));
+                Ok(())
+            }
+            Err(e) => {
+                let text = scrub(&e.to_string(), &record.secrets.needles());
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::Failed;
+                rec.error = Some(text.clone());
+                rec.reason = Some(e.reason().to_string());
+                // A cancelled run or a passed deadline stops even a step that may fail.
+                rec.continued = step.on_error == OnError::Continue
+                    && !matches!(e, StepError::Cancelled | StepError::RunDeadline { .. });
+                if rec.continued {
+                    info!(error = %text, reason = e.reason(), "step failed");
+                } else {
+                    warn!(error = %text, reason = e.reason(), "step failed");
+                }
+                Err(e)
+            }
+        };
+        let rec = record.step_mut(index, compensation);
+        rec.finished_at = Some(now());
+        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+        observer.on_event(
+            record,
+            &Event::StepFinished {
+                index,
+                compensation,
+            },
+        );
+        outcome
+    }
+
+    /// Runs the attempts of one step; `Ok(None)` when `when` skipped it.
+    async fn attempts(
+        &self,
+        scope: &RunScope<'_>,
+        record: &mut RunRecord,
+        at: At,
+        step: &Step,
+        cluster: &str,
+        values: &Value,
+    ) -> Result<Option<StepOutcome>, StepError> {
+        let RunScope {
+            plan,
+            observer,
+            control,
+            deadline,
+            budget: run_timeout,
+            ..
+        } = *scope;
+        let cancel = &control.cancel;
+        let At {
+            index,
+            compensation,
+        } = at;
+        if let Some(when) = &step.when {
+            if !template::render_bool(when, values)? {
+                return Ok(None);
+            }
+        }
+        let retries = step.retries;
+        let attempt_timeout = step.attempt_timeout;
+        let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
+        let needles = record.secrets.needles();
+        // Objects earlier steps of this run wrote (a write's record has a diff).
+        let written: BTreeSet<String> = record
+            .steps
+            .iter()
+            .filter(|s| s.status == StepStatus::Succeeded && s.diff.is_some())
+            .filter_map(|s| s.object.clone())
+            .collect();
+        let mut backoff = Duration::from_millis(200);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            record.step_mut(index, compensation).attempts = attempt;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(StepError::RunDeadline { after: run_timeout });
+            }
+            let snapshot = record.clone();
+            let progress_needles = needles.clone();
+            let progress = move |what: String, limit: Duration| {
+                observer.on_event(
+                    &snapshot,
+                    &Event::StepWaiting {
+                        index,
+                        compensation,
+                        what: scrub(&what, &progress_needles),
+                        deadline: limit,
+                    },
+                );
+            };
+            let ctx = StepCtx {
+                registry: &self.registry,
+                http: &self.http,
+                cluster: cluster.to_string(),
+                values,
+                base_dir: plan.base_dir.as_deref(),
+                progress: &progress,
+                field_manager: &plan.field_manager,
+                written: &written,
+                secret_keys: &secret_keys,
+            };
+            let limit = attempt_timeout.min(remaining);
+            let result = tokio::select! {
+                r = tokio::time::timeout(limit, execute_step(step, &ctx)) => match r {
+                    Ok(r) => r,
+                    Err(_) if limit < attempt_timeout => Err(StepError::RunDeadline { after: run_timeout }),
+                    Err(_) => Err(StepError::AttemptTimeout { after: limit }),
+                },
+                _ = cancel.cancelled() => Err(StepError::Cancelled),
+            };
+            match result {
+                Ok(outcome) => return Ok(Some(outcome)),
+                Err(e) if e.is_transient() && attempt <= retries => {
+                    let text = scrub(&e.to_string(), &needles);
+                    // The step's own retry handles it: not a warning (yet).
+                    debug!(attempt, error = %text, "transient failure; retrying");
+                    let rec = record.step_mut(index, compensation);
+                    rec.error = Some(format!("attempt {attempt}: {text}"));
+                    let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+                    observer.on_event(
+                        record,
+                        &Event::StepWaiting {
+                            index,
+                            compensation,
+                            what: format!("retry {attempt}/{retries} after: {text}"),
+                            deadline: pause,
+                        },
+                    );
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = cancel.cancelled() => return Err(StepError::Cancelled),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+    match &step.kind {
+        StepKind::Patch(s) => patch::run(s, ctx).await,
+        StepKind::ReadField(s) => read_field::run(s, ctx).await,
+        StepKind::Wait(s) => wait::run(s, ctx).await,
+        StepKind::Apply(s) => apply::run(s, ctx).await,
+        StepKind::Http(s) => http::run(s, ctx).await,
+        StepKind::Delete(s) => delete::run(s, ctx).await,
+        StepKind::Assert(s) => assert::run(s, ctx).await,
+        StepKind::Exec(s) => exec::run(s, ctx).await,
+    }
+}
+
+/// The template context of a run at this point: `Values` (params, then outputs), `alert`,
+/// `plan`, `run`.
+fn context(plan: &Plan, input: &RunInput, record: &RunRecord) -> Value {
+    let mut values = Map::new();
+    for (k, v) in &record.params {
+        values.insert(k.clone(), v.clone());
+    }
+    for (k, v) in &record.outputs {
+        if !record.secret_outputs.contains(k) {
+            values.insert(k.clone(), v.clone());
+        }
+    }
+    // Secret values exist only in memory; after a restart they are read again or missing.
+    for (k, v) in &record.secrets.0 {
+        values.insert(k.clone(), v.clone());
+    }
+    template::context(
+        values,
+        record.alert.clone().or_else(|| input.alert.clone()),
+        &plan.resource.metadata,
+        &record.id,
+        json!(record.mode),
+    )
+}

@@ -1,0 +1,119 @@
+//! Decisions about runs that are not executing: approving, cancelling, and expiring approvals
+//! nobody gave in time.
+
+use std::sync::Arc;
+
+use tracing::warn;
+
+use crate::record::{Phase, RunRecord};
+
+use super::{lock, Runs, RunsError};
+
+impl Runs {
+    pub fn approve(self: &Arc<Self>, id: &str) -> Result<RunRecord, RunsError> {
+        if !self.accepting() {
+            return Err(RunsError::ShuttingDown);
+        }
+        let mut record = self.get(id)?;
+        let plan = self.current_plan(&record)?;
+        record.phase = Phase::Pending;
+        self.transition(
+            &record,
+            &[Phase::WaitingForApproval],
+            "approval",
+            "WaitingForApproval",
+        )?;
+        let dry = record.mode == crate::record::RunMode::DryRun;
+        self.spawn(record.clone(), plan, dry);
+        Ok(record)
+    }
+
+    pub fn cancel(&self, id: &str) -> Result<RunRecord, RunsError> {
+        let record = self.get(id)?;
+        if let Some(control) = lock(&self.controls).get(id) {
+            control.cancel.cancel();
+            return Ok(record);
+        }
+        self.finish_unstarted(record, "cancelled")
+    }
+
+    /// Ends a run that is not executing (waiting for approval, or interrupted) as Cancelled.
+    pub(super) fn finish_unstarted(
+        &self,
+        mut record: RunRecord,
+        why: &str,
+    ) -> Result<RunRecord, RunsError> {
+        record.phase = Phase::Cancelled;
+        record.finished_at = Some(crate::record::now());
+        record.error = Some(why.to_string());
+        let from = [
+            Phase::Pending,
+            Phase::WaitingForApproval,
+            Phase::Interrupted,
+        ];
+        self.transition(
+            &record,
+            &from,
+            "cancelling",
+            "waiting, interrupted or running",
+        )?;
+        self.metrics
+            .runs
+            .with_label_values(&[&record.plan, "Cancelled"])
+            .inc();
+        self.refresh_active();
+        Ok(record)
+    }
+
+    /// Writes `record` if the run is still in one of `from`; otherwise says what phase it is in.
+    pub(super) fn transition(
+        &self,
+        record: &RunRecord,
+        from: &[Phase],
+        action: &'static str,
+        needs: &'static str,
+    ) -> Result<(), RunsError> {
+        if self.store().transition(record, from)? {
+            return Ok(());
+        }
+        let phase = self.get(&record.id)?.phase;
+        Err(RunsError::WrongPhase {
+            id: record.id.clone(),
+            phase,
+            action,
+            needs,
+        })
+    }
+
+    /// Cancels runs that have waited for approval longer than their plan's `approvalTimeout`
+    /// (default: the plan's `timeout`, 1h if unset). Returns their ids.
+    pub fn expire_approvals(&self) -> Result<Vec<String>, RunsError> {
+        let waiting = self.store().in_phase(Phase::WaitingForApproval)?;
+        let plans = self.plans();
+        let mut expired = Vec::new();
+        for run in waiting {
+            let limit = plans
+                .get(&run.plan)
+                .map_or(crate::plan::compiled::DEFAULT_RUN_TIMEOUT, |p| {
+                    p.approval_timeout
+                });
+            let age = run
+                .created_at
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map(|t| jiff::Timestamp::now().duration_since(t).unsigned_abs());
+            if age.is_some_and(|a| a > limit) {
+                let why = format!(
+                    "no approval within {}; trigger the plan again if it is still needed",
+                    crate::duration::format(limit)
+                );
+                let id = run.id.clone();
+                if self.finish_unstarted(run, &why).is_ok() {
+                    warn!(run = %id, "approval expired");
+                    expired.push(id);
+                }
+            }
+        }
+        Ok(expired)
+    }
+}

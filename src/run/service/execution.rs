@@ -1,0 +1,205 @@
+//! Executing runs: spawning a claimed run on the executor, resuming an interrupted one,
+//! writing the record after every event (a failed write stops the run before its next step),
+//! keeping the metrics, and draining on shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tracing::warn;
+
+use crate::executor::{Event, Observer, RunControl, RunInput};
+use crate::plan::Plan;
+use crate::record::{Phase, RunRecord, StepStatus};
+use crate::run::store::StoreError;
+
+use super::{lock, Runs, RunsError};
+
+impl Runs {
+    /// Continues an Interrupted run from its first unfinished step; finished steps are not
+    /// repeated.
+    pub fn resume(self: &Arc<Self>, id: &str) -> Result<RunRecord, RunsError> {
+        if !self.accepting() {
+            return Err(RunsError::ShuttingDown);
+        }
+        let mut record = self.get(id)?;
+        let plan = self.current_plan(&record)?;
+        record.phase = Phase::Pending;
+        record.error = None;
+        // The step that was running when recoverd stopped starts again from its beginning.
+        for step in record
+            .steps
+            .iter_mut()
+            .filter(|s| s.status == StepStatus::Running)
+        {
+            step.status = StepStatus::Pending;
+        }
+        self.transition(&record, &[Phase::Interrupted], "resuming", "Interrupted")?;
+        let dry = record.mode == crate::record::RunMode::DryRun;
+        self.spawn(record.clone(), plan, dry);
+        Ok(record)
+    }
+
+    pub(super) fn current_plan(&self, record: &RunRecord) -> Result<Arc<Plan>, RunsError> {
+        let plans = self.plans();
+        let Some(plan) = plans.get(&record.plan) else {
+            return Err(
+                match plans
+                    .invalid
+                    .iter()
+                    .find(|i| i.plan.as_deref() == Some(&record.plan))
+                {
+                    Some(bad) => RunsError::InvalidPlan {
+                        plan: record.plan.clone(),
+                        problems: bad.problems.join("; "),
+                    },
+                    None => RunsError::UnknownPlan(record.plan.clone()),
+                },
+            );
+        };
+        let now = plan.generation.clone();
+        if now != record.plan_generation {
+            return Err(RunsError::PlanChanged {
+                id: record.id.clone(),
+                plan: record.plan.clone(),
+                then: record.plan_generation.clone(),
+                now,
+            });
+        }
+        Ok(plan.clone())
+    }
+
+    pub(super) fn spawn(self: &Arc<Self>, mut record: RunRecord, plan: Arc<Plan>, dry_run: bool) {
+        let control = RunControl {
+            cancel: Default::default(),
+            drain: self.drain.child_token(),
+        };
+        lock(&self.controls).insert(record.id.clone(), control.clone());
+        let this = self.clone();
+        self.tasks.spawn(async move {
+            let executor = if dry_run {
+                this.dry.clone()
+            } else {
+                this.live.clone()
+            };
+            let input = RunInput {
+                params: BTreeMap::new(),
+                alert: record.alert.clone(),
+            };
+            let observer = StoreObserver {
+                runs: &this,
+                drain: control.drain.clone(),
+                failed: AtomicBool::new(false),
+            };
+            executor
+                .execute(&plan, &input, &mut record, &observer, &control)
+                .await;
+            if observer.failed.load(Ordering::SeqCst) {
+                // The run stopped (before its next step) because its record could not be
+                // written. Keep the truth in memory and write it once the store takes writes.
+                if record.phase == Phase::Interrupted {
+                    record.error = Some(
+                        "the run store could not be written, so the run stopped before its next step rather than run it unrecorded; resume it once the store is writable (see /readyz)"
+                            .into(),
+                    );
+                }
+                let saved = off_worker(|| this.store().save(&record));
+                if saved.is_err() {
+                    lock(&this.unrecorded).insert(record.id.clone(), record.clone());
+                }
+            }
+            lock(&this.controls).remove(&record.id);
+            off_worker(|| this.refresh_active());
+        });
+    }
+
+    /// Stops accepting work, lets running steps finish (up to `grace`), leaving their runs
+    /// Interrupted and recorded, then returns.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.drain.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(grace, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            warn!(grace = ?grace, "runs still in a step after the grace period; they will show as Interrupted after restart");
+        }
+    }
+
+    /// Waits until no run is executing (tests, `demo`).
+    pub async fn idle(&self) {
+        loop {
+            if lock(&self.controls).is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Writes the record after every event, and keeps the metrics. A write that fails stops the
+/// run before its next step (as a shutdown would: Interrupted, resumable), so that no step
+/// runs without its record.
+struct StoreObserver<'a> {
+    runs: &'a Runs,
+    drain: tokio_util::sync::CancellationToken,
+    failed: AtomicBool,
+}
+
+/// Runs blocking store work from async code without holding up a worker thread the rest of the
+/// server needs (the runtime moves its other tasks elsewhere meanwhile); a current-thread
+/// runtime (tests) has no other worker to protect.
+fn off_worker<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
+impl StoreObserver<'_> {
+    fn save(&self, run: &RunRecord) -> Result<(), StoreError> {
+        off_worker(|| self.runs.store().save(run))
+    }
+}
+
+impl Observer for StoreObserver<'_> {
+    fn on_event(&self, run: &RunRecord, event: &Event) {
+        if let Err(e) = self.save(run) {
+            self.runs.store_failed(&run.id, &e);
+            self.failed.store(true, Ordering::SeqCst);
+            self.drain.cancel();
+        }
+        let m = &self.runs.metrics;
+        match event {
+            Event::StepFinished {
+                index,
+                compensation,
+            } => {
+                let s = run.step(*index, *compensation);
+                if let Some(ms) = s.duration_ms {
+                    m.step_duration
+                        .with_label_values(&[&run.plan, s.step_type.as_str()])
+                        .observe(ms as f64 / 1000.0);
+                }
+                if s.status == StepStatus::Failed {
+                    let reason = s.reason.as_deref().unwrap_or("unknown");
+                    m.step_failures
+                        .with_label_values(&[&run.plan, s.step_type.as_str(), reason])
+                        .inc();
+                }
+            }
+            Event::RunFinished => {
+                m.runs
+                    .with_label_values(&[&run.plan, run.phase.as_str()])
+                    .inc();
+                if let Some(ms) = run.duration_ms {
+                    m.run_duration
+                        .with_label_values(&[&run.plan])
+                        .observe(ms as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! Runs as a service (I/O edge): turns alerts and manual triggers into claimed runs, executes
+//! them in background tasks, and approves, cancels and resumes them. One file per concern:
+//! [`intake`] (alerts), [`trigger`] (manual triggers), [`decisions`] (approve, cancel, expire),
+//! [`execution`] (spawning, resuming, recording, shutting down). This file holds the service's
+//! state and its store.
+//!
+//! Owns the exactly-once rules (docs/runs.md): a run id derived from (plan, fingerprint,
+//! startsAt) — or (plan, idempotency key) — so a repeated trigger collides with the first; one
+//! active run per plan; the plan's cooldown; only firing alerts act; a resolved alert cancels a
+//! run still waiting for approval. Every state change is in the store before it is acted on.
+
+mod decisions;
+mod execution;
+mod intake;
+mod trigger;
+
+pub use intake::{
+    alert_run_id, capped_context, Action, AlertOutcome, ALERT_ANNOTATIONS_LIMIT, ALERT_VALUE_LIMIT,
+};
+pub use trigger::ManualTrigger;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+
+use sha2::{Digest, Sha256};
+use tokio_util::task::TaskTracker;
+use tracing::{error, info, warn};
+
+use super::store::{Page, Retention, Store, StoreError};
+use crate::executor::{Executor, RunControl};
+use crate::metrics::Metrics;
+use crate::plan::set::PlanSet;
+use crate::record::{Phase, RunRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunsError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("no plan named {0}")]
+    UnknownPlan(String),
+    #[error("plan {plan} is invalid and cannot run: {problems}")]
+    InvalidPlan { plan: String, problems: String },
+    #[error("plan {plan} has no param {key:?} (its params: {known})")]
+    UnknownParam {
+        plan: String,
+        key: String,
+        known: String,
+    },
+    #[error("plan {plan} does not let a trigger set param {key:?} (it may set: {allowed}); list it under spec.overridableParams to allow it")]
+    ParamNotOverridable {
+        plan: String,
+        key: String,
+        allowed: String,
+    },
+    #[error("no run with id {0}")]
+    UnknownRun(String),
+    #[error("run {id} is {phase:?}; {action} needs a run that is {needs}")]
+    WrongPhase {
+        id: String,
+        phase: Phase,
+        action: &'static str,
+        needs: &'static str,
+    },
+    #[error("plan {plan} changed since run {id} began (generation {then}, now {now}); cancel it (POST /api/v1/runs/{id}/cancel) and trigger the plan again")]
+    PlanChanged {
+        id: String,
+        plan: String,
+        then: String,
+        now: String,
+    },
+    #[error("plan {plan} already has an active run {existing}")]
+    Busy { plan: String, existing: String },
+    #[error("recoverd is shutting down and accepts no new runs")]
+    ShuttingDown,
+}
+
+pub struct Runs {
+    store: Mutex<Store>,
+    /// False after a write to the store failed, until a health check writes again.
+    store_ok: AtomicBool,
+    /// Runs that stopped because their record could not be written: written again (as
+    /// Interrupted) once the store takes writes.
+    unrecorded: Mutex<HashMap<String, RunRecord>>,
+    plans: RwLock<Arc<PlanSet>>,
+    live: Arc<Executor>,
+    dry: Arc<Executor>,
+    metrics: Arc<Metrics>,
+    controls: Mutex<HashMap<String, RunControl>>,
+    tasks: TaskTracker,
+    drain: tokio_util::sync::CancellationToken,
+}
+
+fn short_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0]);
+    }
+    h.finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Locks a mutex whether or not a thread panicked while holding it: every value behind these
+/// locks is consistent between statements (the store rolls back an unfinished transaction).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Runs {
+    pub fn new(
+        store: Store,
+        plans: PlanSet,
+        live: Arc<Executor>,
+        dry: Arc<Executor>,
+        metrics: Arc<Metrics>,
+    ) -> Arc<Self> {
+        let runs = Arc::new(Runs {
+            store: Mutex::new(store),
+            store_ok: AtomicBool::new(true),
+            unrecorded: Mutex::default(),
+            plans: RwLock::new(Arc::new(PlanSet::default())),
+            live,
+            dry,
+            metrics,
+            controls: Mutex::default(),
+            tasks: TaskTracker::new(),
+            drain: Default::default(),
+        });
+        runs.metrics.store_healthy.set(1);
+        runs.set_plans(plans);
+        runs
+    }
+
+    pub fn plans(&self) -> Arc<PlanSet> {
+        self.plans
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn set_plans(&self, plans: PlanSet) {
+        self.metrics.plans_loaded.set(plans.len() as i64);
+        self.metrics.plans_invalid.set(plans.invalid.len() as i64);
+        *self.plans.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(plans);
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn accepting(&self) -> bool {
+        !self.drain.is_cancelled()
+    }
+
+    pub(super) fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// Marks runs left unfinished by a previous process as Interrupted.
+    pub fn recover(&self) -> Result<Vec<String>, RunsError> {
+        let ids = self.store().mark_interrupted()?;
+        for id in &ids {
+            warn!(run = %id, "run was interrupted by a restart; resume it with POST /api/v1/runs/{id}/resume");
+        }
+        self.refresh_active();
+        Ok(ids)
+    }
+
+    pub(super) fn refresh_active(&self) {
+        if let Ok(n) = self.store().active_count() {
+            self.metrics.active_runs.set(n);
+        }
+    }
+
+    /// Whether the store takes writes now and is still the file it was opened as; records the
+    /// answer in `recoverd_store_healthy`. Runs that stopped on a failed write are written
+    /// again once it is healthy.
+    pub fn check_store(&self) -> Result<(), StoreError> {
+        let result = self.store().check_health();
+        match &result {
+            Ok(()) => {
+                let pending: Vec<RunRecord> = lock(&self.unrecorded).values().cloned().collect();
+                for record in pending {
+                    if let Err(e) = self.store().save(&record) {
+                        self.store_failed(&record.id, &e);
+                        return Err(e);
+                    }
+                    info!(run = %record.id, "the store takes writes again; the stopped run is recorded as Interrupted");
+                    lock(&self.unrecorded).remove(&record.id);
+                }
+                if !self.store_ok.swap(true, Ordering::SeqCst) {
+                    info!("the run store takes writes again");
+                }
+                self.metrics.store_healthy.set(1);
+                self.refresh_active();
+            }
+            Err(e) => self.store_failed("", e),
+        }
+        result
+    }
+
+    pub(super) fn store_failed(&self, run: &str, e: &StoreError) {
+        self.metrics
+            .store_failures
+            .with_label_values(&[e.reason()])
+            .inc();
+        self.metrics.store_healthy.set(0);
+        if self.store_ok.swap(false, Ordering::SeqCst) || !run.is_empty() {
+            error!(run = %run, reason = e.reason(), error = %e, "the run store cannot be written; no run will take a step until it can");
+        }
+    }
+
+    /// Deletes finished runs beyond the retention.
+    pub fn prune(&self, keep: Retention) -> Result<usize, RunsError> {
+        let n = self.store().prune(keep)?;
+        if n > 0 {
+            info!(deleted = n, "pruned finished runs beyond the retention");
+        }
+        Ok(n)
+    }
+
+    pub fn get(&self, id: &str) -> Result<RunRecord, RunsError> {
+        self.store()
+            .get(id)?
+            .ok_or_else(|| RunsError::UnknownRun(id.into()))
+    }
+
+    /// Up to 500 full records, newest first (the CLI's `recoverd run` history and tests).
+    pub fn list(&self, plan: Option<&str>) -> Result<Vec<RunRecord>, RunsError> {
+        Ok(self.store().list(plan, 500)?)
+    }
+
+    /// One page of run summaries, newest first.
+    pub fn page(
+        &self,
+        plan: Option<&str>,
+        limit: usize,
+        after: Option<&str>,
+    ) -> Result<Page, RunsError> {
+        Ok(self.store().page(plan, limit, after)?)
+    }
+}
