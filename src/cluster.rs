@@ -21,10 +21,18 @@ use serde_json::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
-    #[error("failed to read kubeconfig {path}: {reason}")]
-    Kubeconfig { path: String, reason: String },
-    #[error("failed to build a client for cluster {cluster:?}: {reason}")]
-    Client { cluster: String, reason: String },
+    #[error("failed to read kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: String,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+    #[error("failed to build a client for cluster {cluster:?}: {source}")]
+    Client {
+        cluster: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("failed to read clusters file {path}: {reason}")]
     ClustersFile { path: String, reason: String },
     #[error("cluster {cluster:?} is not in the cluster registry (known: {known})")]
@@ -128,9 +136,9 @@ impl Registry {
                 "$KUBECONFIG or ~/.kube/config".to_string(),
             ),
         };
-        let kc = kc.map_err(|e| ClusterError::Kubeconfig {
+        let kc = kc.map_err(|source| ClusterError::Kubeconfig {
             path: shown.clone(),
-            reason: e.to_string(),
+            source,
         })?;
         let mut clients = BTreeMap::new();
         for ctx in &kc.contexts {
@@ -157,15 +165,15 @@ impl Registry {
         let mut clients = BTreeMap::new();
         for (name, src) in &file.clusters {
             let kpath = base.join(&src.kubeconfig);
-            let kc = Kubeconfig::read_from(&kpath).map_err(|e| ClusterError::Kubeconfig {
+            let kc = Kubeconfig::read_from(&kpath).map_err(|source| ClusterError::Kubeconfig {
                 path: kpath.display().to_string(),
-                reason: e.to_string(),
+                source,
             })?;
             let client = client_for(&kc, src.context.as_deref(), mode)
                 .await
                 .map_err(|e| ClusterError::Client {
                     cluster: name.clone(),
-                    reason: e.to_string(),
+                    source: Box::new(e),
                 })?;
             clients.insert(name.clone(), client);
         }
@@ -185,7 +193,7 @@ impl Registry {
     pub fn in_cluster(mode: WriteMode) -> Result<Self, ClusterError> {
         let config = Config::incluster().map_err(|e| ClusterError::Client {
             cluster: "in-cluster".into(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
         let client = build_client(config, "in-cluster", mode)?;
         Ok(Self::new(
@@ -345,7 +353,7 @@ async fn client_for(
         .await
         .map_err(|e| ClusterError::Client {
             cluster: name.clone(),
-            reason: e.to_string(),
+            source: Box::new(e),
         })?;
     build_client(config, &name, mode)
 }
@@ -362,7 +370,7 @@ fn build_client(config: Config, name: &str, mode: WriteMode) -> Result<Client, C
 
     let err = |e: kube::Error| ClusterError::Client {
         cluster: name.to_string(),
-        reason: e.to_string(),
+        source: Box::new(e),
     };
     let dry_run = (mode == WriteMode::DryRun)
         .then(|| tower::util::MapRequestLayer::new(force_dry_run::<kube::client::Body>));

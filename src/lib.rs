@@ -1,18 +1,18 @@
 //! recoverd turns an alert into a safe, recorded recovery across Kubernetes clusters.
 //!
-//! The flow (DESIGN.md §1): an alert ([`alert`]) is matched ([`matcher`]) to plans ([`plan`]);
+//! The flow: an alert ([`alert`]) is matched ([`matcher`]) to plans ([`plan`]);
 //! the executor ([`executor`]) runs their steps against named clusters ([`cluster`]), rendering
 //! [`template`]s and reading [`fieldpath`]s, and records every step in a run ([`run`]).
 
-pub mod alert;
+pub(crate) mod alert;
 pub mod app;
 pub mod cli;
 pub mod cluster;
-pub mod duration;
+pub(crate) mod duration;
 pub mod executor;
 pub mod fieldpath;
-pub mod matcher;
-pub mod metrics;
+pub(crate) mod matcher;
+pub(crate) mod metrics;
 pub mod plan;
 #[cfg(feature = "sim")]
 pub mod reactor;
@@ -21,7 +21,7 @@ pub mod run;
 pub mod server;
 #[cfg(feature = "sim")]
 pub mod sim;
-pub mod telemetry;
+pub(crate) mod telemetry;
 pub mod template;
 #[cfg(feature = "sim")]
 pub mod world;

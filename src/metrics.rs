@@ -1,4 +1,4 @@
-//! Prometheus metrics (DESIGN §7), held as a struct in the server's state — no globals. Labels
+//! Prometheus metrics (docs/api.md, "Metrics"), held as a struct in the server's state — no globals. Labels
 //! are bounded: plan names, step types, result and reason categories; never alert label values.
 
 use prometheus::{

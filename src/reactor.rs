@@ -1,8 +1,10 @@
 //! Reactors (I/O edge): client-side watchers that emulate operators — "when this field of this
-//! object becomes X (or when it is deleted), do these actions, each after its delay": set
-//! several fields at once to values, to values read from other fields or objects, or to freshly
-//! generated tokens; create objects; re-create a deleted object (CloudNativePG writing a
-//! `status.demotionToken` it generated after `spec.replica.primary` changes). The world-file
+//! object becomes X, appears or changes (or when the object is deleted), do these actions, each
+//! after its delay": set several fields at once to values, to values read from other fields or
+//! objects, or to freshly generated tokens; set status conditions (a Pod becoming `Ready`);
+//! create objects; re-create a deleted object with a new uid (CloudNativePG writing a
+//! `status.demotionToken` it generated after `spec.replica.primary` changes, a StatefulSet
+//! controller bringing back a deleted pod). The world-file
 //! format is documented in docs/worlds.md. They talk to clusters only
 //! through the registry's clients, so the same reactors run against real clusters and the
 //! simulator, in `rehearse` and in tests.
@@ -36,8 +38,9 @@ pub struct Reactor {
     pub actions: Vec<Action>,
 }
 
-/// The watched object, and what triggers the reactor: a field becoming `equals`, or the
-/// object being deleted (`deleted: true`).
+/// The watched object, and what triggers the reactor: a field becoming `equals`, coming to
+/// exist (`exists: true`), or taking any new value (`changed: true`); or the object being
+/// deleted (`deleted: true`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ReactorWhen {
@@ -50,6 +53,13 @@ pub struct ReactorWhen {
     pub field_path: Option<String>,
     #[serde(default)]
     pub equals: Option<Value>,
+    /// Fire when the field comes to exist (not null) — `metadata.deletionTimestamp` for "is
+    /// being deleted".
+    #[serde(default)]
+    pub exists: bool,
+    /// Fire whenever the field's value changes (`metadata.generation` for "the spec changed").
+    #[serde(default)]
+    pub changed: bool,
     #[serde(default)]
     pub deleted: bool,
 }
@@ -103,9 +113,10 @@ pub enum Generate {
     Token,
 }
 
-/// One step of a reactor, after `after` (counted from the previous step): set fields (all
-/// fields of one object in one patch), create an object (server-side apply), or re-create the
-/// watched object as it last was (a new uid; for `deleted` triggers).
+/// One step of a reactor, after `after` (counted from the previous step): set fields and
+/// conditions (all fields of one object in one patch), create an object (server-side apply),
+/// or re-create the watched object as it last was (a new uid; for `deleted` triggers),
+/// optionally with another `status`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Action {
@@ -113,10 +124,34 @@ pub struct Action {
     pub after: Option<String>,
     #[serde(default)]
     pub set: Vec<ReactorSet>,
+    /// Status conditions to set, each replacing the condition of its `type` (the others are
+    /// kept); `lastTransitionTime` is now when the condition's status changes.
+    #[serde(default)]
+    pub conditions: Vec<SetCondition>,
     #[serde(default)]
     pub create: Option<CreateObject>,
     #[serde(default)]
     pub recreate: bool,
+    /// With `recreate`: the status the re-created object starts with instead of its last one
+    /// (a replacement pod is `Pending`, not the `Running` its predecessor was).
+    #[serde(default)]
+    pub status: Option<Value>,
+}
+
+/// One condition in `status.conditions`, as controllers write them.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SetCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// `"True"`, `"False"` or `"Unknown"`.
+    pub status: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub message: Option<String>,
+    #[serde(flatten)]
+    pub target: ObjectRef,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -170,13 +205,24 @@ fn actions_of(r: &Reactor) -> Result<Vec<(Duration, Action)>, String> {
     }
     let mut out = Vec::new();
     for (i, a) in actions.into_iter().enumerate() {
-        let kinds = usize::from(!a.set.is_empty())
+        let kinds = usize::from(!a.set.is_empty() || !a.conditions.is_empty())
             + usize::from(a.create.is_some())
             + usize::from(a.recreate);
         if kinds != 1 {
             return Err(format!(
-                "action {i} must do exactly one of `set`, `create` or `recreate`"
+                "action {i} must do exactly one of `set`/`conditions`, `create` or `recreate`"
             ));
+        }
+        if a.status.is_some() && !a.recreate {
+            return Err(format!("action {i}: `status` goes with `recreate` only"));
+        }
+        for c in &a.conditions {
+            if !["True", "False", "Unknown"].contains(&c.status.as_str()) {
+                return Err(format!(
+                    "condition {:?}: status must be \"True\", \"False\" or \"Unknown\", not {:?}",
+                    c.type_, c.status
+                ));
+            }
         }
         for s in &a.set {
             FieldPath::parse(&s.field_path).map_err(|e| e.to_string())?;
@@ -208,6 +254,160 @@ fn actions_of(r: &Reactor) -> Result<Vec<(Duration, Action)>, String> {
     Ok(out)
 }
 
+/// What fires a reactor, compiled from its `when`.
+#[derive(Debug)]
+enum Trigger {
+    Equals(FieldPath, Value),
+    Exists(FieldPath),
+    Changed(FieldPath),
+    Deleted,
+}
+
+impl Trigger {
+    fn of(when: &ReactorWhen) -> Result<Self, String> {
+        let path = || -> Result<FieldPath, String> {
+            let p = when
+                .field_path
+                .as_deref()
+                .ok_or("`when` needs a `fieldPath`")?;
+            FieldPath::parse(p).map_err(|e| e.to_string())
+        };
+        let kinds = usize::from(when.equals.is_some())
+            + usize::from(when.exists)
+            + usize::from(when.changed)
+            + usize::from(when.deleted);
+        if kinds != 1 || when.deleted && when.field_path.is_some() {
+            return Err(
+                "`when` needs a `fieldPath` with one of `equals`, `exists: true` or \
+                        `changed: true`, or `deleted: true` without a `fieldPath`"
+                    .into(),
+            );
+        }
+        Ok(match &when.equals {
+            Some(v) => Trigger::Equals(path()?, v.clone()),
+            None if when.exists => Trigger::Exists(path()?),
+            None if when.changed => Trigger::Changed(path()?),
+            None => Trigger::Deleted,
+        })
+    }
+}
+
+/// Follows the watched object through its watch events and says when the reactor fires. A
+/// delete is noticed however the watch tells it: a `Delete` event, or a re-list (after the
+/// watch expired) in which the object is missing or has another uid.
+#[derive(Debug)]
+struct Tracker {
+    trigger: Trigger,
+    /// The object as last seen; kept after it is deleted (what `recreate` applies).
+    last: Option<Value>,
+    /// Whether the object exists, as far as the events told.
+    present: bool,
+    /// Whether `Equals`/`Exists` held at the last event; the value at the path for `Changed`.
+    held: bool,
+    value: Option<Value>,
+    /// Between a re-list's `Init` and `InitDone`: whether the object was listed.
+    relisting: Option<bool>,
+}
+
+impl Tracker {
+    fn new(trigger: Trigger) -> Self {
+        Tracker {
+            trigger,
+            last: None,
+            present: false,
+            held: false,
+            value: None,
+            relisting: None,
+        }
+    }
+
+    /// Takes one watch event; true when the reactor fires.
+    fn observe(&mut self, ev: watcher::Event<Value>) -> bool {
+        match ev {
+            watcher::Event::Init => {
+                self.relisting = Some(false);
+                false
+            }
+            watcher::Event::InitApply(obj) => {
+                if let Some(seen) = self.relisting.as_mut() {
+                    *seen = true;
+                }
+                self.apply(obj)
+            }
+            watcher::Event::Apply(obj) => self.apply(obj),
+            watcher::Event::InitDone => {
+                let listed = self.relisting.take().unwrap_or(true);
+                // Deleted while the watch was down: the re-list no longer has it.
+                !listed && self.present && self.deleted()
+            }
+            watcher::Event::Delete(obj) => {
+                let fire = self.deleted();
+                self.last = Some(obj);
+                fire
+            }
+        }
+    }
+
+    fn uid(obj: &Value) -> Option<&str> {
+        obj.pointer("/metadata/uid").and_then(Value::as_str)
+    }
+
+    /// The object went; true for a `Deleted` trigger.
+    fn deleted(&mut self) -> bool {
+        self.present = false;
+        self.held = false;
+        self.value = None;
+        matches!(self.trigger, Trigger::Deleted)
+    }
+
+    fn apply(&mut self, obj: Value) -> bool {
+        // Another uid than the one seen: the object was deleted and re-created in between.
+        let mut fire = false;
+        if self.present
+            && self.last.as_ref().and_then(Self::uid).is_some()
+            && self.last.as_ref().and_then(Self::uid) != Self::uid(&obj)
+        {
+            fire = self.deleted();
+        }
+        self.present = true;
+        fire |= match &self.trigger {
+            Trigger::Equals(path, equals) => {
+                let now = matches(path, &obj, equals);
+                let fire = now && !self.held;
+                self.held = now;
+                fire
+            }
+            Trigger::Exists(path) => {
+                let now = path.get(&obj).ok().flatten().is_some_and(|v| !v.is_null());
+                let fire = now && !self.held;
+                self.held = now;
+                fire
+            }
+            Trigger::Changed(path) => {
+                let now = path.get(&obj).ok().flatten();
+                let fire = now != self.value;
+                self.value = now;
+                fire
+            }
+            Trigger::Deleted => false,
+        };
+        self.last = Some(obj);
+        fire
+    }
+}
+
+/// A watch event with the object as JSON.
+fn as_json(ev: watcher::Event<DynamicObject>) -> watcher::Event<Value> {
+    let json = |o: DynamicObject| serde_json::to_value(o).unwrap_or_default();
+    match ev {
+        watcher::Event::Apply(o) => watcher::Event::Apply(json(o)),
+        watcher::Event::Delete(o) => watcher::Event::Delete(json(o)),
+        watcher::Event::Init => watcher::Event::Init,
+        watcher::Event::InitApply(o) => watcher::Event::InitApply(json(o)),
+        watcher::Event::InitDone => watcher::Event::InitDone,
+    }
+}
+
 /// Starts the reactors and returns once each has seen its object's current state, so that only
 /// changes made after this call trigger them.
 pub async fn start(
@@ -221,18 +421,7 @@ pub async fn start(
             cluster: r.cluster.clone(),
             reason,
         };
-        let trigger = match (&r.when.field_path, &r.when.equals, r.when.deleted) {
-            (Some(p), Some(v), false) => Some((
-                FieldPath::parse(p).map_err(|e| setup(e.to_string()))?,
-                v.clone(),
-            )),
-            (None, None, true) => None,
-            _ => {
-                return Err(setup(
-                    "`when` needs either `fieldPath` and `equals`, or `deleted: true`".into(),
-                ))
-            }
-        };
+        let mut tracker = Tracker::new(Trigger::of(&r.when).map_err(setup)?);
         let actions = actions_of(r).map_err(setup)?;
         let resolved = registry
             .resolve(&r.cluster, &r.when.api_version, &r.when.resource)
@@ -247,26 +436,19 @@ pub async fn start(
         .map_err(|e| setup(e.to_string()))?;
         let config = watcher::Config::default().fields(&format!("metadata.name={}", r.when.name));
         let mut stream = watcher(api, config).default_backoff().boxed();
-        let holds = move |obj: &Value| {
-            trigger
-                .as_ref()
-                .is_some_and(|(path, equals)| matches(path, obj, equals))
-        };
-        // Wait for the initial state.
-        let mut held = false;
-        let mut last: Option<Value> = None;
+        // Wait for the initial state: what holds now does not fire.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut last_error = String::from("no answer");
         loop {
             match tokio::time::timeout_at(deadline, stream.next()).await {
-                Ok(Some(Ok(watcher::Event::InitApply(obj)))) => {
-                    let v = serde_json::to_value(obj).unwrap_or_default();
-                    held = holds(&v);
-                    last = Some(v);
+                Ok(Some(Ok(ev))) => {
+                    let done = matches!(ev, watcher::Event::InitDone);
+                    tracker.observe(as_json(ev));
+                    if done {
+                        break;
+                    }
                 }
-                Ok(Some(Ok(watcher::Event::InitDone))) => break,
                 Ok(Some(Err(e))) => last_error = e.to_string(),
-                Ok(Some(_)) => {}
                 Ok(None) | Err(_) => {
                     return Err(setup(format!(
                         "could not watch {} within 30s: {last_error}",
@@ -279,26 +461,24 @@ pub async fn start(
         tasks.push(tokio::spawn(async move {
             while let Some(ev) = stream.next().await {
                 let fire = match ev {
-                    Ok(watcher::Event::Apply(obj)) | Ok(watcher::Event::InitApply(obj)) => {
-                        let v = serde_json::to_value(obj).unwrap_or_default();
-                        let now = holds(&v);
-                        let fire = now && !held;
-                        held = now;
-                        last = Some(v);
-                        fire
-                    }
-                    Ok(watcher::Event::Delete(_)) => r.when.deleted,
-                    _ => false,
+                    Ok(ev) => tracker.observe(as_json(ev)),
+                    Err(_) => false,
                 };
                 if !fire {
                     continue;
                 }
                 for (after, action) in &actions {
                     tokio::time::sleep(*after).await;
-                    match run(&registry, &r, action, last.as_ref()).await {
+                    match run(&registry, &r, action, tracker.last.as_ref()).await {
                         Ok(()) => {
                             fired.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                             tracing::info!(cluster = %r.cluster, name = %r.when.name, "reactor acted");
+                        }
+                        // Gone already: another controller (the simulator's own) got there
+                        // first, as happens between controllers.
+                        Err(e) if e.contains("NotFound") => {
+                            tracing::info!(cluster = %r.cluster, error = %e, "reactor found its object gone");
+                            break;
                         }
                         Err(e) => {
                             tracing::warn!(cluster = %r.cluster, error = %e, "reactor failed");
@@ -390,6 +570,9 @@ async fn run(
             .map_err(|e| e.to_string())?;
         obj["apiVersion"] = Value::String(r.when.api_version.clone());
         obj["kind"] = Value::String(resolved.resource.kind.clone());
+        if let Some(status) = &action.status {
+            obj["status"] = status.clone();
+        }
         return apply_object(registry, &r.cluster, obj).await;
     }
     // Every field of one object goes in one patch (status fields in one status patch).
@@ -419,6 +602,41 @@ async fn run(
             None => patches.push((s.target.clone(), status, patch)),
         }
     }
+    // Conditions: each replaces the one of its type in the object's current list.
+    let mut lists: Vec<(ObjectRef, Vec<Value>)> = Vec::new();
+    for c in &action.conditions {
+        let key = serde_json::to_value(&c.target).unwrap_or_default();
+        let at = match lists
+            .iter()
+            .position(|(t, _)| serde_json::to_value(t).unwrap_or_default() == key)
+        {
+            Some(i) => i,
+            None => {
+                let (api, _, name) = handle(registry, r, &c.target).await?;
+                let obj = api.get(&name).await.map_err(|e| e.to_string())?;
+                let obj = serde_json::to_value(obj).unwrap_or_default();
+                let list = obj
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                lists.push((c.target.clone(), list));
+                lists.len() - 1
+            }
+        };
+        upsert_condition(&mut lists[at].1, c, &now());
+    }
+    for (target, list) in lists {
+        let patch = serde_json::json!({"status": {"conditions": list}});
+        let key = serde_json::to_value(&target).unwrap_or_default();
+        match patches
+            .iter_mut()
+            .find(|(t, st, _)| serde_json::to_value(t).unwrap_or_default() == key && *st)
+        {
+            Some((_, _, p)) => json_patch::merge(p, &patch),
+            None => patches.push((target, true, patch)),
+        }
+    }
     for (target, status, patch) in patches {
         let (api, resolved, name) = handle(registry, r, &target).await?;
         let params = PatchParams::default();
@@ -431,6 +649,42 @@ async fn run(
         result.map_err(|e| e.to_string())?;
     }
     Ok(())
+}
+
+/// The current time as Kubernetes writes it (RFC 3339, seconds).
+fn now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or_else(|_| jiff::Timestamp::now())
+        .to_string()
+}
+
+/// Replaces the condition of `c`'s type in `list` (or adds it); its `lastTransitionTime` moves
+/// only when its status changes, as controllers do.
+fn upsert_condition(list: &mut Vec<Value>, c: &SetCondition, now: &str) {
+    let old = list
+        .iter()
+        .position(|x| x.get("type").and_then(Value::as_str) == Some(&c.type_));
+    let since = old
+        .map(|i| &list[i])
+        .filter(|x| x.get("status").and_then(Value::as_str) == Some(&c.status))
+        .and_then(|x| x.get("lastTransitionTime").cloned())
+        .unwrap_or_else(|| Value::String(now.to_string()));
+    let mut cond = serde_json::json!({
+        "type": c.type_,
+        "status": c.status,
+        "lastTransitionTime": since,
+    });
+    if let Some(reason) = &c.reason {
+        cond["reason"] = Value::String(reason.clone());
+    }
+    if let Some(message) = &c.message {
+        cond["message"] = Value::String(message.clone());
+    }
+    match old {
+        Some(i) => list[i] = cond,
+        None => list.push(cond),
+    }
 }
 
 /// Creates (or updates) an object by server-side apply, then writes its `status` when it has
@@ -500,11 +754,149 @@ mod tests {
             actions_of(&recreate).unwrap_err(),
             "`recreate` needs a `deleted: true` trigger"
         );
+        let status_alone = reactor(&format!(
+            "cluster: c\n{when}\nactions: [{{set: [{{fieldPath: data.z, value: 1}}], status: {{phase: Pending}}}}]"
+        ));
+        assert_eq!(
+            actions_of(&status_alone).unwrap_err(),
+            "action 0: `status` goes with `recreate` only"
+        );
+        let bad_condition = reactor(&format!(
+            "cluster: c\n{when}\nactions: [{{conditions: [{{type: Ready, status: yes}}]}}]"
+        ));
+        assert!(actions_of(&bad_condition)
+            .unwrap_err()
+            .contains("status must be \"True\", \"False\" or \"Unknown\""));
+        let set_and_conditions = reactor(&format!(
+            "cluster: c\n{when}\nactions: [{{set: [{{fieldPath: status.phase, value: Running}}], conditions: [{{type: Ready, status: \"True\"}}]}}]"
+        ));
+        assert_eq!(actions_of(&set_and_conditions).unwrap().len(), 1);
         let short = reactor(&format!(
             "cluster: c\n{when}\nafter: 1s\nset: {{fieldPath: data.z, value: 1}}"
         ));
         let actions = actions_of(&short).unwrap();
         assert_eq!(actions.len(), 1);
         assert_eq!(actions[0].0, Duration::from_secs(1));
+    }
+
+    fn obj(uid: &str, phase: Option<&str>) -> Value {
+        let mut o = serde_json::json!({"metadata": {"name": "a", "uid": uid}});
+        if let Some(p) = phase {
+            o["status"] = serde_json::json!({"phase": p});
+        }
+        o
+    }
+
+    fn path(p: &str) -> FieldPath {
+        FieldPath::parse(p).unwrap()
+    }
+
+    /// Primes a tracker with the initial list (which never fires).
+    fn primed(trigger: Trigger, initial: Option<Value>) -> Tracker {
+        let mut t = Tracker::new(trigger);
+        assert!(!t.observe(watcher::Event::Init));
+        if let Some(o) = initial {
+            t.observe(watcher::Event::InitApply(o));
+        }
+        t.observe(watcher::Event::InitDone);
+        t
+    }
+
+    #[test]
+    fn a_delete_during_a_relist_fires_a_deleted_reactor() {
+        use watcher::Event::*;
+        // The object is missing from the re-list after the watch expired.
+        let mut t = primed(Trigger::Deleted, Some(obj("u1", None)));
+        assert!(!t.observe(Init));
+        assert!(t.observe(InitDone), "the delete was missed");
+        assert_eq!(t.last.as_ref().and_then(Tracker::uid), Some("u1"));
+        // Re-created by someone: no second firing, and a later delete fires again.
+        assert!(!t.observe(Apply(obj("u2", None))));
+        assert!(t.observe(Delete(obj("u2", None))));
+        // Deleted and re-created while the watch was down: the re-list shows another uid.
+        let mut t = primed(Trigger::Deleted, Some(obj("u1", None)));
+        assert!(!t.observe(Init));
+        assert!(t.observe(InitApply(obj("u9", None))));
+        assert!(!t.observe(InitDone));
+        // Listed unchanged: nothing happened.
+        let mut t = primed(Trigger::Deleted, Some(obj("u1", None)));
+        assert!(!t.observe(Init));
+        assert!(!t.observe(InitApply(obj("u1", None))));
+        assert!(!t.observe(InitDone));
+        // Never existed: its absence from a re-list is no delete.
+        let mut t = primed(Trigger::Deleted, None);
+        assert!(!t.observe(Init));
+        assert!(!t.observe(InitDone));
+    }
+
+    #[test]
+    fn field_triggers_fire_on_becoming_appearing_and_changing() {
+        use watcher::Event::*;
+        let mut eq = primed(
+            Trigger::Equals(path("status.phase"), Value::from("Ready")),
+            Some(obj("u1", Some("Ready"))),
+        );
+        // Held before the reactor started: no firing until it stops holding and holds again.
+        assert!(!eq.observe(Apply(obj("u1", Some("Ready")))));
+        assert!(!eq.observe(Apply(obj("u1", Some("Pending")))));
+        assert!(eq.observe(Apply(obj("u1", Some("Ready")))));
+        assert!(!eq.observe(Apply(obj("u1", Some("Ready")))));
+
+        let mut exists = primed(Trigger::Exists(path("status.phase")), Some(obj("u1", None)));
+        assert!(!exists.observe(Apply(obj("u1", None))));
+        assert!(exists.observe(Apply(obj("u1", Some("x")))));
+        assert!(!exists.observe(Apply(obj("u1", Some("y")))));
+
+        let mut changed = primed(
+            Trigger::Changed(path("status.phase")),
+            Some(obj("u1", Some("a"))),
+        );
+        assert!(!changed.observe(Apply(obj("u1", Some("a")))));
+        assert!(changed.observe(Apply(obj("u1", Some("b")))));
+        assert!(changed.observe(Apply(obj("u1", None))));
+        assert!(!changed.observe(Apply(obj("u1", None))));
+    }
+
+    #[test]
+    fn a_condition_replaces_its_type_and_moves_its_time_only_when_its_status_changes() {
+        let c = |status: &str| SetCondition {
+            type_: "Ready".into(),
+            status: status.into(),
+            reason: None,
+            message: None,
+            target: ObjectRef::default(),
+        };
+        let mut list = vec![
+            serde_json::json!({"type": "PodScheduled", "status": "True", "lastTransitionTime": "t0"}),
+            serde_json::json!({"type": "Ready", "status": "False", "lastTransitionTime": "t0"}),
+        ];
+        upsert_condition(&mut list, &c("False"), "t1");
+        assert_eq!(list[1]["lastTransitionTime"], "t0");
+        upsert_condition(&mut list, &c("True"), "t2");
+        assert_eq!(list[1]["status"], "True");
+        assert_eq!(list[1]["lastTransitionTime"], "t2");
+        assert_eq!(list[0]["type"], "PodScheduled");
+        let mut empty = Vec::new();
+        upsert_condition(&mut empty, &c("True"), "t3");
+        assert_eq!(empty.len(), 1);
+    }
+
+    #[test]
+    fn a_when_says_clearly_what_it_needs() {
+        let when = |y: &str| -> ReactorWhen { serde_yaml::from_str(y).unwrap() };
+        let base = "{apiVersion: v1, resource: pods, name: a";
+        for bad in [
+            format!("{base}, fieldPath: status.phase}}"),
+            format!("{base}, fieldPath: status.phase, equals: x, changed: true}}"),
+            format!("{base}, fieldPath: status.phase, deleted: true}}"),
+            format!("{base}, exists: true}}"),
+        ] {
+            let err = Trigger::of(&when(&bad)).unwrap_err();
+            assert!(err.contains("`when` needs"), "{bad}: {err}");
+        }
+        assert!(matches!(
+            Trigger::of(&when(&format!("{base}, deleted: true}}"))).unwrap(),
+            Trigger::Deleted
+        ));
     }
 }

@@ -156,6 +156,8 @@ pub enum StepStatus {
     #[default]
     Pending,
     Running,
+    /// An `approval` step waiting for `POST /api/v1/runs/{id}/approve`.
+    WaitingForApproval,
     Succeeded,
     Skipped,
     Failed,

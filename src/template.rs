@@ -115,6 +115,15 @@ fn environment() -> Environment<'static> {
             Ok(jiff::Timestamp::now().as_second() - t.as_second())
         },
     );
+    // The hex SHA-256 of a rendered config: for the pod-template annotation that rolls a
+    // Deployment when its (subPath-mounted, never refreshed) ConfigMap changed.
+    env.add_filter("sha256", |s: String| {
+        use sha2::{Digest, Sha256};
+        Sha256::digest(s.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    });
     env.add_filter("urlencode", |s: String| {
         minijinja::Value::from_safe_string(
             percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC)
@@ -449,6 +458,15 @@ mod tests {
         assert!(
             e.to_string().contains("cannot be a URL path segment"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn sha256_gives_the_hex_digest_of_a_rendered_text() {
+        let ctx = json!({"Values": {"cfg": "abc"}});
+        assert_eq!(
+            render("{{ Values.cfg | sha256 }}", &ctx).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
     }
 

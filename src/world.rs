@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use crate::cluster::Registry;
 use crate::cluster::{api_for_object, object_diff};
 use crate::fieldpath::{self, FieldPath};
-use crate::reactor::Reactor;
+use crate::reactor::{Reactor, ValueFrom};
 
 const WORLD_MANAGER: &str = "recoverd-world";
 
@@ -240,11 +240,17 @@ async fn apply_object(
     })
 }
 
-/// Expectations after a rehearsal: field values of objects; every other world object must be
-/// unchanged.
+/// Expectations after a rehearsal, per object: field values (`fields`), fields equal to a field
+/// of another object (`sameAs`: a token handed from one cluster to another), fields that must
+/// differ from what the world seeded (`changed`: a new uid, a generated token), or that the
+/// object is gone (`absent`). Every other world object must be unchanged.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Expectations {
+    /// The run's expected result, when it is not `Succeeded`: a failover whose fence of the
+    /// lost site cannot succeed ends `SucceededWithErrors`, and a rehearsal proving that passes.
+    #[serde(default)]
+    pub outcome: Option<String>,
     pub expect: Vec<Expectation>,
 }
 
@@ -258,7 +264,19 @@ pub struct Expectation {
     pub namespace: Option<String>,
     pub name: String,
     /// fieldPath → expected value.
+    #[serde(default)]
     pub fields: BTreeMap<String, Value>,
+    /// fieldPath → a field it must equal: of this object unless `cluster`, `apiVersion`,
+    /// `resource`, `namespace` or `name` say otherwise.
+    #[serde(default)]
+    pub same_as: BTreeMap<String, ValueFrom>,
+    /// Fields whose value must differ from the one the world seeded (a missing field never
+    /// counts as changed).
+    #[serde(default)]
+    pub changed: Vec<String>,
+    /// The object must not exist.
+    #[serde(default)]
+    pub absent: bool,
 }
 
 /// An object's change during the rehearsal.
@@ -309,26 +327,98 @@ pub async fn check(
             name: e.name.clone(),
             before: Value::Null,
         };
-        let obj = match current(registry, &s).await {
-            Ok(o) => o,
-            Err(err) => {
+        let found = current(registry, &s).await;
+        let obj = match (found, e.absent) {
+            (Ok(_), true) => {
+                failures.push(format!("{}: exists, expected it gone", s.describe()));
+                continue;
+            }
+            (Err(err), true) if err.contains("NotFound") || err.contains("not found") => continue,
+            (Ok(o), false) => o,
+            (Err(err), _) => {
                 failures.push(format!("{}: {err}", s.describe()));
                 continue;
             }
         };
-        for (path, want) in &e.fields {
-            let got = FieldPath::parse(path)
+        let field = |obj: &Value, path: &str| {
+            FieldPath::parse(path)
                 .ok()
-                .and_then(|p| p.get(&obj).ok().flatten());
-            let ok = got
-                .as_ref()
-                .is_some_and(|g| g == want || fieldpath::as_text(g) == fieldpath::as_text(want));
-            if !ok {
+                .and_then(|p| p.get(obj).ok().flatten())
+        };
+        // A Secret's values are never printed, not even in a failed expectation.
+        let secret = s.api_version == "v1" && s.resource == "secrets";
+        let shown = |v: &Option<Value>| match v {
+            None => "<missing>".to_string(),
+            Some(_) if secret => "<redacted>".to_string(),
+            Some(v) => fieldpath::as_text(v),
+        };
+        let same = |a: &Value, b: &Value| a == b || fieldpath::as_text(a) == fieldpath::as_text(b);
+        for (path, want) in &e.fields {
+            let got = field(&obj, path);
+            if !got.as_ref().is_some_and(|g| same(g, want)) {
                 failures.push(format!(
                     "{}: {path} is {}, expected {}",
                     s.describe(),
-                    got.as_ref().map_or("<missing>".into(), fieldpath::as_text),
-                    fieldpath::as_text(want)
+                    shown(&got),
+                    shown(&Some(want.clone()))
+                ));
+            }
+        }
+        for (path, other) in &e.same_as {
+            let o = Seeded {
+                cluster: other
+                    .object
+                    .cluster
+                    .clone()
+                    .unwrap_or_else(|| s.cluster.clone()),
+                api_version: (other.object.api_version.clone())
+                    .unwrap_or_else(|| s.api_version.clone()),
+                resource: (other.object.resource.clone()).unwrap_or_else(|| s.resource.clone()),
+                namespace: (other.object.namespace.clone()).or_else(|| s.namespace.clone()),
+                name: other.object.name.clone().unwrap_or_else(|| s.name.clone()),
+                before: Value::Null,
+            };
+            let want = match current(registry, &o).await {
+                Ok(o) => field(&o, &other.field_path),
+                Err(err) => {
+                    failures.push(format!("{}: {err}", o.describe()));
+                    continue;
+                }
+            };
+            let got = field(&obj, path);
+            let ok = matches!((&got, &want), (Some(g), Some(w)) if same(g, w));
+            if !ok {
+                failures.push(format!(
+                    "{}: {path} is {}, expected the same as {} {} ({})",
+                    s.describe(),
+                    shown(&got),
+                    o.describe(),
+                    other.field_path,
+                    shown(&want)
+                ));
+            }
+        }
+        let before = seeded.iter().find(|b| {
+            b.cluster == s.cluster
+                && b.name == s.name
+                && b.resource == s.resource
+                && b.namespace == s.namespace
+        });
+        for path in &e.changed {
+            let Some(before) = before else {
+                failures.push(format!(
+                    "{}: `changed` needs an object the world seeded",
+                    s.describe()
+                ));
+                break;
+            };
+            let (was, now) = (field(&before.before, path), field(&obj, path));
+            if now.is_none() || was == now {
+                failures.push(format!(
+                    "{}: {path} is {}, expected it to change from {}",
+                    s.describe(),
+                    shown(&now),
+                    shown(&was)
                 ));
             }
         }

@@ -138,7 +138,8 @@ async fn an_alert_whose_identity_is_not_an_identifier_is_refused_so_run_lists_st
     assert_eq!(runs["runs"], json!([]), "nothing ran: {runs}");
 
     // At the largest accepted sizes, a summary stays small.
-    let longest = "f".repeat(recoverd::alert::MAX_IDENTITY_BYTES);
+    // (256 bytes: the limit the README documents.)
+    let longest = "f".repeat(256);
     let mut p = payload("firing", primary_down(), &longest, T0);
     p["alerts"][0]["startsAt"] = json!(longest);
     let (status, body) = app.post("/api/v1/alerts", &p).await;

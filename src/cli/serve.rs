@@ -13,6 +13,7 @@ use tracing::{info, warn};
 use super::ClusterArgs;
 use crate::app::{App, Config};
 use crate::cluster::WriteMode;
+use crate::plan::cluster_source::PlanSources;
 use crate::plan::set::PlanSet;
 use crate::run::service::Runs;
 use crate::run::store::{Retention, Store};
@@ -22,8 +23,14 @@ use crate::server::{Auth, Settings, Tokens, DEFAULT_BODY_LIMIT};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory (or files) of RecoveryPlans; reloaded when they change.
-    #[arg(long, env = "RECOVERD_PLANS", required = true)]
+    #[arg(
+        long,
+        env = "RECOVERD_PLANS",
+        required_unless_present = "plans_from_cluster"
+    )]
     pub plans: Vec<PathBuf>,
+    #[command(flatten)]
+    pub from_cluster: Box<super::cluster_plans::PlansFromClusterArgs>,
     #[command(flatten)]
     pub clusters: ClusterArgs,
     /// Address to listen on.
@@ -160,13 +167,27 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     settings.body_timeout = args.limits.body_timeout;
     settings.metrics_public = args.metrics_public;
     let app = App::build(Config {
-        live,
+        live: live.clone(),
         dry,
         store,
-        plans,
+        plans: PlanSet::default(),
         settings,
     });
     let runs = app.runs.clone();
+    // File plans and, with --plans-from-cluster, the home cluster's: one set, swapped whole.
+    let sources = PlanSources::new({
+        let runs = runs.clone();
+        move |set| runs.set_plans(set)
+    });
+    sources.set_files(plans);
+    let watch = super::cluster_plans::start(
+        &args.from_cluster,
+        &live,
+        sources.clone(),
+        args.reload_interval * 5,
+        super::cluster_plans::last_runs(runs.clone()),
+    )
+    .await?;
     let interrupted = runs.recover()?;
     if !interrupted.is_empty() {
         warn!(runs = ?interrupted, "runs interrupted by the last shutdown; resume them with POST /api/v1/runs/{{id}}/resume");
@@ -186,6 +207,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let reload = tokio::spawn(housekeeping_loop(
         runs.clone(),
+        sources,
         auth,
         tls.clone(),
         args.plans.clone(),
@@ -208,7 +230,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         let runs = runs.clone();
         let grace = args.shutdown_grace;
         tokio::spawn(async move {
-            wait_for_signal().await;
+            super::signal::wait_for_stop().await;
             info!("shutting down: no new runs; letting running steps finish");
             runs.shutdown(grace).await;
             handle.graceful_shutdown(Some(Duration::from_secs(2)));
@@ -236,6 +258,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     reload.abort();
     shutdown.abort();
+    if let Some(watch) = watch {
+        watch.abort();
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -273,8 +298,10 @@ fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
 /// Every `every`: reloads changed plans and token files, expires approvals, checks the store
 /// (and writes runs that stopped on a failed write), and prunes old runs. The file and store
 /// work runs on the blocking pool, and a reload swaps the plan set in one step.
+#[allow(clippy::too_many_arguments)]
 async fn housekeeping_loop(
     runs: Arc<Runs>,
+    sources: Arc<PlanSources>,
     auth: Auth,
     tls: Option<Tls>,
     paths: Vec<PathBuf>,
@@ -305,7 +332,7 @@ async fn housekeeping_loop(
         if now != last {
             info!("plan files changed; reloading");
             let set = blocking(move || load_plans(&load_paths, &names)).await;
-            runs.set_plans(set);
+            sources.set_files(set);
             last = now;
         }
         for tokens in auth.all() {
@@ -364,19 +391,4 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .expect("blocking task panicked")
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

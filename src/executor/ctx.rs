@@ -41,6 +41,8 @@ pub(crate) struct StepCtx<'a> {
     pub written: &'a BTreeSet<String>,
     /// The `Values` keys that hold secrets.
     pub secret_keys: &'a BTreeSet<String>,
+    /// How approval steps are decided, and the run's shutdown signal.
+    pub control: &'a super::RunControl,
 }
 
 impl StepCtx<'_> {

@@ -33,6 +33,10 @@ pub enum StepError {
     },
     #[error("assertion failed: {message}")]
     Assertion { message: String },
+    #[error("not approved within {}: {message}", duration::format(*after))]
+    NotApproved { after: Duration, message: String },
+    #[error("the step needs an approval, and this command cannot wait for one: {message} (give --approve to approve it as you run the plan, or run it under `recoverd serve`)")]
+    ApprovalUnavailable { message: String },
     #[error("refused to delete {object}: {detail}")]
     DeleteRefused { object: String, detail: String },
     #[error("the write to {object} did not take effect: {detail}")]
@@ -128,6 +132,8 @@ impl StepError {
             StepError::NotApplied { .. } => "not-applied",
             StepError::Condition { .. } => "condition",
             StepError::Assertion { .. } => "assertion",
+            StepError::NotApproved { .. } => "not-approved",
+            StepError::ApprovalUnavailable { .. } => "approval-unavailable",
             StepError::ExecFailed { .. } => "exec-failed",
             StepError::DeleteRefused { .. } => "delete-refused",
             StepError::Conflict { .. } => "conflict",

@@ -6,6 +6,7 @@
 //! `kube::Client`s; it never decides *whether* a run may start (that is the run store's job).
 
 mod apply;
+mod approval;
 mod assert;
 mod ctx;
 mod delete;
@@ -89,6 +90,44 @@ pub struct Executor {
 pub struct RunControl {
     pub cancel: CancellationToken,
     pub drain: CancellationToken,
+    /// How `approval` steps are decided.
+    pub approvals: Approvals,
+}
+
+/// How the `approval` steps of a run are decided.
+#[derive(Clone, Debug, Default)]
+pub enum Approvals {
+    /// Not possible here (a command run without `--approve`): the step fails saying how to
+    /// approve it.
+    #[default]
+    Unavailable,
+    /// By whoever runs the command, in advance (`recoverd run --approve`).
+    Given,
+    /// By a person, through [`Approvals::approve`] (the receiver's approve endpoint). The slot
+    /// holds a signal only while a step waits, so approving one step never approves a later one.
+    Waiting(Arc<std::sync::Mutex<Option<CancellationToken>>>),
+}
+
+impl Approvals {
+    /// A run whose approval steps wait for [`Approvals::approve`].
+    pub fn awaiting() -> Self {
+        Approvals::Waiting(Default::default())
+    }
+
+    /// Approves the step waiting now; false when no step is waiting.
+    pub fn approve(&self) -> bool {
+        match self {
+            Approvals::Waiting(slot) => match slot.lock().unwrap_or_else(|e| e.into_inner()).take()
+            {
+                Some(token) => {
+                    token.cancel();
+                    true
+                }
+                None => false,
+            },
+            _ => false,
+        }
+    }
 }
 
 /// Inputs to a run besides the plan.

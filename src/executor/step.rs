@@ -15,7 +15,7 @@ use crate::template;
 
 use super::ctx::{uses_secret, StepCtx, StepOutcome};
 use super::redact::{redact_inputs, scrub, scrub_value, REDACTED};
-use super::{apply, assert, delete, exec, http, patch, read_field, wait};
+use super::{apply, approval, assert, delete, exec, http, patch, read_field, wait};
 use super::{Event, Executor, Observer, RunControl, RunInput, StepError};
 
 /// What every step of a run (or of its compensation) shares.
@@ -116,6 +116,29 @@ impl Executor {
                 compensation,
             },
         );
+        // An approval step shows the approver its question and what the run knows so far.
+        if let StepKind::Approval(a) = &step.kind {
+            let message = template::render(&a.message, &values).unwrap_or_default();
+            let shown = scrub(&message, &record.secrets.needles());
+            let known: Map<String, Value> = record
+                .params
+                .iter()
+                .chain(&record.outputs)
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+            let rec = record.step_mut(index, compensation);
+            rec.status = StepStatus::WaitingForApproval;
+            rec.inputs = Some(json!({"message": shown, "values": known}));
+            observer.on_event(
+                record,
+                &Event::StepWaiting {
+                    index,
+                    compensation,
+                    what: format!("approval: {shown}"),
+                    deadline: a.timeout,
+                },
+            );
+        }
         // The record of the step's start could not be written (or recoverd is shutting down):
         // a step must never run unrecorded.
         if control.drain.is_cancelled() {
@@ -273,6 +296,7 @@ impl Executor {
                 field_manager: &plan.field_manager,
                 written: &written,
                 secret_keys: &secret_keys,
+                control,
             };
             let limit = attempt_timeout.min(remaining);
             let result = tokio::select! {
@@ -323,6 +347,7 @@ async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, Ste
         StepKind::Delete(s) => delete::run(s, ctx).await,
         StepKind::Assert(s) => assert::run(s, ctx).await,
         StepKind::Exec(s) => exec::run(s, ctx).await,
+        StepKind::Approval(s) => approval::run(s, ctx).await,
     }
 }
 

@@ -15,7 +15,7 @@ use serde_json::Value;
 use super::load::Source;
 use super::model::{
     AssertStep, ConfigMapKey, DeletePreconditions, ExecStep, HttpStep, Mode, ObjectRef, OnError,
-    RecoveryPlan,
+    OnTimeout, RecoveryPlan,
 };
 use crate::fieldpath::FieldPath;
 use crate::matcher::Matcher;
@@ -114,7 +114,10 @@ impl Step {
 
     /// Whether the step acts on a cluster (and is recorded with one).
     pub fn uses_cluster(&self) -> bool {
-        !matches!(self.kind, StepKind::Http(_) | StepKind::Assert(_))
+        !matches!(
+            self.kind,
+            StepKind::Http(_) | StepKind::Assert(_) | StepKind::Approval(_)
+        )
     }
 
     /// The `Values` key the step produces, if any.
@@ -139,6 +142,7 @@ pub enum StepKind {
     Delete(Delete),
     Assert(AssertStep),
     Exec(ExecStep),
+    Approval(Approval),
 }
 
 impl StepKind {
@@ -154,8 +158,18 @@ impl StepKind {
             StepKind::Delete(_) => T::Delete,
             StepKind::Assert(_) => T::Assert,
             StepKind::Exec(_) => T::Exec,
+            StepKind::Approval(_) => T::Approval,
         }
     }
+}
+
+/// A pause until a person approves.
+#[derive(Clone, Debug)]
+pub struct Approval {
+    /// A template.
+    pub message: String,
+    pub timeout: Duration,
+    pub on_timeout: OnTimeout,
 }
 
 /// The patch a `patch` step sends.

@@ -151,7 +151,8 @@ fn walk_error(errors: &mut Vec<LoadError>, file: &Path, message: String) {
     });
 }
 
-/// The YAML files under `paths`, sorted, directories searched recursively.
+/// The YAML files under `paths`, sorted, directories searched recursively (except a
+/// directory named `worlds`: rehearsal worlds kept beside the plans).
 ///
 /// Symbolic links are followed only to files and directories inside the directory given (a
 /// mounted ConfigMap links every file to `..data/`); a link out of the tree is reported and
@@ -201,6 +202,11 @@ pub fn plan_files(paths: &[PathBuf], errors: &mut Vec<LoadError>) -> Vec<PathBuf
                     } else {
                         (kind.is_dir(), None)
                     };
+                    // `plans/worlds/` holds the plans' rehearsal worlds, expectations and
+                    // sample alerts (docs/worlds.md), not plans.
+                    if is_dir && entry.file_name() == "worlds" {
+                        continue;
+                    }
                     if is_dir {
                         let real = match real {
                             Some(r) => r,

@@ -1,7 +1,9 @@
 //! Recovery plans: the resource as written ([`model`]), loading it from files ([`load`]),
-//! validating it into a typed [`Plan`] ([`validate`], [`compiled`]) and the set a server matches
-//! alerts against ([`set`]). Everything here is pure but for reading files in `load`.
+//! validating it into a typed [`Plan`] ([`mod@validate`], [`compiled`]) and the set a server matches
+//! alerts against ([`set`]). Everything here is pure but for reading files in `load` and the
+//! home cluster's `RecoveryPlan` resources in [`cluster_source`].
 
+pub mod cluster_source;
 pub mod compiled;
 pub mod load;
 pub mod model;

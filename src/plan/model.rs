@@ -18,9 +18,7 @@ use serde_json::Value;
     kind = "RecoveryPlan",
     namespaced,
     status = "RecoveryPlanStatus",
-    shortname = "rplan",
-    printcolumn = r#"{"name":"Mode","type":"string","jsonPath":".spec.mode"}"#,
-    printcolumn = r#"{"name":"Valid","type":"string","jsonPath":".status.valid"}"#
+    shortname = "rplan"
 )]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RecoveryPlanSpec {
@@ -84,9 +82,23 @@ pub struct RecoveryPlanStatus {
     /// The id of the last run of this plan.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_run: Option<String>,
+    /// The phase of the plan's last live run: `Succeeded`, `Failed`… (`Running` while it runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_result: Option<String>,
+    /// How many steps the plan has (without `onFailure`), for `kubectl get`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<i64>,
+    /// The `metadata.generation` recoverd last read and validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Valid`: `True` when the plan passed validation and is matched against alerts, `False`
+    /// with a reason and a message naming what to fix.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition>,
 }
 
-/// One step of a plan. Exactly one of `patch`, `readField`, `wait`, `apply`, `http` is set,
+/// One step of a plan. Exactly one of `patch`, `readField`, `wait`, `apply`, `http`, `delete`,
+/// `assert`, `exec`, `approval` is set,
 /// matching `type`.
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -94,7 +106,7 @@ pub struct Step {
     /// Unique within the plan. Nova plans may omit it; their steps are named `step-1`, `step-2`…
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `patch`, `readField`, `wait`, `apply` or `http`.
+    /// `patch`, `readField`, `wait`, `apply`, `http`, `delete`, `assert`, `exec` or `approval`.
     #[serde(rename = "type")]
     pub step_type: StepType,
     /// The cluster this step acts on (a name in the cluster registry). Omitted: the default
@@ -132,6 +144,8 @@ pub struct Step {
     pub assert: Option<AssertStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exec: Option<ExecStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval: Option<ApprovalStep>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -147,6 +161,7 @@ pub enum StepType {
     Delete,
     Assert,
     Exec,
+    Approval,
 }
 
 impl std::fmt::Display for StepType {
@@ -156,7 +171,7 @@ impl std::fmt::Display for StepType {
 }
 
 impl StepType {
-    pub const ALL: [StepType; 8] = [
+    pub const ALL: [StepType; 9] = [
         StepType::Patch,
         StepType::ReadField,
         StepType::Wait,
@@ -165,6 +180,7 @@ impl StepType {
         StepType::Delete,
         StepType::Assert,
         StepType::Exec,
+        StepType::Approval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -177,12 +193,13 @@ impl StepType {
             StepType::Delete => "delete",
             StepType::Assert => "assert",
             StepType::Exec => "exec",
+            StepType::Approval => "approval",
         }
     }
 
     /// Whether a step of this type acts on a cluster (and is recorded with one).
     pub fn uses_cluster(self) -> bool {
-        !matches!(self, StepType::Http | StepType::Assert)
+        !matches!(self, StepType::Http | StepType::Assert | StepType::Approval)
     }
 }
 
@@ -222,8 +239,10 @@ pub struct DeleteStep {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeletePreconditions {
+    /// Delete only if the object's `metadata.uid` is this (a template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// Delete only if the object's `metadata.resourceVersion` is this (a template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_version: Option<String>,
 }
@@ -243,6 +262,7 @@ pub struct DeleteWait {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ExecStep {
+    /// The pod's namespace.
     pub namespace: String,
     /// The pod's name (a template).
     pub pod: String,
@@ -257,6 +277,32 @@ pub struct ExecStep {
     /// Store stdout (trimmed, at most 64 KiB) in `Values.<outputKey>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
+}
+
+/// Pause the run until a person approves it (`POST /api/v1/runs/{id}/approve` with an approver
+/// token, or `recoverd approve ID`), showing them the message and the values gathered so far.
+/// The split-brain decision of a failover belongs here, after the probes, not before the run.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApprovalStep {
+    /// What the approver decides (a template): `Old site unreachable for {{ Values.down }}s;
+    /// promote pg-south without a token? Writes not yet replicated are lost.`
+    pub message: String,
+    /// How long to wait, e.g. `15m` (mandatory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// `abort` (default): no approval in time fails the step. `continue`: the run goes on
+    /// without it (recorded as such).
+    #[serde(default)]
+    pub on_timeout: OnTimeout,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OnTimeout {
+    #[default]
+    Abort,
+    Continue,
 }
 
 /// Fail the run now, with the author's message, unless a condition holds.
@@ -324,6 +370,7 @@ pub struct PatchStep {
 pub struct Override {
     /// Dotted path with `[n]` indexes: `spec.replica.primary`, `spec.containers[0].image`.
     pub field_path: String,
+    /// The new value, under `raw` (Nova's format).
     pub value: OverrideValue,
 }
 
@@ -361,17 +408,22 @@ pub struct WaitStep {
     /// A fixed pause, e.g. `10s`. Either this, or an object and a condition.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration: Option<String>,
+    /// The watched object's `group/version` (`postgresql.cnpg.io/v1`), or `v1` for core objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_version: Option<String>,
+    /// The watched object's plural resource name, as in the API path: `clusters`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource: Option<String>,
+    /// The watched object's namespace; omitted for cluster-scoped objects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// The watched object's name (may be a template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
     /// Dotted path or JSONPath of the field to watch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_path: Option<String>,
+    /// What the watched field (or object) must become for the wait to end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub condition: Option<Condition>,
     /// How long to wait for the condition (mandatory for a condition wait), e.g. `5m`.
@@ -388,42 +440,57 @@ pub struct WaitStep {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Condition {
+    /// The field this condition looks at, instead of the wait's `fieldPath`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field_path: Option<String>,
+    /// `true`: the object does not exist (deleted, or never created).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gone: Option<bool>,
+    /// The object exists with a `metadata.uid` other than this one (a template, e.g. read by an earlier readField).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recreated: Option<String>,
+    /// The field is a number greater than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_opt")]
     pub greater_than: Option<Value>,
+    /// The field is a number less than this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_opt")]
     pub less_than: Option<Value>,
+    /// The field is a number greater than or equal to this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_opt")]
     pub at_least: Option<Value>,
+    /// The field is a number less than or equal to this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_opt")]
     pub at_most: Option<Value>,
+    /// The field equals this other field of the same object (a path).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub equals_field: Option<String>,
+    /// Every one of these conditions holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_form_list")]
     pub all_of: Vec<Condition>,
+    /// At least one of these conditions holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "free_form_list")]
     pub any_of: Vec<Condition>,
+    /// The field equals this value (strings are templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_opt")]
     pub equals: Option<Value>,
+    /// The field exists and differs from this value (strings are templates).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_opt")]
     pub not_equals: Option<Value>,
+    /// `true`: the field exists and is not empty.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_empty: Option<bool>,
+    /// `true`: the field exists; `false`: it (or the object) does not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exists: Option<bool>,
+    /// `true`: the field differs from its value when the step began.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub changed: Option<bool>,
 }
@@ -453,8 +520,11 @@ pub struct ApplyStep {
 pub struct KeyTarget {
     /// `ConfigMap` or `Secret`.
     pub kind: String,
+    /// The object's namespace.
     pub namespace: String,
+    /// The object's name.
     pub name: String,
+    /// The key under `data` to write.
     pub key: String,
 }
 
@@ -475,8 +545,11 @@ pub struct TemplateSource {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ConfigMapKey {
+    /// The ConfigMap's namespace.
     pub namespace: String,
+    /// The ConfigMap's name.
     pub name: String,
+    /// The key under `data` that holds the template.
     pub key: String,
 }
 

@@ -115,6 +115,39 @@ impl PlanSet {
         }
     }
 
+    /// A set of plans already validated (by their source), with the problems of those that
+    /// were not; a name given twice keeps its first plan and reports the others.
+    pub fn from_valid(
+        plans: impl IntoIterator<Item = Arc<Plan>>,
+        invalid: Vec<InvalidPlan>,
+    ) -> Self {
+        let mut set = PlanSet {
+            invalid,
+            ..PlanSet::default()
+        };
+        for plan in plans {
+            if set.by_name.contains_key(&plan.key) {
+                let name = plan.key.clone();
+                set.invalid.push(InvalidPlan {
+                    file: plan.source.file.display().to_string(),
+                    plan: Some(name.clone()),
+                    problems: vec![format!(
+                        "plan {name} is defined twice; the first definition is used"
+                    )],
+                });
+            } else {
+                set.add(plan);
+            }
+        }
+        set.reindex();
+        set
+    }
+
+    /// The valid plans, in name order.
+    pub fn plans(&self) -> impl Iterator<Item = &Arc<Plan>> {
+        self.plans.iter().map(|e| &e.plan)
+    }
+
     fn add(&mut self, plan: Arc<Plan>) {
         self.by_name.insert(plan.key.clone(), self.plans.len());
         self.plans.push(Entry {

@@ -1,4 +1,4 @@
-//! HTTP errors as a type: a deliberate status for each (DESIGN §4) and a JSON body that says
+//! HTTP errors as a type: a deliberate status for each (docs/api.md, "Errors") and a JSON body that says
 //! what was wrong with the request. Internal details go to the log, not the response.
 
 use axum::http::StatusCode;
@@ -65,7 +65,7 @@ impl From<RunsError> for ApiError {
             | RunsError::InvalidPlan { .. } => ApiError::Conflict(e.to_string()),
             RunsError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             // The store is what makes runs exactly-once: without it recoverd cannot accept work,
-            // and Alertmanager should retry (DESIGN §4).
+            // and Alertmanager should retry (docs/api.md, "Errors").
             RunsError::Store(s) => {
                 tracing::error!(error = %s, "run store failed");
                 ApiError::Unavailable("the run store is failing; retry shortly".into())

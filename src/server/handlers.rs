@@ -208,5 +208,5 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 }
 
 pub async fn not_found() -> ApiError {
-    ApiError::NotFound("no such route; see DESIGN §4 for the API".into())
+    ApiError::NotFound("no such route; the routes are listed in docs/api.md".into())
 }

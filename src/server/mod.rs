@@ -1,4 +1,4 @@
-//! The HTTP API (axum, DESIGN §4): the Alertmanager webhook, manual triggers, runs, health and
+//! The HTTP API (axum; the reference is docs/api.md): the Alertmanager webhook, manual triggers, runs, health and
 //! metrics. [`router`] builds it over the state [`crate::app::App`] assembles; [`limits`] keeps hostile clients
 //! (slow, idle, too many, too large) from starving it.
 

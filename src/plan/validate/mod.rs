@@ -6,6 +6,7 @@
 //! (durations, names, clusters, matchers) and what templates may refer to where.
 
 mod apply;
+mod approval;
 mod delete;
 mod exec;
 mod http;
@@ -519,6 +520,7 @@ impl<'a> Validator<'a> {
             StepType::Delete => StepKind::Delete(self.delete(&s, step.delete.as_ref()?)?),
             StepType::Assert => StepKind::Assert(step.assert.clone()?),
             StepType::Exec => StepKind::Exec(self.exec(&s, step.exec.as_ref()?)?),
+            StepType::Approval => StepKind::Approval(self.approval(&s, step.approval.as_ref()?)?),
         };
         Some(Step {
             name: step.name().to_string(),
@@ -543,6 +545,7 @@ impl<'a> Validator<'a> {
             (StepType::Delete, step.delete.is_some()),
             (StepType::Assert, step.assert.is_some()),
             (StepType::Exec, step.exec.is_some()),
+            (StepType::Approval, step.approval.is_some()),
         ];
         let ty = step.step_type.as_str();
         let mut ok = true;
@@ -710,6 +713,7 @@ fn attempt_timeout(kind: &StepKind, step_timeout: Duration) -> Duration {
         StepKind::Wait(Wait::Pause(d)) => (*d).max(step_timeout) + Duration::from_secs(1),
         StepKind::Wait(Wait::Until(u)) => u.timeout.max(step_timeout) + Duration::from_secs(1),
         StepKind::Delete(d) => d.wait_gone.map_or(step_timeout, |w| w + step_timeout),
+        StepKind::Approval(a) => a.timeout + step_timeout,
         _ => step_timeout,
     }
 }

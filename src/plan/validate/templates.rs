@@ -38,6 +38,9 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
             }
         }
     }
+    if let Some(a) = &step.approval {
+        t("approval.message", &a.message);
+    }
     if let Some(a) = &step.assert {
         t("assert.that", &a.that);
         t("assert.message", &a.message);

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::record::{Phase, RunRecord};
 
@@ -15,6 +15,22 @@ impl Runs {
             return Err(RunsError::ShuttingDown);
         }
         let mut record = self.get(id)?;
+        // An `approval` step of a run executing here: answer the step, the run goes on.
+        if record.phase == Phase::Running {
+            let answered = lock(&self.controls)
+                .get(id)
+                .is_some_and(|c| c.approvals.approve());
+            if !answered {
+                return Err(RunsError::WrongPhase {
+                    id: id.into(),
+                    phase: record.phase,
+                    action: "approval",
+                    needs: "WaitingForApproval, or Running with an approval step waiting",
+                });
+            }
+            info!(run = %id, "approval step approved");
+            return self.get(id);
+        }
         let plan = self.current_plan(&record)?;
         record.phase = Phase::Pending;
         self.transition(

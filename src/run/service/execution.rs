@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tracing::warn;
 
-use crate::executor::{Event, Observer, RunControl, RunInput};
+use crate::executor::{Approvals, Event, Observer, RunControl, RunInput};
 use crate::plan::Plan;
 use crate::record::{Phase, RunRecord, StepStatus};
 use crate::run::store::StoreError;
@@ -74,6 +74,7 @@ impl Runs {
         let control = RunControl {
             cancel: Default::default(),
             drain: self.drain.child_token(),
+            approvals: Approvals::awaiting(),
         };
         lock(&self.controls).insert(record.id.clone(), control.clone());
         let this = self.clone();

@@ -1,0 +1,431 @@
+//! The plan library (`plans/`): every plan passes `recoverd check`, and `recoverd rehearse` with
+//! its world (`plans/worlds/NAME.yaml`), its sample alert (`NAME.alert.json`) and its
+//! expectations (`NAME.expect.yaml`: the final state of every object the plan changes, and
+//! nothing else changed) — once on the built-in simulator, once on real test clusters
+//! (kube-apiserver v1.36.2 with the upstream CRDs, `rehearse --kubeconfig`).
+//!
+//! The test apiservers have no kubelet, so `exec` steps cannot run there: the plans make them
+//! skippable with the param `execChecks`, the real-cluster rehearsals set it to false and check
+//! that those steps are skipped, and the simulator rehearsals check that they ran.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+use serde_json::Value;
+use support::clusters::{repo_dir, TestClusters};
+
+fn recoverd(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_recoverd"))
+        .args(args)
+        .current_dir(repo_dir())
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// The plan names in `plans/` (files `plans/NAME.yaml`).
+fn library() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(repo_dir().join("plans"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .map(|p| p.file_stem().unwrap().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn yaml(path: &Path) -> Value {
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// A plan's steps (of a Nova plan too) as (name, type, has `when`).
+fn steps(plan: &Value) -> Vec<(String, String)> {
+    plan["spec"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let name = s["name"]
+                .as_str()
+                .map_or_else(|| format!("step-{}", i + 1), str::to_string);
+            (name, s["type"].as_str().unwrap_or_default().to_string())
+        })
+        .collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum On {
+    Simulator,
+    RealClusters,
+}
+
+/// The shared real clusters of this binary, on kube-apiserver v1.36 (upstream CRDs): the one
+/// `$RECOVERD_TEST_APISERVER_MODERN` names (as `.ci/run` sets it), else the configured one if it
+/// is current, else the cached v1.36.2.
+fn clusters() -> &'static TestClusters {
+    static PICKED: OnceLock<()> = OnceLock::new();
+    PICKED.get_or_init(|| {
+        let modern = std::env::var("RECOVERD_TEST_APISERVER_MODERN")
+            .ok()
+            .or_else(|| {
+                let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                    .join(".cache/kube-test/kube-apiserver-v1.36.2");
+                let configured = std::env::var("RECOVERD_TEST_APISERVER").ok();
+                match configured {
+                    Some(c) if !c.contains("v1.20") => Some(c),
+                    _ => cached.exists().then(|| cached.display().to_string()),
+                }
+            });
+        if let Some(bin) = modern {
+            // Read once, by the harness, before any cluster starts (nothing else reads it).
+            std::env::set_var("RECOVERD_TEST_APISERVER", bin);
+        }
+    });
+    let c = support::shared();
+    assert!(
+        support::clusters::modern_apiserver(),
+        "the plan library is rehearsed on kube-apiserver v1.36 with the upstream CRDs: set \
+         RECOVERD_TEST_APISERVER_MODERN (.ci/run does)"
+    );
+    c
+}
+
+/// Copies `plans/worlds/` into `dir` with every `namespace: db` made `ns` (tests share the
+/// clusters), beside a link to `tests/` so the worlds' CRD paths still resolve.
+fn worlds_in_namespace(dir: &Path, ns: &str) -> PathBuf {
+    fn copy(from: &Path, to: &Path, ns: &str) {
+        std::fs::create_dir_all(to).unwrap();
+        for entry in std::fs::read_dir(from).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                copy(&p, &to.join(entry.file_name()), ns);
+            } else {
+                let text = std::fs::read_to_string(&p).unwrap();
+                let text = text.replace("namespace: db", &format!("namespace: {ns}"));
+                std::fs::write(to.join(entry.file_name()), text).unwrap();
+            }
+        }
+    }
+    let worlds = dir.join("plans/worlds");
+    copy(&repo_dir().join("plans/worlds"), &worlds, ns);
+    std::os::unix::fs::symlink(repo_dir().join("tests"), dir.join("tests")).unwrap();
+    worlds
+}
+
+/// Rehearses `plans/NAME.yaml` with its world, alert and expectations, and checks that it
+/// succeeded, that every expectation was checked and held, and which `exec` steps ran.
+async fn rehearse(name: &str, on: On) {
+    let repo = repo_dir();
+    let plan_file = repo.join(format!("plans/{name}.yaml"));
+    let plan = yaml(&plan_file);
+    let params = &plan["spec"]["params"];
+    let dir = tempfile::tempdir().unwrap();
+    let (worlds, mut extra) = match on {
+        On::Simulator => (repo.join("plans/worlds"), vec![]),
+        On::RealClusters => {
+            let c = clusters();
+            let mut extra = vec![
+                "--kubeconfig".to_string(),
+                c.kubeconfig().display().to_string(),
+            ];
+            let worlds = if params.get("ns").is_some() {
+                let ns = c.namespace(&format!("lib-{name}")).await;
+                extra.push("--param".into());
+                extra.push(format!("ns={ns}"));
+                worlds_in_namespace(dir.path(), &ns)
+            } else {
+                // A Nova plan takes no params: its namespaces are its own in this binary.
+                repo.join("plans/worlds")
+            };
+            (worlds, extra)
+        }
+    };
+    let exec_steps: Vec<String> = steps(&plan)
+        .into_iter()
+        .filter(|(_, t)| t == "exec")
+        .map(|(n, _)| n)
+        .collect();
+    if !exec_steps.is_empty() {
+        assert!(
+            params.get("execChecks").is_some(),
+            "{name}: a plan with exec steps must make them skippable by the param execChecks"
+        );
+        if on == On::RealClusters {
+            // The test apiservers have no kubelet: exec cannot run there.
+            println!(
+                "{name}: on real clusters without a kubelet, skipping the exec steps {exec_steps:?} (execChecks=false)"
+            );
+            extra.push("--param".into());
+            extra.push("execChecks=false".into());
+        }
+    }
+    // A cluster the world has `down` (the lost site of a failover): unreachable on real
+    // clusters too, by pointing its context at a closed port.
+    if on == On::RealClusters {
+        let down: std::collections::BTreeMap<String, String> =
+            yaml(&worlds.join(format!("{name}.yaml")))["clusters"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .filter(|(_, c)| c["faults"]["down"] == Value::Bool(true))
+                .map(|(n, _)| {
+                    let port = support::clusters::free_port();
+                    (n.clone(), format!("https://127.0.0.1:{port}"))
+                })
+                .collect();
+        if !down.is_empty() {
+            println!(
+                "{name}: on real clusters, {:?} unreachable (a closed port)",
+                down.keys()
+            );
+            let kubeconfig = dir.path().join("kubeconfig");
+            clusters().write_kubeconfig(&kubeconfig, &down);
+            extra[1] = kubeconfig.display().to_string();
+        }
+    }
+    let world = worlds.join(format!("{name}.yaml"));
+    let expect = worlds.join(format!("{name}.expect.yaml"));
+    let alert = worlds.join(format!("{name}.alert.json"));
+    let mut args: Vec<String> = vec![
+        "rehearse".into(),
+        plan_file.display().to_string(),
+        "--world".into(),
+        world.display().to_string(),
+        "--alert".into(),
+        alert.display().to_string(),
+        "--expect".into(),
+        expect.display().to_string(),
+    ];
+    args.extend(extra);
+    let out = recoverd(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let t = text(&out);
+    println!("{t}");
+    assert!(out.status.success(), "{name} on {on:?}:\n{t}");
+    for secret in world_secret_values() {
+        assert!(
+            !t.contains(&secret),
+            "{name}: a secret value was printed:\n{t}"
+        );
+    }
+    let expected = yaml(&expect)["expect"].as_array().unwrap().len();
+    assert!(
+        t.contains(&format!("expectations: {expected} checked, 0 failed")),
+        "{name} on {on:?}:\n{t}"
+    );
+    if yaml(&expect)["outcome"] == "SucceededWithErrors" {
+        let line = t
+            .lines()
+            .find(|l| l.starts_with("tolerated failures"))
+            .unwrap_or_else(|| panic!("{name}: no tolerated failure listed:\n{t}"));
+        if name == "cnpg-failover" {
+            // The lost site cannot be fenced, and the run says so.
+            assert!(line.contains("fence-old-primary"), "{line}");
+        }
+    }
+    for step in &exec_steps {
+        let (ran, skipped) = (format!("✔ {step} ("), format!("↷ {step} skipped"));
+        match on {
+            On::Simulator => assert!(t.contains(&ran), "{name}: exec {step} did not run:\n{t}"),
+            On::RealClusters => {
+                assert!(
+                    t.contains(&skipped),
+                    "{name}: exec {step} not skipped:\n{t}"
+                )
+            }
+        }
+    }
+}
+
+/// Every value of every Secret in the worlds, as stored (base64) and decoded.
+fn world_secret_values() -> Vec<String> {
+    use base64::Engine as _;
+    fn walk(dir: &Path, out: &mut Vec<String>) {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                walk(&p, out);
+                continue;
+            }
+            if p.extension().is_none_or(|e| e != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&p).unwrap();
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let Ok(v) = <Value as serde::Deserialize>::deserialize(doc) else {
+                    continue;
+                };
+                if v["kind"] != "Secret" {
+                    continue;
+                }
+                for value in v["data"].as_object().into_iter().flat_map(|m| m.values()) {
+                    let b64 = value.as_str().unwrap().to_string();
+                    let plain = base64::engine::general_purpose::STANDARD
+                        .decode(&b64)
+                        .unwrap();
+                    out.push(String::from_utf8(plain).unwrap().trim().to_string());
+                    out.push(b64);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(&repo_dir().join("plans/worlds"), &mut out);
+    out
+}
+
+#[test]
+fn every_plan_in_the_library_has_a_world_an_alert_expectations_and_both_rehearsals() {
+    let source = include_str!("plan_library.rs");
+    let names = library();
+    assert!(names.len() >= 8, "{names:?}");
+    for name in &names {
+        for file in [
+            format!("{name}.yaml"),
+            format!("{name}.alert.json"),
+            format!("{name}.expect.yaml"),
+        ] {
+            let path = repo_dir().join("plans/worlds").join(&file);
+            assert!(path.exists(), "{name}: no plans/worlds/{file}");
+        }
+        let f = name.replace('-', "_");
+        let tests = format!(
+            "{f}_rehearses_on_the_simulator, {f}_rehearses_on_real_clusters => \"{name}\";"
+        );
+        assert!(
+            source.contains(&tests),
+            "{name}: no `rehearsals!` line {tests}"
+        );
+    }
+}
+
+#[test]
+fn every_plan_in_the_library_passes_check() {
+    let out = recoverd(&["check", "plans"]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    for name in library() {
+        assert!(
+            t.contains(&format!("ok   plans/{name}.yaml plan ")),
+            "{name}:\n{t}"
+        );
+    }
+    // The worlds beside the plans are not plans.
+    assert!(!t.contains("plans/worlds"), "{t}");
+}
+
+#[test]
+fn rehearse_refuses_a_param_the_plan_does_not_have_before_starting_anything() {
+    let out = recoverd(&[
+        "rehearse",
+        "plans/cnpg-switchover.yaml",
+        "--world",
+        "plans/worlds/cnpg-switchover.yaml",
+        "--param",
+        "execCheck=false",
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("the plan has no param \"execCheck\" (its params: ") && t.contains("execChecks"),
+        "{t}"
+    );
+    assert!(!t.contains("clusters: built-in simulator"), "{t}");
+}
+
+#[test]
+fn an_expectation_that_an_object_is_gone_fails_while_it_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let base =
+        std::fs::read_to_string(repo_dir().join("plans/worlds/nova-ferretdb.expect.yaml")).unwrap();
+    let gone = |name: &str| {
+        format!("- {{cluster: north, apiVersion: v1, resource: configmaps, namespace: default, name: {name}, absent: true}}\n")
+    };
+    for (name, holds) in [("no-such-config", true), ("haproxy-config", false)] {
+        let expect = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&expect, format!("{base}{}", gone(name))).unwrap();
+        let out = recoverd(&[
+            "rehearse",
+            "plans/nova-ferretdb.yaml",
+            "--world",
+            "plans/worlds/nova-ferretdb.yaml",
+            "--alert",
+            "plans/worlds/nova-ferretdb.alert.json",
+            "--expect",
+            expect.to_str().unwrap(),
+        ]);
+        let t = text(&out);
+        if holds {
+            assert!(out.status.success(), "{t}");
+            assert!(t.contains("expectations: 4 checked, 0 failed"), "{t}");
+        } else {
+            assert_eq!(out.status.code(), Some(1), "{t}");
+            assert!(
+                t.contains("v1 configmaps default/haproxy-config: exists, expected it gone"),
+                "{t}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_reactor_and_expectation_example_in_docs_worlds_md_parses() {
+    let doc = std::fs::read_to_string(repo_dir().join("docs/worlds.md")).unwrap();
+    let reactors = &doc[doc.find("## Reactors").unwrap()..doc.find("## Expectations").unwrap()];
+    let expectations = &doc[doc.find("## Expectations").unwrap()..];
+    let blocks = |text: &str| -> Vec<String> {
+        text.split("```yaml\n")
+            .skip(1)
+            .map(|b| b[..b.find("```").unwrap()].to_string())
+            .collect()
+    };
+    let reactor_blocks = blocks(reactors);
+    assert!(reactor_blocks.len() >= 7, "{reactor_blocks:?}");
+    for block in reactor_blocks {
+        let list = block.strip_prefix("reactors:\n").unwrap_or(&block);
+        let parsed: Result<Vec<recoverd::reactor::Reactor>, _> = serde_yaml::from_str(list);
+        assert!(parsed.is_ok(), "{block}\n{:?}", parsed.err());
+    }
+    for block in blocks(expectations) {
+        let parsed: Result<recoverd::world::Expectations, _> = serde_yaml::from_str(&block);
+        assert!(parsed.is_ok(), "{block}\n{:?}", parsed.err());
+    }
+}
+
+macro_rules! rehearsals {
+    ($($test_sim:ident, $test_real:ident => $name:literal;)*) => {$(
+        #[tokio::test]
+        async fn $test_sim() {
+            rehearse($name, On::Simulator).await;
+        }
+
+        #[tokio::test]
+        async fn $test_real() {
+            rehearse($name, On::RealClusters).await;
+        }
+    )*};
+}
+
+rehearsals! {
+    cnpg_switchover_rehearses_on_the_simulator, cnpg_switchover_rehearses_on_real_clusters => "cnpg-switchover";
+    cnpg_failover_rehearses_on_the_simulator, cnpg_failover_rehearses_on_real_clusters => "cnpg-failover";
+    cnpg_rebuild_replica_rehearses_on_the_simulator, cnpg_rebuild_replica_rehearses_on_real_clusters => "cnpg-rebuild-replica";
+    haproxy_redirect_rehearses_on_the_simulator, haproxy_redirect_rehearses_on_real_clusters => "haproxy-redirect";
+    nova_ferretdb_rehearses_on_the_simulator, nova_ferretdb_rehearses_on_real_clusters => "nova-ferretdb";
+    percona_standby_swap_rehearses_on_the_simulator, percona_standby_swap_rehearses_on_real_clusters => "percona-standby-swap";
+    replace_failed_instance_rehearses_on_the_simulator, replace_failed_instance_rehearses_on_real_clusters => "replace-failed-instance";
+    rotate_replication_certs_rehearses_on_the_simulator, rotate_replication_certs_rehearses_on_real_clusters => "rotate-replication-certs";
+}
