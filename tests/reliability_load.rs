@@ -189,7 +189,10 @@ async fn webhook_load_while_the_switchover_runs_loses_no_run_and_keeps_health_an
     let in_ns = |text: String| text.replace("ns: db", &format!("ns: {}", w.ns));
     std::fs::write(
         plans.join("cnpg-switchover.yaml"),
-        in_ns(std::fs::read_to_string(repo_dir().join("plans/cnpg-switchover.yaml")).unwrap()),
+        in_ns(
+            std::fs::read_to_string(repo_dir().join("tests/data/plans/run/cnpg-switchover.yaml"))
+                .unwrap(),
+        ),
     )
     .unwrap();
     let worker =

@@ -134,9 +134,11 @@ pub(super) async fn r6(opts: &Opts, tc: &clusters::TestClusters, setting: &str) 
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
     let workers_ns = tc.namespace("r6-workers").await;
-    let plan = std::fs::read_to_string(clusters::repo_dir().join("plans/cnpg-switchover.yaml"))
-        .unwrap()
-        .replace("  params:\n", "  overridableParams: [ns]\n  params:\n");
+    let plan = std::fs::read_to_string(
+        clusters::repo_dir().join("tests/data/plans/run/cnpg-switchover.yaml"),
+    )
+    .unwrap()
+    .replace("  params:\n", "  overridableParams: [ns]\n  params:\n");
     std::fs::write(plans.join("cnpg-switchover.yaml"), plan).unwrap();
     let worker =
         std::fs::read_to_string(clusters::repo_dir().join("tests/data/plans/load/worker.yaml"))
