@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, env = "RECOVERD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// File of bearer tokens (one per line) that every API call must carry. Without it the API
-    /// is open, which is only acceptable on loopback.
+    /// is open, so `serve` then refuses any but a loopback --listen address.
     #[arg(long, env = "RECOVERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// File of approver tokens: when given, only these may approve, cancel or resume runs, so
@@ -106,6 +106,15 @@ pub struct LimitArgs {
     /// Most connections open at once; more are closed when accepted.
     #[arg(long, env = "RECOVERD_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
+    /// Most connections open at once from one client address (0: no such limit), so that one
+    /// client cannot hold every connection and lock out the others (Alertmanager, the kubelet);
+    /// raise it (or 0) when one proxy address, such as a mesh sidecar's, carries every client.
+    #[arg(
+        long,
+        env = "RECOVERD_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub max_connections_per_client: usize,
     /// A connection with no traffic for this long is closed.
     #[arg(long, env = "RECOVERD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -131,6 +140,14 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     #[cfg(unix)]
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Without tokens anyone who reaches the API can trigger, approve and resume recoveries: a
+    // missing or misspelt flag in a deployment must not open it (fail closed).
+    if args.token_file.is_none() && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {} without --token-file would let anyone who can reach that address trigger, approve and resume recoveries; give --token-file FILE (one token a line, e.g. `head -c 32 /dev/urandom | base64 > FILE`), or listen on a loopback address such as 127.0.0.1",
+            args.listen
+        );
+    }
     let live = Arc::new(args.clusters.registry(WriteMode::Live).await?);
     let dry = Arc::new(args.clusters.registry(WriteMode::DryRun).await?);
     let names = live.names();
@@ -246,6 +263,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     ));
     let limits = ConnLimits {
         max_connections: args.limits.max_connections,
+        max_per_client: args.limits.max_connections_per_client,
         idle_timeout: args.limits.idle_timeout,
         header_timeout: args.limits.header_timeout,
     };

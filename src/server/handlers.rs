@@ -76,12 +76,30 @@ pub async fn plans(State(state): State<AppState>) -> impl IntoResponse {
     .into_response()
 }
 
+/// The longest `actor` and `idempotencyKey` a manual trigger may give.
+pub const MAX_TRIGGER_TEXT: usize = 1024;
+
 pub async fn trigger(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
     body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let req: ManualTrigger = body.parse_or_default()?;
+    // Both are kept in the run's record and in every list of runs.
+    for (field, value) in [
+        ("actor", &req.actor),
+        ("idempotencyKey", &req.idempotency_key),
+    ] {
+        if let Some(n) = value
+            .as_ref()
+            .map(String::len)
+            .filter(|n| *n > MAX_TRIGGER_TEXT)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{field} is {n} bytes; at most {MAX_TRIGGER_TEXT} are accepted"
+            )));
+        }
+    }
     let (record, created) = blocking(&state, move |runs| {
         Ok(runs.trigger(&format!("{namespace}/{name}"), req)?)
     })
