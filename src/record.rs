@@ -226,6 +226,7 @@ pub struct Decision {
     pub action: String,
     /// The name the caller gave (`{"actor": …}`), and which token it used (a hash prefix).
     pub by: String,
+    /// When (RFC 3339).
     pub at: String,
 }
 
