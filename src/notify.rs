@@ -91,6 +91,18 @@ pub struct Notice {
 }
 
 impl Notice {
+    fn sample(step: Option<&str>, error: Option<&str>) -> Self {
+        Notice {
+            event: Lifecycle::Failed,
+            run: "a-0000000000000000".into(),
+            plan: "ns/plan".into(),
+            phase: Phase::Failed,
+            step: step.map(str::to_string),
+            error: error.map(str::to_string),
+            at: "2026-01-01T00:00:00Z".into(),
+        }
+    }
+
     pub fn of(event: Lifecycle, run: &RunRecord, step: Option<&str>, error: Option<&str>) -> Self {
         Notice {
             event,
@@ -113,6 +125,9 @@ const ATTEMPTS: u32 = 4;
 #[derive(Clone, Debug)]
 pub struct Notifier {
     tx: mpsc::Sender<Notice>,
+    /// Set when recoverd stops: the task posts what is queued, then ends.
+    closing: tokio_util::sync::CancellationToken,
+    task: std::sync::Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Notifier {
@@ -123,14 +138,42 @@ impl Notifier {
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.add_template_owned("notice", config.template.clone())
             .map_err(|e| format!("--notify-template: {e}"))?;
+        // Render it now, with every field set and with none of the optional ones, so a template
+        // that names something a notice does not have stops `serve` instead of every notice.
+        for sample in [
+            Notice::sample(Some("step"), Some("error")),
+            Notice::sample(None, None),
+        ] {
+            env.get_template("notice")
+                .and_then(|t| t.render(context(&sample)))
+                .map_err(|e| format!("--notify-template: {e}"))?;
+        }
+        if !matches!(
+            reqwest::Url::parse(&config.url).map(|u| u.scheme().to_string()),
+            Ok(s) if s == "http" || s == "https"
+        ) {
+            return Err("the notification URL must be an http:// or https:// URL".into());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err("notifications need a running tokio runtime".into());
+        }
         let (tx, mut rx) = mpsc::channel::<Notice>(QUEUE);
         let http = reqwest::Client::builder()
             .user_agent(concat!("recoverd/", env!("CARGO_PKG_VERSION")))
             .timeout(Duration::from_secs(10))
+            // A redirect would turn the POST into a GET without its body.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| format!("building the notification client: {e}"))?;
-        tokio::spawn(async move {
-            while let Some(notice) = rx.recv().await {
+        let closing = tokio_util::sync::CancellationToken::new();
+        let stop = closing.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let notice = tokio::select! {
+                    n = rx.recv() => n,
+                    _ = stop.cancelled() => rx.try_recv().ok(),
+                };
+                let Some(notice) = notice else { break };
                 let text = render(&env, &notice);
                 let body = match config.format {
                     NotifyFormat::Slack => serde_json::json!({"text": text}),
@@ -143,7 +186,25 @@ impl Notifier {
                 post(&http, &config.url, &body, &notice).await;
             }
         });
-        Ok(Notifier { tx })
+        Ok(Notifier {
+            tx,
+            closing,
+            task: std::sync::Arc::new(std::sync::Mutex::new(Some(task))),
+        })
+    }
+
+    /// At shutdown: posts what is still queued, for at most `grace`; says how many were lost.
+    pub async fn flush(&self, grace: Duration) {
+        self.closing.cancel();
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            if tokio::time::timeout(grace, task).await.is_err() {
+                warn!(
+                    left = QUEUE - self.tx.capacity(),
+                    "notifications still queued at shutdown were not sent"
+                );
+            }
+        }
     }
 
     /// Queues a notice; never waits.
@@ -154,43 +215,68 @@ impl Notifier {
     }
 }
 
-fn render(env: &minijinja::Environment<'_>, n: &Notice) -> String {
-    let ctx = minijinja::context! {
+fn context(n: &Notice) -> minijinja::Value {
+    minijinja::context! {
         event => n.event, summary => n.event.summary(), run => n.run, plan => n.plan,
         phase => n.phase.as_str(), step => n.step, error => n.error, at => n.at,
-    };
+    }
+}
+
+fn render(env: &minijinja::Environment<'_>, n: &Notice) -> String {
     env.get_template("notice")
-        .and_then(|t| t.render(ctx))
+        .and_then(|t| t.render(context(n)))
         .unwrap_or_else(|e| {
-            format!(
-                "recoverd: run {} of {} {} (template failed: {e})",
-                n.run,
-                n.plan,
-                n.event.summary()
-            )
+            warn!(run = %n.run, error = %e, "the notification template failed; sending a plain notice");
+            format!("recoverd: run {} of {} {}", n.run, n.plan, n.event.summary())
         })
+}
+
+/// An error and its causes, on one line (reqwest's own Display names only the kind of error;
+/// none of the causes contains the URL).
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
 }
 
 /// Posts one notice, retrying transport errors and 429/5xx with backoff.
 async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value, n: &Notice) {
     let mut pause = Duration::from_millis(500);
     for attempt in 1..=ATTEMPTS {
+        if attempt > 1 {
+            tokio::time::sleep(pause).await;
+            pause *= 2;
+        }
         match http.post(url).json(body).send().await {
             Ok(r) if r.status().is_success() => {
                 debug!(run = %n.run, event = ?n.event, "notification sent");
                 return;
             }
             Ok(r) if !(r.status().is_server_error() || r.status().as_u16() == 429) => {
-                warn!(run = %n.run, status = r.status().as_u16(), "notification refused by the webhook");
+                let status = r.status().as_u16();
+                let said: String = r
+                    .text()
+                    .await
+                    .unwrap_or_default()
+                    .chars()
+                    .take(200)
+                    .collect();
+                warn!(run = %n.run, event = ?n.event, status, answer = %said, "notification refused by the webhook");
                 return;
             }
             Ok(r) => {
-                warn!(run = %n.run, attempt, status = r.status().as_u16(), "notification failed")
+                warn!(run = %n.run, event = ?n.event, attempt, status = r.status().as_u16(), "notification failed")
             }
             // The URL may hold a token: say what failed without it.
-            Err(e) => warn!(run = %n.run, attempt, error = %e.without_url(), "notification failed"),
+            Err(e) => {
+                let e = e.without_url();
+                warn!(run = %n.run, event = ?n.event, attempt, error = %chain(&e), "notification failed")
+            }
         }
-        tokio::time::sleep(pause).await;
-        pause *= 2;
     }
+    warn!(run = %n.run, event = ?n.event, "notification abandoned after {ATTEMPTS} attempts");
 }

@@ -302,3 +302,31 @@ async fn a_question_built_from_a_secret_is_withheld() {
         "{done}"
     );
 }
+
+/// Who decided is recorded as the caller said it, but never with characters that hide or
+/// rewrite text, nor in a form that passes for another token.
+#[tokio::test]
+async fn a_deciders_name_cannot_hide_text_or_pose_as_another_token() {
+    let (hook, _hits) = counting_hook(1).await;
+    let steps = "  - name: decide
+    type: approval
+    approval: {message: go?, timeout: 5m}
+";
+    let app = app(&[plan("named.yaml", &hook, steps)]).await;
+    let id = trigger(&app, "named").await;
+    waiting_at(&app, &id, 0).await;
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            &json!({"actor": "alice\u{202e}\u{2066}evil\u{200b}\nX (token sha256:00000000)"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = app.finished(&id).await;
+    let by = done["decisions"][0]["by"].as_str().unwrap();
+    assert!(
+        by.starts_with("aliceevil X token sha256:00000000 (token sha256:"),
+        "{by}"
+    );
+    assert_eq!(by.matches('(').count(), 1, "{by}");
+}

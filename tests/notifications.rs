@@ -145,3 +145,67 @@ fn a_template_that_does_not_parse_is_refused_when_the_notifier_starts() {
         .unwrap_err();
     assert!(err.contains("--notify-template"), "{err}");
 }
+
+/// A cancel is told once, as the run's end — for a run that never started (waiting for its
+/// plan's approval) as for one stopped mid-step — never as a failed step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancel_is_told_once_whether_the_run_had_started_or_not() {
+    let (url, got) = webhook(0).await;
+    let notifier = Notifier::start(NotifyConfig {
+        url,
+        format: NotifyFormat::Json,
+        template: DEFAULT_TEMPLATE.into(),
+    })
+    .unwrap();
+    let gated = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: gated, namespace: ops}\n\
+                 spec:\n  mode: approval\n  steps:\n  - {name: pause, type: wait, wait: {duration: 10ms}}\n";
+    let steps = "  - name: decide
+    type: approval
+    approval: {message: go?, timeout: 5m}
+";
+    let app = app_notifying(
+        &[("gated.yaml", gated.to_string()), plan("asks.yaml", steps)],
+        notifier,
+    )
+    .await;
+    for plan in ["gated", "asks"] {
+        let (_, run) = app
+            .post(&format!("/api/v1/plans/ops/{plan}/runs"), &json!({}))
+            .await;
+        let id = run["id"].as_str().unwrap().to_string();
+        let announced = if plan == "gated" { 1 } else { 2 };
+        eventually("the approval notice", Duration::from_secs(30), || async {
+            got.lock()
+                .unwrap()
+                .iter()
+                .filter(|n| n["run"] == id.as_str())
+                .count()
+                >= announced
+        })
+        .await;
+        app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
+            .await;
+        app.finished(&id).await;
+        eventually("the cancel notice", Duration::from_secs(30), || async {
+            got.lock()
+                .unwrap()
+                .iter()
+                .any(|n| n["run"] == id.as_str() && n["event"] == "cancelled")
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let events: Vec<String> = got
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n["run"] == id.as_str())
+            .map(|n| n["event"].as_str().unwrap().to_string())
+            .collect();
+        let expected: &[&str] = if plan == "gated" {
+            &["awaitingApproval", "cancelled"]
+        } else {
+            &["started", "awaitingApproval", "cancelled"]
+        };
+        assert_eq!(events, expected, "{plan}");
+    }
+}

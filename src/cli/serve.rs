@@ -276,6 +276,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             super::signal::wait_for_stop().await;
             info!("shutting down: no new runs; letting running steps finish");
             runs.shutdown(grace).await;
+            runs.flush_notices(Duration::from_secs(5)).await;
             handle.graceful_shutdown(Some(Duration::from_secs(2)));
         })
     };

@@ -197,6 +197,25 @@ impl Executor {
                     .collect();
                 Ok(())
             }
+            // A shutdown while the step waited (an approval): it did not fail; it starts again
+            // from its beginning when the run is resumed.
+            Err(StepError::Interrupted) => {
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::Pending;
+                rec.started_at = None;
+                rec.inputs = None;
+                info!("step interrupted by a shutdown; resuming the run starts it again");
+                observer.on_event(
+                    record,
+                    &Event::StepWaiting {
+                        index,
+                        compensation,
+                        what: "interrupted by a shutdown".into(),
+                        deadline: Duration::ZERO,
+                    },
+                );
+                return Err(StepError::Interrupted);
+            }
             Ok(None) => {
                 let rec = record.step_mut(index, compensation);
                 rec.status = StepStatus::Skipped;
@@ -212,7 +231,6 @@ impl Executor {
                 rec.status = StepStatus::Failed;
                 rec.error = Some(text.clone());
                 rec.reason = Some(e.reason().to_string());
-                // A cancelled run or a passed deadline stops even a step that may fail.
                 // A cancelled run, a passed deadline, a shutdown and a missing approval stop
                 // even a step that may fail.
                 rec.continued = step.on_error == OnError::Continue

@@ -177,12 +177,21 @@ fn decided_by(headers: &HeaderMap, actor: Option<String>) -> String {
         .take(4)
         .map(|b| format!("{b:02x}"))
         .collect();
+    // The name is the caller's word: no control or invisible formatting characters (bidi
+    // overrides, zero-width), whitespace as spaces, and no parentheses, so that it can never
+    // pass itself off as another token's hash.
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}');
     let name: String = actor
-        .unwrap_or_else(|| "someone".into())
+        .unwrap_or_default()
         .chars()
-        .filter(|c| !c.is_control())
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|c| !c.is_control() && !invisible(*c) && *c != '(' && *c != ')')
         .take(128)
         .collect();
+    let name = match name.trim() {
+        "" => "someone",
+        n => n,
+    };
     format!("{name} (token sha256:{hash})")
 }
 

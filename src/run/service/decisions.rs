@@ -112,6 +112,12 @@ impl Runs {
             .with_label_values(&[&record.plan, "Cancelled"])
             .inc();
         self.refresh_active();
+        self.notify(
+            crate::notify::Lifecycle::Cancelled,
+            &record,
+            None,
+            record.error.as_deref(),
+        );
         Ok(record)
     }
 

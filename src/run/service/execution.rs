@@ -191,7 +191,8 @@ impl Observer for StoreObserver<'_> {
                 compensation,
             } => {
                 let s = run.step(*index, *compensation);
-                if s.status == StepStatus::Failed {
+                // A cancel is told once, as the run's end, not as a failed step.
+                if s.status == StepStatus::Failed && s.reason.as_deref() != Some("cancelled") {
                     self.runs.notify(
                         Lifecycle::StepFailed,
                         run,

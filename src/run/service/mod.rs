@@ -157,6 +157,13 @@ impl Runs {
         }
     }
 
+    /// At shutdown, after the runs: posts the notices still queued, for at most `grace`.
+    pub async fn flush_notices(&self, grace: std::time::Duration) {
+        if let Some(n) = &self.notifier {
+            n.flush(grace).await;
+        }
+    }
+
     pub fn plans(&self) -> Arc<PlanSet> {
         self.plans
             .read()
