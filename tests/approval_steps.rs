@@ -330,3 +330,41 @@ async fn a_deciders_name_cannot_hide_text_or_pose_as_another_token() {
     );
     assert_eq!(by.matches('(').count(), 1, "{by}");
 }
+
+/// A run cancelled while its `onFailure` steps run ends Cancelled, saying who cancelled it.
+#[tokio::test]
+async fn a_cancel_during_compensation_ends_the_run_cancelled_and_records_who() {
+    let (hook, _hits) = counting_hook(1).await;
+    let steps = "  - name: boom
+    type: http
+    http: {url: \"http://127.0.0.1:1/nothing\", method: POST}
+  onFailure:
+  - name: undo
+    type: wait
+    wait: {duration: 30s}
+";
+    let app = app(&[plan("undoes.yaml", &hook, steps)]).await;
+    let id = trigger(&app, "undoes").await;
+    eventually(
+        "the compensation to run",
+        Duration::from_secs(20),
+        || async { run(&app, &id).await["onFailure"][0]["status"] == "running" },
+    )
+    .await;
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            &json!({"actor": "carol"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = app.finished(&id).await;
+    assert_eq!(done["phase"], "Cancelled", "{done}");
+    assert!(
+        done["decisions"][0]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("carol (token sha256:"),
+        "{done}"
+    );
+}

@@ -270,18 +270,7 @@ impl Executor {
                     None => format!("step {:?} failed: {text}", step.name.as_str()),
                 });
                 if matches!(e, StepError::Cancelled) {
-                    record.phase = Phase::Cancelled;
-                    let by = control
-                        .cancelled_by
-                        .lock()
-                        .map(|b| b.clone())
-                        .ok()
-                        .flatten();
-                    record.decisions.push(crate::record::Decision {
-                        action: "cancelled".into(),
-                        by: by.unwrap_or_else(|| "unknown".into()),
-                        at: now(),
-                    });
+                    cancelled(record, control);
                 }
                 break;
             }
@@ -299,7 +288,12 @@ impl Executor {
                     self.interrupted(record, "onFailure", started, observer);
                     return;
                 }
-                record.phase = Phase::Failed;
+                // Cancelled while compensating: the run was cancelled, and says who did it.
+                if control.cancel.is_cancelled() {
+                    cancelled(record, control);
+                } else {
+                    record.phase = Phase::Failed;
+                }
             }
         } else if record.steps.iter().any(|s| s.continued) {
             // A tolerated failure (a fence that did not happen) must be visible at a glance.
@@ -389,6 +383,22 @@ impl Executor {
         }
         true
     }
+}
+
+/// The run ends Cancelled, recording who cancelled it.
+fn cancelled(record: &mut RunRecord, control: &RunControl) {
+    record.phase = Phase::Cancelled;
+    let by = control
+        .cancelled_by
+        .lock()
+        .map(|b| b.clone())
+        .ok()
+        .flatten();
+    record.decisions.push(crate::record::Decision {
+        action: "cancelled".into(),
+        by: by.unwrap_or_else(|| "unknown".into()),
+        at: now(),
+    });
 }
 
 /// The cluster a step acts on: its own, or the default; `None` for http and assert steps.

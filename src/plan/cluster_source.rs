@@ -1,7 +1,7 @@
 //! Plans from the home cluster (I/O edge): `RecoveryPlan` resources watched with kube-runtime
 //! reflectors — recoverd's own (`recoverd.io`) and, when their CRD is served, Nova's
 //! (`recovery.elotl.co`) — loaded and validated exactly as plan files are ([`super::load`],
-//! [`super::validate`]), and published together with the file plans as one [`PlanSet`].
+//! [`mod@super::validate`]), and published together with the file plans as one [`PlanSet`].
 //!
 //! Owns three rules. One bad object never stops the watch or the other plans: objects are read
 //! as untyped JSON, and each is loaded on its own. Every object learns what recoverd made of it,
