@@ -214,3 +214,34 @@ async fn an_approval_step_without_a_timeout_is_refused_at_load() {
         "{plans}"
     );
 }
+
+/// The example of docs/plans.md, as written there.
+#[tokio::test]
+async fn the_documented_example_asks_after_its_probe_and_promotes_once_approved() {
+    let (hook, hits) = counting_hook(2).await;
+    let text = std::fs::read_to_string(
+        support::clusters::repo_dir().join("tests/data/plans/language/approval.yaml"),
+    )
+    .unwrap();
+    let app = app(&[("approval.yaml", text)]).await;
+    let (status, run0) = app
+        .post(
+            "/api/v1/plans/recoverd/approval-after-probe/runs",
+            &json!({"params": {"hook": hook}}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run0}");
+    let id = run0["id"].as_str().unwrap().to_string();
+
+    waiting_at(&app, &id, 1).await;
+    let r = run(&app, &id).await;
+    assert_eq!(
+        r["steps"][1]["inputs"]["message"],
+        "The old site answered ok. Promote pg-south without a token? Writes not yet replicated are lost.",
+        "{r}"
+    );
+    assert_eq!(hits_now(&hits), [1, 0]);
+    assert_eq!(approve(&app, &id).await.0, StatusCode::OK);
+    assert_eq!(app.finished(&id).await["phase"], "Succeeded");
+    assert_eq!(hits_now(&hits), [1, 1]);
+}

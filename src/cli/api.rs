@@ -8,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::Value;
 
+use super::output::{self, Format};
+
 /// Where the API is and how to authenticate.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ApiArgs {
@@ -39,12 +41,17 @@ impl Api {
             ),
             None => None,
         };
+        Api::with_token(&args.url, token)
+    }
+
+    /// The API at `url`, authenticating with this bearer token.
+    pub fn with_token(url: &str, token: Option<String>) -> anyhow::Result<Api> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .build()?;
         Ok(Api {
             http,
-            base: args.url.trim_end_matches('/').to_string(),
+            base: url.trim_end_matches('/').to_string(),
             token,
         })
     }
@@ -94,6 +101,10 @@ pub struct RunsArgs {
     pub after: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
+    /// text (a table; one run: its record as JSON), json or yaml (the API's answer).
+    #[arg(short, long, value_name = "FORMAT", default_value = "text",
+          value_parser = output::formats(&[Format::Text, Format::Json, Format::Yaml]))]
+    pub output: Format,
 }
 
 pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
@@ -102,7 +113,11 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
         let (_, run) = api
             .call(reqwest::Method::GET, &format!("/api/v1/runs/{id}"), None)
             .await?;
-        println!("{}", serde_json::to_string_pretty(&run)?);
+        let out = match output::serialized(args.output, &run)? {
+            Some(out) => out,
+            None => serde_json::to_string_pretty(&run)? + "\n",
+        };
+        print!("{out}");
         return Ok(ExitCode::SUCCESS);
     }
     let mut path = format!("/api/v1/runs?limit={}", args.limit);
@@ -113,6 +128,10 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
         path.push_str(&format!("&continue={c}"));
     }
     let (_, body) = api.call(reqwest::Method::GET, &path, None).await?;
+    if let Some(out) = output::serialized(args.output, &body)? {
+        print!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "{:<20} {:<32} {:<20} {:<10} STARTED",
         "RUN", "PLAN", "PHASE", "TRIGGER"
@@ -142,6 +161,10 @@ pub struct DecideArgs {
     pub id: String,
     #[command(flatten)]
     pub api: ApiArgs,
+    /// text (one line), json or yaml (the run as the API answered).
+    #[arg(short, long, value_name = "FORMAT", default_value = "text",
+          value_parser = output::formats(&[Format::Text, Format::Json, Format::Yaml]))]
+    pub output: Format,
 }
 
 /// `approve`, `cancel` or `resume` one run.
@@ -154,6 +177,10 @@ pub async fn decide(verb: &str, args: DecideArgs) -> anyhow::Result<ExitCode> {
             None,
         )
         .await?;
+    if let Some(out) = output::serialized(args.output, &run)? {
+        print!("{out}");
+        return Ok(ExitCode::SUCCESS);
+    }
     println!(
         "run {} of plan {}: {verb} accepted (now {})",
         args.id,

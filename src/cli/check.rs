@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+use super::exit::Exit;
+use super::output::{self, Format};
 use super::ClusterArgs;
 use crate::alert::{self, Alert};
 use crate::cluster::WriteMode;
@@ -14,14 +16,6 @@ use crate::plan::spans::Positions;
 use crate::plan::validate::{output_key, step_templates};
 use crate::plan::{load_paths, validate, LoadedPlan};
 use crate::template;
-
-#[derive(clap::ValueEnum, Clone, Copy, Debug, Default)]
-pub enum Format {
-    #[default]
-    Text,
-    Json,
-    Junit,
-}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -35,8 +29,11 @@ pub struct Args {
     /// generated alert carrying each plan's alertLabels.
     #[arg(long)]
     pub alert: Option<PathBuf>,
-    #[arg(long, value_enum, default_value_t)]
-    pub format: Format,
+    /// text, json, yaml (a verdict per plan, each problem at its file, line and column) or
+    /// junit (a test case per plan).
+    #[arg(short, long, alias = "format", value_name = "FORMAT", default_value = "text",
+          value_parser = output::formats(&[Format::Text, Format::Json, Format::Yaml, Format::Junit]))]
+    pub output: Format,
 }
 
 /// The verdict on one plan (or one file that failed to load).
@@ -93,17 +90,18 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let results = check_paths(&args.paths, names.as_ref(), sample.as_ref());
-    let out = match args.format {
+    let out = match args.output {
         Format::Text => text(&results, names.is_some()),
-        Format::Json => serde_json::to_string_pretty(&results)? + "\n",
         Format::Junit => junit(&results),
+        format => output::serialized(format, &results)?.unwrap_or_default(),
     };
     print!("{out}");
     Ok(if results.iter().all(|r| r.valid) {
-        ExitCode::SUCCESS
+        Exit::Success
     } else {
-        ExitCode::FAILURE
-    })
+        Exit::Failed
+    }
+    .into())
 }
 
 pub fn check_paths(
@@ -354,26 +352,20 @@ fn text(results: &[PlanResult], clusters_checked: bool) -> String {
 }
 
 fn junit(results: &[PlanResult]) -> String {
-    let esc = |s: &str| {
-        s.replace('&', "&amp;")
-            .replace('<', "&lt;")
-            .replace('>', "&gt;")
-            .replace('"', "&quot;")
-    };
+    let esc = output::xml_escape;
     let failures = results.iter().filter(|r| !r.valid).count();
-    let mut out = format!(
-        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<testsuites name=\"recoverd check\" tests=\"{}\" failures=\"{failures}\">\n<testsuite name=\"plans\" tests=\"{}\" failures=\"{failures}\">\n",
-        results.len(),
+    let mut xml = format!(
+        "<testsuite name=\"plans\" tests=\"{}\" failures=\"{failures}\">\n",
         results.len()
     );
     for r in results {
         let name = esc(r.plan.as_deref().unwrap_or("(not loaded)"));
-        out += &format!(
+        xml += &format!(
             "  <testcase classname=\"{}\" name=\"{name}\">",
             esc(&r.file)
         );
         if !r.valid {
-            out += &format!(
+            xml += &format!(
                 "\n    <failure message=\"{} problem(s)\">{}</failure>\n  ",
                 r.problems.len(),
                 esc(&r
@@ -384,8 +376,15 @@ fn junit(results: &[PlanResult]) -> String {
                     .join("\n"))
             );
         }
-        out += "</testcase>\n";
+        xml += "</testcase>\n";
     }
-    out += "</testsuite>\n</testsuites>\n";
-    out
+    xml += "</testsuite>\n";
+    output::junit_document(
+        "recoverd check",
+        &[output::Suite {
+            tests: results.len(),
+            failures,
+            xml,
+        }],
+    )
 }

@@ -17,10 +17,9 @@ use super::print::Printer;
 use crate::alert;
 use crate::app::{App, Config};
 use crate::cluster::{Registry, WriteMode};
-use crate::executor::{Event, Observer};
 use crate::fieldpath::{as_text, FieldPath};
 use crate::plan::set::PlanSet;
-use crate::record::{Phase, RunRecord, StepStatus};
+use crate::record::{Phase, RunRecord};
 use crate::run::service::Runs;
 use crate::run::store::Store;
 use crate::server::{Settings, Tokens};
@@ -198,7 +197,7 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
                 receiver.token,
                 receiver.addr
             );
-            super::sim::wait_for_stop().await;
+            super::signal::wait_for_stop().await;
         }
         _ => println!(
             "   • keep these clusters and the receiver up to look around: recoverd demo --hold"
@@ -302,59 +301,19 @@ impl Receiver {
     /// Follows a run through `GET /api/v1/runs/{id}`, narrating each step as it starts and
     /// ends, until it is finished; returns its record.
     async fn follow(&self, id: &str) -> anyhow::Result<RunRecord> {
-        let printer = Printer::new();
-        let url = format!("http://{}/api/v1/runs/{id}", self.addr);
-        let mut started = false;
-        let mut shown: Vec<StepStatus> = Vec::new();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
-        loop {
-            let record: RunRecord = self
-                .http
-                .get(&url)
-                .bearer_auth(&self.token)
-                .send()
-                .await?
-                .error_for_status()?
-                .json()
-                .await?;
-            if !started {
-                printer.on_event(&record, &Event::RunStarted);
-                started = true;
+        let api = super::api::Api::with_token(
+            &format!("http://{}", self.addr),
+            Some(self.token.clone()),
+        )?;
+        let follow = super::follow::Follow {
+            interval: std::time::Duration::from_millis(50),
+            timeout: std::time::Duration::from_secs(300),
+        };
+        match follow.run(&api, id, &Printer::new()).await? {
+            super::follow::Followed::Finished(record) => Ok(record),
+            super::follow::Followed::StillGoing(_) => {
+                anyhow::bail!("the run {id} did not finish within 5 minutes")
             }
-            shown.resize(record.steps.len(), StepStatus::Pending);
-            for (i, step) in record.steps.iter().enumerate() {
-                let (was, now) = (shown[i], step.status);
-                if was == now {
-                    continue;
-                }
-                if was == StepStatus::Pending && now != StepStatus::Skipped {
-                    printer.on_event(
-                        &record,
-                        &Event::StepStarted {
-                            index: i,
-                            compensation: false,
-                        },
-                    );
-                }
-                if !matches!(now, StepStatus::Pending | StepStatus::Running) {
-                    printer.on_event(
-                        &record,
-                        &Event::StepFinished {
-                            index: i,
-                            compensation: false,
-                        },
-                    );
-                }
-                shown[i] = now;
-            }
-            if record.phase.is_finished() {
-                printer.on_event(&record, &Event::RunFinished);
-                return Ok(record);
-            }
-            if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("the run {id} did not finish within 5 minutes");
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 

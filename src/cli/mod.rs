@@ -1,12 +1,8 @@
 //! The command line (one binary, clap): `check`, `run`, `rehearse`, `crd`, `serve`, `trigger`,
-//! `sim`, `demo`. Each command is a thin layer over the library; output formats live in the
-//! command's own file.
-//!
-//! Exit codes of the commands that run a plan (`run`, `rehearse`, `trigger --wait`): 0 the run
-//! succeeded; 1 it
-//! failed or was cancelled (or an expectation failed); 2 nothing ran (bad arguments, an invalid
-//! plan, an alert that does not match); 3 it succeeded with tolerated failures
-//! (`SucceededWithErrors`: a step with `onError: continue` failed).
+//! `runs`, `approve`, `cancel`, `resume`, `sim`, `demo`, `completions`. Each command is a thin
+//! layer over the library. What they share lives here: `-o/--output` ([`output`]), the exit
+//! codes ([`exit`], listed in `recoverd --help`), following a run through the API (`follow`),
+//! waiting for a stop signal (`signal`) and printing a run as it happens (`print`).
 
 mod api;
 pub mod check;
@@ -14,11 +10,15 @@ mod cluster_plans;
 pub mod crd;
 #[cfg(feature = "sim")]
 mod demo;
+pub mod exit;
+mod follow;
+pub mod output;
 mod print;
 #[cfg(feature = "sim")]
 mod rehearse;
 mod run;
 mod serve;
+mod signal;
 #[cfg(feature = "sim")]
 mod sim;
 mod trigger;
@@ -26,13 +26,32 @@ mod trigger;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, Parser, Subcommand};
+
+use exit::Exit;
+
+/// `0.1.0 (abc1234)`: the crate version and the git commit it was built from (build.rs; the
+/// `RECOVERD_GIT_COMMIT` environment variable at build time overrides it, and a build outside
+/// a git checkout says `unknown`).
+pub fn version() -> &'static str {
+    static VERSION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    VERSION.get_or_init(|| {
+        format!(
+            "{} ({})",
+            env!("CARGO_PKG_VERSION"),
+            option_env!("RECOVERD_GIT_COMMIT")
+                .filter(|c| !c.is_empty())
+                .unwrap_or("unknown")
+        )
+    })
+}
 
 #[derive(Parser, Debug)]
 #[command(
     name = "recoverd",
-    version,
-    about = "Turns an alert into a safe, recorded recovery across Kubernetes clusters"
+    version = version(),
+    about = "Turns an alert into a safe, recorded recovery across Kubernetes clusters",
+    after_help = exit::TABLE
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -92,6 +111,12 @@ pub enum Command {
     /// step, the proxy redirected, the run record.
     #[cfg(feature = "sim")]
     Demo(demo::Args),
+    /// Print a shell completion script: `source <(recoverd completions bash)`, or write it
+    /// where your shell loads completions from.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 pub async fn main() -> ExitCode {
@@ -118,13 +143,26 @@ pub async fn main() -> ExitCode {
         Command::Sim(a) => sim::main(a).await,
         #[cfg(feature = "sim")]
         Command::Demo(a) => demo::main(a).await,
+        Command::Completions { shell } => completions(shell),
     };
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(2)
+            Exit::for_error(&e).into()
         }
+    }
+}
+
+/// `recoverd completions SHELL`: the script on stdout (a closed pipe, `| head`, is not an
+/// error).
+fn completions(shell: clap_complete::Shell) -> anyhow::Result<ExitCode> {
+    use std::io::Write as _;
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut Cli::command(), "recoverd", &mut script);
+    match std::io::stdout().write_all(&script) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(ExitCode::SUCCESS),
     }
 }
 
@@ -148,24 +186,6 @@ impl ClusterArgs {
             (None, None) => Registry::from_kubeconfig(None, mode).await,
         }
     }
-}
-
-/// Exit code 3: the run succeeded, but a step with `onError: continue` failed.
-pub const EXIT_SUCCEEDED_WITH_ERRORS: u8 = 3;
-
-/// The exit code for runs that ended in these phases: the worst of them.
-pub fn exit_code_for(phases: impl IntoIterator<Item = crate::record::Phase>) -> ExitCode {
-    use crate::record::Phase;
-    let mut code = 0;
-    for phase in phases {
-        code = match phase {
-            Phase::Succeeded => code,
-            Phase::SucceededWithErrors if code == 0 => EXIT_SUCCEEDED_WITH_ERRORS,
-            Phase::SucceededWithErrors => code,
-            _ => 1,
-        };
-    }
-    ExitCode::from(code)
 }
 
 /// The firing alerts in an alert file (a webhook payload or one alert) that match a plan; an
@@ -223,36 +243,5 @@ pub fn load_one(path: &std::path::Path) -> anyhow::Result<crate::plan::LoadedPla
             "{} holds {n} plans; give a file with exactly one",
             path.display()
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::record::Phase;
-
-    #[test]
-    fn the_exit_code_is_the_worst_outcome_and_tolerated_failures_have_their_own() {
-        let code = |phases: &[Phase]| format!("{:?}", exit_code_for(phases.iter().copied()));
-        assert_eq!(
-            code(&[Phase::Succeeded]),
-            format!("{:?}", ExitCode::from(0))
-        );
-        assert_eq!(
-            code(&[Phase::Succeeded, Phase::SucceededWithErrors]),
-            format!("{:?}", ExitCode::from(EXIT_SUCCEEDED_WITH_ERRORS))
-        );
-        assert_eq!(
-            code(&[Phase::SucceededWithErrors, Phase::Failed]),
-            format!("{:?}", ExitCode::from(1))
-        );
-        assert_eq!(
-            code(&[Phase::Failed, Phase::SucceededWithErrors]),
-            format!("{:?}", ExitCode::from(1))
-        );
-        assert_eq!(
-            code(&[Phase::Cancelled]),
-            format!("{:?}", ExitCode::from(1))
-        );
     }
 }

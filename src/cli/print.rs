@@ -17,7 +17,7 @@ pub struct Printer {
 
 /// One line of progress, to the printer's stream.
 macro_rules! say {
-    ($p:expr, $($arg:tt)*) => { $p.line(format_args!($($arg)*)) };
+    ($p:expr, $($arg:tt)*) => { $p.say(format_args!($($arg)*)) };
 }
 
 impl Printer {
@@ -39,7 +39,8 @@ impl Printer {
         }
     }
 
-    fn line(&self, args: std::fmt::Arguments<'_>) {
+    /// One line of narration, to the printer's stream.
+    pub fn say(&self, args: std::fmt::Arguments<'_>) {
         if self.stderr {
             eprintln!("{args}");
         } else {

@@ -8,7 +8,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
+use serde::Serialize;
 
+use super::exit::Exit;
+use super::output::{self, Format};
 use super::print::Printer;
 use super::ClusterArgs;
 use crate::alert::Alert;
@@ -40,9 +43,45 @@ pub struct Args {
     /// simulator, serving the world's clusters on free loopback ports.
     #[command(flatten)]
     pub clusters: ClusterArgs,
+    /// text (progress, changes and expectations on stdout), json or yaml (the run record, the
+    /// changes and the expectations' failures), or junit (a test case per step and per
+    /// expectation). With a machine format, progress goes to stderr.
+    #[arg(short, long, value_name = "FORMAT", default_value = "text",
+          value_parser = output::formats(&[Format::Text, Format::Json, Format::Yaml, Format::Junit]))]
+    pub output: Format,
+}
+
+/// What a rehearsal found, for `-o json|yaml|junit`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Rehearsal {
+    run: crate::record::RunRecord,
+    changes: Vec<Change>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    expectations: Option<Checked>,
+}
+
+/// An object the rehearsal changed (seeded by the world) or wrote (not in the world).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Change {
+    object: String,
+    /// `changed` or `written`.
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<String>,
+    /// JSON Patch operations as text, secret values `<redacted>`.
+    ops: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Checked {
+    checked: usize,
+    failures: Vec<String>,
 }
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let printer = args.output.printer();
     let loaded = super::load_one(&args.plan)?;
     // Before any cluster is started or seeded: an alert the plan does not match runs nothing.
     let alert = match &args.alert {
@@ -64,7 +103,10 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|c| c.name.as_str())
                 .collect();
-            println!("clusters: built-in simulator ({})", names.join(", "));
+            printer.say(format_args!(
+                "clusters: built-in simulator ({})",
+                names.join(", ")
+            ));
             s.registry().await?
         }
         None => args.clusters.registry(WriteMode::Live).await?,
@@ -80,12 +122,12 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let seeded = world::seed(&registry, &w, &base)
         .await
         .context("seeding the world")?;
-    println!(
+    printer.say(format_args!(
         "world: {} object(s) in {} cluster(s), {} reactor(s)",
         seeded.len(),
         w.clusters.len(),
         w.reactors.len()
-    );
+    ));
     let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
 
     let input = RunInput {
@@ -97,10 +139,11 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     record.trigger.kind = crate::record::TriggerKind::Rehearsal;
     let control = super::run_control(args.approve);
     executor
-        .execute(&plan, &input, &mut record, &Printer::new(), &control)
+        .execute(&plan, &input, &mut record, &printer, &control)
         .await;
 
-    println!("\nchanges:");
+    printer.say(format_args!("\nchanges:"));
+    let mut changes = Vec::new();
     let needles = record.secrets.needles();
     let changed = world::changes(&registry, &seeded).await;
     let seeded_objects: std::collections::BTreeSet<String> =
@@ -119,7 +162,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         })
         .collect();
     if changed.is_empty() && created.is_empty() {
-        println!("  (none)");
+        printer.say(format_args!("  (none)"));
     }
     // Objects a step wrote with a secret-derived value: their record's diff is redacted, and so
     // is their change here (no scrubbing can find every form a value takes).
@@ -131,29 +174,41 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .filter_map(|s| s.object.as_deref())
         .collect();
     for (s, after) in &changed {
-        println!("  changed {}", s.describe());
+        printer.say(format_args!("  changed {}", s.describe()));
         let shown = as_in_record(s);
         let secret =
             s.api_version == "v1" && s.resource == "secrets" || tainted.contains(shown.as_str());
-        print_ops(
+        let ops = ops(
             &crate::cluster::object_diff(&s.before, after),
             secret,
             &needles,
         );
+        print_ops(&printer, &ops);
+        changes.push(Change {
+            object: s.describe(),
+            kind: "changed",
+            step: None,
+            ops,
+        });
     }
     for step in created {
-        println!(
-            "  written {} (by step {:?}; not in the world)",
-            step.object.as_deref().unwrap_or_default(),
+        let object = step.object.clone().unwrap_or_default();
+        printer.say(format_args!(
+            "  written {object} (by step {:?}; not in the world)",
             step.name
-        );
-        let secret = step
-            .object
-            .as_deref()
-            .is_some_and(|o| o.starts_with("v1 secrets "));
-        print_ops(step.diff.as_ref().expect("filtered"), secret, &needles);
+        ));
+        let secret = object.starts_with("v1 secrets ");
+        let ops = ops(step.diff.as_ref().expect("filtered"), secret, &needles);
+        print_ops(&printer, &ops);
+        changes.push(Change {
+            object,
+            kind: "written",
+            step: Some(step.name.clone()),
+            ops,
+        });
     }
-    let mut code = super::exit_code_for([record.phase]);
+    let mut code = Exit::for_runs([&record]);
+    let mut checked = None;
     if let Some(path) = &args.expect {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -167,24 +222,76 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default();
             if &got == want {
-                code = ExitCode::SUCCESS;
+                code = Exit::Success;
             } else {
                 failures.push(format!("the run ended {got}, expected {want}"));
             }
         }
-        println!(
+        printer.say(format_args!(
             "\nexpectations: {} checked, {} failed",
             expectations.expect.len(),
             failures.len()
-        );
+        ));
         for f in &failures {
-            println!("  ✘ {f}");
+            printer.say(format_args!("  ✘ {f}"));
         }
         if !failures.is_empty() {
-            code = ExitCode::FAILURE;
+            code = Exit::Failed;
         }
+        checked = Some(Checked {
+            checked: expectations.expect.len(),
+            failures,
+        });
     }
-    Ok(code)
+    let rehearsal = Rehearsal {
+        run: record,
+        changes,
+        expectations: checked,
+    };
+    let out = match args.output {
+        Format::Junit => Some(junit(&rehearsal)),
+        format => output::serialized(format, &rehearsal)?,
+    };
+    if let Some(out) = out {
+        print!("{out}");
+    }
+    Ok(code.into())
+}
+
+/// The run's steps as one suite, the expectations as another: a failing case per failure
+/// (a failure may also be a change no expectation names), or one passing case when all held.
+fn junit(r: &Rehearsal) -> String {
+    let mut suites = vec![output::run_suite(&r.run)];
+    if let Some(e) = &r.expectations {
+        let esc = output::xml_escape;
+        let cases = if e.failures.is_empty() {
+            format!(
+                "  <testcase classname=\"expectations\" name=\"{} expectation(s) held\"></testcase>\n",
+                e.checked
+            )
+        } else {
+            e.failures
+                .iter()
+                .map(|f| {
+                    format!(
+                        "  <testcase classname=\"expectations\" name=\"{}\">\n    <failure message=\"{}\"/>\n  </testcase>\n",
+                        esc(f),
+                        esc(f)
+                    )
+                })
+                .collect()
+        };
+        let tests = e.failures.len().max(1);
+        let failures = e.failures.len();
+        suites.push(output::Suite {
+            tests,
+            failures,
+            xml: format!(
+                "<testsuite name=\"expectations\" tests=\"{tests}\" failures=\"{failures}\">\n{cases}</testsuite>\n"
+            ),
+        });
+    }
+    output::junit_document("recoverd rehearse", &suites)
 }
 
 /// A seeded object as step records name it (`v1 configmaps db/x on cluster edge`).
@@ -201,24 +308,31 @@ fn as_in_record(s: &world::Seeded) -> String {
     )
 }
 
-/// Prints a change as JSON Patch operations; a Secret's values, and any secret the run read,
-/// as `<redacted>`.
-fn print_ops(diff: &serde_json::Value, secret: bool, needles: &[String]) {
+/// A change as JSON Patch operations, one line each; a Secret's values, and any secret the run
+/// read, as `<redacted>`.
+fn ops(diff: &serde_json::Value, secret: bool, needles: &[String]) -> Vec<String> {
     let Some(ops) = diff.as_array() else {
-        println!("    <redacted>");
-        return;
+        return vec!["<redacted>".to_string()];
     };
+    ops.iter()
+        .map(|op| {
+            let value = match op.get("value") {
+                Some(_) if secret => "<redacted>".to_string(),
+                Some(v) => crate::executor::scrub(&crate::fieldpath::as_text(v), needles),
+                None => String::new(),
+            };
+            format!(
+                "{} {} {}",
+                op["op"].as_str().unwrap_or(""),
+                op["path"].as_str().unwrap_or(""),
+                value.replace('\n', "\\n")
+            )
+        })
+        .collect()
+}
+
+fn print_ops(printer: &Printer, ops: &[String]) {
     for op in ops {
-        let value = match op.get("value") {
-            Some(_) if secret => "<redacted>".to_string(),
-            Some(v) => crate::executor::scrub(&crate::fieldpath::as_text(v), needles),
-            None => String::new(),
-        };
-        println!(
-            "    {} {} {}",
-            op["op"].as_str().unwrap_or(""),
-            op["path"].as_str().unwrap_or(""),
-            value.replace('\n', "\\n")
-        );
+        printer.say(format_args!("    {op}"));
     }
 }

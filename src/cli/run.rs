@@ -7,7 +7,8 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde_json::Value;
 
-use super::print::Printer;
+use super::exit::Exit;
+use super::output::{self, Format};
 use super::ClusterArgs;
 use crate::alert::Alert;
 use crate::cluster::WriteMode;
@@ -34,9 +35,14 @@ pub struct Args {
     /// an approval step fails the run (nobody can answer it here).
     #[arg(long)]
     pub approve: bool,
-    /// Print the final run record as JSON on stdout (progress goes to stderr); an array of
-    /// records when several alerts match.
-    #[arg(long)]
+    /// text (progress and result on stdout), json or yaml (the final run record on stdout —
+    /// an array of records when several alerts match), or junit (a test suite per run, a test
+    /// case per step). With a machine format, progress goes to stderr.
+    #[arg(short, long, value_name = "FORMAT", default_value = "text",
+          value_parser = output::formats(&[Format::Text, Format::Json, Format::Yaml, Format::Junit]))]
+    pub output: Format,
+    /// The same as `-o json` (kept for scripts written before -o).
+    #[arg(long, hide = true, conflicts_with = "output")]
     pub json: bool,
 }
 
@@ -76,6 +82,7 @@ pub fn plan_params(
 }
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
+    let format = if args.json { Format::Json } else { args.output };
     let loaded = super::load_one(&args.plan)?;
     // Before anything touches a cluster: an alert the plan does not match runs nothing.
     let alerts: Vec<Option<Alert>> = match &args.alert {
@@ -100,13 +107,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let params = plan_params(&args.params, &loaded.plan.spec)?;
     let executor = Executor::new(registry);
-    // With --json, stdout carries only the record.
-    let printer = if args.json {
-        Printer::to_stderr()
-    } else {
-        Printer::new()
-    };
-    let mut phases = Vec::new();
+    // With a machine format, stdout carries only the result.
+    let printer = format.printer();
     let mut records = Vec::new();
     for alert in alerts {
         let input = RunInput {
@@ -122,26 +124,30 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let control = super::run_control(args.approve);
-        let ctrl_c = control.cancel.clone();
+        let cancel = control.cancel.clone();
+        // Listening before the run starts: a signal during its first step cancels it.
+        let stop = super::signal::Stop::listen();
         let watcher = tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                ctrl_c.cancel();
-            }
+            stop.recv().await;
+            cancel.cancel();
         });
         executor
             .execute(&plan, &input, &mut record, &printer, &control)
             .await;
         watcher.abort();
-        phases.push(record.phase);
         records.push(record);
     }
-    if args.json {
-        // One alert, one record; several, an array of them: stdout is always one document.
-        let out = match records.as_slice() {
-            [one] => serde_json::to_string_pretty(one)?,
-            many => serde_json::to_string_pretty(many)?,
-        };
-        println!("{out}");
+    // One alert, one record; several, an array of them: stdout is always one document.
+    let out = match (format, records.as_slice()) {
+        (Format::Junit, runs) => Some(output::junit_document(
+            "recoverd run",
+            &runs.iter().map(output::run_suite).collect::<Vec<_>>(),
+        )),
+        (format, [one]) => output::serialized(format, one)?,
+        (format, many) => output::serialized(format, &many)?,
+    };
+    if let Some(out) = out {
+        print!("{out}");
     }
-    Ok(super::exit_code_for(phases))
+    Ok(Exit::for_runs(&records).into())
 }

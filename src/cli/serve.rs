@@ -212,7 +212,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         let runs = runs.clone();
         let grace = args.shutdown_grace;
         tokio::spawn(async move {
-            wait_for_signal().await;
+            super::signal::wait_for_stop().await;
             info!("shutting down: no new runs; letting running steps finish");
             runs.shutdown(grace).await;
             handle.graceful_shutdown(Some(Duration::from_secs(2)));
@@ -373,19 +373,4 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
     tokio::task::spawn_blocking(f)
         .await
         .expect("blocking task panicked")
-}
-
-async fn wait_for_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

@@ -38,31 +38,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         args.kubeconfig_out.display(),
         args.kubeconfig_out.display()
     );
-    wait_for_stop().await;
+    super::signal::wait_for_stop().await;
     println!("stopping");
     drop(session);
     Ok(ExitCode::SUCCESS)
-}
-
-/// Ctrl-C, or SIGTERM on Unix.
-pub(crate) async fn wait_for_stop() {
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(t) => t,
-                Err(_) => {
-                    let _ = tokio::signal::ctrl_c().await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
 }

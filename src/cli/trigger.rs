@@ -7,6 +7,10 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde_json::json;
 
+use super::exit::Exit;
+use super::follow::{Follow, Followed};
+use super::output::{self, Format};
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The plan, as `namespace/name`.
@@ -22,13 +26,18 @@ pub struct Args {
     /// The same key always means the same run (safe to repeat).
     #[arg(long)]
     pub idempotency_key: Option<String>,
-    /// Wait for the run to finish and print its steps; exit 0 when it succeeded, 3 when it
-    /// succeeded with tolerated failures, 1 otherwise.
+    /// Wait for the run to finish and print its steps; exit as `recoverd run` does (0, 1, 3 or
+    /// 4: see `recoverd --help`), or 5 when --timeout passes first.
     #[arg(long)]
     pub wait: bool,
-    /// With --wait: give up waiting after this long (the run goes on).
+    /// With --wait: give up waiting after this long (the run goes on; exit 5).
     #[arg(long, default_value = "1h", value_parser = |s: &str| crate::duration::parse(s).map_err(|e| e.to_string()))]
     pub timeout: Duration,
+    /// text, json or yaml (the run as started or, with --wait, as it ended), or junit (with
+    /// --wait: a test case per step). With a machine format, progress goes to stderr.
+    #[arg(short, long, value_name = "FORMAT", default_value = "text", requires_if("junit", "wait"),
+          value_parser = output::formats(&[Format::Text, Format::Json, Format::Yaml, Format::Junit]))]
+    pub output: Format,
 }
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
@@ -37,7 +46,6 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .split_once('/')
         .context("the plan is namespace/name, e.g. recoverd/cnpg-switchover")?;
     let api = super::api::Api::new(&args.api)?;
-    let deadline = tokio::time::Instant::now() + args.timeout;
     let body = json!({
         "params": super::run::parse_params(&args.params)?,
         "dryRun": args.dry_run,
@@ -57,64 +65,42 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         "already exists (same idempotency key)"
     };
-    println!("run {id} of plan {} {verb}", args.plan);
+    let printer = args.output.printer();
+    printer.say(format_args!("run {id} of plan {} {verb}", args.plan));
     if !args.wait {
+        if let Some(out) = output::serialized(args.output, &run)? {
+            print!("{out}");
+        }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut printed = 0;
-    loop {
-        let (_, run) = api
-            .call(reqwest::Method::GET, &format!("/api/v1/runs/{id}"), None)
-            .await?;
-        let steps = run["steps"].as_array().cloned().unwrap_or_default();
-        while printed < steps.len()
-            && matches!(
-                steps[printed]["status"].as_str(),
-                Some("succeeded" | "failed" | "skipped")
-            )
-        {
-            let s = &steps[printed];
-            let mark = match s["status"].as_str() {
-                Some("succeeded") => "✔",
-                Some("skipped") => "↷",
-                _ => "✘",
-            };
-            let took = s["durationMs"]
-                .as_u64()
-                .map(|ms| crate::duration::format(Duration::from_millis(ms)))
-                .unwrap_or_default();
-            let err = s["error"]
-                .as_str()
-                .map(|e| format!(": {e}"))
-                .unwrap_or_default();
-            println!("{mark} {} ({took}){err}", s["name"].as_str().unwrap_or(""));
-            printed += 1;
+    let follow = Follow {
+        interval: Duration::from_millis(250),
+        timeout: args.timeout,
+    };
+    let (record, exit) = match follow.run(&api, &id, &printer).await? {
+        Followed::Finished(record) => {
+            let exit = Exit::for_runs([&record]);
+            (record, exit)
         }
-        match run["phase"].as_str() {
-            Some("Succeeded") => {
-                println!("run {id} succeeded");
-                return Ok(ExitCode::SUCCESS);
+        Followed::StillGoing(record) => {
+            printer.say(format_args!(
+                "stopped waiting after {}; run {id} is still {}",
+                crate::duration::format(args.timeout),
+                record.phase.as_str()
+            ));
+            (record, Exit::TimedOut)
+        }
+    };
+    match args.output {
+        Format::Junit => print!(
+            "{}",
+            output::junit_document("recoverd trigger", &[output::run_suite(&record)])
+        ),
+        format => {
+            if let Some(out) = output::serialized(format, &record)? {
+                print!("{out}");
             }
-            Some("SucceededWithErrors") => {
-                println!(
-                    "run {id} succeeded with errors: {}",
-                    run["error"].as_str().unwrap_or("")
-                );
-                return Ok(ExitCode::from(super::EXIT_SUCCEEDED_WITH_ERRORS));
-            }
-            Some(p @ ("Failed" | "Cancelled" | "Interrupted")) => {
-                println!("run {id} {p}: {}", run["error"].as_str().unwrap_or(""));
-                return Ok(ExitCode::FAILURE);
-            }
-            _ if tokio::time::Instant::now() >= deadline => {
-                println!(
-                    "stopped waiting after {}; run {id} is still {}",
-                    crate::duration::format(args.timeout),
-                    run["phase"].as_str().unwrap_or("?")
-                );
-                return Ok(ExitCode::FAILURE);
-            }
-            _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+    Ok(exit.into())
 }

@@ -91,6 +91,7 @@ fn copy_replacing(from: &Path, to: &Path, ns: &str) {
 }
 
 /// Seeds a world into the test clusters and starts its reactors.
+#[cfg(feature = "sim")]
 pub async fn seed(
     registry: Arc<Registry>,
     world_file: &Path,
@@ -129,6 +130,7 @@ pub async fn field(
 
 /// The CNPG world (`tests/data/worlds/cnpg.yaml`: two CNPG clusters, the HAProxy config, the
 /// reactors that play the operator) seeded into the shared test clusters in a fresh namespace.
+#[cfg(feature = "sim")]
 pub struct CnpgWorld {
     pub ns: String,
     /// A live registry of the shared clusters.
@@ -138,6 +140,7 @@ pub struct CnpgWorld {
     _dir: tempfile::TempDir,
 }
 
+#[cfg(feature = "sim")]
 pub async fn cnpg_world(test: &str) -> CnpgWorld {
     let clusters = super::shared();
     let ns = clusters.namespace(test).await;
@@ -155,6 +158,7 @@ pub async fn cnpg_world(test: &str) -> CnpgWorld {
 
 /// The CNPG world seeded directly into the shared clusters, and a second registry in which the
 /// named clusters are reached through fault-injecting proxies.
+#[cfg(feature = "sim")]
 pub struct FaultyWorld {
     pub proxies: BTreeMap<String, super::proxy::FaultProxy>,
     /// The clusters themselves, for checking what really happened.
@@ -166,6 +170,7 @@ pub struct FaultyWorld {
     _dirs: (tempfile::TempDir, tempfile::TempDir),
 }
 
+#[cfg(feature = "sim")]
 impl FaultyWorld {
     pub async fn new(test: &str, behind_proxies: &[&str]) -> Self {
         let clusters = super::shared();

@@ -227,6 +227,16 @@ impl Cluster {
             .collect()
     }
 
+    /// The stored objects of one resource in one namespace (`""`: cluster-scoped, or all).
+    pub fn objects_of(&self, group: &str, plural: &str, ns: &str) -> Vec<Value> {
+        self.lock()
+            .objects
+            .iter()
+            .filter(|((g, p, n, _), _)| g == group && p == plural && (ns.is_empty() || n == ns))
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
     /// Whether any stored object has this uid.
     pub fn exists_uid(&self, uid: &str) -> bool {
         self.lock()
@@ -847,15 +857,11 @@ impl Cluster {
             .and_then(Value::as_array)
             .is_none_or(Vec::is_empty);
         if obj.pointer("/metadata/deletionTimestamp").is_some() && finalizers_gone {
-            s.put(
-                k.clone(),
-                obj.clone(),
-                EventType::Modified,
-                Some(live.clone()),
-            );
-            let gone = s.delete(&k).unwrap_or(obj);
+            // Deleted instead of updated, as the API server does: watchers see the deletion,
+            // the client the object as it asked for it, at the resourceVersion it had.
+            let gone = s.put(k, obj.clone(), EventType::Deleted, Some(live.clone()));
             self.after_delete(s, &t.ty, &gone);
-            return Ok(present(&t.ty, &gone));
+            return Ok(present(&t.ty, &obj));
         }
         let stored = s.put(k, obj, EventType::Modified, Some(live.clone()));
         self.after_write(s, &t.ty, &stored);
@@ -1110,6 +1116,9 @@ impl Cluster {
             }
         }
         let has_finalizers = !finalizer_list(&base).is_empty();
+        if t.ty.builtin.is_some_and(|b| b.kind == "Pod") {
+            return Self::delete_pod(&mut s, &t.ty, &k, &live, base, options, o);
+        }
         if is_namespace || has_finalizers {
             let mut obj = base;
             if obj.pointer("/metadata/deletionTimestamp").is_none() {
@@ -1150,6 +1159,70 @@ impl Cluster {
             json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                 "details": details}),
         ))
+    }
+
+    /// Graceful deletion of a pod, as the pod strategy of the API server does it: a pod bound to
+    /// a node is marked (deletionTimestamp in the grace period, deletionGracePeriodSeconds) and
+    /// stays until a delete with grace 0 (the kubelet's, once its containers have stopped; in
+    /// the simulator the controllers' stand-in, `controllers`); a later delete may shorten the
+    /// grace period, not lengthen it. An unbound or finished pod goes at once. The answer is
+    /// the pod, as the API server returns it.
+    fn delete_pod(
+        s: &mut Store,
+        ty: &ResourceType,
+        k: &Key,
+        live: &Value,
+        mut obj: Value,
+        options: &Value,
+        o: &WriteOptions,
+    ) -> Result<(u16, Value), StatusError> {
+        let bound = live
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let finished = matches!(
+            live.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        let requested = options.get("gracePeriodSeconds").and_then(Value::as_i64);
+        let grace = if !bound || finished {
+            0
+        } else {
+            requested
+                .or_else(|| {
+                    live.pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                })
+                .unwrap_or(30)
+                .max(0)
+        };
+        let current = live
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        let marked = live.pointer("/metadata/deletionTimestamp").is_some();
+        if marked && current.is_some_and(|c| grace >= c) {
+            // Already going, as soon or sooner: nothing changes.
+            return Ok((200, present(ty, live)));
+        }
+        set_meta(
+            &mut obj,
+            "deletionTimestamp",
+            json!(store::in_seconds(grace)),
+        );
+        set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
+        if !marked {
+            if let Some(g) = live.pointer("/metadata/generation").and_then(Value::as_i64) {
+                set_meta(&mut obj, "generation", json!(g + 1));
+            }
+        }
+        if o.dry_run {
+            return Ok((200, present(ty, &obj)));
+        }
+        let stored = s.put(k.clone(), obj, EventType::Modified, Some(live.clone()));
+        if grace == 0 && finalizer_list(&stored).is_empty() {
+            s.delete(k);
+        }
+        Ok((200, present(ty, &stored)))
     }
 
     /// The first DELETE of a CRD marks it: deletionTimestamp, the cleanup finalizer, a
@@ -1219,29 +1292,61 @@ impl Cluster {
     }
 
     /// What the namespace controller of a real cluster does a little after a namespace was
-    /// deleted: delete everything in it, then the namespace.
-    pub fn finish_namespace_deletion(&self, ns: &str) {
-        let mut s = self.lock();
+    /// deleted: delete everything in it (as a client's DELETE would: objects with finalizers
+    /// stay until they lose them, pods bound to a node until their grace period is over), then,
+    /// once it is empty, the namespace. Until then the namespace stays `Terminating`, with the
+    /// controller's conditions saying what remains. Returns whether it is done (the namespace
+    /// is gone, or not being deleted).
+    pub fn finish_namespace_deletion(&self, ns: &str) -> bool {
         let k = key("", "namespaces", "", ns);
-        if s.get(&k)
-            .is_none_or(|n| n.pointer("/metadata/deletionTimestamp").is_none())
-        {
-            return;
+        let contents: Vec<Key> = {
+            let s = self.lock();
+            if s.get(&k)
+                .is_none_or(|n| n.pointer("/metadata/deletionTimestamp").is_none())
+            {
+                return true;
+            }
+            s.objects
+                .iter()
+                .filter(|((_, _, n, _), o)| {
+                    n == ns && o.pointer("/metadata/deletionTimestamp").is_none()
+                })
+                .map(|(k, _)| k.clone())
+                .collect()
+        };
+        for (group, plural, _, name) in &contents {
+            if let Some(t) = self.target(group, plural, ns, name, None) {
+                let _ = self.delete(&t, &json!({}), &WriteOptions::default());
+            }
         }
-        self.empty_namespace(&mut s, ns);
-        s.delete(&k);
-    }
-
-    fn empty_namespace(&self, s: &mut Store, ns: &str) {
-        let keys: Vec<Key> = s
-            .objects
-            .keys()
-            .filter(|(_, _, n, _)| n == ns)
-            .cloned()
-            .collect();
-        for k in keys {
+        let mut s = self.lock();
+        let remaining = s.objects.keys().filter(|(_, _, n, _)| n == ns).count();
+        let Some(live) = s.get(&k).cloned() else {
+            return true;
+        };
+        if remaining == 0 {
             s.delete(&k);
+            return true;
         }
+        let mut obj = live.clone();
+        let mut conditions = namespace_conditions(&s, ns);
+        // A condition that says the same keeps its time: nothing is written then.
+        let before = live.pointer("/status/conditions").and_then(Value::as_array);
+        for c in conditions.as_array_mut().into_iter().flatten() {
+            let same = before.into_iter().flatten().find(|b| {
+                ["type", "status", "reason", "message"]
+                    .iter()
+                    .all(|f| b.get(*f) == c.get(*f))
+            });
+            if let Some(b) = same {
+                c["lastTransitionTime"] = b["lastTransitionTime"].clone();
+            }
+        }
+        obj["status"]["conditions"] = conditions;
+        if obj != live {
+            s.put(k, obj, EventType::Modified, Some(live));
+        }
+        false
     }
 
     /// Follow-ups of a write: a CRD is established and its resources served.
@@ -1315,28 +1420,86 @@ impl Cluster {
     }
 
     /// What the CRD finalizer of a real API server does after a CRD was deleted: delete its
-    /// custom resources, then the CRD.
-    pub fn finish_crd_deletion(&self, name: &str) {
-        let mut s = self.lock();
+    /// custom resources (those with finalizers stay until they lose them, and stay served), then
+    /// drop its finalizer, so the CRD goes with its last finalizer. Returns whether it is done.
+    pub fn finish_crd_deletion(&self, name: &str) -> bool {
         let k = key(
             "apiextensions.k8s.io",
             "customresourcedefinitions",
             "",
             name,
         );
-        let Some(crd) = s.get(&k).cloned() else {
-            return;
+        let Some(crd) = self.lock().get(&k).cloned() else {
+            return true;
         };
         if crd.pointer("/metadata/deletionTimestamp").is_none() {
-            return;
+            return true;
         }
-        let ty = s
-            .resources
-            .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
-            .cloned();
-        if let (Some(ty), Some(gone)) = (ty, s.delete(&k)) {
-            self.after_delete(&mut s, &ty, &gone);
+        let group = crd
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let plural = crd
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let instances: Vec<Key> = self
+            .lock()
+            .objects
+            .keys()
+            .filter(|(g, p, _, _)| *g == group && *p == plural)
+            .cloned()
+            .collect();
+        for (g, p, ns, n) in &instances {
+            if let Some(t) = self.target(g, p, ns, n, None) {
+                let _ = self.delete(&t, &json!({}), &WriteOptions::default());
+            }
         }
+        let mut s = self.lock();
+        let left = s
+            .objects
+            .keys()
+            .filter(|(g, p, _, _)| *g == group && *p == plural)
+            .count();
+        let Some(live) = s.get(&k).cloned() else {
+            return true;
+        };
+        let mut obj = live.clone();
+        if left > 0 {
+            set_crd_terminating(
+                &mut obj,
+                "InstanceDeletionCheck",
+                "could not confirm zero CustomResources remaining: timed out waiting for the condition",
+            );
+            if obj != live {
+                s.put(k, obj, EventType::Modified, Some(live));
+            }
+            return false;
+        }
+        let finalizers: Vec<Value> = finalizer_list(&live)
+            .into_iter()
+            .filter(|f| f != "customresourcecleanup.apiextensions.k8s.io")
+            .collect();
+        if finalizers.is_empty() {
+            let ty = s
+                .resources
+                .find("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+                .cloned();
+            if let (Some(ty), Some(gone)) = (ty, s.delete(&k)) {
+                self.after_delete(&mut s, &ty, &gone);
+            }
+        } else {
+            set_meta(&mut obj, "finalizers", Value::Array(finalizers));
+            set_crd_terminating(
+                &mut obj,
+                "InstanceDeletionCompleted",
+                "removed all instances",
+            );
+            s.put(k, obj, EventType::Modified, Some(live));
+        }
+        true
     }
 
     /// Follow-ups of a delete: a CRD's objects go with it.
@@ -1526,7 +1689,7 @@ fn validate_crd(obj: &Value) -> Result<(), StatusError> {
         .pointer("/spec/group")
         .and_then(Value::as_str)
         .unwrap_or("");
-    let mut causes = Vec::new();
+    let mut causes = super::cel::crd_causes(obj);
     if name != format!("{plural}.{group}") {
         causes.push(Cause::invalid(
             "metadata.name",
@@ -1555,6 +1718,73 @@ fn validate_crd(obj: &Value) -> Result<(), StatusError> {
             name,
             causes,
         ))
+    }
+}
+
+/// The conditions the namespace controller gives a namespace whose content is not all gone.
+fn namespace_conditions(s: &Store, ns: &str) -> Value {
+    use std::collections::BTreeMap;
+    let mut by_resource: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_finalizer: BTreeMap<String, usize> = BTreeMap::new();
+    for ((group, plural, n, _), o) in s.objects.iter() {
+        if n != ns {
+            continue;
+        }
+        let resource = if group.is_empty() {
+            plural.clone()
+        } else {
+            format!("{plural}.{group}")
+        };
+        *by_resource.entry(resource).or_default() += 1;
+        for f in finalizer_list(o) {
+            if let Some(f) = f.as_str() {
+                *by_finalizer.entry(f.to_string()).or_default() += 1;
+            }
+        }
+    }
+    let now = store::now();
+    let list = |m: &BTreeMap<String, usize>, sep: &str| -> String {
+        m.iter()
+            .map(|(k, n)| format!("{k}{sep}{n} resource instances"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut conditions = vec![
+        json!({"type": "NamespaceDeletionDiscoveryFailure", "status": "False", "lastTransitionTime": now,
+            "reason": "ResourcesDiscovered", "message": "All resources successfully discovered"}),
+        json!({"type": "NamespaceDeletionGroupVersionParsingFailure", "status": "False", "lastTransitionTime": now,
+            "reason": "ParsedGroupVersions", "message": "All legacy kube types successfully parsed"}),
+        json!({"type": "NamespaceDeletionContentFailure", "status": "False", "lastTransitionTime": now,
+            "reason": "ContentDeleted", "message": "All content successfully deleted, may be waiting on finalization"}),
+        json!({"type": "NamespaceContentRemaining", "status": "True", "lastTransitionTime": now,
+            "reason": "SomeResourcesRemain",
+            "message": format!("Some resources are remaining: {}", list(&by_resource, " has "))}),
+    ];
+    if !by_finalizer.is_empty() {
+        conditions.push(
+            json!({"type": "NamespaceFinalizersRemaining", "status": "True",
+            "lastTransitionTime": now, "reason": "SomeFinalizersRemain",
+            "message": format!("Some content in the namespace has finalizers remaining: {}",
+                list(&by_finalizer, " in "))}),
+        );
+    }
+    Value::Array(conditions)
+}
+
+/// Sets a CRD's `Terminating` condition.
+fn set_crd_terminating(obj: &mut Value, reason: &str, message: &str) {
+    let Some(conds) = obj
+        .pointer_mut("/status/conditions")
+        .and_then(Value::as_array_mut)
+    else {
+        return;
+    };
+    if let Some(c) = conds.iter_mut().find(|c| c["type"] == "Terminating") {
+        if c["reason"] != reason || c["message"] != message {
+            c["reason"] = json!(reason);
+            c["message"] = json!(message);
+            c["lastTransitionTime"] = json!(store::now());
+        }
     }
 }
 

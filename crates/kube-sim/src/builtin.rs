@@ -133,7 +133,7 @@ pub const BUILTINS: &[Builtin] = &[
         subresources: &[("status", STATUS)],
         definition: "io.k8s.api.core.v1.Pod",
         storage_version: "v1",
-        generation: false,
+        generation: true,
     },
     Builtin {
         group: "",
@@ -690,6 +690,36 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
     }
 }
 
+/// A pod's quality of service class: `Guaranteed` when every container limits CPU and memory
+/// and requests what it limits, `BestEffort` when none requests or limits anything, else
+/// `Burstable`.
+fn pod_qos_class(pod: &Value) -> &'static str {
+    let containers: Vec<&Value> = ["containers", "initContainers"]
+        .iter()
+        .filter_map(|f| pod.pointer(&format!("/spec/{f}")).and_then(Value::as_array))
+        .flatten()
+        .collect();
+    let empty = |v: Option<&Value>| v.and_then(Value::as_object).is_none_or(|m| m.is_empty());
+    if containers
+        .iter()
+        .all(|c| empty(c.pointer("/resources/requests")) && empty(c.pointer("/resources/limits")))
+    {
+        return "BestEffort";
+    }
+    let guaranteed = containers.iter().all(|c| {
+        ["cpu", "memory"].iter().all(|r| {
+            let limit = c.pointer(&format!("/resources/limits/{r}"));
+            let request = c.pointer(&format!("/resources/requests/{r}")).or(limit);
+            limit.is_some() && request == limit
+        })
+    });
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
+}
+
 /// What the API server's create strategy sets (owned by no one): a namespace's finalizer,
 /// cleared status.
 pub fn prepare_for_create(kind: &str, obj: &mut Value, now: &str) {
@@ -721,9 +751,37 @@ pub fn prepare_for_create(kind: &str, obj: &mut Value, now: &str) {
                 }
             }
         }
-        "Deployment" | "Pod" => {
+        "Deployment" => {
             if let Some(o) = obj.as_object_mut() {
                 o.insert("status".into(), json!({}));
+            }
+        }
+        "Pod" => {
+            let qos = pod_qos_class(obj);
+            if let Some(o) = obj.as_object_mut() {
+                o.insert(
+                    "status".into(),
+                    json!({"phase": "Pending", "qosClass": qos}),
+                );
+            }
+            // The DefaultTolerationSeconds admission plugin.
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                let list = spec.entry("tolerations").or_insert_with(|| json!([]));
+                if let Some(list) = list.as_array_mut() {
+                    for key in [
+                        "node.kubernetes.io/not-ready",
+                        "node.kubernetes.io/unreachable",
+                    ] {
+                        let tolerated = list.iter().any(|t| {
+                            (t["key"] == key || t.get("key").is_none())
+                                && t.get("effect").is_none_or(|e| e == "NoExecute")
+                        });
+                        if !tolerated {
+                            list.push(json!({"key": key, "operator": "Exists",
+                                "effect": "NoExecute", "tolerationSeconds": 300}));
+                        }
+                    }
+                }
             }
         }
         "StatefulSet" => {

@@ -351,6 +351,109 @@ impl Resources {
     }
 }
 
+/// The media type of aggregated discovery documents.
+pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Whether an Accept header asks for aggregated discovery before anything else it accepts.
+pub fn wants_aggregated(accept: &str) -> bool {
+    accept.split(',').next().is_some_and(|first| {
+        let params: Vec<String> = first
+            .split(';')
+            .map(|p| p.trim().replace(' ', ""))
+            .collect();
+        params.first().map(String::as_str) == Some("application/json")
+            && params.iter().any(|p| p == "g=apidiscovery.k8s.io")
+            && params.iter().any(|p| p == "v=v2")
+            && params.iter().any(|p| p == "as=APIGroupDiscoveryList")
+    })
+}
+
+impl Resources {
+    /// The aggregated discovery document of `/api` (`core`) or `/apis`: every group with its
+    /// versions and their resources, as kube-apiserver v1.36 serves it.
+    pub fn aggregated(&self, core: bool) -> Value {
+        let groups: Vec<(String, Vec<String>)> = if core {
+            vec![(String::new(), vec!["v1".to_string()])]
+        } else {
+            self.groups()
+        };
+        let items: Vec<Value> = groups
+            .iter()
+            .map(|(g, versions)| {
+                let versions: Vec<Value> = versions
+                    .iter()
+                    .map(|v| {
+                        json!({"version": v, "resources": self.aggregated_resources(g, v),
+                            "freshness": "Current"})
+                    })
+                    .collect();
+                let mut meta = json!({});
+                if !g.is_empty() {
+                    meta["name"] = json!(g);
+                }
+                json!({"metadata": meta, "versions": versions})
+            })
+            .collect();
+        json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2",
+            "metadata": {}, "items": items})
+    }
+
+    fn aggregated_resources(&self, group: &str, version: &str) -> Vec<Value> {
+        let mut types: Vec<&ResourceType> = self
+            .types
+            .iter()
+            .filter(|t| t.group == group && t.version == version)
+            .collect();
+        types.sort_by(|a, b| a.plural.cmp(&b.plural));
+        types
+            .into_iter()
+            .map(|t| {
+                // Built-in resources leave out the group and version they are served in.
+                let kind = if t.builtin.is_some() {
+                    json!({"group": "", "version": "", "kind": t.kind})
+                } else {
+                    json!({"group": t.group, "version": t.version, "kind": t.kind})
+                };
+                let mut r = Map::new();
+                r.insert("resource".into(), json!(t.plural));
+                r.insert("responseKind".into(), kind.clone());
+                r.insert(
+                    "scope".into(),
+                    json!(if t.namespaced {
+                        "Namespaced"
+                    } else {
+                        "Cluster"
+                    }),
+                );
+                r.insert("singularResource".into(), json!(t.singular));
+                r.insert("verbs".into(), json!(t.verbs));
+                if !t.short_names.is_empty() {
+                    r.insert("shortNames".into(), json!(t.short_names));
+                }
+                if !t.categories.is_empty() {
+                    r.insert("categories".into(), json!(t.categories));
+                }
+                let subs: Vec<Value> = t
+                    .subresources
+                    .iter()
+                    .map(|(sub, verbs)| {
+                        let kind = if sub == "scale" {
+                            json!({"group": "autoscaling", "version": "v1", "kind": "Scale"})
+                        } else {
+                            kind.clone()
+                        };
+                        json!({"subresource": sub, "responseKind": kind, "verbs": verbs})
+                    })
+                    .collect();
+                if !subs.is_empty() {
+                    r.insert("subresources".into(), Value::Array(subs));
+                }
+                Value::Object(r)
+            })
+            .collect()
+    }
+}
+
 /// `base64(sha256("group/version/kind")[..8])`, as the API server computes it.
 pub fn storage_version_hash(group: &str, version: &str, kind: &str) -> String {
     let digest = Sha256::digest(format!("{group}/{version}/{kind}").as_bytes());

@@ -17,13 +17,15 @@ use serde_json::{json, Value};
 use super::api::{Cluster, ListOptions, Target, WriteOptions};
 use super::faults::Faults;
 use super::selector::{FieldSelector, LabelSelector};
-use super::status::StatusError;
+use super::status::{Cause, StatusError};
 use super::strict::{BodyFields, Mode};
 use super::watch::{self, WatchRequest};
 
 /// How long a deleted namespace or CRD stays `Terminating` before its content and itself go
 /// (a real cluster's controllers take about as long).
 const FINALIZE_AFTER: Duration = Duration::from_secs(5);
+/// How often a namespace or CRD whose content has finalizers is looked at again.
+const FINALIZE_RETRY: Duration = Duration::from_millis(500);
 
 /// What every request handler shares.
 #[derive(Clone)]
@@ -61,6 +63,68 @@ pub fn router(served: Served) -> Router {
         .fallback(handle)
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(served)
+}
+
+/// `sendInitialEvents` of a watch (a streaming list), checked with `resourceVersionMatch` as
+/// the API server checks them.
+fn initial_events(q: &Query, watch: bool) -> Result<Option<bool>, StatusError> {
+    let send = q.get("sendInitialEvents").map(|v| v == "true" || v == "1");
+    let rv_match = q.get("resourceVersionMatch").filter(|m| !m.is_empty());
+    let mut causes = Vec::new();
+    if !watch {
+        if rv_match.is_some() && q.get("resourceVersion").is_none_or(str::is_empty) {
+            causes.push(Cause::forbidden(
+                "resourceVersionMatch",
+                "resourceVersionMatch is forbidden unless resourceVersion is provided",
+            ));
+        }
+        if send.is_some() {
+            causes.push(Cause::forbidden(
+                "sendInitialEvents",
+                "sendInitialEvents is forbidden for list",
+            ));
+        }
+    } else {
+        if send.is_some() && rv_match != Some("NotOlderThan") {
+            causes.push(Cause::forbidden(
+                "resourceVersionMatch",
+                "sendInitialEvents requires setting resourceVersionMatch to NotOlderThan",
+            ));
+        }
+        if let Some(m) = rv_match {
+            if send.is_none() {
+                causes.push(Cause::forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden for watch unless sendInitialEvents is provided",
+                ));
+            }
+            if m != "NotOlderThan" {
+                causes.push(Cause::not_supported(
+                    "resourceVersionMatch",
+                    &json!(m),
+                    &[json!("NotOlderThan")],
+                ));
+            }
+        }
+    }
+    if causes.is_empty() {
+        Ok(send)
+    } else {
+        Err(StatusError::invalid(
+            "meta.k8s.io",
+            "ListOptions",
+            "",
+            causes,
+        ))
+    }
+}
+
+/// Whether a discovery request asks for the aggregated document.
+fn aggregated(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(super::discovery::wants_aggregated)
 }
 
 fn json_response(code: u16, v: &Value) -> Response {
@@ -444,6 +508,17 @@ fn serve(
                 .ok_or_else(StatusError::page_not_found)?;
             return Ok(json_response(200, &doc));
         }
+        Route::Api | Route::Apis if aggregated(headers) => {
+            let doc = store()?.resources.aggregated(matches!(r, Route::Api));
+            let mut resp = json_response(200, &doc);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static(super::discovery::AGGREGATED),
+            );
+            resp.headers_mut()
+                .insert(header::VARY, header::HeaderValue::from_static("Accept"));
+            return Ok(resp);
+        }
         Route::Api => {
             return Ok(json_response(
                 200,
@@ -487,7 +562,9 @@ fn serve(
         .map(|_| super::table::Include::parse(q.get("includeObject")));
     match (method.as_str(), collection) {
         ("GET", true) if q.flag("watch") => {
+            let initial_events = initial_events(&q, true)?;
             let req = WatchRequest {
+                initial_events,
                 target: t,
                 list: q.list_options()?,
                 resource_version: q.get("resourceVersion").map(str::to_string),
@@ -509,6 +586,7 @@ fn serve(
                 .unwrap_or_default())
         }
         ("GET", true) => {
+            initial_events(&q, false)?;
             let list = c.list(&t, &q.list_options()?)?;
             Ok(json_response(
                 200,
@@ -561,11 +639,28 @@ fn serve(
             Ok(with_warnings(json_response(code, &v), &o))
         }
         ("DELETE", false) => {
-            let options = if body.is_empty() {
-                Value::Null
+            let mut options = if body.is_empty() {
+                json!({})
             } else {
-                serde_json::from_slice(&body).unwrap_or(Value::Null)
+                serde_json::from_slice(&body).unwrap_or(json!({}))
             };
+            // DeleteOptions may come as query parameters too.
+            for key in [
+                "gracePeriodSeconds",
+                "propagationPolicy",
+                "orphanDependents",
+            ] {
+                if let (Some(v), Some(o)) = (q.get(key), options.as_object_mut()) {
+                    if !o.contains_key(key) {
+                        let value = v
+                            .parse::<i64>()
+                            .map(|n| json!(n))
+                            .or_else(|_| v.parse::<bool>().map(|b| json!(b)))
+                            .unwrap_or_else(|_| json!(v));
+                        o.insert(key.to_string(), value);
+                    }
+                }
+            }
             let mut o = q.write_options(headers, "DeleteOptions", &[])?;
             if options
                 .get("dryRun")
@@ -580,10 +675,17 @@ fn serve(
                 let (c, name) = (c.clone(), t.name.clone().unwrap_or_default());
                 tokio::spawn(async move {
                     tokio::time::sleep(FINALIZE_AFTER).await;
-                    if kind == Some("Namespace") {
-                        c.finish_namespace_deletion(&name);
-                    } else {
-                        c.finish_crd_deletion(&name);
+                    // Until what is left has lost its finalizers.
+                    loop {
+                        let done = if kind == Some("Namespace") {
+                            c.finish_namespace_deletion(&name)
+                        } else {
+                            c.finish_crd_deletion(&name)
+                        };
+                        if done {
+                            break;
+                        }
+                        tokio::time::sleep(FINALIZE_RETRY).await;
                     }
                 });
             }

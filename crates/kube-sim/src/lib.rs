@@ -11,8 +11,9 @@
 //! It knows nothing of the programs it is used by (recoverd seeds worlds and runs its reactors
 //! through ordinary clients).
 //!
-//! CRD validation rules (`x-kubernetes-validations`, CEL) are evaluated on every write, transition
-//! rules with `oldSelf` included (`cel`); `fieldValidation=Strict|Warn|Ignore` reports unknown
+//! CRD validation rules (`x-kubernetes-validations`, CEL) are checked when a CRD is written and
+//! evaluated on every write, transition rules with `oldSelf` and `optionalOldSelf` included,
+//! unchanged values ratcheted (`cel`); `fieldValidation=Strict|Warn|Ignore` reports unknown
 //! and duplicate fields (`strict`); status subresource writes have managers of their own.
 //!
 //! Known differences from kube-apiserver v1.36 (everything else the differential suite
@@ -20,19 +21,35 @@
 //! - Only some built-in resources are served (namespaces, configmaps, secrets, services,
 //!   serviceaccounts, pods, events, persistentvolumeclaims, persistentvolumes, deployments,
 //!   statefulsets, roles, clusterroles, rolebindings, clusterrolebindings, leases,
-//!   customresourcedefinitions), and only version v1 of each group; no aggregated discovery,
-//!   no `/openapi/v2`; OpenAPI v3 documents.
-//! - CEL rules use the `cel` crate's standard library: a rule calling Kubernetes' own CEL
-//!   libraries (`quantity()`, `url()`, `isSorted()`, …) or failing to evaluate is not enforced;
-//!   `optionalOldSelf`, rule cost limits and ratcheting are not modelled. Strict field
-//!   validation of a merge patch answers like a strict create (the real server quotes the
-//!   whole patched object in a 422).
+//!   customresourcedefinitions), and only version v1 of each group (also in aggregated
+//!   discovery, which lists only the subresources served); no `/openapi/v2`; OpenAPI v3
+//!   documents.
+//! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
+//!   libraries in `cel_lib` (quantities, URLs, list and regex functions). A rule calling a
+//!   Kubernetes function not implemented there (IP/CIDR, `format`, `semver`, list `indexOf`)
+//!   installs and is not enforced. Rules are parsed, not type-checked, when a CRD is created:
+//!   syntax errors and undeclared functions refuse it (the message's detail is the `cel`
+//!   crate's, not cel-go's), a reference to an undeclared field does not. Costs are estimated
+//!   per rule from the schema (refused at CRD creation only when more than 100 times over the
+//!   budget) and from the object's sizes before a rule runs (refused past the request budget),
+//!   not counted as cel-go counts them. Ratcheting skips unchanged values for CEL rules only,
+//!   not for the schema's other constraints. Strict field validation of a merge patch answers
+//!   like a strict create (the real server quotes the whole patched object in a 422).
 //! - Controllers, in their simplest form (`controllers`, off with
 //!   [`Simulator::start_without_controllers`]): garbage collection with the propagation
-//!   policies, StatefulSet pods (re-created with a new uid after a delay when deleted, at once
-//!   `Running` and `Ready`), storage-protection finalizers removed on deletion. Nothing else:
-//!   pods are never scheduled, deployments get no replicas, services no endpoints. A deleted
-//!   namespace or CRD is `Terminating` for 5 s, then its content and itself go.
+//!   policies; StatefulSet pods (bound to the node `kube-sim`, at once `Running` and `Ready`,
+//!   re-created with a new uid after a delay when deleted, rolled out to a new template as
+//!   `RollingUpdate` does, at most 500 per StatefulSet with a Warning event `ReplicasCapped`
+//!   beyond); revisions are `NAME-HASH` labels without ControllerRevision objects; storage
+//!   protection that waits for the pods using a claim; the kubelet's part of graceful pod
+//!   deletion, after `kube-sim.io/termination-delay` (default 200 ms) rather than when the
+//!   containers stop. Nothing else: pods are never scheduled, deployments get no replicas,
+//!   services no endpoints. A deleted namespace or CRD is `Terminating` for 5 s, then its
+//!   content is deleted as a client's DELETE would (finalizers and grace periods kept), and it
+//!   goes once that content is gone; the CRD's resources stay served meanwhile, creates
+//!   included.
+//! - CRD schemas check the string formats `date-time`, `date`, `uuid` and `byte`; other
+//!   formats (`email`, `hostname`, `ipv4`, `cidr`, …) are not checked.
 //! - Validation of built-in kinds covers names, ConfigMap and Secret keys and a few Deployment
 //!   fields; a body whose JSON types do not fit the Go type is not refused with Go's message.
 //! - Protobuf request bodies are read for Namespaces, ConfigMaps, Secrets and ServiceAccounts
@@ -40,7 +57,9 @@
 //! - Apply bodies are YAML 1.2: an unquoted `y`, `yes` or `on` stays a string (Go reads
 //!   YAML 1.1 booleans). A typed apply is checked for undeclared fields, not value types.
 //! - Watches resume from the last 10,000 events of a cluster; bookmark timing follows the watch
-//!   cache's rules only approximately.
+//!   cache's rules only approximately. Streaming lists (`sendInitialEvents`) answer as a server
+//!   whose etcd has progress notifications (the differential suite's does not, so they are
+//!   tested against kube-rs's watcher instead, `tests/watchlist.rs`).
 //! - No authentication or authorization; no `managedFields` cap of 10 updaters; no sync of
 //!   kubectl's last-applied annotation; CRD versions are served without conversion; the
 //!   `scale` subresource is listed in discovery only. `pods/exec` speaks only the WebSocket
@@ -51,7 +70,8 @@
 //! - `typed`: field types, paths and sets, compare/merge (structured-merge-diff);
 //! - `builtin`: the built-in resources, their types, defaults and validation;
 //! - `schema`: CRD structural schemas — pruning, defaulting, validation;
-//! - `cel`: CRD validation rules;
+//! - `cel`: CRD validation rules: compile and cost checks, evaluation, ratcheting;
+//! - `cel_lib`: Kubernetes' CEL libraries (quantity, URL, lists, regex);
 //! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
 //! - `proto`: the protobuf bodies `kubectl create` sends;
@@ -72,6 +92,7 @@
 mod api;
 mod builtin;
 mod cel;
+mod cel_lib;
 mod controllers;
 mod discovery;
 mod exec;

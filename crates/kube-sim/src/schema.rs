@@ -462,6 +462,17 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             if let Some(msg) = too_short.or(mismatch) {
                 out.push(Cause::invalid(path, v, &msg));
             }
+            if let Some(f) = s.get("format").and_then(Value::as_str) {
+                if !format_holds(f, text) {
+                    let mut c = Cause::invalid(
+                        path,
+                        v,
+                        &format!("{shown} in body must be of type {f}: {}", go_quote(text)),
+                    );
+                    c.reason = "FieldValueTypeInvalid".into();
+                    out.push(c);
+                }
+            }
         }
         Value::Array(items) => {
             let n = items.len() as u64;
@@ -572,6 +583,43 @@ pub fn validate_scale_paths(obj: &Value, scale: &Map<String, Value>) -> Vec<Caus
         ));
     }
     out
+}
+
+/// Whether a string has the `format` the API server checks (go-openapi's strfmt): `date-time`
+/// (RFC 3339), `date`, `uuid`, `byte` (base64); other formats are not checked.
+fn format_holds(format: &str, text: &str) -> bool {
+    static RES: std::sync::OnceLock<[regex::Regex; 3]> = std::sync::OnceLock::new();
+    let [date_time, date, uuid] = RES.get_or_init(|| {
+        [
+            regex::Regex::new(
+                r"^([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])[Tt ]([01][0-9]|2[0-3]):([0-5][0-9]):([0-5][0-9]|60)(\.[0-9]+)?([Zz]|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$",
+            )
+            .expect("a valid regex"),
+            regex::Regex::new(r"^([0-9]{4})-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$")
+                .expect("a valid regex"),
+            regex::Regex::new(
+                r"^(?i)[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$",
+            )
+            .expect("a valid regex"),
+        ]
+    });
+    match format {
+        "date-time" => date_time.is_match(text),
+        "date" => date.is_match(text),
+        "uuid" => uuid.is_match(text),
+        "byte" => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(text)
+                .is_ok()
+        }
+        _ => true,
+    }
+}
+
+/// A string as Go's `%q` prints it (for the ASCII the formats allow).
+fn go_quote(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_default()
 }
 
 #[cfg(test)]

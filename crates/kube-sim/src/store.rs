@@ -102,7 +102,21 @@ pub fn now() -> String {
         .to_string()
 }
 
+/// `secs` seconds from now, written as [`now`] writes it.
+pub fn in_seconds(secs: i64) -> String {
+    let now = jiff::Timestamp::now();
+    now.checked_add(jiff::SignedDuration::from_secs(secs))
+        .unwrap_or(now)
+        .strftime("%Y-%m-%dT%H:%M:%SZ")
+        .to_string()
+}
+
 impl Store {
+    /// The cluster's latest resourceVersion.
+    pub fn current_rv(&self) -> u64 {
+        self.rv
+    }
+
     /// A new cluster with the namespaces every cluster has.
     pub fn new(cluster: &str) -> Self {
         let (tx, _) = broadcast::channel(4096);

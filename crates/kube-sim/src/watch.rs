@@ -3,7 +3,9 @@
 //! resourceVersion is given, else every change after it (an `ERROR` event with a `410 Expired`
 //! status when that is older than what is kept); label and field selectors, with objects that
 //! stop or start matching sent as `DELETED` or `ADDED`; a `BOOKMARK` two seconds before the
-//! deadline when asked for; the stream ends at `timeoutSeconds`.
+//! deadline when asked for; the stream ends at `timeoutSeconds`. A streaming list
+//! (`sendInitialEvents=true`) sends the current objects, then a `BOOKMARK` annotated
+//! `k8s.io/initial-events-end`, then the changes.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,6 +24,9 @@ use super::table::{self, Include};
 
 /// What a watch asked for.
 pub struct WatchRequest {
+    /// `sendInitialEvents`: the current objects then a bookmark marking their end (`true`), or
+    /// only what changes from now (`false`), whatever `resource_version` says.
+    pub initial_events: Option<bool>,
     pub target: Target,
     pub list: ListOptions,
     pub resource_version: Option<String>,
@@ -172,7 +177,17 @@ pub fn start(
             .resource_version
             .as_deref()
             .filter(|r| !r.is_empty() && *r != "0");
+        let rv = if req.initial_events.is_some() {
+            None
+        } else {
+            rv
+        };
         match rv {
+            None if req.initial_events == Some(false) => {
+                let state = store.type_state(&g, &p);
+                st.start_rv = state.last_event_rv.max(state.list_rv);
+                st.rx = Some(store.subscribe());
+            }
             None => {
                 let state = store.type_state(&g, &p);
                 st.start_rv = state.last_event_rv.max(state.list_rv);
@@ -186,6 +201,19 @@ pub fn start(
                     if st.list.labels.matches(obj) && st.list.fields.matches(obj) {
                         st.pending.push_back(line("ADDED", st.shown(obj)));
                     }
+                }
+                if req.initial_events == Some(true) && req.bookmarks {
+                    // The end of the initial events, at the resourceVersion they are as of.
+                    let mut meta = json!({"resourceVersion": store.current_rv().to_string(),
+                        "annotations": {"k8s.io/initial-events-end": "true"}});
+                    if !st.target.ty.is_custom() {
+                        meta["creationTimestamp"] = Value::Null;
+                    }
+                    st.pending.push_back(line(
+                        "BOOKMARK",
+                        json!({"kind": st.target.ty.kind, "apiVersion": st.target.ty.api_version(),
+                            "metadata": meta}),
+                    ));
                 }
                 st.rx = Some(store.subscribe());
             }

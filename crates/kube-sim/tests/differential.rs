@@ -28,6 +28,9 @@
 //!   versions: [v1.36]          # compared only on these servers (default: all of the
 //!                              # scenario's); sent to all, so later steps can refer to it
 //!   headers: [warning]         # compare these response headers too (all values, in order)
+//!   pickDiscovery: {apps: [statefulsets, statefulsets/status]}   # of an aggregated
+//!                              # discovery document, only these groups ("" is the core group),
+//!                              # resources and subresources
 //! - name: watched
 //!   await: watch-step-name     # the events of a background watch
 //! ```
@@ -105,6 +108,10 @@ struct Step {
     /// Response headers to compare.
     #[serde(default)]
     headers: Vec<String>,
+    /// Keep only these groups (by name, `""` for the core group) of an aggregated discovery
+    /// document, and of each only these resources.
+    #[serde(default)]
+    pick_discovery: Option<BTreeMap<String, Vec<String>>>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -315,6 +322,9 @@ fn shape(raw: &Value, step: &Step) -> Value {
                 items.sort_by_key(|i| i["name"].as_str().unwrap_or("").to_string());
             }
         }
+        if let Some(keep) = &step.pick_discovery {
+            pick_discovery(body, keep);
+        }
         for p in &step.mask {
             mask(body, p);
         }
@@ -348,6 +358,52 @@ fn shape(raw: &Value, step: &Step) -> Value {
     }
     tidy(&mut v, "");
     v
+}
+
+/// Keeps the named groups of an aggregated discovery document, their named resources, and of
+/// those the named subresources (`pods/status`).
+fn pick_discovery(body: &mut Value, keep: &BTreeMap<String, Vec<String>>) {
+    let Some(items) = body.get_mut("items").and_then(Value::as_array_mut) else {
+        return;
+    };
+    items.retain(|g| {
+        let name = g
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        keep.contains_key(name)
+    });
+    for g in items {
+        let name = g
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let wanted = &keep[&name];
+        for v in g
+            .get_mut("versions")
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(rs) = v.get_mut("resources").and_then(Value::as_array_mut) {
+                rs.retain(|r| {
+                    r["resource"]
+                        .as_str()
+                        .is_some_and(|n| wanted.iter().any(|w| w == n))
+                });
+                for r in rs {
+                    let res = r["resource"].as_str().unwrap_or("").to_string();
+                    if let Some(subs) = r.get_mut("subresources").and_then(Value::as_array_mut) {
+                        subs.retain(|s| {
+                            let sub = s["subresource"].as_str().unwrap_or("");
+                            wanted.iter().any(|w| *w == format!("{res}/{sub}"))
+                        });
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn mask(v: &mut Value, pointer: &str) {
@@ -730,4 +786,19 @@ async fn deployments_services_secrets_leases_and_pages_match_the_real_apiserver(
 #[tokio::test(flavor = "multi_thread")]
 async fn the_tables_kubectl_get_prints_match_the_real_apiserver() {
     differential("tables").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crd_rules_that_fail_to_compile_or_evaluate_are_refused_like_the_real_apiserver() {
+    differential("celerrors").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_are_deleted_gracefully_like_the_real_apiserver() {
+    differential("pods").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streaming_lists_and_aggregated_discovery_match_the_real_apiserver() {
+    differential("watchlist").await;
 }

@@ -150,6 +150,24 @@ async fn a_deleted_statefulset_pod_comes_back_with_a_new_uid() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn kubectl_delete_of_a_pod_waits_out_its_grace_period_and_returns() {
+    let k = start().await;
+    let old = k
+        .ok(&["get", "pod", "pg-1", "-o", "jsonpath={.metadata.uid}"])
+        .await;
+    // kubectl waits for the pod to be gone: marked with a grace period, then removed by the
+    // kubelet stand-in (the StatefulSet then makes a new one).
+    let out = k.ok(&["delete", "pod", "pg-1", "--timeout=20s"]).await;
+    assert!(out.contains("\"pg-1\" deleted"), "{out}");
+    let new = k
+        .until("pod/pg-1", "{.metadata.uid}", |uid| {
+            !uid.is_empty() && uid != old
+        })
+        .await;
+    assert_ne!(new, old);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn kubectl_wait_for_delete_returns_once_the_last_finalizer_is_removed() {
     let k = start().await;
     k.ok(&["delete", "pvc", "scratch", "--wait=false"]).await;

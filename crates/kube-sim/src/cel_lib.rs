@@ -1,0 +1,541 @@
+//! Kubernetes' CEL libraries (pure, no I/O), as far as CRD rules use them: `quantity()` and
+//! `isQuantity()` with the quantity methods, `url()` and `isURL()` with the URL accessors, the
+//! list functions `isSorted()`, `sum()`, `min()`, `max()`, and the regex functions `find()` and
+//! `findAll()`. The functions Kubernetes declares that are not here (IP and CIDR, `format`,
+//! `semver`, list `indexOf`, authorizer) are listed in [`KNOWN_UNIMPLEMENTED`]: a rule calling
+//! one installs, and is not enforced.
+
+use std::sync::Arc;
+
+use cel::extractors::{Arguments, This};
+use cel::objects::{Opaque, Value};
+use cel::{Context, ExecutionError, FunctionContext, ResolveResult};
+
+/// The functions of Kubernetes' CEL environment this module does not implement.
+pub const KNOWN_UNIMPLEMENTED: &[&str] = &[
+    "ip",
+    "isIP",
+    "cidr",
+    "isCIDR",
+    "family",
+    "isUnspecified",
+    "isLoopback",
+    "isLinkLocalMulticast",
+    "isLinkLocalUnicast",
+    "isGlobalUnicast",
+    "containsIP",
+    "containsCIDR",
+    "prefixLength",
+    "masked",
+    "semver",
+    "isSemver",
+    "major",
+    "minor",
+    "patch",
+    "format.named",
+    "validate",
+    "indexOf",
+    "lastIndexOf",
+    "authorizer",
+    "path",
+    "group",
+    "resource",
+    "namespace",
+    "name",
+    "subresource",
+    "check",
+    "allowed",
+    "reason",
+    "errored",
+    "error",
+    "serviceAccount",
+    "fieldSelector",
+    "labelSelector",
+];
+
+/// The functions this module adds, for the compile check.
+pub const IMPLEMENTED: &[&str] = &[
+    "quantity",
+    "isQuantity",
+    "isGreaterThan",
+    "isLessThan",
+    "compareTo",
+    "asInteger",
+    "asApproximateFloat",
+    "sign",
+    "isInteger",
+    "add",
+    "sub",
+    "url",
+    "isURL",
+    "getScheme",
+    "getHost",
+    "getHostname",
+    "getPort",
+    "getEscapedPath",
+    "getQuery",
+    "isSorted",
+    "sum",
+    "min",
+    "max",
+    "find",
+    "findAll",
+];
+
+/// Adds the library to a context.
+pub fn register(ctx: &mut Context) {
+    let _ = ctx.add_function("quantity", quantity);
+    let _ = ctx.add_function("isQuantity", is_quantity);
+    let _ = ctx.add_function("isGreaterThan", is_greater_than);
+    let _ = ctx.add_function("isLessThan", is_less_than);
+    let _ = ctx.add_function("compareTo", compare_to);
+    let _ = ctx.add_function("asInteger", as_integer);
+    let _ = ctx.add_function("asApproximateFloat", as_approximate_float);
+    let _ = ctx.add_function("sign", sign);
+    let _ = ctx.add_function("isInteger", is_integer);
+    let _ = ctx.add_function("add", add);
+    let _ = ctx.add_function("sub", sub);
+    let _ = ctx.add_function("url", url);
+    let _ = ctx.add_function("isURL", is_url);
+    let _ = ctx.add_function("getScheme", get_scheme);
+    let _ = ctx.add_function("getHost", get_host);
+    let _ = ctx.add_function("getHostname", get_hostname);
+    let _ = ctx.add_function("getPort", get_port);
+    let _ = ctx.add_function("getEscapedPath", get_escaped_path);
+    let _ = ctx.add_function("getQuery", get_query);
+    let _ = ctx.add_function("isSorted", is_sorted);
+    let _ = ctx.add_function("sum", sum);
+    let _ = ctx.add_function("min", min);
+    let _ = ctx.add_function("max", max);
+    let _ = ctx.add_function("find", find);
+    let _ = ctx.add_function("findAll", find_all);
+}
+
+// ---- quantity ----
+
+/// A resource quantity, exactly, in units of 10^-9.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Quantity(i128);
+
+impl Opaque for Quantity {
+    fn runtime_type_name(&self) -> &str {
+        "kubernetes.Quantity"
+    }
+}
+
+const NANO: i128 = 1_000_000_000;
+
+/// Parses a quantity as `resource.ParseQuantity` does: a signed decimal number and a suffix
+/// (binary `Ki`…`Ei`, decimal `n`, `u`, `m`, `k`, `M`…`E`, or an exponent `e3`, `E-2`).
+pub fn parse_quantity(s: &str) -> Option<Quantity> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let (neg, rest) = match s.as_bytes()[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
+    let (number, suffix) = rest.split_at(end);
+    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
+        return None;
+    }
+    let (int, frac) = number.split_once('.').unwrap_or((number, ""));
+    if int.len() > 30 || frac.len() > 30 {
+        return None;
+    }
+    // The mantissa as an integer, and the power of ten it is scaled by.
+    let digits = format!("{int}{frac}");
+    let mantissa: i128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().ok()?
+    };
+    let mut exp10: i32 = -(frac.len() as i32);
+    let mut factor: i128 = 1;
+    match suffix {
+        "" => {}
+        "Ki" => factor = 1 << 10,
+        "Mi" => factor = 1 << 20,
+        "Gi" => factor = 1 << 30,
+        "Ti" => factor = 1 << 40,
+        "Pi" => factor = 1 << 50,
+        "Ei" => factor = 1 << 60,
+        "n" => exp10 -= 9,
+        "u" => exp10 -= 6,
+        "m" => exp10 -= 3,
+        "k" => exp10 += 3,
+        "M" => exp10 += 6,
+        "G" => exp10 += 9,
+        "T" => exp10 += 12,
+        "P" => exp10 += 15,
+        "E" => exp10 += 18,
+        e if e.starts_with(['e', 'E']) => {
+            let n: i32 = e[1..].parse().ok()?;
+            if !(-30..=30).contains(&n) {
+                return None;
+            }
+            exp10 += n;
+        }
+        _ => return None,
+    }
+    // In nano units: mantissa * factor * 10^(exp10 + 9), rounded up as Kubernetes does.
+    let exp = exp10 + 9;
+    let mut v = mantissa.checked_mul(factor)?;
+    if exp >= 0 {
+        v = v.checked_mul(10i128.checked_pow(exp as u32)?)?;
+    } else {
+        let d = 10i128.checked_pow((-exp) as u32)?;
+        v = (v + d - 1) / d;
+    }
+    Some(Quantity(if neg { -v } else { v }))
+}
+
+fn quantity_of(v: &Value) -> Result<Quantity, ExecutionError> {
+    match v {
+        Value::Opaque(o) => o
+            .downcast_ref::<Quantity>()
+            .copied()
+            .ok_or_else(|| ExecutionError::function_error("quantity", "not a quantity")),
+        Value::Int(i) => Ok(Quantity(*i as i128 * NANO)),
+        _ => Err(ExecutionError::function_error("quantity", "not a quantity")),
+    }
+}
+
+fn quantity(ftx: &FunctionContext, s: Arc<String>) -> ResolveResult {
+    parse_quantity(&s)
+        .map(|q| Value::Opaque(Arc::new(q)))
+        .ok_or_else(|| ftx.error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"))
+}
+
+fn is_quantity(s: Arc<String>) -> bool {
+    parse_quantity(&s).is_some()
+}
+
+fn compare(this: &Value, other: &Value) -> Result<std::cmp::Ordering, ExecutionError> {
+    Ok(quantity_of(this)?.0.cmp(&quantity_of(other)?.0))
+}
+
+fn is_greater_than(This(this): This<Value>, other: Value) -> ResolveResult {
+    Ok(Value::Bool(compare(&this, &other)?.is_gt()))
+}
+
+fn is_less_than(This(this): This<Value>, other: Value) -> ResolveResult {
+    Ok(Value::Bool(compare(&this, &other)?.is_lt()))
+}
+
+fn compare_to(This(this): This<Value>, other: Value) -> ResolveResult {
+    Ok(Value::Int(compare(&this, &other)? as i64))
+}
+
+fn as_integer(ftx: &FunctionContext, This(this): This<Value>) -> ResolveResult {
+    let q = quantity_of(&this)?;
+    if q.0 % NANO != 0 {
+        return Err(ftx.error("cannot convert value to integer"));
+    }
+    i64::try_from(q.0 / NANO)
+        .map(Value::Int)
+        .map_err(|_| ftx.error("cannot convert value to integer"))
+}
+
+fn as_approximate_float(This(this): This<Value>) -> ResolveResult {
+    Ok(Value::Float(quantity_of(&this)?.0 as f64 / NANO as f64))
+}
+
+fn sign(This(this): This<Value>) -> ResolveResult {
+    Ok(Value::Int(quantity_of(&this)?.0.signum() as i64))
+}
+
+fn is_integer(This(this): This<Value>) -> ResolveResult {
+    let q = quantity_of(&this)?;
+    Ok(Value::Bool(
+        q.0 % NANO == 0 && i64::try_from(q.0 / NANO).is_ok(),
+    ))
+}
+
+fn add(This(this): This<Value>, other: Value) -> ResolveResult {
+    let (a, b) = (quantity_of(&this)?, quantity_of(&other)?);
+    Ok(Value::Opaque(Arc::new(Quantity(a.0 + b.0))))
+}
+
+fn sub(This(this): This<Value>, other: Value) -> ResolveResult {
+    let (a, b) = (quantity_of(&this)?, quantity_of(&other)?);
+    Ok(Value::Opaque(Arc::new(Quantity(a.0 - b.0))))
+}
+
+// ---- url ----
+
+/// A URL as Go's `url.ParseRequestURI` reads it: absolute (`scheme://host/path?query`) or an
+/// absolute path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Url {
+    scheme: String,
+    host: String,
+    path: String,
+    query: String,
+}
+
+impl Opaque for Url {
+    fn runtime_type_name(&self) -> &str {
+        "kubernetes.URL"
+    }
+}
+
+pub fn parse_url(s: &str) -> Option<Url> {
+    if s.is_empty() || s.contains(char::is_whitespace) {
+        return None;
+    }
+    let (rest, query) = s.split_once('?').unwrap_or((s, ""));
+    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
+    if rest.starts_with('/') {
+        return Some(Url {
+            scheme: String::new(),
+            host: String::new(),
+            path: rest.to_string(),
+            query: query.to_string(),
+        });
+    }
+    let (scheme, after) = rest.split_once(':')?;
+    let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+    if !valid_scheme {
+        return None;
+    }
+    let (host, path) = match after.strip_prefix("//") {
+        Some(h) => match h.find('/') {
+            Some(i) => (h[..i].to_string(), h[i..].to_string()),
+            None => (h.to_string(), String::new()),
+        },
+        None => (String::new(), after.to_string()),
+    };
+    let host = host
+        .rsplit_once('@')
+        .map_or(host.clone(), |(_, h)| h.to_string());
+    Some(Url {
+        scheme: scheme.to_string(),
+        host,
+        path,
+        query: query.to_string(),
+    })
+}
+
+fn url_of(v: &Value) -> Result<Url, ExecutionError> {
+    match v {
+        Value::Opaque(o) => o
+            .downcast_ref::<Url>()
+            .cloned()
+            .ok_or_else(|| ExecutionError::function_error("url", "not a URL")),
+        _ => Err(ExecutionError::function_error("url", "not a URL")),
+    }
+}
+
+fn url(ftx: &FunctionContext, s: Arc<String>) -> ResolveResult {
+    parse_url(&s)
+        .map(|u| Value::Opaque(Arc::new(u)))
+        .ok_or_else(|| ftx.error(format!("URL parse error during conversion from string: parse \"{s}\": invalid URI for request")))
+}
+
+fn is_url(s: Arc<String>) -> bool {
+    parse_url(&s).is_some()
+}
+
+fn get_scheme(This(this): This<Value>) -> ResolveResult {
+    Ok(Value::String(Arc::new(url_of(&this)?.scheme)))
+}
+
+fn get_host(This(this): This<Value>) -> ResolveResult {
+    Ok(Value::String(Arc::new(url_of(&this)?.host)))
+}
+
+fn split_host(host: &str) -> (String, String) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((h, p)) = rest.split_once(']') {
+            return (h.to_string(), p.trim_start_matches(':').to_string());
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) => (h.to_string(), p.to_string()),
+        None => (host.to_string(), String::new()),
+    }
+}
+
+fn get_hostname(This(this): This<Value>) -> ResolveResult {
+    Ok(Value::String(Arc::new(split_host(&url_of(&this)?.host).0)))
+}
+
+fn get_port(This(this): This<Value>) -> ResolveResult {
+    Ok(Value::String(Arc::new(split_host(&url_of(&this)?.host).1)))
+}
+
+fn get_escaped_path(This(this): This<Value>) -> ResolveResult {
+    Ok(Value::String(Arc::new(url_of(&this)?.path)))
+}
+
+fn get_query(This(this): This<Value>) -> ResolveResult {
+    let u = url_of(&this)?;
+    let mut map: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    for pair in u.query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        map.entry(k.to_string())
+            .or_default()
+            .push(Value::String(Arc::new(v.to_string())));
+    }
+    let map: std::collections::HashMap<String, Value> = map
+        .into_iter()
+        .map(|(k, v)| (k, Value::List(Arc::new(v))))
+        .collect();
+    Ok(map.into())
+}
+
+// ---- lists ----
+
+fn list_of(v: &Value) -> Result<Arc<Vec<Value>>, ExecutionError> {
+    match v {
+        Value::List(l) => Ok(l.clone()),
+        _ => Err(ExecutionError::function_error("list", "not a list")),
+    }
+}
+
+fn order(a: &Value, b: &Value) -> Result<std::cmp::Ordering, ExecutionError> {
+    if let (Ok(x), Ok(y)) = (quantity_of(a), quantity_of(b)) {
+        if matches!(a, Value::Opaque(_)) {
+            return Ok(x.0.cmp(&y.0));
+        }
+    }
+    a.partial_cmp(b)
+        .ok_or_else(|| ExecutionError::ValuesNotComparable(a.clone(), b.clone()))
+}
+
+fn is_sorted(This(this): This<Value>) -> ResolveResult {
+    let l = list_of(&this)?;
+    for w in l.windows(2) {
+        if order(&w[0], &w[1])?.is_gt() {
+            return Ok(Value::Bool(false));
+        }
+    }
+    Ok(Value::Bool(true))
+}
+
+fn sum(This(this): This<Value>) -> ResolveResult {
+    let l = list_of(&this)?;
+    let mut acc = match l.first() {
+        Some(Value::Float(_)) => Value::Float(0.0),
+        Some(Value::UInt(_)) => Value::UInt(0),
+        _ => Value::Int(0),
+    };
+    for v in l.iter() {
+        acc = match (&acc, v) {
+            (Value::Int(a), Value::Int(b)) => Value::Int(
+                a.checked_add(*b)
+                    .ok_or_else(|| ExecutionError::function_error("sum", "integer overflow"))?,
+            ),
+            (Value::UInt(a), Value::UInt(b)) => Value::UInt(
+                a.checked_add(*b)
+                    .ok_or_else(|| ExecutionError::function_error("sum", "integer overflow"))?,
+            ),
+            (Value::Float(a), Value::Float(b)) => Value::Float(a + b),
+            _ => return Err(ExecutionError::no_such_overload("sum", vec![])),
+        };
+    }
+    Ok(acc)
+}
+
+fn extreme(this: &Value, want: std::cmp::Ordering) -> ResolveResult {
+    let l = list_of(this)?;
+    let mut best = l
+        .first()
+        .cloned()
+        .ok_or_else(|| ExecutionError::function_error("min", "min called on empty list"))?;
+    for v in l.iter().skip(1) {
+        if order(v, &best)? == want {
+            best = v.clone();
+        }
+    }
+    Ok(best)
+}
+
+fn min(This(this): This<Value>, Arguments(args): Arguments) -> ResolveResult {
+    if matches!(this, Value::List(_)) && args.is_empty() {
+        return extreme(&this, std::cmp::Ordering::Less);
+    }
+    extreme(&Value::List(args), std::cmp::Ordering::Less)
+}
+
+fn max(This(this): This<Value>, Arguments(args): Arguments) -> ResolveResult {
+    if matches!(this, Value::List(_)) && args.is_empty() {
+        return extreme(&this, std::cmp::Ordering::Greater);
+    }
+    extreme(&Value::List(args), std::cmp::Ordering::Greater)
+}
+
+// ---- regex ----
+
+fn compiled(ftx: &FunctionContext, re: &str) -> Result<regex::Regex, ExecutionError> {
+    regex::Regex::new(re).map_err(|e| ftx.error(e.to_string()))
+}
+
+fn find(ftx: &FunctionContext, This(this): This<Arc<String>>, re: Arc<String>) -> ResolveResult {
+    let re = compiled(ftx, &re)?;
+    Ok(Value::String(Arc::new(
+        re.find(&this)
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default(),
+    )))
+}
+
+fn find_all(
+    ftx: &FunctionContext,
+    This(this): This<Arc<String>>,
+    Arguments(args): Arguments,
+) -> ResolveResult {
+    let re = match args.first() {
+        Some(Value::String(s)) => compiled(ftx, s)?,
+        _ => return Err(ftx.error("findAll needs a regular expression")),
+    };
+    let limit = match args.get(1) {
+        Some(Value::Int(n)) if *n >= 0 => *n as usize,
+        _ => usize::MAX,
+    };
+    let found: Vec<Value> = re
+        .find_iter(&this)
+        .take(limit)
+        .map(|m| Value::String(Arc::new(m.as_str().to_string())))
+        .collect();
+    Ok(Value::List(Arc::new(found)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantities_compare_by_value_whatever_their_suffix() {
+        assert_eq!(parse_quantity("1Gi"), parse_quantity("1024Mi"));
+        assert_eq!(parse_quantity("1.5k"), parse_quantity("1500"));
+        assert_eq!(parse_quantity("100m"), parse_quantity("0.1"));
+        assert_eq!(parse_quantity("1e3"), parse_quantity("1k"));
+        assert!(parse_quantity("1.5Gi").unwrap().0 < parse_quantity("2Gi").unwrap().0);
+        for bad in ["", "Gi", "1.2.3", "1Zi", "abc"] {
+            assert_eq!(parse_quantity(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn urls_split_as_go_does() {
+        let u = parse_url("https://user@example.com:8443/a/b?x=1&x=2").unwrap();
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.path.as_str()),
+            ("https", "example.com:8443", "/a/b")
+        );
+        assert_eq!(split_host(&u.host), ("example.com".into(), "8443".into()));
+        assert!(parse_url("/just/a/path").is_some());
+        assert!(parse_url("not a url").is_none());
+        assert!(parse_url("relative/path").is_none());
+    }
+}

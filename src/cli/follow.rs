@@ -1,0 +1,117 @@
+//! Following a run through a running `recoverd serve` (`GET /api/v1/runs/{id}`), narrating each
+//! step as it starts and ends with the same printer `recoverd run` uses: `trigger --wait` and
+//! the demo.
+
+use std::time::Duration;
+
+use super::api::Api;
+use super::print::Printer;
+use crate::executor::{Event, Observer};
+use crate::record::{Phase, RunRecord, StepStatus};
+
+/// Where following a run ended.
+#[derive(Debug)]
+pub enum Followed {
+    /// The run finished (its phase says how), or was interrupted by a shutdown of the server
+    /// (it waits for `recoverd resume`).
+    Finished(RunRecord),
+    /// The run was still going when the time to wait ran out.
+    StillGoing(RunRecord),
+}
+
+/// How often to ask, and for how long.
+#[derive(Clone, Copy, Debug)]
+pub struct Follow {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Follow {
+    /// Polls the run until it finishes or `timeout` passes, printing each step's start and end
+    /// (onFailure steps too) once, then the run's end.
+    pub async fn run(self, api: &Api, id: &str, printer: &Printer) -> anyhow::Result<Followed> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut shown = Shown::default();
+        loop {
+            let (_, body) = api
+                .call(reqwest::Method::GET, &format!("/api/v1/runs/{id}"), None)
+                .await?;
+            let record: RunRecord = serde_json::from_value(body)?;
+            shown.narrate(&record, printer);
+            if record.phase.is_finished() || record.phase == Phase::Interrupted {
+                printer.on_event(&record, &Event::RunFinished);
+                return Ok(Followed::Finished(record));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(Followed::StillGoing(record));
+            }
+            tokio::time::sleep(self.interval).await;
+        }
+    }
+}
+
+/// What has been printed of a run so far.
+#[derive(Default)]
+struct Shown {
+    started: bool,
+    said_approval: bool,
+    steps: Vec<StepStatus>,
+    on_failure: Vec<StepStatus>,
+}
+
+impl Shown {
+    /// Prints what changed since the last look, as the executor's events would have.
+    fn narrate(&mut self, record: &RunRecord, printer: &Printer) {
+        if !self.started {
+            printer.on_event(record, &Event::RunStarted);
+            self.started = true;
+        }
+        if record.phase == Phase::WaitingForApproval && !self.said_approval {
+            printer.say(format_args!(
+                "  … waiting for approval: recoverd approve {}",
+                record.id
+            ));
+            self.said_approval = true;
+        }
+        for (compensation, shown, steps) in [
+            (false, &mut self.steps, &record.steps),
+            (true, &mut self.on_failure, &record.on_failure),
+        ] {
+            shown.resize(steps.len(), StepStatus::Pending);
+            for (index, step) in steps.iter().enumerate() {
+                let (was, now) = (shown[index], step.status);
+                if was == now {
+                    continue;
+                }
+                if was == StepStatus::Pending && now != StepStatus::Skipped {
+                    printer.on_event(
+                        record,
+                        &Event::StepStarted {
+                            index,
+                            compensation,
+                        },
+                    );
+                }
+                if now == StepStatus::WaitingForApproval {
+                    printer.say(format_args!(
+                        "  … waiting for approval: recoverd approve {}",
+                        record.id
+                    ));
+                }
+                if !matches!(
+                    now,
+                    StepStatus::Pending | StepStatus::Running | StepStatus::WaitingForApproval
+                ) {
+                    printer.on_event(
+                        record,
+                        &Event::StepFinished {
+                            index,
+                            compensation,
+                        },
+                    );
+                }
+                shown[index] = now;
+            }
+        }
+    }
+}
