@@ -714,7 +714,9 @@ fn the_containerfile_copies_what_exists_and_runs_recoverd_as_a_numeric_non_root_
     // Every member of the workspace: cargo refuses a workspace whose members are missing.
     let manifest = std::fs::read_to_string(repo_dir().join("Cargo.toml")).unwrap();
     let members = regex::Regex::new(r"(?m)^members = \[(.*)\]").unwrap();
-    let members = &members.captures(&manifest).expect("a [workspace] members line")[1];
+    let members = &members
+        .captures(&manifest)
+        .expect("a [workspace] members line")[1];
     for member in members.split(',').map(|m| m.trim().trim_matches('"')) {
         let top = member.split('/').next().unwrap();
         if member != "." {

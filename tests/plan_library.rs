@@ -522,6 +522,35 @@ fn replace_failed_instance_refuses_an_alert_about_another_pod() {
     );
 }
 
+#[test]
+fn the_cnpg_plans_and_the_cert_rotation_refuse_an_alert_about_something_else() {
+    for (plan, label, other, says) in [
+        (
+            "cnpg-switchover",
+            "\"cluster\":\"pg-north\"",
+            "\"cluster\":\"pg-west\"",
+            "the alert is about pg-west but the params switch over from pg-north",
+        ),
+        (
+            "cnpg-failover",
+            "\"cluster\":\"pg-north\"",
+            "\"cluster\":\"pg-west\"",
+            "the alert is about pg-west but the params fail over from pg-north",
+        ),
+        (
+            "rotate-replication-certs",
+            "\"secret\":\"pg-north-replication\"",
+            "\"secret\":\"pg-west-replication\"",
+            "the alert is about Secret pg-west-replication but the params copy pg-north-replication",
+        ),
+    ] {
+        let alert = format!("{plan}.alert.json");
+        let (ok, t) = rehearse_variant(plan, &[(&alert, label, other)], REFUSED, &[]);
+        assert!(ok, "{plan}: {t}");
+        assert!(t.contains(says), "{plan}: {t}");
+    }
+}
+
 /// cnpg-failover's world with the old site up: pg-north answers on cluster north, healthy.
 const OLD_SITE_UP: &[(&str, &str, &str)] = &[(
     "cnpg-failover.yaml",
