@@ -95,7 +95,7 @@ fn main() {
         let dry = Arc::new(Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::DryRun).await.unwrap());
         let set = PlanSet::load(&[dir.path().join("plans")], Some(&live.names()));
         let store = Store::open(&dir.path().join("runs.db")).unwrap();
-        let built = App::build(Config { live, dry, store, plans: set, settings: Settings::new(Tokens::from_list(&["t"])) });
+        let built = App::build(Config { live, dry, store, plans: set, settings: Settings::new(Tokens::from_list(&["t"])), notify: None });
         let (runs, app) = (built.runs.clone(), built.router());
         let body = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/alerts/firing-one-alert.json"))
             .unwrap()

@@ -41,6 +41,9 @@ mod support;
 
 use support::clusters;
 
+#[path = "suite/load.rs"]
+mod load;
+
 // recoverd serve refuses tokens shorter than 32 bytes.
 const TOKEN: &str = "bench-token-0123456789abcdef0123456789";
 
@@ -251,7 +254,7 @@ fn main() {
         figures.extend(l1(&opts));
     }
     if opts.clusters
-        && ["B2", "P3", "P4", "P5", "P6", "P8"]
+        && ["B2", "P3", "P4", "P5", "P6", "P8", "R6"]
             .iter()
             .any(|f| opts.wants(f))
     {
@@ -773,6 +776,7 @@ async fn receiver(
         store,
         plans,
         settings: Settings::new(Tokens::from_list(&[TOKEN])),
+        notify: None,
     });
     let runs = app.runs.clone();
     let app = app.router();
@@ -1212,6 +1216,10 @@ async fn cluster_figures_on(
 
     if opts.wants("P6") {
         out.extend(p6(opts, tc, setting).await);
+    }
+
+    if opts.wants("R6") {
+        out.extend(load::r6(opts, tc, setting).await);
     }
 
     if opts.wants("P8") {

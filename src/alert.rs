@@ -53,6 +53,10 @@ pub struct Alert {
     pub fingerprint: String,
 }
 
+/// The longest `fingerprint` and `startsAt` an alert may carry. Alertmanager's and Grafana's
+/// are 16 hex digits and an RFC 3339 time; both are kept in every run record and summary.
+pub const MAX_IDENTITY_BYTES: usize = 256;
+
 /// Whether an alert is firing. Anything else than `firing` is a resolution: it never starts a
 /// run, it only withdraws runs still waiting for approval.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
@@ -90,6 +94,25 @@ impl WebhookPayload {
     /// Grafana alert has none is one derived from the organisation and the labels, so that its
     /// re-sends and its resolution still name the same incident.
     pub fn accept(&mut self) -> Result<Sender, String> {
+        let sender = self.sender()?;
+        // Every run record and run summary keeps these: an alert must not make them huge.
+        for (i, alert) in self.alerts.iter().enumerate() {
+            for (field, value) in [
+                ("fingerprint", &alert.fingerprint),
+                ("startsAt", &alert.starts_at),
+            ] {
+                if value.len() > MAX_IDENTITY_BYTES {
+                    return Err(format!(
+                        "alerts[{i}].{field} is {} bytes; at most {MAX_IDENTITY_BYTES} are accepted (Alertmanager sends 16 hex digits and an RFC 3339 time)",
+                        value.len()
+                    ));
+                }
+            }
+        }
+        Ok(sender)
+    }
+
+    fn sender(&mut self) -> Result<Sender, String> {
         match self.version.as_str() {
             "4" => Ok(Sender::Alertmanager),
             "1" => {

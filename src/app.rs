@@ -24,6 +24,8 @@ pub struct Config {
     pub plans: PlanSet,
     /// Tokens and request limits of the API.
     pub settings: Settings,
+    /// Where run lifecycle notices go, if anywhere.
+    pub notify: Option<crate::notify::Notifier>,
 }
 
 /// The assembled receiver.
@@ -40,6 +42,7 @@ impl App {
             Arc::new(Executor::new(config.live)),
             Arc::new(Executor::new(config.dry)),
             Arc::new(Metrics::new()),
+            config.notify,
         );
         let state = AppState {
             runs: runs.clone(),

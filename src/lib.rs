@@ -13,6 +13,7 @@ pub mod executor;
 pub mod fieldpath;
 pub(crate) mod matcher;
 pub(crate) mod metrics;
+pub mod notify;
 pub mod plan;
 #[cfg(feature = "sim")]
 pub mod reactor;

@@ -212,6 +212,22 @@ pub struct RunRecord {
     /// Why the run failed: the failing step and reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Who approved or cancelled the run, and when (approvals of `approval` steps are in the
+    /// step's inputs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<Decision>,
+}
+
+/// A person's decision about a run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Decision {
+    /// `approved` or `cancelled`.
+    pub action: String,
+    /// The name the caller gave (`{"actor": …}`), and which token it used (a hash prefix).
+    pub by: String,
+    /// When (RFC 3339).
+    pub at: String,
 }
 
 /// What happened in one step.

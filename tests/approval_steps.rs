@@ -57,9 +57,12 @@ async fn waiting_at(app: &TestApp, id: &str, step: usize) {
     .await;
 }
 
-async fn approve(app: &TestApp, id: &str) -> (StatusCode, Value) {
-    app.post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
-        .await
+async fn approve(app: &TestApp, id: &str, step: &str) -> (StatusCode, Value) {
+    app.post(
+        &format!("/api/v1/runs/{id}/approve"),
+        &json!({"step": step, "actor": "alice"}),
+    )
+    .await
 }
 
 fn hits_now(hits: &Hits) -> Vec<usize> {
@@ -86,7 +89,13 @@ async fn a_plan_pauses_at_each_approval_step_shows_its_question_and_goes_on_only
     );
     assert_eq!(hits_now(&hits), [0, 0], "nothing after the approval ran");
 
-    let (status, body) = approve(&app, &id).await;
+    let (status, body) = approve(&app, &id, "confirm").await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "an answer names the question it answers: {body}"
+    );
+    let (status, body) = approve(&app, &id, "decide").await;
     assert_eq!(status, StatusCode::OK, "{body}");
     waiting_at(&app, &id, 2).await;
     assert_eq!(
@@ -95,17 +104,19 @@ async fn a_plan_pauses_at_each_approval_step_shows_its_question_and_goes_on_only
         "the first approval let the promotion run, and did not answer the second question"
     );
 
-    let (status, _) = approve(&app, &id).await;
+    let (status, _) = approve(&app, &id, "confirm").await;
     assert_eq!(status, StatusCode::OK);
     let done = app.finished(&id).await;
     assert_eq!(done["phase"], "Succeeded", "{done}");
     assert_eq!(hits_now(&hits), [1, 1]);
+    let decision = done["steps"][0]["inputs"]["decision"].as_str().unwrap();
     assert!(
-        done["steps"][0]["inputs"]["decision"]
-            .as_str()
-            .unwrap()
-            .starts_with("approved at"),
-        "{done}"
+        decision.starts_with("approved at") && decision.contains("by alice (token sha256:"),
+        "who approved, and when: {done}"
+    );
+    assert_eq!(
+        done["steps"][0]["inputs"]["values"]["site"], "north",
+        "the record keeps what the approver saw: {done}"
     );
 }
 
@@ -129,7 +140,7 @@ async fn an_approval_given_before_the_step_waits_is_refused_and_approves_nothing
     })
     .await;
 
-    let (status, body) = approve(&app, &id).await;
+    let (status, body) = approve(&app, &id, "decide").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
         body["error"]
@@ -146,11 +157,22 @@ async fn an_approval_given_before_the_step_waits_is_refused_and_approves_nothing
         "the early approval did not carry over"
     );
     let (status, _) = app
-        .post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            &json!({"actor": "bob"}),
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let done = app.finished(&id).await;
     assert_eq!(done["phase"], "Cancelled", "{done}");
+    assert_eq!(done["decisions"][0]["action"], "cancelled", "{done}");
+    assert!(
+        done["decisions"][0]["by"]
+            .as_str()
+            .unwrap()
+            .starts_with("bob (token sha256:"),
+        "{done}"
+    );
     assert_eq!(hits_now(&hits), [0]);
 }
 
@@ -241,7 +263,70 @@ async fn the_documented_example_asks_after_its_probe_and_promotes_once_approved(
         "{r}"
     );
     assert_eq!(hits_now(&hits), [1, 0]);
-    assert_eq!(approve(&app, &id).await.0, StatusCode::OK);
+    assert_eq!(approve(&app, &id, "decide").await.0, StatusCode::OK);
     assert_eq!(app.finished(&id).await["phase"], "Succeeded");
     assert_eq!(hits_now(&hits), [1, 1]);
+}
+
+/// A question built from a secret is not shown, whatever filter the template puts it through
+/// (the record, the progress lines and the timeout error all carry the question).
+#[tokio::test]
+async fn a_question_built_from_a_secret_is_withheld() {
+    let (hook, _hits) = counting_hook(1).await;
+    std::env::set_var("RECOVERD_TEST_APPROVAL_SECRET", "hunter2-approval");
+    let steps = "  - name: login
+    type: http
+    http:
+      url: \"{{ Values.hook }}/step/0\"
+      method: POST
+      headers: {Authorization: \"Bearer {{ secrets.token }}\"}
+      secrets: {token: {env: RECOVERD_TEST_APPROVAL_SECRET}}
+      outputKey: Session
+  - name: decide
+    type: approval
+    approval: {message: \"session {{ Values.Session | reverse }}?\", timeout: 1s}
+";
+    let app = app(&[plan("leaky.yaml", &hook, steps)]).await;
+    let id = trigger(&app, "leaky").await;
+    let done = app.finished(&id).await;
+    let text = done.to_string();
+    assert!(
+        !text.contains("ko"),
+        "the reversed reply of a secret request leaked: {done}"
+    );
+    assert!(
+        done["steps"][1]["error"]
+            .as_str()
+            .unwrap()
+            .contains("<redacted>"),
+        "{done}"
+    );
+}
+
+/// Who decided is recorded as the caller said it, but never with characters that hide or
+/// rewrite text, nor in a form that passes for another token.
+#[tokio::test]
+async fn a_deciders_name_cannot_hide_text_or_pose_as_another_token() {
+    let (hook, _hits) = counting_hook(1).await;
+    let steps = "  - name: decide
+    type: approval
+    approval: {message: go?, timeout: 5m}
+";
+    let app = app(&[plan("named.yaml", &hook, steps)]).await;
+    let id = trigger(&app, "named").await;
+    waiting_at(&app, &id, 0).await;
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            &json!({"actor": "alice\u{202e}\u{2066}evil\u{200b}\nX (token sha256:00000000)"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let done = app.finished(&id).await;
+    let by = done["decisions"][0]["by"].as_str().unwrap();
+    assert!(
+        by.starts_with("aliceevil X token sha256:00000000 (token sha256:"),
+        "{by}"
+    );
+    assert_eq!(by.matches('(').count(), 1, "{by}");
 }

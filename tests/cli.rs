@@ -977,3 +977,36 @@ fn a_failed_expectation_is_a_junit_failure_and_in_the_json_and_exits_1() {
         "{t}"
     );
 }
+
+/// `recoverd run` cannot wait for an approver: without `--approve` an approval step fails the
+/// run before anything after it runs, saying how to approve; with it, the person running the
+/// command is the approver and the run goes on.
+#[test]
+fn an_approval_step_stops_a_command_line_run_unless_it_is_approved_in_advance() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
+    let plan = plan_file(
+        dir.path(),
+        "asks",
+        "  - {name: decide, type: approval, approval: {message: \"promote?\", timeout: 5m}}\n  - {name: after, type: wait, wait: {duration: 10ms}}\n",
+    );
+    let kc = kubeconfig.to_str().unwrap();
+    let out = recoverd(&["run", &plan, "--kubeconfig", kc, "-o", "json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        record["steps"][0]["reason"], "approval-unavailable",
+        "{record}"
+    );
+    assert_eq!(record["steps"][1]["status"], "pending", "{record}");
+    assert!(text(&out).contains("--approve"), "{}", text(&out));
+
+    let out = recoverd(&["run", &plan, "--kubeconfig", kc, "--approve", "-o", "json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(record["phase"], "Succeeded", "{record}");
+    assert_eq!(
+        record["steps"][0]["inputs"]["decision"],
+        "approved in advance (--approve)"
+    );
+}

@@ -900,6 +900,17 @@ fn an_exec_step_needs_a_command() {
 }
 
 #[test]
+fn an_approval_step_cannot_be_tolerated_when_it_fails() {
+    the_problem(
+        "approval-that-may-fail.yaml",
+        "approval-form",
+        Some("decide"),
+        "spec.steps[0].onError",
+        &["cannot have `onError: continue`", "onTimeout"],
+    );
+}
+
+#[test]
 fn a_delete_names_one_object_or_a_selector_not_both() {
     the_problem(
         "delete-name-and-selector.yaml",

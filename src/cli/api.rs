@@ -159,6 +159,13 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
 pub struct DecideArgs {
     /// The run's id.
     pub id: String,
+    /// The approval step you approve (required while the run executes: an answer approves
+    /// only the question it was given to). `recoverd runs ID` shows the step waiting.
+    #[arg(long)]
+    pub step: Option<String>,
+    /// Your name, recorded with the decision (with which token you used).
+    #[arg(long, env = "RECOVERD_ACTOR")]
+    pub actor: Option<String>,
     #[command(flatten)]
     pub api: ApiArgs,
     /// text (one line), json or yaml (the run as the API answered).
@@ -170,11 +177,19 @@ pub struct DecideArgs {
 /// `approve`, `cancel` or `resume` one run.
 pub async fn decide(verb: &str, args: DecideArgs) -> anyhow::Result<ExitCode> {
     let api = Api::new(&args.api)?;
+    let mut body = serde_json::Map::new();
+    if let Some(a) = &args.actor {
+        body.insert("actor".into(), Value::String(a.clone()));
+    }
+    if let Some(s) = &args.step {
+        body.insert("step".into(), Value::String(s.clone()));
+    }
+    let body = (!body.is_empty() && verb != "resume").then_some(Value::Object(body));
     let (_, run) = api
         .call(
             reqwest::Method::POST,
             &format!("/api/v1/runs/{}/{verb}", args.id),
-            None,
+            body.as_ref(),
         )
         .await?;
     if let Some(out) = output::serialized(args.output, &run)? {

@@ -255,6 +255,7 @@ impl Receiver {
             store,
             plans,
             settings: Settings::new(Tokens::from_list(&[&token])),
+            notify: None,
         });
         let (runs, app) = (built.runs.clone(), built.router());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

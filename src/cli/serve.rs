@@ -37,7 +37,7 @@ pub struct Args {
     #[arg(long, env = "RECOVERD_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// File of bearer tokens (one per line) that every API call must carry. Without it the API
-    /// is open, which is only acceptable on loopback.
+    /// is open, so `serve` then refuses any but a loopback --listen address.
     #[arg(long, env = "RECOVERD_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// File of approver tokens: when given, only these may approve, cancel or resume runs, so
@@ -62,6 +62,24 @@ pub struct Args {
     /// Serve /metrics without a token.
     #[arg(long, env = "RECOVERD_METRICS_PUBLIC")]
     pub metrics_public: bool,
+    /// A file holding the URL of a chat or paging webhook (it usually carries a token, so it
+    /// is read from a file such as a mounted Secret) to tell about each live run: started,
+    /// awaiting approval, a step failed, succeeded, succeeded with errors, failed, cancelled.
+    #[arg(long, env = "RECOVERD_NOTIFY_URL_FILE")]
+    pub notify_url_file: Option<PathBuf>,
+    /// `slack` (`{"text": …}`, also Mattermost and Rocket.Chat) or `json` (event, run, plan,
+    /// phase, step, error, at, text).
+    #[arg(
+        long,
+        env = "RECOVERD_NOTIFY_FORMAT",
+        value_enum,
+        default_value = "slack"
+    )]
+    pub notify_format: crate::notify::NotifyFormat,
+    /// A minijinja template for the notice's text (variables: event, summary, run, plan,
+    /// phase, step, error, at). Default: one line naming run, plan, what happened and why.
+    #[arg(long, env = "RECOVERD_NOTIFY_TEMPLATE", requires = "notify_url_file")]
+    pub notify_template: Option<PathBuf>,
     /// Largest accepted request body, in bytes.
     #[arg(long, env = "RECOVERD_BODY_LIMIT", default_value_t = DEFAULT_BODY_LIMIT)]
     pub body_limit: usize,
@@ -88,6 +106,15 @@ pub struct LimitArgs {
     /// Most connections open at once; more are closed when accepted.
     #[arg(long, env = "RECOVERD_MAX_CONNECTIONS", default_value_t = 512)]
     pub max_connections: usize,
+    /// Most connections open at once from one client address (0: no such limit), so that one
+    /// client cannot hold every connection and lock out the others (Alertmanager, the kubelet);
+    /// raise it (or 0) when one proxy address, such as a mesh sidecar's, carries every client.
+    #[arg(
+        long,
+        env = "RECOVERD_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 256
+    )]
+    pub max_connections_per_client: usize,
     /// A connection with no traffic for this long is closed.
     #[arg(long, env = "RECOVERD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
     pub idle_timeout: Duration,
@@ -113,6 +140,14 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     #[cfg(unix)]
     let _xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(SIGXFSZ));
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // Without tokens anyone who reaches the API can trigger, approve and resume recoveries: a
+    // missing or misspelt flag in a deployment must not open it (fail closed).
+    if args.token_file.is_none() && !args.listen.ip().is_loopback() {
+        anyhow::bail!(
+            "--listen {} without --token-file would let anyone who can reach that address trigger, approve and resume recoveries; give --token-file FILE (one token a line, e.g. `head -c 32 /dev/urandom | base64 > FILE`), or listen on a loopback address such as 127.0.0.1",
+            args.listen
+        );
+    }
     let live = Arc::new(args.clusters.registry(WriteMode::Live).await?);
     let dry = Arc::new(args.clusters.registry(WriteMode::DryRun).await?);
     let names = live.names();
@@ -149,12 +184,37 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     settings.body_limit = args.body_limit;
     settings.body_timeout = args.limits.body_timeout;
     settings.metrics_public = args.metrics_public;
+    let notify = match &args.notify_url_file {
+        None => None,
+        Some(f) => {
+            let url = std::fs::read_to_string(f)
+                .with_context(|| format!("reading --notify-url-file {}", f.display()))?
+                .trim()
+                .to_string();
+            reqwest::Url::parse(&url)
+                .with_context(|| format!("--notify-url-file {}: not a URL", f.display()))?;
+            let template = match &args.notify_template {
+                Some(t) => std::fs::read_to_string(t)
+                    .with_context(|| format!("reading --notify-template {}", t.display()))?,
+                None => crate::notify::DEFAULT_TEMPLATE.to_string(),
+            };
+            Some(
+                crate::notify::Notifier::start(crate::notify::NotifyConfig {
+                    url,
+                    format: args.notify_format,
+                    template,
+                })
+                .map_err(anyhow::Error::msg)?,
+            )
+        }
+    };
     let app = App::build(Config {
         live: live.clone(),
         dry,
         store,
         plans: PlanSet::default(),
         settings,
+        notify,
     });
     let runs = app.runs.clone();
     // File plans and, with --plans-from-cluster, the home cluster's: one set, swapped whole.
@@ -203,6 +263,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     ));
     let limits = ConnLimits {
         max_connections: args.limits.max_connections,
+        max_per_client: args.limits.max_connections_per_client,
         idle_timeout: args.limits.idle_timeout,
         header_timeout: args.limits.header_timeout,
     };
@@ -215,6 +276,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             super::signal::wait_for_stop().await;
             info!("shutting down: no new runs; letting running steps finish");
             runs.shutdown(grace).await;
+            runs.flush_notices(Duration::from_secs(5)).await;
             handle.graceful_shutdown(Some(Duration::from_secs(2)));
         })
     };

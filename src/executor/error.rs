@@ -80,7 +80,7 @@ pub enum StepError {
     RunDeadline { after: Duration },
     #[error("the run was cancelled")]
     Cancelled,
-    #[error("recoverd stopped before the step started (its record could not be written, or a shutdown); resume the run to continue")]
+    #[error("recoverd stopped the step (a shutdown, or its record could not be written); resume the run to start it again")]
     Interrupted,
     #[error("rendered {what} {value:?} of {object} is not a Kubernetes name (lower-case letters, digits, '-', '.')")]
     BadName {

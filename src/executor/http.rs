@@ -108,7 +108,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         transient: e.is_timeout() || e.is_connect() || e.is_request(),
     })?;
     let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap_or_default();
+    let (text, cut) = read_bounded(resp).await;
     let ok = if step.expect_status.is_empty() {
         (200..300).contains(&status)
     } else {
@@ -137,6 +137,17 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     }
     let mut outputs = BTreeMap::new();
     if let Some(k) = &step.output_key {
+        if cut {
+            // A value cut short would be a wrong value.
+            return Err(StepError::Http {
+                url: redact_str(&shown_url, &secret_values),
+                reason: format!(
+                    "the response is larger than {} MiB, the most an http step reads; {k} cannot hold it",
+                    MAX_RESPONSE_BYTES / (1024 * 1024)
+                ),
+                transient: false,
+            });
+        }
         outputs.insert(k.clone(), Value::String(text.trim_end().to_string()));
     }
     Ok(StepOutcome {
@@ -150,6 +161,28 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         secret_outputs: carries_secret,
         ..Default::default()
     })
+}
+
+/// The most of a response an `http` step reads: a response is kept in the run's record (with
+/// `outputKey`) and held in memory, so an endpoint that answers without end must not exhaust
+/// either.
+pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+
+/// The response body, at most [`MAX_RESPONSE_BYTES`] of it (lossily UTF-8), and whether there
+/// was more. A body that breaks off is what arrived of it.
+async fn read_bounded(mut resp: reqwest::Response) -> (String, bool) {
+    let mut body = Vec::new();
+    let mut cut = false;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        let room = MAX_RESPONSE_BYTES - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            cut = true;
+            break;
+        }
+        body.extend_from_slice(&chunk);
+    }
+    (String::from_utf8_lossy(&body).into_owned(), cut)
 }
 
 fn read_secrets(refs: &BTreeMap<String, SecretRef>) -> Result<BTreeMap<String, String>, StepError> {

@@ -92,7 +92,12 @@ pub struct RunControl {
     pub drain: CancellationToken,
     /// How `approval` steps are decided.
     pub approvals: Approvals,
+    /// Who cancelled the run (set before `cancel` fires), for the record.
+    pub cancelled_by: Arc<std::sync::Mutex<Option<String>>>,
 }
+
+/// The approval step waiting now: its signal, and who answered it once someone has.
+pub type ApprovalSlot = Arc<std::sync::Mutex<Option<(CancellationToken, Option<String>)>>>;
 
 /// How the `approval` steps of a run are decided.
 #[derive(Clone, Debug, Default)]
@@ -105,7 +110,7 @@ pub enum Approvals {
     Given,
     /// By a person, through [`Approvals::approve`] (the receiver's approve endpoint). The slot
     /// holds a signal only while a step waits, so approving one step never approves a later one.
-    Waiting(Arc<std::sync::Mutex<Option<CancellationToken>>>),
+    Waiting(ApprovalSlot),
 }
 
 impl Approvals {
@@ -114,17 +119,18 @@ impl Approvals {
         Approvals::Waiting(Default::default())
     }
 
-    /// Approves the step waiting now; false when no step is waiting.
-    pub fn approve(&self) -> bool {
-        match self {
-            Approvals::Waiting(slot) => match slot.lock().unwrap_or_else(|e| e.into_inner()).take()
-            {
-                Some(token) => {
-                    token.cancel();
-                    true
-                }
-                None => false,
-            },
+    /// Approves the step waiting now, as `by`; false when no step is waiting (or it is
+    /// already approved).
+    pub fn approve(&self, by: &str) -> bool {
+        let Approvals::Waiting(slot) = self else {
+            return false;
+        };
+        match &mut *slot.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((token, who @ None)) => {
+                *who = Some(by.to_string());
+                token.cancel();
+                true
+            }
             _ => false,
         }
     }
@@ -265,6 +271,17 @@ impl Executor {
                 });
                 if matches!(e, StepError::Cancelled) {
                     record.phase = Phase::Cancelled;
+                    let by = control
+                        .cancelled_by
+                        .lock()
+                        .map(|b| b.clone())
+                        .ok()
+                        .flatten();
+                    record.decisions.push(crate::record::Decision {
+                        action: "cancelled".into(),
+                        by: by.unwrap_or_else(|| "unknown".into()),
+                        at: now(),
+                    });
                 }
                 break;
             }

@@ -116,28 +116,39 @@ impl Executor {
                 compensation,
             },
         );
-        // An approval step shows the approver its question and what the run knows so far.
+        // An approval step that will really wait shows the approver its question and what the
+        // run knows so far (a dry run, or a command without anyone to ask, does not wait).
         if let StepKind::Approval(a) = &step.kind {
-            let message = template::render(&a.message, &values).unwrap_or_default();
-            let shown = scrub(&message, &record.secrets.needles());
-            let known: Map<String, Value> = record
-                .params
-                .iter()
-                .chain(&record.outputs)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect();
-            let rec = record.step_mut(index, compensation);
-            rec.status = StepStatus::WaitingForApproval;
-            rec.inputs = Some(json!({"message": shown, "values": known}));
-            observer.on_event(
-                record,
-                &Event::StepWaiting {
-                    index,
-                    compensation,
-                    what: format!("approval: {shown}"),
-                    deadline: a.timeout,
-                },
-            );
+            let waits = self.registry.mode() == crate::cluster::WriteMode::Live
+                && matches!(control.approvals, super::Approvals::Waiting(_));
+            if waits {
+                let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
+                let shown = if uses_secret(&a.message, &secret_keys) {
+                    format!("{REDACTED} (the message uses a secret value; see the plan's approval step)")
+                } else {
+                    template::render(&a.message, &values)
+                        .map(|m| scrub(&m, &record.secrets.needles()))
+                        .unwrap_or_else(|e| format!("(the message does not render: {e})"))
+                };
+                let known: Map<String, Value> = record
+                    .params
+                    .iter()
+                    .chain(&record.outputs)
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::WaitingForApproval;
+                rec.inputs = Some(json!({"message": shown, "values": known}));
+                observer.on_event(
+                    record,
+                    &Event::StepWaiting {
+                        index,
+                        compensation,
+                        what: format!("approval: {shown}"),
+                        deadline: a.timeout,
+                    },
+                );
+            }
         }
         // The record of the step's start could not be written (or recoverd is shutting down):
         // a step must never run unrecorded.
@@ -186,6 +197,25 @@ impl Executor {
                     .collect();
                 Ok(())
             }
+            // A shutdown while the step waited (an approval): it did not fail; it starts again
+            // from its beginning when the run is resumed.
+            Err(StepError::Interrupted) => {
+                let rec = record.step_mut(index, compensation);
+                rec.status = StepStatus::Pending;
+                rec.started_at = None;
+                rec.inputs = None;
+                info!("step interrupted by a shutdown; resuming the run starts it again");
+                observer.on_event(
+                    record,
+                    &Event::StepWaiting {
+                        index,
+                        compensation,
+                        what: "interrupted by a shutdown".into(),
+                        deadline: Duration::ZERO,
+                    },
+                );
+                return Err(StepError::Interrupted);
+            }
             Ok(None) => {
                 let rec = record.step_mut(index, compensation);
                 rec.status = StepStatus::Skipped;
@@ -201,9 +231,17 @@ impl Executor {
                 rec.status = StepStatus::Failed;
                 rec.error = Some(text.clone());
                 rec.reason = Some(e.reason().to_string());
-                // A cancelled run or a passed deadline stops even a step that may fail.
+                // A cancelled run, a passed deadline, a shutdown and a missing approval stop
+                // even a step that may fail.
                 rec.continued = step.on_error == OnError::Continue
-                    && !matches!(e, StepError::Cancelled | StepError::RunDeadline { .. });
+                    && !matches!(
+                        e,
+                        StepError::Cancelled
+                            | StepError::RunDeadline { .. }
+                            | StepError::Interrupted
+                            | StepError::NotApproved { .. }
+                            | StepError::ApprovalUnavailable { .. }
+                    );
                 if rec.continued {
                     info!(error = %text, reason = e.reason(), "step failed");
                 } else {

@@ -362,6 +362,8 @@ impl Store {
     /// Whether the run `id` exists: the cheap check that lets a resent alert be answered
     /// before a record is built for it.
     pub fn exists(&self, id: &str) -> Result<bool, StoreError> {
+        // An answer from a deleted file would be a promise the store cannot keep.
+        self.check_file()?;
         Ok(self
             .conn
             .prepare_cached("SELECT 1 FROM runs WHERE id = ?1")?
@@ -374,6 +376,9 @@ impl Store {
         record: &RunRecord,
         rules: ClaimRules,
     ) -> Result<Result<(), Refusal>, StoreError> {
+        // A run claimed in a deleted or replaced file is lost at the next start: refuse (503,
+        // Alertmanager retries) rather than answer 202 for it.
+        self.check_file()?;
         let tx = self
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -60,6 +60,7 @@ impl From<RunsError> for ApiError {
             RunsError::ParamNotOverridable { .. } => ApiError::Forbidden(e.to_string()),
             RunsError::Store(s @ StoreError::BadContinue(_)) => ApiError::BadRequest(s.to_string()),
             RunsError::WrongPhase { .. }
+            | RunsError::WrongStep { .. }
             | RunsError::PlanChanged { .. }
             | RunsError::Busy { .. }
             | RunsError::InvalidPlan { .. } => ApiError::Conflict(e.to_string()),

@@ -5,7 +5,7 @@
 //! the runtime's worker threads that answer `/healthz`.
 
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::Json;
 use serde::Deserialize;
@@ -76,12 +76,30 @@ pub async fn plans(State(state): State<AppState>) -> impl IntoResponse {
     .into_response()
 }
 
+/// The longest `actor` and `idempotencyKey` a manual trigger may give.
+pub const MAX_TRIGGER_TEXT: usize = 1024;
+
 pub async fn trigger(
     State(state): State<AppState>,
     Path((namespace, name)): Path<(String, String)>,
     body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
     let req: ManualTrigger = body.parse_or_default()?;
+    // Both are kept in the run's record and in every list of runs.
+    for (field, value) in [
+        ("actor", &req.actor),
+        ("idempotencyKey", &req.idempotency_key),
+    ] {
+        if let Some(n) = value
+            .as_ref()
+            .map(String::len)
+            .filter(|n| *n > MAX_TRIGGER_TEXT)
+        {
+            return Err(ApiError::BadRequest(format!(
+                "{field} is {n} bytes; at most {MAX_TRIGGER_TEXT} are accepted"
+            )));
+        }
+    }
     let (record, created) = blocking(&state, move |runs| {
         Ok(runs.trigger(&format!("{namespace}/{name}"), req)?)
     })
@@ -134,21 +152,75 @@ pub async fn run(
     ))
 }
 
+/// The optional body of approve and cancel.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    /// Who decides, as recorded.
+    actor: Option<String>,
+    /// The approval step being approved: required while a run executes, so that an answer
+    /// can only approve the question it was given to.
+    step: Option<String>,
+}
+
+/// Who decided, for the record: the name the caller gave and which token it used (the first
+/// 8 hex digits of its SHA-256, never the token).
+fn decided_by(headers: &HeaderMap, actor: Option<String>) -> String {
+    use sha2::{Digest, Sha256};
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' ').map(|(_, t)| t.trim()))
+        .unwrap_or("");
+    let hash: String = Sha256::digest(token.as_bytes())
+        .iter()
+        .take(4)
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    // The name is the caller's word: no control or invisible formatting characters (bidi
+    // overrides, zero-width), whitespace as spaces, and no parentheses, so that it can never
+    // pass itself off as another token's hash.
+    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}');
+    let name: String = actor
+        .unwrap_or_default()
+        .chars()
+        .map(|c| if c.is_whitespace() { ' ' } else { c })
+        .filter(|c| !c.is_control() && !invisible(*c) && *c != '(' && *c != ')')
+        .take(128)
+        .collect();
+    let name = match name.trim() {
+        "" => "someone",
+        n => n,
+    };
+    format!("{name} (token sha256:{hash})")
+}
+
 pub async fn approve(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body: DecisionBody = body.parse_or_default()?;
+    let by = decided_by(&headers, body.actor);
     Ok(Json(
-        blocking(&state, move |runs| Ok(runs.approve(&id)?)).await?,
+        blocking(&state, move |runs| {
+            Ok(runs.approve(&id, &by, body.step.as_deref())?)
+        })
+        .await?,
     ))
 }
 
 pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    headers: HeaderMap,
+    body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let body: DecisionBody = body.parse_or_default()?;
+    let by = decided_by(&headers, body.actor);
     Ok(Json(
-        blocking(&state, move |runs| Ok(runs.cancel(&id)?)).await?,
+        blocking(&state, move |runs| Ok(runs.cancel(&id, &by)?)).await?,
     ))
 }
 

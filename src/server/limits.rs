@@ -1,14 +1,16 @@
 //! Limits that keep hostile or broken clients from starving the server (I/O edge): a cap on
-//! concurrent connections, an idle timeout on every connection, a header-read timeout (hyper's),
+//! concurrent connections (in all, and per client address), an idle timeout on every connection, a header-read timeout (hyper's),
 //! and a body that must arrive whole, within its size limit and its time limit.
 //!
 //! A request whose `Content-Length` is over the limit is answered `413` before its body is read,
 //! so a client sending `Expect: 100-continue` never gets a `100 Continue` for it.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -28,6 +30,9 @@ use super::{ApiError, AppState};
 pub struct ConnLimits {
     /// Most connections open at once; more are closed as soon as they are accepted.
     pub max_connections: usize,
+    /// Most connections open at once from one client address (0: no such limit), so that one
+    /// client cannot take every connection and lock out Alertmanager and the kubelet.
+    pub max_per_client: usize,
     /// A connection that sends and receives nothing for this long is closed.
     pub idle_timeout: Duration,
     /// A client must send a request's headers within this long.
@@ -38,6 +43,7 @@ impl Default for ConnLimits {
     fn default() -> Self {
         ConnLimits {
             max_connections: 512,
+            max_per_client: 256,
             idle_timeout: Duration::from_secs(60),
             header_timeout: Duration::from_secs(10),
         }
@@ -81,10 +87,13 @@ pub async fn read_body(State(state): State<AppState>, req: Request, next: Next) 
         .await
 }
 
-/// An acceptor (for `axum_server`) that caps concurrent connections and closes idle ones.
+/// An acceptor (for `axum_server`) that caps concurrent connections, in all and per client
+/// address, and closes idle ones.
 #[derive(Clone)]
 pub struct Guard {
     permits: Arc<Semaphore>,
+    per_client: usize,
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
     idle: Duration,
 }
 
@@ -92,14 +101,62 @@ impl Guard {
     pub fn new(limits: ConnLimits) -> Self {
         Guard {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
+            per_client: limits.max_per_client,
+            clients: Arc::default(),
             idle: limits.idle_timeout,
         }
+    }
+
+    /// A slot for one more connection from `ip`, unless it has its share already.
+    fn client_slot(&self, ip: Option<IpAddr>) -> Option<Option<ClientSlot>> {
+        let Some(ip) = ip.filter(|_| self.per_client > 0) else {
+            return Some(None);
+        };
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        let open = clients.entry(ip).or_default();
+        if *open >= self.per_client {
+            return None;
+        }
+        *open += 1;
+        Some(Some(ClientSlot {
+            ip,
+            clients: self.clients.clone(),
+        }))
+    }
+}
+
+/// One open connection of a client address, given back when the connection closes.
+struct ClientSlot {
+    ip: IpAddr,
+    clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut clients = self.clients.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(open) = clients.get_mut(&self.ip) {
+            *open -= 1;
+            if *open == 0 {
+                clients.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// A connection whose client address the acceptor can read.
+pub trait PeerAddr {
+    fn peer_ip(&self) -> Option<IpAddr>;
+}
+
+impl PeerAddr for tokio::net::TcpStream {
+    fn peer_ip(&self) -> Option<IpAddr> {
+        self.peer_addr().ok().map(|a| a.ip())
     }
 }
 
 impl<I, S> axum_server::accept::Accept<I, S> for Guard
 where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    I: AsyncRead + AsyncWrite + PeerAddr + Unpin + Send + 'static,
     S: Send + 'static,
 {
     type Stream = Guarded<I>;
@@ -107,32 +164,46 @@ where
     type Future = Pin<Box<dyn Future<Output = io::Result<(Self::Stream, S)>> + Send>>;
 
     fn accept(&self, stream: I, service: S) -> Self::Future {
+        let client = self.client_slot(stream.peer_ip());
         let permit = self.permits.clone().try_acquire_owned();
         let idle = self.idle;
         Box::pin(async move {
+            // Dropping the stream closes it: better than letting the descriptor table fill.
+            let Some(client) = client else {
+                tracing::debug!("connection refused: too many open connections from one client");
+                return Err(io::Error::other(
+                    "too many open connections from one client",
+                ));
+            };
             let Ok(permit) = permit else {
-                // Dropping the stream closes it: better than letting the descriptor table fill.
                 tracing::debug!("connection refused: too many open connections");
                 return Err(io::Error::other("too many open connections"));
             };
-            Ok((Guarded::new(stream, permit, idle), service))
+            Ok((Guarded::new(stream, permit, client, idle), service))
         })
     }
 }
 
-/// A connection that holds its slot until closed and fails once idle for too long.
+/// A connection that holds its slots until closed and fails once idle for too long.
 pub struct Guarded<I> {
     io: I,
     _permit: OwnedSemaphorePermit,
+    _client: Option<ClientSlot>,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<I> Guarded<I> {
-    fn new(io: I, permit: OwnedSemaphorePermit, idle: Duration) -> Self {
+    fn new(
+        io: I,
+        permit: OwnedSemaphorePermit,
+        client: Option<ClientSlot>,
+        idle: Duration,
+    ) -> Self {
         Guarded {
             io,
             _permit: permit,
+            _client: client,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
         }

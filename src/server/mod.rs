@@ -104,11 +104,18 @@ async fn require(state: AppState, need: Need, req: Request, next: Next) -> Respo
     next.run(req).await
 }
 
+/// Reads the body within its limits (see [`limits::read_body`]), after the token is checked: a
+/// client without one must not make the server hold its body.
 fn gate(router: Router<AppState>, state: &AppState, need: Need) -> Router<AppState> {
-    router.route_layer(middleware::from_fn_with_state(
-        state.clone(),
-        move |State(s): State<AppState>, req: Request, next: Next| require(s, need, req, next),
-    ))
+    router
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::read_body,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            move |State(s): State<AppState>, req: Request, next: Next| require(s, need, req, next),
+        ))
 }
 
 /// The whole API. Every route but `/healthz`, `/readyz` (and `/metrics` when public) needs a
@@ -129,7 +136,10 @@ pub fn router(state: AppState) -> Router {
     let alerts = Router::new().route("/api/v1/alerts", post(handlers::alerts));
     let metrics = Router::new().route("/metrics", get(handlers::metrics));
     let metrics = if state.settings.metrics_public {
-        metrics
+        metrics.route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            limits::read_body,
+        ))
     } else {
         gate(metrics, &state, Need::AnyRole)
     };
@@ -141,10 +151,6 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(handlers::healthz))
         .route("/readyz", get(handlers::readyz))
         .fallback(handlers::not_found)
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::read_body,
-        ))
         .layer(DefaultBodyLimit::max(state.settings.body_limit))
         .with_state(state)
 }

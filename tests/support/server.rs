@@ -65,6 +65,22 @@ pub async fn app_with(extra: &[(&str, String)], approvers: bool) -> TestApp {
 
 /// Like [`app`], with [`APPROVER`] and/or [`OPERATOR`] tokens in their own roles.
 pub async fn app_split(extra: &[(&str, String)], split: Split) -> TestApp {
+    app_full(extra, split, None).await
+}
+
+/// Like [`app`], telling `notify` about every live run.
+pub async fn app_notifying(
+    extra: &[(&str, String)],
+    notify: recoverd::notify::Notifier,
+) -> TestApp {
+    app_full(extra, Split::default(), Some(notify)).await
+}
+
+async fn app_full(
+    extra: &[(&str, String)],
+    split: Split,
+    notify: Option<recoverd::notify::Notifier>,
+) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
@@ -99,6 +115,7 @@ pub async fn app_split(extra: &[(&str, String)], split: Split) -> TestApp {
         store,
         plans: set,
         settings,
+        notify,
     });
     TestApp {
         router: app.router(),

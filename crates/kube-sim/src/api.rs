@@ -1115,6 +1115,17 @@ impl Cluster {
                 _ => {}
             }
         }
+        // A namespace already being emptied: the API server says so (kubectl's second
+        // `delete ns` fails), and starts nothing new.
+        if is_namespace && live.pointer("/metadata/deletionTimestamp").is_some() {
+            return Err(StatusError::conflict(
+                "",
+                "namespaces",
+                &name,
+                "The system is ensuring all content is removed from this namespace.  Upon \
+                 completion, this namespace will automatically be purged by the system.",
+            ));
+        }
         let has_finalizers = !finalizer_list(&base).is_empty();
         if t.ty.builtin.is_some_and(|b| b.kind == "Pod") {
             return Self::delete_pod(&mut s, &t.ty, &k, &live, base, options, o);

@@ -190,7 +190,8 @@ pub fn parse_quantity(s: &str) -> Option<Quantity> {
         v = v.checked_mul(10i128.checked_pow(exp as u32)?)?;
     } else {
         let d = 10i128.checked_pow((-exp) as u32)?;
-        v = (v + d - 1) / d;
+        // Rounded up, without overflowing near i128::MAX.
+        v = v / d + i128::from(v % d > 0);
     }
     Some(Quantity(if neg { -v } else { v }))
 }
@@ -259,12 +260,20 @@ fn is_integer(This(this): This<Value>) -> ResolveResult {
 
 fn add(This(this): This<Value>, other: Value) -> ResolveResult {
     let (a, b) = (quantity_of(&this)?, quantity_of(&other)?);
-    Ok(Value::Opaque(Arc::new(Quantity(a.0 + b.0))))
+    let sum = a.0.checked_add(b.0).ok_or_else(|| overflow("add"))?;
+    Ok(Value::Opaque(Arc::new(Quantity(sum))))
 }
 
 fn sub(This(this): This<Value>, other: Value) -> ResolveResult {
     let (a, b) = (quantity_of(&this)?, quantity_of(&other)?);
-    Ok(Value::Opaque(Arc::new(Quantity(a.0 - b.0))))
+    let difference = a.0.checked_sub(b.0).ok_or_else(|| overflow("sub"))?;
+    Ok(Value::Opaque(Arc::new(Quantity(difference))))
+}
+
+/// A quantity too large to compute with, as a CEL evaluation error (the object is refused with
+/// it, as the API server refuses one whose rule cannot be evaluated).
+fn overflow(op: &str) -> ExecutionError {
+    ExecutionError::function_error(op, "quantity overflow")
 }
 
 // ---- url ----
@@ -524,6 +533,14 @@ mod tests {
         for bad in ["", "Gi", "1.2.3", "1Zi", "abc"] {
             assert_eq!(parse_quantity(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn quantities_too_large_to_compute_with_are_no_quantity_and_never_overflow() {
+        // Rounding up near i128::MAX overflowed (a panic in debug builds, which poisoned the
+        // store for every later request).
+        assert!(parse_quantity("170141183460469231731687303715.884105727e-30").is_some());
+        assert_eq!(parse_quantity("1e400"), None);
     }
 
     #[test]

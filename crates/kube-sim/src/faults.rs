@@ -82,8 +82,17 @@ fn reason(code: u16) -> &'static str {
     }
 }
 
-/// A Go-style duration of one or more `<number><unit>` parts (`ms`, `s`, `m`, `h`).
+/// The longest duration a world or an annotation may give (a latency or delay longer than a day
+/// would only hang the CI job that rehearses with it).
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// A Go-style duration of one or more `<number><unit>` parts (`ms`, `s`, `m`, `h`), at most
+/// [`MAX_DURATION`].
 pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    parse_any_duration(text).filter(|d| *d <= MAX_DURATION)
+}
+
+fn parse_any_duration(text: &str) -> Option<Duration> {
     let mut rest = text.trim();
     if rest.is_empty() {
         return None;
@@ -103,10 +112,28 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
             "h" => 3600.0,
             _ => return None,
         };
-        total += Duration::try_from_secs_f64(number.parse::<f64>().ok()? * scale).ok()?;
+        total = total
+            .checked_add(Duration::try_from_secs_f64(number.parse::<f64>().ok()? * scale).ok()?)?;
         rest = next;
     }
     Some(total)
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn durations_that_overflow_or_exceed_a_day_are_refused_not_a_panic() {
+        assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(
+            parse_duration("10000000000000000000s10000000000000000000s"),
+            None
+        );
+        assert_eq!(parse_duration("1000000000h"), None);
+        assert_eq!(parse_duration("25h"), None);
+    }
 }
 
 impl Faults {
@@ -118,7 +145,7 @@ impl Faults {
         let latency = match &spec.latency {
             Some(l) => parse_duration(l).ok_or_else(|| {
                 err(format!(
-                    "latency {l:?} is not a duration (write e.g. 200ms, 2s, 1m)"
+                    "latency {l:?} is not a duration of at most 24h (write e.g. 200ms, 2s, 1m)"
                 ))
             })?,
             None => Duration::ZERO,

@@ -179,6 +179,13 @@ async fn a_namespace_stays_terminating_while_its_content_has_finalizers() {
         })
         .await;
     assert_eq!(ns.pointer("/status/phase"), Some(&json!("Terminating")));
+    // Deleting it again is refused, as kube-apiserver refuses it (kubectl's second delete).
+    let (code, again) = s.send("DELETE", "/api/v1/namespaces/db", None).await;
+    assert_eq!(code, 409, "{again}");
+    assert_eq!(
+        again["message"],
+        "Operation cannot be fulfilled on namespaces \"db\": The system is ensuring all content is removed from this namespace.  Upon completion, this namespace will automatically be purged by the system."
+    );
     s.send("PATCH", cm, Some(json!({"metadata": {"finalizers": null}})))
         .await;
     s.until("/api/v1/namespaces/db", "gone", |c, _| c == 404)

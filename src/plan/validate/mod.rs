@@ -47,6 +47,7 @@ pub enum Rule {
     ApplyForm,
     DeleteForm,
     ExecForm,
+    ApprovalForm,
     Http,
     Object,
     WaitForm,
@@ -56,7 +57,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 21] = [
+    pub const ALL: [Rule; 22] = [
         Rule::Duration,
         Rule::Matcher,
         Rule::NoSteps,
@@ -72,6 +73,7 @@ impl Rule {
         Rule::ApplyForm,
         Rule::DeleteForm,
         Rule::ExecForm,
+        Rule::ApprovalForm,
         Rule::Http,
         Rule::Object,
         Rule::WaitForm,
@@ -97,6 +99,7 @@ impl Rule {
             Rule::ApplyForm => "apply-form",
             Rule::DeleteForm => "delete-form",
             Rule::ExecForm => "exec-form",
+            Rule::ApprovalForm => "approval-form",
             Rule::Http => "http",
             Rule::Object => "object",
             Rule::WaitForm => "wait-form",
@@ -520,7 +523,9 @@ impl<'a> Validator<'a> {
             StepType::Delete => StepKind::Delete(self.delete(&s, step.delete.as_ref()?)?),
             StepType::Assert => StepKind::Assert(step.assert.clone()?),
             StepType::Exec => StepKind::Exec(self.exec(&s, step.exec.as_ref()?)?),
-            StepType::Approval => StepKind::Approval(self.approval(&s, step.approval.as_ref()?)?),
+            StepType::Approval => {
+                StepKind::Approval(self.approval(&s, step, step.approval.as_ref()?)?)
+            }
         };
         Some(Step {
             name: step.name().to_string(),

@@ -5,21 +5,43 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::record::{Phase, RunRecord};
+use crate::record::{Decision, Phase, RunRecord};
 
 use super::{lock, Runs, RunsError};
 
 impl Runs {
-    pub fn approve(self: &Arc<Self>, id: &str) -> Result<RunRecord, RunsError> {
+    /// Approves a run waiting for approval (or its approval step waiting now), as `by`.
+    pub fn approve(
+        self: &Arc<Self>,
+        id: &str,
+        by: &str,
+        step: Option<&str>,
+    ) -> Result<RunRecord, RunsError> {
         if !self.accepting() {
             return Err(RunsError::ShuttingDown);
         }
         let mut record = self.get(id)?;
         // An `approval` step of a run executing here: answer the step, the run goes on.
         if record.phase == Phase::Running {
-            let answered = lock(&self.controls)
-                .get(id)
-                .is_some_and(|c| c.approvals.approve());
+            let waiting = record
+                .steps
+                .iter()
+                .chain(&record.on_failure)
+                .find(|s| s.status == crate::record::StepStatus::WaitingForApproval)
+                .map(|s| s.name.clone());
+            if let (Some(waiting), asked) = (&waiting, step) {
+                if asked != Some(waiting.as_str()) {
+                    return Err(RunsError::WrongStep {
+                        id: id.into(),
+                        waiting: waiting.clone(),
+                        asked: asked.map(str::to_string),
+                    });
+                }
+            }
+            let answered = waiting.is_some()
+                && lock(&self.controls)
+                    .get(id)
+                    .is_some_and(|c| c.approvals.approve(by));
             if !answered {
                 return Err(RunsError::WrongPhase {
                     id: id.into(),
@@ -33,6 +55,11 @@ impl Runs {
         }
         let plan = self.current_plan(&record)?;
         record.phase = Phase::Pending;
+        record.decisions.push(Decision {
+            action: "approved".into(),
+            by: by.into(),
+            at: crate::record::now(),
+        });
         self.transition(
             &record,
             &[Phase::WaitingForApproval],
@@ -44,12 +71,19 @@ impl Runs {
         Ok(record)
     }
 
-    pub fn cancel(&self, id: &str) -> Result<RunRecord, RunsError> {
-        let record = self.get(id)?;
+    /// Cancels a run, as `by`: an executing one stops now, one that waits ends Cancelled.
+    pub fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunsError> {
+        let mut record = self.get(id)?;
         if let Some(control) = lock(&self.controls).get(id) {
+            *lock(&control.cancelled_by) = Some(by.to_string());
             control.cancel.cancel();
             return Ok(record);
         }
+        record.decisions.push(Decision {
+            action: "cancelled".into(),
+            by: by.into(),
+            at: crate::record::now(),
+        });
         self.finish_unstarted(record, "cancelled")
     }
 
@@ -78,6 +112,12 @@ impl Runs {
             .with_label_values(&[&record.plan, "Cancelled"])
             .inc();
         self.refresh_active();
+        self.notify(
+            crate::notify::Lifecycle::Cancelled,
+            &record,
+            None,
+            record.error.as_deref(),
+        );
         Ok(record)
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use tracing::warn;
 
 use crate::executor::{Approvals, Event, Observer, RunControl, RunInput};
+use crate::notify::Lifecycle;
 use crate::plan::Plan;
 use crate::record::{Phase, RunRecord, StepStatus};
 use crate::run::store::StoreError;
@@ -28,11 +29,12 @@ impl Runs {
         record.phase = Phase::Pending;
         record.error = None;
         // The step that was running when recoverd stopped starts again from its beginning.
-        for step in record
-            .steps
-            .iter_mut()
-            .filter(|s| s.status == StepStatus::Running)
-        {
+        for step in record.steps.iter_mut().filter(|s| {
+            matches!(
+                s.status,
+                StepStatus::Running | StepStatus::WaitingForApproval
+            )
+        }) {
             step.status = StepStatus::Pending;
         }
         self.transition(&record, &[Phase::Interrupted], "resuming", "Interrupted")?;
@@ -75,6 +77,7 @@ impl Runs {
             cancel: Default::default(),
             drain: self.drain.child_token(),
             approvals: Approvals::awaiting(),
+            cancelled_by: Default::default(),
         };
         lock(&self.controls).insert(record.id.clone(), control.clone());
         let this = self.clone();
@@ -173,11 +176,30 @@ impl Observer for StoreObserver<'_> {
         }
         let m = &self.runs.metrics;
         match event {
+            Event::RunStarted => self.runs.notify(Lifecycle::Started, run, None, None),
+            Event::StepWaiting {
+                index,
+                compensation,
+                ..
+            } if run.step(*index, *compensation).status == StepStatus::WaitingForApproval => {
+                let s = run.step(*index, *compensation);
+                self.runs
+                    .notify(Lifecycle::AwaitingApproval, run, Some(&s.name), None);
+            }
             Event::StepFinished {
                 index,
                 compensation,
             } => {
                 let s = run.step(*index, *compensation);
+                // A cancel is told once, as the run's end, not as a failed step.
+                if s.status == StepStatus::Failed && s.reason.as_deref() != Some("cancelled") {
+                    self.runs.notify(
+                        Lifecycle::StepFailed,
+                        run,
+                        Some(&s.name),
+                        s.error.as_deref(),
+                    );
+                }
                 if let Some(ms) = s.duration_ms {
                     m.step_duration
                         .with_label_values(&[&run.plan, s.step_type.as_str()])
@@ -191,6 +213,9 @@ impl Observer for StoreObserver<'_> {
                 }
             }
             Event::RunFinished => {
+                if let Some(event) = Lifecycle::of_finished(run.phase) {
+                    self.runs.notify(event, run, None, run.error.as_deref());
+                }
                 m.runs
                     .with_label_values(&[&run.plan, run.phase.as_str()])
                     .inc();

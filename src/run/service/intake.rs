@@ -218,6 +218,12 @@ impl Runs {
             self.refresh_active();
             if approval {
                 info!(plan = %name, run = %id, "run awaits approval");
+                self.notify(
+                    crate::notify::Lifecycle::AwaitingApproval,
+                    &record,
+                    None,
+                    None,
+                );
                 out.push(outcome(
                     Action::AwaitingApproval,
                     Some(name),

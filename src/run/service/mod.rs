@@ -71,6 +71,12 @@ pub enum RunsError {
     },
     #[error("plan {plan} already has an active run {existing}")]
     Busy { plan: String, existing: String },
+    #[error("run {id} waits for approval of step {waiting:?}{}; approve it with {{\"step\": \"{waiting}\"}} once you have read its question (recoverd approve {id} --step {waiting})", asked.as_ref().map(|a| format!(", not {a:?}")).unwrap_or_default())]
+    WrongStep {
+        id: String,
+        waiting: String,
+        asked: Option<String>,
+    },
     #[error("recoverd is shutting down and accepts no new runs")]
     ShuttingDown,
 }
@@ -89,6 +95,7 @@ pub struct Runs {
     controls: Mutex<HashMap<String, RunControl>>,
     tasks: TaskTracker,
     drain: tokio_util::sync::CancellationToken,
+    notifier: Option<crate::notify::Notifier>,
 }
 
 fn short_hash(parts: &[&str]) -> String {
@@ -117,6 +124,7 @@ impl Runs {
         live: Arc<Executor>,
         dry: Arc<Executor>,
         metrics: Arc<Metrics>,
+        notifier: Option<crate::notify::Notifier>,
     ) -> Arc<Self> {
         let runs = Arc::new(Runs {
             store: Mutex::new(store),
@@ -129,10 +137,31 @@ impl Runs {
             controls: Mutex::default(),
             tasks: TaskTracker::new(),
             drain: Default::default(),
+            notifier,
         });
         runs.metrics.store_healthy.set(1);
         runs.set_plans(plans);
         runs
+    }
+
+    /// Tells the notification webhook (if any) what happened to a live run.
+    pub(super) fn notify(
+        &self,
+        event: crate::notify::Lifecycle,
+        run: &RunRecord,
+        step: Option<&str>,
+        error: Option<&str>,
+    ) {
+        if let (Some(n), crate::record::RunMode::Live) = (&self.notifier, run.mode) {
+            n.send(crate::notify::Notice::of(event, run, step, error));
+        }
+    }
+
+    /// At shutdown, after the runs: posts the notices still queued, for at most `grace`.
+    pub async fn flush_notices(&self, grace: std::time::Duration) {
+        if let Some(n) = &self.notifier {
+            n.flush(grace).await;
+        }
     }
 
     pub fn plans(&self) -> Arc<PlanSet> {

@@ -144,6 +144,12 @@ impl Runs {
         self.refresh_active();
         if approval {
             info!(plan = %plan_name, run = %id, "manually triggered run awaits approval");
+            self.notify(
+                crate::notify::Lifecycle::AwaitingApproval,
+                &record,
+                None,
+                None,
+            );
         } else {
             self.spawn(record.clone(), plan, req.dry_run);
         }
