@@ -209,6 +209,8 @@ async fn rehearse(name: &str, on: On) {
         alert.display().to_string(),
         "--expect".into(),
         expect.display().to_string(),
+        // The rehearsal's operator approves the plans' `approval` steps (cnpg-failover's).
+        "--approve".into(),
     ];
     args.extend(extra);
     let out = recoverd(&args.iter().map(String::as_str).collect::<Vec<_>>());
@@ -403,6 +405,263 @@ fn every_reactor_and_expectation_example_in_docs_worlds_md_parses() {
         let parsed: Result<recoverd::world::Expectations, _> = serde_yaml::from_str(&block);
         assert!(parsed.is_ok(), "{block}\n{:?}", parsed.err());
     }
+}
+
+/// Rehearses `plans/PLAN.yaml` on the simulator in a copy of `plans/worlds/` changed by `edits`
+/// (file under the worlds, text, replacement), with the expectations `expect` (YAML) and `args`.
+/// Returns whether it passed, and its output.
+fn rehearse_variant(
+    plan: &str,
+    edits: &[(&str, &str, &str)],
+    expect: &str,
+    args: &[&str],
+) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let worlds = worlds_in_namespace(dir.path(), "db");
+    for (file, from, to) in edits {
+        let path = worlds.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{file} has no {from:?}");
+        std::fs::write(&path, text.replace(from, to)).unwrap();
+    }
+    let expect_file = dir.path().join("expect.yaml");
+    std::fs::write(&expect_file, expect).unwrap();
+    let plan_file = repo_dir().join(format!("plans/{plan}.yaml"));
+    let world = worlds.join(format!("{plan}.yaml"));
+    let alert = worlds.join(format!("{plan}.alert.json"));
+    let mut all = vec![
+        "rehearse",
+        plan_file.to_str().unwrap(),
+        "--world",
+        world.to_str().unwrap(),
+        "--alert",
+        alert.to_str().unwrap(),
+        "--expect",
+        expect_file.to_str().unwrap(),
+        "--approve",
+    ];
+    all.extend(args);
+    let out = recoverd(&all);
+    let t = text(&out);
+    println!("{t}");
+    (out.status.success(), t)
+}
+
+/// Nothing changed, and the run failed: what a refusal must look like.
+const REFUSED: &str = "outcome: Failed\nexpect: []\n";
+
+#[test]
+fn rebuild_replica_refuses_the_primary_of_its_topology_named_by_spec_replica_self() {
+    // CloudNativePG decides "replica" by spec.replica.self (defaulting to the Cluster's name):
+    // pg-south as `self: south, primary: south` is the primary, though primary != its name.
+    let (ok, t) = rehearse_variant(
+        "cnpg-rebuild-replica",
+        &[(
+            "rebuild/pg-south.yaml",
+            "    self: pg-south\n    primary: pg-north\n",
+            "    self: south\n    primary: south\n",
+        )],
+        REFUSED,
+        &[],
+    );
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("pg-south is not a replica cluster") && t.contains("refusing to wipe it"),
+        "{t}"
+    );
+    // The legacy form: `enabled: false` is a primary whatever the names say.
+    let (ok, t) = rehearse_variant(
+        "cnpg-rebuild-replica",
+        &[(
+            "rebuild/pg-south.yaml",
+            "    self: pg-south\n",
+            "    enabled: false\n    self: pg-south\n",
+        )],
+        REFUSED,
+        &[],
+    );
+    assert!(ok, "{t}");
+    assert!(t.contains("pg-south is not a replica cluster"), "{t}");
+}
+
+#[test]
+fn rebuild_replica_refuses_an_alert_about_another_cluster() {
+    let (ok, t) = rehearse_variant(
+        "cnpg-rebuild-replica",
+        &[(
+            "cnpg-rebuild-replica.alert.json",
+            "\"cluster\":\"pg-south\"",
+            "\"cluster\":\"pg-west\"",
+        )],
+        REFUSED,
+        &[],
+    );
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("the alert is about pg-west but the params name pg-south"),
+        "{t}"
+    );
+}
+
+#[test]
+fn replace_failed_instance_refuses_an_alert_about_another_pod() {
+    let (ok, t) = rehearse_variant(
+        "replace-failed-instance",
+        &[(
+            "replace-failed-instance.alert.json",
+            "\"pod\":\"pg-2\"",
+            "\"pod\":\"pg-1\"",
+        )],
+        REFUSED,
+        &[],
+    );
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("the alert is about pod pg-1 but the params name pg-2"),
+        "{t}"
+    );
+}
+
+#[test]
+fn the_cnpg_plans_and_the_cert_rotation_refuse_an_alert_about_something_else() {
+    for (plan, label, other, says) in [
+        (
+            "cnpg-switchover",
+            "\"cluster\":\"pg-north\"",
+            "\"cluster\":\"pg-west\"",
+            "the alert is about pg-west but the params switch over from pg-north",
+        ),
+        (
+            "cnpg-failover",
+            "\"cluster\":\"pg-north\"",
+            "\"cluster\":\"pg-west\"",
+            "the alert is about pg-west but the params fail over from pg-north",
+        ),
+        (
+            "rotate-replication-certs",
+            "\"secret\":\"pg-north-replication\"",
+            "\"secret\":\"pg-west-replication\"",
+            "the alert is about Secret pg-west-replication but the params copy pg-north-replication",
+        ),
+    ] {
+        let alert = format!("{plan}.alert.json");
+        let (ok, t) = rehearse_variant(plan, &[(&alert, label, other)], REFUSED, &[]);
+        assert!(ok, "{plan}: {t}");
+        assert!(t.contains(says), "{plan}: {t}");
+    }
+}
+
+/// cnpg-failover's world with the old site up: pg-north answers on cluster north, healthy.
+const OLD_SITE_UP: &[(&str, &str, &str)] = &[(
+    "cnpg-failover.yaml",
+    "  north:\n    faults: {down: true}\n",
+    "  north:\n    crds: [../../tests/data/crds/upstream/postgresql.cnpg.io_clusters.yaml]\n    objects: [cnpg/pg-north.yaml]\n",
+)];
+
+#[test]
+fn failover_refuses_to_promote_while_the_old_site_answers_healthy() {
+    let (ok, t) = rehearse_variant("cnpg-failover", OLD_SITE_UP, REFUSED, &[]);
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("pg-north on cluster north answers and reports \"Cluster in healthy state\""),
+        "{t}"
+    );
+}
+
+#[test]
+fn failover_forced_while_the_old_site_answers_fences_it_before_promoting() {
+    let expect = r#"expect:
+- {cluster: north, apiVersion: postgresql.cnpg.io/v1, resource: clusters, namespace: db, name: pg-north,
+   fields: {'metadata.annotations["cnpg.io/fencedInstances"]': '["*"]'}}
+- {cluster: south, apiVersion: postgresql.cnpg.io/v1, resource: clusters, namespace: db, name: pg-south,
+   fields: {spec.replica.primary: pg-south, status.timelineID: 2}}
+- {cluster: south, apiVersion: v1, resource: pods, namespace: db, name: pg-south-1}
+- {cluster: edge, apiVersion: v1, resource: configmaps, namespace: db, name: haproxy-config}
+- {cluster: south, apiVersion: v1, resource: configmaps, namespace: db, name: pg-failover-record}
+"#;
+    let (ok, t) = rehearse_variant(
+        "cnpg-failover",
+        OLD_SITE_UP,
+        expect,
+        &["--param", "promoteWhileOldSiteAnswers=true"],
+    );
+    assert!(ok, "{t}");
+    let fence = t.find("✔ fence-old-primary-first").expect(&t);
+    let promote = t.find("✔ promote-without-token").expect(&t);
+    assert!(fence < promote, "{t}");
+    assert!(t.contains("↷ fence-old-primary skipped"), "{t}");
+}
+
+#[test]
+fn failover_asks_before_promoting_and_says_what_the_probe_saw() {
+    // Without --approve nobody can answer the approval step: nothing is promoted.
+    let dir = tempfile::tempdir().unwrap();
+    let expect = dir.path().join("expect.yaml");
+    std::fs::write(&expect, REFUSED).unwrap();
+    let out = recoverd(&[
+        "rehearse",
+        "plans/cnpg-failover.yaml",
+        "--world",
+        "plans/worlds/cnpg-failover.yaml",
+        "--alert",
+        "plans/worlds/cnpg-failover.alert.json",
+        "--expect",
+        expect.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert!(out.status.success(), "{t}");
+    assert!(
+        t.contains("pg-north on cluster north did not answer"),
+        "{t}"
+    );
+    assert!(t.contains("Writes not yet replicated are lost"), "{t}");
+}
+
+#[test]
+fn switchover_run_again_after_the_demotion_uses_the_current_token() {
+    // An earlier run demoted pg-north and timed out: pg-north names pg-south as the primary and
+    // holds the token it handed out then. No new token comes; the plan goes on with this one.
+    let expect = r#"expect:
+- cluster: south
+  apiVersion: postgresql.cnpg.io/v1
+  resource: clusters
+  namespace: db
+  name: pg-south
+  fields: {spec.replica.primary: pg-south}
+  sameAs:
+    spec.replica.promotionToken: {cluster: north, name: pg-north, fieldPath: status.demotionToken}
+    status.lastPromotionToken: {cluster: north, name: pg-north, fieldPath: status.demotionToken}
+- {cluster: south, apiVersion: v1, resource: pods, namespace: db, name: pg-south-1}
+- {cluster: edge, apiVersion: v1, resource: configmaps, namespace: db, name: haproxy-config}
+"#;
+    let (ok, t) = rehearse_variant(
+        "cnpg-switchover",
+        &[(
+            "cnpg/pg-north.yaml",
+            "    self: pg-north\n    primary: pg-north\n",
+            "    self: pg-north\n    primary: pg-south\n",
+        )],
+        expect,
+        &[],
+    );
+    assert!(ok, "{t}");
+    assert!(t.contains("↷ demote skipped"), "{t}");
+}
+
+#[test]
+fn switchover_refuses_a_source_that_is_not_healthy() {
+    let (ok, t) = rehearse_variant(
+        "cnpg-switchover",
+        &[(
+            "cnpg/pg-north.yaml",
+            "  readyInstances: 2\n",
+            "  readyInstances: 1\n",
+        )],
+        REFUSED,
+        &[],
+    );
+    assert!(ok, "{t}");
+    assert!(t.contains("source-is-healthy"), "{t}");
 }
 
 macro_rules! rehearsals {
