@@ -176,7 +176,7 @@ impl Notifier {
                 let Some(notice) = notice else { break };
                 let text = render(&env, &notice);
                 let body = match config.format {
-                    NotifyFormat::Slack => serde_json::json!({"text": text}),
+                    NotifyFormat::Slack => serde_json::json!({"text": slack_escaped(&text)}),
                     NotifyFormat::Json => {
                         let mut v = serde_json::to_value(&notice).unwrap_or_default();
                         v["text"] = serde_json::Value::String(text);
@@ -213,6 +213,14 @@ impl Notifier {
             warn!(error = %e, "notification dropped: the queue is full or closed");
         }
     }
+}
+
+/// Text as Slack reads it: `&`, `<` and `>` escaped, so that an error carrying `<!channel>`
+/// (a webhook's answer quoted in a step failure, say) cannot ping a whole channel.
+fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn context(n: &Notice) -> minijinja::Value {
@@ -279,4 +287,17 @@ async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value, n: &N
         }
     }
     warn!(run = %n.run, event = ?n.event, "notification abandoned after {ATTEMPTS} attempts");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slack_text_cannot_mention_a_channel() {
+        assert_eq!(
+            slack_escaped("answered <!channel> & <@U123>"),
+            "answered &lt;!channel&gt; &amp; &lt;@U123&gt;"
+        );
+    }
 }
