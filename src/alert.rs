@@ -38,8 +38,10 @@ pub struct WebhookPayload {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Alert {
-    #[serde(default)]
-    pub status: AlertStatus,
+    /// The alert's own status; one without it takes its webhook payload's (see
+    /// [`WebhookPayload::accept`]), or is firing when it stands alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<AlertStatus>,
     pub labels: BTreeMap<String, String>,
     #[serde(default)]
     pub annotations: BTreeMap<String, String>,
@@ -95,6 +97,16 @@ impl WebhookPayload {
     /// re-sends and its resolution still name the same incident.
     pub fn accept(&mut self) -> Result<Sender, String> {
         let sender = self.sender()?;
+        // An alert without a status of its own is what its group says: a hand-written
+        // `"status": "resolved"` payload must not start runs.
+        let group = if self.status == "resolved" {
+            AlertStatus::Resolved
+        } else {
+            AlertStatus::Firing
+        };
+        for alert in &mut self.alerts {
+            alert.status.get_or_insert(group);
+        }
         // Every run record and run summary keeps these: an alert must not make them huge.
         for (i, alert) in self.alerts.iter().enumerate() {
             for (field, value) in [
@@ -159,8 +171,13 @@ pub enum AlertError {
 }
 
 impl Alert {
+    /// The alert's status: its own, or firing.
+    pub fn status(&self) -> AlertStatus {
+        self.status.unwrap_or(AlertStatus::Firing)
+    }
+
     pub fn is_firing(&self) -> bool {
-        self.status == AlertStatus::Firing
+        self.status() == AlertStatus::Firing
     }
 
     /// What templates see as `alert`.
@@ -170,7 +187,7 @@ impl Alert {
             "annotations": self.annotations,
             "startsAt": self.starts_at,
             "fingerprint": self.fingerprint,
-            "status": self.status,
+            "status": self.status().as_str(),
         })
     }
 
@@ -178,7 +195,7 @@ impl Alert {
     /// `check` without a sample alert).
     pub fn sample(labels: BTreeMap<String, String>) -> Alert {
         Alert {
-            status: AlertStatus::Firing,
+            status: Some(AlertStatus::Firing),
             labels,
             annotations: BTreeMap::from([(
                 "summary".into(),
@@ -233,6 +250,19 @@ mod tests {
         assert_eq!(alerts[0].labels["alertname"], "CNPGPrimaryUnavailable");
         assert_eq!(alerts[0].fingerprint, "ca11cb152bfbc32b");
         assert!(alerts[0].is_firing());
+    }
+
+    #[test]
+    fn an_alert_without_a_status_of_its_own_takes_its_groups() {
+        let text = include_str!("../tests/data/alerts/firing-one-alert.json");
+        let mut payload: WebhookPayload = serde_json::from_str(text).unwrap();
+        payload.status = "resolved".into();
+        payload.alerts[0].status = None;
+        payload.accept().unwrap();
+        assert!(
+            !payload.alerts[0].is_firing(),
+            "a resolved payload's alert without a status is resolved"
+        );
     }
 
     #[test]

@@ -100,7 +100,7 @@ impl Runs {
                        run_id: Option<String>,
                        reason: Option<String>| AlertOutcome {
             fingerprint: alert.fingerprint.clone(),
-            status: alert.status,
+            status: alert.status(),
             action,
             plan,
             run_id,
@@ -108,7 +108,7 @@ impl Runs {
         };
         self.metrics
             .alerts_received
-            .with_label_values(&[alert.status.as_str()])
+            .with_label_values(&[alert.status().as_str()])
             .inc();
         let plans = self.plans();
         if !alert.is_firing() {
