@@ -10,7 +10,7 @@ use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
 use recoverd::plan::set::PlanSet;
 use recoverd::run::service::Runs;
-use recoverd::run::store::Store;
+use recoverd::run::store::sqlite::SqliteStore;
 use recoverd::server::{Settings, Tokens};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -105,7 +105,7 @@ async fn app_full(
             .unwrap(),
     );
     let set = PlanSet::load(&[plans], Some(&live.names()));
-    let store = Store::open(&dir.path().join("runs.db")).unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("runs.db")).unwrap());
     let mut settings = Settings::new(Tokens::from_list(&[TOKEN]));
     settings.auth.approvers = split.approvers.then(|| Tokens::from_list(&[APPROVER]));
     settings.auth.operators = split.operators.then(|| Tokens::from_list(&[OPERATOR]));
