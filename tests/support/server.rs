@@ -248,8 +248,11 @@ impl ServeProcess {
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .arg("--token-file")
             .arg(&token)
-            .arg("--store")
-            .arg(format!("sqlite:{}", store.display()))
+            .args(if extra.contains(&"--store") {
+                vec![]
+            } else {
+                vec!["--store".to_string(), format!("sqlite:{}", store.display())]
+            })
             .args(extra)
             .env("RECOVERD_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -327,6 +330,18 @@ impl ServeProcess {
             .json()
             .await
             .unwrap_or(Value::Null)
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(SERVE_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap_or_default()
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
