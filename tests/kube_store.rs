@@ -74,6 +74,7 @@ async fn store(ns: &str, identity: &str, lease: Duration) -> KubeStore {
             namespace: ns.into(),
             identity: identity.into(),
             lease_duration: lease,
+            advertise_url: None,
         },
     );
     store.check().await.unwrap();
@@ -327,26 +328,34 @@ spec:
 }
 
 async fn replica(dir: &Path, plans: &Path, ns: &str, name: &str, lease: &str) -> ServeProcess {
+    replica_with(dir, plans, ns, name, lease, &[]).await
+}
+
+async fn replica_with(
+    dir: &Path,
+    plans: &Path,
+    ns: &str,
+    name: &str,
+    lease: &str,
+    extra: &[&str],
+) -> ServeProcess {
     install_crds();
     let own = dir.join(name);
     std::fs::create_dir_all(&own).unwrap();
     let kubeconfig = clusters().kubeconfig().to_path_buf();
-    ServeProcess::start(
-        &own,
-        plans,
-        &kubeconfig,
-        &[
-            "--store",
-            &format!("kube:{ns}"),
-            "--home-cluster",
-            HOME,
-            "--replica-id",
-            name,
-            "--lease-duration",
-            lease,
-        ],
-    )
-    .await
+    let store = format!("kube:{ns}");
+    let mut args = vec![
+        "--store",
+        &store,
+        "--home-cluster",
+        HOME,
+        "--replica-id",
+        name,
+        "--lease-duration",
+        lease,
+    ];
+    args.extend_from_slice(extra);
+    ServeProcess::start(&own, plans, &kubeconfig, &args).await
 }
 
 fn runs(ns: &str) -> Vec<Value> {
@@ -513,4 +522,116 @@ async fn a_killed_replica_s_run_is_finished_by_the_other_without_repeating_steps
         .kubectl(HOME)
         .args(["get", "leases", "-n", &ns, "-o", "name"]));
     assert!(!leases.contains("recoverd-run-"), "{leases}");
+}
+
+/// An approval step waiting on one replica is approved through the other (which forwards the
+/// request to the replica executing the run, named by its Lease), and a run executing on one is
+/// cancelled through the other; without `--advertise-url` the other answers 409 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approving_or_cancelling_at_any_replica_reaches_the_one_executing_the_run() {
+    let ns = clusters().namespace("kstore-forward").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(3).await;
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    std::fs::write(
+        plans.join("ask.yaml"),
+        format!(
+            r#"apiVersion: recoverd.io/v1alpha1
+kind: RecoveryPlan
+metadata: {{name: ask, namespace: {ns}}}
+spec:
+  alertLabels: {{alertname: AskFired, testns: {ns}}}
+  steps:
+  - {{name: first, type: http, http: {{url: "{hook}/step/0", method: POST}}}}
+  - {{name: decide, type: approval, approval: {{message: "go on?", timeout: 5m}}}}
+  - {{name: second, type: http, http: {{url: "{hook}/step/1", method: POST}}}}
+  - {{name: hold, type: wait, wait: {{duration: 5m}}}}
+  - {{name: never, type: http, http: {{url: "{hook}/step/2", method: POST}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let port_a = support::clusters::free_port();
+    let url_a = format!("http://127.0.0.1:{port_a}");
+    let a = replica_with(
+        dir.path(),
+        &plans,
+        &ns,
+        "replica-a",
+        "15s",
+        &[
+            "--advertise-url",
+            &url_a,
+            "--listen",
+            &format!("127.0.0.1:{port_a}"),
+        ],
+    )
+    .await;
+    assert_eq!(a.url, url_a);
+    let b = replica(dir.path(), &plans, &ns, "replica-b", "15s").await;
+    let fire = |fp: &str| {
+        support::server::payload(
+            "firing",
+            json!({"alertname": "AskFired", "testns": ns}),
+            fp,
+            "2026-12-02T10:00:00Z",
+        )
+    };
+    let (status, body) = a.post("/api/v1/alerts", &fire("fp-forward")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("the approval step waits on replica a", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "waitingForApproval"
+    })
+    .await;
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/runs/{id}/approve"),
+            &json!({"step": "decide", "actor": "sre at b"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the approved run goes on, on replica a", LIMIT, || async {
+        counts(&hits)[1] == 1
+    })
+    .await;
+    let record = b.get(&format!("/api/v1/runs/{id}")).await;
+    assert!(
+        record.to_string().contains("sre at b"),
+        "the approval names who gave it: {record:#}"
+    );
+    // Now in a 5-minute wait on a: cancelled through b.
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            &json!({"actor": "sre at b"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the run ends Cancelled", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Cancelled"
+    })
+    .await;
+    assert_eq!(counts(&hits), [1, 1, 0]);
+    // Without an address to forward to (b gave none), the other replica says where it runs.
+    let (status, body) = b.post("/api/v1/alerts", &fire("fp-at-b")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("the approval step waits on replica b", LIMIT, || async {
+        a.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "waitingForApproval"
+    })
+    .await;
+    let (status, body) = a
+        .post(
+            &format!("/api/v1/runs/{id}/approve"),
+            &json!({"step": "decide"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("executes on replica replica-b") && error.contains("--advertise-url"),
+        "{error}"
+    );
 }
