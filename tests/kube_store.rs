@@ -158,7 +158,17 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
     // Two new incidents of the plan at two replicas at once: exactly one run starts.
     let mut running = b.get("a-0001").await.unwrap().expect("claimed");
     running.phase = Phase::Succeeded;
-    a.save(&running).await.unwrap();
+    // Only the replica whose claim created it may write it.
+    let (winner, loser) = if outcomes[0].is_ok() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(matches!(
+        loser.save(&running).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    winner.save(&running).await.unwrap();
     let (second, third) = (
         record("a-0002", &plan, TriggerKind::Alert),
         record("a-0003", &plan, TriggerKind::Alert),
@@ -246,6 +256,10 @@ async fn a_write_from_a_replica_that_lost_the_run_is_refused_and_transitions_rac
     running.phase = Phase::Running;
     a.claim(&running, ONE_ACTIVE).await.unwrap().unwrap();
     a.save(&running).await.unwrap();
+    // b cannot write a run it has not acquired (fenced), then takes it over.
+    let err = b.save(&running).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(b.acquire("a-0002").await.unwrap().is_some());
     running.error = Some("b's truth".into());
     b.save(&running).await.unwrap();
     running.error = Some("a's stale view".into());

@@ -98,6 +98,8 @@ pub struct Runs {
     dry: Arc<Executor>,
     metrics: Arc<Metrics>,
     controls: Mutex<HashMap<String, RunControl>>,
+    /// Runs of stopped replicas this one found it cannot resume (logged once, not retried).
+    unresumable: Mutex<std::collections::HashSet<String>>,
     tasks: TaskTracker,
     drain: tokio_util::sync::CancellationToken,
     notifier: Option<crate::notify::Notifier>,
@@ -140,6 +142,7 @@ impl Runs {
             dry,
             metrics,
             controls: Mutex::default(),
+            unresumable: Mutex::default(),
             tasks: TaskTracker::new(),
             drain: Default::default(),
             notifier,
@@ -217,7 +220,7 @@ impl Runs {
                 for record in pending {
                     match self.store.save(&record).await {
                         // Another replica took the run over meanwhile; its record is theirs.
-                        Err(StoreError::Conflict { .. }) => {
+                        Err(e) if e.not_ours() => {
                             warn!(run = %record.id, "the stopped run was taken over by another replica; not writing it");
                             lock(&self.unrecorded).remove(&record.id);
                             continue;

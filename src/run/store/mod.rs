@@ -49,11 +49,19 @@ pub enum StoreError {
         #[source]
         source: Box<::kube::Error>,
     },
-    #[error("run {id} changed in the home cluster while this replica wrote it (another replica holds it?)")]
+    #[error("run {id} is not this replica's to write: another replica took it over, or changed it since this one last wrote it")]
     Conflict { id: String },
+    #[error("run {id} no longer exists in the home cluster (deleted, or its RecoveryPlan was deleted and took it along)")]
+    Gone { id: String },
 }
 
 impl StoreError {
+    /// The run is not this process's to write any more (another replica holds it, or it was
+    /// deleted): nothing to retry, and nothing wrong with the store.
+    pub fn not_ours(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. } | StoreError::Gone { .. })
+    }
+
     /// A bounded reason for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -77,6 +85,7 @@ impl StoreError {
                 _ => "unreachable",
             },
             StoreError::Conflict { .. } => "conflict",
+            StoreError::Gone { .. } => "gone",
         }
     }
 }
