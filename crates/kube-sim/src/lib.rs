@@ -92,6 +92,7 @@
 mod api;
 mod builtin;
 mod cel;
+mod cel_check;
 mod cel_lib;
 mod controllers;
 mod discovery;

@@ -802,3 +802,8 @@ async fn pods_are_deleted_gracefully_like_the_real_apiserver() {
 async fn streaming_lists_and_aggregated_discovery_match_the_real_apiserver() {
     differential("watchlist").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crds_whose_rules_do_not_type_check_or_cost_too_much_are_refused_like_the_real_apiserver() {
+    differential("celcrd").await;
+}
