@@ -21,7 +21,7 @@ use std::sync::{Arc, OnceLock};
 use serde_json::{json, Value};
 
 use super::cel_check::Ty;
-use super::status::Cause;
+use super::status::{Cause, StatusError};
 
 /// A JSON value as CEL sees it: integers as `int`, other numbers as `double`.
 fn to_cel(v: &Value) -> cel::Value {
@@ -974,6 +974,144 @@ fn schema_causes(
         }
     }
     false
+}
+
+// ---- evaluating outside the store lock ----
+
+/// The `reason` of the error a write returns when its rules wait to be evaluated outside the
+/// store lock (never sent to a client: [`Gate::run`] retries the write).
+const DEFERRED: &str = "kube-sim: validation rules deferred";
+
+/// What a rule sees of an object: `metadata` has only `name` and `generateName`, as the API
+/// server declares it (and the rest — uid, resourceVersion, managedFields, timestamps — changes
+/// from one attempt of a write to the next).
+fn projected(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.retain(|k, _| k == "name" || k == "generateName");
+    }
+    v
+}
+
+struct Pending {
+    key: u64,
+    schema: Arc<Value>,
+    new: Value,
+    old: Option<Value>,
+}
+
+/// CRD validation rules evaluated while no lock is held: a write runs under the store lock
+/// as far as its rules, hands them to the gate and gives up; the gate evaluates them with the
+/// lock released (so that an expensive rule stalls its own request only), and runs the write
+/// again, which finds the rules' outcome as long as the object it validates is the same.
+#[derive(Default)]
+pub struct Gate {
+    /// The outcomes, with the schemas they are for (kept alive: keys name them by address).
+    results: HashMap<u64, (Arc<Value>, Vec<Cause>)>,
+    pending: Option<Pending>,
+    suffix: Option<String>,
+}
+
+thread_local! {
+    static GATE: std::cell::RefCell<Option<Gate>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Called as a gate starts evaluating rules (tests look at the store lock then).
+    pub static ON_EVALUATE: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn key_of(schema: &Arc<Value>, new: &Value, old: Option<&Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (Arc::as_ptr(schema) as usize).hash(&mut h);
+    new.to_string().hash(&mut h);
+    old.map(Value::to_string).hash(&mut h);
+    h.finish()
+}
+
+impl Gate {
+    /// Runs `write` (which takes the store lock itself) with its rules evaluated outside the
+    /// lock. After a few attempts whose objects kept changing, the rules are evaluated in place.
+    pub fn run<T>(mut write: impl FnMut() -> Result<T, StatusError>) -> Result<T, StatusError> {
+        let mut gate = Gate::default();
+        for _ in 0..4 {
+            GATE.with(|g| *g.borrow_mut() = Some(gate));
+            let outcome = write();
+            gate = GATE.with(|g| g.borrow_mut().take()).unwrap_or_default();
+            match outcome {
+                Err(e) if e.reason.as_deref() == Some(DEFERRED) => gate.evaluate(),
+                other => return other,
+            }
+        }
+        write()
+    }
+
+    fn evaluate(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let run = || {
+            #[cfg(test)]
+            ON_EVALUATE.with(|f| f.borrow().as_ref().map(|f| f()));
+            let mut out = Vec::new();
+            check(&p.schema, &p.new, p.old.as_ref(), "", &mut out);
+            out
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let causes = if multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        };
+        self.results.insert(p.key, (p.schema, causes));
+    }
+}
+
+/// The suffix `generateName` gets: the same in every attempt of a write under a [`Gate`].
+pub fn stable_suffix(generate: impl FnOnce() -> String) -> String {
+    GATE.with(|g| match g.borrow_mut().as_mut() {
+        Some(gate) => gate.suffix.get_or_insert_with(generate).clone(),
+        None => generate(),
+    })
+}
+
+/// The causes of the rules of `schema` for an object (and the stored one, on an update): from
+/// the outcome [`Gate::run`] found outside the lock, else — under a gate — an error that makes
+/// the gate evaluate them and try again; without a gate they are evaluated here.
+pub fn check_object(
+    schema: &Arc<Value>,
+    new: &Value,
+    old: Option<&Value>,
+    out: &mut Vec<Cause>,
+) -> Result<(), StatusError> {
+    let (new, old) = (projected(new), old.map(projected));
+    let gated = GATE.with(|g| {
+        let mut g = g.borrow_mut();
+        let gate = g.as_mut()?;
+        let key = key_of(schema, &new, old.as_ref());
+        Some(match gate.results.get(&key) {
+            Some((_, causes)) => Ok(causes.clone()),
+            None => {
+                gate.pending = Some(Pending {
+                    key,
+                    schema: schema.clone(),
+                    new: new.clone(),
+                    old: old.clone(),
+                });
+                Err(StatusError::new(500, DEFERRED, DEFERRED))
+            }
+        })
+    });
+    match gated {
+        Some(Ok(causes)) => out.extend(causes),
+        Some(Err(e)) => return Err(e),
+        None => check(schema, &new, old.as_ref(), "", out),
+    }
+    Ok(())
 }
 
 #[cfg(test)]

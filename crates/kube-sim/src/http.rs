@@ -71,12 +71,38 @@ fn initial_events(q: &Query, watch: bool) -> Result<Option<bool>, StatusError> {
     let send = q.get("sendInitialEvents").map(|v| v == "true" || v == "1");
     let rv_match = q.get("resourceVersionMatch").filter(|m| !m.is_empty());
     let mut causes = Vec::new();
+    let continued = q.get("continue").is_some_and(|c| !c.is_empty());
+    let continue_forbidden = || {
+        Cause::forbidden(
+            "resourceVersionMatch",
+            "resourceVersionMatch is forbidden when continue is provided",
+        )
+    };
     if !watch {
-        if rv_match.is_some() && q.get("resourceVersion").is_none_or(str::is_empty) {
-            causes.push(Cause::forbidden(
-                "resourceVersionMatch",
-                "resourceVersionMatch is forbidden unless resourceVersion is provided",
-            ));
+        if let Some(m) = rv_match {
+            let rv = q.get("resourceVersion").unwrap_or("");
+            if rv.is_empty() {
+                causes.push(Cause::forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
+            if continued {
+                causes.push(continue_forbidden());
+            }
+            if m != "Exact" && m != "NotOlderThan" {
+                causes.push(Cause::not_supported(
+                    "resourceVersionMatch",
+                    &json!(m),
+                    &[json!("Exact"), json!("NotOlderThan"), json!("")],
+                ));
+            }
+            if m == "Exact" && rv == "0" {
+                causes.push(Cause::forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                ));
+            }
         }
         if send.is_some() {
             causes.push(Cause::forbidden(
@@ -104,6 +130,9 @@ fn initial_events(q: &Query, watch: bool) -> Result<Option<bool>, StatusError> {
                     &json!(m),
                     &[json!("NotOlderThan")],
                 ));
+            }
+            if continued {
+                causes.push(continue_forbidden());
             }
         }
     }
@@ -639,35 +668,15 @@ fn serve(
             Ok(with_warnings(json_response(code, &v), &o))
         }
         ("DELETE", false) => {
-            let mut options = if body.is_empty() {
-                json!({})
-            } else {
-                serde_json::from_slice(&body).unwrap_or(json!({}))
-            };
-            // DeleteOptions may come as query parameters too.
-            for key in [
-                "gracePeriodSeconds",
-                "propagationPolicy",
-                "orphanDependents",
-            ] {
-                if let (Some(v), Some(o)) = (q.get(key), options.as_object_mut()) {
-                    if !o.contains_key(key) {
-                        let value = v
-                            .parse::<i64>()
-                            .map(|n| json!(n))
-                            .or_else(|_| v.parse::<bool>().map(|b| json!(b)))
-                            .unwrap_or_else(|_| json!(v));
-                        o.insert(key.to_string(), value);
-                    }
-                }
-            }
+            // A body has the options; the query only when there is none.
+            let options = super::delete_options::parse(&body, |k| q.get(k).map(str::to_string))?;
             let mut o = q.write_options(headers, "DeleteOptions", &[])?;
-            if options
+            let body_dry_run = options
                 .get("dryRun")
                 .and_then(Value::as_array)
-                .is_some_and(|d| d.iter().any(|x| x == "All"))
-            {
-                o.dry_run = true;
+                .is_some_and(|d| d.iter().any(|x| x == "All"));
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                o.dry_run = body_dry_run;
             }
             let (code, v) = c.delete(&t, &options, &o)?;
             let kind = t.ty.builtin.map(|b| b.kind);

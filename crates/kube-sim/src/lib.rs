@@ -95,6 +95,7 @@ mod cel;
 mod cel_check;
 mod cel_lib;
 mod controllers;
+mod delete_options;
 mod discovery;
 mod exec;
 mod faults;

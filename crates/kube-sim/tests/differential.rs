@@ -807,3 +807,13 @@ async fn streaming_lists_and_aggregated_discovery_match_the_real_apiserver() {
 async fn crds_whose_rules_do_not_type_check_or_cost_too_much_are_refused_like_the_real_apiserver() {
     differential("celcrd").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_options_and_pod_grace_periods_match_the_real_apiserver() {
+    differential("deletes").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_and_watch_options_are_checked_like_the_real_apiserver() {
+    differential("listoptions").await;
+}
