@@ -539,14 +539,45 @@ fn serve(
         }
         Route::Api | Route::Apis if aggregated(headers) => {
             let doc = store()?.resources.aggregated(matches!(r, Route::Api));
-            let mut resp = json_response(200, &doc);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(super::discovery::AGGREGATED),
+            let tag = super::discovery::etag(&doc);
+            let unchanged = headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+            let mut resp = if unchanged {
+                Response::builder()
+                    .status(304)
+                    .body(Body::empty())
+                    .unwrap_or_default()
+            } else {
+                let mut resp = json_response(200, &doc);
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(super::discovery::AGGREGATED),
+                );
+                resp
+            };
+            let h = resp.headers_mut();
+            h.insert(header::VARY, header::HeaderValue::from_static("Accept"));
+            h.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("public"),
             );
-            resp.headers_mut()
-                .insert(header::VARY, header::HeaderValue::from_static("Accept"));
+            if let Ok(v) = header::HeaderValue::from_str(&tag) {
+                h.insert(header::ETAG, v);
+            }
             return Ok(resp);
+        }
+        Route::Api | Route::CoreV1 | Route::Apis | Route::Group(_) | Route::GroupVersion(..)
+            if !super::discovery::plain_acceptable(
+                headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+            ) =>
+        {
+            return Err(StatusError::new(
+                406,
+                "NotAcceptable",
+                "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            ));
         }
         Route::Api => {
             return Ok(json_response(
