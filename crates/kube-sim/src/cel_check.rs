@@ -590,7 +590,8 @@ impl Checker<'_> {
                     _ => Ty::Dyn,
                 };
                 if sel.test {
-                    let mut n = Node::new(Ty::Bool, 1u64.saturating_add(on.cost));
+                    // Kubernetes' environment gives presence tests no cost of their own.
+                    let mut n = Node::new(Ty::Bool, on.cost);
                     n.path = path;
                     return n;
                 }

@@ -851,3 +851,8 @@ async fn list_and_watch_options_are_checked_like_the_real_apiserver() {
 async fn aggregated_discovery_is_negotiated_and_cached_like_the_real_apiserver() {
     differential("discoverynegotiation").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cost_of_crd_rules_is_estimated_like_the_real_apiserver() {
+    differential("celcost").await;
+}
