@@ -903,6 +903,8 @@ fn schema_causes(
                 } else {
                     cost = a.cost.saturating_mul(cardinality);
                 }
+                // A rule that does not compile uses nothing.
+                uses_old_self &= error.is_none();
             }
         }
         if cost > RULE_COST_LIMIT {

@@ -142,6 +142,10 @@ pub fn decl(schema: &Value, root: bool) -> Option<Rc<Decl>> {
                     min_size += name.len() as u64 + d.min_size + 4;
                 }
                 if let Some(n) = escape(name) {
+                    // Rules may name a reserved word unescaped too (`self.namespace`).
+                    if n != *name && RESERVED.contains(&name.as_str()) {
+                        fields.insert(name.clone(), d.clone());
+                    }
                     fields.insert(n, d);
                 }
             }
@@ -237,8 +241,9 @@ impl Ty {
             Ty::String => "string".into(),
             Ty::Bytes => "bytes".into(),
             Ty::Null => "null_type".into(),
-            Ty::Duration => "google.protobuf.Duration".into(),
-            Ty::Timestamp => "google.protobuf.Timestamp".into(),
+            Ty::Duration => "duration".into(),
+            Ty::Timestamp => "timestamp".into(),
+            Ty::Opt(t) => format!("optional_type({})", t.name()?),
             Ty::List(e) => format!("list({})", e.name()?),
             Ty::Map(k, v) => format!("map({}, {})", k.name()?, v.name()?),
             _ => return None,
@@ -1075,7 +1080,10 @@ impl Checker<'_> {
             let both = l.primitive() && r.primitive();
             match f {
                 "_==_" | "_!=_" => {
-                    if both && !l.same(r) {
+                    let optional = |a: &Ty, b: &Ty| {
+                        matches!(a, Ty::Opt(_)) && !matches!(b, Ty::Opt(_) | Ty::Dyn | Ty::Null)
+                    };
+                    if (both || optional(l, r) || optional(r, l)) && !l.same(r) {
                         if let Some(s) = pair() {
                             no_overload(self, s);
                         }

@@ -856,3 +856,8 @@ async fn aggregated_discovery_is_negotiated_and_cached_like_the_real_apiserver()
 async fn the_cost_of_crd_rules_is_estimated_like_the_real_apiserver() {
     differential("celcost").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_past_the_per_call_cost_limit_are_cut_short_like_the_real_apiserver() {
+    differential("celruntime").await;
+}
