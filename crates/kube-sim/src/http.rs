@@ -260,6 +260,37 @@ impl Query {
             && self.0.iter().any(|(key, _)| key == k)
     }
 
+    /// The integer parameters of a list or watch, refused as the API server's parameter
+    /// decoder refuses them.
+    fn integers(&self) -> Result<(), StatusError> {
+        for k in ["limit", "timeoutSeconds"] {
+            if let Some(v) = self.get(k).filter(|v| !v.is_empty()) {
+                if v.parse::<i64>().is_err() {
+                    let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
+                    let why = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                        "value out of range"
+                    } else {
+                        "invalid syntax"
+                    };
+                    return Err(StatusError::bad_request(format!(
+                        "strconv.ParseInt: parsing {v:?}: {why}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the `resourceVersion` of a list or watch is not one, as the storage says it.
+    fn bad_resource_version(&self) -> Option<String> {
+        let rv = self.get("resourceVersion").filter(|r| !r.is_empty())?;
+        rv.parse::<u64>().is_err().then(|| {
+            format!(
+                "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+            )
+        })
+    }
+
     fn list_options(&self) -> Result<ListOptions, StatusError> {
         Ok(ListOptions {
             labels: LabelSelector::parse(self.get("labelSelector").unwrap_or(""))?,
@@ -622,7 +653,11 @@ fn serve(
         .map(|_| super::table::Include::parse(q.get("includeObject")));
     match (method.as_str(), collection) {
         ("GET", true) if q.flag("watch") => {
+            q.integers()?;
             let initial_events = initial_events(&q, true)?;
+            if let Some(e) = q.bad_resource_version() {
+                return Err(StatusError::new(500, "", e));
+            }
             let req = WatchRequest {
                 initial_events,
                 target: t,
@@ -646,7 +681,13 @@ fn serve(
                 .unwrap_or_default())
         }
         ("GET", true) => {
+            q.integers()?;
             initial_events(&q, false)?;
+            if let Some(e) = q.bad_resource_version() {
+                return Err(StatusError::bad_request(format!(
+                    "invalid resource version: {e}"
+                )));
+            }
             let list = c.list(&t, &q.list_options()?)?;
             Ok(json_response(
                 200,
