@@ -685,7 +685,8 @@ const REASONS: &[&str] = &[
     "FieldValueRequired",
 ];
 
-/// Whether `path` (a rule's `fieldPath`, `.a.b['c'][0]`) names a field of `schema`.
+/// Whether `path` (a rule's `fieldPath`, `.a.b['c']`: fields and map keys, no list items)
+/// names a field of `schema`.
 fn valid_field_path(schema: &Value, path: &str) -> bool {
     let mut s = schema;
     let mut rest = path;
@@ -698,31 +699,15 @@ fn valid_field_path(schema: &Value, path: &str) -> bool {
             if end == 0 {
                 return false;
             }
-            (Some(&r[..end]), &r[end..])
+            (&r[..end], &r[end..])
         } else if let Some(r) = rest.strip_prefix("['") {
             let Some(end) = r.find("']") else {
                 return false;
             };
-            (Some(&r[..end]), &r[end + 2..])
-        } else if let Some(r) = rest.strip_prefix('[') {
-            let Some(end) = r.find(']') else {
-                return false;
-            };
-            if r[..end].parse::<u64>().is_err()
-                || s.get("type").and_then(Value::as_str) != Some("array")
-            {
-                return false;
-            }
-            let Some(items) = s.get("items") else {
-                return false;
-            };
-            s = items;
-            rest = &r[end + 1..];
-            continue;
+            (&r[..end], &r[end + 2..])
         } else {
             return false;
         };
-        let name = name.unwrap_or_default();
         if let Some(p) = s.get("properties").and_then(|p| p.get(name)) {
             s = p;
         } else if let Some(a) = s.get("additionalProperties").filter(|a| a.is_object()) {
