@@ -322,8 +322,10 @@ fn walk(
         }
         if cost > *budget {
             *budget = 0;
-            out.push(Cause::forbidden(
+            let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+            out.push(Cause::invalid(
                 path,
+                &json!(ty),
                 "validation failed due to running out of cost budget, no further validation rules will be run",
             ));
             return;
@@ -1190,7 +1192,7 @@ mod tests {
         check(&schema, &values, None, "", &mut out);
         assert_eq!(
             out.iter().map(|c| c.message.as_str()).collect::<Vec<_>>(),
-            ["Forbidden: validation failed due to running out of cost budget, no further validation rules will be run"]
+            ["Invalid value: \"object\": validation failed due to running out of cost budget, no further validation rules will be run"]
         );
     }
 
