@@ -74,6 +74,7 @@ async fn store(ns: &str, identity: &str, lease: Duration) -> KubeStore {
             namespace: ns.into(),
             identity: identity.into(),
             lease_duration: lease,
+            advertise_url: None,
         },
     );
     store.check().await.unwrap();
@@ -89,6 +90,8 @@ fn record(id: &str, plan: &str, kind: TriggerKind) -> RunRecord {
             fingerprint: Some("fp".into()),
             ..Default::default()
         },
+        // (v1.20.2 reads an empty string here as null, which the schema refuses.)
+        plan_generation: "1".into(),
         created_at: Some(recoverd::record::now()),
         ..Default::default()
     }
@@ -207,10 +210,11 @@ async fn a_write_from_a_replica_that_lost_the_run_is_refused_and_transitions_rac
         b.transition(&approved, &[Phase::WaitingForApproval])
     );
     assert_eq!([x.unwrap(), y.unwrap()].iter().filter(|w| **w).count(), 1);
-    // Replica a writes the run; replica b then writes it (it took the run over): a's next
-    // write, from its stale resourceVersion, is refused instead of overwriting b's.
-    let mut running = approved.clone();
+    // Replica a writes a run; replica b then writes it (it took the run over): a's next write,
+    // from its stale resourceVersion, is refused instead of overwriting b's.
+    let mut running = record("a-0002", &format!("{ns}/q"), TriggerKind::Alert);
     running.phase = Phase::Running;
+    a.claim(&running, ONE_ACTIVE).await.unwrap().unwrap();
     a.save(&running).await.unwrap();
     running.error = Some("b's truth".into());
     b.save(&running).await.unwrap();
@@ -218,7 +222,7 @@ async fn a_write_from_a_replica_that_lost_the_run_is_refused_and_transitions_rac
     let err = a.save(&running).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert_eq!(
-        b.get("a-0001").await.unwrap().unwrap().error.as_deref(),
+        b.get("a-0002").await.unwrap().unwrap().error.as_deref(),
         Some("b's truth")
     );
 }
@@ -324,26 +328,34 @@ spec:
 }
 
 async fn replica(dir: &Path, plans: &Path, ns: &str, name: &str, lease: &str) -> ServeProcess {
+    replica_with(dir, plans, ns, name, lease, &[]).await
+}
+
+async fn replica_with(
+    dir: &Path,
+    plans: &Path,
+    ns: &str,
+    name: &str,
+    lease: &str,
+    extra: &[&str],
+) -> ServeProcess {
     install_crds();
     let own = dir.join(name);
     std::fs::create_dir_all(&own).unwrap();
     let kubeconfig = clusters().kubeconfig().to_path_buf();
-    ServeProcess::start(
-        &own,
-        plans,
-        &kubeconfig,
-        &[
-            "--store",
-            &format!("kube:{ns}"),
-            "--home-cluster",
-            HOME,
-            "--replica-id",
-            name,
-            "--lease-duration",
-            lease,
-        ],
-    )
-    .await
+    let store = format!("kube:{ns}");
+    let mut args = vec![
+        "--store",
+        &store,
+        "--home-cluster",
+        HOME,
+        "--replica-id",
+        name,
+        "--lease-duration",
+        lease,
+    ];
+    args.extend_from_slice(extra);
+    ServeProcess::start(&own, plans, &kubeconfig, &args).await
 }
 
 fn runs(ns: &str) -> Vec<Value> {
@@ -402,6 +414,33 @@ async fn two_replicas_told_by_two_alertmanagers_run_an_alert_once() {
     assert!(
         metrics.contains("recoverd_runs_deduplicated_total{"),
         "the other deliveries were deduplicated:\n{metrics}"
+    );
+    // kubectl shows what happened to the run as Events.
+    let mut events = String::new();
+    for _ in 0..100 {
+        events = ok(clusters().kubectl(HOME).args([
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            &format!("involvedObject.name={id}"),
+        ]));
+        if ["Started", "Succeeded", "Deduplicated"]
+            .iter()
+            .all(|r| events.contains(r))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        ["Started", "Succeeded", "Deduplicated"]
+            .iter()
+            .all(|r| events.contains(r)),
+        "{events}\n{}\n{}",
+        a.log_text(),
+        b.log_text()
     );
     let table = ok(clusters()
         .kubectl(HOME)
@@ -466,9 +505,133 @@ async fn a_killed_replica_s_run_is_finished_by_the_other_without_repeating_steps
         .map(|s| s["status"].as_str().unwrap())
         .collect();
     assert_eq!(steps, ["succeeded"; 4], "{record:#}");
+    let events = ok(clusters().kubectl(HOME).args([
+        "get",
+        "events",
+        "-n",
+        &ns,
+        "--field-selector",
+        &format!("involvedObject.name={id}"),
+    ]));
+    assert!(
+        events.contains("Interrupted") && events.contains("Succeeded"),
+        "{events}"
+    );
     // b released the run's Lease when the run ended.
     let leases = ok(clusters()
         .kubectl(HOME)
         .args(["get", "leases", "-n", &ns, "-o", "name"]));
     assert!(!leases.contains("recoverd-run-"), "{leases}");
+}
+
+/// An approval step waiting on one replica is approved through the other (which forwards the
+/// request to the replica executing the run, named by its Lease), and a run executing on one is
+/// cancelled through the other; without `--advertise-url` the other answers 409 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approving_or_cancelling_at_any_replica_reaches_the_one_executing_the_run() {
+    let ns = clusters().namespace("kstore-forward").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(3).await;
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    std::fs::write(
+        plans.join("ask.yaml"),
+        format!(
+            r#"apiVersion: recoverd.io/v1alpha1
+kind: RecoveryPlan
+metadata: {{name: ask, namespace: {ns}}}
+spec:
+  alertLabels: {{alertname: AskFired, testns: {ns}}}
+  steps:
+  - {{name: first, type: http, http: {{url: "{hook}/step/0", method: POST}}}}
+  - {{name: decide, type: approval, approval: {{message: "go on?", timeout: 5m}}}}
+  - {{name: second, type: http, http: {{url: "{hook}/step/1", method: POST}}}}
+  - {{name: hold, type: wait, wait: {{duration: 5m}}}}
+  - {{name: never, type: http, http: {{url: "{hook}/step/2", method: POST}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let port_a = support::clusters::free_port();
+    let url_a = format!("http://127.0.0.1:{port_a}");
+    let a = replica_with(
+        dir.path(),
+        &plans,
+        &ns,
+        "replica-a",
+        "15s",
+        &[
+            "--advertise-url",
+            &url_a,
+            "--listen",
+            &format!("127.0.0.1:{port_a}"),
+        ],
+    )
+    .await;
+    assert_eq!(a.url, url_a);
+    let b = replica(dir.path(), &plans, &ns, "replica-b", "15s").await;
+    let fire = |fp: &str| {
+        support::server::payload(
+            "firing",
+            json!({"alertname": "AskFired", "testns": ns}),
+            fp,
+            "2026-12-02T10:00:00Z",
+        )
+    };
+    let (status, body) = a.post("/api/v1/alerts", &fire("fp-forward")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("the approval step waits on replica a", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "waitingForApproval"
+    })
+    .await;
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/runs/{id}/approve"),
+            &json!({"step": "decide", "actor": "sre at b"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the approved run goes on, on replica a", LIMIT, || async {
+        counts(&hits)[1] == 1
+    })
+    .await;
+    let record = b.get(&format!("/api/v1/runs/{id}")).await;
+    assert!(
+        record.to_string().contains("sre at b"),
+        "the approval names who gave it: {record:#}"
+    );
+    // Now in a 5-minute wait on a: cancelled through b.
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            &json!({"actor": "sre at b"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the run ends Cancelled", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Cancelled"
+    })
+    .await;
+    assert_eq!(counts(&hits), [1, 1, 0]);
+    // Without an address to forward to (b gave none), the other replica says where it runs.
+    let (status, body) = b.post("/api/v1/alerts", &fire("fp-at-b")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("the approval step waits on replica b", LIMIT, || async {
+        a.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "waitingForApproval"
+    })
+    .await;
+    let (status, body) = a
+        .post(
+            &format!("/api/v1/runs/{id}/approve"),
+            &json!({"step": "decide"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("executes on replica replica-b") && error.contains("--advertise-url"),
+        "{error}"
+    );
 }

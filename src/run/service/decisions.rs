@@ -23,6 +23,7 @@ impl Runs {
         let mut record = self.get(id).await?;
         // An `approval` step of a run executing here: answer the step, the run goes on.
         if record.phase == Phase::Running {
+            self.not_elsewhere(id).await?;
             let waiting = record
                 .steps
                 .iter()
@@ -75,6 +76,9 @@ impl Runs {
     /// Cancels a run, as `by`: an executing one stops now, one that waits ends Cancelled.
     pub async fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunsError> {
         let mut record = self.get(id).await?;
+        if matches!(record.phase, Phase::Running | Phase::Pending) {
+            self.not_elsewhere(id).await?;
+        }
         if let Some(control) = lock(&self.controls).get(id) {
             *lock(&control.cancelled_by) = Some(by.to_string());
             control.cancel.cancel();

@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -40,6 +42,11 @@ use crate::record::{Phase, RecoveryRun, RecoveryRunSpec, RunMode, RunRecord, Tri
 /// and the request need room too.
 pub const MAX_STATUS_BYTES: usize = 1_000_000;
 
+/// How long a plan's slot taken for a run that does not exist (yet) still holds the plan: a
+/// claim takes the slot first and creates the run next, and a replica that died in between
+/// blocks the plan no longer than this.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(60);
+
 /// What a truncated text ends with.
 pub const TRUNCATED: &str = "…[truncated by recoverd: the record exceeded the object size limit]";
 
@@ -49,6 +56,7 @@ const PLAN_LABEL: &str = "recoverd.io/plan-hash";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "recoverd");
 const LAST_ALERT_RUN: &str = "recoverd.io/last-alert-run";
 const LAST_ALERT_RUN_MS: &str = "recoverd.io/last-alert-run-ms";
+const REPLICA_URL: &str = "recoverd.io/replica-url";
 
 /// How the Kubernetes store is set up.
 #[derive(Clone, Debug)]
@@ -59,6 +67,10 @@ pub struct KubeStoreConfig {
     pub identity: String,
     /// How long a Lease holds without renewal.
     pub lease_duration: Duration,
+    /// Where this replica's API answers other replicas (`http://POD_IP:8080`): written on the
+    /// Leases of the runs it executes, so an approval or cancel sent to another replica is
+    /// forwarded here.
+    pub advertise_url: Option<String>,
 }
 
 pub struct KubeStore {
@@ -67,6 +79,8 @@ pub struct KubeStore {
     plans: Api<crate::plan::model::RecoveryPlan>,
     config: KubeStoreConfig,
     state: Arc<Mutex<State>>,
+    /// Events on runs: started, awaiting approval, deduplicated, step failed, finished.
+    recorder: Recorder,
     /// Stops the renewal task when the store is dropped.
     stop: CancellationToken,
 }
@@ -83,6 +97,9 @@ struct State {
     seen: HashMap<String, (Option<String>, Instant)>,
     /// The uid of each plan's `RecoveryPlan` in the store's namespace (`None`: not there).
     plan_uids: HashMap<String, Option<String>>,
+    /// What the last write of each run said (its phase and how many steps had failed), so that
+    /// an Event is recorded once per change.
+    told: HashMap<String, (Phase, usize)>,
 }
 
 struct Held {
@@ -213,6 +230,13 @@ impl KubeStore {
     /// holds; call [`KubeStore::check`] to find out whether the CRD and permissions are there.
     pub fn new(client: Client, config: KubeStoreConfig) -> Self {
         let store = KubeStore {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "recoverd".into(),
+                    instance: Some(config.identity.clone()),
+                },
+            ),
             runs: Api::namespaced(client.clone(), &config.namespace),
             leases: Api::namespaced(client.clone(), &config.namespace),
             plans: Api::namespaced(client, &config.namespace),
@@ -314,6 +338,93 @@ impl KubeStore {
         })
     }
 
+    /// Records Events for what changed in `record` since this replica last wrote it, in the
+    /// background (an Event never holds up a run).
+    fn tell(&self, record: &RunRecord) {
+        let failed: Vec<&crate::record::StepRecord> = record
+            .steps
+            .iter()
+            .chain(&record.on_failure)
+            .filter(|s| s.status == crate::record::StepStatus::Failed)
+            .collect();
+        let before = lock(&self.state)
+            .told
+            .insert(record.id.clone(), (record.phase, failed.len()));
+        let mut events = Vec::new();
+        let (phase_before, failed_before) = before.map_or((None, 0), |(p, n)| (Some(p), n));
+        for step in failed.iter().skip(failed_before) {
+            events.push(event(
+                EventType::Warning,
+                "StepFailed",
+                format!(
+                    "step {:?} failed{}: {}",
+                    step.name,
+                    step.cluster
+                        .as_deref()
+                        .map(|c| format!(" on cluster {c}"))
+                        .unwrap_or_default(),
+                    step.error.as_deref().unwrap_or("no reason recorded")
+                ),
+            ));
+        }
+        if phase_before != Some(record.phase) {
+            let (type_, note) = match record.phase {
+                Phase::Pending | Phase::Running if phase_before.is_none() => (
+                    EventType::Normal,
+                    format!("run of plan {} started", record.plan),
+                ),
+                Phase::WaitingForApproval => (
+                    EventType::Normal,
+                    format!("run of plan {} awaits approval", record.plan),
+                ),
+                Phase::Succeeded | Phase::Cancelled => (
+                    EventType::Normal,
+                    record.error.clone().unwrap_or_else(|| "run ended".into()),
+                ),
+                Phase::SucceededWithErrors | Phase::Failed | Phase::Interrupted => (
+                    EventType::Warning,
+                    record.error.clone().unwrap_or_else(|| "run ended".into()),
+                ),
+                _ => return self.publish(&record.id, events),
+            };
+            let reason = match record.phase {
+                Phase::Pending | Phase::Running => "Started",
+                Phase::WaitingForApproval => "AwaitingApproval",
+                other => other.as_str(),
+            };
+            events.push(event(type_, reason, note));
+        }
+        if record.phase.is_finished() {
+            lock(&self.state).told.remove(&record.id);
+        }
+        self.publish(&record.id, events);
+    }
+
+    fn publish(&self, id: &str, events: Vec<KubeEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let (recorder, reference) = (self.recorder.clone(), self.reference(id));
+        let id = id.to_string();
+        tokio::spawn(async move {
+            for e in events {
+                if let Err(err) = recorder.publish(&e, &reference).await {
+                    tracing::warn!(run = %id, error = %err, "failed to record an Event for the run");
+                }
+            }
+        });
+    }
+
+    fn reference(&self, id: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("recoverd.io/v1alpha1".into()),
+            kind: Some("RecoveryRun".into()),
+            name: Some(object_name(id)),
+            namespace: Some(self.config.namespace.clone()),
+            ..Default::default()
+        }
+    }
+
     /// Takes the plan's slot for `record` unless the rules refuse it.
     async fn take_slot(
         &self,
@@ -341,7 +452,8 @@ impl KubeStore {
                 if holder == record.id {
                     return Ok(Err(Refusal::SameRun { existing: holder }));
                 }
-                if rules.one_active_per_plan && self.still_active(&holder).await? {
+                let acquired = spec.acquire_time.as_ref().map(|t| t.0);
+                if rules.one_active_per_plan && self.still_active(&holder, acquired).await? {
                     return Ok(Err(Refusal::ActiveRun { existing: holder }));
                 }
             }
@@ -386,15 +498,26 @@ impl KubeStore {
         })
     }
 
-    /// Whether run `id` exists and has not finished (a slot held by a run that is gone or
-    /// finished is free).
-    async fn still_active(&self, id: &str) -> Result<bool, StoreError> {
+    /// Whether run `id`, holding a plan's slot since `acquired`, has not finished. A slot held
+    /// by a finished run is free; one held by a run that does not exist is free only once
+    /// [`CLAIM_GRACE`] has passed — until then its replica is between taking the slot and
+    /// creating the run.
+    async fn still_active(
+        &self,
+        id: &str,
+        acquired: Option<jiff::Timestamp>,
+    ) -> Result<bool, StoreError> {
         let found = self
             .runs
             .get_opt(&object_name(id))
             .await
             .map_err(kube_err(format!("read RecoveryRun {id}")))?;
-        Ok(found.is_some_and(|o| ACTIVE.contains(&record_of(&o).phase)))
+        Ok(match found {
+            Some(o) => ACTIVE.contains(&record_of(&o).phase),
+            None => acquired.is_some_and(|t| {
+                jiff::Timestamp::now().duration_since(t).unsigned_abs() < CLAIM_GRACE
+            }),
+        })
     }
 
     /// Frees the plan's slot when `record` holds it and has finished.
@@ -450,6 +573,17 @@ impl KubeStore {
 impl Drop for KubeStore {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+fn event(type_: EventType, reason: &str, note: String) -> KubeEvent {
+    let note: String = note.chars().take(1000).collect();
+    KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Run".into(),
+        secondary: None,
     }
 }
 
@@ -513,7 +647,17 @@ async fn renew(
             name: Some(run_lease_name(id)),
             resource_version: version.clone(),
             labels: Some([(MANAGED_BY.0.into(), MANAGED_BY.1.into())].into()),
-            annotations: Some([("recoverd.io/run-id".into(), id.into())].into()),
+            annotations: Some(
+                [("recoverd.io/run-id".to_string(), id.to_string())]
+                    .into_iter()
+                    .chain(
+                        config
+                            .advertise_url
+                            .clone()
+                            .map(|u| (REPLICA_URL.to_string(), u)),
+                    )
+                    .collect(),
+            ),
             ..Default::default()
         },
         spec: Some(LeaseSpec {
@@ -552,6 +696,7 @@ impl RunStore for KubeStore {
         rules: ClaimRules,
     ) -> Result<Result<(), Refusal>, StoreError> {
         if self.exists(&record.id).await? {
+            self.duplicate(&record.id, record.trigger.kind.as_str());
             return Ok(Err(Refusal::SameRun {
                 existing: record.id.clone(),
             }));
@@ -603,6 +748,7 @@ impl RunStore for KubeStore {
         lock(&self.state)
             .versions
             .insert(record.id.clone(), version);
+        self.tell(record);
         Ok(Ok(()))
     }
 
@@ -629,6 +775,7 @@ impl RunStore for KubeStore {
                         .versions
                         .insert(record.id.clone(), version);
                     self.release_slot(record).await;
+                    self.tell(record);
                     return Ok(true);
                 }
                 Err(e) if is_status(&e, 409) => continue,
@@ -670,6 +817,7 @@ impl RunStore for KubeStore {
                 lock(&self.state)
                     .versions
                     .insert(record.id.clone(), version);
+                self.tell(record);
                 if record.phase.is_finished() {
                     lock(&self.state).versions.remove(&record.id);
                     self.release_slot(record).await;
@@ -907,6 +1055,33 @@ impl RunStore for KubeStore {
         }
         state.seen = still;
         Ok(out)
+    }
+
+    fn duplicate(&self, id: &str, trigger: &str) {
+        let note = format!("the {trigger} was delivered again; it is this run");
+        self.publish(id, vec![event(EventType::Normal, "Deduplicated", note)]);
+    }
+
+    async fn executor_of(&self, id: &str) -> Result<Option<super::Holder>, StoreError> {
+        let name = run_lease_name(id);
+        let Some(lease) = self
+            .leases
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(format!("read Lease {name}")))?
+        else {
+            return Ok(None);
+        };
+        let replica = lease.spec.and_then(|s| s.holder_identity);
+        Ok(replica
+            .filter(|r| *r != self.config.identity)
+            .map(|replica| super::Holder {
+                replica,
+                url: lease
+                    .metadata
+                    .annotations
+                    .and_then(|mut a| a.remove(REPLICA_URL)),
+            }))
     }
 
     fn replica(&self) -> Option<String> {
