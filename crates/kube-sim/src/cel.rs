@@ -498,17 +498,13 @@ const STANDARD_FUNCTIONS: &[&str] = &[
     "transformMapEntry",
 ];
 
-const NAMESPACES: &[&str] = &[
-    "optional", "strings", "lists", "sets", "math", "base64", "cel", "format",
-];
-
 /// The functions a rule calls that no CEL environment of the API server declares.
 fn undeclared(e: &cel::IdedExpr, out: &mut Vec<(u64, String)>) {
     use cel::common::ast::{EntryExpr, Expr};
     match &e.expr {
         Expr::Call(c) => {
             let namespaced = matches!(c.target.as_deref().map(|t| &t.expr),
-                Some(Expr::Ident(ns)) if NAMESPACES.contains(&ns.as_str()));
+                Some(Expr::Ident(ns)) if super::cel_check::NAMESPACES.contains(&ns.as_str()));
             let name = c.func_name.as_str();
             let known = name.starts_with(['_', '@', '!'])
                 || name.contains('.')

@@ -194,6 +194,25 @@ pub fn unbounded_cardinality(d: &Decl) -> u64 {
     MAX_REQUEST / (d.min_size + 1)
 }
 
+/// The identifiers of types rules may name (`type(x) == string`).
+const TYPE_NAMES: &[&str] = &[
+    "int",
+    "uint",
+    "double",
+    "bool",
+    "string",
+    "bytes",
+    "list",
+    "map",
+    "null_type",
+    "type",
+    "google",
+];
+
+/// The namespaces of the functions Kubernetes declares for CRD rules (`strings.quote`,
+/// `optional.of`); `math` and `cel` (`cel.bind`) are not among them.
+pub const NAMESPACES: &[&str] = &["optional", "strings", "sets", "base64", "lists", "format"];
+
 /// A CEL type, as far as the checker follows it.
 #[derive(Clone, Debug)]
 pub enum Ty {
@@ -561,7 +580,14 @@ impl Checker<'_> {
                 let ty = match name.as_str() {
                     "self" => self.self_ty.clone(),
                     "oldSelf" => self.old_ty.clone().unwrap_or(Ty::Dyn),
-                    _ => Ty::Dyn,
+                    n if TYPE_NAMES.contains(&n) => Ty::Type,
+                    _ => {
+                        self.error(
+                            e.id,
+                            format!("undeclared reference to '{name}' (in container '')"),
+                        );
+                        Ty::Dyn
+                    }
                 };
                 let mut n = Node::new(ty, 1);
                 n.path = vec![name.clone()];
@@ -810,7 +836,14 @@ impl Checker<'_> {
             return n;
         }
         let args: Vec<Node> = call.args.iter().map(|a| self.node(a)).collect();
-        let target = call.target.as_ref().map(|t| self.node(t));
+        // `strings.quote(…)`: a function of a namespace, not a method of a variable.
+        let namespaced = matches!(call.target.as_deref().map(|t| &t.expr),
+            Some(Expr::Ident(ns)) if NAMESPACES.contains(&ns.as_str()) && self.var(ns).is_none());
+        let target = call
+            .target
+            .as_ref()
+            .filter(|_| !namespaced)
+            .map(|t| self.node(t));
         let arg_sum = args.iter().fold(0u64, |s, a| s.saturating_add(a.cost));
         let target_cost = target.as_ref().map_or(0, |t| t.cost);
         let ty = self.call_type(id, f, target.as_ref(), &args);
