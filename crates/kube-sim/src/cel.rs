@@ -874,7 +874,9 @@ fn schema_causes(
                         .map(|(at, m)| super::cel_check::render_error(&text, *at, m))
                         .collect();
                     error = Some(compile_error(&field, rule, &shown.join("\n")));
-                } else if !matches!(a.ty, Ty::Bool | Ty::Dyn) {
+                } else if !matches!(a.ty, Ty::Bool | Ty::Dyn)
+                    || super::cel_check::is_declared_dyn(&p, &decl)
+                {
                     error = Some(Cause {
                         reason: "FieldValueInvalid".into(),
                         message: format!(
@@ -922,7 +924,9 @@ fn schema_causes(
                             "messageExpression compilation failed: {}",
                             super::cel_check::render_error(&expr, *off, m)
                         )));
-                    } else if !matches!(a.ty, Ty::String | Ty::Dyn) {
+                    } else if !matches!(a.ty, Ty::String | Ty::Dyn)
+                        || super::cel_check::is_declared_dyn(&p, &decl)
+                    {
                         out.push(invalid(
                             "messageExpression must evaluate to a string".into(),
                         ));

@@ -515,6 +515,36 @@ pub fn analyze(p: &cel::Program, self_ty: Ty, old_ty: Option<Ty>, sizes: &dyn Si
     }
 }
 
+/// Whether an expression is a field of `self` (`self.a.b`) the schema types as `dyn`
+/// (`x-kubernetes-int-or-string`): cel-go knows it is neither a bool nor a string.
+pub fn is_declared_dyn(p: &cel::Program, root: &Rc<Decl>) -> bool {
+    let mut fields = Vec::new();
+    let mut e = p.expression();
+    loop {
+        match &e.expr {
+            Expr::Select(sel) if !sel.test => {
+                fields.push(sel.field.as_str());
+                e = &sel.operand;
+            }
+            Expr::Ident(name) if name == "self" => break,
+            _ => return false,
+        }
+    }
+    let mut d = root.clone();
+    for f in fields.iter().rev() {
+        let next = match &d.kind {
+            Kind::Object(m) => m.get(*f).cloned(),
+            Kind::Map(v) => Some(v.clone()),
+            _ => None,
+        };
+        match next {
+            Some(n) => d = n,
+            None => return false,
+        }
+    }
+    matches!(d.kind, Kind::Dyn)
+}
+
 /// cel-go's rendering of an error at `offset` of `source`.
 pub fn render_error(source: &str, offset: usize, message: &str) -> String {
     let before = &source[..offset.min(source.len())];
