@@ -110,6 +110,26 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
         store(&ns, "replica-b", Duration::from_secs(15)).await,
     );
     let plan = format!("{ns}/p");
+    // The plan is a resource in the runs' namespace: its runs are owned by it.
+    let file = std::env::temp_dir().join(format!("{ns}-plan.yaml"));
+    std::fs::write(
+        &file,
+        "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: p}\nspec:\n  alertLabels: {alertname: X}\n  steps:\n  - {name: s, type: http, http: {url: \"http://127.0.0.1:9/\"}}\n",
+    )
+    .unwrap();
+    ok(clusters()
+        .kubectl(HOME)
+        .args(["apply", "-n", &ns, "-f"])
+        .arg(&file));
+    let uid = ok(clusters().kubectl(HOME).args([
+        "get",
+        "recoveryplan",
+        "p",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]));
     // The same incident at both replicas at once: one creates it, the other is told it exists.
     let first = record("a-0001", &plan, TriggerKind::Alert);
     let (x, y) = tokio::join!(a.claim(&first, ONE_ACTIVE), b.claim(&first, ONE_ACTIVE));
@@ -125,6 +145,16 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
             .any(|o| matches!(o, Err(Refusal::SameRun { existing }) if existing == "a-0001")),
         "{outcomes:?}"
     );
+    let owners = ok(clusters().kubectl(HOME).args([
+        "get",
+        "recoveryrun",
+        "a-0001",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].uid}",
+    ]));
+    assert_eq!(owners, format!("RecoveryPlan/{uid}"));
     // Two new incidents of the plan at two replicas at once: exactly one run starts.
     let mut running = b.get("a-0001").await.unwrap().expect("claimed");
     running.phase = Phase::Succeeded;
@@ -633,5 +663,55 @@ spec:
     assert!(
         error.contains("executes on replica replica-b") && error.contains("--advertise-url"),
         "{error}"
+    );
+}
+
+/// A replica stopped with SIGTERM (a rolling update) lets its running step finish, records the
+/// run Interrupted and releases its Lease; the other replica takes the run over and finishes
+/// it from the next step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_gracefully_hands_its_run_to_the_other() {
+    let ns = clusters().namespace("kstore-graceful").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(3).await;
+    let plans = write_plan(dir.path(), &ns, &hook, "2s");
+    let mut a = replica(dir.path(), &plans, &ns, "replica-a", "3s").await;
+    let b = replica(dir.path(), &plans, &ns, "replica-b", "3s").await;
+    let (status, body) = a
+        .post(
+            "/api/v1/alerts",
+            &support::server::payload(
+                "firing",
+                json!({"alertname": "HaFired", "testns": ns}),
+                "fp-graceful",
+                "2026-12-02T10:00:00Z",
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("replica a is in the pause", LIMIT, || async {
+        counts(&hits)[0] == 1
+    })
+    .await;
+    ok(Command::new("kill").args(["-TERM", &a.child.id().to_string()]));
+    let exit = tokio::task::block_in_place(|| a.child.wait().unwrap());
+    assert!(exit.success(), "{exit:?}\n{}", a.log_text());
+    assert_eq!(counts(&hits), [1, 0, 0], "a stopped before the next step");
+    eventually("replica b finished the run", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(counts(&hits), [1, 1, 1]);
+    let record = b.get(&format!("/api/v1/runs/{id}")).await;
+    assert!(
+        record["decisions"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["action"] == "takenOver")),
+        "{record:#}"
+    );
+    assert_eq!(
+        record["steps"][1]["status"], "succeeded",
+        "the pause finished on a"
     );
 }

@@ -110,6 +110,34 @@ impl Runs {
         Ok(plan.clone())
     }
 
+    /// The phase a claimed run is created in: waiting for approval, or about to run.
+    pub(super) fn first_phase(needs_approval: bool) -> Phase {
+        if needs_approval {
+            Phase::WaitingForApproval
+        } else {
+            Phase::Pending
+        }
+    }
+
+    /// After a claim: a run waiting for approval is announced, any other starts now. Returns
+    /// whether it started.
+    pub(super) async fn begin(
+        self: &Arc<Self>,
+        record: &RunRecord,
+        plan: Arc<Plan>,
+        dry_run: bool,
+    ) -> bool {
+        self.refresh_active().await;
+        if record.phase == Phase::WaitingForApproval {
+            info!(plan = %record.plan, run = %record.id, trigger = %record.trigger.kind, "run awaits approval");
+            self.notify(Lifecycle::AwaitingApproval, record, None, None);
+            false
+        } else {
+            self.spawn(record.clone(), plan, dry_run);
+            true
+        }
+    }
+
     pub(super) fn spawn(self: &Arc<Self>, mut record: RunRecord, plan: Arc<Plan>, dry_run: bool) {
         let control = RunControl {
             cancel: Default::default(),
