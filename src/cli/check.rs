@@ -259,7 +259,23 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
     let fields = (0..spec.steps.len())
         .map(|i| format!("spec.steps[{i}]"))
         .chain((0..spec.on_failure.len()).map(|j| format!("spec.onFailure[{j}]")));
+    // A forEach's own steps follow it, rendered with a stand-in item.
+    let mut all = Vec::new();
     for (step, field_prefix) in spec.steps.iter().chain(&spec.on_failure).zip(fields) {
+        all.push((step, field_prefix.clone()));
+        for (i, inner) in step.for_each.iter().flat_map(|f| &f.steps).enumerate() {
+            all.push((inner, format!("{field_prefix}.forEach.steps[{i}]")));
+        }
+    }
+    for (step, field_prefix) in all {
+        if step.for_each.is_some() {
+            let item = crate::plan::validate::ITEM;
+            standins.insert(item.to_string());
+            values.insert(
+                item.into(),
+                json!(format!("<an item of step {}>", step.name())),
+            );
+        }
         let mut ctx = template::context(
             values.clone(),
             Some(alert.context()),

@@ -12,6 +12,7 @@ mod ctx;
 mod delete;
 mod error;
 mod exec;
+mod for_each;
 mod http;
 mod patch;
 mod read_field;
@@ -66,6 +67,17 @@ pub enum Event {
         index: usize,
         compensation: bool,
     },
+    /// A step of a forEach iteration started: [`RunRecord::child`]`(index, compensation, child)`.
+    ChildStarted {
+        index: usize,
+        compensation: bool,
+        child: usize,
+    },
+    ChildFinished {
+        index: usize,
+        compensation: bool,
+        child: usize,
+    },
     RunFinished,
 }
 
@@ -96,8 +108,27 @@ pub struct RunControl {
     pub cancelled_by: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-/// The approval step waiting now: its signal, and who answered it once someone has.
-pub type ApprovalSlot = Arc<std::sync::Mutex<Option<(CancellationToken, Option<String>)>>>;
+/// The approval step waiting now, and who answered it once someone has.
+pub type ApprovalSlot = Arc<std::sync::Mutex<Option<WaitingApproval>>>;
+
+/// One wait of an approval step: which step, since when (its record's `startedAt`), its
+/// signal, and who answered.
+#[derive(Debug)]
+pub struct WaitingApproval {
+    pub step: String,
+    pub started_at: String,
+    pub signal: CancellationToken,
+    pub by: Option<String>,
+}
+
+/// Why an approval was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApprovalRefused {
+    /// No step waits now (or it is already approved).
+    NothingWaiting,
+    /// Another wait than the one approved: a stale answer must not approve a later question.
+    OtherWait { step: String, started_at: String },
+}
 
 /// How the `approval` steps of a run are decided.
 #[derive(Clone, Debug, Default)]
@@ -119,20 +150,33 @@ impl Approvals {
         Approvals::Waiting(Default::default())
     }
 
-    /// Approves the step waiting now, as `by`; false when no step is waiting (or it is
-    /// already approved).
-    pub fn approve(&self, by: &str) -> bool {
+    /// Approves the wait going on now, as `by`. `step` and `started_at`, when given, must be
+    /// the waiting step's name and its record's `startedAt`: an answer to an earlier wait (of
+    /// the same step before a resume, or of another iteration) is refused.
+    pub fn approve(
+        &self,
+        by: &str,
+        step: Option<&str>,
+        started_at: Option<&str>,
+    ) -> Result<(), ApprovalRefused> {
         let Approvals::Waiting(slot) = self else {
-            return false;
+            return Err(ApprovalRefused::NothingWaiting);
         };
-        match &mut *slot.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((token, who @ None)) => {
-                *who = Some(by.to_string());
-                token.cancel();
-                true
-            }
-            _ => false,
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(waiting) = slot.as_mut().filter(|w| w.by.is_none()) else {
+            return Err(ApprovalRefused::NothingWaiting);
+        };
+        if step.is_some_and(|s| s != waiting.step)
+            || started_at.is_some_and(|t| t != waiting.started_at)
+        {
+            return Err(ApprovalRefused::OtherWait {
+                step: waiting.step.clone(),
+                started_at: waiting.started_at.clone(),
+            });
         }
+        waiting.by = Some(by.to_string());
+        waiting.signal.cancel();
+        Ok(())
     }
 }
 
@@ -248,7 +292,7 @@ impl Executor {
                 index,
                 compensation: false,
             };
-            let result = self.run_step(&scope, record, at, step).await;
+            let result = self.run_any_step(&scope, record, at, step).await;
             if let Err(StepError::Interrupted) = result {
                 self.interrupted(record, step.name.as_str(), started, observer);
                 return;
@@ -369,7 +413,7 @@ impl Executor {
                 index,
                 compensation: true,
             };
-            let res = self.run_step(&scope, record, at, step).await;
+            let res = self.run_any_step(&scope, record, at, step).await;
             if let Err(StepError::Interrupted) = res {
                 return false;
             }

@@ -302,6 +302,10 @@ impl Executor {
             .filter(|s| s.status == StepStatus::Succeeded && s.diff.is_some())
             .filter_map(|s| s.object.clone())
             .collect();
+        let (step_name, started_at) = {
+            let rec = record.step(index, compensation);
+            (rec.name.clone(), rec.started_at.clone().unwrap_or_default())
+        };
         let mut backoff = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
@@ -335,6 +339,8 @@ impl Executor {
                 written: &written,
                 secret_keys: &secret_keys,
                 control,
+                step: &step_name,
+                started_at: &started_at,
             };
             let limit = attempt_timeout.min(remaining);
             let result = tokio::select! {
@@ -386,12 +392,16 @@ async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, Ste
         StepKind::Assert(s) => assert::run(s, ctx).await,
         StepKind::Exec(s) => exec::run(s, ctx).await,
         StepKind::Approval(s) => approval::run(s, ctx).await,
+        // Its iterations are steps of their own (see `for_each.rs`), never one attempt.
+        StepKind::ForEach(_) => Err(StepError::Items {
+            detail: "a forEach runs its iterations as steps of their own".into(),
+        }),
     }
 }
 
 /// The template context of a run at this point: `Values` (params, then outputs), `alert`,
 /// `plan`, `run`.
-fn context(plan: &Plan, input: &RunInput, record: &RunRecord) -> Value {
+pub(super) fn context(plan: &Plan, input: &RunInput, record: &RunRecord) -> Value {
     let mut values = Map::new();
     for (k, v) in &record.params {
         values.insert(k.clone(), v.clone());

@@ -154,13 +154,16 @@ pub async fn run(
 
 /// The optional body of approve and cancel.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DecisionBody {
     /// Who decides, as recorded.
     actor: Option<String>,
     /// The approval step being approved: required while a run executes, so that an answer
     /// can only approve the question it was given to.
     step: Option<String>,
+    /// The `startedAt` of the waiting step's record, as the approver read it: refused (409)
+    /// when that wait is over and another one waits now.
+    started_at: Option<String>,
 }
 
 /// Who decided, for the record: the name the caller gave and which token it used (the first
@@ -205,7 +208,7 @@ pub async fn approve(
     let by = decided_by(&headers, body.actor);
     Ok(Json(
         blocking(&state, move |runs| {
-            Ok(runs.approve(&id, &by, body.step.as_deref())?)
+            Ok(runs.approve(&id, &by, body.step.as_deref(), body.started_at.as_deref())?)
         })
         .await?,
     ))
