@@ -1,0 +1,465 @@
+//! `forEach` steps on the real test clusters: over the objects a selector matches, over a param
+//! list, over a list read earlier; iterations recorded as child steps with their item;
+//! concurrency that overlaps iterations and bounds them; a failed iteration that the others
+//! outlive (`onError: continue`); `maxItems` refusing before any write; a dry run writing
+//! nothing. Also a templated `maxObjects`, and an approval that answers only the wait it names.
+
+mod support;
+
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use k8s_openapi::api::core::v1::ConfigMap;
+use kube::api::{Api, PostParams};
+use recoverd::cluster::WriteMode;
+use recoverd::plan::Plan;
+use recoverd::run::record::{Phase, StepRecord, StepStatus};
+use serde_json::{json, Value};
+use support::run::{plan_in, registry, run};
+
+fn language(file: &str) -> Plan {
+    plan_in("language", file)
+}
+
+/// A namespace of its own in cluster north, and its ConfigMaps.
+async fn setup(test: &str) -> (String, Api<ConfigMap>) {
+    let clusters = support::shared();
+    let ns = clusters.namespace(test).await;
+    let api = Api::namespaced(clusters.client("north").await, &ns);
+    (ns, api)
+}
+
+async fn create(api: &Api<ConfigMap>, name: &str, labels: Value, data: Value) {
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": data}))
+            .unwrap();
+    api.create(&PostParams::default(), &cm).await.unwrap();
+}
+
+async fn names(api: &Api<ConfigMap>) -> Vec<String> {
+    let mut names: Vec<String> = api
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter_map(|c| c.metadata.name)
+        .filter(|n| n != "kube-root-ca.crt")
+        .collect();
+    names.sort();
+    names
+}
+
+fn summary(children: &[StepRecord]) -> Vec<(String, StepStatus, Option<Value>)> {
+    children
+        .iter()
+        .map(|c| (c.name.clone(), c.status, c.item.clone()))
+        .collect()
+}
+
+fn at(t: &Option<String>) -> jiff::Timestamp {
+    t.as_deref().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn for_each_over_a_selector_deletes_each_object_as_its_own_child_step() {
+    let (ns, cms) = setup("fe-selector").await;
+    for n in ["stale-a", "stale-b", "stale-c"] {
+        create(&cms, n, json!({"app": "stale"}), json!({})).await;
+    }
+    create(&cms, "keep", json!({"app": "live"}), json!({})).await;
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("for-each-selected.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    assert_eq!(names(&cms).await, ["keep"]);
+    let step = &record.steps[0];
+    assert_eq!(
+        summary(&step.children),
+        [
+            (
+                "delete-volume[0]".into(),
+                StepStatus::Succeeded,
+                Some(json!("stale-a"))
+            ),
+            (
+                "delete-volume[1]".into(),
+                StepStatus::Succeeded,
+                Some(json!("stale-b"))
+            ),
+            (
+                "delete-volume[2]".into(),
+                StepStatus::Succeeded,
+                Some(json!("stale-c"))
+            ),
+        ]
+    );
+    assert_eq!(
+        step.children[1].inputs.as_ref().unwrap()["objects"],
+        json!([{"name": "stale-b", "result": "gone"}]),
+        "each child says what it did: {step:#?}"
+    );
+    let inputs = step.inputs.as_ref().unwrap();
+    assert_eq!(inputs["items"], json!(["stale-a", "stale-b", "stale-c"]));
+    assert_eq!(
+        inputs["steps"],
+        json!({"succeeded": 3, "failed": 0, "skipped": 0, "pending": 0}),
+        "the parent summarises its iterations: {inputs}"
+    );
+    assert!(
+        inputs["source"].as_str().unwrap().contains("[app=stale]"),
+        "{inputs}"
+    );
+}
+
+#[tokio::test]
+async fn for_each_over_a_param_list_runs_every_iteration_and_fails_naming_the_one_that_failed() {
+    let (ns, cms) = setup("fe-params").await;
+    create(&cms, "pg-1", json!({}), json!({"role": "primary"})).await;
+    create(&cms, "pg-3", json!({}), json!({"role": "replica"})).await;
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("for-each-params.yaml"), &ns, &[]).await;
+
+    // pg-2 does not exist: its read fails, its patch does not run, pg-3 still gets its turn.
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let step = &record.steps[0];
+    let statuses: Vec<_> = step
+        .children
+        .iter()
+        .map(|c| (c.name.as_str(), c.status))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            ("mark[0].read-role", StepStatus::Succeeded),
+            ("mark[0].record-role", StepStatus::Succeeded),
+            ("mark[1].read-role", StepStatus::Failed),
+            ("mark[1].record-role", StepStatus::Skipped),
+            ("mark[2].read-role", StepStatus::Succeeded),
+            ("mark[2].record-role", StepStatus::Succeeded),
+        ]
+    );
+    assert_eq!(step.children[2].reason.as_deref(), Some("not-found"));
+    assert_eq!(step.reason.as_deref(), Some("iterations-failed"));
+    let error = step.error.as_deref().unwrap();
+    assert!(
+        error.contains("1 of 3 iterations failed") && error.contains("mark[1].read-role"),
+        "{error}"
+    );
+    // Each iteration saw its own item and its own read value.
+    let was = |n: &str| {
+        let cms = cms.clone();
+        let n = n.to_string();
+        async move { cms.get(&n).await.unwrap().data.unwrap()["was"].clone() }
+    };
+    assert_eq!(was("pg-1").await, "primary before test");
+    assert_eq!(was("pg-3").await, "replica before test");
+    assert_eq!(step.children[4].outputs["role"], json!("replica"));
+    assert!(
+        !record.outputs.contains_key("role"),
+        "an iteration's values stay in it"
+    );
+}
+
+#[tokio::test]
+async fn for_each_over_a_list_read_earlier_deletes_what_it_names() {
+    let (ns, cms) = setup("fe-read").await;
+    create(
+        &cms,
+        "inventory",
+        json!({}),
+        json!({"stale": "[\"old-1\", \"old-2\"]"}),
+    )
+    .await;
+    for n in ["old-1", "old-2", "current"] {
+        create(&cms, n, json!({}), json!({})).await;
+    }
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("for-each-read-list.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    assert_eq!(names(&cms).await, ["current", "inventory"]);
+    assert_eq!(
+        summary(&record.steps[1].children),
+        [
+            (
+                "delete-stale[0]".into(),
+                StepStatus::Succeeded,
+                Some(json!("old-1"))
+            ),
+            (
+                "delete-stale[1]".into(),
+                StepStatus::Succeeded,
+                Some(json!("old-2"))
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_list_read_earlier_that_is_no_list_fails_the_step_before_any_iteration() {
+    let (ns, cms) = setup("fe-not-list").await;
+    create(&cms, "inventory", json!({}), json!({"stale": "old-1"})).await;
+    create(&cms, "old-1", json!({}), json!({})).await;
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("for-each-read-list.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let step = &record.steps[1];
+    assert_eq!(step.reason.as_deref(), Some("for-each-items"), "{step:#?}");
+    assert!(
+        step.error.as_deref().unwrap().contains("not a list"),
+        "{step:#?}"
+    );
+    assert!(step.children.is_empty());
+    assert_eq!(names(&cms).await, ["inventory", "old-1"]);
+}
+
+#[tokio::test]
+async fn iterations_overlap_up_to_the_concurrency_and_no_further() {
+    let (ns, _) = setup("fe-concurrent").await;
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("for-each-concurrent.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    let c = &record.steps[0].children;
+    assert_eq!(c.len(), 3);
+    let (start, end) = (
+        c.iter().map(|c| at(&c.started_at)).collect::<Vec<_>>(),
+        c.iter().map(|c| at(&c.finished_at)).collect::<Vec<_>>(),
+    );
+    assert!(
+        start[1] < end[0] && start[0] < end[1],
+        "the first two iterations ran at the same time: {c:#?}"
+    );
+    assert!(
+        start[2] >= end[0].min(end[1]),
+        "the third waited for one of them to finish (concurrency 2): {c:#?}"
+    );
+}
+
+#[tokio::test]
+async fn more_items_than_max_items_runs_no_iteration() {
+    let (ns, cms) = setup("fe-max").await;
+    for i in 0..6 {
+        create(
+            &cms,
+            &format!("stale-{i}"),
+            json!({"app": "stale"}),
+            json!({}),
+        )
+        .await;
+    }
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("for-each-selected.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let step = &record.steps[0];
+    assert_eq!(step.reason.as_deref(), Some("too-many-items"), "{step:#?}");
+    assert!(
+        step.error
+            .as_deref()
+            .unwrap()
+            .contains("6 items to repeat over, more than maxItems 5; no iteration ran"),
+        "{step:#?}"
+    );
+    assert!(step.children.is_empty(), "{step:#?}");
+    assert_eq!(names(&cms).await.len(), 6, "nothing was deleted");
+}
+
+#[tokio::test]
+async fn a_for_each_in_a_dry_run_lists_each_iteration_and_deletes_nothing() {
+    let (ns, cms) = setup("fe-dry").await;
+    for n in ["stale-a", "stale-b"] {
+        create(&cms, n, json!({"app": "stale"}), json!({})).await;
+    }
+    let dry = registry(support::shared(), WriteMode::DryRun).await;
+
+    let record = run(dry, &language("for-each-selected.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    assert_eq!(names(&cms).await, ["stale-a", "stale-b"]);
+    let c = &record.steps[0].children;
+    assert_eq!(c.len(), 2, "{c:#?}");
+    for (child, name) in c.iter().zip(["stale-a", "stale-b"]) {
+        assert_eq!(
+            child.inputs.as_ref().unwrap()["objects"],
+            json!([{"name": name, "result": "would be deleted (dry run)"}]),
+            "{child:#?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn max_objects_from_a_param_bounds_a_selector_delete_and_is_checked_when_it_runs() {
+    let (ns, cms) = setup("fe-max-objects").await;
+    for n in ["stale-0", "stale-1", "stale-2"] {
+        create(&cms, n, json!({"app": "stale"}), json!({})).await;
+    }
+    let reg = registry(support::shared(), WriteMode::Live).await;
+    let plan = language("delete-selected-templated.yaml");
+
+    let record = run(reg.clone(), &plan, &ns, &[]).await;
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    assert!(
+        record.steps[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("3 objects match, more than maxObjects 2; nothing was deleted"),
+        "{record:#?}"
+    );
+
+    let record = run(reg.clone(), &plan, &ns, &[("max", json!("many"))]).await;
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    assert!(
+        record.steps[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("rendered to \"many\", which is not a whole number from 1"),
+        "{record:#?}"
+    );
+    assert_eq!(names(&cms).await.len(), 3);
+
+    let record = run(reg, &plan, &ns, &[("max", json!(3))]).await;
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    assert!(names(&cms).await.is_empty());
+}
+
+// ---- Approvals inside iterations: an answer approves only the wait it names ----
+
+fn approval_plan(hook: &str) -> (&'static str, String) {
+    (
+        "each-site.yaml",
+        format!(
+            "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: each-site, namespace: ops}}\n\
+             spec:\n  mode: manual\n  params: {{hook: \"{hook}\"}}\n  steps:\n\
+             \x20 - name: promote\n    type: forEach\n    forEach:\n      items: [north, south]\n      steps:\n\
+             \x20     - name: decide\n        type: approval\n        approval: {{message: \"Promote {{{{ Values.item }}}}?\", timeout: 5m}}\n\
+             \x20     - name: call\n        type: http\n        http: {{url: \"{{{{ Values.hook }}}}/step/{{{{ 0 if Values.item == 'north' else 1 }}}}\", method: POST}}\n"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_stale_approval_does_not_approve_a_later_wait() {
+    use support::server::{app, counting_hook, counts, eventually};
+    let (hook, hits) = counting_hook(2).await;
+    let app = app(&[approval_plan(&hook)]).await;
+    let (status, run) = app
+        .post("/api/v1/plans/ops/each-site/runs", &json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let id = run["id"].as_str().unwrap().to_string();
+    let waiting = |child: usize| {
+        let app = &app;
+        let id = id.clone();
+        async move {
+            eventually(
+                &format!("child {child} to wait for approval"),
+                Duration::from_secs(20),
+                || {
+                    let id = id.clone();
+                    async move {
+                        app.get(&format!("/api/v1/runs/{id}")).await.1["steps"][0]["children"]
+                            [child]["status"]
+                            == "waitingForApproval"
+                    }
+                },
+            )
+            .await;
+            app.get(&format!("/api/v1/runs/{id}")).await.1["steps"][0]["children"][child].clone()
+        }
+    };
+    let approve = |body: Value| {
+        let app = &app;
+        let id = id.clone();
+        async move { app.post(&format!("/api/v1/runs/{id}/approve"), &body).await }
+    };
+
+    let first = waiting(0).await;
+    assert_eq!(first["name"], "promote[0].decide");
+    assert_eq!(first["inputs"]["message"], "Promote north?", "{first}");
+    let first_wait = json!({"step": "promote[0].decide", "startedAt": first["startedAt"]});
+    let (status, body) =
+        approve(json!({"step": "promote[0].decide", "startedAt": "2020-01-01T00:00:00Z"})).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a wait that is not this one: {body}"
+    );
+    let (status, body) = approve(first_wait.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+
+    let second = waiting(2).await;
+    assert_eq!(second["name"], "promote[1].decide");
+    assert_eq!(counts(&hits), [1, 0], "north promoted, south not yet");
+    // The first answer, sent again (a retry, a double click): it answers nothing now.
+    let (status, body) = approve(first_wait).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    // The right step, with the time of the earlier wait: refused, saying what waits now.
+    let (status, body) =
+        approve(json!({"step": "promote[1].decide", "startedAt": first["startedAt"]})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    let text = body.to_string();
+    assert!(
+        text.contains("promote[1].decide") && text.contains(second["startedAt"].as_str().unwrap()),
+        "the refusal says which wait is on now: {text}"
+    );
+    assert_eq!(counts(&hits), [1, 0], "the stale answers approved nothing");
+
+    let (status, body) =
+        approve(json!({"step": "promote[1].decide", "startedAt": second["startedAt"]})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let done = app.finished(&id).await;
+    assert_eq!(done["phase"], "Succeeded", "{done}");
+    assert_eq!(counts(&hits), [1, 1]);
+}
+
+#[tokio::test]
+async fn a_for_each_rehearses_against_a_seeded_world() {
+    let clusters = support::shared();
+    let (ns, cms) = setup("fe-rehearse").await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("world.yaml"),
+        "clusters:\n  north:\n    objects: [stale.yaml]\n",
+    )
+    .unwrap();
+    let objects: Vec<String> = ["stale-a", "stale-b"]
+        .iter()
+        .map(|n| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {n}, namespace: {ns}, labels: {{app: stale}}}}\n"))
+        .collect();
+    std::fs::write(dir.path().join("stale.yaml"), objects.join("---\n")).unwrap();
+    let plan =
+        support::clusters::repo_dir().join("tests/data/plans/language/for-each-selected.yaml");
+
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recoverd"))
+        .args(["rehearse", plan.to_str().unwrap(), "--world"])
+        .arg(dir.path().join("world.yaml"))
+        .arg("--kubeconfig")
+        .arg(clusters.kubeconfig())
+        .args(["--param", &format!("ns={ns}"), "-o", "json"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let body: Value = serde_json::from_str(&stdout).unwrap();
+    let children = &body["run"]["steps"][0]["children"];
+    assert_eq!(children[0]["name"], "delete-volume[0]", "{body}");
+    assert_eq!(children[0]["item"], "stale-a", "{body}");
+    assert_eq!(children[1]["item"], "stale-b", "{body}");
+    assert_eq!(children[1]["status"], "succeeded", "{body}");
+    assert!(names(&cms).await.is_empty(), "the rehearsal deleted both");
+}
