@@ -463,3 +463,71 @@ async fn a_for_each_rehearses_against_a_seeded_world() {
     assert_eq!(children[1]["status"], "succeeded", "{body}");
     assert!(names(&cms).await.is_empty(), "the rehearsal deleted both");
 }
+
+#[tokio::test]
+async fn after_a_failed_iteration_no_new_one_starts_by_default() {
+    let (ns, cms) = setup("fe-abort").await;
+    create(&cms, "pg-1", json!({}), json!({"role": "primary"})).await;
+    create(&cms, "pg-3", json!({}), json!({"role": "replica"})).await;
+    // The param-list plan with the default `onError: abort` between iterations.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("abort.yaml");
+    let text = std::fs::read_to_string(
+        support::clusters::repo_dir().join("tests/data/plans/language/for-each-params.yaml"),
+    )
+    .unwrap();
+    assert!(text.contains("      onError: continue\n"));
+    std::fs::write(&path, text.replace("      onError: continue\n", "")).unwrap();
+    let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
+    assert!(errors.is_empty(), "{errors:?}");
+    let plan = recoverd::plan::compile_one(&plans.remove(0), None).unwrap();
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &plan, &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let c = &record.steps[0].children;
+    let statuses: Vec<_> = c.iter().map(|c| c.status).collect();
+    assert_eq!(
+        statuses,
+        [
+            StepStatus::Succeeded,
+            StepStatus::Succeeded,
+            StepStatus::Failed,
+            StepStatus::Skipped,
+            StepStatus::Skipped,
+            StepStatus::Skipped,
+        ],
+        "{c:#?}"
+    );
+    assert!(
+        c[4].error
+            .as_deref()
+            .unwrap()
+            .contains("an earlier iteration failed"),
+        "{c:#?}"
+    );
+    let pg3 = cms.get("pg-3").await.unwrap().data.unwrap();
+    assert!(!pg3.contains_key("was"), "pg-3 was not touched: {pg3:?}");
+}
+
+#[tokio::test]
+async fn a_tolerated_failure_inside_an_iteration_makes_the_run_succeeded_with_errors() {
+    let (ns, cms) = setup("fe-tolerated").await;
+    create(&cms, "pg-1", json!({}), json!({"role": "primary"})).await;
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("for-each-tolerated.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::SucceededWithErrors, "{record:#?}");
+    assert_eq!(record.steps[0].status, StepStatus::Succeeded);
+    let failed = &record.steps[0].children[1];
+    assert!(
+        failed.continued && failed.status == StepStatus::Failed,
+        "{failed:#?}"
+    );
+    assert!(
+        record.error.as_deref().unwrap().contains("fence[1]"),
+        "{record:#?}"
+    );
+}

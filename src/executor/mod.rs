@@ -339,14 +339,21 @@ impl Executor {
                     record.phase = Phase::Failed;
                 }
             }
-        } else if record.steps.iter().any(|s| s.continued) {
-            // A tolerated failure (a fence that did not happen) must be visible at a glance.
+        } else if record
+            .steps
+            .iter()
+            .flat_map(|s| std::iter::once(s).chain(&s.children))
+            .any(|s| s.continued)
+        {
+            // A tolerated failure (a fence that did not happen) must be visible at a glance,
+            // inside a forEach iteration too.
             record.phase = Phase::SucceededWithErrors;
             record.error = Some(format!(
                 "tolerated failures (onError: continue): {}",
                 record
                     .steps
                     .iter()
+                    .flat_map(|s| std::iter::once(s).chain(&s.children))
                     .filter(|s| s.continued)
                     .map(|s| s.name.as_str())
                     .collect::<Vec<_>>()
@@ -449,4 +456,57 @@ fn cancelled(record: &mut RunRecord, control: &RunControl) {
 fn step_cluster<'a>(registry: &'a Registry, step: &'a Step) -> Option<&'a str> {
     step.uses_cluster()
         .then(|| registry.name_or_default(step.cluster.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(slot: &ApprovalSlot, step: &str, started_at: &str) -> CancellationToken {
+        let signal = CancellationToken::new();
+        *slot.lock().unwrap() = Some(WaitingApproval {
+            step: step.into(),
+            started_at: started_at.into(),
+            signal: signal.clone(),
+            by: None,
+        });
+        signal
+    }
+
+    #[test]
+    fn an_approval_of_an_earlier_wait_of_the_same_step_approves_nothing() {
+        let approvals = Approvals::awaiting();
+        let Approvals::Waiting(slot) = &approvals else {
+            unreachable!()
+        };
+        // The step waited at 10:00, the run was resumed, and the same step waits again.
+        let now = waiting(slot, "decide", "2026-01-01T10:05:00Z");
+        assert_eq!(
+            approvals.approve("alice", Some("decide"), Some("2026-01-01T10:00:00Z")),
+            Err(ApprovalRefused::OtherWait {
+                step: "decide".into(),
+                started_at: "2026-01-01T10:05:00Z".into()
+            })
+        );
+        assert!(!now.is_cancelled());
+        assert_eq!(
+            approvals.approve("alice", Some("other"), None),
+            Err(ApprovalRefused::OtherWait {
+                step: "decide".into(),
+                started_at: "2026-01-01T10:05:00Z".into()
+            })
+        );
+        assert!(!now.is_cancelled());
+
+        assert_eq!(
+            approvals.approve("alice", Some("decide"), Some("2026-01-01T10:05:00Z")),
+            Ok(())
+        );
+        assert!(now.is_cancelled());
+        assert_eq!(
+            approvals.approve("bob", Some("decide"), Some("2026-01-01T10:05:00Z")),
+            Err(ApprovalRefused::NothingWaiting),
+            "answered once"
+        );
+    }
 }
