@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::api::Api;
 use super::print::Printer;
-use crate::executor::{Event, Observer};
+use crate::executor::Event;
 use crate::record::{Phase, RunRecord, StepStatus};
 
 /// Where following a run ended.
@@ -39,7 +39,7 @@ impl Follow {
             let record: RunRecord = serde_json::from_value(body)?;
             shown.narrate(&record, printer);
             if record.phase.is_finished() || record.phase == Phase::Interrupted {
-                printer.on_event(&record, &Event::RunFinished);
+                printer.show(&record, &Event::RunFinished);
                 return Ok(Followed::Finished(record));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -78,7 +78,7 @@ impl Shown {
     /// Prints what changed since the last look, as the executor's events would have.
     fn narrate(&mut self, record: &RunRecord, printer: &Printer) {
         if !self.started {
-            printer.on_event(record, &Event::RunStarted);
+            printer.show(record, &Event::RunStarted);
             self.started = true;
         }
         if record.phase == Phase::WaitingForApproval && !self.said_approval {
@@ -96,7 +96,7 @@ impl Shown {
             for (index, step) in steps.iter().enumerate() {
                 let (was, now) = (shown[index], step.status);
                 if was != now && was == StepStatus::Pending && now != StepStatus::Skipped {
-                    printer.on_event(
+                    printer.show(
                         record,
                         &Event::StepStarted {
                             index,
@@ -128,7 +128,7 @@ impl Shown {
                         }
                     };
                     if was == StepStatus::Pending && now != StepStatus::Skipped {
-                        printer.on_event(record, &event(true));
+                        printer.show(record, &event(true));
                     }
                     if now == StepStatus::WaitingForApproval {
                         approval_hint(printer, record, c);
@@ -137,7 +137,7 @@ impl Shown {
                         now,
                         StepStatus::Pending | StepStatus::Running | StepStatus::WaitingForApproval
                     ) {
-                        printer.on_event(record, &event(false));
+                        printer.show(record, &event(false));
                     }
                     seen[child] = now;
                 }
@@ -151,7 +151,7 @@ impl Shown {
                     now,
                     StepStatus::Pending | StepStatus::Running | StepStatus::WaitingForApproval
                 ) {
-                    printer.on_event(
+                    printer.show(
                         record,
                         &Event::StepFinished {
                             index,

@@ -10,12 +10,12 @@
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::Instant;
 
 use futures::StreamExt;
 use kube::api::ListParams;
 use serde_json::{json, Value};
+use tokio::sync::Mutex;
 use tracing::{info, warn};
 
 use super::ctx::uses_secret;
@@ -69,13 +69,15 @@ impl Executor {
             rec.reason = None;
             rec.continued = false;
         }
-        observer.on_event(
-            record,
-            &Event::StepStarted {
-                index,
-                compensation,
-            },
-        );
+        observer
+            .on_event(
+                record,
+                &Event::StepStarted {
+                    index,
+                    compensation,
+                },
+            )
+            .await;
         if control.drain.is_cancelled() {
             let rec = record.step_mut(index, compensation);
             rec.status = StepStatus::Pending;
@@ -139,13 +141,15 @@ impl Executor {
         }
         rec.finished_at = Some(now());
         rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-        observer.on_event(
-            record,
-            &Event::StepFinished {
-                index,
-                compensation,
-            },
-        );
+        observer
+            .on_event(
+                record,
+                &Event::StepFinished {
+                    index,
+                    compensation,
+                },
+            )
+            .await;
         outcome
     }
 
@@ -249,7 +253,7 @@ impl Executor {
             .buffer_unordered(f.concurrency as usize)
             .collect::<Vec<_>>()
             .await;
-        let master = master.into_inner().unwrap_or_else(|e| e.into_inner());
+        let master = master.into_inner();
         record.step_mut(index, compensation).children =
             master.step(index, compensation).children.clone();
 
@@ -426,16 +430,15 @@ impl Executor {
     ) -> Result<(), StepError> {
         let per = f.steps.len();
         let base = i * per;
-        let lock = || master.lock().unwrap_or_else(|e| e.into_inner());
         let mut scratch = {
-            let m = lock();
+            let m = master.lock().await;
             let mut r = m.clone();
             r.steps = m.step(at.index, at.compensation).children[base..base + per].to_vec();
             r.on_failure = Vec::new();
             r
         };
         if stop.load(Ordering::SeqCst) {
-            let mut m = lock();
+            let mut m = master.lock().await;
             for c in &mut m.step_mut(at.index, at.compensation).children[base..base + per] {
                 if c.status == StepStatus::Pending {
                     c.status = StepStatus::Skipped;
@@ -485,14 +488,14 @@ impl Executor {
             match r {
                 Ok(()) => {}
                 Err(e @ (StepError::Interrupted | StepError::Cancelled)) => {
-                    drop(relay.copy(&scratch));
+                    drop(relay.copy(&scratch).await);
                     return Err(e);
                 }
                 Err(_) if scratch.steps[j].continued => {}
                 Err(e) => failure = Some(e),
             }
         }
-        drop(relay.copy(&scratch));
+        drop(relay.copy(&scratch).await);
         match failure {
             Some(e) => {
                 if f.on_error == OnError::Abort {
@@ -526,8 +529,8 @@ struct Relay<'a> {
 }
 
 impl Relay<'_> {
-    fn copy(&self, scratch: &RunRecord) -> std::sync::MutexGuard<'_, RunRecord> {
-        let mut m = self.master.lock().unwrap_or_else(|e| e.into_inner());
+    async fn copy(&self, scratch: &RunRecord) -> tokio::sync::MutexGuard<'_, RunRecord> {
+        let mut m = self.master.lock().await;
         let children = &mut m.step_mut(self.at.index, self.at.compensation).children;
         for (j, rec) in scratch.steps.iter().enumerate() {
             children[self.base + j] = rec.clone();
@@ -536,9 +539,10 @@ impl Relay<'_> {
     }
 }
 
+#[async_trait::async_trait]
 impl Observer for Relay<'_> {
-    fn on_event(&self, scratch: &RunRecord, event: &Event) {
-        let m = self.copy(scratch);
+    async fn on_event(&self, scratch: &RunRecord, event: &Event) {
+        let m = self.copy(scratch).await;
         let At {
             index,
             compensation,
@@ -567,6 +571,6 @@ impl Observer for Relay<'_> {
             },
             _ => return,
         };
-        self.observer.on_event(&m, &event);
+        self.observer.on_event(&m, &event).await;
     }
 }
