@@ -531,3 +531,48 @@ async fn a_tolerated_failure_inside_an_iteration_makes_the_run_succeeded_with_er
         "{record:#?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_approval_inside_an_iteration_is_announced_naming_the_iteration() {
+    use recoverd::notify::{Notifier, NotifyConfig, NotifyFormat};
+    use std::sync::{Arc, Mutex};
+    let got: Arc<Mutex<Vec<Value>>> = Arc::default();
+    let g = got.clone();
+    let hook = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |axum::Json(body): axum::Json<Value>| {
+            let g = g.clone();
+            async move {
+                g.lock().unwrap().push(body);
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
+    let notifier = Notifier::start(NotifyConfig {
+        url,
+        format: NotifyFormat::Slack,
+        template: "{{ plan }}: {{ summary }} at {{ step }}".into(),
+    })
+    .unwrap();
+    let app =
+        support::server::app_notifying(&[approval_plan("http://127.0.0.1:1")], notifier).await;
+    let (_, run) = app
+        .post("/api/v1/plans/ops/each-site/runs", &json!({}))
+        .await;
+    let id = run["id"].as_str().unwrap().to_string();
+
+    support::server::eventually("the approval notice", Duration::from_secs(30), || async {
+        got.lock()
+            .unwrap()
+            .iter()
+            .any(|b| b["text"] == "ops/each-site: is waiting for approval at promote[0].decide")
+    })
+    .await;
+    app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
+        .await;
+    let done = app.finished(&id).await;
+    assert_eq!(done["phase"], "Cancelled", "{done}");
+}
