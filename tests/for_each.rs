@@ -576,3 +576,47 @@ async fn an_approval_inside_an_iteration_is_announced_naming_the_iteration() {
     let done = app.finished(&id).await;
     assert_eq!(done["phase"], "Cancelled", "{done}");
 }
+
+#[tokio::test]
+async fn a_for_each_run_again_repeats_only_the_iterations_that_did_not_finish() {
+    use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
+    let (ns, cms) = setup("fe-resume").await;
+    create(&cms, "pg-1", json!({}), json!({"role": "primary"})).await;
+    create(&cms, "pg-3", json!({}), json!({"role": "replica"})).await;
+    let reg = registry(support::shared(), WriteMode::Live).await;
+    let plan = language("for-each-params.yaml");
+    let input = RunInput {
+        params: [("ns".to_string(), json!(ns))].into(),
+        alert: None,
+    };
+    let executor = Executor::new(reg);
+    let mut record = executor.new_record("resume", &plan, &input);
+    let control = RunControl::default();
+    executor
+        .execute(&plan, &input, &mut record, &NoObserver, &control)
+        .await;
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let before = record.steps[0].children.clone();
+
+    // The missing instance appears; the same run goes on from where it failed.
+    create(&cms, "pg-2", json!({}), json!({"role": "replica"})).await;
+    executor
+        .execute(&plan, &input, &mut record, &NoObserver, &control)
+        .await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    let after = &record.steps[0].children;
+    for i in [0, 1, 4, 5] {
+        assert_eq!(
+            after[i].finished_at, before[i].finished_at,
+            "{} finished before and was not run again",
+            after[i].name
+        );
+    }
+    assert_eq!(after[2].status, StepStatus::Succeeded, "{after:#?}");
+    assert_ne!(after[3].finished_at, before[3].finished_at);
+    assert_eq!(
+        cms.get("pg-2").await.unwrap().data.unwrap()["was"],
+        "replica before resume"
+    );
+}

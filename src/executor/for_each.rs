@@ -181,10 +181,19 @@ impl Executor {
             }
         }
         let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
+        // Finding the items is bounded like one attempt of a step, and by the run's deadline.
+        let remaining = scope.deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            return Err(StepError::RunDeadline {
+                after: scope.budget,
+            });
+        }
+        let limit = DEFAULT_STEP_TIMEOUT.min(remaining);
         let items = tokio::select! {
-            r = tokio::time::timeout(DEFAULT_STEP_TIMEOUT, self.items(step, f, &values, &secret_keys)) => match r {
+            r = tokio::time::timeout(limit, self.items(step, f, &values, &secret_keys)) => match r {
                 Ok(r) => r?,
-                Err(_) => return Err(StepError::AttemptTimeout { after: DEFAULT_STEP_TIMEOUT }),
+                Err(_) if limit < DEFAULT_STEP_TIMEOUT => return Err(StepError::RunDeadline { after: scope.budget }),
+                Err(_) => return Err(StepError::AttemptTimeout { after: limit }),
             },
             _ = control.cancel.cancelled() => return Err(StepError::Cancelled),
         };
@@ -216,11 +225,9 @@ impl Executor {
                 } else {
                     format!("{}[{i}].{}", step.name, s.name)
                 };
-                let kept = old.iter().find(|c| {
-                    c.name == name
-                        && c.item.as_ref() == Some(item)
-                        && matches!(c.status, StepStatus::Succeeded | StepStatus::Skipped)
-                });
+                let kept = old
+                    .iter()
+                    .find(|c| c.name == name && c.item.as_ref() == Some(item) && done(c));
                 children.push(match kept {
                     Some(done) => done.clone(),
                     None => StepRecord {
@@ -442,6 +449,7 @@ impl Executor {
             for c in &mut m.step_mut(at.index, at.compensation).children[base..base + per] {
                 if c.status == StepStatus::Pending {
                     c.status = StepStatus::Skipped;
+                    c.reason = Some(NOT_RUN.into());
                     c.error = Some(
                         "not run: an earlier iteration failed (forEach onError: abort)".into(),
                     );
@@ -462,14 +470,12 @@ impl Executor {
         };
         let mut failure = None;
         for (j, s) in f.steps.iter().enumerate() {
-            if matches!(
-                scratch.steps[j].status,
-                StepStatus::Succeeded | StepStatus::Skipped
-            ) {
+            if done(&scratch.steps[j]) {
                 continue;
             }
             if failure.is_some() {
                 scratch.steps[j].status = StepStatus::Skipped;
+                scratch.steps[j].reason = Some(NOT_RUN.into());
                 scratch.steps[j].error =
                     Some("not run: an earlier step of this iteration failed".into());
                 continue;
@@ -506,6 +512,16 @@ impl Executor {
             None => Ok(()),
         }
     }
+}
+
+/// Why a child was skipped when it was because of another's failure: it did not run, so a
+/// resumed run runs it.
+const NOT_RUN: &str = "not-run";
+
+/// A child that finished: succeeded, or skipped by its `when` (not for another's failure).
+fn done(c: &StepRecord) -> bool {
+    c.status == StepStatus::Succeeded
+        || (c.status == StepStatus::Skipped && c.reason.as_deref() != Some(NOT_RUN))
 }
 
 /// Every string in a list as written (each may be a template).
