@@ -20,12 +20,12 @@ use tracing::{info, warn};
 
 use super::ctx::uses_secret;
 use super::redact::scrub;
-use super::step::{context, At, RunScope};
+use super::step::{context, record_end, record_start, At, RunScope};
 use super::{Event, Executor, Observer, StepError};
 use crate::plan::compiled::{ForEach, Items, Step, StepKind, DEFAULT_STEP_TIMEOUT};
 use crate::plan::model::{ForEachSelector, OnError};
 use crate::plan::validate::ITEM;
-use crate::record::{now, RunRecord, StepRecord, StepStatus};
+use crate::record::{RunRecord, StepRecord, StepStatus};
 use crate::template;
 
 impl Executor {
@@ -59,25 +59,8 @@ impl Executor {
             index,
             compensation,
         } = at;
-        let started = Instant::now();
-        {
-            let rec = record.step_mut(index, compensation);
-            rec.status = StepStatus::Running;
-            rec.started_at = Some(now());
-            rec.attempts = 1;
-            rec.error = None;
-            rec.reason = None;
-            rec.continued = false;
-        }
-        observer
-            .on_event(
-                record,
-                &Event::StepStarted {
-                    index,
-                    compensation,
-                },
-            )
-            .await;
+        let started = record_start(record, at, observer).await;
+        record.step_mut(index, compensation).attempts = 1;
         if control.drain.is_cancelled() {
             let rec = record.step_mut(index, compensation);
             rec.status = StepStatus::Pending;
@@ -139,17 +122,7 @@ impl Executor {
             });
             inputs.insert("steps".into(), summary);
         }
-        rec.finished_at = Some(now());
-        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-        observer
-            .on_event(
-                record,
-                &Event::StepFinished {
-                    index,
-                    compensation,
-                },
-            )
-            .await;
+        record_end(record, at, started, observer).await;
         outcome
     }
 

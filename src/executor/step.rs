@@ -101,25 +101,7 @@ impl Executor {
                 .templates
                 .iter()
                 .any(|src| uses_secret(src, &secret_keys));
-        let started = Instant::now();
-        {
-            let rec = record.step_mut(index, compensation);
-            rec.status = StepStatus::Running;
-            rec.started_at = Some(now());
-            rec.attempts = 0;
-            rec.error = None;
-            rec.reason = None;
-            rec.continued = false;
-        }
-        observer
-            .on_event(
-                record,
-                &Event::StepStarted {
-                    index,
-                    compensation,
-                },
-            )
-            .await;
+        let started = record_start(record, at, observer).await;
         // An approval step that will really wait shows the approver its question and what the
         // run knows so far (a dry run, or a command without anyone to ask, does not wait).
         if let StepKind::Approval(a) = &step.kind {
@@ -258,18 +240,7 @@ impl Executor {
                 Err(e)
             }
         };
-        let rec = record.step_mut(index, compensation);
-        rec.finished_at = Some(now());
-        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-        observer
-            .on_event(
-                record,
-                &Event::StepFinished {
-                    index,
-                    compensation,
-                },
-            )
-            .await;
+        record_end(record, at, started, observer).await;
         outcome
     }
 
@@ -393,6 +364,54 @@ impl Executor {
             }
         }
     }
+}
+
+/// Records that a step starts now and tells the observers (the store writes the record before
+/// the step goes on); returns when, to time it.
+pub(super) async fn record_start(
+    record: &mut RunRecord,
+    at: At,
+    observer: &dyn Observer,
+) -> Instant {
+    let started = Instant::now();
+    let rec = record.step_mut(at.index, at.compensation);
+    rec.status = StepStatus::Running;
+    rec.started_at = Some(now());
+    rec.attempts = 0;
+    rec.error = None;
+    rec.reason = None;
+    rec.continued = false;
+    observer
+        .on_event(
+            record,
+            &Event::StepStarted {
+                index: at.index,
+                compensation: at.compensation,
+            },
+        )
+        .await;
+    started
+}
+
+/// Records when a step (whose outcome is recorded) ended, and tells the observers.
+pub(super) async fn record_end(
+    record: &mut RunRecord,
+    at: At,
+    started: Instant,
+    observer: &dyn Observer,
+) {
+    let rec = record.step_mut(at.index, at.compensation);
+    rec.finished_at = Some(now());
+    rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+    observer
+        .on_event(
+            record,
+            &Event::StepFinished {
+                index: at.index,
+                compensation: at.compensation,
+            },
+        )
+        .await;
 }
 
 async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
