@@ -620,3 +620,67 @@ async fn a_for_each_run_again_repeats_only_the_iterations_that_did_not_finish() 
         "replica before resume"
     );
 }
+
+/// The CRD (`recoverd crd`) takes forEach steps and a templated maxObjects, and keeps the steps
+/// inside a forEach whole (nothing pruned).
+#[tokio::test]
+async fn the_crd_accepts_for_each_and_a_templated_max_objects_and_keeps_them_whole() {
+    let clusters = support::shared();
+    let ns = clusters.namespace("fe-crd").await;
+    let repo = support::clusters::repo_dir();
+    let kubectl = |args: &[&str]| {
+        let out = clusters.kubectl("edge").args(args).output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let crd = repo.join("crds/recoverd.io.yaml");
+    let (ok, text) = kubectl(&["apply", "-f", crd.to_str().unwrap()]);
+    assert!(ok, "{text}");
+    support::server::eventually("RecoveryPlans served", Duration::from_secs(20), || async {
+        kubectl(&["get", "recoveryplans", "-A"]).0
+    })
+    .await;
+    for file in ["for-each-params.yaml", "delete-selected-templated.yaml"] {
+        let plan = std::fs::read_to_string(repo.join("tests/data/plans/language").join(file))
+            .unwrap()
+            .replace("namespace: recoverd}", &format!("namespace: {ns}}}"));
+        let tmp = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(tmp.path(), &plan).unwrap();
+        let (ok, text) = kubectl(&["apply", "-f", tmp.path().to_str().unwrap()]);
+        assert!(ok, "{file}: {text}");
+    }
+    let (ok, text) = kubectl(&[
+        "get",
+        "-n",
+        &ns,
+        "recoveryplan",
+        "for-each-params",
+        "-o",
+        "json",
+    ]);
+    assert!(ok, "{text}");
+    let stored: Value = serde_json::from_str(&text).unwrap();
+    let inner = &stored["spec"]["steps"][0]["forEach"]["steps"];
+    assert_eq!(
+        inner[1]["patch"]["override"]["fieldPath"], "data.was",
+        "{stored}"
+    );
+    assert_eq!(inner[0]["readField"]["outputKey"], "role", "{stored}");
+    let (ok, text) = kubectl(&[
+        "get",
+        "-n",
+        &ns,
+        "recoveryplan",
+        "delete-selected-templated",
+        "-o",
+        "jsonpath={.spec.steps[0].delete.maxObjects}",
+    ]);
+    assert!(ok, "{text}");
+    assert_eq!(text, "{{ Values.max }}");
+}
