@@ -684,3 +684,21 @@ async fn the_crd_accepts_for_each_and_a_templated_max_objects_and_keeps_them_who
     assert!(ok, "{text}");
     assert_eq!(text, "{{ Values.max }}");
 }
+
+#[tokio::test]
+async fn an_approval_nobody_can_give_inside_a_tolerated_for_each_still_stops_the_run() {
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    // `run` cannot ask anyone (no --approve): every approval step fails.
+    let record = run(reg, &language("for-each-approval.yaml"), "db", &[]).await;
+
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let step = &record.steps[0];
+    assert!(!step.continued, "{step:#?}");
+    assert_eq!(step.reason.as_deref(), Some("approval-unavailable"));
+    assert_eq!(
+        record.steps[1].status,
+        StepStatus::Pending,
+        "nothing after it ran"
+    );
+}

@@ -97,15 +97,16 @@ impl Executor {
                 rec.status = StepStatus::Failed;
                 rec.error = Some(text.clone());
                 rec.reason = Some(e.reason().to_string());
+                // As for any step: a cancel, the run's deadline, a shutdown and a missing
+                // approval (of an iteration's approval step) stop even a step that may fail.
                 rec.continued = step.on_error == OnError::Continue
-                    && matches!(
+                    && !matches!(
                         e,
-                        StepError::IterationsFailed { .. }
-                            | StepError::Items { .. }
-                            | StepError::TooManyItems { .. }
-                            | StepError::Template(_)
-                            | StepError::Kube { .. }
-                            | StepError::Cluster(_)
+                        StepError::Cancelled
+                            | StepError::RunDeadline { .. }
+                            | StepError::Interrupted
+                            | StepError::NotApproved { .. }
+                            | StepError::ApprovalUnavailable { .. }
                     );
                 warn!(error = %text, reason = e.reason(), "forEach failed");
                 Err(e)
@@ -241,8 +242,13 @@ impl Executor {
         let mut failed = Vec::new();
         for r in results {
             match r {
-                Err(e @ (StepError::Interrupted | StepError::Cancelled)) => return Err(e),
-                Err(e @ StepError::RunDeadline { .. }) => return Err(e),
+                Err(
+                    e @ (StepError::Interrupted
+                    | StepError::Cancelled
+                    | StepError::RunDeadline { .. }
+                    | StepError::NotApproved { .. }
+                    | StepError::ApprovalUnavailable { .. }),
+                ) => return Err(e),
                 Err(e) => failed.push(e),
                 Ok(()) => {}
             }
