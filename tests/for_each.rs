@@ -702,3 +702,34 @@ async fn an_approval_nobody_can_give_inside_a_tolerated_for_each_still_stops_the
         "nothing after it ran"
     );
 }
+
+#[tokio::test]
+async fn recoverd_run_prints_each_iteration_with_its_item() {
+    let clusters = support::shared();
+    let (ns, cms) = setup("fe-cli").await;
+    for n in ["stale-a", "stale-b"] {
+        create(&cms, n, json!({"app": "stale"}), json!({})).await;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_recoverd"))
+        .current_dir(support::clusters::repo_dir())
+        .args(["run", "tests/data/plans/language/for-each-selected.yaml"])
+        .arg("--kubeconfig")
+        .arg(clusters.kubeconfig())
+        .args(["--param", &format!("ns={ns}")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    for line in [
+        "▶ delete-volume (forEach)",
+        "  ▶ delete-volume[0] (delete on north, item stale-a)",
+        "  ▶ delete-volume[1] (delete on north, item stale-b)",
+        "  ✔ delete-volume[1] (",
+    ] {
+        assert!(stdout.contains(line), "{line:?} in:\n{stdout}");
+    }
+    assert!(
+        stdout.find("  ✔ delete-volume[0]").unwrap() < stdout.find("✔ delete-volume (").unwrap(),
+        "the forEach ends after its iterations:\n{stdout}"
+    );
+}

@@ -74,7 +74,7 @@ impl Default for Printer {
 
 impl Printer {
     /// How a step ended, with what it produced and changed.
-    fn finished(&self, s: &crate::record::StepRecord) {
+    fn finished(&self, s: &crate::record::StepRecord, indent: &str) {
         let took = s
             .duration_ms
             .map(|ms| duration::format(Duration::from_millis(ms)))
@@ -93,14 +93,18 @@ impl Printer {
             {
                 // Not verified: say what the live run would do instead.
                 Some(would) => {
-                    say!(self, "✔ {} ({took}{attempts}) — dry run: {would}", s.name)
+                    say!(
+                        self,
+                        "{indent}✔ {} ({took}{attempts}) — dry run: {would}",
+                        s.name
+                    )
                 }
-                None => say!(self, "✔ {} ({took}{attempts})", s.name),
+                None => say!(self, "{indent}✔ {} ({took}{attempts})", s.name),
             },
             StepStatus::Skipped => {
                 say!(
                     self,
-                    "↷ {} skipped: {}",
+                    "{indent}↷ {} skipped: {}",
                     s.name,
                     s.error.as_deref().unwrap_or("")
                 )
@@ -113,14 +117,14 @@ impl Printer {
                 };
                 say!(
                     self,
-                    "✘ {} ({took}{attempts}): {}{cont}",
+                    "{indent}✘ {} ({took}{attempts}): {}{cont}",
                     s.name,
                     s.error.as_deref().unwrap_or("failed")
                 );
             }
         }
         for (k, v) in &s.outputs {
-            say!(self, "    {k} = {}", crate::fieldpath::as_text(v));
+            say!(self, "{indent}    {k} = {}", crate::fieldpath::as_text(v));
         }
         if let Some(serde_json::Value::Array(ops)) = &s.diff {
             for op in ops {
@@ -130,7 +134,7 @@ impl Printer {
                     .unwrap_or_default();
                 say!(
                     self,
-                    "    {} {} {}",
+                    "{indent}    {} {} {}",
                     op.get("op").and_then(|o| o.as_str()).unwrap_or(""),
                     op.get("path").and_then(|o| o.as_str()).unwrap_or(""),
                     value.replace('\n', "\\n")
@@ -212,7 +216,7 @@ impl Printer {
                 compensation,
             } => {
                 self.stop_spinner();
-                self.finished(run.step(*index, *compensation));
+                self.finished(run.step(*index, *compensation), "");
             }
             Event::ChildStarted {
                 index,
@@ -239,7 +243,7 @@ impl Printer {
                 child,
             } => {
                 self.stop_spinner();
-                self.finished(run.child(*index, *compensation, *child));
+                self.finished(run.child(*index, *compensation, *child), "  ");
             }
             Event::RunFinished => {
                 self.stop_spinner();
