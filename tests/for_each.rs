@@ -270,6 +270,7 @@ async fn more_items_than_max_items_runs_no_iteration() {
         "{step:#?}"
     );
     assert!(step.children.is_empty(), "{step:#?}");
+    assert_eq!(step.inputs.as_ref().unwrap()["count"], 6, "{step:#?}");
     assert_eq!(names(&cms).await.len(), 6, "nothing was deleted");
 }
 

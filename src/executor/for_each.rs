@@ -172,16 +172,20 @@ impl Executor {
             _ = control.cancel.cancelled() => return Err(StepError::Cancelled),
         };
         let (items, source) = items;
-        {
-            let rec = record.step_mut(index, compensation);
-            rec.inputs = Some(json!({
-                "source": source,
-                "items": items,
-                "concurrency": f.concurrency,
-                "onError": f.on_error,
-            }));
-        }
-        if items.len() > f.max_items as usize {
+        // Too many items (a selector matching far too much) are counted, not all recorded.
+        let too_many = items.len() > f.max_items as usize;
+        let shown: Vec<&Value> = items
+            .iter()
+            .take(if too_many { 10 } else { items.len() })
+            .collect();
+        record.step_mut(index, compensation).inputs = Some(json!({
+            "source": source,
+            "count": items.len(),
+            "items": shown,
+            "concurrency": f.concurrency,
+            "onError": f.on_error,
+        }));
+        if too_many {
             return Err(StepError::TooManyItems {
                 count: items.len(),
                 max: f.max_items,
