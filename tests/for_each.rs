@@ -734,3 +734,46 @@ async fn recoverd_run_prints_each_iteration_with_its_item() {
         "the forEach ends after its iterations:\n{stdout}"
     );
 }
+
+/// `recoverd check` renders the steps inside a forEach with its first item when the plan or its
+/// params give it, and with a stand-in (notes, not errors) when the items come at run time.
+#[test]
+fn check_renders_the_steps_inside_a_for_each_with_its_first_item_or_a_stand_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let plan = |name: &str, items: &str| {
+        let text = format!(
+            "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: {name}}}\nspec:\n  params:\n    instances: [{{name: pg-1}}]\n  steps:\n  - name: read\n    type: readField\n    readField: {{apiVersion: v1, resource: configmaps, name: list, fieldPath: data.list, outputKey: list}}\n  - name: each\n    type: forEach\n    forEach:\n      items: \"{items}\"\n      steps:\n      - type: delete\n        delete: {{apiVersion: v1, resource: configmaps, namespace: \"{{{{ Values.item.ns }}}}\", name: \"{{{{ Values.item.name }}}}\"}}\n"
+        );
+        let path = dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let check = |path: &std::path::Path| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_recoverd"))
+            .arg("check")
+            .arg(path)
+            .env("KUBECONFIG", "/nonexistent")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+
+    // The params' first instance has no `ns`: the plan could never run as written.
+    let (code, out) = check(&plan("from-params", "{{ Values.instances }}"));
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("step \"each\": spec.steps[1].forEach.steps[0].delete.namespace")
+            && out.contains("undefined"),
+        "{out}"
+    );
+    // Items read at run time: what they hold is not known, so a note, not an error.
+    let (code, out) = check(&plan("read-later", "{{ Values.list }}"));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("note:") && out.contains("not checked"),
+        "{out}"
+    );
+}
