@@ -26,6 +26,7 @@ impl Runs {
         let mut record = self.get(id).await?;
         // An `approval` step of a run executing here: answer the step, the run goes on.
         if record.phase == Phase::Running {
+            self.not_elsewhere(id).await?;
             let waiting = record.waiting_for_approval().map(|s| s.name.clone());
             if let (Some(waiting), asked) = (&waiting, step) {
                 if asked != Some(waiting.as_str()) {
@@ -87,6 +88,9 @@ impl Runs {
     /// Cancels a run, as `by`: an executing one stops now, one that waits ends Cancelled.
     pub async fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunsError> {
         let mut record = self.get(id).await?;
+        if matches!(record.phase, Phase::Running | Phase::Pending) {
+            self.not_elsewhere(id).await?;
+        }
         if let Some(control) = lock(&self.controls).get(id) {
             *lock(&control.cancelled_by) = Some(by.to_string());
             control.cancel.cancel();

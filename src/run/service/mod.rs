@@ -86,6 +86,11 @@ pub enum RunsError {
     },
     #[error("recoverd is shutting down and accepts no new runs")]
     ShuttingDown,
+    #[error("run {id} executes on replica {}, which {}", holder.replica, holder.url.as_ref().map(|u| format!("answers at {u}; send the request there")).unwrap_or_else(|| "gave no --advertise-url; send the request to that replica".into()))]
+    ExecutingElsewhere {
+        id: String,
+        holder: crate::run::store::Holder,
+    },
 }
 
 pub struct Runs {
@@ -262,6 +267,21 @@ impl Runs {
             info!(deleted = n, "pruned finished runs beyond the retention");
         }
         Ok(n)
+    }
+
+    /// Fails with [`RunsError::ExecutingElsewhere`] when run `id` does not execute here and
+    /// another replica holds it.
+    pub(super) async fn not_elsewhere(&self, id: &str) -> Result<(), RunsError> {
+        if lock(&self.controls).contains_key(id) {
+            return Ok(());
+        }
+        match self.store.executor_of(id).await? {
+            Some(holder) => Err(RunsError::ExecutingElsewhere {
+                id: id.into(),
+                holder,
+            }),
+            None => Ok(()),
+        }
     }
 
     pub async fn get(&self, id: &str) -> Result<RunRecord, RunsError> {

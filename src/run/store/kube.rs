@@ -42,6 +42,11 @@ use crate::record::{Phase, RecoveryRun, RecoveryRunSpec, RunMode, RunRecord, Tri
 /// and the request need room too.
 pub const MAX_STATUS_BYTES: usize = 1_000_000;
 
+/// How long a plan's slot taken for a run that does not exist (yet) still holds the plan: a
+/// claim takes the slot first and creates the run next, and a replica that died in between
+/// blocks the plan no longer than this.
+pub const CLAIM_GRACE: Duration = Duration::from_secs(60);
+
 /// What a truncated text ends with.
 pub const TRUNCATED: &str = "…[truncated by recoverd: the record exceeded the object size limit]";
 
@@ -51,6 +56,7 @@ const PLAN_LABEL: &str = "recoverd.io/plan-hash";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "recoverd");
 const LAST_ALERT_RUN: &str = "recoverd.io/last-alert-run";
 const LAST_ALERT_RUN_MS: &str = "recoverd.io/last-alert-run-ms";
+const REPLICA_URL: &str = "recoverd.io/replica-url";
 
 /// How the Kubernetes store is set up.
 #[derive(Clone, Debug)]
@@ -61,6 +67,10 @@ pub struct KubeStoreConfig {
     pub identity: String,
     /// How long a Lease holds without renewal.
     pub lease_duration: Duration,
+    /// Where this replica's API answers other replicas (`http://POD_IP:8080`): written on the
+    /// Leases of the runs it executes, so an approval or cancel sent to another replica is
+    /// forwarded here.
+    pub advertise_url: Option<String>,
 }
 
 pub struct KubeStore {
@@ -442,7 +452,8 @@ impl KubeStore {
                 if holder == record.id {
                     return Ok(Err(Refusal::SameRun { existing: holder }));
                 }
-                if rules.one_active_per_plan && self.still_active(&holder).await? {
+                let acquired = spec.acquire_time.as_ref().map(|t| t.0);
+                if rules.one_active_per_plan && self.still_active(&holder, acquired).await? {
                     return Ok(Err(Refusal::ActiveRun { existing: holder }));
                 }
             }
@@ -487,15 +498,26 @@ impl KubeStore {
         })
     }
 
-    /// Whether run `id` exists and has not finished (a slot held by a run that is gone or
-    /// finished is free).
-    async fn still_active(&self, id: &str) -> Result<bool, StoreError> {
+    /// Whether run `id`, holding a plan's slot since `acquired`, has not finished. A slot held
+    /// by a finished run is free; one held by a run that does not exist is free only once
+    /// [`CLAIM_GRACE`] has passed — until then its replica is between taking the slot and
+    /// creating the run.
+    async fn still_active(
+        &self,
+        id: &str,
+        acquired: Option<jiff::Timestamp>,
+    ) -> Result<bool, StoreError> {
         let found = self
             .runs
             .get_opt(&object_name(id))
             .await
             .map_err(kube_err(format!("read RecoveryRun {id}")))?;
-        Ok(found.is_some_and(|o| ACTIVE.contains(&record_of(&o).phase)))
+        Ok(match found {
+            Some(o) => ACTIVE.contains(&record_of(&o).phase),
+            None => acquired.is_some_and(|t| {
+                jiff::Timestamp::now().duration_since(t).unsigned_abs() < CLAIM_GRACE
+            }),
+        })
     }
 
     /// Frees the plan's slot when `record` holds it and has finished.
@@ -625,7 +647,17 @@ async fn renew(
             name: Some(run_lease_name(id)),
             resource_version: version.clone(),
             labels: Some([(MANAGED_BY.0.into(), MANAGED_BY.1.into())].into()),
-            annotations: Some([("recoverd.io/run-id".into(), id.into())].into()),
+            annotations: Some(
+                [("recoverd.io/run-id".to_string(), id.to_string())]
+                    .into_iter()
+                    .chain(
+                        config
+                            .advertise_url
+                            .clone()
+                            .map(|u| (REPLICA_URL.to_string(), u)),
+                    )
+                    .collect(),
+            ),
             ..Default::default()
         },
         spec: Some(LeaseSpec {
@@ -1028,6 +1060,28 @@ impl RunStore for KubeStore {
     fn duplicate(&self, id: &str, trigger: &str) {
         let note = format!("the {trigger} was delivered again; it is this run");
         self.publish(id, vec![event(EventType::Normal, "Deduplicated", note)]);
+    }
+
+    async fn executor_of(&self, id: &str) -> Result<Option<super::Holder>, StoreError> {
+        let name = run_lease_name(id);
+        let Some(lease) = self
+            .leases
+            .get_opt(&name)
+            .await
+            .map_err(kube_err(format!("read Lease {name}")))?
+        else {
+            return Ok(None);
+        };
+        let replica = lease.spec.and_then(|s| s.holder_identity);
+        Ok(replica
+            .filter(|r| *r != self.config.identity)
+            .map(|replica| super::Holder {
+                replica,
+                url: lease
+                    .metadata
+                    .annotations
+                    .and_then(|mut a| a.remove(REPLICA_URL)),
+            }))
     }
 
     fn replica(&self) -> Option<String> {

@@ -208,6 +208,14 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// Another replica executing a run: its name and, if it gave one (`--advertise-url`), where
+/// its API answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub replica: String,
+    pub url: Option<String>,
+}
+
 /// Where run records live. Every call is asynchronous and safe to make from many tasks at once;
 /// none blocks a runtime worker thread.
 #[async_trait::async_trait]
@@ -264,6 +272,10 @@ pub trait RunStore: Send + Sync {
     /// Notes that the trigger of run `id` was delivered again (and deduplicated): the
     /// Kubernetes store records it as an Event on the run.
     fn duplicate(&self, _id: &str, _trigger: &str) {}
+    /// The replica executing run `id`, when it is another one than this (several replicas).
+    async fn executor_of(&self, _id: &str) -> Result<Option<Holder>, StoreError> {
+        Ok(None)
+    }
     /// This replica's name, when the store is shared by several.
     fn replica(&self) -> Option<String> {
         None
