@@ -61,6 +61,7 @@ impl From<RunsError> for ApiError {
             RunsError::Store(s @ StoreError::BadContinue(_)) => ApiError::BadRequest(s.to_string()),
             RunsError::WrongPhase { .. }
             | RunsError::WrongStep { .. }
+            | RunsError::StaleApproval { .. }
             | RunsError::PlanChanged { .. }
             | RunsError::Busy { .. }
             | RunsError::InvalidPlan { .. }

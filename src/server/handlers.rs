@@ -141,13 +141,16 @@ pub async fn run(
 
 /// The optional body of approve and cancel.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DecisionBody {
     /// Who decides, as recorded.
     actor: Option<String>,
     /// The approval step being approved: required while a run executes, so that an answer
     /// can only approve the question it was given to.
     step: Option<String>,
+    /// The `startedAt` of the waiting step's record, as the approver read it: refused (409)
+    /// when that wait is over and another one waits now.
+    started_at: Option<String>,
 }
 
 /// Who decided, for the record: the name the caller gave and which token it used (the first
@@ -190,7 +193,8 @@ pub async fn approve(
 ) -> Result<impl IntoResponse, ApiError> {
     let decision: DecisionBody = body.parse_or_default()?;
     let by = decided_by(&headers, decision.actor);
-    match state.runs.approve(&id, &by, decision.step.as_deref()).await {
+    let (step, started_at) = (decision.step.as_deref(), decision.started_at.as_deref());
+    match state.runs.approve(&id, &by, step, started_at).await {
         Err(RunsError::ExecutingElsewhere { holder, .. }) if forwardable(&headers, &holder) => {
             forward(
                 &holder,

@@ -320,10 +320,16 @@ impl Observer for StoreObserver<'_> {
                 index,
                 compensation,
                 ..
-            } if run.step(*index, *compensation).status == StepStatus::WaitingForApproval => {
+            } => {
+                // The step, or a step of one of its forEach iterations.
                 let s = run.step(*index, *compensation);
-                self.runs
-                    .notify(Lifecycle::AwaitingApproval, run, Some(&s.name), None);
+                if let Some(s) = std::iter::once(s)
+                    .chain(&s.children)
+                    .find(|s| s.status == StepStatus::WaitingForApproval)
+                {
+                    self.runs
+                        .notify(Lifecycle::AwaitingApproval, run, Some(&s.name), None);
+                }
             }
             Event::StepFinished {
                 index,

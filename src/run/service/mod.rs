@@ -77,6 +77,13 @@ pub enum RunsError {
         waiting: String,
         asked: Option<String>,
     },
+    #[error("run {id} waits for approval of step {step:?} since {started_at}, not the wait you approved{}; read its question (recoverd runs {id}) and approve it with {{\"step\": \"{step}\", \"startedAt\": \"{started_at}\"}}", asked.as_ref().map(|a| format!(" ({a})")).unwrap_or_default())]
+    StaleApproval {
+        id: String,
+        step: String,
+        started_at: String,
+        asked: Option<String>,
+    },
     #[error("recoverd is shutting down and accepts no new runs")]
     ShuttingDown,
     #[error("run {id} executes on replica {}, which {}", holder.replica, holder.url.as_ref().map(|u| format!("answers at {u}; send the request there")).unwrap_or_else(|| "gave no --advertise-url; send the request to that replica".into()))]
