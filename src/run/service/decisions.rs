@@ -8,6 +8,7 @@ use tracing::{info, warn};
 use crate::record::{Decision, Phase, RunRecord};
 
 use super::{lock, Runs, RunsError};
+use crate::run::store::RelayedAction;
 
 impl Runs {
     /// Approves a run waiting for approval (or its approval step waiting now), as `by`. While
@@ -26,7 +27,6 @@ impl Runs {
         let mut record = self.get(id).await?;
         // An `approval` step of a run executing here: answer the step, the run goes on.
         if record.phase == Phase::Running {
-            self.not_elsewhere(id).await?;
             let waiting = record.waiting_for_approval().map(|s| s.name.clone());
             if let (Some(waiting), asked) = (&waiting, step) {
                 if asked != Some(waiting.as_str()) {
@@ -37,6 +37,10 @@ impl Runs {
                     });
                 }
             }
+            // Checked here from the record, then handed to the replica executing it if that is
+            // another one (which checks again).
+            self.relay_elsewhere(id, RelayedAction::Approve, by, step, started_at)
+                .await?;
             let answered = match (&waiting, lock(&self.controls).get(id)) {
                 (Some(_), Some(c)) => c.approvals.approve(by, step, started_at),
                 _ => Err(crate::executor::ApprovalRefused::NothingWaiting),
@@ -89,7 +93,8 @@ impl Runs {
     pub async fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunsError> {
         let mut record = self.get(id).await?;
         if matches!(record.phase, Phase::Running | Phase::Pending) {
-            self.not_elsewhere(id).await?;
+            self.relay_elsewhere(id, RelayedAction::Cancel, by, None, None)
+                .await?;
         }
         if let Some(control) = lock(&self.controls).get(id) {
             *lock(&control.cancelled_by) = Some(by.to_string());

@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRules, Page, Refusal, Retention, RunStore, RunSummary, StoreError, ACTIVE, COUNTED_ACTIVE,
-    EXECUTING,
+    ClaimRules, Page, Refusal, Relayed, Retention, RunStore, RunSummary, StoreError, ACTIVE,
+    COUNTED_ACTIVE, EXECUTING,
 };
 use crate::record::{Phase, RecoveryRun, RecoveryRunSpec, RunMode, RunRecord, TriggerKind};
 
@@ -56,7 +56,8 @@ const PLAN_LABEL: &str = "recoverd.io/plan-hash";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "recoverd");
 const LAST_ALERT_RUN: &str = "recoverd.io/last-alert-run";
 const LAST_ALERT_RUN_MS: &str = "recoverd.io/last-alert-run-ms";
-const REPLICA_URL: &str = "recoverd.io/replica-url";
+/// Decisions relayed to the replica holding a run's Lease: `recoverd.io/relay-KEY: JSON`.
+const RELAY_PREFIX: &str = "recoverd.io/relay-";
 
 /// How the Kubernetes store is set up.
 #[derive(Clone, Debug)]
@@ -67,10 +68,6 @@ pub struct KubeStoreConfig {
     pub identity: String,
     /// How long a Lease holds without renewal.
     pub lease_duration: Duration,
-    /// Where this replica's API answers other replicas (`http://POD_IP:8080`): written on the
-    /// Leases of the runs it executes, so an approval or cancel sent to another replica is
-    /// forwarded here.
-    pub advertise_url: Option<String>,
 }
 
 pub struct KubeStore {
@@ -98,6 +95,11 @@ struct State {
     /// What the last write of each run said (its phase and how many steps had failed), so that
     /// an Event is recorded once per change.
     told: HashMap<String, (Phase, usize)>,
+    /// Where relayed decisions go, and their receiver until the run service takes it.
+    relays: Option<tokio::sync::mpsc::UnboundedSender<(String, Relayed)>>,
+    relayed: Option<tokio::sync::mpsc::UnboundedReceiver<(String, Relayed)>>,
+    /// Keys of relayed decisions already passed on.
+    delivered: std::collections::HashSet<String>,
 }
 
 struct Seen {
@@ -270,6 +272,12 @@ impl KubeStore {
     /// A store over `client`'s cluster. Starts the task that renews the Leases this replica
     /// holds; call [`KubeStore::check`] to find out whether the CRD and permissions are there.
     pub fn new(client: Client, config: KubeStoreConfig) -> Self {
+        let (relays, relayed) = tokio::sync::mpsc::unbounded_channel();
+        let state = State {
+            relays: Some(relays),
+            relayed: Some(relayed),
+            ..Default::default()
+        };
         let store = KubeStore {
             recorder: Recorder::new(
                 client.clone(),
@@ -282,7 +290,7 @@ impl KubeStore {
             leases: Api::namespaced(client.clone(), &config.namespace),
             plans: Api::namespaced(client, &config.namespace),
             config,
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             stop: CancellationToken::new(),
         };
         tokio::spawn(renew_loop(
@@ -702,6 +710,37 @@ async fn renew_loop(
             }
         });
         for (id, sent, result) in futures::future::join_all(tries).await {
+            // Changed by someone else: still ours (a decision was relayed on it) or taken.
+            if matches!(&result, Ok(Err(e)) if is_status(e, 409)) {
+                let fresh = leases.get_opt(&run_lease_name(&id)).await;
+                let mut s = lock(&state);
+                match fresh {
+                    Ok(Some(lease))
+                        if lease
+                            .spec
+                            .as_ref()
+                            .and_then(|l| l.holder_identity.as_deref())
+                            == Some(config.identity.as_str()) =>
+                    {
+                        deliver(&mut s, &id, &lease);
+                        if let (Some(h), Some(v)) =
+                            (s.held.get_mut(&id), lease.metadata.resource_version)
+                        {
+                            // Renewed from this version at the next tick, which drops the
+                            // relayed decisions from the Lease.
+                            h.version = v;
+                        }
+                    }
+                    Ok(_) => {
+                        tracing::error!(run = %id, "another replica holds this run's Lease now; this one stops the run without writing it again");
+                        lose(&mut s, &id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %id, error = %e, "failed to read this run's Lease; trying again");
+                    }
+                }
+                continue;
+            }
             let mut s = lock(&state);
             let Some(h) = s.held.get_mut(&id) else {
                 continue;
@@ -712,8 +751,8 @@ async fn renew_loop(
                     h.renewed = sent;
                     false
                 }
-                // Taken by another replica, or deleted: lost now.
-                Ok(Err(e)) if is_status(&e, 409) || is_status(&e, 404) => {
+                // Deleted: lost now.
+                Ok(Err(e)) if is_status(&e, 404) => {
                     tracing::error!(run = %id, error = %e, "another replica holds this run's Lease now; this one stops the run without writing it again");
                     true
                 }
@@ -744,6 +783,25 @@ async fn renew_loop(
     }
 }
 
+/// Passes on the decisions relayed on run `id`'s Lease, each once.
+fn deliver(s: &mut State, id: &str, lease: &Lease) {
+    let relayed: Vec<(String, Relayed)> = lease
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(RELAY_PREFIX))
+        .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str(v).ok()?)))
+        .collect();
+    for (key, decision) in relayed {
+        if s.delivered.insert(key) {
+            if let Some(relays) = &s.relays {
+                let _ = relays.send((id.to_string(), decision));
+            }
+        }
+    }
+}
+
 /// This replica no longer holds run `id`: its token is cancelled (the run stops) and its
 /// writes are fenced from here (no cached `resourceVersion`, so every save is refused).
 fn lose(s: &mut State, id: &str) {
@@ -767,17 +825,7 @@ async fn renew(
             name: Some(run_lease_name(id)),
             resource_version: version.clone(),
             labels: Some([(MANAGED_BY.0.into(), MANAGED_BY.1.into())].into()),
-            annotations: Some(
-                [("recoverd.io/run-id".to_string(), id.to_string())]
-                    .into_iter()
-                    .chain(
-                        config
-                            .advertise_url
-                            .clone()
-                            .map(|u| (REPLICA_URL.to_string(), u)),
-                    )
-                    .collect(),
-            ),
+            annotations: Some([("recoverd.io/run-id".into(), id.into())].into()),
             ..Default::default()
         },
         spec: Some(LeaseSpec {
@@ -1255,26 +1303,46 @@ impl RunStore for KubeStore {
         self.publish(id, vec![event(EventType::Normal, "Deduplicated", note)]);
     }
 
-    async fn executor_of(&self, id: &str) -> Result<Option<super::Holder>, StoreError> {
+    async fn relay(&self, id: &str, decision: &Relayed) -> Result<Option<String>, StoreError> {
         let name = run_lease_name(id);
-        let Some(lease) = self
-            .leases
-            .get_opt(&name)
-            .await
-            .map_err(kube_err(format!("read Lease {name}")))?
-        else {
-            return Ok(None);
-        };
-        let replica = lease.spec.and_then(|s| s.holder_identity);
-        Ok(replica
-            .filter(|r| *r != self.config.identity)
-            .map(|replica| super::Holder {
-                replica,
-                url: lease
-                    .metadata
-                    .annotations
-                    .and_then(|mut a| a.remove(REPLICA_URL)),
-            }))
+        for _ in 0..8 {
+            let Some(mut lease) = self
+                .leases
+                .get_opt(&name)
+                .await
+                .map_err(kube_err(format!("read Lease {name}")))?
+            else {
+                return Ok(None);
+            };
+            let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+            let Some(holder) = holder.filter(|h| *h != self.config.identity) else {
+                return Ok(None);
+            };
+            lease
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(
+                    format!("{RELAY_PREFIX}{}", decision.key),
+                    serde_json::to_string(decision).expect("decisions serialize"),
+                );
+            match self
+                .leases
+                .replace(&name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => return Ok(Some(holder)),
+                // Renewed meanwhile: read it again.
+                Err(e) if is_status(&e, 409) => continue,
+                Err(e) if is_status(&e, 404) => return Ok(None),
+                Err(e) => return Err(kube_err(format!("write Lease {name}"))(e)),
+            }
+        }
+        Err(StoreError::Conflict { id: id.into() })
+    }
+
+    fn relayed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, Relayed)>> {
+        lock(&self.state).relayed.take()
     }
 
     fn replica(&self) -> Option<String> {

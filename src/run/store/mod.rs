@@ -217,12 +217,29 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// Another replica executing a run: its name and, if it gave one (`--advertise-url`), where
-/// its API answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub replica: String,
-    pub url: Option<String>,
+/// A decision about a run that another replica executes, handed to that replica through the
+/// store (the run's Lease), never over the network with the caller's token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Relayed {
+    /// `approve` or `cancel`.
+    pub action: RelayedAction,
+    /// The approval step (and its `startedAt`) an approval answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Who decided, as the receiving replica recorded it (name and token hash).
+    pub by: String,
+    /// Unique per decision: a relayed decision is acted on once.
+    pub key: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RelayedAction {
+    Approve,
+    Cancel,
 }
 
 /// Where run records live. Every call is asynchronous and safe to make from many tasks at once;
@@ -281,9 +298,15 @@ pub trait RunStore: Send + Sync {
     /// Notes that the trigger of run `id` was delivered again (and deduplicated): the
     /// Kubernetes store records it as an Event on the run.
     fn duplicate(&self, _id: &str, _trigger: &str) {}
-    /// The replica executing run `id`, when it is another one than this (several replicas).
-    async fn executor_of(&self, _id: &str) -> Result<Option<Holder>, StoreError> {
+    /// Hands `decision` about run `id` to the replica executing it, when that is another
+    /// replica than this one: returns its name. `None`: no other replica executes it (decide
+    /// here). A single-process store never relays.
+    async fn relay(&self, _id: &str, _decision: &Relayed) -> Result<Option<String>, StoreError> {
         Ok(None)
+    }
+    /// The decisions other replicas relayed to this one, for runs it executes (taken once).
+    fn relayed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, Relayed)>> {
+        None
     }
     /// This replica's name, when the store is shared by several.
     fn replica(&self) -> Option<String> {
