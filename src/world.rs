@@ -260,7 +260,8 @@ pub struct Expectations {
     #[serde(default)]
     pub strict: bool,
     /// The run's steps, in order: each a name (it succeeded) or `{name: status}` (`Succeeded`,
-    /// `Skipped`, `Failed`…). Every step record must be listed.
+    /// `Skipped`, `Failed`, `Pending`: never reached; `Succeeded|Skipped` for a step a param
+    /// decides on). Every step record must be listed.
     #[serde(default)]
     pub steps: Option<Vec<StepExpectation>>,
     /// The compensation (`onFailure`) steps that ran, in order, in the same form.
@@ -386,6 +387,36 @@ fn pointer_of(path: &str) -> Option<String> {
             })
             .collect(),
     )
+}
+
+/// The fields a JSON Patch operation changes: an object it adds or replaces counts as each of
+/// its fields (adding `metadata.annotations` with one annotation changes that annotation).
+fn leaves(op: &Value) -> Vec<String> {
+    fn walk(path: String, v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) if !m.is_empty() => {
+                for (k, v) in m {
+                    walk(
+                        format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")),
+                        v,
+                        out,
+                    );
+                }
+            }
+            _ => out.push(path),
+        }
+    }
+    let path = op
+        .get("path")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let mut out = Vec::new();
+    match (op.get("op").and_then(Value::as_str), op.get("value")) {
+        (Some("add" | "replace"), Some(v)) => walk(path, v, &mut out),
+        _ => out.push(path),
+    }
+    out
 }
 
 /// An object's change during the rehearsal.
@@ -678,13 +709,12 @@ pub async fn verify(
                 .as_array()
                 .into_iter()
                 .flatten()
-                .filter_map(|op| op.get("path").and_then(Value::as_str))
+                .flat_map(leaves)
                 .filter(|p| {
                     !covered
                         .iter()
                         .any(|c| p == c || p.starts_with(&format!("{c}/")))
                 })
-                .map(str::to_string)
                 .collect();
             stray.dedup();
             if !stray.is_empty() {
@@ -782,10 +812,9 @@ pub fn check_steps(expectations: &Expectations, record: &crate::record::RunRecor
                 .join(", ")
         };
         let same = want.len() == got.len()
-            && want
-                .iter()
-                .zip(&got)
-                .all(|((wn, ws), (gn, gs))| wn == gn && ws.eq_ignore_ascii_case(gs));
+            && want.iter().zip(&got).all(|((wn, ws), (gn, gs))| {
+                wn == gn && ws.split('|').any(|w| w.trim().eq_ignore_ascii_case(gs))
+            });
         if !same {
             failures.push(format!(
                 "{what} ran as [{}], expected [{}]",

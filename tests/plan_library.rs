@@ -688,3 +688,34 @@ rehearsals! {
     replace_failed_instance_rehearses_on_the_simulator, replace_failed_instance_rehearses_on_real_clusters => "replace-failed-instance";
     rotate_replication_certs_rehearses_on_the_simulator, rotate_replication_certs_rehearses_on_real_clusters => "rotate-replication-certs";
 }
+
+#[test]
+fn nova_ferretdb_runs_only_on_its_own_alert_not_on_any_alert_with_the_app_label() {
+    // Another alert about the same app (a pod crash-looping) must not swap the databases.
+    let dir = tempfile::tempdir().unwrap();
+    let alert = std::fs::read_to_string(repo_dir().join("plans/worlds/nova-ferretdb.alert.json"))
+        .unwrap()
+        .replace("PerconaPrimaryDown", "KubePodCrashLooping");
+    let unrelated = dir.path().join("unrelated.json");
+    std::fs::write(&unrelated, alert).unwrap();
+    let out = recoverd(&[
+        "rehearse",
+        "plans/nova-ferretdb.yaml",
+        "--world",
+        "plans/worlds/nova-ferretdb.yaml",
+        "--alert",
+        unrelated.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("matches the plan's alertLabels/alertMatchers; nothing was run"),
+        "{t}"
+    );
+    assert!(!t.contains("clusters: built-in simulator"), "{t}");
+    // Its own alert runs it (nova_ferretdb_rehearses_on_the_simulator runs it in full).
+    let plan = yaml(&repo_dir().join("plans/nova-ferretdb.yaml"));
+    let labels = plan["spec"]["alertLabels"].as_object().unwrap();
+    assert_eq!(labels["alertname"], "PerconaPrimaryDown", "{labels:?}");
+    assert!(labels.len() >= 3, "{labels:?}");
+}

@@ -231,9 +231,19 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let mut code = Exit::for_runs([&record]);
     let mut checked = None;
     if let Some(expectations) = &expectations {
+        // What the plan wrote that the world did not seed (a delete of what is not there is
+        // no object to expect).
+        let deletes: std::collections::BTreeSet<&str> = record
+            .steps
+            .iter()
+            .chain(&record.on_failure)
+            .filter(|s| s.step_type == crate::plan::StepType::Delete)
+            .map(|s| s.name.as_str())
+            .collect();
         let written: Vec<String> = changes
             .iter()
             .filter(|c| c.kind == "written")
+            .filter(|c| c.step.as_deref().is_none_or(|s| !deletes.contains(s)))
             .map(|c| c.object.clone())
             .collect();
         let mut failures = world::verify(
