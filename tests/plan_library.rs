@@ -577,6 +577,7 @@ fn failover_forced_while_the_old_site_answers_fences_it_before_promoting() {
    fields: {spec.replica.primary: pg-south, status.timelineID: 2}}
 - {cluster: south, apiVersion: v1, resource: pods, namespace: db, name: pg-south-1}
 - {cluster: edge, apiVersion: v1, resource: configmaps, namespace: db, name: haproxy-config}
+- {cluster: edge, apiVersion: apps/v1, resource: deployments, namespace: db, name: haproxy}
 - {cluster: south, apiVersion: v1, resource: configmaps, namespace: db, name: pg-failover-record}
 "#;
     let (ok, t) = rehearse_variant(
@@ -633,6 +634,7 @@ fn switchover_run_again_after_the_demotion_uses_the_current_token() {
     status.lastPromotionToken: {cluster: north, name: pg-north, fieldPath: status.demotionToken}
 - {cluster: south, apiVersion: v1, resource: pods, namespace: db, name: pg-south-1}
 - {cluster: edge, apiVersion: v1, resource: configmaps, namespace: db, name: haproxy-config}
+- {cluster: edge, apiVersion: apps/v1, resource: deployments, namespace: db, name: haproxy}
 "#;
     let (ok, t) = rehearse_variant(
         "cnpg-switchover",
@@ -718,4 +720,123 @@ fn nova_ferretdb_runs_only_on_its_own_alert_not_on_any_alert_with_the_app_label(
     let labels = plan["spec"]["alertLabels"].as_object().unwrap();
     assert_eq!(labels["alertname"], "PerconaPrimaryDown", "{labels:?}");
     assert!(labels.len() >= 3, "{labels:?}");
+}
+
+/// percona-standby-swap's world in which pg2's operator refuses the promotion: it puts
+/// `spec.standby.enabled` back to true (as a GitOps controller reverting a change would) and
+/// reports the cluster reconciled.
+const PROMOTION_REFUSED: &[(&str, &str, &str)] = &[(
+    "percona-standby-swap.yaml",
+    "- cluster: south
+  when: {apiVersion: pgv2.percona.com/v2, resource: perconapgclusters, namespace: db, name: pg2,
+         fieldPath: metadata.generation, changed: true}
+  actions:
+  - after: 100ms
+    set: [{fieldPath: status.state, value: initializing}]
+",
+    "- cluster: south
+  when: {apiVersion: pgv2.percona.com/v2, resource: perconapgclusters, namespace: db, name: pg2,
+         fieldPath: spec.standby.enabled, equals: false}
+  actions:
+  - after: 100ms
+    set: [{fieldPath: spec.standby.enabled, value: true}]
+",
+)];
+
+#[test]
+fn percona_standby_swap_puts_the_old_primary_back_when_the_promotion_is_refused() {
+    // pg1 was made a standby, pg2 was not promoted: without compensation nothing would be the
+    // primary. The run fails, pg1 is the primary again, the proxy still points at it.
+    let expect = r#"outcome: Failed
+strict: true
+steps:
+- standby-is-ready
+- primary-to-standby
+- wait-primary-is-standby
+- promote-standby
+- wait-promoted
+- read-standby-role
+- {standby-was-promoted: Failed}
+- {redirect-haproxy: Pending}
+- {read-proxy-config: Pending}
+- {roll-proxy: Pending}
+- {wait-proxy-rollout: Pending}
+onFailure: [read-old-primary-role, read-other-side-role, restore-old-primary, wait-old-primary-restored]
+expect:
+- cluster: north
+  apiVersion: pgv2.percona.com/v2
+  resource: perconapgclusters
+  namespace: db
+  name: pg1
+  fields: {spec.standby.enabled: false, status.state: ready}
+  sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
+  mayChange: [spec.standby.repoName]
+- cluster: south
+  apiVersion: pgv2.percona.com/v2
+  resource: perconapgclusters
+  namespace: db
+  name: pg2
+  fields: {spec.standby.enabled: true, status.state: ready}
+  sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
+"#;
+    let (ok, t) = rehearse_variant("percona-standby-swap", PROMOTION_REFUSED, expect, &[]);
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("pg2 on cluster south is still a standby after its promotion was reconciled"),
+        "{t}"
+    );
+    // The same refusal without the compensation the plan has: the expectation that pg1 is the
+    // primary again fails (the test can fail).
+    let without = expect.replace(
+        "onFailure: [read-old-primary-role, read-other-side-role, restore-old-primary, wait-old-primary-restored]",
+        "onFailure: [read-old-primary-role, read-other-side-role, {restore-old-primary: Skipped}, {wait-old-primary-restored: Skipped}]",
+    );
+    let (ok, t) = rehearse_variant("percona-standby-swap", PROMOTION_REFUSED, &without, &[]);
+    assert!(!ok, "{t}");
+    assert!(t.contains("onFailure ran as [read-old-primary-role (succeeded), read-other-side-role (succeeded), restore-old-primary (succeeded)"), "{t}");
+}
+
+#[test]
+fn percona_standby_swap_never_puts_the_old_primary_back_while_the_other_side_may_be_primary() {
+    // The promotion went through but the proxy cannot be redirected (no such ConfigMap key
+    // … here: the proxy's Deployment is missing, so rolling it fails): pg2 is the primary, and
+    // pg1 must stay a standby (two primaries on one repository would fork it).
+    let expect = r#"outcome: Failed
+strict: true
+onFailure: [read-old-primary-role, read-other-side-role, {restore-old-primary: Skipped}, {wait-old-primary-restored: Skipped}]
+expect:
+- cluster: north
+  apiVersion: pgv2.percona.com/v2
+  resource: perconapgclusters
+  namespace: db
+  name: pg1
+  fields: {spec.standby.enabled: true, spec.standby.repoName: repo1, status.state: ready}
+  sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
+- cluster: south
+  apiVersion: pgv2.percona.com/v2
+  resource: perconapgclusters
+  namespace: db
+  name: pg2
+  fields: {spec.standby.enabled: false, status.state: ready}
+  sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
+- cluster: edge
+  apiVersion: v1
+  resource: configmaps
+  namespace: db
+  name: haproxy-config
+  fields:
+    data["haproxy.cfg"]: "frontend pg\n  bind *:5432\n  default_backend primary\nbackend primary\n  server pg2 pg2-primary.db.svc:5432 check\n"
+"#;
+    let (ok, t) = rehearse_variant(
+        "percona-standby-swap",
+        &[(
+            "percona-standby-swap.yaml",
+            "objects: [percona/haproxy.yaml, haproxy/deployment.yaml]",
+            "objects: [percona/haproxy.yaml]",
+        )],
+        expect,
+        &[],
+    );
+    assert!(ok, "{t}");
+    assert!(t.contains("roll-proxy"), "{t}");
 }
