@@ -840,3 +840,132 @@ expect:
     assert!(ok, "{t}");
     assert!(t.contains("roll-proxy"), "{t}");
 }
+
+/// The library's expectations for `plan`, with `from` replaced by `to`.
+fn expectations_with(plan: &str, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(repo_dir().join(format!("plans/worlds/{plan}.expect.yaml")))
+        .unwrap();
+    assert!(text.contains(from), "{plan}: no {from:?}");
+    text.replace(from, to)
+}
+
+#[test]
+fn strict_expectations_catch_a_change_they_do_not_name_an_unnamed_new_object_and_the_step_order() {
+    // A field of a named object that the expectation does not name (the pod's new label).
+    let expect = expectations_with("cnpg-switchover", "    metadata.labels.role: primary\n", "");
+    let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("south: v1 pods db/pg-south-1: changed in /metadata/labels/role too, which the expectation does not name"),
+        "{t}"
+    );
+    // An object the run created that no expectation names.
+    let full = expectations_with("cnpg-failover", "", "");
+    let at = full
+        .find("- {cluster: south, apiVersion: v1, resource: configmaps")
+        .unwrap();
+    let end = at + full[at..].find("]}\n").unwrap() + 3;
+    let expect = format!("{}{}", &full[..at], &full[end..]);
+    let (ok, t) = rehearse_variant("cnpg-failover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("v1 configmaps db/pg-failover-record on cluster south: written by the run, but no expectation names it"),
+        "{t}"
+    );
+    // An object something else created meanwhile (here an "operator" answering the demotion),
+    // in a namespace and kind the world has.
+    let stray = "reactors:
+- cluster: north
+  when: {apiVersion: postgresql.cnpg.io/v1, resource: clusters, namespace: db, name: pg-north,
+         fieldPath: spec.replica.primary, equals: pg-south}
+  actions:
+  - create:
+      cluster: edge
+      object: {apiVersion: v1, kind: ConfigMap, metadata: {name: stray, namespace: db}, data: {by: operator}}
+";
+    let expect = expectations_with("cnpg-switchover", "", "");
+    let (ok, t) = rehearse_variant(
+        "cnpg-switchover",
+        &[("cnpg-switchover.yaml", "reactors:\n", stray)],
+        &expect,
+        &[],
+    );
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("edge: v1 configmaps db/stray: created, but no expectation names it"),
+        "{t}"
+    );
+    // `created` on an object the world had already.
+    let expect = expectations_with(
+        "cnpg-failover",
+        "  name: haproxy-config\n",
+        "  name: haproxy-config\n  created: true\n",
+    );
+    let (ok, t) = rehearse_variant("cnpg-failover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("edge: v1 configmaps db/haproxy-config: expected the run to create it, but it existed before"),
+        "{t}"
+    );
+    // Two steps in the wrong order.
+    let expect = expectations_with(
+        "cnpg-switchover",
+        "- promote\n- wait-promoted\n",
+        "- wait-promoted\n- promote\n",
+    );
+    let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("steps ran as [")
+            && t.contains("promote (succeeded), wait-promoted (succeeded)"),
+        "{t}"
+    );
+    // A step that did not run as said (demote ran).
+    let expect = expectations_with("cnpg-switchover", "- demote\n", "- {demote: Skipped}\n");
+    let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("expected [") && t.contains("demote (Skipped)"),
+        "{t}"
+    );
+}
+
+#[test]
+fn expectations_compare_typed_values_and_match_objects_by_api_version_too() {
+    // The boolean true is not the string "true": the message says which is which.
+    let expect = expectations_with(
+        "nova-ferretdb",
+        "fields: {spec.standby.enabled: true}",
+        "fields: {spec.standby.enabled: \"true\"}",
+    );
+    let (ok, t) = rehearse_variant("nova-ferretdb", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("cluster1: spec.standby.enabled is true (a boolean), expected true (a string)"),
+        "{t}"
+    );
+    // The number 2 is not the string "2".
+    let expect = expectations_with(
+        "cnpg-failover",
+        "status.timelineID: 2",
+        "status.timelineID: \"2\"",
+    );
+    let (ok, t) = rehearse_variant("cnpg-failover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("status.timelineID is 2 (a number), expected 2 (a string)"),
+        "{t}"
+    );
+    // An expectation about another apiVersion of the same name is not about the changed object.
+    let expect = expectations_with(
+        "nova-ferretdb",
+        "- {cluster: north, apiVersion: pgv2.percona.com/v2, resource: perconapgclusters,\n   namespace: psql-operator, name: cluster1,",
+        "- {cluster: north, apiVersion: pgv2.percona.com/v1, resource: perconapgclusters,\n   namespace: psql-operator, name: cluster1,",
+    );
+    let (ok, t) = rehearse_variant("nova-ferretdb", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("north: pgv2.percona.com/v2 perconapgclusters psql-operator/cluster1: changed, but no expectation names it"),
+        "{t}"
+    );
+}
