@@ -183,6 +183,8 @@ const CONFLICT_RETRIES: u32 = 5;
 #[derive(Default)]
 struct Shared {
     fired: std::sync::atomic::AtomicUsize,
+    /// Firings that ended, however.
+    ended: std::sync::atomic::AtomicUsize,
     problems: std::sync::Mutex<Vec<String>>,
     /// `cluster/resourceVersion` of every object version a reactor wrote → how deep in a chain
     /// of reactions that write was.
@@ -263,6 +265,12 @@ impl Reactors {
     /// How many times reactors have acted.
     pub fn fired(&self) -> usize {
         self.shared.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many firings have ended (all their actions done, or stopped early: the object gone or
+    /// replaced, an action failed).
+    pub fn ended(&self) -> usize {
+        self.shared.ended.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// What went wrong with the reactors so far: a reactor that stopped (it died, or the loop
@@ -653,6 +661,20 @@ impl From<String> for Stopped {
 /// One firing: the actions in order, each after its delay, on the object version that fired
 /// the reactor (`seen`).
 async fn fire(
+    registry: Arc<Registry>,
+    r: Arc<Reactor>,
+    actions: Arc<Vec<(Duration, Action)>>,
+    seen: Option<Value>,
+    shared: Arc<Shared>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    fire_actions(registry, r, actions, seen, shared.clone(), stop).await;
+    shared
+        .ended
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+async fn fire_actions(
     registry: Arc<Registry>,
     r: Arc<Reactor>,
     actions: Arc<Vec<(Duration, Action)>>,

@@ -969,3 +969,35 @@ fn expectations_compare_typed_values_and_match_objects_by_api_version_too() {
         "{t}"
     );
 }
+
+#[test]
+fn a_rehearsal_fails_when_a_reactor_fails_to_act() {
+    // The world's "operator" writes what the CRD refuses: the plan and the expectations hold,
+    // but a world whose operators did not do their job proves nothing.
+    let broken = "objects: [percona/clusters.yaml, percona/ferretdb.yaml]
+reactors:
+- cluster: north
+  when: {apiVersion: pgv2.percona.com/v2, resource: perconapgclusters, namespace: psql-operator,
+         name: cluster1, fieldPath: spec.standby.enabled, equals: true}
+  actions:
+  - set: [{fieldPath: spec.standby.enabled, value: not-a-boolean}]
+";
+    let expect = expectations_with("nova-ferretdb", "", "");
+    let (ok, t) = rehearse_variant(
+        "nova-ferretdb",
+        &[(
+            "nova-ferretdb.yaml",
+            "objects: [percona/clusters.yaml, percona/ferretdb.yaml]\n",
+            broken,
+        )],
+        &expect,
+        &[],
+    );
+    assert!(!ok, "{t}");
+    assert!(t.contains("expectations: 3 checked, 0 failed"), "{t}");
+    assert!(
+        t.contains("reactors: 1 problem(s)")
+            && t.contains("reactor on north (pgv2.percona.com/v2 perconapgclusters psql-operator/cluster1): writing cluster1 (attempt 1): "),
+        "{t}"
+    );
+}
