@@ -1,8 +1,8 @@
 //! The HTTP handlers: parse and check the request, hand it to the run service, answer.
 //!
-//! Everything that touches the run store, and the parsing and matching of webhook bodies, runs
-//! on the blocking pool ([`blocking`]): a slow disk or a large batch of alerts must not hold
-//! the runtime's worker threads that answer `/healthz`.
+//! The run service is asynchronous all the way to its store (whose SQLite calls run on a thread
+//! of their own), so a slow disk never holds the runtime's worker threads that answer
+//! `/healthz`.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,19 +15,7 @@ use super::error::ApiError;
 use super::extract::{ApiQuery, JsonBytes};
 use super::AppState;
 use crate::alert::WebhookPayload;
-use crate::run::service::{ManualTrigger, Runs};
-
-/// Runs `f` with the run service on the blocking pool.
-async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&std::sync::Arc<Runs>) -> Result<T, ApiError> + Send + 'static,
-{
-    let runs = state.runs.clone();
-    tokio::task::spawn_blocking(move || f(&runs))
-        .await
-        .map_err(|e| ApiError::Internal(format!("a request task failed: {e}")))?
-}
+use crate::run::service::ManualTrigger;
 
 pub async fn alerts(
     State(state): State<AppState>,
@@ -38,7 +26,8 @@ pub async fn alerts(
             "recoverd is shutting down; retry against another replica".into(),
         ));
     }
-    blocking(&state, move |runs| {
+    let runs = &state.runs;
+    {
         let mut payload: WebhookPayload = body.parse()?;
         // Alertmanager's version 4 or Grafana's version 1 (see `alert.rs`).
         payload.accept().map_err(ApiError::BadRequest)?;
@@ -51,14 +40,13 @@ pub async fn alerts(
         }
         let mut outcomes = Vec::new();
         for alert in &payload.alerts {
-            outcomes.extend(runs.alert(alert)?);
+            outcomes.extend(runs.alert(alert).await?);
         }
         Ok((
             StatusCode::ACCEPTED,
             Json(json!({"receiver": payload.receiver, "alerts": outcomes})),
         ))
-    })
-    .await
+    }
 }
 
 pub async fn plans(State(state): State<AppState>) -> impl IntoResponse {
@@ -100,10 +88,10 @@ pub async fn trigger(
             )));
         }
     }
-    let (record, created) = blocking(&state, move |runs| {
-        Ok(runs.trigger(&format!("{namespace}/{name}"), req)?)
-    })
-    .await?;
+    let (record, created) = state
+        .runs
+        .trigger(&format!("{namespace}/{name}"), req)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -136,10 +124,10 @@ pub async fn runs(
             "limit must be between 1 and {MAX_PAGE}, not {limit}"
         )));
     }
-    let page = blocking(&state, move |runs| {
-        Ok(runs.page(q.plan.as_deref(), limit, q.after.as_deref())?)
-    })
-    .await?;
+    let page = state
+        .runs
+        .page(q.plan.as_deref(), limit, q.after.as_deref())
+        .await?;
     Ok(Json(page))
 }
 
@@ -147,9 +135,7 @@ pub async fn run(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        blocking(&state, move |runs| Ok(runs.get(&id)?)).await?,
-    ))
+    Ok(Json(state.runs.get(&id).await?))
 }
 
 /// The optional body of approve and cancel.
@@ -204,10 +190,7 @@ pub async fn approve(
     let body: DecisionBody = body.parse_or_default()?;
     let by = decided_by(&headers, body.actor);
     Ok(Json(
-        blocking(&state, move |runs| {
-            Ok(runs.approve(&id, &by, body.step.as_deref())?)
-        })
-        .await?,
+        state.runs.approve(&id, &by, body.step.as_deref()).await?,
     ))
 }
 
@@ -219,18 +202,14 @@ pub async fn cancel(
 ) -> Result<impl IntoResponse, ApiError> {
     let body: DecisionBody = body.parse_or_default()?;
     let by = decided_by(&headers, body.actor);
-    Ok(Json(
-        blocking(&state, move |runs| Ok(runs.cancel(&id, &by)?)).await?,
-    ))
+    Ok(Json(state.runs.cancel(&id, &by).await?))
 }
 
 pub async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        blocking(&state, move |runs| Ok(runs.resume(&id)?)).await?,
-    ))
+    Ok(Json(state.runs.resume(&id).await?))
 }
 
 pub async fn healthz() -> impl IntoResponse {
@@ -243,11 +222,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     if !state.runs.accepting() {
         return Err(ApiError::Unavailable("shutting down".into()));
     }
-    blocking(&state, |runs| {
-        runs.check_store()
-            .map_err(|e| ApiError::Unavailable(format!("the run store cannot be written: {e}")))
-    })
-    .await?;
+    state
+        .runs
+        .check_store()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the run store cannot be written: {e}")))?;
     let plans = state.runs.plans();
     Ok(Json(
         json!({"status": "ready", "plans": plans.len(), "invalidPlans": plans.invalid.len()}),

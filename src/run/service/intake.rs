@@ -94,7 +94,7 @@ pub fn capped_context(alert: &Alert) -> Value {
 
 impl Runs {
     /// Handles one alert of a webhook payload; each alert is judged by its own status.
-    pub fn alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
+    pub async fn alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
         let outcome = |action: Action,
                        plan: Option<String>,
                        run_id: Option<String>,
@@ -123,8 +123,9 @@ impl Runs {
             let waiting: Vec<RunRecord> = if matching.is_empty() {
                 Vec::new()
             } else {
-                self.store()
-                    .waiting_for_approval(&alert.fingerprint)?
+                self.store
+                    .waiting_for_approval(&alert.fingerprint)
+                    .await?
                     .into_iter()
                     .filter(|r| matching.contains(&r.plan))
                     .collect()
@@ -143,6 +144,7 @@ impl Runs {
                 // Lost a race with an approval: the run is executing and the resolution is moot.
                 if self
                     .finish_unstarted(run, "the alert resolved before the run was approved")
+                    .await
                     .is_err()
                 {
                     continue;
@@ -154,7 +156,7 @@ impl Runs {
                     Some("alert resolved".into()),
                 ));
             }
-            self.refresh_active();
+            self.refresh_active().await;
             return Ok(out);
         }
         if !self.accepting() {
@@ -185,7 +187,7 @@ impl Runs {
                 )
             };
             // A resend is the common case: answer it from the index before building a record.
-            if self.store().exists(&id)? {
+            if self.store.exists(&id).await? {
                 out.push(deduplicated(&Refusal::SameRun { existing: id }));
                 continue;
             }
@@ -210,12 +212,12 @@ impl Runs {
                 one_active_per_plan: true,
                 cooldown: plan.cooldown,
             };
-            let claimed = self.store().claim(&record, rules)?;
+            let claimed = self.store.claim(&record, rules).await?;
             if let Err(refusal) = claimed {
                 out.push(deduplicated(&refusal));
                 continue;
             }
-            self.refresh_active();
+            self.refresh_active().await;
             if approval {
                 info!(plan = %name, run = %id, "run awaits approval");
                 self.notify(

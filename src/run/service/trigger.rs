@@ -34,7 +34,7 @@ impl Runs {
     /// A manual trigger. Returns the run and whether it was created now (false: the same
     /// idempotency key was used before and this is that run). A live run of an `approval`
     /// plan waits for approval as an alert's would; a dry run needs none (it changes nothing).
-    pub fn trigger(
+    pub async fn trigger(
         self: &Arc<Self>,
         plan_name: &str,
         req: ManualTrigger,
@@ -118,8 +118,7 @@ impl Runs {
             one_active_per_plan: true,
             cooldown: None,
         };
-        // Bind the claim first: the store's lock must be released before `get` takes it again.
-        let claimed = self.store().claim(&record, rules)?;
+        let claimed = self.store.claim(&record, rules).await?;
         match claimed {
             Ok(()) => {}
             Err(Refusal::SameRun { existing }) => {
@@ -127,7 +126,7 @@ impl Runs {
                     .runs_deduplicated
                     .with_label_values(&[plan_name, "idempotency-key"])
                     .inc();
-                let existing = self.get(&existing)?;
+                let existing = self.get(&existing).await?;
                 return Ok((existing, false));
             }
             Err(refusal) => {
@@ -141,7 +140,7 @@ impl Runs {
                 });
             }
         }
-        self.refresh_active();
+        self.refresh_active().await;
         if approval {
             info!(plan = %plan_name, run = %id, "manually triggered run awaits approval");
             self.notify(
