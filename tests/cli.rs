@@ -315,7 +315,7 @@ async fn rehearse_seeds_the_world_runs_the_plan_and_checks_expectations() {
         "{t}"
     );
     assert!(t.contains("replace /spec/replica/primary pg-south"), "{t}");
-    assert!(t.contains("expectations: 3 checked, 0 failed"), "{t}");
+    assert!(t.contains("expectations: 4 checked, 0 failed"), "{t}");
 
     // A second rehearsal on the same objects finds them already switched: expectations about
     // the proxy still hold, but the run cannot demote an already demoted primary twice —
