@@ -89,6 +89,8 @@ fn record(id: &str, plan: &str, kind: TriggerKind) -> RunRecord {
             fingerprint: Some("fp".into()),
             ..Default::default()
         },
+        // (v1.20.2 reads an empty string here as null, which the schema refuses.)
+        plan_generation: "1".into(),
         created_at: Some(recoverd::record::now()),
         ..Default::default()
     }
@@ -207,10 +209,11 @@ async fn a_write_from_a_replica_that_lost_the_run_is_refused_and_transitions_rac
         b.transition(&approved, &[Phase::WaitingForApproval])
     );
     assert_eq!([x.unwrap(), y.unwrap()].iter().filter(|w| **w).count(), 1);
-    // Replica a writes the run; replica b then writes it (it took the run over): a's next
-    // write, from its stale resourceVersion, is refused instead of overwriting b's.
-    let mut running = approved.clone();
+    // Replica a writes a run; replica b then writes it (it took the run over): a's next write,
+    // from its stale resourceVersion, is refused instead of overwriting b's.
+    let mut running = record("a-0002", &format!("{ns}/q"), TriggerKind::Alert);
     running.phase = Phase::Running;
+    a.claim(&running, ONE_ACTIVE).await.unwrap().unwrap();
     a.save(&running).await.unwrap();
     running.error = Some("b's truth".into());
     b.save(&running).await.unwrap();
@@ -218,7 +221,7 @@ async fn a_write_from_a_replica_that_lost_the_run_is_refused_and_transitions_rac
     let err = a.save(&running).await.unwrap_err();
     assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
     assert_eq!(
-        b.get("a-0001").await.unwrap().unwrap().error.as_deref(),
+        b.get("a-0002").await.unwrap().unwrap().error.as_deref(),
         Some("b's truth")
     );
 }
@@ -403,6 +406,33 @@ async fn two_replicas_told_by_two_alertmanagers_run_an_alert_once() {
         metrics.contains("recoverd_runs_deduplicated_total{"),
         "the other deliveries were deduplicated:\n{metrics}"
     );
+    // kubectl shows what happened to the run as Events.
+    let mut events = String::new();
+    for _ in 0..100 {
+        events = ok(clusters().kubectl(HOME).args([
+            "get",
+            "events",
+            "-n",
+            &ns,
+            "--field-selector",
+            &format!("involvedObject.name={id}"),
+        ]));
+        if ["Started", "Succeeded", "Deduplicated"]
+            .iter()
+            .all(|r| events.contains(r))
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(
+        ["Started", "Succeeded", "Deduplicated"]
+            .iter()
+            .all(|r| events.contains(r)),
+        "{events}\n{}\n{}",
+        a.log_text(),
+        b.log_text()
+    );
     let table = ok(clusters()
         .kubectl(HOME)
         .args(["get", "recoveryruns", "-n", &ns]));
@@ -466,6 +496,18 @@ async fn a_killed_replica_s_run_is_finished_by_the_other_without_repeating_steps
         .map(|s| s["status"].as_str().unwrap())
         .collect();
     assert_eq!(steps, ["succeeded"; 4], "{record:#}");
+    let events = ok(clusters().kubectl(HOME).args([
+        "get",
+        "events",
+        "-n",
+        &ns,
+        "--field-selector",
+        &format!("involvedObject.name={id}"),
+    ]));
+    assert!(
+        events.contains("Interrupted") && events.contains("Succeeded"),
+        "{events}"
+    );
     // b released the run's Lease when the run ended.
     let leases = ok(clusters()
         .kubectl(HOME)

@@ -188,6 +188,7 @@ impl Runs {
             };
             // A resend is the common case: answer it from the index before building a record.
             if self.store.exists(&id).await? {
+                self.store.duplicate(&id, TriggerKind::Alert.as_str());
                 out.push(deduplicated(&Refusal::SameRun { existing: id }));
                 continue;
             }

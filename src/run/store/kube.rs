@@ -23,8 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -67,6 +69,8 @@ pub struct KubeStore {
     plans: Api<crate::plan::model::RecoveryPlan>,
     config: KubeStoreConfig,
     state: Arc<Mutex<State>>,
+    /// Events on runs: started, awaiting approval, deduplicated, step failed, finished.
+    recorder: Recorder,
     /// Stops the renewal task when the store is dropped.
     stop: CancellationToken,
 }
@@ -83,6 +87,9 @@ struct State {
     seen: HashMap<String, (Option<String>, Instant)>,
     /// The uid of each plan's `RecoveryPlan` in the store's namespace (`None`: not there).
     plan_uids: HashMap<String, Option<String>>,
+    /// What the last write of each run said (its phase and how many steps had failed), so that
+    /// an Event is recorded once per change.
+    told: HashMap<String, (Phase, usize)>,
 }
 
 struct Held {
@@ -213,6 +220,13 @@ impl KubeStore {
     /// holds; call [`KubeStore::check`] to find out whether the CRD and permissions are there.
     pub fn new(client: Client, config: KubeStoreConfig) -> Self {
         let store = KubeStore {
+            recorder: Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: "recoverd".into(),
+                    instance: Some(config.identity.clone()),
+                },
+            ),
             runs: Api::namespaced(client.clone(), &config.namespace),
             leases: Api::namespaced(client.clone(), &config.namespace),
             plans: Api::namespaced(client, &config.namespace),
@@ -312,6 +326,93 @@ impl KubeStore {
             uid,
             ..Default::default()
         })
+    }
+
+    /// Records Events for what changed in `record` since this replica last wrote it, in the
+    /// background (an Event never holds up a run).
+    fn tell(&self, record: &RunRecord) {
+        let failed: Vec<&crate::record::StepRecord> = record
+            .steps
+            .iter()
+            .chain(&record.on_failure)
+            .filter(|s| s.status == crate::record::StepStatus::Failed)
+            .collect();
+        let before = lock(&self.state)
+            .told
+            .insert(record.id.clone(), (record.phase, failed.len()));
+        let mut events = Vec::new();
+        let (phase_before, failed_before) = before.map_or((None, 0), |(p, n)| (Some(p), n));
+        for step in failed.iter().skip(failed_before) {
+            events.push(event(
+                EventType::Warning,
+                "StepFailed",
+                format!(
+                    "step {:?} failed{}: {}",
+                    step.name,
+                    step.cluster
+                        .as_deref()
+                        .map(|c| format!(" on cluster {c}"))
+                        .unwrap_or_default(),
+                    step.error.as_deref().unwrap_or("no reason recorded")
+                ),
+            ));
+        }
+        if phase_before != Some(record.phase) {
+            let (type_, note) = match record.phase {
+                Phase::Pending | Phase::Running if phase_before.is_none() => (
+                    EventType::Normal,
+                    format!("run of plan {} started", record.plan),
+                ),
+                Phase::WaitingForApproval => (
+                    EventType::Normal,
+                    format!("run of plan {} awaits approval", record.plan),
+                ),
+                Phase::Succeeded | Phase::Cancelled => (
+                    EventType::Normal,
+                    record.error.clone().unwrap_or_else(|| "run ended".into()),
+                ),
+                Phase::SucceededWithErrors | Phase::Failed | Phase::Interrupted => (
+                    EventType::Warning,
+                    record.error.clone().unwrap_or_else(|| "run ended".into()),
+                ),
+                _ => return self.publish(&record.id, events),
+            };
+            let reason = match record.phase {
+                Phase::Pending | Phase::Running => "Started",
+                Phase::WaitingForApproval => "AwaitingApproval",
+                other => other.as_str(),
+            };
+            events.push(event(type_, reason, note));
+        }
+        if record.phase.is_finished() {
+            lock(&self.state).told.remove(&record.id);
+        }
+        self.publish(&record.id, events);
+    }
+
+    fn publish(&self, id: &str, events: Vec<KubeEvent>) {
+        if events.is_empty() {
+            return;
+        }
+        let (recorder, reference) = (self.recorder.clone(), self.reference(id));
+        let id = id.to_string();
+        tokio::spawn(async move {
+            for e in events {
+                if let Err(err) = recorder.publish(&e, &reference).await {
+                    tracing::warn!(run = %id, error = %err, "failed to record an Event for the run");
+                }
+            }
+        });
+    }
+
+    fn reference(&self, id: &str) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("recoverd.io/v1alpha1".into()),
+            kind: Some("RecoveryRun".into()),
+            name: Some(object_name(id)),
+            namespace: Some(self.config.namespace.clone()),
+            ..Default::default()
+        }
     }
 
     /// Takes the plan's slot for `record` unless the rules refuse it.
@@ -453,6 +554,17 @@ impl Drop for KubeStore {
     }
 }
 
+fn event(type_: EventType, reason: &str, note: String) -> KubeEvent {
+    let note: String = note.chars().take(1000).collect();
+    KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note),
+        action: "Run".into(),
+        secondary: None,
+    }
+}
+
 /// Renews every Lease this replica holds, three times per Lease duration; a Lease not renewed
 /// within its duration (the API server unreachable, or another replica took it) is lost: its
 /// token is cancelled and the run's writes from here are refused.
@@ -552,6 +664,7 @@ impl RunStore for KubeStore {
         rules: ClaimRules,
     ) -> Result<Result<(), Refusal>, StoreError> {
         if self.exists(&record.id).await? {
+            self.duplicate(&record.id, record.trigger.kind.as_str());
             return Ok(Err(Refusal::SameRun {
                 existing: record.id.clone(),
             }));
@@ -603,6 +716,7 @@ impl RunStore for KubeStore {
         lock(&self.state)
             .versions
             .insert(record.id.clone(), version);
+        self.tell(record);
         Ok(Ok(()))
     }
 
@@ -629,6 +743,7 @@ impl RunStore for KubeStore {
                         .versions
                         .insert(record.id.clone(), version);
                     self.release_slot(record).await;
+                    self.tell(record);
                     return Ok(true);
                 }
                 Err(e) if is_status(&e, 409) => continue,
@@ -670,6 +785,7 @@ impl RunStore for KubeStore {
                 lock(&self.state)
                     .versions
                     .insert(record.id.clone(), version);
+                self.tell(record);
                 if record.phase.is_finished() {
                     lock(&self.state).versions.remove(&record.id);
                     self.release_slot(record).await;
@@ -907,6 +1023,11 @@ impl RunStore for KubeStore {
         }
         state.seen = still;
         Ok(out)
+    }
+
+    fn duplicate(&self, id: &str, trigger: &str) {
+        let note = format!("the {trigger} was delivered again; it is this run");
+        self.publish(id, vec![event(EventType::Normal, "Deduplicated", note)]);
     }
 
     fn replica(&self) -> Option<String> {

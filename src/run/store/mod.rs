@@ -261,6 +261,9 @@ pub trait RunStore: Send + Sync {
     ) -> Result<Option<tokio_util::sync::CancellationToken>, StoreError> {
         Ok(Some(Default::default()))
     }
+    /// Notes that the trigger of run `id` was delivered again (and deduplicated): the
+    /// Kubernetes store records it as an Event on the run.
+    fn duplicate(&self, _id: &str, _trigger: &str) {}
     /// This replica's name, when the store is shared by several.
     fn replica(&self) -> Option<String> {
         None
