@@ -973,7 +973,7 @@ fn a_failed_expectation_is_a_junit_failure_and_in_the_json_and_exits_1() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let t = String::from_utf8_lossy(&out.stdout);
     assert!(
-        t.contains("<testsuite name=\"expectations\" tests=\"1\" failures=\"0\">\n  <testcase classname=\"expectations\" name=\"3 expectation(s) held\">"),
+        t.contains("<testsuite name=\"expectations\" tests=\"1\" failures=\"0\">\n  <testcase classname=\"expectations\" name=\"4 expectation(s) held\">"),
         "{t}"
     );
 }
