@@ -74,6 +74,7 @@ async fn store(ns: &str, identity: &str, lease: Duration) -> KubeStore {
             namespace: ns.into(),
             identity: identity.into(),
             lease_duration: lease,
+            advertise_url: None,
         },
     );
     store.check().await.unwrap();
@@ -109,6 +110,26 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
         store(&ns, "replica-b", Duration::from_secs(15)).await,
     );
     let plan = format!("{ns}/p");
+    // The plan is a resource in the runs' namespace: its runs are owned by it.
+    let file = std::env::temp_dir().join(format!("{ns}-plan.yaml"));
+    std::fs::write(
+        &file,
+        "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: p}\nspec:\n  alertLabels: {alertname: X}\n  steps:\n  - {name: s, type: http, http: {url: \"http://127.0.0.1:9/\"}}\n",
+    )
+    .unwrap();
+    ok(clusters()
+        .kubectl(HOME)
+        .args(["apply", "-n", &ns, "-f"])
+        .arg(&file));
+    let uid = ok(clusters().kubectl(HOME).args([
+        "get",
+        "recoveryplan",
+        "p",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]));
     // The same incident at both replicas at once: one creates it, the other is told it exists.
     let first = record("a-0001", &plan, TriggerKind::Alert);
     let (x, y) = tokio::join!(a.claim(&first, ONE_ACTIVE), b.claim(&first, ONE_ACTIVE));
@@ -124,10 +145,30 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
             .any(|o| matches!(o, Err(Refusal::SameRun { existing }) if existing == "a-0001")),
         "{outcomes:?}"
     );
+    let owners = ok(clusters().kubectl(HOME).args([
+        "get",
+        "recoveryrun",
+        "a-0001",
+        "-n",
+        &ns,
+        "-o",
+        "jsonpath={.metadata.ownerReferences[0].kind}/{.metadata.ownerReferences[0].uid}",
+    ]));
+    assert_eq!(owners, format!("RecoveryPlan/{uid}"));
     // Two new incidents of the plan at two replicas at once: exactly one run starts.
     let mut running = b.get("a-0001").await.unwrap().expect("claimed");
     running.phase = Phase::Succeeded;
-    a.save(&running).await.unwrap();
+    // Only the replica whose claim created it may write it.
+    let (winner, loser) = if outcomes[0].is_ok() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(matches!(
+        loser.save(&running).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    winner.save(&running).await.unwrap();
     let (second, third) = (
         record("a-0002", &plan, TriggerKind::Alert),
         record("a-0003", &plan, TriggerKind::Alert),
@@ -215,6 +256,10 @@ async fn a_write_from_a_replica_that_lost_the_run_is_refused_and_transitions_rac
     running.phase = Phase::Running;
     a.claim(&running, ONE_ACTIVE).await.unwrap().unwrap();
     a.save(&running).await.unwrap();
+    // b cannot write a run it has not acquired (fenced), then takes it over.
+    let err = b.save(&running).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(b.acquire("a-0002").await.unwrap().is_some());
     running.error = Some("b's truth".into());
     b.save(&running).await.unwrap();
     running.error = Some("a's stale view".into());
@@ -327,26 +372,34 @@ spec:
 }
 
 async fn replica(dir: &Path, plans: &Path, ns: &str, name: &str, lease: &str) -> ServeProcess {
+    replica_with(dir, plans, ns, name, lease, &[]).await
+}
+
+async fn replica_with(
+    dir: &Path,
+    plans: &Path,
+    ns: &str,
+    name: &str,
+    lease: &str,
+    extra: &[&str],
+) -> ServeProcess {
     install_crds();
     let own = dir.join(name);
     std::fs::create_dir_all(&own).unwrap();
     let kubeconfig = clusters().kubeconfig().to_path_buf();
-    ServeProcess::start(
-        &own,
-        plans,
-        &kubeconfig,
-        &[
-            "--store",
-            &format!("kube:{ns}"),
-            "--home-cluster",
-            HOME,
-            "--replica-id",
-            name,
-            "--lease-duration",
-            lease,
-        ],
-    )
-    .await
+    let store = format!("kube:{ns}");
+    let mut args = vec![
+        "--store",
+        &store,
+        "--home-cluster",
+        HOME,
+        "--replica-id",
+        name,
+        "--lease-duration",
+        lease,
+    ];
+    args.extend_from_slice(extra);
+    ServeProcess::start(&own, plans, &kubeconfig, &args).await
 }
 
 fn runs(ns: &str) -> Vec<Value> {
@@ -513,4 +566,166 @@ async fn a_killed_replica_s_run_is_finished_by_the_other_without_repeating_steps
         .kubectl(HOME)
         .args(["get", "leases", "-n", &ns, "-o", "name"]));
     assert!(!leases.contains("recoverd-run-"), "{leases}");
+}
+
+/// An approval step waiting on one replica is approved through the other (which forwards the
+/// request to the replica executing the run, named by its Lease), and a run executing on one is
+/// cancelled through the other; without `--advertise-url` the other answers 409 naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approving_or_cancelling_at_any_replica_reaches_the_one_executing_the_run() {
+    let ns = clusters().namespace("kstore-forward").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(3).await;
+    let plans = dir.path().join("plans");
+    std::fs::create_dir_all(&plans).unwrap();
+    std::fs::write(
+        plans.join("ask.yaml"),
+        format!(
+            r#"apiVersion: recoverd.io/v1alpha1
+kind: RecoveryPlan
+metadata: {{name: ask, namespace: {ns}}}
+spec:
+  alertLabels: {{alertname: AskFired, testns: {ns}}}
+  steps:
+  - {{name: first, type: http, http: {{url: "{hook}/step/0", method: POST}}}}
+  - {{name: decide, type: approval, approval: {{message: "go on?", timeout: 5m}}}}
+  - {{name: second, type: http, http: {{url: "{hook}/step/1", method: POST}}}}
+  - {{name: hold, type: wait, wait: {{duration: 5m}}}}
+  - {{name: never, type: http, http: {{url: "{hook}/step/2", method: POST}}}}
+"#
+        ),
+    )
+    .unwrap();
+    let port_a = support::clusters::free_port();
+    let url_a = format!("http://127.0.0.1:{port_a}");
+    let a = replica_with(
+        dir.path(),
+        &plans,
+        &ns,
+        "replica-a",
+        "15s",
+        &[
+            "--advertise-url",
+            &url_a,
+            "--listen",
+            &format!("127.0.0.1:{port_a}"),
+        ],
+    )
+    .await;
+    assert_eq!(a.url, url_a);
+    let b = replica(dir.path(), &plans, &ns, "replica-b", "15s").await;
+    let fire = |fp: &str| {
+        support::server::payload(
+            "firing",
+            json!({"alertname": "AskFired", "testns": ns}),
+            fp,
+            "2026-12-02T10:00:00Z",
+        )
+    };
+    let (status, body) = a.post("/api/v1/alerts", &fire("fp-forward")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("the approval step waits on replica a", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "waitingForApproval"
+    })
+    .await;
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/runs/{id}/approve"),
+            &json!({"step": "decide", "actor": "sre at b"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the approved run goes on, on replica a", LIMIT, || async {
+        counts(&hits)[1] == 1
+    })
+    .await;
+    let record = b.get(&format!("/api/v1/runs/{id}")).await;
+    assert!(
+        record.to_string().contains("sre at b"),
+        "the approval names who gave it: {record:#}"
+    );
+    // Now in a 5-minute wait on a: cancelled through b.
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/runs/{id}/cancel"),
+            &json!({"actor": "sre at b"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    eventually("the run ends Cancelled", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Cancelled"
+    })
+    .await;
+    assert_eq!(counts(&hits), [1, 1, 0]);
+    // Without an address to forward to (b gave none), the other replica says where it runs.
+    let (status, body) = b.post("/api/v1/alerts", &fire("fp-at-b")).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("the approval step waits on replica b", LIMIT, || async {
+        a.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "waitingForApproval"
+    })
+    .await;
+    let (status, body) = a
+        .post(
+            &format!("/api/v1/runs/{id}/approve"),
+            &json!({"step": "decide"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("executes on replica replica-b") && error.contains("--advertise-url"),
+        "{error}"
+    );
+}
+
+/// A replica stopped with SIGTERM (a rolling update) lets its running step finish, records the
+/// run Interrupted and releases its Lease; the other replica takes the run over and finishes
+/// it from the next step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_stopped_gracefully_hands_its_run_to_the_other() {
+    let ns = clusters().namespace("kstore-graceful").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(3).await;
+    let plans = write_plan(dir.path(), &ns, &hook, "2s");
+    let mut a = replica(dir.path(), &plans, &ns, "replica-a", "3s").await;
+    let b = replica(dir.path(), &plans, &ns, "replica-b", "3s").await;
+    let (status, body) = a
+        .post(
+            "/api/v1/alerts",
+            &support::server::payload(
+                "firing",
+                json!({"alertname": "HaFired", "testns": ns}),
+                "fp-graceful",
+                "2026-12-02T10:00:00Z",
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("replica a is in the pause", LIMIT, || async {
+        counts(&hits)[0] == 1
+    })
+    .await;
+    ok(Command::new("kill").args(["-TERM", &a.child.id().to_string()]));
+    let exit = tokio::task::block_in_place(|| a.child.wait().unwrap());
+    assert!(exit.success(), "{exit:?}\n{}", a.log_text());
+    assert_eq!(counts(&hits), [1, 0, 0], "a stopped before the next step");
+    eventually("replica b finished the run", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(counts(&hits), [1, 1, 1]);
+    let record = b.get(&format!("/api/v1/runs/{id}")).await;
+    assert!(
+        record["decisions"]
+            .as_array()
+            .is_some_and(|d| d.iter().any(|d| d["action"] == "takenOver")),
+        "{record:#}"
+    );
+    assert_eq!(
+        record["steps"][1]["status"], "succeeded",
+        "the pause finished on a"
+    );
 }

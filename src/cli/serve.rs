@@ -73,6 +73,11 @@ pub struct Args {
     /// died is taken over this long after its last renewal (as the other replica observed it).
     #[arg(long, env = "RECOVERD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
+    /// With `--store kube`: where other replicas reach this one's API (e.g.
+    /// `http://$(POD_IP):8080`). An approval or cancel of a run executing here that reaches
+    /// another replica is forwarded here; without it, that replica answers 409 naming this one.
+    #[arg(long, env = "RECOVERD_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Serve /metrics without a token.
     #[arg(long, env = "RECOVERD_METRICS_PUBLIC")]
     pub metrics_public: bool,
@@ -393,6 +398,7 @@ async fn open_store(args: &Args, live: &Registry) -> anyhow::Result<Arc<dyn RunS
             namespace: namespace.unwrap_or_else(|| client.default_namespace().to_string()),
             identity,
             lease_duration: args.lease_duration,
+            advertise_url: args.advertise_url.clone(),
         },
     );
     store.check().await?;

@@ -236,7 +236,14 @@ impl ServeProcess {
     /// Starts `recoverd serve --plans PLANS --kubeconfig K --store sqlite:DIR/runs.db` with the
     /// token file `DIR/token` and `extra` arguments, and waits until `/healthz` answers.
     pub async fn start(dir: &Path, plans: &Path, kubeconfig: &Path, extra: &[&str]) -> Self {
-        let port = super::clusters::free_port();
+        // `--listen 127.0.0.1:PORT` in `extra` picks the port (a test that must know it first).
+        let given = extra
+            .iter()
+            .position(|a| *a == "--listen")
+            .and_then(|i| extra.get(i + 1))
+            .and_then(|l| l.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let port = given.unwrap_or_else(super::clusters::free_port);
         let store = dir.join("runs.db");
         let log = dir.join("serve.log");
         let token = serve_token_file(dir);
@@ -245,7 +252,11 @@ impl ServeProcess {
             .arg(plans)
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(if given.is_some() {
+                vec![]
+            } else {
+                vec!["--listen".to_string(), format!("127.0.0.1:{port}")]
+            })
             .arg("--token-file")
             .arg(&token)
             .args(if extra.contains(&"--store") {

@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::alert::{Alert, AlertStatus};
 use crate::executor::RunInput;
 use crate::plan::model::Mode;
-use crate::record::{Phase, RunRecord, Trigger, TriggerKind};
+use crate::record::{RunRecord, Trigger, TriggerKind};
 use crate::run::store::{ClaimRules, Refusal};
 
 use super::{short_hash, Runs, RunsError};
@@ -203,12 +203,7 @@ impl Runs {
                 starts_at: Some(alert.starts_at.clone()),
                 ..Default::default()
             };
-            let approval = plan.mode == Mode::Approval;
-            record.phase = if approval {
-                Phase::WaitingForApproval
-            } else {
-                Phase::Pending
-            };
+            record.phase = Runs::first_phase(plan.mode == Mode::Approval);
             let rules = ClaimRules {
                 one_active_per_plan: true,
                 cooldown: plan.cooldown,
@@ -218,25 +213,12 @@ impl Runs {
                 out.push(deduplicated(&refusal));
                 continue;
             }
-            self.refresh_active().await;
-            if approval {
-                info!(plan = %name, run = %id, "run awaits approval");
-                self.notify(
-                    crate::notify::Lifecycle::AwaitingApproval,
-                    &record,
-                    None,
-                    None,
-                );
-                out.push(outcome(
-                    Action::AwaitingApproval,
-                    Some(name),
-                    Some(id),
-                    None,
-                ));
+            let action = if self.begin(&record, plan.clone(), false).await {
+                Action::Started
             } else {
-                self.spawn(record, plan.clone(), false);
-                out.push(outcome(Action::Started, Some(name), Some(id), None));
-            }
+                Action::AwaitingApproval
+            };
+            out.push(outcome(action, Some(name), Some(id), None));
         }
         Ok(out)
     }

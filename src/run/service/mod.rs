@@ -77,8 +77,20 @@ pub enum RunsError {
         waiting: String,
         asked: Option<String>,
     },
+    #[error("run {id} waits for approval of step {step:?} since {started_at}, not the wait you approved{}; read its question (recoverd runs {id}) and approve it with {{\"step\": \"{step}\", \"startedAt\": \"{started_at}\"}}", asked.as_ref().map(|a| format!(" ({a})")).unwrap_or_default())]
+    StaleApproval {
+        id: String,
+        step: String,
+        started_at: String,
+        asked: Option<String>,
+    },
     #[error("recoverd is shutting down and accepts no new runs")]
     ShuttingDown,
+    #[error("run {id} executes on replica {}, which {}", holder.replica, holder.url.as_ref().map(|u| format!("answers at {u}; send the request there")).unwrap_or_else(|| "gave no --advertise-url; send the request to that replica".into()))]
+    ExecutingElsewhere {
+        id: String,
+        holder: crate::run::store::Holder,
+    },
 }
 
 pub struct Runs {
@@ -93,6 +105,8 @@ pub struct Runs {
     dry: Arc<Executor>,
     metrics: Arc<Metrics>,
     controls: Mutex<HashMap<String, RunControl>>,
+    /// Runs of stopped replicas this one found it cannot resume (logged once, not retried).
+    unresumable: Mutex<std::collections::HashSet<String>>,
     tasks: TaskTracker,
     drain: tokio_util::sync::CancellationToken,
     notifier: Option<crate::notify::Notifier>,
@@ -135,6 +149,7 @@ impl Runs {
             dry,
             metrics,
             controls: Mutex::default(),
+            unresumable: Mutex::default(),
             tasks: TaskTracker::new(),
             drain: Default::default(),
             notifier,
@@ -212,7 +227,7 @@ impl Runs {
                 for record in pending {
                     match self.store.save(&record).await {
                         // Another replica took the run over meanwhile; its record is theirs.
-                        Err(StoreError::Conflict { .. }) => {
+                        Err(e) if e.not_ours() => {
                             warn!(run = %record.id, "the stopped run was taken over by another replica; not writing it");
                             lock(&self.unrecorded).remove(&record.id);
                             continue;
@@ -255,6 +270,21 @@ impl Runs {
             info!(deleted = n, "pruned finished runs beyond the retention");
         }
         Ok(n)
+    }
+
+    /// Fails with [`RunsError::ExecutingElsewhere`] when run `id` does not execute here and
+    /// another replica holds it.
+    pub(super) async fn not_elsewhere(&self, id: &str) -> Result<(), RunsError> {
+        if lock(&self.controls).contains_key(id) {
+            return Ok(());
+        }
+        match self.store.executor_of(id).await? {
+            Some(holder) => Err(RunsError::ExecutingElsewhere {
+                id: id.into(),
+                holder,
+            }),
+            None => Ok(()),
+        }
     }
 
     pub async fn get(&self, id: &str) -> Result<RunRecord, RunsError> {

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::info;
 
 use crate::executor::RunInput;
 use crate::plan::model::Mode;
-use crate::record::{Phase, RunRecord, Trigger, TriggerKind};
+use crate::record::{RunRecord, Trigger, TriggerKind};
 use crate::run::store::{ClaimRules, Refusal};
 
 use super::{short_hash, Runs, RunsError};
@@ -107,12 +106,7 @@ impl Runs {
             idempotency_key: req.idempotency_key.clone(),
             ..Default::default()
         };
-        let approval = plan.mode == Mode::Approval && !req.dry_run;
-        record.phase = if approval {
-            Phase::WaitingForApproval
-        } else {
-            Phase::Pending
-        };
+        record.phase = Runs::first_phase(plan.mode == Mode::Approval && !req.dry_run);
         // The store applies the one-active-run rule to live runs only.
         let rules = ClaimRules {
             one_active_per_plan: true,
@@ -140,18 +134,7 @@ impl Runs {
                 });
             }
         }
-        self.refresh_active().await;
-        if approval {
-            info!(plan = %plan_name, run = %id, "manually triggered run awaits approval");
-            self.notify(
-                crate::notify::Lifecycle::AwaitingApproval,
-                &record,
-                None,
-                None,
-            );
-        } else {
-            self.spawn(record.clone(), plan, req.dry_run);
-        }
+        self.begin(&record, plan, req.dry_run).await;
         Ok((record, true))
     }
 }

@@ -49,11 +49,19 @@ pub enum StoreError {
         #[source]
         source: Box<::kube::Error>,
     },
-    #[error("run {id} changed in the home cluster while this replica wrote it (another replica holds it?)")]
+    #[error("run {id} is not this replica's to write: another replica took it over, or changed it since this one last wrote it")]
     Conflict { id: String },
+    #[error("run {id} no longer exists in the home cluster (deleted, or its RecoveryPlan was deleted and took it along)")]
+    Gone { id: String },
 }
 
 impl StoreError {
+    /// The run is not this process's to write any more (another replica holds it, or it was
+    /// deleted): nothing to retry, and nothing wrong with the store.
+    pub fn not_ours(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. } | StoreError::Gone { .. })
+    }
+
     /// A bounded reason for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -77,6 +85,7 @@ impl StoreError {
                 _ => "unreachable",
             },
             StoreError::Conflict { .. } => "conflict",
+            StoreError::Gone { .. } => "gone",
         }
     }
 }
@@ -208,6 +217,14 @@ pub struct Page {
     pub next: Option<String>,
 }
 
+/// Another replica executing a run: its name and, if it gave one (`--advertise-url`), where
+/// its API answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub replica: String,
+    pub url: Option<String>,
+}
+
 /// Where run records live. Every call is asynchronous and safe to make from many tasks at once;
 /// none blocks a runtime worker thread.
 #[async_trait::async_trait]
@@ -264,6 +281,10 @@ pub trait RunStore: Send + Sync {
     /// Notes that the trigger of run `id` was delivered again (and deduplicated): the
     /// Kubernetes store records it as an Event on the run.
     fn duplicate(&self, _id: &str, _trigger: &str) {}
+    /// The replica executing run `id`, when it is another one than this (several replicas).
+    async fn executor_of(&self, _id: &str) -> Result<Option<Holder>, StoreError> {
+        Ok(None)
+    }
     /// This replica's name, when the store is shared by several.
     fn replica(&self) -> Option<String> {
         None
