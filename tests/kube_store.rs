@@ -706,3 +706,52 @@ async fn a_replica_stopped_gracefully_hands_its_run_to_the_other() {
         "the pause finished on a"
     );
 }
+
+/// A replica frozen mid-run (SIGSTOP: a partition, a long GC pause) loses its run to the other,
+/// which finishes it; when it wakes (SIGCONT) it writes nothing more and runs no further step:
+/// the record stays the other replica's, and every step ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_wakes_after_losing_its_run_writes_nothing_and_runs_no_step() {
+    let ns = clusters().namespace("kstore-partition").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(3).await;
+    let plans = write_plan(dir.path(), &ns, &hook, "4s");
+    let a = replica(dir.path(), &plans, &ns, "replica-a", "3s").await;
+    let b = replica(dir.path(), &plans, &ns, "replica-b", "3s").await;
+    let (status, body) = a
+        .post(
+            "/api/v1/alerts",
+            &support::server::payload(
+                "firing",
+                json!({"alertname": "HaFired", "testns": ns}),
+                "fp-partition",
+                "2026-12-02T10:00:00Z",
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("replica a is in the pause", LIMIT, || async {
+        counts(&hits)[0] == 1
+    })
+    .await;
+    ok(Command::new("kill").args(["-STOP", &a.child.id().to_string()]));
+    eventually("replica b finished the run", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
+    })
+    .await;
+    let finished = b.get(&format!("/api/v1/runs/{id}")).await;
+    ok(Command::new("kill").args(["-CONT", &a.child.id().to_string()]));
+    // Long enough for a's pause to end, its next write to be refused and its Lease to be lost.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(counts(&hits), [1, 1, 1], "{}", a.log_text());
+    let now = b.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(now, finished, "a wrote over b's record:\n{}", a.log_text());
+    assert!(
+        a.log_text().contains("no longer holds the run")
+            || a.log_text()
+                .contains("another replica holds this run's Lease"),
+        "{}",
+        a.log_text()
+    );
+}
