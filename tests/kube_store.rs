@@ -485,6 +485,14 @@ async fn two_replicas_told_by_two_alertmanagers_run_an_alert_once() {
         a.log_text(),
         b.log_text()
     );
+    // `kubectl describe` finds them (it selects Events by the run's uid).
+    let described = ok(clusters()
+        .kubectl(HOME)
+        .args(["describe", "recoveryrun", &id, "-n", &ns]));
+    assert!(
+        described.contains("Succeeded") && described.contains("Started"),
+        "{described}"
+    );
     let table = ok(clusters()
         .kubectl(HOME)
         .args(["get", "recoveryruns", "-n", &ns]));

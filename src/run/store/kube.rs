@@ -98,6 +98,8 @@ struct State {
     /// Where relayed decisions go, and their receiver until the run service takes it.
     relays: Option<tokio::sync::mpsc::UnboundedSender<(String, Relayed)>>,
     relayed: Option<tokio::sync::mpsc::UnboundedReceiver<(String, Relayed)>>,
+    /// The uid of each run this replica wrote (so Events name it, as `kubectl describe` needs).
+    uids: HashMap<String, String>,
     /// Keys of relayed decisions already passed on.
     delivered: std::collections::HashSet<String>,
 }
@@ -432,10 +434,13 @@ impl KubeStore {
             };
             events.push(event(type_, reason, note));
         }
-        if record.phase.is_finished() {
-            lock(&self.state).told.remove(&record.id);
-        }
+        // (The reference, with the run's uid, is taken before the run is forgotten.)
         self.publish(&record.id, events);
+        if record.phase.is_finished() {
+            let mut s = lock(&self.state);
+            s.told.remove(&record.id);
+            s.uids.remove(&record.id);
+        }
     }
 
     fn publish(&self, id: &str, events: Vec<KubeEvent>) {
@@ -455,6 +460,7 @@ impl KubeStore {
 
     fn reference(&self, id: &str) -> ObjectReference {
         ObjectReference {
+            uid: lock(&self.state).uids.get(id).cloned(),
             api_version: Some("recoverd.io/v1alpha1".into()),
             kind: Some("RecoveryRun".into()),
             name: Some(object_name(id)),
@@ -913,6 +919,9 @@ impl RunStore for KubeStore {
                 return Err(kube_err(format!("create RecoveryRun {name}"))(e));
             }
         };
+        if let Some(uid) = created.metadata.uid.clone() {
+            lock(&self.state).uids.insert(record.id.clone(), uid);
+        }
         let version = match self
             .write_status(record, created.metadata.resource_version)
             .await
@@ -1211,6 +1220,9 @@ impl RunStore for KubeStore {
             id.to_string(),
             run.metadata.resource_version.clone().unwrap_or_default(),
         );
+        if let Some(uid) = run.metadata.uid.clone() {
+            s.uids.insert(id.to_string(), uid);
+        }
         Ok(Some(lost))
     }
 
