@@ -196,7 +196,16 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
     let mut dry = record("m-0005", &plan, TriggerKind::Manual);
     dry.mode = RunMode::DryRun;
     a.claim(&dry, ONE_ACTIVE).await.unwrap().unwrap();
-    assert_eq!(b.active_count().await.unwrap(), 3);
+    // Lists read a watch cache: they see the writes within moments.
+    let mut active = 0;
+    for _ in 0..100 {
+        active = b.active_count().await.unwrap();
+        if active == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(active, 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -312,6 +321,13 @@ async fn pages_cover_every_run_newest_first_and_retention_deletes_only_finished_
         // creationTimestamp has second resolution: the order needs distinct seconds.
         tokio::time::sleep(Duration::from_millis(1100)).await;
     }
+    // Lists read a watch cache: wait until it has every run.
+    for _ in 0..100 {
+        if a.list(None, 10).await.unwrap().len() == 5 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut seen = Vec::new();
     let mut token = None;
     loop {
@@ -335,13 +351,20 @@ async fn pages_cover_every_run_newest_first_and_retention_deletes_only_finished_
         deleted, 3,
         "the newest finished run and the running one stay"
     );
-    let left: Vec<String> = a
-        .list(None, 10)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.id)
-        .collect();
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = a
+            .list(None, 10)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        if left.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(left, ["a-0004", "a-0003"]);
 }
 

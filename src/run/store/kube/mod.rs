@@ -26,9 +26,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::WatchStreamExt;
 use kube::{Api, Client};
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +78,8 @@ pub struct KubeStore {
     state: Arc<Mutex<State>>,
     /// Events on runs: started, awaiting approval, deduplicated, step failed, finished.
     recorder: Recorder,
+    /// The namespace's runs as a watch keeps them (lists read this, never the API server).
+    cache: kube::runtime::reflector::Store<RecoveryRun>,
     /// Stops the renewal task when the store is dropped.
     stop: CancellationToken,
 }
@@ -146,7 +150,30 @@ impl KubeStore {
             config,
             state: Arc::new(Mutex::new(state)),
             stop: CancellationToken::new(),
+            cache: kube::runtime::reflector::store().0,
         };
+        let (cache, writer) = kube::runtime::reflector::store();
+        let watch = kube::runtime::watcher(
+            store.runs.clone(),
+            kube::runtime::watcher::Config::default(),
+        )
+        .default_backoff()
+        .reflect(writer)
+        .for_each(|event| {
+            if let Err(e) = event {
+                tracing::warn!(error = %e, "watching RecoveryRuns failed; retrying");
+            }
+            futures::future::ready(())
+        });
+        let stop = store.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = watch => {}
+            }
+        });
+        let mut store = store;
+        store.cache = cache;
         tokio::spawn(renew_loop(
             store.leases.clone(),
             store.state.clone(),
@@ -163,6 +190,16 @@ impl KubeStore {
     /// Fails with what to fix when the `RecoveryRun` CRD is missing or this replica may not
     /// read runs or Leases.
     pub async fn check(&self) -> Result<(), StoreError> {
+        // Lists (a page, the active count, approvals to expire, runs to take over) read a
+        // watch cache of the namespace's runs; it must have listed them once.
+        if tokio::time::timeout(Duration::from_secs(30), self.cache.wait_until_ready())
+            .await
+            .is_err()
+        {
+            return Err(StoreError::Stopped(
+                "watching RecoveryRuns did not list them within 30 s (may this replica watch recoveryruns?)",
+            ));
+        }
         self.runs
             .list(&ListParams::default().limit(1))
             .await
@@ -180,21 +217,9 @@ impl KubeStore {
         Ok(())
     }
 
-    async fn all(&self) -> Result<Vec<RecoveryRun>, StoreError> {
-        let mut out = Vec::new();
-        let mut lp = ListParams::default().limit(500);
-        loop {
-            let list = self
-                .runs
-                .list(&lp)
-                .await
-                .map_err(kube_err("list RecoveryRuns"))?;
-            out.extend(list.items);
-            match list.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => lp = lp.continue_token(&token),
-                None => break,
-            }
-        }
+    /// Every run of the namespace, newest first, from the watch cache (no request).
+    async fn all(&self) -> Result<Vec<Arc<RecoveryRun>>, StoreError> {
+        let mut out = self.cache.state();
         out.sort_by(|a, b| {
             let key = |o: &RecoveryRun| {
                 (
@@ -208,7 +233,7 @@ impl KubeStore {
     }
 
     async fn records(&self) -> Result<Vec<RunRecord>, StoreError> {
-        Ok(self.all().await?.iter().map(record_of).collect())
+        Ok(self.all().await?.iter().map(|o| record_of(o)).collect())
     }
 
     /// Writes `record` as the run's status with `version` (optimistic concurrency).
