@@ -76,6 +76,11 @@ impl KubeStore {
                 return Ok(None);
             }
         }
+        // Decisions relayed to the replica that stopped are this one's to act on now (the
+        // renewal below drops them from the Lease).
+        if let Some(lease) = &current {
+            deliver(&mut lock(&self.state), id, lease);
+        }
         let held_version = match renew(&self.leases, &self.config, id, version).await {
             Ok(v) => v,
             // Another replica took it first.

@@ -98,10 +98,16 @@ pub fn bounded_status(record: &RunRecord) -> Value {
     let omitted = |v: &Value| Value::String(format!("{TRUNCATED} ({} bytes omitted)", size(v)));
     if size(&value) > MAX_STATUS_BYTES {
         for list in ["steps", "onFailure"] {
-            for step in value[list].as_array_mut().into_iter().flatten() {
+            let steps = value.get_mut(list).and_then(Value::as_array_mut);
+            for step in steps.into_iter().flatten() {
                 for field in ["inputs", "outputs", "diff"] {
                     if let Some(v) = step.get_mut(field) {
-                        *v = omitted(v);
+                        // (`outputs` is a map in the record's schema; the others are free.)
+                        *v = if field == "outputs" {
+                            serde_json::json!({"omitted": omitted(v)})
+                        } else {
+                            omitted(v)
+                        };
                     }
                 }
             }
@@ -144,5 +150,55 @@ pub(super) fn truncate_strings(value: &mut Value, cap: usize) {
         Value::Array(items) => items.iter_mut().for_each(|v| truncate_strings(v, cap)),
         Value::Object(map) => map.values_mut().for_each(|v| truncate_strings(v, cap)),
         _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::StepRecord;
+
+    fn size(v: &Value) -> usize {
+        serde_json::to_vec(v).unwrap().len()
+    }
+
+    #[test]
+    fn a_record_of_many_short_values_is_shrunk_to_fit_keeping_every_step() {
+        let many: serde_json::Map<String, Value> = (0..60_000)
+            .map(|i| (format!("k{i}"), Value::String(format!("v{i}"))))
+            .collect();
+        let record = RunRecord {
+            id: "a-1".into(),
+            outputs: [("List".to_string(), Value::Object(many.clone()))].into(),
+            steps: (0..3)
+                .map(|i| StepRecord {
+                    name: format!("s{i}"),
+                    outputs: [("items".to_string(), Value::Object(many.clone()))].into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        };
+        assert!(size(&serde_json::to_value(&record).unwrap()) > 4 * MAX_STATUS_BYTES);
+        let bounded = bounded_status(&record);
+        assert!(size(&bounded) <= MAX_STATUS_BYTES, "{}", size(&bounded));
+        let back: RunRecord = serde_json::from_value(bounded).unwrap();
+        let names: Vec<&str> = back.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["s0", "s1", "s2"]);
+        assert!(lost_values(&back), "the cut outputs are known to be lost");
+        assert!(!lost_values(&record));
+    }
+
+    #[test]
+    fn a_small_record_is_kept_whole() {
+        let record = RunRecord {
+            id: "a-1".into(),
+            outputs: [("x".to_string(), Value::String("y".repeat(100)))].into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            bounded_status(&record),
+            serde_json::to_value(&record).unwrap()
+        );
     }
 }
