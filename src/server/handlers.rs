@@ -29,36 +29,71 @@ where
         .map_err(|e| ApiError::Internal(format!("a request task failed: {e}")))?
 }
 
+/// The largest webhook body parsed on a worker thread; larger ones are parsed on the blocking
+/// pool. Alertmanager's notification of one alert is about 1 KiB.
+pub const INLINE_BODY: usize = 16 * 1024;
+
 pub async fn alerts(
     State(state): State<AppState>,
     body: JsonBytes,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     if !state.runs.accepting() {
         return Err(ApiError::Unavailable(
             "recoverd is shutting down; retry against another replica".into(),
         ));
     }
-    blocking(&state, move |runs| {
-        let mut payload: WebhookPayload = body.parse()?;
-        // Alertmanager's version 4 or Grafana's version 1 (see `alert.rs`).
-        payload.accept().map_err(ApiError::BadRequest)?;
-        // Check every alert before acting on any: a 4xx after some runs started would lose the
-        // rest (Alertmanager does not retry a 4xx).
-        if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
-            return Err(ApiError::BadRequest(format!(
-                "alerts[{i}] has no fingerprint"
-            )));
+    // Handing a request to the blocking pool and back costs two thread wake-ups, more than
+    // parsing a small payload and matching it. Only alerts that match a plan reach the run
+    // store (`Runs::alert`), so a small payload none of whose alerts matches is answered here.
+    if body.len() <= INLINE_BODY {
+        let payload = webhook_payload(&body)?;
+        let plans = state.runs.plans();
+        if payload
+            .alerts
+            .iter()
+            .all(|a| plans.matching(&a.labels).is_empty())
+        {
+            return act_on(&state.runs, &payload);
         }
-        let mut outcomes = Vec::new();
-        for alert in &payload.alerts {
-            outcomes.extend(runs.alert(alert)?);
-        }
-        Ok((
-            StatusCode::ACCEPTED,
-            Json(json!({"receiver": payload.receiver, "alerts": outcomes})),
-        ))
-    })
-    .await
+        return blocking(&state, move |runs| act_on(runs, &payload)).await;
+    }
+    blocking(&state, move |runs| act_on(runs, &webhook_payload(&body)?)).await
+}
+
+/// A webhook body, parsed and checked.
+fn webhook_payload(body: &JsonBytes) -> Result<WebhookPayload, ApiError> {
+    let mut payload: WebhookPayload = body.parse()?;
+    // Alertmanager's version 4 or Grafana's version 1 (see `alert.rs`).
+    payload.accept().map_err(ApiError::BadRequest)?;
+    // Check every alert before acting on any: a 4xx after some runs started would lose the
+    // rest (Alertmanager does not retry a 4xx).
+    if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
+        return Err(ApiError::BadRequest(format!(
+            "alerts[{i}] has no fingerprint"
+        )));
+    }
+    Ok(payload)
+}
+
+/// Hands every alert of the payload to the run service; the webhook's answer.
+fn act_on(
+    runs: &std::sync::Arc<Runs>,
+    payload: &WebhookPayload,
+) -> Result<axum::response::Response, ApiError> {
+    #[derive(serde::Serialize)]
+    struct Reply<'a> {
+        alerts: Vec<crate::run::service::AlertOutcome>,
+        receiver: &'a str,
+    }
+    let mut alerts = Vec::new();
+    for alert in &payload.alerts {
+        alerts.extend(runs.alert(alert)?);
+    }
+    let reply = Reply {
+        alerts,
+        receiver: &payload.receiver,
+    };
+    Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
 }
 
 pub async fn plans(State(state): State<AppState>) -> impl IntoResponse {
