@@ -14,7 +14,7 @@ use axum::http::Request;
 use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
 use recoverd::plan::set::PlanSet;
-use recoverd::run::store::Store;
+use recoverd::run::store::sqlite::SqliteStore;
 use recoverd::server::{Settings, Tokens};
 use tower::ServiceExt;
 
@@ -94,7 +94,7 @@ fn main() {
         let live = Arc::new(Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::Live).await.unwrap());
         let dry = Arc::new(Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::DryRun).await.unwrap());
         let set = PlanSet::load(&[dir.path().join("plans")], Some(&live.names()));
-        let store = Store::open(&dir.path().join("runs.db")).unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("runs.db")).unwrap());
         let built = App::build(Config { live, dry, store, plans: set, settings: Settings::new(Tokens::from_list(&["t"])), notify: None });
         let (runs, app) = (built.runs.clone(), built.router());
         let body = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/alerts/firing-one-alert.json"))

@@ -31,7 +31,7 @@ use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
 use recoverd::plan::set::PlanSet;
 use recoverd::plan::Plan;
 use recoverd::run::service::Runs;
-use recoverd::run::store::Store;
+use recoverd::run::store::sqlite::SqliteStore;
 use recoverd::server::{Settings, Tokens};
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -771,7 +771,7 @@ async fn receiver(
     registry: Arc<Registry>,
     dry: Arc<Registry>,
 ) -> (axum::Router, Arc<Runs>) {
-    let store = Store::open(&dir.join("runs.db")).unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.join("runs.db")).unwrap());
     let app = App::build(Config {
         live: registry,
         dry,

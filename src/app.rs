@@ -11,7 +11,7 @@ use crate::executor::Executor;
 use crate::metrics::Metrics;
 use crate::plan::set::PlanSet;
 use crate::run::service::Runs;
-use crate::run::store::Store;
+use crate::run::store::RunStore;
 use crate::server::{self, AppState, Settings};
 
 /// What the receiver is built from.
@@ -20,7 +20,7 @@ pub struct Config {
     pub live: Arc<Registry>,
     /// The same clusters with every write sent as a dry run.
     pub dry: Arc<Registry>,
-    pub store: Store,
+    pub store: Arc<dyn RunStore>,
     pub plans: PlanSet,
     /// Tokens and request limits of the API.
     pub settings: Settings,

@@ -501,27 +501,160 @@ async fn kubectl_get_shows_the_columns_and_kubectl_explain_the_descriptions() {
 /// The objects `kubectl kustomize deploy/overlays/kube-native` renders, from a copy of deploy/
 /// with stand-ins for the files an installer makes.
 fn render_kube_native(dir: &Path) -> Vec<Value> {
+    render_overlay(dir, "kube-native", "single")
+}
+
+/// `kubectl kustomize deploy/overlays/OVERLAY` of a copy of deploy/, with stand-in install
+/// files (the token and kubeconfig a user creates) in `deploy/overlays/FILES`.
+fn render_overlay(dir: &Path, overlay: &str, files: &str) -> Vec<Value> {
     let deploy = dir.join("deploy");
-    ok(Command::new("cp")
-        .arg("-r")
-        .arg(repo_dir().join("deploy"))
-        .arg(&deploy));
-    let single = deploy.join("overlays/single");
-    std::fs::write(single.join("token"), "x".repeat(64)).unwrap();
+    if !deploy.exists() {
+        ok(Command::new("cp")
+            .arg("-r")
+            .arg(repo_dir().join("deploy"))
+            .arg(&deploy));
+    }
+    let installed = deploy.join("overlays").join(files);
+    std::fs::write(installed.join("token"), "x".repeat(64)).unwrap();
     std::fs::write(
-        single.join("clusters/kubeconfig"),
+        installed.join("clusters/kubeconfig"),
         "apiVersion: v1\nkind: Config\n",
     )
     .unwrap();
     let yaml = ok(Command::new("kubectl")
         .arg("kustomize")
-        .arg(deploy.join("overlays/kube-native")));
+        .arg(deploy.join("overlays").join(overlay)));
     serde_yaml::Deserializer::from_str(&yaml)
         .map(|d| {
             serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(d).unwrap()).unwrap()
         })
         .filter(|o| !o.is_null())
         .collect()
+}
+
+/// deploy/overlays/ha: two replicas on the Kubernetes run store, with a Role that is all they
+/// need — recoverd runs here with nothing but that Role's token for its home cluster, records a
+/// run as a RecoveryRun, holds and releases its Lease, and logs nothing forbidden.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ha_overlay_runs_two_replicas_on_the_kube_store_with_a_role_that_is_all_they_need() {
+    let dir = tempfile::tempdir().unwrap();
+    install_crds();
+    let objects = render_overlay(dir.path(), "ha", "ha");
+    let deployment = objects
+        .iter()
+        .find(|o| o["kind"] == "Deployment")
+        .expect("a Deployment");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["automountServiceAccountToken"], true);
+    let env = pod["containers"][0]["env"].as_array().unwrap();
+    assert!(
+        env.contains(&json!({"name": "RECOVERD_STORE", "value": "kube"})),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&json!({"name": "RECOVERD_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})),
+        "each replica is named after its pod: {env:?}"
+    );
+    let pdb = objects
+        .iter()
+        .find(|o| o["kind"] == "PodDisruptionBudget")
+        .expect("a PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["minAvailable"], 1, "{pdb}");
+    let identity: Vec<Value> = objects
+        .iter()
+        .filter(|o| {
+            ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
+                .contains(&o["kind"].as_str().unwrap_or(""))
+        })
+        .cloned()
+        .collect();
+    assert_eq!(identity.len(), 4, "{identity:?}");
+    let file = dir.path().join("identity.json");
+    std::fs::write(
+        &file,
+        json!({"apiVersion": "v1", "kind": "List", "items": identity}).to_string(),
+    )
+    .unwrap();
+    ok(kubectl().args(["apply", "-f"]).arg(&file));
+    let token = ok(kubectl().args([
+        "create",
+        "token",
+        "recoverd",
+        "-n",
+        "recoverd",
+        "--duration=1h",
+    ]));
+    let home = clusters().cluster(HOME);
+    let kubeconfig = dir.path().join("home.kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: home\n  cluster: {{server: \"{}\", certificate-authority: \"{}\"}}\nusers:\n- name: recoverd\n  user: {{token: {}}}\ncontexts:\n- name: home\n  context: {{cluster: home, user: recoverd, namespace: recoverd}}\ncurrent-context: home\n",
+            home.server,
+            clusters().ca_cert().display(),
+            token.trim()
+        ),
+    )
+    .unwrap();
+    let (hook, hits) = counting_hook(1).await;
+    let plans = dir.path().join("plans");
+    std::fs::create_dir(&plans).unwrap();
+    std::fs::write(
+        plans.join("ha.yaml"),
+        format!(
+            "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: ha-role, namespace: recoverd}}\nspec:\n  alertLabels: {{alertname: HaRoleFired}}\n  steps:\n  - {{name: call, type: http, http: {{url: \"{hook}/step/0\", method: POST}}}}\n"
+        ),
+    )
+    .unwrap();
+    let serve = ServeProcess::start(
+        dir.path(),
+        &plans,
+        &kubeconfig,
+        &[
+            "--store",
+            "kube",
+            "--replica-id",
+            "ha-role-test",
+            "--plans-from-cluster",
+        ],
+    )
+    .await;
+    let (status, body) = serve
+        .post(
+            "/api/v1/alerts",
+            &payload(
+                "firing",
+                json!({"alertname": "HaRoleFired"}),
+                "fp-ha-role",
+                "2026-12-02T11:00:00Z",
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("the run to succeed", LIMIT, || async {
+        get("recoverd", "recoveryruns.recoverd.io", &id)["status"]["phase"] == "Succeeded"
+    })
+    .await;
+    assert_eq!(counts(&hits), [1]);
+    // Its Lease was taken and, with the run over, deleted.
+    assert!(get(
+        "recoverd",
+        "leases.coordination.k8s.io",
+        &format!("recoverd-run-{id}")
+    )
+    .is_null());
+    let log = serve.log_text();
+    assert!(
+        !log.contains("forbidden") && !log.contains("failed to"),
+        "{log}"
+    );
+    // The next test of the kube-native Role must see that Role alone.
+    let _ = kubectl()
+        .args(["delete", "rolebinding", "recoverd-ha", "-n", "recoverd"])
+        .output();
 }
 
 #[tokio::test]

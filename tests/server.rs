@@ -515,11 +515,14 @@ async fn a_run_not_approved_in_time_is_cancelled_and_frees_the_plan() {
         .await;
     assert_eq!(body["alerts"][0]["action"], "awaitingApproval");
     let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
-    assert!(app.runs.expire_approvals().unwrap().is_empty(), "not yet");
+    assert!(
+        app.runs.expire_approvals().await.unwrap().is_empty(),
+        "not yet"
+    );
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
     assert_eq!(
-        app.runs.expire_approvals().unwrap(),
+        app.runs.expire_approvals().await.unwrap(),
         std::slice::from_ref(&id)
     );
 

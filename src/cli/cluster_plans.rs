@@ -31,27 +31,47 @@ pub struct PlansFromClusterArgs {
     /// Watch RecoveryPlans in every namespace (needs a ClusterRole).
     #[arg(long, env = "RECOVERD_ALL_NAMESPACES", requires = "plans_from_cluster")]
     pub all_namespaces: bool,
-    /// The cluster (a name in the registry) whose RecoveryPlans are watched. Default: in a pod,
-    /// the cluster it runs in (its service account); otherwise the default cluster.
-    #[arg(long, env = "RECOVERD_HOME_CLUSTER", requires = "plans_from_cluster")]
+    /// The cluster (a name in the registry) whose RecoveryPlans are watched and, with
+    /// `--store kube`, where runs and Leases live. Default: in a pod, the cluster it runs in
+    /// (its service account); otherwise the default cluster.
+    #[arg(long, env = "RECOVERD_HOME_CLUSTER")]
     pub home_cluster: Option<String>,
 }
 
 /// The newest live runs, for the plans' `status.lastRun`/`lastResult` (one page of the store).
 pub fn last_runs(runs: Arc<crate::run::service::Runs>) -> cluster_source::LastRuns {
     Arc::new(move || {
-        let Ok(page) = runs.page(None, 200, None) else {
-            return Vec::new();
-        };
-        page.runs
-            .into_iter()
-            .filter(|r| r.mode == crate::run::record::RunMode::Live)
-            .map(|r| cluster_source::LastRun {
-                plan: r.plan,
-                id: r.id,
-                phase: r.phase.as_str().to_string(),
-            })
-            .collect()
+        let runs = runs.clone();
+        Box::pin(async move {
+            let Ok(page) = runs.page(None, 200, None).await else {
+                return Vec::new();
+            };
+            page.runs
+                .into_iter()
+                .filter(|r| r.mode == crate::run::record::RunMode::Live)
+                .map(|r| cluster_source::LastRun {
+                    plan: r.plan,
+                    id: r.id,
+                    phase: r.phase.as_str().to_string(),
+                })
+                .collect()
+        })
+    })
+}
+
+/// The home cluster's client: `--home-cluster NAME` from the registry; in a pod, its own
+/// cluster; otherwise the registry's default cluster.
+pub fn home_client(name: Option<&str>, registry: &Registry) -> anyhow::Result<kube::Client> {
+    Ok(match name {
+        Some(name) => registry
+            .client(name)
+            .with_context(|| format!("--home-cluster {name}"))?,
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
+            let config = kube::Config::incluster()
+                .context("reading the in-cluster config for the home cluster")?;
+            kube::Client::try_from(config).context("building a client for the home cluster")?
+        }
+        None => registry.client(registry.default_cluster())?,
     })
 }
 
@@ -66,17 +86,7 @@ pub async fn start(
     if !args.plans_from_cluster {
         return Ok(None);
     }
-    let client = match &args.home_cluster {
-        Some(name) => registry
-            .client(name)
-            .with_context(|| format!("--home-cluster {name}"))?,
-        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-            let config = kube::Config::incluster()
-                .context("reading the in-cluster config for the home cluster")?;
-            kube::Client::try_from(config).context("building a client for the home cluster")?
-        }
-        None => registry.client(registry.default_cluster())?,
-    };
+    let client = home_client(args.home_cluster.as_deref(), registry)?;
     let scope = match (&args.namespace, args.all_namespaces) {
         (_, true) => Scope::All,
         (Some(ns), false) => Scope::Namespace(ns.clone()),

@@ -21,7 +21,7 @@ use crate::fieldpath::{as_text, FieldPath};
 use crate::plan::set::PlanSet;
 use crate::record::{Phase, RunRecord};
 use crate::run::service::Runs;
-use crate::run::store::Store;
+use crate::run::store::sqlite::SqliteStore;
 use crate::server::{Settings, Tokens};
 use crate::sim::{demo, Sandbox};
 use crate::world;
@@ -247,7 +247,7 @@ impl Receiver {
         if !plans.invalid.is_empty() {
             anyhow::bail!("the demo plan is invalid: {:?}", plans.invalid);
         }
-        let store = Store::open(&dir.join("recoverd.db"))?;
+        let store = Arc::new(SqliteStore::open(&dir.join("recoverd.db"))?);
         let token = kube_sim::new_uid("demo-token");
         let built = App::build(Config {
             live,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::api::Api;
 use super::print::Printer;
-use crate::executor::{Event, Observer};
+use crate::executor::Event;
 use crate::record::{Phase, RunRecord, StepStatus};
 
 /// Where following a run ended.
@@ -39,7 +39,7 @@ impl Follow {
             let record: RunRecord = serde_json::from_value(body)?;
             shown.narrate(&record, printer);
             if record.phase.is_finished() || record.phase == Phase::Interrupted {
-                printer.on_event(&record, &Event::RunFinished);
+                printer.show(&record, &Event::RunFinished);
                 return Ok(Followed::Finished(record));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -63,7 +63,7 @@ impl Shown {
     /// Prints what changed since the last look, as the executor's events would have.
     fn narrate(&mut self, record: &RunRecord, printer: &Printer) {
         if !self.started {
-            printer.on_event(record, &Event::RunStarted);
+            printer.show(record, &Event::RunStarted);
             self.started = true;
         }
         if record.phase == Phase::WaitingForApproval && !self.said_approval {
@@ -84,7 +84,7 @@ impl Shown {
                     continue;
                 }
                 if was == StepStatus::Pending && now != StepStatus::Skipped {
-                    printer.on_event(
+                    printer.show(
                         record,
                         &Event::StepStarted {
                             index,
@@ -102,7 +102,7 @@ impl Shown {
                     now,
                     StepStatus::Pending | StepStatus::Running | StepStatus::WaitingForApproval
                 ) {
-                    printer.on_event(
+                    printer.show(
                         record,
                         &Event::StepFinished {
                             index,

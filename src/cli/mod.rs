@@ -92,7 +92,7 @@ pub enum Command {
     /// Print the RecoveryPlan and RecoveryRun CRDs (`--nova`: Nova's RecoveryPlan CRD).
     Crd(crd::Args),
     /// Serve the HTTP API Alertmanager calls, and execute runs.
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
     /// Start a run of a plan through a running `recoverd serve`.
     Trigger(trigger::Args),
     /// List runs (or show one) from a running `recoverd serve`.
@@ -133,7 +133,7 @@ pub async fn main() -> ExitCode {
         #[cfg(feature = "sim")]
         Command::Rehearse(a) => rehearse::main(a).await,
         Command::Crd(a) => crd::main(a),
-        Command::Serve(a) => serve::main(a).await,
+        Command::Serve(a) => serve::main(*a).await,
         Command::Trigger(a) => trigger::main(a).await,
         Command::Runs(a) => api::runs(a).await,
         Command::Approve(a) => api::decide("approve", a).await,

@@ -72,8 +72,16 @@ impl Default for Printer {
     }
 }
 
+#[async_trait::async_trait]
 impl Observer for Printer {
-    fn on_event(&self, run: &RunRecord, event: &Event) {
+    async fn on_event(&self, run: &RunRecord, event: &Event) {
+        self.show(run, event);
+    }
+}
+
+impl Printer {
+    /// Prints what `event` means for `run`.
+    pub fn show(&self, run: &RunRecord, event: &Event) {
         match event {
             Event::RunStarted => {
                 let mode = if run.mode == crate::record::RunMode::DryRun {

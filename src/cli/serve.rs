@@ -12,11 +12,13 @@ use tracing::{info, warn};
 
 use super::ClusterArgs;
 use crate::app::{App, Config};
-use crate::cluster::WriteMode;
+use crate::cluster::{Registry, WriteMode};
 use crate::plan::cluster_source::PlanSources;
 use crate::plan::set::PlanSet;
 use crate::run::service::Runs;
-use crate::run::store::{Retention, Store};
+use crate::run::store::kube::{KubeStore, KubeStoreConfig};
+use crate::run::store::sqlite::SqliteStore;
+use crate::run::store::{Retention, RunStore};
 use crate::server::limits::{self, ConnLimits, Guard};
 use crate::server::{Auth, Settings, Tokens, DEFAULT_BODY_LIMIT};
 
@@ -56,9 +58,26 @@ pub struct Args {
     /// TLS private key (PEM).
     #[arg(long, env = "RECOVERD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Where runs are recorded: `sqlite:PATH`.
+    /// Where runs are recorded: `sqlite:PATH` (one process), or `kube` / `kube:NAMESPACE` —
+    /// `RecoveryRun` resources in the home cluster (`--home-cluster`; default namespace:
+    /// recoverd's own), for several replicas: any replica answers for any run, a Lease per
+    /// executing run decides which replica executes it, and another replica takes a run over
+    /// when its replica dies.
     #[arg(long, env = "RECOVERD_STORE", default_value = "sqlite:recoverd.db")]
     pub store: String,
+    /// With `--store kube`: this replica's name in Leases (unique per process). Default: the
+    /// host name (a pod's name) and the process id.
+    #[arg(long, env = "RECOVERD_REPLICA_ID")]
+    pub replica_id: Option<String>,
+    /// With `--store kube`: how long a run's Lease holds without renewal. A run whose replica
+    /// died is taken over this long after its last renewal (as the other replica observed it).
+    #[arg(long, env = "RECOVERD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
+    pub lease_duration: Duration,
+    /// With `--store kube`: where other replicas reach this one's API (e.g.
+    /// `http://$(POD_IP):8080`). An approval or cancel of a run executing here that reaches
+    /// another replica is forwarded here; without it, that replica answers 409 naming this one.
+    #[arg(long, env = "RECOVERD_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
     /// Serve /metrics without a token.
     #[arg(long, env = "RECOVERD_METRICS_PUBLIC")]
     pub metrics_public: bool,
@@ -151,11 +170,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let live = Arc::new(args.clusters.registry(WriteMode::Live).await?);
     let dry = Arc::new(args.clusters.registry(WriteMode::DryRun).await?);
     let names = live.names();
-    let path = args
-        .store
-        .strip_prefix("sqlite:")
-        .with_context(|| format!("--store {:?}: expected sqlite:PATH", args.store))?;
-    let store = Store::open(std::path::Path::new(path))?;
+    let store = open_store(&args, &live).await?;
     let plan_paths = args.plans.clone();
     let plan_names = names.clone();
     let plans = blocking(move || load_plans(&plan_paths, &plan_names)).await;
@@ -231,7 +246,20 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         super::cluster_plans::last_runs(runs.clone()),
     )
     .await?;
-    let interrupted = runs.recover()?;
+    let interrupted = runs.recover().await?;
+    // With several replicas (`--store kube`): take over the runs of replicas that stopped.
+    tokio::spawn({
+        let runs = runs.clone();
+        let every = (args.lease_duration / 3).max(Duration::from_secs(1));
+        async move {
+            while runs.accepting() {
+                tokio::time::sleep(every).await;
+                if let Err(e) = runs.take_over().await {
+                    warn!(error = %e, "failed to look for runs to take over");
+                }
+            }
+        }
+    });
     if !interrupted.is_empty() {
         warn!(runs = ?interrupted, "runs interrupted by the last shutdown; resume them with POST /api/v1/runs/{{id}}/resume");
     }
@@ -339,6 +367,45 @@ fn signature(paths: &[PathBuf]) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         .collect()
 }
 
+/// The run store `--store` names.
+async fn open_store(args: &Args, live: &Registry) -> anyhow::Result<Arc<dyn RunStore>> {
+    if let Some(path) = args.store.strip_prefix("sqlite:") {
+        return Ok(Arc::new(SqliteStore::open(std::path::Path::new(path))?));
+    }
+    let namespace = match args.store.as_str() {
+        "kube" => None,
+        other => match other.strip_prefix("kube:") {
+            Some(ns) if !ns.is_empty() => Some(ns.to_string()),
+            _ => anyhow::bail!("--store {other:?}: expected sqlite:PATH, kube, or kube:NAMESPACE"),
+        },
+    };
+    let client =
+        super::cluster_plans::home_client(args.from_cluster.home_cluster.as_deref(), live)?;
+    let identity = match &args.replica_id {
+        Some(id) => id.clone(),
+        None => format!(
+            "{}-{}",
+            std::env::var("HOSTNAME")
+                .ok()
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "recoverd".into()),
+            std::process::id()
+        ),
+    };
+    let store = KubeStore::new(
+        client.clone(),
+        KubeStoreConfig {
+            namespace: namespace.unwrap_or_else(|| client.default_namespace().to_string()),
+            identity,
+            lease_duration: args.lease_duration,
+            advertise_url: args.advertise_url.clone(),
+        },
+    );
+    store.check().await?;
+    info!(replica = %store.identity(), "runs are RecoveryRun resources in the home cluster");
+    Ok(Arc::new(store))
+}
+
 /// Every `every`: reloads changed plans and token files, expires approvals, checks the store
 /// (and writes runs that stopped on a failed write), and prunes old runs. The file and store
 /// work runs on the blocking pool, and a reload swaps the plan set in one step.
@@ -394,18 +461,15 @@ async fn housekeeping_loop(
         if prune_due {
             last_prune = Some(std::time::Instant::now());
         }
-        blocking(move || {
-            if let Err(e) = r.expire_approvals() {
-                warn!(error = %e, "failed to expire approvals");
+        if let Err(e) = r.expire_approvals().await {
+            warn!(error = %e, "failed to expire approvals");
+        }
+        // Logged and counted by the store check itself.
+        if r.check_store().await.is_ok() && prune_due {
+            if let Err(e) = r.prune(keep).await {
+                warn!(error = %e, "failed to prune old runs");
             }
-            // Logged and counted by the store check itself.
-            if r.check_store().is_ok() && prune_due {
-                if let Err(e) = r.prune(keep) {
-                    warn!(error = %e, "failed to prune old runs");
-                }
-            }
-        })
-        .await;
+        }
     }
 }
 

@@ -34,7 +34,10 @@ pub(crate) struct StepCtx<'a> {
     pub cluster: String,
     pub values: &'a Value,
     pub base_dir: Option<&'a std::path::Path>,
-    pub progress: &'a (dyn Fn(String, Duration) + Send + Sync),
+    /// Reports that the step waits (what for, and for how long at most); awaited, so the
+    /// record says so before the wait begins.
+    pub progress:
+        &'a (dyn Fn(String, Duration) -> futures::future::BoxFuture<'a, ()> + Send + Sync),
     /// The plan's field manager.
     pub field_manager: &'a str,
     /// Objects (as described in records) that earlier steps of this run wrote.

@@ -165,7 +165,7 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
 
     if let Some(timeout) = step.wait_gone {
         if !ctx.dry_run() && !deleted.is_empty() {
-            (ctx.progress)(format!("{shown} to be gone"), timeout);
+            (ctx.progress)(format!("{shown} to be gone"), timeout).await;
             let deadline = tokio::time::Instant::now() + timeout;
             for (name, uid) in &deleted {
                 loop {

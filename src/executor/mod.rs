@@ -43,8 +43,11 @@ pub use crate::plan::compiled::FIELD_MANAGER;
 
 /// Something that wants to know as a run progresses: the CLI's printer, the run store (which
 /// must have written the record before the executor goes on), metrics.
+#[async_trait::async_trait]
 pub trait Observer: Send + Sync {
-    fn on_event(&self, run: &RunRecord, event: &Event);
+    /// Called after every event; the executor waits for it before going on (the store's
+    /// observer has written the record by then).
+    async fn on_event(&self, run: &RunRecord, event: &Event);
 }
 
 /// What just happened in a run.
@@ -71,8 +74,9 @@ pub enum Event {
 
 /// Observers that do nothing.
 pub struct NoObserver;
+#[async_trait::async_trait]
 impl Observer for NoObserver {
-    fn on_event(&self, _: &RunRecord, _: &Event) {}
+    async fn on_event(&self, _: &RunRecord, _: &Event) {}
 }
 
 /// The alert that triggered a run, as templates see it (`alert.labels.x`).
@@ -204,7 +208,7 @@ impl Executor {
         record.phase = Phase::Running;
         record.started_at.get_or_insert_with(now);
         record.error = None;
-        observer.on_event(record, &Event::RunStarted);
+        observer.on_event(record, &Event::RunStarted).await;
         info!(steps = plan.steps.len(), "run started");
 
         // Secret values are never stored: a resumed run reads them again. A readField is safe
@@ -233,7 +237,8 @@ impl Executor {
                 continue;
             }
             if control.drain.is_cancelled() {
-                self.interrupted(record, step.name.as_str(), started, observer);
+                self.interrupted(record, step.name.as_str(), started, observer)
+                    .await;
                 return;
             }
             let scope = RunScope {
@@ -250,7 +255,8 @@ impl Executor {
             };
             let result = self.run_step(&scope, record, at, step).await;
             if let Err(StepError::Interrupted) = result {
-                self.interrupted(record, step.name.as_str(), started, observer);
+                self.interrupted(record, step.name.as_str(), started, observer)
+                    .await;
                 return;
             }
             if let Err(e) = result {
@@ -285,7 +291,8 @@ impl Executor {
                     .compensate(plan, input, record, observer, control)
                     .await
                 {
-                    self.interrupted(record, "onFailure", started, observer);
+                    self.interrupted(record, "onFailure", started, observer)
+                        .await;
                     return;
                 }
                 // Cancelled while compensating: the run was cancelled, and says who did it.
@@ -315,11 +322,11 @@ impl Executor {
         record.duration_ms =
             Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
         info!(phase = record.phase.as_str(), "run finished");
-        observer.on_event(record, &Event::RunFinished);
+        observer.on_event(record, &Event::RunFinished).await;
     }
 
     /// The run stops here, resumable: a shutdown, or a record that could not be written.
-    fn interrupted(
+    async fn interrupted(
         &self,
         record: &mut RunRecord,
         before: &str,
@@ -333,7 +340,7 @@ impl Executor {
         record.duration_ms =
             Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
         info!("run interrupted");
-        observer.on_event(record, &Event::RunFinished);
+        observer.on_event(record, &Event::RunFinished).await;
     }
 
     /// Runs the `onFailure` steps; false when the run was interrupted meanwhile.

@@ -78,13 +78,15 @@ impl Executor {
                 rec.error = Some(text);
                 rec.reason = Some(e.reason().to_string());
                 rec.continued = step.on_error == OnError::Continue;
-                observer.on_event(
-                    record,
-                    &Event::StepFinished {
-                        index,
-                        compensation,
-                    },
-                );
+                observer
+                    .on_event(
+                        record,
+                        &Event::StepFinished {
+                            index,
+                            compensation,
+                        },
+                    )
+                    .await;
                 return Err(e);
             }
         };
@@ -109,13 +111,15 @@ impl Executor {
             rec.reason = None;
             rec.continued = false;
         }
-        observer.on_event(
-            record,
-            &Event::StepStarted {
-                index,
-                compensation,
-            },
-        );
+        observer
+            .on_event(
+                record,
+                &Event::StepStarted {
+                    index,
+                    compensation,
+                },
+            )
+            .await;
         // An approval step that will really wait shows the approver its question and what the
         // run knows so far (a dry run, or a command without anyone to ask, does not wait).
         if let StepKind::Approval(a) = &step.kind {
@@ -139,15 +143,17 @@ impl Executor {
                 let rec = record.step_mut(index, compensation);
                 rec.status = StepStatus::WaitingForApproval;
                 rec.inputs = Some(json!({"message": shown, "values": known}));
-                observer.on_event(
-                    record,
-                    &Event::StepWaiting {
-                        index,
-                        compensation,
-                        what: format!("approval: {shown}"),
-                        deadline: a.timeout,
-                    },
-                );
+                observer
+                    .on_event(
+                        record,
+                        &Event::StepWaiting {
+                            index,
+                            compensation,
+                            what: format!("approval: {shown}"),
+                            deadline: a.timeout,
+                        },
+                    )
+                    .await;
             }
         }
         // The record of the step's start could not be written (or recoverd is shutting down):
@@ -205,15 +211,17 @@ impl Executor {
                 rec.started_at = None;
                 rec.inputs = None;
                 info!("step interrupted by a shutdown; resuming the run starts it again");
-                observer.on_event(
-                    record,
-                    &Event::StepWaiting {
-                        index,
-                        compensation,
-                        what: "interrupted by a shutdown".into(),
-                        deadline: Duration::ZERO,
-                    },
-                );
+                observer
+                    .on_event(
+                        record,
+                        &Event::StepWaiting {
+                            index,
+                            compensation,
+                            what: "interrupted by a shutdown".into(),
+                            deadline: Duration::ZERO,
+                        },
+                    )
+                    .await;
                 return Err(StepError::Interrupted);
             }
             Ok(None) => {
@@ -253,13 +261,15 @@ impl Executor {
         let rec = record.step_mut(index, compensation);
         rec.finished_at = Some(now());
         rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-        observer.on_event(
-            record,
-            &Event::StepFinished {
-                index,
-                compensation,
-            },
-        );
+        observer
+            .on_event(
+                record,
+                &Event::StepFinished {
+                    index,
+                    compensation,
+                },
+            )
+            .await;
         outcome
     }
 
@@ -314,15 +324,17 @@ impl Executor {
             let snapshot = record.clone();
             let progress_needles = needles.clone();
             let progress = move |what: String, limit: Duration| {
-                observer.on_event(
-                    &snapshot,
-                    &Event::StepWaiting {
+                let (snapshot, event) = (
+                    snapshot.clone(),
+                    Event::StepWaiting {
                         index,
                         compensation,
                         what: scrub(&what, &progress_needles),
                         deadline: limit,
                     },
                 );
+                Box::pin(async move { observer.on_event(&snapshot, &event).await })
+                    as futures::future::BoxFuture<'_, ()>
             };
             let ctx = StepCtx {
                 registry: &self.registry,
@@ -354,15 +366,17 @@ impl Executor {
                     let rec = record.step_mut(index, compensation);
                     rec.error = Some(format!("attempt {attempt}: {text}"));
                     let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
-                    observer.on_event(
-                        record,
-                        &Event::StepWaiting {
-                            index,
-                            compensation,
-                            what: format!("retry {attempt}/{retries} after: {text}"),
-                            deadline: pause,
-                        },
-                    );
+                    observer
+                        .on_event(
+                            record,
+                            &Event::StepWaiting {
+                                index,
+                                compensation,
+                                what: format!("retry {attempt}/{retries} after: {text}"),
+                                deadline: pause,
+                            },
+                        )
+                        .await;
                     tokio::select! {
                         _ = tokio::time::sleep(pause) => {}
                         _ = cancel.cancelled() => return Err(StepError::Cancelled),

@@ -26,7 +26,7 @@ async fn pause(d: std::time::Duration, ctx: &StepCtx<'_>) -> Result<StepOutcome,
             ..Default::default()
         });
     }
-    (ctx.progress)(format!("pausing for {}", duration::format(d)), d);
+    (ctx.progress)(format!("pausing for {}", duration::format(d)), d).await;
     tokio::time::sleep(d).await;
     Ok(StepOutcome {
         inputs: Some(json!({"duration": duration::format(d)})),
@@ -120,7 +120,7 @@ pub(super) async fn run(step: &Wait, ctx: &StepCtx<'_>) -> Result<StepOutcome, S
         }
         return Ok(outcome);
     }
-    (ctx.progress)(format!("{wanted} on {shown}"), timeout);
+    (ctx.progress)(format!("{wanted} on {shown}"), timeout).await;
 
     let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
     let mut stream = watcher(api, config).default_backoff().boxed();

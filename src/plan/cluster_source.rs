@@ -342,7 +342,8 @@ pub struct LastRun {
 }
 
 /// The newest live runs, newest first (a bounded number): called on the blocking pool.
-pub type LastRuns = Arc<dyn Fn() -> Vec<LastRun> + Send + Sync>;
+pub type LastRuns =
+    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Vec<LastRun>> + Send + Sync>;
 
 /// Where and how to watch.
 pub struct WatchConfig {
@@ -601,10 +602,7 @@ impl Reconciler {
         if self.used.is_empty() {
             return;
         }
-        let f = last_runs.clone();
-        let Ok(runs) = tokio::task::spawn_blocking(move || f()).await else {
-            return;
-        };
+        let runs = last_runs().await;
         let mut newest: BTreeMap<&str, &LastRun> = BTreeMap::new();
         for run in &runs {
             newest.entry(run.plan.as_str()).or_insert(run);

@@ -63,7 +63,8 @@ impl From<RunsError> for ApiError {
             | RunsError::WrongStep { .. }
             | RunsError::PlanChanged { .. }
             | RunsError::Busy { .. }
-            | RunsError::InvalidPlan { .. } => ApiError::Conflict(e.to_string()),
+            | RunsError::InvalidPlan { .. }
+            | RunsError::ExecutingElsewhere { .. } => ApiError::Conflict(e.to_string()),
             RunsError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             // The store is what makes runs exactly-once: without it recoverd cannot accept work,
             // and Alertmanager should retry (docs/api.md, "Errors").

@@ -51,18 +51,14 @@ impl JsonBytes {
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
 
-    /// The body's length in bytes.
-    pub fn len(&self) -> usize {
-        self.bytes.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.bytes.is_empty()
+    /// The body as it came.
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
     }
 
     /// An empty body (with any content type) means "all defaults".
     pub fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
-        if self.is_empty() {
+        if self.bytes.is_empty() {
             return Ok(T::default());
         }
         self.parse()

@@ -1,8 +1,8 @@
 //! The HTTP handlers: parse and check the request, hand it to the run service, answer.
 //!
-//! Everything that touches the run store, and the parsing and matching of webhook bodies, runs
-//! on the blocking pool ([`blocking`]): a slow disk or a large batch of alerts must not hold
-//! the runtime's worker threads that answer `/healthz`.
+//! The run service is asynchronous all the way to its store (whose SQLite calls run on a thread
+//! of their own), so a slow disk never holds the runtime's worker threads that answer
+//! `/healthz`.
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -15,23 +15,8 @@ use super::error::ApiError;
 use super::extract::{ApiQuery, JsonBytes};
 use super::AppState;
 use crate::alert::WebhookPayload;
-use crate::run::service::{ManualTrigger, Runs};
-
-/// Runs `f` with the run service on the blocking pool.
-async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&std::sync::Arc<Runs>) -> Result<T, ApiError> + Send + 'static,
-{
-    let runs = state.runs.clone();
-    tokio::task::spawn_blocking(move || f(&runs))
-        .await
-        .map_err(|e| ApiError::Internal(format!("a request task failed: {e}")))?
-}
-
-/// The largest webhook body parsed on a worker thread; larger ones are parsed on the blocking
-/// pool. Alertmanager's notification of one alert is about 1 KiB.
-pub const INLINE_BODY: usize = 16 * 1024;
+use crate::run::service::{ManualTrigger, RunsError};
+use crate::run::store::Holder;
 
 pub async fn alerts(
     State(state): State<AppState>,
@@ -42,58 +27,37 @@ pub async fn alerts(
             "recoverd is shutting down; retry against another replica".into(),
         ));
     }
-    // Handing a request to the blocking pool and back costs two thread wake-ups, more than
-    // parsing a small payload and matching it. Only alerts that match a plan reach the run
-    // store (`Runs::alert`), so a small payload none of whose alerts matches is answered here.
-    if body.len() <= INLINE_BODY {
-        let payload = webhook_payload(&body)?;
-        let plans = state.runs.plans();
-        if payload
-            .alerts
-            .iter()
-            .all(|a| plans.matching(&a.labels).is_empty())
-        {
-            return act_on(&state.runs, &payload);
+    let runs = &state.runs;
+    {
+        let mut payload: WebhookPayload = body.parse()?;
+        // Alertmanager's version 4 or Grafana's version 1 (see `alert.rs`).
+        payload.accept().map_err(ApiError::BadRequest)?;
+        // Check every alert before acting on any: a 4xx after some runs started would lose the
+        // rest (Alertmanager does not retry a 4xx).
+        if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
+            return Err(ApiError::BadRequest(format!(
+                "alerts[{i}] has no fingerprint"
+            )));
         }
-        return blocking(&state, move |runs| act_on(runs, &payload)).await;
+        let mut outcomes = Vec::new();
+        for alert in &payload.alerts {
+            outcomes.extend(runs.alert(alert).await?);
+        }
+        /// Serialized straight from the outcomes, without a `Value` of them.
+        #[derive(serde::Serialize)]
+        struct Reply<'a> {
+            alerts: Vec<crate::run::service::AlertOutcome>,
+            receiver: &'a str,
+        }
+        Ok((
+            StatusCode::ACCEPTED,
+            Json(Reply {
+                alerts: outcomes,
+                receiver: &payload.receiver,
+            }),
+        )
+            .into_response())
     }
-    blocking(&state, move |runs| act_on(runs, &webhook_payload(&body)?)).await
-}
-
-/// A webhook body, parsed and checked.
-fn webhook_payload(body: &JsonBytes) -> Result<WebhookPayload, ApiError> {
-    let mut payload: WebhookPayload = body.parse()?;
-    // Alertmanager's version 4 or Grafana's version 1 (see `alert.rs`).
-    payload.accept().map_err(ApiError::BadRequest)?;
-    // Check every alert before acting on any: a 4xx after some runs started would lose the
-    // rest (Alertmanager does not retry a 4xx).
-    if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
-        return Err(ApiError::BadRequest(format!(
-            "alerts[{i}] has no fingerprint"
-        )));
-    }
-    Ok(payload)
-}
-
-/// Hands every alert of the payload to the run service; the webhook's answer.
-fn act_on(
-    runs: &std::sync::Arc<Runs>,
-    payload: &WebhookPayload,
-) -> Result<axum::response::Response, ApiError> {
-    #[derive(serde::Serialize)]
-    struct Reply<'a> {
-        alerts: Vec<crate::run::service::AlertOutcome>,
-        receiver: &'a str,
-    }
-    let mut alerts = Vec::new();
-    for alert in &payload.alerts {
-        alerts.extend(runs.alert(alert)?);
-    }
-    let reply = Reply {
-        alerts,
-        receiver: &payload.receiver,
-    };
-    Ok((StatusCode::ACCEPTED, Json(reply)).into_response())
 }
 
 pub async fn plans(State(state): State<AppState>) -> impl IntoResponse {
@@ -135,10 +99,10 @@ pub async fn trigger(
             )));
         }
     }
-    let (record, created) = blocking(&state, move |runs| {
-        Ok(runs.trigger(&format!("{namespace}/{name}"), req)?)
-    })
-    .await?;
+    let (record, created) = state
+        .runs
+        .trigger(&format!("{namespace}/{name}"), req)
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -171,10 +135,10 @@ pub async fn runs(
             "limit must be between 1 and {MAX_PAGE}, not {limit}"
         )));
     }
-    let page = blocking(&state, move |runs| {
-        Ok(runs.page(q.plan.as_deref(), limit, q.after.as_deref())?)
-    })
-    .await?;
+    let page = state
+        .runs
+        .page(q.plan.as_deref(), limit, q.after.as_deref())
+        .await?;
     Ok(Json(page))
 }
 
@@ -182,9 +146,7 @@ pub async fn run(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        blocking(&state, move |runs| Ok(runs.get(&id)?)).await?,
-    ))
+    Ok(Json(state.runs.get(&id).await?))
 }
 
 /// The optional body of approve and cancel.
@@ -236,14 +198,69 @@ pub async fn approve(
     headers: HeaderMap,
     body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body: DecisionBody = body.parse_or_default()?;
-    let by = decided_by(&headers, body.actor);
-    Ok(Json(
-        blocking(&state, move |runs| {
-            Ok(runs.approve(&id, &by, body.step.as_deref())?)
-        })
-        .await?,
-    ))
+    let decision: DecisionBody = body.parse_or_default()?;
+    let by = decided_by(&headers, decision.actor);
+    match state.runs.approve(&id, &by, decision.step.as_deref()).await {
+        Err(RunsError::ExecutingElsewhere { holder, .. }) if forwardable(&headers, &holder) => {
+            forward(
+                &holder,
+                &format!("/api/v1/runs/{id}/approve"),
+                &headers,
+                &body,
+            )
+            .await
+        }
+        result => Ok(Json(result?).into_response()),
+    }
+}
+
+/// The header marking a request one replica forwarded to another (never forwarded again).
+const FORWARDED: &str = "x-recoverd-forwarded";
+
+fn forwardable(headers: &HeaderMap, holder: &Holder) -> bool {
+    holder.url.is_some() && !headers.contains_key(FORWARDED)
+}
+
+/// Sends a decision about a run to the replica executing it, as the caller sent it (its token
+/// too: that replica checks it as this one would), and answers with that replica's answer.
+async fn forward(
+    holder: &Holder,
+    path: &str,
+    headers: &HeaderMap,
+    body: &JsonBytes,
+) -> Result<axum::response::Response, ApiError> {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .expect("a plain HTTP client builds")
+    });
+    let url = format!(
+        "{}{path}",
+        holder
+            .url
+            .as_deref()
+            .unwrap_or_default()
+            .trim_end_matches('/')
+    );
+    let mut req = client
+        .post(&url)
+        .header(FORWARDED, "1")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body.bytes().clone());
+    if let Some(auth) = headers.get(header::AUTHORIZATION) {
+        req = req.header(header::AUTHORIZATION, auth.clone());
+    }
+    let resp = req.send().await.map_err(|e| {
+        ApiError::Unavailable(format!(
+            "the run executes on replica {}, which did not answer at {url}: {e}",
+            holder.replica
+        ))
+    })?;
+    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
+    let text = resp.bytes().await.unwrap_or_default();
+    Ok((status, [(header::CONTENT_TYPE, "application/json")], text).into_response())
 }
 
 pub async fn cancel(
@@ -252,20 +269,27 @@ pub async fn cancel(
     headers: HeaderMap,
     body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let body: DecisionBody = body.parse_or_default()?;
-    let by = decided_by(&headers, body.actor);
-    Ok(Json(
-        blocking(&state, move |runs| Ok(runs.cancel(&id, &by)?)).await?,
-    ))
+    let decision: DecisionBody = body.parse_or_default()?;
+    let by = decided_by(&headers, decision.actor);
+    match state.runs.cancel(&id, &by).await {
+        Err(RunsError::ExecutingElsewhere { holder, .. }) if forwardable(&headers, &holder) => {
+            forward(
+                &holder,
+                &format!("/api/v1/runs/{id}/cancel"),
+                &headers,
+                &body,
+            )
+            .await
+        }
+        result => Ok(Json(result?).into_response()),
+    }
 }
 
 pub async fn resume(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(Json(
-        blocking(&state, move |runs| Ok(runs.resume(&id)?)).await?,
-    ))
+    Ok(Json(state.runs.resume(&id).await?))
 }
 
 pub async fn healthz() -> impl IntoResponse {
@@ -278,11 +302,11 @@ pub async fn readyz(State(state): State<AppState>) -> Result<impl IntoResponse, 
     if !state.runs.accepting() {
         return Err(ApiError::Unavailable("shutting down".into()));
     }
-    blocking(&state, |runs| {
-        runs.check_store()
-            .map_err(|e| ApiError::Unavailable(format!("the run store cannot be written: {e}")))
-    })
-    .await?;
+    state
+        .runs
+        .check_store()
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("the run store cannot be written: {e}")))?;
     let plans = state.runs.plans();
     Ok(Json(
         json!({"status": "ready", "plans": plans.len(), "invalidPlans": plans.invalid.len()}),

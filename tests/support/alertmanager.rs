@@ -463,10 +463,12 @@ fn config_yaml(webhook_url: &str, token_file: &Path, t: &Timings) -> String {
             "group_interval": go_duration(t.group_interval),
             "repeat_interval": go_duration(t.repeat_interval),
         },
+        // Several URLs (comma-separated): one webhook config each, every notification to all
+        // of them (several recoverd replicas, each told by every Alertmanager).
         "receivers": [{
             "name": "recoverd",
-            "webhook_configs": [{
-                "url": webhook_url,
+            "webhook_configs": webhook_url.split(',').map(|url| json!({
+                "url": url,
                 "send_resolved": true,
                 "max_alerts": 0,
                 "http_config": {
@@ -475,7 +477,7 @@ fn config_yaml(webhook_url: &str, token_file: &Path, t: &Timings) -> String {
                         "credentials_file": token_file.display().to_string(),
                     },
                 },
-            }],
+            })).collect::<Vec<_>>(),
         }],
     });
     serde_json::to_string_pretty(&config).unwrap()

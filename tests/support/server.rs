@@ -10,7 +10,7 @@ use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
 use recoverd::plan::set::PlanSet;
 use recoverd::run::service::Runs;
-use recoverd::run::store::Store;
+use recoverd::run::store::sqlite::SqliteStore;
 use recoverd::server::{Settings, Tokens};
 use serde_json::Value;
 use tower::ServiceExt;
@@ -105,7 +105,7 @@ async fn app_full(
             .unwrap(),
     );
     let set = PlanSet::load(&[plans], Some(&live.names()));
-    let store = Store::open(&dir.path().join("runs.db")).unwrap();
+    let store = Arc::new(SqliteStore::open(&dir.path().join("runs.db")).unwrap());
     let mut settings = Settings::new(Tokens::from_list(&[TOKEN]));
     settings.auth.approvers = split.approvers.then(|| Tokens::from_list(&[APPROVER]));
     settings.auth.operators = split.operators.then(|| Tokens::from_list(&[OPERATOR]));
@@ -236,7 +236,14 @@ impl ServeProcess {
     /// Starts `recoverd serve --plans PLANS --kubeconfig K --store sqlite:DIR/runs.db` with the
     /// token file `DIR/token` and `extra` arguments, and waits until `/healthz` answers.
     pub async fn start(dir: &Path, plans: &Path, kubeconfig: &Path, extra: &[&str]) -> Self {
-        let port = super::clusters::free_port();
+        // `--listen 127.0.0.1:PORT` in `extra` picks the port (a test that must know it first).
+        let given = extra
+            .iter()
+            .position(|a| *a == "--listen")
+            .and_then(|i| extra.get(i + 1))
+            .and_then(|l| l.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse::<u16>().ok());
+        let port = given.unwrap_or_else(super::clusters::free_port);
         let store = dir.join("runs.db");
         let log = dir.join("serve.log");
         let token = serve_token_file(dir);
@@ -245,11 +252,18 @@ impl ServeProcess {
             .arg(plans)
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(if given.is_some() {
+                vec![]
+            } else {
+                vec!["--listen".to_string(), format!("127.0.0.1:{port}")]
+            })
             .arg("--token-file")
             .arg(&token)
-            .arg("--store")
-            .arg(format!("sqlite:{}", store.display()))
+            .args(if extra.contains(&"--store") {
+                vec![]
+            } else {
+                vec!["--store".to_string(), format!("sqlite:{}", store.display())]
+            })
             .args(extra)
             .env("RECOVERD_LOG", "info")
             .stdout(std::process::Stdio::null())
@@ -327,6 +341,18 @@ impl ServeProcess {
             .json()
             .await
             .unwrap_or(Value::Null)
+    }
+
+    pub async fn get_text(&self, path: &str) -> String {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(SERVE_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap_or_default()
     }
 
     pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {

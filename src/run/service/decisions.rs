@@ -11,7 +11,7 @@ use super::{lock, Runs, RunsError};
 
 impl Runs {
     /// Approves a run waiting for approval (or its approval step waiting now), as `by`.
-    pub fn approve(
+    pub async fn approve(
         self: &Arc<Self>,
         id: &str,
         by: &str,
@@ -20,9 +20,10 @@ impl Runs {
         if !self.accepting() {
             return Err(RunsError::ShuttingDown);
         }
-        let mut record = self.get(id)?;
+        let mut record = self.get(id).await?;
         // An `approval` step of a run executing here: answer the step, the run goes on.
         if record.phase == Phase::Running {
+            self.not_elsewhere(id).await?;
             let waiting = record
                 .steps
                 .iter()
@@ -51,7 +52,7 @@ impl Runs {
                 });
             }
             info!(run = %id, "approval step approved");
-            return self.get(id);
+            return self.get(id).await;
         }
         let plan = self.current_plan(&record)?;
         record.phase = Phase::Pending;
@@ -65,15 +66,19 @@ impl Runs {
             &[Phase::WaitingForApproval],
             "approval",
             "WaitingForApproval",
-        )?;
+        )
+        .await?;
         let dry = record.mode == crate::record::RunMode::DryRun;
         self.spawn(record.clone(), plan, dry);
         Ok(record)
     }
 
     /// Cancels a run, as `by`: an executing one stops now, one that waits ends Cancelled.
-    pub fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunsError> {
-        let mut record = self.get(id)?;
+    pub async fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunsError> {
+        let mut record = self.get(id).await?;
+        if matches!(record.phase, Phase::Running | Phase::Pending) {
+            self.not_elsewhere(id).await?;
+        }
         if let Some(control) = lock(&self.controls).get(id) {
             *lock(&control.cancelled_by) = Some(by.to_string());
             control.cancel.cancel();
@@ -84,11 +89,11 @@ impl Runs {
             by: by.into(),
             at: crate::record::now(),
         });
-        self.finish_unstarted(record, "cancelled")
+        self.finish_unstarted(record, "cancelled").await
     }
 
     /// Ends a run that is not executing (waiting for approval, or interrupted) as Cancelled.
-    pub(super) fn finish_unstarted(
+    pub(super) async fn finish_unstarted(
         &self,
         mut record: RunRecord,
         why: &str,
@@ -106,12 +111,13 @@ impl Runs {
             &from,
             "cancelling",
             "waiting, interrupted or running",
-        )?;
+        )
+        .await?;
         self.metrics
             .runs
             .with_label_values(&[&record.plan, "Cancelled"])
             .inc();
-        self.refresh_active();
+        self.refresh_active().await;
         self.notify(
             crate::notify::Lifecycle::Cancelled,
             &record,
@@ -122,17 +128,17 @@ impl Runs {
     }
 
     /// Writes `record` if the run is still in one of `from`; otherwise says what phase it is in.
-    pub(super) fn transition(
+    pub(super) async fn transition(
         &self,
         record: &RunRecord,
         from: &[Phase],
         action: &'static str,
         needs: &'static str,
     ) -> Result<(), RunsError> {
-        if self.store().transition(record, from)? {
+        if self.store.transition(record, from).await? {
             return Ok(());
         }
-        let phase = self.get(&record.id)?.phase;
+        let phase = self.get(&record.id).await?.phase;
         Err(RunsError::WrongPhase {
             id: record.id.clone(),
             phase,
@@ -143,8 +149,8 @@ impl Runs {
 
     /// Cancels runs that have waited for approval longer than their plan's `approvalTimeout`
     /// (default: the plan's `timeout`, 1h if unset). Returns their ids.
-    pub fn expire_approvals(&self) -> Result<Vec<String>, RunsError> {
-        let waiting = self.store().in_phase(Phase::WaitingForApproval)?;
+    pub async fn expire_approvals(&self) -> Result<Vec<String>, RunsError> {
+        let waiting = self.store.in_phase(Phase::WaitingForApproval).await?;
         let plans = self.plans();
         let mut expired = Vec::new();
         for run in waiting {
@@ -164,7 +170,7 @@ impl Runs {
                     crate::duration::format(limit)
                 );
                 let id = run.id.clone();
-                if self.finish_unstarted(run, &why).is_ok() {
+                if self.finish_unstarted(run, &why).await.is_ok() {
                     warn!(run = %id, "approval expired");
                     expired.push(id);
                 }

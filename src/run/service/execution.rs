@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::executor::{Approvals, Event, Observer, RunControl, RunInput};
 use crate::notify::Lifecycle;
 use crate::plan::Plan;
-use crate::record::{Phase, RunRecord, StepStatus};
+use crate::record::{Decision, Phase, RunRecord, StepStatus};
 use crate::run::store::StoreError;
 
 use super::{lock, Runs, RunsError};
@@ -20,11 +20,11 @@ use super::{lock, Runs, RunsError};
 impl Runs {
     /// Continues an Interrupted run from its first unfinished step; finished steps are not
     /// repeated.
-    pub fn resume(self: &Arc<Self>, id: &str) -> Result<RunRecord, RunsError> {
+    pub async fn resume(self: &Arc<Self>, id: &str) -> Result<RunRecord, RunsError> {
         if !self.accepting() {
             return Err(RunsError::ShuttingDown);
         }
-        let mut record = self.get(id)?;
+        let mut record = self.get(id).await?;
         let plan = self.current_plan(&record)?;
         record.phase = Phase::Pending;
         record.error = None;
@@ -37,10 +37,48 @@ impl Runs {
         }) {
             step.status = StepStatus::Pending;
         }
-        self.transition(&record, &[Phase::Interrupted], "resuming", "Interrupted")?;
+        self.transition(&record, &[Phase::Interrupted], "resuming", "Interrupted")
+            .await?;
         let dry = record.mode == crate::record::RunMode::DryRun;
         self.spawn(record.clone(), plan, dry);
         Ok(record)
+    }
+
+    /// Takes over the runs another replica was executing when it stopped (its Lease expired):
+    /// each is recorded as taken over and resumed here from its first unfinished step.
+    /// Returns their ids. Nothing to do with a single-process store.
+    pub async fn take_over(self: &Arc<Self>) -> Result<Vec<String>, RunsError> {
+        let mut taken = Vec::new();
+        for mut record in self.store.orphaned().await? {
+            if !self.accepting() {
+                break;
+            }
+            let id = record.id.clone();
+            let from = [Phase::Pending, Phase::Running, Phase::Interrupted];
+            record.phase = Phase::Interrupted;
+            record.error = Some(
+                "the replica executing this run stopped (its Lease expired); another replica took it over".into(),
+            );
+            record.decisions.push(Decision {
+                action: "takenOver".into(),
+                by: self.store.replica().unwrap_or_else(|| "recoverd".into()),
+                at: crate::record::now(),
+            });
+            // Lost to another replica taking it over at the same time: theirs now.
+            if !self.store.transition(&record, &from).await? {
+                continue;
+            }
+            match self.resume(&id).await {
+                Ok(_) => {
+                    warn!(run = %id, "took over a run whose replica stopped; resuming it from its first unfinished step");
+                    taken.push(id);
+                }
+                Err(e) => {
+                    warn!(run = %id, error = %e, "cannot resume a run taken over from a stopped replica; it stays Interrupted")
+                }
+            }
+        }
+        Ok(taken)
     }
 
     pub(super) fn current_plan(&self, record: &RunRecord) -> Result<Arc<Plan>, RunsError> {
@@ -72,6 +110,34 @@ impl Runs {
         Ok(plan.clone())
     }
 
+    /// The phase a claimed run is created in: waiting for approval, or about to run.
+    pub(super) fn first_phase(needs_approval: bool) -> Phase {
+        if needs_approval {
+            Phase::WaitingForApproval
+        } else {
+            Phase::Pending
+        }
+    }
+
+    /// After a claim: a run waiting for approval is announced, any other starts now. Returns
+    /// whether it started.
+    pub(super) async fn begin(
+        self: &Arc<Self>,
+        record: &RunRecord,
+        plan: Arc<Plan>,
+        dry_run: bool,
+    ) -> bool {
+        self.refresh_active().await;
+        if record.phase == Phase::WaitingForApproval {
+            info!(plan = %record.plan, run = %record.id, trigger = %record.trigger.kind, "run awaits approval");
+            self.notify(Lifecycle::AwaitingApproval, record, None, None);
+            false
+        } else {
+            self.spawn(record.clone(), plan, dry_run);
+            true
+        }
+    }
+
     pub(super) fn spawn(self: &Arc<Self>, mut record: RunRecord, plan: Arc<Plan>, dry_run: bool) {
         let control = RunControl {
             cancel: Default::default(),
@@ -82,6 +148,30 @@ impl Runs {
         lock(&self.controls).insert(record.id.clone(), control.clone());
         let this = self.clone();
         self.tasks.spawn(async move {
+            // The right to execute it here: with several replicas, another may hold it.
+            let done = tokio_util::sync::CancellationToken::new();
+            match this.store.acquire(&record.id).await {
+                Ok(Some(lost)) => {
+                    let (drain, done) = (control.drain.clone(), done.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = lost.cancelled() => drain.cancel(),
+                            _ = done.cancelled() => {}
+                        }
+                    });
+                }
+                Ok(None) => {
+                    info!(run = %record.id, "another replica executes this run");
+                    lock(&this.controls).remove(&record.id);
+                    return;
+                }
+                Err(e) => {
+                    // Claimed but not started: a replica takes it over once it sees no Lease.
+                    this.store_failed(&record.id, &e);
+                    lock(&this.controls).remove(&record.id);
+                    return;
+                }
+            }
             let executor = if dry_run {
                 this.dry.clone()
             } else {
@@ -108,13 +198,21 @@ impl Runs {
                             .into(),
                     );
                 }
-                let saved = off_worker(|| this.store().save(&record));
-                if saved.is_err() {
-                    lock(&this.unrecorded).insert(record.id.clone(), record.clone());
+                match this.store.save(&record).await {
+                    // Another replica holds the run now: its record is that replica's to write.
+                    Err(StoreError::Conflict { .. }) => {
+                        warn!(run = %record.id, "this replica lost the run to another; it stopped here without writing further");
+                    }
+                    Err(_) => {
+                        lock(&this.unrecorded).insert(record.id.clone(), record.clone());
+                    }
+                    Ok(()) => {}
                 }
             }
+            done.cancel();
+            this.store.release(&record.id).await;
             lock(&this.controls).remove(&record.id);
-            off_worker(|| this.refresh_active());
+            this.refresh_active().await;
         });
     }
 
@@ -151,25 +249,10 @@ struct StoreObserver<'a> {
     failed: AtomicBool,
 }
 
-/// Runs blocking store work from async code without holding up a worker thread the rest of the
-/// server needs (the runtime moves its other tasks elsewhere meanwhile); a current-thread
-/// runtime (tests) has no other worker to protect.
-fn off_worker<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
-        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
-        _ => f(),
-    }
-}
-
-impl StoreObserver<'_> {
-    fn save(&self, run: &RunRecord) -> Result<(), StoreError> {
-        off_worker(|| self.runs.store().save(run))
-    }
-}
-
+#[async_trait::async_trait]
 impl Observer for StoreObserver<'_> {
-    fn on_event(&self, run: &RunRecord, event: &Event) {
-        if let Err(e) = self.save(run) {
+    async fn on_event(&self, run: &RunRecord, event: &Event) {
+        if let Err(e) = self.runs.store.save(run).await {
             self.runs.store_failed(&run.id, &e);
             self.failed.store(true, Ordering::SeqCst);
             self.drain.cancel();

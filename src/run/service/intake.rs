@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use serde::Serialize;
 use serde_json::Value;
-use tracing::{debug, info};
+use tracing::debug;
 
 use crate::alert::{Alert, AlertStatus};
 use crate::executor::RunInput;
 use crate::plan::model::Mode;
-use crate::record::{Phase, RunRecord, Trigger, TriggerKind};
+use crate::record::{RunRecord, Trigger, TriggerKind};
 use crate::run::store::{ClaimRules, Refusal};
 
 use super::{short_hash, Runs, RunsError};
@@ -94,7 +94,7 @@ pub fn capped_context(alert: &Alert) -> Value {
 
 impl Runs {
     /// Handles one alert of a webhook payload; each alert is judged by its own status.
-    pub fn alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
+    pub async fn alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
         let outcome = |action: Action,
                        plan: Option<String>,
                        run_id: Option<String>,
@@ -123,8 +123,9 @@ impl Runs {
             let waiting: Vec<RunRecord> = if matching.is_empty() {
                 Vec::new()
             } else {
-                self.store()
-                    .waiting_for_approval(&alert.fingerprint)?
+                self.store
+                    .waiting_for_approval(&alert.fingerprint)
+                    .await?
                     .into_iter()
                     .filter(|r| matching.contains(&r.plan))
                     .collect()
@@ -143,6 +144,7 @@ impl Runs {
                 // Lost a race with an approval: the run is executing and the resolution is moot.
                 if self
                     .finish_unstarted(run, "the alert resolved before the run was approved")
+                    .await
                     .is_err()
                 {
                     continue;
@@ -154,7 +156,7 @@ impl Runs {
                     Some("alert resolved".into()),
                 ));
             }
-            self.refresh_active();
+            self.refresh_active().await;
             return Ok(out);
         }
         if !self.accepting() {
@@ -185,7 +187,8 @@ impl Runs {
                 )
             };
             // A resend is the common case: answer it from the index before building a record.
-            if self.store().exists(&id)? {
+            if self.store.exists(&id).await? {
+                self.store.duplicate(&id, TriggerKind::Alert.as_str());
                 out.push(deduplicated(&Refusal::SameRun { existing: id }));
                 continue;
             }
@@ -200,40 +203,22 @@ impl Runs {
                 starts_at: Some(alert.starts_at.clone()),
                 ..Default::default()
             };
-            let approval = plan.mode == Mode::Approval;
-            record.phase = if approval {
-                Phase::WaitingForApproval
-            } else {
-                Phase::Pending
-            };
+            record.phase = Runs::first_phase(plan.mode == Mode::Approval);
             let rules = ClaimRules {
                 one_active_per_plan: true,
                 cooldown: plan.cooldown,
             };
-            let claimed = self.store().claim(&record, rules)?;
+            let claimed = self.store.claim(&record, rules).await?;
             if let Err(refusal) = claimed {
                 out.push(deduplicated(&refusal));
                 continue;
             }
-            self.refresh_active();
-            if approval {
-                info!(plan = %name, run = %id, "run awaits approval");
-                self.notify(
-                    crate::notify::Lifecycle::AwaitingApproval,
-                    &record,
-                    None,
-                    None,
-                );
-                out.push(outcome(
-                    Action::AwaitingApproval,
-                    Some(name),
-                    Some(id),
-                    None,
-                ));
+            let action = if self.begin(&record, plan.clone(), false).await {
+                Action::Started
             } else {
-                self.spawn(record, plan.clone(), false);
-                out.push(outcome(Action::Started, Some(name), Some(id), None));
-            }
+                Action::AwaitingApproval
+            };
+            out.push(outcome(action, Some(name), Some(id), None));
         }
         Ok(out)
     }

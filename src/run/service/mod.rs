@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use super::store::{Page, Retention, Store, StoreError};
+use super::store::{Page, Retention, RunStore, StoreError};
 use crate::executor::{Executor, RunControl};
 use crate::metrics::Metrics;
 use crate::plan::set::PlanSet;
@@ -79,10 +79,15 @@ pub enum RunsError {
     },
     #[error("recoverd is shutting down and accepts no new runs")]
     ShuttingDown,
+    #[error("run {id} executes on replica {}, which {}", holder.replica, holder.url.as_ref().map(|u| format!("answers at {u}; send the request there")).unwrap_or_else(|| "gave no --advertise-url; send the request to that replica".into()))]
+    ExecutingElsewhere {
+        id: String,
+        holder: crate::run::store::Holder,
+    },
 }
 
 pub struct Runs {
-    store: Mutex<Store>,
+    store: Arc<dyn RunStore>,
     /// False after a write to the store failed, until a health check writes again.
     store_ok: AtomicBool,
     /// Runs that stopped because their record could not be written: written again (as
@@ -119,7 +124,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Runs {
     pub fn new(
-        store: Store,
+        store: Arc<dyn RunStore>,
         plans: PlanSet,
         live: Arc<Executor>,
         dry: Arc<Executor>,
@@ -127,7 +132,7 @@ impl Runs {
         notifier: Option<crate::notify::Notifier>,
     ) -> Arc<Self> {
         let runs = Arc::new(Runs {
-            store: Mutex::new(store),
+            store,
             store_ok: AtomicBool::new(true),
             unrecorded: Mutex::default(),
             plans: RwLock::new(Arc::new(PlanSet::default())),
@@ -185,22 +190,18 @@ impl Runs {
         !self.drain.is_cancelled()
     }
 
-    pub(super) fn store(&self) -> MutexGuard<'_, Store> {
-        lock(&self.store)
-    }
-
     /// Marks runs left unfinished by a previous process as Interrupted.
-    pub fn recover(&self) -> Result<Vec<String>, RunsError> {
-        let ids = self.store().mark_interrupted()?;
+    pub async fn recover(&self) -> Result<Vec<String>, RunsError> {
+        let ids = self.store.mark_interrupted().await?;
         for id in &ids {
             warn!(run = %id, "run was interrupted by a restart; resume it with POST /api/v1/runs/{id}/resume");
         }
-        self.refresh_active();
+        self.refresh_active().await;
         Ok(ids)
     }
 
-    pub(super) fn refresh_active(&self) {
-        if let Ok(n) = self.store().active_count() {
+    pub(super) async fn refresh_active(&self) {
+        if let Ok(n) = self.store.active_count().await {
             self.metrics.active_runs.set(n);
         }
     }
@@ -208,15 +209,24 @@ impl Runs {
     /// Whether the store takes writes now and is still the file it was opened as; records the
     /// answer in `recoverd_store_healthy`. Runs that stopped on a failed write are written
     /// again once it is healthy.
-    pub fn check_store(&self) -> Result<(), StoreError> {
-        let result = self.store().check_health();
+    pub async fn check_store(&self) -> Result<(), StoreError> {
+        let result = self.store.check_health().await;
         match &result {
             Ok(()) => {
                 let pending: Vec<RunRecord> = lock(&self.unrecorded).values().cloned().collect();
                 for record in pending {
-                    if let Err(e) = self.store().save(&record) {
-                        self.store_failed(&record.id, &e);
-                        return Err(e);
+                    match self.store.save(&record).await {
+                        // Another replica took the run over meanwhile; its record is theirs.
+                        Err(StoreError::Conflict { .. }) => {
+                            warn!(run = %record.id, "the stopped run was taken over by another replica; not writing it");
+                            lock(&self.unrecorded).remove(&record.id);
+                            continue;
+                        }
+                        Err(e) => {
+                            self.store_failed(&record.id, &e);
+                            return Err(e);
+                        }
+                        Ok(()) => {}
                     }
                     info!(run = %record.id, "the store takes writes again; the stopped run is recorded as Interrupted");
                     lock(&self.unrecorded).remove(&record.id);
@@ -225,7 +235,7 @@ impl Runs {
                     info!("the run store takes writes again");
                 }
                 self.metrics.store_healthy.set(1);
-                self.refresh_active();
+                self.refresh_active().await;
             }
             Err(e) => self.store_failed("", e),
         }
@@ -244,32 +254,48 @@ impl Runs {
     }
 
     /// Deletes finished runs beyond the retention.
-    pub fn prune(&self, keep: Retention) -> Result<usize, RunsError> {
-        let n = self.store().prune(keep)?;
+    pub async fn prune(&self, keep: Retention) -> Result<usize, RunsError> {
+        let n = self.store.prune(keep).await?;
         if n > 0 {
             info!(deleted = n, "pruned finished runs beyond the retention");
         }
         Ok(n)
     }
 
-    pub fn get(&self, id: &str) -> Result<RunRecord, RunsError> {
-        self.store()
-            .get(id)?
+    /// Fails with [`RunsError::ExecutingElsewhere`] when run `id` does not execute here and
+    /// another replica holds it.
+    pub(super) async fn not_elsewhere(&self, id: &str) -> Result<(), RunsError> {
+        if lock(&self.controls).contains_key(id) {
+            return Ok(());
+        }
+        match self.store.executor_of(id).await? {
+            Some(holder) => Err(RunsError::ExecutingElsewhere {
+                id: id.into(),
+                holder,
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<RunRecord, RunsError> {
+        self.store
+            .get(id)
+            .await?
             .ok_or_else(|| RunsError::UnknownRun(id.into()))
     }
 
     /// Up to 500 full records, newest first (the CLI's `recoverd run` history and tests).
-    pub fn list(&self, plan: Option<&str>) -> Result<Vec<RunRecord>, RunsError> {
-        Ok(self.store().list(plan, 500)?)
+    pub async fn list(&self, plan: Option<&str>) -> Result<Vec<RunRecord>, RunsError> {
+        Ok(self.store.list(plan, 500).await?)
     }
 
     /// One page of run summaries, newest first.
-    pub fn page(
+    pub async fn page(
         &self,
         plan: Option<&str>,
         limit: usize,
         after: Option<&str>,
     ) -> Result<Page, RunsError> {
-        Ok(self.store().page(plan, limit, after)?)
+        Ok(self.store.page(plan, limit, after).await?)
     }
 }

@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_json::Value;
-use tracing::info;
 
 use crate::executor::RunInput;
 use crate::plan::model::Mode;
-use crate::record::{Phase, RunRecord, Trigger, TriggerKind};
+use crate::record::{RunRecord, Trigger, TriggerKind};
 use crate::run::store::{ClaimRules, Refusal};
 
 use super::{short_hash, Runs, RunsError};
@@ -34,7 +33,7 @@ impl Runs {
     /// A manual trigger. Returns the run and whether it was created now (false: the same
     /// idempotency key was used before and this is that run). A live run of an `approval`
     /// plan waits for approval as an alert's would; a dry run needs none (it changes nothing).
-    pub fn trigger(
+    pub async fn trigger(
         self: &Arc<Self>,
         plan_name: &str,
         req: ManualTrigger,
@@ -107,19 +106,13 @@ impl Runs {
             idempotency_key: req.idempotency_key.clone(),
             ..Default::default()
         };
-        let approval = plan.mode == Mode::Approval && !req.dry_run;
-        record.phase = if approval {
-            Phase::WaitingForApproval
-        } else {
-            Phase::Pending
-        };
+        record.phase = Runs::first_phase(plan.mode == Mode::Approval && !req.dry_run);
         // The store applies the one-active-run rule to live runs only.
         let rules = ClaimRules {
             one_active_per_plan: true,
             cooldown: None,
         };
-        // Bind the claim first: the store's lock must be released before `get` takes it again.
-        let claimed = self.store().claim(&record, rules)?;
+        let claimed = self.store.claim(&record, rules).await?;
         match claimed {
             Ok(()) => {}
             Err(Refusal::SameRun { existing }) => {
@@ -127,7 +120,7 @@ impl Runs {
                     .runs_deduplicated
                     .with_label_values(&[plan_name, "idempotency-key"])
                     .inc();
-                let existing = self.get(&existing)?;
+                let existing = self.get(&existing).await?;
                 return Ok((existing, false));
             }
             Err(refusal) => {
@@ -141,18 +134,7 @@ impl Runs {
                 });
             }
         }
-        self.refresh_active();
-        if approval {
-            info!(plan = %plan_name, run = %id, "manually triggered run awaits approval");
-            self.notify(
-                crate::notify::Lifecycle::AwaitingApproval,
-                &record,
-                None,
-                None,
-            );
-        } else {
-            self.spawn(record.clone(), plan, req.dry_run);
-        }
+        self.begin(&record, plan, req.dry_run).await;
         Ok((record, true))
     }
 }
