@@ -358,6 +358,12 @@ async fn client_for(
     build_client(config, &name, mode)
 }
 
+/// A client for a cluster outside the registry (the home cluster, in a pod), built as the
+/// registry's are (`TCP_NODELAY`, see [`build_client`]).
+pub fn client_from_config(config: Config, name: &str) -> Result<Client, ClusterError> {
+    build_client(config, name, WriteMode::Live)
+}
+
 /// A client for one cluster. Its connections set `TCP_NODELAY`: kube's default connector does
 /// not, and the first request on a new connection (after a watch is dropped, say) then waits ~40 ms
 /// for the server's delayed ACK. Otherwise the stack is kube's own (`ClientBuilder::try_from`):

@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cluster::Registry;
+
+const REACTOR_MANAGER: &str = "recoverd-reactor";
 use crate::duration;
 use crate::fieldpath::{self, FieldPath};
 
@@ -168,22 +170,131 @@ pub enum ReactorError {
     Setup { cluster: String, reason: String },
 }
 
+/// How deep a chain of reactions may go — a reactor fired by a write of a reactor fired by a
+/// write of … — before it is taken for a reaction that triggers itself forever and stopped.
+pub const MAX_CHAIN: u32 = 20;
+
+/// How often a write that meets a conflict (409: the object changed since it was read) is
+/// tried again, each time from a fresh read.
+const CONFLICT_RETRIES: u32 = 5;
+
+/// What the reactors of one `start` share: counts, problems, and the versions they wrote (for
+/// the loop guard).
+#[derive(Default)]
+struct Shared {
+    fired: std::sync::atomic::AtomicUsize,
+    /// Firings that ended, however.
+    ended: std::sync::atomic::AtomicUsize,
+    problems: std::sync::Mutex<Vec<String>>,
+    /// `cluster/resourceVersion` of every object version a reactor wrote → how deep in a chain
+    /// of reactions that write was.
+    written: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    /// Writes under way; a firing waits for them before asking whether a reactor's own write
+    /// fired it.
+    inflight: std::sync::atomic::AtomicUsize,
+    settled: tokio::sync::Notify,
+}
+
+impl Shared {
+    fn problem(&self, p: String) {
+        tracing::warn!(problem = %p, "reactor problem");
+        if let Ok(mut ps) = self.problems.lock() {
+            ps.push(p);
+        }
+    }
+
+    fn wrote(&self, cluster: &str, obj: &Value, depth: u32) {
+        if let Some(rv) = obj
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+        {
+            if let Ok(mut w) = self.written.lock() {
+                w.insert(format!("{cluster}/{rv}"), depth);
+            }
+        }
+    }
+
+    /// How deep in a chain of reactions the object version `rv` was written (0: not by a
+    /// reactor), once no reactor write is under way.
+    async fn depth_of(&self, cluster: &str, rv: Option<&str>) -> u32 {
+        let Some(rv) = rv else { return 0 };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let settled = self.settled.notified();
+            if self.inflight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                break;
+            }
+        }
+        self.written
+            .lock()
+            .ok()
+            .and_then(|w| w.get(&format!("{cluster}/{rv}")).copied())
+            .unwrap_or(0)
+    }
+}
+
+/// Counts a write under way for as long as it lives.
+struct Inflight<'a>(&'a Shared);
+
+impl<'a> Inflight<'a> {
+    fn new(s: &'a Shared) -> Self {
+        s.inflight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Inflight(s)
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        self.0
+            .inflight
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.settled.notify_waiters();
+    }
+}
+
 /// Running reactors; they stop when this is dropped.
 pub struct Reactors {
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    fired: Arc<std::sync::atomic::AtomicUsize>,
+    tasks: Vec<(String, tokio::task::JoinHandle<()>)>,
+    shared: Arc<Shared>,
 }
 
 impl Reactors {
-    /// How many times reactors have set a field.
+    /// How many times reactors have acted.
     pub fn fired(&self) -> usize {
-        self.fired.load(std::sync::atomic::Ordering::SeqCst)
+        self.shared.fired.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many firings have ended (all their actions done, or stopped early: the object gone or
+    /// replaced, an action failed).
+    pub fn ended(&self) -> usize {
+        self.shared.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// What went wrong with the reactors so far: a reactor that stopped (it died, or the loop
+    /// guard stopped it), an action that failed. A world whose operators did not do their job
+    /// proves nothing: a rehearsal fails on any of these.
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = self
+            .shared
+            .problems
+            .lock()
+            .map(|p| p.clone())
+            .unwrap_or_default();
+        for (name, t) in &self.tasks {
+            if t.is_finished() && !out.iter().any(|p| p.starts_with(name.as_str())) {
+                out.push(format!("{name}: stopped watching"));
+            }
+        }
+        out
     }
 }
 
 impl Drop for Reactors {
     fn drop(&mut self) {
-        for t in &self.tasks {
+        for (_, t) in &self.tasks {
             t.abort();
         }
     }
@@ -408,13 +519,30 @@ fn as_json(ev: watcher::Event<DynamicObject>) -> watcher::Event<Value> {
     }
 }
 
+/// A reactor as messages name it: `reactor on north (postgresql.cnpg.io/v1 clusters db/pg-north)`.
+fn reactor_name(r: &Reactor) -> String {
+    format!(
+        "reactor on {} ({})",
+        r.cluster,
+        crate::cluster::describe_object(
+            &r.when.api_version,
+            &r.when.resource,
+            r.when.namespace.as_deref(),
+            &r.when.name
+        )
+    )
+}
+
 /// Starts the reactors and returns once each has seen its object's current state, so that only
-/// changes made after this call trigger them.
+/// changes made after this call trigger them. Each firing runs on its own task: one reactor's
+/// delays never hold back another reaction, nor its own watch. A watch that fails is logged
+/// and watched again (from a fresh list); a reactor that stops, or whose action fails, is
+/// reported by [`Reactors::problems`].
 pub async fn start(
     registry: Arc<Registry>,
     reactors: &[Reactor],
 ) -> Result<Reactors, ReactorError> {
-    let fired = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let shared = Arc::new(Shared::default());
     let mut tasks = Vec::new();
     for r in reactors {
         let setup = |reason: String| ReactorError::Setup {
@@ -422,7 +550,7 @@ pub async fn start(
             reason,
         };
         let mut tracker = Tracker::new(Trigger::of(&r.when).map_err(setup)?);
-        let actions = actions_of(r).map_err(setup)?;
+        let actions = Arc::new(actions_of(r).map_err(setup)?);
         let resolved = registry
             .resolve(&r.cluster, &r.when.api_version, &r.when.resource)
             .await
@@ -435,7 +563,12 @@ pub async fn start(
         )
         .map_err(|e| setup(e.to_string()))?;
         let config = watcher::Config::default().fields(&format!("metadata.name={}", r.when.name));
-        let mut stream = watcher(api, config).default_backoff().boxed();
+        let watch = move || {
+            watcher(api.clone(), config.clone())
+                .default_backoff()
+                .boxed()
+        };
+        let mut stream = watch();
         // Wait for the initial state: what holds now does not fire.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut last_error = String::from("no answer");
@@ -457,39 +590,144 @@ pub async fn start(
                 }
             }
         }
-        let (registry, r, fired) = (registry.clone(), r.clone(), fired.clone());
-        tasks.push(tokio::spawn(async move {
-            while let Some(ev) = stream.next().await {
-                let fire = match ev {
-                    Ok(ev) => tracker.observe(as_json(ev)),
-                    Err(_) => false,
-                };
-                if !fire {
-                    continue;
-                }
-                for (after, action) in &actions {
-                    tokio::time::sleep(*after).await;
-                    match run(&registry, &r, action, tracker.last.as_ref()).await {
-                        Ok(()) => {
-                            fired.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            tracing::info!(cluster = %r.cluster, name = %r.when.name, "reactor acted");
-                        }
-                        // Gone already: another controller (the simulator's own) got there
-                        // first, as happens between controllers.
-                        Err(e) if e.contains("NotFound") => {
-                            tracing::info!(cluster = %r.cluster, error = %e, "reactor found its object gone");
-                            break;
-                        }
-                        Err(e) => {
-                            tracing::warn!(cluster = %r.cluster, error = %e, "reactor failed");
-                            break;
+        let name = reactor_name(r);
+        let (registry, r, shared2) = (registry.clone(), Arc::new(r.clone()), shared.clone());
+        let task_name = name.clone();
+        tasks.push((
+            task_name,
+            tokio::spawn(async move {
+                let shared = shared2;
+                let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                // Firings run beside the watch; dropping the set (the task aborted) stops them.
+                let mut firings = tokio::task::JoinSet::new();
+                loop {
+                    tokio::select! {
+                        ev = stream.next() => match ev {
+                            Some(Ok(ev)) => {
+                                if !tracker.observe(as_json(ev)) {
+                                    continue;
+                                }
+                                firings.spawn(fire(
+                                    registry.clone(),
+                                    r.clone(),
+                                    actions.clone(),
+                                    tracker.last.clone(),
+                                    shared.clone(),
+                                    stop.clone(),
+                                ));
+                            }
+                            Some(Err(e)) => {
+                                // The watcher lists again and goes on (with backoff).
+                                tracing::warn!(reactor = %name, error = %e, "reactor's watch failed; watching again");
+                            }
+                            None => {
+                                tracing::warn!(reactor = %name, "reactor's watch ended; watching again");
+                                stream = watch();
+                            }
+                        },
+                        Some(done) = firings.join_next() => {
+                            if let Err(e) = done {
+                                if e.is_panic() {
+                                    shared.problem(format!("{name}: an action panicked"));
+                                }
+                            }
+                            if stop.load(std::sync::atomic::Ordering::SeqCst) {
+                                // The loop guard stopped it (the problem says why).
+                                return;
+                            }
                         }
                     }
                 }
-            }
-        }));
+            }),
+        ));
     }
-    Ok(Reactors { tasks, fired })
+    Ok(Reactors { tasks, shared })
+}
+
+/// How an action ended other than done.
+enum Stopped {
+    /// The object it acts on is gone or was replaced (another uid): another controller got
+    /// there first, as happens between controllers. The firing ends quietly.
+    Gone(String),
+    Failed(String),
+}
+
+impl From<String> for Stopped {
+    fn from(s: String) -> Self {
+        Stopped::Failed(s)
+    }
+}
+
+/// One firing: the actions in order, each after its delay, on the object version that fired
+/// the reactor (`seen`).
+async fn fire(
+    registry: Arc<Registry>,
+    r: Arc<Reactor>,
+    actions: Arc<Vec<(Duration, Action)>>,
+    seen: Option<Value>,
+    shared: Arc<Shared>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    fire_actions(registry, r, actions, seen, shared.clone(), stop).await;
+    shared
+        .ended
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+}
+
+async fn fire_actions(
+    registry: Arc<Registry>,
+    r: Arc<Reactor>,
+    actions: Arc<Vec<(Duration, Action)>>,
+    seen: Option<Value>,
+    shared: Arc<Shared>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    let name = reactor_name(&r);
+    let rv = seen
+        .as_ref()
+        .and_then(|o| o.pointer("/metadata/resourceVersion"))
+        .and_then(Value::as_str);
+    let depth = shared.depth_of(&r.cluster, rv).await + 1;
+    if depth > MAX_CHAIN {
+        if !stop.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            shared.problem(format!(
+                "{name}: stopped — it fired {MAX_CHAIN} times in a row on a change made by \
+                 reactors (its own actions trigger it again: make its `when` stop holding \
+                 once it has acted)"
+            ));
+        }
+        return;
+    }
+    let uid = seen.as_ref().and_then(Tracker::uid).map(str::to_string);
+    let mut ctx = Firing {
+        registry: &registry,
+        r: &r,
+        uid,
+        depth,
+        shared: &shared,
+    };
+    for (after, action) in actions.iter() {
+        tokio::time::sleep(*after).await;
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        match ctx.run(action, seen.as_ref()).await {
+            Ok(()) => {
+                shared
+                    .fired
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tracing::info!(reactor = %name, "reactor acted");
+            }
+            Err(Stopped::Gone(why)) => {
+                tracing::info!(reactor = %name, why = %why, "reactor's firing ended");
+                return;
+            }
+            Err(Stopped::Failed(e)) => {
+                shared.problem(format!("{name}: {e}"));
+                return;
+            }
+        }
+    }
 }
 
 fn matches(path: &FieldPath, obj: &Value, equals: &Value) -> bool {
@@ -534,18 +772,211 @@ fn token() -> String {
     base64::engine::general_purpose::STANDARD.encode(format!("{{\"token\":\"{id}\"}}"))
 }
 
-async fn run(
-    registry: &Registry,
-    r: &Reactor,
-    action: &Action,
-    last: Option<&Value>,
-) -> Result<(), String> {
-    if let Some(c) = &action.create {
-        let cluster = c.cluster.as_deref().unwrap_or(&r.cluster);
-        return apply_object(registry, cluster, c.object.clone()).await;
+/// What one firing acts with.
+struct Firing<'a> {
+    registry: &'a Registry,
+    r: &'a Reactor,
+    /// The uid of the object that fired it: its actions on that object stop if it was
+    /// replaced meanwhile (a re-created object is another object). After `recreate`, the
+    /// object it re-created.
+    uid: Option<String>,
+    depth: u32,
+    shared: &'a Shared,
+}
+
+fn is_conflict(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 409)
+}
+
+fn is_not_found(e: &kube::Error) -> bool {
+    matches!(e, kube::Error::Api(s) if s.code == 404)
+}
+
+/// Fields and conditions of one object, written in one patch (the status ones through the
+/// status subresource when there is one).
+struct Write<'a> {
+    target: ObjectRef,
+    status: bool,
+    fields: Vec<(&'a ReactorSet, Option<Value>)>,
+    conditions: Vec<&'a SetCondition>,
+}
+
+impl Firing<'_> {
+    /// Whether `target` is the watched object itself.
+    fn is_watched(&self, target: &ObjectRef) -> bool {
+        let w = &self.r.when;
+        target
+            .cluster
+            .as_deref()
+            .is_none_or(|c| c == self.r.cluster)
+            && target
+                .api_version
+                .as_deref()
+                .is_none_or(|a| a == w.api_version)
+            && target.resource.as_deref().is_none_or(|x| x == w.resource)
+            && (target.namespace.is_none() || target.namespace == w.namespace)
+            && target.name.as_deref().is_none_or(|n| n == w.name)
     }
-    if action.recreate {
-        let mut obj = last.cloned().ok_or("the deleted object was never seen")?;
+
+    async fn run(&mut self, action: &Action, last: Option<&Value>) -> Result<(), Stopped> {
+        let (registry, r) = (self.registry, self.r);
+        if let Some(c) = &action.create {
+            let cluster = c.cluster.as_deref().unwrap_or(&r.cluster);
+            let _w = Inflight::new(self.shared);
+            let written = apply_object(registry, cluster, c.object.clone()).await?;
+            self.shared.wrote(cluster, &written, self.depth);
+            return Ok(());
+        }
+        if action.recreate {
+            return self.recreate(action, last).await;
+        }
+        // Every field of one object goes in one patch (status fields in one status patch).
+        let mut writes: Vec<Write> = Vec::new();
+        let key = |t: &ObjectRef| serde_json::to_value(t).unwrap_or_default();
+        for s in &action.set {
+            let status = s.field_path.starts_with("status.");
+            // A generated token is made once, whatever retries the write takes.
+            let token = (s.generate == Some(Generate::Token)).then(|| Value::String(token()));
+            match writes
+                .iter_mut()
+                .find(|w| key(&w.target) == key(&s.target) && w.status == status)
+            {
+                Some(w) => w.fields.push((s, token)),
+                None => writes.push(Write {
+                    target: s.target.clone(),
+                    status,
+                    fields: vec![(s, token)],
+                    conditions: vec![],
+                }),
+            }
+        }
+        for c in &action.conditions {
+            match writes
+                .iter_mut()
+                .find(|w| key(&w.target) == key(&c.target) && w.status)
+            {
+                Some(w) => w.conditions.push(c),
+                None => writes.push(Write {
+                    target: c.target.clone(),
+                    status: true,
+                    fields: vec![],
+                    conditions: vec![c],
+                }),
+            }
+        }
+        for w in &writes {
+            self.write(w).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes one object's fields and conditions from a fresh read of it, with its
+    /// resourceVersion as a precondition (no lost update); on a conflict, reads again and
+    /// tries again.
+    async fn write(&self, w: &Write<'_>) -> Result<(), Stopped> {
+        let (api, resolved, name) = handle(self.registry, self.r, &w.target).await?;
+        let cluster = w.target.cluster.as_deref().unwrap_or(&self.r.cluster);
+        let watched = self.is_watched(&w.target);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let obj = match api.get(&name).await {
+                Ok(o) => serde_json::to_value(o).unwrap_or_default(),
+                Err(e) if is_not_found(&e) => {
+                    return Err(Stopped::Gone(format!("{cluster}: {name} is gone")))
+                }
+                Err(e) => return Err(Stopped::Failed(e.to_string())),
+            };
+            let uid = obj.pointer("/metadata/uid").and_then(Value::as_str);
+            if watched && self.uid.is_some() && uid != self.uid.as_deref() {
+                return Err(Stopped::Gone(format!(
+                    "{cluster}: {name} was replaced (uid {}, fired for {})",
+                    uid.unwrap_or("?"),
+                    self.uid.as_deref().unwrap_or("?")
+                )));
+            }
+            let mut patch = serde_json::json!({});
+            for (s, token) in &w.fields {
+                let value = match (&s.value, &s.value_from, token) {
+                    (Some(v), _, _) => v.clone(),
+                    (_, Some(from), _) => {
+                        let (fapi, _, fname) = handle(self.registry, self.r, &from.object).await?;
+                        let src = fapi.get(&fname).await.map_err(|e| e.to_string())?;
+                        let path = FieldPath::parse(&from.field_path).map_err(|e| e.to_string())?;
+                        path.get(&serde_json::to_value(src).unwrap_or_default())
+                            .map_err(|e| e.to_string())?
+                            .ok_or_else(|| {
+                                format!("{} {} has no {}", self.r.cluster, fname, from.field_path)
+                            })?
+                    }
+                    (_, _, Some(t)) => t.clone(),
+                    _ => return Err(Stopped::Failed("a set without a value".into())),
+                };
+                let path = FieldPath::parse(&s.field_path).map_err(|e| e.to_string())?;
+                let p = path.merge_patch(value).map_err(|e| e.to_string())?;
+                json_patch::merge(&mut patch, &p);
+            }
+            if !w.conditions.is_empty() {
+                let mut list = obj
+                    .pointer("/status/conditions")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                for c in &w.conditions {
+                    upsert_condition(&mut list, c, &now());
+                }
+                json_patch::merge(
+                    &mut patch,
+                    &serde_json::json!({"status": {"conditions": list}}),
+                );
+            }
+            // Preconditions: the version read (and so the object read).
+            patch["metadata"]["resourceVersion"] = obj
+                .pointer("/metadata/resourceVersion")
+                .cloned()
+                .unwrap_or(Value::Null);
+            if let Some(uid) = uid {
+                patch["metadata"]["uid"] = Value::String(uid.to_string());
+            }
+            let params = PatchParams {
+                field_manager: Some(REACTOR_MANAGER.into()),
+                ..Default::default()
+            };
+            let _inflight = Inflight::new(self.shared);
+            let result = if w.status && resolved.subresources.iter().any(|s| s == "status") {
+                api.patch_status(&name, &params, &Patch::Merge(&patch))
+                    .await
+            } else {
+                api.patch(&name, &params, &Patch::Merge(&patch)).await
+            };
+            match result {
+                Ok(o) => {
+                    let o = serde_json::to_value(o).unwrap_or_default();
+                    self.shared.wrote(cluster, &o, self.depth);
+                    return Ok(());
+                }
+                Err(e) if is_conflict(&e) && attempt <= CONFLICT_RETRIES => {
+                    tracing::info!(object = %name, attempt, "reactor's write met a conflict; reading again");
+                }
+                Err(e) if is_not_found(&e) => {
+                    return Err(Stopped::Gone(format!("{cluster}: {name} is gone")))
+                }
+                Err(e) => {
+                    return Err(Stopped::Failed(format!(
+                        "writing {name} (attempt {attempt}): {e}"
+                    )))
+                }
+            }
+        }
+    }
+
+    /// Creates the deleted object again as it last was — a new object, so a new uid. If an
+    /// object of that name exists already (someone else re-created it), it is left alone.
+    async fn recreate(&mut self, action: &Action, last: Option<&Value>) -> Result<(), Stopped> {
+        let r = self.r;
+        let mut obj = last
+            .cloned()
+            .ok_or_else(|| "the deleted object was never seen".to_string())?;
         if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
             for k in [
                 "uid",
@@ -563,92 +994,72 @@ async fn run(
                 meta.remove(k);
             }
         }
-        // Objects from a watch carry no apiVersion and kind.
-        let resolved = registry
-            .resolve(&r.cluster, &r.when.api_version, &r.when.resource)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (api, resolved, name) = handle(self.registry, r, &ObjectRef::default()).await?;
         obj["apiVersion"] = Value::String(r.when.api_version.clone());
         obj["kind"] = Value::String(resolved.resource.kind.clone());
-        if let Some(status) = &action.status {
-            obj["status"] = status.clone();
+        let status = match &action.status {
+            Some(s) => Some(s.clone()),
+            None => obj.as_object_mut().and_then(|o| o.remove("status")),
+        };
+        if let Some(o) = obj.as_object_mut() {
+            o.remove("status");
         }
-        return apply_object(registry, &r.cluster, obj).await;
-    }
-    // Every field of one object goes in one patch (status fields in one status patch).
-    let mut patches: Vec<(ObjectRef, bool, Value)> = Vec::new();
-    for s in &action.set {
-        let value = match (&s.value, &s.value_from, s.generate) {
-            (Some(v), _, _) => v.clone(),
-            (_, Some(from), _) => {
-                let (api, _, name) = handle(registry, r, &from.object).await?;
-                let obj = api.get(&name).await.map_err(|e| e.to_string())?;
-                let path = FieldPath::parse(&from.field_path).map_err(|e| e.to_string())?;
-                path.get(&serde_json::to_value(obj).unwrap_or_default())
-                    .map_err(|e| e.to_string())?
-                    .ok_or_else(|| format!("{} {} has no {}", r.cluster, name, from.field_path))?
+        let body: DynamicObject = serde_json::from_value(obj).map_err(|e| e.to_string())?;
+        let params = kube::api::PostParams {
+            field_manager: Some(REACTOR_MANAGER.into()),
+            ..Default::default()
+        };
+        let _inflight = Inflight::new(self.shared);
+        let created = match api.create(&params, &body).await {
+            Ok(o) => serde_json::to_value(o).unwrap_or_default(),
+            Err(e) if is_conflict(&e) => {
+                return Err(Stopped::Gone(format!(
+                    "{}: {name} exists again already (re-created by someone else): left alone",
+                    r.cluster
+                )))
             }
-            _ => Value::String(token()),
+            Err(e) => return Err(Stopped::Failed(format!("re-creating {name}: {e}"))),
         };
-        let path = FieldPath::parse(&s.field_path).map_err(|e| e.to_string())?;
-        let patch = path.merge_patch(value).map_err(|e| e.to_string())?;
-        let status = s.field_path.starts_with("status.");
-        let key = serde_json::to_value(&s.target).unwrap_or_default();
-        match patches
-            .iter_mut()
-            .find(|(t, st, _)| serde_json::to_value(t).unwrap_or_default() == key && *st == status)
+        self.shared.wrote(&r.cluster, &created, self.depth);
+        self.uid = created
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        let Some(status) = status.filter(|_| resolved.subresources.iter().any(|s| s == "status"))
+        else {
+            return Ok(());
+        };
+        let patch = serde_json::json!({
+            "metadata": {
+                "resourceVersion": created.pointer("/metadata/resourceVersion"),
+                "uid": created.pointer("/metadata/uid"),
+            },
+            "status": status,
+        });
+        let params = PatchParams {
+            field_manager: Some(REACTOR_MANAGER.into()),
+            ..Default::default()
+        };
+        match api
+            .patch_status(&name, &params, &Patch::Merge(&patch))
+            .await
         {
-            Some((_, _, p)) => json_patch::merge(p, &patch),
-            None => patches.push((s.target.clone(), status, patch)),
-        }
-    }
-    // Conditions: each replaces the one of its type in the object's current list.
-    let mut lists: Vec<(ObjectRef, Vec<Value>)> = Vec::new();
-    for c in &action.conditions {
-        let key = serde_json::to_value(&c.target).unwrap_or_default();
-        let at = match lists
-            .iter()
-            .position(|(t, _)| serde_json::to_value(t).unwrap_or_default() == key)
-        {
-            Some(i) => i,
-            None => {
-                let (api, _, name) = handle(registry, r, &c.target).await?;
-                let obj = api.get(&name).await.map_err(|e| e.to_string())?;
-                let obj = serde_json::to_value(obj).unwrap_or_default();
-                let list = obj
-                    .pointer("/status/conditions")
-                    .and_then(Value::as_array)
-                    .cloned()
-                    .unwrap_or_default();
-                lists.push((c.target.clone(), list));
-                lists.len() - 1
+            Ok(o) => {
+                self.shared.wrote(
+                    &r.cluster,
+                    &serde_json::to_value(o).unwrap_or_default(),
+                    self.depth,
+                );
+                Ok(())
             }
-        };
-        upsert_condition(&mut lists[at].1, c, &now());
-    }
-    for (target, list) in lists {
-        let patch = serde_json::json!({"status": {"conditions": list}});
-        let key = serde_json::to_value(&target).unwrap_or_default();
-        match patches
-            .iter_mut()
-            .find(|(t, st, _)| serde_json::to_value(t).unwrap_or_default() == key && *st)
-        {
-            Some((_, _, p)) => json_patch::merge(p, &patch),
-            None => patches.push((target, true, patch)),
+            // Changed or gone since it was created: what changed it had the last word.
+            Err(e) if is_conflict(&e) || is_not_found(&e) => Err(Stopped::Gone(format!(
+                "{}: {name} changed before its status was written: {e}",
+                r.cluster
+            ))),
+            Err(e) => Err(Stopped::Failed(format!("writing {name}'s status: {e}"))),
         }
     }
-    for (target, status, patch) in patches {
-        let (api, resolved, name) = handle(registry, r, &target).await?;
-        let params = PatchParams::default();
-        let result = if status && resolved.subresources.iter().any(|s| s == "status") {
-            api.patch_status(&name, &params, &Patch::Merge(&patch))
-                .await
-        } else {
-            api.patch(&name, &params, &Patch::Merge(&patch)).await
-        };
-        result.map_err(|e| e.to_string())?;
-    }
-    Ok(())
 }
 
 /// The current time as Kubernetes writes it (RFC 3339, seconds).
@@ -689,7 +1100,7 @@ fn upsert_condition(list: &mut Vec<Value>, c: &SetCondition, now: &str) {
 
 /// Creates (or updates) an object by server-side apply, then writes its `status` when it has
 /// one and the resource has a status subresource.
-async fn apply_object(registry: &Registry, cluster: &str, obj: Value) -> Result<(), String> {
+async fn apply_object(registry: &Registry, cluster: &str, obj: Value) -> Result<Value, String> {
     let api_version = obj["apiVersion"].as_str().unwrap_or_default().to_string();
     let kind = obj["kind"].as_str().unwrap_or_default().to_string();
     let name = obj
@@ -709,17 +1120,19 @@ async fn apply_object(registry: &Registry, cluster: &str, obj: Value) -> Result<
         .map_err(|e| e.to_string())?;
     let mut spec = obj.clone();
     let status = spec.as_object_mut().and_then(|o| o.remove("status"));
-    let params = PatchParams::apply("recoverd-reactor").force();
-    api.patch(&name, &params, &Patch::Apply(&spec))
+    let params = PatchParams::apply(REACTOR_MANAGER).force();
+    let mut written = api
+        .patch(&name, &params, &Patch::Apply(&spec))
         .await
         .map_err(|e| e.to_string())?;
     if let Some(status) = status.filter(|_| resolved.subresources.iter().any(|s| s == "status")) {
         let patch = serde_json::json!({ "status": status });
-        api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
+        written = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(serde_json::to_value(written).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -273,6 +273,15 @@ pub struct StepRecord {
     /// The failure was tolerated (`onError: continue`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub continued: bool,
+    /// The item of the forEach iteration this step ran for (`Values.item`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub item: Option<Value>,
+    /// A forEach step's iterations: one record per item and step, named `<forEach>[n]` (or
+    /// `<forEach>[n].<step>` when an iteration has several steps).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "free_form_list")]
+    pub children: Vec<StepRecord>,
 }
 
 impl RunRecord {
@@ -283,6 +292,20 @@ impl RunRecord {
         } else {
             &self.steps[index]
         }
+    }
+
+    /// Child `child` (an iteration's step) of forEach step `index`.
+    pub fn child(&self, index: usize, compensation: bool, child: usize) -> &StepRecord {
+        &self.step(index, compensation).children[child]
+    }
+
+    /// The step waiting for an approval now, if any: a step, or a step of a forEach iteration.
+    pub fn waiting_for_approval(&self) -> Option<&StepRecord> {
+        self.steps
+            .iter()
+            .chain(&self.on_failure)
+            .flat_map(|s| std::iter::once(s).chain(&s.children))
+            .find(|s| s.status == StepStatus::WaitingForApproval)
     }
 
     pub fn step_mut(&mut self, index: usize, compensation: bool) -> &mut StepRecord {
@@ -298,6 +321,13 @@ fn free_form_map(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "additionalProperties": {"x-kubernetes-preserve-unknown-fields": true}
+    })
+}
+
+fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
     })
 }
 

@@ -315,7 +315,7 @@ async fn rehearse_seeds_the_world_runs_the_plan_and_checks_expectations() {
         "{t}"
     );
     assert!(t.contains("replace /spec/replica/primary pg-south"), "{t}");
-    assert!(t.contains("expectations: 3 checked, 0 failed"), "{t}");
+    assert!(t.contains("expectations: 4 checked, 0 failed"), "{t}");
 
     // A second rehearsal on the same objects finds them already switched: expectations about
     // the proxy still hold, but the run cannot demote an already demoted primary twice —
@@ -973,7 +973,7 @@ fn a_failed_expectation_is_a_junit_failure_and_in_the_json_and_exits_1() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let t = String::from_utf8_lossy(&out.stdout);
     assert!(
-        t.contains("<testsuite name=\"expectations\" tests=\"1\" failures=\"0\">\n  <testcase classname=\"expectations\" name=\"3 expectation(s) held\">"),
+        t.contains("<testsuite name=\"expectations\" tests=\"1\" failures=\"0\">\n  <testcase classname=\"expectations\" name=\"4 expectation(s) held\">"),
         "{t}"
     );
 }

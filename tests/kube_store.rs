@@ -74,7 +74,6 @@ async fn store(ns: &str, identity: &str, lease: Duration) -> KubeStore {
             namespace: ns.into(),
             identity: identity.into(),
             lease_duration: lease,
-            advertise_url: None,
         },
     );
     store.check().await.unwrap();
@@ -158,7 +157,17 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
     // Two new incidents of the plan at two replicas at once: exactly one run starts.
     let mut running = b.get("a-0001").await.unwrap().expect("claimed");
     running.phase = Phase::Succeeded;
-    a.save(&running).await.unwrap();
+    // Only the replica whose claim created it may write it.
+    let (winner, loser) = if outcomes[0].is_ok() {
+        (&a, &b)
+    } else {
+        (&b, &a)
+    };
+    assert!(matches!(
+        loser.save(&running).await,
+        Err(StoreError::Conflict { .. })
+    ));
+    winner.save(&running).await.unwrap();
     let (second, third) = (
         record("a-0002", &plan, TriggerKind::Alert),
         record("a-0003", &plan, TriggerKind::Alert),
@@ -246,6 +255,10 @@ async fn a_write_from_a_replica_that_lost_the_run_is_refused_and_transitions_rac
     running.phase = Phase::Running;
     a.claim(&running, ONE_ACTIVE).await.unwrap().unwrap();
     a.save(&running).await.unwrap();
+    // b cannot write a run it has not acquired (fenced), then takes it over.
+    let err = b.save(&running).await.unwrap_err();
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err}");
+    assert!(b.acquire("a-0002").await.unwrap().is_some());
     running.error = Some("b's truth".into());
     b.save(&running).await.unwrap();
     running.error = Some("a's stale view".into());
@@ -472,6 +485,14 @@ async fn two_replicas_told_by_two_alertmanagers_run_an_alert_once() {
         a.log_text(),
         b.log_text()
     );
+    // `kubectl describe` finds them (it selects Events by the run's uid).
+    let described = ok(clusters()
+        .kubectl(HOME)
+        .args(["describe", "recoveryrun", &id, "-n", &ns]));
+    assert!(
+        described.contains("Succeeded") && described.contains("Started"),
+        "{described}"
+    );
     let table = ok(clusters()
         .kubectl(HOME)
         .args(["get", "recoveryruns", "-n", &ns]));
@@ -554,12 +575,12 @@ async fn a_killed_replica_s_run_is_finished_by_the_other_without_repeating_steps
     assert!(!leases.contains("recoverd-run-"), "{leases}");
 }
 
-/// An approval step waiting on one replica is approved through the other (which forwards the
-/// request to the replica executing the run, named by its Lease), and a run executing on one is
-/// cancelled through the other; without `--advertise-url` the other answers 409 naming it.
+/// An approval step waiting on one replica is approved through the other, and a run executing
+/// on one is cancelled through the other: the other answers 202 naming the replica executing it
+/// and hands the decision over through the run's Lease (no token leaves the replica).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn approving_or_cancelling_at_any_replica_reaches_the_one_executing_the_run() {
-    let ns = clusters().namespace("kstore-forward").await;
+    let ns = clusters().namespace("kstore-relay").await;
     let dir = tempfile::tempdir().unwrap();
     let (hook, hits) = counting_hook(3).await;
     let plans = dir.path().join("plans");
@@ -582,46 +603,41 @@ spec:
         ),
     )
     .unwrap();
-    let port_a = support::clusters::free_port();
-    let url_a = format!("http://127.0.0.1:{port_a}");
-    let a = replica_with(
-        dir.path(),
-        &plans,
-        &ns,
-        "replica-a",
-        "15s",
-        &[
-            "--advertise-url",
-            &url_a,
-            "--listen",
-            &format!("127.0.0.1:{port_a}"),
-        ],
-    )
-    .await;
-    assert_eq!(a.url, url_a);
-    let b = replica(dir.path(), &plans, &ns, "replica-b", "15s").await;
-    let fire = |fp: &str| {
-        support::server::payload(
-            "firing",
-            json!({"alertname": "AskFired", "testns": ns}),
-            fp,
-            "2026-12-02T10:00:00Z",
+    let a = replica(dir.path(), &plans, &ns, "replica-a", "3s").await;
+    let b = replica(dir.path(), &plans, &ns, "replica-b", "3s").await;
+    let (status, body) = a
+        .post(
+            "/api/v1/alerts",
+            &support::server::payload(
+                "firing",
+                json!({"alertname": "AskFired", "testns": ns}),
+                "fp-relay",
+                "2026-12-02T10:00:00Z",
+            ),
         )
-    };
-    let (status, body) = a.post("/api/v1/alerts", &fire("fp-forward")).await;
+        .await;
     assert_eq!(status, 202, "{body}");
     let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
     eventually("the approval step waits on replica a", LIMIT, || async {
         b.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "waitingForApproval"
     })
     .await;
+    // A wrong step is refused at b itself, before anything is handed over.
+    let (status, body) = b
+        .post(
+            &format!("/api/v1/runs/{id}/approve"),
+            &json!({"step": "nope"}),
+        )
+        .await;
+    assert_eq!(status, 409, "{body}");
     let (status, body) = b
         .post(
             &format!("/api/v1/runs/{id}/approve"),
             &json!({"step": "decide", "actor": "sre at b"}),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["relayedTo"], "replica-a", "{body}");
     eventually("the approved run goes on, on replica a", LIMIT, || async {
         counts(&hits)[1] == 1
     })
@@ -638,32 +654,15 @@ spec:
             &json!({"actor": "sre at b"}),
         )
         .await;
-    assert_eq!(status, 200, "{body}");
+    assert_eq!(status, 202, "{body}");
     eventually("the run ends Cancelled", LIMIT, || async {
         b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Cancelled"
     })
     .await;
     assert_eq!(counts(&hits), [1, 1, 0]);
-    // Without an address to forward to (b gave none), the other replica says where it runs.
-    let (status, body) = b.post("/api/v1/alerts", &fire("fp-at-b")).await;
-    assert_eq!(status, 202, "{body}");
-    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
-    eventually("the approval step waits on replica b", LIMIT, || async {
-        a.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "waitingForApproval"
-    })
-    .await;
-    let (status, body) = a
-        .post(
-            &format!("/api/v1/runs/{id}/approve"),
-            &json!({"step": "decide"}),
-        )
-        .await;
-    assert_eq!(status, 409, "{body}");
-    let error = body["error"].as_str().unwrap();
-    assert!(
-        error.contains("executes on replica replica-b") && error.contains("--advertise-url"),
-        "{error}"
-    );
+    let record = b.get(&format!("/api/v1/runs/{id}")).await;
+    assert!(record.to_string().contains("sre at b"), "{record:#}");
+    assert!(!a.log_text().contains("refused"), "{}", a.log_text());
 }
 
 /// A replica stopped with SIGTERM (a rolling update) lets its running step finish, records the
@@ -713,5 +712,54 @@ async fn a_replica_stopped_gracefully_hands_its_run_to_the_other() {
     assert_eq!(
         record["steps"][1]["status"], "succeeded",
         "the pause finished on a"
+    );
+}
+
+/// A replica frozen mid-run (SIGSTOP: a partition, a long GC pause) loses its run to the other,
+/// which finishes it; when it wakes (SIGCONT) it writes nothing more and runs no further step:
+/// the record stays the other replica's, and every step ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_wakes_after_losing_its_run_writes_nothing_and_runs_no_step() {
+    let ns = clusters().namespace("kstore-partition").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (hook, hits) = counting_hook(3).await;
+    let plans = write_plan(dir.path(), &ns, &hook, "4s");
+    let a = replica(dir.path(), &plans, &ns, "replica-a", "3s").await;
+    let b = replica(dir.path(), &plans, &ns, "replica-b", "3s").await;
+    let (status, body) = a
+        .post(
+            "/api/v1/alerts",
+            &support::server::payload(
+                "firing",
+                json!({"alertname": "HaFired", "testns": ns}),
+                "fp-partition",
+                "2026-12-02T10:00:00Z",
+            ),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
+    eventually("replica a is in the pause", LIMIT, || async {
+        counts(&hits)[0] == 1
+    })
+    .await;
+    ok(Command::new("kill").args(["-STOP", &a.child.id().to_string()]));
+    eventually("replica b finished the run", LIMIT, || async {
+        b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
+    })
+    .await;
+    let finished = b.get(&format!("/api/v1/runs/{id}")).await;
+    ok(Command::new("kill").args(["-CONT", &a.child.id().to_string()]));
+    // Long enough for a's pause to end, its next write to be refused and its Lease to be lost.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(counts(&hits), [1, 1, 1], "{}", a.log_text());
+    let now = b.get(&format!("/api/v1/runs/{id}")).await;
+    assert_eq!(now, finished, "a wrote over b's record:\n{}", a.log_text());
+    assert!(
+        a.log_text().contains("no longer holds the run")
+            || a.log_text()
+                .contains("another replica holds this run's Lease"),
+        "{}",
+        a.log_text()
     );
 }

@@ -577,6 +577,7 @@ fn failover_forced_while_the_old_site_answers_fences_it_before_promoting() {
    fields: {spec.replica.primary: pg-south, status.timelineID: 2}}
 - {cluster: south, apiVersion: v1, resource: pods, namespace: db, name: pg-south-1}
 - {cluster: edge, apiVersion: v1, resource: configmaps, namespace: db, name: haproxy-config}
+- {cluster: edge, apiVersion: apps/v1, resource: deployments, namespace: db, name: haproxy}
 - {cluster: south, apiVersion: v1, resource: configmaps, namespace: db, name: pg-failover-record}
 "#;
     let (ok, t) = rehearse_variant(
@@ -633,6 +634,7 @@ fn switchover_run_again_after_the_demotion_uses_the_current_token() {
     status.lastPromotionToken: {cluster: north, name: pg-north, fieldPath: status.demotionToken}
 - {cluster: south, apiVersion: v1, resource: pods, namespace: db, name: pg-south-1}
 - {cluster: edge, apiVersion: v1, resource: configmaps, namespace: db, name: haproxy-config}
+- {cluster: edge, apiVersion: apps/v1, resource: deployments, namespace: db, name: haproxy}
 "#;
     let (ok, t) = rehearse_variant(
         "cnpg-switchover",
@@ -687,4 +689,315 @@ rehearsals! {
     percona_standby_swap_rehearses_on_the_simulator, percona_standby_swap_rehearses_on_real_clusters => "percona-standby-swap";
     replace_failed_instance_rehearses_on_the_simulator, replace_failed_instance_rehearses_on_real_clusters => "replace-failed-instance";
     rotate_replication_certs_rehearses_on_the_simulator, rotate_replication_certs_rehearses_on_real_clusters => "rotate-replication-certs";
+}
+
+#[test]
+fn nova_ferretdb_runs_only_on_its_own_alert_not_on_any_alert_with_the_app_label() {
+    // Another alert about the same app (a pod crash-looping) must not swap the databases.
+    let dir = tempfile::tempdir().unwrap();
+    let alert = std::fs::read_to_string(repo_dir().join("plans/worlds/nova-ferretdb.alert.json"))
+        .unwrap()
+        .replace("PerconaPrimaryDown", "KubePodCrashLooping");
+    let unrelated = dir.path().join("unrelated.json");
+    std::fs::write(&unrelated, alert).unwrap();
+    let out = recoverd(&[
+        "rehearse",
+        "plans/nova-ferretdb.yaml",
+        "--world",
+        "plans/worlds/nova-ferretdb.yaml",
+        "--alert",
+        unrelated.to_str().unwrap(),
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("matches the plan's alertLabels/alertMatchers; nothing was run"),
+        "{t}"
+    );
+    assert!(!t.contains("clusters: built-in simulator"), "{t}");
+    // Its own alert runs it (nova_ferretdb_rehearses_on_the_simulator runs it in full).
+    let plan = yaml(&repo_dir().join("plans/nova-ferretdb.yaml"));
+    let labels = plan["spec"]["alertLabels"].as_object().unwrap();
+    assert_eq!(labels["alertname"], "PerconaPrimaryDown", "{labels:?}");
+    assert!(labels.len() >= 3, "{labels:?}");
+}
+
+/// percona-standby-swap's world in which pg2's operator refuses the promotion: it puts
+/// `spec.standby.enabled` back to true (as a GitOps controller reverting a change would) and
+/// reports the cluster reconciled.
+const PROMOTION_REFUSED: &[(&str, &str, &str)] = &[(
+    "percona-standby-swap.yaml",
+    "- cluster: south
+  when: {apiVersion: pgv2.percona.com/v2, resource: perconapgclusters, namespace: db, name: pg2,
+         fieldPath: metadata.generation, changed: true}
+  actions:
+  - after: 100ms
+    set: [{fieldPath: status.state, value: initializing}]
+",
+    "- cluster: south
+  when: {apiVersion: pgv2.percona.com/v2, resource: perconapgclusters, namespace: db, name: pg2,
+         fieldPath: spec.standby.enabled, equals: false}
+  actions:
+  - after: 100ms
+    set: [{fieldPath: spec.standby.enabled, value: true}]
+",
+)];
+
+#[test]
+fn percona_standby_swap_puts_the_old_primary_back_when_the_promotion_is_refused() {
+    // pg1 was made a standby, pg2 was not promoted: without compensation nothing would be the
+    // primary. The run fails, pg1 is the primary again, the proxy still points at it.
+    let expect = r#"outcome: Failed
+strict: true
+steps:
+- standby-is-ready
+- primary-to-standby
+- wait-primary-is-standby
+- promote-standby
+- wait-promoted
+- read-standby-role
+- {standby-was-promoted: Failed}
+- {redirect-haproxy: Pending}
+- {read-proxy-config: Pending}
+- {roll-proxy: Pending}
+- {wait-proxy-rollout: Pending}
+onFailure: [read-old-primary-role, read-other-side-role, restore-old-primary, wait-old-primary-restored]
+expect:
+- cluster: north
+  apiVersion: pgv2.percona.com/v2
+  resource: perconapgclusters
+  namespace: db
+  name: pg1
+  fields: {spec.standby.enabled: false, status.state: ready}
+  sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
+  mayChange: [spec.standby.repoName]
+- cluster: south
+  apiVersion: pgv2.percona.com/v2
+  resource: perconapgclusters
+  namespace: db
+  name: pg2
+  fields: {spec.standby.enabled: true, status.state: ready}
+  sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
+"#;
+    let (ok, t) = rehearse_variant("percona-standby-swap", PROMOTION_REFUSED, expect, &[]);
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("pg2 on cluster south is still a standby after its promotion was reconciled"),
+        "{t}"
+    );
+    // The same refusal without the compensation the plan has: the expectation that pg1 is the
+    // primary again fails (the test can fail).
+    let without = expect.replace(
+        "onFailure: [read-old-primary-role, read-other-side-role, restore-old-primary, wait-old-primary-restored]",
+        "onFailure: [read-old-primary-role, read-other-side-role, {restore-old-primary: Skipped}, {wait-old-primary-restored: Skipped}]",
+    );
+    let (ok, t) = rehearse_variant("percona-standby-swap", PROMOTION_REFUSED, &without, &[]);
+    assert!(!ok, "{t}");
+    assert!(t.contains("onFailure ran as [read-old-primary-role (succeeded), read-other-side-role (succeeded), restore-old-primary (succeeded)"), "{t}");
+}
+
+#[test]
+fn percona_standby_swap_never_puts_the_old_primary_back_while_the_other_side_may_be_primary() {
+    // The promotion went through but the proxy cannot be redirected (no such ConfigMap key
+    // … here: the proxy's Deployment is missing, so rolling it fails): pg2 is the primary, and
+    // pg1 must stay a standby (two primaries on one repository would fork it).
+    let expect = r#"outcome: Failed
+strict: true
+onFailure: [read-old-primary-role, read-other-side-role, {restore-old-primary: Skipped}, {wait-old-primary-restored: Skipped}]
+expect:
+- cluster: north
+  apiVersion: pgv2.percona.com/v2
+  resource: perconapgclusters
+  namespace: db
+  name: pg1
+  fields: {spec.standby.enabled: true, spec.standby.repoName: repo1, status.state: ready}
+  sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
+- cluster: south
+  apiVersion: pgv2.percona.com/v2
+  resource: perconapgclusters
+  namespace: db
+  name: pg2
+  fields: {spec.standby.enabled: false, status.state: ready}
+  sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
+- cluster: edge
+  apiVersion: v1
+  resource: configmaps
+  namespace: db
+  name: haproxy-config
+  fields:
+    data["haproxy.cfg"]: "frontend pg\n  bind *:5432\n  default_backend primary\nbackend primary\n  server pg2 pg2-primary.db.svc:5432 check\n"
+"#;
+    let (ok, t) = rehearse_variant(
+        "percona-standby-swap",
+        &[(
+            "percona-standby-swap.yaml",
+            "objects: [percona/haproxy.yaml, haproxy/deployment.yaml]",
+            "objects: [percona/haproxy.yaml]",
+        )],
+        expect,
+        &[],
+    );
+    assert!(ok, "{t}");
+    assert!(t.contains("roll-proxy"), "{t}");
+}
+
+/// The library's expectations for `plan`, with `from` replaced by `to`.
+fn expectations_with(plan: &str, from: &str, to: &str) -> String {
+    let text = std::fs::read_to_string(repo_dir().join(format!("plans/worlds/{plan}.expect.yaml")))
+        .unwrap();
+    assert!(text.contains(from), "{plan}: no {from:?}");
+    text.replace(from, to)
+}
+
+#[test]
+fn strict_expectations_catch_a_change_they_do_not_name_an_unnamed_new_object_and_the_step_order() {
+    // A field of a named object that the expectation does not name (the pod's new label).
+    let expect = expectations_with("cnpg-switchover", "    metadata.labels.role: primary\n", "");
+    let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("south: v1 pods db/pg-south-1: changed in /metadata/labels/role too, which the expectation does not name"),
+        "{t}"
+    );
+    // An object the run created that no expectation names.
+    let full = expectations_with("cnpg-failover", "", "");
+    let at = full
+        .find("- {cluster: south, apiVersion: v1, resource: configmaps")
+        .unwrap();
+    let end = at + full[at..].find("]}\n").unwrap() + 3;
+    let expect = format!("{}{}", &full[..at], &full[end..]);
+    let (ok, t) = rehearse_variant("cnpg-failover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("v1 configmaps db/pg-failover-record on cluster south: written by the run, but no expectation names it"),
+        "{t}"
+    );
+    // An object something else created meanwhile (here an "operator" answering the demotion),
+    // in a namespace and kind the world has.
+    let stray = "reactors:
+- cluster: north
+  when: {apiVersion: postgresql.cnpg.io/v1, resource: clusters, namespace: db, name: pg-north,
+         fieldPath: spec.replica.primary, equals: pg-south}
+  actions:
+  - create:
+      cluster: edge
+      object: {apiVersion: v1, kind: ConfigMap, metadata: {name: stray, namespace: db}, data: {by: operator}}
+";
+    let expect = expectations_with("cnpg-switchover", "", "");
+    let (ok, t) = rehearse_variant(
+        "cnpg-switchover",
+        &[("cnpg-switchover.yaml", "reactors:\n", stray)],
+        &expect,
+        &[],
+    );
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("edge: v1 configmaps db/stray: created, but no expectation names it"),
+        "{t}"
+    );
+    // `created` on an object the world had already.
+    let expect = expectations_with(
+        "cnpg-failover",
+        "  name: haproxy-config\n",
+        "  name: haproxy-config\n  created: true\n",
+    );
+    let (ok, t) = rehearse_variant("cnpg-failover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("edge: v1 configmaps db/haproxy-config: expected the run to create it, but it existed before"),
+        "{t}"
+    );
+    // Two steps in the wrong order.
+    let expect = expectations_with(
+        "cnpg-switchover",
+        "- promote\n- wait-promoted\n",
+        "- wait-promoted\n- promote\n",
+    );
+    let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("steps ran as [")
+            && t.contains("promote (succeeded), wait-promoted (succeeded)"),
+        "{t}"
+    );
+    // A step that did not run as said (demote ran).
+    let expect = expectations_with("cnpg-switchover", "- demote\n", "- {demote: Skipped}\n");
+    let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("expected [") && t.contains("demote (Skipped)"),
+        "{t}"
+    );
+}
+
+#[test]
+fn expectations_compare_typed_values_and_match_objects_by_api_version_too() {
+    // The boolean true is not the string "true": the message says which is which.
+    let expect = expectations_with(
+        "nova-ferretdb",
+        "fields: {spec.standby.enabled: true}",
+        "fields: {spec.standby.enabled: \"true\"}",
+    );
+    let (ok, t) = rehearse_variant("nova-ferretdb", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("cluster1: spec.standby.enabled is true (a boolean), expected true (a string)"),
+        "{t}"
+    );
+    // The number 2 is not the string "2".
+    let expect = expectations_with(
+        "cnpg-failover",
+        "status.timelineID: 2",
+        "status.timelineID: \"2\"",
+    );
+    let (ok, t) = rehearse_variant("cnpg-failover", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("status.timelineID is 2 (a number), expected 2 (a string)"),
+        "{t}"
+    );
+    // An expectation about another apiVersion of the same name is not about the changed object.
+    let expect = expectations_with(
+        "nova-ferretdb",
+        "- {cluster: north, apiVersion: pgv2.percona.com/v2, resource: perconapgclusters,\n   namespace: psql-operator, name: cluster1,",
+        "- {cluster: north, apiVersion: pgv2.percona.com/v1, resource: perconapgclusters,\n   namespace: psql-operator, name: cluster1,",
+    );
+    let (ok, t) = rehearse_variant("nova-ferretdb", &[], &expect, &[]);
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("north: pgv2.percona.com/v2 perconapgclusters psql-operator/cluster1: changed, but no expectation names it"),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_rehearsal_fails_when_a_reactor_fails_to_act() {
+    // The world's "operator" writes what the CRD refuses: the plan and the expectations hold,
+    // but a world whose operators did not do their job proves nothing.
+    let broken = "objects: [percona/clusters.yaml, percona/ferretdb.yaml]
+reactors:
+- cluster: north
+  when: {apiVersion: pgv2.percona.com/v2, resource: perconapgclusters, namespace: psql-operator,
+         name: cluster1, fieldPath: spec.standby.enabled, equals: true}
+  actions:
+  - set: [{fieldPath: spec.standby.enabled, value: not-a-boolean}]
+";
+    let expect = expectations_with("nova-ferretdb", "", "");
+    let (ok, t) = rehearse_variant(
+        "nova-ferretdb",
+        &[(
+            "nova-ferretdb.yaml",
+            "objects: [percona/clusters.yaml, percona/ferretdb.yaml]\n",
+            broken,
+        )],
+        &expect,
+        &[],
+    );
+    assert!(!ok, "{t}");
+    assert!(t.contains("expectations: 3 checked, 0 failed"), "{t}");
+    assert!(
+        t.contains("reactors: 1 problem(s)")
+            && t.contains("reactor on north (pgv2.percona.com/v2 perconapgclusters psql-operator/cluster1): writing cluster1 (attempt 1): "),
+        "{t}"
+    );
 }

@@ -1011,3 +1011,89 @@ fn a_templated_json_text_body_must_be_written_as_json_so_values_cannot_break_it(
         &["json:", "structure"],
     );
 }
+
+// ---- forEach ----
+
+#[test]
+fn a_for_each_inside_a_for_each_is_refused() {
+    the_problem(
+        "for-each-nested.yaml",
+        "for-each-form",
+        Some("each-instance"),
+        "spec.steps[0].forEach.steps[0].type",
+        &["cannot contain another forEach", "one forEach"],
+    );
+}
+
+#[test]
+fn a_for_each_over_an_empty_list_is_refused() {
+    the_problem(
+        "for-each-empty-items.yaml",
+        "for-each-form",
+        Some("fence"),
+        "spec.steps[0].forEach.items",
+        &["empty list", "nothing to repeat"],
+    );
+}
+
+#[test]
+fn a_for_each_may_run_at_most_ten_iterations_at_once() {
+    the_problem(
+        "for-each-unbounded-concurrency.yaml",
+        "for-each-form",
+        Some("restart"),
+        "spec.steps[0].forEach.concurrency",
+        &["concurrency 50", "from 1 to 10"],
+    );
+}
+
+#[test]
+fn an_unknown_for_each_field_is_named_where_it_is() {
+    the_load_error(
+        "for-each-unknown-field.yaml",
+        12,
+        7,
+        &["unknown field `parallelism`", "`concurrency`"],
+    );
+}
+
+#[test]
+fn max_objects_from_a_param_must_render_to_a_count() {
+    the_problem(
+        "delete-max-objects-from-param.yaml",
+        "delete-form",
+        Some("delete-pvc"),
+        "spec.steps[0].delete.maxObjects",
+        &["renders to \"none\"", "whole number from 1"],
+    );
+}
+
+#[test]
+fn the_loop_variable_is_known_inside_a_for_each_and_nowhere_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("loop.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: l}\nspec:\n  steps:\n  - name: each\n    type: forEach\n    forEach:\n      items: [a, b]\n      steps:\n      - name: read\n        type: readField\n        readField: {apiVersion: v1, resource: configmaps, name: \"{{ Values.item }}\", fieldPath: data.x, outputKey: x}\n  - name: after\n    type: readField\n    readField: {apiVersion: v1, resource: configmaps, name: \"{{ Values.item }}-{{ Values.x }}\", fieldPath: data.y, outputKey: y}\n",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (plans, errors) = plan::load_str(&path, &text);
+    assert!(errors.is_empty(), "{errors:#?}");
+    let problems = plan::validate(&plans[0].plan.spec, None).problems;
+    let mut messages: Vec<_> = problems
+        .iter()
+        .map(|p| (p.field.as_str(), p.rule))
+        .collect();
+    messages.sort();
+    assert_eq!(
+        messages,
+        [
+            ("spec.steps[1].readField.name", plan::Rule::UndefinedValue),
+            ("spec.steps[1].readField.name", plan::Rule::UndefinedValue),
+        ],
+        "{problems:#?}"
+    );
+    assert!(problems.iter().any(|p| p.message.contains("`Values.item`")));
+    assert!(problems.iter().any(|p| p.message.contains("`Values.x`")));
+}

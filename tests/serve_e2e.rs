@@ -211,7 +211,8 @@ async fn repeated_alertmanager_deliveries_from_an_ha_pair_make_exactly_one_run()
     assert_eq!(runs.len(), 1, "{runs:#?}");
     assert_eq!(runs[0]["phase"], "Succeeded");
     assert_eq!(runs[0]["trigger"]["kind"], "alert");
-    assert_eq!(reactors.fired(), 2);
+    // Once each: the demotion, the promotion and the proxy's rollout.
+    assert_eq!(reactors.fired(), 3);
     assert_eq!(
         field(
             &reg,

@@ -104,7 +104,7 @@ fn rehearse_without_a_kubeconfig_runs_on_the_simulator_and_checks_expectations()
         t.contains("clusters: built-in simulator (north, south, edge)"),
         "{t}"
     );
-    assert!(t.contains("expectations: 3 checked, 0 failed"), "{t}");
+    assert!(t.contains("expectations: 4 checked, 0 failed"), "{t}");
 }
 
 #[test]

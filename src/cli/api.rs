@@ -163,6 +163,10 @@ pub struct DecideArgs {
     /// only the question it was given to). `recoverd runs ID` shows the step waiting.
     #[arg(long)]
     pub step: Option<String>,
+    /// The waiting step's `startedAt` as `recoverd runs ID` shows it: the approval is refused
+    /// when that wait is over and another one (a resumed run, a later iteration) waits now.
+    #[arg(long, value_name = "TIME")]
+    pub started_at: Option<String>,
     /// Your name, recorded with the decision (with which token you used).
     #[arg(long, env = "RECOVERD_ACTOR")]
     pub actor: Option<String>,
@@ -183,6 +187,9 @@ pub async fn decide(verb: &str, args: DecideArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(s) = &args.step {
         body.insert("step".into(), Value::String(s.clone()));
+    }
+    if let Some(t) = &args.started_at {
+        body.insert("startedAt".into(), Value::String(t.clone()));
     }
     let body = (!body.is_empty() && verb != "resume").then_some(Value::Object(body));
     let (_, run) = api

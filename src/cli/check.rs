@@ -255,11 +255,51 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
     let mut values: Map<String, Value> = spec.params.clone().into_iter().collect();
     let mut problems = Vec::new();
     let mut notes = Vec::new();
-    let mut standins = std::collections::BTreeSet::new();
+    let mut standins: std::collections::BTreeSet<String> = std::collections::BTreeSet::new();
     let fields = (0..spec.steps.len())
         .map(|i| format!("spec.steps[{i}]"))
         .chain((0..spec.on_failure.len()).map(|j| format!("spec.onFailure[{j}]")));
+    // A forEach's own steps follow it, rendered with a stand-in item.
+    let mut all = Vec::new();
     for (step, field_prefix) in spec.steps.iter().chain(&spec.on_failure).zip(fields) {
+        all.push((step, field_prefix.clone(), step.name()));
+        for (i, inner) in step.for_each.iter().flat_map(|f| &f.steps).enumerate() {
+            let name = Some(inner.name()).filter(|n| !n.is_empty());
+            all.push((
+                inner,
+                format!("{field_prefix}.forEach.steps[{i}]"),
+                name.unwrap_or(step.name()),
+            ));
+        }
+    }
+    // Whether `Values.item` is a stand-in (items known only at run time), not a real item.
+    let mut item_standin = false;
+    for (step, field_prefix, name) in all {
+        if let Some(f) = &step.for_each {
+            let ctx = template::context(
+                values.clone(),
+                Some(alert.context()),
+                &loaded.plan.metadata,
+                "check",
+                json!("dryRun"),
+            );
+            // The first item when the plan or its params say it; else a stand-in.
+            let first = match &f.items {
+                Some(Value::Array(list)) => list
+                    .first()
+                    .map(|v| template::render_raw(v, &ctx).unwrap_or_else(|_| v.clone())),
+                Some(Value::String(src)) => match template::render_yaml(src, &ctx) {
+                    Ok(Value::Array(list)) => list.into_iter().next(),
+                    _ => None,
+                },
+                _ => None,
+            };
+            item_standin = first.is_none();
+            values.insert(
+                crate::plan::validate::ITEM.into(),
+                first.unwrap_or_else(|| json!(format!("<an item of step {}>", step.name()))),
+            );
+        }
         let mut ctx = template::context(
             values.clone(),
             Some(alert.context()),
@@ -290,20 +330,24 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
                     .map_err(|e| e.to_string())
             };
             if let Err(e) = result {
-                let uses_standin = template::references(&src).is_ok_and(|refs| {
+                let refs = template::references(&src).unwrap_or_default();
+                let uses = |key: &str| {
                     refs.iter().any(|r| {
                         r.strip_prefix("Values.")
-                            .is_some_and(|k| standins.contains(k))
+                            .is_some_and(|k| k.split('.').next() == Some(key))
                     })
-                });
-                if uses_standin && !e.contains("undefined") {
+                };
+                let uses_standin = standins.iter().any(|k| uses(k));
+                // A stand-in item has none of the fields a real one may have.
+                let uses_item_standin = item_standin && uses(crate::plan::validate::ITEM);
+                if (uses_standin && !e.contains("undefined")) || uses_item_standin {
                     notes.push((
-                        step.name().to_string(),
+                        name.to_string(),
                         field,
                         format!("not checked: a stand-in for a value read at run time cannot render it ({e})"),
                     ));
                 } else {
-                    problems.push((step.name().to_string(), field, e));
+                    problems.push((name.to_string(), field, e));
                 }
             }
         }

@@ -57,6 +57,21 @@ struct Shown {
     said_approval: bool,
     steps: Vec<StepStatus>,
     on_failure: Vec<StepStatus>,
+    /// The children of forEach steps, by (compensation, index).
+    children: std::collections::BTreeMap<(bool, usize), Vec<StepStatus>>,
+}
+
+/// How to approve the wait going on now: that step, that wait.
+fn approval_hint(printer: &Printer, record: &RunRecord, step: &crate::record::StepRecord) {
+    printer.say(format_args!(
+        "  … waiting for approval: recoverd approve {} --step '{}'{}",
+        record.id,
+        step.name,
+        step.started_at
+            .as_deref()
+            .map(|t| format!(" --started-at {t}"))
+            .unwrap_or_default()
+    ));
 }
 
 impl Shown {
@@ -80,10 +95,7 @@ impl Shown {
             shown.resize(steps.len(), StepStatus::Pending);
             for (index, step) in steps.iter().enumerate() {
                 let (was, now) = (shown[index], step.status);
-                if was == now {
-                    continue;
-                }
-                if was == StepStatus::Pending && now != StepStatus::Skipped {
+                if was != now && was == StepStatus::Pending && now != StepStatus::Skipped {
                     printer.show(
                         record,
                         &Event::StepStarted {
@@ -92,11 +104,48 @@ impl Shown {
                         },
                     );
                 }
+                // A forEach's iterations, as the executor tells them.
+                let seen = self.children.entry((compensation, index)).or_default();
+                seen.resize(step.children.len(), StepStatus::Pending);
+                for (child, c) in step.children.iter().enumerate() {
+                    let (was, now) = (seen[child], c.status);
+                    if was == now {
+                        continue;
+                    }
+                    let event = |started| {
+                        if started {
+                            Event::ChildStarted {
+                                index,
+                                compensation,
+                                child,
+                            }
+                        } else {
+                            Event::ChildFinished {
+                                index,
+                                compensation,
+                                child,
+                            }
+                        }
+                    };
+                    if was == StepStatus::Pending && now != StepStatus::Skipped {
+                        printer.show(record, &event(true));
+                    }
+                    if now == StepStatus::WaitingForApproval {
+                        approval_hint(printer, record, c);
+                    }
+                    if !matches!(
+                        now,
+                        StepStatus::Pending | StepStatus::Running | StepStatus::WaitingForApproval
+                    ) {
+                        printer.show(record, &event(false));
+                    }
+                    seen[child] = now;
+                }
+                if was == now {
+                    continue;
+                }
                 if now == StepStatus::WaitingForApproval {
-                    printer.say(format_args!(
-                        "  … waiting for approval: recoverd approve {}",
-                        record.id
-                    ));
+                    approval_hint(printer, record, step);
                 }
                 if !matches!(
                     now,

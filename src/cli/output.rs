@@ -96,11 +96,15 @@ pub fn junit_document(name: &str, suites: &[Suite]) -> String {
 /// failed step (tolerated ones included, saying so), skipped steps as skipped; a run that
 /// failed before any step failed (a refused precondition) is one more failing case.
 pub fn run_suite(run: &RunRecord) -> Suite {
+    // A forEach's iterations follow it, each a case of its own.
     let steps: Vec<(&str, &StepRecord)> = run
         .steps
         .iter()
         .map(|s| ("steps", s))
         .chain(run.on_failure.iter().map(|s| ("onFailure", s)))
+        .flat_map(|(group, s)| {
+            std::iter::once((group, s)).chain(s.children.iter().map(move |c| (group, c)))
+        })
         .collect();
     let mut cases = String::new();
     let mut failures = 0;

@@ -72,6 +72,78 @@ impl Default for Printer {
     }
 }
 
+impl Printer {
+    /// How a step ended, with what it produced and changed.
+    fn finished(&self, s: &crate::record::StepRecord, indent: &str) {
+        let took = s
+            .duration_ms
+            .map(|ms| duration::format(Duration::from_millis(ms)))
+            .unwrap_or_default();
+        let attempts = if s.attempts > 1 {
+            format!(", {} attempts", s.attempts)
+        } else {
+            String::new()
+        };
+        match s.status {
+            StepStatus::Succeeded => match s
+                .inputs
+                .as_ref()
+                .and_then(|i| i.get("dryRun"))
+                .and_then(|d| d.as_str())
+            {
+                // Not verified: say what the live run would do instead.
+                Some(would) => {
+                    say!(
+                        self,
+                        "{indent}✔ {} ({took}{attempts}) — dry run: {would}",
+                        s.name
+                    )
+                }
+                None => say!(self, "{indent}✔ {} ({took}{attempts})", s.name),
+            },
+            StepStatus::Skipped => {
+                say!(
+                    self,
+                    "{indent}↷ {} skipped: {}",
+                    s.name,
+                    s.error.as_deref().unwrap_or("")
+                )
+            }
+            _ => {
+                let cont = if s.continued {
+                    " — continuing (onError: continue)"
+                } else {
+                    ""
+                };
+                say!(
+                    self,
+                    "{indent}✘ {} ({took}{attempts}): {}{cont}",
+                    s.name,
+                    s.error.as_deref().unwrap_or("failed")
+                );
+            }
+        }
+        for (k, v) in &s.outputs {
+            say!(self, "{indent}    {k} = {}", crate::fieldpath::as_text(v));
+        }
+        if let Some(serde_json::Value::Array(ops)) = &s.diff {
+            for op in ops {
+                let value = op
+                    .get("value")
+                    .map(crate::fieldpath::as_text)
+                    .unwrap_or_default();
+                say!(
+                    self,
+                    "{indent}    {} {} {}",
+                    op.get("op").and_then(|o| o.as_str()).unwrap_or(""),
+                    op.get("path").and_then(|o| o.as_str()).unwrap_or(""),
+                    value.replace('\n', "\\n")
+                );
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Observer for Printer {
     async fn on_event(&self, run: &RunRecord, event: &Event) {
@@ -144,69 +216,34 @@ impl Printer {
                 compensation,
             } => {
                 self.stop_spinner();
-                let s = run.step(*index, *compensation);
-                let took = s
-                    .duration_ms
-                    .map(|ms| duration::format(Duration::from_millis(ms)))
+                self.finished(run.step(*index, *compensation), "");
+            }
+            Event::ChildStarted {
+                index,
+                compensation,
+                child,
+            } => {
+                self.stop_spinner();
+                let s = run.child(*index, *compensation, *child);
+                let on = s
+                    .cluster
+                    .as_deref()
+                    .map(|c| format!(" on {c}"))
                     .unwrap_or_default();
-                let attempts = if s.attempts > 1 {
-                    format!(", {} attempts", s.attempts)
-                } else {
-                    String::new()
-                };
-                match s.status {
-                    StepStatus::Succeeded => match s
-                        .inputs
-                        .as_ref()
-                        .and_then(|i| i.get("dryRun"))
-                        .and_then(|d| d.as_str())
-                    {
-                        // Not verified: say what the live run would do instead.
-                        Some(would) => {
-                            say!(self, "✔ {} ({took}{attempts}) — dry run: {would}", s.name)
-                        }
-                        None => say!(self, "✔ {} ({took}{attempts})", s.name),
-                    },
-                    StepStatus::Skipped => {
-                        say!(
-                            self,
-                            "↷ {} skipped: {}",
-                            s.name,
-                            s.error.as_deref().unwrap_or("")
-                        )
-                    }
-                    _ => {
-                        let cont = if s.continued {
-                            " — continuing (onError: continue)"
-                        } else {
-                            ""
-                        };
-                        say!(
-                            self,
-                            "✘ {} ({took}{attempts}): {}{cont}",
-                            s.name,
-                            s.error.as_deref().unwrap_or("failed")
-                        );
-                    }
-                }
-                for (k, v) in &s.outputs {
-                    say!(self, "    {k} = {}", crate::fieldpath::as_text(v));
-                }
-                if let Some(serde_json::Value::Array(ops)) = &s.diff {
-                    for op in ops {
-                        let value = op
-                            .get("value")
-                            .map(crate::fieldpath::as_text)
-                            .unwrap_or_default();
-                        say!(
-                            self,
-                            "    {} {} {}",
-                            op.get("op").and_then(|o| o.as_str()).unwrap_or(""),
-                            op.get("path").and_then(|o| o.as_str()).unwrap_or(""),
-                            value.replace('\n', "\\n")
-                        );
-                    }
-                }
+                let item = s
+                    .item
+                    .as_ref()
+                    .map(|i| format!(", item {}", crate::fieldpath::as_text(i)))
+                    .unwrap_or_default();
+                say!(self, "  ▶ {} ({}{on}{item})", s.name, s.step_type);
+            }
+            Event::ChildFinished {
+                index,
+                compensation,
+                child,
+            } => {
+                self.stop_spinner();
+                self.finished(run.child(*index, *compensation, *child), "  ");
             }
             Event::RunFinished => {
                 self.stop_spinner();

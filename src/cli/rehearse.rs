@@ -119,16 +119,37 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let (w, base) = world::load(&args.world)?;
+    // Read before anything is seeded: a broken expectations file runs nothing.
+    let expectations: Option<world::Expectations> = match &args.expect {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Some(
+                serde_yaml::from_str(&text)
+                    .with_context(|| format!("parsing {}", path.display()))?,
+            )
+        }
+        None => None,
+    };
     let seeded = world::seed(&registry, &w, &base)
         .await
         .context("seeding the world")?;
+    // What exists before the run, to tell what it created (`strict` expectations).
+    let inventory = match expectations.as_ref().filter(|e| e.strict) {
+        Some(e) => Some(
+            world::Inventory::take(&registry, &seeded, e)
+                .await
+                .map_err(|e| anyhow::anyhow!("listing the seeded world: {e}"))?,
+        ),
+        None => None,
+    };
     printer.say(format_args!(
         "world: {} object(s) in {} cluster(s), {} reactor(s)",
         seeded.len(),
         w.clusters.len(),
         w.reactors.len()
     ));
-    let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
+    let reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
 
     let input = RunInput {
         params,
@@ -147,7 +168,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let needles = record.secrets.needles();
     let changed = world::changes(&registry, &seeded).await;
     let seeded_objects: std::collections::BTreeSet<String> =
-        seeded.iter().map(as_in_record).collect();
+        seeded.iter().map(world::as_in_record).collect();
     // Objects the world did not seed that the plan wrote: created by the plan (their step's
     // diff starts from nothing).
     let created: Vec<_> = record
@@ -175,7 +196,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .collect();
     for (s, after) in &changed {
         printer.say(format_args!("  changed {}", s.describe()));
-        let shown = as_in_record(s);
+        let shown = world::as_in_record(s);
         let secret =
             s.api_version == "v1" && s.resource == "secrets" || tainted.contains(shown.as_str());
         let ops = ops(
@@ -209,12 +230,31 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     }
     let mut code = Exit::for_runs([&record]);
     let mut checked = None;
-    if let Some(path) = &args.expect {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let expectations: world::Expectations =
-            serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
-        let mut failures = world::check(&registry, &seeded, &expectations).await;
+    if let Some(expectations) = &expectations {
+        // What the plan wrote that the world did not seed (a delete of what is not there is
+        // no object to expect).
+        let deletes: std::collections::BTreeSet<&str> = record
+            .steps
+            .iter()
+            .chain(&record.on_failure)
+            .filter(|s| s.step_type == crate::plan::StepType::Delete)
+            .map(|s| s.name.as_str())
+            .collect();
+        let written: Vec<String> = changes
+            .iter()
+            .filter(|c| c.kind == "written")
+            .filter(|c| c.step.as_deref().is_none_or(|s| !deletes.contains(s)))
+            .map(|c| c.object.clone())
+            .collect();
+        let mut failures = world::verify(
+            &registry,
+            &seeded,
+            inventory.as_ref(),
+            &written,
+            expectations,
+        )
+        .await;
+        failures.extend(world::check_steps(expectations, &record));
         // A declared outcome replaces "succeeded" as what the rehearsal must end with.
         if let Some(want) = &expectations.outcome {
             let got = serde_json::to_value(record.phase)
@@ -242,6 +282,16 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             checked: expectations.expect.len(),
             failures,
         });
+    }
+    // A world whose operators did not do their job proves nothing: a reactor that stopped or
+    // failed to act fails the rehearsal.
+    let problems = reactors.problems();
+    if !problems.is_empty() {
+        printer.say(format_args!("\nreactors: {} problem(s)", problems.len()));
+        for p in &problems {
+            printer.say(format_args!("  ✘ {p}"));
+        }
+        code = Exit::Failed;
     }
     let rehearsal = Rehearsal {
         run: record,
@@ -292,20 +342,6 @@ fn junit(r: &Rehearsal) -> String {
         });
     }
     output::junit_document("recoverd rehearse", &suites)
-}
-
-/// A seeded object as step records name it (`v1 configmaps db/x on cluster edge`).
-fn as_in_record(s: &world::Seeded) -> String {
-    format!(
-        "{} on cluster {}",
-        crate::cluster::describe_object(
-            &s.api_version,
-            &s.resource,
-            s.namespace.as_deref(),
-            &s.name
-        ),
-        s.cluster
-    )
 }
 
 /// A change as JSON Patch operations, one line each; a Secret's values, and any secret the run

@@ -73,11 +73,6 @@ pub struct Args {
     /// died is taken over this long after its last renewal (as the other replica observed it).
     #[arg(long, env = "RECOVERD_LEASE_DURATION", default_value = "15s", value_parser = parse_duration)]
     pub lease_duration: Duration,
-    /// With `--store kube`: where other replicas reach this one's API (e.g.
-    /// `http://$(POD_IP):8080`). An approval or cancel of a run executing here that reaches
-    /// another replica is forwarded here; without it, that replica answers 409 naming this one.
-    #[arg(long, env = "RECOVERD_ADVERTISE_URL")]
-    pub advertise_url: Option<String>,
     /// Serve /metrics without a token.
     #[arg(long, env = "RECOVERD_METRICS_PUBLIC")]
     pub metrics_public: bool,
@@ -247,6 +242,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     )
     .await?;
     let interrupted = runs.recover().await?;
+    runs.serve_relayed();
     // With several replicas (`--store kube`): take over the runs of replicas that stopped.
     tokio::spawn({
         let runs = runs.clone();
@@ -398,7 +394,6 @@ async fn open_store(args: &Args, live: &Registry) -> anyhow::Result<Arc<dyn RunS
             namespace: namespace.unwrap_or_else(|| client.default_namespace().to_string()),
             identity,
             lease_duration: args.lease_duration,
-            advertise_url: args.advertise_url.clone(),
         },
     );
     store.check().await?;

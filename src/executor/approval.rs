@@ -1,6 +1,7 @@
 //! `approval`: pause the run until a person approves it, at most the step's `timeout`. The
 //! record shows the approver the question and the values gathered so far (`recoverd runs ID`);
-//! `POST /api/v1/runs/{id}/approve` with `{"step": NAME}` answers it. A dry run does not wait; a
+//! `POST /api/v1/runs/{id}/approve` with `{"step": NAME, "startedAt": …}` answers it — that
+//! wait only (the step record's `startedAt`), never a later wait of the same step. A dry run does not wait; a
 //! shutdown leaves the run Interrupted (resuming asks again).
 
 use serde_json::{json, Map, Value};
@@ -75,13 +76,18 @@ pub(super) async fn run(step: &Approval, ctx: &StepCtx<'_>) -> Result<StepOutcom
         Approvals::Waiting(slot) => slot,
     };
     let token = CancellationToken::new();
-    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some((token.clone(), None));
+    *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(super::WaitingApproval {
+        step: ctx.step.to_string(),
+        started_at: ctx.started_at.to_string(),
+        signal: token.clone(),
+        by: None,
+    });
     let _clear = Clear(slot);
     let approved_by = || {
         slot.lock()
             .unwrap_or_else(|e| e.into_inner())
             .as_ref()
-            .and_then(|(_, by)| by.clone())
+            .and_then(|w| w.by.clone())
     };
     tokio::select! {
         _ = token.cancelled() => {}

@@ -46,6 +46,9 @@ pub(crate) struct StepCtx<'a> {
     pub secret_keys: &'a BTreeSet<String>,
     /// How approval steps are decided, and the run's shutdown signal.
     pub control: &'a super::RunControl,
+    /// The step's record name and `startedAt`: which wait an approval answers.
+    pub step: &'a str,
+    pub started_at: &'a str,
 }
 
 impl StepCtx<'_> {

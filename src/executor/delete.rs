@@ -10,7 +10,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Preconditions, Pro
 use serde_json::{json, Value};
 
 use super::{StepCtx, StepError, StepOutcome};
-use crate::plan::compiled::{Delete as DeleteStep, Propagation, Selection};
+use crate::plan::compiled::{Count, Delete as DeleteStep, Propagation, Selection};
 
 pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
     let namespace = step
@@ -66,7 +66,24 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
                     object: shown.clone(),
                     source,
                 })?;
-            let max = *max_objects as usize;
+            let max = match max_objects {
+                Count::Fixed(n) => *n as usize,
+                Count::Template(t) => {
+                    let text = ctx.render(t)?;
+                    match text.trim().parse::<u32>() {
+                        Ok(n) if n >= 1 => n as usize,
+                        _ => {
+                            return Err(StepError::DeleteRefused {
+                                object: shown,
+                                detail: format!(
+                                    "maxObjects {t:?} rendered to {text:?}, which is not a whole \
+                                     number from 1; nothing was deleted"
+                                ),
+                            })
+                        }
+                    }
+                }
+            };
             let names: Vec<String> = found
                 .items
                 .iter()

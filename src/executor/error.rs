@@ -90,6 +90,16 @@ pub enum StepError {
     },
     #[error("invalid duration: {0}")]
     Duration(#[from] crate::duration::DurationError),
+    #[error("failed to find the items to repeat over: {detail}")]
+    Items { detail: String },
+    #[error("{count} items to repeat over, more than maxItems {max}; no iteration ran")]
+    TooManyItems { count: usize, max: u32 },
+    #[error("{failed} of {total} iterations failed: {first}")]
+    IterationsFailed {
+        failed: usize,
+        total: usize,
+        first: String,
+    },
 }
 
 impl StepError {
@@ -150,6 +160,9 @@ impl StepError {
             StepError::Interrupted => "interrupted",
             StepError::BadName { .. } => "bad-name",
             StepError::Duration(_) => "duration",
+            StepError::Items { .. } => "for-each-items",
+            StepError::TooManyItems { .. } => "too-many-items",
+            StepError::IterationsFailed { .. } => "iterations-failed",
         }
     }
 }

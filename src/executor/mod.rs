@@ -12,6 +12,7 @@ mod ctx;
 mod delete;
 mod error;
 mod exec;
+mod for_each;
 mod http;
 mod patch;
 mod read_field;
@@ -69,6 +70,17 @@ pub enum Event {
         index: usize,
         compensation: bool,
     },
+    /// A step of a forEach iteration started: [`RunRecord::child`]`(index, compensation, child)`.
+    ChildStarted {
+        index: usize,
+        compensation: bool,
+        child: usize,
+    },
+    ChildFinished {
+        index: usize,
+        compensation: bool,
+        child: usize,
+    },
     RunFinished,
 }
 
@@ -100,8 +112,27 @@ pub struct RunControl {
     pub cancelled_by: Arc<std::sync::Mutex<Option<String>>>,
 }
 
-/// The approval step waiting now: its signal, and who answered it once someone has.
-pub type ApprovalSlot = Arc<std::sync::Mutex<Option<(CancellationToken, Option<String>)>>>;
+/// The approval step waiting now, and who answered it once someone has.
+pub type ApprovalSlot = Arc<std::sync::Mutex<Option<WaitingApproval>>>;
+
+/// One wait of an approval step: which step, since when (its record's `startedAt`), its
+/// signal, and who answered.
+#[derive(Debug)]
+pub struct WaitingApproval {
+    pub step: String,
+    pub started_at: String,
+    pub signal: CancellationToken,
+    pub by: Option<String>,
+}
+
+/// Why an approval was not taken.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ApprovalRefused {
+    /// No step waits now (or it is already approved).
+    NothingWaiting,
+    /// Another wait than the one approved: a stale answer must not approve a later question.
+    OtherWait { step: String, started_at: String },
+}
 
 /// How the `approval` steps of a run are decided.
 #[derive(Clone, Debug, Default)]
@@ -123,20 +154,33 @@ impl Approvals {
         Approvals::Waiting(Default::default())
     }
 
-    /// Approves the step waiting now, as `by`; false when no step is waiting (or it is
-    /// already approved).
-    pub fn approve(&self, by: &str) -> bool {
+    /// Approves the wait going on now, as `by`. `step` and `started_at`, when given, must be
+    /// the waiting step's name and its record's `startedAt`: an answer to an earlier wait (of
+    /// the same step before a resume, or of another iteration) is refused.
+    pub fn approve(
+        &self,
+        by: &str,
+        step: Option<&str>,
+        started_at: Option<&str>,
+    ) -> Result<(), ApprovalRefused> {
         let Approvals::Waiting(slot) = self else {
-            return false;
+            return Err(ApprovalRefused::NothingWaiting);
         };
-        match &mut *slot.lock().unwrap_or_else(|e| e.into_inner()) {
-            Some((token, who @ None)) => {
-                *who = Some(by.to_string());
-                token.cancel();
-                true
-            }
-            _ => false,
+        let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(waiting) = slot.as_mut().filter(|w| w.by.is_none()) else {
+            return Err(ApprovalRefused::NothingWaiting);
+        };
+        if step.is_some_and(|s| s != waiting.step)
+            || started_at.is_some_and(|t| t != waiting.started_at)
+        {
+            return Err(ApprovalRefused::OtherWait {
+                step: waiting.step.clone(),
+                started_at: waiting.started_at.clone(),
+            });
         }
+        waiting.by = Some(by.to_string());
+        waiting.signal.cancel();
+        Ok(())
     }
 }
 
@@ -253,7 +297,7 @@ impl Executor {
                 index,
                 compensation: false,
             };
-            let result = self.run_step(&scope, record, at, step).await;
+            let result = self.run_any_step(&scope, record, at, step).await;
             if let Err(StepError::Interrupted) = result {
                 self.interrupted(record, step.name.as_str(), started, observer)
                     .await;
@@ -302,14 +346,21 @@ impl Executor {
                     record.phase = Phase::Failed;
                 }
             }
-        } else if record.steps.iter().any(|s| s.continued) {
-            // A tolerated failure (a fence that did not happen) must be visible at a glance.
+        } else if record
+            .steps
+            .iter()
+            .flat_map(|s| std::iter::once(s).chain(&s.children))
+            .any(|s| s.continued)
+        {
+            // A tolerated failure (a fence that did not happen) must be visible at a glance,
+            // inside a forEach iteration too.
             record.phase = Phase::SucceededWithErrors;
             record.error = Some(format!(
                 "tolerated failures (onError: continue): {}",
                 record
                     .steps
                     .iter()
+                    .flat_map(|s| std::iter::once(s).chain(&s.children))
                     .filter(|s| s.continued)
                     .map(|s| s.name.as_str())
                     .collect::<Vec<_>>()
@@ -376,7 +427,7 @@ impl Executor {
                 index,
                 compensation: true,
             };
-            let res = self.run_step(&scope, record, at, step).await;
+            let res = self.run_any_step(&scope, record, at, step).await;
             if let Err(StepError::Interrupted) = res {
                 return false;
             }
@@ -412,4 +463,57 @@ fn cancelled(record: &mut RunRecord, control: &RunControl) {
 fn step_cluster<'a>(registry: &'a Registry, step: &'a Step) -> Option<&'a str> {
     step.uses_cluster()
         .then(|| registry.name_or_default(step.cluster.as_deref()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn waiting(slot: &ApprovalSlot, step: &str, started_at: &str) -> CancellationToken {
+        let signal = CancellationToken::new();
+        *slot.lock().unwrap() = Some(WaitingApproval {
+            step: step.into(),
+            started_at: started_at.into(),
+            signal: signal.clone(),
+            by: None,
+        });
+        signal
+    }
+
+    #[test]
+    fn an_approval_of_an_earlier_wait_of_the_same_step_approves_nothing() {
+        let approvals = Approvals::awaiting();
+        let Approvals::Waiting(slot) = &approvals else {
+            unreachable!()
+        };
+        // The step waited at 10:00, the run was resumed, and the same step waits again.
+        let now = waiting(slot, "decide", "2026-01-01T10:05:00Z");
+        assert_eq!(
+            approvals.approve("alice", Some("decide"), Some("2026-01-01T10:00:00Z")),
+            Err(ApprovalRefused::OtherWait {
+                step: "decide".into(),
+                started_at: "2026-01-01T10:05:00Z".into()
+            })
+        );
+        assert!(!now.is_cancelled());
+        assert_eq!(
+            approvals.approve("alice", Some("other"), None),
+            Err(ApprovalRefused::OtherWait {
+                step: "decide".into(),
+                started_at: "2026-01-01T10:05:00Z".into()
+            })
+        );
+        assert!(!now.is_cancelled());
+
+        assert_eq!(
+            approvals.approve("alice", Some("decide"), Some("2026-01-01T10:05:00Z")),
+            Ok(())
+        );
+        assert!(now.is_cancelled());
+        assert_eq!(
+            approvals.approve("bob", Some("decide"), Some("2026-01-01T10:05:00Z")),
+            Err(ApprovalRefused::NothingWaiting),
+            "answered once"
+        );
+    }
 }

@@ -101,25 +101,7 @@ impl Executor {
                 .templates
                 .iter()
                 .any(|src| uses_secret(src, &secret_keys));
-        let started = Instant::now();
-        {
-            let rec = record.step_mut(index, compensation);
-            rec.status = StepStatus::Running;
-            rec.started_at = Some(now());
-            rec.attempts = 0;
-            rec.error = None;
-            rec.reason = None;
-            rec.continued = false;
-        }
-        observer
-            .on_event(
-                record,
-                &Event::StepStarted {
-                    index,
-                    compensation,
-                },
-            )
-            .await;
+        let started = record_start(record, at, observer).await;
         // An approval step that will really wait shows the approver its question and what the
         // run knows so far (a dry run, or a command without anyone to ask, does not wait).
         if let StepKind::Approval(a) = &step.kind {
@@ -258,18 +240,7 @@ impl Executor {
                 Err(e)
             }
         };
-        let rec = record.step_mut(index, compensation);
-        rec.finished_at = Some(now());
-        rec.duration_ms = Some(started.elapsed().as_millis() as u64);
-        observer
-            .on_event(
-                record,
-                &Event::StepFinished {
-                    index,
-                    compensation,
-                },
-            )
-            .await;
+        record_end(record, at, started, observer).await;
         outcome
     }
 
@@ -312,6 +283,10 @@ impl Executor {
             .filter(|s| s.status == StepStatus::Succeeded && s.diff.is_some())
             .filter_map(|s| s.object.clone())
             .collect();
+        let (step_name, started_at) = {
+            let rec = record.step(index, compensation);
+            (rec.name.clone(), rec.started_at.clone().unwrap_or_default())
+        };
         let mut backoff = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
@@ -347,6 +322,8 @@ impl Executor {
                 written: &written,
                 secret_keys: &secret_keys,
                 control,
+                step: &step_name,
+                started_at: &started_at,
             };
             let limit = attempt_timeout.min(remaining);
             let result = tokio::select! {
@@ -389,6 +366,54 @@ impl Executor {
     }
 }
 
+/// Records that a step starts now and tells the observers (the store writes the record before
+/// the step goes on); returns when, to time it.
+pub(super) async fn record_start(
+    record: &mut RunRecord,
+    at: At,
+    observer: &dyn Observer,
+) -> Instant {
+    let started = Instant::now();
+    let rec = record.step_mut(at.index, at.compensation);
+    rec.status = StepStatus::Running;
+    rec.started_at = Some(now());
+    rec.attempts = 0;
+    rec.error = None;
+    rec.reason = None;
+    rec.continued = false;
+    observer
+        .on_event(
+            record,
+            &Event::StepStarted {
+                index: at.index,
+                compensation: at.compensation,
+            },
+        )
+        .await;
+    started
+}
+
+/// Records when a step (whose outcome is recorded) ended, and tells the observers.
+pub(super) async fn record_end(
+    record: &mut RunRecord,
+    at: At,
+    started: Instant,
+    observer: &dyn Observer,
+) {
+    let rec = record.step_mut(at.index, at.compensation);
+    rec.finished_at = Some(now());
+    rec.duration_ms = Some(started.elapsed().as_millis() as u64);
+    observer
+        .on_event(
+            record,
+            &Event::StepFinished {
+                index: at.index,
+                compensation: at.compensation,
+            },
+        )
+        .await;
+}
+
 async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
     match &step.kind {
         StepKind::Patch(s) => patch::run(s, ctx).await,
@@ -400,12 +425,16 @@ async fn execute_step(step: &Step, ctx: &StepCtx<'_>) -> Result<StepOutcome, Ste
         StepKind::Assert(s) => assert::run(s, ctx).await,
         StepKind::Exec(s) => exec::run(s, ctx).await,
         StepKind::Approval(s) => approval::run(s, ctx).await,
+        // Its iterations are steps of their own (see `for_each.rs`), never one attempt.
+        StepKind::ForEach(_) => Err(StepError::Items {
+            detail: "a forEach runs its iterations as steps of their own".into(),
+        }),
     }
 }
 
 /// The template context of a run at this point: `Values` (params, then outputs), `alert`,
 /// `plan`, `run`.
-fn context(plan: &Plan, input: &RunInput, record: &RunRecord) -> Value {
+pub(super) fn context(plan: &Plan, input: &RunInput, record: &RunRecord) -> Value {
     let mut values = Map::new();
     for (k, v) in &record.params {
         values.insert(k.clone(), v.clone());

@@ -28,6 +28,11 @@ pub const DEFAULT_RUN_TIMEOUT: Duration = Duration::from_secs(3600);
 pub const MAX_WAIT: Duration = Duration::from_secs(24 * 3600);
 /// How many objects a selector delete may remove when the plan does not say.
 pub const DEFAULT_MAX_OBJECTS: u32 = 10;
+/// How many items a forEach takes when the plan does not say, and at most.
+pub const DEFAULT_MAX_ITEMS: u32 = 50;
+pub const MAX_ITEMS: u32 = 500;
+/// How many iterations of a forEach may run at the same time.
+pub const MAX_CONCURRENCY: u32 = 10;
 /// The prefix of the field managers recoverd writes with: each plan writes as
 /// `recoverd/<namespace>/<name>`, so two plans applying different keys of one object never
 /// remove each other's (server-side apply removes fields a manager stops sending).
@@ -116,7 +121,7 @@ impl Step {
     pub fn uses_cluster(&self) -> bool {
         !matches!(
             self.kind,
-            StepKind::Http(_) | StepKind::Assert(_) | StepKind::Approval(_)
+            StepKind::Http(_) | StepKind::Assert(_) | StepKind::Approval(_) | StepKind::ForEach(_)
         )
     }
 
@@ -143,6 +148,7 @@ pub enum StepKind {
     Assert(AssertStep),
     Exec(ExecStep),
     Approval(Approval),
+    ForEach(Box<ForEach>),
 }
 
 impl StepKind {
@@ -159,8 +165,32 @@ impl StepKind {
             StepKind::Assert(_) => T::Assert,
             StepKind::Exec(_) => T::Exec,
             StepKind::Approval(_) => T::Approval,
+            StepKind::ForEach(_) => T::ForEach,
         }
     }
+}
+
+/// Steps repeated for each item of a list.
+#[derive(Clone, Debug)]
+pub struct ForEach {
+    pub items: Items,
+    /// 1..=[`MAX_CONCURRENCY`].
+    pub concurrency: u32,
+    /// A longer list runs no iteration.
+    pub max_items: u32,
+    /// Whether iterations go on after one failed.
+    pub on_error: OnError,
+    /// One iteration's steps (none of them a forEach), each defaulting to the forEach's cluster.
+    pub steps: Vec<Step>,
+}
+
+/// Where a forEach's items come from.
+#[derive(Clone, Debug)]
+pub enum Items {
+    /// Written in the plan (strings are templates), or one template naming a list.
+    List(Value),
+    /// The names of the objects a label selector matches.
+    Selector(super::model::ForEachSelector),
 }
 
 /// A pause until a person approves.
@@ -339,7 +369,17 @@ pub enum Selection {
     /// One object (a template).
     Name(String),
     /// Every object a label selector (a template) matches, refusing more than `max_objects`.
-    Selector { selector: String, max_objects: u32 },
+    Selector {
+        selector: String,
+        max_objects: Count,
+    },
+}
+
+/// A count known when the plan is validated, or a template rendered when the step runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Count {
+    Fixed(u32),
+    Template(String),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -318,7 +318,13 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
             continue;
         };
         let mut spec = doc.spec;
-        let steps = spec.steps.len() + spec.on_failure.len();
+        // A forEach's own steps count too.
+        let steps: usize = spec
+            .steps
+            .iter()
+            .chain(&spec.on_failure)
+            .map(|s| 1 + s.for_each.as_ref().map_or(0, |f| f.steps.len()))
+            .sum();
         if steps > MAX_STEPS {
             let (l, c) = at_key("spec");
             errors.push(err(
@@ -486,6 +492,22 @@ mod tests {
     use super::*;
 
     const GOOD: &str = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: a}\nspec:\n  steps:\n  - name: pause\n    type: wait\n    wait: {duration: 1s}\n";
+
+    #[test]
+    fn the_steps_inside_a_for_each_count_towards_the_step_limit() {
+        let mut text = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: a}\nspec:\n  steps:\n  - name: each\n    type: forEach\n    forEach:\n      items: [a]\n      steps:\n".to_string();
+        for i in 0..MAX_STEPS {
+            text += &format!("      - {{name: s{i}, type: wait, wait: {{duration: 1ms}}}}\n");
+        }
+        let (plans, errors) = load_str(Path::new("p.yaml"), &text);
+        assert!(plans.is_empty());
+        assert!(
+            errors[0]
+                .message
+                .contains(&format!("{} steps", MAX_STEPS + 1)),
+            "{errors:?}"
+        );
+    }
 
     #[test]
     fn one_bad_document_does_not_stop_the_others() {

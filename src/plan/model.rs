@@ -98,15 +98,15 @@ pub struct RecoveryPlanStatus {
 }
 
 /// One step of a plan. Exactly one of `patch`, `readField`, `wait`, `apply`, `http`, `delete`,
-/// `assert`, `exec`, `approval` is set,
-/// matching `type`.
+/// `assert`, `exec`, `approval`, `forEach` is set, matching `type`.
 #[derive(Serialize, Deserialize, Clone, Debug, JsonSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Step {
     /// Unique within the plan. Nova plans may omit it; their steps are named `step-1`, `step-2`…
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
-    /// `patch`, `readField`, `wait`, `apply`, `http`, `delete`, `assert`, `exec` or `approval`.
+    /// `patch`, `readField`, `wait`, `apply`, `http`, `delete`, `assert`, `exec`, `approval` or
+    /// `forEach`.
     #[serde(rename = "type")]
     pub step_type: StepType,
     /// The cluster this step acts on (a name in the cluster registry). Omitted: the default
@@ -146,6 +146,8 @@ pub struct Step {
     pub exec: Option<ExecStep>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval: Option<ApprovalStep>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub for_each: Option<ForEachStep>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -162,6 +164,7 @@ pub enum StepType {
     Assert,
     Exec,
     Approval,
+    ForEach,
 }
 
 impl std::fmt::Display for StepType {
@@ -171,7 +174,7 @@ impl std::fmt::Display for StepType {
 }
 
 impl StepType {
-    pub const ALL: [StepType; 9] = [
+    pub const ALL: [StepType; 10] = [
         StepType::Patch,
         StepType::ReadField,
         StepType::Wait,
@@ -181,6 +184,7 @@ impl StepType {
         StepType::Assert,
         StepType::Exec,
         StepType::Approval,
+        StepType::ForEach,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -194,12 +198,16 @@ impl StepType {
             StepType::Assert => "assert",
             StepType::Exec => "exec",
             StepType::Approval => "approval",
+            StepType::ForEach => "forEach",
         }
     }
 
     /// Whether a step of this type acts on a cluster (and is recorded with one).
     pub fn uses_cluster(self) -> bool {
-        !matches!(self, StepType::Http | StepType::Assert | StepType::Approval)
+        !matches!(
+            self,
+            StepType::Http | StepType::Assert | StepType::Approval | StepType::ForEach
+        )
     }
 }
 
@@ -221,9 +229,11 @@ pub struct DeleteStep {
     /// Every object matching this selector (`cnpg.io/instanceName=pg-north-1`, a template).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label_selector: Option<String>,
-    /// With `labelSelector`: refuse (delete nothing) when more objects match. Default 10.
+    /// With `labelSelector`: refuse (delete nothing) when more objects match. Default 10. A
+    /// number, or a template that renders to one (`"{{ Values.maxPvcs }}"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_objects: Option<u32>,
+    #[schemars(schema_with = "int_or_string_opt")]
+    pub max_objects: Option<NumberOrTemplate>,
     /// `Background` (the API server's default for most kinds), `Foreground` or `Orphan`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub propagation_policy: Option<String>,
@@ -303,6 +313,81 @@ pub enum OnTimeout {
     #[default]
     Abort,
     Continue,
+}
+
+/// A positive number written out (`5`), or a template that renders to one (`"{{ Values.max }}"`).
+#[derive(Serialize, Clone, Debug, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum NumberOrTemplate {
+    Number(u32),
+    Template(String),
+}
+
+impl<'de> Deserialize<'de> for NumberOrTemplate {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match Value::deserialize(d)? {
+            Value::Number(n) => n
+                .as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .map(NumberOrTemplate::Number)
+                .ok_or_else(|| {
+                    serde::de::Error::custom(format!(
+                        "{n} is not a count: write a whole number from 1, or a template"
+                    ))
+                }),
+            Value::String(s) => Ok(NumberOrTemplate::Template(s)),
+            other => Err(serde::de::Error::custom(format!(
+                "expected a number or a template (\"{{{{ Values.max }}}}\"), not {other}"
+            ))),
+        }
+    }
+}
+
+/// Repeat steps for each item of a list: the names of the objects a label selector matches,
+/// a list written in the plan, or a list read earlier (a list param, a readField of an array
+/// or of a JSON array text). The steps see the item as `{{ Values.item }}`; each iteration's
+/// steps are recorded as child steps `<name>[0]`, `<name>[1]`… with their item.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForEachStep {
+    /// The list written out (its strings are templates), or one template naming a list:
+    /// `"{{ Values.pvcs }}"`. Either this or `selector`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "free_form_opt")]
+    pub items: Option<Value>,
+    /// Or: the names of the objects a label selector matches, in the step's cluster, sorted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<ForEachSelector>,
+    /// How many iterations run at the same time: 1 (the default) to 10.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<u32>,
+    /// Refuse (run no iteration) when the list is longer than this. Default 50, at most 500.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_items: Option<u32>,
+    /// For each iteration: `abort` (default) starts no new iteration after one failed;
+    /// `continue` runs every iteration. Either way the forEach step fails when an iteration
+    /// did, and the step's own `onError` says whether the run goes on.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// The steps of one iteration, run in order (any type but another forEach); a step
+    /// without `cluster` acts on the forEach step's cluster.
+    #[schemars(schema_with = "free_form_list")]
+    pub steps: Vec<Step>,
+}
+
+/// The objects whose names a forEach iterates over.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForEachSelector {
+    /// `group/version` (`postgresql.cnpg.io/v1`) or `v1` for core objects.
+    pub api_version: String,
+    /// The plural resource name, as in the API path: `persistentvolumeclaims`.
+    pub resource: String,
+    /// Omitted for cluster-scoped objects (a template).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    /// `cnpg.io/instanceName=pg-north-1` (a template); every object matches when empty.
+    pub label_selector: String,
 }
 
 /// Fail the run now, with the author's message, unless a condition holds.
@@ -600,6 +685,10 @@ fn free_form_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         "type": "array",
         "items": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}
     })
+}
+
+fn int_or_string_opt(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({"nullable": true, "x-kubernetes-int-or-string": true})
 }
 
 fn free_form(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

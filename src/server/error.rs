@@ -61,10 +61,11 @@ impl From<RunsError> for ApiError {
             RunsError::Store(s @ StoreError::BadContinue(_)) => ApiError::BadRequest(s.to_string()),
             RunsError::WrongPhase { .. }
             | RunsError::WrongStep { .. }
+            | RunsError::StaleApproval { .. }
             | RunsError::PlanChanged { .. }
             | RunsError::Busy { .. }
             | RunsError::InvalidPlan { .. }
-            | RunsError::ExecutingElsewhere { .. } => ApiError::Conflict(e.to_string()),
+            | RunsError::Relayed { .. } => ApiError::Conflict(e.to_string()),
             RunsError::ShuttingDown => ApiError::Unavailable(e.to_string()),
             // The store is what makes runs exactly-once: without it recoverd cannot accept work,
             // and Alertmanager should retry (docs/api.md, "Errors").

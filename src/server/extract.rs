@@ -51,11 +51,6 @@ impl JsonBytes {
             .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
 
-    /// The body as it came.
-    pub fn bytes(&self) -> &Bytes {
-        &self.bytes
-    }
-
     /// An empty body (with any content type) means "all defaults".
     pub fn parse_or_default<T: DeserializeOwned + Default>(&self) -> Result<T, ApiError> {
         if self.bytes.is_empty() {

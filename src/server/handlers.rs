@@ -16,7 +16,6 @@ use super::extract::{ApiQuery, JsonBytes};
 use super::AppState;
 use crate::alert::WebhookPayload;
 use crate::run::service::{ManualTrigger, RunsError};
-use crate::run::store::Holder;
 
 pub async fn alerts(
     State(state): State<AppState>,
@@ -151,13 +150,16 @@ pub async fn run(
 
 /// The optional body of approve and cancel.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct DecisionBody {
     /// Who decides, as recorded.
     actor: Option<String>,
     /// The approval step being approved: required while a run executes, so that an answer
     /// can only approve the question it was given to.
     step: Option<String>,
+    /// The `startedAt` of the waiting step's record, as the approver read it: refused (409)
+    /// when that wait is over and another one waits now.
+    started_at: Option<String>,
 }
 
 /// Who decided, for the record: the name the caller gave and which token it used (the first
@@ -200,67 +202,28 @@ pub async fn approve(
 ) -> Result<impl IntoResponse, ApiError> {
     let decision: DecisionBody = body.parse_or_default()?;
     let by = decided_by(&headers, decision.actor);
-    match state.runs.approve(&id, &by, decision.step.as_deref()).await {
-        Err(RunsError::ExecutingElsewhere { holder, .. }) if forwardable(&headers, &holder) => {
-            forward(
-                &holder,
-                &format!("/api/v1/runs/{id}/approve"),
-                &headers,
-                &body,
+    let (step, started_at) = (decision.step.as_deref(), decision.started_at.as_deref());
+    decided(state.runs.approve(&id, &by, step, started_at).await)
+}
+
+/// A decision's answer: the run (`200`), or `202` when it was handed to the replica executing
+/// the run (several replicas).
+fn decided(
+    result: Result<crate::record::RunRecord, RunsError>,
+) -> Result<axum::response::Response, ApiError> {
+    match result {
+        Err(e @ RunsError::Relayed { .. }) => {
+            let RunsError::Relayed { id, replica } = &e else {
+                unreachable!("matched above")
+            };
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(json!({"id": id, "relayedTo": replica, "message": e.to_string()})),
             )
-            .await
+                .into_response())
         }
         result => Ok(Json(result?).into_response()),
     }
-}
-
-/// The header marking a request one replica forwarded to another (never forwarded again).
-const FORWARDED: &str = "x-recoverd-forwarded";
-
-fn forwardable(headers: &HeaderMap, holder: &Holder) -> bool {
-    holder.url.is_some() && !headers.contains_key(FORWARDED)
-}
-
-/// Sends a decision about a run to the replica executing it, as the caller sent it (its token
-/// too: that replica checks it as this one would), and answers with that replica's answer.
-async fn forward(
-    holder: &Holder,
-    path: &str,
-    headers: &HeaderMap,
-    body: &JsonBytes,
-) -> Result<axum::response::Response, ApiError> {
-    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
-    let client = CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .expect("a plain HTTP client builds")
-    });
-    let url = format!(
-        "{}{path}",
-        holder
-            .url
-            .as_deref()
-            .unwrap_or_default()
-            .trim_end_matches('/')
-    );
-    let mut req = client
-        .post(&url)
-        .header(FORWARDED, "1")
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body.bytes().clone());
-    if let Some(auth) = headers.get(header::AUTHORIZATION) {
-        req = req.header(header::AUTHORIZATION, auth.clone());
-    }
-    let resp = req.send().await.map_err(|e| {
-        ApiError::Unavailable(format!(
-            "the run executes on replica {}, which did not answer at {url}: {e}",
-            holder.replica
-        ))
-    })?;
-    let status = StatusCode::from_u16(resp.status().as_u16()).unwrap_or(StatusCode::BAD_GATEWAY);
-    let text = resp.bytes().await.unwrap_or_default();
-    Ok((status, [(header::CONTENT_TYPE, "application/json")], text).into_response())
 }
 
 pub async fn cancel(
@@ -271,18 +234,7 @@ pub async fn cancel(
 ) -> Result<impl IntoResponse, ApiError> {
     let decision: DecisionBody = body.parse_or_default()?;
     let by = decided_by(&headers, decision.actor);
-    match state.runs.cancel(&id, &by).await {
-        Err(RunsError::ExecutingElsewhere { holder, .. }) if forwardable(&headers, &holder) => {
-            forward(
-                &holder,
-                &format!("/api/v1/runs/{id}/cancel"),
-                &headers,
-                &body,
-            )
-            .await
-        }
-        result => Ok(Json(result?).into_response()),
-    }
+    decided(state.runs.cancel(&id, &by).await)
 }
 
 pub async fn resume(

@@ -55,7 +55,7 @@ mod tests {
         let alerts = crate::alert::parse(ALERT).unwrap();
         let plan = crate::plan::compile_one(&plans[0], None).unwrap();
         assert!(plan.matches(&alerts[0].labels));
-        assert_eq!(expectations().expect.len(), 3);
+        assert_eq!(expectations().expect.len(), 4);
         std::fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -68,6 +68,20 @@ impl WriteOptions {
         Ok(())
     }
 
+    /// Runs a write with CRD validation rules evaluated outside the store lock; the warnings
+    /// of an attempt given up for the rules are dropped.
+    fn gated<T>(
+        &self,
+        mut write: impl FnMut() -> Result<T, StatusError>,
+    ) -> Result<T, StatusError> {
+        let warnings = || self.warnings.lock().unwrap_or_else(|e| e.into_inner());
+        let mark = warnings().len();
+        super::cel::Gate::run(|| {
+            warnings().truncate(mark);
+            write()
+        })
+    }
+
     /// The manager of an update: `fieldManager`, else the user agent up to its first `/`.
     fn manager(&self) -> String {
         if let Some(m) = self.field_manager.as_deref().filter(|m| !m.is_empty()) {
@@ -101,7 +115,8 @@ pub struct ListOptions {
 /// The manager of the API server's own writes (a CRD's status).
 const CONTROLLER_MANAGER: &str = "kube-apiserver-v1.36.2";
 
-/// One cluster: its storage behind a lock (every verb is short and synchronous).
+/// One cluster: its storage behind a lock (every verb is short and synchronous; CRD validation
+/// rules, which may not be, run with the lock released).
 pub struct Cluster {
     pub name: String,
     pub store: Mutex<Store>,
@@ -160,6 +175,10 @@ fn spec_part(obj: &Value) -> Value {
 const GENERATE_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 
 fn generate_suffix() -> String {
+    super::cel::stable_suffix(fresh_suffix)
+}
+
+fn fresh_suffix() -> String {
     let uid = store::new_uid("generate");
     uid.bytes()
         .filter(u8::is_ascii_hexdigit)
@@ -486,7 +505,7 @@ impl Cluster {
             if super::cel::blocks_rules(&causes) {
                 causes.push(super::cel::rules_not_checked());
             } else {
-                super::cel::check(s.raw(), obj, old, "", &mut causes);
+                super::cel::check_object(s.shared(), obj, old, &mut causes)?;
             }
         }
         if causes.is_empty() {
@@ -667,8 +686,12 @@ impl Cluster {
         }
     }
 
-    /// POST: creates an object.
+    /// POST: creates an object (CRD validation rules evaluated outside the store lock).
     pub fn create(&self, t: &Target, body: Value, o: &WriteOptions) -> Result<Value, StatusError> {
+        o.gated(|| self.create_once(t, body.clone(), o))
+    }
+
+    fn create_once(&self, t: &Target, body: Value, o: &WriteOptions) -> Result<Value, StatusError> {
         let mut obj = Self::check_body(t, body, None)?;
         o.check_fields(&t.ty, &obj)?;
         let mut s = self.lock();
@@ -739,8 +762,18 @@ impl Cluster {
         Ok(present(&t.ty, &stored))
     }
 
-    /// PUT: replaces an object (or its status).
+    /// PUT: replaces an object (or its status; CRD validation rules evaluated outside the store
+    /// lock).
     pub fn replace(&self, t: &Target, body: Value, o: &WriteOptions) -> Result<Value, StatusError> {
+        o.gated(|| self.replace_once(t, body.clone(), o))
+    }
+
+    fn replace_once(
+        &self,
+        t: &Target,
+        body: Value,
+        o: &WriteOptions,
+    ) -> Result<Value, StatusError> {
         let name = t.name.clone().unwrap_or_default();
         let obj = Self::check_body(t, body, Some(&name))?;
         o.check_fields(&t.ty, &obj)?;
@@ -869,8 +902,19 @@ impl Cluster {
     }
 
     /// PATCH: merge, JSON, strategic merge, or server-side apply. Returns the status code
-    /// (201 when an apply created the object) and the object.
+    /// (201 when an apply created the object) and the object. CRD validation rules are
+    /// evaluated outside the store lock.
     pub fn patch(
+        &self,
+        t: &Target,
+        content_type: &str,
+        body: &[u8],
+        o: &WriteOptions,
+    ) -> Result<(u16, Value), StatusError> {
+        o.gated(|| self.patch_once(t, content_type, body, o))
+    }
+
+    fn patch_once(
         &self,
         t: &Target,
         content_type: &str,
@@ -1195,8 +1239,45 @@ impl Cluster {
             live.pointer("/status/phase").and_then(Value::as_str),
             Some("Succeeded" | "Failed")
         );
-        let requested = options.get("gracePeriodSeconds").and_then(Value::as_i64);
-        let grace = if !bound || finished {
+        // A negative grace period is one second (`BeforeDelete`).
+        let requested = options
+            .get("gracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .map(|g| if g < 0 { 1 } else { g });
+        let current = live
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64);
+        let marked = live.pointer("/metadata/deletionTimestamp").is_some();
+        if marked {
+            match (current, requested) {
+                // Marked without a grace period, or with 0: it goes now.
+                (None | Some(0), _) => {}
+                // A pending graceful deletion may only be shortened.
+                (Some(c), Some(r)) if r < c => {
+                    let deadline = live
+                        .pointer("/metadata/deletionTimestamp")
+                        .and_then(Value::as_str)
+                        .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+                    let when = deadline
+                        .and_then(|d| d.checked_add(jiff::SignedDuration::from_secs(r - c)).ok())
+                        .map(|d| d.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
+                        .unwrap_or_else(|| store::in_seconds(r));
+                    set_meta(&mut obj, "deletionTimestamp", json!(when));
+                    set_meta(&mut obj, "deletionGracePeriodSeconds", json!(r));
+                    if o.dry_run {
+                        return Ok((200, present(ty, &obj)));
+                    }
+                    let stored = s.put(k.clone(), obj, EventType::Modified, Some(live.clone()));
+                    if r == 0 && finalizer_list(&stored).is_empty() {
+                        s.delete(k);
+                    }
+                    return Ok((200, present(ty, &stored)));
+                }
+                // Already going, as soon or sooner: nothing changes.
+                _ => return Ok((200, present(ty, live))),
+            }
+        }
+        let grace = if !bound || finished || marked {
             0
         } else {
             requested
@@ -1207,14 +1288,6 @@ impl Cluster {
                 .unwrap_or(30)
                 .max(0)
         };
-        let current = live
-            .pointer("/metadata/deletionGracePeriodSeconds")
-            .and_then(Value::as_i64);
-        let marked = live.pointer("/metadata/deletionTimestamp").is_some();
-        if marked && current.is_some_and(|c| grace >= c) {
-            // Already going, as soon or sooner: nothing changes.
-            return Ok((200, present(ty, live)));
-        }
         set_meta(
             &mut obj,
             "deletionTimestamp",
@@ -1847,4 +1920,70 @@ fn decode_continue(tok: &str) -> Result<(String, String), StatusError> {
         .trim_end_matches('\u{0}');
     let (ns, name) = start.split_once('/').unwrap_or(("", start));
     Ok((ns.to_string(), name.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CRD whose custom resources have a validation rule, installed in a fresh API.
+    fn api_with_rule() -> Arc<Cluster> {
+        let api = Arc::new(Cluster::new("north"));
+        api.seed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}))
+            .unwrap();
+        api.seed(json!({
+            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": "widgets.example.com"},
+            "spec": {"group": "example.com", "scope": "Namespaced",
+                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                        "type": "object",
+                        "properties": {"n": {"type": "integer"}},
+                        "x-kubernetes-validations": [{"rule": "self.n > 0", "message": "n must be positive"}]
+                    }}}}}]}}))
+        .unwrap();
+        api
+    }
+
+    #[test]
+    fn validation_rules_are_evaluated_while_the_store_is_unlocked() {
+        let api = api_with_rule();
+        let t = api
+            .target("example.com", "widgets", "ns", "", None)
+            .expect("the CRD is served");
+        let seen: Arc<Mutex<Vec<bool>>> = Arc::default();
+        let (a, s) = (api.clone(), seen.clone());
+        super::super::cel::ON_EVALUATE.with(|f| {
+            *f.borrow_mut() = Some(Box::new(move || {
+                s.lock().unwrap().push(a.store.try_lock().is_ok());
+            }))
+        });
+        let widget = |name: &str, n: i64| {
+            json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                "metadata": {"name": name}, "spec": {"n": n}})
+        };
+        let o = WriteOptions::default();
+        api.create(&t, widget("good", 1), &o).unwrap();
+        let refused = api.create(&t, widget("bad", 0), &o).unwrap_err();
+        assert_eq!(refused.code, 422);
+        assert!(
+            refused.message.contains("n must be positive"),
+            "{refused:?}"
+        );
+        let named = Target {
+            name: Some("good".into()),
+            ..t.clone()
+        };
+        let (code, _) = api
+            .patch(
+                &named,
+                "application/merge-patch+json",
+                br#"{"spec": {"n": 2}}"#,
+                &o,
+            )
+            .unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(*seen.lock().unwrap(), [true, true, true]);
+    }
 }

@@ -20,7 +20,8 @@ use std::sync::{Arc, OnceLock};
 
 use serde_json::{json, Value};
 
-use super::status::Cause;
+use super::cel_check::Ty;
+use super::status::{Cause, StatusError};
 
 /// A JSON value as CEL sees it: integers as `int`, other numbers as `double`.
 fn to_cel(v: &Value) -> cel::Value {
@@ -306,10 +307,25 @@ fn walk(
             continue;
         };
         let cost = runtime_cost(text, new, old);
+        if cost > PER_CALL_LIMIT.saturating_mul(RUNTIME_SLACK) {
+            *budget = 0;
+            let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+            out.push(Cause::invalid(
+                path,
+                &json!(ty),
+                &format!(
+                    "'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: {}",
+                    shown(rule, text)
+                ),
+            ));
+            return;
+        }
         if cost > *budget {
             *budget = 0;
-            out.push(Cause::forbidden(
+            let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+            out.push(Cause::invalid(
                 path,
+                &json!(ty),
                 "validation failed due to running out of cost budget, no further validation rules will be run",
             ));
             return;
@@ -386,161 +402,20 @@ pub fn rules_not_checked() -> Cause {
 
 // ---- cost ----
 
-/// What the size of a collection an expression names is known from.
-#[derive(Clone)]
-enum Shape<'a> {
-    /// A schema node: its `maxItems` / `maxProperties`, else what fits in a request.
-    Schema(&'a Value),
-    /// The values it has in the object being validated (the largest counts).
-    Values(Vec<&'a Value>),
-    Unknown,
-}
+/// What one evaluation may cost (`PerCallLimit`); the simulator estimates the cost of a rule
+/// from the sizes of the values it runs on, and refuses to run it past this limit times
+/// [`RUNTIME_SLACK`] (its estimate is an upper bound; cel-go counts what the evaluation did).
+const PER_CALL_LIMIT: u64 = 1_000_000;
+const RUNTIME_SLACK: u64 = 2;
 
-/// The largest request the API server reads, from which it bounds unbounded lists and maps.
-const MAX_REQUEST_BYTES: u64 = 3 * 1024 * 1024;
-
-/// The smallest JSON a value of this schema takes.
-fn min_size(schema: &Value) -> u64 {
-    match schema.get("type").and_then(Value::as_str) {
-        Some("string") => 2 + schema.get("minLength").and_then(Value::as_u64).unwrap_or(0),
-        Some("boolean") => 4,
-        Some("integer" | "number") => 1,
-        _ => 2,
-    }
-}
-
-impl<'a> Shape<'a> {
-    fn size(&self) -> u64 {
-        match self {
-            Shape::Schema(s) => {
-                if let Some(n) = s
-                    .get("maxItems")
-                    .or_else(|| s.get("maxProperties"))
-                    .and_then(Value::as_u64)
-                {
-                    return n;
-                }
-                match s.get("type").and_then(Value::as_str) {
-                    Some("array") => {
-                        let item = s.get("items").map_or(2, min_size);
-                        (MAX_REQUEST_BYTES - 2) / (item + 1)
-                    }
-                    Some("object") => {
-                        let value = s.get("additionalProperties").map_or(2, min_size);
-                        // `"":` before each value, `,` between entries.
-                        (MAX_REQUEST_BYTES - 2) / (value + 4)
-                    }
-                    _ => 1,
-                }
-            }
-            Shape::Values(vs) => vs
-                .iter()
-                .map(|v| match v {
-                    Value::Array(a) => a.len() as u64,
-                    Value::Object(m) => m.len() as u64,
-                    _ => 1,
-                })
-                .max()
-                .unwrap_or(0),
-            Shape::Unknown => 1,
-        }
-    }
-
-    fn field(&self, name: &str) -> Shape<'a> {
-        match self {
-            Shape::Schema(s) => s
-                .get("properties")
-                .and_then(|p| p.get(name))
-                .or_else(|| s.get("additionalProperties").filter(|a| a.is_object()))
-                .map_or(Shape::Unknown, Shape::Schema),
-            Shape::Values(vs) => Shape::Values(vs.iter().filter_map(|v| v.get(name)).collect()),
-            Shape::Unknown => Shape::Unknown,
-        }
-    }
-
-    /// What a comprehension's variable ranges over: list items, map keys.
-    fn element(&self) -> Shape<'a> {
-        match self {
-            Shape::Schema(s) => s.get("items").map_or(Shape::Unknown, Shape::Schema),
-            Shape::Values(vs) => {
-                Shape::Values(vs.iter().filter_map(|v| v.as_array()).flatten().collect())
-            }
-            Shape::Unknown => Shape::Unknown,
-        }
-    }
-}
-
-type Scope<'s, 'a> = Vec<(&'s str, Shape<'a>)>;
-
-/// The shape an expression evaluates to, when it names part of `self`.
-fn shape_of<'a>(e: &cel::IdedExpr, scope: &Scope<'_, 'a>) -> Shape<'a> {
-    use cel::common::ast::Expr;
-    match &e.expr {
-        Expr::Ident(name) => scope
-            .iter()
-            .rev()
-            .find(|(n, _)| n == name)
-            .map_or(Shape::Unknown, |(_, s)| s.clone()),
-        Expr::Select(sel) => shape_of(&sel.operand, scope).field(&sel.field),
-        _ => Shape::Unknown,
-    }
-}
-
-/// An estimate of what evaluating `e` costs: one per node, a comprehension's body once per
-/// element of what it iterates over. An upper bound where sizes are known, as cel-go's.
-fn cost<'s, 'a>(e: &'s cel::IdedExpr, scope: &mut Scope<'s, 'a>) -> u64 {
-    use cel::common::ast::{EntryExpr, Expr};
-    match &e.expr {
-        Expr::Call(c) => {
-            let mut n = 1u64;
-            if let Some(t) = &c.target {
-                n = n.saturating_add(cost(t, scope));
-            }
-            for a in &c.args {
-                n = n.saturating_add(cost(a, scope));
-            }
-            n
-        }
-        Expr::Comprehension(c) => {
-            let range = shape_of(&c.iter_range, scope);
-            let size = range.size();
-            let mut n = cost(&c.iter_range, scope).saturating_add(cost(&c.accu_init, scope));
-            scope.push((c.iter_var.as_str(), range.element()));
-            let body = cost(&c.loop_cond, scope)
-                .saturating_add(cost(&c.loop_step, scope))
-                .saturating_add(1);
-            scope.pop();
-            n = n.saturating_add(size.saturating_mul(body));
-            n.saturating_add(cost(&c.result, scope))
-        }
-        Expr::Select(sel) => cost(&sel.operand, scope).saturating_add(1),
-        Expr::List(l) => l
-            .elements
-            .iter()
-            .fold(1u64, |n, x| n.saturating_add(cost(x, scope))),
-        Expr::Map(m) => m.entries.iter().fold(1u64, |n, x| match &x.expr {
-            EntryExpr::MapEntry(me) => n
-                .saturating_add(cost(&me.key, scope))
-                .saturating_add(cost(&me.value, scope)),
-            EntryExpr::StructField(f) => n.saturating_add(cost(&f.value, scope)),
-        }),
-        Expr::Struct(st) => st.entries.iter().fold(1u64, |n, x| match &x.expr {
-            EntryExpr::MapEntry(me) => n.saturating_add(cost(&me.value, scope)),
-            EntryExpr::StructField(f) => n.saturating_add(cost(&f.value, scope)),
-        }),
-        _ => 1,
-    }
-}
-
+/// The cost of running a rule on these values, estimated as cel-go estimates a rule's cost
+/// with the sizes of the values instead of the schema's bounds.
 fn runtime_cost(rule: &str, new: &Value, old: Option<&Value>) -> u64 {
     let Ok(p) = compile(rule) else {
         return 0;
     };
-    let mut scope: Scope = vec![("self", Shape::Values(vec![new]))];
-    if let Some(o) = old {
-        scope.push(("oldSelf", Shape::Values(vec![o])));
-    }
-    cost(p.expression(), &mut scope)
+    let sizes = super::cel_check::ValueSizes { new, old };
+    super::cel_check::analyze(&p, Ty::Dyn, Some(Ty::Dyn), &sizes).cost
 }
 
 /// The API server's limit on one rule's estimated cost (`StaticEstimatedCostLimit`), and on all
@@ -548,12 +423,18 @@ fn runtime_cost(rule: &str, new: &Value, old: Option<&Value>) -> u64 {
 const RULE_COST_LIMIT: u64 = 10_000_000;
 const SCHEMA_COST_LIMIT: u64 = 100_000_000;
 
-/// The simulator's cost estimate is rougher than cel-go's: it refuses only rules that exceed
-/// the budget by more than 100 times (nested loops over unbounded lists), which cel-go refuses
-/// too, so that no CRD the real server installs is refused.
-const REFUSED_FACTOR: u64 = 100;
-
-const COST_HINT: &str = "(try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)";
+/// `getCostErrorMessage`.
+fn cost_message(what: &str, cost: u64, limit: u64) -> String {
+    let factor = cost as f64 / limit as f64;
+    let shown = if factor > 100.0 {
+        "more than 100x".to_string()
+    } else if factor < 1.5 {
+        format!("{factor:.6}x")
+    } else {
+        format!("{factor:.1}x")
+    };
+    format!("{what} exceeds budget by factor of {shown} (try simplifying the rule, or adding maxItems, maxProperties, and maxLength where arrays, maps, and strings are declared)")
+}
 
 // ---- CRD validation ----
 
@@ -617,17 +498,13 @@ const STANDARD_FUNCTIONS: &[&str] = &[
     "transformMapEntry",
 ];
 
-const NAMESPACES: &[&str] = &[
-    "optional", "strings", "lists", "sets", "math", "base64", "cel", "format",
-];
-
 /// The functions a rule calls that no CEL environment of the API server declares.
-fn undeclared(e: &cel::IdedExpr, out: &mut Vec<String>) {
+fn undeclared(e: &cel::IdedExpr, out: &mut Vec<(u64, String)>) {
     use cel::common::ast::{EntryExpr, Expr};
     match &e.expr {
         Expr::Call(c) => {
             let namespaced = matches!(c.target.as_deref().map(|t| &t.expr),
-                Some(Expr::Ident(ns)) if NAMESPACES.contains(&ns.as_str()));
+                Some(Expr::Ident(ns)) if super::cel_check::NAMESPACES.contains(&ns.as_str()));
             let name = c.func_name.as_str();
             let known = name.starts_with(['_', '@', '!'])
                 || name.contains('.')
@@ -635,8 +512,8 @@ fn undeclared(e: &cel::IdedExpr, out: &mut Vec<String>) {
                 || STANDARD_FUNCTIONS.contains(&name)
                 || super::cel_lib::IMPLEMENTED.contains(&name)
                 || super::cel_lib::KNOWN_UNIMPLEMENTED.contains(&name);
-            if !known && !out.iter().any(|n| n == name) {
-                out.push(name.to_string());
+            if !known && !out.iter().any(|n| n.1 == name) {
+                out.push((e.id, name.to_string()));
             }
             if let Some(t) = &c.target {
                 undeclared(t, out);
@@ -668,34 +545,44 @@ fn undeclared(e: &cel::IdedExpr, out: &mut Vec<String>) {
     }
 }
 
-/// The Go rendering of a rule in a CRD's field error.
+/// A rule as the API server shows it in a CRD's field error (Go's JSON, `<`, `>` and `&`
+/// escaped).
 fn go_rule(rule: &Value) -> String {
-    let s = |k: &str| {
-        rule.get(k)
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string()
-    };
-    let reason = match rule.get("reason").and_then(Value::as_str) {
-        Some(r) => format!("(*apiextensions.FieldValueErrorReason)({r:?})"),
-        None => "(*apiextensions.FieldValueErrorReason)(nil)".to_string(),
-    };
-    let optional = match rule.get("optionalOldSelf").and_then(Value::as_bool) {
-        Some(b) => format!("(*bool)({b})"),
-        None => "(*bool)(nil)".to_string(),
-    };
-    format!(
-        "apiextensions.ValidationRule{{Rule:{:?}, Message:{:?}, MessageExpression:{:?}, Reason:{reason}, FieldPath:{:?}, OptionalOldSelf:{optional}}}",
-        s("rule"),
-        s("message"),
-        s("messageExpression"),
-        s("fieldPath")
-    )
+    let s = |k: &str| json!(rule.get(k).and_then(Value::as_str).unwrap_or(""));
+    let shown = json!({
+        "Rule": s("rule"),
+        "Message": s("message"),
+        "MessageExpression": s("messageExpression"),
+        "Reason": rule.get("reason").cloned().unwrap_or(Value::Null),
+        "FieldPath": s("fieldPath"),
+        "OptionalOldSelf": rule.get("optionalOldSelf").cloned().unwrap_or(Value::Null),
+    });
+    // serde_json keeps insertion order only with `preserve_order`: write the fields in Go's
+    // order by hand.
+    let keys = [
+        "Rule",
+        "Message",
+        "MessageExpression",
+        "Reason",
+        "FieldPath",
+        "OptionalOldSelf",
+    ];
+    let body: Vec<String> = keys
+        .iter()
+        .map(|k| format!("{}:{}", json!(k), shown[*k]))
+        .collect();
+    format!("{{{}}}", body.join(","))
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
 }
 
 /// Field errors of a CRD's validation rules, as the API server gives them when the CRD is
-/// created or updated: rules and message expressions that do not compile, functions no
-/// environment declares, rules whose estimated cost is far beyond the budget.
+/// created or updated: the rule's own fields (`reason`, `fieldPath`, `message`, …), rules and
+/// message expressions that do not compile or type-check against the schema, functions no
+/// environment declares, `oldSelf` where old and new values cannot be matched,
+/// `optionalOldSelf` without `oldSelf`, and rules whose estimated cost — times how often they
+/// can run — exceeds the budget, alone or all together.
 pub fn crd_causes(crd: &Value) -> Vec<Cause> {
     let versions: Vec<&Value> = crd
         .pointer("/spec/versions")
@@ -720,9 +607,15 @@ pub fn crd_causes(crd: &Value) -> Vec<Cause> {
             format!("spec.versions[{i}].schema.openAPIV3Schema")
         };
         let mut costs = Vec::new();
-        schema_causes(s, &path, &mut out, &mut costs);
+        let place = Place {
+            cardinality: Some(1),
+            uncorrelatable: None,
+            root: true,
+        };
+        schema_causes(s, &path, &place, &mut out, &mut costs);
         let total = costs.iter().fold(0u64, |a, (_, c)| a.saturating_add(*c));
-        if total > SCHEMA_COST_LIMIT.saturating_mul(REFUSED_FACTOR) {
+        if total > SCHEMA_COST_LIMIT {
+            costs.retain(|c| c.1 >= SCHEMA_COST_LIMIT / 100);
             costs.sort_by_key(|c| std::cmp::Reverse(c.1));
             for (p, _) in costs.iter().take(4) {
                 out.push(Cause::forbidden(
@@ -732,82 +625,482 @@ pub fn crd_causes(crd: &Value) -> Vec<Cause> {
             }
             out.push(Cause::forbidden(
                 &path,
-                &format!("x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema exceeds budget by factor of more than 100x {COST_HINT}"),
+                &cost_message(
+                    "x-kubernetes-validations estimated rule cost total for entire OpenAPIv3 schema",
+                    total,
+                    SCHEMA_COST_LIMIT,
+                ),
             ));
         }
     }
     out
 }
 
+/// Where a schema node is: how often its rules can run (`None`: under an unbounded list or
+/// map), the list above it that keeps old and new values from being matched, and
+/// whether it is the root of a resource.
+struct Place {
+    cardinality: Option<u64>,
+    uncorrelatable: Option<String>,
+    root: bool,
+}
+
+impl Place {
+    fn child(&self, parent: &Value, uncorrelatable: Option<String>) -> Place {
+        let factor = match parent.get("type").and_then(Value::as_str) {
+            Some("object") if parent.get("additionalProperties").is_some() => {
+                parent.get("maxProperties").and_then(Value::as_u64)
+            }
+            Some("array") => parent.get("maxItems").and_then(Value::as_u64),
+            _ => Some(1),
+        };
+        Place {
+            cardinality: self
+                .cardinality
+                .zip(factor)
+                .map(|(a, b)| a.saturating_mul(b)),
+            uncorrelatable: self.uncorrelatable.clone().or(uncorrelatable),
+            root: false,
+        }
+    }
+}
+
 fn compile_error(field: &str, rule: &Value, error: &str) -> Cause {
     Cause {
         reason: "FieldValueInvalid".to_string(),
         message: format!(
-            "Invalid value: {}: compilation failed: ERROR: <input>: {error}",
+            "Invalid value: {}: compilation failed: {error}",
             go_rule(rule)
         ),
         field: format!("{field}.rule"),
     }
 }
 
-fn schema_causes(schema: &Value, path: &str, out: &mut Vec<Cause>, costs: &mut Vec<(String, u64)>) {
-    for (i, rule) in schema
-        .get("x-kubernetes-validations")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .enumerate()
-    {
-        let field = format!("{path}.x-kubernetes-validations[{i}]");
-        let text = rule.get("rule").and_then(Value::as_str).unwrap_or("");
-        match compile(text) {
-            Err(e) => out.push(compile_error(&field, rule, &e)),
-            Ok(p) => {
-                let mut names = Vec::new();
-                undeclared(p.expression(), &mut names);
-                if let Some(name) = names.first() {
-                    out.push(compile_error(
-                        &field,
-                        rule,
-                        &format!("undeclared reference to '{name}' (in container '')"),
-                    ));
-                    continue;
-                }
-                let mut scope: Scope = vec![("self", Shape::Schema(schema))];
-                if p.references().has_variable("oldSelf") {
-                    scope.push(("oldSelf", Shape::Schema(schema)));
-                }
-                let c = cost(p.expression(), &mut scope);
-                if c > RULE_COST_LIMIT.saturating_mul(REFUSED_FACTOR) {
-                    out.push(Cause::forbidden(
-                        &format!("{field}.rule"),
-                        &format!("estimated rule cost exceeds budget by factor of more than 100x {COST_HINT}"),
-                    ));
-                }
-                costs.push((format!("{field}.rule"), c));
+const REASONS: &[&str] = &[
+    "FieldValueDuplicate",
+    "FieldValueForbidden",
+    "FieldValueInvalid",
+    "FieldValueRequired",
+];
+
+/// Whether `path` (a rule's `fieldPath`, `.a.b['c']`: fields and map keys, no list items)
+/// names a field of `schema`.
+fn valid_field_path(schema: &Value, path: &str) -> bool {
+    let mut s = schema;
+    let mut rest = path;
+    if rest.is_empty() {
+        return false;
+    }
+    while !rest.is_empty() {
+        let (name, next) = if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            if end == 0 {
+                return false;
             }
+            (&r[..end], &r[end..])
+        } else if let Some(r) = rest.strip_prefix("['") {
+            let Some(end) = r.find("']") else {
+                return false;
+            };
+            (&r[..end], &r[end + 2..])
+        } else {
+            return false;
+        };
+        if let Some(p) = s.get("properties").and_then(|p| p.get(name)) {
+            s = p;
+        } else if let Some(a) = s.get("additionalProperties").filter(|a| a.is_object()) {
+            s = a;
+        } else {
+            return false;
         }
-        if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str) {
-            if let Err(e) = compile(expr) {
-                out.push(Cause::invalid(
-                    &format!("{field}.messageExpression"),
-                    &json!(expr),
-                    &format!("messageExpression compilation failed: ERROR: <input>: {e}"),
-                ));
-            }
-        }
+        rest = next;
+    }
+    true
+}
+
+/// The field errors of the rules of `schema` and below; returns whether the schema there has
+/// errors of its own (which keep the API server from compiling the rules above).
+fn schema_causes(
+    schema: &Value,
+    path: &str,
+    place: &Place,
+    out: &mut Vec<Cause>,
+    costs: &mut Vec<(String, u64)>,
+) -> bool {
+    let mut schema_errors = false;
+    if let Some(a) = schema.get("additionalProperties").filter(|a| a.is_object()) {
+        let child = place.child(schema, None);
+        schema_errors |= schema_causes(
+            a,
+            &format!("{path}.additionalProperties"),
+            &child,
+            out,
+            costs,
+        );
     }
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+        // Properties are matched by name, of atomic maps too.
+        let child = place.child(schema, None);
         for (k, s) in props {
-            schema_causes(s, &format!("{path}.properties[{k}]"), out, costs);
+            schema_errors |=
+                schema_causes(s, &format!("{path}.properties[{k}]"), &child, out, costs);
         }
     }
     if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
-        schema_causes(items, &format!("{path}.items"), out, costs);
+        let map = schema.get("x-kubernetes-list-type").and_then(Value::as_str) == Some("map");
+        let child = place.child(schema, (!map).then(|| path.to_string()));
+        schema_errors |= schema_causes(items, &format!("{path}.items"), &child, out, costs);
     }
-    if let Some(a) = schema.get("additionalProperties").filter(|a| a.is_object()) {
-        schema_causes(a, &format!("{path}.additionalProperties"), out, costs);
+    let rules: Vec<&Value> = schema
+        .get("x-kubernetes-validations")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default();
+    if rules.is_empty() {
+        return schema_errors;
     }
+    let str_of = |r: &Value, k: &str| r.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+    for (i, rule) in rules.iter().enumerate() {
+        let field = format!("{path}.x-kubernetes-validations[{i}]");
+        let (text, message) = (str_of(rule, "rule"), str_of(rule, "message"));
+        let mut own = Vec::new();
+        if text.trim().is_empty() {
+            own.push(Cause::required(
+                &format!("{field}.rule"),
+                "rule is not specified",
+            ));
+        } else if !message.is_empty() && message.trim().is_empty() {
+            own.push(Cause::invalid(
+                &format!("{field}.message"),
+                &json!(message),
+                "message must be non-empty if specified",
+            ));
+        } else if message.trim().contains(['\n', '\r']) {
+            own.push(Cause::invalid(
+                &format!("{field}.message"),
+                &json!(message),
+                "message must not contain line breaks",
+            ));
+        } else if text.trim().contains(['\n', '\r']) && message.trim().is_empty() {
+            own.push(Cause::required(
+                &format!("{field}.message"),
+                "message must be specified if rule contains line breaks",
+            ));
+        }
+        let expr = str_of(rule, "messageExpression");
+        if !expr.is_empty() && expr.trim().is_empty() {
+            own.push(Cause::required(
+                &format!("{field}.messageExpression"),
+                "messageExpression must be non-empty if specified",
+            ));
+        }
+        if let Some(r) = rule.get("reason").and_then(Value::as_str) {
+            if !REASONS.contains(&r) {
+                let supported: Vec<Value> = REASONS.iter().map(|r| json!(r)).collect();
+                own.push(Cause::not_supported(
+                    &format!("{field}.reason"),
+                    &json!(r),
+                    &supported,
+                ));
+            }
+        }
+        let fp = str_of(rule, "fieldPath");
+        if !fp.is_empty() {
+            let at = format!("{field}.fieldPath");
+            if fp.trim().is_empty() {
+                own.push(Cause::invalid(
+                    &at,
+                    &json!(fp),
+                    "fieldPath must be non-empty if specified",
+                ));
+            } else if fp.contains(['\n', '\r']) {
+                own.push(Cause::invalid(
+                    &at,
+                    &json!(fp),
+                    "fieldPath must not contain line breaks",
+                ));
+            } else if !valid_field_path(schema, &fp) {
+                own.push(Cause::invalid(&at, &json!(fp), "must be a valid path"));
+            }
+        }
+        schema_errors |= !own.is_empty();
+        out.extend(own);
+    }
+    if schema_errors {
+        return true;
+    }
+    let Some(decl) = super::cel_check::decl(schema, place.root) else {
+        return false;
+    };
+    let self_ty = Ty::of(&decl);
+    let sizes = super::cel_check::SchemaSizes(decl.clone());
+    let cardinality = place
+        .cardinality
+        .unwrap_or_else(|| super::cel_check::unbounded_cardinality(&decl));
+    for (i, rule) in rules.iter().enumerate() {
+        let field = format!("{path}.x-kubernetes-validations[{i}]");
+        let text = str_of(rule, "rule");
+        if text.trim().is_empty() {
+            continue;
+        }
+        let optional = rule.get("optionalOldSelf");
+        let mut uses_old_self = false;
+        let mut error = None;
+        let mut cost = 0;
+        match compile(&text) {
+            Err(e) => error = Some(compile_error(&field, rule, &format!("ERROR: <input>: {e}"))),
+            Ok(p) => {
+                uses_old_self = p.references().has_variable("oldSelf");
+                let old_ty = if optional == Some(&json!(true)) {
+                    Ty::Opt(Box::new(self_ty.clone()))
+                } else {
+                    self_ty.clone()
+                };
+                let a = super::cel_check::analyze(&p, self_ty.clone(), Some(old_ty), &sizes);
+                let mut names = Vec::new();
+                undeclared(p.expression(), &mut names);
+                let mut errors = a.errors.clone();
+                for (id, name) in names {
+                    let at = p.source_info().offset_for(id).map_or(0, |o| o.0 as usize);
+                    errors.push((
+                        at,
+                        format!("undeclared reference to '{name}' (in container '')"),
+                    ));
+                }
+                errors.sort_by_key(|e| e.0);
+                if !errors.is_empty() {
+                    let shown: Vec<String> = errors
+                        .iter()
+                        .map(|(at, m)| super::cel_check::render_error(&text, *at, m))
+                        .collect();
+                    error = Some(compile_error(&field, rule, &shown.join("\n")));
+                } else if !matches!(a.ty, Ty::Bool | Ty::Dyn)
+                    || super::cel_check::is_declared_dyn(&p, &decl)
+                {
+                    error = Some(Cause {
+                        reason: "FieldValueInvalid".into(),
+                        message: format!(
+                            "Invalid value: {}: cel expression must evaluate to a bool",
+                            go_rule(rule)
+                        ),
+                        field: format!("{field}.rule"),
+                    });
+                } else {
+                    cost = a.cost.saturating_mul(cardinality);
+                }
+                // A rule that does not compile uses nothing.
+                uses_old_self &= error.is_none();
+            }
+        }
+        if cost > RULE_COST_LIMIT {
+            out.push(Cause::forbidden(
+                &format!("{field}.rule"),
+                &cost_message("estimated rule cost", cost, RULE_COST_LIMIT),
+            ));
+        }
+        costs.push((format!("{field}.rule"), cost));
+        out.extend(error);
+        let expr = str_of(rule, "messageExpression");
+        if !expr.trim().is_empty() {
+            let at = format!("{field}.messageExpression");
+            let invalid = |detail: String| Cause {
+                reason: "FieldValueInvalid".into(),
+                message: format!("Invalid value: {}: {detail}", go_rule(rule)),
+                field: at.clone(),
+            };
+            match compile(&expr) {
+                Err(e) => out.push(invalid(format!(
+                    "messageExpression compilation failed: ERROR: <input>: {e}"
+                ))),
+                Ok(p) => {
+                    let a = super::cel_check::analyze(
+                        &p,
+                        self_ty.clone(),
+                        Some(self_ty.clone()),
+                        &sizes,
+                    );
+                    if let Some((off, m)) = a.errors.first() {
+                        out.push(invalid(format!(
+                            "messageExpression compilation failed: {}",
+                            super::cel_check::render_error(&expr, *off, m)
+                        )));
+                    } else if !matches!(a.ty, Ty::String | Ty::Dyn)
+                        || super::cel_check::is_declared_dyn(&p, &decl)
+                    {
+                        out.push(invalid(
+                            "messageExpression must evaluate to a string".into(),
+                        ));
+                    } else {
+                        if a.cost > RULE_COST_LIMIT {
+                            out.push(Cause::forbidden(
+                                &at,
+                                &cost_message(
+                                    "estimated messageExpression cost",
+                                    a.cost,
+                                    RULE_COST_LIMIT,
+                                ),
+                            ));
+                        }
+                        costs.push((at.clone(), a.cost));
+                    }
+                }
+            }
+        }
+        if uses_old_self {
+            if let Some(u) = &place.uncorrelatable {
+                out.push(Cause::invalid(
+                    &format!("{field}.rule"),
+                    &json!(text),
+                    &format!("oldSelf cannot be used on the uncorrelatable portion of the schema within {u}"),
+                ));
+            }
+        } else if let Some(o) = optional {
+            out.push(Cause::invalid(
+                &format!("{field}.optionalOldSelf"),
+                o,
+                "may not be set if oldSelf is not used in rule",
+            ));
+        }
+    }
+    false
+}
+
+// ---- evaluating outside the store lock ----
+
+/// The `reason` of the error a write returns when its rules wait to be evaluated outside the
+/// store lock (never sent to a client: [`Gate::run`] retries the write).
+const DEFERRED: &str = "kube-sim: validation rules deferred";
+
+/// What a rule sees of an object: `metadata` has only `name` and `generateName`, as the API
+/// server declares it (and the rest — uid, resourceVersion, managedFields, timestamps — changes
+/// from one attempt of a write to the next).
+fn projected(obj: &Value) -> Value {
+    let mut v = obj.clone();
+    if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.retain(|k, _| k == "name" || k == "generateName");
+    }
+    v
+}
+
+struct Pending {
+    key: u64,
+    schema: Arc<Value>,
+    new: Value,
+    old: Option<Value>,
+}
+
+/// CRD validation rules evaluated while no lock is held: a write runs under the store lock
+/// as far as its rules, hands them to the gate and gives up; the gate evaluates them with the
+/// lock released (so that an expensive rule stalls its own request only), and runs the write
+/// again, which finds the rules' outcome as long as the object it validates is the same.
+#[derive(Default)]
+pub struct Gate {
+    /// The outcomes, with the schemas they are for (kept alive: keys name them by address).
+    results: HashMap<u64, (Arc<Value>, Vec<Cause>)>,
+    pending: Option<Pending>,
+    suffix: Option<String>,
+}
+
+thread_local! {
+    static GATE: std::cell::RefCell<Option<Gate>> = const { std::cell::RefCell::new(None) };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Called as a gate starts evaluating rules (tests look at the store lock then).
+    pub static ON_EVALUATE: std::cell::RefCell<Option<Box<dyn Fn()>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn key_of(schema: &Arc<Value>, new: &Value, old: Option<&Value>) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (Arc::as_ptr(schema) as usize).hash(&mut h);
+    new.to_string().hash(&mut h);
+    old.map(Value::to_string).hash(&mut h);
+    h.finish()
+}
+
+impl Gate {
+    /// Runs `write` (which takes the store lock itself) with its rules evaluated outside the
+    /// lock. After a few attempts whose objects kept changing, the rules are evaluated in place.
+    pub fn run<T>(mut write: impl FnMut() -> Result<T, StatusError>) -> Result<T, StatusError> {
+        let mut gate = Gate::default();
+        for _ in 0..4 {
+            GATE.with(|g| *g.borrow_mut() = Some(gate));
+            let outcome = write();
+            gate = GATE.with(|g| g.borrow_mut().take()).unwrap_or_default();
+            match outcome {
+                Err(e) if e.reason.as_deref() == Some(DEFERRED) => gate.evaluate(),
+                other => return other,
+            }
+        }
+        write()
+    }
+
+    fn evaluate(&mut self) {
+        let Some(p) = self.pending.take() else {
+            return;
+        };
+        let run = || {
+            #[cfg(test)]
+            ON_EVALUATE.with(|f| f.borrow().as_ref().map(|f| f()));
+            let mut out = Vec::new();
+            check(&p.schema, &p.new, p.old.as_ref(), "", &mut out);
+            out
+        };
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        let causes = if multi_thread {
+            tokio::task::block_in_place(run)
+        } else {
+            run()
+        };
+        self.results.insert(p.key, (p.schema, causes));
+    }
+}
+
+/// The suffix `generateName` gets: the same in every attempt of a write under a [`Gate`].
+pub fn stable_suffix(generate: impl FnOnce() -> String) -> String {
+    GATE.with(|g| match g.borrow_mut().as_mut() {
+        Some(gate) => gate.suffix.get_or_insert_with(generate).clone(),
+        None => generate(),
+    })
+}
+
+/// The causes of the rules of `schema` for an object (and the stored one, on an update): from
+/// the outcome [`Gate::run`] found outside the lock, else — under a gate — an error that makes
+/// the gate evaluate them and try again; without a gate they are evaluated here.
+pub fn check_object(
+    schema: &Arc<Value>,
+    new: &Value,
+    old: Option<&Value>,
+    out: &mut Vec<Cause>,
+) -> Result<(), StatusError> {
+    let (new, old) = (projected(new), old.map(projected));
+    let gated = GATE.with(|g| {
+        let mut g = g.borrow_mut();
+        let gate = g.as_mut()?;
+        let key = key_of(schema, &new, old.as_ref());
+        Some(match gate.results.get(&key) {
+            Some((_, causes)) => Ok(causes.clone()),
+            None => {
+                gate.pending = Some(Pending {
+                    key,
+                    schema: schema.clone(),
+                    new: new.clone(),
+                    old: old.clone(),
+                });
+                Err(StatusError::new(500, DEFERRED, DEFERRED))
+            }
+        })
+    });
+    match gated {
+        Some(Ok(causes)) => out.extend(causes),
+        Some(Err(e)) => return Err(e),
+        None => check(schema, &new, old.as_ref(), "", out),
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -865,11 +1158,12 @@ mod tests {
 
     #[test]
     fn a_rule_too_costly_for_the_values_is_refused_not_run() {
-        // Nothing in the schema bounds the list, so the CRD's check cannot see the cost.
+        // A schema the API server would refuse (it cannot type `self.l`), so that only the
+        // values bound what the rule costs.
         let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
             "x-kubernetes-validations": [
                 {"rule": "self.l.all(a, self.l.all(b, self.l.all(c, a + b + c >= 0)))"}]});
-        assert!(crd_causes(&json!({"spec": {"versions": [{"name": "v1",
+        assert!(!crd_causes(&json!({"spec": {"versions": [{"name": "v1",
             "schema": {"openAPIV3Schema": schema.clone()}}]}}))
         .is_empty());
         let small = json!({"l": [1, 2, 3]});
@@ -880,7 +1174,25 @@ mod tests {
         check(&schema, &big, None, "", &mut out);
         assert_eq!(
             out.iter().map(|c| c.message.as_str()).collect::<Vec<_>>(),
-            ["Forbidden: validation failed due to running out of cost budget, no further validation rules will be run"]
+            ["Invalid value: \"object\": 'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: self.l.all(a, self.l.all(b, self.l.all(c, a + b + c >= 0)))"]
+        );
+    }
+
+    #[test]
+    fn rules_that_together_cost_more_than_the_budget_stop_validation() {
+        let rule = json!({"rule": "self.l.all(a, self.l.all(b, a + b >= 0))"});
+        let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+            "x-kubernetes-validations": vec![rule; 16]});
+        let values = json!({"l": (0..300).collect::<Vec<i64>>()});
+        assert!(
+            runtime_cost("self.l.all(a, self.l.all(b, a + b >= 0))", &values, None)
+                < PER_CALL_LIMIT
+        );
+        let mut out = Vec::new();
+        check(&schema, &values, None, "", &mut out);
+        assert_eq!(
+            out.iter().map(|c| c.message.as_str()).collect::<Vec<_>>(),
+            ["Invalid value: \"object\": validation failed due to running out of cost budget, no further validation rules will be run"]
         );
     }
 
@@ -889,6 +1201,8 @@ mod tests {
         let crd = |rule: &str| {
             json!({"spec": {"versions": [{"name": "v1", "schema": {"openAPIV3Schema":
                 {"type": "object", "properties": {"spec": {"type": "object",
+                    "properties": {"a": {"type": "string"}, "c": {"type": "string"},
+                        "m": {"type": "object", "additionalProperties": {"type": "string"}}},
                     "x-kubernetes-validations": [{"rule": rule}]}}}}}]}})
         };
         let fields = |rule: &str| -> Vec<String> {
@@ -902,7 +1216,8 @@ mod tests {
         assert_eq!(fields("self.a =="), [at]);
         assert_eq!(fields("frobnicate(self)"), [at]);
         assert!(fields("has(self.a) && quantity(self.a).isLessThan(quantity('1Gi'))").is_empty());
-        assert!(fields("self.all(k, k.startsWith('x'))").is_empty());
+        assert!(fields("self.m.all(k, k.startsWith('x'))").is_empty());
+        assert_eq!(fields("self.a > 1"), [at]);
         // Kubernetes functions the simulator lacks install, and are not enforced.
         assert!(fields("isCIDR(self.c)").is_empty());
         let mut out = Vec::new();

@@ -354,18 +354,53 @@ impl Resources {
 /// The media type of aggregated discovery documents.
 pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
-/// Whether an Accept header asks for aggregated discovery before anything else it accepts.
+/// Whether an `Accept` header asks for the aggregated discovery document: as kube-apiserver
+/// v1.36 negotiates it, any of its clauses naming `apidiscovery.k8s.io/v2`'s
+/// `APIGroupDiscoveryList` as JSON (`application/json`, `application/*`, `*/*`) does, whatever
+/// the other clauses and the q-values (the simulator does not serve the protobuf form: a clause
+/// asking for it counts as another type).
 pub fn wants_aggregated(accept: &str) -> bool {
-    accept.split(',').next().is_some_and(|first| {
-        let params: Vec<String> = first
+    accept.split(',').any(|clause| {
+        let params: Vec<String> = clause
             .split(';')
             .map(|p| p.trim().replace(' ', ""))
             .collect();
-        params.first().map(String::as_str) == Some("application/json")
-            && params.iter().any(|p| p == "g=apidiscovery.k8s.io")
+        matches!(
+            params.first().map(String::as_str),
+            Some("application/json" | "application/*" | "*/*")
+        ) && params.iter().any(|p| p == "g=apidiscovery.k8s.io")
             && params.iter().any(|p| p == "v=v2")
             && params.iter().any(|p| p == "as=APIGroupDiscoveryList")
     })
+}
+
+/// Whether an `Accept` header lets a discovery endpoint answer with its plain document: a
+/// clause for JSON, YAML or protobuf (or a wildcard) that asks for no conversion (`as`, `g`,
+/// `v`). No header accepts anything.
+pub fn plain_acceptable(accept: Option<&str>) -> bool {
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return true;
+    };
+    accept.split(',').any(|clause| {
+        let mut parts = clause.split(';').map(|p| p.trim().replace(' ', ""));
+        let ty = parts.next().unwrap_or_default();
+        matches!(
+            ty.as_str(),
+            "application/json"
+                | "application/yaml"
+                | "application/vnd.kubernetes.protobuf"
+                | "application/*"
+                | "*/*"
+        ) && !parts.any(|p| p.starts_with("as=") || p.starts_with("g=") || p.starts_with("v="))
+    })
+}
+
+/// The entity tag of an aggregated discovery document (a hash of its JSON, as the API server
+/// tags the document it serves; clients send it back in `If-None-Match`).
+pub fn etag(doc: &serde_json::Value) -> String {
+    let digest = sha2::Sha512::digest(doc.to_string().as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02X}")).collect();
+    format!("\"{hex}\"")
 }
 
 impl Resources {

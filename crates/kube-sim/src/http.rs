@@ -71,12 +71,38 @@ fn initial_events(q: &Query, watch: bool) -> Result<Option<bool>, StatusError> {
     let send = q.get("sendInitialEvents").map(|v| v == "true" || v == "1");
     let rv_match = q.get("resourceVersionMatch").filter(|m| !m.is_empty());
     let mut causes = Vec::new();
+    let continued = q.get("continue").is_some_and(|c| !c.is_empty());
+    let continue_forbidden = || {
+        Cause::forbidden(
+            "resourceVersionMatch",
+            "resourceVersionMatch is forbidden when continue is provided",
+        )
+    };
     if !watch {
-        if rv_match.is_some() && q.get("resourceVersion").is_none_or(str::is_empty) {
-            causes.push(Cause::forbidden(
-                "resourceVersionMatch",
-                "resourceVersionMatch is forbidden unless resourceVersion is provided",
-            ));
+        if let Some(m) = rv_match {
+            let rv = q.get("resourceVersion").unwrap_or("");
+            if rv.is_empty() {
+                causes.push(Cause::forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch is forbidden unless resourceVersion is provided",
+                ));
+            }
+            if continued {
+                causes.push(continue_forbidden());
+            }
+            if m != "Exact" && m != "NotOlderThan" {
+                causes.push(Cause::not_supported(
+                    "resourceVersionMatch",
+                    &json!(m),
+                    &[json!("Exact"), json!("NotOlderThan"), json!("")],
+                ));
+            }
+            if m == "Exact" && rv == "0" {
+                causes.push(Cause::forbidden(
+                    "resourceVersionMatch",
+                    "resourceVersionMatch \"exact\" is forbidden for resourceVersion \"0\"",
+                ));
+            }
         }
         if send.is_some() {
             causes.push(Cause::forbidden(
@@ -104,6 +130,9 @@ fn initial_events(q: &Query, watch: bool) -> Result<Option<bool>, StatusError> {
                     &json!(m),
                     &[json!("NotOlderThan")],
                 ));
+            }
+            if continued {
+                causes.push(continue_forbidden());
             }
         }
     }
@@ -229,6 +258,37 @@ impl Query {
     fn flag(&self, k: &str) -> bool {
         matches!(self.get(k), Some("1" | "true" | "True" | ""))
             && self.0.iter().any(|(key, _)| key == k)
+    }
+
+    /// The integer parameters of a list or watch, refused as the API server's parameter
+    /// decoder refuses them.
+    fn integers(&self) -> Result<(), StatusError> {
+        for k in ["limit", "timeoutSeconds"] {
+            if let Some(v) = self.get(k).filter(|v| !v.is_empty()) {
+                if v.parse::<i64>().is_err() {
+                    let digits = v.strip_prefix(['-', '+']).unwrap_or(v);
+                    let why = if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+                        "value out of range"
+                    } else {
+                        "invalid syntax"
+                    };
+                    return Err(StatusError::bad_request(format!(
+                        "strconv.ParseInt: parsing {v:?}: {why}"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Why the `resourceVersion` of a list or watch is not one, as the storage says it.
+    fn bad_resource_version(&self) -> Option<String> {
+        let rv = self.get("resourceVersion").filter(|r| !r.is_empty())?;
+        rv.parse::<u64>().is_err().then(|| {
+            format!(
+                "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
+            )
+        })
     }
 
     fn list_options(&self) -> Result<ListOptions, StatusError> {
@@ -510,14 +570,45 @@ fn serve(
         }
         Route::Api | Route::Apis if aggregated(headers) => {
             let doc = store()?.resources.aggregated(matches!(r, Route::Api));
-            let mut resp = json_response(200, &doc);
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                header::HeaderValue::from_static(super::discovery::AGGREGATED),
+            let tag = super::discovery::etag(&doc);
+            let unchanged = headers
+                .get(header::IF_NONE_MATCH)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
+            let mut resp = if unchanged {
+                Response::builder()
+                    .status(304)
+                    .body(Body::empty())
+                    .unwrap_or_default()
+            } else {
+                let mut resp = json_response(200, &doc);
+                resp.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(super::discovery::AGGREGATED),
+                );
+                resp
+            };
+            let h = resp.headers_mut();
+            h.insert(header::VARY, header::HeaderValue::from_static("Accept"));
+            h.insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("public"),
             );
-            resp.headers_mut()
-                .insert(header::VARY, header::HeaderValue::from_static("Accept"));
+            if let Ok(v) = header::HeaderValue::from_str(&tag) {
+                h.insert(header::ETAG, v);
+            }
             return Ok(resp);
+        }
+        Route::Api | Route::CoreV1 | Route::Apis | Route::Group(_) | Route::GroupVersion(..)
+            if !super::discovery::plain_acceptable(
+                headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
+            ) =>
+        {
+            return Err(StatusError::new(
+                406,
+                "NotAcceptable",
+                "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
+            ));
         }
         Route::Api => {
             return Ok(json_response(
@@ -562,7 +653,11 @@ fn serve(
         .map(|_| super::table::Include::parse(q.get("includeObject")));
     match (method.as_str(), collection) {
         ("GET", true) if q.flag("watch") => {
+            q.integers()?;
             let initial_events = initial_events(&q, true)?;
+            if let Some(e) = q.bad_resource_version() {
+                return Err(StatusError::new(500, "", e));
+            }
             let req = WatchRequest {
                 initial_events,
                 target: t,
@@ -586,7 +681,13 @@ fn serve(
                 .unwrap_or_default())
         }
         ("GET", true) => {
+            q.integers()?;
             initial_events(&q, false)?;
+            if let Some(e) = q.bad_resource_version() {
+                return Err(StatusError::bad_request(format!(
+                    "invalid resource version: {e}"
+                )));
+            }
             let list = c.list(&t, &q.list_options()?)?;
             Ok(json_response(
                 200,
@@ -639,35 +740,15 @@ fn serve(
             Ok(with_warnings(json_response(code, &v), &o))
         }
         ("DELETE", false) => {
-            let mut options = if body.is_empty() {
-                json!({})
-            } else {
-                serde_json::from_slice(&body).unwrap_or(json!({}))
-            };
-            // DeleteOptions may come as query parameters too.
-            for key in [
-                "gracePeriodSeconds",
-                "propagationPolicy",
-                "orphanDependents",
-            ] {
-                if let (Some(v), Some(o)) = (q.get(key), options.as_object_mut()) {
-                    if !o.contains_key(key) {
-                        let value = v
-                            .parse::<i64>()
-                            .map(|n| json!(n))
-                            .or_else(|_| v.parse::<bool>().map(|b| json!(b)))
-                            .unwrap_or_else(|_| json!(v));
-                        o.insert(key.to_string(), value);
-                    }
-                }
-            }
+            // A body has the options; the query only when there is none.
+            let options = super::delete_options::parse(&body, |k| q.get(k).map(str::to_string))?;
             let mut o = q.write_options(headers, "DeleteOptions", &[])?;
-            if options
+            let body_dry_run = options
                 .get("dryRun")
                 .and_then(Value::as_array)
-                .is_some_and(|d| d.iter().any(|x| x == "All"))
-            {
-                o.dry_run = true;
+                .is_some_and(|d| d.iter().any(|x| x == "All"));
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                o.dry_run = body_dry_run;
             }
             let (code, v) = c.delete(&t, &options, &o)?;
             let kind = t.ty.builtin.map(|b| b.kind);

@@ -23,16 +23,24 @@
 //!   statefulsets, roles, clusterroles, rolebindings, clusterrolebindings, leases,
 //!   customresourcedefinitions), and only version v1 of each group (also in aggregated
 //!   discovery, which lists only the subresources served); no `/openapi/v2`; OpenAPI v3
-//!   documents.
+//!   documents. Aggregated discovery is served as JSON only: an Accept clause asking for its
+//!   protobuf form counts as any other type.
 //! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
 //!   libraries in `cel_lib` (quantities, URLs, list and regex functions). A rule calling a
 //!   Kubernetes function not implemented there (IP/CIDR, `format`, `semver`, list `indexOf`)
-//!   installs and is not enforced. Rules are parsed, not type-checked, when a CRD is created:
-//!   syntax errors and undeclared functions refuse it (the message's detail is the `cel`
-//!   crate's, not cel-go's), a reference to an undeclared field does not. Costs are estimated
-//!   per rule from the schema (refused at CRD creation only when more than 100 times over the
-//!   budget) and from the object's sizes before a rule runs (refused past the request budget),
-//!   not counted as cel-go counts them. Ratcheting skips unchanged values for CEL rules only,
+//!   installs and is not enforced. When a CRD is written, rules are type-checked against the
+//!   schema (`cel_check`) only as far as the simulator can be sure of cel-go's verdict —
+//!   undefined fields, field selection on scalars, operators and string functions on the wrong
+//!   scalar types, a rule that is not a bool, a messageExpression that is not a string — with
+//!   cel-go's messages and positions; cel-go refuses more (mixed list literals, comprehensions
+//!   over objects, optionals of objects). Syntax errors carry the `cel` crate's detail, not
+//!   cel-go's. Costs are estimated as cel-go and Kubernetes estimate them (the differential
+//!   scenario `celcost` holds them to the real server's figures to six decimals), with the
+//!   real server's limits per rule, per schema and per request; before a rule runs, its cost
+//!   is estimated on the object's values and it is cut short with the real server's error
+//!   past twice the per-call limit (cel-go counts the cost as it runs, which the `cel` crate
+//!   cannot). Rules run with the store lock released (`cel::Gate`). Ratcheting skips
+//!   unchanged values for CEL rules only,
 //!   not for the schema's other constraints. Strict field validation of a merge patch answers
 //!   like a strict create (the real server quotes the whole patched object in a 422).
 //! - Controllers, in their simplest form (`controllers`, off with
@@ -70,7 +78,9 @@
 //! - `typed`: field types, paths and sets, compare/merge (structured-merge-diff);
 //! - `builtin`: the built-in resources, their types, defaults and validation;
 //! - `schema`: CRD structural schemas — pruning, defaulting, validation;
-//! - `cel`: CRD validation rules: compile and cost checks, evaluation, ratcheting;
+//! - `cel`: CRD validation rules: the CRD's checks, evaluation outside the store lock,
+//!   ratcheting;
+//! - `cel_check`: the CEL types of schemas, rules' type checks and cost estimates;
 //! - `cel_lib`: Kubernetes' CEL libraries (quantity, URL, lists, regex);
 //! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
@@ -82,6 +92,7 @@
 //! - `watch`: watch streams;
 //! - `selector`: label and field selectors;
 //! - `status`: `Status` errors;
+//! - `delete_options`: DeleteOptions from a DELETE's body or query;
 //! - `faults`: injected latency, errors, cut watches, dead clusters;
 //! - `openapi`: OpenAPI v3 documents for `kubectl`;
 //! - `table`: the Tables `kubectl get` prints;
@@ -92,8 +103,10 @@
 mod api;
 mod builtin;
 mod cel;
+mod cel_check;
 mod cel_lib;
 mod controllers;
+mod delete_options;
 mod discovery;
 mod exec;
 mod faults;

@@ -56,6 +56,10 @@ impl CrdSchema {
         &self.root
     }
 
+    pub fn shared(&self) -> &Arc<Value> {
+        &self.root
+    }
+
     /// Drops fields the schema does not know, keeping `apiVersion`, `kind` and the fields of
     /// `metadata` at the root.
     pub fn prune(&self, obj: &mut Value) {

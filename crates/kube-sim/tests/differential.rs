@@ -13,7 +13,8 @@
 //! versions: [v1.36, v1.20]     # the real servers to compare with (default: both)
 //! steps:
 //! - name: create               # unique; later steps refer to it: {rv:create}, {uid:create},
-//!                              # {name:create}, {continue:create} (a list's continue token)
+//!                              # {name:create}, {continue:create} (a list's continue token),
+//!                              # {etag:create} (its ETag header)
 //!   method: POST
 //!   path: /api/v1/namespaces/{ns}/configmaps
 //!   body: {…}                  # sent as JSON (application/json unless contentType says otherwise)
@@ -28,6 +29,7 @@
 //!   versions: [v1.36]          # compared only on these servers (default: all of the
 //!                              # scenario's); sent to all, so later steps can refer to it
 //!   headers: [warning]         # compare these response headers too (all values, in order)
+//!   requestHeaders: {If-None-Match: "{etag:earlier-step}"}   # sent with the request
 //!   pickDiscovery: {apps: [statefulsets, statefulsets/status]}   # of an aggregated
 //!                              # discovery document, only these groups ("" is the core group),
 //!                              # resources and subresources
@@ -108,6 +110,9 @@ struct Step {
     /// Response headers to compare.
     #[serde(default)]
     headers: Vec<String>,
+    /// Request headers to send (placeholders substituted).
+    #[serde(default)]
+    request_headers: BTreeMap<String, String>,
     /// Keep only these groups (by name, `""` for the core group) of an aggregated discovery
     /// document, and of each only these resources.
     #[serde(default)]
@@ -158,13 +163,21 @@ struct Outcome {
 
 fn substitute(text: &str, ns: &str, done: &HashMap<String, Outcome>) -> String {
     let mut out = text.replace("{ns}", ns);
-    let re = regex::Regex::new(r"\{(rv|uid|name|continue):([A-Za-z0-9_.-]+)\}").unwrap();
+    let re = regex::Regex::new(r"\{(rv|uid|name|continue|etag):([A-Za-z0-9_.-]+)\}").unwrap();
     while let Some(c) = re.captures(&out) {
         let (whole, what, step) = (c[0].to_string(), c[1].to_string(), c[2].to_string());
         let raw = &done
             .get(&step)
             .unwrap_or_else(|| panic!("no earlier step named {step:?}"))
             .raw;
+        if what == "etag" {
+            let tag = raw["etag"]
+                .as_str()
+                .unwrap_or_else(|| panic!("step {step:?} has no ETag: {raw}"))
+                .to_string();
+            out = out.replace(&whole, &tag);
+            continue;
+        }
         let field = match what.as_str() {
             "rv" => "resourceVersion",
             "uid" => "uid",
@@ -194,6 +207,9 @@ async fn send(t: &Target, step: &Step, ns: &str, done: &HashMap<String, Outcome>
         );
     if let Some(token) = &t.token {
         req = req.bearer_auth(token);
+    }
+    for (k, v) in &step.request_headers {
+        req = req.header(k.as_str(), substitute(v, ns, done));
     }
     let ct = step.content_type.clone();
     if let Some(b) = &step.body {
@@ -245,14 +261,24 @@ async fn send(t: &Target, step: &Step, ns: &str, done: &HashMap<String, Outcome>
             (h.clone(), Value::Array(values))
         })
         .collect();
+    let etag = resp
+        .headers()
+        .get("etag")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let bytes = resp.bytes().await.unwrap_or_default();
     let body: Value = serde_json::from_slice(&bytes)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
-    if headers.is_empty() {
+    let mut out = if headers.is_empty() {
         json!({"code": code, "body": body})
     } else {
         json!({"code": code, "body": body, "headers": headers})
+    };
+    if let Some(tag) = etag {
+        // For `{etag:step}`, not compared (each server tags its own document).
+        out["etag"] = json!(tag);
     }
+    out
 }
 
 /// Runs a scenario on one target; returns every step's outcome, in order.
@@ -311,6 +337,9 @@ async fn run(t: &Target, s: &Scenario, ns: &str, version: Version) -> Vec<(Strin
 /// of resourceVersions or the identity of uids: see [`number`]).
 fn shape(raw: &Value, step: &Step) -> Value {
     let mut v = raw.clone();
+    if let Some(m) = v.as_object_mut() {
+        m.remove("etag");
+    }
     if let Some(body) = v.get_mut("body") {
         for (field, names) in &step.pick {
             if let Some(Value::Array(items)) = body.get_mut(field) {
@@ -801,4 +830,34 @@ async fn pods_are_deleted_gracefully_like_the_real_apiserver() {
 #[tokio::test(flavor = "multi_thread")]
 async fn streaming_lists_and_aggregated_discovery_match_the_real_apiserver() {
     differential("watchlist").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crds_whose_rules_do_not_type_check_or_cost_too_much_are_refused_like_the_real_apiserver() {
+    differential("celcrd").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delete_options_and_pod_grace_periods_match_the_real_apiserver() {
+    differential("deletes").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn list_and_watch_options_are_checked_like_the_real_apiserver() {
+    differential("listoptions").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregated_discovery_is_negotiated_and_cached_like_the_real_apiserver() {
+    differential("discoverynegotiation").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_cost_of_crd_rules_is_estimated_like_the_real_apiserver() {
+    differential("celcost").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_past_the_per_call_cost_limit_are_cut_short_like_the_real_apiserver() {
+    differential("celruntime").await;
 }

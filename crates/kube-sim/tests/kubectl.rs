@@ -338,9 +338,19 @@ async fn a_watch_timeout_too_large_for_a_deadline_is_answered_not_a_panic() {
         .await
         .unwrap();
     let url = format!(
-        "{}api/v1/namespaces/db/configmaps?watch=1&timeoutSeconds=18446744073709551615",
+        "{}api/v1/namespaces/db/configmaps?watch=1&timeoutSeconds=9223372036854775807",
         config.cluster_url
     );
     let resp = reqwest::get(&url).await.expect("the watch is answered");
     assert_eq!(resp.status(), 200);
+    // Past int64, as the API server's parameter decoder says.
+    let resp = reqwest::get(url.replace("9223372036854775807", "18446744073709551615"))
+        .await
+        .expect("the watch is answered");
+    assert_eq!(resp.status(), 400);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(
+        body["message"],
+        "strconv.ParseInt: parsing \"18446744073709551615\": value out of range"
+    );
 }

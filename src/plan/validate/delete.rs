@@ -2,18 +2,23 @@
 //! propagation policy, and a bounded wait for the objects to be gone.
 
 use super::{Rule, StepScope, Validator};
-use crate::plan::compiled::{Delete, Propagation, Selection, DEFAULT_MAX_OBJECTS};
-use crate::plan::model::DeleteStep;
+use crate::plan::compiled::{Count, Delete, Propagation, Selection, DEFAULT_MAX_OBJECTS};
+use crate::plan::model::{DeleteStep, NumberOrTemplate};
+use crate::template;
 
 impl Validator<'_> {
     pub(super) fn delete(&mut self, s: &StepScope<'_>, d: &DeleteStep) -> Option<Delete> {
         let f = s.at("delete");
         let object_ok = self.object(s.name, &f, &d.api_version, &d.resource);
+        let max_objects = self.max_objects(s, &f, d.max_objects.as_ref());
+        let mut ok = object_ok && max_objects.is_some();
         let selection = match (&d.name, &d.label_selector) {
             (Some(name), None) => Some(Selection::Name(name.clone())),
             (None, Some(selector)) => Some(Selection::Selector {
                 selector: selector.clone(),
-                max_objects: d.max_objects.unwrap_or(DEFAULT_MAX_OBJECTS),
+                max_objects: max_objects
+                    .clone()
+                    .unwrap_or(Count::Fixed(DEFAULT_MAX_OBJECTS)),
             }),
             _ => {
                 self.problem(
@@ -25,16 +30,6 @@ impl Validator<'_> {
                 None
             }
         };
-        let mut ok = object_ok;
-        if d.max_objects == Some(0) {
-            self.problem(
-                s.name,
-                format!("{f}.maxObjects"),
-                Rule::DeleteForm,
-                "maxObjects must be at least 1".into(),
-            );
-            ok = false;
-        }
         let propagation_policy = match d.propagation_policy.as_deref() {
             None => None,
             Some(p) => {
@@ -85,5 +80,65 @@ impl Validator<'_> {
             preconditions: d.preconditions.clone(),
             wait_gone,
         })
+    }
+
+    /// `maxObjects`: a count from 1, or a template. A template of params only is rendered
+    /// with the plan's params now (a trigger may still override them: the run checks again).
+    fn max_objects(
+        &mut self,
+        s: &StepScope<'_>,
+        f: &str,
+        max: Option<&NumberOrTemplate>,
+    ) -> Option<Count> {
+        let field = format!("{f}.maxObjects");
+        let count = |text: &str| text.trim().parse::<u32>().ok().filter(|n| *n >= 1);
+        match max {
+            None => Some(Count::Fixed(DEFAULT_MAX_OBJECTS)),
+            Some(NumberOrTemplate::Number(n)) if *n >= 1 => Some(Count::Fixed(*n)),
+            Some(NumberOrTemplate::Number(_)) => {
+                self.problem(
+                    s.name,
+                    field,
+                    Rule::DeleteForm,
+                    "maxObjects must be at least 1".into(),
+                );
+                None
+            }
+            Some(NumberOrTemplate::Template(t)) if !template::is_template(t) => {
+                let n = count(t);
+                if n.is_none() {
+                    self.problem(
+                        s.name,
+                        field,
+                        Rule::DeleteForm,
+                        format!("maxObjects {t:?} must be a whole number from 1, or a template (\"{{{{ Values.maxPvcs }}}}\")"),
+                    );
+                }
+                n.map(Count::Fixed)
+            }
+            Some(NumberOrTemplate::Template(t)) => {
+                let values = self.params.clone().into_iter().collect();
+                let ctx = template::context(
+                    values,
+                    None,
+                    &Default::default(),
+                    "check",
+                    serde_json::json!("live"),
+                );
+                match template::render(t, &ctx) {
+                    Ok(text) if count(&text).is_none() => {
+                        self.problem(
+                            s.name,
+                            field,
+                            Rule::DeleteForm,
+                            format!("maxObjects {t:?} renders to {text:?} with the plan's params, which is not a whole number from 1"),
+                        );
+                        None
+                    }
+                    // Known now, or only when the run has read it: checked when the step runs.
+                    _ => Some(Count::Template(t.clone())),
+                }
+            }
+        }
     }
 }

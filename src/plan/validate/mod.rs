@@ -9,6 +9,7 @@ mod apply;
 mod approval;
 mod delete;
 mod exec;
+mod for_each;
 mod http;
 mod patch;
 mod read_field;
@@ -18,6 +19,7 @@ mod wait;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+pub use for_each::ITEM;
 pub use templates::{condition_templates, output_key, step_templates};
 
 use super::compiled::{
@@ -48,6 +50,7 @@ pub enum Rule {
     DeleteForm,
     ExecForm,
     ApprovalForm,
+    ForEachForm,
     Http,
     Object,
     WaitForm,
@@ -57,7 +60,7 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 22] = [
+    pub const ALL: [Rule; 23] = [
         Rule::Duration,
         Rule::Matcher,
         Rule::NoSteps,
@@ -74,6 +77,7 @@ impl Rule {
         Rule::DeleteForm,
         Rule::ExecForm,
         Rule::ApprovalForm,
+        Rule::ForEachForm,
         Rule::Http,
         Rule::Object,
         Rule::WaitForm,
@@ -100,6 +104,7 @@ impl Rule {
             Rule::DeleteForm => "delete-form",
             Rule::ExecForm => "exec-form",
             Rule::ApprovalForm => "approval-form",
+            Rule::ForEachForm => "for-each-form",
             Rule::Http => "http",
             Rule::Object => "object",
             Rule::WaitForm => "wait-form",
@@ -264,6 +269,8 @@ fn generation(plan: &RecoveryPlan) -> String {
 
 struct Validator<'a> {
     report: Report,
+    /// The plan's params, to check what templates of them render to.
+    params: BTreeMap<String, serde_json::Value>,
     clusters: Option<&'a BTreeSet<String>>,
     regexes: &'a mut Regexes,
 }
@@ -286,6 +293,7 @@ impl<'a> Validator<'a> {
     fn new(clusters: Option<&'a BTreeSet<String>>, regexes: &'a mut Regexes) -> Self {
         Validator {
             report: Report::default(),
+            params: BTreeMap::new(),
             clusters,
             regexes,
         }
@@ -347,6 +355,7 @@ impl<'a> Validator<'a> {
     }
 
     fn plan(&mut self, spec: &RecoveryPlanSpec) -> Option<Parts> {
+        self.params = spec.params.clone();
         let timeout = self.duration(None, "spec.timeout".into(), spec.timeout.as_deref());
         let run_timeout = timeout.unwrap_or(DEFAULT_RUN_TIMEOUT);
         let approval_timeout = self.duration(
@@ -526,6 +535,13 @@ impl<'a> Validator<'a> {
             StepType::Approval => {
                 StepKind::Approval(self.approval(&s, step, step.approval.as_ref()?)?)
             }
+            StepType::ForEach => StepKind::ForEach(Box::new(self.for_each(
+                &s,
+                step,
+                step.for_each.as_ref()?,
+                known,
+                producers,
+            )?)),
         };
         Some(Step {
             name: step.name().to_string(),
@@ -551,6 +567,7 @@ impl<'a> Validator<'a> {
             (StepType::Assert, step.assert.is_some()),
             (StepType::Exec, step.exec.is_some()),
             (StepType::Approval, step.approval.is_some()),
+            (StepType::ForEach, step.for_each.is_some()),
         ];
         let ty = step.step_type.as_str();
         let mut ok = true;
@@ -719,6 +736,11 @@ fn attempt_timeout(kind: &StepKind, step_timeout: Duration) -> Duration {
         StepKind::Wait(Wait::Until(u)) => u.timeout.max(step_timeout) + Duration::from_secs(1),
         StepKind::Delete(d) => d.wait_gone.map_or(step_timeout, |w| w + step_timeout),
         StepKind::Approval(a) => a.timeout + step_timeout,
+        // Every round of iterations, each as long as its steps' budgets together.
+        StepKind::ForEach(f) => {
+            let one: Duration = f.steps.iter().map(Step::budget).sum();
+            (one * f.max_items.div_ceil(f.concurrency)).min(MAX_WAIT)
+        }
         _ => step_timeout,
     }
 }

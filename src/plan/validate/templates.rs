@@ -27,6 +27,9 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
                 t(k, v);
             }
         }
+        if let Some(crate::plan::model::NumberOrTemplate::Template(m)) = &d.max_objects {
+            t("delete.maxObjects", m);
+        }
         if let Some(p) = &d.preconditions {
             for (k, v) in [
                 ("delete.preconditions.uid", &p.uid),
@@ -36,6 +39,17 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
                     t(k, v);
                 }
             }
+        }
+    }
+    if let Some(f) = &step.for_each {
+        if let Some(items) = &f.items {
+            collect_raw("forEach.items", items, &mut t);
+        }
+        if let Some(sel) = &f.selector {
+            if let Some(ns) = &sel.namespace {
+                t("forEach.selector.namespace", ns);
+            }
+            t("forEach.selector.labelSelector", &sel.label_selector);
         }
     }
     if let Some(a) = &step.approval {

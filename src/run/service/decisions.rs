@@ -8,14 +8,18 @@ use tracing::{info, warn};
 use crate::record::{Decision, Phase, RunRecord};
 
 use super::{lock, Runs, RunsError};
+use crate::run::store::RelayedAction;
 
 impl Runs {
-    /// Approves a run waiting for approval (or its approval step waiting now), as `by`.
+    /// Approves a run waiting for approval (or its approval step waiting now), as `by`. While
+    /// the run executes, `step` must name the waiting step and `started_at`, when given, its
+    /// record's `startedAt`: an answer to an earlier wait never approves a later one.
     pub async fn approve(
         self: &Arc<Self>,
         id: &str,
         by: &str,
         step: Option<&str>,
+        started_at: Option<&str>,
     ) -> Result<RunRecord, RunsError> {
         if !self.accepting() {
             return Err(RunsError::ShuttingDown);
@@ -23,13 +27,7 @@ impl Runs {
         let mut record = self.get(id).await?;
         // An `approval` step of a run executing here: answer the step, the run goes on.
         if record.phase == Phase::Running {
-            self.not_elsewhere(id).await?;
-            let waiting = record
-                .steps
-                .iter()
-                .chain(&record.on_failure)
-                .find(|s| s.status == crate::record::StepStatus::WaitingForApproval)
-                .map(|s| s.name.clone());
+            let waiting = record.waiting_for_approval().map(|s| s.name.clone());
             if let (Some(waiting), asked) = (&waiting, step) {
                 if asked != Some(waiting.as_str()) {
                     return Err(RunsError::WrongStep {
@@ -39,17 +37,35 @@ impl Runs {
                     });
                 }
             }
-            let answered = waiting.is_some()
-                && lock(&self.controls)
-                    .get(id)
-                    .is_some_and(|c| c.approvals.approve(by));
-            if !answered {
-                return Err(RunsError::WrongPhase {
-                    id: id.into(),
-                    phase: record.phase,
-                    action: "approval",
-                    needs: "WaitingForApproval, or Running with an approval step waiting",
-                });
+            // Checked here from the record, then handed to the replica executing it if that is
+            // another one (which checks again).
+            self.relay_elsewhere(id, RelayedAction::Approve, by, step, started_at)
+                .await?;
+            let answered = match (&waiting, lock(&self.controls).get(id)) {
+                (Some(_), Some(c)) => c.approvals.approve(by, step, started_at),
+                _ => Err(crate::executor::ApprovalRefused::NothingWaiting),
+            };
+            match answered {
+                Ok(()) => {}
+                Err(crate::executor::ApprovalRefused::OtherWait {
+                    step,
+                    started_at: now,
+                }) => {
+                    return Err(RunsError::StaleApproval {
+                        id: id.into(),
+                        step,
+                        started_at: now,
+                        asked: started_at.map(|t| format!("startedAt {t}")),
+                    })
+                }
+                Err(crate::executor::ApprovalRefused::NothingWaiting) => {
+                    return Err(RunsError::WrongPhase {
+                        id: id.into(),
+                        phase: record.phase,
+                        action: "approval",
+                        needs: "WaitingForApproval, or Running with an approval step waiting",
+                    })
+                }
             }
             info!(run = %id, "approval step approved");
             return self.get(id).await;
@@ -77,7 +93,8 @@ impl Runs {
     pub async fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunsError> {
         let mut record = self.get(id).await?;
         if matches!(record.phase, Phase::Running | Phase::Pending) {
-            self.not_elsewhere(id).await?;
+            self.relay_elsewhere(id, RelayedAction::Cancel, by, None, None)
+                .await?;
         }
         if let Some(control) = lock(&self.controls).get(id) {
             *lock(&control.cancelled_by) = Some(by.to_string());

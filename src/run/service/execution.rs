@@ -13,7 +13,6 @@ use crate::executor::{Approvals, Event, Observer, RunControl, RunInput};
 use crate::notify::Lifecycle;
 use crate::plan::Plan;
 use crate::record::{Decision, Phase, RunRecord, StepStatus};
-use crate::run::store::StoreError;
 
 use super::{lock, Runs, RunsError};
 
@@ -49,11 +48,37 @@ impl Runs {
     /// Returns their ids. Nothing to do with a single-process store.
     pub async fn take_over(self: &Arc<Self>) -> Result<Vec<String>, RunsError> {
         let mut taken = Vec::new();
-        for mut record in self.store.orphaned().await? {
+        for orphan in self.store.orphaned().await? {
             if !self.accepting() {
                 break;
             }
-            let id = record.id.clone();
+            let id = orphan.id.clone();
+            if lock(&self.unresumable).contains(&id) {
+                continue;
+            }
+            // Before writing anything: can this replica resume it at all?
+            let why_not = match self.current_plan(&orphan) {
+                Err(e) => Some(e.to_string()),
+                Ok(_) if crate::run::store::kube::lost_values(&orphan) => Some(
+                    "values it read were cut to fit the record, so later steps cannot use them"
+                        .into(),
+                ),
+                Ok(_) => None,
+            };
+            if let Some(why) = why_not {
+                warn!(run = %id, reason = %why, "a stopped replica's run cannot be resumed here; it is left for an operator (cancel it, or resume it once the plan is back)");
+                lock(&self.unresumable).insert(id);
+                continue;
+            }
+            // Take its Lease first (only if it is still the expired one this replica watched),
+            // then write, on top of the run as it is now.
+            if self.store.acquire(&id).await?.is_none() {
+                continue;
+            }
+            let Some(mut record) = self.store.get(&id).await? else {
+                self.store.release(&id).await;
+                continue;
+            };
             let from = [Phase::Pending, Phase::Running, Phase::Interrupted];
             record.phase = Phase::Interrupted;
             record.error = Some(
@@ -64,8 +89,10 @@ impl Runs {
                 by: self.store.replica().unwrap_or_else(|| "recoverd".into()),
                 at: crate::record::now(),
             });
-            // Lost to another replica taking it over at the same time: theirs now.
-            if !self.store.transition(&record, &from).await? {
+            let written = self.store.transition(&record, &from).await;
+            if !matches!(written, Ok(true)) {
+                self.store.release(&id).await;
+                written?;
                 continue;
             }
             match self.resume(&id).await {
@@ -74,7 +101,9 @@ impl Runs {
                     taken.push(id);
                 }
                 Err(e) => {
-                    warn!(run = %id, error = %e, "cannot resume a run taken over from a stopped replica; it stays Interrupted")
+                    self.store.release(&id).await;
+                    warn!(run = %id, error = %e, "cannot resume a run taken over from a stopped replica; it stays Interrupted");
+                    lock(&self.unresumable).insert(id);
                 }
             }
         }
@@ -152,16 +181,18 @@ impl Runs {
             let done = tokio_util::sync::CancellationToken::new();
             match this.store.acquire(&record.id).await {
                 Ok(Some(lost)) => {
-                    let (drain, done) = (control.drain.clone(), done.clone());
+                    // Lost to another replica: stop now, even mid-step (the other one runs it
+                    // again from that step); nothing more is written from here (fenced).
+                    let (stop, done) = (control.cancel.clone(), done.clone());
                     tokio::spawn(async move {
                         tokio::select! {
-                            _ = lost.cancelled() => drain.cancel(),
+                            _ = lost.cancelled() => stop.cancel(),
                             _ = done.cancelled() => {}
                         }
                     });
                 }
                 Ok(None) => {
-                    info!(run = %record.id, "another replica executes this run");
+                    info!(run = %record.id, "not executing this run here: another replica holds it, or it is no longer to run (cancelled)");
                     lock(&this.controls).remove(&record.id);
                     return;
                 }
@@ -185,10 +216,20 @@ impl Runs {
                 runs: &this,
                 drain: control.drain.clone(),
                 failed: AtomicBool::new(false),
+                fenced: AtomicBool::new(false),
             };
-            executor
-                .execute(&plan, &input, &mut record, &observer, &control)
-                .await;
+            // A panic in a run must not keep its Lease (and its plan) forever: it is caught, the
+            // record stays as last written, and the run is released below.
+            let executed = std::panic::AssertUnwindSafe(executor.execute(
+                &plan,
+                &input,
+                &mut record,
+                &observer,
+                &control,
+            ));
+            if futures::FutureExt::catch_unwind(executed).await.is_err() {
+                tracing::error!(run = %record.id, "the run's task panicked; it stopped where its record says");
+            }
             if observer.failed.load(Ordering::SeqCst) {
                 // The run stopped (before its next step) because its record could not be
                 // written. Keep the truth in memory and write it once the store takes writes.
@@ -200,7 +241,7 @@ impl Runs {
                 }
                 match this.store.save(&record).await {
                     // Another replica holds the run now: its record is that replica's to write.
-                    Err(StoreError::Conflict { .. }) => {
+                    Err(e) if e.not_ours() => {
                         warn!(run = %record.id, "this replica lost the run to another; it stopped here without writing further");
                     }
                     Err(_) => {
@@ -247,15 +288,30 @@ struct StoreObserver<'a> {
     runs: &'a Runs,
     drain: tokio_util::sync::CancellationToken,
     failed: AtomicBool,
+    /// The run is another replica's now (or gone): nothing is written, told or counted.
+    fenced: AtomicBool,
 }
 
 #[async_trait::async_trait]
 impl Observer for StoreObserver<'_> {
     async fn on_event(&self, run: &RunRecord, event: &Event) {
-        if let Err(e) = self.runs.store.save(run).await {
-            self.runs.store_failed(&run.id, &e);
-            self.failed.store(true, Ordering::SeqCst);
-            self.drain.cancel();
+        if self.fenced.load(Ordering::SeqCst) {
+            return;
+        }
+        match self.runs.store.save(run).await {
+            Ok(()) => {}
+            Err(e) if e.not_ours() => {
+                warn!(run = %run.id, error = %e, "this replica no longer holds the run; it stops without writing, telling or counting more");
+                self.fenced.store(true, Ordering::SeqCst);
+                self.failed.store(true, Ordering::SeqCst);
+                self.drain.cancel();
+                return;
+            }
+            Err(e) => {
+                self.runs.store_failed(&run.id, &e);
+                self.failed.store(true, Ordering::SeqCst);
+                self.drain.cancel();
+            }
         }
         let m = &self.runs.metrics;
         match event {
@@ -264,10 +320,16 @@ impl Observer for StoreObserver<'_> {
                 index,
                 compensation,
                 ..
-            } if run.step(*index, *compensation).status == StepStatus::WaitingForApproval => {
+            } => {
+                // The step, or a step of one of its forEach iterations.
                 let s = run.step(*index, *compensation);
-                self.runs
-                    .notify(Lifecycle::AwaitingApproval, run, Some(&s.name), None);
+                if let Some(s) = std::iter::once(s)
+                    .chain(&s.children)
+                    .find(|s| s.status == StepStatus::WaitingForApproval)
+                {
+                    self.runs
+                        .notify(Lifecycle::AwaitingApproval, run, Some(&s.name), None);
+                }
             }
             Event::StepFinished {
                 index,

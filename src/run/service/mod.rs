@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
-use super::store::{Page, Retention, RunStore, StoreError};
+use super::store::{Page, Relayed, RelayedAction, Retention, RunStore, StoreError};
 use crate::executor::{Executor, RunControl};
 use crate::metrics::Metrics;
 use crate::plan::set::PlanSet;
@@ -77,13 +77,18 @@ pub enum RunsError {
         waiting: String,
         asked: Option<String>,
     },
+    #[error("run {id} waits for approval of step {step:?} since {started_at}, not the wait you approved{}; read its question (recoverd runs {id}) and approve it with {{\"step\": \"{step}\", \"startedAt\": \"{started_at}\"}}", asked.as_ref().map(|a| format!(" ({a})")).unwrap_or_default())]
+    StaleApproval {
+        id: String,
+        step: String,
+        started_at: String,
+        asked: Option<String>,
+    },
     #[error("recoverd is shutting down and accepts no new runs")]
     ShuttingDown,
-    #[error("run {id} executes on replica {}, which {}", holder.replica, holder.url.as_ref().map(|u| format!("answers at {u}; send the request there")).unwrap_or_else(|| "gave no --advertise-url; send the request to that replica".into()))]
-    ExecutingElsewhere {
-        id: String,
-        holder: crate::run::store::Holder,
-    },
+    /// Not an error: the decision was handed to the replica executing the run.
+    #[error("run {id} executes on replica {replica}; the decision was handed to it and takes effect within a few seconds (follow the run to see it)")]
+    Relayed { id: String, replica: String },
 }
 
 pub struct Runs {
@@ -98,6 +103,8 @@ pub struct Runs {
     dry: Arc<Executor>,
     metrics: Arc<Metrics>,
     controls: Mutex<HashMap<String, RunControl>>,
+    /// Runs of stopped replicas this one found it cannot resume (logged once, not retried).
+    unresumable: Mutex<std::collections::HashSet<String>>,
     tasks: TaskTracker,
     drain: tokio_util::sync::CancellationToken,
     notifier: Option<crate::notify::Notifier>,
@@ -140,6 +147,7 @@ impl Runs {
             dry,
             metrics,
             controls: Mutex::default(),
+            unresumable: Mutex::default(),
             tasks: TaskTracker::new(),
             drain: Default::default(),
             notifier,
@@ -217,7 +225,7 @@ impl Runs {
                 for record in pending {
                     match self.store.save(&record).await {
                         // Another replica took the run over meanwhile; its record is theirs.
-                        Err(StoreError::Conflict { .. }) => {
+                        Err(e) if e.not_ours() => {
                             warn!(run = %record.id, "the stopped run was taken over by another replica; not writing it");
                             lock(&self.unrecorded).remove(&record.id);
                             continue;
@@ -262,19 +270,61 @@ impl Runs {
         Ok(n)
     }
 
-    /// Fails with [`RunsError::ExecutingElsewhere`] when run `id` does not execute here and
-    /// another replica holds it.
-    pub(super) async fn not_elsewhere(&self, id: &str) -> Result<(), RunsError> {
+    /// When run `id` does not execute here and another replica executes it: hands `decision`
+    /// to that replica and fails with [`RunsError::Relayed`] naming it.
+    pub(super) async fn relay_elsewhere(
+        &self,
+        id: &str,
+        action: RelayedAction,
+        by: &str,
+        step: Option<&str>,
+        started_at: Option<&str>,
+    ) -> Result<(), RunsError> {
         if lock(&self.controls).contains_key(id) {
             return Ok(());
         }
-        match self.store.executor_of(id).await? {
-            Some(holder) => Err(RunsError::ExecutingElsewhere {
+        let decision = Relayed {
+            action,
+            step: step.map(str::to_string),
+            started_at: started_at.map(str::to_string),
+            by: by.to_string(),
+            key: short_hash(&[id, by, &jiff::Timestamp::now().as_nanosecond().to_string()]),
+        };
+        match self.store.relay(id, &decision).await? {
+            Some(replica) => Err(RunsError::Relayed {
                 id: id.into(),
-                holder,
+                replica,
             }),
             None => Ok(()),
         }
+    }
+
+    /// Acts on the decisions other replicas relay to this one (several replicas): each is an
+    /// approve or cancel of a run executing here, as if it had been asked here.
+    pub fn serve_relayed(self: &Arc<Self>) {
+        let Some(mut relayed) = self.store.relayed() else {
+            return;
+        };
+        let this = self.clone();
+        tokio::spawn(async move {
+            while let Some((id, d)) = relayed.recv().await {
+                let result = match d.action {
+                    RelayedAction::Approve => this
+                        .approve(&id, &d.by, d.step.as_deref(), d.started_at.as_deref())
+                        .await
+                        .map(|_| ()),
+                    RelayedAction::Cancel => this.cancel(&id, &d.by).await.map(|_| ()),
+                };
+                match result {
+                    Ok(()) => {
+                        info!(run = %id, by = %d.by, action = ?d.action, "acted on a decision relayed by another replica")
+                    }
+                    Err(e) => {
+                        warn!(run = %id, by = %d.by, action = ?d.action, error = %e, "a decision relayed by another replica was refused")
+                    }
+                }
+            }
+        });
     }
 
     pub async fn get(&self, id: &str) -> Result<RunRecord, RunsError> {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, OwnerReference};
-use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams, Preconditions};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::{Api, Client};
 use serde_json::Value;
@@ -33,8 +33,8 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    ClaimRules, Page, Refusal, Retention, RunStore, RunSummary, StoreError, ACTIVE, COUNTED_ACTIVE,
-    EXECUTING,
+    ClaimRules, Page, Refusal, Relayed, Retention, RunStore, RunSummary, StoreError, ACTIVE,
+    COUNTED_ACTIVE, EXECUTING,
 };
 use crate::record::{Phase, RecoveryRun, RecoveryRunSpec, RunMode, RunRecord, TriggerKind};
 
@@ -56,7 +56,8 @@ const PLAN_LABEL: &str = "recoverd.io/plan-hash";
 const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "recoverd");
 const LAST_ALERT_RUN: &str = "recoverd.io/last-alert-run";
 const LAST_ALERT_RUN_MS: &str = "recoverd.io/last-alert-run-ms";
-const REPLICA_URL: &str = "recoverd.io/replica-url";
+/// Decisions relayed to the replica holding a run's Lease: `recoverd.io/relay-KEY: JSON`.
+const RELAY_PREFIX: &str = "recoverd.io/relay-";
 
 /// How the Kubernetes store is set up.
 #[derive(Clone, Debug)]
@@ -67,10 +68,6 @@ pub struct KubeStoreConfig {
     pub identity: String,
     /// How long a Lease holds without renewal.
     pub lease_duration: Duration,
-    /// Where this replica's API answers other replicas (`http://POD_IP:8080`): written on the
-    /// Leases of the runs it executes, so an approval or cancel sent to another replica is
-    /// forwarded here.
-    pub advertise_url: Option<String>,
 }
 
 pub struct KubeStore {
@@ -94,12 +91,24 @@ struct State {
     held: HashMap<String, Held>,
     /// What this replica last saw of other replicas' run Leases (or their absence), and since
     /// when: a Lease unchanged for its duration has expired, by this replica's clock.
-    seen: HashMap<String, (Option<String>, Instant)>,
-    /// The uid of each plan's `RecoveryPlan` in the store's namespace (`None`: not there).
-    plan_uids: HashMap<String, Option<String>>,
+    seen: HashMap<String, Seen>,
     /// What the last write of each run said (its phase and how many steps had failed), so that
     /// an Event is recorded once per change.
     told: HashMap<String, (Phase, usize)>,
+    /// Where relayed decisions go, and their receiver until the run service takes it.
+    relays: Option<tokio::sync::mpsc::UnboundedSender<(String, Relayed)>>,
+    relayed: Option<tokio::sync::mpsc::UnboundedReceiver<(String, Relayed)>>,
+    /// The uid of each run this replica wrote (so Events name it, as `kubectl describe` needs).
+    uids: HashMap<String, String>,
+    /// Keys of relayed decisions already passed on.
+    delivered: std::collections::HashSet<String>,
+}
+
+struct Seen {
+    version: Option<String>,
+    since: Instant,
+    /// The Lease's own `leaseDurationSeconds` (its holder's setting), at least this replica's.
+    duration: Duration,
 }
 
 struct Held {
@@ -198,15 +207,51 @@ fn record_of(obj: &RecoveryRun) -> RunRecord {
 }
 
 /// The record as a `status` within [`MAX_STATUS_BYTES`]: the longest texts are cut (with
-/// [`TRUNCATED`]) until it fits.
+/// [`TRUNCATED`]) until it fits; if many short values still do not fit, the steps' inputs,
+/// outputs and diffs are replaced by a note, and then the run's params, alert and outputs.
+/// Every step's name, status, times and error are always kept.
 pub fn bounded_status(record: &RunRecord) -> Value {
+    let size = |v: &Value| serde_json::to_vec(v).map_or(0, |b| b.len());
     let mut value = serde_json::to_value(record).expect("records serialize");
     let mut cap = 16 * 1024;
-    while serde_json::to_vec(&value).map_or(0, |b| b.len()) > MAX_STATUS_BYTES && cap >= 64 {
+    while size(&value) > MAX_STATUS_BYTES && cap >= 64 {
         truncate_strings(&mut value, cap);
         cap /= 4;
     }
+    let omitted = |v: &Value| Value::String(format!("{TRUNCATED} ({} bytes omitted)", size(v)));
+    if size(&value) > MAX_STATUS_BYTES {
+        for list in ["steps", "onFailure"] {
+            for step in value[list].as_array_mut().into_iter().flatten() {
+                for field in ["inputs", "outputs", "diff"] {
+                    if let Some(v) = step.get_mut(field) {
+                        *v = omitted(v);
+                    }
+                }
+            }
+        }
+    }
+    if size(&value) > MAX_STATUS_BYTES {
+        for field in ["params", "alert", "outputs"] {
+            if let Some(v) = value.get_mut(field) {
+                *v = if field == "alert" {
+                    omitted(v)
+                } else {
+                    serde_json::json!({"omitted": omitted(v)})
+                };
+            }
+        }
+    }
     value
+}
+
+/// Whether a record read back lost values to the size limit: its outputs cannot feed later
+/// steps (a template would render the marker), so such a run is not resumed.
+pub fn lost_values(record: &RunRecord) -> bool {
+    record
+        .outputs
+        .values()
+        .chain(record.params.values())
+        .any(|v| v.to_string().contains(TRUNCATED))
 }
 
 fn truncate_strings(value: &mut Value, cap: usize) {
@@ -229,6 +274,12 @@ impl KubeStore {
     /// A store over `client`'s cluster. Starts the task that renews the Leases this replica
     /// holds; call [`KubeStore::check`] to find out whether the CRD and permissions are there.
     pub fn new(client: Client, config: KubeStoreConfig) -> Self {
+        let (relays, relayed) = tokio::sync::mpsc::unbounded_channel();
+        let state = State {
+            relays: Some(relays),
+            relayed: Some(relayed),
+            ..Default::default()
+        };
         let store = KubeStore {
             recorder: Recorder::new(
                 client.clone(),
@@ -241,7 +292,7 @@ impl KubeStore {
             leases: Api::namespaced(client.clone(), &config.namespace),
             plans: Api::namespaced(client, &config.namespace),
             config,
-            state: Arc::default(),
+            state: Arc::new(Mutex::new(state)),
             stop: CancellationToken::new(),
         };
         tokio::spawn(renew_loop(
@@ -315,20 +366,9 @@ impl KubeStore {
         if ns != self.config.namespace {
             return None;
         }
-        let cached = lock(&self.state).plan_uids.get(plan).cloned();
-        let uid = match cached {
-            Some(uid) => uid,
-            None => {
-                let uid = match self.plans.get_opt(name).await {
-                    Ok(found) => found.and_then(|p| p.metadata.uid),
-                    Err(_) => return None,
-                };
-                lock(&self.state)
-                    .plan_uids
-                    .insert(plan.to_string(), uid.clone());
-                uid
-            }
-        }?;
+        // Read each time, never cached: a plan deleted and created again has a new uid, and a
+        // run owned by the old one would be garbage-collected while it runs.
+        let uid = self.plans.get_opt(name).await.ok()??.metadata.uid?;
         Some(OwnerReference {
             api_version: "recoverd.io/v1alpha1".into(),
             kind: "RecoveryPlan".into(),
@@ -394,10 +434,13 @@ impl KubeStore {
             };
             events.push(event(type_, reason, note));
         }
-        if record.phase.is_finished() {
-            lock(&self.state).told.remove(&record.id);
-        }
+        // (The reference, with the run's uid, is taken before the run is forgotten.)
         self.publish(&record.id, events);
+        if record.phase.is_finished() {
+            let mut s = lock(&self.state);
+            s.told.remove(&record.id);
+            s.uids.remove(&record.id);
+        }
     }
 
     fn publish(&self, id: &str, events: Vec<KubeEvent>) {
@@ -417,12 +460,26 @@ impl KubeStore {
 
     fn reference(&self, id: &str) -> ObjectReference {
         ObjectReference {
+            uid: lock(&self.state).uids.get(id).cloned(),
             api_version: Some("recoverd.io/v1alpha1".into()),
             kind: Some("RecoveryRun".into()),
             name: Some(object_name(id)),
             namespace: Some(self.config.namespace.clone()),
             ..Default::default()
         }
+    }
+
+    /// Deletes run `id`'s Lease if it is still at `version` (this replica's): never one another
+    /// replica has taken since.
+    async fn drop_lease(&self, id: &str, version: &str) {
+        let dp = DeleteParams {
+            preconditions: Some(Preconditions {
+                resource_version: Some(version.to_string()),
+                uid: None,
+            }),
+            ..Default::default()
+        };
+        let _ = self.leases.delete(&run_lease_name(id), &dp).await;
     }
 
     /// Takes the plan's slot for `record` unless the rules refuse it.
@@ -449,11 +506,16 @@ impl KubeStore {
             });
             let spec = lease.spec.get_or_insert_with(Default::default);
             if let Some(holder) = spec.holder_identity.clone().filter(|h| !h.is_empty()) {
-                if holder == record.id {
+                // This very run: claimed before, unless its claim failed after taking the slot
+                // (then it is taken again below, and the run created).
+                if holder == record.id && self.exists(&record.id).await? {
                     return Ok(Err(Refusal::SameRun { existing: holder }));
                 }
                 let acquired = spec.acquire_time.as_ref().map(|t| t.0);
-                if rules.one_active_per_plan && self.still_active(&holder, acquired).await? {
+                if holder != record.id
+                    && rules.one_active_per_plan
+                    && self.still_active(&holder, acquired).await?
+                {
                     return Ok(Err(Refusal::ActiveRun { existing: holder }));
                 }
             }
@@ -518,6 +580,37 @@ impl KubeStore {
                 jiff::Timestamp::now().duration_since(t).unsigned_abs() < CLAIM_GRACE
             }),
         })
+    }
+
+    /// Takes back what a claim of `record` wrote on its plan's slot (its holder, and the
+    /// cooldown it started) when the run was not created after all.
+    async fn undo_slot(&self, record: &RunRecord) {
+        let name = slot_name(&record.plan);
+        let Ok(Some(mut lease)) = self.leases.get_opt(&name).await else {
+            return;
+        };
+        let spec = lease.spec.get_or_insert_with(Default::default);
+        let mut changed = false;
+        if spec.holder_identity.as_deref() == Some(record.id.as_str()) {
+            spec.holder_identity = None;
+            changed = true;
+        }
+        let annotations = lease
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        if annotations.get(LAST_ALERT_RUN) == Some(&record.id) {
+            annotations.remove(LAST_ALERT_RUN);
+            annotations.remove(LAST_ALERT_RUN_MS);
+            changed = true;
+        }
+        if changed {
+            // A conflict: another claim changed the slot since; it is theirs now.
+            let _ = self
+                .leases
+                .replace(&name, &PostParams::default(), &lease)
+                .await;
+        }
     }
 
     /// Frees the plan's slot when `record` holds it and has finished.
@@ -596,41 +689,132 @@ async fn renew_loop(
     config: KubeStoreConfig,
     stop: CancellationToken,
 ) {
-    let period = config.lease_duration / 3;
+    // As client-go's leader election: renew every third of the duration, each try bounded by
+    // that third, and count a Lease lost once it was not renewed within two thirds of the
+    // duration since the last successful renewal was *sent* — before any other replica may
+    // take it (they wait the whole duration, by their own clocks).
+    let third = config.lease_duration / 3;
+    let deadline = third * 2;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep(third / 2) => {}
         }
-        let held: Vec<(String, String)> = lock(&state)
+        let due: Vec<(String, String)> = lock(&state)
             .held
             .iter()
+            .filter(|(_, h)| h.renewed.elapsed() >= third)
             .map(|(id, h)| (id.clone(), h.version.clone()))
             .collect();
-        for (id, version) in held {
-            let renewed = renew(&leases, &config, &id, Some(version)).await;
+        let tries = due.into_iter().map(|(id, version)| {
+            let (leases, config) = (&leases, &config);
+            async move {
+                let sent = Instant::now();
+                let result =
+                    tokio::time::timeout(third, renew(leases, config, &id, Some(version))).await;
+                (id, sent, result)
+            }
+        });
+        for (id, sent, result) in futures::future::join_all(tries).await {
+            // Changed by someone else: still ours (a decision was relayed on it) or taken.
+            if matches!(&result, Ok(Err(e)) if is_status(e, 409)) {
+                let fresh = leases.get_opt(&run_lease_name(&id)).await;
+                let mut s = lock(&state);
+                match fresh {
+                    Ok(Some(lease))
+                        if lease
+                            .spec
+                            .as_ref()
+                            .and_then(|l| l.holder_identity.as_deref())
+                            == Some(config.identity.as_str()) =>
+                    {
+                        deliver(&mut s, &id, &lease);
+                        if let (Some(h), Some(v)) =
+                            (s.held.get_mut(&id), lease.metadata.resource_version)
+                        {
+                            // Renewed from this version at the next tick, which drops the
+                            // relayed decisions from the Lease.
+                            h.version = v;
+                        }
+                    }
+                    Ok(_) => {
+                        tracing::error!(run = %id, "another replica holds this run's Lease now; this one stops the run without writing it again");
+                        lose(&mut s, &id);
+                    }
+                    Err(e) => {
+                        tracing::warn!(run = %id, error = %e, "failed to read this run's Lease; trying again");
+                    }
+                }
+                continue;
+            }
             let mut s = lock(&state);
             let Some(h) = s.held.get_mut(&id) else {
                 continue;
             };
-            match renewed {
-                Ok(v) => {
+            let gone = match result {
+                Ok(Ok(v)) => {
                     h.version = v;
-                    h.renewed = Instant::now();
+                    h.renewed = sent;
+                    false
                 }
-                Err(e) => {
-                    let taken = is_status(&e, 409);
-                    if taken || h.renewed.elapsed() >= config.lease_duration {
-                        tracing::error!(run = %id, error = %e, "lost this run's Lease; another replica may take it over, so this one stops writing it");
-                        h.lost.cancel();
-                        s.held.remove(&id);
-                    } else {
-                        tracing::warn!(run = %id, error = %e, "failed to renew this run's Lease; trying again");
-                    }
+                // Deleted: lost now.
+                Ok(Err(e)) if is_status(&e, 404) => {
+                    tracing::error!(run = %id, error = %e, "another replica holds this run's Lease now; this one stops the run without writing it again");
+                    true
                 }
+                Ok(Err(e)) => {
+                    tracing::warn!(run = %id, error = %e, "failed to renew this run's Lease; trying again");
+                    false
+                }
+                Err(_) => {
+                    tracing::warn!(run = %id, "renewing this run's Lease timed out; trying again");
+                    false
+                }
+            };
+            if gone || h.renewed.elapsed() >= deadline {
+                lose(&mut s, &id);
+            }
+        }
+        // Held Leases not renewed within the deadline, whether or not a try is under way.
+        let late: Vec<String> = lock(&state)
+            .held
+            .iter()
+            .filter(|(_, h)| h.renewed.elapsed() >= deadline)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in late {
+            tracing::error!(run = %id, "could not renew this run's Lease in time; another replica may take it over, so this one stops the run without writing it again");
+            lose(&mut lock(&state), &id);
+        }
+    }
+}
+
+/// Passes on the decisions relayed on run `id`'s Lease, each once.
+fn deliver(s: &mut State, id: &str, lease: &Lease) {
+    let relayed: Vec<(String, Relayed)> = lease
+        .metadata
+        .annotations
+        .iter()
+        .flatten()
+        .filter(|(k, _)| k.starts_with(RELAY_PREFIX))
+        .filter_map(|(k, v)| Some((k.clone(), serde_json::from_str(v).ok()?)))
+        .collect();
+    for (key, decision) in relayed {
+        if s.delivered.insert(key) {
+            if let Some(relays) = &s.relays {
+                let _ = relays.send((id.to_string(), decision));
             }
         }
     }
+}
+
+/// This replica no longer holds run `id`: its token is cancelled (the run stops) and its
+/// writes are fenced from here (no cached `resourceVersion`, so every save is refused).
+fn lose(s: &mut State, id: &str) {
+    if let Some(h) = s.held.remove(id) {
+        h.lost.cancel();
+    }
+    s.versions.remove(id);
 }
 
 /// Writes run `id`'s Lease as held by this replica now: created when `version` is `None`,
@@ -647,17 +831,7 @@ async fn renew(
             name: Some(run_lease_name(id)),
             resource_version: version.clone(),
             labels: Some([(MANAGED_BY.0.into(), MANAGED_BY.1.into())].into()),
-            annotations: Some(
-                [("recoverd.io/run-id".to_string(), id.to_string())]
-                    .into_iter()
-                    .chain(
-                        config
-                            .advertise_url
-                            .clone()
-                            .map(|u| (REPLICA_URL.to_string(), u)),
-                    )
-                    .collect(),
-            ),
+            annotations: Some([("recoverd.io/run-id".into(), id.into())].into()),
             ..Default::default()
         },
         spec: Some(LeaseSpec {
@@ -739,12 +913,29 @@ impl RunStore for KubeStore {
                     existing: record.id.clone(),
                 }))
             }
-            Err(e) => return Err(kube_err(format!("create RecoveryRun {name}"))(e)),
+            Err(e) => {
+                // Nothing was created: the plan's slot (and cooldown) must not name this run.
+                self.undo_slot(record).await;
+                return Err(kube_err(format!("create RecoveryRun {name}"))(e));
+            }
         };
-        let version = self
+        if let Some(uid) = created.metadata.uid.clone() {
+            lock(&self.state).uids.insert(record.id.clone(), uid);
+        }
+        let version = match self
             .write_status(record, created.metadata.resource_version)
             .await
-            .map_err(kube_err(format!("write the status of RecoveryRun {name}")))?;
+        {
+            Ok(version) => version,
+            Err(e) => {
+                // A run without its record cannot execute: take the claim back whole.
+                let _ = self.runs.delete(&name, &DeleteParams::default()).await;
+                self.undo_slot(record).await;
+                return Err(kube_err(format!("write the status of RecoveryRun {name}"))(
+                    e,
+                ));
+            }
+        };
         lock(&self.state)
             .versions
             .insert(record.id.clone(), version);
@@ -788,31 +979,15 @@ impl RunStore for KubeStore {
     }
 
     async fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
-        let (version, lost) = {
-            let s = lock(&self.state);
-            let lost = s
-                .held
-                .get(&record.id)
-                .map(|h| h.lost.is_cancelled())
-                .unwrap_or(false);
-            (s.versions.get(&record.id).cloned(), lost)
-        };
-        if lost {
+        // Only from the version of this replica's own last write: a replica that has not
+        // acquired the run, or lost it, or saw its write refused, is fenced off.
+        let Some(version) = lock(&self.state).versions.get(&record.id).cloned() else {
             return Err(StoreError::Conflict {
                 id: record.id.clone(),
             });
-        }
-        let name = object_name(&record.id);
-        let version = match version {
-            Some(v) => Some(v),
-            None => self
-                .runs
-                .get_opt(&name)
-                .await
-                .map_err(kube_err(format!("read RecoveryRun {name}")))?
-                .and_then(|o| o.metadata.resource_version),
         };
-        match self.write_status(record, version).await {
+        let name = object_name(&record.id);
+        match self.write_status(record, Some(version)).await {
             Ok(version) => {
                 lock(&self.state)
                     .versions
@@ -828,6 +1003,12 @@ impl RunStore for KubeStore {
             Err(e) if is_status(&e, 409) => {
                 lock(&self.state).versions.remove(&record.id);
                 Err(StoreError::Conflict {
+                    id: record.id.clone(),
+                })
+            }
+            Err(e) if is_status(&e, 404) => {
+                lock(&self.state).versions.remove(&record.id);
+                Err(StoreError::Gone {
                     id: record.id.clone(),
                 })
             }
@@ -985,75 +1166,147 @@ impl RunStore for KubeStore {
                 .spec
                 .as_ref()
                 .and_then(|s| s.holder_identity.as_deref());
+            // Expired: unchanged (the same version this replica observed) for the Lease's own
+            // duration, measured by this replica's clock.
             let expired = {
                 let s = lock(&self.state);
-                s.seen.get(id).is_some_and(|(v, since)| {
-                    *v == version && since.elapsed() >= self.config.lease_duration
+                s.seen.get(id).is_some_and(|seen| {
+                    seen.version == version && seen.since.elapsed() >= seen.duration
                 })
             };
             if holder.is_some_and(|h| h != self.config.identity) && !expired {
                 return Ok(None);
             }
         }
-        match renew(&self.leases, &self.config, id, version).await {
-            Ok(version) => {
-                let lost = CancellationToken::new();
-                let mut s = lock(&self.state);
-                s.held.insert(
-                    id.to_string(),
-                    Held {
-                        version,
-                        renewed: Instant::now(),
-                        lost: lost.clone(),
-                    },
-                );
-                s.seen.remove(id);
-                // The run's record is rewritten from here on top of whatever is there now.
-                s.versions.remove(id);
-                Ok(Some(lost))
-            }
+        let held_version = match renew(&self.leases, &self.config, id, version).await {
+            Ok(v) => v,
             // Another replica took it first.
-            Err(e) if is_status(&e, 409) => Ok(None),
-            Err(e) => Err(kube_err(format!("write Lease {name}"))(e)),
+            Err(e) if is_status(&e, 409) => return Ok(None),
+            Err(e) => return Err(kube_err(format!("write Lease {name}"))(e)),
+        };
+        // The run as it is now: only a run about to start, executing or interrupted (to be taken
+        // over) is executed, and its
+        // writes from here go on top of exactly this version (the fence).
+        let run = match self.runs.get_opt(&object_name(id)).await {
+            Ok(run) => run,
+            Err(e) => {
+                self.drop_lease(id, &held_version).await;
+                return Err(kube_err(format!("read RecoveryRun {id}"))(e));
+            }
+        };
+        let executable = run.as_ref().filter(|o| {
+            o.status.is_some()
+                && matches!(
+                    record_of(o).phase,
+                    Phase::Pending | Phase::Running | Phase::Interrupted
+                )
+        });
+        let Some(run) = executable else {
+            self.drop_lease(id, &held_version).await;
+            return Ok(None);
+        };
+        let lost = CancellationToken::new();
+        let mut s = lock(&self.state);
+        s.held.insert(
+            id.to_string(),
+            Held {
+                version: held_version,
+                renewed: Instant::now(),
+                lost: lost.clone(),
+            },
+        );
+        s.seen.remove(id);
+        s.versions.insert(
+            id.to_string(),
+            run.metadata.resource_version.clone().unwrap_or_default(),
+        );
+        if let Some(uid) = run.metadata.uid.clone() {
+            s.uids.insert(id.to_string(), uid);
         }
+        Ok(Some(lost))
     }
 
-    /// Lists the runs that were executing on a replica that stopped: Pending or Running, and
-    /// their run Lease has not changed for its duration as this replica has watched it (or has
-    /// not existed that long). Call it periodically; the first call only starts watching.
+    /// Lists the runs that were executing on a replica that stopped: Pending, Running or
+    /// Interrupted, and their run Lease has not changed for its own duration as this replica
+    /// has watched it (or has not existed that long). Call it periodically; the first call only
+    /// starts watching. A run whose claim never completed (no status [`CLAIM_GRACE`] after its
+    /// creation: its replica died between the two writes, before any step) is deleted and its
+    /// plan's slot freed, so that the alert's next delivery claims it again.
     async fn orphaned(&self) -> Result<Vec<RunRecord>, StoreError> {
-        let records = self.records().await?;
+        let objects = self.all().await?;
         let leases = self
             .leases
             .list(&ListParams::default().labels(&format!("{}={}", MANAGED_BY.0, MANAGED_BY.1)))
             .await
             .map_err(kube_err("list Leases"))?;
-        let versions: HashMap<String, String> = leases
+        let leases: HashMap<String, (String, Duration)> = leases
             .items
             .into_iter()
-            .filter_map(|l| Some((l.metadata.name?, l.metadata.resource_version?)))
+            .filter_map(|l| {
+                let secs = l.spec.as_ref().and_then(|s| s.lease_duration_seconds);
+                let duration = Duration::from_secs(secs.unwrap_or(0).max(0) as u64);
+                Some((l.metadata.name?, (l.metadata.resource_version?, duration)))
+            })
             .collect();
-        let mut state = lock(&self.state);
-        let mut out = Vec::new();
-        let mut still = HashMap::new();
-        for record in records {
-            // Interrupted too: a replica that shut down gracefully released the run for another.
-            let unfinished =
-                EXECUTING.contains(&record.phase) || record.phase == Phase::Interrupted;
-            if !unfinished || state.held.contains_key(&record.id) {
-                continue;
+        let mut abandoned = Vec::new();
+        let out = {
+            let mut state = lock(&self.state);
+            let mut out = Vec::new();
+            let mut still = HashMap::new();
+            for obj in &objects {
+                let record = record_of(obj);
+                if obj.status.is_none() {
+                    let age = obj
+                        .metadata
+                        .creation_timestamp
+                        .as_ref()
+                        .map(|t| jiff::Timestamp::now().duration_since(t.0).unsigned_abs());
+                    if age.is_some_and(|a| a > CLAIM_GRACE) {
+                        abandoned.push((record, obj.metadata.uid.clone()));
+                    }
+                    continue;
+                }
+                // Interrupted too: a replica that shut down gracefully released the run.
+                let unfinished =
+                    EXECUTING.contains(&record.phase) || record.phase == Phase::Interrupted;
+                if !unfinished || state.held.contains_key(&record.id) {
+                    continue;
+                }
+                let (version, duration) = match leases.get(&run_lease_name(&record.id)) {
+                    Some((v, d)) => (Some(v.clone()), (*d).max(self.config.lease_duration)),
+                    None => (None, self.config.lease_duration),
+                };
+                let since = match state.seen.get(&record.id) {
+                    Some(seen) if seen.version == version => seen.since,
+                    _ => Instant::now(),
+                };
+                if since.elapsed() >= duration {
+                    out.push(record.clone());
+                }
+                still.insert(
+                    record.id.clone(),
+                    Seen {
+                        version,
+                        since,
+                        duration,
+                    },
+                );
             }
-            let version = versions.get(&run_lease_name(&record.id)).cloned();
-            let since = match state.seen.get(&record.id) {
-                Some((v, since)) if *v == version => *since,
-                _ => Instant::now(),
+            state.seen = still;
+            out
+        };
+        for (record, uid) in abandoned {
+            tracing::warn!(run = %record.id, "a claim that never completed (its replica stopped before writing the record); deleting it so the alert's next delivery claims it again");
+            let dp = DeleteParams {
+                preconditions: Some(Preconditions {
+                    uid,
+                    resource_version: None,
+                }),
+                ..Default::default()
             };
-            if since.elapsed() >= self.config.lease_duration {
-                out.push(record.clone());
-            }
-            still.insert(record.id.clone(), (version, since));
+            let _ = self.runs.delete(&object_name(&record.id), &dp).await;
+            self.undo_slot(&record).await;
         }
-        state.seen = still;
         Ok(out)
     }
 
@@ -1062,26 +1315,46 @@ impl RunStore for KubeStore {
         self.publish(id, vec![event(EventType::Normal, "Deduplicated", note)]);
     }
 
-    async fn executor_of(&self, id: &str) -> Result<Option<super::Holder>, StoreError> {
+    async fn relay(&self, id: &str, decision: &Relayed) -> Result<Option<String>, StoreError> {
         let name = run_lease_name(id);
-        let Some(lease) = self
-            .leases
-            .get_opt(&name)
-            .await
-            .map_err(kube_err(format!("read Lease {name}")))?
-        else {
-            return Ok(None);
-        };
-        let replica = lease.spec.and_then(|s| s.holder_identity);
-        Ok(replica
-            .filter(|r| *r != self.config.identity)
-            .map(|replica| super::Holder {
-                replica,
-                url: lease
-                    .metadata
-                    .annotations
-                    .and_then(|mut a| a.remove(REPLICA_URL)),
-            }))
+        for _ in 0..8 {
+            let Some(mut lease) = self
+                .leases
+                .get_opt(&name)
+                .await
+                .map_err(kube_err(format!("read Lease {name}")))?
+            else {
+                return Ok(None);
+            };
+            let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
+            let Some(holder) = holder.filter(|h| *h != self.config.identity) else {
+                return Ok(None);
+            };
+            lease
+                .metadata
+                .annotations
+                .get_or_insert_with(Default::default)
+                .insert(
+                    format!("{RELAY_PREFIX}{}", decision.key),
+                    serde_json::to_string(decision).expect("decisions serialize"),
+                );
+            match self
+                .leases
+                .replace(&name, &PostParams::default(), &lease)
+                .await
+            {
+                Ok(_) => return Ok(Some(holder)),
+                // Renewed meanwhile: read it again.
+                Err(e) if is_status(&e, 409) => continue,
+                Err(e) if is_status(&e, 404) => return Ok(None),
+                Err(e) => return Err(kube_err(format!("write Lease {name}"))(e)),
+            }
+        }
+        Err(StoreError::Conflict { id: id.into() })
+    }
+
+    fn relayed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, Relayed)>> {
+        lock(&self.state).relayed.take()
     }
 
     fn replica(&self) -> Option<String> {
@@ -1089,13 +1362,13 @@ impl RunStore for KubeStore {
     }
 
     async fn release(&self, id: &str) {
-        let held = lock(&self.state).held.remove(id);
-        lock(&self.state).versions.remove(id);
-        if held.is_some() {
-            let _ = self
-                .leases
-                .delete(&run_lease_name(id), &DeleteParams::default())
-                .await;
+        let held = {
+            let mut s = lock(&self.state);
+            s.versions.remove(id);
+            s.held.remove(id)
+        };
+        if let Some(held) = held {
+            self.drop_lease(id, &held.version).await;
         }
     }
 }

@@ -49,11 +49,19 @@ pub enum StoreError {
         #[source]
         source: Box<::kube::Error>,
     },
-    #[error("run {id} changed in the home cluster while this replica wrote it (another replica holds it?)")]
+    #[error("run {id} is not this replica's to write: another replica took it over, or changed it since this one last wrote it")]
     Conflict { id: String },
+    #[error("run {id} no longer exists in the home cluster (deleted, or its RecoveryPlan was deleted and took it along)")]
+    Gone { id: String },
 }
 
 impl StoreError {
+    /// The run is not this process's to write any more (another replica holds it, or it was
+    /// deleted): nothing to retry, and nothing wrong with the store.
+    pub fn not_ours(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. } | StoreError::Gone { .. })
+    }
+
     /// A bounded reason for metrics.
     pub fn reason(&self) -> &'static str {
         match self {
@@ -77,6 +85,7 @@ impl StoreError {
                 _ => "unreachable",
             },
             StoreError::Conflict { .. } => "conflict",
+            StoreError::Gone { .. } => "gone",
         }
     }
 }
@@ -208,12 +217,29 @@ pub struct Page {
     pub next: Option<String>,
 }
 
-/// Another replica executing a run: its name and, if it gave one (`--advertise-url`), where
-/// its API answers.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Holder {
-    pub replica: String,
-    pub url: Option<String>,
+/// A decision about a run that another replica executes, handed to that replica through the
+/// store (the run's Lease), never over the network with the caller's token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Relayed {
+    /// `approve` or `cancel`.
+    pub action: RelayedAction,
+    /// The approval step (and its `startedAt`) an approval answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    /// Who decided, as the receiving replica recorded it (name and token hash).
+    pub by: String,
+    /// Unique per decision: a relayed decision is acted on once.
+    pub key: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum RelayedAction {
+    Approve,
+    Cancel,
 }
 
 /// Where run records live. Every call is asynchronous and safe to make from many tasks at once;
@@ -272,9 +298,15 @@ pub trait RunStore: Send + Sync {
     /// Notes that the trigger of run `id` was delivered again (and deduplicated): the
     /// Kubernetes store records it as an Event on the run.
     fn duplicate(&self, _id: &str, _trigger: &str) {}
-    /// The replica executing run `id`, when it is another one than this (several replicas).
-    async fn executor_of(&self, _id: &str) -> Result<Option<Holder>, StoreError> {
+    /// Hands `decision` about run `id` to the replica executing it, when that is another
+    /// replica than this one: returns its name. `None`: no other replica executes it (decide
+    /// here). A single-process store never relays.
+    async fn relay(&self, _id: &str, _decision: &Relayed) -> Result<Option<String>, StoreError> {
         Ok(None)
+    }
+    /// The decisions other replicas relayed to this one, for runs it executes (taken once).
+    fn relayed(&self) -> Option<tokio::sync::mpsc::UnboundedReceiver<(String, Relayed)>> {
+        None
     }
     /// This replica's name, when the store is shared by several.
     fn replica(&self) -> Option<String> {
