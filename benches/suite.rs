@@ -22,7 +22,9 @@ use axum::body::Body;
 use axum::http::Request;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{Api, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{
+    Api, Patch, PatchParams, PostParams, ValidationDirective, WatchEvent, WatchParams,
+};
 use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
 use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
@@ -1252,7 +1254,7 @@ async fn cluster_figures_on(
                 Arc::new(runnable(&plan_text(&object, "", &steps)))
             };
             let rounds = if opts.quick { 1 } else { 3 };
-            let (mut one, mut many) = (Vec::new(), Vec::new());
+            let (mut one, mut many, mut raw) = (Vec::new(), Vec::new(), Vec::new());
             for r in 0..rounds {
                 let plan = plan_for(0, r * 2);
                 let t = Instant::now();
@@ -1269,6 +1271,38 @@ async fn cluster_figures_on(
                     succeeded(&task.await.unwrap());
                 }
                 many.push(ms(t.elapsed()));
+                if !waits {
+                    // The limit: the requests those runs send (a patch step is a GET and a
+                    // merge PATCH), sent raw by as many tasks at once over the same client.
+                    let t = Instant::now();
+                    let tasks: Vec<_> = (0..runs_n)
+                        .map(|i| {
+                            let api = api.clone();
+                            tokio::spawn(async move {
+                                let object = format!("p8-{i}");
+                                let params = PatchParams {
+                                    field_manager: Some("recoverd".into()),
+                                    field_validation: Some(ValidationDirective::Strict),
+                                    ..Default::default()
+                                };
+                                for s in 0..5 {
+                                    api.get(&object).await.unwrap();
+                                    api.patch(
+                                        &object,
+                                        &params,
+                                        &merge("k", &format!("raw-{r}-{s}")),
+                                    )
+                                    .await
+                                    .unwrap();
+                                }
+                            })
+                        })
+                        .collect();
+                    for task in tasks {
+                        task.await.unwrap();
+                    }
+                    raw.push(ms(t.elapsed()));
+                }
             }
             out.push(figure(
                 id,
@@ -1285,6 +1319,25 @@ async fn cluster_figures_on(
                 rounds,
                 format!("wall time, median of {rounds}; one cluster, each run its own ConfigMap"),
             ));
+            if !waits {
+                out.push(figure(
+                    "P8c",
+                    &format!("{runs_n} concurrent runs (5 patches) ÷ their requests sent raw"),
+                    setting,
+                    median(&many),
+                    "ms",
+                    Some((
+                        median(&raw),
+                        "the same GET + PATCH pairs, as many tasks at once",
+                    )),
+                    Compare::RatioAtMost(1.2),
+                    rounds,
+                    format!(
+                        "recoverd's share of P8b: the raw requests are bound by the API server (one run alone: {:.2} ms)",
+                        median(&one)
+                    ),
+                ));
+            }
         }
     }
     out

@@ -123,11 +123,25 @@ impl Matcher {
     /// in Alertmanager.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         let v = labels.get(&self.name).map_or("", String::as_str);
-        match self.op {
-            Op::Equal => v == self.value,
-            Op::NotEqual => v != self.value,
-            Op::Regex => self.regex.as_ref().is_some_and(|r| r.is_match(v)),
-            Op::NotRegex => !self.regex.as_ref().is_some_and(|r| r.is_match(v)),
+        self.op.holds(&self.value, self.regex.as_deref(), v)
+    }
+
+    /// The compiled regex of `=~` and `!~` (shared with every equal pattern of its
+    /// [`Regexes`]).
+    pub fn regex(&self) -> Option<&Arc<regex::Regex>> {
+        self.regex.as_ref()
+    }
+}
+
+impl Op {
+    /// Whether a label's value (`""` when the alert lacks it) satisfies a matcher with this
+    /// operator, `value` and compiled regex ([`Matcher::regex`]).
+    pub fn holds(self, value: &str, regex: Option<&regex::Regex>, actual: &str) -> bool {
+        match self {
+            Op::Equal => actual == value,
+            Op::NotEqual => actual != value,
+            Op::Regex => regex.is_some_and(|r| r.is_match(actual)),
+            Op::NotRegex => !regex.is_some_and(|r| r.is_match(actual)),
         }
     }
 }

@@ -7,8 +7,13 @@
 //! their conditions. With one plan per service under a shared `alertname`, each plan is filed
 //! under its service, not under the name all of them share. Plans with only `alertMatchers` are
 //! checked for every alert.
+//!
+//! What a match reads is kept apart from the plans, packed into a few arrays ([`Index`]): with
+//! 10 000 plans, reaching a candidate's labels and matchers through its `Plan` (scattered over a
+//! heap of tens of MiB) cost a handful of cache misses per alert, most of what a match cost.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,7 +21,7 @@ use serde::Serialize;
 
 use super::model::Mode;
 use super::{compile, load_paths, LoadedPlan, Plan};
-use crate::matcher::Regexes;
+use crate::matcher::{Op, Regexes};
 
 #[derive(Default)]
 pub struct PlanSet {
@@ -38,13 +43,67 @@ struct Entry {
     plan: Arc<Plan>,
 }
 
-/// Which plans an alert has to look at, by position in [`PlanSet::plans`].
-#[derive(Default)]
+/// Which plans an alert has to look at, by position in [`PlanSet::plans`], and what each of
+/// them asks of the alert, packed for matching.
 struct Index {
-    /// label name → label value → the plans filed under that pair, ascending.
-    by_label: HashMap<String, HashMap<String, Vec<u32>>>,
+    /// Hashes label pairs (`name`, `value`) for [`Index::by_pair`].
+    hasher: foldhash::fast::RandomState,
+    /// Kept hash bits: all of them, but for tests that make pairs collide.
+    mask: u64,
+    /// The hash of a label pair → the plans filed under it, as a range of [`Index::filed`].
+    /// Pairs whose hashes collide share a range: every candidate's conditions are checked.
+    by_pair: HashMap<u64, (u32, u32), foldhash::fast::RandomState>,
+    /// Plan positions, grouped by the pair they are filed under, ascending within a group.
+    filed: Vec<u32>,
     /// Plans (not manual) without `alertLabels`: checked for every alert.
     unindexed: Vec<u32>,
+    /// The conditions of the plan at position `i` are `conds[starts[i]..starts[i + 1]]` (none
+    /// for a manual plan, which is never a candidate).
+    starts: Vec<u32>,
+    conds: Vec<Cond>,
+    /// Every label name and value the conditions compare, each distinct text once.
+    text: String,
+    /// The matchers' compiled regexes (shared by pattern, see [`Regexes`]).
+    regexes: Vec<Arc<regex::Regex>>,
+}
+
+impl Default for Index {
+    fn default() -> Self {
+        Index {
+            hasher: foldhash::fast::RandomState::default(),
+            mask: u64::MAX,
+            by_pair: HashMap::default(),
+            filed: Vec::new(),
+            unindexed: Vec::new(),
+            starts: vec![0],
+            conds: Vec::new(),
+            text: String::new(),
+            regexes: Vec::new(),
+        }
+    }
+}
+
+/// A stretch of [`Index::text`].
+#[derive(Clone, Copy)]
+struct Span {
+    start: u32,
+    len: u32,
+}
+
+/// One `alertLabels` pair or `alertMatchers` entry of a plan.
+struct Cond {
+    name: Span,
+    value: Span,
+    test: Test,
+}
+
+#[derive(Clone, Copy)]
+enum Test {
+    /// An `alertLabels` pair: the alert has the label, with exactly this value.
+    Label,
+    /// A matcher: a missing label counts as `""`; the regex by position in
+    /// [`Index::regexes`].
+    Matcher(Op, Option<u32>),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -202,18 +261,21 @@ impl PlanSet {
     /// The plans (not in manual mode) whose labels and matchers all hold for these labels, by
     /// name.
     pub fn matching(&self, labels: &BTreeMap<String, String>) -> Vec<&Arc<Plan>> {
-        let mut candidates = self.index.unindexed.clone();
+        let index = &self.index;
+        let mut candidates = index.unindexed.clone();
         for (k, v) in labels {
-            if let Some(filed) = self.index.by_label.get(k).and_then(|by| by.get(v)) {
-                candidates.extend_from_slice(filed);
+            if let Some(&(start, len)) = index.by_pair.get(&index.pair_hash(k, v)) {
+                candidates.extend_from_slice(&index.filed[start as usize..][..len as usize]);
             }
         }
-        // Each plan is filed once, so there is nothing to deduplicate; positions are in name
-        // order.
+        // Positions are in name order. A plan is filed once, but two of the alert's pairs
+        // whose hashes collide reach the same range.
         candidates.sort_unstable();
+        candidates.dedup();
         candidates
             .into_iter()
-            .filter_map(|i| self.plan_if_it_matches(&self.plans[i as usize], labels))
+            .filter(|&i| index.holds(i as usize, labels))
+            .map(|i| &self.plans[i as usize].plan)
             .collect()
     }
 
@@ -281,8 +343,15 @@ fn display_path<S: serde::Serializer>(p: &&std::path::Path, s: S) -> Result<S::O
 
 impl Index {
     /// Files each plan under the pair of its `alertLabels` that the fewest plans share (ties:
-    /// the alphabetically first pair), so that no pair's list is longer than it must be.
+    /// the alphabetically first pair), so that no pair's list is longer than it must be, and
+    /// packs every plan's conditions.
     fn build(plans: &[Entry]) -> Self {
+        Self::build_masked(plans, u64::MAX)
+    }
+
+    /// [`Index::build`], keeping only the `mask` bits of every pair hash (tests make pairs
+    /// collide with it).
+    fn build_masked(plans: &[Entry], mask: u64) -> Self {
         let active = || {
             plans
                 .iter()
@@ -296,7 +365,11 @@ impl Index {
                 *shared_by.entry((k, v)).or_default() += 1;
             }
         }
-        let mut index = Index::default();
+        let mut index = Index {
+            mask,
+            ..Index::default()
+        };
+        let mut groups: HashMap<u64, Vec<u32>> = HashMap::new();
         for (i, p) in active() {
             let i = u32::try_from(i).expect("fewer than 2^32 plans");
             let rarest = p
@@ -304,18 +377,88 @@ impl Index {
                 .iter()
                 .min_by_key(|(k, v)| shared_by[&(k.as_str(), v.as_str())]);
             match rarest {
-                Some((k, v)) => index
-                    .by_label
-                    .entry(k.clone())
-                    .or_default()
-                    .entry(v.clone())
-                    .or_default()
-                    .push(i),
+                Some((k, v)) => groups.entry(index.pair_hash(k, v)).or_default().push(i),
                 None => index.unindexed.push(i),
             }
         }
+        for (hash, group) in groups {
+            let range = (len_u32(index.filed.len()), len_u32(group.len()));
+            index.by_pair.insert(hash, range);
+            index.filed.extend(group);
+        }
+        let mut texts: HashMap<&str, Span> = HashMap::new();
+        let mut regexes: HashMap<*const regex::Regex, u32> = HashMap::new();
+        for entry in plans {
+            let p = &entry.plan;
+            if p.mode != Mode::Manual {
+                for (k, v) in &p.labels {
+                    let cond = Cond {
+                        name: index.intern(&mut texts, k),
+                        value: index.intern(&mut texts, v),
+                        test: Test::Label,
+                    };
+                    index.conds.push(cond);
+                }
+                for m in &p.matchers {
+                    let regex = m.regex().map(|re| {
+                        *regexes.entry(Arc::as_ptr(re)).or_insert_with(|| {
+                            index.regexes.push(re.clone());
+                            len_u32(index.regexes.len() - 1)
+                        })
+                    });
+                    let cond = Cond {
+                        name: index.intern(&mut texts, &m.name),
+                        value: index.intern(&mut texts, &m.value),
+                        test: Test::Matcher(m.op, regex),
+                    };
+                    index.conds.push(cond);
+                }
+            }
+            index.starts.push(len_u32(index.conds.len()));
+        }
         index
     }
+
+    fn pair_hash(&self, name: &str, value: &str) -> u64 {
+        self.hasher.hash_one((name, value)) & self.mask
+    }
+
+    /// `s` as a stretch of [`Index::text`], added unless an equal text is there already.
+    fn intern<'a>(&mut self, seen: &mut HashMap<&'a str, Span>, s: &'a str) -> Span {
+        *seen.entry(s).or_insert_with(|| {
+            let span = Span {
+                start: len_u32(self.text.len()),
+                len: len_u32(s.len()),
+            };
+            self.text.push_str(s);
+            span
+        })
+    }
+
+    fn text(&self, span: Span) -> &str {
+        &self.text[span.start as usize..][..span.len as usize]
+    }
+
+    /// Whether every condition of the plan at position `i` holds for these labels (what
+    /// [`Plan::matches`] decides, from the packed conditions).
+    fn holds(&self, i: usize, labels: &BTreeMap<String, String>) -> bool {
+        let conds = &self.conds[self.starts[i] as usize..self.starts[i + 1] as usize];
+        conds.iter().all(|c| {
+            let actual = labels.get(self.text(c.name));
+            match c.test {
+                Test::Label => actual.is_some_and(|a| a == self.text(c.value)),
+                Test::Matcher(op, regex) => op.holds(
+                    self.text(c.value),
+                    regex.map(|r| &*self.regexes[r as usize]),
+                    actual.map_or("", String::as_str),
+                ),
+            }
+        })
+    }
+}
+
+fn len_u32(n: usize) -> u32 {
+    u32::try_from(n).expect("a plan set's index fits in 2^32 entries and bytes")
 }
 
 #[cfg(test)]
@@ -439,18 +582,130 @@ mod tests {
         let set = set_from(1000, |i| {
             format!("  alertLabels: {{alertname: PostgresDown, namespace: ns{i}}}\n")
         });
-        assert!(set.index.unindexed.is_empty());
-        assert!(!set.index.by_label.contains_key("alertname"));
-        let filed: Vec<usize> = set.index.by_label["namespace"]
-            .values()
-            .map(Vec::len)
-            .collect();
-        assert_eq!((filed.len(), filed.iter().max()), (1000, Some(&1)));
+        let index = &set.index;
+        assert!(index.unindexed.is_empty());
+        assert!(!index
+            .by_pair
+            .contains_key(&index.pair_hash("alertname", "PostgresDown")));
+        assert_eq!(index.by_pair.len(), 1000);
+        assert!(index.by_pair.values().all(|&(_, n)| n == 1));
+        assert!(index
+            .by_pair
+            .contains_key(&index.pair_hash("namespace", "ns7")));
         let hit = set.matching(&labels(&[
             ("alertname", "PostgresDown"),
             ("namespace", "ns7"),
         ]));
         assert_eq!(names(&hit), ["default/p7"]);
+    }
+
+    #[test]
+    fn the_packed_conditions_keep_each_distinct_text_once() {
+        let set = set_of(1000);
+        let text = &set.index.text;
+        for once in ["alertname", "team", "db", "severity", "critical|page"] {
+            assert_eq!(text.matches(once).count(), 1, "{once} in {text:.200}");
+        }
+        assert_eq!(set.index.regexes.len(), 1);
+        assert_eq!(set.index.conds.len(), 3000);
+    }
+
+    /// Every pair hash kept to two bits: the plans of different pairs share ranges, and each
+    /// alert reaches some range through several of its pairs. Only the check of every
+    /// condition tells the plans apart.
+    #[test]
+    fn colliding_pair_hashes_change_no_match() {
+        let mut set = mixed_set();
+        set.index = Index::build_masked(&set.plans, 0b11);
+        assert!(set.index.by_pair.len() <= 4);
+        for alert in [
+            labels(&[("alertname", "A6"), ("team", "db"), ("severity", "page")]),
+            labels(&[("alertname", "PostgresDown"), ("namespace", "ns7")]),
+            labels(&[("alertname", "Down"), ("team", "t2"), ("service", "s2")]),
+            labels(&[("alertname", "Pair0")]),
+            labels(&[("alertname", "Any")]),
+        ] {
+            let indexed = names(&set.matching(&alert));
+            assert_eq!(indexed, names(&set.matching_by_scan(&alert)), "{alert:?}");
+            assert!(!indexed.is_empty(), "{alert:?} matches something");
+        }
+    }
+
+    mod random {
+        use super::*;
+        use proptest::prelude::*;
+
+        const NAMES: [&str; 4] = ["alertname", "namespace", "team", "severity"];
+        const VALUES: [&str; 4] = ["a", "b", "c", "d"];
+        const OPS: [&str; 4] = ["=", "!=", "=~", "!~"];
+        const PATTERNS: [&str; 5] = ["a", "b", "a|b", ".*", ""];
+        const MODES: [&str; 3] = ["auto", "approval", "manual"];
+
+        /// One plan's spec: mode, `alertLabels` and `alertMatchers`, by position in the
+        /// tables above.
+        type Spec = (usize, BTreeMap<usize, usize>, Vec<(usize, usize, usize)>);
+
+        fn spec() -> impl Strategy<Value = Spec> {
+            (
+                0..MODES.len(),
+                prop::collection::btree_map(0..NAMES.len(), 0..VALUES.len(), 0..3),
+                prop::collection::vec((0..NAMES.len(), 0..OPS.len(), 0..PATTERNS.len()), 0..3),
+            )
+        }
+
+        fn alert() -> impl Strategy<Value = BTreeMap<String, String>> {
+            prop::collection::btree_map(0..NAMES.len(), 0..VALUES.len(), 0..5).prop_map(|l| {
+                l.into_iter()
+                    .map(|(k, v)| (NAMES[k].to_string(), VALUES[v].to_string()))
+                    .collect()
+            })
+        }
+
+        fn set_of_specs(specs: &[Spec]) -> PlanSet {
+            set_from(specs.len(), |i| {
+                let (mode, labels, matchers) = &specs[i];
+                let labels: Vec<String> = labels
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", NAMES[*k], VALUES[*v]))
+                    .collect();
+                let matchers: Vec<String> = matchers
+                    .iter()
+                    .map(|(k, op, v)| format!("'{}{}\"{}\"'", NAMES[*k], OPS[*op], PATTERNS[*v]))
+                    .collect();
+                format!(
+                    "  mode: {}\n  alertLabels: {{{}}}\n  alertMatchers: [{}]\n",
+                    MODES[*mode],
+                    labels.join(", "),
+                    matchers.join(", ")
+                )
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Random plans over a few label names and values (so that many share pairs),
+            /// random alerts: the index finds exactly what checking every plan finds, with
+            /// the pair hashes whole and cut to two bits.
+            #[test]
+            fn indexed_matching_agrees_with_a_full_scan(
+                specs in prop::collection::vec(spec(), 1..40),
+                alerts in prop::collection::vec(alert(), 1..20),
+            ) {
+                let mut set = set_of_specs(&specs);
+                prop_assert!(set.invalid.is_empty(), "{:?}", set.invalid);
+                for mask in [u64::MAX, 0b11] {
+                    set.index = Index::build_masked(&set.plans, mask);
+                    for alert in &alerts {
+                        prop_assert_eq!(
+                            names(&set.matching(alert)),
+                            names(&set.matching_by_scan(alert)),
+                            "{:?}, hash mask {:#x}", alert, mask
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! token for a small setup). Once either is given, the alert sender may only deliver alerts;
 //! without an approver file, operators decide about runs.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::SystemTime;
 
@@ -78,10 +78,11 @@ struct Loaded {
 }
 
 /// A set of bearer tokens, optionally backed by a file that is re-read when it changes.
+/// Cheap to clone (the router's state holds three, and is cloned for every request).
 #[derive(Clone, Debug, Default)]
 pub struct Tokens {
     inner: Arc<RwLock<Loaded>>,
-    file: Option<PathBuf>,
+    file: Option<Arc<Path>>,
 }
 
 fn parse(path: &Path, text: &str) -> Result<Vec<Vec<u8>>, TokenError> {
@@ -132,7 +133,7 @@ impl Tokens {
     pub fn from_file(path: &Path) -> Result<Self, TokenError> {
         Ok(Tokens {
             inner: Arc::new(RwLock::new(read(path)?)),
-            file: Some(path.to_path_buf()),
+            file: Some(Arc::from(path)),
         })
     }
 

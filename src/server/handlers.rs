@@ -20,7 +20,7 @@ use crate::run::service::{ManualTrigger, RunsError};
 pub async fn alerts(
     State(state): State<AppState>,
     body: JsonBytes,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     if !state.runs.accepting() {
         return Err(ApiError::Unavailable(
             "recoverd is shutting down; retry against another replica".into(),
@@ -42,10 +42,20 @@ pub async fn alerts(
         for alert in &payload.alerts {
             outcomes.extend(runs.alert(alert).await?);
         }
+        /// Serialized straight from the outcomes, without a `Value` of them.
+        #[derive(serde::Serialize)]
+        struct Reply<'a> {
+            alerts: Vec<crate::run::service::AlertOutcome>,
+            receiver: &'a str,
+        }
         Ok((
             StatusCode::ACCEPTED,
-            Json(json!({"receiver": payload.receiver, "alerts": outcomes})),
-        ))
+            Json(Reply {
+                alerts: outcomes,
+                receiver: &payload.receiver,
+            }),
+        )
+            .into_response())
     }
 }
 
