@@ -761,7 +761,7 @@ steps:
 - {read-proxy-config: Pending}
 - {roll-proxy: Pending}
 - {wait-proxy-rollout: Pending}
-onFailure: [read-old-primary-role, read-other-side-role, restore-old-primary, wait-old-primary-restored]
+onFailure: [read-old-primary-role, read-other-side-role, confirm-restore, restore-old-primary, wait-old-primary-restored]
 expect:
 - cluster: north
   apiVersion: pgv2.percona.com/v2
@@ -779,6 +779,7 @@ expect:
   fields: {spec.standby.enabled: true, status.state: ready}
   sameAs: {status.observedGeneration: {fieldPath: metadata.generation}}
 "#;
+    // (The restore waits for a person who checked pg2's actual role: the rehearsal approves.)
     let (ok, t) = rehearse_variant("percona-standby-swap", PROMOTION_REFUSED, expect, &[]);
     assert!(ok, "{t}");
     assert!(
@@ -788,12 +789,12 @@ expect:
     // The same refusal without the compensation the plan has: the expectation that pg1 is the
     // primary again fails (the test can fail).
     let without = expect.replace(
-        "onFailure: [read-old-primary-role, read-other-side-role, restore-old-primary, wait-old-primary-restored]",
-        "onFailure: [read-old-primary-role, read-other-side-role, {restore-old-primary: Skipped}, {wait-old-primary-restored: Skipped}]",
+        "onFailure: [read-old-primary-role, read-other-side-role, confirm-restore, restore-old-primary, wait-old-primary-restored]",
+        "onFailure: [read-old-primary-role, read-other-side-role, {confirm-restore: Skipped}, {restore-old-primary: Skipped}, {wait-old-primary-restored: Skipped}]",
     );
     let (ok, t) = rehearse_variant("percona-standby-swap", PROMOTION_REFUSED, &without, &[]);
     assert!(!ok, "{t}");
-    assert!(t.contains("onFailure ran as [read-old-primary-role (succeeded), read-other-side-role (succeeded), restore-old-primary (succeeded)"), "{t}");
+    assert!(t.contains("onFailure ran as [read-old-primary-role (succeeded), read-other-side-role (succeeded), confirm-restore (succeeded), restore-old-primary (succeeded)"), "{t}");
 }
 
 #[test]
@@ -803,7 +804,7 @@ fn percona_standby_swap_never_puts_the_old_primary_back_while_the_other_side_may
     // pg1 must stay a standby (two primaries on one repository would fork it).
     let expect = r#"outcome: Failed
 strict: true
-onFailure: [read-old-primary-role, read-other-side-role, {restore-old-primary: Skipped}, {wait-old-primary-restored: Skipped}]
+onFailure: [read-old-primary-role, read-other-side-role, {confirm-restore: Skipped}, {restore-old-primary: Skipped}, {wait-old-primary-restored: Skipped}]
 expect:
 - cluster: north
   apiVersion: pgv2.percona.com/v2

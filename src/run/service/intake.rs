@@ -186,8 +186,10 @@ impl Runs {
                     Some(refusal.reason().into()),
                 )
             };
-            // A resend is the common case: answer it from the index before building a record.
-            if self.store.exists(&id).await? {
+            // A resend is the common case: answer it from the ids this process has seen, then
+            // from the store's index, before building a record.
+            if self.seen.contains(&id) || self.store.exists(&id).await? {
+                self.seen.insert(&id);
                 self.store.duplicate(&id, TriggerKind::Alert.as_str());
                 out.push(deduplicated(&Refusal::SameRun { existing: id }));
                 continue;
@@ -210,9 +212,13 @@ impl Runs {
             };
             let claimed = self.store.claim(&record, rules).await?;
             if let Err(refusal) = claimed {
+                if let Refusal::SameRun { existing } = &refusal {
+                    self.seen.insert(existing);
+                }
                 out.push(deduplicated(&refusal));
                 continue;
             }
+            self.seen.insert(&id);
             let action = if self.begin(&record, plan.clone(), false).await {
                 Action::Started
             } else {

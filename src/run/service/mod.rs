@@ -103,11 +103,45 @@ pub struct Runs {
     dry: Arc<Executor>,
     metrics: Arc<Metrics>,
     controls: Mutex<HashMap<String, RunControl>>,
+    /// Ids of alert runs known to exist, so that a resent alert is answered without the store.
+    seen: SeenIds,
     /// Runs of stopped replicas this one found it cannot resume (logged once, not retried).
     unresumable: Mutex<std::collections::HashSet<String>>,
     tasks: TaskTracker,
     drain: tokio_util::sync::CancellationToken,
     notifier: Option<crate::notify::Notifier>,
+}
+
+/// The most recent run ids known to exist, at most [`SeenIds::CAPACITY`]. A run id is never
+/// reused, and a run once created counts as the incident's run even after retention deletes
+/// it, so an id here is a duplicate for good; one not here is asked of the store.
+#[derive(Default)]
+pub(super) struct SeenIds(
+    Mutex<(
+        std::collections::HashSet<String>,
+        std::collections::VecDeque<String>,
+    )>,
+);
+
+impl SeenIds {
+    const CAPACITY: usize = 65_536;
+
+    pub(super) fn contains(&self, id: &str) -> bool {
+        lock(&self.0).0.contains(id)
+    }
+
+    pub(super) fn insert(&self, id: &str) {
+        let mut guard = lock(&self.0);
+        let (set, order) = &mut *guard;
+        if set.insert(id.to_string()) {
+            order.push_back(id.to_string());
+            if order.len() > Self::CAPACITY {
+                if let Some(old) = order.pop_front() {
+                    set.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 fn short_hash(parts: &[&str]) -> String {
@@ -148,6 +182,7 @@ impl Runs {
             metrics,
             controls: Mutex::default(),
             unresumable: Mutex::default(),
+            seen: SeenIds::default(),
             tasks: TaskTracker::new(),
             drain: Default::default(),
             notifier,
@@ -347,5 +382,22 @@ impl Runs {
         after: Option<&str>,
     ) -> Result<Page, RunsError> {
         Ok(self.store.page(plan, limit, after).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SeenIds;
+
+    #[test]
+    fn seen_ids_keep_the_most_recent_and_forget_the_oldest_beyond_capacity() {
+        let seen = SeenIds::default();
+        for i in 0..=SeenIds::CAPACITY {
+            seen.insert(&format!("a-{i}"));
+        }
+        seen.insert("a-1");
+        assert!(!seen.contains("a-0"), "the oldest is forgotten");
+        assert!(seen.contains("a-1") && seen.contains(&format!("a-{}", SeenIds::CAPACITY)));
+        assert!(!seen.contains("a-never"));
     }
 }
