@@ -274,6 +274,28 @@ async fn more_items_than_max_items_runs_no_iteration() {
     assert_eq!(names(&cms).await.len(), 6, "nothing was deleted");
 }
 
+/// A selector matching nothing (a typo in a label, the wrong namespace) fails the step rather
+/// than report success for doing nothing.
+#[tokio::test]
+async fn a_selector_matching_nothing_fails_the_step_instead_of_a_check_mark() {
+    let (ns, cms) = setup("fe-none").await;
+    create(&cms, "keep", json!({"app": "other"}), json!({})).await;
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &language("for-each-selected.yaml"), &ns, &[]).await;
+
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let step = &record.steps[0];
+    assert!(
+        step.error
+            .as_deref()
+            .unwrap()
+            .contains("the selector matched no object"),
+        "{step:#?}"
+    );
+    assert_eq!(names(&cms).await, ["keep"]);
+}
+
 #[tokio::test]
 async fn a_for_each_in_a_dry_run_lists_each_iteration_and_deletes_nothing() {
     let (ns, cms) = setup("fe-dry").await;

@@ -92,7 +92,7 @@ pub enum StepError {
     Duration(#[from] crate::duration::DurationError),
     #[error("failed to find the items to repeat over: {detail}")]
     Items { detail: String },
-    #[error("{count} items to repeat over, more than maxItems {max}; no iteration ran")]
+    #[error("{count} items to repeat over, more than maxItems {max}; no iteration ran (narrow the selector or the list, or raise maxItems, at most 500)")]
     TooManyItems { count: usize, max: u32 },
     #[error("{failed} of {total} iterations failed: {first}")]
     IterationsFailed {

@@ -191,6 +191,15 @@ impl Executor {
                 max: f.max_items,
             });
         }
+        // A selector matching nothing is far more often a typo than a fact: a ✔ for doing
+        // nothing would let the runbook go on as if the objects had been dealt with.
+        if items.is_empty() && matches!(f.items, crate::plan::compiled::Items::Selector(_)) {
+            return Err(StepError::Items {
+                detail: format!(
+                    "the selector matched no object ({source}); check its labels and namespace — a forEach over nothing would report success for doing nothing"
+                ),
+            });
+        }
 
         // The iterations' records: a resumed run keeps those that finished for the same item.
         let per = f.steps.len();
@@ -427,6 +436,11 @@ impl Executor {
             r.on_failure = Vec::new();
             r
         };
+        // A cancel or shutdown given meanwhile stops the iterations not started yet, whatever
+        // onError says: they are left not run, and nothing is announced for them.
+        if scope.control.cancel.is_cancelled() || scope.control.drain.is_cancelled() {
+            stop.store(true, Ordering::SeqCst);
+        }
         if stop.load(Ordering::SeqCst) {
             let mut m = master.lock().await;
             for c in &mut m.step_mut(at.index, at.compensation).children[base..base + per] {
@@ -434,7 +448,7 @@ impl Executor {
                     c.status = StepStatus::Skipped;
                     c.reason = Some(NOT_RUN.into());
                     c.error = Some(
-                        "not run: an earlier iteration failed (forEach onError: abort)".into(),
+                        "not run: the forEach stopped (an earlier iteration failed with onError: abort, or the run was cancelled, timed out or is stopping)".into(),
                     );
                 }
             }
@@ -476,7 +490,19 @@ impl Executor {
                 .await;
             match r {
                 Ok(()) => {}
-                Err(e @ (StepError::Interrupted | StepError::Cancelled)) => {
+                // The run stops: no further iteration starts either.
+                Err(
+                    e @ (StepError::Interrupted
+                    | StepError::Cancelled
+                    | StepError::RunDeadline { .. }
+                    | StepError::NotApproved { .. }
+                    | StepError::ApprovalUnavailable { .. }),
+                ) if !matches!(
+                    e,
+                    StepError::NotApproved { .. } | StepError::ApprovalUnavailable { .. }
+                ) || !scratch.steps[j].continued =>
+                {
+                    stop.store(true, Ordering::SeqCst);
                     drop(relay.copy(&scratch).await);
                     return Err(e);
                 }

@@ -326,13 +326,15 @@ impl Executor {
                 started_at: &started_at,
             };
             let limit = attempt_timeout.min(remaining);
+            // A cancel already given wins over starting the step (biased: checked first).
             let result = tokio::select! {
+                biased;
+                _ = cancel.cancelled() => Err(StepError::Cancelled),
                 r = tokio::time::timeout(limit, execute_step(step, &ctx)) => match r {
                     Ok(r) => r,
                     Err(_) if limit < attempt_timeout => Err(StepError::RunDeadline { after: run_timeout }),
                     Err(_) => Err(StepError::AttemptTimeout { after: limit }),
                 },
-                _ = cancel.cancelled() => Err(StepError::Cancelled),
             };
             match result {
                 Ok(outcome) => return Ok(Some(outcome)),
