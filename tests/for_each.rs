@@ -644,6 +644,57 @@ async fn a_for_each_run_again_repeats_only_the_iterations_that_did_not_finish() 
     );
 }
 
+/// An iteration interrupted between its steps goes on with what its finished steps read: the
+/// second step of `mark[1]` failed after the first read the role, and on resume it writes that
+/// role without reading it again.
+#[tokio::test]
+async fn a_resumed_iteration_uses_what_its_finished_steps_read() {
+    use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
+    let (ns, cms) = setup("fe-resume-values").await;
+    create(&cms, "pg-1", json!({}), json!({"role": "primary"})).await;
+    create(&cms, "pg-3", json!({}), json!({"role": "replica"})).await;
+    // pg-2 can be read but not written: record-role fails after read-role succeeded.
+    let frozen: ConfigMap = serde_json::from_value(
+        json!({"metadata": {"name": "pg-2"}, "data": {"role": "replica"}, "immutable": true}),
+    )
+    .unwrap();
+    cms.create(&PostParams::default(), &frozen).await.unwrap();
+    let reg = registry(support::shared(), WriteMode::Live).await;
+    let plan = language("for-each-params.yaml");
+    let input = RunInput {
+        params: [("ns".to_string(), json!(ns))].into(),
+        alert: None,
+    };
+    let executor = Executor::new(reg);
+    let mut record = executor.new_record("resume", &plan, &input);
+    let control = RunControl::default();
+    executor
+        .execute(&plan, &input, &mut record, &NoObserver, &control)
+        .await;
+    assert_eq!(record.phase, Phase::Failed, "{record:#?}");
+    let children = &record.steps[0].children;
+    assert_eq!(children[2].status, StepStatus::Succeeded, "{children:#?}");
+    assert_eq!(children[3].status, StepStatus::Failed, "{children:#?}");
+    let read_at = children[2].finished_at.clone();
+
+    // pg-2 can be written again (re-created with a role read must not be used: "gone").
+    cms.delete("pg-2", &Default::default()).await.unwrap();
+    create(&cms, "pg-2", json!({}), json!({"role": "gone"})).await;
+    executor
+        .execute(&plan, &input, &mut record, &NoObserver, &control)
+        .await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    assert_eq!(
+        record.steps[0].children[2].finished_at, read_at,
+        "not read again"
+    );
+    assert_eq!(
+        cms.get("pg-2").await.unwrap().data.unwrap()["was"],
+        "replica before resume"
+    );
+}
+
 /// The CRD (`recoverd crd`) takes forEach steps and a templated maxObjects, and keeps the steps
 /// inside a forEach whole (nothing pruned).
 #[tokio::test]

@@ -455,6 +455,19 @@ impl Executor {
             return Ok(());
         }
         scratch.params.insert(ITEM.to_string(), item.clone());
+        // A resumed iteration: what its finished steps read feeds its next steps again. A
+        // secret read is not kept in the record, so the step that read it runs again.
+        let RunRecord { steps, outputs, .. } = &mut scratch;
+        for c in steps.iter_mut().filter(|c| done(c)) {
+            if c.outputs
+                .values()
+                .any(|v| *v == json!(super::redact::REDACTED))
+            {
+                c.status = StepStatus::Pending;
+                continue;
+            }
+            outputs.extend(c.outputs.iter().map(|(k, v)| (k.clone(), v.clone())));
+        }
         let relay = Relay {
             master,
             observer,
