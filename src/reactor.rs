@@ -185,6 +185,8 @@ struct Shared {
     fired: std::sync::atomic::AtomicUsize,
     /// Firings that ended, however.
     ended: std::sync::atomic::AtomicUsize,
+    /// Firings started and not ended (some sleeping in a delay before their next action).
+    pending: std::sync::atomic::AtomicUsize,
     problems: std::sync::Mutex<Vec<String>>,
     /// `cluster/resourceVersion` of every object version a reactor wrote → how deep in a chain
     /// of reactions that write was.
@@ -271,6 +273,37 @@ impl Reactors {
     /// replaced, an action failed).
     pub fn ended(&self) -> usize {
         self.shared.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until every firing has ended and no reactor write is under way — what the world's
+    /// operators were doing when the run ended is finished before anything is checked — for at
+    /// most `limit`; past it, that is a problem of the rehearsal (and false is returned).
+    pub async fn settle(&self, limit: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let idle = self
+                .shared
+                .pending
+                .load(std::sync::atomic::Ordering::SeqCst)
+                == 0
+                && self
+                    .shared
+                    .inflight
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                    == 0;
+            if idle {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                self.shared.problem(format!(
+                    "reactors were still acting {} after the run ended ({} firing(s) not done); the expectations were checked meanwhile",
+                    crate::duration::format(limit),
+                    self.shared.pending.load(std::sync::atomic::Ordering::SeqCst)
+                ));
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// What went wrong with the reactors so far: a reactor that stopped (it died, or the loop
@@ -607,6 +640,9 @@ pub async fn start(
                                 if !tracker.observe(as_json(ev)) {
                                     continue;
                                 }
+                                shared
+                                    .pending
+                                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                                 firings.spawn(fire(
                                     registry.clone(),
                                     r.clone(),
@@ -672,6 +708,9 @@ async fn fire(
     shared
         .ended
         .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    shared
+        .pending
+        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 async fn fire_actions(

@@ -364,3 +364,44 @@ reactors:
     assert_eq!(proxy.stats().errors, 1, "the conflict was never injected");
     assert!(reactors.problems().is_empty(), "{:?}", reactors.problems());
 }
+
+/// A rehearsal checks its expectations only once the world's operators are done: `settle`
+/// waits for a late action, which then counts; and a reactor still acting past the limit is
+/// itself a problem.
+#[tokio::test]
+async fn settling_waits_for_late_actions_and_reports_those_still_acting() {
+    let world = |after: &str| {
+        format!(
+            "{CONFIGMAP_WORLD}reactors:
+- cluster: c
+  when: {{apiVersion: v1, resource: configmaps, namespace: db, name: cm, fieldPath: data.n, equals: '1'}}
+  actions:
+  - after: {after}
+    set: [{{fieldPath: data.late, value: 'yes'}}]
+"
+        )
+    };
+    let s = sim(&world("700ms")).await;
+    let cms = api(&s.registry, "c", "configmaps", "db").await;
+    merge(&cms, "cm", json!({"data": {"n": "1"}})).await;
+    // (The watch sees the change within moments; settling then waits out the 700 ms delay.)
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(s.reactors.settle(Duration::from_secs(10)).await);
+    assert_eq!(data(&cms, "cm", "late").await.as_deref(), Some("yes"));
+    assert!(
+        s.reactors.problems().is_empty(),
+        "{:?}",
+        s.reactors.problems()
+    );
+
+    let s = sim(&world("1h")).await;
+    let cms = api(&s.registry, "c", "configmaps", "db").await;
+    merge(&cms, "cm", json!({"data": {"n": "1"}})).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!s.reactors.settle(Duration::from_millis(300)).await);
+    let problems = s.reactors.problems();
+    assert!(
+        problems.iter().any(|p| p.contains("still acting")),
+        "{problems:?}"
+    );
+}

@@ -163,6 +163,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .execute(&plan, &input, &mut record, &printer, &control)
         .await;
 
+    // What the world's operators were doing when the run ended finishes first: a late action
+    // that fails, or changes what the expectations look at, counts.
+    reactors.settle(std::time::Duration::from_secs(10)).await;
     printer.say(format_args!("\nchanges:"));
     let mut changes = Vec::new();
     let needles = record.secrets.needles();
