@@ -274,6 +274,47 @@ async fn more_items_than_max_items_runs_no_iteration() {
     assert_eq!(names(&cms).await.len(), 6, "nothing was deleted");
 }
 
+/// Deleting by item without a maxItems of its own is bounded like a delete step's selector: at
+/// most 10 (maxObjects' default), not forEach's general 50.
+#[tokio::test]
+async fn deleting_by_item_without_max_items_is_bounded_like_a_delete_selector() {
+    let (ns, cms) = setup("fe-delete-bound").await;
+    for i in 0..11 {
+        create(
+            &cms,
+            &format!("stale-{i}"),
+            json!({"app": "stale"}),
+            json!({}),
+        )
+        .await;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("unbounded.yaml");
+    let text = std::fs::read_to_string(
+        support::clusters::repo_dir().join("tests/data/plans/language/for-each-selected.yaml"),
+    )
+    .unwrap();
+    assert!(text.contains("      maxItems: 5\n"));
+    std::fs::write(&path, text.replace("      maxItems: 5\n", "")).unwrap();
+    let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
+    assert!(errors.is_empty(), "{errors:?}");
+    let plan = recoverd::plan::compile_one(&plans.remove(0), None).unwrap();
+    let reg = registry(support::shared(), WriteMode::Live).await;
+
+    let record = run(reg, &plan, &ns, &[]).await;
+
+    let step = &record.steps[0];
+    assert_eq!(step.reason.as_deref(), Some("too-many-items"), "{step:#?}");
+    assert!(
+        step.error
+            .as_deref()
+            .unwrap()
+            .contains("more than maxItems 10"),
+        "{step:#?}"
+    );
+    assert_eq!(names(&cms).await.len(), 11, "nothing was deleted");
+}
+
 /// A selector matching nothing (a typo in a label, the wrong namespace) fails the step rather
 /// than report success for doing nothing.
 #[tokio::test]

@@ -188,6 +188,15 @@ impl Validator<'_> {
             }
         }
         let items = items?;
+        // Deleting by item is deleting by selector one object at a time: without an explicit
+        // maxItems it is bounded like a delete step's selector (maxObjects' default).
+        let deletes = steps
+            .iter()
+            .any(|s| matches!(s.kind, crate::plan::compiled::StepKind::Delete(_)));
+        let max_items = match (f.max_items, deletes) {
+            (None, true) => max_items.min(crate::plan::compiled::DEFAULT_MAX_OBJECTS),
+            _ => max_items,
+        };
         (self.report.problems.len() == problems_before).then_some(ForEach {
             items,
             concurrency,

@@ -100,6 +100,18 @@ pub fn bounded_status(record: &RunRecord) -> Value {
         for list in ["steps", "onFailure"] {
             let steps = value.get_mut(list).and_then(Value::as_array_mut);
             for step in steps.into_iter().flatten() {
+                let children = step.get_mut("children").and_then(Value::as_array_mut);
+                for child in children.into_iter().flatten() {
+                    for field in ["inputs", "outputs", "diff"] {
+                        if let Some(v) = child.get_mut(field) {
+                            *v = if field == "outputs" {
+                                serde_json::json!({"omitted": omitted(v)})
+                            } else {
+                                omitted(v)
+                            };
+                        }
+                    }
+                }
                 for field in ["inputs", "outputs", "diff"] {
                     if let Some(v) = step.get_mut(field) {
                         // (`outputs` is a map in the record's schema; the others are free.)
@@ -130,10 +142,18 @@ pub fn bounded_status(record: &RunRecord) -> Value {
 /// Whether a record read back lost values to the size limit: its outputs cannot feed later
 /// steps (a template would render the marker), so such a run is not resumed.
 pub fn lost_values(record: &RunRecord) -> bool {
+    // (A forEach iteration's outputs feed its next steps when it is resumed.)
+    let children = record
+        .steps
+        .iter()
+        .chain(&record.on_failure)
+        .flat_map(|s| &s.children)
+        .flat_map(|c| c.outputs.values());
     record
         .outputs
         .values()
         .chain(record.params.values())
+        .chain(children)
         .any(|v| v.to_string().contains(TRUNCATED))
 }
 
@@ -148,7 +168,11 @@ pub(super) fn truncate_strings(value: &mut Value, cap: usize) {
             s.push_str(TRUNCATED);
         }
         Value::Array(items) => items.iter_mut().for_each(|v| truncate_strings(v, cap)),
-        Value::Object(map) => map.values_mut().for_each(|v| truncate_strings(v, cap)),
+        // A forEach iteration's `item` is what a resumed run matches it by: never cut.
+        Value::Object(map) => map
+            .iter_mut()
+            .filter(|(k, _)| k.as_str() != "item")
+            .for_each(|(_, v)| truncate_strings(v, cap)),
         _ => {}
     }
 }
