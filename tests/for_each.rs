@@ -315,6 +315,53 @@ async fn deleting_by_item_without_max_items_is_bounded_like_a_delete_selector() 
     assert_eq!(names(&cms).await.len(), 11, "nothing was deleted");
 }
 
+/// A resumed forEach over a selector keeps the iterations it began with: the objects it already
+/// deleted no longer match, yet their iterations stay in the record, numbered as they were.
+#[tokio::test]
+async fn a_resumed_selector_for_each_keeps_the_iterations_it_began_with() {
+    use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
+    let (ns, cms) = setup("fe-resume-sel").await;
+    for n in ["stale-a", "stale-b", "stale-c"] {
+        create(&cms, n, json!({"app": "stale"}), json!({})).await;
+    }
+    let reg = registry(support::shared(), WriteMode::Live).await;
+    let plan = language("for-each-selected.yaml");
+    let input = RunInput {
+        params: [("ns".to_string(), json!(ns))].into(),
+        alert: None,
+    };
+    let executor = Executor::new(reg);
+    let mut record = executor.new_record("resume-sel", &plan, &input);
+    let control = RunControl::default();
+    executor
+        .execute(&plan, &input, &mut record, &NoObserver, &control)
+        .await;
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    let before = record.steps[0].children.clone();
+    assert_eq!(before.len(), 3);
+    // As if recoverd had stopped during the last iteration: it runs again on resume.
+    record.steps[0].children[2].status = StepStatus::Pending;
+    record.steps[0].status = StepStatus::Pending;
+    record.phase = Phase::Interrupted;
+    create(&cms, "stale-c", json!({"app": "stale"}), json!({})).await;
+    executor
+        .execute(&plan, &input, &mut record, &NoObserver, &control)
+        .await;
+
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    let after = &record.steps[0].children;
+    let items: Vec<&Value> = after.iter().filter_map(|c| c.item.as_ref()).collect();
+    let items_before: Vec<&Value> = before.iter().filter_map(|c| c.item.as_ref()).collect();
+    assert_eq!(
+        items, items_before,
+        "the same iterations, in the same order"
+    );
+    for i in [0, 1] {
+        assert_eq!(after[i].finished_at, before[i].finished_at, "{after:#?}");
+    }
+    assert!(names(&cms).await.is_empty());
+}
+
 /// A selector matching nothing (a typo in a label, the wrong namespace) fails the step rather
 /// than report success for doing nothing.
 #[tokio::test]

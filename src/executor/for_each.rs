@@ -171,7 +171,18 @@ impl Executor {
             },
             _ = control.cancel.cancelled() => return Err(StepError::Cancelled),
         };
-        let (items, source) = items;
+        let (mut items, source) = items;
+        // A run resumed: the iterations are those it began with — what a selector matches now
+        // (after the run deleted some of them, say) must not drop or renumber finished ones.
+        let per = f.steps.len().max(1);
+        let earlier = &record.step(index, compensation).children;
+        if !earlier.is_empty() && earlier.len() % per == 0 {
+            let frozen: Option<Vec<Value>> =
+                earlier.chunks(per).map(|c| c[0].item.clone()).collect();
+            if let Some(frozen) = frozen {
+                items = frozen;
+            }
+        }
         // Too many items (a selector matching far too much) are counted, not all recorded.
         let too_many = items.len() > f.max_items as usize;
         let shown: Vec<&Value> = items
