@@ -176,7 +176,7 @@ impl Executor {
         // (after the run deleted some of them, say) must not drop or renumber finished ones.
         let per = f.steps.len().max(1);
         let earlier = &record.step(index, compensation).children;
-        if !earlier.is_empty() && earlier.len() % per == 0 {
+        if !earlier.is_empty() && earlier.len().is_multiple_of(per) {
             let frozen: Option<Vec<Value>> =
                 earlier.chunks(per).map(|c| c[0].item.clone()).collect();
             if let Some(frozen) = frozen {

@@ -188,7 +188,11 @@ impl Runs {
             };
             // A resend is the common case: answer it from the ids this process has seen, then
             // from the store's index, before building a record.
-            if self.seen.contains(&id) || self.store.exists(&id).await? {
+            // (Only while the store is healthy: with nowhere to record runs, every alert is
+            // answered 503, so that Alertmanager keeps it until the store is back.)
+            let known = self.store_ok.load(std::sync::atomic::Ordering::SeqCst)
+                && self.seen.contains(&id);
+            if known || self.store.exists(&id).await? {
                 self.seen.insert(&id);
                 self.store.duplicate(&id, TriggerKind::Alert.as_str());
                 out.push(deduplicated(&Refusal::SameRun { existing: id }));
