@@ -190,8 +190,8 @@ impl Runs {
             // from the store's index, before building a record.
             // (Only while the store is healthy: with nowhere to record runs, every alert is
             // answered 503, so that Alertmanager keeps it until the store is back.)
-            let known = self.store_ok.load(std::sync::atomic::Ordering::SeqCst)
-                && self.seen.contains(&id);
+            let known =
+                self.store_ok.load(std::sync::atomic::Ordering::SeqCst) && self.seen.contains(&id);
             if known || self.store.exists(&id).await? {
                 self.seen.insert(&id);
                 self.store.duplicate(&id, TriggerKind::Alert.as_str());
