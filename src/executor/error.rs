@@ -116,6 +116,20 @@ impl StepError {
     }
 
     /// A bounded category for metrics and records.
+    /// Whether this error stops the run whatever the step's `onError` says: a cancel, the
+    /// run's deadline, a shutdown, an approval nobody gave. (No iteration of a forEach starts
+    /// after one either.)
+    pub fn stops_run(&self) -> bool {
+        matches!(
+            self,
+            StepError::Cancelled
+                | StepError::RunDeadline { .. }
+                | StepError::Interrupted
+                | StepError::NotApproved { .. }
+                | StepError::ApprovalUnavailable { .. }
+        )
+    }
+
     pub fn reason(&self) -> &'static str {
         match self {
             StepError::Template(_) => "template",

@@ -99,15 +99,7 @@ impl Executor {
                 rec.reason = Some(e.reason().to_string());
                 // As for any step: a cancel, the run's deadline, a shutdown and a missing
                 // approval (of an iteration's approval step) stop even a step that may fail.
-                rec.continued = step.on_error == OnError::Continue
-                    && !matches!(
-                        e,
-                        StepError::Cancelled
-                            | StepError::RunDeadline { .. }
-                            | StepError::Interrupted
-                            | StepError::NotApproved { .. }
-                            | StepError::ApprovalUnavailable { .. }
-                    );
+                rec.continued = step.on_error == OnError::Continue && !e.stops_run();
                 warn!(error = %text, reason = e.reason(), "forEach failed");
                 Err(e)
             }
@@ -266,13 +258,7 @@ impl Executor {
         let mut failed = Vec::new();
         for r in results {
             match r {
-                Err(
-                    e @ (StepError::Interrupted
-                    | StepError::Cancelled
-                    | StepError::RunDeadline { .. }
-                    | StepError::NotApproved { .. }
-                    | StepError::ApprovalUnavailable { .. }),
-                ) => return Err(e),
+                Err(e) if e.stops_run() => return Err(e),
                 Err(e) => failed.push(e),
                 Ok(()) => {}
             }
@@ -515,17 +501,7 @@ impl Executor {
             match r {
                 Ok(()) => {}
                 // The run stops: no further iteration starts either.
-                Err(
-                    e @ (StepError::Interrupted
-                    | StepError::Cancelled
-                    | StepError::RunDeadline { .. }
-                    | StepError::NotApproved { .. }
-                    | StepError::ApprovalUnavailable { .. }),
-                ) if !matches!(
-                    e,
-                    StepError::NotApproved { .. } | StepError::ApprovalUnavailable { .. }
-                ) || !scratch.steps[j].continued =>
-                {
+                Err(e) if e.stops_run() => {
                     stop.store(true, Ordering::SeqCst);
                     drop(relay.copy(&scratch).await);
                     return Err(e);

@@ -223,15 +223,7 @@ impl Executor {
                 rec.reason = Some(e.reason().to_string());
                 // A cancelled run, a passed deadline, a shutdown and a missing approval stop
                 // even a step that may fail.
-                rec.continued = step.on_error == OnError::Continue
-                    && !matches!(
-                        e,
-                        StepError::Cancelled
-                            | StepError::RunDeadline { .. }
-                            | StepError::Interrupted
-                            | StepError::NotApproved { .. }
-                            | StepError::ApprovalUnavailable { .. }
-                    );
+                rec.continued = step.on_error == OnError::Continue && !e.stops_run();
                 if rec.continued {
                     info!(error = %text, reason = e.reason(), "step failed");
                 } else {
