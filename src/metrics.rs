@@ -19,6 +19,8 @@ pub struct Metrics {
     pub plans_invalid: IntGauge,
     pub store_healthy: IntGauge,
     pub store_failures: IntCounterVec,
+    pub http_connections_open: IntGauge,
+    pub http_connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -100,6 +102,15 @@ impl Metrics {
             store_failures: counter(
                 "recoverd_store_failures_total",
                 "Failed run store writes and health checks, by reason.",
+                &["reason"],
+            ),
+            http_connections_open: gauge(
+                "recoverd_http_connections_open",
+                "Connections to the API open now.",
+            ),
+            http_connections_refused: counter(
+                "recoverd_http_connections_refused_total",
+                "Connections closed as soon as they were accepted, by the limit they were over.",
                 &["reason"],
             ),
             registry,

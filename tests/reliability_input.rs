@@ -178,18 +178,42 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
             "--max-connections",
             "8",
             "--idle-timeout",
-            "5s",
+            "10s",
             "--header-timeout",
-            "5s",
+            "10s",
             "--body-timeout",
             "2s",
+            "--metrics-public",
         ],
     )
     .await;
     let addr = format!("127.0.0.1:{}", serve.port);
 
+    // A keep-alive client reads the server's own count of open connections: it holds one of them.
+    let watcher = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let metric = |name: &'static str| {
+        let (watcher, addr) = (watcher.clone(), addr.clone());
+        async move {
+            let text = watcher
+                .get(format!("http://{addr}/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    assert_eq!(metric("recoverd_http_connections_open").await, 1);
+
     // Slowloris: a request line and one header, then nothing.
-    let mut slow: Vec<TcpStream> = (0..8)
+    let mut slow: Vec<TcpStream> = (0..7)
         .map(|_| {
             let mut s = TcpStream::connect(&addr).unwrap();
             s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
@@ -197,8 +221,13 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
             s
         })
         .collect();
-    // Let the server accept and count them (a connect() returns before the acceptor has run).
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A connect() returns before the server has accepted: wait until it counts all of them.
+    eventually(
+        "the server to count the 7 slow connections and the watcher's",
+        Duration::from_secs(8),
+        || async { metric("recoverd_http_connections_open").await == 8 },
+    )
+    .await;
     // The cap is reached: a surplus connection is closed at once.
     let mut surplus = TcpStream::connect(&addr).unwrap();
     let _ = surplus.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -213,6 +242,11 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
     assert!(
         !surplus_closed.contains("200 OK"),
         "a connection over the cap was served: {surplus_closed}"
+    );
+    assert_eq!(
+        metric("recoverd_http_connections_refused_total{reason=\"max-connections\"}").await,
+        1,
+        "the refusal is counted"
     );
     // The slow ones are closed by the header timeout, and the server answers again.
     let addr2 = addr.clone();

@@ -309,7 +309,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     match tls {
         Some(tls) => {
             let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls.config)
-                .acceptor(Guard::new(limits));
+                .acceptor(Guard::new(limits, runs.metrics()));
             let mut server = axum_server::bind(args.listen)
                 .acceptor(acceptor)
                 .handle(handle);
@@ -318,7 +318,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         }
         None => {
             let mut server = axum_server::bind(args.listen)
-                .acceptor(Guard::new(limits))
+                .acceptor(Guard::new(limits, runs.metrics()))
                 .handle(handle);
             limits::configure(&mut server, limits);
             server.serve(app.into_make_service()).await?;

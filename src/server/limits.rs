@@ -19,11 +19,13 @@ use axum::extract::{Request, State};
 use axum::http::header;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use prometheus::{IntCounterVec, IntGauge};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 
 use super::{ApiError, AppState};
+use crate::metrics::Metrics;
 
 /// Connection limits for `serve`.
 #[derive(Clone, Copy, Debug)]
@@ -95,15 +97,20 @@ pub struct Guard {
     per_client: usize,
     clients: Arc<Mutex<HashMap<IpAddr, usize>>>,
     idle: Duration,
+    open: IntGauge,
+    refused: IntCounterVec,
 }
 
 impl Guard {
-    pub fn new(limits: ConnLimits) -> Self {
+    /// Counts open and refused connections in `metrics`.
+    pub fn new(limits: ConnLimits, metrics: &Metrics) -> Self {
         Guard {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             per_client: limits.max_per_client,
             clients: Arc::default(),
             idle: limits.idle_timeout,
+            open: metrics.http_connections_open.clone(),
+            refused: metrics.http_connections_refused.clone(),
         }
     }
 
@@ -167,43 +174,67 @@ where
         let client = self.client_slot(stream.peer_ip());
         let permit = self.permits.clone().try_acquire_owned();
         let idle = self.idle;
+        let (open, refused) = (self.open.clone(), self.refused.clone());
         Box::pin(async move {
             // Dropping the stream closes it: better than letting the descriptor table fill.
             let Some(client) = client else {
                 tracing::debug!("connection refused: too many open connections from one client");
+                refused
+                    .with_label_values(&["max-connections-per-client"])
+                    .inc();
                 return Err(io::Error::other(
                     "too many open connections from one client",
                 ));
             };
             let Ok(permit) = permit else {
                 tracing::debug!("connection refused: too many open connections");
+                refused.with_label_values(&["max-connections"]).inc();
                 return Err(io::Error::other("too many open connections"));
             };
-            Ok((Guarded::new(stream, permit, client, idle), service))
+            let slots = Slots::new(permit, client, open);
+            Ok((Guarded::new(stream, slots, idle), service))
         })
+    }
+}
+
+/// What one open connection holds until it closes: its place under both caps, and its count in
+/// `recoverd_http_connections_open`.
+struct Slots {
+    _permit: OwnedSemaphorePermit,
+    _client: Option<ClientSlot>,
+    open: IntGauge,
+}
+
+impl Slots {
+    fn new(permit: OwnedSemaphorePermit, client: Option<ClientSlot>, open: IntGauge) -> Self {
+        open.inc();
+        Slots {
+            _permit: permit,
+            _client: client,
+            open,
+        }
+    }
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 
 /// A connection that holds its slots until closed and fails once idle for too long.
 pub struct Guarded<I> {
     io: I,
-    _permit: OwnedSemaphorePermit,
-    _client: Option<ClientSlot>,
+    _slots: Slots,
     idle: Duration,
     deadline: Pin<Box<Sleep>>,
 }
 
 impl<I> Guarded<I> {
-    fn new(
-        io: I,
-        permit: OwnedSemaphorePermit,
-        client: Option<ClientSlot>,
-        idle: Duration,
-    ) -> Self {
+    fn new(io: I, slots: Slots, idle: Duration) -> Self {
         Guarded {
             io,
-            _permit: permit,
-            _client: client,
+            _slots: slots,
             idle,
             deadline: Box::pin(tokio::time::sleep(idle)),
         }
