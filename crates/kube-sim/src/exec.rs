@@ -12,6 +12,13 @@
 //! ```
 //!
 //! A command the pod does not declare fails as a container without that executable does.
+//!
+//! Output starts [`START`] after the upgrade, as a real exec's does (the API server connects to
+//! the kubelet, the kubelet asks the runtime to start the process). Clients rely on that:
+//! client-go's WebSocket executor sets up its stream pipes in one goroutine while another is
+//! already reading frames, and drops a frame for a stream it has not set up yet ("Unknown stream
+//! id 1, discarding message"), so output sent with the upgrade reached `kubectl exec` only when
+//! its scheduler happened to run the first goroutine first.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -27,6 +34,9 @@ pub const ANNOTATION: &str = "kube-sim.io/exec";
 const STDOUT: u8 = 1;
 const STDERR: u8 = 2;
 const ERROR: u8 = 3;
+
+/// How long after the upgrade a command's output starts.
+const START: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What a declared command does.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -138,6 +148,7 @@ pub fn serve(
     Ok(ws
         .protocols(["v5.channel.k8s.io", "v4.channel.k8s.io", "channel.k8s.io"])
         .on_upgrade(move |mut socket| async move {
+            tokio::time::sleep(START).await;
             let ok = (stdout.is_empty() || send(&mut socket, STDOUT, stdout.as_bytes()).await)
                 && (stderr.is_empty() || send(&mut socket, STDERR, stderr.as_bytes()).await)
                 && send(&mut socket, ERROR, status.to_string().as_bytes()).await;

@@ -258,8 +258,14 @@ async fn deleting_a_statefulset_cascades_to_its_pods_unless_orphaned() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_exec_runs_the_commands_a_pod_declares_and_no_others() {
     let k = start().await;
-    let pong = k.ok(&["exec", "cache-0", "--", "redis-cli", "ping"]).await;
-    assert_eq!(pong, "PONG\n");
+    let pong = k.run(&["exec", "cache-0", "--", "redis-cli", "ping"]).await;
+    assert!(pong.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&pong.stdout),
+        "PONG\n",
+        "kubectl's stderr: {}",
+        String::from_utf8_lossy(&pong.stderr)
+    );
 
     let refused = k
         .run(&["exec", "cache-0", "--", "redis-cli", "shutdown"])
