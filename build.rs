@@ -39,10 +39,7 @@ fn watch_head() {
     ) else {
         return;
     };
-    let mut watched = vec![
-        Path::new(&git_dir).join("HEAD"),
-        Path::new(&common).join("packed-refs"),
-    ];
+    let mut watched = vec![Path::new(&git_dir).join("HEAD"), Path::new(&common).join("packed-refs")];
     if let Some(branch) = git(&["symbolic-ref", "-q", "HEAD"]) {
         watched.push(Path::new(&common).join(branch));
     }

@@ -22,9 +22,7 @@ use axum::body::Body;
 use axum::http::Request;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::ConfigMap;
-use kube::api::{
-    Api, Patch, PatchParams, PostParams, ValidationDirective, WatchEvent, WatchParams,
-};
+use kube::api::{Api, Patch, PatchParams, PostParams, ValidationDirective, WatchEvent, WatchParams};
 use recoverd::app::{App, Config};
 use recoverd::cluster::{Registry, WriteMode};
 use recoverd::executor::{Executor, NoObserver, RunControl, RunInput};
@@ -220,9 +218,7 @@ fn main() {
                 )
             }
             "--bench" => {}
-            other => panic!(
-                "unknown argument {other:?}: --quick, --json FILE, --only P1,P2, --no-clusters"
-            ),
+            other => panic!("unknown argument {other:?}: --quick, --json FILE, --only P1,P2, --no-clusters"),
         }
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -255,11 +251,7 @@ fn main() {
     if opts.wants("L1") {
         figures.extend(l1(&opts));
     }
-    if opts.clusters
-        && ["B2", "P3", "P4", "P5", "P6", "P8", "R6"]
-            .iter()
-            .any(|f| opts.wants(f))
-    {
+    if opts.clusters && ["B2", "P3", "P4", "P5", "P6", "P8", "R6"].iter().any(|f| opts.wants(f)) {
         figures.extend(cluster_figures(&opts));
     }
     println!("({:.0} s)", started.elapsed().as_secs_f64());
@@ -342,10 +334,7 @@ fn p2_webhook(opts: &Opts) -> Vec<Figure> {
     let rounds = if opts.quick { 1 } else { 3 };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let mut out = Vec::new();
-    for (shared, layout) in [
-        (false, "distinct first label"),
-        (true, "shared first label"),
-    ] {
+    for (shared, layout) in [(false, "distinct first label"), (true, "shared first label")] {
         let per_n: Vec<f64> = [10, large_set(opts)]
             .into_iter()
             .map(|n| {
@@ -353,16 +342,8 @@ fn p2_webhook(opts: &Opts) -> Vec<Figure> {
                 write_plans(&dir.path().join("plans"), n, shared);
                 rt.block_on(async {
                     let kc = unreachable_kubeconfig(dir.path());
-                    let live = Arc::new(
-                        Registry::from_kubeconfig(Some(&kc), WriteMode::Live)
-                            .await
-                            .unwrap(),
-                    );
-                    let dry = Arc::new(
-                        Registry::from_kubeconfig(Some(&kc), WriteMode::DryRun)
-                            .await
-                            .unwrap(),
-                    );
+                    let live = Arc::new(Registry::from_kubeconfig(Some(&kc), WriteMode::Live).await.unwrap());
+                    let dry = Arc::new(Registry::from_kubeconfig(Some(&kc), WriteMode::DryRun).await.unwrap());
                     let set = PlanSet::load(&[dir.path().join("plans")], None);
                     assert_eq!(set.len(), n);
                     let (app, runs) = receiver(dir.path(), set, live, dry).await;
@@ -385,10 +366,7 @@ fn p2_webhook(opts: &Opts) -> Vec<Figure> {
             .collect();
         out.push(figure(
             if shared { "P2b" } else { "P2a" },
-            &format!(
-                "webhook, one re-sent alert, {} plans ({layout})",
-                large_set(opts)
-            ),
+            &format!("webhook, one re-sent alert, {} plans ({layout})", large_set(opts)),
             "local",
             per_n[1],
             "µs",
@@ -406,10 +384,7 @@ fn p2_matching(opts: &Opts) -> Vec<Figure> {
     let samples = if opts.quick { 500 } else { 5_000 };
     let rounds = if opts.quick { 1 } else { 3 };
     let mut out = Vec::new();
-    for (shared, layout) in [
-        (false, "distinct first label"),
-        (true, "shared first label"),
-    ] {
+    for (shared, layout) in [(false, "distinct first label"), (true, "shared first label")] {
         let sets: Vec<(usize, PlanSet)> = [10, large_set(opts)]
             .into_iter()
             .map(|n| {
@@ -489,11 +464,7 @@ impl Server {
             .stderr(log)
             .spawn()
             .expect("start recoverd serve");
-        let server = Server {
-            child,
-            port,
-            _dir: dir,
-        };
+        let server = Server { child, port, _dir: dir };
         for _ in 0..600 {
             if http_status(port, "GET", "/readyz", "") == Some(200) {
                 return server;
@@ -535,10 +506,7 @@ fn http_status(port: u16, method: &str, path: &str, body: &str) -> Option<u16> {
 }
 
 fn alert_body(alertname: &str, team: bool) -> String {
-    let text = std::fs::read_to_string(
-        clusters::repo_dir().join("tests/data/alerts/firing-one-alert.json"),
-    )
-    .unwrap();
+    let text = std::fs::read_to_string(clusters::repo_dir().join("tests/data/alerts/firing-one-alert.json")).unwrap();
     let mut v: Value = serde_json::from_str(&text).unwrap();
     let labels = &mut v["alerts"][0]["labels"];
     labels["alertname"] = json!(alertname);
@@ -594,9 +562,7 @@ fn baseline_server() -> (u16, tokio::runtime::Runtime) {
         .enable_all()
         .build()
         .unwrap();
-    let listener = rt
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .unwrap();
+    let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
     let port = listener.local_addr().unwrap().port();
     async fn handler(body: axum::body::Bytes) -> (axum::http::StatusCode, axum::Json<Value>) {
         match serde_json::from_slice::<Value>(&body) {
@@ -626,10 +592,7 @@ fn p1_p7(opts: &Opts) -> Vec<Figure> {
     let no_match = alert_body("NoSuchAlert", true);
     let resent = alert_body("Alert7", true);
     // The first notification starts the run (a 1 ms wait); every later one is a re-send.
-    assert_eq!(
-        http_status(server.port, "POST", "/api/v1/alerts", &resent),
-        Some(202)
-    );
+    assert_eq!(http_status(server.port, "POST", "/api/v1/alerts", &resent), Some(202));
     std::thread::sleep(Duration::from_millis(300));
     let mut sent = 0;
     let (mut a, mut b, mut base_a, mut base_b) = (vec![], vec![], vec![], vec![]);
@@ -643,9 +606,7 @@ fn p1_p7(opts: &Opts) -> Vec<Figure> {
         sent += n;
         base_b.push(wrk(base_port, &resent, secs).0);
     }
-    let note = format!(
-        "wrk -t1 -c8 -d{secs}s, median of {rounds}; baseline: minimal axum + serde_json handler"
-    );
+    let note = format!("wrk -t1 -c8 -d{secs}s, median of {rounds}; baseline: minimal axum + serde_json handler");
     if opts.wants("P1") {
         out.push(figure(
             "P1a",
@@ -730,14 +691,7 @@ fn l1(opts: &Opts) -> Vec<Figure> {
     write_plans(&dir.path().join("plans"), n, false);
     let json = dir.path().join("hyperfine.json");
     let status = Command::new("hyperfine")
-        .args([
-            "--style",
-            "none",
-            "--warmup",
-            "1",
-            "--runs",
-            &runs.to_string(),
-        ])
+        .args(["--style", "none", "--warmup", "1", "--runs", &runs.to_string()])
         .arg("--export-json")
         .arg(&json)
         .arg(format!(
@@ -797,11 +751,7 @@ async fn post(app: &axum::Router, body: String) -> u16 {
     status
 }
 
-fn plan_set(
-    dir: &Path,
-    text: &str,
-    clusters: Option<&std::collections::BTreeSet<String>>,
-) -> PlanSet {
+fn plan_set(dir: &Path, text: &str, clusters: Option<&std::collections::BTreeSet<String>>) -> PlanSet {
     std::fs::create_dir_all(dir).unwrap();
     std::fs::write(dir.join("plan.yaml"), text).unwrap();
     let set = PlanSet::load(&[dir.to_path_buf()], clusters);
@@ -921,13 +871,7 @@ async fn execute(executor: &Executor, plan: &Plan) -> recoverd::run::RunRecord {
     };
     let mut record = executor.new_record("bench", plan, &input);
     executor
-        .execute(
-            plan,
-            &input,
-            &mut record,
-            &NoObserver,
-            &RunControl::default(),
-        )
+        .execute(plan, &input, &mut record, &NoObserver, &RunControl::default())
         .await;
     record
 }
@@ -974,13 +918,7 @@ async fn watch_from_now(
     api: &Api<ConfigMap>,
     name: &str,
 ) -> impl futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin {
-    let rv = api
-        .get(name)
-        .await
-        .unwrap()
-        .metadata
-        .resource_version
-        .unwrap();
+    let rv = api.get(name).await.unwrap().metadata.resource_version.unwrap();
     api.watch(
         &WatchParams::default()
             .fields(&format!("metadata.name={name}"))
@@ -1001,11 +939,7 @@ fn cluster_figures(opts: &Opts) -> Vec<Figure> {
     let version = Command::new(&bin)
         .arg("--version")
         .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .replace("Kubernetes ", "")
-        })
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().replace("Kubernetes ", ""))
         .unwrap_or_default();
     let setting = format!("kube-apiserver {version}");
     // north, south and edge, stopped when this process ends.
@@ -1014,11 +948,7 @@ fn cluster_figures(opts: &Opts) -> Vec<Figure> {
     rt.block_on(cluster_figures_on(opts, test_clusters, &setting))
 }
 
-async fn cluster_figures_on(
-    opts: &Opts,
-    tc: &clusters::TestClusters,
-    setting: &str,
-) -> Vec<Figure> {
+async fn cluster_figures_on(opts: &Opts, tc: &clusters::TestClusters, setting: &str) -> Vec<Figure> {
     let mut out = Vec::new();
     let n = if opts.quick { 5 } else { 30 };
     let ns = tc.namespace("bench").await;
@@ -1145,13 +1075,9 @@ async fn cluster_figures_on(
             exec_ms.push(ms(t.elapsed()));
             let t = Instant::now();
             for i in 0..steps {
-                api.patch(
-                    "p4",
-                    &PatchParams::default(),
-                    &merge("k", &format!("r{r}-{i}")),
-                )
-                .await
-                .unwrap();
+                api.patch("p4", &PatchParams::default(), &merge("k", &format!("r{r}-{i}")))
+                    .await
+                    .unwrap();
             }
             raw_ms.push(ms(t.elapsed()));
         }
@@ -1162,10 +1088,7 @@ async fn cluster_figures_on(
             setting,
             per_step(&exec_ms),
             "ms",
-            Some((
-                per_step(&raw_ms),
-                "the same PATCHes raw, one keep-alive connection",
-            )),
+            Some((per_step(&raw_ms), "the same PATCHes raw, one keep-alive connection")),
             Compare::DeltaAtMost(0.5),
             rounds,
             format!("median of {rounds} runs; the difference is the executor's overhead per step"),
@@ -1228,12 +1151,9 @@ async fn cluster_figures_on(
         let runs_n = if opts.quick { 10 } else { 100 };
         let executor = Arc::new(Executor::new(registry.clone()));
         for i in 0..runs_n {
-            api.create(
-                &PostParams::default(),
-                &cm(&format!("p8-{i}"), json!({"k": "0"})),
-            )
-            .await
-            .unwrap();
+            api.create(&PostParams::default(), &cm(&format!("p8-{i}"), json!({"k": "0"})))
+                .await
+                .unwrap();
         }
         // a: what a recovery looks like, mostly waiting (patch, 300 ms, patch, 300 ms, patch);
         // b: five PATCH steps back to back, bound by the API server's throughput.
@@ -1242,8 +1162,7 @@ async fn cluster_figures_on(
                 let object = format!("p8-{i}");
                 let steps: String = (0..if waits { 3 } else { 5 })
                     .map(|s| {
-                        let patch =
-                            patch_step(&format!("s{s}"), &ns, &object, "k", &format!("{id}-{r}-{s}"));
+                        let patch = patch_step(&format!("s{s}"), &ns, &object, "k", &format!("{id}-{r}-{s}"));
                         if waits && s < 2 {
                             format!("{patch}  - {{name: w{s}, type: wait, wait: {{duration: 300ms}}}}\n")
                         } else {
@@ -1287,13 +1206,9 @@ async fn cluster_figures_on(
                                 };
                                 for s in 0..5 {
                                     api.get(&object).await.unwrap();
-                                    api.patch(
-                                        &object,
-                                        &params,
-                                        &merge("k", &format!("raw-{r}-{s}")),
-                                    )
-                                    .await
-                                    .unwrap();
+                                    api.patch(&object, &params, &merge("k", &format!("raw-{r}-{s}")))
+                                        .await
+                                        .unwrap();
                                 }
                             })
                         })
@@ -1389,10 +1304,7 @@ async fn p6(opts: &Opts, tc: &clusters::TestClusters, setting: &str) -> Vec<Figu
         let t = Instant::now();
         let status = tokio::process::Command::new("bash")
             .args(["-c", RUNBOOK])
-            .env(
-                "K",
-                format!("kubectl --kubeconfig {}", tc.kubeconfig().display()),
-            )
+            .env("K", format!("kubectl --kubeconfig {}", tc.kubeconfig().display()))
             .env("NS", &world.ns)
             .status()
             .await

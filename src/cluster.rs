@@ -44,10 +44,7 @@ pub enum ClusterError {
         source: kube::Error,
     },
     #[error("cluster {cluster:?} does not serve {api_version} (is its CRD installed?)")]
-    NoApiVersion {
-        cluster: String,
-        api_version: String,
-    },
+    NoApiVersion { cluster: String, api_version: String },
     #[error("cluster {cluster:?} serves no resource {resource:?} in {api_version}")]
     NoResource {
         cluster: String,
@@ -125,16 +122,10 @@ impl std::fmt::Debug for Registry {
 impl Registry {
     /// One cluster per context of the kubeconfig at `path` (or `$KUBECONFIG` / `~/.kube/config`
     /// when `None`); the current context is the default cluster.
-    pub async fn from_kubeconfig(
-        path: Option<&Path>,
-        mode: WriteMode,
-    ) -> Result<Self, ClusterError> {
+    pub async fn from_kubeconfig(path: Option<&Path>, mode: WriteMode) -> Result<Self, ClusterError> {
         let (kc, shown) = match path {
             Some(p) => (Kubeconfig::read_from(p), p.display().to_string()),
-            None => (
-                Kubeconfig::read(),
-                "$KUBECONFIG or ~/.kube/config".to_string(),
-            ),
+            None => (Kubeconfig::read(), "$KUBECONFIG or ~/.kube/config".to_string()),
         };
         let kc = kc.map_err(|source| ClusterError::Kubeconfig {
             path: shown.clone(),
@@ -182,9 +173,7 @@ impl Registry {
             .or_else(|| clients.keys().next().cloned())
             .ok_or(ClusterError::Empty)?;
         if !clients.contains_key(&default) {
-            return Err(err(format!(
-                "default cluster {default:?} is not among its clusters"
-            )));
+            return Err(err(format!("default cluster {default:?} is not among its clusters")));
         }
         Ok(Self::new(clients, default, mode))
     }
@@ -230,13 +219,10 @@ impl Registry {
     }
 
     pub fn client(&self, cluster: &str) -> Result<Client, ClusterError> {
-        self.clients
-            .get(cluster)
-            .cloned()
-            .ok_or_else(|| ClusterError::Unknown {
-                cluster: cluster.to_string(),
-                known: self.clients.keys().cloned().collect::<Vec<_>>().join(", "),
-            })
+        self.clients.get(cluster).cloned().ok_or_else(|| ClusterError::Unknown {
+            cluster: cluster.to_string(),
+            known: self.clients.keys().cloned().collect::<Vec<_>>().join(", "),
+        })
     }
 
     async fn group(
@@ -250,14 +236,12 @@ impl Registry {
         }
         let client = self.client(cluster)?;
         let gv: GroupVersion =
-            api_version
-                .parse()
-                .map_err(|e: kube::core::gvk::ParseGroupVersionError| {
-                    ClusterError::BadApiVersion {
-                        api_version: api_version.into(),
-                        reason: e.to_string(),
-                    }
-                })?;
+            api_version.parse().map_err(
+                |e: kube::core::gvk::ParseGroupVersionError| ClusterError::BadApiVersion {
+                    api_version: api_version.into(),
+                    reason: e.to_string(),
+                },
+            )?;
         let group = kube::discovery::pinned_group(&client, &gv)
             .await
             .map_err(|source| match &source {
@@ -273,33 +257,19 @@ impl Registry {
                 },
             })?;
         let resources = group.versioned_resources(&gv.version);
-        self.discovery
-            .lock()
-            .unwrap()
-            .insert(key, resources.clone());
+        self.discovery.lock().unwrap().insert(key, resources.clone());
         Ok(resources)
     }
 
     /// Resolves `apiVersion` + plural `resource` on a cluster through (cached) discovery.
-    pub async fn resolve(
-        &self,
-        cluster: &str,
-        api_version: &str,
-        resource: &str,
-    ) -> Result<Resolved, ClusterError> {
+    pub async fn resolve(&self, cluster: &str, api_version: &str, resource: &str) -> Result<Resolved, ClusterError> {
         self.find(cluster, api_version, resource, |ar| ar.plural == resource)
             .await
     }
 
     /// Resolves `apiVersion` + `kind` on a cluster through (cached) discovery.
-    pub async fn resolve_kind(
-        &self,
-        cluster: &str,
-        api_version: &str,
-        kind: &str,
-    ) -> Result<Resolved, ClusterError> {
-        self.find(cluster, api_version, kind, |ar| ar.kind == kind)
-            .await
+    pub async fn resolve_kind(&self, cluster: &str, api_version: &str, kind: &str) -> Result<Resolved, ClusterError> {
+        self.find(cluster, api_version, kind, |ar| ar.kind == kind).await
     }
 
     async fn find(
@@ -323,11 +293,7 @@ impl Registry {
                 return Ok(Resolved {
                     resource,
                     namespaced: matches!(caps.scope, Scope::Namespaced),
-                    subresources: caps
-                        .subresources
-                        .iter()
-                        .map(|(ar, _)| ar.plural.clone())
-                        .collect(),
+                    subresources: caps.subresources.iter().map(|(ar, _)| ar.plural.clone()).collect(),
                 });
             }
         }
@@ -339,11 +305,7 @@ impl Registry {
     }
 }
 
-async fn client_for(
-    kc: &Kubeconfig,
-    context: Option<&str>,
-    mode: WriteMode,
-) -> Result<Client, ClusterError> {
+async fn client_for(kc: &Kubeconfig, context: Option<&str>, mode: WriteMode) -> Result<Client, ClusterError> {
     let name = context.unwrap_or("current-context").to_string();
     let opts = KubeConfigOptions {
         context: context.map(str::to_string),
@@ -378,8 +340,8 @@ fn build_client(config: Config, name: &str, mode: WriteMode) -> Result<Client, C
         cluster: name.to_string(),
         source: Box::new(e),
     };
-    let dry_run = (mode == WriteMode::DryRun)
-        .then(|| tower::util::MapRequestLayer::new(force_dry_run::<kube::client::Body>));
+    let dry_run =
+        (mode == WriteMode::DryRun).then(|| tower::util::MapRequestLayer::new(force_dry_run::<kube::client::Body>));
     if config.proxy_url.is_some() || config.auth_info.exec.is_some() {
         let builder = ClientBuilder::try_from(config).map_err(err)?;
         return Ok(match dry_run {
@@ -390,23 +352,22 @@ fn build_client(config: Config, name: &str, mode: WriteMode) -> Result<Client, C
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
-    let tls = config
-        .rustls_https_connector_with_connector(http)
-        .map_err(err)?;
+    let tls = config.rustls_https_connector_with_connector(http).map_err(err)?;
     let mut connector = hyper_timeout::TimeoutConnector::new(tls);
     connector.set_connect_timeout(config.connect_timeout);
     connector.set_read_timeout(config.read_timeout);
     connector.set_write_timeout(config.write_timeout);
     connector.set_reset_reader_on_write(config.reset_reader_on_write);
     let http_client: hyper_util::client::legacy::Client<_, kube::client::Body> =
-        hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new())
-            .build(connector);
+        hyper_util::client::legacy::Builder::new(hyper_util::rt::TokioExecutor::new()).build(connector);
     let service = ServiceBuilder::new()
         .option_layer(dry_run)
         .layer(config.base_uri_layer())
-        .option_layer(config.default_retry.then(|| {
-            tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry())
-        }))
+        .option_layer(
+            config
+                .default_retry
+                .then(|| tower::retry::RetryLayer::new(kube::client::retry::RetryPolicy::server_retry())),
+        )
         .option_layer(config.auth_layer().map_err(err)?)
         .layer(config.extra_headers_layer().map_err(err)?)
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -430,17 +391,11 @@ pub fn force_dry_run<B>(mut req: http::Request<B>) -> http::Request<B> {
     let pq = uri
         .path_and_query()
         .map_or(uri.path().to_string(), |pq| pq.as_str().to_string());
-    let already = uri
-        .query()
-        .is_some_and(|q| q.split('&').any(|kv| kv == "dryRun=All"));
+    let already = uri.query().is_some_and(|q| q.split('&').any(|kv| kv == "dryRun=All"));
     if !already {
         let sep = if uri.query().is_some() { '&' } else { '?' };
         let mut parts = uri.into_parts();
-        parts.path_and_query = Some(
-            format!("{pq}{sep}dryRun=All")
-                .parse()
-                .expect("valid path and query"),
-        );
+        parts.path_and_query = Some(format!("{pq}{sep}dryRun=All").parse().expect("valid path and query"));
         *req.uri_mut() = http::Uri::from_parts(parts).expect("valid uri");
     }
     req
@@ -463,12 +418,7 @@ pub fn api_for_object(
 }
 
 /// `postgresql.cnpg.io/v1 clusters db/pg-north`
-pub fn describe_object(
-    api_version: &str,
-    resource: &str,
-    namespace: Option<&str>,
-    name: &str,
-) -> String {
+pub fn describe_object(api_version: &str, resource: &str, namespace: Option<&str>, name: &str) -> String {
     match namespace {
         Some(ns) => format!("{api_version} {resource} {ns}/{name}"),
         None => format!("{api_version} {resource} {name}"),
@@ -511,10 +461,7 @@ mod tests {
                 .uri("https://h/api/v1/namespaces/a/configmaps/x?fieldManager=r")
                 .body(())
                 .unwrap();
-            assert_eq!(
-                force_dry_run(req).uri().query(),
-                Some("fieldManager=r&dryRun=All")
-            );
+            assert_eq!(force_dry_run(req).uri().query(), Some("fieldManager=r&dryRun=All"));
         }
         let req = http::Request::builder()
             .method("POST")

@@ -88,15 +88,9 @@ mod tests {
     #[test]
     fn bad_durations_say_why() {
         assert!(parse("30").unwrap_err().reason.contains("unit"));
-        assert!(parse("5 minutes")
-            .unwrap_err()
-            .reason
-            .contains("unknown unit"));
+        assert!(parse("5 minutes").unwrap_err().reason.contains("unknown unit"));
         assert!(parse("").is_err());
-        assert!(parse("99999999999999999999h")
-            .unwrap_err()
-            .reason
-            .contains("too large"));
+        assert!(parse("99999999999999999999h").unwrap_err().reason.contains("too large"));
     }
 
     #[test]

@@ -31,13 +31,8 @@ pub enum Segment {
 /// A parsed path: either dotted (`a.b[0].c`, writable) or JSONPath (`$…`, read-only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FieldPath {
-    Dotted {
-        text: String,
-        segments: Vec<Segment>,
-    },
-    JsonPath {
-        text: String,
-    },
+    Dotted { text: String, segments: Vec<Segment> },
+    JsonPath { text: String },
 }
 
 impl fmt::Display for FieldPath {
@@ -63,13 +58,9 @@ impl FieldPath {
         }
         // kubectl's `{.status.demotionToken}`: one expression in braces means the expression.
         if let Some(inner) = trimmed.strip_prefix('{') {
-            let inner = inner
-                .strip_suffix('}')
-                .ok_or_else(|| err("a `{` is never closed"))?;
+            let inner = inner.strip_suffix('}').ok_or_else(|| err("a `{` is never closed"))?;
             if inner.contains(['{', '}']) {
-                return Err(err(
-                    "only one `{…}` expression is accepted, without text around it",
-                ));
+                return Err(err("only one `{…}` expression is accepted, without text around it"));
             }
             trimmed = inner.trim();
             if trimmed.is_empty() {
@@ -78,11 +69,7 @@ impl FieldPath {
             // `{.items[*].metadata.name}`, `{.status.conditions[?(@.type=="Ready")].status}`:
             // kubectl's filters and wildcards are JSONPath's.
             if trimmed.contains(['*', '?']) {
-                let dot = if trimmed.starts_with(['.', '[']) {
-                    ""
-                } else {
-                    "."
-                };
+                let dot = if trimmed.starts_with(['.', '[']) { "" } else { "." };
                 let jp = format!("${dot}{trimmed}");
                 jsonpath_rust::parser::parse_json_path(&jp).map_err(|e| err(&e.to_string()))?;
                 return Ok(FieldPath::JsonPath { text: jp });
@@ -103,10 +90,7 @@ impl FieldPath {
             match chars[i] {
                 '.' => {
                     if expect_key {
-                        return Err(err(&format!(
-                            "empty key before the `.` at position {}",
-                            i + 1
-                        )));
+                        return Err(err(&format!("empty key before the `.` at position {}", i + 1)));
                     }
                     expect_key = true;
                     i += 1;
@@ -118,9 +102,7 @@ impl FieldPath {
                     let inner = inner.trim();
                     if let Some(q) = inner.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
                         segments.push(Segment::Key(q.to_string()));
-                    } else if let Some(q) =
-                        inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\''))
-                    {
+                    } else if let Some(q) = inner.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')) {
                         segments.push(Segment::Key(q.to_string()));
                     } else {
                         let n = inner.parse::<usize>().map_err(|_| {
@@ -135,11 +117,7 @@ impl FieldPath {
                 }
                 _ => {
                     if !expect_key {
-                        return Err(err(&format!(
-                            "`{}` at position {} must follow a `.`",
-                            chars[i],
-                            i + 1
-                        )));
+                        return Err(err(&format!("`{}` at position {} must follow a `.`", chars[i], i + 1)));
                     }
                     let mut key = String::new();
                     while i < chars.len() && chars[i] != '.' && chars[i] != '[' {
@@ -244,8 +222,7 @@ impl FieldPath {
             FieldPath::Dotted { segments, .. } => Ok(segments),
             FieldPath::JsonPath { text } => Err(FieldPathError::Parse {
                 path: text.clone(),
-                reason: "a JSONPath can be read but not written; use a dotted path such as spec.replica.primary"
-                    .into(),
+                reason: "a JSONPath can be read but not written; use a dotted path such as spec.replica.primary".into(),
             }),
         }
     }
@@ -314,7 +291,9 @@ impl FieldPath {
                     }
                     cur = cur.and_then(|c| c.get(*n));
                     pointer.push_str(&format!("/{n}"));
-                    ops.push(json!({"op": "test", "path": pointer.clone(), "value": cur.cloned().unwrap_or(Value::Null)}));
+                    ops.push(
+                        json!({"op": "test", "path": pointer.clone(), "value": cur.cloned().unwrap_or(Value::Null)}),
+                    );
                 }
             }
         }
@@ -410,9 +389,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            FieldPath::parse("{.status.demotionToken}")
-                .unwrap()
-                .to_string(),
+            FieldPath::parse("{.status.demotionToken}").unwrap().to_string(),
             ".status.demotionToken"
         );
         let doc = json!({"status": {"conditions": [{"type": "Ready", "status": "True"}]}});
@@ -444,10 +421,7 @@ mod tests {
         );
         assert!(FieldPath::parse(r"spec.a\b").is_err());
         // Quoted keys may hold anything.
-        assert_eq!(
-            segs(r#"data["my key*"]"#)[1],
-            Segment::Key("my key*".into())
-        );
+        assert_eq!(segs(r#"data["my key*"]"#)[1], Segment::Key("my key*".into()));
     }
 
     #[test]
@@ -456,16 +430,10 @@ mod tests {
         let p = FieldPath::parse("status.ingress[0].ip").unwrap();
         assert_eq!(p.get(&doc).unwrap(), Some(json!("10.0.0.9")));
         assert_eq!(
-            FieldPath::parse("status.ingress[1].ip")
-                .unwrap()
-                .get(&doc)
-                .unwrap(),
+            FieldPath::parse("status.ingress[1].ip").unwrap().get(&doc).unwrap(),
             None
         );
-        assert_eq!(
-            FieldPath::parse("status.nope").unwrap().get(&doc).unwrap(),
-            None
-        );
+        assert_eq!(FieldPath::parse("status.nope").unwrap().get(&doc).unwrap(), None);
     }
 
     #[test]
@@ -474,13 +442,7 @@ mod tests {
             {"type": "Ready", "status": "False"}, {"type": "Synced", "status": "True"}]}});
         let p = FieldPath::parse("$.status.conditions[?(@.type=='Ready')].status").unwrap();
         assert_eq!(p.get(&doc).unwrap(), Some(json!("False")));
-        assert_eq!(
-            FieldPath::parse("$.status.nothing")
-                .unwrap()
-                .get(&doc)
-                .unwrap(),
-            None
-        );
+        assert_eq!(FieldPath::parse("$.status.nothing").unwrap().get(&doc).unwrap(), None);
     }
 
     #[test]
@@ -526,29 +488,16 @@ mod tests {
             json!({"op": "add", "path": "/spec/containers/0/resources", "value": {"limits": {"cpu": "2"}}})
         );
         let mut doc = cur.clone();
-        json_patch::patch(
-            &mut doc,
-            &serde_json::from_value::<json_patch::Patch>(patch).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            doc["spec"]["containers"][0]["resources"]["limits"]["cpu"],
-            "2"
-        );
+        json_patch::patch(&mut doc, &serde_json::from_value::<json_patch::Patch>(patch).unwrap()).unwrap();
+        assert_eq!(doc["spec"]["containers"][0]["resources"]["limits"]["cpu"], "2");
     }
 
     #[test]
     fn json_patch_for_a_missing_element_fails_before_sending() {
         let cur = json!({"spec": {"containers": []}});
         let p = FieldPath::parse("spec.containers[2].image").unwrap();
-        let e = p
-            .json_patch_for(&cur, json!("new"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("no element [2]") && e.contains("0 elements"),
-            "{e}"
-        );
+        let e = p.json_patch_for(&cur, json!("new")).unwrap_err().to_string();
+        assert!(e.contains("no element [2]") && e.contains("0 elements"), "{e}");
     }
 
     #[test]

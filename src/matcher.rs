@@ -168,10 +168,7 @@ mod tests {
     use super::*;
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     #[test]
@@ -187,9 +184,7 @@ mod tests {
         assert!(!Matcher::parse(r#"env!~".+""#)
             .unwrap()
             .matches(&labels(&[("env", "prod")])));
-        assert!(Matcher::parse(r#"env!~".+""#)
-            .unwrap()
-            .matches(&labels(&[])));
+        assert!(Matcher::parse(r#"env!~".+""#).unwrap().matches(&labels(&[])));
     }
 
     #[test]
@@ -200,14 +195,8 @@ mod tests {
         let c = Matcher::parse_shared(r#"env!~"critical|page""#, &mut regexes).unwrap();
         let d = Matcher::parse_shared(r#"severity=~"page""#, &mut regexes).unwrap();
         assert_eq!(regexes.len(), 2);
-        assert!(Arc::ptr_eq(
-            a.regex.as_ref().unwrap(),
-            b.regex.as_ref().unwrap()
-        ));
-        assert!(Arc::ptr_eq(
-            a.regex.as_ref().unwrap(),
-            c.regex.as_ref().unwrap()
-        ));
+        assert!(Arc::ptr_eq(a.regex.as_ref().unwrap(), b.regex.as_ref().unwrap()));
+        assert!(Arc::ptr_eq(a.regex.as_ref().unwrap(), c.regex.as_ref().unwrap()));
         let fresh = Matcher::parse(r#"severity=~"critical|page""#).unwrap();
         for v in ["page", "critical", "pager", "", "Page"] {
             let l = labels(&[("severity", v), ("env", v)]);
@@ -219,17 +208,8 @@ mod tests {
 
     #[test]
     fn malformed_matchers_say_what_is_wrong() {
-        assert!(Matcher::parse("severity")
-            .unwrap_err()
-            .reason
-            .contains("operator"));
-        assert!(Matcher::parse(r#"a=~"(""#)
-            .unwrap_err()
-            .reason
-            .contains("bad regex"));
-        assert!(Matcher::parse(r#"a="x"#)
-            .unwrap_err()
-            .reason
-            .contains("closing quote"));
+        assert!(Matcher::parse("severity").unwrap_err().reason.contains("operator"));
+        assert!(Matcher::parse(r#"a=~"(""#).unwrap_err().reason.contains("bad regex"));
+        assert!(Matcher::parse(r#"a="x"#).unwrap_err().reason.contains("closing quote"));
     }
 }

@@ -1,9 +1,7 @@
 //! Prometheus metrics (docs/api.md, "Metrics"), held as a struct in the server's state — no globals. Labels
 //! are bounded: plan names, step types, result and reason categories; never alert label values.
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
-};
+use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
 
 pub struct Metrics {
     registry: Registry,
@@ -28,24 +26,17 @@ impl Metrics {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
             c
         };
         let histogram = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-                .expect("valid metric");
-            registry
-                .register(Box::new(h.clone()))
-                .expect("unique metric");
+            let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+            registry.register(Box::new(h.clone())).expect("unique metric");
             h
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
             g
         };
         Metrics {
@@ -59,11 +50,7 @@ impl Metrics {
                 "Firing alerts that matched a plan.",
                 &["plan"],
             ),
-            runs: counter(
-                "recoverd_runs_total",
-                "Finished runs, by result.",
-                &["plan", "result"],
-            ),
+            runs: counter("recoverd_runs_total", "Finished runs, by result.", &["plan", "result"]),
             runs_deduplicated: counter(
                 "recoverd_runs_deduplicated_total",
                 "Triggers that did not start a run, by reason.",
@@ -86,10 +73,7 @@ impl Metrics {
                 "Failed steps, by reason.",
                 &["plan", "type", "reason"],
             ),
-            active_runs: gauge(
-                "recoverd_active_runs",
-                "Runs executing or waiting for approval now.",
-            ),
+            active_runs: gauge("recoverd_active_runs", "Runs executing or waiting for approval now."),
             plans_loaded: gauge("recoverd_plans_loaded", "Valid plans loaded."),
             plans_invalid: gauge(
                 "recoverd_plans_invalid",
@@ -104,10 +88,7 @@ impl Metrics {
                 "Failed run store writes and health checks, by reason.",
                 &["reason"],
             ),
-            http_connections_open: gauge(
-                "recoverd_http_connections_open",
-                "Connections to the API open now.",
-            ),
+            http_connections_open: gauge("recoverd_http_connections_open", "Connections to the API open now."),
             http_connections_refused: counter(
                 "recoverd_http_connections_refused_total",
                 "Connections closed as soon as they were accepted, by the limit they were over.",

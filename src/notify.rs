@@ -140,10 +140,7 @@ impl Notifier {
             .map_err(|e| format!("--notify-template: {e}"))?;
         // Render it now, with every field set and with none of the optional ones, so a template
         // that names something a notice does not have stops `serve` instead of every notice.
-        for sample in [
-            Notice::sample(Some("step"), Some("error")),
-            Notice::sample(None, None),
-        ] {
+        for sample in [Notice::sample(Some("step"), Some("error")), Notice::sample(None, None)] {
             env.get_template("notice")
                 .and_then(|t| t.render(context(&sample)))
                 .map_err(|e| format!("--notify-template: {e}"))?;
@@ -218,9 +215,7 @@ impl Notifier {
 /// Text as Slack reads it: `&`, `<` and `>` escaped, so that an error carrying `<!channel>`
 /// (a webhook's answer quoted in a step failure, say) cannot ping a whole channel.
 fn slack_escaped(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
 }
 
 fn context(n: &Notice) -> minijinja::Value {
@@ -266,13 +261,7 @@ async fn post(http: &reqwest::Client, url: &str, body: &serde_json::Value, n: &N
             }
             Ok(r) if !(r.status().is_server_error() || r.status().as_u16() == 429) => {
                 let status = r.status().as_u16();
-                let said: String = r
-                    .text()
-                    .await
-                    .unwrap_or_default()
-                    .chars()
-                    .take(200)
-                    .collect();
+                let said: String = r.text().await.unwrap_or_default().chars().take(200).collect();
                 warn!(run = %n.run, event = ?n.event, status, answer = %said, "notification refused by the webhook");
                 return;
             }

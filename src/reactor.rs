@@ -206,10 +206,7 @@ impl Shared {
     }
 
     fn wrote(&self, cluster: &str, obj: &Value, depth: u32) {
-        if let Some(rv) = obj
-            .pointer("/metadata/resourceVersion")
-            .and_then(Value::as_str)
-        {
+        if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
             if let Ok(mut w) = self.written.lock() {
                 w.insert(format!("{cluster}/{rv}"), depth);
             }
@@ -250,9 +247,7 @@ impl<'a> Inflight<'a> {
 
 impl Drop for Inflight<'_> {
     fn drop(&mut self) {
-        self.0
-            .inflight
-            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
         self.0.settled.notify_waiters();
     }
 }
@@ -281,16 +276,8 @@ impl Reactors {
     pub async fn settle(&self, limit: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
-            let idle = self
-                .shared
-                .pending
-                .load(std::sync::atomic::Ordering::SeqCst)
-                == 0
-                && self
-                    .shared
-                    .inflight
-                    .load(std::sync::atomic::Ordering::SeqCst)
-                    == 0;
+            let idle = self.shared.pending.load(std::sync::atomic::Ordering::SeqCst) == 0
+                && self.shared.inflight.load(std::sync::atomic::Ordering::SeqCst) == 0;
             if idle {
                 return true;
             }
@@ -310,12 +297,7 @@ impl Reactors {
     /// guard stopped it), an action that failed. A world whose operators did not do their job
     /// proves nothing: a rehearsal fails on any of these.
     pub fn problems(&self) -> Vec<String> {
-        let mut out = self
-            .shared
-            .problems
-            .lock()
-            .map(|p| p.clone())
-            .unwrap_or_default();
+        let mut out = self.shared.problems.lock().map(|p| p.clone()).unwrap_or_default();
         for (name, t) in &self.tasks {
             if t.is_finished() && !out.iter().any(|p| p.starts_with(name.as_str())) {
                 out.push(format!("{name}: stopped watching"));
@@ -410,10 +392,7 @@ enum Trigger {
 impl Trigger {
     fn of(when: &ReactorWhen) -> Result<Self, String> {
         let path = || -> Result<FieldPath, String> {
-            let p = when
-                .field_path
-                .as_deref()
-                .ok_or("`when` needs a `fieldPath`")?;
+            let p = when.field_path.as_deref().ok_or("`when` needs a `fieldPath`")?;
             FieldPath::parse(p).map_err(|e| e.to_string())
         };
         let kinds = usize::from(when.equals.is_some())
@@ -421,11 +400,9 @@ impl Trigger {
             + usize::from(when.changed)
             + usize::from(when.deleted);
         if kinds != 1 || when.deleted && when.field_path.is_some() {
-            return Err(
-                "`when` needs a `fieldPath` with one of `equals`, `exists: true` or \
+            return Err("`when` needs a `fieldPath` with one of `equals`, `exists: true` or \
                         `changed: true`, or `deleted: true` without a `fieldPath`"
-                    .into(),
-            );
+                .into());
         }
         Ok(match &when.equals {
             Some(v) => Trigger::Equals(path()?, v.clone()),
@@ -571,10 +548,7 @@ fn reactor_name(r: &Reactor) -> String {
 /// delays never hold back another reaction, nor its own watch. A watch that fails is logged
 /// and watched again (from a fresh list); a reactor that stops, or whose action fails, is
 /// reported by [`Reactors::problems`].
-pub async fn start(
-    registry: Arc<Registry>,
-    reactors: &[Reactor],
-) -> Result<Reactors, ReactorError> {
+pub async fn start(registry: Arc<Registry>, reactors: &[Reactor]) -> Result<Reactors, ReactorError> {
     let shared = Arc::new(Shared::default());
     let mut tasks = Vec::new();
     for r in reactors {
@@ -588,19 +562,10 @@ pub async fn start(
             .resolve(&r.cluster, &r.when.api_version, &r.when.resource)
             .await
             .map_err(|e| setup(e.to_string()))?;
-        let api = crate::cluster::api_for_object(
-            &registry,
-            &r.cluster,
-            &resolved,
-            r.when.namespace.as_deref(),
-        )
-        .map_err(|e| setup(e.to_string()))?;
+        let api = crate::cluster::api_for_object(&registry, &r.cluster, &resolved, r.when.namespace.as_deref())
+            .map_err(|e| setup(e.to_string()))?;
         let config = watcher::Config::default().fields(&format!("metadata.name={}", r.when.name));
-        let watch = move || {
-            watcher(api.clone(), config.clone())
-                .default_backoff()
-                .boxed()
-        };
+        let watch = move || watcher(api.clone(), config.clone()).default_backoff().boxed();
         let mut stream = watch();
         // Wait for the initial state: what holds now does not fire.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -705,12 +670,8 @@ async fn fire(
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
     fire_actions(registry, r, actions, seen, shared.clone(), stop).await;
-    shared
-        .ended
-        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-    shared
-        .pending
-        .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    shared.ended.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    shared.pending.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
 }
 
 async fn fire_actions(
@@ -752,9 +713,7 @@ async fn fire_actions(
         }
         match ctx.run(action, seen.as_ref()).await {
             Ok(()) => {
-                shared
-                    .fired
-                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                shared.fired.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tracing::info!(reactor = %name, "reactor acted");
             }
             Err(Stopped::Gone(why)) => {
@@ -791,8 +750,7 @@ async fn handle(
         .resolve(cluster, api_version, resource)
         .await
         .map_err(|e| e.to_string())?;
-    let api = crate::cluster::api_for_object(registry, cluster, &resolved, namespace)
-        .map_err(|e| e.to_string())?;
+    let api = crate::cluster::api_for_object(registry, cluster, &resolved, namespace).map_err(|e| e.to_string())?;
     Ok((api, resolved, name.to_string()))
 }
 
@@ -844,14 +802,8 @@ impl Firing<'_> {
     /// Whether `target` is the watched object itself.
     fn is_watched(&self, target: &ObjectRef) -> bool {
         let w = &self.r.when;
-        target
-            .cluster
-            .as_deref()
-            .is_none_or(|c| c == self.r.cluster)
-            && target
-                .api_version
-                .as_deref()
-                .is_none_or(|a| a == w.api_version)
+        target.cluster.as_deref().is_none_or(|c| c == self.r.cluster)
+            && target.api_version.as_deref().is_none_or(|a| a == w.api_version)
             && target.resource.as_deref().is_none_or(|x| x == w.resource)
             && (target.namespace.is_none() || target.namespace == w.namespace)
             && target.name.as_deref().is_none_or(|n| n == w.name)
@@ -890,10 +842,7 @@ impl Firing<'_> {
             }
         }
         for c in &action.conditions {
-            match writes
-                .iter_mut()
-                .find(|w| key(&w.target) == key(&c.target) && w.status)
-            {
+            match writes.iter_mut().find(|w| key(&w.target) == key(&c.target) && w.status) {
                 Some(w) => w.conditions.push(c),
                 None => writes.push(Write {
                     target: c.target.clone(),
@@ -921,9 +870,7 @@ impl Firing<'_> {
             attempt += 1;
             let obj = match api.get(&name).await {
                 Ok(o) => serde_json::to_value(o).unwrap_or_default(),
-                Err(e) if is_not_found(&e) => {
-                    return Err(Stopped::Gone(format!("{cluster}: {name} is gone")))
-                }
+                Err(e) if is_not_found(&e) => return Err(Stopped::Gone(format!("{cluster}: {name} is gone"))),
                 Err(e) => return Err(Stopped::Failed(e.to_string())),
             };
             let uid = obj.pointer("/metadata/uid").and_then(Value::as_str);
@@ -944,9 +891,7 @@ impl Firing<'_> {
                         let path = FieldPath::parse(&from.field_path).map_err(|e| e.to_string())?;
                         path.get(&serde_json::to_value(src).unwrap_or_default())
                             .map_err(|e| e.to_string())?
-                            .ok_or_else(|| {
-                                format!("{} {} has no {}", self.r.cluster, fname, from.field_path)
-                            })?
+                            .ok_or_else(|| format!("{} {} has no {}", self.r.cluster, fname, from.field_path))?
                     }
                     (_, _, Some(t)) => t.clone(),
                     _ => return Err(Stopped::Failed("a set without a value".into())),
@@ -964,16 +909,11 @@ impl Firing<'_> {
                 for c in &w.conditions {
                     upsert_condition(&mut list, c, &now());
                 }
-                json_patch::merge(
-                    &mut patch,
-                    &serde_json::json!({"status": {"conditions": list}}),
-                );
+                json_patch::merge(&mut patch, &serde_json::json!({"status": {"conditions": list}}));
             }
             // Preconditions: the version read (and so the object read).
-            patch["metadata"]["resourceVersion"] = obj
-                .pointer("/metadata/resourceVersion")
-                .cloned()
-                .unwrap_or(Value::Null);
+            patch["metadata"]["resourceVersion"] =
+                obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(Value::Null);
             if let Some(uid) = uid {
                 patch["metadata"]["uid"] = Value::String(uid.to_string());
             }
@@ -983,8 +923,7 @@ impl Firing<'_> {
             };
             let _inflight = Inflight::new(self.shared);
             let result = if w.status && resolved.subresources.iter().any(|s| s == "status") {
-                api.patch_status(&name, &params, &Patch::Merge(&patch))
-                    .await
+                api.patch_status(&name, &params, &Patch::Merge(&patch)).await
             } else {
                 api.patch(&name, &params, &Patch::Merge(&patch)).await
             };
@@ -997,14 +936,8 @@ impl Firing<'_> {
                 Err(e) if is_conflict(&e) && attempt <= CONFLICT_RETRIES => {
                     tracing::info!(object = %name, attempt, "reactor's write met a conflict; reading again");
                 }
-                Err(e) if is_not_found(&e) => {
-                    return Err(Stopped::Gone(format!("{cluster}: {name} is gone")))
-                }
-                Err(e) => {
-                    return Err(Stopped::Failed(format!(
-                        "writing {name} (attempt {attempt}): {e}"
-                    )))
-                }
+                Err(e) if is_not_found(&e) => return Err(Stopped::Gone(format!("{cluster}: {name} is gone"))),
+                Err(e) => return Err(Stopped::Failed(format!("writing {name} (attempt {attempt}): {e}"))),
             }
         }
     }
@@ -1064,8 +997,7 @@ impl Firing<'_> {
             .pointer("/metadata/uid")
             .and_then(Value::as_str)
             .map(str::to_string);
-        let Some(status) = status.filter(|_| resolved.subresources.iter().any(|s| s == "status"))
-        else {
+        let Some(status) = status.filter(|_| resolved.subresources.iter().any(|s| s == "status")) else {
             return Ok(());
         };
         let patch = serde_json::json!({
@@ -1079,16 +1011,10 @@ impl Firing<'_> {
             field_manager: Some(REACTOR_MANAGER.into()),
             ..Default::default()
         };
-        match api
-            .patch_status(&name, &params, &Patch::Merge(&patch))
-            .await
-        {
+        match api.patch_status(&name, &params, &Patch::Merge(&patch)).await {
             Ok(o) => {
-                self.shared.wrote(
-                    &r.cluster,
-                    &serde_json::to_value(o).unwrap_or_default(),
-                    self.depth,
-                );
+                self.shared
+                    .wrote(&r.cluster, &serde_json::to_value(o).unwrap_or_default(), self.depth);
                 Ok(())
             }
             // Changed or gone since it was created: what changed it had the last word.
@@ -1184,8 +1110,7 @@ mod tests {
 
     #[test]
     fn a_reactor_says_clearly_what_is_wrong_with_its_actions() {
-        let when =
-            "when: {apiVersion: v1, resource: configmaps, name: a, fieldPath: data.x, equals: y}";
+        let when = "when: {apiVersion: v1, resource: configmaps, name: a, fieldPath: data.x, equals: y}";
         let both = reactor(&format!(
             "cluster: c\n{when}\nset: {{fieldPath: data.z, value: 1}}\nactions: [{{set: [{{fieldPath: data.z, value: 1}}]}}]"
         ));
@@ -1199,9 +1124,7 @@ mod tests {
         assert!(actions_of(&two_sources)
             .unwrap_err()
             .contains("exactly one of `value`, `valueFrom` or `generate`"));
-        let recreate = reactor(&format!(
-            "cluster: c\n{when}\nactions: [{{recreate: true}}]"
-        ));
+        let recreate = reactor(&format!("cluster: c\n{when}\nactions: [{{recreate: true}}]"));
         assert_eq!(
             actions_of(&recreate).unwrap_err(),
             "`recreate` needs a `deleted: true` trigger"
@@ -1299,10 +1222,7 @@ mod tests {
         assert!(exists.observe(Apply(obj("u1", Some("x")))));
         assert!(!exists.observe(Apply(obj("u1", Some("y")))));
 
-        let mut changed = primed(
-            Trigger::Changed(path("status.phase")),
-            Some(obj("u1", Some("a"))),
-        );
+        let mut changed = primed(Trigger::Changed(path("status.phase")), Some(obj("u1", Some("a"))));
         assert!(!changed.observe(Apply(obj("u1", Some("a")))));
         assert!(changed.observe(Apply(obj("u1", Some("b")))));
         assert!(changed.observe(Apply(obj("u1", None))));

@@ -369,9 +369,7 @@ impl SecretValues {
                 out.extend([plain.clone(), plain.to_uppercase(), plain.to_lowercase()]);
             }
             // As a URL carries it.
-            let encoded =
-                percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string();
+            let encoded = percent_encoding::utf8_percent_encode(&text, percent_encoding::NON_ALPHANUMERIC).to_string();
             out.extend([
                 encoded,
                 text.clone(),

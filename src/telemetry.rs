@@ -9,9 +9,7 @@ use tracing_subscriber::EnvFilter;
 pub fn init(filter: Option<&str>, default_filter: &str, json: bool) {
     let filter = match filter {
         Some(f) => EnvFilter::new(f),
-        None => {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter))
-        }
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter)),
     };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

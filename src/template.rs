@@ -52,17 +52,14 @@ pub enum TemplateError {
 /// minijinja's (`{{ Values.X }}`).
 pub fn normalize(src: &str) -> String {
     static GO_REF: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
-    let re = GO_REF.get_or_init(|| {
-        regex::Regex::new(r"(\{\{-?\s*|[\s(,|])\.(Values|alert|plan|run|secrets)\b").unwrap()
-    });
+    let re =
+        GO_REF.get_or_init(|| regex::Regex::new(r"(\{\{-?\s*|[\s(,|])\.(Values|alert|plan|run|secrets)\b").unwrap());
     // Only inside `{{ … }}`: split on the delimiters so plain text such as "a .Values b" is kept.
     let mut out = String::with_capacity(src.len());
     let mut rest = src;
     while let Some(start) = rest.find("{{") {
         out.push_str(&rest[..start]);
-        let end = rest[start..]
-            .find("}}")
-            .map_or(rest.len(), |e| start + e + 2);
+        let end = rest[start..].find("}}").map_or(rest.len(), |e| start + e + 2);
         out.push_str(&re.replace_all(&rest[start..end], "$1$2"));
         rest = &rest[end..];
     }
@@ -82,19 +79,13 @@ fn environment() -> Environment<'static> {
     env.add_filter("b64encode", |s: String| {
         base64::engine::general_purpose::STANDARD.encode(s)
     });
-    env.add_filter(
-        "b64decode",
-        |s: String| -> Result<String, minijinja::Error> {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(s.trim())
-                .map_err(|e| {
-                    minijinja::Error::new(ErrorKind::InvalidOperation, format!("b64decode: {e}"))
-                })?;
-            String::from_utf8(bytes).map_err(|e| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, format!("b64decode: {e}"))
-            })
-        },
-    );
+    env.add_filter("b64decode", |s: String| -> Result<String, minijinja::Error> {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(s.trim())
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("b64decode: {e}")))?;
+        String::from_utf8(bytes)
+            .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("b64decode: {e}")))
+    });
     // Time: `now()` (RFC 3339, UTC, for annotations) and `seconds_since(ts)` (for "older
     // than" checks: `{{ seconds_since(Values.LastBackup) > 3600 }}`).
     env.add_function("now", || {
@@ -103,18 +94,15 @@ fn environment() -> Environment<'static> {
             .unwrap_or_else(|_| jiff::Timestamp::now())
             .to_string()
     });
-    env.add_function(
-        "seconds_since",
-        |ts: String| -> Result<i64, minijinja::Error> {
-            let t: jiff::Timestamp = ts.trim().parse().map_err(|e| {
-                minijinja::Error::new(
-                    ErrorKind::InvalidOperation,
-                    format!("seconds_since: {ts:?} is not an RFC 3339 timestamp: {e}"),
-                )
-            })?;
-            Ok(jiff::Timestamp::now().as_second() - t.as_second())
-        },
-    );
+    env.add_function("seconds_since", |ts: String| -> Result<i64, minijinja::Error> {
+        let t: jiff::Timestamp = ts.trim().parse().map_err(|e| {
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("seconds_since: {ts:?} is not an RFC 3339 timestamp: {e}"),
+            )
+        })?;
+        Ok(jiff::Timestamp::now().as_second() - t.as_second())
+    });
     // The hex SHA-256 of a rendered config: for the pod-template annotation that rolls a
     // Deployment when its (subPath-mounted, never refreshed) ConfigMap changed.
     env.add_filter("sha256", |s: String| {
@@ -126,37 +114,30 @@ fn environment() -> Environment<'static> {
     });
     env.add_filter("urlencode", |s: String| {
         minijinja::Value::from_safe_string(
-            percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC)
-                .to_string(),
+            percent_encoding::utf8_percent_encode(&s, percent_encoding::NON_ALPHANUMERIC).to_string(),
         )
     });
     env.add_filter(
         "tojson",
         |v: minijinja::Value| -> Result<minijinja::Value, minijinja::Error> {
-            let json = serde_json::to_string(&v).map_err(|e| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}"))
-            })?;
+            let json = serde_json::to_string(&v)
+                .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("tojson: {e}")))?;
             Ok(minijinja::Value::from_safe_string(json))
         },
     );
     env.add_filter(
         "toyaml",
         |v: minijinja::Value| -> Result<minijinja::Value, minijinja::Error> {
-            let yaml = serde_yaml::to_string(&v).map_err(|e| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, format!("toyaml: {e}"))
-            })?;
-            Ok(minijinja::Value::from_safe_string(
-                yaml.trim_end().to_string(),
-            ))
+            let yaml = serde_yaml::to_string(&v)
+                .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, format!("toyaml: {e}")))?;
+            Ok(minijinja::Value::from_safe_string(yaml.trim_end().to_string()))
         },
     );
     env
 }
 
 fn describe(e: &minijinja::Error) -> String {
-    let mut s = e
-        .detail()
-        .map_or_else(|| e.kind().to_string(), str::to_string);
+    let mut s = e.detail().map_or_else(|| e.kind().to_string(), str::to_string);
     if let Some(line) = e.line() {
         s.push_str(&format!(" (template line {line})"));
     }
@@ -168,12 +149,10 @@ fn describe(e: &minijinja::Error) -> String {
 pub fn references(src: &str) -> Result<BTreeSet<String>, TemplateError> {
     let src = normalize(src);
     let env = environment();
-    let tmpl = env
-        .template_from_str(&src)
-        .map_err(|e| TemplateError::Parse {
-            template: src.clone(),
-            reason: describe(&e),
-        })?;
+    let tmpl = env.template_from_str(&src).map_err(|e| TemplateError::Parse {
+        template: src.clone(),
+        reason: describe(&e),
+    })?;
     Ok(tmpl.undeclared_variables(true).into_iter().collect())
 }
 
@@ -207,8 +186,7 @@ pub fn render(src: &str, ctx: &Value) -> Result<String, TemplateError> {
     }
     let src = normalize(src);
     let env = environment();
-    env.render_str(&src, ctx)
-        .map_err(|e| render_error(&src, &e))
+    env.render_str(&src, ctx).map_err(|e| render_error(&src, &e))
 }
 
 fn render_error(src: &str, e: &minijinja::Error) -> TemplateError {
@@ -228,12 +206,7 @@ fn render_error(src: &str, e: &minijinja::Error) -> TemplateError {
 pub fn render_raw(value: &Value, ctx: &Value) -> Result<Value, TemplateError> {
     Ok(match value {
         Value::String(s) => Value::String(render(s, ctx)?),
-        Value::Array(items) => Value::Array(
-            items
-                .iter()
-                .map(|v| render_raw(v, ctx))
-                .collect::<Result<_, _>>()?,
-        ),
+        Value::Array(items) => Value::Array(items.iter().map(|v| render_raw(v, ctx)).collect::<Result<_, _>>()?),
         Value::Object(map) => Value::Object(
             map.iter()
                 .map(|(k, v)| Ok((k.clone(), render_raw(v, ctx)?)))
@@ -263,9 +236,7 @@ const TOKEN_CLOSE: char = '\u{E001}';
 /// stays a number, a map from `Values` becomes a map); text is spliced into strings.
 pub fn render_yaml(src: &str, ctx: &Value) -> Result<Value, TemplateError> {
     let (text, table) = render_tokens(src, ctx)?;
-    let doc: Value = serde_yaml::from_str(&text).map_err(|e| TemplateError::Yaml {
-        reason: e.to_string(),
-    })?;
+    let doc: Value = serde_yaml::from_str(&text).map_err(|e| TemplateError::Yaml { reason: e.to_string() })?;
     Ok(substitute(doc, &table))
 }
 
@@ -283,9 +254,7 @@ fn render_tokens(src: &str, ctx: &Value) -> Result<(String, Vec<minijinja::Value
         table.push(value.clone());
         Ok(())
     });
-    let text = env
-        .render_str(&src, ctx)
-        .map_err(|e| render_error(&src, &e))?;
+    let text = env.render_str(&src, ctx).map_err(|e| render_error(&src, &e))?;
     let table = std::mem::take(&mut *printed.lock().unwrap());
     Ok((text, table))
 }
@@ -299,11 +268,7 @@ fn render_tokens(src: &str, ctx: &Value) -> Result<(String, Vec<minijinja::Value
 pub fn render_url(src: &str, ctx: &Value) -> Result<String, TemplateError> {
     use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
     // RFC 3986 unreserved characters stay; everything else is encoded.
-    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
-        .remove(b'-')
-        .remove(b'.')
-        .remove(b'_')
-        .remove(b'~');
+    const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
     if !is_template(src) {
         return Ok(src.to_string());
     }
@@ -330,10 +295,7 @@ pub fn render_url(src: &str, ctx: &Value) -> Result<String, TemplateError> {
         out.push_str(&rest[..start]);
         let after = &rest[start + TOKEN_OPEN.len_utf8()..];
         let end = after.find(TOKEN_CLOSE).unwrap_or(after.len());
-        let value = after[..end]
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| table.get(i));
+        let value = after[..end].parse::<usize>().ok().and_then(|i| table.get(i));
         rest = after.get(end + TOKEN_CLOSE.len_utf8()..).unwrap_or("");
         let Some(value) = value else { continue };
         let raw = value.to_string();
@@ -369,17 +331,10 @@ pub fn render_url(src: &str, ctx: &Value) -> Result<String, TemplateError> {
 fn substitute(v: Value, table: &[minijinja::Value]) -> Value {
     match v {
         Value::String(s) => splice(&s, table),
-        Value::Array(items) => {
-            Value::Array(items.into_iter().map(|i| substitute(i, table)).collect())
-        }
+        Value::Array(items) => Value::Array(items.into_iter().map(|i| substitute(i, table)).collect()),
         Value::Object(map) => Value::Object(
             map.into_iter()
-                .map(|(k, v)| {
-                    (
-                        crate::fieldpath::as_text(&splice(&k, table)),
-                        substitute(v, table),
-                    )
-                })
+                .map(|(k, v)| (crate::fieldpath::as_text(&splice(&k, table)), substitute(v, table)))
                 .collect(),
         ),
         other => other,
@@ -398,10 +353,7 @@ fn splice(s: &str, table: &[minijinja::Value]) -> Value {
         out.push_str(&rest[..start]);
         let after = &rest[start + TOKEN_OPEN.len_utf8()..];
         let end = after.find(TOKEN_CLOSE).unwrap_or(after.len());
-        let value = after[..end]
-            .parse::<usize>()
-            .ok()
-            .and_then(|i| table.get(i));
+        let value = after[..end].parse::<usize>().ok().and_then(|i| table.get(i));
         if let Some(value) = value {
             out.push_str(&value.to_string());
             whole = serde_json::to_value(value).ok();
@@ -455,10 +407,7 @@ mod tests {
             "https://h/p/q"
         );
         let e = render_url("https://h/a/{{ Values.dots }}/b", &ctx).unwrap_err();
-        assert!(
-            e.to_string().contains("cannot be a URL path segment"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("cannot be a URL path segment"), "{e}");
     }
 
     #[test]
@@ -490,10 +439,7 @@ mod tests {
             .contains("nosuchfilter"));
         assert!(unknown_callable("{{ nosuchfn(1) }}").is_some());
         assert!(unknown_callable("{% if Values.x is nosuchtest %}y{% endif %}").is_some());
-        assert_eq!(
-            unknown_callable("{{ Values.x | b64encode | upper }} {{ now() }}"),
-            None
-        );
+        assert_eq!(unknown_callable("{{ Values.x | b64encode | upper }} {{ now() }}"), None);
     }
 
     #[test]
@@ -509,14 +455,8 @@ mod tests {
 
     #[test]
     fn go_template_values_references_are_accepted() {
-        assert_eq!(
-            render("{{ .Values.DemotionToken }}", &ctx()).unwrap(),
-            "tok-123"
-        );
-        assert_eq!(
-            render("ip={{- .Values.SouthIP -}}!", &ctx()).unwrap(),
-            "ip=10.0.0.7!"
-        );
+        assert_eq!(render("{{ .Values.DemotionToken }}", &ctx()).unwrap(), "tok-123");
+        assert_eq!(render("ip={{- .Values.SouthIP -}}!", &ctx()).unwrap(), "ip=10.0.0.7!");
         assert_eq!(
             normalize("plain .Values text {{ .alert.labels.cluster }}"),
             "plain .Values text {{ alert.labels.cluster }}"
@@ -533,10 +473,7 @@ mod tests {
 
     #[test]
     fn default_filter_covers_an_undefined_value() {
-        assert_eq!(
-            render("{{ Values.Nope | default('x') }}", &ctx()).unwrap(),
-            "x"
-        );
+        assert_eq!(render("{{ Values.Nope | default('x') }}", &ctx()).unwrap(), "x");
     }
 
     #[test]
@@ -555,27 +492,19 @@ mod tests {
 
     #[test]
     fn references_lists_values_keys_and_top_level_names() {
-        let refs = references("{{ .Values.A }} {{ alert.labels.x }} {% if Values.B %}{% endif %}")
-            .unwrap();
-        assert!(
-            refs.contains("Values.A") && refs.contains("Values.B"),
-            "{refs:?}"
-        );
+        let refs = references("{{ .Values.A }} {{ alert.labels.x }} {% if Values.B %}{% endif %}").unwrap();
+        assert!(refs.contains("Values.A") && refs.contains("Values.B"), "{refs:?}");
         assert!(refs.iter().any(|r| r.starts_with("alert")), "{refs:?}");
     }
 
     #[test]
     fn syntax_errors_are_reported_as_parse_errors() {
-        assert!(matches!(
-            references("{{ Values.A "),
-            Err(TemplateError::Parse { .. })
-        ));
+        assert!(matches!(references("{{ Values.A "), Err(TemplateError::Parse { .. })));
     }
 
     #[test]
     fn raw_values_render_string_leaves_and_keep_structure() {
-        let raw =
-            json!({"primary": "pg-south", "promotionToken": "{{ Values.DemotionToken }}", "n": 2});
+        let raw = json!({"primary": "pg-south", "promotionToken": "{{ Values.DemotionToken }}", "n": 2});
         assert_eq!(
             render_raw(&raw, &ctx()).unwrap(),
             json!({"primary": "pg-south", "promotionToken": "tok-123", "n": 2})
@@ -591,16 +520,11 @@ mod tests {
         let doc = render_yaml(manifest, &ctx()).unwrap();
         assert_eq!(doc["kind"], "ConfigMap");
         assert_eq!(doc.as_object().unwrap().len(), 4, "{doc:#}");
-        assert_eq!(
-            doc["metadata"]["labels"]["from"],
-            ctx()["alert"]["labels"]["evil"]
-        );
+        assert_eq!(doc["metadata"]["labels"]["from"], ctx()["alert"]["labels"]["evil"]);
         assert_eq!(doc["data"].as_object().unwrap().len(), 1);
         let cfg = doc["data"]["cfg"].as_str().unwrap();
         assert!(
-            cfg.starts_with(
-                "server pg 10.0.0.7:5432\nnote x\"}}\n  injected: {{ Values.SouthIP }}"
-            ),
+            cfg.starts_with("server pg 10.0.0.7:5432\nnote x\"}}\n  injected: {{ Values.SouthIP }}"),
             "{cfg}"
         );
     }
@@ -618,26 +542,19 @@ mod tests {
 
     #[test]
     fn filters_marked_safe_cannot_smuggle_structure_into_a_manifest() {
-        let ctx =
-            json!({"alert": {"labels": {"a": "1", "kind": "Secret"}}, "Values": {"m": {"x": 1}}});
+        let ctx = json!({"alert": {"labels": {"a": "1", "kind": "Secret"}}, "Values": {"m": {"x": 1}}});
         let doc = render_yaml(
             "kind: ConfigMap\nmetadata:\n  labels:\n    {{ alert.labels | toyaml }}\n",
             &ctx,
         );
         // The whole label map is one opaque scalar where a key was expected: not a top-level kind.
-        assert!(
-            doc.is_err() || doc.as_ref().unwrap()["kind"] == "ConfigMap",
-            "{doc:?}"
-        );
+        assert!(doc.is_err() || doc.as_ref().unwrap()["kind"] == "ConfigMap", "{doc:?}");
         let doc = render_yaml(
             "kind: ConfigMap\ndata: {{ alert.labels.kind | safe }}\nextra: {{ Values.m }}\n",
             &ctx,
         )
         .unwrap();
-        assert_eq!(
-            doc,
-            json!({"kind": "ConfigMap", "data": "Secret", "extra": {"x": 1}})
-        );
+        assert_eq!(doc, json!({"kind": "ConfigMap", "data": "Secret", "extra": {"x": 1}}));
     }
 
     #[test]

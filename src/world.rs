@@ -63,12 +63,7 @@ impl Seeded {
         format!(
             "{}: {}",
             self.cluster,
-            crate::cluster::describe_object(
-                &self.api_version,
-                &self.resource,
-                self.namespace.as_deref(),
-                &self.name
-            )
+            crate::cluster::describe_object(&self.api_version, &self.resource, self.namespace.as_deref(), &self.name)
         )
     }
 }
@@ -105,11 +100,7 @@ fn read_docs(path: &Path) -> Result<Vec<Value>, WorldError> {
 
 /// Installs the world's CRDs and objects (server-side apply, status through the status
 /// subresource) and returns every object as it stands afterwards.
-pub async fn seed(
-    registry: &Registry,
-    world: &World,
-    base: &Path,
-) -> Result<Vec<Seeded>, WorldError> {
+pub async fn seed(registry: &Registry, world: &World, base: &Path) -> Result<Vec<Seeded>, WorldError> {
     let mut seeded = Vec::new();
     for (cluster, spec) in &world.clusters {
         let err = |reason: String| WorldError::Apply {
@@ -123,25 +114,17 @@ pub async fn seed(
                     .resolve(cluster, gv, "customresourcedefinitions")
                     .await
                     .map_err(|e| err(e.to_string()))?;
-                let api = api_for_object(registry, cluster, &resolved, None)
-                    .map_err(|e| err(e.to_string()))?;
+                let api = api_for_object(registry, cluster, &resolved, None).map_err(|e| err(e.to_string()))?;
                 let name = crd
                     .pointer("/metadata/name")
                     .and_then(Value::as_str)
                     .unwrap_or_default()
                     .to_string();
-                api.patch(
-                    &name,
-                    &PatchParams::apply(WORLD_MANAGER).force(),
-                    &Patch::Apply(&crd),
-                )
-                .await
-                .map_err(|e| err(format!("CRD {name}: {e}")))?;
+                api.patch(&name, &PatchParams::apply(WORLD_MANAGER).force(), &Patch::Apply(&crd))
+                    .await
+                    .map_err(|e| err(format!("CRD {name}: {e}")))?;
                 // Served once discovery lists it.
-                let group = crd
-                    .pointer("/spec/group")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
+                let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
                 let plural = crd
                     .pointer("/spec/names/plural")
                     .and_then(Value::as_str)
@@ -185,15 +168,9 @@ pub async fn seed(
     Ok(seeded)
 }
 
-async fn apply_object(
-    registry: &Registry,
-    cluster: &str,
-    mut obj: Value,
-) -> Result<Seeded, String> {
+async fn apply_object(registry: &Registry, cluster: &str, mut obj: Value) -> Result<Seeded, String> {
     let get = |k: &str| obj.pointer(k).and_then(Value::as_str).map(str::to_string);
-    let (Some(api_version), Some(kind), Some(name)) =
-        (get("/apiVersion"), get("/kind"), get("/metadata/name"))
-    else {
+    let (Some(api_version), Some(kind), Some(name)) = (get("/apiVersion"), get("/kind"), get("/metadata/name")) else {
         return Err("every object needs apiVersion, kind and metadata.name".into());
     };
     let namespace = get("/metadata/namespace");
@@ -213,8 +190,7 @@ async fn apply_object(
             .await
             .map_err(|e| format!("namespace {ns}: {e}"))?;
     }
-    let api = api_for_object(registry, cluster, &resolved, namespace.as_deref())
-        .map_err(|e| e.to_string())?;
+    let api = api_for_object(registry, cluster, &resolved, namespace.as_deref()).map_err(|e| e.to_string())?;
     let status = obj.as_object_mut().and_then(|o| o.remove("status"));
     let params = PatchParams::apply(WORLD_MANAGER).force();
     let mut after = api
@@ -396,21 +372,13 @@ fn leaves(op: &Value) -> Vec<String> {
         match v {
             Value::Object(m) if !m.is_empty() => {
                 for (k, v) in m {
-                    walk(
-                        format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")),
-                        v,
-                        out,
-                    );
+                    walk(format!("{path}/{}", k.replace('~', "~0").replace('/', "~1")), v, out);
                 }
             }
             _ => out.push(path),
         }
     }
-    let path = op
-        .get("path")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let path = op.get("path").and_then(Value::as_str).unwrap_or("").to_string();
     let mut out = Vec::new();
     match (op.get("op").and_then(Value::as_str), op.get("value")) {
         (Some("add" | "replace"), Some(v)) => walk(path, v, &mut out),
@@ -443,8 +411,7 @@ async fn current(registry: &Registry, s: &Seeded) -> Result<Value, String> {
         .resolve(&s.cluster, &s.api_version, &s.resource)
         .await
         .map_err(|e| e.to_string())?;
-    let api = api_for_object(registry, &s.cluster, &resolved, s.namespace.as_deref())
-        .map_err(|e| e.to_string())?;
+    let api = api_for_object(registry, &s.cluster, &resolved, s.namespace.as_deref()).map_err(|e| e.to_string())?;
     api.get(&s.name)
         .await
         .map(|o| serde_json::to_value(o).unwrap_or_default())
@@ -471,11 +438,7 @@ impl Inventory {
     /// Lists the objects of every (namespaced) kind and namespace the seeded objects and the
     /// expectations name. Cluster-scoped kinds are left out: other users of a shared cluster
     /// create namespaces and volumes.
-    pub async fn take(
-        registry: &Registry,
-        seeded: &[Seeded],
-        expectations: &Expectations,
-    ) -> Result<Self, String> {
+    pub async fn take(registry: &Registry, seeded: &[Seeded], expectations: &Expectations) -> Result<Self, String> {
         let mut scopes: Vec<Scope> = seeded
             .iter()
             .cloned()
@@ -535,16 +498,11 @@ impl Inventory {
             resource: s.resource.clone(),
             namespace: s.namespace.clone()?,
         };
-        self.objects
-            .get(&scope)
-            .map(|names| names.contains(&s.name))
+        self.objects.get(&scope).map(|names| names.contains(&s.name))
     }
 }
 
-async fn list(
-    registry: &Registry,
-    scope: &Scope,
-) -> Result<std::collections::BTreeSet<String>, String> {
+async fn list(registry: &Registry, scope: &Scope) -> Result<std::collections::BTreeSet<String>, String> {
     let resolved = registry
         .resolve(&scope.cluster, &scope.api_version, &scope.resource)
         .await
@@ -552,17 +510,12 @@ async fn list(
     if !resolved.namespaced {
         return Ok(Default::default());
     }
-    let api = api_for_object(registry, &scope.cluster, &resolved, Some(&scope.namespace))
-        .map_err(|e| e.to_string())?;
+    let api = api_for_object(registry, &scope.cluster, &resolved, Some(&scope.namespace)).map_err(|e| e.to_string())?;
     let list = api
         .list(&Default::default())
         .await
         .map_err(|e| format!("{}: listing {}: {e}", scope.cluster, scope.resource))?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter_map(|o| o.metadata.name)
-        .collect())
+    Ok(list.items.into_iter().filter_map(|o| o.metadata.name).collect())
 }
 
 /// What a value is, for a message telling a number from a string.
@@ -578,11 +531,7 @@ fn kind_of(v: &Value) -> &'static str {
 }
 
 /// Checks expectations; returns one message per failure.
-pub async fn check(
-    registry: &Registry,
-    seeded: &[Seeded],
-    expectations: &Expectations,
-) -> Vec<String> {
+pub async fn check(registry: &Registry, seeded: &[Seeded], expectations: &Expectations) -> Vec<String> {
     verify(registry, seeded, None, &[], expectations).await
 }
 
@@ -612,11 +561,7 @@ pub async fn verify(
                 continue;
             }
         };
-        let field = |obj: &Value, path: &str| {
-            FieldPath::parse(path)
-                .ok()
-                .and_then(|p| p.get(obj).ok().flatten())
-        };
+        let field = |obj: &Value, path: &str| FieldPath::parse(path).ok().and_then(|p| p.get(obj).ok().flatten());
         // A Secret's values are never printed, not even in a failed expectation.
         let secret = s.api_version == "v1" && s.resource == "secrets";
         let shown = |v: &Option<Value>| match v {
@@ -635,11 +580,7 @@ pub async fn verify(
                     shown(&Some(want.clone())),
                     kind_of(want)
                 )),
-                _ => Some(format!(
-                    "{}, expected {}",
-                    shown(got),
-                    shown(&Some(want.clone()))
-                )),
+                _ => Some(format!("{}, expected {}", shown(got), shown(&Some(want.clone())))),
             }
         };
         for (path, want) in &e.fields {
@@ -649,13 +590,8 @@ pub async fn verify(
         }
         for (path, other) in &e.same_as {
             let o = Seeded {
-                cluster: other
-                    .object
-                    .cluster
-                    .clone()
-                    .unwrap_or_else(|| s.cluster.clone()),
-                api_version: (other.object.api_version.clone())
-                    .unwrap_or_else(|| s.api_version.clone()),
+                cluster: other.object.cluster.clone().unwrap_or_else(|| s.cluster.clone()),
+                api_version: (other.object.api_version.clone()).unwrap_or_else(|| s.api_version.clone()),
                 resource: (other.object.resource.clone()).unwrap_or_else(|| s.resource.clone()),
                 namespace: (other.object.namespace.clone()).or_else(|| s.namespace.clone()),
                 name: other.object.name.clone().unwrap_or_else(|| s.name.clone()),
@@ -694,10 +630,7 @@ pub async fn verify(
         }
         for path in &e.changed {
             let Some(before) = before else {
-                failures.push(format!(
-                    "{}: `changed` needs an object the world seeded",
-                    s.describe()
-                ));
+                failures.push(format!("{}: `changed` needs an object the world seeded", s.describe()));
                 break;
             };
             let (was, now) = (field(&before.before, path), field(&obj, path));
@@ -719,11 +652,7 @@ pub async fn verify(
                 .into_iter()
                 .flatten()
                 .flat_map(leaves)
-                .filter(|p| {
-                    !covered
-                        .iter()
-                        .any(|c| p == c || p.starts_with(&format!("{c}/")))
-                })
+                .filter(|p| !covered.iter().any(|c| p == c || p.starts_with(&format!("{c}/"))))
                 .collect();
             stray.dedup();
             if !stray.is_empty() {
@@ -738,10 +667,7 @@ pub async fn verify(
     }
     for (s, _) in changes(registry, seeded).await {
         if !expectations.expect.iter().any(|e| e.names(&s)) {
-            failures.push(format!(
-                "{}: changed, but no expectation names it",
-                s.describe()
-            ));
+            failures.push(format!("{}: changed, but no expectation names it", s.describe()));
         }
     }
     if expectations.strict {
@@ -750,10 +676,7 @@ pub async fn verify(
                 Ok(new) => {
                     for s in new {
                         if !expectations.expect.iter().any(|e| e.names(&s)) {
-                            failures.push(format!(
-                                "{}: created, but no expectation names it",
-                                s.describe()
-                            ));
+                            failures.push(format!("{}: created, but no expectation names it", s.describe()));
                         }
                     }
                 }
@@ -766,9 +689,7 @@ pub async fn verify(
                 as_in_record(&o) == *w
             });
             if !named {
-                failures.push(format!(
-                    "{w}: written by the run, but no expectation names it"
-                ));
+                failures.push(format!("{w}: written by the run, but no expectation names it"));
             }
         }
     }
@@ -779,12 +700,7 @@ pub async fn verify(
 pub fn as_in_record(s: &Seeded) -> String {
     format!(
         "{} on cluster {}",
-        crate::cluster::describe_object(
-            &s.api_version,
-            &s.resource,
-            s.namespace.as_deref(),
-            &s.name
-        ),
+        crate::cluster::describe_object(&s.api_version, &s.resource, s.namespace.as_deref(), &s.name),
         s.cluster
     )
 }
@@ -821,15 +737,12 @@ pub fn check_steps(expectations: &Expectations, record: &crate::record::RunRecor
                 .join(", ")
         };
         let same = want.len() == got.len()
-            && want.iter().zip(&got).all(|((wn, ws), (gn, gs))| {
-                wn == gn && ws.split('|').any(|w| w.trim().eq_ignore_ascii_case(gs))
-            });
+            && want
+                .iter()
+                .zip(&got)
+                .all(|((wn, ws), (gn, gs))| wn == gn && ws.split('|').any(|w| w.trim().eq_ignore_ascii_case(gs)));
         if !same {
-            failures.push(format!(
-                "{what} ran as [{}], expected [{}]",
-                show(&got),
-                show(&want)
-            ));
+            failures.push(format!("{what} ran as [{}], expected [{}]", show(&got), show(&want)));
         }
     }
     failures

@@ -36,12 +36,7 @@ impl Received {
     }
 
     /// Waits (at most `within`) until `pred` holds for the deliveries so far.
-    async fn wait_for(
-        &self,
-        what: &str,
-        within: Duration,
-        pred: impl Fn(&[Delivery]) -> bool,
-    ) -> Vec<Delivery> {
+    async fn wait_for(&self, what: &str, within: Duration, pred: impl Fn(&[Delivery]) -> bool) -> Vec<Delivery> {
         let deadline = Instant::now() + within;
         loop {
             let all = self.all();
@@ -53,10 +48,7 @@ impl Received {
                 // panicking prints them.
                 panic!(
                     "no {what} within {within:?}; received:\n{}",
-                    all.iter()
-                        .map(|d| d.body.to_string())
-                        .collect::<Vec<_>>()
-                        .join("\n"),
+                    all.iter().map(|d| d.body.to_string()).collect::<Vec<_>>().join("\n"),
                 );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -66,17 +58,9 @@ impl Received {
 
 /// A webhook receiver on `127.0.0.1:0` recording every POST; returns its URL.
 async fn webhook() -> (String, Received) {
-    async fn record(
-        State(rx): State<Received>,
-        headers: HeaderMap,
-        body: axum::body::Bytes,
-    ) -> StatusCode {
-        let body = serde_json::from_slice(&body).unwrap_or_else(|e| {
-            Value::String(format!(
-                "not JSON ({e}): {}",
-                String::from_utf8_lossy(&body)
-            ))
-        });
+    async fn record(State(rx): State<Received>, headers: HeaderMap, body: axum::body::Bytes) -> StatusCode {
+        let body = serde_json::from_slice(&body)
+            .unwrap_or_else(|e| Value::String(format!("not JSON ({e}): {}", String::from_utf8_lossy(&body))));
         rx.0.lock().unwrap().push(Delivery {
             at: Instant::now(),
             authorization: headers
@@ -128,18 +112,10 @@ async fn two_clustered_alertmanagers_deliver_repeat_and_resolve() {
     };
     let t0 = Instant::now();
     let am = tokio::task::block_in_place(|| AlertmanagerPair::start(2, &url, &token, timings));
-    eprintln!(
-        "2 Alertmanagers ready and settled in {}",
-        secs(t0.elapsed())
-    );
+    eprintln!("2 Alertmanagers ready and settled in {}", secs(t0.elapsed()));
     for i in 0..2 {
         let (status, peers) = am.cluster_status(i).unwrap();
-        assert_eq!(
-            (status.as_str(), peers.len()),
-            ("ready", 2),
-            "{}",
-            am.logs()
-        );
+        assert_eq!((status.as_str(), peers.len()), ("ready", 2), "{}", am.logs());
     }
 
     let tricky = "{{ .Values.x }} \"quoted\" a=b, c\\d";
@@ -168,10 +144,7 @@ async fn two_clustered_alertmanagers_deliver_repeat_and_resolve() {
         secs(first.at - fired),
         secs(timings.group_wait)
     );
-    assert_eq!(
-        first.authorization.as_deref(),
-        Some(format!("Bearer {TOKEN}").as_str())
-    );
+    assert_eq!(first.authorization.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
     let body = &first.body;
     assert_eq!(body["version"], "4", "{body:#}");
     assert_eq!(body["receiver"], "recoverd");
@@ -181,15 +154,10 @@ async fn two_clustered_alertmanagers_deliver_repeat_and_resolve() {
     assert_eq!(alerts.len(), 1, "{body:#}");
     let alert = &alerts[0];
     assert_eq!(alert["status"], "firing");
-    let expected: serde_json::Map<String, Value> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), Value::from(*v)))
-        .collect();
+    let expected: serde_json::Map<String, Value> =
+        labels.iter().map(|(k, v)| (k.to_string(), Value::from(*v))).collect();
     assert_eq!(alert["labels"], Value::Object(expected), "{body:#}");
-    assert_eq!(
-        alert["annotations"]["summary"],
-        "pg-north primary {{ down }}"
-    );
+    assert_eq!(alert["annotations"]["summary"], "pg-north primary {{ down }}");
     // Both instances were given the same startsAt, so they agree on the incident.
     let sent_start: jiff::Timestamp = alert["startsAt"].as_str().unwrap().parse().unwrap();
     assert_eq!(sent_start, starts_at, "{body:#}");
@@ -204,10 +172,7 @@ async fn two_clustered_alertmanagers_deliver_repeat_and_resolve() {
         .await;
     let firing: Vec<&Delivery> = all.iter().filter(|d| is_firing(d)).collect();
     for d in &firing {
-        assert_eq!(
-            d.authorization.as_deref(),
-            Some(format!("Bearer {TOKEN}").as_str())
-        );
+        assert_eq!(d.authorization.as_deref(), Some(format!("Bearer {TOKEN}").as_str()));
         assert_eq!(d.body["alerts"][0]["fingerprint"], fingerprint.as_str());
         assert_eq!(d.body["alerts"][0]["startsAt"], alert["startsAt"]);
         assert_eq!(d.body["groupKey"], body["groupKey"]);
@@ -232,10 +197,7 @@ async fn two_clustered_alertmanagers_deliver_repeat_and_resolve() {
         })
         .await;
     let resolved = all.iter().find(|d| is_resolved(d)).unwrap();
-    eprintln!(
-        "resolved delivery {} after resolving",
-        secs(resolved.at - resolved_at)
-    );
+    eprintln!("resolved delivery {} after resolving", secs(resolved.at - resolved_at));
     assert_eq!(
         resolved.authorization.as_deref(),
         Some(format!("Bearer {TOKEN}").as_str())
@@ -265,8 +227,7 @@ async fn two_clustered_alertmanagers_deliver_repeat_and_resolve() {
         .collect();
     eprintln!("all deliveries (since firing): {summary:#?}");
     assert!(
-        all.iter()
-            .all(|d| d.body["alerts"].as_array().map(Vec::len) == Some(1)),
+        all.iter().all(|d| d.body["alerts"].as_array().map(Vec::len) == Some(1)),
         "every notification carries exactly the one alert"
     );
     let first_resolved = all.iter().position(is_resolved).unwrap();

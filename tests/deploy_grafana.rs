@@ -20,8 +20,7 @@ fn plan() -> (&'static str, String) {
 }
 
 #[tokio::test]
-async fn a_grafana_alert_starts_one_run_its_resends_are_deduplicated_and_its_resolution_withdraws_it(
-) {
+async fn a_grafana_alert_starts_one_run_its_resends_are_deduplicated_and_its_resolution_withdraws_it() {
     let app = app(&[plan()]).await;
     let (status, first) = app.post("/api/v1/alerts", &fixture("firing.json")).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{first}");
@@ -57,8 +56,5 @@ async fn a_payload_of_another_version_is_a_400_naming_the_versions_recoverd_read
     let (status, body) = app.post("/api/v1/alerts", &payload).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     let text = body.to_string();
-    assert!(
-        text.contains("Grafana") && text.contains("Alertmanager"),
-        "{text}"
-    );
+    assert!(text.contains("Grafana") && text.contains("Alertmanager"), "{text}");
 }

@@ -19,41 +19,16 @@ async fn cnpg_switchover_demotes_hands_over_the_token_promotes_and_redirects_the
     let record = run(reg.clone(), &plan("cnpg-switchover.yaml"), &ns, &[]).await;
 
     assert_eq!(record.phase, Phase::Succeeded, "{:#?}", record);
-    let names: Vec<_> = record
-        .steps
-        .iter()
-        .map(|s| (s.name.as_str(), s.status))
-        .collect();
-    assert!(
-        names.iter().all(|(_, s)| *s == StepStatus::Succeeded),
-        "{names:?}"
-    );
+    let names: Vec<_> = record.steps.iter().map(|s| (s.name.as_str(), s.status)).collect();
+    assert!(names.iter().all(|(_, s)| *s == StepStatus::Succeeded), "{names:?}");
     assert_eq!(record.outputs["DemotionToken"], json!(TOKEN));
     assert_eq!(reactors.fired(), 2);
     assert_eq!(
-        field(
-            &reg,
-            "north",
-            CNPG,
-            "clusters",
-            &ns,
-            "pg-north",
-            "spec.replica.primary"
-        )
-        .await,
+        field(&reg, "north", CNPG, "clusters", &ns, "pg-north", "spec.replica.primary").await,
         Some(json!("pg-south"))
     );
     assert_eq!(
-        field(
-            &reg,
-            "south",
-            CNPG,
-            "clusters",
-            &ns,
-            "pg-south",
-            "spec.replica.primary"
-        )
-        .await,
+        field(&reg, "south", CNPG, "clusters", &ns, "pg-south", "spec.replica.primary").await,
         Some(json!("pg-south"))
     );
     assert_eq!(
@@ -90,11 +65,7 @@ async fn cnpg_switchover_demotes_hands_over_the_token_promotes_and_redirects_the
     // The run record says what each write changed, on which cluster and object.
     let demote = &record.steps[0];
     assert_eq!(demote.cluster.as_deref(), Some("north"));
-    assert!(demote
-        .object
-        .as_deref()
-        .unwrap()
-        .contains(&format!("{ns}/pg-north")));
+    assert!(demote.object.as_deref().unwrap().contains(&format!("{ns}/pg-north")));
     assert_eq!(
         demote.diff,
         Some(json!([{"op": "replace", "path": "/spec/replica/primary", "value": "pg-south"}]))
@@ -117,13 +88,7 @@ async fn a_step_against_an_unreachable_cluster_fails_and_the_run_continues_when_
     clusters.write_kubeconfig(&kubeconfig, &servers);
     let reg = support::run::registry_from(&kubeconfig, WriteMode::Live).await;
 
-    let record = run(
-        reg.clone(),
-        &plan("continue-past-unreachable.yaml"),
-        &ns,
-        &[],
-    )
-    .await;
+    let record = run(reg.clone(), &plan("continue-past-unreachable.yaml"), &ns, &[]).await;
 
     // The run did its job, and shows that something it tried did not happen.
     assert_eq!(record.phase, Phase::SucceededWithErrors, "{record:#?}");
@@ -140,16 +105,7 @@ async fn a_step_against_an_unreachable_cluster_fails_and_the_run_continues_when_
     assert!(edge.error.as_deref().unwrap().contains("edge"), "{edge:#?}");
     assert_eq!(record.steps[1].status, StepStatus::Succeeded);
     assert_eq!(
-        field(
-            &reg,
-            "north",
-            CNPG,
-            "clusters",
-            &ns,
-            "pg-north",
-            "spec.replica.primary"
-        )
-        .await,
+        field(&reg, "north", CNPG, "clusters", &ns, "pg-north", "spec.replica.primary").await,
         Some(json!("pg-south"))
     );
 }
@@ -170,10 +126,7 @@ async fn a_wait_that_never_sees_its_condition_fails_with_a_clear_timeout() {
         err.contains("timed out after 1.5s waiting for status.demotionToken to be non-empty"),
         "{err}"
     );
-    assert!(
-        err.contains(&format!("{ns}/pg-north on cluster north")),
-        "{err}"
-    );
+    assert!(err.contains(&format!("{ns}/pg-north on cluster north")), "{err}");
     assert!(err.contains("last value: <missing>"), "{err}");
     assert_eq!(
         record.steps[1].status,
@@ -199,9 +152,7 @@ async fn a_missing_field_aborts_the_run_and_on_failure_steps_run() {
     assert_eq!(read.reason.as_deref(), Some("field-missing"));
     let err = read.error.as_deref().unwrap();
     assert!(
-        err.contains("status.nothingHere")
-            && err.contains(&format!("{ns}/pg-north"))
-            && err.contains("cluster north"),
+        err.contains("status.nothingHere") && err.contains(&format!("{ns}/pg-north")) && err.contains("cluster north"),
         "{err}"
     );
     assert_eq!(record.steps[1].status, StepStatus::Pending);
@@ -224,16 +175,7 @@ async fn a_missing_field_aborts_the_run_and_on_failure_steps_run() {
     .await;
     assert_eq!(flagged, Some(json!("test")));
     assert_eq!(
-        field(
-            &reg,
-            "north",
-            CNPG,
-            "clusters",
-            &ns,
-            "pg-north",
-            "spec.replica.primary"
-        )
-        .await,
+        field(&reg, "north", CNPG, "clusters", &ns, "pg-north", "spec.replica.primary").await,
         Some(json!("pg-north"))
     );
 }
@@ -261,10 +203,7 @@ async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
         wait["dryRun"],
         json!("would wait up to 1m for status.demotionToken to be non-empty")
     );
-    assert_eq!(
-        record.outputs["DemotionToken"],
-        json!("dry-run-demotiontoken")
-    );
+    assert_eq!(record.outputs["DemotionToken"], json!("dry-run-demotiontoken"));
     assert_eq!(
         record.steps[3].diff.as_ref().unwrap()[1]["value"],
         json!("dry-run-demotiontoken"),
@@ -279,20 +218,15 @@ async fn dry_run_leaves_every_object_untouched_but_records_what_would_change() {
     assert!(
         changed.is_empty(),
         "dry run changed {:?}",
-        changed
-            .iter()
-            .map(|(s, _)| s.describe())
-            .collect::<Vec<_>>()
+        changed.iter().map(|(s, _)| s.describe()).collect::<Vec<_>>()
     );
     assert_eq!(reactors.fired(), 0, "no operator saw a change");
 
     // Not even a write that forgets to ask for a dry run gets through a dry-run client.
     let resolved = dry.resolve("north", "v1", "configmaps").await.unwrap();
     let api = recoverd::cluster::api_for_object(&dry, "north", &resolved, Some(&ns)).unwrap();
-    let cm = serde_json::from_value(
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sneaky"}}),
-    )
-    .unwrap();
+    let cm = serde_json::from_value(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "sneaky"}}))
+        .unwrap();
     api.create(&Default::default(), &cm).await.unwrap();
     api.delete("sneaky", &Default::default()).await.ok();
     let live_api = recoverd::cluster::api_for_object(&live, "north", &resolved, Some(&ns)).unwrap();
@@ -320,16 +254,7 @@ async fn an_indexed_path_is_patched_with_a_tested_json_patch_and_when_false_skip
     );
     assert_eq!(record.steps[1].status, StepStatus::Skipped);
     assert_eq!(
-        field(
-            &reg,
-            "north",
-            CNPG,
-            "clusters",
-            &ns,
-            "pg-north",
-            "spec.instances"
-        )
-        .await,
+        field(&reg, "north", CNPG, "clusters", &ns, "pg-north", "spec.instances").await,
         Some(json!(3))
     );
     assert_eq!(
@@ -352,12 +277,7 @@ async fn an_http_step_sends_its_secret_and_keeps_it_out_of_the_record() {
                   body: String| {
                 let s = s.clone();
                 async move {
-                    let auth = headers
-                        .get("authorization")
-                        .unwrap()
-                        .to_str()
-                        .unwrap()
-                        .to_string();
+                    let auth = headers.get("authorization").unwrap().to_str().unwrap().to_string();
                     s.lock().unwrap().push((plan, auth, body));
                     (axum::http::StatusCode::CREATED, "accepted")
                 }
@@ -392,10 +312,7 @@ async fn an_http_step_sends_its_secret_and_keeps_it_out_of_the_record() {
         "when used the http output"
     );
     let text = serde_json::to_string(&record).unwrap();
-    assert!(
-        !text.contains("s3cr3t-t0ken"),
-        "secret leaked into the record: {text}"
-    );
+    assert!(!text.contains("s3cr3t-t0ken"), "secret leaked into the record: {text}");
     assert!(text.contains("\"Authorization\":\"<redacted>\""), "{text}");
 }
 
@@ -417,11 +334,7 @@ async fn apply_renders_a_configmap_key_from_a_template_kept_in_the_cluster() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let original = plan("templates-and-changes.yaml");
     let text = serde_json::to_string(&original.resource)
         .unwrap()
@@ -448,9 +361,7 @@ async fn apply_renders_a_configmap_key_from_a_template_kept_in_the_cluster() {
     .await;
     assert_eq!(
         cfg,
-        Some(json!(
-            "backend primary\n  server db pg-south-rw.db.svc:5432 check\n"
-        ))
+        Some(json!("backend primary\n  server db pg-south-rw.db.svc:5432 check\n"))
     );
     assert_eq!(
         field(
@@ -470,11 +381,7 @@ async fn apply_renders_a_configmap_key_from_a_template_kept_in_the_cluster() {
         "application/strategic-merge-patch+json"
     );
     let observed = &record.steps[3].inputs.as_ref().unwrap()["observed"];
-    assert_eq!(
-        observed,
-        &json!(TOKEN),
-        "the wait saw the token the reactor wrote"
-    );
+    assert_eq!(observed, &json!(TOKEN), "the wait saw the token the reactor wrote");
 }
 
 #[tokio::test]
@@ -491,43 +398,19 @@ async fn a_clusters_file_names_clusters_independently_of_kubeconfig_contexts() {
         .await
         .unwrap();
 
-    assert_eq!(
-        reg.names().into_iter().collect::<Vec<_>>(),
-        ["primary", "standby"]
-    );
+    assert_eq!(reg.names().into_iter().collect::<Vec<_>>(), ["primary", "standby"]);
     assert_eq!(reg.default_cluster(), "primary");
     assert_eq!(
-        field(
-            &reg,
-            "primary",
-            CNPG,
-            "clusters",
-            &ns,
-            "pg-north",
-            "spec.replica.self"
-        )
-        .await,
+        field(&reg, "primary", CNPG, "clusters", &ns, "pg-north", "spec.replica.self").await,
         Some(json!("pg-north"))
     );
     assert_eq!(
-        field(
-            &reg,
-            "standby",
-            CNPG,
-            "clusters",
-            &ns,
-            "pg-south",
-            "spec.replica.self"
-        )
-        .await,
+        field(&reg, "standby", CNPG, "clusters", &ns, "pg-south", "spec.replica.self").await,
         Some(json!("pg-south"))
     );
-    let err = recoverd::cluster::Registry::from_clusters_file(
-        &dir.path().join("nope.yaml"),
-        WriteMode::Live,
-    )
-    .await
-    .unwrap_err();
+    let err = recoverd::cluster::Registry::from_clusters_file(&dir.path().join("nope.yaml"), WriteMode::Live)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("nope.yaml"), "{err}");
     std::fs::write(
         &file,
@@ -537,8 +420,5 @@ async fn a_clusters_file_names_clusters_independently_of_kubeconfig_contexts() {
     let err = recoverd::cluster::Registry::from_clusters_file(&file, WriteMode::Live)
         .await
         .unwrap_err();
-    assert!(
-        err.to_string().contains("default cluster \"elsewhere\""),
-        "{err}"
-    );
+    assert!(err.to_string().contains("default cluster \"elsewhere\""), "{err}");
 }

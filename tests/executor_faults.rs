@@ -30,10 +30,7 @@ async fn retries_get_a_patch_through_injected_server_errors() {
     let record = run(r.proxied.clone(), &plan("retried-demote.yaml"), &r.ns, &[]).await;
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
-    assert_eq!(
-        record.steps[0].attempts, 3,
-        "two failed attempts, then success"
-    );
+    assert_eq!(record.steps[0].attempts, 3, "two failed attempts, then success");
     assert!(r.proxy("north").stats().errors >= 2);
     assert_eq!(
         field(
@@ -104,10 +101,7 @@ async fn a_hanging_apiserver_costs_one_attempt_timeout_per_try_then_fails_the_st
     assert_eq!(step.attempts, 5, "retries: 4");
     assert_eq!(step.reason.as_deref(), Some("timeout"));
     assert!(
-        step.error
-            .as_deref()
-            .unwrap()
-            .contains("attempt timed out after 3s"),
+        step.error.as_deref().unwrap().contains("attempt timed out after 3s"),
         "{step:#?}"
     );
     assert!(
@@ -148,13 +142,9 @@ async fn persistent_server_errors_exhaust_the_retries_with_a_clear_reason() {
         matches!(step.reason.as_deref(), Some("server-error" | "unreachable")),
         "{step:#?}"
     );
+    assert!(step.error.as_deref().unwrap().contains("injected fault"), "{step:#?}");
     assert!(
-        step.error.as_deref().unwrap().contains("injected fault"),
-        "{step:#?}"
-    );
-    assert!(
-        record.error.as_deref().unwrap().contains("demote-north")
-            && record.error.as_deref().unwrap().contains("north")
+        record.error.as_deref().unwrap().contains("demote-north") && record.error.as_deref().unwrap().contains("north")
     );
 }
 

@@ -31,8 +31,7 @@ async fn setup(test: &str) -> (String, Api<ConfigMap>) {
 
 async fn create(api: &Api<ConfigMap>, name: &str, labels: Value, data: Value) {
     let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": data}))
-            .unwrap();
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": data})).unwrap();
     api.create(&PostParams::default(), &cm).await.unwrap();
 }
 
@@ -78,21 +77,9 @@ async fn for_each_over_a_selector_deletes_each_object_as_its_own_child_step() {
     assert_eq!(
         summary(&step.children),
         [
-            (
-                "delete-volume[0]".into(),
-                StepStatus::Succeeded,
-                Some(json!("stale-a"))
-            ),
-            (
-                "delete-volume[1]".into(),
-                StepStatus::Succeeded,
-                Some(json!("stale-b"))
-            ),
-            (
-                "delete-volume[2]".into(),
-                StepStatus::Succeeded,
-                Some(json!("stale-c"))
-            ),
+            ("delete-volume[0]".into(), StepStatus::Succeeded, Some(json!("stale-a"))),
+            ("delete-volume[1]".into(), StepStatus::Succeeded, Some(json!("stale-b"))),
+            ("delete-volume[2]".into(), StepStatus::Succeeded, Some(json!("stale-c"))),
         ]
     );
     assert_eq!(
@@ -107,10 +94,7 @@ async fn for_each_over_a_selector_deletes_each_object_as_its_own_child_step() {
         json!({"succeeded": 3, "failed": 0, "skipped": 0, "pending": 0}),
         "the parent summarises its iterations: {inputs}"
     );
-    assert!(
-        inputs["source"].as_str().unwrap().contains("[app=stale]"),
-        "{inputs}"
-    );
+    assert!(inputs["source"].as_str().unwrap().contains("[app=stale]"), "{inputs}");
 }
 
 #[tokio::test]
@@ -125,11 +109,7 @@ async fn for_each_over_a_param_list_runs_every_iteration_and_fails_naming_the_on
     // pg-2 does not exist: its read fails, its patch does not run, pg-3 still gets its turn.
     assert_eq!(record.phase, Phase::Failed, "{record:#?}");
     let step = &record.steps[0];
-    let statuses: Vec<_> = step
-        .children
-        .iter()
-        .map(|c| (c.name.as_str(), c.status))
-        .collect();
+    let statuses: Vec<_> = step.children.iter().map(|c| (c.name.as_str(), c.status)).collect();
     assert_eq!(
         statuses,
         [
@@ -157,22 +137,13 @@ async fn for_each_over_a_param_list_runs_every_iteration_and_fails_naming_the_on
     assert_eq!(was("pg-1").await, "primary before test");
     assert_eq!(was("pg-3").await, "replica before test");
     assert_eq!(step.children[4].outputs["role"], json!("replica"));
-    assert!(
-        !record.outputs.contains_key("role"),
-        "an iteration's values stay in it"
-    );
+    assert!(!record.outputs.contains_key("role"), "an iteration's values stay in it");
 }
 
 #[tokio::test]
 async fn for_each_over_a_list_read_earlier_deletes_what_it_names() {
     let (ns, cms) = setup("fe-read").await;
-    create(
-        &cms,
-        "inventory",
-        json!({}),
-        json!({"stale": "[\"old-1\", \"old-2\"]"}),
-    )
-    .await;
+    create(&cms, "inventory", json!({}), json!({"stale": "[\"old-1\", \"old-2\"]"})).await;
     for n in ["old-1", "old-2", "current"] {
         create(&cms, n, json!({}), json!({})).await;
     }
@@ -185,16 +156,8 @@ async fn for_each_over_a_list_read_earlier_deletes_what_it_names() {
     assert_eq!(
         summary(&record.steps[1].children),
         [
-            (
-                "delete-stale[0]".into(),
-                StepStatus::Succeeded,
-                Some(json!("old-1"))
-            ),
-            (
-                "delete-stale[1]".into(),
-                StepStatus::Succeeded,
-                Some(json!("old-2"))
-            ),
+            ("delete-stale[0]".into(), StepStatus::Succeeded, Some(json!("old-1"))),
+            ("delete-stale[1]".into(), StepStatus::Succeeded, Some(json!("old-2"))),
         ]
     );
 }
@@ -211,10 +174,7 @@ async fn a_list_read_earlier_that_is_no_list_fails_the_step_before_any_iteration
     assert_eq!(record.phase, Phase::Failed, "{record:#?}");
     let step = &record.steps[1];
     assert_eq!(step.reason.as_deref(), Some("for-each-items"), "{step:#?}");
-    assert!(
-        step.error.as_deref().unwrap().contains("not a list"),
-        "{step:#?}"
-    );
+    assert!(step.error.as_deref().unwrap().contains("not a list"), "{step:#?}");
     assert!(step.children.is_empty());
     assert_eq!(names(&cms).await, ["inventory", "old-1"]);
 }
@@ -247,13 +207,7 @@ async fn iterations_overlap_up_to_the_concurrency_and_no_further() {
 async fn more_items_than_max_items_runs_no_iteration() {
     let (ns, cms) = setup("fe-max").await;
     for i in 0..6 {
-        create(
-            &cms,
-            &format!("stale-{i}"),
-            json!({"app": "stale"}),
-            json!({}),
-        )
-        .await;
+        create(&cms, &format!("stale-{i}"), json!({"app": "stale"}), json!({})).await;
     }
     let reg = registry(support::shared(), WriteMode::Live).await;
 
@@ -280,20 +234,13 @@ async fn more_items_than_max_items_runs_no_iteration() {
 async fn deleting_by_item_without_max_items_is_bounded_like_a_delete_selector() {
     let (ns, cms) = setup("fe-delete-bound").await;
     for i in 0..11 {
-        create(
-            &cms,
-            &format!("stale-{i}"),
-            json!({"app": "stale"}),
-            json!({}),
-        )
-        .await;
+        create(&cms, &format!("stale-{i}"), json!({"app": "stale"}), json!({})).await;
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("unbounded.yaml");
-    let text = std::fs::read_to_string(
-        support::clusters::repo_dir().join("tests/data/plans/language/for-each-selected.yaml"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(support::clusters::repo_dir().join("tests/data/plans/language/for-each-selected.yaml"))
+            .unwrap();
     assert!(text.contains("      maxItems: 5\n"));
     std::fs::write(&path, text.replace("      maxItems: 5\n", "")).unwrap();
     let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
@@ -306,10 +253,7 @@ async fn deleting_by_item_without_max_items_is_bounded_like_a_delete_selector() 
     let step = &record.steps[0];
     assert_eq!(step.reason.as_deref(), Some("too-many-items"), "{step:#?}");
     assert!(
-        step.error
-            .as_deref()
-            .unwrap()
-            .contains("more than maxItems 10"),
+        step.error.as_deref().unwrap().contains("more than maxItems 10"),
         "{step:#?}"
     );
     assert_eq!(names(&cms).await.len(), 11, "nothing was deleted");
@@ -352,10 +296,7 @@ async fn a_resumed_selector_for_each_keeps_the_iterations_it_began_with() {
     let after = &record.steps[0].children;
     let items: Vec<&Value> = after.iter().filter_map(|c| c.item.as_ref()).collect();
     let items_before: Vec<&Value> = before.iter().filter_map(|c| c.item.as_ref()).collect();
-    assert_eq!(
-        items, items_before,
-        "the same iterations, in the same order"
-    );
+    assert_eq!(items, items_before, "the same iterations, in the same order");
     for i in [0, 1] {
         assert_eq!(after[i].finished_at, before[i].finished_at, "{after:#?}");
     }
@@ -464,9 +405,7 @@ async fn a_stale_approval_does_not_approve_a_later_wait() {
     use support::server::{app, counting_hook, counts, eventually};
     let (hook, hits) = counting_hook(2).await;
     let app = app(&[approval_plan(&hook)]).await;
-    let (status, run) = app
-        .post("/api/v1/plans/ops/each-site/runs", &json!({}))
-        .await;
+    let (status, run) = app.post("/api/v1/plans/ops/each-site/runs", &json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{run}");
     let id = run["id"].as_str().unwrap().to_string();
     let waiting = |child: usize| {
@@ -479,8 +418,7 @@ async fn a_stale_approval_does_not_approve_a_later_wait() {
                 || {
                     let id = id.clone();
                     async move {
-                        app.get(&format!("/api/v1/runs/{id}")).await.1["steps"][0]["children"]
-                            [child]["status"]
+                        app.get(&format!("/api/v1/runs/{id}")).await.1["steps"][0]["children"][child]["status"]
                             == "waitingForApproval"
                     }
                 },
@@ -499,13 +437,8 @@ async fn a_stale_approval_does_not_approve_a_later_wait() {
     assert_eq!(first["name"], "promote[0].decide");
     assert_eq!(first["inputs"]["message"], "Promote north?", "{first}");
     let first_wait = json!({"step": "promote[0].decide", "startedAt": first["startedAt"]});
-    let (status, body) =
-        approve(json!({"step": "promote[0].decide", "startedAt": "2020-01-01T00:00:00Z"})).await;
-    assert_eq!(
-        status,
-        StatusCode::CONFLICT,
-        "a wait that is not this one: {body}"
-    );
+    let (status, body) = approve(json!({"step": "promote[0].decide", "startedAt": "2020-01-01T00:00:00Z"})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "a wait that is not this one: {body}");
     let (status, body) = approve(first_wait.clone()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
 
@@ -516,8 +449,7 @@ async fn a_stale_approval_does_not_approve_a_later_wait() {
     let (status, body) = approve(first_wait).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     // The right step, with the time of the earlier wait: refused, saying what waits now.
-    let (status, body) =
-        approve(json!({"step": "promote[1].decide", "startedAt": first["startedAt"]})).await;
+    let (status, body) = approve(json!({"step": "promote[1].decide", "startedAt": first["startedAt"]})).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     let text = body.to_string();
     assert!(
@@ -526,8 +458,7 @@ async fn a_stale_approval_does_not_approve_a_later_wait() {
     );
     assert_eq!(counts(&hits), [1, 0], "the stale answers approved nothing");
 
-    let (status, body) =
-        approve(json!({"step": "promote[1].decide", "startedAt": second["startedAt"]})).await;
+    let (status, body) = approve(json!({"step": "promote[1].decide", "startedAt": second["startedAt"]})).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let done = app.finished(&id).await;
     assert_eq!(done["phase"], "Succeeded", "{done}");
@@ -546,11 +477,14 @@ async fn a_for_each_rehearses_against_a_seeded_world() {
     .unwrap();
     let objects: Vec<String> = ["stale-a", "stale-b"]
         .iter()
-        .map(|n| format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {n}, namespace: {ns}, labels: {{app: stale}}}}\n"))
+        .map(|n| {
+            format!(
+                "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {n}, namespace: {ns}, labels: {{app: stale}}}}\n"
+            )
+        })
         .collect();
     std::fs::write(dir.path().join("stale.yaml"), objects.join("---\n")).unwrap();
-    let plan =
-        support::clusters::repo_dir().join("tests/data/plans/language/for-each-selected.yaml");
+    let plan = support::clusters::repo_dir().join("tests/data/plans/language/for-each-selected.yaml");
 
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_recoverd"))
         .args(["rehearse", plan.to_str().unwrap(), "--world"])
@@ -561,11 +495,7 @@ async fn a_for_each_rehearses_against_a_seeded_world() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let body: Value = serde_json::from_str(&stdout).unwrap();
     let children = &body["run"]["steps"][0]["children"];
     assert_eq!(children[0]["name"], "delete-volume[0]", "{body}");
@@ -583,10 +513,9 @@ async fn after_a_failed_iteration_no_new_one_starts_by_default() {
     // The param-list plan with the default `onError: abort` between iterations.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("abort.yaml");
-    let text = std::fs::read_to_string(
-        support::clusters::repo_dir().join("tests/data/plans/language/for-each-params.yaml"),
-    )
-    .unwrap();
+    let text =
+        std::fs::read_to_string(support::clusters::repo_dir().join("tests/data/plans/language/for-each-params.yaml"))
+            .unwrap();
     assert!(text.contains("      onError: continue\n"));
     std::fs::write(&path, text.replace("      onError: continue\n", "")).unwrap();
     let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
@@ -612,10 +541,7 @@ async fn after_a_failed_iteration_no_new_one_starts_by_default() {
         "{c:#?}"
     );
     assert!(
-        c[4].error
-            .as_deref()
-            .unwrap()
-            .contains("an earlier iteration failed"),
+        c[4].error.as_deref().unwrap().contains("an earlier iteration failed"),
         "{c:#?}"
     );
     let pg3 = cms.get("pg-3").await.unwrap().data.unwrap();
@@ -633,14 +559,8 @@ async fn a_tolerated_failure_inside_an_iteration_makes_the_run_succeeded_with_er
     assert_eq!(record.phase, Phase::SucceededWithErrors, "{record:#?}");
     assert_eq!(record.steps[0].status, StepStatus::Succeeded);
     let failed = &record.steps[0].children[1];
-    assert!(
-        failed.continued && failed.status == StepStatus::Failed,
-        "{failed:#?}"
-    );
-    assert!(
-        record.error.as_deref().unwrap().contains("fence[1]"),
-        "{record:#?}"
-    );
+    assert!(failed.continued && failed.status == StepStatus::Failed, "{failed:#?}");
+    assert!(record.error.as_deref().unwrap().contains("fence[1]"), "{record:#?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -668,11 +588,8 @@ async fn an_approval_inside_an_iteration_is_announced_naming_the_iteration() {
         template: "{{ plan }}: {{ summary }} at {{ step }}".into(),
     })
     .unwrap();
-    let app =
-        support::server::app_notifying(&[approval_plan("http://127.0.0.1:1")], notifier).await;
-    let (_, run) = app
-        .post("/api/v1/plans/ops/each-site/runs", &json!({}))
-        .await;
+    let app = support::server::app_notifying(&[approval_plan("http://127.0.0.1:1")], notifier).await;
+    let (_, run) = app.post("/api/v1/plans/ops/each-site/runs", &json!({})).await;
     let id = run["id"].as_str().unwrap().to_string();
 
     support::server::eventually("the approval notice", Duration::from_secs(30), || async {
@@ -682,8 +599,7 @@ async fn an_approval_inside_an_iteration_is_announced_naming_the_iteration() {
             .any(|b| b["text"] == "ops/each-site: is waiting for approval at promote[0].decide")
     })
     .await;
-    app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
-        .await;
+    app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({})).await;
     let done = app.finished(&id).await;
     assert_eq!(done["phase"], "Cancelled", "{done}");
 }
@@ -742,10 +658,9 @@ async fn a_resumed_iteration_uses_what_its_finished_steps_read() {
     create(&cms, "pg-1", json!({}), json!({"role": "primary"})).await;
     create(&cms, "pg-3", json!({}), json!({"role": "replica"})).await;
     // pg-2 can be read but not written: record-role fails after read-role succeeded.
-    let frozen: ConfigMap = serde_json::from_value(
-        json!({"metadata": {"name": "pg-2"}, "data": {"role": "replica"}, "immutable": true}),
-    )
-    .unwrap();
+    let frozen: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "pg-2"}, "data": {"role": "replica"}, "immutable": true}))
+            .unwrap();
     cms.create(&PostParams::default(), &frozen).await.unwrap();
     let reg = registry(support::shared(), WriteMode::Live).await;
     let plan = language("for-each-params.yaml");
@@ -773,10 +688,7 @@ async fn a_resumed_iteration_uses_what_its_finished_steps_read() {
         .await;
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
-    assert_eq!(
-        record.steps[0].children[2].finished_at, read_at,
-        "not read again"
-    );
+    assert_eq!(record.steps[0].children[2].finished_at, read_at, "not read again");
     assert_eq!(
         cms.get("pg-2").await.unwrap().data.unwrap()["was"],
         "replica before resume"
@@ -817,22 +729,11 @@ async fn the_crd_accepts_for_each_and_a_templated_max_objects_and_keeps_them_who
         let (ok, text) = kubectl(&["apply", "-f", tmp.path().to_str().unwrap()]);
         assert!(ok, "{file}: {text}");
     }
-    let (ok, text) = kubectl(&[
-        "get",
-        "-n",
-        &ns,
-        "recoveryplan",
-        "for-each-params",
-        "-o",
-        "json",
-    ]);
+    let (ok, text) = kubectl(&["get", "-n", &ns, "recoveryplan", "for-each-params", "-o", "json"]);
     assert!(ok, "{text}");
     let stored: Value = serde_json::from_str(&text).unwrap();
     let inner = &stored["spec"]["steps"][0]["forEach"]["steps"];
-    assert_eq!(
-        inner[1]["patch"]["override"]["fieldPath"], "data.was",
-        "{stored}"
-    );
+    assert_eq!(inner[1]["patch"]["override"]["fieldPath"], "data.was", "{stored}");
     assert_eq!(inner[0]["readField"]["outputKey"], "role", "{stored}");
     let (ok, text) = kubectl(&[
         "get",
@@ -858,11 +759,7 @@ async fn an_approval_nobody_can_give_inside_a_tolerated_for_each_still_stops_the
     let step = &record.steps[0];
     assert!(!step.continued, "{step:#?}");
     assert_eq!(step.reason.as_deref(), Some("approval-unavailable"));
-    assert_eq!(
-        record.steps[1].status,
-        StepStatus::Pending,
-        "nothing after it ran"
-    );
+    assert_eq!(record.steps[1].status, StepStatus::Pending, "nothing after it ran");
 }
 
 #[tokio::test]
@@ -916,25 +813,18 @@ fn check_renders_the_steps_inside_a_for_each_with_its_first_item_or_a_stand_in()
             .env("KUBECONFIG", "/nonexistent")
             .output()
             .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout).to_string(),
-        )
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).to_string())
     };
 
     // The params' first instance has no `ns`: the plan could never run as written.
     let (code, out) = check(&plan("from-params", "{{ Values.instances }}"));
     assert_eq!(code, Some(1), "{out}");
     assert!(
-        out.contains("step \"each\": spec.steps[1].forEach.steps[0].delete.namespace")
-            && out.contains("undefined"),
+        out.contains("step \"each\": spec.steps[1].forEach.steps[0].delete.namespace") && out.contains("undefined"),
         "{out}"
     );
     // Items read at run time: what they hold is not known, so a note, not an error.
     let (code, out) = check(&plan("read-later", "{{ Values.list }}"));
     assert_eq!(code, Some(0), "{out}");
-    assert!(
-        out.contains("note:") && out.contains("not checked"),
-        "{out}"
-    );
+    assert!(out.contains("note:") && out.contains("not checked"), "{out}");
 }

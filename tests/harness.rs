@@ -12,9 +12,7 @@ fn cnpg_clusters(client: kube::Client, ns: &str) -> Api<DynamicObject> {
 }
 
 fn object(file: &str) -> DynamicObject {
-    let path = support::clusters::repo_dir()
-        .join("tests/data/objects")
-        .join(file);
+    let path = support::clusters::repo_dir().join("tests/data/objects").join(file);
     serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
@@ -30,10 +28,7 @@ async fn a_configmap_created_in_one_cluster_is_absent_in_the_other() {
     .unwrap();
     north.create(&PostParams::default(), &cm).await.unwrap();
 
-    assert_eq!(
-        north.get("only-north").await.unwrap().data.unwrap()["k"],
-        "v"
-    );
+    assert_eq!(north.get("only-north").await.unwrap().data.unwrap()["k"], "v");
     assert!(south.get_opt("only-north").await.unwrap().is_none());
 }
 
@@ -58,11 +53,7 @@ async fn each_cluster_has_its_own_apiserver_and_context() {
         .args(["get", "ns", "default", "-o", "name"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[tokio::test]
@@ -96,16 +87,8 @@ async fn the_cnpg_cluster_crd_rejects_an_invalid_object_with_422() {
         kube::Error::Api(status) => {
             assert_eq!(status.code, 422, "{status:?}");
             assert_eq!(status.reason, "Invalid");
-            assert!(
-                status.message.contains("spec.instances"),
-                "{}",
-                status.message
-            );
-            assert!(
-                status.message.contains("spec.replica.enabled"),
-                "{}",
-                status.message
-            );
+            assert!(status.message.contains("spec.instances"), "{}", status.message);
+            assert!(status.message.contains("spec.replica.enabled"), "{}", status.message);
         }
         other => panic!("expected a 422 from the apiserver, got {other:?}"),
     }

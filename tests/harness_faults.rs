@@ -33,10 +33,7 @@ impl Rig {
         let proxy = start_proxy();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");
-        clusters.write_kubeconfig(
-            &kubeconfig,
-            &BTreeMap::from([("north".into(), proxy.url())]),
-        );
+        clusters.write_kubeconfig(&kubeconfig, &BTreeMap::from([("north".into(), proxy.url())]));
         let ns = clusters.namespace(test).await;
         Rig {
             proxy,
@@ -133,9 +130,7 @@ fn api_status(err: &kube::Error) -> &kube::core::Status {
 fn has_io_kind(err: &kube::Error, kind: io::ErrorKind) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if e.downcast_ref::<io::Error>()
-            .is_some_and(|io| io.kind() == kind)
-        {
+        if e.downcast_ref::<io::Error>().is_some_and(|io| io.kind() == kind) {
             return true;
         }
         cur = e.source();
@@ -179,18 +174,11 @@ async fn without_faults_requests_pass_through_and_a_configmap_round_trips() {
     assert_eq!(value_of(&got), "one");
 
     let mut changed = got.clone();
-    changed
-        .data
-        .as_mut()
-        .unwrap()
-        .insert("value".into(), "two".into());
+    changed.data.as_mut().unwrap().insert("value".into(), "two".into());
     api.replace("round-trip", &PostParams::default(), &changed)
         .await
         .unwrap();
-    assert_eq!(
-        value_of(&rig.direct().await.get("round-trip").await.unwrap()),
-        "two"
-    );
+    assert_eq!(value_of(&rig.direct().await.get("round-trip").await.unwrap()), "two");
 
     let listed = api.list(&ListParams::default()).await.unwrap();
     assert_eq!(listed.items.len(), 1);
@@ -199,35 +187,15 @@ async fn without_faults_requests_pass_through_and_a_configmap_round_trips() {
     let out = tokio::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&rig.kubeconfig)
-        .args([
-            "--context",
-            "north",
-            "-n",
-            &rig.ns,
-            "get",
-            "configmap",
-            "round-trip",
-        ])
+        .args(["--context", "north", "-n", &rig.ns, "get", "configmap", "round-trip"])
         .args(["-o", "jsonpath={.data.value}"])
         .output()
         .await
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout), "two");
-    api.delete("round-trip", &DeleteParams::default())
-        .await
-        .unwrap();
-    assert!(rig
-        .direct()
-        .await
-        .get_opt("round-trip")
-        .await
-        .unwrap()
-        .is_none());
+    api.delete("round-trip", &DeleteParams::default()).await.unwrap();
+    assert!(rig.direct().await.get_opt("round-trip").await.unwrap().is_none());
 
     let stats = rig.proxy.stats();
     // 5 from kube, at least 1 from kubectl (plus its discovery, unless cached).
@@ -286,11 +254,7 @@ async fn an_injected_500_reaches_the_client_as_an_api_error_with_that_code() {
     assert_eq!(status.message, "injected fault");
     assert!(status.is_failure());
     let stats = rig.proxy.stats();
-    assert_eq!(
-        (stats.requests, stats.errors, stats.forwarded),
-        (1, 1, 0),
-        "{stats:?}"
-    );
+    assert_eq!((stats.requests, stats.errors, stats.forwarded), (1, 1, 0), "{stats:?}");
 }
 
 #[tokio::test]
@@ -307,10 +271,7 @@ async fn an_injected_503_reaches_a_client_without_retries_as_a_status_error() {
 
     let err = api.get("target").await.unwrap_err();
     let status = api_status(&err);
-    assert_eq!(
-        (status.code, status.reason.as_str()),
-        (503, "ServiceUnavailable")
-    );
+    assert_eq!((status.code, status.reason.as_str()), (503, "ServiceUnavailable"));
     assert_eq!(rig.proxy.stats().forwarded, 0);
 }
 
@@ -328,10 +289,7 @@ async fn an_injected_429_reaches_a_client_without_retries_with_retry_after() {
 
     let err = api.get("target").await.unwrap_err();
     let status = api_status(&err);
-    assert_eq!(
-        (status.code, status.reason.as_str()),
-        (429, "TooManyRequests")
-    );
+    assert_eq!((status.code, status.reason.as_str()), (429, "TooManyRequests"));
     assert_eq!(status.details.as_ref().unwrap().retry_after_seconds, 1);
 
     // On the wire: a Retry-After header and a JSON Status body.
@@ -363,11 +321,7 @@ async fn kube_default_client_retries_injected_503s_transparently() {
     // kube 5's default client retries 429/503/504 (up to 15 times, backing off from 5 ms).
     assert_eq!(value_of(&api.get("target").await.unwrap()), "seeded");
     let stats = rig.proxy.stats();
-    assert_eq!(
-        (stats.requests, stats.errors, stats.forwarded),
-        (4, 3, 1),
-        "{stats:?}"
-    );
+    assert_eq!((stats.requests, stats.errors, stats.forwarded), (4, 3, 1), "{stats:?}");
 }
 
 #[tokio::test]
@@ -389,11 +343,7 @@ async fn kube_default_client_waits_out_retry_after_on_an_injected_429() {
         "retried after {took:?}, before Retry-After: 1"
     );
     let stats = rig.proxy.stats();
-    assert_eq!(
-        (stats.requests, stats.errors, stats.forwarded),
-        (2, 1, 1),
-        "{stats:?}"
-    );
+    assert_eq!((stats.requests, stats.errors, stats.forwarded), (2, 1, 1), "{stats:?}");
 }
 
 #[tokio::test]
@@ -465,9 +415,7 @@ async fn a_request_never_answered_times_out_in_a_client_with_a_read_timeout() {
     rig.seed(&["target"]).await;
     // kube 5 has no read timeout by default: such a client would wait forever.
     let read_timeout = Duration::from_millis(800);
-    let client = rig
-        .client_with(|c| c.read_timeout = Some(read_timeout))
-        .await;
+    let client = rig.client_with(|c| c.read_timeout = Some(read_timeout)).await;
     let api = rig.configmaps(client);
     rig.proxy.set(Faults {
         timeout_rate: 1.0,
@@ -477,10 +425,7 @@ async fn a_request_never_answered_times_out_in_a_client_with_a_read_timeout() {
     let start = Instant::now();
     let err = api.get("target").await.unwrap_err();
     let took = start.elapsed();
-    assert!(
-        has_io_kind(&err, io::ErrorKind::TimedOut),
-        "not a timeout: {err:?}"
-    );
+    assert!(has_io_kind(&err, io::ErrorKind::TimedOut), "not a timeout: {err:?}");
     assert!(
         took >= read_timeout && took < Duration::from_secs(10),
         "timed out after {took:?}"
@@ -576,10 +521,7 @@ async fn a_watch_reset_mid_event_ends_the_raw_watch_stream_after_the_events_befo
 async fn on_the_wire_a_cut_watch_ends_cleanly_but_a_reset_watch_breaks() {
     let rig = Rig::new("proxy-watch-wire").await;
     rig.seed(SEEDED).await;
-    let path = format!(
-        "/api/v1/namespaces/{}/configmaps?watch=true&resourceVersion=0",
-        rig.ns
-    );
+    let path = format!("/api/v1/namespaces/{}/configmaps?watch=true&resourceVersion=0", rig.ns);
 
     rig.proxy.set(Faults {
         watch_event_limit: Some(2),
@@ -587,10 +529,7 @@ async fn on_the_wire_a_cut_watch_ends_cleanly_but_a_reset_watch_breaks() {
     });
     let res = rig.raw_get(&path).await;
     assert_eq!(res.status().as_u16(), 200);
-    assert!(
-        res.headers().get("content-length").is_none(),
-        "a watch is streamed"
-    );
+    assert!(res.headers().get("content-length").is_none(), "a watch is streamed");
     let body = tokio::time::timeout(Duration::from_secs(15), res.bytes())
         .await
         .unwrap()
@@ -621,10 +560,7 @@ async fn on_the_wire_a_cut_watch_ends_cleanly_but_a_reset_watch_breaks() {
     .unwrap();
     assert!(outcome.is_err(), "the reset watch ended cleanly");
     let text = String::from_utf8_lossy(&received);
-    let complete: Vec<&str> = text
-        .split_inclusive('\n')
-        .filter(|l| l.ends_with('\n'))
-        .collect();
+    let complete: Vec<&str> = text.split_inclusive('\n').filter(|l| l.ends_with('\n')).collect();
     assert_eq!(complete.len(), 2, "{text}");
     assert!(
         !text.ends_with('\n'),
@@ -649,10 +585,7 @@ async fn down_refuses_connections_and_up_serves_the_same_client_again() {
         .metadata
         .resource_version
         .unwrap();
-    let watch = api
-        .watch(&WatchParams::default().timeout(120), &rv)
-        .await
-        .unwrap();
+    let watch = api.watch(&WatchParams::default().timeout(120), &rv).await.unwrap();
 
     rig.proxy.update(|f| f.down = true);
     drain(watch, Duration::from_secs(5)).await;
@@ -662,10 +595,7 @@ async fn down_refuses_connections_and_up_serves_the_same_client_again() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     for _ in 0..2 {
         let err = api.get("target").await.unwrap_err();
-        assert!(
-            has_io_kind(&err, io::ErrorKind::ConnectionRefused),
-            "{err:?}"
-        );
+        assert!(has_io_kind(&err, io::ErrorKind::ConnectionRefused), "{err:?}");
     }
 
     rig.proxy.update(|f| f.down = false);
@@ -694,16 +624,9 @@ async fn only_path_confines_faults_to_the_matching_requests() {
 
     assert_eq!(api_status(&api.get("victim").await.unwrap_err()).code, 500);
     assert_eq!(value_of(&api.get("bystander").await.unwrap()), "seeded");
-    assert_eq!(
-        api.list(&ListParams::default()).await.unwrap().items.len(),
-        2
-    );
+    assert_eq!(api.list(&ListParams::default()).await.unwrap().items.len(), 2);
     let stats = rig.proxy.stats();
-    assert_eq!(
-        (stats.errors, stats.delayed, stats.forwarded),
-        (1, 1, 2),
-        "{stats:?}"
-    );
+    assert_eq!((stats.errors, stats.delayed, stats.forwarded), (1, 1, 2), "{stats:?}");
 }
 
 /// A proxy in a `static` outlives the runtime of the test that started it.
@@ -713,10 +636,7 @@ fn a_static_proxy_serves_clients_on_successive_runtimes() {
     let proxy = PROXY.get_or_init(start_proxy);
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    support::shared().write_kubeconfig(
-        &kubeconfig,
-        &BTreeMap::from([("north".into(), proxy.url())]),
-    );
+    support::shared().write_kubeconfig(&kubeconfig, &BTreeMap::from([("north".into(), proxy.url())]));
 
     let runtime = || {
         tokio::runtime::Builder::new_current_thread()

@@ -34,9 +34,7 @@ fn clusters() -> &'static support::clusters::TestClusters {
             Err(_) => match std::env::var("KUBEBUILDER_ASSETS") {
                 Ok(assets) => PathBuf::from(assets).join("kube-apiserver"),
                 Err(_) => {
-                    let out =
-                        ok(Command::new("bash")
-                            .arg(repo_dir().join("tests/kube/build-apiserver.sh")));
+                    let out = ok(Command::new("bash").arg(repo_dir().join("tests/kube/build-apiserver.sh")));
                     PathBuf::from(out.lines().last().expect("a path").trim())
                 }
             },
@@ -73,10 +71,7 @@ fn install_crds() {
         ok(kubectl()
             .args(["apply", "-f"])
             .arg(repo_dir().join("crds/recoverd.io.yaml")));
-        established(&[
-            "crd/recoveryplans.recoverd.io",
-            "crd/recoveryruns.recoverd.io",
-        ]);
+        established(&["crd/recoveryplans.recoverd.io", "crd/recoveryruns.recoverd.io"]);
     });
 }
 
@@ -148,13 +143,7 @@ async fn case(prefix: &str) -> (String, tempfile::TempDir, PathBuf) {
 async fn serve(dir: &Path, plans: &Path, ns: &str) -> ServeProcess {
     install_crds();
     let kubeconfig = clusters().kubeconfig().to_path_buf();
-    let args = [
-        "--plans-from-cluster",
-        "--namespace",
-        ns,
-        "--reload-interval",
-        "200ms",
-    ];
+    let args = ["--plans-from-cluster", "--namespace", ns, "--reload-interval", "200ms"];
     ServeProcess::start(dir, plans, &kubeconfig, &args).await
 }
 
@@ -162,21 +151,14 @@ async fn plan_names(serve: &ServeProcess) -> Vec<String> {
     let listing = serve.get("/api/v1/plans").await;
     listing["plans"]
         .as_array()
-        .map(|p| {
-            p.iter()
-                .filter_map(|p| p["name"].as_str().map(String::from))
-                .collect()
-        })
+        .map(|p| p.iter().filter_map(|p| p["name"].as_str().map(String::from)).collect())
         .unwrap_or_default()
 }
 
 /// Sends a firing alert; returns what recoverd did with it.
 async fn alert(serve: &ServeProcess, labels: Value, fingerprint: &str, starts_at: &str) -> Value {
     let (status, reply) = serve
-        .post(
-            "/api/v1/alerts",
-            &payload("firing", labels, fingerprint, starts_at),
-        )
+        .post("/api/v1/alerts", &payload("firing", labels, fingerprint, starts_at))
         .await;
     assert_eq!(status, 202, "{reply}");
     reply["alerts"][0].clone()
@@ -199,12 +181,7 @@ where
 }
 
 /// Sends a firing alert that must start `plan`; returns the run once it succeeded.
-async fn runs_to_success(
-    serve: &ServeProcess,
-    plan: &str,
-    labels: Value,
-    fingerprint: &str,
-) -> Value {
+async fn runs_to_success(serve: &ServeProcess, plan: &str, labels: Value, fingerprint: &str) -> Value {
     let started = alert(serve, labels, fingerprint, "2026-12-01T10:00:00Z").await;
     assert_eq!(started["action"], "started", "{started}");
     assert_eq!(started["plan"], plan, "{started}");
@@ -281,11 +258,7 @@ async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_
     .await;
     let table = ok(kubectl().args(["get", "-n", &ns, "recoveryplans.recoverd.io", "hook"]));
     let row: Vec<&str> = table.lines().nth(1).unwrap().split_whitespace().collect();
-    assert_eq!(
-        row[..5],
-        ["hook", "auto", "1", "True", "Succeeded"],
-        "{table}"
-    );
+    assert_eq!(row[..5], ["hook", "auto", "1", "True", "Succeeded"], "{table}");
 
     // A resource named like a plan file loses to the file: reported, never run.
     let clash = json!({"alertname": "KubePlanClash", "testns": ns});
@@ -300,11 +273,7 @@ async fn a_plan_applied_with_kubectl_is_matched_by_the_next_alert_and_a_deleted_
         .to_string();
     assert!(message.contains("clash-file.yaml"), "{message}");
     runs_to_success(&serve, &format!("{ns}/clash"), clash, "fp-3").await;
-    assert_eq!(
-        counts(&hits)[1..],
-        [1, 0],
-        "the file's plan ran, not the resource's"
-    );
+    assert_eq!(counts(&hits)[1..], [1, 0], "the file's plan ran, not the resource's");
 
     // Deleted: the next alert of the same kind matches nothing.
     ok(kubectl().args(["delete", "-n", &ns, "recoveryplans.recoverd.io", "hook"]));
@@ -417,14 +386,9 @@ async fn a_nova_plan_runs_unchanged_once_novas_crd_is_installed_after_recoverd_s
     let cm = get(&ns, "configmap", "nova-target");
     assert_eq!(cm["data"]["copied"], "10.0.0.7", "{cm}");
 
-    eventually(
-        "the Nova plan's status to say Valid=True",
-        LIMIT,
-        || async {
-            valid_condition(&get(&ns, "recoveryplans.recovery.elotl.co", "nova-copy"))["status"]
-                == "True"
-        },
-    )
+    eventually("the Nova plan's status to say Valid=True", LIMIT, || async {
+        valid_condition(&get(&ns, "recoveryplans.recovery.elotl.co", "nova-copy"))["status"] == "True"
+    })
     .await;
 }
 
@@ -432,10 +396,7 @@ async fn a_nova_plan_runs_unchanged_once_novas_crd_is_installed_after_recoverd_s
 async fn kubectl_get_shows_the_columns_and_kubectl_explain_the_descriptions() {
     let (ns, dir, plans) = case("kp-kubectl").await;
     let serve = serve(dir.path(), &plans, &ns).await;
-    apply(
-        &ns,
-        &fixture(dir.path(), "hook.yaml", &ns, "http://127.0.0.1:9"),
-    );
+    apply(&ns, &fixture(dir.path(), "hook.yaml", &ns, "http://127.0.0.1:9"));
     eventually("the plan's status", LIMIT, || async {
         valid_condition(&get(&ns, "recoveryplans.recoverd.io", "hook"))["status"] == "True"
     })
@@ -470,10 +431,7 @@ async fn kubectl_get_shows_the_columns_and_kubectl_explain_the_descriptions() {
         ],
         "{table}"
     );
-    assert!(
-        table.contains("columns") && table.contains("manual"),
-        "{table}"
-    );
+    assert!(table.contains("columns") && table.contains("manual"), "{table}");
 
     let explain = ok(kubectl().args([
         "explain",
@@ -487,11 +445,7 @@ async fn kubectl_get_shows_the_columns_and_kubectl_explain_the_descriptions() {
     ] {
         assert!(explain.contains(text), "{text:?} not in:\n{explain}");
     }
-    let explain = ok(kubectl().args([
-        "explain",
-        "--api-version=recoverd.io/v1alpha1",
-        "recoveryplan",
-    ]));
+    let explain = ok(kubectl().args(["explain", "--api-version=recoverd.io/v1alpha1", "recoveryplan"]));
     assert!(
         explain.contains("status.conditions") && !explain.contains("Auto-generated"),
         "{explain}"
@@ -509,25 +463,16 @@ fn render_kube_native(dir: &Path) -> Vec<Value> {
 fn render_overlay(dir: &Path, overlay: &str, files: &str) -> Vec<Value> {
     let deploy = dir.join("deploy");
     if !deploy.exists() {
-        ok(Command::new("cp")
-            .arg("-r")
-            .arg(repo_dir().join("deploy"))
-            .arg(&deploy));
+        ok(Command::new("cp").arg("-r").arg(repo_dir().join("deploy")).arg(&deploy));
     }
     let installed = deploy.join("overlays").join(files);
     std::fs::write(installed.join("token"), "x".repeat(64)).unwrap();
-    std::fs::write(
-        installed.join("clusters/kubeconfig"),
-        "apiVersion: v1\nkind: Config\n",
-    )
-    .unwrap();
+    std::fs::write(installed.join("clusters/kubeconfig"), "apiVersion: v1\nkind: Config\n").unwrap();
     let yaml = ok(Command::new("kubectl")
         .arg("kustomize")
         .arg(deploy.join("overlays").join(overlay)));
     serde_yaml::Deserializer::from_str(&yaml)
-        .map(|d| {
-            serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(d).unwrap()).unwrap()
-        })
+        .map(|d| serde_yaml::from_value::<Value>(serde_yaml::Value::deserialize(d).unwrap()).unwrap())
         .filter(|o| !o.is_null())
         .collect()
 }
@@ -554,7 +499,9 @@ async fn the_ha_overlay_runs_two_replicas_on_the_kube_store_with_a_role_that_is_
         "{env:?}"
     );
     assert!(
-        env.contains(&json!({"name": "RECOVERD_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})),
+        env.contains(
+            &json!({"name": "RECOVERD_REPLICA_ID", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}})
+        ),
         "each replica is named after its pod: {env:?}"
     );
     let pdb = objects
@@ -564,10 +511,7 @@ async fn the_ha_overlay_runs_two_replicas_on_the_kube_store_with_a_role_that_is_
     assert_eq!(pdb["spec"]["minAvailable"], 1, "{pdb}");
     let identity: Vec<Value> = objects
         .iter()
-        .filter(|o| {
-            ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
-                .contains(&o["kind"].as_str().unwrap_or(""))
-        })
+        .filter(|o| ["Namespace", "ServiceAccount", "Role", "RoleBinding"].contains(&o["kind"].as_str().unwrap_or("")))
         .cloned()
         .collect();
     assert_eq!(identity.len(), 4, "{identity:?}");
@@ -578,14 +522,7 @@ async fn the_ha_overlay_runs_two_replicas_on_the_kube_store_with_a_role_that_is_
     )
     .unwrap();
     ok(kubectl().args(["apply", "-f"]).arg(&file));
-    let token = ok(kubectl().args([
-        "create",
-        "token",
-        "recoverd",
-        "-n",
-        "recoverd",
-        "--duration=1h",
-    ]));
+    let token = ok(kubectl().args(["create", "token", "recoverd", "-n", "recoverd", "--duration=1h"]));
     let home = clusters().cluster(HOME);
     let kubeconfig = dir.path().join("home.kubeconfig");
     std::fs::write(
@@ -640,17 +577,9 @@ async fn the_ha_overlay_runs_two_replicas_on_the_kube_store_with_a_role_that_is_
     .await;
     assert_eq!(counts(&hits), [1]);
     // Its Lease was taken and, with the run over, deleted.
-    assert!(get(
-        "recoverd",
-        "leases.coordination.k8s.io",
-        &format!("recoverd-run-{id}")
-    )
-    .is_null());
+    assert!(get("recoverd", "leases.coordination.k8s.io", &format!("recoverd-run-{id}")).is_null());
     let log = serve.log_text();
-    assert!(
-        !log.contains("forbidden") && !log.contains("failed to"),
-        "{log}"
-    );
+    assert!(!log.contains("forbidden") && !log.contains("failed to"), "{log}");
     // The next test of the kube-native Role must see that Role alone.
     let _ = kubectl()
         .args(["delete", "rolebinding", "recoverd-ha", "-n", "recoverd"])
@@ -678,10 +607,7 @@ async fn the_kube_native_overlays_role_is_all_recoverd_needs_to_take_plans_from_
     // recoverd's identity in its home cluster, exactly as the overlay makes it.
     let identity: Vec<Value> = objects
         .iter()
-        .filter(|o| {
-            ["Namespace", "ServiceAccount", "Role", "RoleBinding"]
-                .contains(&o["kind"].as_str().unwrap_or(""))
-        })
+        .filter(|o| ["Namespace", "ServiceAccount", "Role", "RoleBinding"].contains(&o["kind"].as_str().unwrap_or("")))
         .cloned()
         .collect();
     assert_eq!(identity.len(), 4, "{identity:?}");
@@ -692,14 +618,7 @@ async fn the_kube_native_overlays_role_is_all_recoverd_needs_to_take_plans_from_
     )
     .unwrap();
     ok(kubectl().args(["apply", "-f"]).arg(&file));
-    let token = ok(kubectl().args([
-        "create",
-        "token",
-        "recoverd",
-        "-n",
-        "recoverd",
-        "--duration=1h",
-    ]));
+    let token = ok(kubectl().args(["create", "token", "recoverd", "-n", "recoverd", "--duration=1h"]));
     let sa = "system:serviceaccount:recoverd:recoverd";
     let can = |args: &[&str]| -> bool {
         let out = kubectl()
@@ -710,22 +629,10 @@ async fn the_kube_native_overlays_role_is_all_recoverd_needs_to_take_plans_from_
         String::from_utf8_lossy(&out.stdout).trim() == "yes"
     };
     assert!(can(&["watch", "recoveryplans.recoverd.io"]));
-    assert!(can(&[
-        "patch",
-        "recoveryplans.recoverd.io",
-        "--subresource=status"
-    ]));
-    assert!(
-        !can(&["patch", "recoveryplans.recoverd.io"]),
-        "never the spec"
-    );
+    assert!(can(&["patch", "recoveryplans.recoverd.io", "--subresource=status"]));
+    assert!(!can(&["patch", "recoveryplans.recoverd.io"]), "never the spec");
     assert!(!can(&["get", "secrets"]));
-    assert!(!can(&[
-        "list",
-        "recoveryplans.recoverd.io",
-        "-n",
-        "default"
-    ]));
+    assert!(!can(&["list", "recoveryplans.recoverd.io", "-n", "default"]));
 
     // recoverd with nothing but that token for its home cluster.
     let home = clusters().cluster(HOME);
@@ -744,26 +651,17 @@ async fn the_kube_native_overlays_role_is_all_recoverd_needs_to_take_plans_from_
     std::fs::create_dir(&plans).unwrap();
     // Every namespace needs a ClusterRole: without one, serve refuses to start, saying why.
     let out = Command::new(env!("CARGO_BIN_EXE_recoverd"))
-        .args([
-            "serve",
-            "--plans-from-cluster",
-            "--all-namespaces",
-            "--kubeconfig",
-        ])
+        .args(["serve", "--plans-from-cluster", "--all-namespaces", "--kubeconfig"])
         .arg(&kubeconfig)
         .args(["--listen", "127.0.0.1:0", "--store"])
-        .arg(format!(
-            "sqlite:{}",
-            dir.path().join("refused.db").display()
-        ))
+        .arg(format!("sqlite:{}", dir.path().join("refused.db").display()))
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
-        stderr.contains(
-            "failed to list recoveryplans.recoverd.io in the home cluster (all namespaces)"
-        ) && stderr.contains("forbidden"),
+        stderr.contains("failed to list recoveryplans.recoverd.io in the home cluster (all namespaces)")
+            && stderr.contains("forbidden"),
         "{stderr}"
     );
     let serve = ServeProcess::start(
@@ -777,26 +675,17 @@ async fn the_kube_native_overlays_role_is_all_recoverd_needs_to_take_plans_from_
         "recoverd",
         &fixture(dir.path(), "hook.yaml", "recoverd", "http://127.0.0.1:9"),
     );
-    apply(
-        "recoverd",
-        &fixture(dir.path(), "broken.yaml", "recoverd", ""),
-    );
+    apply("recoverd", &fixture(dir.path(), "broken.yaml", "recoverd", ""));
     eventually("both plans' status to be written", LIMIT, || async {
         valid_condition(&get("recoverd", "recoveryplans.recoverd.io", "hook"))["status"] == "True"
-            && valid_condition(&get("recoverd", "recoveryplans.recoverd.io", "broken"))["status"]
-                == "False"
+            && valid_condition(&get("recoverd", "recoveryplans.recoverd.io", "broken"))["status"] == "False"
     })
     .await;
     eventually("an Event about the broken plan", LIMIT, || async {
         events_about("recoverd", "broken").contains("InvalidPlan")
     })
     .await;
-    assert!(plan_names(&serve)
-        .await
-        .contains(&"recoverd/hook".to_string()));
+    assert!(plan_names(&serve).await.contains(&"recoverd/hook".to_string()));
     let log = serve.log_text();
-    assert!(
-        !log.contains("forbidden") && !log.contains("failed to"),
-        "{log}"
-    );
+    assert!(!log.contains("forbidden") && !log.contains("failed to"), "{log}");
 }

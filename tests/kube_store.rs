@@ -51,10 +51,7 @@ fn install_crds() {
             let out = clusters()
                 .kubectl(HOME)
                 .args(["wait", "--for=condition=established", "--timeout=60s"])
-                .args([
-                    "crd/recoveryplans.recoverd.io",
-                    "crd/recoveryruns.recoverd.io",
-                ])
+                .args(["crd/recoveryplans.recoverd.io", "crd/recoveryruns.recoverd.io"])
                 .output()
                 .unwrap();
             if out.status.success() {
@@ -116,28 +113,16 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
         "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: p}\nspec:\n  alertLabels: {alertname: X}\n  steps:\n  - {name: s, type: http, http: {url: \"http://127.0.0.1:9/\"}}\n",
     )
     .unwrap();
-    ok(clusters()
-        .kubectl(HOME)
-        .args(["apply", "-n", &ns, "-f"])
-        .arg(&file));
-    let uid = ok(clusters().kubectl(HOME).args([
-        "get",
-        "recoveryplan",
-        "p",
-        "-n",
-        &ns,
-        "-o",
-        "jsonpath={.metadata.uid}",
-    ]));
+    ok(clusters().kubectl(HOME).args(["apply", "-n", &ns, "-f"]).arg(&file));
+    let uid =
+        ok(clusters()
+            .kubectl(HOME)
+            .args(["get", "recoveryplan", "p", "-n", &ns, "-o", "jsonpath={.metadata.uid}"]));
     // The same incident at both replicas at once: one creates it, the other is told it exists.
     let first = record("a-0001", &plan, TriggerKind::Alert);
     let (x, y) = tokio::join!(a.claim(&first, ONE_ACTIVE), b.claim(&first, ONE_ACTIVE));
     let outcomes = [x.unwrap(), y.unwrap()];
-    assert_eq!(
-        outcomes.iter().filter(|o| o.is_ok()).count(),
-        1,
-        "{outcomes:?}"
-    );
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
     assert!(
         outcomes
             .iter()
@@ -158,15 +143,8 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
     let mut running = b.get("a-0001").await.unwrap().expect("claimed");
     running.phase = Phase::Succeeded;
     // Only the replica whose claim created it may write it.
-    let (winner, loser) = if outcomes[0].is_ok() {
-        (&a, &b)
-    } else {
-        (&b, &a)
-    };
-    assert!(matches!(
-        loser.save(&running).await,
-        Err(StoreError::Conflict { .. })
-    ));
+    let (winner, loser) = if outcomes[0].is_ok() { (&a, &b) } else { (&b, &a) };
+    assert!(matches!(loser.save(&running).await, Err(StoreError::Conflict { .. })));
     winner.save(&running).await.unwrap();
     let (second, third) = (
         record("a-0002", &plan, TriggerKind::Alert),
@@ -174,15 +152,9 @@ async fn a_run_id_is_claimed_once_and_one_plan_has_one_active_run_across_replica
     );
     let (x, y) = tokio::join!(a.claim(&second, ONE_ACTIVE), b.claim(&third, ONE_ACTIVE));
     let outcomes = [x.unwrap(), y.unwrap()];
-    assert_eq!(
-        outcomes.iter().filter(|o| o.is_ok()).count(),
-        1,
-        "{outcomes:?}"
-    );
+    assert_eq!(outcomes.iter().filter(|o| o.is_ok()).count(), 1, "{outcomes:?}");
     assert!(
-        outcomes
-            .iter()
-            .any(|o| matches!(o, Err(Refusal::ActiveRun { .. }))),
+        outcomes.iter().any(|o| matches!(o, Err(Refusal::ActiveRun { .. }))),
         "{outcomes:?}"
     );
     // Another plan is not held up, and a dry run never holds the slot.
@@ -228,9 +200,7 @@ async fn the_cooldown_holds_across_replicas_for_alert_runs() {
         b.claim(&record("a-0002", &plan, TriggerKind::Alert), rules)
             .await
             .unwrap(),
-        Err(Refusal::Cooldown {
-            last: "a-0001".into()
-        })
+        Err(Refusal::Cooldown { last: "a-0001".into() })
     );
     // A manual trigger has no cooldown (its rules carry none).
     b.claim(&record("m-0003", &plan, TriggerKind::Manual), ONE_ACTIVE)
@@ -293,9 +263,7 @@ async fn a_record_over_the_object_size_limit_is_truncated_with_a_marker() {
         })
         .collect();
     r.phase = Phase::Succeeded;
-    a.save(&r)
-        .await
-        .expect("a 2.4 MB record is written, cut to fit");
+    a.save(&r).await.expect("a 2.4 MB record is written, cut to fit");
     let back = a.get("a-0001").await.unwrap().unwrap();
     assert_eq!(back.phase, Phase::Succeeded);
     assert_eq!(back.steps.len(), 4, "every step is kept");
@@ -312,11 +280,7 @@ async fn pages_cover_every_run_newest_first_and_retention_deletes_only_finished_
     for i in 0..5 {
         let mut r = record(&format!("a-000{i}"), &plan, TriggerKind::Alert);
         a.claim(&r, ClaimRules::default()).await.unwrap().unwrap();
-        r.phase = if i == 4 {
-            Phase::Running
-        } else {
-            Phase::Succeeded
-        };
+        r.phase = if i == 4 { Phase::Running } else { Phase::Succeeded };
         a.save(&r).await.unwrap();
         // creationTimestamp has second resolution: the order needs distinct seconds.
         tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -347,19 +311,10 @@ async fn pages_cover_every_run_newest_first_and_retention_deletes_only_finished_
         })
         .await
         .unwrap();
-    assert_eq!(
-        deleted, 3,
-        "the newest finished run and the running one stay"
-    );
+    assert_eq!(deleted, 3, "the newest finished run and the running one stay");
     let mut left = Vec::new();
     for _ in 0..100 {
-        left = a
-            .list(None, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
+        left = a.list(None, 10).await.unwrap().into_iter().map(|r| r.id).collect();
         if left.len() == 2 {
             break;
         }
@@ -397,14 +352,7 @@ async fn replica(dir: &Path, plans: &Path, ns: &str, name: &str, lease: &str) ->
     replica_with(dir, plans, ns, name, lease, &[]).await
 }
 
-async fn replica_with(
-    dir: &Path,
-    plans: &Path,
-    ns: &str,
-    name: &str,
-    lease: &str,
-    extra: &[&str],
-) -> ServeProcess {
+async fn replica_with(dir: &Path, plans: &Path, ns: &str, name: &str, lease: &str, extra: &[&str]) -> ServeProcess {
     install_crds();
     let own = dir.join(name);
     std::fs::create_dir_all(&own).unwrap();
@@ -454,9 +402,7 @@ async fn two_replicas_told_by_two_alertmanagers_run_an_alert_once() {
         am.fire(&[("alertname", "HaFired"), ("testns", &ns)], &[]);
     });
     eventually("the run succeeded", LIMIT, || async {
-        runs(&ns)
-            .iter()
-            .any(|r| r["status"]["phase"] == "Succeeded")
+        runs(&ns).iter().any(|r| r["status"]["phase"] == "Succeeded")
     })
     .await;
     // Let Alertmanager re-send the unchanged group a few times, to both replicas.
@@ -467,16 +413,9 @@ async fn two_replicas_told_by_two_alertmanagers_run_an_alert_once() {
     let id = all[0]["metadata"]["name"].as_str().unwrap().to_string();
     // Either replica answers for the run.
     for r in [&a, &b] {
-        assert_eq!(
-            r.get(&format!("/api/v1/runs/{id}")).await["phase"],
-            "Succeeded"
-        );
+        assert_eq!(r.get(&format!("/api/v1/runs/{id}")).await["phase"], "Succeeded");
     }
-    let metrics = format!(
-        "{}\n{}",
-        a.get_text("/metrics").await,
-        b.get_text("/metrics").await
-    );
+    let metrics = format!("{}\n{}", a.get_text("/metrics").await, b.get_text("/metrics").await);
     assert!(
         metrics.contains("recoverd_runs_deduplicated_total{"),
         "the other deliveries were deduplicated:\n{metrics}"
@@ -516,17 +455,12 @@ async fn two_replicas_told_by_two_alertmanagers_run_an_alert_once() {
         described.contains("Succeeded") && described.contains("Started"),
         "{described}"
     );
-    let table = ok(clusters()
-        .kubectl(HOME)
-        .args(["get", "recoveryruns", "-n", &ns]));
+    let table = ok(clusters().kubectl(HOME).args(["get", "recoveryruns", "-n", &ns]));
     let header = table.lines().next().unwrap();
     for column in ["PLAN", "PHASE", "CURRENT STEP", "TRIGGER", "AGE"] {
         assert!(header.contains(column), "{table}");
     }
-    assert!(
-        table.contains("Succeeded") && table.contains("alert"),
-        "{table}"
-    );
+    assert!(table.contains("Succeeded") && table.contains("alert"), "{table}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -550,10 +484,7 @@ async fn a_killed_replica_s_run_is_finished_by_the_other_without_repeating_steps
         .await;
     assert_eq!(status, 202, "{body}");
     let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
-    eventually("replica a is in the pause", LIMIT, || async {
-        counts(&hits)[0] == 1
-    })
-    .await;
+    eventually("replica a is in the pause", LIMIT, || async { counts(&hits)[0] == 1 }).await;
     a.kill();
     eventually("replica b finished the run", LIMIT, || async {
         b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
@@ -647,10 +578,7 @@ spec:
     .await;
     // A wrong step is refused at b itself, before anything is handed over.
     let (status, body) = b
-        .post(
-            &format!("/api/v1/runs/{id}/approve"),
-            &json!({"step": "nope"}),
-        )
+        .post(&format!("/api/v1/runs/{id}/approve"), &json!({"step": "nope"}))
         .await;
     assert_eq!(status, 409, "{body}");
     let (status, body) = b
@@ -672,10 +600,7 @@ spec:
     );
     // Now in a 5-minute wait on a: cancelled through b.
     let (status, body) = b
-        .post(
-            &format!("/api/v1/runs/{id}/cancel"),
-            &json!({"actor": "sre at b"}),
-        )
+        .post(&format!("/api/v1/runs/{id}/cancel"), &json!({"actor": "sre at b"}))
         .await;
     assert_eq!(status, 202, "{body}");
     eventually("the run ends Cancelled", LIMIT, || async {
@@ -712,10 +637,7 @@ async fn a_replica_stopped_gracefully_hands_its_run_to_the_other() {
         .await;
     assert_eq!(status, 202, "{body}");
     let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
-    eventually("replica a is in the pause", LIMIT, || async {
-        counts(&hits)[0] == 1
-    })
-    .await;
+    eventually("replica a is in the pause", LIMIT, || async { counts(&hits)[0] == 1 }).await;
     ok(Command::new("kill").args(["-TERM", &a.child.id().to_string()]));
     let exit = tokio::task::block_in_place(|| a.child.wait().unwrap());
     assert!(exit.success(), "{exit:?}\n{}", a.log_text());
@@ -732,10 +654,7 @@ async fn a_replica_stopped_gracefully_hands_its_run_to_the_other() {
             .is_some_and(|d| d.iter().any(|d| d["action"] == "takenOver")),
         "{record:#}"
     );
-    assert_eq!(
-        record["steps"][1]["status"], "succeeded",
-        "the pause finished on a"
-    );
+    assert_eq!(record["steps"][1]["status"], "succeeded", "the pause finished on a");
 }
 
 /// A replica frozen mid-run (SIGSTOP: a partition, a long GC pause) loses its run to the other,
@@ -762,10 +681,7 @@ async fn a_replica_that_wakes_after_losing_its_run_writes_nothing_and_runs_no_st
         .await;
     assert_eq!(status, 202, "{body}");
     let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
-    eventually("replica a is in the pause", LIMIT, || async {
-        counts(&hits)[0] == 1
-    })
-    .await;
+    eventually("replica a is in the pause", LIMIT, || async { counts(&hits)[0] == 1 }).await;
     ok(Command::new("kill").args(["-STOP", &a.child.id().to_string()]));
     eventually("replica b finished the run", LIMIT, || async {
         b.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
@@ -780,8 +696,7 @@ async fn a_replica_that_wakes_after_losing_its_run_writes_nothing_and_runs_no_st
     assert_eq!(now, finished, "a wrote over b's record:\n{}", a.log_text());
     assert!(
         a.log_text().contains("no longer holds the run")
-            || a.log_text()
-                .contains("another replica holds this run's Lease"),
+            || a.log_text().contains("another replica holds this run's Lease"),
         "{}",
         a.log_text()
     );

@@ -12,10 +12,7 @@ fn repo() -> PathBuf {
 /// (the paths of a row, every backticked word of the row)
 fn rows() -> Vec<(Vec<String>, BTreeSet<String>)> {
     let readme = std::fs::read_to_string(repo().join("README.md")).unwrap();
-    let table = readme
-        .split("## Layout\n")
-        .nth(1)
-        .expect("README has a Layout section");
+    let table = readme.split("## Layout\n").nth(1).expect("README has a Layout section");
     let table = table.split("\n## ").next().unwrap();
     let tick = regex::Regex::new(r"`([^`]+)`").unwrap();
     table
@@ -23,10 +20,7 @@ fn rows() -> Vec<(Vec<String>, BTreeSet<String>)> {
         .filter(|l| l.starts_with("| `"))
         .map(|line| {
             let cells: Vec<&str> = line.split('|').collect();
-            let paths = tick
-                .captures_iter(cells[1])
-                .map(|c| c[1].to_string())
-                .collect();
+            let paths = tick.captures_iter(cells[1]).map(|c| c[1].to_string()).collect();
             let words = tick.captures_iter(line).map(|c| c[1].to_string()).collect();
             (paths, words)
         })
@@ -62,11 +56,7 @@ fn every_file_under_src_is_in_the_layout_table() {
     walk(&repo().join("src"), &mut files);
     let mut missing = Vec::new();
     for file in files {
-        let rel = file
-            .strip_prefix(repo())
-            .unwrap()
-            .to_string_lossy()
-            .to_string();
+        let rel = file.strip_prefix(repo()).unwrap().to_string_lossy().to_string();
         // Data files of a directory (the demo's YAML) belong to that directory's row.
         if !file.is_dir() && file.extension().is_some_and(|e| e != "rs") {
             continue;
@@ -86,17 +76,12 @@ fn every_file_under_src_is_in_the_layout_table() {
                         || rel
                             .strip_prefix(&format!("{p}/"))
                             .and_then(|r| r.split('/').next())
-                            .is_some_and(|first| {
-                                words.contains(&format!("{first}/")) || words.contains(first)
-                            }))
+                            .is_some_and(|first| words.contains(&format!("{first}/")) || words.contains(first)))
             })
         });
         if !named {
             missing.push(rel);
         }
     }
-    assert!(
-        missing.is_empty(),
-        "not in the README layout table: {missing:?}"
-    );
+    assert!(missing.is_empty(), "not in the README layout table: {missing:?}");
 }

@@ -67,9 +67,7 @@ async fn a_live_runs_lifecycle_reaches_the_webhook_as_json_and_a_dry_run_tells_n
     wait: {duration: 10ms}
 ";
     let app = app_notifying(&[plan("noisy.yaml", steps)], notifier).await;
-    let (status, dry) = app
-        .post("/api/v1/plans/ops/noisy/runs", &json!({"dryRun": true}))
-        .await;
+    let (status, dry) = app.post("/api/v1/plans/ops/noisy/runs", &json!({"dryRun": true})).await;
     assert_eq!(status, StatusCode::CREATED);
     app.finished(dry["id"].as_str().unwrap()).await;
     let (_, live) = app.post("/api/v1/plans/ops/noisy/runs", &json!({})).await;
@@ -89,15 +87,11 @@ async fn a_live_runs_lifecycle_reaches_the_webhook_as_json_and_a_dry_run_tells_n
         "one notice per lifecycle event of the live run, none of the dry run (the first post \
          answered 503 and was retried): {got:#?}"
     );
-    assert!(got
-        .iter()
-        .all(|n| n["run"] == id.as_str() && n["plan"] == "ops/noisy"));
+    assert!(got.iter().all(|n| n["run"] == id.as_str() && n["plan"] == "ops/noisy"));
     assert_eq!(got[1]["step"], "probe");
     let text = got[2]["text"].as_str().unwrap();
     assert!(
-        text.starts_with(&format!(
-            "recoverd: run {id} of ops/noisy succeeded with errors"
-        )),
+        text.starts_with(&format!("recoverd: run {id} of ops/noisy succeeded with errors")),
         "{text}"
     );
 }
@@ -126,8 +120,7 @@ async fn an_approval_wait_is_announced_in_slacks_format_from_the_template() {
         got.lock().unwrap()[1],
         json!({"text": "ops/asks: is waiting for approval at decide"})
     );
-    app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
-        .await;
+    app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({})).await;
     app.finished(&id).await;
 }
 
@@ -163,28 +156,16 @@ async fn a_cancel_is_told_once_whether_the_run_had_started_or_not() {
     type: approval
     approval: {message: go?, timeout: 5m}
 ";
-    let app = app_notifying(
-        &[("gated.yaml", gated.to_string()), plan("asks.yaml", steps)],
-        notifier,
-    )
-    .await;
+    let app = app_notifying(&[("gated.yaml", gated.to_string()), plan("asks.yaml", steps)], notifier).await;
     for plan in ["gated", "asks"] {
-        let (_, run) = app
-            .post(&format!("/api/v1/plans/ops/{plan}/runs"), &json!({}))
-            .await;
+        let (_, run) = app.post(&format!("/api/v1/plans/ops/{plan}/runs"), &json!({})).await;
         let id = run["id"].as_str().unwrap().to_string();
         let announced = if plan == "gated" { 1 } else { 2 };
         eventually("the approval notice", Duration::from_secs(30), || async {
-            got.lock()
-                .unwrap()
-                .iter()
-                .filter(|n| n["run"] == id.as_str())
-                .count()
-                >= announced
+            got.lock().unwrap().iter().filter(|n| n["run"] == id.as_str()).count() >= announced
         })
         .await;
-        app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
-            .await;
+        app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({})).await;
         app.finished(&id).await;
         eventually("the cancel notice", Duration::from_secs(30), || async {
             got.lock()

@@ -36,15 +36,9 @@ async fn setup(test: &str, cluster: &str) -> (String, Api<ConfigMap>) {
     (ns, api)
 }
 
-async fn create(
-    api: &Api<ConfigMap>,
-    name: &str,
-    labels: serde_json::Value,
-    data: serde_json::Value,
-) -> ConfigMap {
+async fn create(api: &Api<ConfigMap>, name: &str, labels: serde_json::Value, data: serde_json::Value) -> ConfigMap {
     let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": data}))
-            .unwrap();
+        serde_json::from_value(json!({"metadata": {"name": name, "labels": labels}, "data": data})).unwrap();
     api.create(&PostParams::default(), &cm).await.unwrap()
 }
 
@@ -74,20 +68,16 @@ async fn delete_removes_exactly_the_object_read_and_waits_until_it_is_gone() {
     assert_eq!(record.phase, Phase::Failed, "{record:#?}");
     let step = &record.steps[1];
     assert_eq!(step.reason.as_deref(), Some("delete-refused"), "{step:#?}");
-    assert!(
-        step.error.as_deref().unwrap().contains("preconditions"),
-        "{step:#?}"
-    );
+    assert!(step.error.as_deref().unwrap().contains("preconditions"), "{step:#?}");
     assert!(cms.get_opt("instance").await.unwrap().is_some());
 }
 
 #[tokio::test]
 async fn deleting_an_object_held_by_a_finalizer_times_out_waiting_for_it_to_be_gone() {
     let (ns, cms) = setup("delete-finalizer", "north").await;
-    let cm: ConfigMap = serde_json::from_value(
-        json!({"metadata": {"name": "instance", "finalizers": ["recoverd.io/test-hold"]}}),
-    )
-    .unwrap();
+    let cm: ConfigMap =
+        serde_json::from_value(json!({"metadata": {"name": "instance", "finalizers": ["recoverd.io/test-hold"]}}))
+            .unwrap();
     cms.create(&PostParams::default(), &cm).await.unwrap();
     let reg = registry(support::shared(), WriteMode::Live).await;
 
@@ -97,8 +87,7 @@ async fn deleting_an_object_held_by_a_finalizer_times_out_waiting_for_it_to_be_g
     let step = &record.steps[1];
     assert_eq!(step.reason.as_deref(), Some("wait-timeout"), "{step:#?}");
     assert!(
-        step.error.as_deref().unwrap().contains("to be gone")
-            && step.error.as_deref().unwrap().contains("terminating"),
+        step.error.as_deref().unwrap().contains("to be gone") && step.error.as_deref().unwrap().contains("terminating"),
         "{step:#?}"
     );
     // Let it go.
@@ -130,9 +119,7 @@ async fn a_selector_matching_more_than_max_objects_deletes_nothing() {
     );
     assert_eq!(cms.list(&Default::default()).await.unwrap().items.len(), 4);
 
-    cms.delete("stale-2", &DeleteParams::default())
-        .await
-        .unwrap();
+    cms.delete("stale-2", &DeleteParams::default()).await.unwrap();
     let record = run(reg, &language("delete-selected.yaml"), &ns, &[]).await;
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
     let left: Vec<_> = cms
@@ -184,15 +171,8 @@ async fn an_assert_stops_the_run_with_the_authors_message() {
             .contains("replica is 50000000 bytes behind; refusing to promote"),
         "{step:#?}"
     );
-    assert_eq!(
-        record.steps[2].status,
-        StepStatus::Pending,
-        "promote must not run"
-    );
-    assert_eq!(
-        cms.get("replica").await.unwrap().data.unwrap()["role"],
-        "replica"
-    );
+    assert_eq!(record.steps[2].status, StepStatus::Pending, "promote must not run");
+    assert_eq!(cms.get("replica").await.unwrap().data.unwrap()["role"], "replica");
 
     cms.patch(
         "replica",
@@ -203,10 +183,7 @@ async fn an_assert_stops_the_run_with_the_authors_message() {
     .unwrap();
     let record = run(reg, &language("assert-lag.yaml"), &ns, &[]).await;
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
-    assert_eq!(
-        cms.get("replica").await.unwrap().data.unwrap()["role"],
-        "primary"
-    );
+    assert_eq!(cms.get("replica").await.unwrap().data.unwrap()["role"], "primary");
 }
 
 #[tokio::test]
@@ -231,36 +208,18 @@ async fn a_templated_cluster_acts_where_the_param_says_and_an_unknown_one_fails(
     assert_eq!(record.steps[0].cluster.as_deref(), Some("edge"));
     let role = edge.get("role").await.unwrap().data.unwrap()["role"].clone();
     assert!(role.starts_with("primary since 20"), "{role}");
-    assert_eq!(
-        south.get("role").await.unwrap().data.unwrap()["role"],
-        "replica"
-    );
+    assert_eq!(south.get("role").await.unwrap().data.unwrap()["role"], "replica");
 
-    let record = run(
-        reg,
-        &language("templated-cluster.yaml"),
-        &ns,
-        &[("to", json!("moon"))],
-    )
-    .await;
+    let record = run(reg, &language("templated-cluster.yaml"), &ns, &[("to", json!("moon"))]).await;
     assert_eq!(record.phase, Phase::Failed, "{record:#?}");
     let error = record.steps[0].error.as_deref().unwrap();
-    assert!(
-        error.contains("\"moon\" is not in the cluster registry"),
-        "{error}"
-    );
+    assert!(error.contains("\"moon\" is not in the cluster registry"), "{error}");
 }
 
 #[tokio::test]
 async fn waits_compare_numbers_and_fields_and_see_an_object_go() {
     let (ns, cms) = setup("wait-conditions", "north").await;
-    create(
-        &cms,
-        "instances",
-        json!({}),
-        json!({"ready": "1", "wanted": "3"}),
-    )
-    .await;
+    create(&cms, "instances", json!({}), json!({"ready": "1", "wanted": "3"})).await;
     create(&cms, "old", json!({}), json!({})).await;
     let reg = registry(support::shared(), WriteMode::Live).await;
     let plan = language("wait-conditions.yaml");
@@ -289,10 +248,7 @@ async fn waits_compare_numbers_and_fields_and_see_an_object_go() {
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
     let ready = record.steps[0].inputs.as_ref().unwrap();
     assert_eq!(ready["observed"], json!(["3", ["3", "3"]]), "{ready}");
-    assert_eq!(
-        record.steps[1].inputs.as_ref().unwrap()["observed"],
-        json!("gone")
-    );
+    assert_eq!(record.steps[1].inputs.as_ref().unwrap()["observed"], json!("gone"));
 }
 
 #[test]
@@ -369,13 +325,6 @@ async fn an_exec_in_a_pod_that_is_not_running_fails_naming_the_pod() {
     let exec = &record.steps[0];
     assert_eq!(exec.status, StepStatus::Failed);
     let error = exec.error.as_deref().unwrap();
-    assert!(
-        error.contains("pg-south-1") && error.contains("south"),
-        "{error}"
-    );
-    assert_eq!(
-        record.steps[1].status,
-        StepStatus::Pending,
-        "the assert must not run"
-    );
+    assert!(error.contains("pg-south-1") && error.contains("south"), "{error}");
+    assert_eq!(record.steps[1].status, StepStatus::Pending, "the assert must not run");
 }

@@ -47,8 +47,7 @@ fn library() -> Vec<String> {
 }
 
 fn yaml(path: &Path) -> Value {
-    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+    serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// A plan's steps (of a Nova plan too) as (name, type, has `when`).
@@ -79,17 +78,15 @@ enum On {
 fn clusters() -> &'static TestClusters {
     static PICKED: OnceLock<()> = OnceLock::new();
     PICKED.get_or_init(|| {
-        let modern = std::env::var("RECOVERD_TEST_APISERVER_MODERN")
-            .ok()
-            .or_else(|| {
-                let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
-                    .join(".cache/kube-test/kube-apiserver-v1.36.2");
-                let configured = std::env::var("RECOVERD_TEST_APISERVER").ok();
-                match configured {
-                    Some(c) if !c.contains("v1.20") => Some(c),
-                    _ => cached.exists().then(|| cached.display().to_string()),
-                }
-            });
+        let modern = std::env::var("RECOVERD_TEST_APISERVER_MODERN").ok().or_else(|| {
+            let cached = PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/kube-test/kube-apiserver-v1.36.2");
+            let configured = std::env::var("RECOVERD_TEST_APISERVER").ok();
+            match configured {
+                Some(c) if !c.contains("v1.20") => Some(c),
+                _ => cached.exists().then(|| cached.display().to_string()),
+            }
+        });
         if let Some(bin) = modern {
             // Read once, by the harness, before any cluster starts (nothing else reads it).
             std::env::set_var("RECOVERD_TEST_APISERVER", bin);
@@ -138,10 +135,7 @@ async fn rehearse(name: &str, on: On) {
         On::Simulator => (repo.join("plans/worlds"), vec![]),
         On::RealClusters => {
             let c = clusters();
-            let mut extra = vec![
-                "--kubeconfig".to_string(),
-                c.kubeconfig().display().to_string(),
-            ];
+            let mut extra = vec!["--kubeconfig".to_string(), c.kubeconfig().display().to_string()];
             let worlds = if params.get("ns").is_some() {
                 let ns = c.namespace(&format!("lib-{name}")).await;
                 extra.push("--param".into());
@@ -176,17 +170,16 @@ async fn rehearse(name: &str, on: On) {
     // A cluster the world has `down` (the lost site of a failover): unreachable on real
     // clusters too, by pointing its context at a closed port.
     if on == On::RealClusters {
-        let down: std::collections::BTreeMap<String, String> =
-            yaml(&worlds.join(format!("{name}.yaml")))["clusters"]
-                .as_object()
-                .unwrap()
-                .iter()
-                .filter(|(_, c)| c["faults"]["down"] == Value::Bool(true))
-                .map(|(n, _)| {
-                    let port = support::clusters::free_port();
-                    (n.clone(), format!("https://127.0.0.1:{port}"))
-                })
-                .collect();
+        let down: std::collections::BTreeMap<String, String> = yaml(&worlds.join(format!("{name}.yaml")))["clusters"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(_, c)| c["faults"]["down"] == Value::Bool(true))
+            .map(|(n, _)| {
+                let port = support::clusters::free_port();
+                (n.clone(), format!("https://127.0.0.1:{port}"))
+            })
+            .collect();
         if !down.is_empty() {
             println!(
                 "{name}: on real clusters, {:?} unreachable (a closed port)",
@@ -218,10 +211,7 @@ async fn rehearse(name: &str, on: On) {
     println!("{t}");
     assert!(out.status.success(), "{name} on {on:?}:\n{t}");
     for secret in world_secret_values() {
-        assert!(
-            !t.contains(&secret),
-            "{name}: a secret value was printed:\n{t}"
-        );
+        assert!(!t.contains(&secret), "{name}: a secret value was printed:\n{t}");
     }
     let expected = yaml(&expect)["expect"].as_array().unwrap().len();
     assert!(
@@ -243,10 +233,7 @@ async fn rehearse(name: &str, on: On) {
         match on {
             On::Simulator => assert!(t.contains(&ran), "{name}: exec {step} did not run:\n{t}"),
             On::RealClusters => {
-                assert!(
-                    t.contains(&skipped),
-                    "{name}: exec {step} not skipped:\n{t}"
-                )
+                assert!(t.contains(&skipped), "{name}: exec {step} not skipped:\n{t}")
             }
         }
     }
@@ -275,9 +262,7 @@ fn world_secret_values() -> Vec<String> {
                 }
                 for value in v["data"].as_object().into_iter().flat_map(|m| m.values()) {
                     let b64 = value.as_str().unwrap().to_string();
-                    let plain = base64::engine::general_purpose::STANDARD
-                        .decode(&b64)
-                        .unwrap();
+                    let plain = base64::engine::general_purpose::STANDARD.decode(&b64).unwrap();
                     out.push(String::from_utf8(plain).unwrap().trim().to_string());
                     out.push(b64);
                 }
@@ -304,13 +289,8 @@ fn every_plan_in_the_library_has_a_world_an_alert_expectations_and_both_rehearsa
             assert!(path.exists(), "{name}: no plans/worlds/{file}");
         }
         let f = name.replace('-', "_");
-        let tests = format!(
-            "{f}_rehearses_on_the_simulator, {f}_rehearses_on_real_clusters => \"{name}\";"
-        );
-        assert!(
-            source.contains(&tests),
-            "{name}: no `rehearsals!` line {tests}"
-        );
+        let tests = format!("{f}_rehearses_on_the_simulator, {f}_rehearses_on_real_clusters => \"{name}\";");
+        assert!(source.contains(&tests), "{name}: no `rehearsals!` line {tests}");
     }
 }
 
@@ -320,10 +300,7 @@ fn every_plan_in_the_library_passes_check() {
     let t = text(&out);
     assert!(out.status.success(), "{t}");
     for name in library() {
-        assert!(
-            t.contains(&format!("ok   plans/{name}.yaml plan ")),
-            "{name}:\n{t}"
-        );
+        assert!(t.contains(&format!("ok   plans/{name}.yaml plan ")), "{name}:\n{t}");
     }
     // The worlds beside the plans are not plans.
     assert!(!t.contains("plans/worlds"), "{t}");
@@ -351,8 +328,7 @@ fn rehearse_refuses_a_param_the_plan_does_not_have_before_starting_anything() {
 #[test]
 fn an_expectation_that_an_object_is_gone_fails_while_it_exists() {
     let dir = tempfile::tempdir().unwrap();
-    let base =
-        std::fs::read_to_string(repo_dir().join("plans/worlds/nova-ferretdb.expect.yaml")).unwrap();
+    let base = std::fs::read_to_string(repo_dir().join("plans/worlds/nova-ferretdb.expect.yaml")).unwrap();
     let gone = |name: &str| {
         format!("- {{cluster: north, apiVersion: v1, resource: configmaps, namespace: default, name: {name}, absent: true}}\n")
     };
@@ -410,12 +386,7 @@ fn every_reactor_and_expectation_example_in_docs_worlds_md_parses() {
 /// Rehearses `plans/PLAN.yaml` on the simulator in a copy of `plans/worlds/` changed by `edits`
 /// (file under the worlds, text, replacement), with the expectations `expect` (YAML) and `args`.
 /// Returns whether it passed, and its output.
-fn rehearse_variant(
-    plan: &str,
-    edits: &[(&str, &str, &str)],
-    expect: &str,
-    args: &[&str],
-) -> (bool, String) {
+fn rehearse_variant(plan: &str, edits: &[(&str, &str, &str)], expect: &str, args: &[&str]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let worlds = worlds_in_namespace(dir.path(), "db");
     for (file, from, to) in edits {
@@ -611,10 +582,7 @@ fn failover_asks_before_promoting_and_says_what_the_probe_saw() {
     ]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(
-        t.contains("pg-north on cluster north did not answer"),
-        "{t}"
-    );
+    assert!(t.contains("pg-north on cluster north did not answer"), "{t}");
     assert!(t.contains("Writes not yet replicated are lost"), "{t}");
 }
 
@@ -654,11 +622,7 @@ fn switchover_run_again_after_the_demotion_uses_the_current_token() {
 fn switchover_refuses_a_source_that_is_not_healthy() {
     let (ok, t) = rehearse_variant(
         "cnpg-switchover",
-        &[(
-            "cnpg/pg-north.yaml",
-            "  readyInstances: 2\n",
-            "  readyInstances: 1\n",
-        )],
+        &[("cnpg/pg-north.yaml", "  readyInstances: 2\n", "  readyInstances: 1\n")],
         REFUSED,
         &[],
     );
@@ -844,8 +808,7 @@ expect:
 
 /// The library's expectations for `plan`, with `from` replaced by `to`.
 fn expectations_with(plan: &str, from: &str, to: &str) -> String {
-    let text = std::fs::read_to_string(repo_dir().join(format!("plans/worlds/{plan}.expect.yaml")))
-        .unwrap();
+    let text = std::fs::read_to_string(repo_dir().join(format!("plans/worlds/{plan}.expect.yaml"))).unwrap();
     assert!(text.contains(from), "{plan}: no {from:?}");
     text.replace(from, to)
 }
@@ -857,7 +820,9 @@ fn strict_expectations_catch_a_change_they_do_not_name_an_unnamed_new_object_and
     let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
     assert!(!ok, "{t}");
     assert!(
-        t.contains("south: v1 pods db/pg-south-1: changed in /metadata/labels/role too, which the expectation does not name"),
+        t.contains(
+            "south: v1 pods db/pg-south-1: changed in /metadata/labels/role too, which the expectation does not name"
+        ),
         "{t}"
     );
     // An object the run created that no expectation names.
@@ -870,7 +835,9 @@ fn strict_expectations_catch_a_change_they_do_not_name_an_unnamed_new_object_and
     let (ok, t) = rehearse_variant("cnpg-failover", &[], &expect, &[]);
     assert!(!ok, "{t}");
     assert!(
-        t.contains("v1 configmaps db/pg-failover-record on cluster south: written by the run, but no expectation names it"),
+        t.contains(
+            "v1 configmaps db/pg-failover-record on cluster south: written by the run, but no expectation names it"
+        ),
         "{t}"
     );
     // An object something else created meanwhile (here an "operator" answering the demotion),
@@ -917,18 +884,14 @@ fn strict_expectations_catch_a_change_they_do_not_name_an_unnamed_new_object_and
     let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
     assert!(!ok, "{t}");
     assert!(
-        t.contains("steps ran as [")
-            && t.contains("promote (succeeded), wait-promoted (succeeded)"),
+        t.contains("steps ran as [") && t.contains("promote (succeeded), wait-promoted (succeeded)"),
         "{t}"
     );
     // A step that did not run as said (demote ran).
     let expect = expectations_with("cnpg-switchover", "- demote\n", "- {demote: Skipped}\n");
     let (ok, t) = rehearse_variant("cnpg-switchover", &[], &expect, &[]);
     assert!(!ok, "{t}");
-    assert!(
-        t.contains("expected [") && t.contains("demote (Skipped)"),
-        "{t}"
-    );
+    assert!(t.contains("expected [") && t.contains("demote (Skipped)"), "{t}");
 }
 
 #[test]
@@ -946,11 +909,7 @@ fn expectations_compare_typed_values_and_match_objects_by_api_version_too() {
         "{t}"
     );
     // The number 2 is not the string "2".
-    let expect = expectations_with(
-        "cnpg-failover",
-        "status.timelineID: 2",
-        "status.timelineID: \"2\"",
-    );
+    let expect = expectations_with("cnpg-failover", "status.timelineID: 2", "status.timelineID: \"2\"");
     let (ok, t) = rehearse_variant("cnpg-failover", &[], &expect, &[]);
     assert!(!ok, "{t}");
     assert!(
@@ -966,7 +925,9 @@ fn expectations_compare_typed_values_and_match_objects_by_api_version_too() {
     let (ok, t) = rehearse_variant("nova-ferretdb", &[], &expect, &[]);
     assert!(!ok, "{t}");
     assert!(
-        t.contains("north: pgv2.percona.com/v2 perconapgclusters psql-operator/cluster1: changed, but no expectation names it"),
+        t.contains(
+            "north: pgv2.percona.com/v2 perconapgclusters psql-operator/cluster1: changed, but no expectation names it"
+        ),
         "{t}"
     );
 }

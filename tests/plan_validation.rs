@@ -109,11 +109,7 @@ fn every_invalid_plan_fails_to_load_or_to_validate() {
         let (plans, errors) = load("invalid", file);
         let problems: usize = plans
             .iter()
-            .map(|p| {
-                plan::validate(&p.plan.spec, Some(&clusters()))
-                    .problems
-                    .len()
-            })
+            .map(|p| plan::validate(&p.plan.spec, Some(&clusters())).problems.len())
             .sum();
         assert!(
             !errors.is_empty() || problems > 0,
@@ -152,10 +148,7 @@ fn every_validation_rule_has_an_invalid_plan() {
         }
         assert!(refused, "{file}: nothing in it is refused");
     }
-    let missing: Vec<_> = plan::Rule::ALL
-        .iter()
-        .filter(|r| !seen.contains(*r))
-        .collect();
+    let missing: Vec<_> = plan::Rule::ALL.iter().filter(|r| !seen.contains(*r)).collect();
     assert!(missing.is_empty(), "rules without a fixture: {missing:?}");
 }
 
@@ -171,11 +164,7 @@ fn a_merge_patch_through_an_array_index_is_accepted_with_a_note_that_it_goes_as_
     assert_eq!(note.step, "pin-image");
     assert_mentions(
         &note.message,
-        &[
-            "spec.template.spec.containers[0].image",
-            "array index",
-            "JSON Patch",
-        ],
+        &["spec.template.spec.containers[0].image", "array index", "JSON Patch"],
     );
 }
 
@@ -206,20 +195,14 @@ fn a_yaml_syntax_error_points_where_the_parser_gave_up_and_where_the_unclosed_ma
         "yaml-syntax.yaml",
         17,
         3,
-        &[
-            "did not find expected ',' or '}'",
-            "flow mapping at line 16 column 17",
-        ],
+        &["did not find expected ',' or '}'", "flow mapping at line 16 column 17"],
     );
 }
 
 #[test]
 fn positions_in_a_later_document_count_from_the_top_of_the_file_and_the_others_still_load() {
     let (plans, errors) = load("invalid", "yaml-syntax-in-second-document.yaml");
-    let names: Vec<_> = plans
-        .iter()
-        .map(|p| p.plan.metadata.name.clone().unwrap())
-        .collect();
+    let names: Vec<_> = plans.iter().map(|p| p.plan.metadata.name.clone().unwrap()).collect();
     assert_eq!(names, ["pg-demote-north", "pg-haproxy-south"]);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     let e = &errors[0];
@@ -341,25 +324,14 @@ fn a_document_of_another_kind_is_not_taken_for_a_plan() {
 
 #[test]
 fn a_plan_without_a_name_points_at_its_metadata() {
-    the_load_error(
-        "missing-plan-name.yaml",
-        4,
-        1,
-        &["metadata.name is missing"],
-    );
+    the_load_error("missing-plan-name.yaml", 4, 1, &["metadata.name is missing"]);
 }
 
 // ---- The plan as a whole ----
 
 #[test]
 fn a_plan_without_steps_is_refused() {
-    the_problem(
-        "no-steps.yaml",
-        "no-steps",
-        None,
-        "spec.steps",
-        &["no steps"],
-    );
+    the_problem("no-steps.yaml", "no-steps", None, "spec.steps", &["no steps"]);
 }
 
 #[test]
@@ -442,10 +414,7 @@ fn a_step_typed_read_field_with_a_patch_section_suggests_the_type_it_meant() {
         "extra-body",
         Some("demote-north"),
         "spec.steps[0].patch",
-        &[
-            "cannot have a `patch:` section",
-            "did you mean type: patch?",
-        ],
+        &["cannot have a `patch:` section", "did you mean type: patch?"],
     );
 }
 
@@ -726,10 +695,7 @@ fn a_misspelt_template_name_lists_the_names_there_are() {
         "template-name",
         Some("notify"),
         "spec.steps[1].http.body",
-        &[
-            "`alerts` is not defined",
-            "Values, alert, plan, run, secrets",
-        ],
+        &["`alerts` is not defined", "Values, alert, plan, run, secrets"],
     );
 }
 
@@ -947,14 +913,8 @@ fn a_condition_with_two_operators_or_a_number_that_is_not_one_is_refused() {
         problems[0].message.contains("found: equals, notEquals"),
         "{problems:#?}"
     );
-    assert!(
-        problems[1].message.contains("compares numbers"),
-        "{problems:#?}"
-    );
-    assert!(
-        problems[2].message.contains("needs a `fieldPath`"),
-        "{problems:#?}"
-    );
+    assert!(problems[1].message.contains("compares numbers"), "{problems:#?}");
+    assert!(problems[2].message.contains("needs a `fieldPath`"), "{problems:#?}");
 }
 
 #[test]
@@ -1081,10 +1041,7 @@ fn the_loop_variable_is_known_inside_a_for_each_and_nowhere_else() {
     let (plans, errors) = plan::load_str(&path, &text);
     assert!(errors.is_empty(), "{errors:#?}");
     let problems = plan::validate(&plans[0].plan.spec, None).problems;
-    let mut messages: Vec<_> = problems
-        .iter()
-        .map(|p| (p.field.as_str(), p.rule))
-        .collect();
+    let mut messages: Vec<_> = problems.iter().map(|p| (p.field.as_str(), p.rule)).collect();
     messages.sort();
     assert_eq!(
         messages,

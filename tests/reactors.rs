@@ -31,9 +31,7 @@ async fn sim(yaml: &str) -> Sim {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("world.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let sandbox = recoverd::sim::Sandbox::start(&path, None, None)
-        .await
-        .unwrap();
+    let sandbox = recoverd::sim::Sandbox::start(&path, None, None).await.unwrap();
     let registry = Arc::new(sandbox.registry().await.unwrap());
     let (reactors, _) = seed(registry.clone(), &path).await;
     Sim {
@@ -47,9 +45,7 @@ async fn sim(yaml: &str) -> Sim {
 async fn seed(registry: Arc<Registry>, world: &Path) -> (Reactors, Vec<recoverd::world::Seeded>) {
     let (w, base) = recoverd::world::load(world).unwrap();
     let seeded = recoverd::world::seed(&registry, &w, &base).await.unwrap();
-    let reactors = recoverd::reactor::start(registry, &w.reactors)
-        .await
-        .unwrap();
+    let reactors = recoverd::reactor::start(registry, &w.reactors).await.unwrap();
     (reactors, seeded)
 }
 
@@ -84,9 +80,7 @@ where
 }
 
 async fn data(api: &Api<DynamicObject>, name: &str, key: &str) -> Option<String> {
-    get(api, name).await["data"][key]
-        .as_str()
-        .map(str::to_string)
+    get(api, name).await["data"][key].as_str().map(str::to_string)
 }
 
 const CONFIGMAP_WORLD: &str = "clusters:
@@ -119,11 +113,7 @@ async fn a_reactors_delay_does_not_hold_back_its_next_firing() {
         .await;
     }
     assert_eq!(data(&cms, "cm", "late").await, None);
-    assert!(
-        s.reactors.problems().is_empty(),
-        "{:?}",
-        s.reactors.problems()
-    );
+    assert!(s.reactors.problems().is_empty(), "{:?}", s.reactors.problems());
 }
 
 #[tokio::test]
@@ -152,11 +142,7 @@ async fn a_reactor_acts_only_on_the_object_that_fired_it_not_on_its_replacement(
     let now = get(&cms, "cm").await;
     assert_eq!(now["metadata"]["uid"], json!(new.metadata.uid), "{now}");
     assert_eq!(now["data"], json!({"mine": "1"}), "{now}");
-    assert!(
-        s.reactors.problems().is_empty(),
-        "{:?}",
-        s.reactors.problems()
-    );
+    assert!(s.reactors.problems().is_empty(), "{:?}", s.reactors.problems());
 }
 
 #[tokio::test]
@@ -183,11 +169,7 @@ async fn re_creating_a_deleted_object_never_overwrites_one_someone_else_created(
     let now = get(&cms, "cm").await;
     assert_eq!(now["metadata"]["uid"], json!(theirs.metadata.uid), "{now}");
     assert_eq!(now["data"], json!({"a": "theirs"}), "{now}");
-    assert!(
-        s.reactors.problems().is_empty(),
-        "{:?}",
-        s.reactors.problems()
-    );
+    assert!(s.reactors.problems().is_empty(), "{:?}", s.reactors.problems());
 
     // Nobody else there: the reactor brings it back as it was, a new object.
     let before = get(&cms, "cm").await["metadata"]["uid"].clone();
@@ -216,23 +198,19 @@ async fn a_reaction_that_triggers_itself_forever_is_stopped_with_a_clear_error()
     .await;
     let cms = api(&s.registry, "c", "configmaps", "db").await;
     merge(&cms, "cm", json!({"data": {"n": "1"}})).await;
-    eventually("the loop guard", || async {
-        !s.reactors.problems().is_empty()
-    })
-    .await;
+    eventually("the loop guard", || async { !s.reactors.problems().is_empty() }).await;
     let problems = s.reactors.problems();
     assert_eq!(problems.len(), 1, "{problems:?}");
     assert!(
-        problems[0].starts_with("reactor on c (v1 configmaps db/cm): stopped — it fired 20 times in a row on a change made by reactors"),
+        problems[0].starts_with(
+            "reactor on c (v1 configmaps db/cm): stopped — it fired 20 times in a row on a change made by reactors"
+        ),
         "{problems:?}"
     );
     // Stopped: no more writes.
     let rv = get(&cms, "cm").await["metadata"]["resourceVersion"].clone();
     let fired = s.reactors.fired();
-    assert!(
-        fired <= recoverd::reactor::MAX_CHAIN as usize + 1,
-        "{fired}"
-    );
+    assert!(fired <= recoverd::reactor::MAX_CHAIN as usize + 1, "{fired}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(get(&cms, "cm").await["metadata"]["resourceVersion"], rv);
 }
@@ -267,11 +245,7 @@ reactors:
     let pods = api(&s.registry, "c", "pods", "db").await;
     merge(&pods, "p", json!({"metadata": {"labels": {"go": "yes"}}})).await;
     eventually("four firings ended", || async { s.reactors.ended() >= 4 }).await;
-    assert!(
-        s.reactors.problems().is_empty(),
-        "{:?}",
-        s.reactors.problems()
-    );
+    assert!(s.reactors.problems().is_empty(), "{:?}", s.reactors.problems());
     let pod = get(&pods, "p").await;
     let mut types: Vec<&str> = pod["status"]["conditions"]
         .as_array()
@@ -305,11 +279,7 @@ reactors:
         })
         .await;
     }
-    assert!(
-        s.reactors.problems().is_empty(),
-        "{:?}",
-        s.reactors.problems()
-    );
+    assert!(s.reactors.problems().is_empty(), "{:?}", s.reactors.problems());
 }
 
 #[tokio::test]
@@ -320,10 +290,7 @@ async fn a_conflicting_write_is_read_again_and_retried() {
     let proxy = support::proxy::FaultProxy::in_front_of(clusters, "north");
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    clusters.write_kubeconfig(
-        &kubeconfig,
-        &BTreeMap::from([("north".to_string(), proxy.url())]),
-    );
+    clusters.write_kubeconfig(&kubeconfig, &BTreeMap::from([("north".to_string(), proxy.url())]));
     let direct = support::run::registry(clusters, WriteMode::Live).await;
     let proxied = support::run::registry_from(&kubeconfig, WriteMode::Live).await;
     let world = dir.path().join("world.yaml");
@@ -345,9 +312,7 @@ reactors:
     .unwrap();
     let (w, base) = recoverd::world::load(&world).unwrap();
     recoverd::world::seed(&direct, &w, &base).await.unwrap();
-    let reactors = recoverd::reactor::start(proxied, &w.reactors)
-        .await
-        .unwrap();
+    let reactors = recoverd::reactor::start(proxied, &w.reactors).await.unwrap();
     // Only the reactor's writes carry its field manager.
     proxy.set(support::proxy::Faults {
         fail_next: 1,
@@ -388,11 +353,7 @@ async fn settling_waits_for_late_actions_and_reports_those_still_acting() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(s.reactors.settle(Duration::from_secs(10)).await);
     assert_eq!(data(&cms, "cm", "late").await.as_deref(), Some("yes"));
-    assert!(
-        s.reactors.problems().is_empty(),
-        "{:?}",
-        s.reactors.problems()
-    );
+    assert!(s.reactors.problems().is_empty(), "{:?}", s.reactors.problems());
 
     let s = sim(&world("1h")).await;
     let cms = api(&s.registry, "c", "configmaps", "db").await;
@@ -400,8 +361,5 @@ async fn settling_waits_for_late_actions_and_reports_those_still_acting() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!s.reactors.settle(Duration::from_millis(300)).await);
     let problems = s.reactors.problems();
-    assert!(
-        problems.iter().any(|p| p.contains("still acting")),
-        "{problems:?}"
-    );
+    assert!(problems.iter().any(|p| p.contains("still acting")), "{problems:?}");
 }

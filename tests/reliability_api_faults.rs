@@ -94,24 +94,14 @@ async fn a_cluster_that_stays_down_fails_after_its_bounded_attempts_and_compensa
     assert_eq!(record.phase, Phase::Failed, "{record:#?}");
     let demote = &record.steps[0];
     assert_eq!(demote.status, StepStatus::Failed);
-    assert_eq!(
-        demote.attempts, 3,
-        "retries: 2 means three bounded attempts"
-    );
+    assert_eq!(demote.attempts, 3, "retries: 2 means three bounded attempts");
     assert_eq!(demote.reason.as_deref(), Some("unreachable"), "{demote:#?}");
     assert_eq!(demote.cluster.as_deref(), Some("north"));
     let error = record.error.as_deref().unwrap();
-    assert!(
-        error.contains("north") && error.contains("demote-north"),
-        "{error}"
-    );
+    assert!(error.contains("north") && error.contains("demote-north"), "{error}");
     // Each attempt was bounded by the step's timeout (2s): three of them, with backoff between.
     assert!(demote.duration_ms.unwrap() < 3 * 2000 + 2000, "{demote:#?}");
-    assert_eq!(
-        record.on_failure[0].status,
-        StepStatus::Succeeded,
-        "{record:#?}"
-    );
+    assert_eq!(record.on_failure[0].status, StepStatus::Succeeded, "{record:#?}");
     let flagged = field(
         &r.direct,
         "edge",

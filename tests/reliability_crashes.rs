@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use support::clusters::repo_dir;
-use support::server::{
-    counting_hook, counts, eventually, metric, nowhere_kubeconfig, ServeProcess,
-};
+use support::server::{counting_hook, counts, eventually, metric, nowhere_kubeconfig, ServeProcess};
 
 fn write_plan(dir: &Path, file: &str, hook_url: &str) -> std::path::PathBuf {
     let plans = dir.join("plans");
@@ -40,10 +38,7 @@ async fn sigkill_at_every_step_boundary_leaves_a_resumable_run_and_no_step_runs_
     let kubeconfig = nowhere_kubeconfig(dir.path());
     let mut serve = ServeProcess::start(dir.path(), &plans, &kubeconfig, &[]).await;
     let (status, run) = serve
-        .post(
-            "/api/v1/plans/ops/six/runs",
-            &json!({"idempotencyKey": "r2"}),
-        )
+        .post("/api/v1/plans/ops/six/runs", &json!({"idempotencyKey": "r2"}))
         .await;
     assert_eq!(status, 201, "{run}");
     let id = run["id"].as_str().unwrap().to_string();
@@ -62,9 +57,7 @@ async fn sigkill_at_every_step_boundary_leaves_a_resumable_run_and_no_step_runs_
         assert_eq!(run["phase"], "Interrupted", "after kill {k}: {run:#}");
         let expected: Vec<usize> = (0..6).map(|i| usize::from(i <= k)).collect();
         assert_eq!(counts(&hits), expected, "after kill {k}");
-        let (status, body) = serve
-            .post(&format!("/api/v1/runs/{id}/resume"), &json!({}))
-            .await;
+        let (status, body) = serve.post(&format!("/api/v1/runs/{id}/resume"), &json!({})).await;
         assert_eq!(status, 200, "{body}");
     }
     eventually("the run to succeed", Duration::from_secs(30), || async {
@@ -135,11 +128,7 @@ async fn a_store_that_cannot_be_written_stops_the_run_before_its_next_step_and_r
     let m = metrics(&serve).await;
     assert_eq!(metric(&m, "recoverd_store_healthy"), 0.0, "{m}");
     assert!(m.contains("recoverd_store_failures_total{reason="), "{m}");
-    assert_eq!(
-        counts(&hits),
-        vec![1, 0],
-        "the step after the failed write never ran"
-    );
+    assert_eq!(counts(&hits), vec![1, 0], "the step after the failed write never ran");
 
     prlimit_fsize(serve.pid(), "unlimited");
     eventually("/readyz to recover", Duration::from_secs(20), || async {
@@ -156,15 +145,11 @@ async fn a_store_that_cannot_be_written_stops_the_run_before_its_next_step_and_r
         "{run:#}"
     );
     assert_eq!(run["steps"][1]["status"], "succeeded", "{run:#}");
-    let (status, _) = serve
-        .post(&format!("/api/v1/runs/{id}/resume"), &json!({}))
-        .await;
+    let (status, _) = serve.post(&format!("/api/v1/runs/{id}/resume"), &json!({})).await;
     assert_eq!(status, 200);
-    eventually(
-        "the resumed run to succeed",
-        Duration::from_secs(20),
-        || async { serve.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded" },
-    )
+    eventually("the resumed run to succeed", Duration::from_secs(20), || async {
+        serve.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
+    })
     .await;
     assert_eq!(counts(&hits), vec![1, 1]);
 }
@@ -178,12 +163,7 @@ async fn a_deleted_store_file_makes_readyz_fail_naming_it() {
     let serve = ServeProcess::start(dir.path(), &plans, &kubeconfig, &[]).await;
     assert_eq!(serve.status("/readyz").await, 200);
     std::fs::remove_file(&serve.store).unwrap();
-    let resp = serve
-        .http
-        .get(format!("{}/readyz", serve.url))
-        .send()
-        .await
-        .unwrap();
+    let resp = serve.http.get(format!("{}/readyz", serve.url)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 503);
     let body = resp.text().await.unwrap();
     assert!(body.contains("was deleted"), "{body}");

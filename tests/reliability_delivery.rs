@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 use support::alertmanager::{AlertmanagerPair, Timings};
-use support::server::{
-    counting_hook, eventually, nowhere_kubeconfig, payload, serve_token_file, ServeProcess,
-};
+use support::server::{counting_hook, eventually, nowhere_kubeconfig, payload, serve_token_file, ServeProcess};
 
 /// An auto plan matching `labels` whose first step calls `hook/step/{n}` and whose second holds
 /// it active for a while (a dry run sends no POST, but does pause).
@@ -24,9 +22,7 @@ fn plan(name: &str, labels: &str, hook: &str, n: usize) -> String {
 }
 
 async fn runs_of(serve: &ServeProcess, plan: &str) -> Vec<Value> {
-    serve
-        .get(&format!("/api/v1/runs?plan={plan}&limit=1000"))
-        .await["runs"]
+    serve.get(&format!("/api/v1/runs?plan={plan}&limit=1000")).await["runs"]
         .as_array()
         .cloned()
         .unwrap_or_default()
@@ -38,10 +34,7 @@ fn live(runs: &[Value]) -> Vec<&Value> {
 
 async fn start_dry_run(serve: &ServeProcess, plan: &str) {
     let (status, run) = serve
-        .post(
-            &format!("/api/v1/plans/{plan}/runs"),
-            &json!({"dryRun": true}),
-        )
+        .post(&format!("/api/v1/plans/{plan}/runs"), &json!({"dryRun": true}))
         .await;
     assert_eq!(status, 201, "{run}");
 }
@@ -97,8 +90,7 @@ async fn a_thousand_resends_from_two_ha_alertmanagers_and_direct_posts_make_one_
         &starts_at,
     );
     for _ in 0..20 {
-        let replies =
-            futures::future::join_all((0..50).map(|_| serve.post("/api/v1/alerts", &body))).await;
+        let replies = futures::future::join_all((0..50).map(|_| serve.post("/api/v1/alerts", &body))).await;
         for (status, reply) in replies {
             assert_eq!(status, 202, "{reply}");
             assert_eq!(reply["alerts"][0]["action"], "deduplicated", "{reply}");
@@ -154,8 +146,7 @@ async fn fifty_incidents_of_fifty_plans_at_once_make_fifty_runs_each_once() {
             [body.clone(), body.clone(), body]
         })
         .collect();
-    let replies =
-        futures::future::join_all(bodies.iter().map(|b| serve.post("/api/v1/alerts", b))).await;
+    let replies = futures::future::join_all(bodies.iter().map(|b| serve.post("/api/v1/alerts", b))).await;
     let mut started = 0;
     for (status, reply) in &replies {
         assert_eq!(*status, 202, "{reply}");
@@ -164,11 +155,9 @@ async fn fifty_incidents_of_fifty_plans_at_once_make_fifty_runs_each_once() {
         started += usize::from(action == "started");
     }
     assert_eq!(started, N, "one start per incident");
-    eventually(
-        "every incident's step to run",
-        Duration::from_secs(60),
-        || async { hits.iter().all(|h| h.load(Ordering::SeqCst) >= 1) },
-    )
+    eventually("every incident's step to run", Duration::from_secs(60), || async {
+        hits.iter().all(|h| h.load(Ordering::SeqCst) >= 1)
+    })
     .await;
     for i in 0..N {
         let runs = runs_of(&serve, &format!("ops/p{i}")).await;

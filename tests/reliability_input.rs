@@ -48,13 +48,8 @@ fn a_plan_directory_with_symlink_loops_and_links_out_loads_once_and_says_what_it
     let dir = tempfile::tempdir().unwrap();
     hostile_tree(dir.path());
     let plans = dir.path().join("plans");
-    let (loaded, errors) = ends("loading a looping plan directory", move || {
-        load_paths(&[plans])
-    });
-    let mut names: Vec<_> = loaded
-        .iter()
-        .map(|p| p.plan.metadata.name.clone().unwrap())
-        .collect();
+    let (loaded, errors) = ends("loading a looping plan directory", move || load_paths(&[plans]));
+    let mut names: Vec<_> = loaded.iter().map(|p| p.plan.metadata.name.clone().unwrap()).collect();
     names.sort();
     assert_eq!(names, ["a", "b"], "each plan once, nothing from outside");
     let said: Vec<String> = errors.iter().map(|e| e.to_string()).collect();
@@ -79,8 +74,7 @@ fn recoverd_check_on_a_looping_plan_directory_returns() {
             .output()
             .unwrap()
     });
-    let text =
-        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("out of the plan directory"), "{text}");
 }
 
@@ -106,12 +100,9 @@ fn oversized_plan_files_and_plans_with_too_many_steps_are_refused_naming_the_lim
     let mut big = plan("big");
     big.push_str(&format!("# {}\n", "x".repeat(MAX_FILE_BYTES as usize)));
     std::fs::write(plans.join("big.yaml"), big).unwrap();
-    let mut many =
-        plan("many").replace("  - {name: hold, type: wait, wait: {duration: 10ms}}\n", "");
+    let mut many = plan("many").replace("  - {name: hold, type: wait, wait: {duration: 10ms}}\n", "");
     for i in 0..=MAX_STEPS {
-        many.push_str(&format!(
-            "  - {{name: s{i}, type: wait, wait: {{duration: 1ms}}}}\n"
-        ));
+        many.push_str(&format!("  - {{name: s{i}, type: wait, wait: {{duration: 1ms}}}}\n"));
     }
     std::fs::write(plans.join("many.yaml"), many).unwrap();
     std::fs::write(plans.join("ok.yaml"), plan("ok")).unwrap();
@@ -149,17 +140,12 @@ async fn serve_on_a_looping_plan_directory_answers_health_and_lists_the_plans() 
 
 /// Whether the server closed the connection: a read returns end-of-file or an error.
 fn closed_by_server(stream: &mut TcpStream) -> bool {
-    stream
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    stream.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let mut buf = [0u8; 512];
     match stream.read(&mut buf) {
         Ok(0) => true,
         Ok(_) => false,
-        Err(e) => !matches!(
-            e.kind(),
-            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-        ),
+        Err(e) => !matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
     }
 }
 
@@ -190,10 +176,7 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
     let addr = format!("127.0.0.1:{}", serve.port);
 
     // A keep-alive client reads the server's own count of open connections: it holds one of them.
-    let watcher = reqwest::Client::builder()
-        .pool_max_idle_per_host(1)
-        .build()
-        .unwrap();
+    let watcher = reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap();
     let metric = |name: &'static str| {
         let (watcher, addr) = (watcher.clone(), addr.clone());
         async move {
@@ -216,8 +199,7 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
     let mut slow: Vec<TcpStream> = (0..7)
         .map(|_| {
             let mut s = TcpStream::connect(&addr).unwrap();
-            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
-                .unwrap();
+            s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n").unwrap();
             s
         })
         .collect();
@@ -233,9 +215,7 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
     let _ = surplus.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n");
     let surplus_closed = tokio::task::block_in_place(|| {
         let mut response = String::new();
-        surplus
-            .set_read_timeout(Some(Duration::from_secs(10)))
-            .unwrap();
+        surplus.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
         let _ = surplus.read_to_string(&mut response);
         response
     });
@@ -250,14 +230,10 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
     );
     // The slow ones are closed by the header timeout, and the server answers again.
     let addr2 = addr.clone();
-    eventually(
-        "the slow connections to be closed",
-        Duration::from_secs(30),
-        || {
-            let all = tokio::task::block_in_place(|| slow.iter_mut().all(closed_by_server));
-            async move { all }
-        },
-    )
+    eventually("the slow connections to be closed", Duration::from_secs(30), || {
+        let all = tokio::task::block_in_place(|| slow.iter_mut().all(closed_by_server));
+        async move { all }
+    })
     .await;
     eventually("/healthz to answer again", Duration::from_secs(30), || {
         let addr = addr2.clone();
@@ -271,19 +247,14 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
 
     // An idle keep-alive connection is closed too.
     let mut idle = TcpStream::connect(&addr).unwrap();
-    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .unwrap();
-    eventually(
-        "the idle connection to be closed",
-        Duration::from_secs(30),
-        || {
-            let closed = tokio::task::block_in_place(|| {
-                // Reads the response first, then end-of-file once the idle timeout passes.
-                closed_by_server(&mut idle)
-            });
-            async move { closed }
-        },
-    )
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    eventually("the idle connection to be closed", Duration::from_secs(30), || {
+        let closed = tokio::task::block_in_place(|| {
+            // Reads the response first, then end-of-file once the idle timeout passes.
+            closed_by_server(&mut idle)
+        });
+        async move { closed }
+    })
     .await;
 
     // A body that never arrives whole is answered 408, not waited for.
@@ -297,8 +268,7 @@ async fn slow_idle_and_surplus_connections_are_closed_and_health_keeps_answering
     )
     .unwrap();
     let answer = tokio::task::block_in_place(|| {
-        body.set_read_timeout(Some(Duration::from_secs(20)))
-            .unwrap();
+        body.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
         let mut buf = [0u8; 64];
         let n = body.read(&mut buf).unwrap_or(0);
         String::from_utf8_lossy(&buf[..n]).to_string()

@@ -75,11 +75,7 @@ fn switchover_alert() -> Value {
 }
 
 fn worker_alert(worker: usize, fingerprint: &str) -> Value {
-    alert(
-        "firing",
-        json!({"alertname": format!("load-{worker}")}),
-        fingerprint,
-    )
+    alert("firing", json!({"alertname": format!("load-{worker}")}), fingerprint)
 }
 
 /// What the webhook answered, over the whole load.
@@ -116,11 +112,7 @@ async fn client(
                 worker_alert(worker, &fresh(0)),
                 worker_alert((worker + 1) % WORKERS, &fresh(1)),
                 worker_alert((worker + 2) % WORKERS, &fresh(2)),
-                alert(
-                    "resolved",
-                    json!({"alertname": format!("load-{worker}")}),
-                    &fresh(3),
-                ),
+                alert("resolved", json!({"alertname": format!("load-{worker}")}), &fresh(3)),
             ]),
             // Alertmanager re-sending the switchover's alert (once it has fired).
             3 | 4 if fired.load(Ordering::SeqCst) => payload(vec![switchover_alert()]),
@@ -131,12 +123,7 @@ async fn client(
                 &fresh(0),
             )]),
         };
-        let answer = http
-            .post(&url)
-            .bearer_auth(SERVE_TOKEN)
-            .json(&body)
-            .send()
-            .await;
+        let answer = http.post(&url).bearer_auth(SERVE_TOKEN).json(&body).send().await;
         let (status, reply) = match answer {
             Ok(r) => {
                 let status = r.status().as_u16();
@@ -189,14 +176,10 @@ async fn webhook_load_while_the_switchover_runs_loses_no_run_and_keeps_health_an
     let in_ns = |text: String| text.replace("ns: db", &format!("ns: {}", w.ns));
     std::fs::write(
         plans.join("cnpg-switchover.yaml"),
-        in_ns(
-            std::fs::read_to_string(repo_dir().join("tests/data/plans/run/cnpg-switchover.yaml"))
-                .unwrap(),
-        ),
+        in_ns(std::fs::read_to_string(repo_dir().join("tests/data/plans/run/cnpg-switchover.yaml")).unwrap()),
     )
     .unwrap();
-    let worker =
-        std::fs::read_to_string(repo_dir().join("tests/data/plans/load/worker.yaml")).unwrap();
+    let worker = std::fs::read_to_string(repo_dir().join("tests/data/plans/load/worker.yaml")).unwrap();
     for i in 0..WORKERS {
         std::fs::write(
             plans.join(format!("load-{i}.yaml")),
@@ -206,9 +189,7 @@ async fn webhook_load_while_the_switchover_runs_loses_no_run_and_keeps_health_an
     }
     let serve = ServeProcess::start(dir.path(), &plans, support::shared().kubeconfig(), &[]).await;
     assert_eq!(
-        serve.get("/api/v1/plans").await["plans"]
-            .as_array()
-            .map(Vec::len),
+        serve.get("/api/v1/plans").await["plans"].as_array().map(Vec::len),
         Some(WORKERS + 1),
         "every plan loads"
     );
@@ -277,9 +258,7 @@ async fn webhook_load_while_the_switchover_runs_loses_no_run_and_keeps_health_an
     // A third of the way in, the incident the switchover is for.
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs) / 3).await;
-    let (status, reply) = serve
-        .post("/api/v1/alerts", &payload(vec![switchover_alert()]))
-        .await;
+    let (status, reply) = serve.post("/api/v1/alerts", &payload(vec![switchover_alert()])).await;
     assert_eq!(status, 202, "{reply}");
     assert_eq!(reply["alerts"][0]["action"], "started", "{reply}");
     let switchover = reply["alerts"][0]["runId"].as_str().unwrap().to_string();
@@ -297,9 +276,7 @@ async fn webhook_load_while_the_switchover_runs_loses_no_run_and_keeps_health_an
     eventually("every run to finish", Duration::from_secs(120), || async {
         all_runs(&serve).await.iter().all(|r| {
             let phase = r["phase"].as_str().unwrap_or("Pending");
-            !recoverd::run::store::ACTIVE
-                .iter()
-                .any(|p| p.as_str() == phase)
+            !recoverd::run::store::ACTIVE.iter().any(|p| p.as_str() == phase)
         })
     })
     .await;
@@ -315,10 +292,7 @@ async fn webhook_load_while_the_switchover_runs_loses_no_run_and_keeps_health_an
         &t.refused[..t.refused.len().min(5)]
     );
     // Every run a 202 named exists; every run in the store was announced started exactly once.
-    let stored: BTreeMap<&str, &Value> = runs
-        .iter()
-        .map(|r| (r["id"].as_str().unwrap(), r))
-        .collect();
+    let stored: BTreeMap<&str, &Value> = runs.iter().map(|r| (r["id"].as_str().unwrap(), r)).collect();
     let missing: BTreeSet<&str> = t
         .named
         .iter()
@@ -349,16 +323,9 @@ async fn webhook_load_while_the_switchover_runs_loses_no_run_and_keeps_health_an
         .filter(|r| r["phase"] != "Succeeded")
         .map(|r| format!("{} {} {}", r["id"], r["phase"], r["error"]))
         .collect();
-    assert!(
-        unsuccessful.is_empty(),
-        "runs that did not succeed: {unsuccessful:#?}"
-    );
+    assert!(unsuccessful.is_empty(), "runs that did not succeed: {unsuccessful:#?}");
     // The load was the intended mix.
-    assert!(
-        runs.len() > WORKERS,
-        "the load started runs: {:?}",
-        t.actions
-    );
+    assert!(runs.len() > WORKERS, "the load started runs: {:?}", t.actions);
     for action in ["started", "deduplicated", "noMatch", "ignored"] {
         assert!(
             t.actions.get(action).copied().unwrap_or(0) > 0,

@@ -36,10 +36,7 @@ async fn a_request_without_a_valid_token_is_refused_before_its_body_is_read() {
     let app = app(&[]).await;
     for (who, header) in [
         ("no token", None),
-        (
-            "a wrong token",
-            Some("Bearer not-the-token-of-this-server-at-all"),
-        ),
+        ("a wrong token", Some("Bearer not-the-token-of-this-server-at-all")),
     ] {
         for path in ["/api/v1/alerts", "/api/v1/plans/ops/manual/runs"] {
             let mut req = Request::post(path)
@@ -125,14 +122,9 @@ async fn an_alert_whose_identity_is_not_an_identifier_is_refused_so_run_lists_st
     }
     // A manual trigger's free-text fields are bounded the same way.
     for field in ["actor", "idempotencyKey"] {
-        let (status, body) = app
-            .post("/api/v1/plans/ops/manual/runs", &json!({ field: huge }))
-            .await;
+        let (status, body) = app.post("/api/v1/plans/ops/manual/runs", &json!({ field: huge })).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{field}: {body}");
-        assert!(
-            body["error"].as_str().unwrap().contains(field),
-            "{field}: {body}"
-        );
+        assert!(body["error"].as_str().unwrap().contains(field), "{field}: {body}");
     }
     let (_, runs) = app.get("/api/v1/runs").await;
     assert_eq!(runs["runs"], json!([]), "nothing ran: {runs}");
@@ -166,12 +158,7 @@ async fn a_malformed_query_is_answered_with_a_json_error_naming_the_parameter() 
         "application/json",
         "errors are JSON like every other answer"
     );
-    let body: Value = serde_json::from_slice(
-        &axum::body::to_bytes(resp.into_body(), 1 << 20)
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let body: Value = serde_json::from_slice(&axum::body::to_bytes(resp.into_body(), 1 << 20).await.unwrap()).unwrap();
     assert!(body["error"].as_str().unwrap().contains("limit"), "{body}");
 }
 
@@ -204,17 +191,15 @@ async fn endless_endpoint() -> (String, Arc<AtomicU64>) {
 async fn an_http_step_reads_a_bounded_part_of_a_response_that_never_ends() {
     let (url, sent) = endless_endpoint().await;
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(
-        support::clusters::repo_dir().join("tests/data/plans/reliability/huge-response.yaml"),
-    )
-    .unwrap()
-    .replace("http://hook", &url);
+    let text =
+        std::fs::read_to_string(support::clusters::repo_dir().join("tests/data/plans/reliability/huge-response.yaml"))
+            .unwrap()
+            .replace("http://hook", &url);
     let file = dir.path().join("huge-response.yaml");
     std::fs::write(&file, text).unwrap();
     let (mut loaded, errors) = recoverd::plan::load_paths(std::slice::from_ref(&file));
     assert!(errors.is_empty(), "{errors:?}");
-    let plan =
-        recoverd::plan::compile_one(&loaded.remove(0), None).unwrap_or_else(|e| panic!("{e}"));
+    let plan = recoverd::plan::compile_one(&loaded.remove(0), None).unwrap_or_else(|e| panic!("{e}"));
     let kubeconfig = nowhere_kubeconfig(dir.path());
     let registry = Arc::new(
         Registry::from_kubeconfig(Some(&kubeconfig), WriteMode::Live)
@@ -302,10 +287,7 @@ async fn with_its_store_file_deleted_the_webhook_answers_503_so_alertmanager_ret
     let kubeconfig = nowhere_kubeconfig(dir.path());
     let serve = ServeProcess::start(dir.path(), &plans, &kubeconfig, &[]).await;
     let (status, body) = serve
-        .post(
-            "/api/v1/alerts",
-            &payload("firing", primary_down(), "before", T0),
-        )
+        .post("/api/v1/alerts", &payload("firing", primary_down(), "before", T0))
         .await;
     assert_eq!(status, 202, "{body}");
     std::fs::remove_file(&serve.store).unwrap();
@@ -338,9 +320,7 @@ async fn held_connection(source: &str, port: u16) -> Option<tokio::net::TcpStrea
         .connect(format!("127.0.0.1:{port}").parse().unwrap())
         .await
         .ok()?;
-    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        .await
-        .ok()?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await.ok()?;
     let mut buf = [0u8; 256];
     let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
         .await
@@ -361,12 +341,7 @@ async fn one_client_cannot_take_every_connection_and_lock_out_the_others() {
         dir.path(),
         &plans,
         &kubeconfig,
-        &[
-            "--max-connections",
-            "8",
-            "--max-connections-per-client",
-            "3",
-        ],
+        &["--max-connections", "8", "--max-connections-per-client", "3"],
     )
     .await;
     // One client (127.0.0.2) opens as many keep-alive connections as it can and holds them, as

@@ -17,13 +17,7 @@ enum Who {
     Approver,
 }
 
-const EVERYONE: [Who; 5] = [
-    Who::Nobody,
-    Who::Stranger,
-    Who::Sender,
-    Who::Operator,
-    Who::Approver,
-];
+const EVERYONE: [Who; 5] = [Who::Nobody, Who::Stranger, Who::Sender, Who::Operator, Who::Approver];
 
 fn header(who: Who) -> Option<String> {
     match who {
@@ -123,9 +117,7 @@ async fn matrix(split: bool) -> Vec<String> {
                 Some(true) => got != 401 && got != 403 && got < 500,
             };
             if !ok {
-                wrong.push(format!(
-                    "{method} {path} as {who:?} (split: {split}): {got}"
-                ));
+                wrong.push(format!("{method} {path} as {who:?} (split: {split}): {got}"));
             }
         }
     }
@@ -161,8 +153,7 @@ fn serve_refuses_to_start_with_a_short_or_placeholder_token() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{token}: started");
         assert!(
-            err.contains("--token-file")
-                && (err.contains("placeholder") || err.contains("at least 32")),
+            err.contains("--token-file") && (err.contains("placeholder") || err.contains("at least 32")),
             "{token}: {err}"
         );
     }
@@ -175,13 +166,7 @@ async fn a_rotated_token_file_takes_effect_without_a_restart() {
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
     let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
-    let serve = ServeProcess::start(
-        dir.path(),
-        &plans,
-        &kubeconfig,
-        &["--reload-interval", "200ms"],
-    )
-    .await;
+    let serve = ServeProcess::start(dir.path(), &plans, &kubeconfig, &["--reload-interval", "200ms"]).await;
     let status = |token: String| {
         let (http, url) = (serve.http.clone(), serve.url.clone());
         async move {
@@ -199,31 +184,19 @@ async fn a_rotated_token_file_takes_effect_without_a_restart() {
     let new = "rotated-token-abcdefghijklmnopqrstuvwxyz0123";
     std::fs::write(dir.path().join("token.new"), format!("{new}\n")).unwrap();
     std::fs::rename(dir.path().join("token.new"), dir.path().join("token")).unwrap();
-    eventually(
-        "the new token to work",
-        std::time::Duration::from_secs(20),
-        || {
-            let answer = status(new.into());
-            async move { answer.await == 200 }
-        },
-    )
+    eventually("the new token to work", std::time::Duration::from_secs(20), || {
+        let answer = status(new.into());
+        async move { answer.await == 200 }
+    })
     .await;
-    assert_eq!(
-        status(SERVE_TOKEN.into()).await,
-        401,
-        "the old token is gone"
-    );
+    assert_eq!(status(SERVE_TOKEN.into()).await, 401, "the old token is gone");
     // An invalid replacement keeps the tokens there were.
     std::fs::write(dir.path().join("token.new"), "change-me\n").unwrap();
     std::fs::rename(dir.path().join("token.new"), dir.path().join("token")).unwrap();
-    eventually(
-        "the bad file to be noticed",
-        std::time::Duration::from_secs(20),
-        || {
-            let log = serve.log_text();
-            async move { log.contains("token file changed but is not valid") }
-        },
-    )
+    eventually("the bad file to be noticed", std::time::Duration::from_secs(20), || {
+        let log = serve.log_text();
+        async move { log.contains("token file changed but is not valid") }
+    })
     .await;
     assert_eq!(status(new.into()).await, 200);
     assert_eq!(status("change-me".into()).await, 401);
@@ -280,13 +253,7 @@ async fn a_rotated_tls_certificate_is_served_without_a_restart() {
     let (old_ca, new_ca) = (trusting("pki1"), trusting("pki2"));
     let ok = |client: reqwest::Client| {
         let url = format!("{}/healthz", serve.url);
-        async move {
-            client
-                .get(url)
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-        }
+        async move { client.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
     };
     eventually(
         "the first certificate to be served",
@@ -302,8 +269,5 @@ async fn a_rotated_tls_certificate_is_served_without_a_restart() {
         || ok(new_ca.clone()),
     )
     .await;
-    assert!(
-        !ok(old_ca.clone()).await,
-        "the old certificate is no longer served"
-    );
+    assert!(!ok(old_ca.clone()).await, "the old certificate is no longer served");
 }

@@ -25,25 +25,14 @@ struct Serve {
 }
 
 impl Serve {
-    async fn start(
-        plans: &Path,
-        kubeconfig: &Path,
-        store: &Path,
-        token_file: &Path,
-        port: u16,
-    ) -> Serve {
+    async fn start(plans: &Path, kubeconfig: &Path, store: &Path, token_file: &Path, port: u16) -> Serve {
         let log = std::fs::File::create(store.with_extension("log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_recoverd"))
             .args(["serve", "--plans"])
             .arg(plans)
             .arg("--kubeconfig")
             .arg(kubeconfig)
-            .args([
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--reload-interval",
-                "200ms",
-            ])
+            .args(["--listen", &format!("127.0.0.1:{port}"), "--reload-interval", "200ms"])
             .arg("--token-file")
             .arg(token_file)
             .arg("--store")
@@ -96,10 +85,7 @@ impl Serve {
             .send()
             .await
             .unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(Value::Null),
-        )
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
     }
 
     async fn metrics(&self) -> String {
@@ -189,9 +175,7 @@ async fn repeated_alertmanager_deliveries_from_an_ha_pair_make_exactly_one_run()
         ("cluster", "pg-north"),
         ("namespace", "db"),
     ];
-    tokio::task::block_in_place(|| {
-        am.fire(&labels, &[("summary", "pg-north primary unavailable")])
-    });
+    tokio::task::block_in_place(|| am.fire(&labels, &[("summary", "pg-north primary unavailable")]));
 
     // The run happens…
     eventually("a run to succeed", Duration::from_secs(60), || async {
@@ -202,7 +186,10 @@ async fn repeated_alertmanager_deliveries_from_an_ha_pair_make_exactly_one_run()
     .await;
     // …and Alertmanager keeps re-sending the firing alert: each resend is deduplicated.
     eventually("three deduplicated resends", Duration::from_secs(45), || async {
-        metric(&serve.metrics().await, "recoverd_runs_deduplicated_total{plan=\"recoverd/cnpg-switchover\",reason=\"same-incident\"}") >= 3.0
+        metric(
+            &serve.metrics().await,
+            "recoverd_runs_deduplicated_total{plan=\"recoverd/cnpg-switchover\",reason=\"same-incident\"}",
+        ) >= 3.0
     })
     .await;
 
@@ -254,25 +241,15 @@ async fn repeated_alertmanager_deliveries_from_an_ha_pair_make_exactly_one_run()
 
     // Resolving the alert starts nothing.
     tokio::task::block_in_place(|| am.resolve(&labels));
-    eventually(
-        "the resolution to arrive",
-        Duration::from_secs(30),
-        || async {
-            metric(
-                &serve.metrics().await,
-                "recoverd_alerts_received_total{status=\"resolved\"}",
-            ) >= 1.0
-        },
-    )
+    eventually("the resolution to arrive", Duration::from_secs(30), || async {
+        metric(
+            &serve.metrics().await,
+            "recoverd_alerts_received_total{status=\"resolved\"}",
+        ) >= 1.0
+    })
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(
-        serve.get("/api/v1/runs").await["runs"]
-            .as_array()
-            .unwrap()
-            .len(),
-        1
-    );
+    assert_eq!(serve.get("/api/v1/runs").await["runs"].as_array().unwrap().len(), 1);
     drop(world_dir);
 }
 
@@ -295,20 +272,13 @@ async fn a_run_killed_mid_step_is_interrupted_and_resumes_without_repeating_fini
     let mut serve = Serve::start(&plans, &kubeconfig, &store, &tokens, port).await;
 
     let (status, run) = serve
-        .post(
-            "/api/v1/plans/ops/held/runs",
-            json!({"idempotencyKey": "restart-test"}),
-        )
+        .post("/api/v1/plans/ops/held/runs", json!({"idempotencyKey": "restart-test"}))
         .await;
     assert_eq!(status, 201, "{run}");
     let id = run["id"].as_str().unwrap().to_string();
-    eventually(
-        "the hold step to be running",
-        Duration::from_secs(10),
-        || async {
-            serve.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "running"
-        },
-    )
+    eventually("the hold step to be running", Duration::from_secs(10), || async {
+        serve.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "running"
+    })
     .await;
     let before = serve.get(&format!("/api/v1/runs/{id}")).await;
     serve.kill();
@@ -322,15 +292,11 @@ async fn a_run_killed_mid_step_is_interrupted_and_resumes_without_repeating_fini
     let (status, _) = serve.post("/api/v1/plans/ops/held/runs", json!({})).await;
     assert_eq!(status, 409);
 
-    let (status, _) = serve
-        .post(&format!("/api/v1/runs/{id}/resume"), json!({}))
-        .await;
+    let (status, _) = serve.post(&format!("/api/v1/runs/{id}/resume"), json!({})).await;
     assert_eq!(status, 200);
-    eventually(
-        "the resumed run to succeed",
-        Duration::from_secs(20),
-        || async { serve.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded" },
-    )
+    eventually("the resumed run to succeed", Duration::from_secs(20), || async {
+        serve.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
+    })
     .await;
     let after = serve.get(&format!("/api/v1/runs/{id}")).await;
     assert_eq!(
@@ -339,10 +305,7 @@ async fn a_run_killed_mid_step_is_interrupted_and_resumes_without_repeating_fini
         "the finished first step was not repeated"
     );
     assert_eq!(hits[1].load(Ordering::SeqCst), 1);
-    assert_eq!(
-        after["steps"][0]["startedAt"],
-        before["steps"][0]["startedAt"]
-    );
+    assert_eq!(after["steps"][0]["startedAt"], before["steps"][0]["startedAt"]);
     assert_eq!(after["steps"][0]["attempts"], 1);
     assert!(
         after["steps"]
@@ -352,9 +315,7 @@ async fn a_run_killed_mid_step_is_interrupted_and_resumes_without_repeating_fini
             .all(|s| s["status"] == "succeeded"),
         "{after:#}"
     );
-    let (status, _) = serve
-        .post(&format!("/api/v1/runs/{id}/resume"), json!({}))
-        .await;
+    let (status, _) = serve.post(&format!("/api/v1/runs/{id}/resume"), json!({})).await;
     assert_eq!(status, 409, "a finished run cannot be resumed");
 }
 
@@ -373,13 +334,9 @@ async fn sigterm_lets_the_running_step_finish_records_it_and_leaves_the_run_resu
     let mut serve = Serve::start(&plans, &kubeconfig, &store, &tokens, port).await;
     let (_, run) = serve.post("/api/v1/plans/ops/waits/runs", json!({})).await;
     let id = run["id"].as_str().unwrap().to_string();
-    eventually(
-        "step two to be running",
-        Duration::from_secs(10),
-        || async {
-            serve.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "running"
-        },
-    )
+    eventually("step two to be running", Duration::from_secs(10), || async {
+        serve.get(&format!("/api/v1/runs/{id}")).await["steps"][1]["status"] == "running"
+    })
     .await;
 
     let status = Command::new("kill")
@@ -398,15 +355,11 @@ async fn sigterm_lets_the_running_step_finish_records_it_and_leaves_the_run_resu
         "the running step finished before exit: {run:#}"
     );
     assert_eq!(run["steps"][2]["status"], "pending");
-    let (status, _) = serve
-        .post(&format!("/api/v1/runs/{id}/resume"), json!({}))
-        .await;
+    let (status, _) = serve.post(&format!("/api/v1/runs/{id}/resume"), json!({})).await;
     assert_eq!(status, 200);
-    eventually(
-        "the resumed run to succeed",
-        Duration::from_secs(10),
-        || async { serve.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded" },
-    )
+    eventually("the resumed run to succeed", Duration::from_secs(10), || async {
+        serve.get(&format!("/api/v1/runs/{id}")).await["phase"] == "Succeeded"
+    })
     .await;
 }
 
@@ -456,10 +409,7 @@ async fn serve_speaks_tls_and_picks_up_a_new_plan_file() {
         http: reqwest::Client::new(),
     };
     let ca = reqwest::Certificate::from_pem(&std::fs::read(pki.join("ca.crt")).unwrap()).unwrap();
-    let https = reqwest::Client::builder()
-        .add_root_certificate(ca)
-        .build()
-        .unwrap();
+    let https = reqwest::Client::builder().add_root_certificate(ca).build().unwrap();
     let mut ready = false;
     for _ in 0..100 {
         if https
@@ -522,11 +472,9 @@ async fn serve_speaks_tls_and_picks_up_a_new_plan_file() {
     assert!(plans_now().await.is_empty());
     let plan = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: late, namespace: ops}\nspec:\n  steps:\n  - {name: one, type: wait, wait: {duration: 10ms}}\n";
     std::fs::write(plans.join("late.yaml"), plan).unwrap();
-    eventually(
-        "the new plan to be loaded",
-        Duration::from_secs(10),
-        || async { plans_now().await == ["ops/late"] },
-    )
+    eventually("the new plan to be loaded", Duration::from_secs(10), || async {
+        plans_now().await == ["ops/late"]
+    })
     .await;
 }
 
@@ -540,14 +488,7 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
     let kubeconfig = support::server::nowhere_kubeconfig(dir.path());
     let tokens = token_file(dir.path());
     let port = free_port();
-    let serve = Serve::start(
-        &plans,
-        &kubeconfig,
-        &dir.path().join("runs.db"),
-        &tokens,
-        port,
-    )
-    .await;
+    let serve = Serve::start(&plans, &kubeconfig, &dir.path().join("runs.db"), &tokens, port).await;
     let trigger = |extra: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_recoverd"));
         cmd.args(["trigger", "ops/waits", "--url", &serve.url, "--token-file"])
@@ -558,16 +499,9 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
 
     let out = trigger(&["--wait", "--idempotency-key", "INC-7"]);
     let t = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{t}{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        out.status.success(),
-        "{t}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        t.contains("started")
-            && t.contains("✔ one (")
-            && t.contains("✔ two (")
-            && t.contains("succeeded"),
+        t.contains("started") && t.contains("✔ one (") && t.contains("✔ two (") && t.contains("succeeded"),
         "{t}"
     );
 
@@ -597,17 +531,13 @@ async fn recoverd_trigger_starts_a_run_waits_for_it_and_repeats_safely_with_a_ke
     // The other commands an SRE types.
     let cli = |args: &[&str]| {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_recoverd"));
-        cmd.args(args)
-            .args(["--url", &serve.url, "--token-file"])
-            .arg(&tokens);
+        cmd.args(args).args(["--url", &serve.url, "--token-file"]).arg(&tokens);
         tokio::task::block_in_place(|| cmd.output().unwrap())
     };
     let listed = cli(&["runs", "--plan", "ops/waits"]);
     let listed_text = String::from_utf8_lossy(&listed.stdout).to_string();
     assert!(
-        listed.status.success()
-            && listed_text.contains("ops/waits")
-            && listed_text.contains("Succeeded"),
+        listed.status.success() && listed_text.contains("ops/waits") && listed_text.contains("Succeeded"),
         "{listed_text}"
     );
     let runs = serve.get("/api/v1/runs?plan=ops/waits").await;

@@ -18,10 +18,7 @@ fn primary_down() -> Value {
 async fn a_firing_alert_starts_its_plan_and_the_reply_says_so() {
     let app = app(&[]).await;
     let (status, body) = app
-        .post(
-            "/api/v1/alerts",
-            &payload("firing", primary_down(), "fp1", T0),
-        )
+        .post("/api/v1/alerts", &payload("firing", primary_down(), "fp1", T0))
         .await;
 
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
@@ -68,10 +65,7 @@ async fn a_resent_alert_does_not_start_a_second_run() {
 async fn a_new_incident_while_the_plan_runs_is_deduplicated_not_queued() {
     let app = app(&[]).await;
     let (_, first) = app
-        .post(
-            "/api/v1/alerts",
-            &payload("firing", primary_down(), "fp1", T0),
-        )
+        .post("/api/v1/alerts", &payload("firing", primary_down(), "fp1", T0))
         .await;
     let (_, second) = app
         .post(
@@ -82,8 +76,7 @@ async fn a_new_incident_while_the_plan_runs_is_deduplicated_not_queued() {
     assert_eq!(second["alerts"][0]["action"], "deduplicated");
     assert_eq!(second["alerts"][0]["reason"], "active-run");
     assert_eq!(second["alerts"][0]["runId"], first["alerts"][0]["runId"]);
-    app.finished(first["alerts"][0]["runId"].as_str().unwrap())
-        .await;
+    app.finished(first["alerts"][0]["runId"].as_str().unwrap()).await;
     // Once the first run is over, a new incident runs the plan again (it has no cooldown).
     let (_, third) = app
         .post(
@@ -101,13 +94,9 @@ async fn a_new_incident_within_the_cooldown_is_deduplicated() {
     let (_, first) = app
         .post("/api/v1/alerts", &payload("firing", lag.clone(), "a", T0))
         .await;
-    app.finished(first["alerts"][0]["runId"].as_str().unwrap())
-        .await;
+    app.finished(first["alerts"][0]["runId"].as_str().unwrap()).await;
     let (_, second) = app
-        .post(
-            "/api/v1/alerts",
-            &payload("firing", lag, "b", "2026-11-21T11:00:00Z"),
-        )
+        .post("/api/v1/alerts", &payload("firing", lag, "b", "2026-11-21T11:00:00Z"))
         .await;
     assert_eq!(second["alerts"][0]["action"], "deduplicated");
     assert_eq!(second["alerts"][0]["reason"], "cooldown");
@@ -136,9 +125,7 @@ async fn an_alert_matching_no_plan_or_failing_a_matcher_starts_nothing() {
         .await;
     assert_eq!(body["alerts"][0]["action"], "noMatch");
     let info = json!({"alertname": "PrimaryDown", "severity": "info"});
-    let (_, body) = app
-        .post("/api/v1/alerts", &payload("firing", info, "y", T0))
-        .await;
+    let (_, body) = app.post("/api/v1/alerts", &payload("firing", info, "y", T0)).await;
     assert_eq!(
         body["alerts"][0]["action"], "noMatch",
         "severity=~critical|page must hold; manual plans never match"
@@ -168,9 +155,7 @@ async fn an_approval_plan_waits_and_a_resolution_cancels_it() {
     assert_eq!(body["alerts"][0]["runId"], id.as_str());
     let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
     assert_eq!(run["phase"], "Cancelled");
-    let (status, _) = app
-        .post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
-        .await;
+    let (status, _) = app.post(&format!("/api/v1/runs/{id}/approve"), &json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT);
 }
 
@@ -184,19 +169,12 @@ async fn an_approved_run_executes_once() {
         )
         .await;
     let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
-    let (status, _) = app
-        .post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
-        .await;
+    let (status, _) = app.post(&format!("/api/v1/runs/{id}/approve"), &json!({})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(app.finished(&id).await["phase"], "Succeeded");
-    let (status, body) = app
-        .post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
-        .await;
+    let (status, body) = app.post(&format!("/api/v1/runs/{id}/approve"), &json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT);
-    assert!(
-        body["error"].as_str().unwrap().contains("Succeeded"),
-        "{body}"
-    );
+    assert!(body["error"].as_str().unwrap().contains("Succeeded"), "{body}");
 }
 
 #[tokio::test]
@@ -224,14 +202,10 @@ async fn a_manual_trigger_while_the_plan_runs_is_a_conflict_and_cancel_stops_the
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(body["error"].as_str().unwrap().contains(&id), "{body}");
     // A dry run changes nothing, so it may run beside the live one.
-    let (status, _) = app
-        .post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true}))
-        .await;
+    let (status, _) = app.post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true})).await;
     assert_eq!(status, StatusCode::CREATED);
 
-    let (status, _) = app
-        .post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
-        .await;
+    let (status, _) = app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({})).await;
     assert_eq!(status, StatusCode::OK);
     let run = app.finished(&id).await;
     assert_eq!(run["phase"], "Cancelled");
@@ -257,18 +231,14 @@ async fn requests_without_a_valid_token_are_refused_but_health_is_open() {
     assert_eq!(err["error"], "missing or invalid bearer token");
     for path in ["/api/v1/runs", "/metrics", "/api/v1/plans"] {
         assert_eq!(
-            app.send(Request::get(path).body(Body::empty()).unwrap())
-                .await
-                .0,
+            app.send(Request::get(path).body(Body::empty()).unwrap()).await.0,
             StatusCode::UNAUTHORIZED,
             "{path}"
         );
     }
     for path in ["/healthz", "/readyz"] {
         assert_eq!(
-            app.send(Request::get(path).body(Body::empty()).unwrap())
-                .await
-                .0,
+            app.send(Request::get(path).body(Body::empty()).unwrap()).await.0,
             StatusCode::OK,
             "{path}"
         );
@@ -294,14 +264,9 @@ async fn bad_requests_get_a_4xx_that_says_what_was_wrong() {
     assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert!(err["error"].as_str().unwrap().contains("application/json"));
 
-    let (status, err) = app
-        .send(post("application/json", "{\"version\": \"4\", ".into()))
-        .await;
+    let (status, err) = app.send(post("application/json", "{\"version\": \"4\", ".into())).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        err["error"].as_str().unwrap().contains("invalid JSON body"),
-        "{err}"
-    );
+    assert!(err["error"].as_str().unwrap().contains("invalid JSON body"), "{err}");
 
     let (status, err) = app
         .send(post(
@@ -311,10 +276,7 @@ async fn bad_requests_get_a_4xx_that_says_what_was_wrong() {
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
-        err["error"]
-            .as_str()
-            .unwrap()
-            .contains("missing field `alerts`"),
+        err["error"].as_str().unwrap().contains("missing field `alerts`"),
         "{err}"
     );
 
@@ -327,10 +289,7 @@ async fn bad_requests_get_a_4xx_that_says_what_was_wrong() {
     let big = format!("{{\"pad\": \"{}\"}}", "x".repeat(2 * 1024 * 1024));
     let (status, err) = app.send(post("application/json", big)).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
-    assert!(
-        err["error"].as_str().unwrap().contains("larger than"),
-        "{err}"
-    );
+    assert!(err["error"].as_str().unwrap().contains("larger than"), "{err}");
 
     assert_eq!(app.get("/api/v1/runs/nope").await.0, StatusCode::NOT_FOUND);
     assert_eq!(
@@ -338,15 +297,10 @@ async fn bad_requests_get_a_4xx_that_says_what_was_wrong() {
         StatusCode::NOT_FOUND
     );
     assert_eq!(app.get("/api/v1/nothing").await.0, StatusCode::NOT_FOUND);
-    let (status, err) = app
-        .post("/api/v1/plans/ops/manual/runs", &json!({"parms": {}}))
-        .await;
+    let (status, err) = app.post("/api/v1/plans/ops/manual/runs", &json!({"parms": {}})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
-        err["error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `parms`"),
+        err["error"].as_str().unwrap().contains("unknown field `parms`"),
         "{err}"
     );
 }
@@ -369,10 +323,7 @@ async fn an_invalid_plan_is_reported_and_skipped_while_the_others_work() {
     let invalid = &plans["invalid"][0];
     assert_eq!(invalid["plan"], "ops/broken");
     assert!(
-        invalid["problems"][0]
-            .as_str()
-            .unwrap()
-            .contains("Values.B"),
+        invalid["problems"][0].as_str().unwrap().contains("Values.B"),
         "{invalid}"
     );
     let m = app.metrics().await;
@@ -398,28 +349,19 @@ async fn a_label_value_full_of_template_syntax_reaches_the_template_only_as_data
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, hook).await.unwrap() });
-    let plan = std::fs::read_to_string(
-        support::clusters::repo_dir().join("tests/data/plans/serve/echo.yaml"),
-    )
-    .unwrap()
-    .replace("http://127.0.0.1:1/", &url);
+    let plan = std::fs::read_to_string(support::clusters::repo_dir().join("tests/data/plans/serve/echo.yaml"))
+        .unwrap()
+        .replace("http://127.0.0.1:1/", &url);
     let app = app(&[("echo.yaml", plan)]).await;
     let evil = "{{ Values.url }}\", \"injected\": \"1\" {% raw %}\n}";
 
     let (_, body) = app
         .post(
             "/api/v1/alerts",
-            &payload(
-                "firing",
-                json!({"alertname": "Echo", "cluster": evil}),
-                "e1",
-                T0,
-            ),
+            &payload("firing", json!({"alertname": "Echo", "cluster": evil}), "e1", T0),
         )
         .await;
-    let run = app
-        .finished(body["alerts"][0]["runId"].as_str().unwrap())
-        .await;
+    let run = app.finished(body["alerts"][0]["runId"].as_str().unwrap()).await;
 
     assert_eq!(run["phase"], "Succeeded", "{run}");
     let got: Value = serde_json::from_str(&seen.lock().unwrap()[0]).unwrap();
@@ -430,29 +372,18 @@ async fn a_label_value_full_of_template_syntax_reaches_the_template_only_as_data
 async fn metrics_count_alerts_matches_runs_and_steps_with_bounded_labels() {
     let app = app(&[]).await;
     let (_, body) = app
-        .post(
-            "/api/v1/alerts",
-            &payload("firing", primary_down(), "fp1", T0),
-        )
+        .post("/api/v1/alerts", &payload("firing", primary_down(), "fp1", T0))
         .await;
-    app.finished(body["alerts"][0]["runId"].as_str().unwrap())
-        .await;
+    app.finished(body["alerts"][0]["runId"].as_str().unwrap()).await;
     let m = app.metrics().await;
     assert_eq!(
         metric(&m, "recoverd_alerts_received_total{status=\"firing\"}"),
         1.0,
         "{m}"
     );
+    assert_eq!(metric(&m, "recoverd_plan_matches_total{plan=\"ops/auto\"}"), 1.0, "{m}");
     assert_eq!(
-        metric(&m, "recoverd_plan_matches_total{plan=\"ops/auto\"}"),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        metric(
-            &m,
-            "recoverd_runs_total{plan=\"ops/auto\",result=\"Succeeded\"}"
-        ),
+        metric(&m, "recoverd_runs_total{plan=\"ops/auto\",result=\"Succeeded\"}"),
         1.0,
         "{m}"
     );
@@ -481,19 +412,11 @@ async fn with_approver_tokens_the_alertmanager_token_cannot_approve() {
         )
         .await;
     let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
-    let (status, err) = app
-        .post(&format!("/api/v1/runs/{id}/approve"), &json!({}))
-        .await;
+    let (status, err) = app.post(&format!("/api/v1/runs/{id}/approve"), &json!({})).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
-    assert!(
-        err["error"].as_str().unwrap().contains("approver token"),
-        "{err}"
-    );
+    assert!(err["error"].as_str().unwrap().contains("approver token"), "{err}");
     let approve = Request::post(format!("/api/v1/runs/{id}/approve"))
-        .header(
-            "authorization",
-            format!("Bearer {}", support::server::APPROVER),
-        )
+        .header("authorization", format!("Bearer {}", support::server::APPROVER))
         .body(Body::empty())
         .unwrap();
     assert_eq!(app.send(approve).await.0, StatusCode::OK);
@@ -508,31 +431,19 @@ async fn a_run_not_approved_in_time_is_cancelled_and_frees_the_plan() {
     let app = app(&[]).await;
     let flapping = json!({"alertname": "RegionFlapping"});
     let (_, body) = app
-        .post(
-            "/api/v1/alerts",
-            &payload("firing", flapping.clone(), "f1", T0),
-        )
+        .post("/api/v1/alerts", &payload("firing", flapping.clone(), "f1", T0))
         .await;
     assert_eq!(body["alerts"][0]["action"], "awaitingApproval");
     let id = body["alerts"][0]["runId"].as_str().unwrap().to_string();
-    assert!(
-        app.runs.expire_approvals().await.unwrap().is_empty(),
-        "not yet"
-    );
+    assert!(app.runs.expire_approvals().await.unwrap().is_empty(), "not yet");
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
 
-    assert_eq!(
-        app.runs.expire_approvals().await.unwrap(),
-        std::slice::from_ref(&id)
-    );
+    assert_eq!(app.runs.expire_approvals().await.unwrap(), std::slice::from_ref(&id));
 
     let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
     assert_eq!(run["phase"], "Cancelled");
     assert!(
-        run["error"]
-            .as_str()
-            .unwrap()
-            .contains("no approval within 200ms"),
+        run["error"].as_str().unwrap().contains("no approval within 200ms"),
         "{run}"
     );
     let (_, again) = app
@@ -557,15 +468,11 @@ async fn manual_triggers_refuse_unknown_params_and_invalid_plans_and_keep_dry_an
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(
-        err["error"].as_str().unwrap().contains("no param \"nrth\""),
-        "{err}"
-    );
+    assert!(err["error"].as_str().unwrap().contains("no param \"nrth\""), "{err}");
     let (status, err) = app.post("/api/v1/plans/ops/broken/runs", &json!({})).await;
     assert_eq!(status, StatusCode::CONFLICT);
     assert!(
-        err["error"].as_str().unwrap().contains("invalid")
-            && err["error"].as_str().unwrap().contains("Values.B"),
+        err["error"].as_str().unwrap().contains("invalid") && err["error"].as_str().unwrap().contains("Values.B"),
         "{err}"
     );
 
@@ -579,10 +486,7 @@ async fn manual_triggers_refuse_unknown_params_and_invalid_plans_and_keep_dry_an
     assert_eq!(dry["mode"], "dryRun");
     app.finished(dry["id"].as_str().unwrap()).await;
     let (status, live) = app
-        .post(
-            "/api/v1/plans/ops/manual/runs",
-            &json!({"idempotencyKey": "INC-1"}),
-        )
+        .post("/api/v1/plans/ops/manual/runs", &json!({"idempotencyKey": "INC-1"}))
         .await;
     assert_eq!(
         status,
@@ -603,10 +507,7 @@ async fn a_payload_with_one_bad_alert_is_refused_whole_before_anything_runs() {
     let (status, err) = app.post("/api/v1/alerts", &p).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
-        err["error"]
-            .as_str()
-            .unwrap()
-            .contains("alerts[1] has no fingerprint"),
+        err["error"].as_str().unwrap().contains("alerts[1] has no fingerprint"),
         "{err}"
     );
     let (_, runs) = app.get("/api/v1/runs").await;
@@ -616,9 +517,7 @@ async fn a_payload_with_one_bad_alert_is_refused_whole_before_anything_runs() {
 #[tokio::test]
 async fn a_dry_run_in_flight_never_blocks_a_live_alert_or_trigger() {
     let app = app(&[]).await;
-    let (status, dry) = app
-        .post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true}))
-        .await;
+    let (status, dry) = app.post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true})).await;
     assert_eq!(status, StatusCode::CREATED, "{dry}");
     let (status, body) = app
         .post(
@@ -633,28 +532,20 @@ async fn a_dry_run_in_flight_never_blocks_a_live_alert_or_trigger() {
     );
     let live = body["alerts"][0]["runId"].as_str().unwrap().to_string();
     // And the other way round: a second dry run beside the live one.
-    let (status, _) = app
-        .post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true}))
-        .await;
+    let (status, _) = app.post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true})).await;
     assert_eq!(status, StatusCode::CREATED);
     for id in [live.as_str(), dry["id"].as_str().unwrap()] {
-        app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({}))
-            .await;
+        app.post(&format!("/api/v1/runs/{id}/cancel"), &json!({})).await;
         app.finished(id).await;
     }
     // With the live run gone, a live trigger is free even though dry runs remain.
-    let (status, again) = app
-        .post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true}))
-        .await;
+    let (status, again) = app.post("/api/v1/plans/ops/long/runs", &json!({"dryRun": true})).await;
     assert_eq!(status, StatusCode::CREATED);
     let (status, live2) = app.post("/api/v1/plans/ops/long/runs", &json!({})).await;
     assert_eq!(status, StatusCode::CREATED, "{live2}");
     for id in [&again["id"], &live2["id"]] {
-        app.post(
-            &format!("/api/v1/runs/{}/cancel", id.as_str().unwrap()),
-            &json!({}),
-        )
-        .await;
+        app.post(&format!("/api/v1/runs/{}/cancel", id.as_str().unwrap()), &json!({}))
+            .await;
     }
 }
 
@@ -669,9 +560,7 @@ async fn a_manual_trigger_of_an_approval_plan_waits_for_an_approver() {
         },
     )
     .await;
-    let (status, _) = app
-        .post("/api/v1/plans/ops/approval/runs", &json!({}))
-        .await;
+    let (status, _) = app.post("/api/v1/plans/ops/approval/runs", &json!({})).await;
     assert_eq!(
         status,
         StatusCode::FORBIDDEN,
@@ -710,9 +599,7 @@ async fn a_trigger_may_set_only_the_params_the_plan_declares_overridable() {
     assert_eq!(status, StatusCode::FORBIDDEN, "{err}");
     let msg = err["error"].as_str().unwrap();
     assert!(
-        msg.contains("\"url\"")
-            && msg.contains("may set: target")
-            && msg.contains("overridableParams"),
+        msg.contains("\"url\"") && msg.contains("may set: target") && msg.contains("overridableParams"),
         "{msg}"
     );
     let (status, run) = app
@@ -742,12 +629,7 @@ async fn a_resolved_alert_cancels_only_waiting_runs_of_plans_its_labels_match() 
     let (_, body) = app
         .post(
             "/api/v1/alerts",
-            &payload(
-                "resolved",
-                json!({"alertname": "RegionDown"}),
-                "shared-fp",
-                T0,
-            ),
+            &payload("resolved", json!({"alertname": "RegionDown"}), "shared-fp", T0),
         )
         .await;
     assert_eq!(body["alerts"][0]["action"], "ignored", "{body}");
@@ -756,12 +638,7 @@ async fn a_resolved_alert_cancels_only_waiting_runs_of_plans_its_labels_match() 
     let (_, body) = app
         .post(
             "/api/v1/alerts",
-            &payload(
-                "resolved",
-                json!({"alertname": "DiskFull"}),
-                "shared-fp",
-                T0,
-            ),
+            &payload("resolved", json!({"alertname": "DiskFull"}), "shared-fp", T0),
         )
         .await;
     assert_eq!(body["alerts"][0]["action"], "cancelled", "{body}");
@@ -820,10 +697,7 @@ async fn a_run_keeps_at_most_a_bounded_part_of_a_huge_alert() {
     let id = body["alerts"][0]["runId"].as_str().unwrap();
     let (_, run) = app.get(&format!("/api/v1/runs/{id}")).await;
     let kept = run["alert"]["annotations"].to_string().len();
-    assert!(
-        kept < 40 * 1024,
-        "the record kept {kept} bytes of annotations"
-    );
+    assert!(kept < 40 * 1024, "the record kept {kept} bytes of annotations");
     assert!(run["alert"]["annotations"]["a"]
         .as_str()
         .unwrap()
@@ -831,14 +705,10 @@ async fn a_run_keeps_at_most_a_bounded_part_of_a_huge_alert() {
 }
 
 #[tokio::test]
-async fn the_bearer_scheme_is_case_insensitive_and_an_oversized_body_is_refused_before_it_is_read()
-{
+async fn the_bearer_scheme_is_case_insensitive_and_an_oversized_body_is_refused_before_it_is_read() {
     let app = app(&[]).await;
     let req = Request::get("/api/v1/runs")
-        .header(
-            "authorization",
-            format!("bEaReR {}", support::server::TOKEN),
-        )
+        .header("authorization", format!("bEaReR {}", support::server::TOKEN))
         .body(Body::empty())
         .unwrap();
     assert_eq!(app.send(req).await.0, StatusCode::OK);

@@ -51,18 +51,14 @@ fn the_demo_switches_over_and_leaves_both_clusters_and_the_proxy_switched() {
     ] {
         assert!(t.contains(&format!("✔ {step} (")), "{step} not done:\n{t}");
     }
-    assert!(
-        t.contains("POST /api/v1/alerts → 202 Accepted: started run a-"),
-        "{t}"
-    );
+    assert!(t.contains("POST /api/v1/alerts → 202 Accepted: started run a-"), "{t}");
     assert!(
         t.contains("POST /api/v1/alerts → 202 Accepted: deduplicated run a-"),
         "{t}"
     );
     assert!(t.contains("Where to look next"), "{t}");
 
-    let state: Value =
-        serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(&state_file).unwrap()).unwrap();
     assert_eq!(state["run"]["phase"], "Succeeded");
     assert_eq!(state["run"]["trigger"]["kind"], "alert");
     assert_eq!(state["run"]["trigger"]["fingerprint"], "ca11cb152bfbc32b");
@@ -100,10 +96,7 @@ fn rehearse_without_a_kubeconfig_runs_on_the_simulator_and_checks_expectations()
     ]);
     let t = text(&out);
     assert!(out.status.success(), "{t}");
-    assert!(
-        t.contains("clusters: built-in simulator (north, south, edge)"),
-        "{t}"
-    );
+    assert!(t.contains("clusters: built-in simulator (north, south, edge)"), "{t}");
     assert!(t.contains("expectations: 4 checked, 0 failed"), "{t}");
 }
 
@@ -126,10 +119,7 @@ fn a_rehearsal_on_the_simulator_fails_when_an_expectation_does_not_hold() {
     ]);
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(
-        t.contains("spec.replica.primary is pg-south, expected pg-north"),
-        "{t}"
-    );
+    assert!(t.contains("spec.replica.primary is pg-south, expected pg-north"), "{t}");
 }
 
 #[test]
@@ -183,12 +173,7 @@ fn recoverd_sim_serves_the_world_to_kubectl_until_stopped() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("sim.kubeconfig");
     let mut child = Command::new(env!("CARGO_BIN_EXE_recoverd"))
-        .args([
-            "sim",
-            "--world",
-            "tests/data/worlds/cnpg.yaml",
-            "--kubeconfig-out",
-        ])
+        .args(["sim", "--world", "tests/data/worlds/cnpg.yaml", "--kubeconfig-out"])
         .arg(&kubeconfig)
         .current_dir(repo())
         .stdout(Stdio::piped())
@@ -209,22 +194,11 @@ fn recoverd_sim_serves_the_world_to_kubectl_until_stopped() {
     let get = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&kubeconfig)
-        .args([
-            "--context",
-            "south",
-            "get",
-            "clusters",
-            "-n",
-            "db",
-            "-o",
-            "name",
-        ])
+        .args(["--context", "south", "get", "clusters", "-n", "db", "-o", "name"])
         .output()
         .unwrap();
     // SIGTERM stops it like Ctrl-C.
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
     let status = child.wait().unwrap();
     assert_eq!(
         String::from_utf8_lossy(&get.stdout).trim(),
@@ -232,9 +206,6 @@ fn recoverd_sim_serves_the_world_to_kubectl_until_stopped() {
         "{}",
         text(&get)
     );
-    assert!(
-        banner.iter().any(|l| l.starts_with("cluster edge")),
-        "{banner:?}"
-    );
+    assert!(banner.iter().any(|l| l.starts_with("cluster edge")), "{banner:?}");
     assert!(status.success(), "{status:?}");
 }

@@ -11,9 +11,7 @@ use std::time::{Duration, Instant};
 use recoverd::sim::Session;
 
 fn data(p: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/sim")
-        .join(p)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/sim").join(p)
 }
 
 struct Kubectl {
@@ -73,9 +71,7 @@ impl Kubectl {
     async fn until(&self, what: &str, path: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let out = self
-                .run(&["get", what, "-o", &format!("jsonpath={path}")])
-                .await;
+            let out = self.run(&["get", what, "-o", &format!("jsonpath={path}")]).await;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if out.status.success() && done(&text) {
                 return text;
@@ -86,8 +82,7 @@ impl Kubectl {
     }
 
     async fn jsonpath(&self, what: &str, path: &str) -> String {
-        self.ok(&["get", what, "-o", &format!("jsonpath={path}")])
-            .await
+        self.ok(&["get", what, "-o", &format!("jsonpath={path}")]).await
     }
 }
 
@@ -107,14 +102,10 @@ async fn kubectl_get_lists_objects_and_reads_fields_with_jsonpath() {
     let all = k.ok(&["get", "clusters.postgresql.cnpg.io", "-A"]).await;
     assert!(all.contains("pg-north"), "{all}");
     assert_eq!(
-        k.jsonpath("clusters/pg-north", "{.spec.replica.primary}")
-            .await,
+        k.jsonpath("clusters/pg-north", "{.spec.replica.primary}").await,
         "pg-north"
     );
-    assert_eq!(
-        k.jsonpath("configmap/settings", "{.data.mode}").await,
-        "primary"
-    );
+    assert_eq!(k.jsonpath("configmap/settings", "{.data.mode}").await, "primary");
     let missing = k.run(&["get", "configmap", "nope"]).await;
     assert!(!missing.status.success());
     assert!(
@@ -249,10 +240,7 @@ async fn kubectl_patch_merges_json_patches_and_strategic_merges() {
         r#"{"spec":{"instances":2}}"#,
     ])
     .await;
-    assert_eq!(
-        k.jsonpath("clusters/pg-north", "{.spec.instances}").await,
-        "2"
-    );
+    assert_eq!(k.jsonpath("clusters/pg-north", "{.spec.instances}").await, "2");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -270,10 +258,7 @@ async fn kubectl_server_side_apply_reports_conflicts_unless_forced() {
             alice.to_str().unwrap(),
         ])
         .await;
-    assert!(
-        out.contains("configmap/applied serverside-applied"),
-        "{out}"
-    );
+    assert!(out.contains("configmap/applied serverside-applied"), "{out}");
     let conflict = k
         .run(&[
             "apply",
@@ -286,8 +271,7 @@ async fn kubectl_server_side_apply_reports_conflicts_unless_forced() {
         .await;
     assert!(!conflict.status.success());
     assert!(
-        text(&conflict)
-            .contains(r#"Apply failed with 1 conflict: conflict with "alice": .data.owner"#),
+        text(&conflict).contains(r#"Apply failed with 1 conflict: conflict with "alice": .data.owner"#),
         "{}",
         text(&conflict)
     );
@@ -301,10 +285,7 @@ async fn kubectl_server_side_apply_reports_conflicts_unless_forced() {
         bob.to_str().unwrap(),
     ])
     .await;
-    assert_eq!(
-        k.jsonpath("configmap/applied", "{.data.owner}").await,
-        "bob"
-    );
+    assert_eq!(k.jsonpath("configmap/applied", "{.data.owner}").await, "bob");
     let managers = k
         .jsonpath("configmap/applied", "{.metadata.managedFields[*].manager}")
         .await;
@@ -348,9 +329,7 @@ async fn kubectl_wait_for_jsonpath_returns_once_the_operator_writes_the_field() 
 async fn kubectl_dry_run_server_changes_nothing() {
     let k = start().await;
     let file = data("kubectl/dry-run.yaml");
-    let out = k
-        .ok(&["apply", "--dry-run=server", "-f", file.to_str().unwrap()])
-        .await;
+    let out = k.ok(&["apply", "--dry-run=server", "-f", file.to_str().unwrap()]).await;
     assert!(out.contains("(server dry run)"), "{out}");
     let out = k
         .ok(&[
@@ -363,8 +342,7 @@ async fn kubectl_dry_run_server_changes_nothing() {
         ])
         .await;
     assert!(out.contains("(server dry run)"), "{out}");
-    k.ok(&["delete", "configmap", "settings", "--dry-run=server"])
-        .await;
+    k.ok(&["delete", "configmap", "settings", "--dry-run=server"]).await;
     k.ok(&[
         "patch",
         "clusters",
@@ -376,14 +354,8 @@ async fn kubectl_dry_run_server_changes_nothing() {
         r#"{"spec":{"instances":9}}"#,
     ])
     .await;
-    assert_eq!(
-        k.jsonpath("configmap/settings", "{.data.mode}").await,
-        "primary"
-    );
-    assert_eq!(
-        k.jsonpath("clusters/pg-north", "{.spec.instances}").await,
-        "3"
-    );
+    assert_eq!(k.jsonpath("configmap/settings", "{.data.mode}").await, "primary");
+    assert_eq!(k.jsonpath("clusters/pg-north", "{.spec.instances}").await, "3");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -397,44 +369,25 @@ async fn kubectl_api_resources_lists_built_in_and_custom_resources() {
             .split_whitespace()
             .collect::<Vec<_>>()
     };
-    assert_eq!(
-        line("configmaps"),
-        ["configmaps", "cm", "v1", "true", "ConfigMap"]
-    );
+    assert_eq!(line("configmaps"), ["configmaps", "cm", "v1", "true", "ConfigMap"]);
     assert_eq!(
         line("clusters"),
         ["clusters", "postgresql.cnpg.io/v1", "true", "Cluster"]
     );
-    assert_eq!(
-        line("leases"),
-        ["leases", "coordination.k8s.io/v1", "true", "Lease"]
-    );
-    let namespaced = k
-        .ok(&["api-resources", "--namespaced=false", "-o", "name"])
-        .await;
-    assert!(
-        namespaced.lines().any(|l| l == "namespaces"),
-        "{namespaced}"
-    );
+    assert_eq!(line("leases"), ["leases", "coordination.k8s.io/v1", "true", "Lease"]);
+    let namespaced = k.ok(&["api-resources", "--namespaced=false", "-o", "name"]).await;
+    assert!(namespaced.lines().any(|l| l == "namespaces"), "{namespaced}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_create_sends_protobuf_the_simulator_reads() {
     let k = start().await;
     k.ok(&["create", "namespace", "team-a"]).await;
-    k.ok(&["create", "configmap", "made", "--from-literal=a=1"])
-        .await;
-    k.ok(&["create", "secret", "generic", "pw", "--from-literal=p=q"])
-        .await;
+    k.ok(&["create", "configmap", "made", "--from-literal=a=1"]).await;
+    k.ok(&["create", "secret", "generic", "pw", "--from-literal=p=q"]).await;
     assert_eq!(
-        k.ok(&[
-            "get",
-            "namespace",
-            "team-a",
-            "-o",
-            "jsonpath={.status.phase}"
-        ])
-        .await,
+        k.ok(&["get", "namespace", "team-a", "-o", "jsonpath={.status.phase}"])
+            .await,
         "Active"
     );
     assert_eq!(k.jsonpath("configmap/made", "{.data.a}").await, "1");
@@ -462,11 +415,9 @@ async fn an_operator_generates_a_token_moves_through_phases_and_hands_the_token_
         r#"{"spec":{"replica":{"primary":"pg-south"}}}"#,
     ])
     .await;
-    w.until(
-        "clusters.postgresql.cnpg.io/pg-north",
-        "{.status.phase}",
-        |p| p == "Demoted",
-    )
+    w.until("clusters.postgresql.cnpg.io/pg-north", "{.status.phase}", |p| {
+        p == "Demoted"
+    })
     .await;
     let token = w
         .ok(&[
@@ -481,29 +432,17 @@ async fn an_operator_generates_a_token_moves_through_phases_and_hands_the_token_
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(&token)
         .expect("the token is base64");
-    assert!(
-        String::from_utf8_lossy(&decoded).starts_with("{\"token\":"),
-        "{token}"
-    );
-    let handed = w
-        .until("configmap/handoff", "{.data.token}", |t| !t.is_empty())
-        .await;
+    assert!(String::from_utf8_lossy(&decoded).starts_with("{\"token\":"), "{token}");
+    let handed = w.until("configmap/handoff", "{.data.token}", |t| !t.is_empty()).await;
     assert_eq!(handed, token, "the ConfigMap carries the generated token");
-    w.until("configmap/demoted", "{.data.by}", |b| b == "operator")
-        .await;
+    w.until("configmap/demoted", "{.data.by}", |b| b == "operator").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_managed_object_is_recreated_with_a_new_uid() {
     let w = start_world("../worlds/operator.yaml").await;
     let old = w
-        .ok(&[
-            "get",
-            "configmap",
-            "pooler-config",
-            "-o",
-            "jsonpath={.metadata.uid}",
-        ])
+        .ok(&["get", "configmap", "pooler-config", "-o", "jsonpath={.metadata.uid}"])
         .await;
     w.ok(&["delete", "configmap", "pooler-config"]).await;
     let new = w

@@ -28,13 +28,7 @@ fn truth(file: &str) -> Plan {
 async fn kubectl_jsonpath_braces_read_and_write_the_field_they_name() {
     let world = cnpg_world("kubectl-paths").await;
 
-    let record = run(
-        world.registry.clone(),
-        &truth("kubectl-paths.yaml"),
-        &world.ns,
-        &[],
-    )
-    .await;
+    let record = run(world.registry.clone(), &truth("kubectl-paths.yaml"), &world.ns, &[]).await;
 
     assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
     assert_eq!(record.outputs["Primary"], json!("pg-north"));
@@ -118,21 +112,12 @@ async fn a_status_written_through_the_main_resource_is_not_a_success() {
 async fn an_applied_manifest_with_a_field_the_schema_lacks_fails() {
     let world = cnpg_world("misspelled-apply").await;
 
-    let record = run(
-        world.registry.clone(),
-        &truth("misspelled-apply.yaml"),
-        &world.ns,
-        &[],
-    )
-    .await;
+    let record = run(world.registry.clone(), &truth("misspelled-apply.yaml"), &world.ns, &[]).await;
 
     assert_eq!(record.phase, Phase::Failed, "{record:#?}");
     let step = &record.steps[0];
     assert_eq!(step.reason.as_deref(), Some("not-applied"), "{step:#?}");
-    assert!(
-        step.error.as_deref().unwrap().contains("primry"),
-        "{step:#?}"
-    );
+    assert!(step.error.as_deref().unwrap().contains("primry"), "{step:#?}");
 }
 
 #[tokio::test]
@@ -145,21 +130,12 @@ async fn a_dry_run_stands_in_only_for_fields_its_own_writes_would_produce() {
     // pg-north was (dry-run) demoted: its token would appear.
     assert_eq!(record.outputs["Token"], json!("dry-run-token"));
 
-    let record = run(
-        dry,
-        &truth("dry-run-reads.yaml"),
-        &world.ns,
-        &[("typo", json!("true"))],
-    )
-    .await;
+    let record = run(dry, &truth("dry-run-reads.yaml"), &world.ns, &[("typo", json!("true"))]).await;
     assert_eq!(record.phase, Phase::Failed, "{record:#?}");
     let typo = &record.steps[2];
     assert_eq!(typo.reason.as_deref(), Some("field-missing"), "{typo:#?}");
     assert!(
-        typo.error
-            .as_deref()
-            .unwrap()
-            .contains("status.demotionTokn"),
+        typo.error.as_deref().unwrap().contains("status.demotionTokn"),
         "{typo:#?}"
     );
 
@@ -228,24 +204,12 @@ async fn a_value_read_from_a_secret_is_used_but_never_shown() {
     )
     .await;
     assert_eq!(copied, Some(json!(encoded)), "the secret was used");
-    let derived = field(
-        &reg,
-        "south",
-        "v1",
-        "configmaps",
-        &ns,
-        "derived",
-        "data.shout",
-    )
-    .await;
+    let derived = field(&reg, "south", "v1", "configmaps", &ns, "derived", "data.shout").await;
     assert_eq!(derived, Some(json!(plain.to_uppercase())));
     let text = serde_json::to_string(&record).unwrap();
     assert!(leaks(&text).is_empty(), "secret in the record: {text}");
     let debug = format!("{record:?}");
-    assert!(
-        leaks(&debug).is_empty(),
-        "secret in the record's Debug: {debug}"
-    );
+    assert!(leaks(&debug).is_empty(), "secret in the record's Debug: {debug}");
 
     // The CLI: progress, the JSON record and the logs.
     let out = Command::new(env!("CARGO_BIN_EXE_recoverd"))
@@ -261,10 +225,7 @@ async fn a_value_read_from_a_secret_is_used_but_never_shown() {
     let json: serde_json::Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("stdout is only the record with --json ({e}): {stdout}"));
     assert_eq!(json["phase"], "Succeeded");
-    assert!(
-        stderr.contains("✔ read-key"),
-        "progress goes to stderr: {stderr}"
-    );
+    assert!(stderr.contains("✔ read-key"), "progress goes to stderr: {stderr}");
     assert!(leaks(&stdout).is_empty(), "secret on stdout: {stdout}");
     assert!(leaks(&stderr).is_empty(), "secret on stderr: {stderr}");
 }
@@ -274,9 +235,7 @@ async fn a_deleted_object_does_not_satisfy_not_equals_its_old_uid() {
     let clusters = support::shared();
     let ns = clusters.namespace("recreated").await;
     let cms: Api<ConfigMap> = Api::namespaced(clusters.client("north").await, &ns);
-    let cm: ConfigMap =
-        serde_json::from_value(json!({"metadata": {"name": "instance"}, "data": {"v": "1"}}))
-            .unwrap();
+    let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": "instance"}, "data": {"v": "1"}})).unwrap();
     let old = cms.create(&PostParams::default(), &cm).await.unwrap();
     let old_uid = old.metadata.uid.unwrap();
     let reg = registry(clusters, WriteMode::Live).await;
@@ -286,14 +245,9 @@ async fn a_deleted_object_does_not_satisfy_not_equals_its_old_uid() {
 
     // The plan is waiting: delete the object, and only later create it again.
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    cms.delete("instance", &DeleteParams::default())
-        .await
-        .unwrap();
+    cms.delete("instance", &DeleteParams::default()).await.unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert!(
-        !running.is_finished(),
-        "the wait passed while the object was gone"
-    );
+    assert!(!running.is_finished(), "the wait passed while the object was gone");
     let new = cms.create(&PostParams::default(), &cm).await.unwrap();
     let record = running.await.unwrap();
 
@@ -337,16 +291,7 @@ async fn two_plans_applying_different_keys_keep_each_others_and_a_conflict_names
         error.contains("recoverd/recoverd/keys-a") && error.contains("force: true"),
         "{error}"
     );
-    let a = field(
-        &reg,
-        "edge",
-        "v1",
-        "configmaps",
-        &ns,
-        "shared",
-        "data[\"a.cfg\"]",
-    )
-    .await;
+    let a = field(&reg, "edge", "v1", "configmaps", &ns, "shared", "data[\"a.cfg\"]").await;
     assert_eq!(a, Some(json!("written by plan a")));
 }
 
@@ -409,8 +354,5 @@ async fn a_value_printed_into_a_url_cannot_change_the_endpoint_called() {
     assert_eq!(called, [format!("/hooks/{encoded}?who={encoded}")]);
     // The record shows the URL actually called.
     let shown = record.steps[0].object.as_deref().unwrap();
-    assert!(
-        shown.ends_with(&format!("/hooks/{encoded}?who={encoded}")),
-        "{shown}"
-    );
+    assert!(shown.ends_with(&format!("/hooks/{encoded}?who={encoded}")), "{shown}");
 }

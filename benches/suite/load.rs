@@ -32,9 +32,7 @@ fn load_body(n: u64, runs: bool) -> String {
         // Alertmanager re-sending one incident.
         1 => vec![alert("load-0", "resent")],
         // A batch of three new incidents.
-        2 => (0..3)
-            .map(|k| alert(&worker(n + k), &format!("b{n}-{k}")))
-            .collect(),
+        2 => (0..3).map(|k| alert(&worker(n + k), &format!("b{n}-{k}"))).collect(),
         // Nothing matches.
         _ => vec![alert("SomethingElse", &format!("x{n}"))],
     };
@@ -134,16 +132,13 @@ pub(super) async fn r6(opts: &Opts, tc: &clusters::TestClusters, setting: &str) 
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
     let workers_ns = tc.namespace("r6-workers").await;
-    let plan = std::fs::read_to_string(
-        clusters::repo_dir().join("tests/data/plans/run/cnpg-switchover.yaml"),
-    )
-    .unwrap()
-    .replace("  params:\n", "  overridableParams: [ns]\n  params:\n");
+    let plan = std::fs::read_to_string(clusters::repo_dir().join("tests/data/plans/run/cnpg-switchover.yaml"))
+        .unwrap()
+        .replace("  params:\n", "  overridableParams: [ns]\n  params:\n");
     std::fs::write(plans.join("cnpg-switchover.yaml"), plan).unwrap();
-    let worker =
-        std::fs::read_to_string(clusters::repo_dir().join("tests/data/plans/load/worker.yaml"))
-            .unwrap()
-            .replace("ns: db", &format!("ns: {workers_ns}"));
+    let worker = std::fs::read_to_string(clusters::repo_dir().join("tests/data/plans/load/worker.yaml"))
+        .unwrap()
+        .replace("ns: db", &format!("ns: {workers_ns}"));
     for i in 0..WORKERS {
         std::fs::write(
             plans.join(format!("load-{i}.yaml")),
@@ -151,8 +146,7 @@ pub(super) async fn r6(opts: &Opts, tc: &clusters::TestClusters, setting: &str) 
         )
         .unwrap();
     }
-    let serve =
-        support::server::ServeProcess::start(dir.path(), &plans, tc.kubeconfig(), &[]).await;
+    let serve = support::server::ServeProcess::start(dir.path(), &plans, tc.kubeconfig(), &[]).await;
     let pid = serve.pid();
 
     // Every switchover gets a freshly seeded namespace; seed them all before any clock starts.
@@ -173,12 +167,7 @@ pub(super) async fn r6(opts: &Opts, tc: &clusters::TestClusters, setting: &str) 
     let mut results = Vec::new();
     for (k, runs) in [true, false].into_iter().enumerate() {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let load = start_load(
-            format!("{}/api/v1/alerts", serve.url),
-            rate,
-            runs,
-            stop.clone(),
-        );
+        let load = start_load(format!("{}/api/v1/alerts", serve.url), rate, runs, stop.clone());
         let started = Instant::now();
         let mut loaded = Vec::new();
         let mut peak_rss = 0.0f64;

@@ -46,9 +46,7 @@ impl Api {
 
     /// The API at `url`, authenticating with this bearer token.
     pub fn with_token(url: &str, token: Option<String>) -> anyhow::Result<Api> {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()?;
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         Ok(Api {
             http,
             base: url.trim_end_matches('/').to_string(),
@@ -70,17 +68,11 @@ impl Api {
         if let Some(b) = body {
             rb = rb.json(b);
         }
-        let resp = rb
-            .send()
-            .await
-            .with_context(|| format!("calling {}", self.base))?;
+        let resp = rb.send().await.with_context(|| format!("calling {}", self.base))?;
         let status = resp.status();
         let value: Value = resp.json().await.context("reading the reply")?;
         if !status.is_success() {
-            anyhow::bail!(
-                "{status}: {}",
-                value["error"].as_str().unwrap_or("request failed")
-            );
+            anyhow::bail!("{status}: {}", value["error"].as_str().unwrap_or("request failed"));
         }
         Ok((status.as_u16(), value))
     }
@@ -132,10 +124,7 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
         print!("{out}");
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<20} {:<32} {:<20} {:<10} STARTED",
-        "RUN", "PLAN", "PHASE", "TRIGGER"
-    );
+    println!("{:<20} {:<32} {:<20} {:<10} STARTED", "RUN", "PLAN", "PHASE", "TRIGGER");
     for r in body["runs"].as_array().into_iter().flatten() {
         println!(
             "{:<20} {:<32} {:<20} {:<10} {}",
@@ -143,10 +132,7 @@ pub async fn runs(args: RunsArgs) -> anyhow::Result<ExitCode> {
             r["plan"].as_str().unwrap_or(""),
             r["phase"].as_str().unwrap_or(""),
             r["trigger"]["kind"].as_str().unwrap_or(""),
-            r["startedAt"]
-                .as_str()
-                .or(r["createdAt"].as_str())
-                .unwrap_or("")
+            r["startedAt"].as_str().or(r["createdAt"].as_str()).unwrap_or("")
         );
     }
     if let Some(next) = body["continue"].as_str() {

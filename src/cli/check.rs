@@ -167,18 +167,10 @@ fn check_plan(
     let mut problems: Vec<CheckProblem> = report
         .problems
         .iter()
-        .map(|p| {
-            problem(
-                p.step.as_deref(),
-                &p.field,
-                p.rule.as_str(),
-                p.message.clone(),
-            )
-        })
+        .map(|p| problem(p.step.as_deref(), &p.field, p.rule.as_str(), p.message.clone()))
         .collect();
     // Templates in the same pass: every template a validation problem is not already about.
-    let reported: std::collections::BTreeSet<&str> =
-        report.problems.iter().map(|p| p.field.as_str()).collect();
+    let reported: std::collections::BTreeSet<&str> = report.problems.iter().map(|p| p.field.as_str()).collect();
     let (rendered, render_notes) = render_all(loaded, sample);
     for (step, field, message) in rendered {
         if !reported.contains(field.as_str()) {
@@ -216,27 +208,15 @@ pub fn eprint_problems(loaded: &LoadedPlan, problems: &[crate::plan::Problem]) {
     let positions = Positions::of_document(&loaded.source.text, loaded.source.line);
     for p in problems {
         let (line, column) = positions.locate(&p.field);
-        let step = p
-            .step
-            .as_deref()
-            .map(|s| format!("step {s:?}: "))
-            .unwrap_or_default();
+        let step = p.step.as_deref().map(|s| format!("step {s:?}: ")).unwrap_or_default();
         eprintln!(
             "{}:{line}:{column}: {step}{}: {}",
             loaded.source.file.display(),
             p.field,
             p.message
         );
-        if let Some(src) = loaded
-            .source
-            .text
-            .lines()
-            .nth(line.saturating_sub(loaded.source.line))
-        {
-            eprintln!(
-                "    | {src}\n    | {}^",
-                " ".repeat(column.saturating_sub(1))
-            );
+        if let Some(src) = loaded.source.text.lines().nth(line.saturating_sub(loaded.source.line)) {
+            eprintln!("    | {src}\n    | {}^", " ".repeat(column.saturating_sub(1)));
         }
     }
 }
@@ -317,17 +297,11 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
         }
         for (field, src, yaml) in step_templates(step, &field_prefix) {
             let result = if yaml {
-                template::render_yaml(&src, &ctx)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                template::render_yaml(&src, &ctx).map(|_| ()).map_err(|e| e.to_string())
             } else if field.ends_with(".when") {
-                template::render_bool(&src, &ctx)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                template::render_bool(&src, &ctx).map(|_| ()).map_err(|e| e.to_string())
             } else {
-                template::render(&src, &ctx)
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
+                template::render(&src, &ctx).map(|_| ()).map_err(|e| e.to_string())
             };
             if let Err(e) = result {
                 let refs = template::references(&src).unwrap_or_default();
@@ -353,10 +327,7 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
         }
         if let Some(k) = output_key(step) {
             standins.insert(k.to_string());
-            values.insert(
-                k.to_string(),
-                json!(format!("<{k} from step {}>", step.name())),
-            );
+            values.insert(k.to_string(), json!(format!("<{k} from step {}>", step.name())));
         }
     }
     (problems, notes)
@@ -365,11 +336,7 @@ fn render_all(loaded: &LoadedPlan, sample: Option<&Alert>) -> Rendered {
 fn text(results: &[PlanResult], clusters_checked: bool) -> String {
     let mut out = String::new();
     for r in results {
-        let name = r
-            .plan
-            .as_deref()
-            .map(|p| format!(" plan {p}"))
-            .unwrap_or_default();
+        let name = r.plan.as_deref().map(|p| format!(" plan {p}")).unwrap_or_default();
         if r.valid {
             out += &format!("ok   {}{name}\n", r.file);
         } else {
@@ -404,10 +371,7 @@ fn junit(results: &[PlanResult]) -> String {
     );
     for r in results {
         let name = esc(r.plan.as_deref().unwrap_or("(not loaded)"));
-        xml += &format!(
-            "  <testcase classname=\"{}\" name=\"{name}\">",
-            esc(&r.file)
-        );
+        xml += &format!("  <testcase classname=\"{}\" name=\"{name}\">", esc(&r.file));
         if !r.valid {
             xml += &format!(
                 "\n    <failure message=\"{} problem(s)\">{}</failure>\n  ",

@@ -67,10 +67,8 @@ pub fn home_client(name: Option<&str>, registry: &Registry) -> anyhow::Result<ku
             .client(name)
             .with_context(|| format!("--home-cluster {name}"))?,
         None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => {
-            let config = kube::Config::incluster()
-                .context("reading the in-cluster config for the home cluster")?;
-            crate::cluster::client_from_config(config, "home")
-                .context("building a client for the home cluster")?
+            let config = kube::Config::incluster().context("reading the in-cluster config for the home cluster")?;
+            crate::cluster::client_from_config(config, "home").context("building a client for the home cluster")?
         }
         None => registry.client(registry.default_cluster())?,
     })

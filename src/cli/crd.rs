@@ -8,8 +8,7 @@
 use std::process::ExitCode;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
-    CustomResourceColumnDefinition, CustomResourceDefinition, JSONSchemaProps,
-    JSONSchemaPropsOrArray,
+    CustomResourceColumnDefinition, CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
 };
 use kube::CustomResourceExt;
 
@@ -59,12 +58,7 @@ pub fn plan_crd() -> CustomResourceDefinition {
          valid plan runs when a matching alert arrives.",
         vec![
             column("Mode", "string", ".spec.mode", "auto, approval or manual"),
-            column(
-                "Steps",
-                "integer",
-                ".status.steps",
-                "How many steps the plan has",
-            ),
+            column("Steps", "integer", ".status.steps", "How many steps the plan has"),
             column(
                 "Valid",
                 "string",
@@ -86,16 +80,28 @@ pub fn plan_crd() -> CustomResourceDefinition {
 /// Descriptions of `RecoveryRun` status fields whose Rust fields (in `src/run/record.rs`)
 /// carry no doc comment yet, by property name: what `kubectl explain recoveryrun.status` shows.
 const RUN_FIELDS: &[(&str, &str)] = &[
-    ("id", "The run's id: derived from (plan, alert fingerprint, startsAt) for alert triggers."),
+    (
+        "id",
+        "The run's id: derived from (plan, alert fingerprint, startsAt) for alert triggers.",
+    ),
     ("mode", "`live`, or `dryRun` (every write sent with dryRun=All)."),
-    ("phase", "Pending, WaitingForApproval, Running, Succeeded, SucceededWithErrors, Failed, Cancelled or Interrupted."),
+    (
+        "phase",
+        "Pending, WaitingForApproval, Running, Succeeded, SucceededWithErrors, Failed, Cancelled or Interrupted.",
+    ),
     ("startedAt", "When the first step began (RFC 3339)."),
     ("finishedAt", "When the run ended (RFC 3339)."),
     ("durationMs", "How long it took, in milliseconds."),
     ("steps", "Every step of the plan, in order, with its outcome."),
-    ("onFailure", "The plan's compensation steps, with their outcomes (run when a step aborted the run)."),
+    (
+        "onFailure",
+        "The plan's compensation steps, with their outcomes (run when a step aborted the run).",
+    ),
     ("name", "The step's name in the plan."),
-    ("type", "The step's type: patch, readField, wait, apply, http, delete, assert or exec."),
+    (
+        "type",
+        "The step's type: patch, readField, wait, apply, http, delete, assert or exec.",
+    ),
     ("status", "Pending, Running, Succeeded, Skipped or Failed."),
     ("attempts", "How many times the step was tried (retries included)."),
 ];
@@ -127,12 +133,7 @@ pub fn run_crd() -> CustomResourceDefinition {
                 r#".status.steps[?(@.status=="running")].name"#,
                 "The step executing now",
             ),
-            column(
-                "Trigger",
-                "string",
-                ".spec.trigger.kind",
-                "alert, manual or cli",
-            ),
+            column("Trigger", "string", ".spec.trigger.kind", "alert, manual or cli"),
             column(
                 "Duration(ms)",
                 "integer",
@@ -159,18 +160,10 @@ pub fn nova_plan_crd() -> CustomResourceDefinition {
     crd
 }
 
-fn finish(
-    crd: &mut CustomResourceDefinition,
-    description: &str,
-    columns: Vec<CustomResourceColumnDefinition>,
-) {
+fn finish(crd: &mut CustomResourceDefinition, description: &str, columns: Vec<CustomResourceColumnDefinition>) {
     for v in &mut crd.spec.versions {
         v.additional_printer_columns = Some(columns.clone());
-        if let Some(schema) = v
-            .schema
-            .as_mut()
-            .and_then(|s| s.open_api_v3_schema.as_mut())
-        {
+        if let Some(schema) = v.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut()) {
             schema.description = Some(description.to_string());
         }
     }
@@ -260,10 +253,7 @@ mod tests {
     #[test]
     fn the_nova_crd_is_the_plan_crd_in_novas_group() {
         let nova = nova_plan_crd();
-        assert_eq!(
-            nova.metadata.name.as_deref(),
-            Some("recoveryplans.recovery.elotl.co")
-        );
+        assert_eq!(nova.metadata.name.as_deref(), Some("recoveryplans.recovery.elotl.co"));
         assert_eq!(nova.spec.names.kind, "RecoveryPlan");
         assert_eq!(nova.spec.versions[0].name, "v1alpha1");
         assert_eq!(schema(&nova), schema(&plan_crd()));

@@ -110,9 +110,7 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         .context("seeding the demo world")?;
     let _reactors = crate::reactor::start(registry.clone(), &w.reactors).await?;
 
-    println!(
-        "1. Three clusters run in this process (recoverd's built-in Kubernetes API simulator):"
-    );
+    println!("1. Three clusters run in this process (recoverd's built-in Kubernetes API simulator):");
     let role = |name: &str| match name {
         "north" => "pg-north, the CloudNativePG primary",
         "south" => "pg-south, its replica",
@@ -145,9 +143,7 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     );
     let reply = receiver.post_alert().await?;
     println!("   POST /api/v1/alerts → {}", reply.summary);
-    let id = reply
-        .run_id
-        .context("the receiver started no run for the demo alert")?;
+    let id = reply.run_id.context("the receiver started no run for the demo alert")?;
     println!();
     let record = receiver.follow(&id).await?;
     let again = receiver.post_alert().await?;
@@ -183,9 +179,7 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
         println!("   ✘ {f}");
     }
     println!("\nWhere to look next:");
-    println!(
-        "   • the plan: plans/cnpg-switchover.yaml (validate yours with `recoverd check PLAN`)"
-    );
+    println!("   • the plan: plans/cnpg-switchover.yaml (validate yours with `recoverd check PLAN`)");
     println!("   • rehearse your plan on simulated clusters: recoverd rehearse PLAN --world WORLD --alert ALERT");
     println!("   • serve a world for kubectl and CI: recoverd sim --world WORLD --kubeconfig-out sim.kubeconfig");
     println!("   • run the receiver against it: recoverd serve --plans plans/ --kubeconfig sim.kubeconfig");
@@ -199,9 +193,7 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             );
             super::signal::wait_for_stop().await;
         }
-        _ => println!(
-            "   • keep these clusters and the receiver up to look around: recoverd demo --hold"
-        ),
+        _ => println!("   • keep these clusters and the receiver up to look around: recoverd demo --hold"),
     }
     receiver.stop().await;
     drop(sandbox);
@@ -211,11 +203,7 @@ async fn run(args: &Args, dir: &std::path::Path) -> anyhow::Result<ExitCode> {
             let _ = std::fs::remove_file(k);
         }
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// The receiver, in process: `recoverd serve`'s router over a SQLite store, on loopback.
@@ -234,15 +222,9 @@ struct Reply {
 }
 
 impl Receiver {
-    async fn start(
-        sandbox: &Sandbox,
-        plan: &std::path::Path,
-        dir: &std::path::Path,
-    ) -> anyhow::Result<Self> {
+    async fn start(sandbox: &Sandbox, plan: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<Self> {
         let live = Arc::new(sandbox.registry().await?);
-        let dry = Arc::new(
-            Registry::from_kubeconfig(Some(&sandbox.kubeconfig), WriteMode::DryRun).await?,
-        );
+        let dry = Arc::new(Registry::from_kubeconfig(Some(&sandbox.kubeconfig), WriteMode::DryRun).await?);
         let plans = PlanSet::load(&[plan.to_path_buf()], Some(&live.names()));
         if !plans.invalid.is_empty() {
             anyhow::bail!("the demo plan is invalid: {:?}", plans.invalid);
@@ -291,10 +273,7 @@ impl Receiver {
             "{} {}: {action}{}",
             code.as_u16(),
             code.canonical_reason().unwrap_or(""),
-            run_id
-                .as_deref()
-                .map(|id| format!(" run {id}"))
-                .unwrap_or_default()
+            run_id.as_deref().map(|id| format!(" run {id}")).unwrap_or_default()
         );
         Ok(Reply { summary, run_id })
     }
@@ -302,10 +281,7 @@ impl Receiver {
     /// Follows a run through `GET /api/v1/runs/{id}`, narrating each step as it starts and
     /// ends, until it is finished; returns its record.
     async fn follow(&self, id: &str) -> anyhow::Result<RunRecord> {
-        let api = super::api::Api::with_token(
-            &format!("http://{}", self.addr),
-            Some(self.token.clone()),
-        )?;
+        let api = super::api::Api::with_token(&format!("http://{}", self.addr), Some(self.token.clone()))?;
         let follow = super::follow::Follow {
             interval: std::time::Duration::from_millis(50),
             timeout: std::time::Duration::from_secs(300),
@@ -339,25 +315,13 @@ async fn read(
 }
 
 fn print_record(r: &RunRecord) {
-    let took = r
-        .duration_ms
-        .map(|ms| format!("{ms} ms"))
-        .unwrap_or_default();
-    println!(
-        "   run {} of plan {}: {:?} in {took}",
-        r.id, r.plan, r.phase
-    );
+    let took = r.duration_ms.map(|ms| format!("{ms} ms")).unwrap_or_default();
+    println!("   run {} of plan {}: {:?} in {took}", r.id, r.plan, r.phase);
     println!("   trigger: {}", r.trigger.kind);
     for s in &r.steps {
         let on = s.cluster.as_deref().unwrap_or("-");
-        let ms = s
-            .duration_ms
-            .map(|ms| format!("{ms} ms"))
-            .unwrap_or_default();
-        println!(
-            "     {:<20} {:<9} {:<6} {:?} {ms}",
-            s.name, s.step_type, on, s.status
-        );
+        let ms = s.duration_ms.map(|ms| format!("{ms} ms")).unwrap_or_default();
+        println!("     {:<20} {:<9} {:<6} {:?} {ms}", s.name, s.step_type, on, s.status);
     }
     for (k, v) in &r.outputs {
         println!("   output {k} = {}", as_text(v));

@@ -141,14 +141,8 @@ mod tests {
             exit(&[Phase::Succeeded, Phase::SucceededWithErrors]),
             Exit::SucceededWithErrors
         );
-        assert_eq!(
-            exit(&[Phase::SucceededWithErrors, Phase::Failed]),
-            Exit::Failed
-        );
-        assert_eq!(
-            exit(&[Phase::Failed, Phase::SucceededWithErrors]),
-            Exit::Failed
-        );
+        assert_eq!(exit(&[Phase::SucceededWithErrors, Phase::Failed]), Exit::Failed);
+        assert_eq!(exit(&[Phase::Failed, Phase::SucceededWithErrors]), Exit::Failed);
         assert_eq!(exit(&[Phase::Cancelled]), Exit::Failed);
     }
 
@@ -169,10 +163,7 @@ mod tests {
         assert_eq!(Exit::for_runs([&unreachable]), Exit::Unreachable);
         let tolerated_then_timeout = run(vec![step("unreachable", true), step("timeout", false)]);
         assert_eq!(Exit::for_runs([&tolerated_then_timeout]), Exit::Failed);
-        assert_eq!(
-            Exit::for_runs([&unreachable, &tolerated_then_timeout]),
-            Exit::Failed
-        );
+        assert_eq!(Exit::for_runs([&unreachable, &tolerated_then_timeout]), Exit::Failed);
     }
 
     #[test]
@@ -220,10 +211,7 @@ mod tests {
         let codes: std::collections::BTreeSet<u8> = all.iter().map(|e| e.code()).collect();
         assert_eq!(codes.len(), all.len());
         for c in codes {
-            assert!(
-                TABLE.contains(&format!("\n  {c}  ")),
-                "{c} missing from TABLE"
-            );
+            assert!(TABLE.contains(&format!("\n  {c}  ")), "{c} missing from TABLE");
         }
     }
 }

@@ -82,10 +82,7 @@ impl Shown {
             self.started = true;
         }
         if record.phase == Phase::WaitingForApproval && !self.said_approval {
-            printer.say(format_args!(
-                "  … waiting for approval: recoverd approve {}",
-                record.id
-            ));
+            printer.say(format_args!("  … waiting for approval: recoverd approve {}", record.id));
             self.said_approval = true;
         }
         for (compensation, shown, steps) in [
@@ -96,13 +93,7 @@ impl Shown {
             for (index, step) in steps.iter().enumerate() {
                 let (was, now) = (shown[index], step.status);
                 if was != now && was == StepStatus::Pending && now != StepStatus::Skipped {
-                    printer.show(
-                        record,
-                        &Event::StepStarted {
-                            index,
-                            compensation,
-                        },
-                    );
+                    printer.show(record, &Event::StepStarted { index, compensation });
                 }
                 // A forEach's iterations, as the executor tells them.
                 let seen = self.children.entry((compensation, index)).or_default();
@@ -151,13 +142,7 @@ impl Shown {
                     now,
                     StepStatus::Pending | StepStatus::Running | StepStatus::WaitingForApproval
                 ) {
-                    printer.show(
-                        record,
-                        &Event::StepFinished {
-                            index,
-                            compensation,
-                        },
-                    );
+                    printer.show(record, &Event::StepFinished { index, compensation });
                 }
                 shown[index] = now;
             }

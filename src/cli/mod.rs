@@ -190,10 +190,7 @@ impl ClusterArgs {
 
 /// The firing alerts in an alert file (a webhook payload or one alert) that match a plan; an
 /// error when there is none, so that no command runs a plan for an alert it does not match.
-pub fn matching_alerts(
-    path: &std::path::Path,
-    plan: &crate::plan::Plan,
-) -> anyhow::Result<Vec<crate::alert::Alert>> {
+pub fn matching_alerts(path: &std::path::Path, plan: &crate::plan::Plan) -> anyhow::Result<Vec<crate::alert::Alert>> {
     let all = crate::alert::load_file(path)?;
     let matching: Vec<_> = all
         .into_iter()
@@ -239,9 +236,6 @@ pub fn load_one(path: &std::path::Path) -> anyhow::Result<crate::plan::LoadedPla
     match plans.len() {
         1 => Ok(plans.remove(0)),
         0 => anyhow::bail!("{} holds no RecoveryPlan", path.display()),
-        n => anyhow::bail!(
-            "{} holds {n} plans; give a file with exactly one",
-            path.display()
-        ),
+        n => anyhow::bail!("{} holds {n} plans; give a file with exactly one", path.display()),
     }
 }

@@ -102,9 +102,7 @@ pub fn run_suite(run: &RunRecord) -> Suite {
         .iter()
         .map(|s| ("steps", s))
         .chain(run.on_failure.iter().map(|s| ("onFailure", s)))
-        .flat_map(|(group, s)| {
-            std::iter::once((group, s)).chain(s.children.iter().map(move |c| (group, c)))
-        })
+        .flat_map(|(group, s)| std::iter::once((group, s)).chain(s.children.iter().map(move |c| (group, c))))
         .collect();
     let mut cases = String::new();
     let mut failures = 0;
@@ -158,30 +156,16 @@ pub fn run_suite(run: &RunRecord) -> Suite {
         xml_escape(&run.id),
         xml_escape(&run.plan)
     );
-    Suite {
-        tests,
-        failures,
-        xml,
-    }
+    Suite { tests, failures, xml }
 }
 
 /// One run in a line of text: `run ID of plan P: Phase in 1.2s`.
 pub fn run_line(run: &RunRecord) -> String {
     let took = run
         .duration_ms
-        .map(|ms| {
-            format!(
-                " in {}",
-                duration::format(std::time::Duration::from_millis(ms))
-            )
-        })
+        .map(|ms| format!(" in {}", duration::format(std::time::Duration::from_millis(ms))))
         .unwrap_or_default();
-    format!(
-        "run {} of plan {}: {}{took}",
-        run.id,
-        run.plan,
-        run.phase.as_str()
-    )
+    format!("run {} of plan {}: {}{took}", run.id, run.plan, run.phase.as_str())
 }
 
 #[cfg(test)]
@@ -209,10 +193,7 @@ mod tests {
             ..Default::default()
         };
         let suite = run_suite(&run).xml;
-        assert!(
-            suite.contains("tests=\"3\" failures=\"1\" skipped=\"1\""),
-            "{suite}"
-        );
+        assert!(suite.contains("tests=\"3\" failures=\"1\" skipped=\"1\""), "{suite}");
         assert!(suite.contains("message=\"b &lt;broke&gt;\""), "{suite}");
         let doc = junit_document("recoverd run", &[run_suite(&run), run_suite(&run)]);
         assert!(

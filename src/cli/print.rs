@@ -85,19 +85,10 @@ impl Printer {
             String::new()
         };
         match s.status {
-            StepStatus::Succeeded => match s
-                .inputs
-                .as_ref()
-                .and_then(|i| i.get("dryRun"))
-                .and_then(|d| d.as_str())
-            {
+            StepStatus::Succeeded => match s.inputs.as_ref().and_then(|i| i.get("dryRun")).and_then(|d| d.as_str()) {
                 // Not verified: say what the live run would do instead.
                 Some(would) => {
-                    say!(
-                        self,
-                        "{indent}✔ {} ({took}{attempts}) — dry run: {would}",
-                        s.name
-                    )
+                    say!(self, "{indent}✔ {} ({took}{attempts}) — dry run: {would}", s.name)
                 }
                 None => say!(self, "{indent}✔ {} ({took}{attempts})", s.name),
             },
@@ -128,10 +119,7 @@ impl Printer {
         }
         if let Some(serde_json::Value::Array(ops)) = &s.diff {
             for op in ops {
-                let value = op
-                    .get("value")
-                    .map(crate::fieldpath::as_text)
-                    .unwrap_or_default();
+                let value = op.get("value").map(crate::fieldpath::as_text).unwrap_or_default();
                 say!(
                     self,
                     "{indent}    {} {} {}",
@@ -163,17 +151,10 @@ impl Printer {
                 };
                 say!(self, "run {} of plan {}{mode}", run.id, run.plan);
             }
-            Event::StepStarted {
-                index,
-                compensation,
-            } => {
+            Event::StepStarted { index, compensation } => {
                 let s = run.step(*index, *compensation);
                 let prefix = if *compensation { "onFailure " } else { "" };
-                let on = s
-                    .cluster
-                    .as_deref()
-                    .map(|c| format!(" on {c}"))
-                    .unwrap_or_default();
+                let on = s.cluster.as_deref().map(|c| format!(" on {c}")).unwrap_or_default();
                 say!(self, "▶ {prefix}{} ({}{on})", s.name, s.step_type);
             }
             Event::StepWaiting { what, deadline, .. } => {
@@ -204,17 +185,10 @@ impl Printer {
                     });
                     *self.spinner.lock().unwrap() = Some(handle);
                 } else {
-                    say!(
-                        self,
-                        "  … waiting up to {}: {what}",
-                        duration::format(*deadline)
-                    );
+                    say!(self, "  … waiting up to {}: {what}", duration::format(*deadline));
                 }
             }
-            Event::StepFinished {
-                index,
-                compensation,
-            } => {
+            Event::StepFinished { index, compensation } => {
                 self.stop_spinner();
                 self.finished(run.step(*index, *compensation), "");
             }
@@ -225,11 +199,7 @@ impl Printer {
             } => {
                 self.stop_spinner();
                 let s = run.child(*index, *compensation, *child);
-                let on = s
-                    .cluster
-                    .as_deref()
-                    .map(|c| format!(" on {c}"))
-                    .unwrap_or_default();
+                let on = s.cluster.as_deref().map(|c| format!(" on {c}")).unwrap_or_default();
                 let item = s
                     .item
                     .as_ref()

@@ -97,16 +97,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     };
     let registry = Arc::new(match &sandbox {
         Some(s) => {
-            let names: Vec<&str> = s
-                .simulator
-                .clusters()
-                .iter()
-                .map(|c| c.name.as_str())
-                .collect();
-            printer.say(format_args!(
-                "clusters: built-in simulator ({})",
-                names.join(", ")
-            ));
+            let names: Vec<&str> = s.simulator.clusters().iter().map(|c| c.name.as_str()).collect();
+            printer.say(format_args!("clusters: built-in simulator ({})", names.join(", ")));
             s.registry().await?
         }
         None => args.clusters.registry(WriteMode::Live).await?,
@@ -122,18 +114,12 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     // Read before anything is seeded: a broken expectations file runs nothing.
     let expectations: Option<world::Expectations> = match &args.expect {
         Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            Some(
-                serde_yaml::from_str(&text)
-                    .with_context(|| format!("parsing {}", path.display()))?,
-            )
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            Some(serde_yaml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?)
         }
         None => None,
     };
-    let seeded = world::seed(&registry, &w, &base)
-        .await
-        .context("seeding the world")?;
+    let seeded = world::seed(&registry, &w, &base).await.context("seeding the world")?;
     // What exists before the run, to tell what it created (`strict` expectations).
     let inventory = match expectations.as_ref().filter(|e| e.strict) {
         Some(e) => Some(
@@ -159,9 +145,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let mut record = executor.new_record("rehearsal", &plan, &input);
     record.trigger.kind = crate::record::TriggerKind::Rehearsal;
     let control = super::run_control(args.approve);
-    executor
-        .execute(&plan, &input, &mut record, &printer, &control)
-        .await;
+    executor.execute(&plan, &input, &mut record, &printer, &control).await;
 
     // What the world's operators were doing when the run ended finishes first: a late action
     // that fails, or changes what the expectations look at, counts.
@@ -170,8 +154,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let mut changes = Vec::new();
     let needles = record.secrets.needles();
     let changed = world::changes(&registry, &seeded).await;
-    let seeded_objects: std::collections::BTreeSet<String> =
-        seeded.iter().map(world::as_in_record).collect();
+    let seeded_objects: std::collections::BTreeSet<String> = seeded.iter().map(world::as_in_record).collect();
     // Objects the world did not seed that the plan wrote: created by the plan (their step's
     // diff starts from nothing).
     let created: Vec<_> = record
@@ -179,11 +162,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .iter()
         .chain(&record.on_failure)
         .filter(|s| s.diff.is_some() && s.status == crate::record::StepStatus::Succeeded)
-        .filter(|s| {
-            s.object
-                .as_ref()
-                .is_some_and(|o| !seeded_objects.contains(o))
-        })
+        .filter(|s| s.object.as_ref().is_some_and(|o| !seeded_objects.contains(o)))
         .collect();
     if changed.is_empty() && created.is_empty() {
         printer.say(format_args!("  (none)"));
@@ -200,13 +179,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     for (s, after) in &changed {
         printer.say(format_args!("  changed {}", s.describe()));
         let shown = world::as_in_record(s);
-        let secret =
-            s.api_version == "v1" && s.resource == "secrets" || tainted.contains(shown.as_str());
-        let ops = ops(
-            &crate::cluster::object_diff(&s.before, after),
-            secret,
-            &needles,
-        );
+        let secret = s.api_version == "v1" && s.resource == "secrets" || tainted.contains(shown.as_str());
+        let ops = ops(&crate::cluster::object_diff(&s.before, after), secret, &needles);
         print_ops(&printer, &ops);
         changes.push(Change {
             object: s.describe(),
@@ -249,14 +223,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             .filter(|c| c.step.as_deref().is_none_or(|s| !deletes.contains(s)))
             .map(|c| c.object.clone())
             .collect();
-        let mut failures = world::verify(
-            &registry,
-            &seeded,
-            inventory.as_ref(),
-            &written,
-            expectations,
-        )
-        .await;
+        let mut failures = world::verify(&registry, &seeded, inventory.as_ref(), &written, expectations).await;
         failures.extend(world::check_steps(expectations, &record));
         // A declared outcome replaces "succeeded" as what the rehearsal must end with.
         if let Some(want) = &expectations.outcome {

@@ -46,9 +46,7 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn parse_params(
-    params: &[String],
-) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
+pub fn parse_params(params: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
     params
         .iter()
         .map(|p| {
@@ -131,9 +129,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             stop.recv().await;
             cancel.cancel();
         });
-        executor
-            .execute(&plan, &input, &mut record, &printer, &control)
-            .await;
+        executor.execute(&plan, &input, &mut record, &printer, &control).await;
         watcher.abort();
         records.push(record);
     }

@@ -25,11 +25,7 @@ use crate::server::{Auth, Settings, Tokens, DEFAULT_BODY_LIMIT};
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// Directory (or files) of RecoveryPlans; reloaded when they change.
-    #[arg(
-        long,
-        env = "RECOVERD_PLANS",
-        required_unless_present = "plans_from_cluster"
-    )]
+    #[arg(long, env = "RECOVERD_PLANS", required_unless_present = "plans_from_cluster")]
     pub plans: Vec<PathBuf>,
     #[command(flatten)]
     pub from_cluster: Box<super::cluster_plans::PlansFromClusterArgs>,
@@ -83,12 +79,7 @@ pub struct Args {
     pub notify_url_file: Option<PathBuf>,
     /// `slack` (`{"text": …}`, also Mattermost and Rocket.Chat) or `json` (event, run, plan,
     /// phase, step, error, at, text).
-    #[arg(
-        long,
-        env = "RECOVERD_NOTIFY_FORMAT",
-        value_enum,
-        default_value = "slack"
-    )]
+    #[arg(long, env = "RECOVERD_NOTIFY_FORMAT", value_enum, default_value = "slack")]
     pub notify_format: crate::notify::NotifyFormat,
     /// A minijinja template for the notice's text (variables: event, summary, run, plan,
     /// phase, step, error, at). Default: one line naming run, plan, what happened and why.
@@ -123,11 +114,7 @@ pub struct LimitArgs {
     /// Most connections open at once from one client address (0: no such limit), so that one
     /// client cannot hold every connection and lock out the others (Alertmanager, the kubelet);
     /// raise it (or 0) when one proxy address, such as a mesh sidecar's, carries every client.
-    #[arg(
-        long,
-        env = "RECOVERD_MAX_CONNECTIONS_PER_CLIENT",
-        default_value_t = 256
-    )]
+    #[arg(long, env = "RECOVERD_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 256)]
     pub max_connections_per_client: usize,
     /// A connection with no traffic for this long is closed.
     #[arg(long, env = "RECOVERD_IDLE_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -169,9 +156,8 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let plan_paths = args.plans.clone();
     let plan_names = names.clone();
     let plans = blocking(move || load_plans(&plan_paths, &plan_names)).await;
-    let read = |flag: &str, f: &PathBuf| {
-        Tokens::from_file(f).with_context(|| format!("reading --{flag} {}", f.display()))
-    };
+    let read =
+        |flag: &str, f: &PathBuf| Tokens::from_file(f).with_context(|| format!("reading --{flag} {}", f.display()));
     let tokens = match &args.token_file {
         Some(f) => read("token-file", f)?,
         None => {
@@ -201,11 +187,11 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("reading --notify-url-file {}", f.display()))?
                 .trim()
                 .to_string();
-            reqwest::Url::parse(&url)
-                .with_context(|| format!("--notify-url-file {}: not a URL", f.display()))?;
+            reqwest::Url::parse(&url).with_context(|| format!("--notify-url-file {}: not a URL", f.display()))?;
             let template = match &args.notify_template {
-                Some(t) => std::fs::read_to_string(t)
-                    .with_context(|| format!("reading --notify-template {}", t.display()))?,
+                Some(t) => {
+                    std::fs::read_to_string(t).with_context(|| format!("reading --notify-template {}", t.display()))?
+                }
                 None => crate::notify::DEFAULT_TEMPLATE.to_string(),
             };
             Some(
@@ -308,11 +294,9 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     println!("recoverd listening on {}", args.listen);
     match tls {
         Some(tls) => {
-            let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls.config)
-                .acceptor(Guard::new(limits, runs.metrics()));
-            let mut server = axum_server::bind(args.listen)
-                .acceptor(acceptor)
-                .handle(handle);
+            let acceptor =
+                axum_server::tls_rustls::RustlsAcceptor::new(tls.config).acceptor(Guard::new(limits, runs.metrics()));
+            let mut server = axum_server::bind(args.listen).acceptor(acceptor).handle(handle);
             limits::configure(&mut server, limits);
             server.serve(app.into_make_service()).await?;
         }
@@ -339,11 +323,7 @@ fn load_plans(paths: &[PathBuf], names: &std::collections::BTreeSet<String>) -> 
             warn!(file = %bad.file, plan = ?bad.plan, problem = %p, "invalid plan skipped");
         }
     }
-    info!(
-        valid = set.len(),
-        invalid = set.invalid.len(),
-        "plans loaded"
-    );
+    info!(valid = set.len(), invalid = set.invalid.len(), "plans loaded");
     set
 }
 
@@ -375,8 +355,7 @@ async fn open_store(args: &Args, live: &Registry) -> anyhow::Result<Arc<dyn RunS
             _ => anyhow::bail!("--store {other:?}: expected sqlite:PATH, kube, or kube:NAMESPACE"),
         },
     };
-    let client =
-        super::cluster_plans::home_client(args.from_cluster.home_cluster.as_deref(), live)?;
+    let client = super::cluster_plans::home_client(args.from_cluster.home_cluster.as_deref(), live)?;
     let identity = match &args.replica_id {
         Some(id) => id.clone(),
         None => format!(
@@ -491,7 +470,5 @@ impl Tls {
 }
 
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking task panicked")
+    tokio::task::spawn_blocking(f).await.expect("blocking task panicked")
 }

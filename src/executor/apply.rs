@@ -20,17 +20,9 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         ApplyForm::Manifest(m) => (template::render_yaml(m, ctx.values)?, false),
         ApplyForm::Key { target, source } => keyed_object(target, source, ctx).await?,
     };
-    let field = |k: &str| {
-        object
-            .pointer(k)
-            .and_then(Value::as_str)
-            .map(str::to_string)
-    };
-    let (Some(api_version), Some(kind), Some(name)) = (
-        field("/apiVersion"),
-        field("/kind"),
-        field("/metadata/name"),
-    ) else {
+    let field = |k: &str| object.pointer(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(api_version), Some(kind), Some(name)) = (field("/apiVersion"), field("/kind"), field("/metadata/name"))
+    else {
         return Err(StepError::Manifest {
             reason: "the rendered object needs apiVersion, kind and metadata.name".into(),
         });
@@ -41,22 +33,15 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
     if let Some(ns) = &namespace {
         super::check_name("namespace", ns, &shown_early)?;
     }
-    let resolved = ctx
-        .registry
-        .resolve_kind(&ctx.cluster, &api_version, &kind)
-        .await?;
+    let resolved = ctx.registry.resolve_kind(&ctx.cluster, &api_version, &kind).await?;
     if resolved.namespaced && namespace.is_none() {
         return Err(StepError::Manifest {
             reason: format!("{kind} {name} is namespaced: set metadata.namespace"),
         });
     }
     let api = api_for_object(ctx.registry, &ctx.cluster, &resolved, namespace.as_deref())?;
-    let shown = crate::cluster::describe_object(
-        &api_version,
-        &resolved.resource.plural,
-        namespace.as_deref(),
-        &name,
-    ) + &format!(" on cluster {}", ctx.cluster);
+    let shown = crate::cluster::describe_object(&api_version, &resolved.resource.plural, namespace.as_deref(), &name)
+        + &format!(" on cluster {}", ctx.cluster);
     let before = match get_object(&api, &name, &shown).await {
         Ok(v) => v,
         Err(StepError::NotFound { .. }) => json!({}),
@@ -68,9 +53,7 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
     let after = match api.patch(&name, &params, &Patch::Apply(&object)).await {
         // Fields owned only by `recoverd` itself — the one field manager of versions before
         // per-plan managers — are this plan's own earlier writes: take them over.
-        Err(kube::Error::Api(s))
-            if s.code == 409 && !params.force && only_legacy_manager(&s.message) =>
-        {
+        Err(kube::Error::Api(s)) if s.code == 409 && !params.force && only_legacy_manager(&s.message) => {
             let mut forced = params.clone();
             forced.force = true;
             api.patch(&name, &forced, &Patch::Apply(&object)).await
@@ -80,17 +63,14 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
     .map_err(|source| super::write_error("apply", &shown, source))?;
     let after = serde_json::to_value(after).unwrap_or(Value::Null);
     let secret = kind == "Secret";
-    let hide_values =
-        secret || tainted || matches!(&step.form, ApplyForm::Manifest(m) if ctx.uses_secret(m));
-    verify::check_object(&after, &as_stored(&object, secret), Lists::Merge).map_err(|m| {
-        StepError::NotApplied {
-            object: shown.clone(),
-            detail: m.explain(
-                &ctx.resource_name(&api_version, &resolved.resource.plural),
-                hide_values,
-                false,
-            ),
-        }
+    let hide_values = secret || tainted || matches!(&step.form, ApplyForm::Manifest(m) if ctx.uses_secret(m));
+    verify::check_object(&after, &as_stored(&object, secret), Lists::Merge).map_err(|m| StepError::NotApplied {
+        object: shown.clone(),
+        detail: m.explain(
+            &ctx.resource_name(&api_version, &resolved.resource.plural),
+            hide_values,
+            false,
+        ),
     })?;
     let redacted = if secret {
         json!({"kind": "Secret", "name": name, "data": "<redacted>"})
@@ -115,10 +95,7 @@ pub(super) async fn run(step: &ApplyStep, ctx: &StepCtx<'_>) -> Result<StepOutco
 fn only_legacy_manager(message: &str) -> bool {
     static MANAGER: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
     let re = MANAGER.get_or_init(|| regex::Regex::new(r#"conflicts? with "([^"]*)""#).unwrap());
-    let mut managers = re
-        .captures_iter(message)
-        .map(|c| c[1].to_string())
-        .peekable();
+    let mut managers = re.captures_iter(message).map(|c| c[1].to_string()).peekable();
     managers.peek().is_some() && managers.all(|m| m == super::FIELD_MANAGER)
 }
 
@@ -129,9 +106,7 @@ fn as_stored(object: &Value, secret: bool) -> Value {
     if !secret {
         return object;
     }
-    if let Some(Value::Object(string_data)) =
-        object.as_object_mut().and_then(|o| o.remove("stringData"))
-    {
+    if let Some(Value::Object(string_data)) = object.as_object_mut().and_then(|o| o.remove("stringData")) {
         let data = object
             .as_object_mut()
             .expect("a manifest is an object")
@@ -140,10 +115,7 @@ fn as_stored(object: &Value, secret: bool) -> Value {
         if let Value::Object(data) = data {
             for (k, v) in string_data {
                 let text = v.as_str().map_or_else(|| v.to_string(), str::to_string);
-                data.insert(
-                    k,
-                    Value::String(base64::engine::general_purpose::STANDARD.encode(text)),
-                );
+                data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(text)));
             }
         }
     }
@@ -176,9 +148,7 @@ pub(crate) fn confined_file(base_dir: Option<&Path>, file: &str) -> Result<PathB
         .canonicalize()
         .map_err(|e| refuse(&format!("cannot be read: {e}")))?;
     if !full.starts_with(&base) {
-        return Err(refuse(
-            "leads out of the plan's directory through a symlink",
-        ));
+        return Err(refuse("leads out of the plan's directory through a symlink"));
     }
     Ok(full)
 }
@@ -199,21 +169,16 @@ async fn keyed_object(
             })?
         }
         TemplateSource::ConfigMap(cm) => {
-            let (api, name, shown) = ctx
-                .object("v1", "configmaps", Some(&cm.namespace), &cm.name)
-                .await?;
+            let (api, name, shown) = ctx.object("v1", "configmaps", Some(&cm.namespace), &cm.name).await?;
             let key = ctx.render(&cm.key)?;
             let obj = get_object(&api, &name, &shown).await?;
-            obj.pointer(&format!(
-                "/data/{}",
-                key.replace('~', "~0").replace('/', "~1")
-            ))
-            .and_then(Value::as_str)
-            .map(str::to_string)
-            .ok_or(StepError::FieldMissing {
-                object: shown,
-                path: format!("data[{key:?}]"),
-            })?
+            obj.pointer(&format!("/data/{}", key.replace('~', "~0").replace('/', "~1")))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or(StepError::FieldMissing {
+                    object: shown,
+                    path: format!("data[{key:?}]"),
+                })?
         }
     };
     let tainted = ctx.uses_secret(&source);

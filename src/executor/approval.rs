@@ -65,10 +65,7 @@ pub(super) async fn run(step: &Approval, ctx: &StepCtx<'_>) -> Result<StepOutcom
         ..Default::default()
     };
     if ctx.dry_run() {
-        return Ok(decided(
-            "dryRun",
-            &format!("would wait up to {wait} for an approval"),
-        ));
+        return Ok(decided("dryRun", &format!("would wait up to {wait} for an approval")));
     }
     let slot = match &ctx.control.approvals {
         Approvals::Given => return Ok(decided("decision", "approved in advance (--approve)")),

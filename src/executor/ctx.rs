@@ -36,8 +36,7 @@ pub(crate) struct StepCtx<'a> {
     pub base_dir: Option<&'a std::path::Path>,
     /// Reports that the step waits (what for, and for how long at most); awaited, so the
     /// record says so before the wait begins.
-    pub progress:
-        &'a (dyn Fn(String, Duration) -> futures::future::BoxFuture<'a, ()> + Send + Sync),
+    pub progress: &'a (dyn Fn(String, Duration) -> futures::future::BoxFuture<'a, ()> + Send + Sync),
     /// The plan's field manager.
     pub field_manager: &'a str,
     /// Objects (as described in records) that earlier steps of this run wrote.
@@ -93,10 +92,7 @@ impl StepCtx<'_> {
         namespace: Option<&str>,
         name: &str,
     ) -> Result<(Api<DynamicObject>, String, String), StepError> {
-        let resolved = self
-            .registry
-            .resolve(&self.cluster, api_version, resource)
-            .await?;
+        let resolved = self.registry.resolve(&self.cluster, api_version, resource).await?;
         let name = self.render(name)?;
         let namespace = namespace.map(|n| self.render(n)).transpose()?;
         let shown = format!(
@@ -108,12 +104,7 @@ impl StepCtx<'_> {
         if let Some(ns) = &namespace {
             check_name("namespace", ns, &shown)?;
         }
-        let api = api_for_object(
-            self.registry,
-            &self.cluster,
-            &resolved,
-            namespace.as_deref(),
-        )?;
+        let api = api_for_object(self.registry, &self.cluster, &resolved, namespace.as_deref())?;
         Ok((api, name, shown))
     }
 }
@@ -181,14 +172,8 @@ pub(crate) fn check_name(what: &'static str, value: &str, object: &str) -> Resul
         && value
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && value
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && value
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
+        && value.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && value.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
     if ok {
         Ok(())
     } else {
@@ -201,11 +186,7 @@ pub(crate) fn check_name(what: &'static str, value: &str, object: &str) -> Resul
 }
 
 /// Reads an object; a 404 is [`StepError::NotFound`].
-pub(crate) async fn get_object(
-    api: &Api<DynamicObject>,
-    name: &str,
-    shown: &str,
-) -> Result<Value, StepError> {
+pub(crate) async fn get_object(api: &Api<DynamicObject>, name: &str, shown: &str) -> Result<Value, StepError> {
     match api.get_opt(name).await {
         Ok(Some(obj)) => Ok(serde_json::to_value(obj).unwrap_or(Value::Null)),
         Ok(None) => Err(StepError::NotFound {

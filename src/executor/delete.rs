@@ -13,27 +13,15 @@ use super::{StepCtx, StepError, StepOutcome};
 use crate::plan::compiled::{Count, Delete as DeleteStep, Propagation, Selection};
 
 pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    let namespace = step
-        .namespace
-        .as_deref()
-        .map(|n| ctx.render(n))
-        .transpose()?;
+    let namespace = step.namespace.as_deref().map(|n| ctx.render(n)).transpose()?;
     let (api, names, shown) = match &step.selection {
         Selection::Name(name) => {
             let (api, name, shown) = ctx
-                .object(
-                    &step.api_version,
-                    &step.resource,
-                    namespace.as_deref(),
-                    name,
-                )
+                .object(&step.api_version, &step.resource, namespace.as_deref(), name)
                 .await?;
             (api, vec![name], shown)
         }
-        Selection::Selector {
-            selector,
-            max_objects,
-        } => {
+        Selection::Selector { selector, max_objects } => {
             let selector = ctx.render(selector)?;
             let resolved = ctx
                 .registry
@@ -42,12 +30,7 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
             if let Some(ns) = &namespace {
                 super::check_name("namespace", ns, &step.resource)?;
             }
-            let api = crate::cluster::api_for_object(
-                ctx.registry,
-                &ctx.cluster,
-                &resolved,
-                namespace.as_deref(),
-            )?;
+            let api = crate::cluster::api_for_object(ctx.registry, &ctx.cluster, &resolved, namespace.as_deref())?;
             let shown = format!(
                 "{} on cluster {}",
                 crate::cluster::describe_object(
@@ -84,11 +67,7 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
                     }
                 }
             };
-            let names: Vec<String> = found
-                .items
-                .iter()
-                .filter_map(|o| o.metadata.name.clone())
-                .collect();
+            let names: Vec<String> = found.items.iter().filter_map(|o| o.metadata.name.clone()).collect();
             if names.len() > max {
                 return Err(StepError::DeleteRefused {
                     object: shown,
@@ -115,11 +94,7 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
         preconditions: match &step.preconditions {
             Some(p) => Some(Preconditions {
                 uid: p.uid.as_deref().map(|u| ctx.render(u)).transpose()?,
-                resource_version: p
-                    .resource_version
-                    .as_deref()
-                    .map(|r| ctx.render(r))
-                    .transpose()?,
+                resource_version: p.resource_version.as_deref().map(|r| ctx.render(r)).transpose()?,
             }),
             None => None,
         },
@@ -231,11 +206,7 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
 }
 
 /// The object's uid, or `None` when it does not exist.
-async fn uid_of(
-    api: &Api<DynamicObject>,
-    name: &str,
-    shown: &str,
-) -> Result<Option<String>, StepError> {
+async fn uid_of(api: &Api<DynamicObject>, name: &str, shown: &str) -> Result<Option<String>, StepError> {
     match api.get_opt(name).await {
         Ok(obj) => Ok(obj.map(|o| o.metadata.uid.unwrap_or_default())),
         Err(source) => Err(StepError::Kube {
@@ -248,12 +219,7 @@ async fn uid_of(
 
 /// What became of a deleted object: `gone`, `terminating` (finalizers), `re-created` (same
 /// name, new uid), or `still there`.
-async fn state_after(
-    api: &Api<DynamicObject>,
-    name: &str,
-    uid: &str,
-    shown: &str,
-) -> Result<&'static str, StepError> {
+async fn state_after(api: &Api<DynamicObject>, name: &str, uid: &str, shown: &str) -> Result<&'static str, StepError> {
     match api.get_opt(name).await {
         Ok(None) => Ok("gone"),
         Ok(Some(o)) if o.metadata.uid.as_deref() != Some(uid) => Ok("re-created"),

@@ -80,7 +80,9 @@ pub enum StepError {
     RunDeadline { after: Duration },
     #[error("the run was cancelled")]
     Cancelled,
-    #[error("recoverd stopped the step (a shutdown, or its record could not be written); resume the run to start it again")]
+    #[error(
+        "recoverd stopped the step (a shutdown, or its record could not be written); resume the run to start it again"
+    )]
     Interrupted,
     #[error("rendered {what} {value:?} of {object} is not a Kubernetes name (lower-case letters, digits, '-', '.')")]
     BadName {
@@ -95,11 +97,7 @@ pub enum StepError {
     #[error("{count} items to repeat over, more than maxItems {max}; no iteration ran (narrow the selector or the list, or raise maxItems, at most 500)")]
     TooManyItems { count: usize, max: u32 },
     #[error("{failed} of {total} iterations failed: {first}")]
-    IterationsFailed {
-        failed: usize,
-        total: usize,
-        first: String,
-    },
+    IterationsFailed { failed: usize, total: usize, first: String },
 }
 
 impl StepError {
@@ -134,11 +132,7 @@ impl StepError {
         match self {
             StepError::Template(_) => "template",
             StepError::FieldPath(_) => "field-path",
-            StepError::Cluster(ClusterError::Discovery { source, .. })
-                if kube_transient(source) =>
-            {
-                "unreachable"
-            }
+            StepError::Cluster(ClusterError::Discovery { source, .. }) if kube_transient(source) => "unreachable",
             StepError::Cluster(_) => "cluster",
             StepError::Kube {
                 source: kube::Error::Api(s),

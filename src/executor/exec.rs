@@ -18,25 +18,14 @@ const MAX_OUTPUT: usize = 64 * 1024;
 const MAX_STDERR: usize = 4 * 1024;
 
 pub(super) async fn run(step: &ExecStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
-    let (pod_api, pod, shown) = ctx
-        .object("v1", "pods", Some(&step.namespace), &step.pod)
-        .await?;
+    let (pod_api, pod, shown) = ctx.object("v1", "pods", Some(&step.namespace), &step.pod).await?;
     let namespace = ctx.render(&step.namespace)?;
-    let command: Vec<String> = step
-        .command
-        .iter()
-        .map(|a| ctx.render(a))
-        .collect::<Result<_, _>>()?;
-    let container = step
-        .container
-        .as_deref()
-        .map(|c| ctx.render(c))
-        .transpose()?;
+    let command: Vec<String> = step.command.iter().map(|a| ctx.render(a)).collect::<Result<_, _>>()?;
+    let container = step.container.as_deref().map(|c| ctx.render(c)).transpose()?;
     let expected = step.expect_exit_code.unwrap_or(0);
     let client = ctx.registry.client(&ctx.cluster)?;
     let pods: Api<Pod> = Api::namespaced(client, &namespace);
-    let mut inputs =
-        json!({"command": command, "container": container, "expectExitCode": expected});
+    let mut inputs = json!({"command": command, "container": container, "expectExitCode": expected});
 
     if ctx.dry_run() {
         // The pod must exist, as for any other step.
@@ -44,10 +33,7 @@ pub(super) async fn run(step: &ExecStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         inputs["dryRun"] = json!(format!("would exec {}", shell_words(&command)));
         let mut outputs = BTreeMap::new();
         if let Some(k) = &step.output_key {
-            outputs.insert(
-                k.clone(),
-                json!(format!("dry-run-{}", k.to_ascii_lowercase())),
-            );
+            outputs.insert(k.clone(), json!(format!("dry-run-{}", k.to_ascii_lowercase())));
         }
         return Ok(StepOutcome {
             inputs: Some(inputs),
@@ -57,10 +43,7 @@ pub(super) async fn run(step: &ExecStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         });
     }
 
-    let mut params = AttachParams::default()
-        .stdin(false)
-        .stdout(true)
-        .stderr(true);
+    let mut params = AttachParams::default().stdin(false).stdout(true).stderr(true);
     if let Some(c) = &container {
         params = params.container(c.clone());
     }
@@ -126,9 +109,7 @@ async fn read_capped(stream: Option<impl tokio::io::AsyncRead + Unpin>, max: usi
 
 /// The exit code from the status the API server sends on the error channel: `Success` is 0;
 /// a non-zero exit is a `Failure` with reason `NonZeroExitCode` and the code as a cause.
-fn exit_code(
-    status: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>,
-) -> Option<i32> {
+fn exit_code(status: Option<&k8s_openapi::apimachinery::pkg::apis::meta::v1::Status>) -> Option<i32> {
     let s = status?;
     if s.status.as_deref() == Some("Success") {
         return Some(0);

@@ -52,13 +52,8 @@ impl Executor {
         step: &Step,
         f: &ForEach,
     ) -> Result<(), StepError> {
-        let RunScope {
-            observer, control, ..
-        } = *scope;
-        let At {
-            index,
-            compensation,
-        } = at;
+        let RunScope { observer, control, .. } = *scope;
+        let At { index, compensation } = at;
         let started = record_start(record, at, observer).await;
         record.step_mut(index, compensation).attempts = 1;
         if control.drain.is_cancelled() {
@@ -136,10 +131,7 @@ impl Executor {
             control,
             ..
         } = *scope;
-        let At {
-            index,
-            compensation,
-        } = at;
+        let At { index, compensation } = at;
         let values = context(plan, input, record);
         if let Some(when) = &step.when {
             if !template::render_bool(when, &values)? {
@@ -150,9 +142,7 @@ impl Executor {
         // Finding the items is bounded like one attempt of a step, and by the run's deadline.
         let remaining = scope.deadline.saturating_duration_since(Instant::now());
         if remaining.is_zero() {
-            return Err(StepError::RunDeadline {
-                after: scope.budget,
-            });
+            return Err(StepError::RunDeadline { after: scope.budget });
         }
         let limit = DEFAULT_STEP_TIMEOUT.min(remaining);
         let items = tokio::select! {
@@ -169,18 +159,14 @@ impl Executor {
         let per = f.steps.len().max(1);
         let earlier = &record.step(index, compensation).children;
         if !earlier.is_empty() && earlier.len().is_multiple_of(per) {
-            let frozen: Option<Vec<Value>> =
-                earlier.chunks(per).map(|c| c[0].item.clone()).collect();
+            let frozen: Option<Vec<Value>> = earlier.chunks(per).map(|c| c[0].item.clone()).collect();
             if let Some(frozen) = frozen {
                 items = frozen;
             }
         }
         // Too many items (a selector matching far too much) are counted, not all recorded.
         let too_many = items.len() > f.max_items as usize;
-        let shown: Vec<&Value> = items
-            .iter()
-            .take(if too_many { 10 } else { items.len() })
-            .collect();
+        let shown: Vec<&Value> = items.iter().take(if too_many { 10 } else { items.len() }).collect();
         record.step_mut(index, compensation).inputs = Some(json!({
             "source": source,
             "count": items.len(),
@@ -223,11 +209,9 @@ impl Executor {
                     None => StepRecord {
                         name,
                         step_type: s.kind.type_name(),
-                        cluster: s.uses_cluster().then(|| {
-                            self.registry()
-                                .name_or_default(s.cluster.as_deref())
-                                .to_string()
-                        }),
+                        cluster: s
+                            .uses_cluster()
+                            .then(|| self.registry().name_or_default(s.cluster.as_deref()).to_string()),
                         item: Some(item.clone()),
                         ..Default::default()
                     },
@@ -251,8 +235,7 @@ impl Executor {
             .collect::<Vec<_>>()
             .await;
         let master = master.into_inner();
-        record.step_mut(index, compensation).children =
-            master.step(index, compensation).children.clone();
+        record.step_mut(index, compensation).children = master.step(index, compensation).children.clone();
 
         // A shutdown or a cancel stops the whole step; otherwise say how many failed.
         let mut failed = Vec::new();
@@ -297,8 +280,7 @@ impl Executor {
                 // Items are shown in the record: a secret must not become one.
                 if sources.iter().any(|s| uses_secret(s, secret_keys)) {
                     return Err(items_error(
-                        "the items use a secret value, and every item is shown in the run record"
-                            .into(),
+                        "the items use a secret value, and every item is shown in the run record".into(),
                     ));
                 }
                 match list {
@@ -322,9 +304,7 @@ impl Executor {
                                 }
                             },
                             other => {
-                                return Err(items_error(format!(
-                                    "{src} rendered to {other}, which is not a list"
-                                )))
+                                return Err(items_error(format!("{src} rendered to {other}, which is not a list")))
                             }
                         };
                         Ok((list, src.clone()))
@@ -363,12 +343,7 @@ impl Executor {
     }
 
     /// The names of the objects a selector matches, sorted.
-    async fn select(
-        &self,
-        cluster: &str,
-        sel: &ForEachSelector,
-        values: &Value,
-    ) -> Result<Vec<String>, StepError> {
+    async fn select(&self, cluster: &str, sel: &ForEachSelector, values: &Value) -> Result<Vec<String>, StepError> {
         let selector = template::render(&sel.label_selector, values)?;
         let namespace = sel
             .namespace
@@ -376,9 +351,7 @@ impl Executor {
             .map(|n| template::render(n, values))
             .transpose()?;
         let registry = self.registry();
-        let resolved = registry
-            .resolve(cluster, &sel.api_version, &sel.resource)
-            .await?;
+        let resolved = registry.resolve(cluster, &sel.api_version, &sel.resource).await?;
         let shown = format!(
             "{} on cluster {cluster}",
             crate::cluster::describe_object(
@@ -391,8 +364,7 @@ impl Executor {
         if let Some(ns) = &namespace {
             super::check_name("namespace", ns, &shown)?;
         }
-        let api =
-            crate::cluster::api_for_object(registry, cluster, &resolved, namespace.as_deref())?;
+        let api = crate::cluster::api_for_object(registry, cluster, &resolved, namespace.as_deref())?;
         let found = api
             .list(&ListParams::default().labels(&selector))
             .await
@@ -401,11 +373,7 @@ impl Executor {
                 object: shown,
                 source,
             })?;
-        let mut names: Vec<String> = found
-            .items
-            .into_iter()
-            .filter_map(|o| o.metadata.name)
-            .collect();
+        let mut names: Vec<String> = found.items.into_iter().filter_map(|o| o.metadata.name).collect();
         names.sort();
         Ok(names)
     }
@@ -456,10 +424,7 @@ impl Executor {
         // secret read is not kept in the record, so the step that read it runs again.
         let RunRecord { steps, outputs, .. } = &mut scratch;
         for c in steps.iter_mut().filter(|c| done(c)) {
-            if c.outputs
-                .values()
-                .any(|v| *v == json!(super::redact::REDACTED))
-            {
+            if c.outputs.values().any(|v| *v == json!(super::redact::REDACTED)) {
                 c.status = StepStatus::Pending;
                 continue;
             }
@@ -483,8 +448,7 @@ impl Executor {
             if failure.is_some() {
                 scratch.steps[j].status = StepStatus::Skipped;
                 scratch.steps[j].reason = Some(NOT_RUN.into());
-                scratch.steps[j].error =
-                    Some("not run: an earlier step of this iteration failed".into());
+                scratch.steps[j].error = Some("not run: an earlier step of this iteration failed".into());
                 continue;
             }
             let r = self
@@ -529,8 +493,7 @@ const NOT_RUN: &str = "not-run";
 
 /// A child that finished: succeeded, or skipped by its `when` (not for another's failure).
 fn done(c: &StepRecord) -> bool {
-    c.status == StepStatus::Succeeded
-        || (c.status == StepStatus::Skipped && c.reason.as_deref() != Some(NOT_RUN))
+    c.status == StepStatus::Succeeded || (c.status == StepStatus::Skipped && c.reason.as_deref() != Some(NOT_RUN))
 }
 
 /// Every string in a list as written (each may be a template).
@@ -568,10 +531,7 @@ impl Relay<'_> {
 impl Observer for Relay<'_> {
     async fn on_event(&self, scratch: &RunRecord, event: &Event) {
         let m = self.copy(scratch).await;
-        let At {
-            index,
-            compensation,
-        } = self.at;
+        let At { index, compensation } = self.at;
         let event = match event {
             Event::StepStarted { index: j, .. } => Event::ChildStarted {
                 index,

@@ -25,11 +25,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     // The URL as records, errors and logs show it: a URL built from a secret is not shown at
     // all (the secret may be in it percent-encoded, where no scrubbing would find it).
     let url_secret = ctx.uses_secret(&step.url);
-    let shown_url = if url_secret {
-        REDACTED.to_string()
-    } else {
-        url.clone()
-    };
+    let shown_url = if url_secret { REDACTED.to_string() } else { url.clone() };
     let method = step.method.clone().unwrap_or_else(|| {
         if step.body.is_some() || step.json.is_some() {
             "POST"
@@ -38,14 +34,11 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         }
         .to_string()
     });
-    let method =
-        reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| {
-            StepError::Http {
-                url: shown_url.clone(),
-                reason: format!("{method:?} is not an HTTP method"),
-                transient: false,
-            }
-        })?;
+    let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| StepError::Http {
+        url: shown_url.clone(),
+        reason: format!("{method:?} is not an HTTP method"),
+        transient: false,
+    })?;
     let mut req = ctx.http.request(method.clone(), &url);
     let mut shown_headers = BTreeMap::new();
     for (k, v) in &step.headers {
@@ -67,11 +60,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
             body
         };
     }
-    let secret_values: Vec<&str> = secrets
-        .values()
-        .map(String::as_str)
-        .filter(|s| !s.is_empty())
-        .collect();
+    let secret_values: Vec<&str> = secrets.values().map(String::as_str).filter(|s| !s.is_empty()).collect();
     let inputs = redact(
         json!({"method": method.as_str(), "url": shown_url, "headers": shown_headers, "body": shown_body}),
         &secret_values,
@@ -101,10 +90,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     let resp = req.send().await.map_err(|e| StepError::Http {
         url: redact_str(&shown_url, &secret_values),
         // reqwest's message repeats the URL: say it once, as shown.
-        reason: redact_str(
-            &error_chain(&e).replace(url.as_str(), &shown_url),
-            &secret_values,
-        ),
+        reason: redact_str(&error_chain(&e).replace(url.as_str(), &shown_url), &secret_values),
         transient: e.is_timeout() || e.is_connect() || e.is_request(),
     })?;
     let status = resp.status().as_u16();
@@ -129,10 +115,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
             status,
             expected,
             // Redact first: a secret across the cut would leak its first part.
-            body: redact_str(&text, &secret_values)
-                .chars()
-                .take(300)
-                .collect(),
+            body: redact_str(&text, &secret_values).chars().take(300).collect(),
         });
     }
     let mut outputs = BTreeMap::new();
@@ -153,11 +136,7 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
     Ok(StepOutcome {
         inputs: Some(inputs),
         outputs,
-        object: Some(format!(
-            "{} {}",
-            method,
-            redact_str(&shown_url, &secret_values)
-        )),
+        object: Some(format!("{} {}", method, redact_str(&shown_url, &secret_values))),
         secret_outputs: carries_secret,
         ..Default::default()
     })
@@ -234,9 +213,9 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 fn redact_str(s: &str, secrets: &[&str]) -> String {
-    secrets.iter().fold(s.to_string(), |acc, secret| {
-        acc.replace(secret, "<redacted>")
-    })
+    secrets
+        .iter()
+        .fold(s.to_string(), |acc, secret| acc.replace(secret, "<redacted>"))
 }
 
 /// Replaces every occurrence of a secret value in every string of `v`.

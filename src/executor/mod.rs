@@ -157,12 +157,7 @@ impl Approvals {
     /// Approves the wait going on now, as `by`. `step` and `started_at`, when given, must be
     /// the waiting step's name and its record's `startedAt`: an answer to an earlier wait (of
     /// the same step before a resume, or of another iteration) is refused.
-    pub fn approve(
-        &self,
-        by: &str,
-        step: Option<&str>,
-        started_at: Option<&str>,
-    ) -> Result<(), ApprovalRefused> {
+    pub fn approve(&self, by: &str, step: Option<&str>, started_at: Option<&str>) -> Result<(), ApprovalRefused> {
         let Approvals::Waiting(slot) = self else {
             return Err(ApprovalRefused::NothingWaiting);
         };
@@ -170,9 +165,7 @@ impl Approvals {
         let Some(waiting) = slot.as_mut().filter(|w| w.by.is_none()) else {
             return Err(ApprovalRefused::NothingWaiting);
         };
-        if step.is_some_and(|s| s != waiting.step)
-            || started_at.is_some_and(|t| t != waiting.started_at)
-        {
+        if step.is_some_and(|s| s != waiting.step) || started_at.is_some_and(|t| t != waiting.started_at) {
             return Err(ApprovalRefused::OtherWait {
                 step: waiting.step.clone(),
                 started_at: waiting.started_at.clone(),
@@ -264,10 +257,7 @@ impl Executor {
                 .outputs
                 .keys()
                 .any(|k| record.secret_outputs.contains(k) && !record.secrets.0.contains_key(k));
-            if lost
-                && matches!(step.kind, StepKind::ReadField(_))
-                && rec.status == StepStatus::Succeeded
-            {
+            if lost && matches!(step.kind, StepKind::ReadField(_)) && rec.status == StepStatus::Succeeded {
                 record.steps[index].status = StepStatus::Pending;
             }
         }
@@ -276,13 +266,11 @@ impl Executor {
         for (index, step) in plan.steps.iter().enumerate() {
             // Resuming: every step that already finished (or failed and was tolerated) stays done.
             let done = &record.steps[index];
-            if matches!(done.status, StepStatus::Succeeded | StepStatus::Skipped) || done.continued
-            {
+            if matches!(done.status, StepStatus::Succeeded | StepStatus::Skipped) || done.continued {
                 continue;
             }
             if control.drain.is_cancelled() {
-                self.interrupted(record, step.name.as_str(), started, observer)
-                    .await;
+                self.interrupted(record, step.name.as_str(), started, observer).await;
                 return;
             }
             let scope = RunScope {
@@ -299,8 +287,7 @@ impl Executor {
             };
             let result = self.run_any_step(&scope, record, at, step).await;
             if let Err(StepError::Interrupted) = result {
-                self.interrupted(record, step.name.as_str(), started, observer)
-                    .await;
+                self.interrupted(record, step.name.as_str(), started, observer).await;
                 return;
             }
             if let Err(e) = result {
@@ -312,10 +299,7 @@ impl Executor {
                 }
                 failure = Some(match &record.steps[index].cluster {
                     Some(cluster) => {
-                        format!(
-                            "step {:?} failed on cluster {cluster:?}: {text}",
-                            step.name.as_str()
-                        )
+                        format!("step {:?} failed on cluster {cluster:?}: {text}", step.name.as_str())
                     }
                     None => format!("step {:?} failed: {text}", step.name.as_str()),
                 });
@@ -331,12 +315,8 @@ impl Executor {
             if record.phase != Phase::Cancelled {
                 // Still Running while compensating: the plan stays busy, and a crash here leaves
                 // the run Interrupted rather than looking finished.
-                if !self
-                    .compensate(plan, input, record, observer, control)
-                    .await
-                {
-                    self.interrupted(record, "onFailure", started, observer)
-                        .await;
+                if !self.compensate(plan, input, record, observer, control).await {
+                    self.interrupted(record, "onFailure", started, observer).await;
                     return;
                 }
                 // Cancelled while compensating: the run was cancelled, and says who did it.
@@ -370,26 +350,18 @@ impl Executor {
             record.phase = Phase::Succeeded;
         }
         record.finished_at = Some(now());
-        record.duration_ms =
-            Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
+        record.duration_ms = Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
         info!(phase = record.phase.as_str(), "run finished");
         observer.on_event(record, &Event::RunFinished).await;
     }
 
     /// The run stops here, resumable: a shutdown, or a record that could not be written.
-    async fn interrupted(
-        &self,
-        record: &mut RunRecord,
-        before: &str,
-        started: Instant,
-        observer: &dyn Observer,
-    ) {
+    async fn interrupted(&self, record: &mut RunRecord, before: &str, started: Instant, observer: &dyn Observer) {
         record.phase = Phase::Interrupted;
         record.error = Some(format!(
             "recoverd stopped before step {before:?}; resume the run to continue"
         ));
-        record.duration_ms =
-            Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
+        record.duration_ms = Some(started.elapsed().as_millis() as u64 + record.duration_ms.unwrap_or(0));
         info!("run interrupted");
         observer.on_event(record, &Event::RunFinished).await;
     }
@@ -446,12 +418,7 @@ impl Executor {
 /// The run ends Cancelled, recording who cancelled it.
 fn cancelled(record: &mut RunRecord, control: &RunControl) {
     record.phase = Phase::Cancelled;
-    let by = control
-        .cancelled_by
-        .lock()
-        .map(|b| b.clone())
-        .ok()
-        .flatten();
+    let by = control.cancelled_by.lock().map(|b| b.clone()).ok().flatten();
     record.decisions.push(crate::record::Decision {
         action: "cancelled".into(),
         by: by.unwrap_or_else(|| "unknown".into()),

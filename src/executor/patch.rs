@@ -50,15 +50,13 @@ pub(super) async fn run(step: &PatchStep, ctx: &StepCtx<'_>) -> Result<StepOutco
         (true, Some("stringData")) => stored_secret_path(path, &value)?,
         _ => (path.clone(), value.clone()),
     };
-    verify::check_path(&after, &check_path, &check_value, lists).map_err(|m| {
-        StepError::NotApplied {
-            object: shown.clone(),
-            detail: m.explain(
-                &ctx.resource_name(&step.target.api_version, &step.target.resource),
-                secret,
-                path.is_status() && !step.subresource_status,
-            ),
-        }
+    verify::check_path(&after, &check_path, &check_value, lists).map_err(|m| StepError::NotApplied {
+        object: shown.clone(),
+        detail: m.explain(
+            &ctx.resource_name(&step.target.api_version, &step.target.resource),
+            secret,
+            path.is_status() && !step.subresource_status,
+        ),
     })?;
     // A Secret's values never go into the record.
     let (body, diff) = if secret {
@@ -101,14 +99,9 @@ fn stored_secret_path(path: &FieldPath, value: &Value) -> Result<(FieldPath, Val
     })
 }
 
-fn json_patch(
-    path: &FieldPath,
-    before: &Value,
-    value: Value,
-) -> Result<(Patch<Value>, Value, Lists), StepError> {
+fn json_patch(path: &FieldPath, before: &Value, value: Value) -> Result<(Patch<Value>, Value, Lists), StepError> {
     let ops = path.json_patch_for(before, value)?;
-    let parsed: json_patch::Patch =
-        serde_json::from_value(ops.clone()).expect("generated JSON Patch is valid");
+    let parsed: json_patch::Patch = serde_json::from_value(ops.clone()).expect("generated JSON Patch is valid");
     Ok((Patch::Json(parsed), ops, Lists::Replace))
 }
 

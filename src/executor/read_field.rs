@@ -45,9 +45,7 @@ pub(super) async fn run(step: &ReadFieldStep, ctx: &StepCtx<'_>) -> Result<StepO
         // A Secret's values are secret; its name, labels and the like are not.
         secret_outputs: step.target.api_version == "v1"
             && step.target.resource == "secrets"
-            && path
-                .first_key()
-                .is_none_or(|k| k == "data" || k == "stringData"),
+            && path.first_key().is_none_or(|k| k == "data" || k == "stringData"),
         object: Some(shown),
         ..Default::default()
     })

@@ -20,11 +20,7 @@ pub(crate) fn scrub_value(v: Value, needles: &[String]) -> Value {
     match v {
         Value::String(s) => Value::String(scrub(&s, needles)),
         Value::Array(a) => Value::Array(a.into_iter().map(|v| scrub_value(v, needles)).collect()),
-        Value::Object(m) => Value::Object(
-            m.into_iter()
-                .map(|(k, v)| (k, scrub_value(v, needles)))
-                .collect(),
-        ),
+        Value::Object(m) => Value::Object(m.into_iter().map(|(k, v)| (k, scrub_value(v, needles))).collect()),
         other => other,
     }
 }
@@ -32,15 +28,7 @@ pub(crate) fn scrub_value(v: Value, needles: &[String]) -> Value {
 /// The inputs of a step that used a secret: what was rendered from templates (patch bodies,
 /// manifests, URLs, headers, bodies, compared values) is replaced; the shape stays.
 pub(crate) fn redact_inputs(inputs: Value) -> Value {
-    const RENDERED: &[&str] = &[
-        "patch",
-        "object",
-        "url",
-        "headers",
-        "body",
-        "condition",
-        "observed",
-    ];
+    const RENDERED: &[&str] = &["patch", "object", "url", "headers", "body", "condition", "observed"];
     match inputs {
         Value::Object(mut m) => {
             for key in RENDERED {

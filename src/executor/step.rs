@@ -53,20 +53,17 @@ impl Executor {
             control,
             ..
         } = *scope;
-        let At {
-            index,
-            compensation,
-        } = at;
+        let At { index, compensation } = at;
         let values = context(plan, input, record);
         // `cluster: "{{ Values.from }}"`: one plan serves both directions; the rendered name
         // must be in the registry.
         let cluster = match step.cluster.as_deref() {
-            Some(c) if template::is_template(c) => template::render(c, &values)
-                .map_err(StepError::from)
-                .and_then(|name| {
+            Some(c) if template::is_template(c) => {
+                template::render(c, &values).map_err(StepError::from).and_then(|name| {
                     self.registry.client(&name)?;
                     Ok(name)
-                }),
+                })
+            }
             other => Ok(self.registry.name_or_default(other).to_string()),
         };
         let cluster = match cluster {
@@ -79,13 +76,7 @@ impl Executor {
                 rec.reason = Some(e.reason().to_string());
                 rec.continued = step.on_error == OnError::Continue;
                 observer
-                    .on_event(
-                        record,
-                        &Event::StepFinished {
-                            index,
-                            compensation,
-                        },
-                    )
+                    .on_event(record, &Event::StepFinished { index, compensation })
                     .await;
                 return Err(e);
             }
@@ -96,11 +87,8 @@ impl Executor {
         }
         let secret_keys: BTreeSet<String> = record.secret_outputs.iter().cloned().collect();
         // http steps redact their own inputs field by field (see `http.rs`).
-        let tainted_in = !matches!(step.kind, StepKind::Http(_))
-            && step
-                .templates
-                .iter()
-                .any(|src| uses_secret(src, &secret_keys));
+        let tainted_in =
+            !matches!(step.kind, StepKind::Http(_)) && step.templates.iter().any(|src| uses_secret(src, &secret_keys));
         let started = record_start(record, at, observer).await;
         // An approval step that will really wait shows the approver its question and what the
         // run knows so far (a dry run, or a command without anyone to ask, does not wait).
@@ -147,9 +135,7 @@ impl Executor {
             return Err(StepError::Interrupted);
         }
 
-        let result = self
-            .attempts(scope, record, at, step, &cluster, &values)
-            .await;
+        let result = self.attempts(scope, record, at, step, &cluster, &values).await;
 
         let outcome = match result {
             Ok(Some(mut outcome)) => {
@@ -255,10 +241,7 @@ impl Executor {
             ..
         } = *scope;
         let cancel = &control.cancel;
-        let At {
-            index,
-            compensation,
-        } = at;
+        let At { index, compensation } = at;
         if let Some(when) = &step.when {
             if !template::render_bool(when, values)? {
                 return Ok(None);
@@ -362,11 +345,7 @@ impl Executor {
 
 /// Records that a step starts now and tells the observers (the store writes the record before
 /// the step goes on); returns when, to time it.
-pub(super) async fn record_start(
-    record: &mut RunRecord,
-    at: At,
-    observer: &dyn Observer,
-) -> Instant {
+pub(super) async fn record_start(record: &mut RunRecord, at: At, observer: &dyn Observer) -> Instant {
     let started = Instant::now();
     let rec = record.step_mut(at.index, at.compensation);
     rec.status = StepStatus::Running;
@@ -388,12 +367,7 @@ pub(super) async fn record_start(
 }
 
 /// Records when a step (whose outcome is recorded) ended, and tells the observers.
-pub(super) async fn record_end(
-    record: &mut RunRecord,
-    at: At,
-    started: Instant,
-    observer: &dyn Observer,
-) {
+pub(super) async fn record_end(record: &mut RunRecord, at: At, started: Instant, observer: &dyn Observer) {
     let rec = record.step_mut(at.index, at.compensation);
     rec.finished_at = Some(now());
     rec.duration_ms = Some(started.elapsed().as_millis() as u64);

@@ -73,12 +73,7 @@ fn shown(v: &Value, secret: bool) -> String {
 }
 
 /// Checks that `object` holds `value` at `path` (a dotted path; a JSONPath is never written).
-pub(crate) fn check_path(
-    object: &Value,
-    path: &FieldPath,
-    value: &Value,
-    lists: Lists,
-) -> Result<(), Mismatch> {
+pub(crate) fn check_path(object: &Value, path: &FieldPath, value: &Value, lists: Lists) -> Result<(), Mismatch> {
     let FieldPath::Dotted { segments, .. } = path else {
         return Ok(());
     };
@@ -108,21 +103,14 @@ pub(crate) fn check_object(object: &Value, written: &Value, lists: Lists) -> Res
 }
 
 fn key_text(k: &str) -> String {
-    if k.chars()
-        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-    {
+    if k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
         k.to_string()
     } else {
         format!("[{k:?}]")
     }
 }
 
-fn contains(
-    found: Option<&Value>,
-    wanted: &Value,
-    at: &mut String,
-    lists: Lists,
-) -> Result<(), Mismatch> {
+fn contains(found: Option<&Value>, wanted: &Value, at: &mut String, lists: Lists) -> Result<(), Mismatch> {
     let miss = |at: &str| Mismatch {
         path: if at.is_empty() { ".".into() } else { at.into() },
         found: found.cloned(),
@@ -236,9 +224,10 @@ fn same_scalar(found: &Value, wanted: &Value) -> bool {
         (Value::String(a), Value::Number(b)) | (Value::Number(b), Value::String(a)) => {
             quantity(a).is_some_and(|q| Some(q) == b.as_f64())
         }
-        (Value::String(a), Value::String(b)) if a != b => {
-            matches!((quantity(a), quantity(b)), (Some(x), Some(y)) if (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()) * 4.0)
-        }
+        (Value::String(a), Value::String(b)) if a != b => match (quantity(a), quantity(b)) {
+            (Some(x), Some(y)) => (x - y).abs() <= f64::EPSILON * x.abs().max(y.abs()) * 4.0,
+            _ => false,
+        },
         (a, b) => a == b,
     }
 }
@@ -286,13 +275,7 @@ mod tests {
     #[test]
     fn a_pruned_field_is_reported_as_dropped_with_its_path() {
         let after = json!({"spec": {"replica": {"primary": "pg-north"}}});
-        let m = check_path(
-            &after,
-            &path("spec.replica.primry"),
-            &json!("pg-south"),
-            Lists::Replace,
-        )
-        .unwrap_err();
+        let m = check_path(&after, &path("spec.replica.primry"), &json!("pg-south"), Lists::Replace).unwrap_err();
         assert_eq!(m.path, "spec.replica.primry");
         assert_eq!(m.found, None);
         let text = m.explain("clusters.postgresql.cnpg.io", false, false);
@@ -325,18 +308,11 @@ mod tests {
         let after = json!({"spec": {"instances": 2}});
         let m = check_path(&after, &path("spec.instances"), &json!(3), Lists::Replace).unwrap_err();
         let text = m.explain("clusters.postgresql.cnpg.io", false, false);
-        assert!(
-            text.contains("holds 2 at spec.instances, not the 3"),
-            "{text}"
-        );
+        assert!(text.contains("holds 2 at spec.instances, not the 3"), "{text}");
         let secret = json!({"data": {"k": "c2VjcmV0"}});
-        let m =
-            check_path(&secret, &path("data.k"), &json!("b3RoZXI="), Lists::Replace).unwrap_err();
+        let m = check_path(&secret, &path("data.k"), &json!("b3RoZXI="), Lists::Replace).unwrap_err();
         let text = m.explain("secrets", true, false);
-        assert!(
-            !text.contains("c2VjcmV0") && !text.contains("b3RoZXI="),
-            "{text}"
-        );
+        assert!(!text.contains("c2VjcmV0") && !text.contains("b3RoZXI="), "{text}");
     }
 
     #[test]
@@ -347,10 +323,7 @@ mod tests {
             ("spec.port", json!(5432)),
             ("spec.ratio", json!(1)),
         ] {
-            assert!(
-                check_path(&after, &path(p), &v, Lists::Replace).is_ok(),
-                "{p}"
-            );
+            assert!(check_path(&after, &path(p), &v, Lists::Replace).is_ok(), "{p}");
         }
     }
 
@@ -361,10 +334,7 @@ mod tests {
             ("spec.resources.limits.memory", json!("1024Mi")),
             ("spec.resources.limits.cpu", json!("0.5")),
         ] {
-            assert!(
-                check_path(&after, &path(p), &v, Lists::Replace).is_ok(),
-                "{p}"
-            );
+            assert!(check_path(&after, &path(p), &v, Lists::Replace).is_ok(), "{p}");
         }
         assert!(check_path(
             &after,
@@ -385,13 +355,7 @@ mod tests {
 
     #[test]
     fn null_means_removed() {
-        assert!(check_path(
-            &json!({"spec": {}}),
-            &path("spec.x"),
-            &Value::Null,
-            Lists::Replace
-        )
-        .is_ok());
+        assert!(check_path(&json!({"spec": {}}), &path("spec.x"), &Value::Null, Lists::Replace).is_ok());
         let m = check_path(
             &json!({"spec": {"x": 1}}),
             &path("spec.x"),
@@ -418,8 +382,7 @@ mod tests {
     #[test]
     fn keys_with_dots_are_shown_quoted() {
         let after = json!({"data": {}});
-        let m =
-            check_object(&after, &json!({"data": {"haproxy.cfg": "x"}}), Lists::Merge).unwrap_err();
+        let m = check_object(&after, &json!({"data": {"haproxy.cfg": "x"}}), Lists::Merge).unwrap_err();
         assert_eq!(m.path, "data[\"haproxy.cfg\"]");
     }
 }

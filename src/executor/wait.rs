@@ -39,9 +39,7 @@ fn templates(c: &Condition) -> Vec<String> {
     let mut out = Vec::new();
     let mut raw = |v: &Value| out.push(v.to_string());
     match c {
-        Condition::Equals(_, v) | Condition::NotEquals(_, v) | Condition::Compare(_, _, v) => {
-            raw(v)
-        }
+        Condition::Equals(_, v) | Condition::NotEquals(_, v) | Condition::Compare(_, _, v) => raw(v),
         Condition::Recreated(uid) => out.push(uid.clone()),
         Condition::All(list) | Condition::Any(list) => out.extend(list.iter().flat_map(templates)),
         _ => {}
@@ -82,26 +80,15 @@ pub(super) async fn run(step: &Wait, ctx: &StepCtx<'_>) -> Result<StepOutcome, S
     let condition = Cond::compile(&step.condition, ctx, initial.as_ref())?;
     // A condition built from a secret is described without its values (escaped or not, they
     // would be in progress lines, records and timeouts).
-    let from_secret = templates(&step.condition)
-        .iter()
-        .any(|src| ctx.uses_secret(src));
+    let from_secret = templates(&step.condition).iter().any(|src| ctx.uses_secret(src));
     let wanted = if from_secret {
-        format!(
-            "{} (compared with a secret value)",
-            field.unwrap_or("the object")
-        )
+        format!("{} (compared with a secret value)", field.unwrap_or("the object"))
     } else {
         condition.describe()
     };
     let observed = |obj: Option<&Value>| condition.observed(obj);
     if condition.holds(initial.as_ref()) {
-        return Ok(done(
-            field,
-            &wanted,
-            observed(initial.as_ref()),
-            shown,
-            secret,
-        ));
+        return Ok(done(field, &wanted, observed(initial.as_ref()), shown, secret));
     }
     if ctx.dry_run() {
         // A dry run cannot wait for an object to appear: one that nobody in this run wrote must
@@ -113,10 +100,7 @@ pub(super) async fn run(step: &Wait, ctx: &StepCtx<'_>) -> Result<StepOutcome, S
         // Nothing was written, so nothing will change: record what the live run would wait for.
         let mut outcome = done(field, &wanted, observed(initial.as_ref()), shown, secret);
         if let Some(inputs) = outcome.inputs.as_mut() {
-            inputs["dryRun"] = json!(format!(
-                "would wait up to {} for {wanted}",
-                duration::format(timeout)
-            ));
+            inputs["dryRun"] = json!(format!("would wait up to {} for {wanted}", duration::format(timeout)));
         }
         return Ok(outcome);
     }
@@ -153,23 +137,13 @@ pub(super) async fn run(step: &Wait, ctx: &StepCtx<'_>) -> Result<StepOutcome, S
             watcher::Event::Init | watcher::Event::InitDone => continue,
         };
         if condition.holds(current.as_ref()) {
-            return Ok(done(
-                field,
-                &wanted,
-                observed(current.as_ref()),
-                shown,
-                secret,
-            ));
+            return Ok(done(field, &wanted, observed(current.as_ref()), shown, secret));
         }
         last = observed(current.as_ref());
     }
 }
 
-async fn get(
-    api: &Api<DynamicObject>,
-    name: &str,
-    shown: &str,
-) -> Result<Option<Value>, StepError> {
+async fn get(api: &Api<DynamicObject>, name: &str, shown: &str) -> Result<Option<Value>, StepError> {
     match api.get_opt(name).await {
         Ok(obj) => Ok(obj.map(|o| serde_json::to_value(o).unwrap_or(Value::Null))),
         Err(source) => Err(StepError::Kube {
@@ -180,13 +154,7 @@ async fn get(
     }
 }
 
-fn done(
-    field: Option<&str>,
-    wanted: &str,
-    value: Option<Value>,
-    shown: String,
-    secret: bool,
-) -> StepOutcome {
+fn done(field: Option<&str>, wanted: &str, value: Option<Value>, shown: String, secret: bool) -> StepOutcome {
     let observed = match value {
         Some(_) if secret => json!("<redacted>"),
         v => json!(v),
@@ -219,11 +187,7 @@ pub(crate) enum Cond {
 
 impl Cond {
     /// Renders a plan's condition; `initial` is the object when the step began (for `changed`).
-    pub(crate) fn compile(
-        c: &Condition,
-        ctx: &StepCtx<'_>,
-        initial: Option<&Value>,
-    ) -> Result<Cond, StepError> {
+    pub(crate) fn compile(c: &Condition, ctx: &StepCtx<'_>, initial: Option<&Value>) -> Result<Cond, StepError> {
         let value = |v: &Value| crate::template::render_raw(v, ctx.values);
         Ok(match c {
             Condition::Equals(p, v) => Cond::Equals(p.clone(), value(v)?),
@@ -273,17 +237,12 @@ impl Cond {
                 .and_then(|o| o.pointer("/metadata/uid"))
                 .and_then(Value::as_str)
                 .is_some_and(|uid| uid != old),
-            Cond::Compare(p, ord, n) => {
-                at(p)
-                    .as_ref()
-                    .and_then(as_number)
-                    .is_some_and(|v| match ord {
-                        Ordering::GreaterThan => v > *n,
-                        Ordering::LessThan => v < *n,
-                        Ordering::AtLeast => v >= *n,
-                        Ordering::AtMost => v <= *n,
-                    })
-            }
+            Cond::Compare(p, ord, n) => at(p).as_ref().and_then(as_number).is_some_and(|v| match ord {
+                Ordering::GreaterThan => v > *n,
+                Ordering::LessThan => v < *n,
+                Ordering::AtLeast => v >= *n,
+                Ordering::AtMost => v <= *n,
+            }),
             Cond::EqualsField(a, b) => match (at(a), at(b)) {
                 (Some(x), Some(y)) => same(&x, &y),
                 _ => false,
@@ -307,9 +266,9 @@ impl Cond {
             Cond::EqualsField(a, b) => Some(json!([at(a), at(b)])),
             Cond::Gone => Some(json!(if obj.is_some() { "exists" } else { "gone" })),
             Cond::Recreated(_) => obj.and_then(|o| o.pointer("/metadata/uid")).cloned(),
-            Cond::All(list) | Cond::Any(list) => Some(Value::Array(
-                list.iter().map(|c| json!(c.observed(obj))).collect(),
-            )),
+            Cond::All(list) | Cond::Any(list) => {
+                Some(Value::Array(list.iter().map(|c| json!(c.observed(obj))).collect()))
+            }
         }
     }
 
@@ -329,17 +288,11 @@ impl Cond {
             Cond::EqualsField(a, b) => format!("{a} == {b}"),
             Cond::All(list) => format!(
                 "all of ({})",
-                list.iter()
-                    .map(Cond::describe)
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                list.iter().map(Cond::describe).collect::<Vec<_>>().join("; ")
             ),
             Cond::Any(list) => format!(
                 "any of ({})",
-                list.iter()
-                    .map(Cond::describe)
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                list.iter().map(Cond::describe).collect::<Vec<_>>().join("; ")
             ),
         }
     }
@@ -371,30 +324,12 @@ mod tests {
             (Cond::NotEquals(p("status.nope"), json!(2)), false),
             (Cond::Changed(p("status.ready"), Some(json!(2))), true),
             (Cond::Changed(p("status.ready"), Some(json!(3))), false),
-            (
-                Cond::Compare(p("status.lag"), Ordering::LessThan, 16.0e6),
-                true,
-            ),
-            (
-                Cond::Compare(p("status.ready"), Ordering::AtLeast, 3.0),
-                true,
-            ),
-            (
-                Cond::Compare(p("status.ready"), Ordering::GreaterThan, 3.0),
-                false,
-            ),
-            (
-                Cond::Compare(p("status.nope"), Ordering::AtMost, 3.0),
-                false,
-            ),
-            (
-                Cond::EqualsField(p("status.ready"), p("spec.instances")),
-                true,
-            ),
-            (
-                Cond::EqualsField(p("status.nope"), p("status.nope2")),
-                false,
-            ),
+            (Cond::Compare(p("status.lag"), Ordering::LessThan, 16.0e6), true),
+            (Cond::Compare(p("status.ready"), Ordering::AtLeast, 3.0), true),
+            (Cond::Compare(p("status.ready"), Ordering::GreaterThan, 3.0), false),
+            (Cond::Compare(p("status.nope"), Ordering::AtMost, 3.0), false),
+            (Cond::EqualsField(p("status.ready"), p("spec.instances")), true),
+            (Cond::EqualsField(p("status.nope"), p("status.nope2")), false),
             (Cond::Recreated("u1".into()), true),
             (Cond::Recreated("u2".into()), false),
             (Cond::Gone, false),
@@ -403,10 +338,7 @@ mod tests {
                 Cond::All(vec![Cond::Gone, Cond::Exists(p("status.ready"), true)]),
                 false,
             ),
-            (
-                Cond::Any(vec![Cond::Gone, Cond::Exists(p("status.ready"), true)]),
-                true,
-            ),
+            (Cond::Any(vec![Cond::Gone, Cond::Exists(p("status.ready"), true)]), true),
         ];
         for (c, want) in &cases {
             assert_eq!(c.holds(Some(&obj)), *want, "{c:?}");

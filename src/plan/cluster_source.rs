@@ -54,7 +54,9 @@ pub enum ClusterPlansError {
         scope: Scope,
         source: kube::Error,
     },
-    #[error("failed to list {resource} in the home cluster ({scope}) within {limit:?}; see the log for the watch's errors")]
+    #[error(
+        "failed to list {resource} in the home cluster ({scope}) within {limit:?}; see the log for the watch's errors"
+    )]
     NotSynced {
         resource: String,
         scope: Scope,
@@ -134,11 +136,7 @@ pub struct Verdict {
 /// Loads one resource as a plan file would be loaded — the same loader, the same validation
 /// against the registry's cluster names — plus what only a resource can get wrong: it has no
 /// directory, so `templateFrom.file` cannot be read.
-pub fn load_object(
-    flavour: Flavour,
-    obj: &DynamicObject,
-    clusters: Option<&BTreeSet<String>>,
-) -> ObjectPlan {
+pub fn load_object(flavour: Flavour, obj: &DynamicObject, clusters: Option<&BTreeSet<String>>) -> ObjectPlan {
     let namespace = obj.namespace().unwrap_or_else(|| "default".into());
     let name = obj.name_any();
     let outcome = load_value(flavour, &namespace, &name, obj, clusters);
@@ -265,9 +263,7 @@ pub fn combine(files: &PlanSet, objects: &[ObjectPlan]) -> (PlanSet, Vec<Verdict
                 Verdict {
                     valid: true,
                     reason: "Validated",
-                    message: format!(
-                        "the plan is valid and matched against alerts ({steps} steps)"
-                    ),
+                    message: format!("the plan is valid and matched against alerts ({steps} steps)"),
                     problems: Vec::new(),
                     steps,
                 }
@@ -284,10 +280,7 @@ pub fn combine(files: &PlanSet, objects: &[ObjectPlan]) -> (PlanSet, Vec<Verdict
     }
     (
         PlanSet::from_valid(plans, invalid),
-        verdicts
-            .into_iter()
-            .map(|v| v.expect("every object judged"))
-            .collect(),
+        verdicts.into_iter().map(|v| v.expect("every object judged")).collect(),
     )
 }
 
@@ -342,8 +335,7 @@ pub struct LastRun {
 }
 
 /// The newest live runs, newest first (a bounded number): called on the blocking pool.
-pub type LastRuns =
-    Arc<dyn Fn() -> futures::future::BoxFuture<'static, Vec<LastRun>> + Send + Sync>;
+pub type LastRuns = Arc<dyn Fn() -> futures::future::BoxFuture<'static, Vec<LastRun>> + Send + Sync>;
 
 /// Where and how to watch.
 pub struct WatchConfig {
@@ -434,15 +426,10 @@ enum Signal {
     Started(Flavour, Store<DynamicObject>, bool),
 }
 
-fn spawn_watch(
-    flavour: Flavour,
-    api: Api<DynamicObject>,
-    tx: mpsc::UnboundedSender<Signal>,
-) -> Store<DynamicObject> {
+fn spawn_watch(flavour: Flavour, api: Api<DynamicObject>, tx: mpsc::UnboundedSender<Signal>) -> Store<DynamicObject> {
     let writer = Writer::new(flavour.resource());
     let store = writer.as_reader();
-    let stream =
-        reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default())).default_backoff();
     tokio::spawn(async move {
         futures::pin_mut!(stream);
         while let Some(event) = stream.next().await {
@@ -464,19 +451,11 @@ fn spawn_watch(
 }
 
 /// Looks for Nova's CRD every `every` until it is served, then watches it.
-async fn discover_nova(
-    client: Client,
-    api: Api<DynamicObject>,
-    every: Duration,
-    tx: mpsc::UnboundedSender<Signal>,
-) {
+async fn discover_nova(client: Client, api: Api<DynamicObject>, every: Duration, tx: mpsc::UnboundedSender<Signal>) {
     loop {
         match client.list_api_group_resources(NOVA_API_VERSION).await {
             Ok(list) if list.resources.iter().any(|r| r.name == "recoveryplans") => {
-                let status = list
-                    .resources
-                    .iter()
-                    .any(|r| r.name == "recoveryplans/status");
+                let status = list.resources.iter().any(|r| r.name == "recoveryplans/status");
                 info!(
                     status_subresource = status,
                     "Nova's RecoveryPlan CRD is served; watching its plans"
@@ -574,17 +553,9 @@ impl Reconciler {
             .filter(|(i, (_, _, writable))| *writable && verdicts[*i].valid)
             .map(|(i, (_, p, _))| (p.key(), (p.flavour, i)))
             .collect();
-        let (valid, invalid) =
-            verdicts.iter().fold(
-                (0, 0),
-                |(v, i), x| {
-                    if x.valid {
-                        (v + 1, i)
-                    } else {
-                        (v, i + 1)
-                    }
-                },
-            );
+        let (valid, invalid) = verdicts
+            .iter()
+            .fold((0, 0), |(v, i), x| if x.valid { (v + 1, i) } else { (v, i + 1) });
         debug!(valid, invalid, "RecoveryPlans from the cluster published");
         for ((obj, plan, writable), verdict) in objects.iter().zip(&verdicts) {
             if *writable {
@@ -624,8 +595,7 @@ impl Reconciler {
             if status["lastRun"] == run.id.as_str() && status["lastResult"] == run.phase.as_str() {
                 continue;
             }
-            let api: Api<DynamicObject> =
-                Api::namespaced_with(self.client.clone(), ns, &flavour.resource());
+            let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), ns, &flavour.resource());
             let patch = json!({"status": {"lastRun": run.id, "lastResult": run.phase}});
             if let Err(e) = api
                 .patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -664,11 +634,9 @@ impl Reconciler {
         let transition = if transition.is_string() {
             transition
         } else {
-            json!(
-                jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
-                    .expect("now is a valid time")
-                    .to_string()
-            )
+            json!(jiff::Timestamp::from_second(jiff::Timestamp::now().as_second())
+                .expect("now is a valid time")
+                .to_string())
         };
         let patch = json!({"status": {
             "valid": verdict.valid,
@@ -685,8 +653,7 @@ impl Reconciler {
             }],
         }});
         let ar = plan.flavour.resource();
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &plan.namespace, &ar);
+        let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &plan.namespace, &ar);
         match api
             .patch_status(&plan.name, &PatchParams::default(), &Patch::Merge(&patch))
             .await
@@ -757,12 +724,7 @@ mod tests {
 
     #[test]
     fn a_resource_loads_like_a_file_and_keeps_its_generation() {
-        let obj = object(
-            Flavour::Recoverd,
-            "ops",
-            "p",
-            wait_spec(json!({"alertname": "A"})),
-        );
+        let obj = object(Flavour::Recoverd, "ops", "p", wait_spec(json!({"alertname": "A"})));
         let plan = load_object(Flavour::Recoverd, &obj, None);
         let plan = plan.outcome.expect("valid");
         assert_eq!(plan.generation, "3");
@@ -789,10 +751,7 @@ mod tests {
                 json!({"steps": [{"name": "a", "type": "apply", "apply": {"target": {"kind": "ConfigMap", "namespace": "x", "name": "y", "key": "k"}, "templateFrom": {"file": "/etc/passwd"}}}]}),
                 "spec.steps[0].apply.templateFrom.file",
             ),
-            (
-                json!({"steps": [{"name": "w", "type": "explode"}]}),
-                "spec.steps[0]",
-            ),
+            (json!({"steps": [{"name": "w", "type": "explode"}]}), "spec.steps[0]"),
         ];
         let clusters = BTreeSet::from(["north".to_string()]);
         for (spec, field) in cases {
@@ -826,13 +785,7 @@ mod tests {
         assert!(errors.is_empty());
         let plan = compile_one(&plans[0], None).unwrap();
         let files = PlanSet::from_valid([Arc::new(plan)], Vec::new());
-        let load = |f, name: &str| {
-            load_object(
-                f,
-                &object(f, "ops", name, wait_spec(json!({"a": "b"}))),
-                None,
-            )
-        };
+        let load = |f, name: &str| load_object(f, &object(f, "ops", name, wait_spec(json!({"a": "b"}))), None);
         let objects = vec![
             load(Flavour::Nova, "both"),
             load(Flavour::Recoverd, "shared"),
@@ -854,10 +807,7 @@ mod tests {
             .to_string()
             .contains("recoverd.io"));
         let reasons: Vec<_> = verdicts.iter().map(|v| v.reason).collect();
-        assert_eq!(
-            reasons,
-            ["NameClash", "NameClash", "Validated", "Validated"]
-        );
+        assert_eq!(reasons, ["NameClash", "NameClash", "Validated", "Validated"]);
         assert!(
             verdicts[1].message.contains("plans/shared.yaml"),
             "{}",

@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::load::Source;
 use super::model::{
-    AssertStep, ConfigMapKey, DeletePreconditions, ExecStep, HttpStep, Mode, ObjectRef, OnError,
-    OnTimeout, RecoveryPlan,
+    AssertStep, ConfigMapKey, DeletePreconditions, ExecStep, HttpStep, Mode, ObjectRef, OnError, OnTimeout,
+    RecoveryPlan,
 };
 use crate::fieldpath::FieldPath;
 use crate::matcher::Matcher;
@@ -82,8 +82,7 @@ impl Plan {
 
     /// Whether an alert with these labels triggers the plan (its mode aside).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v))
-            && self.matchers.iter().all(|m| m.matches(labels))
+        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) && self.matchers.iter().all(|m| m.matches(labels))
     }
 
     /// The longest the `onFailure` steps can take together: their own budget, since the run's
@@ -315,10 +314,7 @@ pub enum ApplyForm {
     /// A whole object as a YAML template.
     Manifest(String),
     /// One key of a ConfigMap or Secret, rendered from a template.
-    Key {
-        target: KeyTarget,
-        source: TemplateSource,
-    },
+    Key { target: KeyTarget, source: TemplateSource },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -369,10 +365,7 @@ pub enum Selection {
     /// One object (a template).
     Name(String),
     /// Every object a label selector (a template) matches, refusing more than `max_objects`.
-    Selector {
-        selector: String,
-        max_objects: Count,
-    },
+    Selector { selector: String, max_objects: Count },
 }
 
 /// A count known when the plan is validated, or a template rendered when the step runs.
@@ -390,11 +383,7 @@ pub enum Propagation {
 }
 
 impl Propagation {
-    pub const ALL: [Propagation; 3] = [
-        Propagation::Background,
-        Propagation::Foreground,
-        Propagation::Orphan,
-    ];
+    pub const ALL: [Propagation; 3] = [Propagation::Background, Propagation::Foreground, Propagation::Orphan];
 
     pub fn as_str(self) -> &'static str {
         match self {

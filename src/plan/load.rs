@@ -216,10 +216,7 @@ pub fn plan_files(paths: &[PathBuf], errors: &mut Vec<LoadError>) -> Vec<PathBuf
                         if depth < MAX_DEPTH && visited.insert(real) {
                             stack.push((path, depth + 1));
                         }
-                    } else if matches!(
-                        path.extension().and_then(|e| e.to_str()),
-                        Some("yaml" | "yml")
-                    ) {
+                    } else if matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")) {
                         if out.len() >= MAX_FILES {
                             too_many = true;
                             continue;
@@ -330,17 +327,11 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
             errors.push(err(
                 l,
                 c,
-                format!(
-                    "the plan has {steps} steps (with onFailure); at most {MAX_STEPS} are allowed"
-                ),
+                format!("the plan has {steps} steps (with onFailure); at most {MAX_STEPS} are allowed"),
             ));
             continue;
         }
-        if let Some(p) = spec
-            .overridable_params
-            .iter()
-            .find(|p| !spec.params.contains_key(*p))
-        {
+        if let Some(p) = spec.overridable_params.iter().find(|p| !spec.params.contains_key(*p)) {
             let (l, c) = at_key("spec");
             errors.push(err(
                 l,
@@ -377,13 +368,7 @@ pub fn load_str(file: &Path, text: &str) -> (Vec<LoadedPlan>, Vec<LoadError>) {
 /// the mapping that lacks it (at `line`/`column`, whose keys are indented `column - 1`), less
 /// indented than that mapping's keys and before the next item of an enclosing list, and returns
 /// a hint naming its line in the file. The error keeps pointing at the mapping that lacks it.
-fn misplaced_key(
-    text: &str,
-    message: &str,
-    line: usize,
-    column: usize,
-    start_line: usize,
-) -> Option<String> {
+fn misplaced_key(text: &str, message: &str, line: usize, column: usize, start_line: usize) -> Option<String> {
     let (path, rest) = message.split_once(": missing field `")?;
     let key = rest.split('`').next()?;
     let parent = path.rsplit('.').next()?;
@@ -471,10 +456,7 @@ fn describe(e: &serde_yaml::Error, start_line: usize) -> String {
             if own == Some((line, column)) {
                 String::new()
             } else {
-                format!(
-                    " at line {} column {column}",
-                    start_line + line.saturating_sub(1)
-                )
+                format!(" at line {} column {column}", start_line + line.saturating_sub(1))
             }
         })
         .into_owned();
@@ -502,9 +484,7 @@ mod tests {
         let (plans, errors) = load_str(Path::new("p.yaml"), &text);
         assert!(plans.is_empty());
         assert!(
-            errors[0]
-                .message
-                .contains(&format!("{} steps", MAX_STEPS + 1)),
+            errors[0].message.contains(&format!("{} steps", MAX_STEPS + 1)),
             "{errors:?}"
         );
     }
@@ -546,9 +526,7 @@ mod tests {
             "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n",
         );
         assert!(
-            errors[0]
-                .message
-                .contains("expected apiVersion recoverd.io/v1alpha1"),
+            errors[0].message.contains("expected apiVersion recoverd.io/v1alpha1"),
             "{}",
             errors[0]
         );

@@ -166,9 +166,7 @@ impl PlanSet {
             Ok(_) if self.by_name.contains_key(&name) => self.invalid.push(InvalidPlan {
                 file,
                 plan: Some(name.clone()),
-                problems: vec![format!(
-                    "plan {name} is defined twice; the first definition is used"
-                )],
+                problems: vec![format!("plan {name} is defined twice; the first definition is used")],
             }),
             Ok(plan) => self.add(Arc::new(plan)),
         }
@@ -176,10 +174,7 @@ impl PlanSet {
 
     /// A set of plans already validated (by their source), with the problems of those that
     /// were not; a name given twice keeps its first plan and reports the others.
-    pub fn from_valid(
-        plans: impl IntoIterator<Item = Arc<Plan>>,
-        invalid: Vec<InvalidPlan>,
-    ) -> Self {
+    pub fn from_valid(plans: impl IntoIterator<Item = Arc<Plan>>, invalid: Vec<InvalidPlan>) -> Self {
         let mut set = PlanSet {
             invalid,
             ..PlanSet::default()
@@ -190,9 +185,7 @@ impl PlanSet {
                 set.invalid.push(InvalidPlan {
                     file: plan.source.file.display().to_string(),
                     plan: Some(name.clone()),
-                    problems: vec![format!(
-                        "plan {name} is defined twice; the first definition is used"
-                    )],
+                    problems: vec![format!("plan {name} is defined twice; the first definition is used")],
                 });
             } else {
                 set.add(plan);
@@ -279,11 +272,7 @@ impl PlanSet {
             .collect()
     }
 
-    fn plan_if_it_matches<'a>(
-        &self,
-        entry: &'a Entry,
-        labels: &BTreeMap<String, String>,
-    ) -> Option<&'a Arc<Plan>> {
+    fn plan_if_it_matches<'a>(&self, entry: &'a Entry, labels: &BTreeMap<String, String>) -> Option<&'a Arc<Plan>> {
         entry.plan.matches(labels).then_some(&entry.plan)
     }
 
@@ -488,10 +477,7 @@ mod tests {
     }
 
     fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
     }
 
     fn names(plans: &[&Arc<Plan>]) -> Vec<String> {
@@ -501,25 +487,13 @@ mod tests {
     #[test]
     fn an_alert_matches_only_plans_whose_labels_and_matchers_all_hold() {
         let set = set_of(1000);
-        let hit = set.matching(&labels(&[
-            ("alertname", "A7"),
-            ("team", "db"),
-            ("severity", "page"),
-        ]));
+        let hit = set.matching(&labels(&[("alertname", "A7"), ("team", "db"), ("severity", "page")]));
         assert_eq!(names(&hit), ["default/p7"]);
         assert!(set
-            .matching(&labels(&[
-                ("alertname", "A7"),
-                ("team", "web"),
-                ("severity", "page")
-            ]))
+            .matching(&labels(&[("alertname", "A7"), ("team", "web"), ("severity", "page")]))
             .is_empty());
         assert!(set
-            .matching(&labels(&[
-                ("alertname", "A7"),
-                ("team", "db"),
-                ("severity", "info")
-            ]))
+            .matching(&labels(&[("alertname", "A7"), ("team", "db"), ("severity", "info")]))
             .is_empty());
     }
 
@@ -527,15 +501,21 @@ mod tests {
     /// name with one plan per namespace; one per service within ten teams; matchers only;
     /// manual plans; an alert name shared by exactly two plans.
     fn mixed_set() -> PlanSet {
-        set_from(600, |i| {
-            match i % 6 {
-            0 => format!("  alertLabels: {{alertname: A{i}, team: db}}\n  alertMatchers: ['severity=~\"critical|page\"']\n"),
+        set_from(600, |i| match i % 6 {
+            0 => format!(
+                "  alertLabels: {{alertname: A{i}, team: db}}\n  alertMatchers: ['severity=~\"critical|page\"']\n"
+            ),
             1 => format!("  alertLabels: {{alertname: PostgresDown, namespace: ns{}}}\n", i % 50),
-            2 => format!("  alertLabels: {{alertname: Down, team: t{}, service: s{i}}}\n  alertMatchers: ['env!=\"test\"']\n", i % 10),
+            2 => format!(
+                "  alertLabels: {{alertname: Down, team: t{}, service: s{i}}}\n  alertMatchers: ['env!=\"test\"']\n",
+                i % 10
+            ),
             3 => format!("  alertMatchers: ['alertname=~\"Only{}|Any\"']\n", i % 3),
-            4 => format!("  mode: manual\n  alertLabels: {{alertname: PostgresDown, namespace: ns{}}}\n", i % 50),
+            4 => format!(
+                "  mode: manual\n  alertLabels: {{alertname: PostgresDown, namespace: ns{}}}\n",
+                i % 50
+            ),
             _ => format!("  mode: approval\n  alertLabels: {{alertname: Pair{}}}\n", i / 12),
-        }
         })
     }
 
@@ -549,15 +529,9 @@ mod tests {
                 (format!("A{i}"), vec![("team", "db"), ("severity", "page")]),
                 (format!("A{i}"), vec![("team", "db"), ("severity", "info")]),
                 ("PostgresDown".into(), vec![("namespace", "ns7")]),
-                (
-                    "PostgresDown".into(),
-                    vec![("namespace", "ns49"), ("x", "y")],
-                ),
+                ("PostgresDown".into(), vec![("namespace", "ns49"), ("x", "y")]),
                 ("Down".into(), vec![("team", "t2"), ("service", "s2")]),
-                (
-                    "Down".into(),
-                    vec![("team", "t2"), ("service", "s2"), ("env", "test")],
-                ),
+                ("Down".into(), vec![("team", "t2"), ("service", "s2"), ("env", "test")]),
                 ("Down".into(), vec![("service", "s2")]),
                 ("Only1".into(), vec![("team", "db")]),
                 (format!("Pair{}", i.len()), vec![]),
@@ -589,13 +563,8 @@ mod tests {
             .contains_key(&index.pair_hash("alertname", "PostgresDown")));
         assert_eq!(index.by_pair.len(), 1000);
         assert!(index.by_pair.values().all(|&(_, n)| n == 1));
-        assert!(index
-            .by_pair
-            .contains_key(&index.pair_hash("namespace", "ns7")));
-        let hit = set.matching(&labels(&[
-            ("alertname", "PostgresDown"),
-            ("namespace", "ns7"),
-        ]));
+        assert!(index.by_pair.contains_key(&index.pair_hash("namespace", "ns7")));
+        let hit = set.matching(&labels(&[("alertname", "PostgresDown"), ("namespace", "ns7")]));
         assert_eq!(names(&hit), ["default/p7"]);
     }
 
@@ -716,8 +685,7 @@ mod tests {
             plan: Some("ops/bad".into()),
             problems: vec!["spec.steps: required".into()],
         });
-        let listed: serde_json::Value =
-            serde_json::from_slice(&serde_json::to_vec(&set.listing()).unwrap()).unwrap();
+        let listed: serde_json::Value = serde_json::from_slice(&serde_json::to_vec(&set.listing()).unwrap()).unwrap();
         assert_eq!(
             listed,
             serde_json::json!({"plans": set.summaries(), "invalid": set.invalid})

@@ -31,29 +31,28 @@ impl Positions {
             let Ok((event, span)) = event else { break };
             let pos = at(span.start.line(), span.start.col());
             // The path of a node starting here, and whether it is a mapping key.
-            let mut node_path =
-                |stack: &mut Vec<Frame>, is_scalar: Option<&str>| -> Option<String> {
-                    match stack.last_mut() {
-                        None => Some(String::new()),
-                        Some(Frame::Seq { path, next }) => {
-                            let p = format!("{path}[{next}]");
-                            *next += 1;
-                            map.entry(p.clone()).or_insert(pos);
-                            Some(p)
-                        }
-                        Some(Frame::Map { path, key }) => match key.take() {
-                            Some(k) => Some(join(path, &k)),
-                            None => {
-                                // A key: remember where it is; the value comes next.
-                                if let Some(k) = is_scalar {
-                                    map.insert(join(path, k), pos);
-                                    *key = Some(k.to_string());
-                                }
-                                None
-                            }
-                        },
+            let mut node_path = |stack: &mut Vec<Frame>, is_scalar: Option<&str>| -> Option<String> {
+                match stack.last_mut() {
+                    None => Some(String::new()),
+                    Some(Frame::Seq { path, next }) => {
+                        let p = format!("{path}[{next}]");
+                        *next += 1;
+                        map.entry(p.clone()).or_insert(pos);
+                        Some(p)
                     }
-                };
+                    Some(Frame::Map { path, key }) => match key.take() {
+                        Some(k) => Some(join(path, &k)),
+                        None => {
+                            // A key: remember where it is; the value comes next.
+                            if let Some(k) = is_scalar {
+                                map.insert(join(path, k), pos);
+                                *key = Some(k.to_string());
+                            }
+                            None
+                        }
+                    },
+                }
+            };
             match event {
                 Event::Scalar(value, ..) => {
                     node_path(&mut stack, Some(&value));

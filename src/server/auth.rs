@@ -43,24 +43,13 @@ const PLACEHOLDERS: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("failed to read token file {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    Read { path: String, source: std::io::Error },
     #[error("token file {path} holds no token")]
     Empty { path: String },
     #[error("token file {path} line {line}: the token is a placeholder from an example ({shown:?}); generate one, e.g. `head -c 32 /dev/urandom | base64 > {path}`")]
-    Placeholder {
-        path: String,
-        line: usize,
-        shown: String,
-    },
+    Placeholder { path: String, line: usize, shown: String },
     #[error("token file {path} line {line}: the token is {len} bytes; at least {MIN_TOKEN_BYTES} are needed (e.g. `head -c 32 /dev/urandom | base64 > {path}`)")]
-    TooShort {
-        path: String,
-        line: usize,
-        len: usize,
-    },
+    TooShort { path: String, line: usize, len: usize },
 }
 
 type Signature = Option<(SystemTime, u64, u64)>;
@@ -155,23 +144,14 @@ impl Tokens {
             return Ok(false);
         };
         let now = signature(path);
-        if now
-            == self
-                .inner
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .signature
-        {
+        if now == self.inner.read().unwrap_or_else(PoisonError::into_inner).signature {
             return Ok(false);
         }
         let loaded = match read(path) {
             Ok(l) => l,
             Err(e) => {
                 // Do not report the same broken file every tick.
-                self.inner
-                    .write()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .signature = now;
+                self.inner.write().unwrap_or_else(PoisonError::into_inner).signature = now;
                 return Err(e);
             }
         };
@@ -311,15 +291,10 @@ mod tests {
             std::fs::write(&f, text).unwrap();
             let err = Tokens::from_file(&f).unwrap_err().to_string();
             assert!(err.contains(want), "{text:?}: {err}");
-            assert!(
-                !err.contains("short-token"),
-                "the token is not echoed: {err}"
-            );
+            assert!(!err.contains("short-token"), "the token is not echoed: {err}");
         }
         std::fs::write(&f, format!("{A}\n")).unwrap();
-        assert!(Tokens::from_file(&f)
-            .unwrap()
-            .allows(Some(&format!("Bearer {A}"))));
+        assert!(Tokens::from_file(&f).unwrap().allows(Some(&format!("Bearer {A}"))));
     }
 
     #[test]
@@ -339,10 +314,7 @@ mod tests {
         std::fs::write(dir.path().join("new"), "change-me\n").unwrap();
         std::fs::rename(dir.path().join("new"), &f).unwrap();
         assert!(t.reload().is_err());
-        assert!(
-            t.allows(Some(&format!("Bearer {b}"))),
-            "kept the valid tokens"
-        );
+        assert!(t.allows(Some(&format!("Bearer {b}"))), "kept the valid tokens");
     }
 
     #[test]

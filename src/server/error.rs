@@ -53,9 +53,7 @@ impl ApiError {
 impl From<RunsError> for ApiError {
     fn from(e: RunsError) -> Self {
         match e {
-            RunsError::UnknownPlan(_) | RunsError::UnknownRun(_) => {
-                ApiError::NotFound(e.to_string())
-            }
+            RunsError::UnknownPlan(_) | RunsError::UnknownRun(_) => ApiError::NotFound(e.to_string()),
             RunsError::UnknownParam { .. } => ApiError::BadRequest(e.to_string()),
             RunsError::ParamNotOverridable { .. } => ApiError::Forbidden(e.to_string()),
             RunsError::Store(s @ StoreError::BadContinue(_)) => ApiError::BadRequest(s.to_string()),

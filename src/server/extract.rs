@@ -47,8 +47,7 @@ impl JsonBytes {
         if !self.json_content_type {
             return Err(ApiError::UnsupportedMediaType);
         }
-        serde_json::from_slice(&self.bytes)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+        serde_json::from_slice(&self.bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
     }
 
     /// An empty body (with any content type) means "all defaults".

@@ -17,10 +17,7 @@ use super::AppState;
 use crate::alert::WebhookPayload;
 use crate::run::service::{ManualTrigger, RunsError};
 
-pub async fn alerts(
-    State(state): State<AppState>,
-    body: JsonBytes,
-) -> Result<axum::response::Response, ApiError> {
+pub async fn alerts(State(state): State<AppState>, body: JsonBytes) -> Result<axum::response::Response, ApiError> {
     if !state.runs.accepting() {
         return Err(ApiError::Unavailable(
             "recoverd is shutting down; retry against another replica".into(),
@@ -34,9 +31,7 @@ pub async fn alerts(
         // Check every alert before acting on any: a 4xx after some runs started would lose the
         // rest (Alertmanager does not retry a 4xx).
         if let Some(i) = payload.alerts.iter().position(|a| a.fingerprint.is_empty()) {
-            return Err(ApiError::BadRequest(format!(
-                "alerts[{i}] has no fingerprint"
-            )));
+            return Err(ApiError::BadRequest(format!("alerts[{i}] has no fingerprint")));
         }
         let mut outcomes = Vec::new();
         for alert in &payload.alerts {
@@ -84,29 +79,15 @@ pub async fn trigger(
 ) -> Result<impl IntoResponse, ApiError> {
     let req: ManualTrigger = body.parse_or_default()?;
     // Both are kept in the run's record and in every list of runs.
-    for (field, value) in [
-        ("actor", &req.actor),
-        ("idempotencyKey", &req.idempotency_key),
-    ] {
-        if let Some(n) = value
-            .as_ref()
-            .map(String::len)
-            .filter(|n| *n > MAX_TRIGGER_TEXT)
-        {
+    for (field, value) in [("actor", &req.actor), ("idempotencyKey", &req.idempotency_key)] {
+        if let Some(n) = value.as_ref().map(String::len).filter(|n| *n > MAX_TRIGGER_TEXT) {
             return Err(ApiError::BadRequest(format!(
                 "{field} is {n} bytes; at most {MAX_TRIGGER_TEXT} are accepted"
             )));
         }
     }
-    let (record, created) = state
-        .runs
-        .trigger(&format!("{namespace}/{name}"), req)
-        .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let (record, created) = state.runs.trigger(&format!("{namespace}/{name}"), req).await?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(record)))
 }
 
@@ -134,17 +115,11 @@ pub async fn runs(
             "limit must be between 1 and {MAX_PAGE}, not {limit}"
         )));
     }
-    let page = state
-        .runs
-        .page(q.plan.as_deref(), limit, q.after.as_deref())
-        .await?;
+    let page = state.runs.page(q.plan.as_deref(), limit, q.after.as_deref()).await?;
     Ok(Json(page))
 }
 
-pub async fn run(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+pub async fn run(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.runs.get(&id).await?))
 }
 
@@ -179,7 +154,8 @@ fn decided_by(headers: &HeaderMap, actor: Option<String>) -> String {
     // The name is the caller's word: no control or invisible formatting characters (bidi
     // overrides, zero-width), whitespace as spaces, and no parentheses, so that it can never
     // pass itself off as another token's hash.
-    let invisible = |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}');
+    let invisible =
+        |c: char| matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{206F}' | '\u{FEFF}');
     let name: String = actor
         .unwrap_or_default()
         .chars()
@@ -208,9 +184,7 @@ pub async fn approve(
 
 /// A decision's answer: the run (`200`), or `202` when it was handed to the replica executing
 /// the run (several replicas).
-fn decided(
-    result: Result<crate::record::RunRecord, RunsError>,
-) -> Result<axum::response::Response, ApiError> {
+fn decided(result: Result<crate::record::RunRecord, RunsError>) -> Result<axum::response::Response, ApiError> {
     match result {
         Err(e @ RunsError::Relayed { .. }) => {
             let RunsError::Relayed { id, replica } = &e else {
@@ -237,10 +211,7 @@ pub async fn cancel(
     decided(state.runs.cancel(&id, &by).await)
 }
 
-pub async fn resume(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> Result<impl IntoResponse, ApiError> {
+pub async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> Result<impl IntoResponse, ApiError> {
     Ok(Json(state.runs.resume(&id).await?))
 }
 

@@ -85,8 +85,7 @@ pub async fn read_body(State(state): State<AppState>, req: Request, next: Next) 
         Ok(Ok(b)) if b.len() > limit => return ApiError::TooLarge(limit).into_response(),
         Ok(Ok(b)) => b,
     };
-    next.run(Request::from_parts(parts, Body::from(bytes)))
-        .await
+    next.run(Request::from_parts(parts, Body::from(bytes))).await
 }
 
 /// An acceptor (for `axum_server`) that caps concurrent connections, in all and per client
@@ -179,12 +178,8 @@ where
             // Dropping the stream closes it: better than letting the descriptor table fill.
             let Some(client) = client else {
                 tracing::debug!("connection refused: too many open connections from one client");
-                refused
-                    .with_label_values(&["max-connections-per-client"])
-                    .inc();
-                return Err(io::Error::other(
-                    "too many open connections from one client",
-                ));
+                refused.with_label_values(&["max-connections-per-client"]).inc();
+                return Err(io::Error::other("too many open connections from one client"));
             };
             let Ok(permit) = permit else {
                 tracing::debug!("connection refused: too many open connections");
@@ -254,11 +249,7 @@ fn idle_error() -> io::Error {
 }
 
 impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
         match Pin::new(&mut self.io).poll_read(cx, buf) {
             Poll::Ready(r) => {
@@ -274,11 +265,7 @@ impl<I: AsyncRead + Unpin> AsyncRead for Guarded<I> {
 }
 
 impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
         match Pin::new(&mut self.io).poll_write(cx, buf) {
             Poll::Ready(r) => {
                 if matches!(r, Ok(n) if n > 0) {
@@ -301,10 +288,7 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Guarded<I> {
 }
 
 /// Applies the header-read timeout (and the timer hyper needs for it) to a server.
-pub fn configure<A: axum_server::Address, Acc>(
-    server: &mut axum_server::Server<A, Acc>,
-    limits: ConnLimits,
-) {
+pub fn configure<A: axum_server::Address, Acc>(server: &mut axum_server::Server<A, Acc>, limits: ConnLimits) {
     server
         .http_builder()
         .http1()

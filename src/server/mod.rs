@@ -108,10 +108,7 @@ async fn require(state: AppState, need: Need, req: Request, next: Next) -> Respo
 /// client without one must not make the server hold its body.
 fn gate(router: Router<AppState>, state: &AppState, need: Need) -> Router<AppState> {
     router
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::read_body,
-        ))
+        .route_layer(middleware::from_fn_with_state(state.clone(), limits::read_body))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             move |State(s): State<AppState>, req: Request, next: Next| require(s, need, req, next),
@@ -127,19 +124,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/runs/{id}/resume", post(handlers::resume));
     let operations = Router::new()
         .route("/api/v1/plans", get(handlers::plans))
-        .route(
-            "/api/v1/plans/{namespace}/{name}/runs",
-            post(handlers::trigger),
-        )
+        .route("/api/v1/plans/{namespace}/{name}/runs", post(handlers::trigger))
         .route("/api/v1/runs", get(handlers::runs))
         .route("/api/v1/runs/{id}", get(handlers::run));
     let alerts = Router::new().route("/api/v1/alerts", post(handlers::alerts));
     let metrics = Router::new().route("/metrics", get(handlers::metrics));
     let metrics = if state.settings.metrics_public {
-        metrics.route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            limits::read_body,
-        ))
+        metrics.route_layer(middleware::from_fn_with_state(state.clone(), limits::read_body))
     } else {
         gate(metrics, &state, Need::AnyRole)
     };

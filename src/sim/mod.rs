@@ -39,8 +39,7 @@ pub fn world_clusters(path: &Path) -> Result<(Vec<String>, BTreeMap<String, Faul
         })
     };
     let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
-    let doc: serde_yaml::Value =
-        serde_yaml::from_str(&text).map_err(|e| read_err(e.to_string()))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| read_err(e.to_string()))?;
     let mut names = Vec::new();
     let mut faults = BTreeMap::new();
     if let Some(m) = doc.get("clusters").and_then(serde_yaml::Value::as_mapping) {
@@ -48,11 +47,9 @@ pub fn world_clusters(path: &Path) -> Result<(Vec<String>, BTreeMap<String, Faul
             let Some(name) = k.as_str() else { continue };
             names.push(name.to_string());
             if let Some(f) = v.get("faults") {
-                let spec: FaultSpec = serde_yaml::from_value(f.clone()).map_err(|e| {
-                    kube_sim::FaultError::Invalid {
-                        cluster: name.to_string(),
-                        reason: e.to_string(),
-                    }
+                let spec: FaultSpec = serde_yaml::from_value(f.clone()).map_err(|e| kube_sim::FaultError::Invalid {
+                    cluster: name.to_string(),
+                    reason: e.to_string(),
                 })?;
                 faults.insert(name.to_string(), spec);
             }

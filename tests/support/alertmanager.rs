@@ -134,26 +134,17 @@ impl AlertmanagerPair {
         Self::start_with(n, webhook_url, token_file, timings, Options::default())
     }
 
-    pub fn start_with(
-        n: usize,
-        webhook_url: &str,
-        token_file: &Path,
-        timings: Timings,
-        options: Options,
-    ) -> Self {
+    pub fn start_with(n: usize, webhook_url: &str, token_file: &Path, timings: Timings, options: Options) -> Self {
         assert!(n >= 1, "at least one Alertmanager");
         assert!(
             !timings.group_interval.is_zero() && !timings.repeat_interval.is_zero(),
             "Alertmanager rejects a zero group_interval or repeat_interval"
         );
         ensure_installed();
-        let root = tempfile::Builder::new()
-            .prefix("recoverd-am-")
-            .tempdir()
-            .unwrap();
+        let root = tempfile::Builder::new().prefix("recoverd-am-").tempdir().unwrap();
         let config = root.path().join("alertmanager.yml");
-        let token_file = std::fs::canonicalize(token_file)
-            .unwrap_or_else(|e| panic!("token file {}: {e}", token_file.display()));
+        let token_file =
+            std::fs::canonicalize(token_file).unwrap_or_else(|e| panic!("token file {}: {e}", token_file.display()));
         // Canonical path in the config: Alertmanager resolves a relative one against the
         // config file's directory.
         std::fs::write(&config, config_yaml(webhook_url, &token_file, &timings)).unwrap();
@@ -179,13 +170,7 @@ impl AlertmanagerPair {
         panic!("Alertmanagers failed to start:\n{last_err}");
     }
 
-    fn try_start(
-        &mut self,
-        n: usize,
-        attempt: usize,
-        config: &Path,
-        options: &Options,
-    ) -> Result<(), String> {
+    fn try_start(&mut self, n: usize, attempt: usize, config: &Path, options: &Options) -> Result<(), String> {
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         for (i, &(web_port, cluster_port)) in ports.iter().enumerate() {
             let dir = self.root.path().join(format!("am{i}-{attempt}"));
@@ -197,13 +182,8 @@ impl AlertmanagerPair {
                 .arg(format!("--web.listen-address=127.0.0.1:{web_port}"))
                 .arg(format!("--web.external-url=http://127.0.0.1:{web_port}"))
                 .arg(format!("--cluster.listen-address=127.0.0.1:{cluster_port}"))
-                .arg(format!(
-                    "--cluster.advertise-address=127.0.0.1:{cluster_port}"
-                ))
-                .arg(format!(
-                    "--cluster.peer-timeout={}",
-                    go_duration(options.peer_timeout)
-                ))
+                .arg(format!("--cluster.advertise-address=127.0.0.1:{cluster_port}"))
+                .arg(format!("--cluster.peer-timeout={}", go_duration(options.peer_timeout)))
                 .arg(format!(
                     "--cluster.gossip-interval={}",
                     go_duration(options.gossip_interval)
@@ -245,13 +225,9 @@ impl AlertmanagerPair {
         for i in 0..n {
             loop {
                 if let Some(status) = self.instances[i].child.try_wait().unwrap() {
-                    return Err(format!(
-                        "Alertmanager {i} exited ({status}):\n{}",
-                        self.logs()
-                    ));
+                    return Err(format!("Alertmanager {i} exited ({status}):\n{}", self.logs()));
                 }
-                let ready = http_get(self.instances[i].web_port, "/-/ready")
-                    .is_ok_and(|(code, _)| code == 200);
+                let ready = http_get(self.instances[i].web_port, "/-/ready").is_ok_and(|(code, _)| code == 200);
                 let peers = self.cluster_status(i);
                 if ready
                     && peers
@@ -494,10 +470,7 @@ fn now_seconds() -> jiff::Timestamp {
 
 /// Owned, sorted pairs (a label set's key).
 fn pairs(labels: &[(&str, &str)]) -> Vec<(String, String)> {
-    let mut key: Vec<_> = labels
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
+    let mut key: Vec<_> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     key.sort();
     key
 }

@@ -77,7 +77,13 @@ pub fn apiserver_binary() -> PathBuf {
             "tests/kube/build-apiserver.sh failed (it needs root and Debian's archive the first time)"
         );
         let stdout = String::from_utf8_lossy(&out.stdout);
-        PathBuf::from(stdout.lines().last().expect("build-apiserver.sh printed no path").trim())
+        PathBuf::from(
+            stdout
+                .lines()
+                .last()
+                .expect("build-apiserver.sh printed no path")
+                .trim(),
+        )
     })
     .clone()
 }
@@ -136,11 +142,7 @@ pub fn free_port_pair() -> u16 {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 impl TestClusters {
@@ -148,14 +150,9 @@ impl TestClusters {
     /// are established. Panics with the apiserver's last log lines when a cluster fails to start.
     pub fn start(names: &[&str]) -> Self {
         let bin = apiserver_binary();
-        let root = tempfile::Builder::new()
-            .prefix("recoverd-kt-")
-            .tempdir()
-            .unwrap();
+        let root = tempfile::Builder::new().prefix("recoverd-kt-").tempdir().unwrap();
         let pki = root.path().join("pki");
-        run(Command::new("bash")
-            .arg(kube_scripts().join("mkpki.sh"))
-            .arg(&pki));
+        run(Command::new("bash").arg(kube_scripts().join("mkpki.sh")).arg(&pki));
 
         let mut clusters = BTreeMap::new();
         let watchdog = spawn_watchdog(root.path(), names);
@@ -248,17 +245,12 @@ impl TestClusters {
 
     /// Creates a fresh namespace named after `prefix` in every cluster and returns its name.
     pub async fn namespace(&self, prefix: &str) -> String {
-        let suffix = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-            % 100_000;
+        let suffix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos() % 100_000;
         let name = format!("{}-{suffix}", prefix.replace('_', "-"));
         let name = name.chars().take(63).collect::<String>();
         for c in self.clusters.keys() {
             let api: Api<Namespace> = Api::all(self.client(c).await);
-            let ns: Namespace =
-                serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
+            let ns: Namespace = serde_json::from_value(serde_json::json!({"metadata": {"name": name}})).unwrap();
             api.create(&PostParams::default(), &ns).await.unwrap();
         }
         name
@@ -278,8 +270,7 @@ impl TestClusters {
         let data = crd_dir();
         for crd in CRDS {
             let mut cmd = self.kubectl(cluster);
-            cmd.args(["create", "--validate=false", "-f"])
-                .arg(data.join(crd));
+            cmd.args(["create", "--validate=false", "-f"]).arg(data.join(crd));
             run(&mut cmd);
         }
         // A new CRD is served once it is established and the apiserver's handlers caught up.

@@ -241,10 +241,8 @@ impl FaultProxy {
     /// Returns once the proxy is listening. Panics on unreadable certificates or keys.
     pub fn start(upstream: &str, ca_cert: &Path, serving_cert: &Path, serving_key: &Path) -> Self {
         let tls = server_tls(serving_cert, serving_key);
-        let ca_pem = std::fs::read(ca_cert)
-            .unwrap_or_else(|e| panic!("proxy: reading CA {}: {e}", ca_cert.display()));
-        let ca =
-            reqwest::Certificate::from_pem(&ca_pem).expect("proxy: parsing the CA certificate");
+        let ca_pem = std::fs::read(ca_cert).unwrap_or_else(|e| panic!("proxy: reading CA {}: {e}", ca_cert.display()));
+        let ca = reqwest::Certificate::from_pem(&ca_pem).expect("proxy: parsing the CA certificate");
         let client = reqwest::Client::builder()
             .use_rustls_tls()
             .tls_built_in_root_certs(false)
@@ -282,14 +280,7 @@ impl FaultProxy {
                     };
                     let port = listener.local_addr().expect("proxy: local address").port();
                     let _ = port_tx.send(Ok(port));
-                    run(
-                        thread_shared,
-                        TlsAcceptor::from(tls),
-                        listener,
-                        port,
-                        control_rx,
-                    )
-                    .await;
+                    run(thread_shared, TlsAcceptor::from(tls), listener, port, control_rx).await;
                 });
             })
             .expect("proxy: spawning its thread");
@@ -396,10 +387,8 @@ impl Drop for FaultProxy {
 }
 
 fn server_tls(cert: &Path, key: &Path) -> Arc<rustls::ServerConfig> {
-    let cert_pem =
-        std::fs::read(cert).unwrap_or_else(|e| panic!("proxy: reading {}: {e}", cert.display()));
-    let key_pem =
-        std::fs::read(key).unwrap_or_else(|e| panic!("proxy: reading {}: {e}", key.display()));
+    let cert_pem = std::fs::read(cert).unwrap_or_else(|e| panic!("proxy: reading {}: {e}", cert.display()));
+    let key_pem = std::fs::read(key).unwrap_or_else(|e| panic!("proxy: reading {}: {e}", key.display()));
     let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
         .collect::<Result<Vec<_>, _>>()
         .unwrap_or_else(|e| panic!("proxy: parsing {}: {e}", cert.display()));
@@ -547,10 +536,7 @@ fn is_watch(path: &str, query: Option<&str>) -> bool {
     path.contains("/watch/") || query.is_some_and(|q| q.split('&').any(watch_param))
 }
 
-async fn handle(
-    shared: Arc<Shared>,
-    req: Request<Incoming>,
-) -> Result<Response<ProxyBody>, Infallible> {
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<ProxyBody>, Infallible> {
     let counters = &shared.counters;
     bump(&counters.requests);
     let path_and_query = req
@@ -578,11 +564,7 @@ async fn handle(
             } else if tick(&mut st.timeout_seq, f.timeout_rate) {
                 Action::Hold
             } else if tick(&mut st.reset_seq, f.reset_rate) {
-                let after = if watch {
-                    f.watch_event_limit.unwrap_or(0)
-                } else {
-                    0
-                };
+                let after = if watch { f.watch_event_limit.unwrap_or(0) } else { 0 };
                 Action::Forward {
                     shape: Shape::ResetAfterLines(after),
                 }
@@ -689,10 +671,7 @@ async fn forward(
             response = response.header(header::CONTENT_LENGTH, len);
             match shape {
                 Shape::Pass => Cutter::Pass,
-                _ => Cutter::ResetAtByte {
-                    at: len / 2,
-                    sent: 0,
-                },
+                _ => Cutter::ResetAtByte { at: len / 2, sent: 0 },
             }
         }
         (Shape::Pass, None) => Cutter::Pass,
@@ -703,12 +682,7 @@ async fn forward(
     let body = StreamBody::new(futures::stream::unfold(stream, BodyStream::next));
     response
         .body(BodyExt::boxed_unsync(body))
-        .unwrap_or_else(|e| {
-            status_response(
-                502,
-                &format!("proxy: passing on the upstream response: {e}"),
-            )
-        })
+        .unwrap_or_else(|e| status_response(502, &format!("proxy: passing on the upstream response: {e}")))
 }
 
 /// Where a response body is cut.
@@ -875,9 +849,7 @@ impl BodyStream {
                     }
                 }
                 Ok(None) => match self.cutter {
-                    Cutter::ResetAfterLines { .. } | Cutter::ResetAtByte { .. } => {
-                        self.phase = Phase::Reset
-                    }
+                    Cutter::ResetAfterLines { .. } | Cutter::ResetAtByte { .. } => self.phase = Phase::Reset,
                     Cutter::Pass | Cutter::EndAfterLines { .. } => return None,
                 },
                 Err(e) => {
@@ -890,10 +862,7 @@ impl BodyStream {
 }
 
 fn reset_error() -> io::Error {
-    io::Error::new(
-        io::ErrorKind::ConnectionReset,
-        "fault proxy: injected reset",
-    )
+    io::Error::new(io::ErrorKind::ConnectionReset, "fault proxy: injected reset")
 }
 
 /// A response with a Kubernetes `Status` body (`Retry-After: 1` for 429).
@@ -908,10 +877,9 @@ fn status_response(code: u16, message: &str) -> Response<ProxyBody> {
         "reason": status_reason(status.as_u16()),
         "code": status.as_u16(),
     });
-    let mut response = Response::builder().status(status).header(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if status == StatusCode::TOO_MANY_REQUESTS {
         body["details"] = serde_json::json!({"retryAfterSeconds": 1});
         response = response.header(header::RETRY_AFTER, HeaderValue::from_static("1"));

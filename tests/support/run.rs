@@ -17,11 +17,7 @@ pub async fn registry(clusters: &TestClusters, mode: WriteMode) -> Arc<Registry>
 }
 
 pub async fn registry_from(kubeconfig: &Path, mode: WriteMode) -> Arc<Registry> {
-    Arc::new(
-        Registry::from_kubeconfig(Some(kubeconfig), mode)
-            .await
-            .unwrap(),
-    )
+    Arc::new(Registry::from_kubeconfig(Some(kubeconfig), mode).await.unwrap())
 }
 
 pub fn plan(file: &str) -> Plan {
@@ -37,27 +33,14 @@ pub fn plan_in(dir: &str, file: &str) -> Plan {
 }
 
 /// Runs a plan to the end with `ns` as its `Values.ns` (plus other params).
-pub async fn run(
-    registry: Arc<Registry>,
-    plan: &Plan,
-    ns: &str,
-    params: &[(&str, Value)],
-) -> RunRecord {
-    let mut p: BTreeMap<String, Value> = params
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.clone()))
-        .collect();
+pub async fn run(registry: Arc<Registry>, plan: &Plan, ns: &str, params: &[(&str, Value)]) -> RunRecord {
+    let mut p: BTreeMap<String, Value> = params.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
     p.insert("ns".into(), Value::String(ns.into()));
-    let input = RunInput {
-        params: p,
-        alert: None,
-    };
+    let input = RunInput { params: p, alert: None };
     let executor = Executor::new(registry);
     let mut record = executor.new_record("test", plan, &input);
     let control = recoverd::executor::RunControl::default();
-    executor
-        .execute(plan, &input, &mut record, &NoObserver, &control)
-        .await;
+    executor.execute(plan, &input, &mut record, &NoObserver, &control).await;
     record
 }
 
@@ -97,12 +80,8 @@ pub async fn seed(
     world_file: &Path,
 ) -> (Vec<recoverd::world::Seeded>, recoverd::reactor::Reactors) {
     let (world, base) = recoverd::world::load(world_file).unwrap();
-    let seeded = recoverd::world::seed(&registry, &world, &base)
-        .await
-        .unwrap();
-    let reactors = recoverd::reactor::start(registry, &world.reactors)
-        .await
-        .unwrap();
+    let seeded = recoverd::world::seed(&registry, &world, &base).await.unwrap();
+    let reactors = recoverd::reactor::start(registry, &world.reactors).await.unwrap();
     (seeded, reactors)
 }
 
@@ -116,16 +95,10 @@ pub async fn field(
     name: &str,
     path: &str,
 ) -> Option<Value> {
-    let resolved = registry
-        .resolve(cluster, api_version, resource)
-        .await
-        .unwrap();
+    let resolved = registry.resolve(cluster, api_version, resource).await.unwrap();
     let api = recoverd::cluster::api_for_object(registry, cluster, &resolved, Some(ns)).unwrap();
     let obj = serde_json::to_value(api.get(name).await.unwrap()).unwrap();
-    recoverd::fieldpath::FieldPath::parse(path)
-        .unwrap()
-        .get(&obj)
-        .unwrap()
+    recoverd::fieldpath::FieldPath::parse(path).unwrap().get(&obj).unwrap()
 }
 
 /// The CNPG world (`tests/data/worlds/cnpg.yaml`: two CNPG clusters, the HAProxy config, the
@@ -180,12 +153,7 @@ impl FaultyWorld {
         let (_seeded, reactors) = seed(direct.clone(), &world).await;
         let proxies: BTreeMap<String, super::proxy::FaultProxy> = behind_proxies
             .iter()
-            .map(|c| {
-                (
-                    c.to_string(),
-                    super::proxy::FaultProxy::in_front_of(clusters, c),
-                )
-            })
+            .map(|c| (c.to_string(), super::proxy::FaultProxy::in_front_of(clusters, c)))
             .collect();
         let dir = tempfile::tempdir().unwrap();
         let kubeconfig = dir.path().join("kubeconfig");

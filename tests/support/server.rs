@@ -69,18 +69,11 @@ pub async fn app_split(extra: &[(&str, String)], split: Split) -> TestApp {
 }
 
 /// Like [`app`], telling `notify` about every live run.
-pub async fn app_notifying(
-    extra: &[(&str, String)],
-    notify: recoverd::notify::Notifier,
-) -> TestApp {
+pub async fn app_notifying(extra: &[(&str, String)], notify: recoverd::notify::Notifier) -> TestApp {
     app_full(extra, Split::default(), Some(notify)).await
 }
 
-async fn app_full(
-    extra: &[(&str, String)],
-    split: Split,
-    notify: Option<recoverd::notify::Notifier>,
-) -> TestApp {
+async fn app_full(extra: &[(&str, String)], split: Split, notify: Option<recoverd::notify::Notifier>) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let plans = dir.path().join("plans");
     std::fs::create_dir_all(&plans).unwrap();
@@ -129,9 +122,7 @@ impl TestApp {
     pub async fn send(&self, req: Request<Body>) -> (StatusCode, Value) {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
-        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
         let body = serde_json::from_slice(&bytes)
             .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
         (status, body)
@@ -179,11 +170,7 @@ impl TestApp {
             let (_, run) = self.get_as(token, &format!("/api/v1/runs/{id}")).await;
             // Any phase but the unfinished ones (so a finished phase added later counts too).
             let phase = run["phase"].as_str().unwrap_or("");
-            if !phase.is_empty()
-                && !recoverd::run::store::ACTIVE
-                    .iter()
-                    .any(|p| p.as_str() == phase)
-            {
+            if !phase.is_empty() && !recoverd::run::store::ACTIVE.iter().any(|p| p.as_str() == phase) {
                 return run;
             }
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
@@ -286,17 +273,12 @@ impl ServeProcess {
             store,
             log,
             // No pooled connections: a test counting connections sees only its own.
-            http: reqwest::Client::builder()
-                .pool_max_idle_per_host(0)
-                .build()
-                .unwrap(),
+            http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap(),
         };
         for _ in 0..400 {
             // (Over TLS the caller brings a client that trusts the server's CA.)
             let up = if tls {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .is_ok()
+                tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
             } else {
                 serve
                     .http
@@ -364,10 +346,7 @@ impl ServeProcess {
             .send()
             .await
             .unwrap();
-        (
-            resp.status().as_u16(),
-            resp.json().await.unwrap_or(Value::Null),
-        )
+        (resp.status().as_u16(), resp.json().await.unwrap_or(Value::Null))
     }
 
     /// SIGKILL: no graceful shutdown, no last write.

@@ -61,19 +61,13 @@ impl WriteOptions {
         if self.field_validation == strict::Mode::Strict {
             return Err(strict::strict_error(&ty.kind, &ty.version, &problems));
         }
-        self.warnings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .extend(problems);
+        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).extend(problems);
         Ok(())
     }
 
     /// Runs a write with CRD validation rules evaluated outside the store lock; the warnings
     /// of an attempt given up for the rules are dropped.
-    fn gated<T>(
-        &self,
-        mut write: impl FnMut() -> Result<T, StatusError>,
-    ) -> Result<T, StatusError> {
+    fn gated<T>(&self, mut write: impl FnMut() -> Result<T, StatusError>) -> Result<T, StatusError> {
         let warnings = || self.warnings.lock().unwrap_or_else(|e| e.into_inner());
         let mark = warnings().len();
         super::cel::Gate::run(|| {
@@ -215,14 +209,7 @@ impl Cluster {
     }
 
     /// A request target for a served resource (its first served version).
-    pub fn target(
-        &self,
-        group: &str,
-        plural: &str,
-        ns: &str,
-        name: &str,
-        subresource: Option<&str>,
-    ) -> Option<Target> {
+    pub fn target(&self, group: &str, plural: &str, ns: &str, name: &str, subresource: Option<&str>) -> Option<Target> {
         let ty = self.lock().resources.find_plural(group, plural)?.clone();
         Some(Target {
             namespace: (ty.namespaced && !ns.is_empty()).then(|| ns.to_string()),
@@ -273,9 +260,7 @@ impl Cluster {
     pub fn get(&self, t: &Target) -> Result<Value, StatusError> {
         let name = t.name.as_deref().unwrap_or_default();
         let s = self.lock();
-        let obj = s
-            .get(&Self::key_of(t, name))
-            .ok_or_else(|| not_found(&t.ty, name))?;
+        let obj = s.get(&Self::key_of(t, name)).ok_or_else(|| not_found(&t.ty, name))?;
         Ok(present(&t.ty, obj))
     }
 
@@ -338,18 +323,12 @@ impl Cluster {
             // An unstructured list always carries its continue token, empty or not.
             meta.insert("continue".into(), json!(""));
         }
-        Ok(
-            json!({"apiVersion": t.ty.api_version(), "kind": t.ty.list_kind,
-            "metadata": meta, "items": items}),
-        )
+        Ok(json!({"apiVersion": t.ty.api_version(), "kind": t.ty.list_kind,
+            "metadata": meta, "items": items}))
     }
 
     /// Checks a request body's kind, version, name and namespace, and fills them in.
-    fn check_body(
-        t: &Target,
-        mut obj: Value,
-        url_name: Option<&str>,
-    ) -> Result<Value, StatusError> {
+    fn check_body(t: &Target, mut obj: Value, url_name: Option<&str>) -> Result<Value, StatusError> {
         let Some(o) = obj.as_object_mut() else {
             return Err(StatusError::bad_request(
                 "the body of the request must be a JSON or YAML object",
@@ -357,10 +336,7 @@ impl Cluster {
         };
         let api_version = t.ty.api_version();
         let kind = t.ty.kind.clone();
-        let body_version = o
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .map(str::to_string);
+        let body_version = o.get("apiVersion").and_then(Value::as_str).map(str::to_string);
         let body_kind = o.get("kind").and_then(Value::as_str).map(str::to_string);
         if t.ty.is_custom() {
             if let Some(v) = body_version.as_deref().filter(|v| *v != api_version) {
@@ -448,18 +424,11 @@ impl Cluster {
             let list = |v: &Value| -> Vec<String> {
                 v.pointer("/metadata/finalizers")
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|f| f.as_str().map(str::to_string))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
                     .unwrap_or_default()
             };
             let before = list(old);
-            let added: Vec<String> = list(obj)
-                .into_iter()
-                .filter(|f| !before.contains(f))
-                .collect();
+            let added: Vec<String> = list(obj).into_iter().filter(|f| !before.contains(f)).collect();
             if !added.is_empty() {
                 let quoted: Vec<String> = added.iter().map(|f| format!("{f:?}")).collect();
                 return Err(StatusError::invalid(
@@ -497,11 +466,7 @@ impl Cluster {
         if let Some(scale) = &ty.scale {
             causes.extend(super::schema::validate_scale_paths(obj, scale));
         }
-        if let Some(s) = ty
-            .schema
-            .as_ref()
-            .filter(|s| super::cel::has_rules(s.raw()))
-        {
+        if let Some(s) = ty.schema.as_ref().filter(|s| super::cel::has_rules(s.raw())) {
             if super::cel::blocks_rules(&causes) {
                 causes.push(super::cel::rules_not_checked());
             } else {
@@ -558,11 +523,7 @@ impl Cluster {
         set_meta(obj, "selfLink", Value::Null);
         set_meta(obj, "deletionTimestamp", Value::Null);
         set_meta(obj, "deletionGracePeriodSeconds", Value::Null);
-        set_meta(
-            obj,
-            "generation",
-            if ty.generation { json!(1) } else { Value::Null },
-        );
+        set_meta(obj, "generation", if ty.generation { json!(1) } else { Value::Null });
         if let Some(b) = ty.builtin {
             builtin::fill_zero(b.kind, obj);
         }
@@ -649,9 +610,7 @@ impl Cluster {
             .find_kind(group, version, &kind)
             .cloned()
             .ok_or_else(|| {
-                let e = StatusError::bad_request(format!(
-                    "no kind {kind:?} is served in {api_version:?}"
-                ));
+                let e = StatusError::bad_request(format!("no kind {kind:?} is served in {api_version:?}"));
                 (what.clone(), e)
             })?;
         let mut t = Target {
@@ -668,9 +627,7 @@ impl Cluster {
             field_manager: Some("kube-sim-seed".to_string()),
             ..Default::default()
         };
-        let created = self
-            .create(&t, obj.clone(), &o)
-            .map_err(|e| (what.clone(), e))?;
+        let created = self.create(&t, obj.clone(), &o).map_err(|e| (what.clone(), e))?;
         match obj.get("status") {
             Some(status) if t.ty.has_status() => {
                 let mut with_status = created;
@@ -735,10 +692,7 @@ impl Cluster {
                 &t.ty.group,
                 &t.ty.kind,
                 "",
-                vec![Cause::required(
-                    "metadata.name",
-                    "name or generateName is required",
-                )],
+                vec![Cause::required("metadata.name", "name or generateName is required")],
             ));
         }
         Self::prepare_create(&t.ty, &mut obj, &self.name);
@@ -748,11 +702,7 @@ impl Cluster {
         Self::validate(&t.ty, &obj, None)?;
         let k = Self::key_of(t, &name);
         if s.get(&k).is_some() {
-            return Err(StatusError::already_exists(
-                &t.ty.group,
-                &t.ty.plural,
-                &name,
-            ));
+            return Err(StatusError::already_exists(&t.ty.group, &t.ty.plural, &name));
         }
         if o.dry_run {
             return Ok(present(&t.ty, &obj));
@@ -768,12 +718,7 @@ impl Cluster {
         o.gated(|| self.replace_once(t, body.clone(), o))
     }
 
-    fn replace_once(
-        &self,
-        t: &Target,
-        body: Value,
-        o: &WriteOptions,
-    ) -> Result<Value, StatusError> {
+    fn replace_once(&self, t: &Target, body: Value, o: &WriteOptions) -> Result<Value, StatusError> {
         let name = t.name.clone().unwrap_or_default();
         let obj = Self::check_body(t, body, Some(&name))?;
         o.check_fields(&t.ty, &obj)?;
@@ -841,8 +786,7 @@ impl Cluster {
             }
             _ => Managed::decode(live),
         };
-        let reset =
-            matches!(obj.pointer("/metadata/managedFields"), Some(Value::Array(a)) if a.is_empty());
+        let reset = matches!(obj.pointer("/metadata/managedFields"), Some(Value::Array(a)) if a.is_empty());
         if !reset {
             let (manager, api_version) = (o.manager(), t.ty.api_version());
             let w = Writer {
@@ -967,17 +911,11 @@ impl Cluster {
         };
         let obj = Self::check_body(t, patched, Some(&name))?;
         o.check_fields(&t.ty, &obj)?;
-        self.write_update(&mut s, t, &live, obj, o)
-            .map(|v| (200, v))
+        self.write_update(&mut s, t, &live, obj, o).map(|v| (200, v))
     }
 
     /// Server-side apply.
-    fn apply(
-        &self,
-        t: &Target,
-        body: &[u8],
-        o: &WriteOptions,
-    ) -> Result<(u16, Value), StatusError> {
+    fn apply(&self, t: &Target, body: &[u8], o: &WriteOptions) -> Result<(u16, Value), StatusError> {
         let manager = match o.field_manager.as_deref() {
             Some(m) if !m.is_empty() => m.to_string(),
             _ => {
@@ -988,19 +926,16 @@ impl Cluster {
             }
         };
         let name = t.name.clone().unwrap_or_default();
-        let text = std::str::from_utf8(body)
-            .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))?;
-        let config: Value = serde_yaml::from_str(text)
-            .map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))?;
+        let text =
+            std::str::from_utf8(body).map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))?;
+        let config: Value =
+            serde_yaml::from_str(text).map_err(|e| StatusError::bad_request(format!("error decoding YAML: {e}")))?;
         if !config.is_object() {
             return Err(StatusError::bad_request(
                 "error decoding YAML: the applied configuration must be an object",
             ));
         }
-        let version = config
-            .get("apiVersion")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let version = config.get("apiVersion").and_then(Value::as_str).unwrap_or("");
         if version != t.ty.api_version() {
             let (group, v) = version.rsplit_once('/').unwrap_or(("", version));
             let kind = config.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -1087,20 +1022,14 @@ impl Cluster {
                 let mut obj = obj;
                 Self::prepare_update(t, &mut obj, &live);
                 Self::validate(&t.ty, &obj, Some(&live))?;
-                self.commit_update(&mut s, t, &live, obj, o)
-                    .map(|v| (200, v))
+                self.commit_update(&mut s, t, &live, obj, o).map(|v| (200, v))
             }
         }
     }
 
     /// DELETE one object. Returns the status code and body (a `Status`, or the object when
     /// finalizers keep it).
-    pub fn delete(
-        &self,
-        t: &Target,
-        options: &Value,
-        o: &WriteOptions,
-    ) -> Result<(u16, Value), StatusError> {
+    pub fn delete(&self, t: &Target, options: &Value, o: &WriteOptions) -> Result<(u16, Value), StatusError> {
         let name = t.name.clone().unwrap_or_default();
         let mut s = self.lock();
         let k = Self::key_of(t, &name);
@@ -1108,10 +1037,7 @@ impl Cluster {
         let live_uid = meta_str(&live, "uid").unwrap_or("").to_string();
         // The delete path words its precondition failures itself, and names the kind.
         let failed = |why: String| StatusError::conflict(&t.ty.group, &t.ty.kind, &name, &why);
-        if let Some(uid) = options
-            .pointer("/preconditions/uid")
-            .and_then(Value::as_str)
-        {
+        if let Some(uid) = options.pointer("/preconditions/uid").and_then(Value::as_str) {
             if uid != live_uid {
                 return Err(failed(format!(
                     "the UID in the precondition ({uid}) does not match the UID in record ({live_uid}). The object might have been deleted and then recreated"
@@ -1130,9 +1056,7 @@ impl Cluster {
             }
         }
         let is_namespace = t.ty.builtin.is_some_and(|b| b.kind == "Namespace");
-        if t.ty
-            .builtin
-            .is_some_and(|b| b.kind == "CustomResourceDefinition")
+        if t.ty.builtin.is_some_and(|b| b.kind == "CustomResourceDefinition")
             && live.pointer("/metadata/deletionTimestamp").is_none()
         {
             return self.start_crd_deletion(&mut s, t, &k, &live, o);
@@ -1142,9 +1066,7 @@ impl Cluster {
         let policy = options
             .get("propagationPolicy")
             .and_then(Value::as_str)
-            .or_else(|| {
-                (options.get("orphanDependents") == Some(&json!(true))).then_some("Orphan")
-            });
+            .or_else(|| (options.get("orphanDependents") == Some(&json!(true))).then_some("Orphan"));
         let mut base = live.clone();
         if live.pointer("/metadata/deletionTimestamp").is_none() && !is_namespace {
             match policy {
@@ -1288,11 +1210,7 @@ impl Cluster {
                 .unwrap_or(30)
                 .max(0)
         };
-        set_meta(
-            &mut obj,
-            "deletionTimestamp",
-            json!(store::in_seconds(grace)),
-        );
+        set_meta(&mut obj, "deletionTimestamp", json!(store::in_seconds(grace)));
         set_meta(&mut obj, "deletionGracePeriodSeconds", json!(grace));
         if !marked {
             if let Some(g) = live.pointer("/metadata/generation").and_then(Value::as_i64) {
@@ -1352,12 +1270,7 @@ impl Cluster {
     }
 
     /// DELETE a collection: every object the selectors match; returns them as a list.
-    pub fn delete_collection(
-        &self,
-        t: &Target,
-        lo: &ListOptions,
-        o: &WriteOptions,
-    ) -> Result<Value, StatusError> {
+    pub fn delete_collection(&self, t: &Target, lo: &ListOptions, o: &WriteOptions) -> Result<Value, StatusError> {
         let list = self.list(t, lo)?;
         let mut out = Vec::new();
         for item in list["items"].as_array().into_iter().flatten() {
@@ -1392,9 +1305,7 @@ impl Cluster {
             }
             s.objects
                 .iter()
-                .filter(|((_, _, n, _), o)| {
-                    n == ns && o.pointer("/metadata/deletionTimestamp").is_none()
-                })
+                .filter(|((_, _, n, _), o)| n == ns && o.pointer("/metadata/deletionTimestamp").is_none())
                 .map(|(k, _)| k.clone())
                 .collect()
         };
@@ -1435,17 +1346,11 @@ impl Cluster {
 
     /// Follow-ups of a write: a CRD is established and its resources served.
     fn after_write(&self, s: &mut Store, ty: &ResourceType, stored: &Value) {
-        if ty
-            .builtin
-            .is_none_or(|b| b.kind != "CustomResourceDefinition")
-        {
+        if ty.builtin.is_none_or(|b| b.kind != "CustomResourceDefinition") {
             return;
         }
         s.refresh_resources();
-        let group = stored
-            .pointer("/spec/group")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let group = stored.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
         let plural = stored
             .pointer("/spec/names/plural")
             .and_then(Value::as_str)
@@ -1491,12 +1396,7 @@ impl Cluster {
         );
         managed.encode(&mut obj);
         s.put(
-            key(
-                "apiextensions.k8s.io",
-                "customresourcedefinitions",
-                "",
-                &name,
-            ),
+            key("apiextensions.k8s.io", "customresourcedefinitions", "", &name),
             obj,
             EventType::Modified,
             Some(stored.clone()),
@@ -1507,12 +1407,7 @@ impl Cluster {
     /// custom resources (those with finalizers stay until they lose them, and stay served), then
     /// drop its finalizer, so the CRD goes with its last finalizer. Returns whether it is done.
     pub fn finish_crd_deletion(&self, name: &str) -> bool {
-        let k = key(
-            "apiextensions.k8s.io",
-            "customresourcedefinitions",
-            "",
-            name,
-        );
+        let k = key("apiextensions.k8s.io", "customresourcedefinitions", "", name);
         let Some(crd) = self.lock().get(&k).cloned() else {
             return true;
         };
@@ -1576,11 +1471,7 @@ impl Cluster {
             }
         } else {
             set_meta(&mut obj, "finalizers", Value::Array(finalizers));
-            set_crd_terminating(
-                &mut obj,
-                "InstanceDeletionCompleted",
-                "removed all instances",
-            );
+            set_crd_terminating(&mut obj, "InstanceDeletionCompleted", "removed all instances");
             s.put(k, obj, EventType::Modified, Some(live));
         }
         true
@@ -1588,10 +1479,7 @@ impl Cluster {
 
     /// Follow-ups of a delete: a CRD's objects go with it.
     fn after_delete(&self, s: &mut Store, ty: &ResourceType, gone: &Value) {
-        if ty
-            .builtin
-            .is_none_or(|b| b.kind != "CustomResourceDefinition")
-        {
+        if ty.builtin.is_none_or(|b| b.kind != "CustomResourceDefinition") {
             return;
         }
         let group = gone
@@ -1731,10 +1619,7 @@ fn patch_options_invalid(causes: Vec<Cause>) -> StatusError {
 }
 
 fn allocate_ip(s: &mut Store, obj: &mut Value) {
-    let ty = obj
-        .pointer("/spec/type")
-        .and_then(Value::as_str)
-        .unwrap_or("ClusterIP");
+    let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
     if ty == "ExternalName" {
         return;
     }
@@ -1765,14 +1650,8 @@ fn allocate_ip(s: &mut Store, obj: &mut Value) {
 
 fn validate_crd(obj: &Value) -> Result<(), StatusError> {
     let name = meta_str(obj, "name").unwrap_or("");
-    let plural = obj
-        .pointer("/spec/names/plural")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    let group = obj
-        .pointer("/spec/group")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let plural = obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or("");
+    let group = obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or("");
     let mut causes = super::cel::crd_causes(obj);
     if name != format!("{plural}.{group}") {
         causes.push(Cause::invalid(
@@ -1845,22 +1724,17 @@ fn namespace_conditions(s: &Store, ns: &str) -> Value {
             "message": format!("Some resources are remaining: {}", list(&by_resource, " has "))}),
     ];
     if !by_finalizer.is_empty() {
-        conditions.push(
-            json!({"type": "NamespaceFinalizersRemaining", "status": "True",
+        conditions.push(json!({"type": "NamespaceFinalizersRemaining", "status": "True",
             "lastTransitionTime": now, "reason": "SomeFinalizersRemain",
             "message": format!("Some content in the namespace has finalizers remaining: {}",
-                list(&by_finalizer, " in "))}),
-        );
+                list(&by_finalizer, " in "))}));
     }
     Value::Array(conditions)
 }
 
 /// Sets a CRD's `Terminating` condition.
 fn set_crd_terminating(obj: &mut Value, reason: &str, message: &str) {
-    let Some(conds) = obj
-        .pointer_mut("/status/conditions")
-        .and_then(Value::as_array_mut)
-    else {
+    let Some(conds) = obj.pointer_mut("/status/conditions").and_then(Value::as_array_mut) else {
         return;
     };
     if let Some(c) = conds.iter_mut().find(|c| c["type"] == "Terminating") {
@@ -1880,11 +1754,8 @@ fn encode_continue(ns: &str, name: &str, rv: u64) -> String {
 
 fn decode_continue(tok: &str) -> Result<(String, String), StatusError> {
     use base64::Engine as _;
-    let bad = |why: String| {
-        StatusError::bad_request(format!(
-            "invalid continue token: continue key is not valid: {why}"
-        ))
-    };
+    let bad =
+        |why: String| StatusError::bad_request(format!("invalid continue token: continue key is not valid: {why}"));
     // Go's RawURLEncoding: no padding, trailing bits ignored.
     let lenient = base64::engine::GeneralPurpose::new(
         &base64::alphabet::URL_SAFE,
@@ -1900,19 +1771,13 @@ fn decode_continue(tok: &str) -> Result<(String, String), StatusError> {
     })?;
     let v: Value = serde_json::from_slice(&bytes).map_err(|_| {
         // Go's JSON decoder names the first character it could not start a value with.
-        let c = bytes
-            .iter()
-            .copied()
-            .find(|b| !b.is_ascii_whitespace())
-            .unwrap_or(0);
+        let c = bytes.iter().copied().find(|b| !b.is_ascii_whitespace()).unwrap_or(0);
         let shown = if c.is_ascii_graphic() {
             format!("'{}'", c as char)
         } else {
             format!("'\\u{c:04x}'")
         };
-        bad(format!(
-            "invalid character {shown} looking for beginning of value"
-        ))
+        bad(format!("invalid character {shown} looking for beginning of value"))
     })?;
     let start = v["start"]
         .as_str()
@@ -1932,16 +1797,16 @@ mod tests {
         api.seed(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "ns"}}))
             .unwrap();
         api.seed(json!({
-            "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-            "metadata": {"name": "widgets.example.com"},
-            "spec": {"group": "example.com", "scope": "Namespaced",
-                "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
-                "versions": [{"name": "v1", "served": true, "storage": true,
-                    "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
-                        "type": "object",
-                        "properties": {"n": {"type": "integer"}},
-                        "x-kubernetes-validations": [{"rule": "self.n > 0", "message": "n must be positive"}]
-                    }}}}}]}}))
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "widgets.example.com"},
+        "spec": {"group": "example.com", "scope": "Namespaced",
+            "names": {"plural": "widgets", "singular": "widget", "kind": "Widget"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object", "properties": {"spec": {
+                    "type": "object",
+                    "properties": {"n": {"type": "integer"}},
+                    "x-kubernetes-validations": [{"rule": "self.n > 0", "message": "n must be positive"}]
+                }}}}}]}}))
         .unwrap();
         api
     }
@@ -1967,21 +1832,13 @@ mod tests {
         api.create(&t, widget("good", 1), &o).unwrap();
         let refused = api.create(&t, widget("bad", 0), &o).unwrap_err();
         assert_eq!(refused.code, 422);
-        assert!(
-            refused.message.contains("n must be positive"),
-            "{refused:?}"
-        );
+        assert!(refused.message.contains("n must be positive"), "{refused:?}");
         let named = Target {
             name: Some("good".into()),
             ..t.clone()
         };
         let (code, _) = api
-            .patch(
-                &named,
-                "application/merge-patch+json",
-                br#"{"spec": {"n": 2}}"#,
-                &o,
-            )
+            .patch(&named, "application/merge-patch+json", br#"{"spec": {"n": 2}}"#, &o)
             .unwrap();
         assert_eq!(code, 200);
         assert_eq!(*seen.lock().unwrap(), [true, true, true]);

@@ -45,9 +45,7 @@ const ALL: &[&str] = &[
     "update",
     "watch",
 ];
-const NO_COLLECTION: &[&str] = &[
-    "create", "delete", "get", "list", "patch", "update", "watch",
-];
+const NO_COLLECTION: &[&str] = &["create", "delete", "get", "list", "patch", "update", "watch"];
 const STATUS: &[&str] = &["get", "patch", "update"];
 
 pub const BUILTINS: &[Builtin] = &[
@@ -285,8 +283,7 @@ pub const BUILTINS: &[Builtin] = &[
         categories: &["api-extensions"],
         verbs: ALL,
         subresources: &[("status", STATUS)],
-        definition:
-            "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
+        definition: "io.k8s.apiextensions-apiserver.pkg.apis.apiextensions.v1.CustomResourceDefinition",
         storage_version: "v1beta1",
         generation: true,
     },
@@ -296,8 +293,8 @@ pub const BUILTINS: &[Builtin] = &[
 pub fn openapi_definitions() -> &'static Map<String, Value> {
     static DEFS: OnceLock<Map<String, Value>> = OnceLock::new();
     DEFS.get_or_init(|| {
-        let doc: Value = serde_json::from_str(include_str!("builtin/openapi.json"))
-            .expect("builtin/openapi.json is valid JSON");
+        let doc: Value =
+            serde_json::from_str(include_str!("builtin/openapi.json")).expect("builtin/openapi.json is valid JSON");
         doc["definitions"].as_object().cloned().unwrap_or_default()
     })
 }
@@ -380,12 +377,7 @@ pub fn fill_zero(kind: &str, obj: &mut Value) {
         };
         if let Some(spec) = spec {
             for list in ["containers", "initContainers"] {
-                for c in spec
-                    .get_mut(list)
-                    .and_then(Value::as_array_mut)
-                    .into_iter()
-                    .flatten()
-                {
+                for c in spec.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
                     if let Some(c) = c.as_object_mut() {
                         c.entry("resources").or_insert_with(|| json!({}));
                     }
@@ -402,9 +394,8 @@ pub fn go_roundtrip(kind: &str, ty: &Ty, obj: &mut Value) {
         match (ty.resolve(), v) {
             (Ty::Map(m), Value::Object(o)) => {
                 o.retain(|k, child| {
-                    let is_go_map = |t: &Ty| {
-                        matches!(t.resolve(), Ty::Map(mm) if mm.fields.is_empty() && mm.elem.is_some())
-                    };
+                    let is_go_map =
+                        |t: &Ty| matches!(t.resolve(), Ty::Map(mm) if mm.fields.is_empty() && mm.elem.is_some());
                     let field_ty = m.fields.get(k);
                     match child {
                         Value::Null => m.fields.is_empty(),
@@ -434,11 +425,7 @@ pub fn go_roundtrip(kind: &str, ty: &Ty, obj: &mut Value) {
 
 /// A CRD's `names` as the API server completes them: `singular` and `listKind` from `kind`.
 pub(crate) fn default_crd_names(names: &mut Map<String, Value>) {
-    let kind = names
-        .get("kind")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_string();
+    let kind = names.get("kind").and_then(Value::as_str).unwrap_or("").to_string();
     set_default(names, "listKind", json!(format!("{kind}List")));
     set_default(names, "singular", json!(kind.to_lowercase()));
 }
@@ -470,30 +457,19 @@ fn default_pod_spec(spec: &mut Value) {
     set_default(s, "securityContext", json!({}));
     set_default(s, "schedulerName", json!("default-scheduler"));
     for list in ["containers", "initContainers"] {
-        for c in s
-            .get_mut(list)
-            .and_then(Value::as_array_mut)
-            .into_iter()
-            .flatten()
-        {
+        for c in s.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
             let Some(c) = c.as_object_mut() else { continue };
             set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
             set_default(c, "terminationMessagePolicy", json!("File"));
             let image = c.get("image").and_then(Value::as_str).unwrap_or("");
             let tag = image.rsplit('/').next().unwrap_or("");
-            let policy = if image.contains('@') || (tag.contains(':') && !tag.ends_with(":latest"))
-            {
+            let policy = if image.contains('@') || (tag.contains(':') && !tag.ends_with(":latest")) {
                 "IfNotPresent"
             } else {
                 "Always"
             };
             set_default(c, "imagePullPolicy", json!(policy));
-            for p in c
-                .get_mut("ports")
-                .and_then(Value::as_array_mut)
-                .into_iter()
-                .flatten()
-            {
+            for p in c.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
                 if let Some(p) = p.as_object_mut() {
                     set_default(p, "protocol", json!("TCP"));
                 }
@@ -508,9 +484,7 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
         "Namespace" => {
             // Since v1.21 every namespace carries its name as a label.
             let name = obj.pointer("/metadata/name").cloned();
-            if let (Some(name), Some(meta)) =
-                (name, obj.get_mut("metadata").and_then(Value::as_object_mut))
-            {
+            if let (Some(name), Some(meta)) = (name, obj.get_mut("metadata").and_then(Value::as_object_mut)) {
                 let labels = meta.entry("labels").or_insert_with(|| json!({}));
                 if labels.is_null() {
                     *labels = json!({});
@@ -542,11 +516,7 @@ pub fn default_on_decode(kind: &str, obj: &mut Value) {
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 set_default(spec, "type", json!("ClusterIP"));
                 set_default(spec, "sessionAffinity", json!("None"));
-                let ty = spec
-                    .get("type")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string();
+                let ty = spec.get("type").and_then(Value::as_str).unwrap_or("").to_string();
                 if matches!(ty.as_str(), "NodePort" | "LoadBalancer") {
                     set_default(spec, "externalTrafficPolicy", json!("Cluster"));
                 }
@@ -759,19 +729,13 @@ pub fn prepare_for_create(kind: &str, obj: &mut Value, now: &str) {
         "Pod" => {
             let qos = pod_qos_class(obj);
             if let Some(o) = obj.as_object_mut() {
-                o.insert(
-                    "status".into(),
-                    json!({"phase": "Pending", "qosClass": qos}),
-                );
+                o.insert("status".into(), json!({"phase": "Pending", "qosClass": qos}));
             }
             // The DefaultTolerationSeconds admission plugin.
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 let list = spec.entry("tolerations").or_insert_with(|| json!([]));
                 if let Some(list) = list.as_array_mut() {
-                    for key in [
-                        "node.kubernetes.io/not-ready",
-                        "node.kubernetes.io/unreachable",
-                    ] {
+                    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
                         let tolerated = list.iter().any(|t| {
                             (t["key"] == key || t.get("key").is_none())
                                 && t.get("effect").is_none_or(|e| e == "NoExecute")
@@ -786,10 +750,7 @@ pub fn prepare_for_create(kind: &str, obj: &mut Value, now: &str) {
         }
         "StatefulSet" => {
             if let Some(o) = obj.as_object_mut() {
-                o.insert(
-                    "status".into(),
-                    json!({"replicas": 0, "availableReplicas": 0}),
-                );
+                o.insert("status".into(), json!({"replicas": 0, "availableReplicas": 0}));
             }
         }
         "PersistentVolumeClaim" | "PersistentVolume" => {
@@ -864,10 +825,7 @@ const CONFIG_KEY_MSG: &str = "a valid config key must consist of alphanumeric ch
 
 /// The API server's validation of a built-in object, for the rules the simulator knows.
 pub fn validate(b: &Builtin, obj: &Value) -> Result<(), StatusError> {
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("");
+    let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
     let mut causes = Vec::new();
     if let Some(c) = validate_name(b.kind, name) {
         causes.push(c);
@@ -917,11 +875,7 @@ mod tests {
     #[test]
     fn every_builtin_kind_has_its_openapi_definition() {
         for b in BUILTINS {
-            assert!(
-                openapi_definitions().contains_key(b.definition),
-                "{}",
-                b.definition
-            );
+            assert!(openapi_definitions().contains_key(b.definition), "{}", b.definition);
         }
     }
 

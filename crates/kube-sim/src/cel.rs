@@ -35,8 +35,7 @@ fn to_cel(v: &Value) -> cel::Value {
         Value::String(s) => cel::Value::String(s.clone().into()),
         Value::Array(a) => cel::Value::List(a.iter().map(to_cel).collect::<Vec<_>>().into()),
         Value::Object(m) => {
-            let map: HashMap<String, cel::Value> =
-                m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
+            let map: HashMap<String, cel::Value> = m.iter().map(|(k, v)| (k.clone(), to_cel(v))).collect();
             map.into()
         }
     }
@@ -76,10 +75,7 @@ fn compile(rule: &str) -> Result<std::rc::Rc<cel::Program>, String> {
         if let Some(p) = c.borrow().get(rule) {
             return p.clone();
         }
-        let compiled = env()
-            .compile(rule)
-            .map(std::rc::Rc::new)
-            .map_err(|e| e.to_string());
+        let compiled = env().compile(rule).map(std::rc::Rc::new).map_err(|e| e.to_string());
         let mut cache = c.borrow_mut();
         if cache.len() >= 4096 {
             cache.clear();
@@ -147,10 +143,7 @@ fn go_error(e: &cel::ExecutionError, shown: &str) -> String {
         E::DivisionByZero(_) => "division by zero".to_string(),
         E::RemainderByZero(_) => "modulus by zero".to_string(),
         E::Overflow(..) => "integer overflow".to_string(),
-        E::IndexOutOfBounds(i) => format!(
-            "index out of bounds: {}",
-            super::status::go_value(&from_cel(i))
-        ),
+        E::IndexOutOfBounds(i) => format!("index out of bounds: {}", super::status::go_value(&from_cel(i))),
         E::NoSuchOverload(_) | E::UnsupportedBinaryOperator(..) | E::ValuesNotComparable(..) => {
             return format!("'no such overload': call arguments did not match a supported operator, function or macro signature for rule: {shown}");
         }
@@ -220,10 +213,7 @@ fn cause(rule: &Value, field: &str, value: &Value, detail: String) -> Cause {
                 Value::Object(_) | Value::Array(_) => String::new(),
                 v => format!("{}: ", super::status::go_value(v)),
             };
-            (
-                "FieldValueInvalid",
-                format!("Invalid value: {shown}{detail}"),
-            )
+            ("FieldValueInvalid", format!("Invalid value: {shown}{detail}"))
         }
     };
     Cause {
@@ -268,14 +258,7 @@ pub fn check(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: 
     walk(schema, new, old, path, out, &mut budget);
 }
 
-fn walk(
-    schema: &Value,
-    new: &Value,
-    old: Option<&Value>,
-    path: &str,
-    out: &mut Vec<Cause>,
-    budget: &mut u64,
-) {
+fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut Vec<Cause>, budget: &mut u64) {
     if new.is_null() {
         return;
     }
@@ -521,13 +504,7 @@ fn undeclared(e: &cel::IdedExpr, out: &mut Vec<(u64, String)>) {
             c.args.iter().for_each(|a| undeclared(a, out));
         }
         Expr::Comprehension(c) => {
-            for x in [
-                &c.iter_range,
-                &c.accu_init,
-                &c.loop_cond,
-                &c.loop_step,
-                &c.result,
-            ] {
+            for x in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
                 undeclared(x, out);
             }
         }
@@ -567,10 +544,7 @@ fn go_rule(rule: &Value) -> String {
         "FieldPath",
         "OptionalOldSelf",
     ];
-    let body: Vec<String> = keys
-        .iter()
-        .map(|k| format!("{}:{}", json!(k), shown[*k]))
-        .collect();
+    let body: Vec<String> = keys.iter().map(|k| format!("{}:{}", json!(k), shown[*k])).collect();
     format!("{{{}}}", body.join(","))
         .replace('<', "\\u003c")
         .replace('>', "\\u003e")
@@ -589,10 +563,7 @@ pub fn crd_causes(crd: &Value) -> Vec<Cause> {
         .and_then(Value::as_array)
         .map(|v| v.iter().collect())
         .unwrap_or_default();
-    let schemas: Vec<Option<&Value>> = versions
-        .iter()
-        .map(|v| v.pointer("/schema/openAPIV3Schema"))
-        .collect();
+    let schemas: Vec<Option<&Value>> = versions.iter().map(|v| v.pointer("/schema/openAPIV3Schema")).collect();
     // One schema for all versions is validated as the internal `spec.validation`.
     let shared = schemas.windows(2).all(|w| w[0] == w[1]);
     let mut out = Vec::new();
@@ -655,10 +626,7 @@ impl Place {
             _ => Some(1),
         };
         Place {
-            cardinality: self
-                .cardinality
-                .zip(factor)
-                .map(|(a, b)| a.saturating_mul(b)),
+            cardinality: self.cardinality.zip(factor).map(|(a, b)| a.saturating_mul(b)),
             uncorrelatable: self.uncorrelatable.clone().or(uncorrelatable),
             root: false,
         }
@@ -668,10 +636,7 @@ impl Place {
 fn compile_error(field: &str, rule: &Value, error: &str) -> Cause {
     Cause {
         reason: "FieldValueInvalid".to_string(),
-        message: format!(
-            "Invalid value: {}: compilation failed: {error}",
-            go_rule(rule)
-        ),
+        message: format!("Invalid value: {}: compilation failed: {error}", go_rule(rule)),
         field: format!("{field}.rule"),
     }
 }
@@ -730,20 +695,13 @@ fn schema_causes(
     let mut schema_errors = false;
     if let Some(a) = schema.get("additionalProperties").filter(|a| a.is_object()) {
         let child = place.child(schema, None);
-        schema_errors |= schema_causes(
-            a,
-            &format!("{path}.additionalProperties"),
-            &child,
-            out,
-            costs,
-        );
+        schema_errors |= schema_causes(a, &format!("{path}.additionalProperties"), &child, out, costs);
     }
     if let Some(props) = schema.get("properties").and_then(Value::as_object) {
         // Properties are matched by name, of atomic maps too.
         let child = place.child(schema, None);
         for (k, s) in props {
-            schema_errors |=
-                schema_causes(s, &format!("{path}.properties[{k}]"), &child, out, costs);
+            schema_errors |= schema_causes(s, &format!("{path}.properties[{k}]"), &child, out, costs);
         }
     }
     if let Some(items) = schema.get("items").filter(|i| i.is_object()) {
@@ -765,10 +723,7 @@ fn schema_causes(
         let (text, message) = (str_of(rule, "rule"), str_of(rule, "message"));
         let mut own = Vec::new();
         if text.trim().is_empty() {
-            own.push(Cause::required(
-                &format!("{field}.rule"),
-                "rule is not specified",
-            ));
+            own.push(Cause::required(&format!("{field}.rule"), "rule is not specified"));
         } else if !message.is_empty() && message.trim().is_empty() {
             own.push(Cause::invalid(
                 &format!("{field}.message"),
@@ -797,11 +752,7 @@ fn schema_causes(
         if let Some(r) = rule.get("reason").and_then(Value::as_str) {
             if !REASONS.contains(&r) {
                 let supported: Vec<Value> = REASONS.iter().map(|r| json!(r)).collect();
-                own.push(Cause::not_supported(
-                    &format!("{field}.reason"),
-                    &json!(r),
-                    &supported,
-                ));
+                own.push(Cause::not_supported(&format!("{field}.reason"), &json!(r), &supported));
             }
         }
         let fp = str_of(rule, "fieldPath");
@@ -862,10 +813,7 @@ fn schema_causes(
                 let mut errors = a.errors.clone();
                 for (id, name) in names {
                     let at = p.source_info().offset_for(id).map_or(0, |o| o.0 as usize);
-                    errors.push((
-                        at,
-                        format!("undeclared reference to '{name}' (in container '')"),
-                    ));
+                    errors.push((at, format!("undeclared reference to '{name}' (in container '')")));
                 }
                 errors.sort_by_key(|e| e.0);
                 if !errors.is_empty() {
@@ -874,9 +822,7 @@ fn schema_causes(
                         .map(|(at, m)| super::cel_check::render_error(&text, *at, m))
                         .collect();
                     error = Some(compile_error(&field, rule, &shown.join("\n")));
-                } else if !matches!(a.ty, Ty::Bool | Ty::Dyn)
-                    || super::cel_check::is_declared_dyn(&p, &decl)
-                {
+                } else if !matches!(a.ty, Ty::Bool | Ty::Dyn) || super::cel_check::is_declared_dyn(&p, &decl) {
                     error = Some(Cause {
                         reason: "FieldValueInvalid".into(),
                         message: format!(
@@ -913,32 +859,19 @@ fn schema_causes(
                     "messageExpression compilation failed: ERROR: <input>: {e}"
                 ))),
                 Ok(p) => {
-                    let a = super::cel_check::analyze(
-                        &p,
-                        self_ty.clone(),
-                        Some(self_ty.clone()),
-                        &sizes,
-                    );
+                    let a = super::cel_check::analyze(&p, self_ty.clone(), Some(self_ty.clone()), &sizes);
                     if let Some((off, m)) = a.errors.first() {
                         out.push(invalid(format!(
                             "messageExpression compilation failed: {}",
                             super::cel_check::render_error(&expr, *off, m)
                         )));
-                    } else if !matches!(a.ty, Ty::String | Ty::Dyn)
-                        || super::cel_check::is_declared_dyn(&p, &decl)
-                    {
-                        out.push(invalid(
-                            "messageExpression must evaluate to a string".into(),
-                        ));
+                    } else if !matches!(a.ty, Ty::String | Ty::Dyn) || super::cel_check::is_declared_dyn(&p, &decl) {
+                        out.push(invalid("messageExpression must evaluate to a string".into()));
                     } else {
                         if a.cost > RULE_COST_LIMIT {
                             out.push(Cause::forbidden(
                                 &at,
-                                &cost_message(
-                                    "estimated messageExpression cost",
-                                    a.cost,
-                                    RULE_COST_LIMIT,
-                                ),
+                                &cost_message("estimated messageExpression cost", a.cost, RULE_COST_LIMIT),
                             ));
                         }
                         costs.push((at.clone(), a.cost));
@@ -1125,9 +1058,7 @@ mod tests {
     fn failures(new: Value, old: Option<Value>) -> Vec<String> {
         let mut out = Vec::new();
         check(&schema(), &new, old.as_ref(), "", &mut out);
-        out.iter()
-            .map(|c| format!("{}: {}", c.field, c.message))
-            .collect()
+        out.iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
     }
 
     #[test]
@@ -1146,10 +1077,7 @@ mod tests {
     fn transition_rules_compare_with_the_stored_value_only_on_updates() {
         assert!(failures(json!({"spec": {"sa": "b"}}), None).is_empty());
         assert_eq!(
-            failures(
-                json!({"spec": {"sa": "b"}}),
-                Some(json!({"spec": {"sa": "a"}}))
-            ),
+            failures(json!({"spec": {"sa": "b"}}), Some(json!({"spec": {"sa": "a"}}))),
             ["spec.sa: Invalid value: \"b\": sa is immutable"]
         );
         // Removing the field is not a transition the rule sees.
@@ -1184,10 +1112,7 @@ mod tests {
         let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
             "x-kubernetes-validations": vec![rule; 16]});
         let values = json!({"l": (0..300).collect::<Vec<i64>>()});
-        assert!(
-            runtime_cost("self.l.all(a, self.l.all(b, a + b >= 0))", &values, None)
-                < PER_CALL_LIMIT
-        );
+        assert!(runtime_cost("self.l.all(a, self.l.all(b, a + b >= 0))", &values, None) < PER_CALL_LIMIT);
         let mut out = Vec::new();
         check(&schema, &values, None, "", &mut out);
         assert_eq!(
@@ -1205,14 +1130,8 @@ mod tests {
                         "m": {"type": "object", "additionalProperties": {"type": "string"}}},
                     "x-kubernetes-validations": [{"rule": rule}]}}}}}]}})
         };
-        let fields = |rule: &str| -> Vec<String> {
-            crd_causes(&crd(rule))
-                .into_iter()
-                .map(|c| c.field)
-                .collect()
-        };
-        let at =
-            "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule";
+        let fields = |rule: &str| -> Vec<String> { crd_causes(&crd(rule)).into_iter().map(|c| c.field).collect() };
+        let at = "spec.validation.openAPIV3Schema.properties[spec].x-kubernetes-validations[0].rule";
         assert_eq!(fields("self.a =="), [at]);
         assert_eq!(fields("frobnicate(self)"), [at]);
         assert!(fields("has(self.a) && quantity(self.a).isLessThan(quantity('1Gi'))").is_empty());
@@ -1221,8 +1140,7 @@ mod tests {
         // Kubernetes functions the simulator lacks install, and are not enforced.
         assert!(fields("isCIDR(self.c)").is_empty());
         let mut out = Vec::new();
-        let schema =
-            crd("isCIDR(self.c)")["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
+        let schema = crd("isCIDR(self.c)")["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
         check(&schema, &json!({"spec": {"c": "x"}}), None, "", &mut out);
         assert!(out.is_empty(), "{out:?}");
     }

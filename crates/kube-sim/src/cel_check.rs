@@ -46,11 +46,7 @@ pub enum Kind {
 }
 
 fn leaf(kind: Kind, max: u64, min_size: u64) -> Option<Rc<Decl>> {
-    Some(Rc::new(Decl {
-        kind,
-        max,
-        min_size,
-    }))
+    Some(Rc::new(Decl { kind, max, min_size }))
 }
 
 /// CEL's reserved words: a property of that name is `__name__` in rules.
@@ -153,11 +149,8 @@ pub fn decl(schema: &Value, root: bool) -> Option<Rc<Decl>> {
                 let string = || leaf(Kind::String, MAX_REQUEST - 2, 2).unwrap();
                 fields.entry("apiVersion".into()).or_insert_with(string);
                 fields.entry("kind".into()).or_insert_with(string);
-                let meta: BTreeMap<String, Rc<Decl>> = [
-                    ("name".to_string(), string()),
-                    ("generateName".to_string(), string()),
-                ]
-                .into();
+                let meta: BTreeMap<String, Rc<Decl>> =
+                    [("name".to_string(), string()), ("generateName".to_string(), string())].into();
                 fields.insert("metadata".into(), leaf(Kind::Object(meta), 0, 2).unwrap());
             }
             leaf(Kind::Object(fields), 0, min_size)
@@ -273,14 +266,7 @@ impl Ty {
     fn primitive(&self) -> bool {
         matches!(
             self,
-            Ty::Int
-                | Ty::Uint
-                | Ty::Double
-                | Ty::Bool
-                | Ty::String
-                | Ty::Bytes
-                | Ty::Duration
-                | Ty::Timestamp
+            Ty::Int | Ty::Uint | Ty::Double | Ty::Bool | Ty::String | Ty::Bytes | Ty::Duration | Ty::Timestamp
         )
     }
 
@@ -308,10 +294,7 @@ pub struct Size {
     pub max: u64,
 }
 
-const UNKNOWN: Size = Size {
-    min: 0,
-    max: u64::MAX,
-};
+const UNKNOWN: Size = Size { min: 0, max: u64::MAX };
 
 impl Size {
     fn fixed(n: u64) -> Size {
@@ -612,10 +595,7 @@ impl Checker<'_> {
                     "oldSelf" => self.old_ty.clone().unwrap_or(Ty::Dyn),
                     n if TYPE_NAMES.contains(&n) => Ty::Type,
                     _ => {
-                        self.error(
-                            e.id,
-                            format!("undeclared reference to '{name}' (in container '')"),
-                        );
+                        self.error(e.id, format!("undeclared reference to '{name}' (in container '')"));
                         Ty::Dyn
                     }
                 };
@@ -641,10 +621,7 @@ impl Checker<'_> {
                     Ty::Map(_, v) => (**v).clone(),
                     t if t.primitive() || matches!(t, Ty::List(_)) => {
                         if let Some(name) = t.name() {
-                            self.error(
-                                e.id,
-                                format!("type '{name}' does not support field selection"),
-                            );
+                            self.error(e.id, format!("type '{name}' does not support field selection"));
                         }
                         Ty::Dyn
                     }
@@ -666,10 +643,7 @@ impl Checker<'_> {
                 let mut item = if l.elements.is_empty() {
                     Size::fixed(0)
                 } else {
-                    Size {
-                        min: u64::MAX,
-                        max: 0,
-                    }
+                    Size { min: u64::MAX, max: 0 }
                 };
                 let mut elem: Option<Ty> = None;
                 for x in &l.elements {
@@ -696,10 +670,7 @@ impl Checker<'_> {
                 let empty = if m.entries.is_empty() {
                     Size::fixed(0)
                 } else {
-                    Size {
-                        min: u64::MAX,
-                        max: 0,
-                    }
+                    Size { min: u64::MAX, max: 0 }
                 };
                 let (mut ks, mut vs) = (empty, empty);
                 for x in &m.entries {
@@ -760,10 +731,7 @@ impl Checker<'_> {
             let result = self.node(&c.result);
             self.vars.pop();
             let mut n = result.clone();
-            n.cost = range
-                .cost
-                .saturating_add(init.cost)
-                .saturating_add(result.cost);
+            n.cost = range.cost.saturating_add(init.cost).saturating_add(result.cost);
             n.computed = Some(self.size(&result)).filter(|s| *s != UNKNOWN);
             n.path = Vec::new();
             return n;
@@ -811,9 +779,7 @@ impl Checker<'_> {
         } else {
             let mut path = range.path.clone();
             path.push(if container_list { "@items" } else { "@keys" }.into());
-            let size = range
-                .entry
-                .map(|e| if container_list { e.val } else { e.key });
+            let size = range.entry.map(|e| if container_list { e.val } else { e.key });
             self.vars.push(Var {
                 name: c.iter_var.clone(),
                 ty: elem_ty,
@@ -869,17 +835,12 @@ impl Checker<'_> {
         // `strings.quote(…)`: a function of a namespace, not a method of a variable.
         let namespaced = matches!(call.target.as_deref().map(|t| &t.expr),
             Some(Expr::Ident(ns)) if NAMESPACES.contains(&ns.as_str()) && self.var(ns).is_none());
-        let target = call
-            .target
-            .as_ref()
-            .filter(|_| !namespaced)
-            .map(|t| self.node(t));
+        let target = call.target.as_ref().filter(|_| !namespaced).map(|t| self.node(t));
         let arg_sum = args.iter().fold(0u64, |s, a| s.saturating_add(a.cost));
         let target_cost = target.as_ref().map_or(0, |t| t.cost);
         let ty = self.call_type(id, f, target.as_ref(), &args);
         let mut n = Node::new(ty, 0);
-        let (fn_cost, result) =
-            self.call_cost(f, target.as_ref(), &args, &call.args, arg_sum, &mut n);
+        let (fn_cost, result) = self.call_cost(f, target.as_ref(), &args, &call.args, arg_sum, &mut n);
         n.cost = target_cost.saturating_add(fn_cost);
         if n.computed.is_none() {
             n.computed = result;
@@ -921,10 +882,7 @@ impl Checker<'_> {
                     return (ts.factor(STRING_TRAVERSAL).saturating_add(arg_sum), None);
                 }
                 "lowerAscii" | "upperAscii" | "substring" | "trim" => {
-                    return (
-                        ts.factor(STRING_TRAVERSAL).saturating_add(arg_sum),
-                        Some(ts),
-                    );
+                    return (ts.factor(STRING_TRAVERSAL).saturating_add(arg_sum), Some(ts));
                 }
                 "replace" if args.len() >= 2 => {
                     let (from, with) = (sz(self, 0), sz(self, 1));
@@ -939,15 +897,11 @@ impl Checker<'_> {
                         min: 0,
                         max: count_max.saturating_mul(with.max).saturating_add(kept_max),
                     };
-                    return (
-                        ts.factor(2.0 * STRING_TRAVERSAL).saturating_add(arg_sum),
-                        Some(size),
-                    );
+                    return (ts.factor(2.0 * STRING_TRAVERSAL).saturating_add(arg_sum), Some(size));
                 }
                 "split" => {
                     let mut max = ts.max;
-                    if let Some(Expr::Literal(LiteralValue::Int(i))) = exprs.get(1).map(|e| &e.expr)
-                    {
+                    if let Some(Expr::Literal(LiteralValue::Int(i))) = exprs.get(1).map(|e| &e.expr) {
                         max = (*i.inner()).max(0) as u64;
                     }
                     n.entry = None;
@@ -962,11 +916,7 @@ impl Checker<'_> {
                     let es = t
                         .entry
                         .map(|en| en.val)
-                        .or_else(|| {
-                            (!t.path.is_empty())
-                                .then(|| self.sizes.estimate(&p))
-                                .flatten()
-                        })
+                        .or_else(|| (!t.path.is_empty()).then(|| self.sizes.estimate(&p)).flatten())
                         .unwrap_or(UNKNOWN);
                     let mut size = ts.mul(es);
                     if let Some(sep) = args.first() {
@@ -976,27 +926,18 @@ impl Checker<'_> {
                         };
                         size = size.add(self.size(sep).mul(seps));
                     }
-                    return (
-                        size.factor(STRING_TRAVERSAL).saturating_add(arg_sum),
-                        Some(size),
-                    );
+                    return (size.factor(STRING_TRAVERSAL).saturating_add(arg_sum), Some(size));
                 }
                 "find" | "findAll" if !args.is_empty() => {
                     let s = by_factor(ts.max.saturating_add(1), STRING_TRAVERSAL);
                     let r = sz(self, 0).factor(REGEX_LENGTH);
                     return (
                         s.saturating_mul(r).saturating_add(arg_sum),
-                        Some(Size {
-                            min: 0,
-                            max: ts.max,
-                        }),
+                        Some(Size { min: 0, max: ts.max }),
                     );
                 }
                 "cidr" | "isIP" | "isCIDR" | "ip" if !args.is_empty() => {
-                    return (
-                        sz(self, 0).factor(STRING_TRAVERSAL).saturating_add(arg_sum),
-                        None,
-                    );
+                    return (sz(self, 0).factor(STRING_TRAVERSAL).saturating_add(arg_sum), None);
                 }
                 "masked"
                 | "prefixLength"
@@ -1022,10 +963,7 @@ impl Checker<'_> {
         } else {
             match f {
                 "url" | "quantity" | "isQuantity" | "isURL" if args.len() == 1 => {
-                    return (
-                        sz(self, 0).factor(STRING_TRAVERSAL).saturating_add(arg_sum),
-                        None,
-                    );
+                    return (sz(self, 0).factor(STRING_TRAVERSAL).saturating_add(arg_sum), None);
                 }
                 "masked"
                 | "prefixLength"
@@ -1049,13 +987,8 @@ impl Checker<'_> {
         // cel-go's own estimates.
         let is = |t: &Ty, want: fn(&Ty) -> bool| want(t) || matches!(t, Ty::Dyn);
         match (f, target) {
-            ("startsWith" | "endsWith", Some(t))
-                if args.len() == 1 && is(&t.ty, |t| matches!(t, Ty::String)) =>
-            {
-                (
-                    sz(self, 0).factor(STRING_TRAVERSAL).saturating_add(arg_sum),
-                    None,
-                )
+            ("startsWith" | "endsWith", Some(t)) if args.len() == 1 && is(&t.ty, |t| matches!(t, Ty::String)) => {
+                (sz(self, 0).factor(STRING_TRAVERSAL).saturating_add(arg_sum), None)
             }
             ("matches", Some(t)) if args.len() == 1 => {
                 let s = by_factor(self.size(t).max.saturating_add(1), STRING_TRAVERSAL);
@@ -1080,8 +1013,7 @@ impl Checker<'_> {
             ("_+_", None) if args.len() == 2 => {
                 let (l, r) = (&args[0].ty, &args[1].ty);
                 let list = matches!(l, Ty::List(_)) || matches!(r, Ty::List(_));
-                let text =
-                    matches!(l, Ty::String | Ty::Bytes) || matches!(r, Ty::String | Ty::Bytes);
+                let text = matches!(l, Ty::String | Ty::Bytes) || matches!(r, Ty::String | Ty::Bytes);
                 let dynamic = matches!(l, Ty::Dyn) && matches!(r, Ty::Dyn);
                 if !(list || text || dynamic) {
                     return (1u64.saturating_add(arg_sum), None);
@@ -1100,9 +1032,7 @@ impl Checker<'_> {
                 };
                 (cost, Some(size))
             }
-            ("_==_" | "_!=_", None) if args.len() == 2 => {
-                (equality(self, args).saturating_add(arg_sum), None)
-            }
+            ("_==_" | "_!=_", None) if args.len() == 2 => (equality(self, args).saturating_add(arg_sum), None),
             ("_<_" | "_>_" | "_<=_" | "_>=_", None) if args.len() == 2 => {
                 let text = |t: &Ty| matches!(t, Ty::String | Ty::Bytes | Ty::Dyn);
                 if text(&args[0].ty) && text(&args[1].ty) {
@@ -1130,22 +1060,16 @@ impl Checker<'_> {
     /// The type of a call's result; records the type errors cel-go's checker is sure to give.
     fn call_type(&mut self, id: u64, f: &str, target: Option<&Node>, args: &[Node]) -> Ty {
         let no_overload = |c: &mut Self, shown: String| {
-            c.error(
-                id,
-                format!("found no matching overload for '{f}' applied to '{shown}'"),
-            );
+            c.error(id, format!("found no matching overload for '{f}' applied to '{shown}'"));
         };
-        let pair = || -> Option<String> {
-            Some(format!("({}, {})", args[0].ty.name()?, args[1].ty.name()?))
-        };
+        let pair = || -> Option<String> { Some(format!("({}, {})", args[0].ty.name()?, args[1].ty.name()?)) };
         if target.is_none() && args.len() == 2 {
             let (l, r) = (&args[0].ty, &args[1].ty);
             let both = l.primitive() && r.primitive();
             match f {
                 "_==_" | "_!=_" => {
-                    let optional = |a: &Ty, b: &Ty| {
-                        matches!(a, Ty::Opt(_)) && !matches!(b, Ty::Opt(_) | Ty::Dyn | Ty::Null)
-                    };
+                    let optional =
+                        |a: &Ty, b: &Ty| matches!(a, Ty::Opt(_)) && !matches!(b, Ty::Opt(_) | Ty::Dyn | Ty::Null);
                     if (both || optional(l, r) || optional(r, l)) && !l.same(r) {
                         if let Some(s) = pair() {
                             no_overload(self, s);
@@ -1239,10 +1163,7 @@ impl Checker<'_> {
                 }
                 Ty::Bool
             }
-            (
-                "lowerAscii" | "upperAscii" | "trim" | "replace" | "substring" | "charAt",
-                Some(_),
-            ) => Ty::String,
+            ("lowerAscii" | "upperAscii" | "trim" | "replace" | "substring" | "charAt", Some(_)) => Ty::String,
             ("join", Some(_)) => Ty::String,
             ("split", Some(_)) => Ty::List(Box::new(Ty::String)),
             ("indexOf" | "lastIndexOf", Some(_)) => Ty::Int,

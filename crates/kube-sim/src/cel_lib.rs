@@ -150,11 +150,7 @@ pub fn parse_quantity(s: &str) -> Option<Quantity> {
     }
     // The mantissa as an integer, and the power of ten it is scaled by.
     let digits = format!("{int}{frac}");
-    let mantissa: i128 = if digits.is_empty() {
-        0
-    } else {
-        digits.parse().ok()?
-    };
+    let mantissa: i128 = if digits.is_empty() { 0 } else { digits.parse().ok()? };
     let mut exp10: i32 = -(frac.len() as i32);
     let mut factor: i128 = 1;
     match suffix {
@@ -208,9 +204,9 @@ fn quantity_of(v: &Value) -> Result<Quantity, ExecutionError> {
 }
 
 fn quantity(ftx: &FunctionContext, s: Arc<String>) -> ResolveResult {
-    parse_quantity(&s)
-        .map(|q| Value::Opaque(Arc::new(q)))
-        .ok_or_else(|| ftx.error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'"))
+    parse_quantity(&s).map(|q| Value::Opaque(Arc::new(q))).ok_or_else(|| {
+        ftx.error("quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'")
+    })
 }
 
 fn is_quantity(s: Arc<String>) -> bool {
@@ -253,9 +249,7 @@ fn sign(This(this): This<Value>) -> ResolveResult {
 
 fn is_integer(This(this): This<Value>) -> ResolveResult {
     let q = quantity_of(&this)?;
-    Ok(Value::Bool(
-        q.0 % NANO == 0 && i64::try_from(q.0 / NANO).is_ok(),
-    ))
+    Ok(Value::Bool(q.0 % NANO == 0 && i64::try_from(q.0 / NANO).is_ok()))
 }
 
 fn add(This(this): This<Value>, other: Value) -> ResolveResult {
@@ -310,9 +304,7 @@ pub fn parse_url(s: &str) -> Option<Url> {
     }
     let (scheme, after) = rest.split_once(':')?;
     let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
+        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
     if !valid_scheme {
         return None;
     }
@@ -323,9 +315,7 @@ pub fn parse_url(s: &str) -> Option<Url> {
         },
         None => (String::new(), after.to_string()),
     };
-    let host = host
-        .rsplit_once('@')
-        .map_or(host.clone(), |(_, h)| h.to_string());
+    let host = host.rsplit_once('@').map_or(host.clone(), |(_, h)| h.to_string());
     Some(Url {
         scheme: scheme.to_string(),
         host,
@@ -345,9 +335,11 @@ fn url_of(v: &Value) -> Result<Url, ExecutionError> {
 }
 
 fn url(ftx: &FunctionContext, s: Arc<String>) -> ResolveResult {
-    parse_url(&s)
-        .map(|u| Value::Opaque(Arc::new(u)))
-        .ok_or_else(|| ftx.error(format!("URL parse error during conversion from string: parse \"{s}\": invalid URI for request")))
+    parse_url(&s).map(|u| Value::Opaque(Arc::new(u))).ok_or_else(|| {
+        ftx.error(format!(
+            "URL parse error during conversion from string: parse \"{s}\": invalid URI for request"
+        ))
+    })
 }
 
 fn is_url(s: Arc<String>) -> bool {
@@ -395,10 +387,8 @@ fn get_query(This(this): This<Value>) -> ResolveResult {
             .or_default()
             .push(Value::String(Arc::new(v.to_string())));
     }
-    let map: std::collections::HashMap<String, Value> = map
-        .into_iter()
-        .map(|(k, v)| (k, Value::List(Arc::new(v))))
-        .collect();
+    let map: std::collections::HashMap<String, Value> =
+        map.into_iter().map(|(k, v)| (k, Value::List(Arc::new(v)))).collect();
     Ok(map.into())
 }
 
@@ -492,17 +482,11 @@ fn compiled(ftx: &FunctionContext, re: &str) -> Result<regex::Regex, ExecutionEr
 fn find(ftx: &FunctionContext, This(this): This<Arc<String>>, re: Arc<String>) -> ResolveResult {
     let re = compiled(ftx, &re)?;
     Ok(Value::String(Arc::new(
-        re.find(&this)
-            .map(|m| m.as_str().to_string())
-            .unwrap_or_default(),
+        re.find(&this).map(|m| m.as_str().to_string()).unwrap_or_default(),
     )))
 }
 
-fn find_all(
-    ftx: &FunctionContext,
-    This(this): This<Arc<String>>,
-    Arguments(args): Arguments,
-) -> ResolveResult {
+fn find_all(ftx: &FunctionContext, This(this): This<Arc<String>>, Arguments(args): Arguments) -> ResolveResult {
     let re = match args.first() {
         Some(Value::String(s)) => compiled(ftx, s)?,
         _ => return Err(ftx.error("findAll needs a regular expression")),

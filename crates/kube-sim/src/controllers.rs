@@ -68,11 +68,7 @@ fn deleting(obj: &Value) -> bool {
 fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|f| f.as_str().map(str::to_string))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
         .unwrap_or_default()
 }
 
@@ -149,9 +145,7 @@ fn handle(c: &Arc<Cluster>, ev: &Event) {
     }
     match ev.kind {
         EventType::Deleted => collect_dependents(c, obj),
-        EventType::Modified
-            if deleting(obj) && finalizers(obj).iter().any(|f| f == "foregroundDeletion") =>
-        {
+        EventType::Modified if deleting(obj) && finalizers(obj).iter().any(|f| f == "foregroundDeletion") => {
             collect_dependents(c, obj);
             let left = finalizers(obj)
                 .into_iter()
@@ -241,12 +235,7 @@ fn release_claim(c: &Cluster, pvc: &Value) {
                 .any(|v| v.pointer("/persistentVolumeClaim/claimName") == Some(&json!(name)))
     });
     if !used {
-        remove_finalizer(
-            c,
-            "persistentvolumeclaims",
-            pvc,
-            "kubernetes.io/pvc-protection",
-        );
+        remove_finalizer(c, "persistentvolumeclaims", pvc, "kubernetes.io/pvc-protection");
     }
 }
 
@@ -313,12 +302,7 @@ fn statefulset_of(c: &Cluster, pod: &Value) -> Option<Value> {
         .and_then(Value::as_array)?
         .iter()
         .find(|r| r["kind"] == "StatefulSet" && r["controller"] == json!(true))?;
-    let sts = c.stored(
-        "apps",
-        "statefulsets",
-        meta(pod, "namespace"),
-        r["name"].as_str()?,
-    )?;
+    let sts = c.stored("apps", "statefulsets", meta(pod, "namespace"), r["name"].as_str()?)?;
     (meta(&sts, "uid") == r["uid"].as_str()? && !deleting(&sts)).then_some(sts)
 }
 
@@ -341,9 +325,7 @@ fn revision(sts: &Value) -> String {
 }
 
 fn replicas(sts: &Value) -> u64 {
-    sts.pointer("/spec/replicas")
-        .and_then(Value::as_u64)
-        .unwrap_or(1)
+    sts.pointer("/spec/replicas").and_then(Value::as_u64).unwrap_or(1)
 }
 
 /// The pods a StatefulSet owns, by ordinal.
@@ -390,15 +372,12 @@ fn reconcile_statefulset(c: &Cluster, sts: &Value) {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let existing: std::collections::BTreeSet<u64> =
-        pods_of(c, sts).into_iter().map(|(i, _)| i).collect();
+    let existing: std::collections::BTreeSet<u64> = pods_of(c, sts).into_iter().map(|(i, _)| i).collect();
     for i in 0..replicas {
         let pod_name = format!("{name}-{i}");
         for claim in &claims {
             let claim_name = format!("{}-{pod_name}", meta(claim, "name"));
-            if c.stored("", "persistentvolumeclaims", ns, &claim_name)
-                .is_none()
-            {
+            if c.stored("", "persistentvolumeclaims", ns, &claim_name).is_none() {
                 let body = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
                     "metadata": {"name": claim_name, "namespace": ns,
                         "labels": template.pointer("/metadata/labels").cloned().unwrap_or(json!({}))},
@@ -409,10 +388,7 @@ fn reconcile_statefulset(c: &Cluster, sts: &Value) {
         if existing.contains(&i) || c.stored("", "pods", ns, &pod_name).is_some() {
             continue;
         }
-        let mut labels = template
-            .pointer("/metadata/labels")
-            .cloned()
-            .unwrap_or(json!({}));
+        let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or(json!({}));
         labels["statefulset.kubernetes.io/pod-name"] = json!(pod_name);
         labels["apps.kubernetes.io/pod-index"] = json!(i.to_string());
         labels["controller-revision-hash"] = json!(update_revision);
@@ -470,18 +446,10 @@ fn update_statefulset(c: &Cluster, sts: &Value) {
             .unwrap_or("")
             .to_string()
     };
-    let updated = live
-        .iter()
-        .filter(|p| revision_of(p) == update_revision)
-        .count();
+    let updated = live.iter().filter(|p| revision_of(p) == update_revision).count();
     let ready_count = live.iter().filter(|p| ready(p)).count();
-    let rolling = sts
-        .pointer("/spec/updateStrategy/type")
-        .and_then(Value::as_str)
-        != Some("OnDelete");
-    let settled = live.len() as u64 == replicas
-        && ready_count == live.len()
-        && pods.iter().all(|(_, p)| !deleting(p));
+    let rolling = sts.pointer("/spec/updateStrategy/type").and_then(Value::as_str) != Some("OnDelete");
+    let settled = live.len() as u64 == replicas && ready_count == live.len() && pods.iter().all(|(_, p)| !deleting(p));
     if rolling && settled {
         let partition = sts
             .pointer("/spec/updateStrategy/rollingUpdate/partition")
@@ -505,10 +473,7 @@ fn update_statefulset(c: &Cluster, sts: &Value) {
     } else {
         previous
     };
-    let current = live
-        .iter()
-        .filter(|p| revision_of(p) == current_revision)
-        .count();
+    let current = live.iter().filter(|p| revision_of(p) == current_revision).count();
     let mut status = json!({"observedGeneration": sts.pointer("/metadata/generation"),
         "replicas": live.len(), "readyReplicas": ready_count, "currentReplicas": current,
         "updatedReplicas": updated, "availableReplicas": ready_count,

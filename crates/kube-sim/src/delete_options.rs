@@ -23,21 +23,10 @@ fn syntax_error(body: &[u8], e: &serde_json::Error) -> String {
     }
     if let Some(lit) = ["null", "true", "false"]
         .iter()
-        .find(|l| {
-            before.ends_with(&l[..1]) || l.starts_with(&before[before.len().saturating_sub(3)..])
-        })
-        .filter(|_| {
-            before
-                .chars()
-                .last()
-                .is_some_and(|x| x.is_ascii_alphabetic())
-        })
+        .find(|l| before.ends_with(&l[..1]) || l.starts_with(&before[before.len().saturating_sub(3)..]))
+        .filter(|_| before.chars().last().is_some_and(|x| x.is_ascii_alphabetic()))
     {
-        let done = before
-            .chars()
-            .rev()
-            .take_while(char::is_ascii_alphabetic)
-            .count();
+        let done = before.chars().rev().take_while(char::is_ascii_alphabetic).count();
         if let Some(want) = lit.chars().nth(done) {
             return format!("invalid character '{c}' in literal {lit} (expecting '{want}')");
         }
@@ -88,12 +77,7 @@ pub fn parse(body: &[u8], query: impl Fn(&str) -> Option<String>) -> Result<Valu
                 vec![Cause::not_supported(
                     "propagationPolicy",
                     &json!(p),
-                    &[
-                        json!("Foreground"),
-                        json!("Background"),
-                        json!("Orphan"),
-                        json!("nil"),
-                    ],
+                    &[json!("Foreground"), json!("Background"), json!("Orphan"), json!("nil")],
                 )],
             ));
         }
@@ -123,10 +107,7 @@ fn from_body(body: &[u8]) -> Result<Value, StatusError> {
     };
     if let Some(kind) = options.get("kind").and_then(Value::as_str) {
         if !kind.is_empty() && kind != "DeleteOptions" {
-            let version = options
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .unwrap_or("v1");
+            let version = options.get("apiVersion").and_then(Value::as_str).unwrap_or("v1");
             return Err(StatusError::bad_request(format!(
                 "no kind {kind:?} is registered for version {version:?} in scheme \"k8s.io/apimachinery/pkg/apis/meta/internalversion/scheme/register.go:27\""
             )));
@@ -134,11 +115,7 @@ fn from_body(body: &[u8]) -> Result<Value, StatusError> {
     }
     let typed: &[(&str, Check, &str)] = &[
         ("gracePeriodSeconds", |v| v.is_i64(), "int64"),
-        (
-            "propagationPolicy",
-            Value::is_string,
-            "v1.DeletionPropagation",
-        ),
+        ("propagationPolicy", Value::is_string, "v1.DeletionPropagation"),
         ("orphanDependents", Value::is_boolean, "bool"),
         (
             "dryRun",
@@ -170,18 +147,18 @@ fn from_body(body: &[u8]) -> Result<Value, StatusError> {
 fn from_query(query: impl Fn(&str) -> Option<String>) -> Result<Value, StatusError> {
     let mut options = serde_json::Map::new();
     if let Some(g) = query("gracePeriodSeconds") {
-        let n: i64 = g.parse().map_err(|_| {
-            StatusError::bad_request(format!("strconv.ParseInt: parsing {g:?}: invalid syntax"))
-        })?;
+        let n: i64 = g
+            .parse()
+            .map_err(|_| StatusError::bad_request(format!("strconv.ParseInt: parsing {g:?}: invalid syntax")))?;
         options.insert("gracePeriodSeconds".into(), json!(n));
     }
     if let Some(p) = query("propagationPolicy") {
         options.insert("propagationPolicy".into(), json!(p));
     }
     if let Some(o) = query("orphanDependents") {
-        let b: bool = o.parse().map_err(|_| {
-            StatusError::bad_request(format!("strconv.ParseBool: parsing {o:?}: invalid syntax"))
-        })?;
+        let b: bool = o
+            .parse()
+            .map_err(|_| StatusError::bad_request(format!("strconv.ParseBool: parsing {o:?}: invalid syntax")))?;
         options.insert("orphanDependents".into(), json!(b));
     }
     Ok(Value::Object(options))

@@ -129,10 +129,7 @@ impl ResourceType {
             }
             let mut subresources = Vec::new();
             let status = v.pointer("/subresources/status").is_some();
-            let scale = v
-                .pointer("/subresources/scale")
-                .and_then(Value::as_object)
-                .cloned();
+            let scale = v.pointer("/subresources/scale").and_then(Value::as_object).cloned();
             if status {
                 subresources.push(("status".to_string(), vec!["get", "patch", "update"]));
             }
@@ -175,14 +172,8 @@ impl ResourceType {
                     .collect(),
                 scale,
                 builtin: None,
-                schema: v
-                    .pointer("/schema/openAPIV3Schema")
-                    .cloned()
-                    .map(CrdSchema::new),
-                printer_columns: v["additionalPrinterColumns"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default(),
+                schema: v.pointer("/schema/openAPIV3Schema").cloned().map(CrdSchema::new),
+                printer_columns: v["additionalPrinterColumns"].as_array().cloned().unwrap_or_default(),
                 generation: true,
                 storage_version: storage_version.clone(),
             });
@@ -200,8 +191,7 @@ pub struct Resources {
 impl Resources {
     /// The built-in resources and those of the given CRDs.
     pub fn new<'a>(crds: impl IntoIterator<Item = &'a Value>) -> Self {
-        let mut types: Vec<ResourceType> =
-            BUILTINS.iter().map(ResourceType::from_builtin).collect();
+        let mut types: Vec<ResourceType> = BUILTINS.iter().map(ResourceType::from_builtin).collect();
         for crd in crds {
             types.extend(ResourceType::from_crd(crd));
         }
@@ -215,9 +205,7 @@ impl Resources {
     }
 
     pub fn find_plural(&self, group: &str, plural: &str) -> Option<&ResourceType> {
-        self.types
-            .iter()
-            .find(|t| t.group == group && t.plural == plural)
+        self.types.iter().find(|t| t.group == group && t.plural == plural)
     }
 
     pub fn find_kind(&self, group: &str, version: &str, kind: &str) -> Option<&ResourceType> {
@@ -268,11 +256,7 @@ impl Resources {
     }
 
     pub fn group_list(&self) -> Value {
-        let groups: Vec<Value> = self
-            .groups()
-            .iter()
-            .map(|(g, vs)| Self::group_json(g, vs))
-            .collect();
+        let groups: Vec<Value> = self.groups().iter().map(|(g, vs)| Self::group_json(g, vs)).collect();
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
     }
 
@@ -361,10 +345,7 @@ pub const AGGREGATED: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=API
 /// asking for it counts as another type).
 pub fn wants_aggregated(accept: &str) -> bool {
     accept.split(',').any(|clause| {
-        let params: Vec<String> = clause
-            .split(';')
-            .map(|p| p.trim().replace(' ', ""))
-            .collect();
+        let params: Vec<String> = clause.split(';').map(|p| p.trim().replace(' ', "")).collect();
         matches!(
             params.first().map(String::as_str),
             Some("application/json" | "application/*" | "*/*")
@@ -386,11 +367,7 @@ pub fn plain_acceptable(accept: Option<&str>) -> bool {
         let ty = parts.next().unwrap_or_default();
         matches!(
             ty.as_str(),
-            "application/json"
-                | "application/yaml"
-                | "application/vnd.kubernetes.protobuf"
-                | "application/*"
-                | "*/*"
+            "application/json" | "application/yaml" | "application/vnd.kubernetes.protobuf" | "application/*" | "*/*"
         ) && !parts.any(|p| p.starts_with("as=") || p.starts_with("g=") || p.starts_with("v="))
     })
 }
@@ -454,11 +431,7 @@ impl Resources {
                 r.insert("responseKind".into(), kind.clone());
                 r.insert(
                     "scope".into(),
-                    json!(if t.namespaced {
-                        "Namespaced"
-                    } else {
-                        "Cluster"
-                    }),
+                    json!(if t.namespaced { "Namespaced" } else { "Cluster" }),
                 );
                 r.insert("singularResource".into(), json!(t.singular));
                 r.insert("verbs".into(), json!(t.verbs));

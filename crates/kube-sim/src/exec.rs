@@ -61,11 +61,7 @@ fn outcome(pod: &Value, cmd: &[String]) -> (String, String, Value) {
         .and_then(|m| m.get(&line).cloned())
         .and_then(|d| serde_json::from_value(d).ok());
     match declared {
-        Some(d) if d.exit_code == 0 => (
-            d.stdout,
-            d.stderr,
-            json!({"metadata": {}, "status": "Success"}),
-        ),
+        Some(d) if d.exit_code == 0 => (d.stdout, d.stderr, json!({"metadata": {}, "status": "Success"})),
         Some(d) => (
             d.stdout,
             d.stderr,
@@ -109,9 +105,7 @@ pub fn serve(
         .ok_or_else(|| StatusError::not_found("", "pods", name))?;
     // What the real server refuses before upgrading the connection, in its words.
     if cmd.is_empty() {
-        return Err(StatusError::bad_request(
-            "you must specify at least 1 command",
-        ));
+        return Err(StatusError::bad_request("you must specify at least 1 command"));
     }
     let containers: Vec<&str> = pod
         .pointer("/spec/containers")
@@ -132,17 +126,13 @@ pub fn serve(
         }
         _ => {}
     }
-    if let Some(phase @ ("Succeeded" | "Failed")) =
-        pod.pointer("/status/phase").and_then(|p| p.as_str())
-    {
+    if let Some(phase @ ("Succeeded" | "Failed")) = pod.pointer("/status/phase").and_then(|p| p.as_str()) {
         return Err(StatusError::bad_request(format!(
             "cannot exec into a container in a completed pod; current phase is {phase}"
         )));
     }
     let ws = ws.map_err(|_| {
-        StatusError::bad_request(
-            "Upgrade request required: pods/exec speaks the WebSocket channel protocol",
-        )
+        StatusError::bad_request("Upgrade request required: pods/exec speaks the WebSocket channel protocol")
     })?;
     let (stdout, stderr, status) = outcome(&pod, &cmd);
     Ok(ws
@@ -173,10 +163,7 @@ mod tests {
         let pod = json!({"metadata": {"annotations": {ANNOTATION:
             r#"{"pg_isready -q": {"stdout": "ok\n"}, "false": {"exitCode": 1, "stderr": "no"}}"#}}});
         let (out, _, st) = outcome(&pod, &["pg_isready".into(), "-q".into()]);
-        assert_eq!(
-            (out.as_str(), st["status"].as_str()),
-            ("ok\n", Some("Success"))
-        );
+        assert_eq!((out.as_str(), st["status"].as_str()), ("ok\n", Some("Success")));
         let (_, err, st) = outcome(&pod, &["false".into()]);
         assert_eq!(err, "no");
         assert_eq!(st["details"]["causes"][0]["message"], "1");

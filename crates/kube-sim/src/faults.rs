@@ -112,8 +112,7 @@ fn parse_any_duration(text: &str) -> Option<Duration> {
             "h" => 3600.0,
             _ => return None,
         };
-        total = total
-            .checked_add(Duration::try_from_secs_f64(number.parse::<f64>().ok()? * scale).ok()?)?;
+        total = total.checked_add(Duration::try_from_secs_f64(number.parse::<f64>().ok()? * scale).ok()?)?;
         rest = next;
     }
     Some(total)
@@ -127,10 +126,7 @@ mod duration_tests {
     fn durations_that_overflow_or_exceed_a_day_are_refused_not_a_panic() {
         assert_eq!(parse_duration("200ms"), Some(Duration::from_millis(200)));
         assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(
-            parse_duration("10000000000000000000s10000000000000000000s"),
-            None
-        );
+        assert_eq!(parse_duration("10000000000000000000s10000000000000000000s"), None);
         assert_eq!(parse_duration("1000000000h"), None);
         assert_eq!(parse_duration("25h"), None);
     }
@@ -150,10 +146,7 @@ impl Faults {
             })?,
             None => Duration::ZERO,
         };
-        for (name, rate) in [
-            ("errorRate", spec.error_rate),
-            ("timeoutRate", spec.timeout_rate),
-        ] {
+        for (name, rate) in [("errorRate", spec.error_rate), ("timeoutRate", spec.timeout_rate)] {
             if !(0.0..=1.0).contains(&rate) {
                 return Err(err(format!("{name} must be between 0 and 1, not {rate}")));
             }
@@ -170,10 +163,7 @@ impl Faults {
     }
 
     fn applies(&self, path: &str) -> bool {
-        self.spec
-            .only_path
-            .as_deref()
-            .is_none_or(|p| path.contains(p))
+        self.spec.only_path.as_deref().is_none_or(|p| path.contains(p))
     }
 
     /// Delays the request, or answers it with an injected error.

@@ -56,10 +56,7 @@ impl Served {
 /// The router serving one cluster.
 pub fn router(served: Served) -> Router {
     Router::new()
-        .route(
-            "/api/v1/namespaces/{ns}/pods/{name}/exec",
-            axum::routing::any(exec),
-        )
+        .route("/api/v1/namespaces/{ns}/pods/{name}/exec", axum::routing::any(exec))
         .fallback(handle)
         .layer(DefaultBodyLimit::max(16 * 1024 * 1024))
         .with_state(served)
@@ -139,12 +136,7 @@ fn initial_events(q: &Query, watch: bool) -> Result<Option<bool>, StatusError> {
     if causes.is_empty() {
         Ok(send)
     } else {
-        Err(StatusError::invalid(
-            "meta.k8s.io",
-            "ListOptions",
-            "",
-            causes,
-        ))
+        Err(StatusError::invalid("meta.k8s.io", "ListOptions", "", causes))
     }
 }
 
@@ -183,10 +175,7 @@ async fn exec(
     State(s): State<Served>,
     axum::extract::Path((ns, name)): axum::extract::Path<(String, String)>,
     uri: Uri,
-    ws: Result<
-        axum::extract::ws::WebSocketUpgrade,
-        axum::extract::ws::rejection::WebSocketUpgradeRejection,
-    >,
+    ws: Result<axum::extract::ws::WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> Response {
     let query = Query::parse(uri.query()).0;
     let cmd = query
@@ -194,12 +183,8 @@ async fn exec(
         .filter(|(k, _)| k == "command")
         .map(|(_, v)| v.clone())
         .collect();
-    let container = query
-        .iter()
-        .find(|(k, _)| k == "container")
-        .map(|(_, v)| v.clone());
-    super::exec::serve(&s.cluster, &ns, &name, container.as_deref(), cmd, ws)
-        .unwrap_or_else(|e| error_response(&e))
+    let container = query.iter().find(|(k, _)| k == "container").map(|(_, v)| v.clone());
+    super::exec::serve(&s.cluster, &ns, &name, container.as_deref(), cmd, ws).unwrap_or_else(|e| error_response(&e))
 }
 
 fn error_response(e: &StatusError) -> Response {
@@ -249,15 +234,11 @@ impl Query {
     }
 
     fn get(&self, k: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.as_str())
+        self.0.iter().find(|(key, _)| key == k).map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, k: &str) -> bool {
-        matches!(self.get(k), Some("1" | "true" | "True" | ""))
-            && self.0.iter().any(|(key, _)| key == k)
+        matches!(self.get(k), Some("1" | "true" | "True" | "")) && self.0.iter().any(|(key, _)| key == k)
     }
 
     /// The integer parameters of a list or watch, refused as the API server's parameter
@@ -285,9 +266,7 @@ impl Query {
     fn bad_resource_version(&self) -> Option<String> {
         let rv = self.get("resourceVersion").filter(|r| !r.is_empty())?;
         rv.parse::<u64>().is_err().then(|| {
-            format!(
-                "resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax"
-            )
+            format!("resourceVersion: Invalid value: {rv:?}: strconv.ParseUint: parsing {rv:?}: invalid syntax")
         })
     }
 
@@ -296,21 +275,13 @@ impl Query {
             labels: LabelSelector::parse(self.get("labelSelector").unwrap_or(""))?,
             fields: FieldSelector::parse(self.get("fieldSelector").unwrap_or(""))?,
             limit: self.get("limit").and_then(|l| l.parse().ok()),
-            continue_token: self
-                .get("continue")
-                .filter(|c| !c.is_empty())
-                .map(str::to_string),
+            continue_token: self.get("continue").filter(|c| !c.is_empty()).map(str::to_string),
         })
     }
 
     /// The options of a write; `options` is the kind errors name (`CreateOptions`, …) and
     /// `body` the request body, scanned for duplicate fields.
-    fn write_options(
-        &self,
-        headers: &HeaderMap,
-        options: &str,
-        body: &[u8],
-    ) -> Result<WriteOptions, StatusError> {
+    fn write_options(&self, headers: &HeaderMap, options: &str, body: &[u8]) -> Result<WriteOptions, StatusError> {
         let dry_run = match self.get("dryRun") {
             None | Some("") => false,
             Some("All") => true,
@@ -321,10 +292,7 @@ impl Query {
                     "",
                     vec![super::status::Cause {
                         reason: "FieldValueNotSupported".into(),
-                        message: format!(
-                            "Unsupported value: [{}]: supported values: \"All\"",
-                            json!(other)
-                        ),
+                        message: format!("Unsupported value: [{}]: supported values: \"All\"", json!(other)),
                         field: "dryRun".into(),
                     }],
                 ))
@@ -372,21 +340,13 @@ fn has_group(s: &Served, group: &str) -> Result<bool, StatusError> {
 }
 
 fn route(s: &Served, path: &str) -> Result<Route, StatusError> {
-    let segs: Vec<&str> = path
-        .trim_matches('/')
-        .split('/')
-        .filter(|s| !s.is_empty())
-        .collect();
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
     let (group, version, rest) = match segs.as_slice() {
         ["version"] => return Ok(Route::Version),
         ["healthz" | "readyz" | "livez", ..] => return Ok(Route::Health),
         ["openapi", "v3"] => return Ok(Route::OpenApiIndex),
-        ["openapi", "v3", "api", v] => {
-            return Ok(Route::OpenApiGroupVersion(String::new(), v.to_string()))
-        }
-        ["openapi", "v3", "apis", g, v] => {
-            return Ok(Route::OpenApiGroupVersion(g.to_string(), v.to_string()))
-        }
+        ["openapi", "v3", "api", v] => return Ok(Route::OpenApiGroupVersion(String::new(), v.to_string())),
+        ["openapi", "v3", "apis", g, v] => return Ok(Route::OpenApiGroupVersion(g.to_string(), v.to_string())),
         ["openapi", ..] => return Err(StatusError::page_not_found()),
         ["api"] => return Ok(Route::Api),
         ["api", "v1"] => return Ok(Route::CoreV1),
@@ -418,9 +378,7 @@ fn route(s: &Served, path: &str) -> Result<Route, StatusError> {
         name: name.map(str::to_string),
         subresource: sub.map(str::to_string),
     };
-    let is_sub = |ty: &super::discovery::ResourceType, sub: &str| {
-        ty.subresources.iter().any(|(s, _)| s == sub)
-    };
+    let is_sub = |ty: &super::discovery::ResourceType, sub: &str| ty.subresources.iter().any(|(s, _)| s == sub);
     let t = match rest {
         [res] => target(find(res)?, None, None, None),
         ["namespaces", ns, sub] if group.is_empty() && matches!(*sub, "status" | "finalize") => {
@@ -501,13 +459,7 @@ fn parse_body(t: &Target, headers: &HeaderMap, body: &Bytes) -> Result<Value, St
     }
 }
 
-async fn handle(
-    State(s): State<Served>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+async fn handle(State(s): State<Served>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     if let Some(resp) = s.faults.before(&method, uri.path()).await {
         return resp;
     }
@@ -522,13 +474,7 @@ async fn handle(
     }
 }
 
-fn serve(
-    s: &Served,
-    method: &Method,
-    uri: &Uri,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Response, StatusError> {
+fn serve(s: &Served, method: &Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, StatusError> {
     let q = Query::parse(uri.query());
     let r = route(s, uri.path())?;
     let store = || {
@@ -556,16 +502,10 @@ fn serve(
                 .body(Body::from("ok"))
                 .unwrap_or_default())
         }
-        Route::OpenApiIndex => {
-            return Ok(json_response(
-                200,
-                &super::openapi::index(&store()?.resources),
-            ))
-        }
+        Route::OpenApiIndex => return Ok(json_response(200, &super::openapi::index(&store()?.resources))),
         Route::OpenApiGroupVersion(g, v) => {
             let resources = store()?.resources.clone();
-            let doc = super::openapi::group_version(&resources, &g, &v)
-                .ok_or_else(StatusError::page_not_found)?;
+            let doc = super::openapi::group_version(&resources, &g, &v).ok_or_else(StatusError::page_not_found)?;
             return Ok(json_response(200, &doc));
         }
         Route::Api | Route::Apis if aggregated(headers) => {
@@ -576,10 +516,7 @@ fn serve(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.split(',').any(|t| t.trim() == tag || t.trim() == "*"));
             let mut resp = if unchanged {
-                Response::builder()
-                    .status(304)
-                    .body(Body::empty())
-                    .unwrap_or_default()
+                Response::builder().status(304).body(Body::empty()).unwrap_or_default()
             } else {
                 let mut resp = json_response(200, &doc);
                 resp.headers_mut().insert(
@@ -590,19 +527,14 @@ fn serve(
             };
             let h = resp.headers_mut();
             h.insert(header::VARY, header::HeaderValue::from_static("Accept"));
-            h.insert(
-                header::CACHE_CONTROL,
-                header::HeaderValue::from_static("public"),
-            );
+            h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("public"));
             if let Ok(v) = header::HeaderValue::from_str(&tag) {
                 h.insert(header::ETAG, v);
             }
             return Ok(resp);
         }
         Route::Api | Route::CoreV1 | Route::Apis | Route::Group(_) | Route::GroupVersion(..)
-            if !super::discovery::plain_acceptable(
-                headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()),
-            ) =>
+            if !super::discovery::plain_acceptable(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok())) =>
         {
             return Err(StatusError::new(
                 406,
@@ -610,22 +542,14 @@ fn serve(
                 "only the following media types are accepted: application/json, application/yaml, application/vnd.kubernetes.protobuf",
             ));
         }
-        Route::Api => {
-            return Ok(json_response(
-                200,
-                &store()?.resources.api_versions(&s.address),
-            ))
-        }
+        Route::Api => return Ok(json_response(200, &store()?.resources.api_versions(&s.address))),
         Route::CoreV1 => {
             let list = store()?.resources.resource_list("", "v1");
             return Ok(json_response(200, &list.unwrap_or(Value::Null)));
         }
         Route::Apis => return Ok(json_response(200, &store()?.resources.group_list())),
         Route::Group(g) => {
-            let v = store()?
-                .resources
-                .group(&g)
-                .ok_or_else(StatusError::page_not_found)?;
+            let v = store()?.resources.group(&g).ok_or_else(StatusError::page_not_found)?;
             return Ok(json_response(200, &v));
         }
         Route::GroupVersion(g, v) => {
@@ -684,9 +608,7 @@ fn serve(
             q.integers()?;
             initial_events(&q, false)?;
             if let Some(e) = q.bad_resource_version() {
-                return Err(StatusError::bad_request(format!(
-                    "invalid resource version: {e}"
-                )));
+                return Err(StatusError::bad_request(format!("invalid resource version: {e}")));
             }
             let list = c.list(&t, &q.list_options()?)?;
             Ok(json_response(
@@ -774,10 +696,7 @@ fn serve(
         }
         ("DELETE", true) => {
             let o = q.write_options(headers, "DeleteOptions", &[])?;
-            Ok(json_response(
-                200,
-                &c.delete_collection(&t, &q.list_options()?, &o)?,
-            ))
+            Ok(json_response(200, &c.delete_collection(&t, &q.list_options()?, &o)?))
         }
         (_, _) => Err(StatusError::method_not_allowed(
             "the server does not allow this method on the requested resource",

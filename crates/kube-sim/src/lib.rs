@@ -213,13 +213,11 @@ impl Simulator {
                 Some(a) => SocketAddr::new(a.ip(), a.port().saturating_add(i as u16)),
                 None => SocketAddr::from(([127, 0, 0, 1], 0)),
             };
-            let listener = TcpListener::bind(addr)
-                .await
-                .map_err(|e| SimError::Listen {
-                    cluster: name.clone(),
-                    addr: addr.to_string(),
-                    reason: e.to_string(),
-                })?;
+            let listener = TcpListener::bind(addr).await.map_err(|e| SimError::Listen {
+                cluster: name.clone(),
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?;
             let addr = listener.local_addr().map_err(|e| SimError::Listen {
                 cluster: name.clone(),
                 addr: addr.to_string(),
@@ -228,8 +226,7 @@ impl Simulator {
             let cluster = Arc::new(api::Cluster::new(name));
             let f = faults::Faults::new(name, faults.get(name).cloned().unwrap_or_default())?;
             let handled = Arc::new(std::sync::atomic::AtomicU64::new(0));
-            let controllers =
-                with_controllers.then(|| controllers::spawn(cluster.clone(), handled.clone()));
+            let controllers = with_controllers.then(|| controllers::spawn(cluster.clone(), handled.clone()));
             let task = if f.down() {
                 // A dead cluster: the port is known, nothing answers on it.
                 drop(listener);

@@ -40,13 +40,7 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn same_manager(
-        &self,
-        manager: &str,
-        op: Operation,
-        api_version: &str,
-        subresource: Option<&str>,
-    ) -> bool {
+    fn same_manager(&self, manager: &str, op: Operation, api_version: &str, subresource: Option<&str>) -> bool {
         self.manager == manager
             && self.operation == op
             && self.subresource.as_deref() == subresource
@@ -149,10 +143,7 @@ impl Managed {
             .flatten()
             .filter_map(|e| {
                 Some(Entry {
-                    subresource: e
-                        .get("subresource")
-                        .and_then(Value::as_str)
-                        .map(str::to_string),
+                    subresource: e.get("subresource").and_then(Value::as_str).map(str::to_string),
                     manager: e.get("manager")?.as_str()?.to_string(),
                     operation: match e.get("operation")?.as_str()? {
                         "Apply" => Operation::Apply,
@@ -210,13 +201,7 @@ impl Managed {
         meta.insert("managedFields".into(), Value::Array(list));
     }
 
-    fn position(
-        &self,
-        manager: &str,
-        op: Operation,
-        api_version: &str,
-        subresource: Option<&str>,
-    ) -> Option<usize> {
+    fn position(&self, manager: &str, op: Operation, api_version: &str, subresource: Option<&str>) -> Option<usize> {
         self.entries
             .iter()
             .position(|e| e.same_manager(manager, op, api_version, subresource))
@@ -233,11 +218,7 @@ impl Managed {
         if self.entries.is_empty() && !creating {
             return;
         }
-        let c = typed::compare(
-            ty,
-            &without_managed_fields(live),
-            &without_managed_fields(new),
-        );
+        let c = typed::compare(ty, &without_managed_fields(live), &without_managed_fields(new));
         // What the strategy resets was not written, and stays with its owners.
         let taken = w.owned(&c.modified.union(&c.added));
         let removed = w.owned(&c.removed);
@@ -391,11 +372,7 @@ fn conflict_error(conflicts: &mut [(&Entry, Vec<typed::Path>)]) -> StatusError {
                 lines.push(format!("- {}", typed::path_string(p)));
             }
         }
-        format!(
-            "Apply failed with {} conflicts: {}",
-            causes.len(),
-            lines.join("\n")
-        )
+        format!("Apply failed with {} conflicts: {}", causes.len(), lines.join("\n"))
     };
     StatusError::new(409, "Conflict", message).with_details(json!({
         "causes": causes.iter().map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field})).collect::<Vec<_>>()
@@ -425,13 +402,7 @@ mod tests {
     fn a_create_is_owned_by_its_writer_without_bookkeeping_fields() {
         let mut m = Managed::default();
         let new = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a", "labels": {"x": "1"}}, "data": {"k": "v"}});
-        m.update(
-            &cm_ty(),
-            &builtin::zero("ConfigMap"),
-            &new,
-            &w("curl"),
-            true,
-        );
+        m.update(&cm_ty(), &builtin::zero("ConfigMap"), &new, &w("curl"), true);
         assert_eq!(
             m.entries[0].set.to_fields_v1(),
             json!({"f:data": {".": {}, "f:k": {}}, "f:metadata": {"f:labels": {".": {}, "f:x": {}}}})
@@ -443,9 +414,11 @@ mod tests {
         let ty = cm_ty();
         let mut m = Managed::default();
         let zero = builtin::zero("ConfigMap");
-        let a = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1", "b": "2"}});
+        let a =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1", "b": "2"}});
         let live = m.apply(&ty, &zero, &a, &w("alice"), false, None).unwrap();
-        let b = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "3", "c": "2"}});
+        let b =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "3", "c": "2"}});
         let err = m
             .clone()
             .apply(&ty, &live, &b, &w("bob"), false, Some(&zero))
@@ -455,9 +428,7 @@ mod tests {
             err.message,
             "Apply failed with 1 conflict: conflict with \"alice\": .data.a"
         );
-        let merged = m
-            .apply(&ty, &live, &b, &w("bob"), true, Some(&zero))
-            .unwrap();
+        let merged = m.apply(&ty, &live, &b, &w("bob"), true, Some(&zero)).unwrap();
         assert_eq!(merged["data"], json!({"a": "3", "b": "2", "c": "2"}));
         let alice = m.entries.iter().find(|e| e.manager == "alice").unwrap();
         assert_eq!(alice.set.to_fields_v1(), json!({"f:data": {"f:b": {}}}));
@@ -468,12 +439,11 @@ mod tests {
         let ty = cm_ty();
         let mut m = Managed::default();
         let zero = builtin::zero("ConfigMap");
-        let a = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1", "b": "2"}});
+        let a =
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1", "b": "2"}});
         let live = m.apply(&ty, &zero, &a, &w("alice"), false, None).unwrap();
         let a2 = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "s"}, "data": {"a": "1"}});
-        let merged = m
-            .apply(&ty, &live, &a2, &w("alice"), false, Some(&zero))
-            .unwrap();
+        let merged = m.apply(&ty, &live, &a2, &w("alice"), false, Some(&zero)).unwrap();
         assert_eq!(merged["data"], json!({"a": "1"}));
     }
 }

@@ -195,10 +195,7 @@ mod tests {
         let r = Resources::new([]);
         let doc = group_version(&r, "", "v1").unwrap();
         let patch = &doc["paths"]["/api/v1/namespaces/{namespace}/configmaps/{name}"]["patch"];
-        assert_eq!(
-            patch["x-kubernetes-group-version-kind"]["kind"],
-            "ConfigMap"
-        );
+        assert_eq!(patch["x-kubernetes-group-version-kind"]["kind"], "ConfigMap");
         assert!(patch["parameters"]
             .as_array()
             .unwrap()

@@ -21,9 +21,8 @@ fn go_json_error(e: &serde_json::Error) -> String {
 
 /// RFC 7386: objects merged key by key, `null` deletes, anything else replaces.
 pub fn merge_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
-    let patch: Value = serde_json::from_slice(body).map_err(|e| {
-        StatusError::bad_request(format!("error decoding patch: {}", go_json_error(&e)))
-    })?;
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| StatusError::bad_request(format!("error decoding patch: {}", go_json_error(&e))))?;
     let mut out = doc.clone();
     json_patch::merge(&mut out, &patch);
     Ok(out)
@@ -31,9 +30,8 @@ pub fn merge_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
 
 /// RFC 6902, `test` included.
 pub fn json_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
-    let raw: Value = serde_json::from_slice(body).map_err(|e| {
-        StatusError::bad_request(format!("error decoding patch: {}", go_json_error(&e)))
-    })?;
+    let raw: Value = serde_json::from_slice(body)
+        .map_err(|e| StatusError::bad_request(format!("error decoding patch: {}", go_json_error(&e))))?;
     if !raw.is_array() {
         let what = match raw {
             Value::Object(_) => "object",
@@ -46,8 +44,7 @@ pub fn json_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
             "error decoding patch: json: cannot unmarshal {what} into Go value of type []handlers.jsonPatchOp"
         )));
     }
-    let patch: json_patch::Patch =
-        serde_json::from_value(raw).map_err(|e| StatusError::bad_request(e.to_string()))?;
+    let patch: json_patch::Patch = serde_json::from_value(raw).map_err(|e| StatusError::bad_request(e.to_string()))?;
     let mut out = doc.clone();
     json_patch::patch(&mut out, &patch).map_err(|_| {
         StatusError::new(
@@ -61,14 +58,9 @@ pub fn json_patch(doc: &Value, body: &[u8]) -> Result<Value, StatusError> {
 }
 
 /// A strategic merge patch against the OpenAPI definition `definition`.
-pub fn strategic_merge_patch(
-    doc: &Value,
-    body: &[u8],
-    definition: &str,
-) -> Result<Value, StatusError> {
-    let patch: Value = serde_json::from_slice(body).map_err(|e| {
-        StatusError::bad_request(format!("invalid JSON in strategic merge patch: {e}"))
-    })?;
+pub fn strategic_merge_patch(doc: &Value, body: &[u8], definition: &str) -> Result<Value, StatusError> {
+    let patch: Value = serde_json::from_slice(body)
+        .map_err(|e| StatusError::bad_request(format!("invalid JSON in strategic merge patch: {e}")))?;
     let Value::Object(p) = patch else {
         return Err(StatusError::bad_request(
             "the strategic merge patch must be a JSON object",
@@ -180,11 +172,7 @@ fn merge_map(
         }
         Some("delete") => return Ok(None),
         Some("merge") | None => {}
-        Some(other) => {
-            return Err(StatusError::bad_request(format!(
-                "Unknown patch type: {other}"
-            )))
-        }
+        Some(other) => return Err(StatusError::bad_request(format!("Unknown patch type: {other}"))),
     }
     let retain = patch.remove(RETAIN);
     let mut orders = Vec::new();
@@ -207,19 +195,14 @@ fn merge_map(
             continue;
         }
         let (merge, key, _) = schema.strategy(&k);
-        let merged =
-            match (orig.remove(&k), pv) {
-                (Some(Value::Object(o)), Value::Object(p)) => {
-                    merge_map(o, p, &schema.field(&k))?.map(Value::Object)
-                }
-                (Some(Value::Array(o)), Value::Array(p)) if merge => Some(Value::Array(
-                    merge_list(o, p, key.as_deref(), &schema.items(&k))?,
-                )),
-                (_, Value::Object(p)) => {
-                    merge_map(Map::new(), p, &schema.field(&k))?.map(Value::Object)
-                }
-                (_, pv) => Some(strip_directives(pv)),
-            };
+        let merged = match (orig.remove(&k), pv) {
+            (Some(Value::Object(o)), Value::Object(p)) => merge_map(o, p, &schema.field(&k))?.map(Value::Object),
+            (Some(Value::Array(o)), Value::Array(p)) if merge => {
+                Some(Value::Array(merge_list(o, p, key.as_deref(), &schema.items(&k))?))
+            }
+            (_, Value::Object(p)) => merge_map(Map::new(), p, &schema.field(&k))?.map(Value::Object),
+            (_, pv) => Some(strip_directives(pv)),
+        };
         if let Some(v) = merged {
             orig.insert(k, v);
         }
@@ -315,10 +298,7 @@ fn merge_list(
     let server_only: Vec<Value> = orig.into_iter().flatten().collect();
     // strategicpatch's mergeSortedSlice.
     let index = |v: &Value| server_order.iter().position(|s| *s == id(v));
-    let (mut l, mut r) = (
-        server_only.into_iter().peekable(),
-        patched.into_iter().peekable(),
-    );
+    let (mut l, mut r) = (server_only.into_iter().peekable(), patched.into_iter().peekable());
     let mut out = Vec::new();
     loop {
         let take_left = match (l.peek(), r.peek()) {

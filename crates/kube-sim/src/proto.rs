@@ -226,10 +226,7 @@ pub fn decode(body: &[u8]) -> Result<Value, StatusError> {
     while let Some((n, wire)) = r.tag()? {
         match (n, wire) {
             (1, 2) => {
-                let tm = message(
-                    r.bytes()?,
-                    &[(1, "apiVersion", F::Str), (2, "kind", F::Str)],
-                )?;
+                let tm = message(r.bytes()?, &[(1, "apiVersion", F::Str), (2, "kind", F::Str)])?;
                 api_version = tm["apiVersion"].as_str().unwrap_or("").to_string();
                 kind = tm["kind"].as_str().unwrap_or("").to_string();
             }

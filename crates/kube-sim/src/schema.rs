@@ -143,11 +143,7 @@ fn structural_ty(s: &Value) -> Ty {
             let mut fields: BTreeMap<String, Ty> = s
                 .get("properties")
                 .and_then(Value::as_object)
-                .map(|p| {
-                    p.iter()
-                        .map(|(k, v)| (k.clone(), structural_ty(v)))
-                        .collect()
-                })
+                .map(|p| p.iter().map(|(k, v)| (k.clone(), structural_ty(v))).collect())
                 .unwrap_or_default();
             if bool_of(s, "x-kubernetes-embedded-resource") {
                 fields.insert("apiVersion".into(), Ty::Scalar);
@@ -173,11 +169,7 @@ fn structural_ty(s: &Value) -> Ty {
                 Some("map") => ListRel::Map(
                     s.get("x-kubernetes-list-map-keys")
                         .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|k| k.as_str().map(str::to_string))
-                                .collect()
-                        })
+                        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
                         .unwrap_or_default(),
                 ),
                 _ => ListRel::Atomic,
@@ -369,10 +361,7 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             out.push(type_invalid(Cause::invalid(
                 path,
                 &Value::String(type_name(v).into()),
-                &format!(
-                    "{shown} in body must be of type integer,string: {:?}",
-                    type_name(v)
-                ),
+                &format!("{shown} in body must be of type integer,string: {:?}", type_name(v)),
             )));
         }
         return;
@@ -415,11 +404,7 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
             if let Some(max) = s.get("maximum") {
                 let m = num(max).unwrap_or(f64::MAX);
                 if (excl_max && x >= m) || (!excl_max && x > m) {
-                    let rel = if excl_max {
-                        "less than"
-                    } else {
-                        "less than or equal to"
-                    };
+                    let rel = if excl_max { "less than" } else { "less than or equal to" };
                     out.push(Cause::invalid(
                         path,
                         v,
@@ -432,10 +417,7 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
                     out.push(Cause::invalid(
                         path,
                         v,
-                        &format!(
-                            "{shown} in body should be a multiple of {}",
-                            fmt_num(&s["multipleOf"])
-                        ),
+                        &format!("{shown} in body should be a multiple of {}", fmt_num(&s["multipleOf"])),
                     ));
                 }
             }
@@ -499,10 +481,7 @@ fn validate(v: &Value, s: &Value, path: &str, out: &mut Vec<Cause>) {
                 }
             }
             if bool_of(s, "uniqueItems") {
-                let dup = items
-                    .iter()
-                    .enumerate()
-                    .any(|(i, a)| items[..i].contains(a));
+                let dup = items.iter().enumerate().any(|(i, a)| items[..i].contains(a));
                 if dup {
                     out.push(Cause::invalid(
                         path,
@@ -613,9 +592,7 @@ fn format_holds(format: &str, text: &str) -> bool {
         "uuid" => uuid.is_match(text),
         "byte" => {
             use base64::Engine as _;
-            base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .is_ok()
+            base64::engine::general_purpose::STANDARD.decode(text).is_ok()
         }
         _ => true,
     }
@@ -663,26 +640,29 @@ mod tests {
     fn defaults_apply_inside_defaulted_objects() {
         let mut obj = json!({"spec": {}});
         widget().default(&mut obj);
-        assert_eq!(
-            obj,
-            json!({"spec": {"size": 1, "nested": {"level": "info"}}})
-        );
+        assert_eq!(obj, json!({"spec": {"size": 1, "nested": {"level": "info"}}}));
     }
 
     #[test]
     fn validation_reports_type_enum_and_minimum_like_the_api_server() {
         let causes = widget().validate(&json!({"spec": {"size": 0, "color": "green"}}));
         let lines: Vec<String> = causes.iter().map(Cause::line).collect();
-        assert!(lines.contains(&"spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1".to_string()), "{lines:?}");
         assert!(
             lines.contains(
-                &"spec.color: Unsupported value: \"green\": supported values: \"red\", \"blue\""
-                    .to_string()
+                &"spec.size: Invalid value: 0: spec.size in body should be greater than or equal to 1".to_string()
             ),
             "{lines:?}"
         );
+        assert!(
+            lines
+                .contains(&"spec.color: Unsupported value: \"green\": supported values: \"red\", \"blue\"".to_string()),
+            "{lines:?}"
+        );
         let causes = widget().validate(&json!({"spec": {"size": "three"}}));
-        assert_eq!(causes[0].line(), "spec.size: Invalid value: \"string\": spec.size in body must be of type integer: \"string\"");
+        assert_eq!(
+            causes[0].line(),
+            "spec.size: Invalid value: \"string\": spec.size in body must be of type integer: \"string\""
+        );
         let causes = widget().validate(&json!({"spec": {}}));
         assert_eq!(causes[0].line(), "spec.size: Required value");
     }

@@ -173,11 +173,7 @@ mod tests {
             ("app,!missing", true),
             ("app!=pg", false),
         ] {
-            assert_eq!(
-                LabelSelector::parse(sel).unwrap().matches(&obj),
-                want,
-                "{sel}"
-            );
+            assert_eq!(LabelSelector::parse(sel).unwrap().matches(&obj), want, "{sel}");
         }
         let err = LabelSelector::parse("x in (1").unwrap_err();
         assert_eq!(
@@ -189,12 +185,8 @@ mod tests {
     #[test]
     fn field_selectors_know_name_and_namespace_only() {
         let obj = json!({"metadata": {"name": "a", "namespace": "n"}});
-        assert!(FieldSelector::parse("metadata.name=a")
-            .unwrap()
-            .matches(&obj));
-        assert!(!FieldSelector::parse("metadata.namespace!=n")
-            .unwrap()
-            .matches(&obj));
+        assert!(FieldSelector::parse("metadata.name=a").unwrap().matches(&obj));
+        assert!(!FieldSelector::parse("metadata.namespace!=n").unwrap().matches(&obj));
         assert_eq!(
             FieldSelector::parse("spec.x=1").unwrap_err().message,
             "\"spec.x\" is not a known field selector: only \"metadata.name\", \"metadata.namespace\""

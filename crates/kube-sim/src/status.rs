@@ -171,22 +171,14 @@ impl StatusError {
         let what = qualified(group, kind);
         let body = match causes.as_slice() {
             [one] => one.line(),
-            many => format!(
-                "[{}]",
-                many.iter().map(Cause::line).collect::<Vec<_>>().join(", ")
-            ),
+            many => format!("[{}]", many.iter().map(Cause::line).collect::<Vec<_>>().join(", ")),
         };
         let mut d = details(group, kind, name);
         d.insert(
             "causes".into(),
             Value::Array(causes.iter().map(Cause::to_json).collect()),
         );
-        StatusError::new(
-            422,
-            "Invalid",
-            format!("{what} {name:?} is invalid: {body}"),
-        )
-        .with_details(Value::Object(d))
+        StatusError::new(422, "Invalid", format!("{what} {name:?} is invalid: {body}")).with_details(Value::Object(d))
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -212,12 +204,7 @@ impl StatusError {
 
     /// A 404 for a path that names no resource.
     pub fn page_not_found() -> Self {
-        StatusError::new(
-            404,
-            "NotFound",
-            "the server could not find the requested resource",
-        )
-        .with_details(json!({}))
+        StatusError::new(404, "NotFound", "the server could not find the requested resource").with_details(json!({}))
     }
 
     pub fn to_json(&self) -> Value {

@@ -97,9 +97,7 @@ pub fn new_uid(cluster: &str) -> String {
 
 /// Now, as the API server writes timestamps (RFC 3339, seconds, UTC).
 pub fn now() -> String {
-    jiff::Timestamp::now()
-        .strftime("%Y-%m-%dT%H:%M:%SZ")
-        .to_string()
+    jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 /// `secs` seconds from now, written as [`now`] writes it.
@@ -137,8 +135,7 @@ impl Store {
                 "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}});
             s.put(key("", "namespaces", "", ns), obj, EventType::Added, None);
         }
-        let builtins: Vec<(String, String)> =
-            s.resources.types.iter().map(|t| t.storage_key()).collect();
+        let builtins: Vec<(String, String)> = s.resources.types.iter().map(|t| t.storage_key()).collect();
         for k in builtins {
             s.types.entry(k).or_insert(TypeState {
                 list_rv: 1,
@@ -169,13 +166,7 @@ impl Store {
     }
 
     /// Stores an object at the next resourceVersion and tells watchers; returns it as stored.
-    pub fn put(
-        &mut self,
-        k: Key,
-        mut obj: Value,
-        kind: EventType,
-        previous: Option<Value>,
-    ) -> Value {
+    pub fn put(&mut self, k: Key, mut obj: Value, kind: EventType, previous: Option<Value>) -> Value {
         self.rv += 1;
         let rv = self.rv;
         if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
@@ -198,13 +189,10 @@ impl Store {
 
     fn record(&mut self, k: Key, kind: EventType, object: Value, previous: Option<Value>) {
         let (group, plural, namespace, _) = k;
-        let state = self
-            .types
-            .entry((group.clone(), plural.clone()))
-            .or_insert(TypeState {
-                list_rv: self.rv - 1,
-                last_event_rv: 0,
-            });
+        let state = self.types.entry((group.clone(), plural.clone())).or_insert(TypeState {
+            list_rv: self.rv - 1,
+            last_event_rv: 0,
+        });
         state.last_event_rv = self.rv;
         self.last_event_rv = self.rv;
         let ev = Arc::new(Event {
@@ -260,9 +248,7 @@ impl Store {
         let crds: Vec<Value> = self
             .objects
             .iter()
-            .filter(|((g, p, _, _), _)| {
-                g == "apiextensions.k8s.io" && p == "customresourcedefinitions"
-            })
+            .filter(|((g, p, _, _), _)| g == "apiextensions.k8s.io" && p == "customresourcedefinitions")
             .map(|(_, v)| v.clone())
             .collect();
         self.resources = Resources::new(crds.iter());
@@ -277,11 +263,7 @@ impl Store {
             .objects
             .iter()
             .filter(|((g, p, _, _), _)| g.is_empty() && p == "services")
-            .filter_map(|(_, v)| {
-                v.pointer("/spec/clusterIP")
-                    .and_then(Value::as_str)
-                    .map(str::to_string)
-            })
+            .filter_map(|(_, v)| v.pointer("/spec/clusterIP").and_then(Value::as_str).map(str::to_string))
             .collect();
         for _ in 0..254 {
             let ip = format!("10.0.0.{}", self.next_ip);
@@ -332,14 +314,8 @@ mod tests {
             EventType::Added,
             None,
         );
-        assert_eq!(
-            a["metadata"]["resourceVersion"],
-            json!((before + 1).to_string())
-        );
-        assert_eq!(
-            b["metadata"]["resourceVersion"],
-            json!((before + 2).to_string())
-        );
+        assert_eq!(a["metadata"]["resourceVersion"], json!((before + 1).to_string()));
+        assert_eq!(b["metadata"]["resourceVersion"], json!((before + 2).to_string()));
         let (backlog, _) = s.events_since("", "configmaps", before).unwrap();
         assert_eq!(backlog.len(), 1);
     }

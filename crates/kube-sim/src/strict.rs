@@ -87,10 +87,7 @@ impl<'de> Visitor<'de> for Scan<'_> {
                     out.duplicates.push(path.clone());
                 }
             }
-            map.next_value_seed(Scan {
-                path,
-                out: self.out,
-            })?;
+            map.next_value_seed(Scan { path, out: self.out })?;
         }
         Ok(())
     }
@@ -143,10 +140,7 @@ impl BodyFields {
     }
 
     fn position(&self, path: &str) -> usize {
-        self.order
-            .iter()
-            .position(|p| p == path)
-            .unwrap_or(usize::MAX)
+        self.order.iter().position(|p| p == path).unwrap_or(usize::MAX)
     }
 }
 

@@ -28,10 +28,7 @@ impl Include {
 
 /// Whether an `Accept` header asks for a Table.
 pub fn wanted(accept: &str) -> bool {
-    accept
-        .split(',')
-        .next()
-        .is_some_and(|first| first.contains("as=Table"))
+    accept.split(',').next().is_some_and(|first| first.contains("as=Table"))
 }
 
 const NAME_DESC: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
@@ -434,9 +431,7 @@ mod tests {
 
     #[test]
     fn only_a_first_choice_of_table_is_a_table_request() {
-        assert!(wanted(
-            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"
-        ));
+        assert!(wanted("application/json;as=Table;v=v1;g=meta.k8s.io,application/json"));
         assert!(!wanted("application/json"));
     }
 }

@@ -82,18 +82,12 @@ pub fn openapi_ty(s: &Value, defs: &'static Definitions) -> Ty {
             let fields: BTreeMap<String, Ty> = s
                 .get("properties")
                 .and_then(Value::as_object)
-                .map(|p| {
-                    p.iter()
-                        .map(|(k, v)| (k.clone(), openapi_ty(v, defs)))
-                        .collect()
-                })
+                .map(|p| p.iter().map(|(k, v)| (k.clone(), openapi_ty(v, defs))).collect())
                 .unwrap_or_default();
             let elem = match s.get("additionalProperties") {
                 Some(Value::Object(a)) => Some(openapi_ty(&Value::Object(a.clone()), defs)),
                 Some(Value::Bool(true)) => Some(Ty::Untyped),
-                _ if s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => {
-                    Some(Ty::Untyped)
-                }
+                _ if s.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) => Some(Ty::Untyped),
                 _ => None,
             };
             if fields.is_empty() && elem.is_none() {
@@ -102,27 +96,17 @@ pub fn openapi_ty(s: &Value, defs: &'static Definitions) -> Ty {
             Ty::map(fields, elem, ext("x-kubernetes-map-type") == Some("atomic"))
         }
         Some("array") => {
-            let elem = s
-                .get("items")
-                .map(|i| openapi_ty(i, defs))
-                .unwrap_or(Ty::Untyped);
+            let elem = s.get("items").map(|i| openapi_ty(i, defs)).unwrap_or(Ty::Untyped);
             let rel = match ext("x-kubernetes-list-type") {
                 Some("set") => ListRel::Set,
                 Some("map") => ListRel::Map(
                     s.get("x-kubernetes-list-map-keys")
                         .and_then(Value::as_array)
-                        .map(|a| {
-                            a.iter()
-                                .filter_map(|k| k.as_str().map(str::to_string))
-                                .collect()
-                        })
+                        .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
                         .unwrap_or_default(),
                 ),
                 Some(_) => ListRel::Atomic,
-                None => match (
-                    ext("x-kubernetes-patch-strategy"),
-                    ext("x-kubernetes-patch-merge-key"),
-                ) {
+                None => match (ext("x-kubernetes-patch-strategy"), ext("x-kubernetes-patch-merge-key")) {
                     (Some(st), key) if st.split(',').any(|p| p == "merge") => match key {
                         Some(k) => ListRel::Map(vec![k.to_string()]),
                         None => ListRel::Set,
@@ -166,11 +150,7 @@ pub enum ListRel {
 
 impl Ty {
     pub fn map(fields: BTreeMap<String, Ty>, elem: Option<Ty>, atomic: bool) -> Ty {
-        Ty::Map(Arc::new(MapTy {
-            fields,
-            elem,
-            atomic,
-        }))
+        Ty::Map(Arc::new(MapTy { fields, elem, atomic }))
     }
 
     pub fn list(elem: Ty, rel: ListRel) -> Ty {
@@ -458,12 +438,8 @@ enum Shape {
 
 fn shape(ty: &Ty, v: Option<&Value>) -> Shape {
     match (ty.resolve(), v) {
-        (Ty::Map(m), Some(Value::Object(_) | Value::Null) | None) if !m.atomic => {
-            Shape::Map(Some(m))
-        }
-        (Ty::List(l), Some(Value::Array(_) | Value::Null) | None) if l.rel != ListRel::Atomic => {
-            Shape::List(l)
-        }
+        (Ty::Map(m), Some(Value::Object(_) | Value::Null) | None) if !m.atomic => Shape::Map(Some(m)),
+        (Ty::List(l), Some(Value::Array(_) | Value::Null) | None) if l.rel != ListRel::Atomic => Shape::List(l),
         (Ty::Untyped, Some(Value::Object(_))) => Shape::Map(None),
         _ => Shape::Leaf,
     }
@@ -617,24 +593,14 @@ fn leaf_at(l: Option<&Value>, r: Option<&Value>, path: &Path, c: &mut Comparison
     }
 }
 
-fn cmp_one_side(
-    ty: &Ty,
-    l: Option<&Value>,
-    r: Option<&Value>,
-    path: &mut Path,
-    c: &mut Comparison,
-) {
+fn cmp_one_side(ty: &Ty, l: Option<&Value>, r: Option<&Value>, path: &mut Path, c: &mut Comparison) {
     if let Shape::Map(m) = shape(ty, l.or(r)) {
         let Some(obj) = l.or(r).and_then(Value::as_object) else {
             return;
         };
         for (k, v) in obj {
             path.push(PathElement::Field(k.clone()));
-            let (a, b) = if l.is_some() {
-                (Some(v), None)
-            } else {
-                (None, Some(v))
-            };
+            let (a, b) = if l.is_some() { (Some(v), None) } else { (None, Some(v)) };
             cmp(&map_child_ty(&m, k), a, b, path, c);
             path.pop();
         }
@@ -802,19 +768,13 @@ mod tests {
     fn configmap() -> Ty {
         Ty::map(
             BTreeMap::from([
-                (
-                    "data".to_string(),
-                    Ty::map(BTreeMap::new(), Some(Ty::Scalar), false),
-                ),
+                ("data".to_string(), Ty::map(BTreeMap::new(), Some(Ty::Scalar), false)),
                 (
                     "metadata".to_string(),
                     Ty::map(
                         BTreeMap::from([
                             ("name".to_string(), Ty::Scalar),
-                            (
-                                "labels".to_string(),
-                                Ty::map(BTreeMap::new(), Some(Ty::Scalar), false),
-                            ),
+                            ("labels".to_string(), Ty::map(BTreeMap::new(), Some(Ty::Scalar), false)),
                         ]),
                         None,
                         false,
@@ -824,10 +784,7 @@ mod tests {
                     "items".to_string(),
                     Ty::list(
                         Ty::map(
-                            BTreeMap::from([
-                                ("name".to_string(), Ty::Scalar),
-                                ("v".to_string(), Ty::Scalar),
-                            ]),
+                            BTreeMap::from([("name".to_string(), Ty::Scalar), ("v".to_string(), Ty::Scalar)]),
                             None,
                             false,
                         ),

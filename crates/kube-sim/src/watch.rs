@@ -94,12 +94,7 @@ impl State {
         match self.table {
             Some(include) => {
                 let rv = obj.pointer("/metadata/resourceVersion").cloned();
-                table::table(
-                    &self.target.ty,
-                    &[obj],
-                    json!({"resourceVersion": rv}),
-                    include,
-                )
+                table::table(&self.target.ty, &[obj], json!({"resourceVersion": rv}), include)
             }
             None => obj,
         }
@@ -152,10 +147,9 @@ pub fn start(
         .filter(|t| *t <= Duration::from_secs(24 * 3600))
         .unwrap_or_else(|| Duration::from_secs(1800 + fastish_random() % 1800));
     let deadline = Instant::now() + timeout;
-    let bookmark_at = req.bookmarks.then(|| {
-        (Instant::now() + Duration::from_secs(60))
-            .min(deadline - Duration::from_secs(2).min(timeout))
-    });
+    let bookmark_at = req
+        .bookmarks
+        .then(|| (Instant::now() + Duration::from_secs(60)).min(deadline - Duration::from_secs(2).min(timeout)));
     let mut st = State {
         cluster: cluster.clone(),
         target: req.target,
@@ -173,15 +167,8 @@ pub fn start(
             .lock()
             .map_err(|_| StatusError::internal("the store is poisoned"))?;
         let (g, p) = st.target.ty.storage_key();
-        let rv = req
-            .resource_version
-            .as_deref()
-            .filter(|r| !r.is_empty() && *r != "0");
-        let rv = if req.initial_events.is_some() {
-            None
-        } else {
-            rv
-        };
+        let rv = req.resource_version.as_deref().filter(|r| !r.is_empty() && *r != "0");
+        let rv = if req.initial_events.is_some() { None } else { rv };
         match rv {
             None if req.initial_events == Some(false) => {
                 let state = store.type_state(&g, &p);
@@ -218,15 +205,14 @@ pub fn start(
                 st.rx = Some(store.subscribe());
             }
             Some(text) => {
-                let rv: u64 = text.parse().map_err(|_| {
-                    StatusError::bad_request(format!("invalid resource version: {text}"))
-                })?;
+                let rv: u64 = text
+                    .parse()
+                    .map_err(|_| StatusError::bad_request(format!("invalid resource version: {text}")))?;
                 let state = store.type_state(&g, &p);
                 let expired = |oldest: u64| {
                     line(
                         "ERROR",
-                        StatusError::expired(format!("too old resource version: {rv} ({oldest})"))
-                            .to_json(),
+                        StatusError::expired(format!("too old resource version: {rv} ({oldest})")).to_json(),
                     )
                 };
                 if rv < state.list_rv {

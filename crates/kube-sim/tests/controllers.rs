@@ -116,8 +116,7 @@ async fn a_claim_in_use_by_a_pod_stays_terminating_until_the_pod_is_gone() {
     assert_eq!(code, 200);
     s.send("DELETE", &format!("{PVC}/spare"), None).await;
     // An unused claim goes; the used one stays, protected.
-    s.until(&format!("{PVC}/spare"), "gone", |c, _| c == 404)
-        .await;
+    s.until(&format!("{PVC}/spare"), "gone", |c, _| c == 404).await;
     s.sim.settle().await;
     let (code, kept) = s.get(&format!("{PVC}/data")).await;
     assert_eq!(code, 200, "{kept}");
@@ -127,8 +126,7 @@ async fn a_claim_in_use_by_a_pod_stays_terminating_until_the_pod_is_gone() {
         Some(&json!(["kubernetes.io/pvc-protection"]))
     );
     s.send("DELETE", &format!("{PODS}/user"), None).await;
-    s.until(&format!("{PVC}/data"), "gone", |c, _| c == 404)
-        .await;
+    s.until(&format!("{PVC}/data"), "gone", |c, _| c == 404).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -139,14 +137,12 @@ async fn a_volume_bound_to_a_claim_stays_until_the_claim_is_gone() {
             "claimRef": {"namespace": "db", "name": "data"}}});
     pv["status"] = json!({"phase": "Bound"});
     let s = start(json!([namespace("db"), claim("data"), pv])).await;
-    s.send("DELETE", "/api/v1/persistentvolumes/pv-1", None)
-        .await;
+    s.send("DELETE", "/api/v1/persistentvolumes/pv-1", None).await;
     s.sim.settle().await;
     let (code, kept) = s.get("/api/v1/persistentvolumes/pv-1").await;
     assert_eq!(code, 200, "{kept}");
     s.send("DELETE", &format!("{PVC}/data"), None).await;
-    s.until("/api/v1/persistentvolumes/pv-1", "gone", |c, _| c == 404)
-        .await;
+    s.until("/api/v1/persistentvolumes/pv-1", "gone", |c, _| c == 404).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -162,10 +158,8 @@ async fn a_namespace_stays_terminating_while_its_content_has_finalizers() {
         c == 200 && b.pointer("/metadata/deletionTimestamp").is_some()
     })
     .await;
-    s.until("/api/v1/namespaces/db/configmaps/plain", "gone", |c, _| {
-        c == 404
-    })
-    .await;
+    s.until("/api/v1/namespaces/db/configmaps/plain", "gone", |c, _| c == 404)
+        .await;
     let ns = s
         .until("/api/v1/namespaces/db", "a condition naming the finalizer", |c, b| {
             c == 200
@@ -188,8 +182,7 @@ async fn a_namespace_stays_terminating_while_its_content_has_finalizers() {
     );
     s.send("PATCH", cm, Some(json!({"metadata": {"finalizers": null}})))
         .await;
-    s.until("/api/v1/namespaces/db", "gone", |c, _| c == 404)
-        .await;
+    s.until("/api/v1/namespaces/db", "gone", |c, _| c == 404).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -227,13 +220,9 @@ async fn a_pod_on_a_node_is_deleted_gracefully_then_removed_by_the_kubelet_stand
     let s = start(json!([namespace("db"), pod("web", Some("node-a"), None)])).await;
     let (code, marked) = s.send("DELETE", &format!("{PODS}/web"), None).await;
     assert_eq!(code, 200);
-    assert_eq!(
-        marked.pointer("/metadata/deletionGracePeriodSeconds"),
-        Some(&json!(30))
-    );
+    assert_eq!(marked.pointer("/metadata/deletionGracePeriodSeconds"), Some(&json!(30)));
     assert!(marked.pointer("/metadata/deletionTimestamp").is_some());
-    s.until(&format!("{PODS}/web"), "gone", |c, _| c == 404)
-        .await;
+    s.until(&format!("{PODS}/web"), "gone", |c, _| c == 404).await;
 }
 
 fn pods_of(list: &Value) -> Vec<(String, String, String)> {
@@ -264,10 +253,7 @@ async fn statefulset_status_counts_ready_pods_and_a_new_template_rolls_out() {
             b.pointer("/status/readyReplicas") == Some(&json!(2))
         })
         .await;
-    let first = sts["status"]["updateRevision"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let first = sts["status"]["updateRevision"].as_str().unwrap().to_string();
     assert_eq!(sts["status"]["currentRevision"], json!(first));
     let (_, before) = s.get(PODS).await;
     let before = pods_of(&before);
@@ -283,8 +269,7 @@ async fn statefulset_status_counts_ready_pods_and_a_new_template_rolls_out() {
         .await;
     assert_eq!(code, 200, "{body}");
     s.until(STS, "one ready replica", |_, b| {
-        b.pointer("/status/readyReplicas") == Some(&json!(1))
-            && b.pointer("/status/replicas") == Some(&json!(2))
+        b.pointer("/status/readyReplicas") == Some(&json!(1)) && b.pointer("/status/replicas") == Some(&json!(2))
     })
     .await;
     s.send(
@@ -329,9 +314,7 @@ async fn a_huge_replica_count_is_capped_with_a_warning_event() {
             b["items"].as_array().is_some_and(|i| i.len() == 500)
         })
         .await;
-        let (code, event) = s
-            .get("/api/v1/namespaces/db/events/pg.replicas-capped")
-            .await;
+        let (code, event) = s.get("/api/v1/namespaces/db/events/pg.replicas-capped").await;
         assert_eq!(code, 200, "{event}");
         assert_eq!(event["reason"], json!("ReplicasCapped"));
         assert_eq!(

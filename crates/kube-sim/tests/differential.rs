@@ -147,9 +147,7 @@ fn duration(s: &str) -> Duration {
 }
 
 fn load(name: &str) -> Scenario {
-    let path: PathBuf = crate_dir()
-        .join("tests/data/scenarios")
-        .join(format!("{name}.yaml"));
+    let path: PathBuf = crate_dir().join("tests/data/scenarios").join(format!("{name}.yaml"));
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
@@ -201,10 +199,7 @@ async fn send(t: &Target, step: &Step, ns: &str, done: &HashMap<String, Outcome>
         .client
         .request(method.parse().unwrap(), format!("{}{path}", t.base))
         .header("User-Agent", "recoverd-differential/1.0")
-        .header(
-            "Accept",
-            step.accept.as_deref().unwrap_or("application/json"),
-        );
+        .header("Accept", step.accept.as_deref().unwrap_or("application/json"));
     if let Some(token) = &t.token {
         req = req.bearer_auth(token);
     }
@@ -230,9 +225,7 @@ async fn send(t: &Target, step: &Step, ns: &str, done: &HashMap<String, Outcome>
         let mut stream = resp.bytes_stream();
         let mut buf = Vec::new();
         let deadline = tokio::time::Instant::now() + limit;
-        'read: while let Ok(Some(Ok(chunk))) =
-            tokio::time::timeout_at(deadline, stream.next()).await
-        {
+        'read: while let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, stream.next()).await {
             buf.extend_from_slice(&chunk);
             while let Some(i) = buf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = buf.drain(..=i).collect();
@@ -267,8 +260,8 @@ async fn send(t: &Target, step: &Step, ns: &str, done: &HashMap<String, Outcome>
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let bytes = resp.bytes().await.unwrap_or_default();
-    let body: Value = serde_json::from_slice(&bytes)
-        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let body: Value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     let mut out = if headers.is_empty() {
         json!({"code": code, "body": body})
     } else {
@@ -366,9 +359,7 @@ fn shape(raw: &Value, step: &Step) -> Value {
                 format!(
                     "{}|{}",
                     e["type"].as_str().unwrap_or(""),
-                    e.pointer("/object/metadata/name")
-                        .and_then(Value::as_str)
-                        .unwrap_or("")
+                    e.pointer("/object/metadata/name").and_then(Value::as_str).unwrap_or("")
                 )
             });
         }
@@ -396,10 +387,7 @@ fn pick_discovery(body: &mut Value, keep: &BTreeMap<String, Vec<String>>) {
         return;
     };
     items.retain(|g| {
-        let name = g
-            .pointer("/metadata/name")
-            .and_then(Value::as_str)
-            .unwrap_or("");
+        let name = g.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("");
         keep.contains_key(name)
     });
     for g in items {
@@ -416,11 +404,7 @@ fn pick_discovery(body: &mut Value, keep: &BTreeMap<String, Vec<String>>) {
             .flatten()
         {
             if let Some(rs) = v.get_mut("resources").and_then(Value::as_array_mut) {
-                rs.retain(|r| {
-                    r["resource"]
-                        .as_str()
-                        .is_some_and(|n| wanted.iter().any(|w| w == n))
-                });
+                rs.retain(|r| r["resource"].as_str().is_some_and(|n| wanted.iter().any(|w| w == n)));
                 for r in rs {
                     let res = r["resource"].as_str().unwrap_or("").to_string();
                     if let Some(subs) = r.get_mut("subresources").and_then(Value::as_array_mut) {
@@ -599,12 +583,9 @@ fn number(outcomes: &mut [(String, Outcome)]) {
                     }
                 }
                 if let Some(Value::String(msg)) = m.get_mut("message") {
-                    let re = regex::Regex::new(
-                        r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}",
-                    )
-                    .unwrap();
-                    let found: Vec<String> =
-                        re.find_iter(msg).map(|m| m.as_str().to_string()).collect();
+                    let re =
+                        regex::Regex::new(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").unwrap();
+                    let found: Vec<String> = re.find_iter(msg).map(|m| m.as_str().to_string()).collect();
                     for u in found {
                         let i = match uids.iter().position(|x| *x == u) {
                             Some(i) => i,
@@ -650,19 +631,14 @@ fn crd_files(version: Version) -> Vec<PathBuf> {
 
 /// A simulator with the CRDs the real server of `version` has.
 async fn simulator(version: Version) -> (kube_sim::Simulator, Target) {
-    let sim = kube_sim::Simulator::start_without_controllers(
-        &["north".to_string()],
-        None,
-        &BTreeMap::new(),
-    )
-    .await
-    .unwrap();
+    let sim = kube_sim::Simulator::start_without_controllers(&["north".to_string()], None, &BTreeMap::new())
+        .await
+        .unwrap();
     let crds: Vec<Value> = crd_files(version)
         .iter()
         .map(|f| serde_yaml::from_str(&std::fs::read_to_string(f).unwrap()).unwrap())
         .collect();
-    sim.seed("north", &crds)
-        .expect("the simulator installs the CRDs");
+    sim.seed("north", &crds).expect("the simulator installs the CRDs");
     let target = Target {
         base: sim.server("north").unwrap(),
         client: reqwest::Client::new(),
@@ -702,9 +678,7 @@ async fn differential(name: &str) {
         if !scenario.versions.iter().any(|v| v == version_name(version)) {
             continue;
         }
-        let real = tokio::task::spawn_blocking(move || real_target(version))
-            .await
-            .unwrap();
+        let real = tokio::task::spawn_blocking(move || real_target(version)).await.unwrap();
         let (_sim, sim) = simulator(version).await;
         let suffix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -714,10 +688,7 @@ async fn differential(name: &str) {
         let ns = format!("sim-{name}-{suffix}");
         create_namespace(&real, &ns).await;
         create_namespace(&sim, &ns).await;
-        let (mut want, mut got) = tokio::join!(
-            run(&real, &scenario, &ns, version),
-            run(&sim, &scenario, &ns, version)
-        );
+        let (mut want, mut got) = tokio::join!(run(&real, &scenario, &ns, version), run(&sim, &scenario, &ns, version));
         number(&mut want);
         number(&mut got);
         compared += want.len();
@@ -734,10 +705,7 @@ async fn differential(name: &str) {
             }
         }
     }
-    assert!(
-        compared > 0,
-        "scenario {name} names no version to compare with"
-    );
+    assert!(compared > 0, "scenario {name} names no version to compare with");
     assert!(
         failures.is_empty(),
         "scenario {name}: {} of {} steps differ\n\n{}",

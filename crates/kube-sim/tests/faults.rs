@@ -9,8 +9,7 @@ use kube_sim::{FaultSpec, Simulator};
 
 async fn simulator() -> Simulator {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/faults.yaml");
-    let faults: BTreeMap<String, FaultSpec> =
-        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let faults: BTreeMap<String, FaultSpec> = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     let names: Vec<String> = faults.keys().cloned().collect();
     Simulator::start(&names, None, &faults).await.unwrap()
 }
@@ -35,11 +34,7 @@ async fn half_the_requests_to_a_flaky_cluster_fail_with_503_and_a_status() {
     }
     assert_eq!(codes, [200, 503, 200, 503]);
     // Other paths are left alone.
-    let ns = client
-        .get(format!("{base}/api/v1/namespaces"))
-        .send()
-        .await
-        .unwrap();
+    let ns = client.get(format!("{base}/api/v1/namespaces")).send().await.unwrap();
     assert_eq!(ns.status().as_u16(), 200);
 }
 
@@ -113,10 +108,6 @@ async fn a_hanging_cluster_never_answers_until_the_client_gives_up() {
         .await
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
-    let ok = client
-        .get(format!("{base}/api/v1/namespaces"))
-        .send()
-        .await
-        .unwrap();
+    let ok = client.get(format!("{base}/api/v1/namespaces")).send().await.unwrap();
     assert_eq!(ok.status().as_u16(), 200);
 }

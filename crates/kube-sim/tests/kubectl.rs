@@ -21,12 +21,10 @@ async fn start() -> Kubectl {
         .await
         .unwrap();
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/kinds.yaml");
-    let objects: Vec<Value> =
-        serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let objects: Vec<Value> = serde_yaml::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
     sim.seed("north", &objects).expect("the kinds seed");
     let dir = tempfile::tempdir().unwrap();
-    sim.write_kubeconfig(&dir.path().join("kubeconfig"))
-        .unwrap();
+    sim.write_kubeconfig(&dir.path().join("kubeconfig")).unwrap();
     Kubectl { _sim: sim, dir }
 }
 
@@ -60,9 +58,7 @@ impl Kubectl {
     async fn until(&self, what: &str, path: &str, done: impl Fn(&str) -> bool) -> String {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            let out = self
-                .run(&["get", what, "-o", &format!("jsonpath={path}")])
-                .await;
+            let out = self.run(&["get", what, "-o", &format!("jsonpath={path}")]).await;
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
             if out.status.success() && done(&text) {
                 return text;
@@ -99,20 +95,11 @@ async fn kubectl_gets_statefulsets_pods_claims_volumes_rbac_leases_and_events() 
         claims,
         "persistentvolumeclaim/data-pg-0\npersistentvolumeclaim/data-pg-1\npersistentvolumeclaim/scratch\n"
     );
-    assert_eq!(
-        k.ok(&["get", "pv", "-o", "name"]).await,
-        "persistentvolume/pv-1\n"
-    );
+    assert_eq!(k.ok(&["get", "pv", "-o", "name"]).await, "persistentvolume/pv-1\n");
     for (what, name) in [
         ("roles", "role.rbac.authorization.k8s.io/reader\n"),
-        (
-            "rolebindings",
-            "rolebinding.rbac.authorization.k8s.io/reader\n",
-        ),
-        (
-            "clusterrole",
-            "clusterrole.rbac.authorization.k8s.io/pod-reader\n",
-        ),
+        ("rolebindings", "rolebinding.rbac.authorization.k8s.io/reader\n"),
+        ("clusterrole", "clusterrole.rbac.authorization.k8s.io/pod-reader\n"),
         (
             "clusterrolebinding",
             "clusterrolebinding.rbac.authorization.k8s.io/pod-reader\n",
@@ -127,14 +114,10 @@ async fn kubectl_gets_statefulsets_pods_claims_volumes_rbac_leases_and_events() 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_statefulset_pod_comes_back_with_a_new_uid() {
     let k = start().await;
-    let old = k
-        .ok(&["get", "pod", "pg-0", "-o", "jsonpath={.metadata.uid}"])
-        .await;
+    let old = k.ok(&["get", "pod", "pg-0", "-o", "jsonpath={.metadata.uid}"]).await;
     k.ok(&["delete", "pod", "pg-0", "--wait=false"]).await;
     let new = k
-        .until("pod/pg-0", "{.metadata.uid}", |uid| {
-            !uid.is_empty() && uid != old
-        })
+        .until("pod/pg-0", "{.metadata.uid}", |uid| !uid.is_empty() && uid != old)
         .await;
     assert_ne!(new, old);
     let owner = k
@@ -152,17 +135,13 @@ async fn a_deleted_statefulset_pod_comes_back_with_a_new_uid() {
 #[tokio::test(flavor = "multi_thread")]
 async fn kubectl_delete_of_a_pod_waits_out_its_grace_period_and_returns() {
     let k = start().await;
-    let old = k
-        .ok(&["get", "pod", "pg-1", "-o", "jsonpath={.metadata.uid}"])
-        .await;
+    let old = k.ok(&["get", "pod", "pg-1", "-o", "jsonpath={.metadata.uid}"]).await;
     // kubectl waits for the pod to be gone: marked with a grace period, then removed by the
     // kubelet stand-in (the StatefulSet then makes a new one).
     let out = k.ok(&["delete", "pod", "pg-1", "--timeout=20s"]).await;
     assert!(out.contains("\"pg-1\" deleted"), "{out}");
     let new = k
-        .until("pod/pg-1", "{.metadata.uid}", |uid| {
-            !uid.is_empty() && uid != old
-        })
+        .until("pod/pg-1", "{.metadata.uid}", |uid| !uid.is_empty() && uid != old)
         .await;
     assert_ne!(new, old);
 }
@@ -173,18 +152,10 @@ async fn kubectl_wait_for_delete_returns_once_the_last_finalizer_is_removed() {
     k.ok(&["delete", "pvc", "scratch", "--wait=false"]).await;
     // The claim stays, Terminating, while the finalizer is there.
     let ts = k
-        .ok(&[
-            "get",
-            "pvc",
-            "scratch",
-            "-o",
-            "jsonpath={.metadata.deletionTimestamp}",
-        ])
+        .ok(&["get", "pvc", "scratch", "-o", "jsonpath={.metadata.deletionTimestamp}"])
         .await;
     assert!(!ts.is_empty());
-    let timed_out = k
-        .run(&["wait", "--for=delete", "pvc/scratch", "--timeout=1s"])
-        .await;
+    let timed_out = k.run(&["wait", "--for=delete", "pvc/scratch", "--timeout=1s"]).await;
     assert!(!timed_out.status.success());
     // Being deleted, it may lose finalizers but not gain one (the real server's 422).
     let gained = k
@@ -213,8 +184,7 @@ async fn kubectl_wait_for_delete_returns_once_the_last_finalizer_is_removed() {
         "{\"metadata\":{\"finalizers\":null}}",
     ])
     .await;
-    k.ok(&["wait", "--for=delete", "pvc/scratch", "--timeout=20s"])
-        .await;
+    k.ok(&["wait", "--for=delete", "pvc/scratch", "--timeout=20s"]).await;
     let gone = k.run(&["get", "pvc", "scratch"]).await;
     assert!(String::from_utf8_lossy(&gone.stderr).contains("NotFound"));
 }
@@ -222,35 +192,16 @@ async fn kubectl_wait_for_delete_returns_once_the_last_finalizer_is_removed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn deleting_a_statefulset_cascades_to_its_pods_unless_orphaned() {
     let k = start().await;
-    k.ok(&[
-        "delete",
-        "statefulset",
-        "pg",
-        "--cascade=foreground",
-        "--timeout=20s",
-    ])
-    .await;
-    k.ok(&[
-        "wait",
-        "--for=delete",
-        "pod/pg-0",
-        "pod/pg-1",
-        "--timeout=20s",
-    ])
-    .await;
+    k.ok(&["delete", "statefulset", "pg", "--cascade=foreground", "--timeout=20s"])
+        .await;
+    k.ok(&["wait", "--for=delete", "pod/pg-0", "pod/pg-1", "--timeout=20s"])
+        .await;
     let sts = k.run(&["get", "statefulset", "pg"]).await;
     assert!(!sts.status.success());
 
-    k.ok(&["delete", "statefulset", "cache", "--cascade=orphan"])
-        .await;
+    k.ok(&["delete", "statefulset", "cache", "--cascade=orphan"]).await;
     let owners = k
-        .ok(&[
-            "get",
-            "pod",
-            "cache-0",
-            "-o",
-            "jsonpath={.metadata.ownerReferences}",
-        ])
+        .ok(&["get", "pod", "cache-0", "-o", "jsonpath={.metadata.ownerReferences}"])
         .await;
     assert_eq!(owners, "");
 }
@@ -267,9 +218,7 @@ async fn kubectl_exec_runs_the_commands_a_pod_declares_and_no_others() {
         String::from_utf8_lossy(&pong.stderr)
     );
 
-    let refused = k
-        .run(&["exec", "cache-0", "--", "redis-cli", "shutdown"])
-        .await;
+    let refused = k.run(&["exec", "cache-0", "--", "redis-cli", "shutdown"]).await;
     assert_eq!(refused.status.code(), Some(2));
     assert_eq!(
         String::from_utf8_lossy(&refused.stderr),
@@ -279,8 +228,7 @@ async fn kubectl_exec_runs_the_commands_a_pod_declares_and_no_others() {
     let missing = k.run(&["exec", "cache-0", "--", "rm", "-rf", "/"]).await;
     assert!(!missing.status.success());
     assert!(
-        String::from_utf8_lossy(&missing.stderr)
-            .contains("exec: \"rm\": executable file not found in $PATH"),
+        String::from_utf8_lossy(&missing.stderr).contains("exec: \"rm\": executable file not found in $PATH"),
         "{}",
         String::from_utf8_lossy(&missing.stderr)
     );
@@ -294,8 +242,7 @@ async fn an_exec_into_a_container_the_pod_lacks_is_refused_as_the_real_server_re
         .await;
     assert!(!wrong.status.success());
     assert!(
-        String::from_utf8_lossy(&wrong.stderr)
-            .contains("container nope is not valid for pod cache-0"),
+        String::from_utf8_lossy(&wrong.stderr).contains("container nope is not valid for pod cache-0"),
         "{}",
         String::from_utf8_lossy(&wrong.stderr)
     );
@@ -314,24 +261,14 @@ async fn kubes_exec_client_reads_stdout_and_the_exit_status() {
         .unwrap();
     let pods: Api<Pod> = Api::namespaced(kube::Client::try_from(config).unwrap(), "db");
     let params = AttachParams::default().stderr(true);
-    let mut proc = pods
-        .exec("cache-0", ["redis-cli", "ping"], &params)
-        .await
-        .unwrap();
+    let mut proc = pods.exec("cache-0", ["redis-cli", "ping"], &params).await.unwrap();
     let mut out = String::new();
-    proc.stdout()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
+    proc.stdout().unwrap().read_to_string(&mut out).await.unwrap();
     let status = proc.take_status().unwrap().await.unwrap();
     assert_eq!(out, "PONG\n");
     assert_eq!(status.status.as_deref(), Some("Success"));
 
-    let mut failed = pods
-        .exec("cache-0", ["redis-cli", "shutdown"], &params)
-        .await
-        .unwrap();
+    let mut failed = pods.exec("cache-0", ["redis-cli", "shutdown"], &params).await.unwrap();
     let status = failed.take_status().unwrap().await.unwrap();
     assert_eq!(status.reason.as_deref(), Some("NonZeroExitCode"));
 }

@@ -25,8 +25,7 @@ async fn start() -> (Simulator, tempfile::TempDir) {
     ];
     sim.seed("north", &objects).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    sim.write_kubeconfig(&dir.path().join("kubeconfig"))
-        .unwrap();
+    sim.write_kubeconfig(&dir.path().join("kubeconfig")).unwrap();
     (sim, dir)
 }
 
@@ -39,8 +38,7 @@ async fn kube_rs_streaming_lists_get_the_objects_then_the_changes() {
         .unwrap();
     let client = kube::Client::try_from(config).unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client, "db");
-    let mut events =
-        watcher::watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
+    let mut events = watcher::watcher(cms.clone(), watcher::Config::default().streaming_lists()).boxed();
     let run = async {
         let mut initial = Vec::new();
         loop {
@@ -80,18 +78,12 @@ async fn the_initial_events_end_with_an_annotated_bookmark_at_the_list_resource_
         .json()
         .await
         .unwrap();
-    let rv = list["metadata"]["resourceVersion"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let rv = list["metadata"]["resourceVersion"].as_str().unwrap().to_string();
     let url = format!(
         "{base}/api/v1/namespaces/db/configmaps?watch=1&sendInitialEvents=true&resourceVersionMatch=NotOlderThan&allowWatchBookmarks=true&timeoutSeconds=1"
     );
     let body = reqwest::get(url).await.unwrap().text().await.unwrap();
-    let events: Vec<Value> = body
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let events: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
     assert_eq!(kinds, ["ADDED", "ADDED", "BOOKMARK"], "{body}");
     assert_eq!(

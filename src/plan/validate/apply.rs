@@ -74,11 +74,7 @@ impl Validator<'_> {
             // A plan may read templates beside it, nothing else on the host.
             if let TemplateSource::File(file) = &source {
                 let path = std::path::Path::new(file);
-                if path.is_absolute()
-                    || path
-                        .components()
-                        .any(|c| matches!(c, std::path::Component::ParentDir))
-                {
+                if path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
                     self.problem(
                         s.name,
                         s.at("apply.templateFrom.file"),

@@ -5,12 +5,7 @@ use crate::plan::compiled::Approval;
 use crate::plan::model::{ApprovalStep, OnError, Step};
 
 impl Validator<'_> {
-    pub(super) fn approval(
-        &mut self,
-        s: &StepScope<'_>,
-        step: &Step,
-        a: &ApprovalStep,
-    ) -> Option<Approval> {
+    pub(super) fn approval(&mut self, s: &StepScope<'_>, step: &Step, a: &ApprovalStep) -> Option<Approval> {
         // An approval that may fail and be tolerated is no approval: the run would go on
         // without it. What happens when nobody answers is `onTimeout`'s to say.
         if step.on_error == OnError::Continue || step.retries.is_some_and(|r| r > 0) {

@@ -16,9 +16,7 @@ impl Validator<'_> {
             (Some(name), None) => Some(Selection::Name(name.clone())),
             (None, Some(selector)) => Some(Selection::Selector {
                 selector: selector.clone(),
-                max_objects: max_objects
-                    .clone()
-                    .unwrap_or(Count::Fixed(DEFAULT_MAX_OBJECTS)),
+                max_objects: max_objects.clone().unwrap_or(Count::Fixed(DEFAULT_MAX_OBJECTS)),
             }),
             _ => {
                 self.problem(
@@ -61,9 +59,7 @@ impl Validator<'_> {
             Some(w) => {
                 // `gone: false` waits for nothing; its timeout must still be readable.
                 let field = format!("{f}.wait.timeout");
-                if w.timeout.is_some()
-                    && self.duration(s.name, field, w.timeout.as_deref()).is_none()
-                {
+                if w.timeout.is_some() && self.duration(s.name, field, w.timeout.as_deref()).is_none() {
                     ok = false;
                 }
                 None
@@ -84,24 +80,14 @@ impl Validator<'_> {
 
     /// `maxObjects`: a count from 1, or a template. A template of params only is rendered
     /// with the plan's params now (a trigger may still override them: the run checks again).
-    fn max_objects(
-        &mut self,
-        s: &StepScope<'_>,
-        f: &str,
-        max: Option<&NumberOrTemplate>,
-    ) -> Option<Count> {
+    fn max_objects(&mut self, s: &StepScope<'_>, f: &str, max: Option<&NumberOrTemplate>) -> Option<Count> {
         let field = format!("{f}.maxObjects");
         let count = |text: &str| text.trim().parse::<u32>().ok().filter(|n| *n >= 1);
         match max {
             None => Some(Count::Fixed(DEFAULT_MAX_OBJECTS)),
             Some(NumberOrTemplate::Number(n)) if *n >= 1 => Some(Count::Fixed(*n)),
             Some(NumberOrTemplate::Number(_)) => {
-                self.problem(
-                    s.name,
-                    field,
-                    Rule::DeleteForm,
-                    "maxObjects must be at least 1".into(),
-                );
+                self.problem(s.name, field, Rule::DeleteForm, "maxObjects must be at least 1".into());
                 None
             }
             Some(NumberOrTemplate::Template(t)) if !template::is_template(t) => {
@@ -118,13 +104,7 @@ impl Validator<'_> {
             }
             Some(NumberOrTemplate::Template(t)) => {
                 let values = self.params.clone().into_iter().collect();
-                let ctx = template::context(
-                    values,
-                    None,
-                    &Default::default(),
-                    "check",
-                    serde_json::json!("live"),
-                );
+                let ctx = template::context(values, None, &Default::default(), "check", serde_json::json!("live"));
                 match template::render(t, &ctx) {
                     Ok(text) if count(&text).is_none() => {
                         self.problem(

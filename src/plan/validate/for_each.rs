@@ -31,11 +31,7 @@ impl Validator<'_> {
         // Attempts and their bound belong to the steps that act: a repeated list cannot be
         // retried or timed out as one.
         if step.retries.is_some_and(|r| r > 0) || step.timeout.is_some() {
-            let which = if step.timeout.is_some() {
-                "timeout"
-            } else {
-                "retries"
-            };
+            let which = if step.timeout.is_some() { "timeout" } else { "retries" };
             refuse(
                 self,
                 s.at(which),
@@ -81,22 +77,19 @@ impl Validator<'_> {
                 refuse(
                     self,
                     at("items"),
-                    format!(
-                        "`items` has {} items, more than maxItems {max_items}",
-                        list.len()
-                    ),
+                    format!("`items` has {} items, more than maxItems {max_items}", list.len()),
                 );
                 None
             }
             (Some(v @ Value::Array(_)), None) => Some(Items::List(v.clone())),
-            (Some(Value::String(t)), None) if template::is_template(t) => {
-                Some(Items::List(Value::String(t.clone())))
-            }
+            (Some(Value::String(t)), None) if template::is_template(t) => Some(Items::List(Value::String(t.clone()))),
             (Some(other), None) => {
                 refuse(
                     self,
                     at("items"),
-                    format!("`items` must be a list, or a template naming one (\"{{{{ Values.pvcs }}}}\"), not {other}"),
+                    format!(
+                        "`items` must be a list, or a template naming one (\"{{{{ Values.pvcs }}}}\"), not {other}"
+                    ),
                 );
                 None
             }
@@ -153,7 +146,8 @@ impl Validator<'_> {
                     refuse(
                         self,
                         fld("name"),
-                        "a forEach with several steps needs a `name` on each (its records are `<forEach>[n].<name>`)".into(),
+                        "a forEach with several steps needs a `name` on each (its records are `<forEach>[n].<name>`)"
+                            .into(),
                     );
                 } else if !names.insert(inner.name().to_string()) {
                     refuse(
@@ -178,9 +172,7 @@ impl Validator<'_> {
                 inner.name = step.name.clone();
             }
             // The iteration's outputs stay in it: later steps of the plan cannot use them.
-            if let Some(compiled) =
-                self.step(&inner, &field, &inner_known, producers, s.run_timeout)
-            {
+            if let Some(compiled) = self.step(&inner, &field, &inner_known, producers, s.run_timeout) {
                 steps.push(compiled);
             }
             if let Some(k) = output_key(&inner) {

@@ -8,9 +8,7 @@ use crate::template;
 impl Validator<'_> {
     pub(super) fn http(&mut self, s: &StepScope<'_>, h: &HttpStep) -> Option<HttpStep> {
         let before = self.report.problems.len();
-        let problem = |v: &mut Self, field: String, message: String| {
-            v.problem(s.name, field, Rule::Http, message)
-        };
+        let problem = |v: &mut Self, field: String, message: String| v.problem(s.name, field, Rule::Http, message);
         // A value at the start of the URL is taken as the whole base URL: it must not come from
         // an alert, or a label would choose the endpoint.
         let url = template::normalize(h.url.trim_start());
@@ -23,19 +21,11 @@ impl Validator<'_> {
         }
         if let Some(m) = &h.method {
             if reqwest::Method::from_bytes(m.to_ascii_uppercase().as_bytes()).is_err() {
-                problem(
-                    self,
-                    s.at("http.method"),
-                    format!("{m:?} is not an HTTP method"),
-                );
+                problem(self, s.at("http.method"), format!("{m:?} is not an HTTP method"));
             }
         }
         if h.body.is_some() && h.json.is_some() {
-            problem(
-                self,
-                s.at("http"),
-                "give either `body` or `json`, not both".into(),
-            );
+            problem(self, s.at("http"), "give either `body` or `json`, not both".into());
         }
         if let Some(b) = &h.body {
             let t = b.trim_start();

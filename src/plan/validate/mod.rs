@@ -22,9 +22,7 @@ use std::time::Duration;
 pub use for_each::ITEM;
 pub use templates::{condition_templates, output_key, step_templates};
 
-use super::compiled::{
-    Plan, Step, StepKind, DEFAULT_RUN_TIMEOUT, DEFAULT_STEP_TIMEOUT, FIELD_MANAGER, MAX_WAIT,
-};
+use super::compiled::{Plan, Step, StepKind, DEFAULT_RUN_TIMEOUT, DEFAULT_STEP_TIMEOUT, FIELD_MANAGER, MAX_WAIT};
 use super::load::LoadedPlan;
 use super::model::{RecoveryPlan, RecoveryPlanSpec, StepType};
 use crate::matcher::{Matcher, Regexes};
@@ -203,10 +201,7 @@ pub fn compile(
 }
 
 /// [`compile`] with a plan set of its own: for one plan (`run`, `rehearse`, tests).
-pub fn compile_one(
-    loaded: &LoadedPlan,
-    clusters: Option<&BTreeSet<String>>,
-) -> Result<Plan, Invalid> {
+pub fn compile_one(loaded: &LoadedPlan, clusters: Option<&BTreeSet<String>>) -> Result<Plan, Invalid> {
     compile(loaded, clusters, &mut Regexes::default())
 }
 
@@ -236,11 +231,7 @@ fn assemble(loaded: &LoadedPlan, parts: Parts) -> Plan {
         matchers: parts.matchers,
         steps: parts.steps,
         on_failure: parts.on_failure,
-        base_dir: loaded
-            .source
-            .file
-            .parent()
-            .map(std::path::Path::to_path_buf),
+        base_dir: loaded.source.file.parent().map(std::path::Path::to_path_buf),
         source: loaded.source.clone(),
         nova: loaded.nova,
         resource: plan.clone(),
@@ -309,12 +300,7 @@ impl<'a> Validator<'a> {
     }
 
     /// A duration field: `None` when absent, the problem recorded when it does not parse.
-    fn duration(
-        &mut self,
-        step: Option<&str>,
-        field: String,
-        text: Option<&str>,
-    ) -> Option<Duration> {
+    fn duration(&mut self, step: Option<&str>, field: String, text: Option<&str>) -> Option<Duration> {
         match text.map(duration::parse)? {
             Ok(d) => Some(d),
             Err(e) => {
@@ -358,31 +344,17 @@ impl<'a> Validator<'a> {
         self.params = spec.params.clone();
         let timeout = self.duration(None, "spec.timeout".into(), spec.timeout.as_deref());
         let run_timeout = timeout.unwrap_or(DEFAULT_RUN_TIMEOUT);
-        let approval_timeout = self.duration(
-            None,
-            "spec.approvalTimeout".into(),
-            spec.approval_timeout.as_deref(),
-        );
+        let approval_timeout = self.duration(None, "spec.approvalTimeout".into(), spec.approval_timeout.as_deref());
         let cooldown = self.duration(None, "spec.cooldown".into(), spec.cooldown.as_deref());
         let mut matchers = Vec::new();
         for (i, m) in spec.alert_matchers.iter().enumerate() {
             match Matcher::parse_shared(m, self.regexes) {
                 Ok(m) => matchers.push(m),
-                Err(e) => self.problem(
-                    None,
-                    format!("spec.alertMatchers[{i}]"),
-                    Rule::Matcher,
-                    e.to_string(),
-                ),
+                Err(e) => self.problem(None, format!("spec.alertMatchers[{i}]"), Rule::Matcher, e.to_string()),
             }
         }
         if spec.steps.is_empty() {
-            self.problem(
-                None,
-                "spec.steps".into(),
-                Rule::NoSteps,
-                "the plan has no steps".into(),
-            );
+            self.problem(None, "spec.steps".into(), Rule::NoSteps, "the plan has no steps".into());
         }
         self.step_names(spec);
 
@@ -395,7 +367,10 @@ impl<'a> Validator<'a> {
             if let Some(k) = output_key(s) {
                 producers.entry(k.to_string()).or_insert_with(|| {
                     if compensation {
-                        format!("only the onFailure step {:?} produces it, which runs after a step has failed", s.name())
+                        format!(
+                            "only the onFailure step {:?} produces it, which runs after a step has failed",
+                            s.name()
+                        )
                     } else {
                         format!("step {:?} produces it, and must come before this step", s.name())
                     }
@@ -453,10 +428,7 @@ impl<'a> Validator<'a> {
                     Some(step.name()),
                     format!("{field}.name"),
                     Rule::DuplicateStep,
-                    format!(
-                        "step name {:?} is used twice (first at {first})",
-                        step.name()
-                    ),
+                    format!("step name {:?} is used twice (first at {first})", step.name()),
                 );
             } else {
                 names.insert(step.name(), field);
@@ -523,18 +495,14 @@ impl<'a> Validator<'a> {
 
         let kind = match step.step_type {
             StepType::Patch => StepKind::Patch(self.patch(&s, step.patch.as_ref()?)?),
-            StepType::ReadField => {
-                StepKind::ReadField(self.read_field(&s, step.read_field.as_ref()?)?)
-            }
+            StepType::ReadField => StepKind::ReadField(self.read_field(&s, step.read_field.as_ref()?)?),
             StepType::Wait => StepKind::Wait(self.wait(&s, step.wait.as_ref()?)?),
             StepType::Apply => StepKind::Apply(self.apply(&s, step.apply.as_ref()?)?),
             StepType::Http => StepKind::Http(self.http(&s, step.http.as_ref()?)?),
             StepType::Delete => StepKind::Delete(self.delete(&s, step.delete.as_ref()?)?),
             StepType::Assert => StepKind::Assert(step.assert.clone()?),
             StepType::Exec => StepKind::Exec(self.exec(&s, step.exec.as_ref()?)?),
-            StepType::Approval => {
-                StepKind::Approval(self.approval(&s, step, step.approval.as_ref()?)?)
-            }
+            StepType::Approval => StepKind::Approval(self.approval(&s, step, step.approval.as_ref()?)?),
             StepType::ForEach => StepKind::ForEach(Box::new(self.for_each(
                 &s,
                 step,
@@ -596,13 +564,7 @@ impl<'a> Validator<'a> {
     }
 
     /// An object's `apiVersion` and `resource` as the API path needs them.
-    fn object(
-        &mut self,
-        step: Option<&str>,
-        field: &str,
-        api_version: &str,
-        resource: &str,
-    ) -> bool {
+    fn object(&mut self, step: Option<&str>, field: &str, api_version: &str, resource: &str) -> bool {
         let parts: Vec<&str> = api_version.split('/').collect();
         let mut ok = true;
         if api_version.is_empty() || parts.len() > 2 || parts.iter().any(|p| p.is_empty()) {
@@ -627,12 +589,7 @@ impl<'a> Validator<'a> {
     }
 
     /// A field path: parsed, or the problem recorded.
-    fn field_path(
-        &mut self,
-        step: Option<&str>,
-        field: String,
-        text: &str,
-    ) -> Option<crate::fieldpath::FieldPath> {
+    fn field_path(&mut self, step: Option<&str>, field: String, text: &str) -> Option<crate::fieldpath::FieldPath> {
         match crate::fieldpath::FieldPath::parse(text) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -642,13 +599,7 @@ impl<'a> Validator<'a> {
         }
     }
 
-    fn output_key_name(
-        &mut self,
-        step: Option<&str>,
-        field: String,
-        key: &str,
-        example: &str,
-    ) -> bool {
+    fn output_key_name(&mut self, step: Option<&str>, field: String, key: &str, example: &str) -> bool {
         if is_identifier(key) {
             return true;
         }
@@ -707,9 +658,7 @@ impl<'a> Validator<'a> {
                 ("Values", Some(k)) if !known.contains(k) => {
                     let message = match producers.get(k) {
                         Some(p) => format!("`Values.{k}` is used before it exists: {p}"),
-                        None => format!(
-                            "`Values.{k}` is neither a param nor the outputKey of an earlier step"
-                        ),
+                        None => format!("`Values.{k}` is neither a param nor the outputKey of an earlier step"),
                     };
                     self.problem(step, field.into(), Rule::UndefinedValue, message);
                 }
@@ -747,8 +696,6 @@ fn attempt_timeout(kind: &StepKind, step_timeout: Duration) -> Duration {
 
 fn is_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    chars
-        .next()
-        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }

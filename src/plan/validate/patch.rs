@@ -19,10 +19,7 @@ impl Validator<'_> {
                         s.name,
                         s.at("patch.patchType"),
                         Rule::PatchType,
-                        format!(
-                            "unknown patchType {text:?} (use one of {})",
-                            known.join(", ")
-                        ),
+                        format!("unknown patchType {text:?} (use one of {})", known.join(", ")),
                     );
                 }
                 t

@@ -98,11 +98,7 @@ pub fn step_templates(step: &Step, field: &str) -> Vec<(String, String, bool)> {
             t("apply.target.name", &tf.name);
             t("apply.target.key", &tf.key);
         }
-        if let Some(cm) = a
-            .template_from
-            .as_ref()
-            .and_then(|tf| tf.config_map.as_ref())
-        {
+        if let Some(cm) = a.template_from.as_ref().and_then(|tf| tf.config_map.as_ref()) {
             t("apply.templateFrom.configMap.namespace", &cm.namespace);
             t("apply.templateFrom.configMap.name", &cm.name);
             t("apply.templateFrom.configMap.key", &cm.key);
@@ -170,9 +166,7 @@ fn collect_raw(field: &str, v: &Value, t: &mut impl FnMut(&str, &str)) {
             .iter()
             .enumerate()
             .for_each(|(i, v)| collect_raw(&format!("{field}[{i}]"), v, t)),
-        Value::Object(m) => m
-            .iter()
-            .for_each(|(k, v)| collect_raw(&format!("{field}.{k}"), v, t)),
+        Value::Object(m) => m.iter().for_each(|(k, v)| collect_raw(&format!("{field}.{k}"), v, t)),
         _ => {}
     }
 }

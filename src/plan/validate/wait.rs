@@ -37,7 +37,12 @@ impl Validator<'_> {
                 .wait_bound(s, format!("{field}.duration"), Some(d), "", "a wait of")
                 .map(Wait::Pause),
             (Some(_), true) => {
-                self.problem(s.name, field, Rule::WaitForm, "a wait has either `duration`, or an object with `fieldPath` and `condition`, not both".into());
+                self.problem(
+                    s.name,
+                    field,
+                    Rule::WaitForm,
+                    "a wait has either `duration`, or an object with `fieldPath` and `condition`, not both".into(),
+                );
                 None
             }
             (None, false) => {
@@ -49,9 +54,7 @@ impl Validator<'_> {
                 );
                 None
             }
-            (None, true) => self
-                .wait_until(s, &field, w)
-                .map(|u| Wait::Until(Box::new(u))),
+            (None, true) => self.wait_until(s, &field, w).map(|u| Wait::Until(Box::new(u))),
         }
     }
 
@@ -91,10 +94,7 @@ impl Validator<'_> {
                     s.name,
                     format!("{field}.condition"),
                     Rule::WaitForm,
-                    format!(
-                        "a condition wait needs `condition` ({})",
-                        CONDITIONS.join(", ")
-                    ),
+                    format!("a condition wait needs `condition` ({})", CONDITIONS.join(", ")),
                 );
                 None
             }
@@ -162,11 +162,7 @@ impl Validator<'_> {
                 format!(
                     "a condition has exactly one of {} (found: {})",
                     CONDITIONS.join(", "),
-                    if set.is_empty() {
-                        "none".into()
-                    } else {
-                        set.join(", ")
-                    }
+                    if set.is_empty() { "none".into() } else { set.join(", ") }
                 ),
             );
             return None;
@@ -208,8 +204,7 @@ impl Validator<'_> {
         ] {
             match v {
                 Some(Value::Number(_)) | None => {}
-                Some(Value::String(t))
-                    if template::is_template(t) || t.trim().parse::<f64>().is_ok() => {}
+                Some(Value::String(t)) if template::is_template(t) || t.trim().parse::<f64>().is_ok() => {}
                 Some(other) => {
                     self.problem(
                         step,
@@ -227,9 +222,7 @@ impl Validator<'_> {
                     step,
                     format!("{field}.{k}"),
                     Rule::WaitForm,
-                    format!(
-                        "`{k}: false` waits for nothing: write `{k}: true`, or another condition"
-                    ),
+                    format!("`{k}: false` waits for nothing: write `{k}: true`, or another condition"),
                 );
                 ok = false;
             }
@@ -238,15 +231,7 @@ impl Validator<'_> {
             let out: Vec<Option<Condition>> = list
                 .iter()
                 .enumerate()
-                .map(|(i, sub)| {
-                    v.condition(
-                        step,
-                        &format!("{field}.{k}[{i}]"),
-                        sub,
-                        has_path,
-                        own.as_ref(),
-                    )
-                })
+                .map(|(i, sub)| v.condition(step, &format!("{field}.{k}[{i}]"), sub, has_path, own.as_ref()))
                 .collect();
             out.into_iter().collect::<Option<Vec<_>>>()
         };
@@ -264,9 +249,7 @@ impl Validator<'_> {
             "changed" => Condition::Changed(path()?),
             "gone" => Condition::Gone,
             "recreated" => Condition::Recreated(c.recreated.clone()?),
-            "greaterThan" => {
-                Condition::Compare(path()?, Ordering::GreaterThan, c.greater_than.clone()?)
-            }
+            "greaterThan" => Condition::Compare(path()?, Ordering::GreaterThan, c.greater_than.clone()?),
             "lessThan" => Condition::Compare(path()?, Ordering::LessThan, c.less_than.clone()?),
             "atLeast" => Condition::Compare(path()?, Ordering::AtLeast, c.at_least.clone()?),
             "atMost" => Condition::Compare(path()?, Ordering::AtMost, c.at_most.clone()?),

@@ -47,10 +47,7 @@ impl Runs {
             };
             match answered {
                 Ok(()) => {}
-                Err(crate::executor::ApprovalRefused::OtherWait {
-                    step,
-                    started_at: now,
-                }) => {
+                Err(crate::executor::ApprovalRefused::OtherWait { step, started_at: now }) => {
                     return Err(RunsError::StaleApproval {
                         id: id.into(),
                         step,
@@ -77,13 +74,8 @@ impl Runs {
             by: by.into(),
             at: crate::record::now(),
         });
-        self.transition(
-            &record,
-            &[Phase::WaitingForApproval],
-            "approval",
-            "WaitingForApproval",
-        )
-        .await?;
+        self.transition(&record, &[Phase::WaitingForApproval], "approval", "WaitingForApproval")
+            .await?;
         let dry = record.mode == crate::record::RunMode::DryRun;
         self.spawn(record.clone(), plan, dry);
         Ok(record)
@@ -93,8 +85,7 @@ impl Runs {
     pub async fn cancel(&self, id: &str, by: &str) -> Result<RunRecord, RunsError> {
         let mut record = self.get(id).await?;
         if matches!(record.phase, Phase::Running | Phase::Pending) {
-            self.relay_elsewhere(id, RelayedAction::Cancel, by, None, None)
-                .await?;
+            self.relay_elsewhere(id, RelayedAction::Cancel, by, None, None).await?;
         }
         if let Some(control) = lock(&self.controls).get(id) {
             *lock(&control.cancelled_by) = Some(by.to_string());
@@ -110,30 +101,14 @@ impl Runs {
     }
 
     /// Ends a run that is not executing (waiting for approval, or interrupted) as Cancelled.
-    pub(super) async fn finish_unstarted(
-        &self,
-        mut record: RunRecord,
-        why: &str,
-    ) -> Result<RunRecord, RunsError> {
+    pub(super) async fn finish_unstarted(&self, mut record: RunRecord, why: &str) -> Result<RunRecord, RunsError> {
         record.phase = Phase::Cancelled;
         record.finished_at = Some(crate::record::now());
         record.error = Some(why.to_string());
-        let from = [
-            Phase::Pending,
-            Phase::WaitingForApproval,
-            Phase::Interrupted,
-        ];
-        self.transition(
-            &record,
-            &from,
-            "cancelling",
-            "waiting, interrupted or running",
-        )
-        .await?;
-        self.metrics
-            .runs
-            .with_label_values(&[&record.plan, "Cancelled"])
-            .inc();
+        let from = [Phase::Pending, Phase::WaitingForApproval, Phase::Interrupted];
+        self.transition(&record, &from, "cancelling", "waiting, interrupted or running")
+            .await?;
+        self.metrics.runs.with_label_values(&[&record.plan, "Cancelled"]).inc();
         self.refresh_active().await;
         self.notify(
             crate::notify::Lifecycle::Cancelled,
@@ -173,9 +148,7 @@ impl Runs {
         for run in waiting {
             let limit = plans
                 .get(&run.plan)
-                .map_or(crate::plan::compiled::DEFAULT_RUN_TIMEOUT, |p| {
-                    p.approval_timeout
-                });
+                .map_or(crate::plan::compiled::DEFAULT_RUN_TIMEOUT, |p| p.approval_timeout);
             let age = run
                 .created_at
                 .as_deref()

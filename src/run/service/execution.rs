@@ -28,12 +28,11 @@ impl Runs {
         record.phase = Phase::Pending;
         record.error = None;
         // The step that was running when recoverd stopped starts again from its beginning.
-        for step in record.steps.iter_mut().filter(|s| {
-            matches!(
-                s.status,
-                StepStatus::Running | StepStatus::WaitingForApproval
-            )
-        }) {
+        for step in record
+            .steps
+            .iter_mut()
+            .filter(|s| matches!(s.status, StepStatus::Running | StepStatus::WaitingForApproval))
+        {
             step.status = StepStatus::Pending;
         }
         self.transition(&record, &[Phase::Interrupted], "resuming", "Interrupted")
@@ -59,10 +58,9 @@ impl Runs {
             // Before writing anything: can this replica resume it at all?
             let why_not = match self.current_plan(&orphan) {
                 Err(e) => Some(e.to_string()),
-                Ok(_) if crate::run::store::kube::lost_values(&orphan) => Some(
-                    "values it read were cut to fit the record, so later steps cannot use them"
-                        .into(),
-                ),
+                Ok(_) if crate::run::store::kube::lost_values(&orphan) => {
+                    Some("values it read were cut to fit the record, so later steps cannot use them".into())
+                }
                 Ok(_) => None,
             };
             if let Some(why) = why_not {
@@ -81,9 +79,8 @@ impl Runs {
             };
             let from = [Phase::Pending, Phase::Running, Phase::Interrupted];
             record.phase = Phase::Interrupted;
-            record.error = Some(
-                "the replica executing this run stopped (its Lease expired); another replica took it over".into(),
-            );
+            record.error =
+                Some("the replica executing this run stopped (its Lease expired); another replica took it over".into());
             record.decisions.push(Decision {
                 action: "takenOver".into(),
                 by: self.store.replica().unwrap_or_else(|| "recoverd".into()),
@@ -114,11 +111,7 @@ impl Runs {
         let plans = self.plans();
         let Some(plan) = plans.get(&record.plan) else {
             return Err(
-                match plans
-                    .invalid
-                    .iter()
-                    .find(|i| i.plan.as_deref() == Some(&record.plan))
-                {
+                match plans.invalid.iter().find(|i| i.plan.as_deref() == Some(&record.plan)) {
                     Some(bad) => RunsError::InvalidPlan {
                         plan: record.plan.clone(),
                         problems: bad.problems.join("; "),
@@ -150,12 +143,7 @@ impl Runs {
 
     /// After a claim: a run waiting for approval is announced, any other starts now. Returns
     /// whether it started.
-    pub(super) async fn begin(
-        self: &Arc<Self>,
-        record: &RunRecord,
-        plan: Arc<Plan>,
-        dry_run: bool,
-    ) -> bool {
+    pub(super) async fn begin(self: &Arc<Self>, record: &RunRecord, plan: Arc<Plan>, dry_run: bool) -> bool {
         self.refresh_active().await;
         if record.phase == Phase::WaitingForApproval {
             info!(plan = %record.plan, run = %record.id, trigger = %record.trigger.kind, "run awaits approval");
@@ -262,10 +250,7 @@ impl Runs {
     pub async fn shutdown(&self, grace: Duration) {
         self.drain.cancel();
         self.tasks.close();
-        if tokio::time::timeout(grace, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, self.tasks.wait()).await.is_err() {
             warn!(grace = ?grace, "runs still in a step after the grace period; they will show as Interrupted after restart");
         }
     }
@@ -317,9 +302,7 @@ impl Observer for StoreObserver<'_> {
         match event {
             Event::RunStarted => self.runs.notify(Lifecycle::Started, run, None, None),
             Event::StepWaiting {
-                index,
-                compensation,
-                ..
+                index, compensation, ..
             } => {
                 // The step, or a step of one of its forEach iterations.
                 let s = run.step(*index, *compensation);
@@ -327,23 +310,15 @@ impl Observer for StoreObserver<'_> {
                     .chain(&s.children)
                     .find(|s| s.status == StepStatus::WaitingForApproval)
                 {
-                    self.runs
-                        .notify(Lifecycle::AwaitingApproval, run, Some(&s.name), None);
+                    self.runs.notify(Lifecycle::AwaitingApproval, run, Some(&s.name), None);
                 }
             }
-            Event::StepFinished {
-                index,
-                compensation,
-            } => {
+            Event::StepFinished { index, compensation } => {
                 let s = run.step(*index, *compensation);
                 // A cancel is told once, as the run's end, not as a failed step.
                 if s.status == StepStatus::Failed && s.reason.as_deref() != Some("cancelled") {
-                    self.runs.notify(
-                        Lifecycle::StepFailed,
-                        run,
-                        Some(&s.name),
-                        s.error.as_deref(),
-                    );
+                    self.runs
+                        .notify(Lifecycle::StepFailed, run, Some(&s.name), s.error.as_deref());
                 }
                 if let Some(ms) = s.duration_ms {
                     m.step_duration
@@ -361,9 +336,7 @@ impl Observer for StoreObserver<'_> {
                 if let Some(event) = Lifecycle::of_finished(run.phase) {
                     self.runs.notify(event, run, None, run.error.as_deref());
                 }
-                m.runs
-                    .with_label_values(&[&run.plan, run.phase.as_str()])
-                    .inc();
+                m.runs.with_label_values(&[&run.plan, run.phase.as_str()]).inc();
                 if let Some(ms) = run.duration_ms {
                     m.run_duration
                         .with_label_values(&[&run.plan])

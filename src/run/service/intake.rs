@@ -53,10 +53,7 @@ pub enum Action {
 /// The run id of an alert incident: the same (plan, fingerprint, startsAt) always gives the same
 /// id, so every replica and every resend claims the same run.
 pub fn alert_run_id(plan: &str, alert: &Alert) -> String {
-    format!(
-        "a-{}",
-        short_hash(&[plan, &alert.fingerprint, &alert.starts_at])
-    )
+    format!("a-{}", short_hash(&[plan, &alert.fingerprint, &alert.starts_at]))
 }
 
 /// The most a run record keeps of one alert label or annotation value, and of all annotations.
@@ -95,17 +92,15 @@ pub fn capped_context(alert: &Alert) -> Value {
 impl Runs {
     /// Handles one alert of a webhook payload; each alert is judged by its own status.
     pub async fn alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
-        let outcome = |action: Action,
-                       plan: Option<String>,
-                       run_id: Option<String>,
-                       reason: Option<String>| AlertOutcome {
-            fingerprint: alert.fingerprint.clone(),
-            status: alert.status(),
-            action,
-            plan,
-            run_id,
-            reason,
-        };
+        let outcome =
+            |action: Action, plan: Option<String>, run_id: Option<String>, reason: Option<String>| AlertOutcome {
+                fingerprint: alert.fingerprint.clone(),
+                status: alert.status(),
+                action,
+                plan,
+                run_id,
+                reason,
+            };
         self.metrics
             .alerts_received
             .with_label_values(&[alert.status().as_str()])
@@ -190,8 +185,7 @@ impl Runs {
             // from the store's index, before building a record.
             // (Only while the store is healthy: with nowhere to record runs, every alert is
             // answered 503, so that Alertmanager keeps it until the store is back.)
-            let known =
-                self.store_ok.load(std::sync::atomic::Ordering::SeqCst) && self.seen.contains(&id);
+            let known = self.store_ok.load(std::sync::atomic::Ordering::SeqCst) && self.seen.contains(&id);
             if known || self.store.exists(&id).await? {
                 self.seen.insert(&id);
                 self.store.duplicate(&id, TriggerKind::Alert.as_str());

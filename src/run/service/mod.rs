@@ -14,9 +14,7 @@ mod execution;
 mod intake;
 mod trigger;
 
-pub use intake::{
-    alert_run_id, capped_context, Action, AlertOutcome, ALERT_ANNOTATIONS_LIMIT, ALERT_VALUE_LIMIT,
-};
+pub use intake::{alert_run_id, capped_context, Action, AlertOutcome, ALERT_ANNOTATIONS_LIMIT, ALERT_VALUE_LIMIT};
 pub use trigger::ManualTrigger;
 
 use std::collections::HashMap;
@@ -42,17 +40,9 @@ pub enum RunsError {
     #[error("plan {plan} is invalid and cannot run: {problems}")]
     InvalidPlan { plan: String, problems: String },
     #[error("plan {plan} has no param {key:?} (its params: {known})")]
-    UnknownParam {
-        plan: String,
-        key: String,
-        known: String,
-    },
+    UnknownParam { plan: String, key: String, known: String },
     #[error("plan {plan} does not let a trigger set param {key:?} (it may set: {allowed}); list it under spec.overridableParams to allow it")]
-    ParamNotOverridable {
-        plan: String,
-        key: String,
-        allowed: String,
-    },
+    ParamNotOverridable { plan: String, key: String, allowed: String },
     #[error("no run with id {0}")]
     UnknownRun(String),
     #[error("run {id} is {phase:?}; {action} needs a run that is {needs}")]
@@ -116,12 +106,7 @@ pub struct Runs {
 /// reused, and a run once created counts as the incident's run even after retention deletes
 /// it, so an id here is a duplicate for good; one not here is asked of the store.
 #[derive(Default)]
-pub(super) struct SeenIds(
-    Mutex<(
-        std::collections::HashSet<String>,
-        std::collections::VecDeque<String>,
-    )>,
-);
+pub(super) struct SeenIds(Mutex<(std::collections::HashSet<String>, std::collections::VecDeque<String>)>);
 
 impl SeenIds {
     const CAPACITY: usize = 65_536;
@@ -150,11 +135,7 @@ fn short_hash(parts: &[&str]) -> String {
         h.update(p.as_bytes());
         h.update([0]);
     }
-    h.finalize()
-        .iter()
-        .take(8)
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    h.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect()
 }
 
 /// Locks a mutex whether or not a thread panicked while holding it: every value behind these
@@ -213,10 +194,7 @@ impl Runs {
     }
 
     pub fn plans(&self) -> Arc<PlanSet> {
-        self.plans
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.plans.read().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     pub fn set_plans(&self, plans: PlanSet) {
@@ -286,10 +264,7 @@ impl Runs {
     }
 
     pub(super) fn store_failed(&self, run: &str, e: &StoreError) {
-        self.metrics
-            .store_failures
-            .with_label_values(&[e.reason()])
-            .inc();
+        self.metrics.store_failures.with_label_values(&[e.reason()]).inc();
         self.metrics.store_healthy.set(0);
         if self.store_ok.swap(false, Ordering::SeqCst) || !run.is_empty() {
             error!(run = %run, reason = e.reason(), error = %e, "the run store cannot be written; no run will take a step until it can");
@@ -326,10 +301,7 @@ impl Runs {
             key: short_hash(&[id, by, &jiff::Timestamp::now().as_nanosecond().to_string()]),
         };
         match self.store.relay(id, &decision).await? {
-            Some(replica) => Err(RunsError::Relayed {
-                id: id.into(),
-                replica,
-            }),
+            Some(replica) => Err(RunsError::Relayed { id: id.into(), replica }),
             None => Ok(()),
         }
     }
@@ -375,12 +347,7 @@ impl Runs {
     }
 
     /// One page of run summaries, newest first.
-    pub async fn page(
-        &self,
-        plan: Option<&str>,
-        limit: usize,
-        after: Option<&str>,
-    ) -> Result<Page, RunsError> {
+    pub async fn page(&self, plan: Option<&str>, limit: usize, after: Option<&str>) -> Result<Page, RunsError> {
         Ok(self.store.page(plan, limit, after).await?)
     }
 }

@@ -69,11 +69,7 @@ impl Runs {
             });
         }
         // Which params a trigger may set is the plan author's decision, not the caller's.
-        if let Some(key) = req
-            .params
-            .keys()
-            .find(|k| !plan.overridable_params().contains(k))
-        {
+        if let Some(key) = req.params.keys().find(|k| !plan.overridable_params().contains(k)) {
             return Err(RunsError::ParamNotOverridable {
                 plan: plan_name.into(),
                 key: key.clone(),
@@ -88,10 +84,7 @@ impl Runs {
             ),
             None => format!(
                 "m-{}",
-                short_hash(&[
-                    plan_name,
-                    &jiff::Timestamp::now().as_nanosecond().to_string()
-                ])
+                short_hash(&[plan_name, &jiff::Timestamp::now().as_nanosecond().to_string()])
             ),
         };
         let executor = if req.dry_run { &self.dry } else { &self.live };

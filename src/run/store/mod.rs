@@ -24,22 +24,14 @@ use crate::record::{Phase, RunMode, RunRecord, Trigger};
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("failed to open the run store at {path}: {source}")]
-    Open {
-        path: String,
-        source: rusqlite::Error,
-    },
+    Open { path: String, source: rusqlite::Error },
     #[error("failed to access the run store: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error("failed to decode run {id} from the store: {source}")]
-    Decode {
-        id: String,
-        source: serde_json::Error,
-    },
+    Decode { id: String, source: serde_json::Error },
     #[error("the run store file {path} {what}; restart recoverd to open it again")]
     FileChanged { path: String, what: &'static str },
-    #[error(
-        "invalid continue token {0:?}; pass the `continue` value of the previous page unchanged"
-    )]
+    #[error("invalid continue token {0:?}; pass the `continue` value of the previous page unchanged")]
     BadContinue(String),
     #[error("the run store stopped answering ({0}); restart recoverd")]
     Stopped(&'static str),
@@ -51,7 +43,9 @@ pub enum StoreError {
     },
     #[error("run {id} is not this replica's to write: another replica took it over, or changed it since this one last wrote it")]
     Conflict { id: String },
-    #[error("run {id} no longer exists in the home cluster (deleted, or its RecoveryPlan was deleted and took it along)")]
+    #[error(
+        "run {id} no longer exists in the home cluster (deleted, or its RecoveryPlan was deleted and took it along)"
+    )]
     Gone { id: String },
 }
 
@@ -69,9 +63,7 @@ impl StoreError {
             StoreError::Sql(e) => match e.sqlite_error_code() {
                 Some(rusqlite::ErrorCode::DiskFull) => "disk-full",
                 Some(rusqlite::ErrorCode::ReadOnly) => "read-only",
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
-                    "busy"
-                }
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => "busy",
                 Some(rusqlite::ErrorCode::SystemIoFailure) => "io",
                 _ => "sql",
             },
@@ -137,8 +129,7 @@ pub const ACTIVE: &[Phase] = &[
 
 /// The phases the active-runs gauge counts: about to run, running, or waiting for approval (an
 /// Interrupted run holds its plan but runs nothing until resumed).
-pub(crate) const COUNTED_ACTIVE: &[Phase] =
-    &[Phase::Pending, Phase::Running, Phase::WaitingForApproval];
+pub(crate) const COUNTED_ACTIVE: &[Phase] = &[Phase::Pending, Phase::Running, Phase::WaitingForApproval];
 
 /// The phases of runs that were executing when recoverd stopped.
 pub(crate) const EXECUTING: &[Phase] = &[Phase::Pending, Phase::Running];
@@ -250,11 +241,7 @@ pub trait RunStore: Send + Sync {
     /// before a record is built for it.
     async fn exists(&self, id: &str) -> Result<bool, StoreError>;
     /// Creates `record` unless the rules refuse it, atomically with the checks.
-    async fn claim(
-        &self,
-        record: &RunRecord,
-        rules: ClaimRules,
-    ) -> Result<Result<(), Refusal>, StoreError>;
+    async fn claim(&self, record: &RunRecord, rules: ClaimRules) -> Result<Result<(), Refusal>, StoreError>;
     /// Writes the record only if the run is still in one of `from` phases, so that two callers
     /// racing (a double approve, an approve and a resolution) cannot both win.
     async fn transition(&self, record: &RunRecord, from: &[Phase]) -> Result<bool, StoreError>;
@@ -265,12 +252,7 @@ pub trait RunStore: Send + Sync {
     async fn list(&self, plan: Option<&str>, limit: usize) -> Result<Vec<RunRecord>, StoreError>;
     /// One page of run summaries, newest first, optionally of one plan; `after` is the
     /// `continue` token of the previous page.
-    async fn page(
-        &self,
-        plan: Option<&str>,
-        limit: usize,
-        after: Option<&str>,
-    ) -> Result<Page, StoreError>;
+    async fn page(&self, plan: Option<&str>, limit: usize, after: Option<&str>) -> Result<Page, StoreError>;
     /// Every run in one phase.
     async fn in_phase(&self, phase: Phase) -> Result<Vec<RunRecord>, StoreError>;
     /// Runs waiting for approval that a resolved alert with this fingerprint may cancel.
@@ -289,10 +271,7 @@ pub trait RunStore: Send + Sync {
     /// Takes the right to execute run `id` in this process: `Some` with a token cancelled if
     /// the right is lost later (the run must stop before its next step), `None` when another
     /// replica holds it. A single-process store always grants it.
-    async fn acquire(
-        &self,
-        _id: &str,
-    ) -> Result<Option<tokio_util::sync::CancellationToken>, StoreError> {
+    async fn acquire(&self, _id: &str) -> Result<Option<tokio_util::sync::CancellationToken>, StoreError> {
         Ok(Some(Default::default()))
     }
     /// Notes that the trigger of run `id` was delivered again (and deduplicated): the

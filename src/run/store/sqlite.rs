@@ -21,8 +21,7 @@ use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use serde::Serialize;
 
 use super::{
-    ClaimRules, Page, Refusal, Retention, RunStore, RunSummary, StoreError, ACTIVE, COUNTED_ACTIVE,
-    EXECUTING,
+    ClaimRules, Page, Refusal, Retention, RunStore, RunSummary, StoreError, ACTIVE, COUNTED_ACTIVE, EXECUTING,
 };
 use crate::record::{Phase, RunMode, RunRecord};
 
@@ -85,8 +84,7 @@ fn active_run_sql() -> String {
 }
 
 /// The plan's newest alert-triggered live run within the cooldown.
-const COOLDOWN_SQL: &str =
-    "SELECT id FROM runs INDEXED BY runs_plan WHERE plan = ?1 AND created_ms > ?2
+const COOLDOWN_SQL: &str = "SELECT id FROM runs INDEXED BY runs_plan WHERE plan = ?1 AND created_ms > ?2
        AND trigger_kind = 'alert' AND mode = 'live'
      ORDER BY created_ms DESC LIMIT 1";
 
@@ -137,14 +135,11 @@ impl Db {
         // One process per store: a second recoverd on the same file would mark the first one's
         // live runs Interrupted and resume them twice. The exclusive lock is taken by the first
         // write below and held until the connection closes.
-        conn.busy_timeout(Duration::from_millis(500))
-            .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_millis(500)).map_err(open_err)?;
         conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
             .map_err(open_err)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(open_err)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(open_err)?;
+        conn.pragma_update(None, "journal_mode", "WAL").map_err(open_err)?;
+        conn.pragma_update(None, "synchronous", "NORMAL").map_err(open_err)?;
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS runs (
                 id TEXT PRIMARY KEY,
@@ -162,10 +157,7 @@ impl Db {
         // Stores written by older versions lack these columns: add them, filled from the records.
         let columns: Vec<String> = conn
             .prepare("SELECT name FROM pragma_table_info('runs')")
-            .and_then(|mut s| {
-                s.query_map([], |r| r.get::<_, String>(0))?
-                    .collect::<Result<_, _>>()
-            })
+            .and_then(|mut s| s.query_map([], |r| r.get::<_, String>(0))?.collect::<Result<_, _>>())
             .map_err(open_err)?;
         if !columns.iter().any(|c| c == "mode") {
             conn.execute_batch(
@@ -186,8 +178,7 @@ impl Db {
              CREATE INDEX IF NOT EXISTS runs_created ON runs (created_ms, id);",
         )
         .map_err(open_err)?;
-        conn.busy_timeout(Duration::from_secs(5))
-            .map_err(open_err)?;
+        conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
         let file = if shown == ":memory:" {
             None
         } else {
@@ -212,9 +203,7 @@ impl Db {
         // A run claimed in a deleted or replaced file is lost at the next start: refuse (503,
         // Alertmanager retries) rather than answer 202 for it.
         self.check_file()?;
-        let tx = self
-            .conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let exists: Option<String> = tx
             .query_row("SELECT id FROM runs WHERE id = ?1", [&row.id], |r| r.get(0))
             .optional()?;
@@ -223,9 +212,7 @@ impl Db {
         }
         let live = row.mode == RunMode::Live;
         if rules.one_active_per_plan && live {
-            let active: Option<String> = tx
-                .query_row(&active_run_sql(), [&row.plan], |r| r.get(0))
-                .optional()?;
+            let active: Option<String> = tx.query_row(&active_run_sql(), [&row.plan], |r| r.get(0)).optional()?;
             if let Some(existing) = active {
                 return Ok(Err(Refusal::ActiveRun { existing }));
             }
@@ -277,12 +264,7 @@ impl Db {
         self.check_file()?;
         self.conn
             .prepare_cached("UPDATE runs SET phase = ?2, record = ?3, summary = ?4 WHERE id = ?1")?
-            .execute(params![
-                row.id,
-                phase_name(row.phase),
-                row.record,
-                row.summary
-            ])?;
+            .execute(params![row.id, phase_name(row.phase), row.record, row.summary])?;
         Ok(())
     }
 
@@ -291,13 +273,8 @@ impl Db {
             .conn
             .query_row("SELECT record FROM runs WHERE id = ?1", [id], |r| r.get(0))
             .optional()?;
-        text.map(|t| {
-            serde_json::from_str(&t).map_err(|source| StoreError::Decode {
-                id: id.into(),
-                source,
-            })
-        })
-        .transpose()
+        text.map(|t| serde_json::from_str(&t).map_err(|source| StoreError::Decode { id: id.into(), source }))
+            .transpose()
     }
 
     /// Runs, newest first, optionally of one plan (`namespace/name`).
@@ -311,32 +288,21 @@ impl Db {
         let mut out = Vec::new();
         for row in rows {
             let (id, text) = row?;
-            out.push(
-                serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?,
-            );
+            out.push(serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?);
         }
         Ok(out)
     }
 
     /// One page of run summaries, newest first, optionally of one plan; `after` is the
     /// `continue` token of the previous page.
-    fn page(
-        &self,
-        plan: Option<&str>,
-        limit: usize,
-        after: Option<&str>,
-    ) -> Result<Page, StoreError> {
+    fn page(&self, plan: Option<&str>, limit: usize, after: Option<&str>) -> Result<Page, StoreError> {
         let (after_ms, after_id) = match after {
             None => (i64::MAX, String::new()),
             Some(token) => decode_continue(token)?,
         };
         let mut stmt = self.conn.prepare_cached(PAGE_SQL)?;
         let rows = stmt.query_map(params![plan, after_ms, after_id, limit as i64 + 1], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                r.get::<_, i64>(1)?,
-                r.get::<_, String>(2)?,
-            ))
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, String>(2)?))
         })?;
         let mut runs = Vec::new();
         let mut last = None;
@@ -348,10 +314,7 @@ impl Db {
                 break;
             }
             let summary: RunSummary =
-                serde_json::from_str(&text).map_err(|source| StoreError::Decode {
-                    id: id.clone(),
-                    source,
-                })?;
+                serde_json::from_str(&text).map_err(|source| StoreError::Decode { id: id.clone(), source })?;
             runs.push(summary);
             last = Some((ms, id));
         }
@@ -364,18 +327,14 @@ impl Db {
 
     /// Every run in one phase.
     fn in_phase(&self, phase: Phase) -> Result<Vec<RunRecord>, StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id, record FROM runs WHERE phase = ?1")?;
+        let mut stmt = self.conn.prepare("SELECT id, record FROM runs WHERE phase = ?1")?;
         let rows = stmt.query_map([phase_name(phase)], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
         })?;
         let mut out = Vec::new();
         for row in rows {
             let (id, text) = row?;
-            out.push(
-                serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?,
-            );
+            out.push(serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?);
         }
         Ok(out)
     }
@@ -415,7 +374,10 @@ impl Db {
                 }
             };
             record.phase = Phase::Interrupted;
-            record.error = Some("recoverd stopped while this run was unfinished; resume it to continue from its first unfinished step".into());
+            record.error = Some(
+                "recoverd stopped while this run was unfinished; resume it to continue from its first unfinished step"
+                    .into(),
+            );
             self.save(&Row::of(&record))?;
             ids.push(record.id);
         }
@@ -572,24 +534,17 @@ impl Drop for SqliteStore {
 impl RunStore for SqliteStore {
     async fn exists(&self, id: &str) -> Result<bool, StoreError> {
         let id = id.to_string();
-        self.call("checking a run id", move |db| db.exists(&id))
-            .await
+        self.call("checking a run id", move |db| db.exists(&id)).await
     }
 
-    async fn claim(
-        &self,
-        record: &RunRecord,
-        rules: ClaimRules,
-    ) -> Result<Result<(), Refusal>, StoreError> {
+    async fn claim(&self, record: &RunRecord, rules: ClaimRules) -> Result<Result<(), Refusal>, StoreError> {
         let row = Row::of(record);
-        self.call("claiming a run", move |db| db.claim(&row, rules))
-            .await
+        self.call("claiming a run", move |db| db.claim(&row, rules)).await
     }
 
     async fn transition(&self, record: &RunRecord, from: &[Phase]) -> Result<bool, StoreError> {
         let (row, from) = (Row::of(record), from.to_vec());
-        self.call("writing a run", move |db| db.transition(&row, &from))
-            .await
+        self.call("writing a run", move |db| db.transition(&row, &from)).await
     }
 
     async fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
@@ -608,12 +563,7 @@ impl RunStore for SqliteStore {
             .await
     }
 
-    async fn page(
-        &self,
-        plan: Option<&str>,
-        limit: usize,
-        after: Option<&str>,
-    ) -> Result<Page, StoreError> {
+    async fn page(&self, plan: Option<&str>, limit: usize, after: Option<&str>) -> Result<Page, StoreError> {
         let (plan, after) = (plan.map(str::to_string), after.map(str::to_string));
         self.call("listing runs", move |db| {
             db.page(plan.as_deref(), limit, after.as_deref())
@@ -622,21 +572,17 @@ impl RunStore for SqliteStore {
     }
 
     async fn in_phase(&self, phase: Phase) -> Result<Vec<RunRecord>, StoreError> {
-        self.call("listing runs", move |db| db.in_phase(phase))
-            .await
+        self.call("listing runs", move |db| db.in_phase(phase)).await
     }
 
     async fn waiting_for_approval(&self, fingerprint: &str) -> Result<Vec<RunRecord>, StoreError> {
         let fingerprint = fingerprint.to_string();
-        self.call("listing runs", move |db| {
-            db.waiting_for_approval(&fingerprint)
-        })
-        .await
+        self.call("listing runs", move |db| db.waiting_for_approval(&fingerprint))
+            .await
     }
 
     async fn mark_interrupted(&self) -> Result<Vec<String>, StoreError> {
-        self.call("marking runs interrupted", |db| db.mark_interrupted())
-            .await
+        self.call("marking runs interrupted", |db| db.mark_interrupted()).await
     }
 
     async fn active_count(&self) -> Result<i64, StoreError> {
@@ -648,8 +594,7 @@ impl RunStore for SqliteStore {
     }
 
     async fn check_health(&self) -> Result<(), StoreError> {
-        self.call("checking the store", |db| db.check_health())
-            .await
+        self.call("checking the store", |db| db.check_health()).await
     }
 }
 
@@ -697,22 +642,14 @@ mod tests {
     fn the_same_run_id_is_claimed_once() {
         let (_d, mut s) = store();
         assert_eq!(
-            s.claim(
-                &Row::of(&record("r1", "ns/p", "alert")),
-                ClaimRules::default()
-            )
-            .unwrap(),
+            s.claim(&Row::of(&record("r1", "ns/p", "alert")), ClaimRules::default())
+                .unwrap(),
             Ok(())
         );
         assert_eq!(
-            s.claim(
-                &Row::of(&record("r1", "ns/p", "alert")),
-                ClaimRules::default()
-            )
-            .unwrap(),
-            Err(Refusal::SameRun {
-                existing: "r1".into()
-            })
+            s.claim(&Row::of(&record("r1", "ns/p", "alert")), ClaimRules::default())
+                .unwrap(),
+            Err(Refusal::SameRun { existing: "r1".into() })
         );
     }
 
@@ -726,22 +663,17 @@ mod tests {
         let mut first = record("r1", "ns/p", "alert");
         s.claim(&Row::of(&first), rules).unwrap().unwrap();
         assert_eq!(
-            s.claim(&Row::of(&record("r2", "ns/p", "alert")), rules)
-                .unwrap(),
-            Err(Refusal::ActiveRun {
-                existing: "r1".into()
-            })
+            s.claim(&Row::of(&record("r2", "ns/p", "alert")), rules).unwrap(),
+            Err(Refusal::ActiveRun { existing: "r1".into() })
         );
         assert_eq!(
-            s.claim(&Row::of(&record("r3", "ns/other", "alert")), rules)
-                .unwrap(),
+            s.claim(&Row::of(&record("r3", "ns/other", "alert")), rules).unwrap(),
             Ok(())
         );
         first.phase = Phase::Succeeded;
         s.save(&Row::of(&first)).unwrap();
         assert_eq!(
-            s.claim(&Row::of(&record("r2", "ns/p", "alert")), rules)
-                .unwrap(),
+            s.claim(&Row::of(&record("r2", "ns/p", "alert")), rules).unwrap(),
             Ok(())
         );
     }
@@ -757,8 +689,7 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            s.claim(&Row::of(&record("r2", "ns/p", "alert")), rules)
-                .unwrap(),
+            s.claim(&Row::of(&record("r2", "ns/p", "alert")), rules).unwrap(),
             Err(Refusal::Cooldown { last: "r1".into() })
         );
         let manual = ClaimRules {
@@ -766,8 +697,7 @@ mod tests {
             cooldown: None,
         };
         assert_eq!(
-            s.claim(&Row::of(&record("r3", "ns/p", "manual")), manual)
-                .unwrap(),
+            s.claim(&Row::of(&record("r3", "ns/p", "manual")), manual).unwrap(),
             Ok(())
         );
     }
@@ -778,10 +708,7 @@ mod tests {
         let err = Db::open(&dir.path().join("runs.db"))
             .err()
             .expect("the store is in use");
-        assert!(
-            err.to_string().contains("another recoverd is using it"),
-            "{err}"
-        );
+        assert!(err.to_string().contains("another recoverd is using it"), "{err}");
     }
 
     #[test]
@@ -789,16 +716,11 @@ mod tests {
         let (_d, mut s) = store();
         let mut r = record("r1", "ns/p", "alert");
         r.phase = Phase::WaitingForApproval;
-        s.claim(&Row::of(&r), ClaimRules::default())
-            .unwrap()
-            .unwrap();
+        s.claim(&Row::of(&r), ClaimRules::default()).unwrap().unwrap();
         r.phase = Phase::Pending;
-        assert!(s
-            .transition(&Row::of(&r), &[Phase::WaitingForApproval])
-            .unwrap());
+        assert!(s.transition(&Row::of(&r), &[Phase::WaitingForApproval]).unwrap());
         assert!(
-            !s.transition(&Row::of(&r), &[Phase::WaitingForApproval])
-                .unwrap(),
+            !s.transition(&Row::of(&r), &[Phase::WaitingForApproval]).unwrap(),
             "a second approval loses"
         );
         assert_eq!(s.get("r1").unwrap().unwrap().phase, Phase::Pending);
@@ -812,14 +734,10 @@ mod tests {
             let mut s = Db::open(&path).unwrap();
             let mut r = record("r1", "ns/p", "alert");
             r.phase = Phase::Running;
-            s.claim(&Row::of(&r), ClaimRules::default())
-                .unwrap()
-                .unwrap();
+            s.claim(&Row::of(&r), ClaimRules::default()).unwrap().unwrap();
             let mut done = record("r2", "ns/q", "alert");
             done.phase = Phase::Succeeded;
-            s.claim(&Row::of(&done), ClaimRules::default())
-                .unwrap()
-                .unwrap();
+            s.claim(&Row::of(&done), ClaimRules::default()).unwrap().unwrap();
         }
         let s = Db::open(&path).unwrap();
         assert_eq!(s.mark_interrupted().unwrap(), ["r1"]);
@@ -846,18 +764,14 @@ mod tests {
         s.claim(&Row::of(&crashed), rules).unwrap().unwrap();
         crashed.phase = Phase::Interrupted;
         s.save(&Row::of(&crashed)).unwrap();
-        s.claim(&Row::of(&dry("d2", "ns/p", "manual")), rules)
-            .unwrap()
-            .unwrap();
+        s.claim(&Row::of(&dry("d2", "ns/p", "manual")), rules).unwrap().unwrap();
         assert_eq!(
-            s.claim(&Row::of(&record("r1", "ns/p", "alert")), rules)
-                .unwrap(),
+            s.claim(&Row::of(&record("r1", "ns/p", "alert")), rules).unwrap(),
             Ok(()),
             "a live run starts beside a running and a crashed dry run"
         );
         assert_eq!(
-            s.claim(&Row::of(&dry("d3", "ns/p", "manual")), rules)
-                .unwrap(),
+            s.claim(&Row::of(&dry("d3", "ns/p", "manual")), rules).unwrap(),
             Ok(()),
             "a dry run is not refused by the live run either"
         );
@@ -900,17 +814,13 @@ mod tests {
         let (_d, mut s) = store();
         for i in 0..5 {
             let mut r = record(&format!("f{i}"), "ns/p", "alert");
-            s.claim(&Row::of(&r), ClaimRules::default())
-                .unwrap()
-                .unwrap();
+            s.claim(&Row::of(&r), ClaimRules::default()).unwrap().unwrap();
             r.phase = Phase::Failed;
             s.save(&Row::of(&r)).unwrap();
         }
         let mut waiting = record("w", "ns/p", "alert");
         waiting.phase = Phase::WaitingForApproval;
-        s.claim(&Row::of(&waiting), ClaimRules::default())
-            .unwrap()
-            .unwrap();
+        s.claim(&Row::of(&waiting), ClaimRules::default()).unwrap().unwrap();
         let keep = Retention {
             max_runs: 2,
             max_age: Duration::from_secs(3600),
@@ -964,11 +874,7 @@ mod tests {
                 "runs_plan (plan=? AND created_ms>?)",
             ),
             ("active count", active_count_sql(), "runs_phase (phase=?)"),
-            (
-                "waiting",
-                waiting_sql(),
-                "runs_fingerprint (fingerprint=? AND phase=?)",
-            ),
+            ("waiting", waiting_sql(), "runs_fingerprint (fingerprint=? AND phase=?)"),
             (
                 "in phase",
                 "SELECT id, record FROM runs WHERE phase = ?1".to_string(),
@@ -984,13 +890,9 @@ mod tests {
         ];
         let mut wrong = Vec::new();
         for (what, sql, index) in queries {
-            let mut stmt = s
-                .conn
-                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-                .unwrap();
+            let mut stmt = s.conn.prepare(&format!("EXPLAIN QUERY PLAN {sql}")).unwrap();
             let n = stmt.parameter_count();
-            let args: Vec<rusqlite::types::Value> =
-                (0..n).map(|_| rusqlite::types::Value::Null).collect();
+            let args: Vec<rusqlite::types::Value> = (0..n).map(|_| rusqlite::types::Value::Null).collect();
             let details: Vec<String> = stmt
                 .query_map(rusqlite::params_from_iter(args), |r| r.get::<_, String>(3))
                 .unwrap()
@@ -1026,9 +928,7 @@ mod tests {
         }
         assert_eq!(won, 10, "each of the 10 ids is claimed exactly once");
         let err = store
-            .call("testing", |_db| -> Result<(), StoreError> {
-                panic!("boom")
-            })
+            .call("testing", |_db| -> Result<(), StoreError> { panic!("boom") })
             .await
             .unwrap_err();
         assert!(matches!(err, StoreError::Stopped("testing")), "{err}");

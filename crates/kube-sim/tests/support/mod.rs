@@ -61,13 +61,7 @@ fn script_output(script: &Path) -> PathBuf {
         .unwrap_or_else(|e| panic!("failed to run {}: {e}", script.display()));
     assert!(out.status.success(), "{} failed", script.display());
     let stdout = String::from_utf8_lossy(&out.stdout);
-    PathBuf::from(
-        stdout
-            .lines()
-            .last()
-            .expect("the script printed a path")
-            .trim(),
-    )
+    PathBuf::from(stdout.lines().last().expect("the script printed a path").trim())
 }
 
 pub fn binary(version: Version) -> PathBuf {
@@ -95,11 +89,7 @@ pub fn real(version: Version) -> &'static RealServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn free_port_pair() -> u16 {
@@ -115,10 +105,7 @@ fn free_port_pair() -> u16 {
 impl RealServer {
     fn start(version: Version) -> RealServer {
         let bin = binary(version);
-        let root = tempfile::Builder::new()
-            .prefix("kube-sim-real-")
-            .tempdir()
-            .unwrap();
+        let root = tempfile::Builder::new().prefix("kube-sim-real-").tempdir().unwrap();
         let pki = root.path().join("pki");
         let ok = Command::new("bash")
             .arg(scripts().join("mkpki.sh"))

@@ -40,10 +40,9 @@ impl KubeStore {
         }
         if phase_before != Some(record.phase) {
             let (type_, note) = match record.phase {
-                Phase::Pending | Phase::Running if phase_before.is_none() => (
-                    EventType::Normal,
-                    format!("run of plan {} started", record.plan),
-                ),
+                Phase::Pending | Phase::Running if phase_before.is_none() => {
+                    (EventType::Normal, format!("run of plan {} started", record.plan))
+                }
                 Phase::WaitingForApproval => (
                     EventType::Normal,
                     format!("run of plan {} awaits approval", record.plan),

@@ -13,9 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::{object_name, record_of, run_lease_name};
 use super::slot::CLAIM_GRACE;
-use super::{
-    is_status, kube_err, lock, KubeStore, KubeStoreConfig, State, MANAGED_BY, RELAY_PREFIX,
-};
+use super::{is_status, kube_err, lock, KubeStore, KubeStoreConfig, State, MANAGED_BY, RELAY_PREFIX};
 use crate::record::{Phase, RunRecord};
 use crate::run::store::{Relayed, StoreError, EXECUTING};
 
@@ -46,31 +44,23 @@ impl KubeStore {
         let _ = self.leases.delete(&run_lease_name(id), &dp).await;
     }
 
-    pub(super) async fn acquire_run(
-        &self,
-        id: &str,
-    ) -> Result<Option<CancellationToken>, StoreError> {
+    pub(super) async fn acquire_run(&self, id: &str) -> Result<Option<CancellationToken>, StoreError> {
         let name = run_lease_name(id);
         let current = self
             .leases
             .get_opt(&name)
             .await
             .map_err(kube_err(format!("read Lease {name}")))?;
-        let version = current
-            .as_ref()
-            .and_then(|l| l.metadata.resource_version.clone());
+        let version = current.as_ref().and_then(|l| l.metadata.resource_version.clone());
         if let Some(lease) = &current {
-            let holder = lease
-                .spec
-                .as_ref()
-                .and_then(|s| s.holder_identity.as_deref());
+            let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.as_deref());
             // Expired: unchanged (the same version this replica observed) for the Lease's own
             // duration, measured by this replica's clock.
             let expired = {
                 let s = lock(&self.state);
-                s.seen.get(id).is_some_and(|seen| {
-                    seen.version == version && seen.since.elapsed() >= seen.duration
-                })
+                s.seen
+                    .get(id)
+                    .is_some_and(|seen| seen.version == version && seen.since.elapsed() >= seen.duration)
             };
             if holder.is_some_and(|h| h != self.config.identity) && !expired {
                 return Ok(None);
@@ -98,11 +88,7 @@ impl KubeStore {
             }
         };
         let executable = run.as_ref().filter(|o| {
-            o.status.is_some()
-                && matches!(
-                    record_of(o).phase,
-                    Phase::Pending | Phase::Running | Phase::Interrupted
-                )
+            o.status.is_some() && matches!(record_of(o).phase, Phase::Pending | Phase::Running | Phase::Interrupted)
         });
         let Some(run) = executable else {
             self.drop_lease(id, &held_version).await;
@@ -170,8 +156,7 @@ impl KubeStore {
                     continue;
                 }
                 // Interrupted too: a replica that shut down gracefully released the run.
-                let unfinished =
-                    EXECUTING.contains(&record.phase) || record.phase == Phase::Interrupted;
+                let unfinished = EXECUTING.contains(&record.phase) || record.phase == Phase::Interrupted;
                 if !unfinished || state.held.contains_key(&record.id) {
                     continue;
                 }
@@ -213,11 +198,7 @@ impl KubeStore {
         Ok(out)
     }
 
-    pub(super) async fn relay_to_holder(
-        &self,
-        id: &str,
-        decision: &Relayed,
-    ) -> Result<Option<String>, StoreError> {
+    pub(super) async fn relay_to_holder(&self, id: &str, decision: &Relayed) -> Result<Option<String>, StoreError> {
         let name = run_lease_name(id);
         for _ in 0..8 {
             let Some(mut lease) = self
@@ -232,19 +213,11 @@ impl KubeStore {
             let Some(holder) = holder.filter(|h| *h != self.config.identity) else {
                 return Ok(None);
             };
-            lease
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default)
-                .insert(
-                    format!("{RELAY_PREFIX}{}", decision.key),
-                    serde_json::to_string(decision).expect("decisions serialize"),
-                );
-            match self
-                .leases
-                .replace(&name, &PostParams::default(), &lease)
-                .await
-            {
+            lease.metadata.annotations.get_or_insert_with(Default::default).insert(
+                format!("{RELAY_PREFIX}{}", decision.key),
+                serde_json::to_string(decision).expect("decisions serialize"),
+            );
+            match self.leases.replace(&name, &PostParams::default(), &lease).await {
                 Ok(_) => return Ok(Some(holder)),
                 // Renewed meanwhile: read it again.
                 Err(e) if is_status(&e, 409) => continue,
@@ -286,8 +259,7 @@ pub(super) async fn renew_loop(
             let (leases, config) = (&leases, &config);
             async move {
                 let sent = Instant::now();
-                let result =
-                    tokio::time::timeout(third, renew(leases, config, &id, Some(version))).await;
+                let result = tokio::time::timeout(third, renew(leases, config, &id, Some(version))).await;
                 (id, sent, result)
             }
         });
@@ -298,16 +270,11 @@ pub(super) async fn renew_loop(
                 let mut s = lock(&state);
                 match fresh {
                     Ok(Some(lease))
-                        if lease
-                            .spec
-                            .as_ref()
-                            .and_then(|l| l.holder_identity.as_deref())
+                        if lease.spec.as_ref().and_then(|l| l.holder_identity.as_deref())
                             == Some(config.identity.as_str()) =>
                     {
                         deliver(&mut s, &id, &lease);
-                        if let (Some(h), Some(v)) =
-                            (s.held.get_mut(&id), lease.metadata.resource_version)
-                        {
+                        if let (Some(h), Some(v)) = (s.held.get_mut(&id), lease.metadata.resource_version) {
                             // Renewed from this version at the next tick, which drops the
                             // relayed decisions from the Lease.
                             h.version = v;

@@ -46,10 +46,7 @@ use events::event;
 use lease::{renew_loop, Held, Seen};
 use record::{hash, record_of, run_lease_name};
 
-use super::{
-    ClaimRules, Page, Refusal, Relayed, Retention, RunStore, RunSummary, StoreError, ACTIVE,
-    COUNTED_ACTIVE,
-};
+use super::{ClaimRules, Page, Refusal, Relayed, Retention, RunStore, RunSummary, StoreError, ACTIVE, COUNTED_ACTIVE};
 use crate::record::{Phase, RecoveryRun, RecoveryRunSpec, RunMode, RunRecord};
 
 /// Labels and annotations recoverd puts on what it creates.
@@ -153,18 +150,15 @@ impl KubeStore {
             cache: kube::runtime::reflector::store().0,
         };
         let (cache, writer) = kube::runtime::reflector::store();
-        let watch = kube::runtime::watcher(
-            store.runs.clone(),
-            kube::runtime::watcher::Config::default(),
-        )
-        .default_backoff()
-        .reflect(writer)
-        .for_each(|event| {
-            if let Err(e) = event {
-                tracing::warn!(error = %e, "watching RecoveryRuns failed; retrying");
-            }
-            futures::future::ready(())
-        });
+        let watch = kube::runtime::watcher(store.runs.clone(), kube::runtime::watcher::Config::default())
+            .default_backoff()
+            .reflect(writer)
+            .for_each(|event| {
+                if let Err(e) = event {
+                    tracing::warn!(error = %e, "watching RecoveryRuns failed; retrying");
+                }
+                futures::future::ready(())
+            });
         let stop = store.stop.clone();
         tokio::spawn(async move {
             tokio::select! {
@@ -210,10 +204,7 @@ impl KubeStore {
         self.leases
             .list(&ListParams::default().limit(1))
             .await
-            .map_err(kube_err(format!(
-                "list Leases in namespace {}",
-                self.config.namespace
-            )))?;
+            .map_err(kube_err(format!("list Leases in namespace {}", self.config.namespace)))?;
         Ok(())
     }
 
@@ -237,11 +228,7 @@ impl KubeStore {
     }
 
     /// Writes `record` as the run's status with `version` (optimistic concurrency).
-    async fn write_status(
-        &self,
-        record: &RunRecord,
-        version: Option<String>,
-    ) -> Result<String, kube::Error> {
+    async fn write_status(&self, record: &RunRecord, version: Option<String>) -> Result<String, kube::Error> {
         let name = object_name(&record.id);
         let mut obj = RecoveryRun::new(
             &name,
@@ -257,10 +244,7 @@ impl KubeStore {
             serde_json::from_value(bounded_status(record)).expect("a bounded record reads back");
         status.secrets = Default::default();
         obj.status = Some(status);
-        let written = self
-            .runs
-            .replace_status(&name, &PostParams::default(), &obj)
-            .await?;
+        let written = self.runs.replace_status(&name, &PostParams::default(), &obj).await?;
         Ok(written.metadata.resource_version.unwrap_or_default())
     }
 }
@@ -294,11 +278,7 @@ impl RunStore for KubeStore {
             .is_some())
     }
 
-    async fn claim(
-        &self,
-        record: &RunRecord,
-        rules: ClaimRules,
-    ) -> Result<Result<(), Refusal>, StoreError> {
+    async fn claim(&self, record: &RunRecord, rules: ClaimRules) -> Result<Result<(), Refusal>, StoreError> {
         if self.exists(&record.id).await? {
             self.duplicate(&record.id, record.trigger.kind.as_str());
             return Ok(Err(Refusal::SameRun {
@@ -352,23 +332,16 @@ impl RunStore for KubeStore {
         if let Some(uid) = created.metadata.uid.clone() {
             lock(&self.state).uids.insert(record.id.clone(), uid);
         }
-        let version = match self
-            .write_status(record, created.metadata.resource_version)
-            .await
-        {
+        let version = match self.write_status(record, created.metadata.resource_version).await {
             Ok(version) => version,
             Err(e) => {
                 // A run without its record cannot execute: take the claim back whole.
                 let _ = self.runs.delete(&name, &DeleteParams::default()).await;
                 self.undo_slot(record).await;
-                return Err(kube_err(format!("write the status of RecoveryRun {name}"))(
-                    e,
-                ));
+                return Err(kube_err(format!("write the status of RecoveryRun {name}"))(e));
             }
         };
-        lock(&self.state)
-            .versions
-            .insert(record.id.clone(), version);
+        lock(&self.state).versions.insert(record.id.clone(), version);
         self.tell(record);
         Ok(Ok(()))
     }
@@ -387,14 +360,9 @@ impl RunStore for KubeStore {
             if !from.contains(&record_of(&current).phase) {
                 return Ok(false);
             }
-            match self
-                .write_status(record, current.metadata.resource_version)
-                .await
-            {
+            match self.write_status(record, current.metadata.resource_version).await {
                 Ok(version) => {
-                    lock(&self.state)
-                        .versions
-                        .insert(record.id.clone(), version);
+                    lock(&self.state).versions.insert(record.id.clone(), version);
                     self.release_slot(record).await;
                     self.tell(record);
                     return Ok(true);
@@ -403,25 +371,19 @@ impl RunStore for KubeStore {
                 Err(e) => return Err(kube_err(format!("write RecoveryRun {name}"))(e)),
             }
         }
-        Err(StoreError::Conflict {
-            id: record.id.clone(),
-        })
+        Err(StoreError::Conflict { id: record.id.clone() })
     }
 
     async fn save(&self, record: &RunRecord) -> Result<(), StoreError> {
         // Only from the version of this replica's own last write: a replica that has not
         // acquired the run, or lost it, or saw its write refused, is fenced off.
         let Some(version) = lock(&self.state).versions.get(&record.id).cloned() else {
-            return Err(StoreError::Conflict {
-                id: record.id.clone(),
-            });
+            return Err(StoreError::Conflict { id: record.id.clone() });
         };
         let name = object_name(&record.id);
         match self.write_status(record, Some(version)).await {
             Ok(version) => {
-                lock(&self.state)
-                    .versions
-                    .insert(record.id.clone(), version);
+                lock(&self.state).versions.insert(record.id.clone(), version);
                 self.tell(record);
                 if record.phase.is_finished() {
                     lock(&self.state).versions.remove(&record.id);
@@ -432,15 +394,11 @@ impl RunStore for KubeStore {
             // Someone else wrote the run since this replica did: it is not ours to write.
             Err(e) if is_status(&e, 409) => {
                 lock(&self.state).versions.remove(&record.id);
-                Err(StoreError::Conflict {
-                    id: record.id.clone(),
-                })
+                Err(StoreError::Conflict { id: record.id.clone() })
             }
             Err(e) if is_status(&e, 404) => {
                 lock(&self.state).versions.remove(&record.id);
-                Err(StoreError::Gone {
-                    id: record.id.clone(),
-                })
+                Err(StoreError::Gone { id: record.id.clone() })
             }
             Err(e) => Err(kube_err(format!("write RecoveryRun {name}"))(e)),
         }
@@ -465,12 +423,7 @@ impl RunStore for KubeStore {
             .collect())
     }
 
-    async fn page(
-        &self,
-        plan: Option<&str>,
-        limit: usize,
-        after: Option<&str>,
-    ) -> Result<Page, StoreError> {
+    async fn page(&self, plan: Option<&str>, limit: usize, after: Option<&str>) -> Result<Page, StoreError> {
         let after = after.map(super::sqlite::decode_continue).transpose()?;
         let key = |o: &RecoveryRun| {
             (
@@ -508,12 +461,7 @@ impl RunStore for KubeStore {
     }
 
     async fn in_phase(&self, phase: Phase) -> Result<Vec<RunRecord>, StoreError> {
-        Ok(self
-            .records()
-            .await?
-            .into_iter()
-            .filter(|r| r.phase == phase)
-            .collect())
+        Ok(self.records().await?.into_iter().filter(|r| r.phase == phase).collect())
     }
 
     async fn waiting_for_approval(&self, fingerprint: &str) -> Result<Vec<RunRecord>, StoreError> {
@@ -521,10 +469,7 @@ impl RunStore for KubeStore {
             .records()
             .await?
             .into_iter()
-            .filter(|r| {
-                r.phase == Phase::WaitingForApproval
-                    && r.trigger.fingerprint.as_deref() == Some(fingerprint)
-            })
+            .filter(|r| r.phase == Phase::WaitingForApproval && r.trigger.fingerprint.as_deref() == Some(fingerprint))
             .collect())
     }
 

@@ -74,11 +74,7 @@ pub(super) fn record_of(obj: &RecoveryRun) -> RunRecord {
         trigger: obj.spec.trigger.clone(),
         mode: obj.spec.mode,
         phase: Phase::Pending,
-        created_at: obj
-            .metadata
-            .creation_timestamp
-            .as_ref()
-            .map(|t| t.0.to_string()),
+        created_at: obj.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()),
         ..Default::default()
     }
 }
@@ -220,9 +216,6 @@ mod tests {
             outputs: [("x".to_string(), Value::String("y".repeat(100)))].into(),
             ..Default::default()
         };
-        assert_eq!(
-            bounded_status(&record),
-            serde_json::to_value(&record).unwrap()
-        );
+        assert_eq!(bounded_status(&record), serde_json::to_value(&record).unwrap());
     }
 }

@@ -53,21 +53,13 @@ impl KubeStore {
                     return Ok(Err(Refusal::SameRun { existing: holder }));
                 }
                 let acquired = spec.acquire_time.as_ref().map(|t| t.0);
-                if holder != record.id
-                    && rules.one_active_per_plan
-                    && self.still_active(&holder, acquired).await?
-                {
+                if holder != record.id && rules.one_active_per_plan && self.still_active(&holder, acquired).await? {
                     return Ok(Err(Refusal::ActiveRun { existing: holder }));
                 }
             }
-            let annotations = lease
-                .metadata
-                .annotations
-                .get_or_insert_with(Default::default);
+            let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
             if let Some(cooldown) = rules.cooldown {
-                let last_ms = annotations
-                    .get(LAST_ALERT_RUN_MS)
-                    .and_then(|v| v.parse::<i64>().ok());
+                let last_ms = annotations.get(LAST_ALERT_RUN_MS).and_then(|v| v.parse::<i64>().ok());
                 if let (Some(ms), Some(last)) = (last_ms, annotations.get(LAST_ALERT_RUN)) {
                     if ms > now_ms() - cooldown.as_millis() as i64 {
                         return Ok(Err(Refusal::Cooldown { last: last.clone() }));
@@ -82,11 +74,7 @@ impl KubeStore {
             spec.holder_identity = Some(record.id.clone());
             spec.acquire_time = Some(MicroTime(jiff::Timestamp::now()));
             let written = match current {
-                Some(_) => {
-                    self.leases
-                        .replace(&name, &PostParams::default(), &lease)
-                        .await
-                }
+                Some(_) => self.leases.replace(&name, &PostParams::default(), &lease).await,
                 None => self.leases.create(&PostParams::default(), &lease).await,
             };
             match written {
@@ -96,9 +84,7 @@ impl KubeStore {
                 Err(e) => return Err(kube_err(format!("write Lease {name}"))(e)),
             }
         }
-        Err(StoreError::Conflict {
-            id: record.id.clone(),
-        })
+        Err(StoreError::Conflict { id: record.id.clone() })
     }
 
     /// Takes back what a claim of `record` wrote on its plan's slot (its holder, and the
@@ -114,10 +100,7 @@ impl KubeStore {
             spec.holder_identity = None;
             changed = true;
         }
-        let annotations = lease
-            .metadata
-            .annotations
-            .get_or_insert_with(Default::default);
+        let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
         if annotations.get(LAST_ALERT_RUN) == Some(&record.id) {
             annotations.remove(LAST_ALERT_RUN);
             annotations.remove(LAST_ALERT_RUN_MS);
@@ -125,10 +108,7 @@ impl KubeStore {
         }
         if changed {
             // A conflict: another claim changed the slot since; it is theirs now.
-            let _ = self
-                .leases
-                .replace(&name, &PostParams::default(), &lease)
-                .await;
+            let _ = self.leases.replace(&name, &PostParams::default(), &lease).await;
         }
     }
 
@@ -136,11 +116,7 @@ impl KubeStore {
     /// by a finished run is free; one held by a run that does not exist is free only once
     /// [`CLAIM_GRACE`] has passed — until then its replica is between taking the slot and
     /// creating the run.
-    pub(super) async fn still_active(
-        &self,
-        id: &str,
-        acquired: Option<jiff::Timestamp>,
-    ) -> Result<bool, StoreError> {
+    pub(super) async fn still_active(&self, id: &str, acquired: Option<jiff::Timestamp>) -> Result<bool, StoreError> {
         let found = self
             .runs
             .get_opt(&object_name(id))
@@ -148,9 +124,7 @@ impl KubeStore {
             .map_err(kube_err(format!("read RecoveryRun {id}")))?;
         Ok(match found {
             Some(o) => ACTIVE.contains(&record_of(&o).phase),
-            None => acquired.is_some_and(|t| {
-                jiff::Timestamp::now().duration_since(t).unsigned_abs() < CLAIM_GRACE
-            }),
+            None => acquired.is_some_and(|t| jiff::Timestamp::now().duration_since(t).unsigned_abs() < CLAIM_GRACE),
         })
     }
 
@@ -169,10 +143,7 @@ impl KubeStore {
         }
         spec.holder_identity = None;
         // A conflict means another claim changed the slot: it is no longer ours to free.
-        let _ = self
-            .leases
-            .replace(&name, &PostParams::default(), &lease)
-            .await;
+        let _ = self.leases.replace(&name, &PostParams::default(), &lease).await;
     }
 
     /// The owner reference to the run's `RecoveryPlan`, when the plan is a resource in the
