@@ -41,8 +41,12 @@ pub struct WorldCluster {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorldError {
-    #[error("failed to read {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error("failed to read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("failed to set up cluster {cluster:?}: {reason}")]
     Apply { cluster: String, reason: String },
 }
@@ -71,11 +75,11 @@ impl Seeded {
 pub fn load(path: &Path) -> Result<(World, PathBuf), WorldError> {
     let text = std::fs::read_to_string(path).map_err(|e| WorldError::Read {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     let world: World = serde_yaml::from_str(&text).map_err(|e| WorldError::Read {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     Ok((world, path.parent().unwrap_or(Path::new(".")).to_path_buf()))
 }
@@ -83,13 +87,13 @@ pub fn load(path: &Path) -> Result<(World, PathBuf), WorldError> {
 fn read_docs(path: &Path) -> Result<Vec<Value>, WorldError> {
     let text = std::fs::read_to_string(path).map_err(|e| WorldError::Read {
         path: path.display().to_string(),
-        reason: e.to_string(),
+        source: e.into(),
     })?;
     let mut out = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(&text) {
         let v = Value::deserialize(doc).map_err(|e| WorldError::Read {
             path: path.display().to_string(),
-            reason: e.to_string(),
+            source: e.into(),
         })?;
         if !v.is_null() {
             out.push(v);
