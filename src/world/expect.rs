@@ -249,24 +249,24 @@ impl Inventory {
         Ok(Inventory { objects })
     }
 
-    /// The objects in the same scopes now that were not there when this was taken.
-    async fn appeared(&self, registry: &Registry) -> Result<Vec<Seeded>, String> {
-        let mut out = Vec::new();
+    /// The objects in the same scopes that were not there when this was taken, and those that
+    /// were and are gone.
+    async fn compare(&self, registry: &Registry) -> Result<(Vec<Seeded>, Vec<Seeded>), String> {
+        let (mut appeared, mut gone) = (Vec::new(), Vec::new());
         for (scope, before) in &self.objects {
-            for name in list(registry, scope).await? {
-                if !before.contains(&name) {
-                    out.push(Seeded {
-                        cluster: scope.cluster.clone(),
-                        api_version: scope.api_version.clone(),
-                        resource: scope.resource.clone(),
-                        namespace: Some(scope.namespace.clone()),
-                        name,
-                        before: Value::Null,
-                    });
-                }
-            }
+            let now = list(registry, scope).await?;
+            let object = |name: &String| Seeded {
+                cluster: scope.cluster.clone(),
+                api_version: scope.api_version.clone(),
+                resource: scope.resource.clone(),
+                namespace: Some(scope.namespace.clone()),
+                name: name.clone(),
+                before: Value::Null,
+            };
+            appeared.extend(now.difference(before).map(object));
+            gone.extend(before.difference(&now).map(object));
         }
-        Ok(out)
+        Ok((appeared, gone))
     }
 
     fn had(&self, s: &Seeded) -> Option<bool> {
@@ -450,15 +450,29 @@ pub async fn verify(
     }
     if expectations.strict {
         if let Some(inventory) = inventory {
-            match inventory.appeared(registry).await {
-                Ok(new) => {
-                    for s in new {
+            match inventory.compare(registry).await {
+                Ok((appeared, gone)) => {
+                    for s in appeared {
                         if !expectations.expect.iter().any(|e| e.names(&s)) {
                             failures.push(format!("{}: created, but no expectation names it", s.describe()));
                         }
                     }
+                    // An object the world did not seed (it was there before, or an operator
+                    // made it) that the run deleted: a selector that reached too far. The
+                    // seeded ones are judged above, as changed.
+                    for s in gone {
+                        let seeded_or_named =
+                            seeded.iter().any(|b| b.same_object(&s)) || expectations.expect.iter().any(|e| e.names(&s));
+                        if !seeded_or_named {
+                            failures.push(format!(
+                                "{}: deleted, but no expectation names it (expect it `absent: true` if the run \
+                                 should delete it)",
+                                s.describe()
+                            ));
+                        }
+                    }
                 }
-                Err(e) => failures.push(format!("listing what the run created: {e}")),
+                Err(e) => failures.push(format!("listing what the run created and deleted: {e}")),
             }
         }
         for w in written {

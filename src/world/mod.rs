@@ -67,6 +67,15 @@ pub struct Seeded {
 }
 
 impl Seeded {
+    /// Whether `other` is the same object (cluster, kind and name).
+    pub(crate) fn same_object(&self, other: &Seeded) -> bool {
+        self.cluster == other.cluster
+            && self.api_version == other.api_version
+            && self.resource == other.resource
+            && self.namespace == other.namespace
+            && self.name == other.name
+    }
+
     /// The object as it stands now.
     pub(crate) async fn current(&self, registry: &Registry) -> Result<Value, String> {
         let resolved = registry
