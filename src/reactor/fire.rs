@@ -7,9 +7,9 @@ use std::time::Duration;
 use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 
+use super::shared::{Inflight, Shared, CONFLICT_RETRIES, MAX_CHAIN, REACTOR_MANAGER};
 use super::spec::{Action, Generate, ObjectRef, Reactor, ReactorSet, SetCondition};
 use super::trigger::Tracker;
-use super::{reactor_name, Inflight, Shared, CONFLICT_RETRIES, MAX_CHAIN, REACTOR_MANAGER};
 use crate::cluster::Registry;
 use crate::fieldpath::FieldPath;
 
@@ -50,7 +50,7 @@ async fn fire_actions(
     shared: Arc<Shared>,
     stop: Arc<std::sync::atomic::AtomicBool>,
 ) {
-    let name = reactor_name(&r);
+    let name = r.name();
     let rv = seen
         .as_ref()
         .and_then(|o| o.pointer("/metadata/resourceVersion"))

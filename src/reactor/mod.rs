@@ -10,6 +10,7 @@
 //! simulator, in `rehearse` and in tests.
 
 mod fire;
+mod shared;
 mod spec;
 mod trigger;
 
@@ -18,14 +19,13 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::{watcher, WatchStreamExt};
-use serde_json::Value;
 
 pub use spec::{Action, CreateObject, Generate, ObjectRef, Reactor, ReactorSet, ReactorWhen, SetCondition, ValueFrom};
 
-const REACTOR_MANAGER: &str = "recoverd-reactor";
-
 use crate::cluster::Registry;
 use fire::fire;
+use shared::Shared;
+pub use shared::MAX_CHAIN;
 use spec::actions_of;
 use trigger::{as_json, Tracker, Trigger};
 
@@ -33,88 +33,6 @@ use trigger::{as_json, Tracker, Trigger};
 pub enum ReactorError {
     #[error("reactor on cluster {cluster:?}: {reason}")]
     Setup { cluster: String, reason: String },
-}
-
-/// How deep a chain of reactions may go — a reactor fired by a write of a reactor fired by a
-/// write of … — before it is taken for a reaction that triggers itself forever and stopped.
-pub const MAX_CHAIN: u32 = 20;
-
-/// How often a write that meets a conflict (409: the object changed since it was read) is
-/// tried again, each time from a fresh read.
-const CONFLICT_RETRIES: u32 = 5;
-
-/// What the reactors of one `start` share: counts, problems, and the versions they wrote (for
-/// the loop guard).
-#[derive(Default)]
-struct Shared {
-    fired: std::sync::atomic::AtomicUsize,
-    /// Firings that ended, however.
-    ended: std::sync::atomic::AtomicUsize,
-    /// Firings started and not ended (some sleeping in a delay before their next action).
-    pending: std::sync::atomic::AtomicUsize,
-    problems: std::sync::Mutex<Vec<String>>,
-    /// `cluster/resourceVersion` of every object version a reactor wrote → how deep in a chain
-    /// of reactions that write was.
-    written: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    /// Writes under way; a firing waits for them before asking whether a reactor's own write
-    /// fired it.
-    inflight: std::sync::atomic::AtomicUsize,
-    settled: tokio::sync::Notify,
-}
-
-impl Shared {
-    fn problem(&self, p: String) {
-        tracing::warn!(problem = %p, "reactor problem");
-        if let Ok(mut ps) = self.problems.lock() {
-            ps.push(p);
-        }
-    }
-
-    fn wrote(&self, cluster: &str, obj: &Value, depth: u32) {
-        if let Some(rv) = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
-            if let Ok(mut w) = self.written.lock() {
-                w.insert(format!("{cluster}/{rv}"), depth);
-            }
-        }
-    }
-
-    /// How deep in a chain of reactions the object version `rv` was written (0: not by a
-    /// reactor), once no reactor write is under way.
-    async fn depth_of(&self, cluster: &str, rv: Option<&str>) -> u32 {
-        let Some(rv) = rv else { return 0 };
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        loop {
-            let settled = self.settled.notified();
-            if self.inflight.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, settled).await.is_err() {
-                break;
-            }
-        }
-        self.written
-            .lock()
-            .ok()
-            .and_then(|w| w.get(&format!("{cluster}/{rv}")).copied())
-            .unwrap_or(0)
-    }
-}
-
-/// Counts a write under way for as long as it lives.
-struct Inflight<'a>(&'a Shared);
-
-impl<'a> Inflight<'a> {
-    fn new(s: &'a Shared) -> Self {
-        s.inflight.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Inflight(s)
-    }
-}
-
-impl Drop for Inflight<'_> {
-    fn drop(&mut self) {
-        self.0.inflight.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-        self.0.settled.notify_waiters();
-    }
 }
 
 /// Running reactors; they stop when this is dropped.
@@ -180,20 +98,6 @@ impl Drop for Reactors {
     }
 }
 
-/// A reactor as messages name it: `reactor on north (postgresql.cnpg.io/v1 clusters db/pg-north)`.
-fn reactor_name(r: &Reactor) -> String {
-    format!(
-        "reactor on {} ({})",
-        r.cluster,
-        crate::cluster::describe_object(
-            &r.when.api_version,
-            &r.when.resource,
-            r.when.namespace.as_deref(),
-            &r.when.name
-        )
-    )
-}
-
 /// Starts the reactors and returns once each has seen its object's current state, so that only
 /// changes made after this call trigger them. Each firing runs on its own task: one reactor's
 /// delays never hold back another reaction, nor its own watch. A watch that fails is logged
@@ -239,7 +143,7 @@ pub async fn start(registry: Arc<Registry>, reactors: &[Reactor]) -> Result<Reac
                 }
             }
         }
-        let name = reactor_name(r);
+        let name = r.name();
         let (registry, r, shared2) = (registry.clone(), Arc::new(r.clone()), shared.clone());
         let task_name = name.clone();
         tasks.push((
@@ -300,6 +204,7 @@ pub async fn start(registry: Arc<Registry>, reactors: &[Reactor]) -> Result<Reac
 mod tests {
     use super::*;
     use crate::fieldpath::FieldPath;
+    use serde_json::Value;
     use fire::upsert_condition;
 
     fn reactor(yaml: &str) -> Reactor {

@@ -148,6 +148,22 @@ pub struct CreateObject {
     pub object: Value,
 }
 
+impl Reactor {
+    /// A reactor as messages name it: `reactor on north (postgresql.cnpg.io/v1 clusters db/pg-north)`.
+    pub fn name(&self) -> String {
+        format!(
+            "reactor on {} ({})",
+            self.cluster,
+            crate::cluster::describe_object(
+                &self.when.api_version,
+                &self.when.resource,
+                self.when.namespace.as_deref(),
+                &self.when.name
+            )
+        )
+    }
+}
+
 /// The actions of a reactor, its short form (`after` + `set`) included, checked.
 pub(super) fn actions_of(r: &Reactor) -> Result<Vec<(Duration, Action)>, String> {
     let mut actions = r.actions.clone();
