@@ -1019,3 +1019,30 @@ async fn strict_expectations_catch_a_delete_of_an_object_the_world_did_not_seed(
     // Only that: the seeded objects changed as the expectations say.
     assert!(t.contains("1 failed"), "{t}");
 }
+
+/// An expectation naming one condition by a filter (`$.status.conditions[?(@.type=='Progressing')].reason`)
+/// covers that condition, not the rest of the list: a condition something else sets on the
+/// proxy's Deployment is a change no expectation names.
+#[test]
+fn a_filtered_expectation_covers_the_condition_it_selects_not_its_whole_list() {
+    let surprise = "reactors:
+- cluster: north
+  when: {apiVersion: postgresql.cnpg.io/v1, resource: clusters, namespace: db, name: pg-north,
+         fieldPath: spec.replica.primary, equals: pg-south}
+  actions:
+  - conditions: [{type: Surprise, status: 'True', cluster: edge, apiVersion: apps/v1, resource: deployments,
+                   name: haproxy}]
+";
+    let expect = expectations_with("cnpg-switchover", "", "");
+    let (ok, t) = rehearse_variant(
+        "cnpg-switchover",
+        &[("cnpg-switchover.yaml", "reactors:\n", surprise)],
+        &expect,
+        &[],
+    );
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("edge: apps/v1 deployments db/haproxy: changed in /status/conditions/"),
+        "{t}"
+    );
+}
