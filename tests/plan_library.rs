@@ -1046,3 +1046,34 @@ fn a_filtered_expectation_covers_the_condition_it_selects_not_its_whole_list() {
         "{t}"
     );
 }
+
+/// The switchover's last check goes through the proxy, as applications do: a plan that promoted
+/// pg-south but never pointed the proxy at it fails there instead of ending ✔.
+#[test]
+fn a_switchover_that_never_redirects_the_proxy_fails_its_check_through_the_proxy() {
+    let repo = repo_dir();
+    let source = std::fs::read_to_string(repo.join("plans/cnpg-switchover.yaml")).unwrap();
+    let (a, b) = (
+        source.find("  - name: redirect-haproxy").unwrap(),
+        source.find("  # A ConfigMap mounted with `subPath`").unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("no-redirect.yaml");
+    std::fs::write(&plan, format!("{}{}", &source[..a], &source[b..])).unwrap();
+    let worlds = repo.join("plans/worlds");
+    let out = recoverd(&[
+        "rehearse",
+        plan.to_str().unwrap(),
+        "--world",
+        worlds.join("cnpg-switchover.yaml").to_str().unwrap(),
+        "--alert",
+        worlds.join("cnpg-switchover.alert.json").to_str().unwrap(),
+        "--approve",
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("step \"proxied-database-is-not-in-recovery\" failed: assertion failed: through haproxy.db.svc the database is in recovery (t)"),
+        "{t}"
+    );
+}
