@@ -151,10 +151,24 @@ pub async fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             Exit::for_error(&e).into()
         }
     }
+}
+
+/// An error and its causes in one line, each cause once: an error whose message already
+/// includes its cause's (as a step's recorded error must) does not print it again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// `recoverd completions SHELL`: the script on stdout (a closed pipe, `| head`, is not an
@@ -188,5 +202,24 @@ impl ClusterArgs {
             }
             (None, None) => Registry::from_kubeconfig(None, mode).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cause_already_in_its_error_s_message_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("failed to read x: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Outer { source: io }).context("loading the plan");
+        assert_eq!(error_chain(&e), "loading the plan: failed to read x: no such file");
+        let plain = anyhow::anyhow!("bad").context("outer");
+        assert_eq!(error_chain(&plain), "outer: bad");
     }
 }

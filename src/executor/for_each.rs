@@ -354,6 +354,7 @@ impl Executor {
         if let Some(ns) = &namespace {
             super::check_name("namespace", ns, &shown)?;
         }
+        super::ctx::needs_namespace(&resolved, namespace.as_deref(), &shown)?;
         let api = crate::cluster::api_for_object(registry, cluster, &resolved, namespace.as_deref())?;
         let found = api
             .list(&ListParams::default().labels(&selector))
