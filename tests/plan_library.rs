@@ -1077,3 +1077,27 @@ fn a_switchover_that_never_redirects_the_proxy_fails_its_check_through_the_proxy
         "{t}"
     );
 }
+
+/// An alert that lacks the label saying what it is about is refused, not taken as being about
+/// the params' object (a manual run, with no alert at all, is the params' decision).
+#[test]
+fn an_alert_without_the_label_naming_its_object_is_refused() {
+    for (plan, label, says) in [
+        (
+            "cnpg-switchover",
+            "\"cluster\":\"pg-north\",",
+            "the alert is about (none: no `cluster` label) but the params switch over from pg-north",
+        ),
+        ("replace-failed-instance", "\"pod\":\"pg-2\",", "the alert is about"),
+        (
+            "haproxy-redirect",
+            "\"proxy\":\"haproxy\",",
+            "the alert is about proxy (none: no `proxy` label), not haproxy",
+        ),
+    ] {
+        let alert = format!("{plan}.alert.json");
+        let (ok, t) = rehearse_variant(plan, &[(&alert, label, "")], REFUSED, &[]);
+        assert!(ok, "{plan}: {t}");
+        assert!(t.contains(says), "{plan}: {t}");
+    }
+}
