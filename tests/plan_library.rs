@@ -529,6 +529,23 @@ const OLD_SITE_UP: &[(&str, &str, &str)] = &[(
     "  north:\n    crds: [../../tests/data/crds/upstream/postgresql.cnpg.io_clusters.yaml]\n    objects: [cnpg/pg-north.yaml]\n",
 )];
 
+/// A slow API server is not a lost site: the old site answering healthy in 6 s (over a single
+/// try's old 5 s) still stops the failover.
+#[test]
+fn failover_refuses_when_the_old_site_answers_healthy_but_slowly() {
+    let slow = &[(
+        "cnpg-failover.yaml",
+        "  north:\n    faults: {down: true}\n",
+        "  north:\n    crds: [../../tests/data/crds/upstream/postgresql.cnpg.io_clusters.yaml]\n    objects: [cnpg/pg-north.yaml]\n    faults: {latency: 6s, onlyPath: /clusters}\n",
+    )];
+    let (ok, t) = rehearse_variant("cnpg-failover", slow, REFUSED, &[]);
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("pg-north on cluster north answers and reports \"Cluster in healthy state\""),
+        "{t}"
+    );
+}
+
 #[test]
 fn failover_refuses_to_promote_while_the_old_site_answers_healthy() {
     let (ok, t) = rehearse_variant("cnpg-failover", OLD_SITE_UP, REFUSED, &[]);
