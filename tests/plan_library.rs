@@ -1118,3 +1118,20 @@ fn an_alert_without_the_label_naming_its_object_is_refused() {
         assert!(t.contains(says), "{plan}: {t}");
     }
 }
+
+/// replace-failed-instance throws an instance's data away: a pod that is Ready (its instance
+/// has not failed) is refused unless `force` says otherwise.
+#[test]
+fn replace_failed_instance_refuses_a_ready_pod_unless_forced() {
+    let ready = &[(
+        "instance/pg-2.yaml",
+        "conditions: [{type: Ready, status: \"False\", reason: NodeLost}]",
+        "conditions: [{type: Ready, status: \"True\"}]",
+    )];
+    let (ok, t) = rehearse_variant("replace-failed-instance", ready, REFUSED, &[]);
+    assert!(ok, "{t}");
+    assert!(t.contains("pg-2 is Ready: its instance has not failed"), "{t}");
+    let expect = std::fs::read_to_string(repo_dir().join("plans/worlds/replace-failed-instance.expect.yaml")).unwrap();
+    let (ok, t) = rehearse_variant("replace-failed-instance", ready, &expect, &["--param", "force=true"]);
+    assert!(ok, "forced, it replaces the pod: {t}");
+}
