@@ -47,8 +47,9 @@ enum Outcome {
     Fails,
     /// Evaluation failed, worded as the API server words it.
     Error(String),
-    /// Not enforced: calls a Kubernetes library function this implementation lacks.
-    Unknown,
+    /// Cannot be evaluated: needs a function (or namespace) of Kubernetes' CEL environment that
+    /// the simulator does not implement.
+    Unsupported(String),
 }
 
 /// The environment rules compile in: CEL's standard library, its strings and lists
@@ -59,6 +60,7 @@ fn env() -> Arc<cel::Env> {
         let mut env = cel::Env::stdlib();
         let _ = env.add_extension(cel::extensions::strings);
         let _ = env.add_extension(cel::extensions::lists);
+        super::cel_lib::extend_env(&mut env);
         Arc::new(env)
     })
     .clone()
@@ -125,14 +127,55 @@ fn evaluate(rule: &str, shown: &str, new: &Value, old: OldSelf) -> Outcome {
         Ok(other) => Outcome::Error(format!(
             "'no matching overload' evaluating rule: {shown} (the rule gave {other:?}, not a bool)"
         )),
-        Err(cel::ExecutionError::UndeclaredReference(name))
-            if super::cel_lib::KNOWN_UNIMPLEMENTED.contains(&name.as_str()) =>
-        {
-            tracing::debug!(rule, function = %name, "a validation rule is not enforced");
-            Outcome::Unknown
+        // The CRD's rules were checked when it was written: what evaluation finds undeclared is
+        // declared by the real server and missing here.
+        Err(cel::ExecutionError::UndeclaredReference(name)) => {
+            Outcome::Unsupported(culprit(program.expression(), &name))
         }
         Err(e) => Outcome::Error(go_error(&e, shown)),
     }
+}
+
+/// The error of a rule that needs what the simulator does not implement: the object is refused
+/// (a rehearsal must not accept what the real cluster may refuse), and the message says that it
+/// is the simulator's limit, not the object's fault.
+fn unsupported_message(name: &str, rule: &str) -> String {
+    format!(
+        "kube-sim cannot evaluate rule: {}: it needs the CEL function or macro '{name}', which Kubernetes declares and the simulator does not implement; the object is refused rather than let through unchecked",
+        rule.trim()
+    )
+}
+
+/// What a name evaluation found undeclared stands for: the macro that declares it as a variable
+/// (`all(i, v, …)` with two variables, `transformMap`, which the `cel` crate does not expand), or
+/// the name itself (a function, or a namespace such as `format`).
+fn culprit(e: &cel::IdedExpr, name: &str) -> String {
+    use cel::common::ast::Expr;
+    let mut found = None;
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        match &e.expr {
+            Expr::Call(c) => {
+                let binds = c
+                    .args
+                    .iter()
+                    .take(2)
+                    .any(|a| matches!(&a.expr, Expr::Ident(n) if n == name));
+                if binds && c.args.len() >= 3 && found.is_none() {
+                    found = Some(format!("{} (with two variables)", c.func_name));
+                }
+                stack.extend(c.target.as_deref());
+                stack.extend(c.args.iter());
+            }
+            Expr::Comprehension(c) => {
+                stack.extend([&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]);
+            }
+            Expr::Select(s) => stack.push(&s.operand),
+            Expr::List(l) => stack.extend(l.elements.iter()),
+            _ => {}
+        }
+    }
+    found.unwrap_or_else(|| name.to_string())
 }
 
 /// An evaluation error as cel-go and the API server word it.
@@ -315,7 +358,12 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
         }
         *budget -= cost;
         match evaluate(text, &shown(rule, text), new, old_self) {
-            Outcome::Holds | Outcome::Unknown => {}
+            Outcome::Holds => {}
+            Outcome::Unsupported(name) => {
+                tracing::warn!(rule = text, function = %name, "a validation rule needs a CEL function the simulator lacks");
+                let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+                out.push(Cause::invalid(path, &json!(ty), &unsupported_message(&name, text)));
+            }
             Outcome::Fails => {
                 let d = detail(rule, text, new, old_self);
                 out.push(cause(rule, path, new, d));
@@ -489,12 +537,11 @@ fn undeclared(e: &cel::IdedExpr, out: &mut Vec<(u64, String)>) {
             let namespaced = matches!(c.target.as_deref().map(|t| &t.expr),
                 Some(Expr::Ident(ns)) if super::cel_check::NAMESPACES.contains(&ns.as_str()));
             let name = c.func_name.as_str();
-            let known = name.starts_with(['_', '@', '!'])
+            let known = name.starts_with(['_', '@', '!', '-'])
                 || name.contains('.')
                 || namespaced
                 || STANDARD_FUNCTIONS.contains(&name)
-                || super::cel_lib::IMPLEMENTED.contains(&name)
-                || super::cel_lib::KNOWN_UNIMPLEMENTED.contains(&name);
+                || super::cel_lib::declared(name);
             if !known && !out.iter().any(|n| n.1 == name) {
                 out.push((e.id, name.to_string()));
             }
@@ -1137,11 +1184,108 @@ mod tests {
         assert!(fields("has(self.a) && quantity(self.a).isLessThan(quantity('1Gi'))").is_empty());
         assert!(fields("self.m.all(k, k.startsWith('x'))").is_empty());
         assert_eq!(fields("self.a > 1"), [at]);
-        // Kubernetes functions the simulator lacks install, and are not enforced.
+        // Kubernetes' IP and CIDR functions are enforced.
         assert!(fields("isCIDR(self.c)").is_empty());
+        let schema_of = |rule: &str| crd(rule)["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
         let mut out = Vec::new();
-        let schema = crd("isCIDR(self.c)")["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
-        check(&schema, &json!({"spec": {"c": "x"}}), None, "", &mut out);
+        check(
+            &schema_of("isCIDR(self.c)"),
+            &json!({"spec": {"c": "x"}}),
+            None,
+            "",
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        // What Kubernetes declares and the simulator lacks installs, and refuses the objects
+        // that need it instead of letting them through.
+        let rule = "format.named('dns1123Label').hasValue()";
+        assert!(fields(rule).is_empty());
+        let mut out = Vec::new();
+        check(&schema_of(rule), &json!({"spec": {"c": "x"}}), None, "", &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].message.contains("kube-sim cannot evaluate rule: format.named('dns1123Label').hasValue(): it needs the CEL function or macro 'format'"), "{out:?}");
+        // So do macros with two variables, which the `cel` crate does not expand.
+        let rule = "!has(self.m) || self.m.all(k, v, k != v)";
+        assert!(fields(rule).is_empty());
+        let mut out = Vec::new();
+        check(
+            &schema_of(rule),
+            &json!({"spec": {"m": {"a": "b"}}}),
+            None,
+            "",
+            &mut out,
+        );
+        assert!(
+            out[0]
+                .message
+                .contains("the CEL function or macro 'all (with two variables)'"),
+            "{out:?}"
+        );
+        let mut out = Vec::new();
+        check(&schema_of(rule), &json!({"spec": {}}), None, "", &mut out);
         assert!(out.is_empty(), "{out:?}");
+    }
+}
+
+#[cfg(test)]
+mod library_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn holds(rule: &str) -> bool {
+        let value = json!({"l": [3, 1, 2, 1], "s": "hello", "ips": ["10.0.0.1", "192.168.1.1"]});
+        match evaluate(rule, rule, &value, OldSelf::Absent) {
+            Outcome::Holds => true,
+            Outcome::Fails => false,
+            Outcome::Error(e) => panic!("{rule}: {e}"),
+            Outcome::Unsupported(f) => panic!("{rule}: unsupported {f}"),
+        }
+    }
+
+    #[test]
+    fn kubernetes_library_functions_evaluate() {
+        for rule in [
+            "self.l.indexOf(1) == 1 && self.l.lastIndexOf(1) == 3 && self.l.indexOf(9) == -1",
+            "self.s.indexOf('l') == 2 && self.s.lastIndexOf('l') == 3",
+            "self.s.charAt(1) == 'e' && self.s.upperAscii() == 'HELLO' && self.s.substring(1, 3) == 'el'",
+            "'a,b'.split(',') == ['a', 'b'] && ['a', 'b'].join('-') == 'a-b' && ' x '.trim() == 'x'",
+            "self.s.replace('l', 'L') == 'heLLo' && self.s.lowerAscii() == 'hello'",
+            "[1, 2, 3].isSorted() && !self.l.isSorted() && self.l.sum() == 7 && self.l.min() == 1 && self.l.max() == 3",
+            "'abc123'.find('[0-9]+') == '123' && 'a1b2'.findAll('[0-9]') == ['1', '2']",
+            "isIP('10.0.0.1') && !isIP('10.0.0') && !isIP('::ffff:1.2.3.4') && ip('10.0.0.1').family() == 4",
+            "ip('::1').isLoopback() && ip('fe80::1').isLinkLocalUnicast() && ip('10.0.0.1').isGlobalUnicast()",
+            "ip('0.0.0.0').isUnspecified() && ip('224.0.0.1').isLinkLocalMulticast()",
+            "string(ip('2001:DB8::1')) == '2001:db8::1' && ip.isCanonical('2001:db8::1') && !ip.isCanonical('2001:DB8::1')",
+            "ip('10.0.0.1') == ip('10.0.0.1') && ip('10.0.0.1') != ip('10.0.0.2')",
+            "isCIDR('10.0.0.0/8') && !isCIDR('10.0.0.0') && cidr('10.1.2.3/8').containsIP('10.200.0.1')",
+            "cidr('10.0.0.0/8').containsIP(ip('10.0.0.5')) && !cidr('10.0.0.0/8').containsIP('11.0.0.1')",
+            "cidr('10.0.0.0/8').containsCIDR('10.1.0.0/16') && !cidr('10.1.0.0/16').containsCIDR('10.0.0.0/8')",
+            "cidr('10.1.2.3/8').prefixLength() == 8 && string(cidr('10.1.2.3/8').masked()) == '10.0.0.0/8'",
+            "cidr('10.1.2.3/8').ip() == ip('10.1.2.3') && string(cidr('10.1.2.3/8')) == '10.1.2.3/8'",
+            "self.ips.all(i, isIP(i) && cidr('0.0.0.0/0').containsIP(i))",
+            "isSemver('1.2.3') && !isSemver('v1.2.3') && isSemver('v1.2', true) && semver('1.2.3').major() == 1",
+            "semver('1.2.3').minor() == 2 && semver('1.2.3').patch() == 3",
+            "semver('1.10.0').isGreaterThan(semver('1.9.0')) && semver('1.0.0-rc.1').isLessThan(semver('1.0.0'))",
+            "semver('1.0.0+a').compareTo(semver('1.0.0+b')) == 0 && semver('v01.2', true) == semver('1.2.0')",
+            "quantity('1Gi').isGreaterThan(quantity('1000Mi')) && quantity('1.5').compareTo(quantity('1500m')) == 0",
+            "sets.contains([1, 2, 3], [2]) && !sets.contains([1], [2]) && sets.equivalent([1, 2], [2, 1, 1])",
+            "sets.intersects([1, 2], [2, 3]) && !sets.intersects([1], [2])",
+            "url('https://example.com:8443/a?x=1').getPort() == '8443' && isURL('/a/b')",
+            "'%s is %d'.format(['x', 3]) == 'x is 3'",
+        ] {
+            assert!(holds(rule), "{rule}");
+        }
+    }
+
+    #[test]
+    fn a_bad_address_is_an_evaluation_error_worded_as_kubernetes_words_it() {
+        let value = json!({});
+        let Outcome::Error(e) = evaluate("ip('nope').family() == 4", "r", &value, OldSelf::Absent) else {
+            panic!("not an error");
+        };
+        assert_eq!(
+            e,
+            "IP Address \"nope\" parse error during conversion from string: ParseAddr(\"nope\"): unable to parse IP evaluating rule: r"
+        );
     }
 }

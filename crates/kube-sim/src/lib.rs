@@ -26,9 +26,10 @@
 //!   documents. Aggregated discovery is served as JSON only: an Accept clause asking for its
 //!   protobuf form counts as any other type.
 //! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
-//!   libraries in `cel_lib` (quantities, URLs, list and regex functions). A rule calling a
-//!   Kubernetes function not implemented there (IP/CIDR, `format`, `semver`, list `indexOf`)
-//!   installs and is not enforced. When a CRD is written, rules are type-checked against the
+//!   libraries in `cel_lib`, `cel_net` and `cel_semver` (quantities, URLs, list, regex, IP,
+//!   CIDR, semver and sets functions). A rule calling a Kubernetes function not implemented
+//!   there (the `format` library) installs, as on the real server, and a write that needs it
+//!   is refused with a 422 naming the rule and the function. When a CRD is written, rules are type-checked against the
 //!   schema (`cel_check`) only as far as the simulator can be sure of cel-go's verdict —
 //!   undefined fields, field selection on scalars, operators and string functions on the wrong
 //!   scalar types, a rule that is not a bool, a messageExpression that is not a string — with
@@ -81,7 +82,8 @@
 //! - `cel`: CRD validation rules: the CRD's checks, evaluation outside the store lock,
 //!   ratcheting;
 //! - `cel_check`: the CEL types of schemas, rules' type checks and cost estimates;
-//! - `cel_lib`: Kubernetes' CEL libraries (quantity, URL, lists, regex);
+//! - `cel_lib`: Kubernetes' CEL libraries (quantity, URL, lists, regex, sets);
+//! - `cel_net`, `cel_semver`: Kubernetes' IP/CIDR and semver CEL libraries;
 //! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
 //! - `proto`: the protobuf bodies `kubectl create` sends;
@@ -105,6 +107,8 @@ mod builtin;
 mod cel;
 mod cel_check;
 mod cel_lib;
+mod cel_net;
+mod cel_semver;
 mod controllers;
 mod delete_options;
 mod discovery;
