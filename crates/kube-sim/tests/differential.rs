@@ -841,3 +841,8 @@ async fn rules_past_the_per_call_cost_limit_are_cut_short_like_the_real_apiserve
 async fn kubernetes_cel_libraries_match_the_real_apiserver() {
     differential("cellibs").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_delete_of_a_terminating_pod_matches_the_real_apiserver() {
+    differential("podsterminating").await;
+}
