@@ -846,3 +846,8 @@ async fn kubernetes_cel_libraries_match_the_real_apiserver() {
 async fn a_second_delete_of_a_terminating_pod_matches_the_real_apiserver() {
     differential("podsterminating").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_that_stop_early_cost_what_they_did_like_the_real_apiserver() {
+    differential("celshortcircuit").await;
+}
