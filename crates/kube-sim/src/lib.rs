@@ -38,15 +38,16 @@
 //!   cel-go's. Costs are estimated as cel-go and Kubernetes estimate them (the differential
 //!   scenario `celcost` holds them to the real server's figures to six decimals), with the
 //!   real server's limits per rule, per schema and per request; before a rule runs, its cost
-//!   is estimated on the object's values, and a rule estimated past twice the per-call limit
-//!   (or the request's remaining budget) runs metered: each iteration of its loops counts the
-//!   expression nodes it can evaluate, and it is cut short with the real server's error only
-//!   when what it actually did goes past the limit (cel-go counts each evaluated node with its
-//!   own weights, which the `cel` crate cannot; the metered count is an approximation that
-//!   accepts what stops early, as the real server does — differential scenario
-//!   `celshortcircuit`). Rules run with the store lock released (`cel::Gate`). Ratcheting skips
-//!   unchanged values for CEL rules only,
-//!   not for the schema's other constraints. Strict field validation of a merge patch answers
+//!   is estimated on the object's values, and a rule estimated past the per-call limit (or
+//!   the request's remaining budget) runs metered: each node it evaluates counts as cel-go's
+//!   runtime cost tracker counts it (identifiers, selections and calls 1, the logical
+//!   operators nothing; string and list functions 1 rather than their size), and it is cut
+//!   short with the real server's error only when what it did goes past the limit — an
+//!   `exists()` that finds its item at once or a guarded loop is accepted, as on the real
+//!   server, and the thresholds of full loops match v1.36.2's to within a few items
+//!   (differential scenarios `celruntime`, `celshortcircuit`). Rules run with the store lock
+//!   released (`cel::Gate`). Ratcheting skips unchanged values for CEL rules only, not for the
+//!   schema's other constraints. Strict field validation of a merge patch answers
 //!   like a strict create (the real server quotes the whole patched object in a 422).
 //! - Controllers, in their simplest form (`controllers`, off with
 //!   [`Simulator::start_without_controllers`]): garbage collection with the propagation
