@@ -223,16 +223,25 @@ thread_local! {
 
 /// The function every node of a metered rule is wrapped in: counts the node's cost and stops
 /// the evaluation past the limit.
-const METER_FN: &str = "@kube_sim_meter";
+pub const METER_FN: &str = "@kube_sim_meter";
 
-fn meter(ftx: &cel::FunctionContext, weight: i64, step: cel::Value) -> cel::ResolveResult {
+/// [`METER_FN`], an overload of the environment: the node's value passes through as it is
+/// (borrowed values stay borrowed, so metering copies nothing).
+pub fn meter<'b, 'v>(
+    mut args: Vec<cel::common::value::CowVal<'b, 'v>>,
+) -> Result<cel::common::value::CowVal<'b, 'v>, cel::ExecutionError> {
+    let node = args.pop();
+    let weight = args
+        .first()
+        .and_then(|w| w.downcast_ref::<cel::common::types::CelInt>())
+        .map_or(1, |w| (*w.inner()).max(0) as u64);
     let (spent, limit) = METER.with(|m| m.get());
-    let spent = spent.saturating_add(weight.max(0) as u64);
+    let spent = spent.saturating_add(weight);
     METER.with(|m| m.set((spent, limit)));
-    if spent > limit {
-        return Err(ftx.error("kube-sim: cost limit"));
+    match node {
+        Some(node) if spent <= limit => Ok(node),
+        _ => Err(cel::ExecutionError::function_error(METER_FN, "kube-sim: cost limit")),
     }
-    Ok(step)
 }
 
 /// `node` wrapped in [`METER_FN`] with the cost of evaluating it.
@@ -262,75 +271,122 @@ fn metered_node(node: cel::IdedExpr, cost: i64) -> cel::IdedExpr {
 /// it; loops, where the cost of real rules is, count as cel-go counts them.
 fn metered(e: &cel::IdedExpr) -> cel::IdedExpr {
     use cel::common::ast::{EntryExpr, Expr};
-    fn go(e: cel::IdedExpr) -> cel::IdedExpr {
+    /// `e` rewritten, and the cost of the nodes evaluated whenever `e` is, left to the caller
+    /// to count (one meter for a stretch of nodes evaluated together).
+    fn go(e: cel::IdedExpr) -> (cel::IdedExpr, i64) {
         let cel::IdedExpr { id, expr } = e;
         match expr {
-            Expr::Ident(_) => metered_node(cel::IdedExpr { id, expr }, 1),
+            Expr::Ident(_) => (cel::IdedExpr { id, expr }, 1),
             Expr::Select(mut s) => {
-                s.operand = Box::new(go(*s.operand));
-                metered_node(
+                let (operand, w) = go(*s.operand);
+                s.operand = Box::new(operand);
+                (
                     cel::IdedExpr {
                         id,
                         expr: Expr::Select(s),
                     },
-                    1,
+                    w + 1,
+                )
+            }
+            Expr::Call(mut c) if matches!(c.func_name.as_str(), "_&&_" | "_||_" | "_?_:_") => {
+                // Evaluated only as far as needed: each operand counts for itself.
+                c.args = c.args.into_iter().map(counted).collect();
+                (
+                    cel::IdedExpr {
+                        id,
+                        expr: Expr::Call(c),
+                    },
+                    0,
                 )
             }
             Expr::Call(mut c) => {
+                let mut w = 1;
                 // A namespace (`sets.contains`) or a method's receiver variable is not a value
                 // of its own here: left as it is.
                 if let Some(t) = c.target.take() {
                     c.target = Some(Box::new(match t.expr {
                         Expr::Ident(_) => *t,
-                        _ => go(*t),
+                        _ => {
+                            let (t, tw) = go(*t);
+                            w += tw;
+                            t
+                        }
                     }));
                 }
-                c.args = c.args.into_iter().map(go).collect();
-                let free = matches!(c.func_name.as_str(), "_&&_" | "_||_" | "_?_:_");
-                let node = cel::IdedExpr {
-                    id,
-                    expr: Expr::Call(c),
-                };
-                if free {
-                    node
-                } else {
-                    metered_node(node, 1)
-                }
+                c.args = c
+                    .args
+                    .into_iter()
+                    .map(|a| {
+                        let (a, aw) = go(a);
+                        w += aw;
+                        a
+                    })
+                    .collect();
+                (
+                    cel::IdedExpr {
+                        id,
+                        expr: Expr::Call(c),
+                    },
+                    w,
+                )
             }
             Expr::List(mut l) => {
-                l.elements = l.elements.into_iter().map(go).collect();
-                metered_node(
+                let mut w = 10;
+                l.elements = l
+                    .elements
+                    .into_iter()
+                    .map(|x| {
+                        let (x, xw) = go(x);
+                        w += xw;
+                        x
+                    })
+                    .collect();
+                (
                     cel::IdedExpr {
                         id,
                         expr: Expr::List(l),
                     },
-                    10,
+                    w,
                 )
             }
             Expr::Map(mut m) => {
+                let mut w = 30;
                 for x in m.entries.iter_mut() {
                     if let EntryExpr::MapEntry(me) = &mut x.expr {
-                        me.key = go(std::mem::take(&mut me.key));
-                        me.value = go(std::mem::take(&mut me.value));
+                        let (k, kw) = go(std::mem::take(&mut me.key));
+                        let (v, vw) = go(std::mem::take(&mut me.value));
+                        me.key = k;
+                        me.value = v;
+                        w += kw + vw;
                     }
                 }
-                metered_node(cel::IdedExpr { id, expr: Expr::Map(m) }, 30)
+                (cel::IdedExpr { id, expr: Expr::Map(m) }, w)
             }
             Expr::Comprehension(mut c) => {
-                c.iter_range = go(c.iter_range);
-                c.accu_init = go(c.accu_init);
-                c.loop_cond = go(c.loop_cond);
-                c.loop_step = go(c.loop_step);
-                c.result = go(c.result);
-                cel::IdedExpr {
-                    id,
-                    expr: Expr::Comprehension(c),
-                }
+                c.iter_range = counted(c.iter_range);
+                c.accu_init = counted(c.accu_init);
+                c.loop_cond = counted(c.loop_cond);
+                c.loop_step = counted(c.loop_step);
+                c.result = counted(c.result);
+                (
+                    cel::IdedExpr {
+                        id,
+                        expr: Expr::Comprehension(c),
+                    },
+                    0,
+                )
             }
-            other => cel::IdedExpr { id, expr: other },
+            other => (cel::IdedExpr { id, expr: other }, 0),
         }
     }
-    go(e.clone())
+    /// `e` with its cost counted when it is evaluated.
+    fn counted(e: cel::IdedExpr) -> cel::IdedExpr {
+        match go(e) {
+            (e, 0) => e,
+            (e, w) => metered_node(e, w),
+        }
+    }
+    counted(e.clone())
 }
 
 /// What a metered evaluation made of a rule, and what it cost; `None` when it went past
@@ -341,8 +397,7 @@ fn evaluate_metered(rule: &str, shown: &str, new: &Value, old: OldSelf, limit: u
         Err(e) => return (Some(Outcome::Error(format!("compilation failed: {e}"))), 0),
     };
     let expr = metered(program.expression());
-    let mut ctx = context(new, old);
-    let _ = ctx.add_function(METER_FN, meter);
+    let ctx = context(new, old);
     METER.with(|m| m.set((0, limit)));
     let result = cel::Value::resolve(&expr, &ctx);
     let (spent, _) = METER.with(|m| m.replace((0, u64::MAX)));

@@ -81,8 +81,14 @@ pub fn declared(name: &str) -> bool {
 
 /// Adds the overloads that share a name with one of CEL's own (so that a context cannot take
 /// them as functions): `indexOf` and `lastIndexOf` of a list, `string()` of an IP or a CIDR,
-/// `ip.isCanonical()` and the sets extension.
+/// `ip.isCanonical()` and the sets extension; and the simulator's cost meter.
 pub fn extend_env(env: &mut cel::Env) {
+    let _ = env.add_overload(
+        super::cel::METER_FN,
+        "kube_sim_meter",
+        vec![cel::common::types::INT_TYPE, DYN_TYPE],
+        super::cel::meter,
+    );
     let ip = Type::new_opaque_type("net.IP");
     let cidr = Type::new_opaque_type("net.CIDR");
     let _ = env.add_member_overload("indexOf", "list_index_of", LIST_TYPE, vec![DYN_TYPE], list_index_of);
