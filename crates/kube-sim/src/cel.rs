@@ -11,7 +11,8 @@
 //!
 //! Old and new values are matched through object properties, map values and the items of
 //! `x-kubernetes-list-type: map` lists (by their keys), as the API server does; not through other
-//! lists. A matched value an update leaves unchanged is not checked again (ratcheting). Before a
+//! lists. A matched value an update leaves unchanged is not checked again by its rules, except
+//! its transition rules, which are never ratcheted (ratcheting). Before a
 //! rule runs, its cost is estimated from the sizes of what it iterates over; a rule estimated
 //! past the limits runs metered (its loops count what each iteration evaluates) and is stopped
 //! as soon as what it did goes past them, so that no rule can stall the simulator and none that
@@ -506,8 +507,12 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
         return;
     }
     let old = old.filter(|o| !o.is_null());
-    // Ratcheting: a value an update leaves as it was is not validated again.
-    if old == Some(new) {
+    // Ratcheting: a value an update leaves as it was is not validated again by its rules that
+    // are not transition rules; transition rules (`oldSelf`) are never ratcheted (measured on
+    // v1.36.2: `self != oldSelf` fails on an unchanged value, differential scenario
+    // `ratcheting`).
+    let unchanged = old == Some(new);
+    if unchanged && !has_transition_rules(schema) {
         return;
     }
     for rule in schema
@@ -523,6 +528,9 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
             return;
         }
         let optional = rule.get("optionalOldSelf") == Some(&json!(true));
+        if unchanged && !is_transition(text) {
+            continue;
+        }
         let old_self = if !is_transition(text) {
             OldSelf::Absent
         } else if optional {
@@ -579,11 +587,16 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (k, child) in m {
-                let Some(s) = props.and_then(|p| p.get(k)).or(additional) else {
-                    continue;
+                // A property is `.name` in a field path, a map's key `[key]`.
+                let (s, at) = match props.and_then(|p| p.get(k)) {
+                    Some(s) => (s, child_path(path, k)),
+                    None => match additional {
+                        Some(s) => (s, format!("{path}[{k}]")),
+                        None => continue,
+                    },
                 };
                 let old_child = old.and_then(|o| o.get(k));
-                walk(s, child, old_child, &child_path(path, k), out, budget);
+                walk(s, child, old_child, &at, out, budget);
             }
         }
         Value::Array(items) => {
@@ -595,6 +608,24 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
             }
         }
         _ => {}
+    }
+}
+
+/// Whether a schema, or one below it, has a transition rule.
+fn has_transition_rules(schema: &Value) -> bool {
+    match schema {
+        Value::Object(m) => {
+            let here = m
+                .get("x-kubernetes-validations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("rule").and_then(Value::as_str))
+                .any(is_transition);
+            here || m.values().any(has_transition_rules)
+        }
+        Value::Array(a) => a.iter().any(has_transition_rules),
+        _ => false,
     }
 }
 
@@ -1333,6 +1364,31 @@ mod tests {
         );
         // Removing the field is not a transition the rule sees.
         assert!(failures(json!({"spec": {}}), Some(json!({"spec": {"sa": "a"}}))).is_empty());
+    }
+
+    #[test]
+    fn unchanged_values_ratchet_their_rules_but_not_their_transition_rules() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "n": {"type": "integer", "x-kubernetes-validations": [{"rule": "self < 3", "message": "small"}]},
+            "stamp": {"type": "string", "x-kubernetes-validations": [{"rule": "self != oldSelf", "message": "must change"}]},
+            "other": {"type": "string"}}}}});
+        let failures = |new: Value, old: Value| {
+            let mut out = Vec::new();
+            check(&schema, &new, Some(&old), "", &mut out);
+            out.into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect::<Vec<_>>()
+        };
+        let old = json!({"spec": {"n": 5, "stamp": "a", "other": "x"}});
+        assert_eq!(
+            failures(json!({"spec": {"n": 5, "stamp": "a", "other": "y"}}), old.clone()),
+            ["spec.stamp: Invalid value: \"a\": must change"]
+        );
+        assert!(failures(json!({"spec": {"n": 5, "stamp": "b", "other": "y"}}), old.clone()).is_empty());
+        assert_eq!(
+            failures(json!({"spec": {"n": 6, "stamp": "b", "other": "x"}}), old),
+            ["spec.n: Invalid value: 6: small"]
+        );
     }
 
     #[test]

@@ -46,8 +46,9 @@
 //!   `exists()` that finds its item at once or a guarded loop is accepted, as on the real
 //!   server, and the thresholds of full loops match v1.36.2's to within a few items
 //!   (differential scenarios `celruntime`, `celshortcircuit`). Rules run with the store lock
-//!   released (`cel::Gate`). Ratcheting skips unchanged values for CEL rules only, not for the
-//!   schema's other constraints. Strict field validation of a merge patch answers
+//!   released (`cel::Gate`). Ratcheting skips unchanged values for CEL rules that are not
+//!   transition rules (as v1.36.2 does: transition rules are evaluated on unchanged values
+//!   too, differential scenario `ratcheting`), not for the schema's other constraints. Strict field validation of a merge patch answers
 //!   like a strict create (the real server quotes the whole patched object in a 422).
 //! - Controllers, in their simplest form (`controllers`, off with
 //!   [`Simulator::start_without_controllers`]): garbage collection with the propagation

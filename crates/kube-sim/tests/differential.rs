@@ -696,7 +696,12 @@ async fn differential(name: &str) {
         // scenario measures.
         if std::env::var_os("KUBE_SIM_SHOW_CODES").is_some() {
             for (step, w) in &want {
-                eprintln!("{}: {step}: {}", version_name(version), w.compared["code"]);
+                let message = w
+                    .compared
+                    .pointer("/body/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                eprintln!("{}: {step}: {} {message}", version_name(version), w.compared["code"]);
             }
         }
         for ((step, w), (_, g)) in want.iter().zip(&got) {
@@ -850,4 +855,9 @@ async fn a_second_delete_of_a_terminating_pod_matches_the_real_apiserver() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_that_stop_early_cost_what_they_did_like_the_real_apiserver() {
     differential("celshortcircuit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ratcheting_and_transition_rules_match_the_real_apiserver() {
+    differential("ratcheting").await;
 }
