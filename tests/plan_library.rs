@@ -963,3 +963,59 @@ reactors:
         "{t}"
     );
 }
+
+/// With `strict`, an object the world did not seed — there before the rehearsal, in a namespace
+/// and kind the world has — that the run deletes is a failure: a selector that reached too far.
+/// (Real clusters: the simulator holds nothing the world did not put there.)
+#[tokio::test]
+async fn strict_expectations_catch_a_delete_of_an_object_the_world_did_not_seed() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, PostParams};
+    let c = clusters();
+    let ns = c.namespace("lib-strict-gone").await;
+    let dir = tempfile::tempdir().unwrap();
+    let worlds = worlds_in_namespace(dir.path(), &ns);
+    // Someone's pod, carrying the labels the plan deletes instance pods by.
+    let pods: Api<Pod> = Api::namespaced(c.client("south").await, &ns);
+    let bystander: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pg-south-9",
+                     "labels": {"cnpg.io/cluster": "pg-south", "cnpg.io/podRole": "instance"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &bystander).await.unwrap();
+    let plan = repo_dir().join("plans/cnpg-rebuild-replica.yaml");
+    let file = |suffix: &str| {
+        worlds
+            .join(format!("cnpg-rebuild-replica{suffix}"))
+            .display()
+            .to_string()
+    };
+    let ns_param = format!("ns={ns}");
+    let out = recoverd(&[
+        "rehearse",
+        plan.to_str().unwrap(),
+        "--world",
+        &file(".yaml"),
+        "--alert",
+        &file(".alert.json"),
+        "--expect",
+        &file(".expect.yaml"),
+        "--approve",
+        "--kubeconfig",
+        c.kubeconfig().to_str().unwrap(),
+        "--param",
+        &ns_param,
+    ]);
+    let t = text(&out);
+    println!("{t}");
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!(
+            "south: v1 pods {ns}/pg-south-9: deleted, but no expectation names it"
+        )),
+        "{t}"
+    );
+    // Only that: the seeded objects changed as the expectations say.
+    assert!(t.contains("1 failed"), "{t}");
+}
