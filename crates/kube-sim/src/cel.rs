@@ -90,6 +90,30 @@ fn compile(rule: &str) -> Result<std::rc::Rc<cel::Program>, String> {
     })
 }
 
+/// A rule rewritten for the `cel` crate's interpreter, when it has to be (two-variable macros,
+/// `cel_macros`), from a per-thread cache.
+fn runnable(rule: &str) -> Option<std::rc::Rc<cel::IdedExpr>> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<String, Option<std::rc::Rc<cel::IdedExpr>>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    CACHE.with(|c| {
+        if let Some(e) = c.borrow().get(rule) {
+            return e.clone();
+        }
+        let rewritten = compile(rule).ok().and_then(|p| {
+            super::cel_macros::uses_two_variable_macros(p.expression())
+                .then(|| std::rc::Rc::new(super::cel_macros::rewrite(p.expression())))
+        });
+        let mut cache = c.borrow_mut();
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(rule.to_string(), rewritten.clone());
+        rewritten
+    })
+}
+
 /// What `oldSelf` is bound to.
 #[derive(Clone, Copy)]
 enum OldSelf<'a> {
@@ -124,7 +148,10 @@ fn evaluate(rule: &str, shown: &str, new: &Value, old: OldSelf) -> Outcome {
         // Refused when the CRD was created (`crd_causes`); a CRD stored before cannot be.
         Err(e) => return Outcome::Error(format!("compilation failed: {e}")),
     };
-    let result = program.execute(&context(new, old));
+    let result = match runnable(rule) {
+        Some(expr) => cel::Value::resolve(&expr, &context(new, old)),
+        None => program.execute(&context(new, old)),
+    };
     outcome(&program, result, shown)
 }
 
@@ -397,7 +424,10 @@ fn evaluate_metered(rule: &str, shown: &str, new: &Value, old: OldSelf, limit: u
         Ok(p) => p,
         Err(e) => return (Some(Outcome::Error(format!("compilation failed: {e}"))), 0),
     };
-    let expr = metered(program.expression());
+    let expr = match runnable(rule) {
+        Some(expr) => metered(&expr),
+        None => metered(program.expression()),
+    };
     let ctx = context(new, old);
     METER.with(|m| m.set((0, limit)));
     let result = cel::Value::resolve(&expr, &ctx);
@@ -736,6 +766,7 @@ const STANDARD_FUNCTIONS: &[&str] = &[
     "all",
     "exists",
     "exists_one",
+    "existsOne",
     "map",
     "filter",
     "hasValue",
@@ -1482,7 +1513,7 @@ mod tests {
         check(&schema_of(rule), &json!({"spec": {"c": "x"}}), None, "", &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
         assert!(out[0].message.contains("kube-sim cannot evaluate rule: format.named('dns1123Label').hasValue(): it needs the CEL function or macro 'format'"), "{out:?}");
-        // So do macros with two variables, which the `cel` crate does not expand.
+        // Macros with two variables, which the `cel` crate does not expand, are rewritten.
         let rule = "!has(self.m) || self.m.all(k, v, k != v)";
         assert!(fields(rule).is_empty());
         let mut out = Vec::new();
@@ -1493,12 +1524,15 @@ mod tests {
             "",
             &mut out,
         );
-        assert!(
-            out[0]
-                .message
-                .contains("the CEL function or macro 'all (with two variables)'"),
-            "{out:?}"
+        assert!(out.is_empty(), "{out:?}");
+        check(
+            &schema_of(rule),
+            &json!({"spec": {"m": {"a": "a"}}}),
+            None,
+            "",
+            &mut out,
         );
+        assert_eq!(out.len(), 1, "{out:?}");
         let mut out = Vec::new();
         check(&schema_of(rule), &json!({"spec": {}}), None, "", &mut out);
         assert!(out.is_empty(), "{out:?}");
@@ -1550,6 +1584,13 @@ mod library_tests {
             "sets.intersects([1, 2], [2, 3]) && !sets.intersects([1], [2])",
             "url('https://example.com:8443/a?x=1').getPort() == '8443' && isURL('/a/b')",
             "'%s is %d'.format(['x', 3]) == 'x is 3'",
+            "self.l.all(i, v, v > 0 && i >= 0) && [1, 2, 3].all(i, v, v == i + 1) && !self.l.all(i, v, v > 1)",
+            "{'a': 1, 'b': 2}.exists(k, v, k == 'b' && v == 2) && !{'a': 1}.exists(k, v, v == 2)",
+            "[1, 2].existsOne(i, v, v == 2) && !self.l.existsOne(i, v, v == 1)",
+            "[1, 2, 3].transformList(i, v, v * 2) == [2, 4, 6] && [1, 2, 3].transformList(i, v, i > 0, v) == [2, 3]",
+            "{'a': 1}.transformMap(k, v, v + 1) == {'a': 2} && {'a': 1, 'b': 2}.transformMap(k, v, v > 1, v) == {'b': 2}",
+            "{'a': 1}.transformMapEntry(k, v, {k + 'x': v}) == {'ax': 1}",
+            "[[1], [2]].all(i, l, l.all(j, v, v == i + 1)) && self.ips.exists(i, a, i == 1 && isIP(a))",
         ] {
             assert!(holds(rule), "{rule}");
         }

@@ -6,7 +6,7 @@
 //! `sets.intersects()`). CEL's strings extension (`charAt`, `indexOf`, `format`, …) and lists
 //! extension come with the `cel` crate.
 //!
-//! What Kubernetes declares and this module does not implement ([`KNOWN_UNIMPLEMENTED`]: the
+//! What Kubernetes declares and the simulator does not implement ([`KNOWN_UNIMPLEMENTED`]: the
 //! format library, the authorizer functions, which CRD rules cannot reach anyway) still installs
 //! with a CRD, as it does on the real server; a write whose rule needs one is refused with a 422
 //! that names the rule and the function (`cel::Outcome::Unsupported`), never let through.
@@ -81,13 +81,33 @@ pub fn declared(name: &str) -> bool {
 
 /// Adds the overloads that share a name with one of CEL's own (so that a context cannot take
 /// them as functions): `indexOf` and `lastIndexOf` of a list, `string()` of an IP or a CIDR,
-/// `ip.isCanonical()` and the sets extension; and the simulator's cost meter.
+/// `ip.isCanonical()` and the sets extension; and the simulator's cost meter and the functions
+/// its expansion of two-variable macros calls (`cel_macros`).
 pub fn extend_env(env: &mut cel::Env) {
     let _ = env.add_overload(
         super::cel::METER_FN,
         "kube_sim_meter",
         vec![cel::common::types::INT_TYPE, DYN_TYPE],
         super::cel::meter,
+    );
+    let _ = env.add_overload(
+        super::cel_macros::PAIRS_FN,
+        "kube_sim_pairs",
+        vec![DYN_TYPE],
+        super::cel_macros::pairs,
+    );
+    let insert = super::cel_macros::INSERT_FN;
+    let _ = env.add_overload(
+        insert,
+        "kube_sim_map_insert_entry",
+        vec![DYN_TYPE, DYN_TYPE, DYN_TYPE],
+        super::cel_macros::map_insert,
+    );
+    let _ = env.add_overload(
+        insert,
+        "kube_sim_map_insert_map",
+        vec![DYN_TYPE, DYN_TYPE],
+        super::cel_macros::map_insert,
     );
     let ip = Type::new_opaque_type("net.IP");
     let cidr = Type::new_opaque_type("net.CIDR");
@@ -123,7 +143,7 @@ pub fn extend_env(env: &mut cel::Env) {
 }
 
 /// An overload written over [`Value`]s: the arguments converted, the result converted back.
-fn by_value<'b, 'v>(
+pub(crate) fn by_value<'b, 'v>(
     args: Vec<CowVal<'b, 'v>>,
     f: impl FnOnce(&[Value]) -> Result<Value, ExecutionError>,
 ) -> Result<CowVal<'b, 'v>, ExecutionError> {

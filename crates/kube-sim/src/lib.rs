@@ -27,7 +27,8 @@
 //!   protobuf form counts as any other type.
 //! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
 //!   libraries in `cel_lib`, `cel_net` and `cel_semver` (quantities, URLs, list, regex, IP,
-//!   CIDR, semver and sets functions). A rule calling a Kubernetes function not implemented
+//!   CIDR, semver and sets functions); macros with two variables are rewritten into loops the
+//!   `cel` crate runs (`cel_macros`). A rule calling a Kubernetes function not implemented
 //!   there (the `format` library) installs, as on the real server, and a write that needs it
 //!   is refused with a 422 naming the rule and the function (the real server runs it: a
 //!   rehearsal refuses rather than accept what the cluster may refuse, and says why). The
@@ -94,6 +95,7 @@
 //! - `cel_check`: the CEL types of schemas, rules' type checks and cost estimates;
 //! - `cel_lib`: Kubernetes' CEL libraries (quantity, URL, lists, regex, sets);
 //! - `cel_net`, `cel_semver`: Kubernetes' IP/CIDR and semver CEL libraries;
+//! - `cel_macros`: CEL's macros with two variables (`all(k, v, …)`, `transformMap`, …);
 //! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
 //! - `proto`: the protobuf bodies `kubectl create` sends;
@@ -117,6 +119,7 @@ mod builtin;
 mod cel;
 mod cel_check;
 mod cel_lib;
+mod cel_macros;
 mod cel_net;
 mod cel_semver;
 mod controllers;
