@@ -447,7 +447,11 @@ fn is_transition(rule: &str) -> bool {
 fn detail(rule: &Value, text: &str, new: &Value, old: OldSelf) -> String {
     if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str) {
         if let Ok(p) = compile(expr) {
-            if let Ok(cel::Value::String(s)) = p.execute(&context(new, old)) {
+            let result = match runnable(expr) {
+                Some(e) => cel::Value::resolve(&e, &context(new, old)),
+                None => p.execute(&context(new, old)),
+            };
+            if let Ok(cel::Value::String(s)) = result {
                 if !s.trim().is_empty() {
                     return s.to_string();
                 }
@@ -1516,6 +1520,11 @@ mod tests {
         // Macros with two variables, which the `cel` crate does not expand, are rewritten.
         let rule = "!has(self.m) || self.m.all(k, v, k != v)";
         assert!(fields(rule).is_empty());
+        let with_message = json!({"type": "object", "x-kubernetes-validations": [{"rule": rule,
+            "messageExpression": "'same: ' + self.m.transformList(k, v, k == v, k).join(',')"}]});
+        let mut out = Vec::new();
+        check(&with_message, &json!({"m": {"a": "a", "b": "c"}}), None, "", &mut out);
+        assert_eq!(out[0].message, "Invalid value: same: a", "{out:?}");
         let mut out = Vec::new();
         check(
             &schema_of(rule),
@@ -1584,6 +1593,7 @@ mod library_tests {
             "sets.intersects([1, 2], [2, 3]) && !sets.intersects([1], [2])",
             "url('https://example.com:8443/a?x=1').getPort() == '8443' && isURL('/a/b')",
             "'%s is %d'.format(['x', 3]) == 'x is 3'",
+            "{'a': 1}.all(k, v, k == 'a')",
             "self.l.all(i, v, v > 0 && i >= 0) && [1, 2, 3].all(i, v, v == i + 1) && !self.l.all(i, v, v > 1)",
             "{'a': 1, 'b': 2}.exists(k, v, k == 'b' && v == 2) && !{'a': 1}.exists(k, v, v == 2)",
             "[1, 2].existsOne(i, v, v == 2) && !self.l.existsOne(i, v, v == 1)",
