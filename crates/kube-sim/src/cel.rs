@@ -1511,12 +1511,12 @@ mod tests {
         assert_eq!(out.len(), 1, "{out:?}");
         // What Kubernetes declares and the simulator lacks installs, and refuses the objects
         // that need it instead of letting them through.
-        let rule = "format.named('dns1123Label').hasValue()";
+        let rule = "format.uri().validate(self.c).hasValue()";
         assert!(fields(rule).is_empty());
         let mut out = Vec::new();
         check(&schema_of(rule), &json!({"spec": {"c": "x"}}), None, "", &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out[0].message.contains("kube-sim cannot evaluate rule: format.named('dns1123Label').hasValue(): it needs the CEL function or macro 'format'"), "{out:?}");
+        assert!(out[0].message.contains("kube-sim cannot evaluate rule: format.uri().validate(self.c).hasValue(): it needs the CEL function or macro 'format.uri().validate'"), "{out:?}");
         // Macros with two variables, which the `cel` crate does not expand, are rewritten.
         let rule = "!has(self.m) || self.m.all(k, v, k != v)";
         assert!(fields(rule).is_empty());
@@ -1594,6 +1594,9 @@ mod library_tests {
             "url('https://example.com:8443/a?x=1').getPort() == '8443' && isURL('/a/b')",
             "'%s is %d'.format(['x', 3]) == 'x is 3'",
             "{'a': 1}.all(k, v, k == 'a')",
+            "!format.dns1123Label().validate(self.s).hasValue() && format.named('labelValue').hasValue()",
+            "format.dns1123Label().validate('a.b') == optional.of(['must not contain dots'])",
+            "!format.named('nope').hasValue() && format.named('dns1035Label').value().validate('1a').value().size() == 1",
             "self.l.all(i, v, v > 0 && i >= 0) && [1, 2, 3].all(i, v, v == i + 1) && !self.l.all(i, v, v > 1)",
             "{'a': 1, 'b': 2}.exists(k, v, k == 'b' && v == 2) && !{'a': 1}.exists(k, v, v == 2)",
             "[1, 2].existsOne(i, v, v == 2) && !self.l.existsOne(i, v, v == 1)",

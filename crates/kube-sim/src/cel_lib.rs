@@ -2,12 +2,14 @@
 //! `isQuantity()` with the quantity methods, `url()` and `isURL()` with the URL accessors, the
 //! list functions `isSorted()`, `sum()`, `min()`, `max()`, `indexOf()`, `lastIndexOf()`, the
 //! regex functions `find()` and `findAll()`, the IP and CIDR library (`cel_net`), the semver
-//! library (`cel_semver`), and cel-go's sets extension (`sets.contains()`, `sets.equivalent()`,
+//! library (`cel_semver`), the format library's name formats (`cel_format`), and cel-go's sets
+//! extension (`sets.contains()`, `sets.equivalent()`,
 //! `sets.intersects()`). CEL's strings extension (`charAt`, `indexOf`, `format`, …) and lists
 //! extension come with the `cel` crate.
 //!
-//! What Kubernetes declares and the simulator does not implement ([`KNOWN_UNIMPLEMENTED`]: the
-//! format library, the authorizer functions, which CRD rules cannot reach anyway) still installs
+//! What Kubernetes declares and the simulator does not implement (the `uri`, `uuid`, `byte`,
+//! `date` and `datetime` formats; [`KNOWN_UNIMPLEMENTED`]: the authorizer functions, which CRD
+//! rules cannot reach anyway) still installs
 //! with a CRD, as it does on the real server; a write whose rule needs one is refused with a 422
 //! that names the rule and the function (`cel::Outcome::Unsupported`), never let through.
 
@@ -21,8 +23,6 @@ use cel::{Context, ExecutionError, FunctionContext, ResolveResult};
 
 /// The functions of Kubernetes' CEL environment this module does not implement.
 pub const KNOWN_UNIMPLEMENTED: &[&str] = &[
-    "format.named",
-    "validate",
     "authorizer",
     "path",
     "group",
@@ -69,6 +69,7 @@ pub const IMPLEMENTED: &[&str] = &[
     "lastIndexOf",
     "find",
     "findAll",
+    "validate",
 ];
 
 /// Whether a rule may call `name`: implemented here or declared by Kubernetes.
@@ -89,6 +90,22 @@ pub fn extend_env(env: &mut cel::Env) {
         "kube_sim_meter",
         vec![cel::common::types::INT_TYPE, DYN_TYPE],
         super::cel::meter,
+    );
+    for (name, f) in super::cel_format::constructors() {
+        let _ = env.add_overload(&name, &name, vec![], f);
+    }
+    let _ = env.add_overload(
+        "format.named",
+        "format_named",
+        vec![STRING_TYPE],
+        super::cel_format::named,
+    );
+    let _ = env.add_member_overload(
+        "validate",
+        "format_validate",
+        Type::new_opaque_type("kubernetes.NamedFormat"),
+        vec![STRING_TYPE],
+        super::cel_format::validate_fn,
     );
     let _ = env.add_overload(
         super::cel_macros::PAIRS_FN,

@@ -28,10 +28,12 @@
 //! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
 //!   libraries in `cel_lib`, `cel_net` and `cel_semver` (quantities, URLs, list, regex, IP,
 //!   CIDR, semver and sets functions); macros with two variables are rewritten into loops the
-//!   `cel` crate runs (`cel_macros`). A rule calling a Kubernetes function not implemented
-//!   there (the `format` library) installs, as on the real server, and a write that needs it
-//!   is refused with a 422 naming the rule and the function (the real server runs it: a
-//!   rehearsal refuses rather than accept what the cluster may refuse, and says why). The
+//!   `cel` crate runs (`cel_macros`); the format library's name formats are checked
+//!   (`cel_format`). A rule calling a Kubernetes function not implemented there (the `uri`,
+//!   `uuid`, `byte`, `date` and `datetime` formats) installs, as on the real server, and a
+//!   write that needs it is refused with a 422 naming the rule and the function (the real
+//!   server runs it: a rehearsal refuses rather than accept what the cluster may refuse, and
+//!   says why). The
 //!   parse errors of `ip()`/`cidr()` have Go's wording for IPv4 and Go's form, not always its
 //!   words, for IPv6; the type check lets `sign()` of a quantity install, which v1.36.2 does
 //!   not declare. When a CRD is written, rules are type-checked against the
@@ -96,6 +98,7 @@
 //! - `cel_lib`: Kubernetes' CEL libraries (quantity, URL, lists, regex, sets);
 //! - `cel_net`, `cel_semver`: Kubernetes' IP/CIDR and semver CEL libraries;
 //! - `cel_macros`: CEL's macros with two variables (`all(k, v, …)`, `transformMap`, …);
+//! - `cel_format`: Kubernetes' format library (`format.dns1123Label().validate(…)`, …);
 //! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
 //! - `proto`: the protobuf bodies `kubectl create` sends;
@@ -118,6 +121,7 @@ mod api;
 mod builtin;
 mod cel;
 mod cel_check;
+mod cel_format;
 mod cel_lib;
 mod cel_macros;
 mod cel_net;
