@@ -204,8 +204,8 @@ pub async fn start(registry: Arc<Registry>, reactors: &[Reactor]) -> Result<Reac
 mod tests {
     use super::*;
     use crate::fieldpath::FieldPath;
-    use serde_json::Value;
     use fire::upsert_condition;
+    use serde_json::Value;
 
     fn reactor(yaml: &str) -> Reactor {
         serde_yaml::from_str(yaml).unwrap()
