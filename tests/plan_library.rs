@@ -1135,3 +1135,26 @@ fn replace_failed_instance_refuses_a_ready_pod_unless_forced() {
     let (ok, t) = rehearse_variant("replace-failed-instance", ready, &expect, &["--param", "force=true"]);
     assert!(ok, "forced, it replaces the pod: {t}");
 }
+
+/// The switchover's replication checks hold it back: a replica that is not streaming, or is
+/// further behind than `maxLagBytes`, is refused before anything is changed.
+#[test]
+fn switchover_refuses_a_target_that_is_not_streaming_or_lags_behind() {
+    for (from, to, says) in [
+        (
+            "{\"stdout\": \"streaming\\n\"}",
+            "{\"stdout\": \"stopping\\n\"}",
+            "is not streaming from the primary (wal receiver: 'stopping')",
+        ),
+        (
+            "{\"stdout\": \"4096\\n\"}",
+            "{\"stdout\": \"1099511627776\\n\"}",
+            "is 1099511627776 bytes behind (at most 16777216); refusing to switch over",
+        ),
+    ] {
+        let edit = &[("cnpg/pg-south-pods.yaml", from, to)];
+        let (ok, t) = rehearse_variant("cnpg-switchover", edit, REFUSED, &[]);
+        assert!(ok, "{t}");
+        assert!(t.contains(says), "{t}");
+    }
+}
