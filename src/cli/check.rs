@@ -68,7 +68,11 @@ pub struct CheckProblem {
 
 impl std::fmt::Display for CheckProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?;
+        // Line 0: the file as a whole (it could not be read).
+        match self.line {
+            0 => write!(f, "{}: ", self.file)?,
+            _ => write!(f, "{}:{}:{}: ", self.file, self.line, self.column)?,
+        }
         if let Some(step) = &self.step {
             write!(f, "step {step:?}: ")?;
         }

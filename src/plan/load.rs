@@ -63,14 +63,11 @@ pub struct LoadError {
 
 impl fmt::Display for LoadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: {}",
-            self.file.display(),
-            self.line,
-            self.column,
-            self.message
-        )
+        // Line 0: the file as a whole (it could not be read), no position in it.
+        match self.line {
+            0 => write!(f, "{}: {}", self.file.display(), self.message),
+            _ => write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message),
+        }
     }
 }
 
