@@ -66,7 +66,14 @@ impl fmt::Display for LoadError {
         // Line 0: the file as a whole (it could not be read), no position in it.
         match self.line {
             0 => write!(f, "{}: {}", self.file.display(), self.message),
-            _ => write!(f, "{}:{}:{}: {}", self.file.display(), self.line, self.column, self.message),
+            _ => write!(
+                f,
+                "{}:{}:{}: {}",
+                self.file.display(),
+                self.line,
+                self.column,
+                self.message
+            ),
         }
     }
 }
