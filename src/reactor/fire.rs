@@ -8,10 +8,9 @@ use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::Value;
 
 use super::shared::{Inflight, Shared, CONFLICT_RETRIES, MAX_CHAIN, REACTOR_MANAGER};
-use super::spec::{Action, Generate, ObjectRef, Reactor, ReactorSet, SetCondition};
+use super::spec::{Checked, ObjectRef, Reactor, Set, SetCondition, Source};
 use super::trigger::Tracker;
 use crate::cluster::Registry;
-use crate::fieldpath::FieldPath;
 
 /// How an action ended other than done.
 enum Stopped {
@@ -32,7 +31,7 @@ impl From<String> for Stopped {
 pub(super) async fn fire(
     registry: Arc<Registry>,
     r: Arc<Reactor>,
-    actions: Arc<Vec<(Duration, Action)>>,
+    actions: Arc<Vec<(Duration, Checked)>>,
     seen: Option<Value>,
     shared: Arc<Shared>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -45,7 +44,7 @@ pub(super) async fn fire(
 async fn fire_actions(
     registry: Arc<Registry>,
     r: Arc<Reactor>,
-    actions: Arc<Vec<(Duration, Action)>>,
+    actions: Arc<Vec<(Duration, Checked)>>,
     seen: Option<Value>,
     shared: Arc<Shared>,
     stop: Arc<std::sync::atomic::AtomicBool>,
@@ -155,7 +154,7 @@ fn is_not_found(e: &kube::Error) -> bool {
 struct Write<'a> {
     target: ObjectRef,
     status: bool,
-    fields: Vec<(&'a ReactorSet, Option<Value>)>,
+    fields: Vec<(&'a Set, Option<Value>)>,
     conditions: Vec<&'a SetCondition>,
 }
 
@@ -170,7 +169,7 @@ impl Firing<'_> {
             && target.name.as_deref().is_none_or(|n| n == w.name)
     }
 
-    async fn run(&mut self, action: &Action, last: Option<&Value>) -> Result<(), Stopped> {
+    async fn run(&mut self, action: &Checked, last: Option<&Value>) -> Result<(), Stopped> {
         let (registry, r) = (self.registry, self.r);
         if let Some(c) = &action.create {
             let cluster = c.cluster.as_deref().unwrap_or(&r.cluster);
@@ -187,10 +186,10 @@ impl Firing<'_> {
         // Every field of one object goes in one patch (status fields in one status patch).
         let mut writes: Vec<Write> = Vec::new();
         let key = |t: &ObjectRef| serde_json::to_value(t).unwrap_or_default();
-        for s in &action.set {
-            let status = s.field_path.starts_with("status.");
+        for s in &action.sets {
+            let status = s.path.is_status();
             // A generated token is made once, whatever retries the write takes.
-            let token = (s.generate == Some(Generate::Token)).then(|| Value::String(token()));
+            let token = matches!(s.source, Source::Token).then(|| Value::String(token()));
             match writes
                 .iter_mut()
                 .find(|w| key(&w.target) == key(&s.target) && w.status == status)
@@ -245,22 +244,21 @@ impl Firing<'_> {
                 )));
             }
             let mut patch = serde_json::json!({});
-            for (s, token) in &w.fields {
-                let value = match (&s.value, &s.value_from, token) {
-                    (Some(v), _, _) => v.clone(),
-                    (_, Some(from), _) => {
-                        let (fapi, _, fname) = handle(self.registry, self.r, &from.object).await?;
+            for (s, generated) in &w.fields {
+                let value = match (&s.source, generated) {
+                    (Source::Value(v), _) => v.clone(),
+                    (Source::From { path, written, object }, _) => {
+                        let (fapi, _, fname) = handle(self.registry, self.r, object).await?;
                         let src = fapi.get(&fname).await.map_err(|e| e.to_string())?;
-                        let path = FieldPath::parse(&from.field_path).map_err(|e| e.to_string())?;
                         path.get(&serde_json::to_value(src).unwrap_or_default())
                             .map_err(|e| e.to_string())?
-                            .ok_or_else(|| format!("{} {} has no {}", self.r.cluster, fname, from.field_path))?
+                            .ok_or_else(|| format!("{} {} has no {written}", self.r.cluster, fname))?
                     }
-                    (_, _, Some(t)) => t.clone(),
-                    _ => return Err(Stopped::Failed("a set without a value".into())),
+                    (Source::Token, Some(t)) => t.clone(),
+                    // (run() makes every token before the first try.)
+                    (Source::Token, None) => Value::String(token()),
                 };
-                let path = FieldPath::parse(&s.field_path).map_err(|e| e.to_string())?;
-                let p = path.merge_patch(value).map_err(|e| e.to_string())?;
+                let p = s.path.merge_patch(value).map_err(|e| e.to_string())?;
                 json_patch::merge(&mut patch, &p);
             }
             if !w.conditions.is_empty() {
@@ -307,7 +305,7 @@ impl Firing<'_> {
 
     /// Creates the deleted object again as it last was — a new object, so a new uid. If an
     /// object of that name exists already (someone else re-created it), it is left alone.
-    async fn recreate(&mut self, action: &Action, last: Option<&Value>) -> Result<(), Stopped> {
+    async fn recreate(&mut self, action: &Checked, last: Option<&Value>) -> Result<(), Stopped> {
         let r = self.r;
         let mut obj = last
             .cloned()

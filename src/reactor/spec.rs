@@ -164,8 +164,40 @@ impl Reactor {
     }
 }
 
+/// An action, checked: each `set` with its field paths parsed and its one source.
+#[derive(Clone, Debug)]
+pub(super) struct Checked {
+    pub(super) sets: Vec<Set>,
+    pub(super) conditions: Vec<SetCondition>,
+    pub(super) create: Option<CreateObject>,
+    pub(super) recreate: bool,
+    pub(super) status: Option<Value>,
+}
+
+/// One field to set, checked.
+#[derive(Clone, Debug)]
+pub(super) struct Set {
+    pub(super) path: FieldPath,
+    pub(super) source: Source,
+    pub(super) target: ObjectRef,
+}
+
+/// Where a set's value comes from.
+#[derive(Clone, Debug)]
+pub(super) enum Source {
+    Value(Value),
+    /// A field read when the action runs, of the object `object` names.
+    From {
+        path: FieldPath,
+        written: String,
+        object: ObjectRef,
+    },
+    /// A fresh random token each firing.
+    Token,
+}
+
 /// The actions of a reactor, its short form (`after` + `set`) included, checked.
-pub(super) fn actions_of(r: &Reactor) -> Result<Vec<(Duration, Action)>, String> {
+pub(super) fn actions_of(r: &Reactor) -> Result<Vec<(Duration, Checked)>, String> {
     let mut actions = r.actions.clone();
     match (&r.set, actions.is_empty()) {
         (Some(set), true) => actions.push(Action {
@@ -199,20 +231,29 @@ pub(super) fn actions_of(r: &Reactor) -> Result<Vec<(Duration, Action)>, String>
                 ));
             }
         }
+        let mut sets = Vec::with_capacity(a.set.len());
         for s in &a.set {
-            FieldPath::parse(&s.field_path).map_err(|e| e.to_string())?;
-            let sources = usize::from(s.value.is_some())
-                + usize::from(s.value_from.is_some())
-                + usize::from(s.generate.is_some());
-            if sources != 1 {
-                return Err(format!(
-                    "set {:?} needs exactly one of `value`, `valueFrom` or `generate`",
-                    s.field_path
-                ));
-            }
-            if let Some(from) = &s.value_from {
-                FieldPath::parse(&from.field_path).map_err(|e| e.to_string())?;
-            }
+            let path = FieldPath::parse(&s.field_path).map_err(|e| e.to_string())?;
+            let source = match (&s.value, &s.value_from, s.generate) {
+                (Some(v), None, None) => Source::Value(v.clone()),
+                (None, Some(from), None) => Source::From {
+                    path: FieldPath::parse(&from.field_path).map_err(|e| e.to_string())?,
+                    written: from.field_path.clone(),
+                    object: from.object.clone(),
+                },
+                (None, None, Some(Generate::Token)) => Source::Token,
+                _ => {
+                    return Err(format!(
+                        "set {:?} needs exactly one of `value`, `valueFrom` or `generate`",
+                        s.field_path
+                    ))
+                }
+            };
+            sets.push(Set {
+                path,
+                source,
+                target: s.target.clone(),
+            });
         }
         if a.recreate && !r.when.deleted {
             return Err("`recreate` needs a `deleted: true` trigger".into());
@@ -224,7 +265,16 @@ pub(super) fn actions_of(r: &Reactor) -> Result<Vec<(Duration, Action)>, String>
             .transpose()
             .map_err(|e| e.to_string())?
             .unwrap_or_default();
-        out.push((after, a));
+        out.push((
+            after,
+            Checked {
+                sets,
+                conditions: a.conditions,
+                create: a.create,
+                recreate: a.recreate,
+                status: a.status,
+            },
+        ));
     }
     Ok(out)
 }
