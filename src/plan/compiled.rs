@@ -43,7 +43,7 @@ pub const FIELD_MANAGER: &str = "recoverd";
 pub struct Plan {
     /// The plan as written.
     pub resource: RecoveryPlan,
-    /// Where it was read from (file plans).
+    /// Where it was read from (file plans): its file and line; the text is not kept (empty).
     pub source: Source,
     /// Written in Nova's `recovery.elotl.co` format.
     pub nova: bool,
@@ -61,8 +61,6 @@ pub struct Plan {
     pub cooldown: Option<Duration>,
     /// How long an approval-gated run waits to be approved.
     pub approval_timeout: Duration,
-    /// `alertLabels`: every pair must be on the alert.
-    pub labels: BTreeMap<String, String>,
     /// `alertMatchers`, compiled.
     pub matchers: Vec<Matcher>,
     pub steps: Vec<Step>,
@@ -80,9 +78,14 @@ impl Plan {
         &self.resource.spec.overridable_params
     }
 
+    /// `alertLabels`: every pair must be on the alert.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.resource.spec.alert_labels
+    }
+
     /// Whether an alert with these labels triggers the plan (its mode aside).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) && self.matchers.iter().all(|m| m.matches(labels))
+        self.labels().iter().all(|(k, v)| labels.get(k) == Some(v)) && self.matchers.iter().all(|m| m.matches(labels))
     }
 
     /// The longest the `onFailure` steps can take together: their own budget, since the run's
@@ -395,5 +398,21 @@ impl Propagation {
 
     pub fn parse(text: &str) -> Option<Propagation> {
         Self::ALL.into_iter().find(|p| p.as_str() == text)
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    #[test]
+    fn sizes() {
+        use std::mem::size_of;
+        eprintln!("model::Step {}", size_of::<super::super::model::Step>());
+        eprintln!("PatchStep {} WaitStep {} Condition {} DeleteStep {} HttpStep {} ApplyStep {} ExecStep {} ApprovalStep {} ForEachStep {} ReadField {} Assert {}",
+            size_of::<super::super::model::PatchStep>(), size_of::<super::super::model::WaitStep>(), size_of::<super::super::model::Condition>(),
+            size_of::<super::super::model::DeleteStep>(), size_of::<super::super::model::HttpStep>(), size_of::<super::super::model::ApplyStep>(),
+            size_of::<super::super::model::ExecStep>(), size_of::<super::super::model::ApprovalStep>(), size_of::<super::super::model::ForEachStep>(),
+            size_of::<super::super::model::ReadFieldStep>(), size_of::<super::super::model::AssertStep>());
+        eprintln!("compiled::Step {} StepKind {} Plan {} RecoveryPlan {} Spec {} Source {}", size_of::<super::Step>(), size_of::<super::StepKind>(), size_of::<super::Plan>(),
+            size_of::<super::super::model::RecoveryPlan>(), size_of::<super::super::model::RecoveryPlanSpec>(), size_of::<super::super::load::Source>());
     }
 }
