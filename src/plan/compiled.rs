@@ -400,19 +400,3 @@ impl Propagation {
         Self::ALL.into_iter().find(|p| p.as_str() == text)
     }
 }
-
-#[cfg(test)]
-mod size_probe {
-    #[test]
-    fn sizes() {
-        use std::mem::size_of;
-        eprintln!("model::Step {}", size_of::<super::super::model::Step>());
-        eprintln!("PatchStep {} WaitStep {} Condition {} DeleteStep {} HttpStep {} ApplyStep {} ExecStep {} ApprovalStep {} ForEachStep {} ReadField {} Assert {}",
-            size_of::<super::super::model::PatchStep>(), size_of::<super::super::model::WaitStep>(), size_of::<super::super::model::Condition>(),
-            size_of::<super::super::model::DeleteStep>(), size_of::<super::super::model::HttpStep>(), size_of::<super::super::model::ApplyStep>(),
-            size_of::<super::super::model::ExecStep>(), size_of::<super::super::model::ApprovalStep>(), size_of::<super::super::model::ForEachStep>(),
-            size_of::<super::super::model::ReadFieldStep>(), size_of::<super::super::model::AssertStep>());
-        eprintln!("compiled::Step {} StepKind {} Plan {} RecoveryPlan {} Spec {} Source {}", size_of::<super::Step>(), size_of::<super::StepKind>(), size_of::<super::Plan>(),
-            size_of::<super::super::model::RecoveryPlan>(), size_of::<super::super::model::RecoveryPlanSpec>(), size_of::<super::super::load::Source>());
-    }
-}

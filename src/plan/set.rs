@@ -19,8 +19,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use super::model::Mode;
 use super::load::load_paths_each;
+use super::model::Mode;
 use super::{compile, LoadedPlan, Plan};
 use crate::matcher::{Op, Regexes};
 
