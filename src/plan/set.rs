@@ -12,7 +12,7 @@
 //! 10 000 plans, reaching a candidate's labels and matchers through its `Plan` (scattered over a
 //! heap of tens of MiB) cost a handful of cache misses per alert, most of what a match cost.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -30,8 +30,9 @@ pub struct PlanSet {
     /// by its position, without a lookup by name: with thousands of plans, cache misses are
     /// most of what a match costs.
     plans: Vec<Entry>,
-    /// Position in `plans` by name.
-    by_name: HashMap<String, usize>,
+    /// The names added, while the set is built (to refuse a name given twice); once indexed,
+    /// [`PlanSet::get`] searches the sorted `plans` instead of keeping every name twice more.
+    by_name: HashSet<String>,
     /// What is wrong with each plan (or file) that did not load or validate.
     pub invalid: Vec<InvalidPlan>,
     index: Index,
@@ -40,7 +41,6 @@ pub struct PlanSet {
 }
 
 struct Entry {
-    name: String,
     plan: Arc<Plan>,
 }
 
@@ -173,7 +173,7 @@ impl PlanSet {
                 plan: Some(name),
                 problems: invalid.problems.iter().map(ToString::to_string).collect(),
             }),
-            Ok(_) if self.by_name.contains_key(&name) => self.invalid.push(InvalidPlan {
+            Ok(_) if self.by_name.contains(&name) => self.invalid.push(InvalidPlan {
                 file,
                 plan: Some(name.clone()),
                 problems: vec![format!("plan {name} is defined twice; the first definition is used")],
@@ -190,7 +190,7 @@ impl PlanSet {
             ..PlanSet::default()
         };
         for plan in plans {
-            if set.by_name.contains_key(&plan.key) {
+            if set.by_name.contains(&plan.key) {
                 let name = plan.key.clone();
                 set.invalid.push(InvalidPlan {
                     file: plan.source.file.display().to_string(),
@@ -211,26 +211,22 @@ impl PlanSet {
     }
 
     fn add(&mut self, plan: Arc<Plan>) {
-        self.by_name.insert(plan.key.clone(), self.plans.len());
-        self.plans.push(Entry {
-            name: plan.key.clone(),
-            plan,
-        });
+        self.by_name.insert(plan.key.clone());
+        self.plans.push(Entry { plan });
     }
 
     /// Puts the plans in name order and files them for matching; after the last
     /// [`PlanSet::add`].
     fn reindex(&mut self) {
-        self.plans.sort_by(|a, b| a.name.cmp(&b.name));
+        self.plans.sort_by(|a, b| a.plan.key.cmp(&b.plan.key));
         self.plans.shrink_to_fit();
-        self.by_name = (self.plans.iter().enumerate())
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
+        self.by_name = HashSet::new();
         self.index = Index::build(&self.plans);
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Plan>> {
-        self.by_name.get(name).map(|&i| &self.plans[i].plan)
+        let i = self.plans.binary_search_by(|e| e.plan.key.as_str().cmp(name)).ok()?;
+        Some(&self.plans[i].plan)
     }
 
     pub fn len(&self) -> usize {
@@ -251,8 +247,8 @@ impl PlanSet {
     pub fn summaries(&self) -> Vec<PlanSummary> {
         self.plans
             .iter()
-            .map(|Entry { name, plan: p, .. }| PlanSummary {
-                name: name.clone(),
+            .map(|Entry { plan: p }| PlanSummary {
+                name: p.key.clone(),
                 file: p.source.file.display().to_string(),
                 mode: p.mode,
                 alert_labels: p.labels().clone(),
@@ -308,7 +304,7 @@ impl Serialize for Listing<'_> {
         impl Serialize for Summaries<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_seq(self.0.iter().map(|e| SummaryRef {
-                    name: &e.name,
+                    name: &e.plan.key,
                     file: &e.plan.source.file,
                     mode: e.plan.mode,
                     alert_labels: e.plan.labels(),
