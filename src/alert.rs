@@ -156,8 +156,12 @@ fn label_identity(org: i64, labels: &BTreeMap<String, String>) -> String {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AlertError {
-    #[error("failed to read alert file {path}: {reason}")]
-    Read { path: String, reason: String },
+    #[error("failed to read alert file {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("failed to parse {path} as an Alertmanager webhook payload or a single alert: {reason}")]
     Parse { path: String, reason: String },
 }
@@ -203,7 +207,7 @@ pub fn load_file(path: &std::path::Path) -> Result<Vec<Alert>, AlertError> {
     let shown = path.display().to_string();
     let text = std::fs::read_to_string(path).map_err(|e| AlertError::Read {
         path: shown.clone(),
-        reason: e.to_string(),
+        source: e,
     })?;
     parse(&text).map_err(|reason| AlertError::Parse { path: shown, reason })
 }

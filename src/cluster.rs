@@ -510,6 +510,59 @@ pub fn describe_object(api_version: &str, resource: &str, namespace: Option<&str
     }
 }
 
+/// An object applied by [`apply_with_status`]: where it is and what the server stored.
+pub struct Applied {
+    pub api_version: String,
+    pub kind: String,
+    pub resolved: Resolved,
+    pub namespace: Option<String>,
+    pub name: String,
+    pub object: Value,
+}
+
+/// Applies a whole manifest as `manager` (server-side apply, forced) and then its `status`
+/// through the status subresource when the resource has one — as a seeder or an operator
+/// writes an object. An error says which object and what the server answered.
+pub async fn apply_with_status(
+    registry: &Registry,
+    cluster: &str,
+    obj: &Value,
+    manager: &str,
+) -> Result<Applied, String> {
+    use kube::api::{Patch, PatchParams};
+    let get = |k: &str| obj.pointer(k).and_then(Value::as_str).map(str::to_string);
+    let (Some(api_version), Some(kind), Some(name)) = (get("/apiVersion"), get("/kind"), get("/metadata/name")) else {
+        return Err("every object needs apiVersion, kind and metadata.name".into());
+    };
+    let namespace = get("/metadata/namespace");
+    let resolved = registry
+        .resolve_kind(cluster, &api_version, &kind)
+        .await
+        .map_err(|e| e.to_string())?;
+    let api = api_for_object(registry, cluster, &resolved, namespace.as_deref()).map_err(|e| e.to_string())?;
+    let mut spec = obj.clone();
+    let status = spec.as_object_mut().and_then(|o| o.remove("status"));
+    let mut written = api
+        .patch(&name, &PatchParams::apply(manager).force(), &Patch::Apply(&spec))
+        .await
+        .map_err(|e| format!("{kind} {name}: {e}"))?;
+    if let Some(status) = status.filter(|_| resolved.subresources.iter().any(|s| s == "status")) {
+        let body = serde_json::json!({ "status": status });
+        written = api
+            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
+            .await
+            .map_err(|e| format!("{kind} {name} status: {e}"))?;
+    }
+    Ok(Applied {
+        api_version,
+        kind,
+        resolved,
+        namespace,
+        name,
+        object: serde_json::to_value(written).unwrap_or_default(),
+    })
+}
+
 /// The change between two versions of an object as a JSON Patch, without the bookkeeping
 /// fields the API server changes on every write.
 pub fn object_diff(before: &Value, after: &Value) -> Value {

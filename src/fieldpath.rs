@@ -184,6 +184,30 @@ impl FieldPath {
         matches!(self, FieldPath::Dotted { segments, .. } if segments.iter().any(|s| matches!(s, Segment::Index(_))))
     }
 
+    /// The JSON Pointers of the values this path names in `doc`: for a JSONPath, each value it
+    /// matches there (a filter names the elements it selects, not the whole list); for a
+    /// dotted path, its one pointer whether or not the value exists.
+    pub fn pointers(&self, doc: &Value) -> Vec<String> {
+        let escape = |k: &str| k.replace('~', "~0").replace('/', "~1");
+        match self {
+            FieldPath::Dotted { segments, .. } => vec![segments
+                .iter()
+                .map(|s| match s {
+                    Segment::Key(k) => format!("/{}", escape(k)),
+                    Segment::Index(i) => format!("/{i}"),
+                })
+                .collect()],
+            FieldPath::JsonPath { text } => {
+                use jsonpath_rust::JsonPath;
+                doc.query_only_path(text)
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|p| query_path_pointer(p, escape))
+                    .collect()
+            }
+        }
+    }
+
     /// Reads the value at this path; `None` when any part of it is missing. A JSONPath that
     /// matches several values yields them as an array, one match yields the value itself.
     pub fn get(&self, doc: &Value) -> Result<Option<Value>, FieldPathError> {
@@ -310,6 +334,37 @@ impl FieldPath {
 }
 
 /// Whether a read value counts as empty: missing, null, `""`, `[]` or `{}`.
+/// The JSON Pointer of a path as jsonpath-rust reports a match: `$['status']['conditions'][1]`
+/// → `/status/conditions/1`.
+fn query_path_pointer(path: &str, escape: impl Fn(&str) -> String) -> Option<String> {
+    let mut rest = path.strip_prefix('$')?;
+    let mut out = String::new();
+    while !rest.is_empty() {
+        rest = rest.strip_prefix('[')?;
+        if let Some(quoted) = rest.strip_prefix('\'') {
+            // A key: up to the closing quote, with \' and \\ escaped.
+            let mut key = String::new();
+            let mut chars = quoted.char_indices();
+            let end = loop {
+                match chars.next()? {
+                    (_, '\\') => key.push(chars.next()?.1),
+                    (i, '\'') => break i,
+                    (_, c) => key.push(c),
+                }
+            };
+            out.push('/');
+            out.push_str(&escape(&key));
+            rest = quoted[end + 1..].strip_prefix(']')?;
+        } else {
+            let (index, after) = rest.split_once(']')?;
+            out.push('/');
+            out.push_str(&index.parse::<usize>().ok()?.to_string());
+            rest = after;
+        }
+    }
+    Some(out)
+}
+
 pub fn is_empty(v: &Value) -> bool {
     match v {
         Value::Null => true,
@@ -331,6 +386,22 @@ pub fn as_text(v: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_filter_points_at_the_elements_it_selects_and_keys_are_escaped() {
+        let doc = json!({"status": {"conditions": [
+            {"type": "Available", "status": "True"},
+            {"type": "Ready", "status": "False"}
+        ]}, "metadata": {"annotations": {"a.b/c'd": "x"}}});
+        let p = FieldPath::parse("$.status.conditions[?(@.type=='Ready')].status").unwrap();
+        assert_eq!(p.pointers(&doc), ["/status/conditions/1/status"]);
+        let none = FieldPath::parse("$.status.conditions[?(@.type=='Gone')].status").unwrap();
+        assert!(none.pointers(&doc).is_empty());
+        let key = FieldPath::parse("$.metadata.annotations['a.b/c\\'d']").unwrap();
+        assert_eq!(key.pointers(&doc), ["/metadata/annotations/a.b~1c'd"]);
+        let dotted = FieldPath::parse("status.conditions[0].type").unwrap();
+        assert_eq!(dotted.pointers(&doc), ["/status/conditions/0/type"]);
+    }
 
     fn segs(p: &str) -> Vec<Segment> {
         match FieldPath::parse(p).unwrap() {

@@ -73,7 +73,10 @@ impl Metrics {
                 "Failed steps, by reason.",
                 &["plan", "type", "reason"],
             ),
-            active_runs: gauge("recoverd_active_runs", "Runs executing or waiting for approval now."),
+            active_runs: gauge(
+                "recoverd_active_runs",
+                "Runs executing or waiting for approval now, as the run store holds them (with --store kube: cluster-wide, the same at every replica).",
+            ),
             plans_loaded: gauge("recoverd_plans_loaded", "Valid plans loaded."),
             plans_invalid: gauge(
                 "recoverd_plans_invalid",

@@ -828,3 +828,49 @@ fn check_renders_the_steps_inside_a_for_each_with_its_first_item_or_a_stand_in()
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("note:") && out.contains("not checked"), "{out}");
 }
+
+/// The steps of forEach iterations count in the step metrics as any step does: one duration per
+/// iteration's step, and a failure the run went on past (`onError: continue`) by its reason.
+#[tokio::test]
+async fn iteration_steps_count_in_the_step_metrics() {
+    use support::server::{app, counting_hook, counts, metric};
+    let (hook, hits) = counting_hook(1).await;
+    let plan = format!(
+        "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: each-call, namespace: ops}}\n\
+         spec:\n  mode: manual\n  params: {{hook: \"{hook}\"}}\n  steps:\n\
+         \x20 - name: call-each\n    type: forEach\n    forEach:\n      items: [a, b]\n      steps:\n\
+         \x20     - name: call\n        type: http\n        onError: continue\n\
+         \x20       http: {{url: \"{{{{ Values.hook }}}}/{{{{ 'step' if Values.item == 'a' else 'nope' }}}}/0\", method: POST}}\n"
+    );
+    let app = app(&[("each-call.yaml", plan)]).await;
+    let (status, run) = app.post("/api/v1/plans/ops/each-call/runs", &json!({})).await;
+    assert_eq!(status, StatusCode::CREATED, "{run}");
+    let done = app.finished(run["id"].as_str().unwrap()).await;
+    assert_eq!(done["phase"], "SucceededWithErrors", "{done}");
+    assert_eq!(counts(&hits), [1], "item a called the hook; b's URL is answered 404");
+    let m = app.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "recoverd_step_failures_total{plan=\"ops/each-call\",reason=\"http-status\",type=\"http\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "recoverd_step_duration_seconds_count{plan=\"ops/each-call\",type=\"http\"}"
+        ),
+        2.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "recoverd_step_duration_seconds_count{plan=\"ops/each-call\",type=\"forEach\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}

@@ -249,6 +249,62 @@ async fn a_write_from_a_replica_that_lost_the_run_is_refused_and_transitions_rac
     );
 }
 
+/// A run's Lease reads as client-go's leader election writes one: its holder, when that holder
+/// acquired it (kept across renewals), and how many times it changed hands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_lease_keeps_its_acquire_time_across_renewals_and_counts_a_takeover() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let ns = clusters().namespace("kstore-tenure").await;
+    let leases: kube::Api<Lease> = kube::Api::namespaced(clusters().client(HOME).await, &ns);
+    let lease_of = |id: &str| format!("recoverd-run-{id}");
+    let read = |name: String| {
+        let leases = leases.clone();
+        async move {
+            let spec = leases.get(&name).await.unwrap().spec.unwrap();
+            (
+                spec.holder_identity.unwrap_or_default(),
+                spec.acquire_time.map(|t| t.0),
+                spec.lease_transitions,
+                spec.renew_time.map(|t| t.0),
+            )
+        }
+    };
+    let a = store(&ns, "replica-a", Duration::from_secs(3)).await;
+    let mut running = record("a-0003", &format!("{ns}/p"), TriggerKind::Alert);
+    running.phase = Phase::Running;
+    a.claim(&running, ONE_ACTIVE).await.unwrap().unwrap();
+    assert!(a.acquire("a-0003").await.unwrap().is_some());
+    let (holder, acquired, transitions, renewed) = read(lease_of("a-0003")).await;
+    assert_eq!(holder, "replica-a");
+    assert!(acquired.is_some(), "acquireTime is set");
+    assert_eq!(transitions, Some(0));
+    // Renewed (every second with a 3 s Lease): the acquire time stays.
+    eventually("the Lease to be renewed", Duration::from_secs(10), || {
+        let read = read(lease_of("a-0003"));
+        async move { read.await.3 != renewed }
+    })
+    .await;
+    let (_, still, transitions, _) = read(lease_of("a-0003")).await;
+    assert_eq!(still, acquired, "a renewal keeps acquireTime");
+    assert_eq!(transitions, Some(0));
+    // Replica a stops; b sees the Lease unchanged for its duration and takes the run over.
+    drop(a);
+    let b = store(&ns, "replica-b", Duration::from_secs(3)).await;
+    eventually("replica b to find the run orphaned", Duration::from_secs(20), || {
+        let b = &b;
+        async move { b.orphaned().await.unwrap().iter().any(|r| r.id == "a-0003") }
+    })
+    .await;
+    assert!(b.acquire("a-0003").await.unwrap().is_some());
+    let (holder, taken, transitions, _) = read(lease_of("a-0003")).await;
+    assert_eq!(holder, "replica-b");
+    assert_eq!(transitions, Some(1), "a takeover is a transition");
+    assert!(
+        taken > acquired,
+        "acquired anew at the takeover: {taken:?} after {acquired:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_record_over_the_object_size_limit_is_truncated_with_a_marker() {
     let ns = clusters().namespace("kstore-size").await;

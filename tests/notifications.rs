@@ -38,6 +38,16 @@ async fn webhook(fail: usize) -> (String, Received) {
     (url, got)
 }
 
+/// Notices as JSON with the default text, to `url`.
+fn json_notifier(url: String) -> Notifier {
+    Notifier::start(NotifyConfig {
+        url,
+        format: NotifyFormat::Json,
+        template: DEFAULT_TEMPLATE.into(),
+    })
+    .unwrap()
+}
+
 fn plan(file: &'static str, steps: &str) -> (&'static str, String) {
     let name = file.trim_end_matches(".yaml");
     (
@@ -52,12 +62,7 @@ fn plan(file: &'static str, steps: &str) -> (&'static str, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_live_runs_lifecycle_reaches_the_webhook_as_json_and_a_dry_run_tells_nobody() {
     let (url, got) = webhook(1).await;
-    let notifier = Notifier::start(NotifyConfig {
-        url,
-        format: NotifyFormat::Json,
-        template: DEFAULT_TEMPLATE.into(),
-    })
-    .unwrap();
+    let notifier = json_notifier(url);
     let steps = "  - name: probe
     type: http
     onError: continue
@@ -144,12 +149,7 @@ fn a_template_that_does_not_parse_is_refused_when_the_notifier_starts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_is_told_once_whether_the_run_had_started_or_not() {
     let (url, got) = webhook(0).await;
-    let notifier = Notifier::start(NotifyConfig {
-        url,
-        format: NotifyFormat::Json,
-        template: DEFAULT_TEMPLATE.into(),
-    })
-    .unwrap();
+    let notifier = json_notifier(url);
     let gated = "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: gated, namespace: ops}\n\
                  spec:\n  mode: approval\n  steps:\n  - {name: pause, type: wait, wait: {duration: 10ms}}\n";
     let steps = "  - name: decide
@@ -189,4 +189,36 @@ async fn a_cancel_is_told_once_whether_the_run_had_started_or_not() {
         };
         assert_eq!(events, expected, "{plan}");
     }
+}
+
+/// A step of a forEach iteration that fails while the run goes on (`onError: continue`) is told
+/// as a failed step, naming the iteration's step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tolerated_failure_inside_a_for_each_iteration_is_told() {
+    let (url, got) = webhook(0).await;
+    let notifier = json_notifier(url);
+    let steps = "  - name: each
+    type: forEach
+    forEach:
+      items: [a]
+      steps:
+      - name: probe
+        type: http
+        onError: continue
+        http: {url: \"http://127.0.0.1:1/nothing\", method: POST}
+";
+    let app = app_notifying(&[plan("iterating.yaml", steps)], notifier).await;
+    let (_, live) = app.post("/api/v1/plans/ops/iterating/runs", &json!({})).await;
+    let id = live["id"].as_str().unwrap().to_string();
+    assert_eq!(app.finished(&id).await["phase"], "SucceededWithErrors");
+    eventually("three notices", Duration::from_secs(30), || async {
+        got.lock().unwrap().len() >= 3
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let got = got.lock().unwrap().clone();
+    let events: Vec<&str> = got.iter().map(|n| n["event"].as_str().unwrap()).collect();
+    assert_eq!(events, ["started", "stepFailed", "degraded"], "{got:#?}");
+    // (An iteration of one step is named by its index alone.)
+    assert_eq!(got[1]["step"], "each[0]", "{got:#?}");
 }

@@ -529,6 +529,23 @@ const OLD_SITE_UP: &[(&str, &str, &str)] = &[(
     "  north:\n    crds: [../../tests/data/crds/upstream/postgresql.cnpg.io_clusters.yaml]\n    objects: [cnpg/pg-north.yaml]\n",
 )];
 
+/// A slow API server is not a lost site: the old site answering healthy in 6 s (over a single
+/// try's old 5 s) still stops the failover.
+#[test]
+fn failover_refuses_when_the_old_site_answers_healthy_but_slowly() {
+    let slow = &[(
+        "cnpg-failover.yaml",
+        "  north:\n    faults: {down: true}\n",
+        "  north:\n    crds: [../../tests/data/crds/upstream/postgresql.cnpg.io_clusters.yaml]\n    objects: [cnpg/pg-north.yaml]\n    faults: {latency: 6s, onlyPath: /clusters}\n",
+    )];
+    let (ok, t) = rehearse_variant("cnpg-failover", slow, REFUSED, &[]);
+    assert!(ok, "{t}");
+    assert!(
+        t.contains("pg-north on cluster north answers and reports \"Cluster in healthy state\""),
+        "{t}"
+    );
+}
+
 #[test]
 fn failover_refuses_to_promote_while_the_old_site_answers_healthy() {
     let (ok, t) = rehearse_variant("cnpg-failover", OLD_SITE_UP, REFUSED, &[]);
@@ -962,4 +979,159 @@ reactors:
             && t.contains("reactor on north (pgv2.percona.com/v2 perconapgclusters psql-operator/cluster1): writing cluster1 (attempt 1): "),
         "{t}"
     );
+}
+
+/// With `strict`, an object the world did not seed — there before the rehearsal, in a namespace
+/// and kind the world has — that the run deletes is a failure: a selector that reached too far.
+/// (Real clusters: the simulator holds nothing the world did not put there.)
+#[tokio::test]
+async fn strict_expectations_catch_a_delete_of_an_object_the_world_did_not_seed() {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::{Api, PostParams};
+    let c = clusters();
+    let ns = c.namespace("lib-strict-gone").await;
+    let dir = tempfile::tempdir().unwrap();
+    let worlds = worlds_in_namespace(dir.path(), &ns);
+    // Someone's pod, carrying the labels the plan deletes instance pods by.
+    let pods: Api<Pod> = Api::namespaced(c.client("south").await, &ns);
+    let bystander: Pod = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "pg-south-9",
+                     "labels": {"cnpg.io/cluster": "pg-south", "cnpg.io/podRole": "instance"}},
+        "spec": {"containers": [{"name": "c", "image": "busybox"}]}
+    }))
+    .unwrap();
+    pods.create(&PostParams::default(), &bystander).await.unwrap();
+    let plan = repo_dir().join("plans/cnpg-rebuild-replica.yaml");
+    let file = |suffix: &str| {
+        worlds
+            .join(format!("cnpg-rebuild-replica{suffix}"))
+            .display()
+            .to_string()
+    };
+    let ns_param = format!("ns={ns}");
+    let out = recoverd(&[
+        "rehearse",
+        plan.to_str().unwrap(),
+        "--world",
+        &file(".yaml"),
+        "--alert",
+        &file(".alert.json"),
+        "--expect",
+        &file(".expect.yaml"),
+        "--approve",
+        "--kubeconfig",
+        c.kubeconfig().to_str().unwrap(),
+        "--param",
+        &ns_param,
+    ]);
+    let t = text(&out);
+    println!("{t}");
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains(&format!(
+            "south: v1 pods {ns}/pg-south-9: deleted, but no expectation names it"
+        )),
+        "{t}"
+    );
+    // Only that: the seeded objects changed as the expectations say.
+    assert!(t.contains("1 failed"), "{t}");
+}
+
+/// An expectation naming one condition by a filter (`$.status.conditions[?(@.type=='Progressing')].reason`)
+/// covers that condition, not the rest of the list: a condition something else sets on the
+/// proxy's Deployment is a change no expectation names.
+#[test]
+fn a_filtered_expectation_covers_the_condition_it_selects_not_its_whole_list() {
+    let surprise = "reactors:
+- cluster: north
+  when: {apiVersion: postgresql.cnpg.io/v1, resource: clusters, namespace: db, name: pg-north,
+         fieldPath: spec.replica.primary, equals: pg-south}
+  actions:
+  - conditions: [{type: Surprise, status: 'True', cluster: edge, apiVersion: apps/v1, resource: deployments,
+                   name: haproxy}]
+";
+    let expect = expectations_with("cnpg-switchover", "", "");
+    let (ok, t) = rehearse_variant(
+        "cnpg-switchover",
+        &[("cnpg-switchover.yaml", "reactors:\n", surprise)],
+        &expect,
+        &[],
+    );
+    assert!(!ok, "{t}");
+    assert!(
+        t.contains("edge: apps/v1 deployments db/haproxy: changed in /status/conditions/"),
+        "{t}"
+    );
+}
+
+/// The switchover's last check goes through the proxy, as applications do: a plan that promoted
+/// pg-south but never pointed the proxy at it fails there instead of ending ✔.
+#[test]
+fn a_switchover_that_never_redirects_the_proxy_fails_its_check_through_the_proxy() {
+    let repo = repo_dir();
+    let source = std::fs::read_to_string(repo.join("plans/cnpg-switchover.yaml")).unwrap();
+    let (a, b) = (
+        source.find("  - name: redirect-haproxy").unwrap(),
+        source.find("  # A ConfigMap mounted with `subPath`").unwrap(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let plan = dir.path().join("no-redirect.yaml");
+    std::fs::write(&plan, format!("{}{}", &source[..a], &source[b..])).unwrap();
+    let worlds = repo.join("plans/worlds");
+    let out = recoverd(&[
+        "rehearse",
+        plan.to_str().unwrap(),
+        "--world",
+        worlds.join("cnpg-switchover.yaml").to_str().unwrap(),
+        "--alert",
+        worlds.join("cnpg-switchover.alert.json").to_str().unwrap(),
+        "--approve",
+    ]);
+    let t = text(&out);
+    assert!(!out.status.success(), "{t}");
+    assert!(
+        t.contains("step \"proxied-database-is-not-in-recovery\" failed: assertion failed: through haproxy.db.svc the database is in recovery (t)"),
+        "{t}"
+    );
+}
+
+/// An alert that lacks the label saying what it is about is refused, not taken as being about
+/// the params' object (a manual run, with no alert at all, is the params' decision).
+#[test]
+fn an_alert_without_the_label_naming_its_object_is_refused() {
+    for (plan, label, says) in [
+        (
+            "cnpg-switchover",
+            "\"cluster\":\"pg-north\",",
+            "the alert is about (none: no `cluster` label) but the params switch over from pg-north",
+        ),
+        ("replace-failed-instance", "\"pod\":\"pg-2\",", "the alert is about"),
+        (
+            "haproxy-redirect",
+            "\"proxy\":\"haproxy\",",
+            "the alert is about proxy (none: no `proxy` label), not haproxy",
+        ),
+    ] {
+        let alert = format!("{plan}.alert.json");
+        let (ok, t) = rehearse_variant(plan, &[(&alert, label, "")], REFUSED, &[]);
+        assert!(ok, "{plan}: {t}");
+        assert!(t.contains(says), "{plan}: {t}");
+    }
+}
+
+/// replace-failed-instance throws an instance's data away: a pod that is Ready (its instance
+/// has not failed) is refused unless `force` says otherwise.
+#[test]
+fn replace_failed_instance_refuses_a_ready_pod_unless_forced() {
+    let ready = &[(
+        "instance/pg-2.yaml",
+        "conditions: [{type: Ready, status: \"False\", reason: NodeLost}]",
+        "conditions: [{type: Ready, status: \"True\"}]",
+    )];
+    let (ok, t) = rehearse_variant("replace-failed-instance", ready, REFUSED, &[]);
+    assert!(ok, "{t}");
+    assert!(t.contains("pg-2 is Ready: its instance has not failed"), "{t}");
+    let expect = std::fs::read_to_string(repo_dir().join("plans/worlds/replace-failed-instance.expect.yaml")).unwrap();
+    let (ok, t) = rehearse_variant("replace-failed-instance", ready, &expect, &["--param", "force=true"]);
+    assert!(ok, "forced, it replaces the pod: {t}");
 }

@@ -1,4 +1,4 @@
-//! Reactors (src/reactor.rs), the operators a world plays: each firing runs beside the watch (a
+//! Reactors (src/reactor/), the operators a world plays: each firing runs beside the watch (a
 //! delay never holds back the next reaction), acts only on the object that fired it, re-creates
 //! a deleted object without overwriting one someone else created, writes from a fresh read with
 //! resourceVersion preconditions and retries a conflict, is stopped when it triggers itself

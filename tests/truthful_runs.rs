@@ -356,3 +356,44 @@ async fn a_value_printed_into_a_url_cannot_change_the_endpoint_called() {
     let shown = record.steps[0].object.as_deref().unwrap();
     assert!(shown.ends_with(&format!("/hooks/{encoded}?who={encoded}")), "{shown}");
 }
+
+/// A delete of a namespaced kind that names no namespace fails, saying so, and deletes nothing:
+/// it never acts in whatever namespace the kubeconfig defaults to, nor reports ✔ for objects
+/// it looked for in the wrong place.
+#[tokio::test]
+async fn a_delete_without_a_namespace_fails_and_deletes_nothing() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, PostParams};
+    let clusters = support::shared();
+    let ns = clusters.namespace("no-ns-delete").await;
+    let cms: Api<ConfigMap> = Api::namespaced(clusters.client("north").await, &ns);
+    let cm: ConfigMap =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "keep", "labels": {"app": "x"}}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.yaml");
+    std::fs::write(
+        &path,
+        "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {name: p, namespace: ops}\n\
+         spec:\n  mode: manual\n  steps:\n\
+         \x20 - name: by-selector\n    type: delete\n    cluster: north\n\
+         \x20   delete: {apiVersion: v1, resource: configmaps, labelSelector: app=x}\n",
+    )
+    .unwrap();
+    let (mut plans, errors) = recoverd::plan::load_paths(std::slice::from_ref(&path));
+    assert!(errors.is_empty(), "{errors:?}");
+    let plan = recoverd::plan::compile_one(&plans.remove(0), None).unwrap();
+    let reg = support::run::registry(clusters, recoverd::cluster::WriteMode::Live).await;
+    let record = support::run::run(reg, &plan, &ns, &[]).await;
+    assert_eq!(record.phase, recoverd::record::Phase::Failed, "{record:#?}");
+    assert_eq!(record.steps[0].reason.as_deref(), Some("no-namespace"));
+    assert!(
+        record.steps[0]
+            .error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("names no `namespace`"),
+        "{record:#?}"
+    );
+    assert!(cms.get_opt("keep").await.unwrap().is_some(), "nothing was deleted");
+}

@@ -2,7 +2,8 @@
 //! `runs`, `approve`, `cancel`, `resume`, `sim`, `demo`, `completions`. Each command is a thin
 //! layer over the library. What they share lives here: `-o/--output` ([`output`]), the exit
 //! codes ([`exit`], listed in `recoverd --help`), following a run through the API (`follow`),
-//! waiting for a stop signal (`signal`) and printing a run as it happens (`print`).
+//! waiting for a stop signal (`signal`), printing a run as it happens (`print`) and what `run` and
+//! `rehearse` run a plan with (`plan_input`).
 
 mod api;
 pub mod check;
@@ -13,6 +14,8 @@ mod demo;
 pub mod exit;
 mod follow;
 pub mod output;
+mod plan_input;
+pub use plan_input::load_one;
 mod print;
 #[cfg(feature = "sim")]
 mod rehearse;
@@ -148,10 +151,24 @@ pub async fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             Exit::for_error(&e).into()
         }
     }
+}
+
+/// An error and its causes in one line, each cause once: an error whose message already
+/// includes its cause's (as a step's recorded error must) does not print it again.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+    }
+    out
 }
 
 /// `recoverd completions SHELL`: the script on stdout (a closed pipe, `| head`, is not an
@@ -188,54 +205,21 @@ impl ClusterArgs {
     }
 }
 
-/// The firing alerts in an alert file (a webhook payload or one alert) that match a plan; an
-/// error when there is none, so that no command runs a plan for an alert it does not match.
-pub fn matching_alerts(path: &std::path::Path, plan: &crate::plan::Plan) -> anyhow::Result<Vec<crate::alert::Alert>> {
-    let all = crate::alert::load_file(path)?;
-    let matching: Vec<_> = all
-        .into_iter()
-        .filter(|a| a.is_firing() && plan.matches(&a.labels))
-        .collect();
-    if matching.is_empty() {
-        anyhow::bail!(
-            "no firing alert in {} matches the plan's alertLabels/alertMatchers; nothing was run",
-            path.display()
-        );
-    }
-    Ok(matching)
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The control of a run the command line executes: approval steps approved in advance with
-/// `--approve`, else impossible to answer.
-pub fn run_control(approve: bool) -> crate::executor::RunControl {
-    crate::executor::RunControl {
-        approvals: if approve {
-            crate::executor::Approvals::Given
-        } else {
-            crate::executor::Approvals::Unavailable
-        },
-        ..Default::default()
-    }
-}
-
-/// A plan validated without a cluster registry (cluster names unchecked), for what must be
-/// decided before any cluster is reached: which alerts it matches.
-pub fn compile_unchecked(loaded: &crate::plan::LoadedPlan) -> anyhow::Result<crate::plan::Plan> {
-    crate::plan::compile_one(loaded, None).map_err(|invalid| {
-        check::eprint_problems(loaded, &invalid.problems);
-        anyhow::anyhow!("the plan is invalid; nothing was run")
-    })
-}
-
-/// Loads exactly one plan from a file (or fails saying why).
-pub fn load_one(path: &std::path::Path) -> anyhow::Result<crate::plan::LoadedPlan> {
-    let (mut plans, errors) = crate::plan::load_paths(&[path.to_path_buf()]);
-    if let Some(e) = errors.first() {
-        anyhow::bail!("{e}");
-    }
-    match plans.len() {
-        1 => Ok(plans.remove(0)),
-        0 => anyhow::bail!("{} holds no RecoveryPlan", path.display()),
-        n => anyhow::bail!("{} holds {n} plans; give a file with exactly one", path.display()),
+    #[test]
+    fn a_cause_already_in_its_error_s_message_is_printed_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("failed to read x: {source}")]
+        struct Outer {
+            source: std::io::Error,
+        }
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let e = anyhow::Error::new(Outer { source: io }).context("loading the plan");
+        assert_eq!(error_chain(&e), "loading the plan: failed to read x: no such file");
+        let plain = anyhow::anyhow!("bad").context("outer");
+        assert_eq!(error_chain(&plain), "outer: bad");
     }
 }

@@ -6,7 +6,6 @@
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use serde::Serialize;
 
-use crate::duration;
 use crate::record::{RunRecord, StepRecord, StepStatus};
 
 /// A result's format.
@@ -157,15 +156,6 @@ pub fn run_suite(run: &RunRecord) -> Suite {
         xml_escape(&run.plan)
     );
     Suite { tests, failures, xml }
-}
-
-/// One run in a line of text: `run ID of plan P: Phase in 1.2s`.
-pub fn run_line(run: &RunRecord) -> String {
-    let took = run
-        .duration_ms
-        .map(|ms| format!(" in {}", duration::format(std::time::Duration::from_millis(ms))))
-        .unwrap_or_default();
-    format!("run {} of plan {}: {}{took}", run.id, run.plan, run.phase.as_str())
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use super::exit::Exit;
 use super::output::{self, Format};
+use super::plan_input::{load_one, PlanInput};
 use super::print::Printer;
 use super::ClusterArgs;
 use crate::alert::Alert;
@@ -29,16 +30,8 @@ pub struct Args {
     /// Expectations to check afterwards.
     #[arg(long)]
     pub expect: Option<PathBuf>,
-    /// Approve every `approval` step as the run reaches it: you are the approver. Without it,
-    /// an approval step fails the run (nobody can answer it here).
-    #[arg(long)]
-    pub approve: bool,
-    /// An Alertmanager webhook payload or single alert to run the plan with.
-    #[arg(long)]
-    pub alert: Option<PathBuf>,
-    /// Override a param, as `recoverd run --param` does: `--param execChecks=false`.
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    pub params: Vec<String>,
+    #[command(flatten)]
+    pub with: PlanInput,
     /// Throwaway clusters to rehearse on (they are written to). Default: the built-in
     /// simulator, serving the world's clusters on free loopback ports.
     #[command(flatten)]
@@ -82,15 +75,11 @@ struct Checked {
 
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let printer = args.output.printer();
-    let loaded = super::load_one(&args.plan)?;
+    let loaded = load_one(&args.plan)?;
     // Before any cluster is started or seeded: an alert the plan does not match runs nothing.
-    let alert = match &args.alert {
-        Some(p) => super::matching_alerts(p, &super::compile_unchecked(&loaded)?)?
-            .into_iter()
-            .next(),
-        None => None,
-    };
-    let params = super::run::plan_params(&args.params, &loaded.plan.spec)?;
+    // The first alert that matches is the one rehearsed.
+    let alert = args.with.alerts(&loaded)?.into_iter().next().flatten();
+    let params = args.with.params(&loaded)?;
     let sandbox = match (&args.clusters.kubeconfig, &args.clusters.clusters) {
         (None, None) => Some(crate::sim::Sandbox::start(&args.world, None, None).await?),
         _ => None,
@@ -144,7 +133,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let executor = Executor::new(registry.clone());
     let mut record = executor.new_record("rehearsal", &plan, &input);
     record.trigger.kind = crate::record::TriggerKind::Rehearsal;
-    let control = super::run_control(args.approve);
+    let control = args.with.control();
     executor.execute(&plan, &input, &mut record, &printer, &control).await;
 
     // What the world's operators were doing when the run ended finishes first: a late action

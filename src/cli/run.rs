@@ -4,11 +4,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use anyhow::Context as _;
-use serde_json::Value;
-
 use super::exit::Exit;
 use super::output::{self, Format};
+use super::plan_input::{load_one, PlanInput};
 use super::ClusterArgs;
 use crate::alert::Alert;
 use crate::cluster::WriteMode;
@@ -18,23 +16,13 @@ use crate::executor::{Executor, RunInput};
 pub struct Args {
     /// The plan file.
     pub plan: PathBuf,
-    /// An Alertmanager webhook payload or a single alert; each firing alert that matches the
-    /// plan runs it once.
-    #[arg(long)]
-    pub alert: Option<PathBuf>,
-    /// Override a param: `--param north=pg-north` (values are YAML: numbers and booleans keep
-    /// their type).
-    #[arg(long = "param", value_name = "KEY=VALUE")]
-    pub params: Vec<String>,
+    #[command(flatten)]
+    pub with: PlanInput,
     #[command(flatten)]
     pub clusters: ClusterArgs,
     /// Send every write with dryRun=All: the API servers validate it, nothing is stored.
     #[arg(long)]
     pub dry_run: bool,
-    /// Approve every `approval` step as the run reaches it: you are the approver. Without it,
-    /// an approval step fails the run (nobody can answer it here).
-    #[arg(long)]
-    pub approve: bool,
     /// text (progress and result on stdout), json or yaml (the final run record on stdout —
     /// an array of records when several alerts match), or junit (a test suite per run, a test
     /// case per step). With a machine format, progress goes to stderr.
@@ -46,50 +34,11 @@ pub struct Args {
     pub json: bool,
 }
 
-pub fn parse_params(params: &[String]) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
-    params
-        .iter()
-        .map(|p| {
-            let (k, v) = p
-                .split_once('=')
-                .with_context(|| format!("--param {p:?}: expected KEY=VALUE"))?;
-            let v: Value = serde_yaml::from_str(v).unwrap_or_else(|_| Value::String(v.to_string()));
-            Ok((k.to_string(), v))
-        })
-        .collect()
-}
-
-/// `--param` values for a plan: parsed, and each one a param the plan has.
-pub fn plan_params(
-    params: &[String],
-    spec: &crate::plan::RecoveryPlanSpec,
-) -> anyhow::Result<std::collections::BTreeMap<String, Value>> {
-    let params = parse_params(params)?;
-    if let Some(key) = params.keys().find(|k| !spec.params.contains_key(*k)) {
-        let known: Vec<_> = spec.params.keys().cloned().collect();
-        anyhow::bail!(
-            "the plan has no param {key:?} (its params: {})",
-            if known.is_empty() {
-                "none".into()
-            } else {
-                known.join(", ")
-            }
-        );
-    }
-    Ok(params)
-}
-
 pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
     let format = if args.json { Format::Json } else { args.output };
-    let loaded = super::load_one(&args.plan)?;
+    let loaded = load_one(&args.plan)?;
     // Before anything touches a cluster: an alert the plan does not match runs nothing.
-    let alerts: Vec<Option<Alert>> = match &args.alert {
-        None => vec![None],
-        Some(path) => super::matching_alerts(path, &super::compile_unchecked(&loaded)?)?
-            .into_iter()
-            .map(Some)
-            .collect(),
-    };
+    let alerts = args.with.alerts(&loaded)?;
     let mode = if args.dry_run {
         WriteMode::DryRun
     } else {
@@ -103,7 +52,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             anyhow::bail!("the plan is invalid; nothing was run");
         }
     };
-    let params = plan_params(&args.params, &loaded.plan.spec)?;
+    let params = args.with.params(&loaded)?;
     let executor = Executor::new(registry);
     // With a machine format, stdout carries only the result.
     let printer = format.printer();
@@ -121,7 +70,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
             starts_at: alert.as_ref().map(|a| a.starts_at.clone()),
             ..Default::default()
         };
-        let control = super::run_control(args.approve);
+        let control = args.with.control();
         let cancel = control.cancel.clone();
         // Listening before the run starts: a signal during its first step cancels it.
         let stop = super::signal::Stop::listen();

@@ -47,7 +47,7 @@ pub async fn main(args: Args) -> anyhow::Result<ExitCode> {
         .context("the plan is namespace/name, e.g. recoverd/cnpg-switchover")?;
     let api = super::api::Api::new(&args.api)?;
     let body = json!({
-        "params": super::run::parse_params(&args.params)?,
+        "params": super::plan_input::parse_params(&args.params)?,
         "dryRun": args.dry_run,
         "idempotencyKey": args.idempotency_key,
         "actor": std::env::var("USER").ok().map(|u| format!("{u} (recoverd trigger)")),

@@ -104,9 +104,25 @@ impl StepCtx<'_> {
         if let Some(ns) = &namespace {
             check_name("namespace", ns, &shown)?;
         }
+        needs_namespace(&resolved, namespace.as_deref(), &shown)?;
         let api = api_for_object(self.registry, &self.cluster, &resolved, namespace.as_deref())?;
         Ok((api, name, shown))
     }
+}
+
+/// A namespaced kind needs its namespace named: without one, kube's client would act in the
+/// kubeconfig's default namespace, and the record would not say which.
+pub(crate) fn needs_namespace(
+    resolved: &crate::cluster::Resolved,
+    namespace: Option<&str>,
+    shown: &str,
+) -> Result<(), StepError> {
+    if resolved.namespaced && namespace.is_none() {
+        return Err(StepError::NoNamespace {
+            object: shown.to_string(),
+        });
+    }
+    Ok(())
 }
 
 /// Whether a template refers to a secret: `secrets` (an http step's) or a secret `Values` key.

@@ -30,7 +30,6 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
             if let Some(ns) = &namespace {
                 super::check_name("namespace", ns, &step.resource)?;
             }
-            let api = crate::cluster::api_for_object(ctx.registry, &ctx.cluster, &resolved, namespace.as_deref())?;
             let shown = format!(
                 "{} on cluster {}",
                 crate::cluster::describe_object(
@@ -41,6 +40,8 @@ pub(super) async fn run(step: &DeleteStep, ctx: &StepCtx<'_>) -> Result<StepOutc
                 ),
                 ctx.cluster
             );
+            super::ctx::needs_namespace(&resolved, namespace.as_deref(), &shown)?;
+            let api = crate::cluster::api_for_object(ctx.registry, &ctx.cluster, &resolved, namespace.as_deref())?;
             let found = api
                 .list(&ListParams::default().labels(&selector))
                 .await

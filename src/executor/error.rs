@@ -45,6 +45,8 @@ pub enum StepError {
     Conflict { object: String, detail: String },
     #[error("failed to find {object}: it does not exist")]
     NotFound { object: String },
+    #[error("{object}: the kind is namespaced and the step names no `namespace`; give one (a step never acts in whatever namespace a kubeconfig defaults to)")]
+    NoNamespace { object: String },
     #[error("failed to read {path} of {object}: the field is missing")]
     FieldMissing { object: String, path: String },
     #[error("failed to read {path} of {object}: the field is empty")]
@@ -148,6 +150,7 @@ impl StepError {
             StepError::Kube { .. } => "unreachable",
             StepError::NotFound { .. } => "not-found",
             StepError::NotApplied { .. } => "not-applied",
+            StepError::NoNamespace { .. } => "no-namespace",
             StepError::Condition { .. } => "condition",
             StepError::Assertion { .. } => "assertion",
             StepError::NotApproved { .. } => "not-approved",

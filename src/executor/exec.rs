@@ -11,18 +11,18 @@ use serde_json::{json, Value};
 use tokio::io::AsyncReadExt;
 
 use super::{StepCtx, StepError, StepOutcome};
-use crate::plan::model::ExecStep;
+use crate::plan::compiled::Exec;
 
 /// The most of stdout kept as a value, and of stderr in the record.
 const MAX_OUTPUT: usize = 64 * 1024;
 const MAX_STDERR: usize = 4 * 1024;
 
-pub(super) async fn run(step: &ExecStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+pub(super) async fn run(step: &Exec, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
     let (pod_api, pod, shown) = ctx.object("v1", "pods", Some(&step.namespace), &step.pod).await?;
     let namespace = ctx.render(&step.namespace)?;
     let command: Vec<String> = step.command.iter().map(|a| ctx.render(a)).collect::<Result<_, _>>()?;
     let container = step.container.as_deref().map(|c| ctx.render(c)).transpose()?;
-    let expected = step.expect_exit_code.unwrap_or(0);
+    let expected = step.expect_exit_code;
     let client = ctx.registry.client(&ctx.cluster)?;
     let pods: Api<Pod> = Api::namespaced(client, &namespace);
     let mut inputs = json!({"command": command, "container": container, "expectExitCode": expected});

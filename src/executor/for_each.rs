@@ -16,7 +16,7 @@ use futures::StreamExt;
 use kube::api::ListParams;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
-use tracing::{info, warn};
+use tracing::info;
 
 use super::ctx::uses_secret;
 use super::redact::scrub;
@@ -73,11 +73,7 @@ impl Executor {
                 Ok(())
             }
             Ok(None) => {
-                rec.status = StepStatus::Skipped;
-                rec.error = Some(format!(
-                    "`when` was false ({})",
-                    step.when.as_deref().unwrap_or_default()
-                ));
+                super::step::skipped(rec, step);
                 Ok(())
             }
             Err(StepError::Interrupted) => {
@@ -88,14 +84,8 @@ impl Executor {
                 return Err(StepError::Interrupted);
             }
             Err(e) => {
-                let text = scrub(&e.to_string(), &needles);
-                rec.status = StepStatus::Failed;
-                rec.error = Some(text.clone());
-                rec.reason = Some(e.reason().to_string());
-                // As for any step: a cancel, the run's deadline, a shutdown and a missing
-                // approval (of an iteration's approval step) stop even a step that may fail.
-                rec.continued = step.on_error == OnError::Continue && !e.stops_run();
-                warn!(error = %text, reason = e.reason(), "forEach failed");
+                // As for any step (an iteration's missing approval stops it too).
+                super::step::failed(rec, step, &e, scrub(&e.to_string(), &needles));
                 Err(e)
             }
         };
@@ -364,6 +354,7 @@ impl Executor {
         if let Some(ns) = &namespace {
             super::check_name("namespace", ns, &shown)?;
         }
+        super::ctx::needs_namespace(&resolved, namespace.as_deref(), &shown)?;
         let api = crate::cluster::api_for_object(registry, cluster, &resolved, namespace.as_deref())?;
         let found = api
             .list(&ListParams::default().labels(&selector))

@@ -8,37 +8,28 @@ use std::collections::BTreeMap;
 use serde_json::{json, Value};
 
 use super::{StepCtx, StepError, StepOutcome};
-use crate::plan::model::{HttpStep, SecretRef};
+use crate::plan::compiled::{Http, HttpBody, SecretSource};
 use crate::template;
 
-pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
+pub(super) async fn run(step: &Http, ctx: &StepCtx<'_>) -> Result<StepOutcome, StepError> {
     let secrets = read_secrets(&step.secrets)?;
     let mut values = ctx.values.clone();
     values["secrets"] = json!(secrets);
     let url = template::render_url(&step.url, &values)?;
     let mut sources: Vec<&str> = vec![&step.url];
     sources.extend(step.headers.values().map(String::as_str));
-    sources.extend(step.body.as_deref());
-    let json_text = step.json.as_ref().map(Value::to_string);
+    let json_text = match &step.body {
+        HttpBody::Text(text) => Some(text.clone()),
+        HttpBody::Json(json) => Some(json.to_string()),
+        HttpBody::None => None,
+    };
     sources.extend(json_text.as_deref());
     let carries_secret = sources.iter().any(|s| ctx.uses_secret(s));
     // The URL as records, errors and logs show it: a URL built from a secret is not shown at
     // all (the secret may be in it percent-encoded, where no scrubbing would find it).
     let url_secret = ctx.uses_secret(&step.url);
     let shown_url = if url_secret { REDACTED.to_string() } else { url.clone() };
-    let method = step.method.clone().unwrap_or_else(|| {
-        if step.body.is_some() || step.json.is_some() {
-            "POST"
-        } else {
-            "GET"
-        }
-        .to_string()
-    });
-    let method = reqwest::Method::from_bytes(method.to_ascii_uppercase().as_bytes()).map_err(|_| StepError::Http {
-        url: shown_url.clone(),
-        reason: format!("{method:?} is not an HTTP method"),
-        transient: false,
-    })?;
+    let method = step.method.clone();
     let mut req = ctx.http.request(method.clone(), &url);
     let mut shown_headers = BTreeMap::new();
     for (k, v) in &step.headers {
@@ -47,18 +38,22 @@ pub(super) async fn run(step: &HttpStep, ctx: &StepCtx<'_>) -> Result<StepOutcom
         shown_headers.insert(k.clone(), shown(ctx, v, rendered));
     }
     let mut shown_body = Value::Null;
-    if let Some(body) = &step.body {
-        let rendered = template::render(body, &values)?;
-        req = req.body(rendered.clone());
-        shown_body = Value::String(shown(ctx, body, rendered));
-    } else if let Some(j) = &step.json {
-        let body = template::render_raw(j, &values)?;
-        req = req.json(&body);
-        shown_body = if ctx.uses_secret(&j.to_string()) {
-            Value::String(REDACTED.into())
-        } else {
-            body
-        };
+    match &step.body {
+        HttpBody::Text(body) => {
+            let rendered = template::render(body, &values)?;
+            req = req.body(rendered.clone());
+            shown_body = Value::String(shown(ctx, body, rendered));
+        }
+        HttpBody::Json(j) => {
+            let body = template::render_raw(j, &values)?;
+            req = req.json(&body);
+            shown_body = if json_text.as_deref().is_some_and(|t| ctx.uses_secret(t)) {
+                Value::String(REDACTED.into())
+            } else {
+                body
+            };
+        }
+        HttpBody::None => {}
     }
     let secret_values: Vec<&str> = secrets.values().map(String::as_str).filter(|s| !s.is_empty()).collect();
     let inputs = redact(
@@ -164,27 +159,21 @@ async fn read_bounded(mut resp: reqwest::Response) -> (String, bool) {
     (String::from_utf8_lossy(&body).into_owned(), cut)
 }
 
-fn read_secrets(refs: &BTreeMap<String, SecretRef>) -> Result<BTreeMap<String, String>, StepError> {
+fn read_secrets(refs: &BTreeMap<String, SecretSource>) -> Result<BTreeMap<String, String>, StepError> {
     refs.iter()
-        .map(|(name, r)| {
-            let value = match (&r.env, &r.file) {
-                (Some(var), _) => std::env::var(var).map_err(|_| StepError::Secret {
+        .map(|(name, source)| {
+            let value = match source {
+                SecretSource::Env(var) => std::env::var(var).map_err(|_| StepError::Secret {
                     name: name.clone(),
                     reason: format!("environment variable {var} is not set"),
                 })?,
-                (None, Some(file)) => std::fs::read_to_string(file)
+                SecretSource::File(file) => std::fs::read_to_string(file)
                     .map_err(|e| StepError::Secret {
                         name: name.clone(),
                         reason: format!("failed to read {file}: {e}"),
                     })?
                     .trim_end()
                     .to_string(),
-                (None, None) => {
-                    return Err(StepError::Secret {
-                        name: name.clone(),
-                        reason: "needs env or file".into(),
-                    })
-                }
             };
             Ok((name.clone(), value))
         })

@@ -310,6 +310,15 @@ impl Executor {
             }
         }
 
+        // A tolerated failure (a fence that did not happen) must be visible at a glance, inside
+        // a forEach iteration too.
+        let tolerated: Vec<String> = record
+            .steps
+            .iter()
+            .flat_map(|s| std::iter::once(s).chain(&s.children))
+            .filter(|s| s.continued)
+            .map(|s| s.name.clone())
+            .collect();
         if let Some(err) = failure {
             record.error = Some(err);
             if record.phase != Phase::Cancelled {
@@ -326,25 +335,11 @@ impl Executor {
                     record.phase = Phase::Failed;
                 }
             }
-        } else if record
-            .steps
-            .iter()
-            .flat_map(|s| std::iter::once(s).chain(&s.children))
-            .any(|s| s.continued)
-        {
-            // A tolerated failure (a fence that did not happen) must be visible at a glance,
-            // inside a forEach iteration too.
+        } else if !tolerated.is_empty() {
             record.phase = Phase::SucceededWithErrors;
             record.error = Some(format!(
                 "tolerated failures (onError: continue): {}",
-                record
-                    .steps
-                    .iter()
-                    .flat_map(|s| std::iter::once(s).chain(&s.children))
-                    .filter(|s| s.continued)
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                tolerated.join(", ")
             ));
         } else {
             record.phase = Phase::Succeeded;

@@ -10,7 +10,7 @@ use tracing::{debug, info, instrument, warn};
 
 use crate::plan::compiled::{Plan, Step, StepKind};
 use crate::plan::model::OnError;
-use crate::record::{now, RunRecord, StepStatus};
+use crate::record::{now, RunRecord, StepRecord, StepStatus};
 use crate::template;
 
 use super::ctx::{uses_secret, StepCtx, StepOutcome};
@@ -193,28 +193,12 @@ impl Executor {
                 return Err(StepError::Interrupted);
             }
             Ok(None) => {
-                let rec = record.step_mut(index, compensation);
-                rec.status = StepStatus::Skipped;
-                rec.error = Some(format!(
-                    "`when` was false ({})",
-                    step.when.as_deref().unwrap_or_default()
-                ));
+                skipped(record.step_mut(index, compensation), step);
                 Ok(())
             }
             Err(e) => {
                 let text = scrub(&e.to_string(), &record.secrets.needles());
-                let rec = record.step_mut(index, compensation);
-                rec.status = StepStatus::Failed;
-                rec.error = Some(text.clone());
-                rec.reason = Some(e.reason().to_string());
-                // A cancelled run, a passed deadline, a shutdown and a missing approval stop
-                // even a step that may fail.
-                rec.continued = step.on_error == OnError::Continue && !e.stops_run();
-                if rec.continued {
-                    info!(error = %text, reason = e.reason(), "step failed");
-                } else {
-                    warn!(error = %text, reason = e.reason(), "step failed");
-                }
+                failed(record.step_mut(index, compensation), step, &e, text);
                 Err(e)
             }
         };
@@ -423,4 +407,28 @@ pub(super) fn context(plan: &Plan, input: &RunInput, record: &RunRecord) -> Valu
         &record.id,
         json!(record.mode),
     )
+}
+
+/// Records that `step` was skipped: its `when` was false.
+pub(super) fn skipped(rec: &mut StepRecord, step: &Step) {
+    rec.status = StepStatus::Skipped;
+    rec.error = Some(format!(
+        "`when` was false ({})",
+        step.when.as_deref().unwrap_or_default()
+    ));
+}
+
+/// Records that `step` failed with `e`, whose text (secrets scrubbed) is `text`, and whether
+/// the run goes on past it: with `onError: continue`, unless `e` stops a run whatever the
+/// plan says (a cancel, the run's deadline, a shutdown, a missing approval).
+pub(super) fn failed(rec: &mut StepRecord, step: &Step, e: &StepError, text: String) {
+    rec.status = StepStatus::Failed;
+    rec.reason = Some(e.reason().to_string());
+    rec.continued = step.on_error == OnError::Continue && !e.stops_run();
+    if rec.continued {
+        info!(error = %text, reason = e.reason(), step = step.name.as_str(), "step failed; the run goes on (onError: continue)");
+    } else {
+        warn!(error = %text, reason = e.reason(), step = step.name.as_str(), "step failed");
+    }
+    rec.error = Some(text);
 }

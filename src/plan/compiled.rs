@@ -13,10 +13,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use super::load::Source;
-use super::model::{
-    AssertStep, ConfigMapKey, DeletePreconditions, ExecStep, HttpStep, Mode, ObjectRef, OnError, OnTimeout,
-    RecoveryPlan,
-};
+use super::model::{AssertStep, ConfigMapKey, DeletePreconditions, Mode, ObjectRef, OnError, OnTimeout, RecoveryPlan};
 use crate::fieldpath::FieldPath;
 use crate::matcher::Matcher;
 
@@ -145,10 +142,10 @@ pub enum StepKind {
     ReadField(ReadField),
     Wait(Wait),
     Apply(Apply),
-    Http(HttpStep),
+    Http(Http),
     Delete(Delete),
     Assert(AssertStep),
-    Exec(ExecStep),
+    Exec(Exec),
     Approval(Approval),
     ForEach(Box<ForEach>),
 }
@@ -226,6 +223,53 @@ impl PatchType {
     pub fn parse(text: &str) -> Option<PatchType> {
         Self::ALL.into_iter().find(|t| t.media_type() == text)
     }
+}
+
+/// An `http` step: the method decided (`GET`, or `POST` with a body), one kind of body, each
+/// secret from exactly one source.
+#[derive(Clone, Debug)]
+pub struct Http {
+    /// A template; never starts with a value from the alert.
+    pub url: String,
+    pub method: reqwest::Method,
+    /// Values are templates.
+    pub headers: BTreeMap<String, String>,
+    pub body: HttpBody,
+    /// Accepted status codes; empty: any 2xx.
+    pub expect_status: Vec<u16>,
+    pub secrets: BTreeMap<String, SecretSource>,
+    pub output_key: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub enum HttpBody {
+    None,
+    /// A template.
+    Text(String),
+    /// Its strings are templates, its structure is not.
+    Json(Value),
+}
+
+/// Where an `http` step's secret is read from when the step runs.
+#[derive(Clone, Debug)]
+pub enum SecretSource {
+    /// An environment variable of the recoverd process.
+    Env(String),
+    /// A file (a mounted Secret), its trailing whitespace trimmed.
+    File(String),
+}
+
+/// An `exec` step: a command (at least a program) in a container of a pod.
+#[derive(Clone, Debug)]
+pub struct Exec {
+    /// Templates, as the pod's name.
+    pub namespace: String,
+    pub pod: String,
+    pub container: Option<String>,
+    /// The program and its arguments, each a template.
+    pub command: Vec<String>,
+    pub expect_exit_code: i32,
+    pub output_key: Option<String>,
 }
 
 #[derive(Clone, Debug)]

@@ -137,6 +137,13 @@ pub struct DecisionBody {
     started_at: Option<String>,
 }
 
+/// A decision's body (empty allowed) and who decided.
+fn decision(headers: &HeaderMap, body: JsonBytes) -> Result<(DecisionBody, String), ApiError> {
+    let mut decision: DecisionBody = body.parse_or_default()?;
+    let by = decided_by(headers, decision.actor.take());
+    Ok((decision, by))
+}
+
 /// Who decided, for the record: the name the caller gave and which token it used (the first
 /// 8 hex digits of its SHA-256, never the token).
 fn decided_by(headers: &HeaderMap, actor: Option<String>) -> String {
@@ -176,8 +183,7 @@ pub async fn approve(
     headers: HeaderMap,
     body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let decision: DecisionBody = body.parse_or_default()?;
-    let by = decided_by(&headers, decision.actor);
+    let (decision, by) = decision(&headers, body)?;
     let (step, started_at) = (decision.step.as_deref(), decision.started_at.as_deref());
     decided(state.runs.approve(&id, &by, step, started_at).await)
 }
@@ -206,8 +212,7 @@ pub async fn cancel(
     headers: HeaderMap,
     body: JsonBytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let decision: DecisionBody = body.parse_or_default()?;
-    let by = decided_by(&headers, decision.actor);
+    let (_, by) = decision(&headers, body)?;
     decided(state.runs.cancel(&id, &by).await)
 }
 

@@ -32,14 +32,14 @@ pub enum SimError {
 /// The clusters of a world file in the order the file names them (the first is the default
 /// cluster), and their faults.
 pub fn world_clusters(path: &Path) -> Result<(Vec<String>, BTreeMap<String, FaultSpec>), SimError> {
-    let read_err = |reason: String| {
+    let read_err = |source: Box<dyn std::error::Error + Send + Sync>| {
         SimError::World(world::WorldError::Read {
             path: path.display().to_string(),
-            reason,
+            source,
         })
     };
-    let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
-    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| read_err(e.to_string()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| read_err(e.into()))?;
+    let doc: serde_yaml::Value = serde_yaml::from_str(&text).map_err(|e| read_err(e.into()))?;
     let mut names = Vec::new();
     let mut faults = BTreeMap::new();
     if let Some(m) = doc.get("clusters").and_then(serde_yaml::Value::as_mapping) {

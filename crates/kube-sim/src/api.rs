@@ -829,11 +829,23 @@ impl Cluster {
             return Ok(present(&t.ty, &obj));
         }
         let k = Self::key_of(t, &name);
-        let finalizers_gone = obj
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty);
-        if obj.pointer("/metadata/deletionTimestamp").is_some() && finalizers_gone {
+        let no_finalizers = |o: &Value| {
+            o.pointer("/metadata/finalizers")
+                .and_then(Value::as_array)
+                .is_none_or(Vec::is_empty)
+        };
+        // The API server deletes during an update only one whose finalizers the update removes
+        // and whose deletion is not pending a grace period (`shouldDeleteDuringUpdate`): a pod
+        // whose status changes while it terminates stays.
+        let grace_over = live
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .is_none_or(|g| g == 0);
+        if obj.pointer("/metadata/deletionTimestamp").is_some()
+            && no_finalizers(&obj)
+            && !no_finalizers(live)
+            && grace_over
+        {
             // Deleted instead of updated, as the API server does: watchers see the deletion,
             // the client the object as it asked for it, at the resourceVersion it had.
             let gone = s.put(k, obj.clone(), EventType::Deleted, Some(live.clone()));
@@ -1142,8 +1154,11 @@ impl Cluster {
     /// a node is marked (deletionTimestamp in the grace period, deletionGracePeriodSeconds) and
     /// stays until a delete with grace 0 (the kubelet's, once its containers have stopped; in
     /// the simulator the controllers' stand-in, `controllers`); a later delete may shorten the
-    /// grace period, not lengthen it. An unbound or finished pod goes at once. The answer is
-    /// the pod, as the API server returns it.
+    /// grace period, not lengthen it. An unbound or finished pod goes at once on its first
+    /// DELETE; once marked, the grace period stands whatever the pod's phase (kube-apiserver
+    /// v1.36.2 decides the grace period of a pod once: a pod that finished since its first
+    /// DELETE is not deleted at once by a second one — measured, differential scenario
+    /// `podsterminating`). The answer is the pod, as the API server returns it.
     fn delete_pod(
         s: &mut Store,
         ty: &ResourceType,
@@ -1172,6 +1187,9 @@ impl Cluster {
         let marked = live.pointer("/metadata/deletionTimestamp").is_some();
         if marked {
             match (current, requested) {
+                // Marked without a grace period, or with 0, and waiting for its finalizers:
+                // nothing changes (no write).
+                (None | Some(0), _) if !finalizer_list(live).is_empty() => return Ok((200, present(ty, live))),
                 // Marked without a grace period, or with 0: it goes now.
                 (None | Some(0), _) => {}
                 // A pending graceful deletion may only be shortened.

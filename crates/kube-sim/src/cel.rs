@@ -11,9 +11,12 @@
 //!
 //! Old and new values are matched through object properties, map values and the items of
 //! `x-kubernetes-list-type: map` lists (by their keys), as the API server does; not through other
-//! lists. A matched value an update leaves unchanged is not checked again (ratcheting). Before a
-//! rule runs, its cost is estimated from the sizes of what it iterates over; past the request's
-//! budget it is refused instead of run, so that no rule can stall the simulator.
+//! lists. A matched value an update leaves unchanged is not checked again by its rules, except
+//! its transition rules, which are never ratcheted (ratcheting). Before a
+//! rule runs, its cost is estimated from the sizes of what it iterates over; a rule estimated
+//! past the limits runs metered (its loops count what each iteration evaluates) and is stopped
+//! as soon as what it did goes past them, so that no rule can stall the simulator and none that
+//! stops early is refused for what it might have cost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -47,8 +50,9 @@ enum Outcome {
     Fails,
     /// Evaluation failed, worded as the API server words it.
     Error(String),
-    /// Not enforced: calls a Kubernetes library function this implementation lacks.
-    Unknown,
+    /// Cannot be evaluated: needs a function (or namespace) of Kubernetes' CEL environment that
+    /// the simulator does not implement.
+    Unsupported(String),
 }
 
 /// The environment rules compile in: CEL's standard library, its strings and lists
@@ -59,6 +63,7 @@ fn env() -> Arc<cel::Env> {
         let mut env = cel::Env::stdlib();
         let _ = env.add_extension(cel::extensions::strings);
         let _ = env.add_extension(cel::extensions::lists);
+        super::cel_lib::extend_env(&mut env);
         Arc::new(env)
     })
     .clone()
@@ -82,6 +87,30 @@ fn compile(rule: &str) -> Result<std::rc::Rc<cel::Program>, String> {
         }
         cache.insert(rule.to_string(), compiled.clone());
         compiled
+    })
+}
+
+/// A rule rewritten for the `cel` crate's interpreter, when it has to be (two-variable macros,
+/// `cel_macros`), from a per-thread cache.
+fn runnable(rule: &str) -> Option<std::rc::Rc<cel::IdedExpr>> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<HashMap<String, Option<std::rc::Rc<cel::IdedExpr>>>> =
+            std::cell::RefCell::new(HashMap::new());
+    }
+    CACHE.with(|c| {
+        if let Some(e) = c.borrow().get(rule) {
+            return e.clone();
+        }
+        let rewritten = compile(rule).ok().and_then(|p| {
+            super::cel_macros::uses_two_variable_macros(p.expression())
+                .then(|| std::rc::Rc::new(super::cel_macros::rewrite(p.expression())))
+        });
+        let mut cache = c.borrow_mut();
+        if cache.len() >= 4096 {
+            cache.clear();
+        }
+        cache.insert(rule.to_string(), rewritten.clone());
+        rewritten
     })
 }
 
@@ -119,20 +148,69 @@ fn evaluate(rule: &str, shown: &str, new: &Value, old: OldSelf) -> Outcome {
         // Refused when the CRD was created (`crd_causes`); a CRD stored before cannot be.
         Err(e) => return Outcome::Error(format!("compilation failed: {e}")),
     };
-    match program.execute(&context(new, old)) {
+    let result = match runnable(rule) {
+        Some(expr) => cel::Value::resolve(&expr, &context(new, old)),
+        None => program.execute(&context(new, old)),
+    };
+    outcome(&program, result, shown)
+}
+
+fn outcome(program: &cel::Program, result: cel::ResolveResult, shown: &str) -> Outcome {
+    match result {
         Ok(cel::Value::Bool(true)) => Outcome::Holds,
         Ok(cel::Value::Bool(false)) => Outcome::Fails,
         Ok(other) => Outcome::Error(format!(
             "'no matching overload' evaluating rule: {shown} (the rule gave {other:?}, not a bool)"
         )),
-        Err(cel::ExecutionError::UndeclaredReference(name))
-            if super::cel_lib::KNOWN_UNIMPLEMENTED.contains(&name.as_str()) =>
-        {
-            tracing::debug!(rule, function = %name, "a validation rule is not enforced");
-            Outcome::Unknown
+        // The CRD's rules were checked when it was written: what evaluation finds undeclared is
+        // declared by the real server and missing here.
+        Err(cel::ExecutionError::UndeclaredReference(name)) => {
+            Outcome::Unsupported(culprit(program.expression(), &name))
         }
         Err(e) => Outcome::Error(go_error(&e, shown)),
     }
+}
+
+/// The error of a rule that needs what the simulator does not implement: the object is refused
+/// (a rehearsal must not accept what the real cluster may refuse), and the message says that it
+/// is the simulator's limit, not the object's fault.
+fn unsupported_message(name: &str, rule: &str) -> String {
+    format!(
+        "kube-sim cannot evaluate rule: {}: it needs the CEL function or macro '{name}', which Kubernetes declares and the simulator does not implement; the object is refused rather than let through unchecked",
+        rule.trim()
+    )
+}
+
+/// What a name evaluation found undeclared stands for: the macro that declares it as a variable
+/// (`all(i, v, …)` with two variables, `transformMap`, which the `cel` crate does not expand), or
+/// the name itself (a function, or a namespace such as `format`).
+fn culprit(e: &cel::IdedExpr, name: &str) -> String {
+    use cel::common::ast::Expr;
+    let mut found = None;
+    let mut stack = vec![e];
+    while let Some(e) = stack.pop() {
+        match &e.expr {
+            Expr::Call(c) => {
+                let binds = c
+                    .args
+                    .iter()
+                    .take(2)
+                    .any(|a| matches!(&a.expr, Expr::Ident(n) if n == name));
+                if binds && c.args.len() >= 3 && found.is_none() {
+                    found = Some(format!("{} (with two variables)", c.func_name));
+                }
+                stack.extend(c.target.as_deref());
+                stack.extend(c.args.iter());
+            }
+            Expr::Comprehension(c) => {
+                stack.extend([&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result]);
+            }
+            Expr::Select(s) => stack.push(&s.operand),
+            Expr::List(l) => stack.extend(l.elements.iter()),
+            _ => {}
+        }
+    }
+    found.unwrap_or_else(|| name.to_string())
 }
 
 /// An evaluation error as cel-go and the API server word it.
@@ -164,6 +242,202 @@ fn from_cel(v: &cel::Value) -> Value {
     }
 }
 
+// ---- metered evaluation ----
+
+thread_local! {
+    /// The cost a metered evaluation has counted, and where it stops.
+    static METER: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };
+}
+
+/// The function every node of a metered rule is wrapped in: counts the node's cost and stops
+/// the evaluation past the limit.
+pub const METER_FN: &str = "@kube_sim_meter";
+
+/// [`METER_FN`], an overload of the environment: the node's value passes through as it is
+/// (borrowed values stay borrowed, so metering copies nothing).
+pub fn meter<'b, 'v>(
+    mut args: Vec<cel::common::value::CowVal<'b, 'v>>,
+) -> Result<cel::common::value::CowVal<'b, 'v>, cel::ExecutionError> {
+    let node = args.pop();
+    let weight = args
+        .first()
+        .and_then(|w| w.downcast_ref::<cel::common::types::CelInt>())
+        .map_or(1, |w| (*w.inner()).max(0) as u64);
+    let (spent, limit) = METER.with(|m| m.get());
+    let spent = spent.saturating_add(weight);
+    METER.with(|m| m.set((spent, limit)));
+    match node {
+        Some(node) if spent <= limit => Ok(node),
+        _ => Err(cel::ExecutionError::function_error(METER_FN, "kube-sim: cost limit")),
+    }
+}
+
+/// `node` wrapped in [`METER_FN`] with the cost of evaluating it.
+fn metered_node(node: cel::IdedExpr, cost: i64) -> cel::IdedExpr {
+    use cel::common::ast::{CallExpr, Expr, LiteralValue};
+    cel::IdedExpr {
+        id: node.id,
+        expr: Expr::Call(CallExpr {
+            func_name: METER_FN.to_string(),
+            target: None,
+            args: vec![
+                cel::IdedExpr {
+                    id: 0,
+                    expr: Expr::Literal(LiteralValue::Int(cost.into())),
+                },
+                node,
+            ],
+        }),
+    }
+}
+
+/// A rule whose every evaluated node counts its cost as cel-go's runtime cost tracker counts
+/// it: an identifier, a field selection and a function call 1 each, a list literal 10, a map
+/// literal 30, constants and the logical operators (`&&`, `||`, `?:`, which evaluate only what
+/// they need) nothing. Functions on strings and lists count 1, not their size as cel-go
+/// counts them, so a rule whose cost is in long strings can run where the real server stops
+/// it; loops, where the cost of real rules is, count as cel-go counts them.
+fn metered(e: &cel::IdedExpr) -> cel::IdedExpr {
+    use cel::common::ast::{EntryExpr, Expr};
+    /// `e` rewritten, and the cost of the nodes evaluated whenever `e` is, left to the caller
+    /// to count (one meter for a stretch of nodes evaluated together).
+    fn go(e: cel::IdedExpr) -> (cel::IdedExpr, i64) {
+        let cel::IdedExpr { id, expr } = e;
+        match expr {
+            Expr::Ident(_) => (cel::IdedExpr { id, expr }, 1),
+            Expr::Select(mut s) => {
+                let (operand, w) = go(*s.operand);
+                s.operand = Box::new(operand);
+                (
+                    cel::IdedExpr {
+                        id,
+                        expr: Expr::Select(s),
+                    },
+                    w + 1,
+                )
+            }
+            Expr::Call(mut c) if matches!(c.func_name.as_str(), "_&&_" | "_||_" | "_?_:_") => {
+                // Evaluated only as far as needed: each operand counts for itself.
+                c.args = c.args.into_iter().map(counted).collect();
+                (
+                    cel::IdedExpr {
+                        id,
+                        expr: Expr::Call(c),
+                    },
+                    0,
+                )
+            }
+            Expr::Call(mut c) => {
+                let mut w = 1;
+                // A namespace (`sets.contains`) or a method's receiver variable is not a value
+                // of its own here: left as it is.
+                if let Some(t) = c.target.take() {
+                    c.target = Some(Box::new(match t.expr {
+                        Expr::Ident(_) => *t,
+                        _ => {
+                            let (t, tw) = go(*t);
+                            w += tw;
+                            t
+                        }
+                    }));
+                }
+                c.args = c
+                    .args
+                    .into_iter()
+                    .map(|a| {
+                        let (a, aw) = go(a);
+                        w += aw;
+                        a
+                    })
+                    .collect();
+                (
+                    cel::IdedExpr {
+                        id,
+                        expr: Expr::Call(c),
+                    },
+                    w,
+                )
+            }
+            Expr::List(mut l) => {
+                let mut w = 10;
+                l.elements = l
+                    .elements
+                    .into_iter()
+                    .map(|x| {
+                        let (x, xw) = go(x);
+                        w += xw;
+                        x
+                    })
+                    .collect();
+                (
+                    cel::IdedExpr {
+                        id,
+                        expr: Expr::List(l),
+                    },
+                    w,
+                )
+            }
+            Expr::Map(mut m) => {
+                let mut w = 30;
+                for x in m.entries.iter_mut() {
+                    if let EntryExpr::MapEntry(me) = &mut x.expr {
+                        let (k, kw) = go(std::mem::take(&mut me.key));
+                        let (v, vw) = go(std::mem::take(&mut me.value));
+                        me.key = k;
+                        me.value = v;
+                        w += kw + vw;
+                    }
+                }
+                (cel::IdedExpr { id, expr: Expr::Map(m) }, w)
+            }
+            Expr::Comprehension(mut c) => {
+                c.iter_range = counted(c.iter_range);
+                c.accu_init = counted(c.accu_init);
+                c.loop_cond = counted(c.loop_cond);
+                c.loop_step = counted(c.loop_step);
+                c.result = counted(c.result);
+                (
+                    cel::IdedExpr {
+                        id,
+                        expr: Expr::Comprehension(c),
+                    },
+                    0,
+                )
+            }
+            other => (cel::IdedExpr { id, expr: other }, 0),
+        }
+    }
+    /// `e` with its cost counted when it is evaluated.
+    fn counted(e: cel::IdedExpr) -> cel::IdedExpr {
+        match go(e) {
+            (e, 0) => e,
+            (e, w) => metered_node(e, w),
+        }
+    }
+    counted(e.clone())
+}
+
+/// What a metered evaluation made of a rule, and what it cost; `None` when it went past
+/// `limit` and was stopped.
+fn evaluate_metered(rule: &str, shown: &str, new: &Value, old: OldSelf, limit: u64) -> (Option<Outcome>, u64) {
+    let program = match compile(rule) {
+        Ok(p) => p,
+        Err(e) => return (Some(Outcome::Error(format!("compilation failed: {e}"))), 0),
+    };
+    let expr = match runnable(rule) {
+        Some(expr) => metered(&expr),
+        None => metered(program.expression()),
+    };
+    let ctx = context(new, old);
+    METER.with(|m| m.set((0, limit)));
+    let result = cel::Value::resolve(&expr, &ctx);
+    let (spent, _) = METER.with(|m| m.replace((0, u64::MAX)));
+    if spent > limit {
+        return (None, spent);
+    }
+    (Some(outcome(&program, result, shown)), spent)
+}
+
 fn is_transition(rule: &str) -> bool {
     compile(rule).is_ok_and(|p| p.references().has_variable("oldSelf"))
 }
@@ -173,7 +447,11 @@ fn is_transition(rule: &str) -> bool {
 fn detail(rule: &Value, text: &str, new: &Value, old: OldSelf) -> String {
     if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str) {
         if let Ok(p) = compile(expr) {
-            if let Ok(cel::Value::String(s)) = p.execute(&context(new, old)) {
+            let result = match runnable(expr) {
+                Some(e) => cel::Value::resolve(&e, &context(new, old)),
+                None => p.execute(&context(new, old)),
+            };
+            if let Ok(cel::Value::String(s)) = result {
                 if !s.trim().is_empty() {
                     return s.to_string();
                 }
@@ -263,8 +541,12 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
         return;
     }
     let old = old.filter(|o| !o.is_null());
-    // Ratcheting: a value an update leaves as it was is not validated again.
-    if old == Some(new) {
+    // Ratcheting: a value an update leaves as it was is not validated again by its rules that
+    // are not transition rules; transition rules (`oldSelf`) are never ratcheted (measured on
+    // v1.36.2: `self != oldSelf` fails on an unchanged value, differential scenario
+    // `ratcheting`).
+    let unchanged = old == Some(new);
+    if unchanged && !has_transition_rules(schema) {
         return;
     }
     for rule in schema
@@ -280,6 +562,9 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
             return;
         }
         let optional = rule.get("optionalOldSelf") == Some(&json!(true));
+        if unchanged && !is_transition(text) {
+            continue;
+        }
         let old_self = if !is_transition(text) {
             OldSelf::Absent
         } else if optional {
@@ -289,39 +574,44 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
         } else {
             continue;
         };
-        let cost = runtime_cost(text, new, old);
-        if cost > PER_CALL_LIMIT.saturating_mul(RUNTIME_SLACK) {
+        // The cost is estimated on the object's values; a cheap rule runs as it is (its estimate
+        // taken from the budget), any other runs metered and is cut short only if what it
+        // actually does goes past the limits (an `exists()` that finds its item at once, a
+        // guard before a loop, cost what they did, as cel-go counts them).
+        let call_limit = PER_CALL_LIMIT;
+        let estimate = runtime_cost(text, new, old);
+        let (result, cost) = if estimate <= CHEAP && estimate <= *budget {
+            (Some(evaluate(text, &shown(rule, text), new, old_self)), estimate)
+        } else {
+            evaluate_metered(text, &shown(rule, text), new, old_self, call_limit.min(*budget))
+        };
+        let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
+        let Some(result) = result else {
             *budget = 0;
-            let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
-            out.push(Cause::invalid(
-                path,
-                &json!(ty),
-                &format!(
+            let message = if cost > call_limit {
+                format!(
                     "'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: {}",
                     shown(rule, text)
-                ),
-            ));
+                )
+            } else {
+                "validation failed due to running out of cost budget, no further validation rules will be run"
+                    .to_string()
+            };
+            out.push(Cause::invalid(path, &json!(ty), &message));
             return;
-        }
-        if cost > *budget {
-            *budget = 0;
-            let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
-            out.push(Cause::invalid(
-                path,
-                &json!(ty),
-                "validation failed due to running out of cost budget, no further validation rules will be run",
-            ));
-            return;
-        }
-        *budget -= cost;
-        match evaluate(text, &shown(rule, text), new, old_self) {
-            Outcome::Holds | Outcome::Unknown => {}
+        };
+        *budget = budget.saturating_sub(cost);
+        match result {
+            Outcome::Holds => {}
+            Outcome::Unsupported(name) => {
+                tracing::warn!(rule = text, function = %name, "a validation rule needs a CEL function the simulator lacks");
+                out.push(Cause::invalid(path, &json!(ty), &unsupported_message(&name, text)));
+            }
             Outcome::Fails => {
                 let d = detail(rule, text, new, old_self);
                 out.push(cause(rule, path, new, d));
             }
             Outcome::Error(message) => {
-                let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
                 out.push(Cause::invalid(path, &json!(ty), &message));
             }
         }
@@ -331,11 +621,16 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (k, child) in m {
-                let Some(s) = props.and_then(|p| p.get(k)).or(additional) else {
-                    continue;
+                // A property is `.name` in a field path, a map's key `[key]`.
+                let (s, at) = match props.and_then(|p| p.get(k)) {
+                    Some(s) => (s, child_path(path, k)),
+                    None => match additional {
+                        Some(s) => (s, format!("{path}[{k}]")),
+                        None => continue,
+                    },
                 };
                 let old_child = old.and_then(|o| o.get(k));
-                walk(s, child, old_child, &child_path(path, k), out, budget);
+                walk(s, child, old_child, &at, out, budget);
             }
         }
         Value::Array(items) => {
@@ -347,6 +642,24 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
             }
         }
         _ => {}
+    }
+}
+
+/// Whether a schema, or one below it, has a transition rule.
+fn has_transition_rules(schema: &Value) -> bool {
+    match schema {
+        Value::Object(m) => {
+            let here = m
+                .get("x-kubernetes-validations")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.get("rule").and_then(Value::as_str))
+                .any(is_transition);
+            here || m.values().any(has_transition_rules)
+        }
+        Value::Array(a) => a.iter().any(has_transition_rules),
+        _ => false,
     }
 }
 
@@ -385,11 +698,15 @@ pub fn rules_not_checked() -> Cause {
 
 // ---- cost ----
 
-/// What one evaluation may cost (`PerCallLimit`); the simulator estimates the cost of a rule
-/// from the sizes of the values it runs on, and refuses to run it past this limit times
-/// [`RUNTIME_SLACK`] (its estimate is an upper bound; cel-go counts what the evaluation did).
+/// What one evaluation may cost (`PerCallLimit`). A rule whose cost, estimated on the values
+/// it runs on, is within it runs as it is; one estimated past it runs metered and is stopped
+/// when its count goes past it (the count matches the real server's thresholds to within a
+/// few items in the differential scenarios `celruntime` and `celshortcircuit`).
 const PER_CALL_LIMIT: u64 = 1_000_000;
-const RUNTIME_SLACK: u64 = 2;
+
+/// The estimated cost up to which a rule runs unmetered, its estimate counted against the
+/// request's budget (a few thousand such rules would be needed to exhaust it by overestimate).
+const CHEAP: u64 = 10_000;
 
 /// The cost of running a rule on these values, estimated as cel-go estimates a rule's cost
 /// with the sizes of the values instead of the schema's bounds.
@@ -453,6 +770,7 @@ const STANDARD_FUNCTIONS: &[&str] = &[
     "all",
     "exists",
     "exists_one",
+    "existsOne",
     "map",
     "filter",
     "hasValue",
@@ -489,12 +807,11 @@ fn undeclared(e: &cel::IdedExpr, out: &mut Vec<(u64, String)>) {
             let namespaced = matches!(c.target.as_deref().map(|t| &t.expr),
                 Some(Expr::Ident(ns)) if super::cel_check::NAMESPACES.contains(&ns.as_str()));
             let name = c.func_name.as_str();
-            let known = name.starts_with(['_', '@', '!'])
+            let known = name.starts_with(['_', '@', '!', '-'])
                 || name.contains('.')
                 || namespaced
                 || STANDARD_FUNCTIONS.contains(&name)
-                || super::cel_lib::IMPLEMENTED.contains(&name)
-                || super::cel_lib::KNOWN_UNIMPLEMENTED.contains(&name);
+                || super::cel_lib::declared(name);
             if !known && !out.iter().any(|n| n.1 == name) {
                 out.push((e.id, name.to_string()));
             }
@@ -1085,6 +1402,31 @@ mod tests {
     }
 
     #[test]
+    fn unchanged_values_ratchet_their_rules_but_not_their_transition_rules() {
+        let schema = json!({"type": "object", "properties": {"spec": {"type": "object", "properties": {
+            "n": {"type": "integer", "x-kubernetes-validations": [{"rule": "self < 3", "message": "small"}]},
+            "stamp": {"type": "string", "x-kubernetes-validations": [{"rule": "self != oldSelf", "message": "must change"}]},
+            "other": {"type": "string"}}}}});
+        let failures = |new: Value, old: Value| {
+            let mut out = Vec::new();
+            check(&schema, &new, Some(&old), "", &mut out);
+            out.into_iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect::<Vec<_>>()
+        };
+        let old = json!({"spec": {"n": 5, "stamp": "a", "other": "x"}});
+        assert_eq!(
+            failures(json!({"spec": {"n": 5, "stamp": "a", "other": "y"}}), old.clone()),
+            ["spec.stamp: Invalid value: \"a\": must change"]
+        );
+        assert!(failures(json!({"spec": {"n": 5, "stamp": "b", "other": "y"}}), old.clone()).is_empty());
+        assert_eq!(
+            failures(json!({"spec": {"n": 6, "stamp": "b", "other": "x"}}), old),
+            ["spec.n: Invalid value: 6: small"]
+        );
+    }
+
+    #[test]
     fn a_rule_too_costly_for_the_values_is_refused_not_run() {
         // A schema the API server would refuse (it cannot type `self.l`), so that only the
         // values bound what the rule costs.
@@ -1103,6 +1445,24 @@ mod tests {
         assert_eq!(
             out.iter().map(|c| c.message.as_str()).collect::<Vec<_>>(),
             ["Invalid value: \"object\": 'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: self.l.all(a, self.l.all(b, self.l.all(c, a + b + c >= 0)))"]
+        );
+    }
+
+    #[test]
+    fn a_rule_estimated_past_the_limit_that_stops_early_costs_what_it_did() {
+        let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+            "x-kubernetes-validations": [
+                {"rule": "self.l.exists(a, self.l.exists(b, a == b))"},
+                {"rule": "has(self.skip) || self.l.all(a, self.l.all(b, a != b || a == b))", "message": "all pairs"}]});
+        let l: Vec<i64> = (0..1000).collect();
+        assert!(runtime_cost("self.l.exists(a, self.l.exists(b, a == b))", &json!({"l": l}), None) > PER_CALL_LIMIT);
+        let mut out = Vec::new();
+        check(&schema, &json!({"l": l, "skip": true}), None, "", &mut out);
+        assert!(out.is_empty(), "{out:?}");
+        check(&schema, &json!({"l": l}), None, "", &mut out);
+        assert_eq!(
+            out.iter().map(|c| c.message.as_str()).collect::<Vec<_>>(),
+            ["Invalid value: \"object\": 'operation cancelled: actual cost limit exceeded': no further validation rules will be run due to call cost exceeds limit for rule: all pairs"]
         );
     }
 
@@ -1137,11 +1497,127 @@ mod tests {
         assert!(fields("has(self.a) && quantity(self.a).isLessThan(quantity('1Gi'))").is_empty());
         assert!(fields("self.m.all(k, k.startsWith('x'))").is_empty());
         assert_eq!(fields("self.a > 1"), [at]);
-        // Kubernetes functions the simulator lacks install, and are not enforced.
+        // Kubernetes' IP and CIDR functions are enforced.
         assert!(fields("isCIDR(self.c)").is_empty());
+        let schema_of = |rule: &str| crd(rule)["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
         let mut out = Vec::new();
-        let schema = crd("isCIDR(self.c)")["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
-        check(&schema, &json!({"spec": {"c": "x"}}), None, "", &mut out);
+        check(
+            &schema_of("isCIDR(self.c)"),
+            &json!({"spec": {"c": "x"}}),
+            None,
+            "",
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        // What Kubernetes declares and the simulator lacks installs, and refuses the objects
+        // that need it instead of letting them through.
+        let rule = "format.uri().validate(self.c).hasValue()";
+        assert!(fields(rule).is_empty());
+        let mut out = Vec::new();
+        check(&schema_of(rule), &json!({"spec": {"c": "x"}}), None, "", &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].message.contains("kube-sim cannot evaluate rule: format.uri().validate(self.c).hasValue(): it needs the CEL function or macro 'format.uri().validate'"), "{out:?}");
+        // Macros with two variables, which the `cel` crate does not expand, are rewritten.
+        let rule = "!has(self.m) || self.m.all(k, v, k != v)";
+        assert!(fields(rule).is_empty());
+        let with_message = json!({"type": "object", "x-kubernetes-validations": [{"rule": rule,
+            "messageExpression": "'same: ' + self.m.transformList(k, v, k == v, k).join(',')"}]});
+        let mut out = Vec::new();
+        check(&with_message, &json!({"m": {"a": "a", "b": "c"}}), None, "", &mut out);
+        assert_eq!(out[0].message, "Invalid value: same: a", "{out:?}");
+        let mut out = Vec::new();
+        check(
+            &schema_of(rule),
+            &json!({"spec": {"m": {"a": "b"}}}),
+            None,
+            "",
+            &mut out,
+        );
         assert!(out.is_empty(), "{out:?}");
+        check(
+            &schema_of(rule),
+            &json!({"spec": {"m": {"a": "a"}}}),
+            None,
+            "",
+            &mut out,
+        );
+        assert_eq!(out.len(), 1, "{out:?}");
+        let mut out = Vec::new();
+        check(&schema_of(rule), &json!({"spec": {}}), None, "", &mut out);
+        assert!(out.is_empty(), "{out:?}");
+    }
+}
+
+#[cfg(test)]
+mod library_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn holds(rule: &str) -> bool {
+        let value = json!({"l": [3, 1, 2, 1], "s": "hello", "ips": ["10.0.0.1", "192.168.1.1"]});
+        match evaluate(rule, rule, &value, OldSelf::Absent) {
+            Outcome::Holds => true,
+            Outcome::Fails => false,
+            Outcome::Error(e) => panic!("{rule}: {e}"),
+            Outcome::Unsupported(f) => panic!("{rule}: unsupported {f}"),
+        }
+    }
+
+    #[test]
+    fn kubernetes_library_functions_evaluate() {
+        for rule in [
+            "self.l.indexOf(1) == 1 && self.l.lastIndexOf(1) == 3 && self.l.indexOf(9) == -1",
+            "self.s.indexOf('l') == 2 && self.s.lastIndexOf('l') == 3",
+            "self.s.charAt(1) == 'e' && self.s.upperAscii() == 'HELLO' && self.s.substring(1, 3) == 'el'",
+            "'a,b'.split(',') == ['a', 'b'] && ['a', 'b'].join('-') == 'a-b' && ' x '.trim() == 'x'",
+            "self.s.replace('l', 'L') == 'heLLo' && self.s.lowerAscii() == 'hello'",
+            "[1, 2, 3].isSorted() && !self.l.isSorted() && self.l.sum() == 7 && self.l.min() == 1 && self.l.max() == 3",
+            "'abc123'.find('[0-9]+') == '123' && 'a1b2'.findAll('[0-9]') == ['1', '2']",
+            "isIP('10.0.0.1') && !isIP('10.0.0') && !isIP('::ffff:1.2.3.4') && ip('10.0.0.1').family() == 4",
+            "ip('::1').isLoopback() && ip('fe80::1').isLinkLocalUnicast() && ip('10.0.0.1').isGlobalUnicast()",
+            "ip('0.0.0.0').isUnspecified() && ip('224.0.0.1').isLinkLocalMulticast()",
+            "string(ip('2001:DB8::1')) == '2001:db8::1' && ip.isCanonical('2001:db8::1') && !ip.isCanonical('2001:DB8::1')",
+            "ip('10.0.0.1') == ip('10.0.0.1') && ip('10.0.0.1') != ip('10.0.0.2')",
+            "isCIDR('10.0.0.0/8') && !isCIDR('10.0.0.0') && cidr('10.1.2.3/8').containsIP('10.200.0.1')",
+            "cidr('10.0.0.0/8').containsIP(ip('10.0.0.5')) && !cidr('10.0.0.0/8').containsIP('11.0.0.1')",
+            "cidr('10.0.0.0/8').containsCIDR('10.1.0.0/16') && !cidr('10.1.0.0/16').containsCIDR('10.0.0.0/8')",
+            "cidr('10.1.2.3/8').prefixLength() == 8 && string(cidr('10.1.2.3/8').masked()) == '10.0.0.0/8'",
+            "cidr('10.1.2.3/8').ip() == ip('10.1.2.3') && string(cidr('10.1.2.3/8')) == '10.1.2.3/8'",
+            "self.ips.all(i, isIP(i) && cidr('0.0.0.0/0').containsIP(i))",
+            "isSemver('1.2.3') && !isSemver('v1.2.3') && isSemver('v1.2', true) && semver('1.2.3').major() == 1",
+            "semver('1.2.3').minor() == 2 && semver('1.2.3').patch() == 3",
+            "semver('1.10.0').isGreaterThan(semver('1.9.0')) && semver('1.0.0-rc.1').isLessThan(semver('1.0.0'))",
+            "semver('1.0.0+a').compareTo(semver('1.0.0+b')) == 0 && semver('v01.2', true) == semver('1.2.0')",
+            "quantity('1Gi').isGreaterThan(quantity('1000Mi')) && quantity('1.5').compareTo(quantity('1500m')) == 0",
+            "sets.contains([1, 2, 3], [2]) && !sets.contains([1], [2]) && sets.equivalent([1, 2], [2, 1, 1])",
+            "sets.intersects([1, 2], [2, 3]) && !sets.intersects([1], [2])",
+            "url('https://example.com:8443/a?x=1').getPort() == '8443' && isURL('/a/b')",
+            "'%s is %d'.format(['x', 3]) == 'x is 3'",
+            "{'a': 1}.all(k, v, k == 'a')",
+            "!format.dns1123Label().validate(self.s).hasValue() && format.named('labelValue').hasValue()",
+            "format.dns1123Label().validate('a.b') == optional.of(['must not contain dots'])",
+            "!format.named('nope').hasValue() && format.named('dns1035Label').value().validate('1a').value().size() == 1",
+            "self.l.all(i, v, v > 0 && i >= 0) && [1, 2, 3].all(i, v, v == i + 1) && !self.l.all(i, v, v > 1)",
+            "{'a': 1, 'b': 2}.exists(k, v, k == 'b' && v == 2) && !{'a': 1}.exists(k, v, v == 2)",
+            "[1, 2].existsOne(i, v, v == 2) && !self.l.existsOne(i, v, v == 1)",
+            "[1, 2, 3].transformList(i, v, v * 2) == [2, 4, 6] && [1, 2, 3].transformList(i, v, i > 0, v) == [2, 3]",
+            "{'a': 1}.transformMap(k, v, v + 1) == {'a': 2} && {'a': 1, 'b': 2}.transformMap(k, v, v > 1, v) == {'b': 2}",
+            "{'a': 1}.transformMapEntry(k, v, {k + 'x': v}) == {'ax': 1}",
+            "[[1], [2]].all(i, l, l.all(j, v, v == i + 1)) && self.ips.exists(i, a, i == 1 && isIP(a))",
+        ] {
+            assert!(holds(rule), "{rule}");
+        }
+    }
+
+    #[test]
+    fn a_bad_address_is_an_evaluation_error_worded_as_kubernetes_words_it() {
+        let value = json!({});
+        let Outcome::Error(e) = evaluate("ip('nope').family() == 4", "r", &value, OldSelf::Absent) else {
+            panic!("not an error");
+        };
+        assert_eq!(
+            e,
+            "IP Address \"nope\" parse error during conversion from string: ParseAddr(\"nope\"): unable to parse IP evaluating rule: r"
+        );
     }
 }

@@ -203,8 +203,8 @@ const TYPE_NAMES: &[&str] = &[
 ];
 
 /// The namespaces of the functions Kubernetes declares for CRD rules (`strings.quote`,
-/// `optional.of`); `math` and `cel` (`cel.bind`) are not among them.
-pub const NAMESPACES: &[&str] = &["optional", "strings", "sets", "base64", "lists", "format"];
+/// `optional.of`, `ip.isCanonical`); `math`, `base64` and `cel` (`cel.bind`) are not among them.
+pub const NAMESPACES: &[&str] = &["optional", "strings", "sets", "lists", "format", "ip"];
 
 /// A CEL type, as far as the checker follows it.
 #[derive(Clone, Debug)]
@@ -831,6 +831,9 @@ impl Checker<'_> {
             n.computed = Some(self.size(&a)).filter(|s| *s != UNKNOWN);
             return n;
         }
+        if let Some(n) = self.two_variable_macro(call) {
+            return n;
+        }
         let args: Vec<Node> = call.args.iter().map(|a| self.node(a)).collect();
         // `strings.quote(…)`: a function of a namespace, not a method of a variable.
         let namespaced = matches!(call.target.as_deref().map(|t| &t.expr),
@@ -846,6 +849,58 @@ impl Checker<'_> {
             n.computed = result;
         }
         n
+    }
+
+    /// The macros that bind two variables, which Kubernetes declares (`l.all(i, v, …)`,
+    /// `m.exists(k, v, …)`, `transformList`, `transformMap`, `transformMapEntry`) and the `cel`
+    /// crate leaves unexpanded: checked with both variables declared, their body's cost counted
+    /// once per element of the target.
+    fn two_variable_macro(&mut self, call: &cel::common::ast::CallExpr) -> Option<Node> {
+        let f = call.func_name.as_str();
+        let macro_ = matches!(
+            f,
+            "all" | "exists" | "exists_one" | "existsOne" | "transformList" | "transformMap" | "transformMapEntry"
+        );
+        let ident = |i: usize| match call.args.get(i).map(|a| &a.expr) {
+            Some(Expr::Ident(n)) => Some(n.clone()),
+            _ => None,
+        };
+        let target = call.target.as_ref()?;
+        if !macro_ || !(3..=4).contains(&call.args.len()) {
+            return None;
+        }
+        let (first, second) = (ident(0)?, ident(1)?);
+        // Checked as cel-go expands it: a comprehension over the target with both variables.
+        let lit = |v: bool| IdedExpr {
+            id: 0,
+            expr: Expr::Literal(LiteralValue::Boolean(v.into())),
+        };
+        let (init, step) = match f {
+            "transformList" | "transformMap" | "transformMapEntry" => {
+                (lit(false), call.args[call.args.len() - 1].clone())
+            }
+            _ => (lit(f == "all"), call.args[2].clone()),
+        };
+        let comprehension = cel::common::ast::ComprehensionExpr {
+            iter_range: (**target).clone(),
+            iter_var: first,
+            iter_var2: Some(second),
+            accu_var: "@result".into(),
+            accu_init: init,
+            loop_cond: lit(true),
+            loop_step: step,
+            result: IdedExpr {
+                id: 0,
+                expr: Expr::Ident("@result".into()),
+            },
+        };
+        let mut n = self.comprehension(&comprehension);
+        if matches!(f, "all" | "exists" | "exists_one" | "existsOne") {
+            n.ty = Ty::Bool;
+        } else {
+            n.ty = Ty::Dyn;
+        }
+        Some(n)
     }
 
     /// The cost of a call (without its target's) and the size of its result, as cel-go and
@@ -1164,6 +1219,11 @@ impl Checker<'_> {
                 Ty::Bool
             }
             ("lowerAscii" | "upperAscii" | "trim" | "replace" | "substring" | "charAt", Some(_)) => Ty::String,
+            // Kubernetes declares version 2 of the strings extension, without `reverse`.
+            ("reverse", Some(t)) if matches!(t.ty, Ty::String) && args.is_empty() => {
+                no_overload(self, "string.()".to_string());
+                Ty::Dyn
+            }
             ("join", Some(_)) => Ty::String,
             ("split", Some(_)) => Ty::List(Box::new(Ty::String)),
             ("indexOf" | "lastIndexOf", Some(_)) => Ty::Int,

@@ -1,41 +1,28 @@
 //! Kubernetes' CEL libraries (pure, no I/O), as far as CRD rules use them: `quantity()` and
 //! `isQuantity()` with the quantity methods, `url()` and `isURL()` with the URL accessors, the
-//! list functions `isSorted()`, `sum()`, `min()`, `max()`, and the regex functions `find()` and
-//! `findAll()`. The functions Kubernetes declares that are not here (IP and CIDR, `format`,
-//! `semver`, list `indexOf`, authorizer) are listed in [`KNOWN_UNIMPLEMENTED`]: a rule calling
-//! one installs, and is not enforced.
+//! list functions `isSorted()`, `sum()`, `min()`, `max()`, `indexOf()`, `lastIndexOf()`, the
+//! regex functions `find()` and `findAll()`, the IP and CIDR library (`cel_net`), the semver
+//! library (`cel_semver`), the format library's name formats (`cel_format`), and cel-go's sets
+//! extension (`sets.contains()`, `sets.equivalent()`,
+//! `sets.intersects()`). CEL's strings extension (`charAt`, `indexOf`, `format`, …) and lists
+//! extension come with the `cel` crate.
+//!
+//! What Kubernetes declares and the simulator does not implement (the `uri`, `uuid`, `byte`,
+//! `date` and `datetime` formats; [`KNOWN_UNIMPLEMENTED`]: the authorizer functions, which CRD
+//! rules cannot reach anyway) still installs
+//! with a CRD, as it does on the real server; a write whose rule needs one is refused with a 422
+//! that names the rule and the function (`cel::Outcome::Unsupported`), never let through.
 
 use std::sync::Arc;
 
+use cel::common::types::{Type, DYN_TYPE, LIST_TYPE, STRING_TYPE};
+use cel::common::value::{CowVal, Val};
 use cel::extractors::{Arguments, This};
 use cel::objects::{Opaque, Value};
 use cel::{Context, ExecutionError, FunctionContext, ResolveResult};
 
 /// The functions of Kubernetes' CEL environment this module does not implement.
 pub const KNOWN_UNIMPLEMENTED: &[&str] = &[
-    "ip",
-    "isIP",
-    "cidr",
-    "isCIDR",
-    "family",
-    "isUnspecified",
-    "isLoopback",
-    "isLinkLocalMulticast",
-    "isLinkLocalUnicast",
-    "isGlobalUnicast",
-    "containsIP",
-    "containsCIDR",
-    "prefixLength",
-    "masked",
-    "semver",
-    "isSemver",
-    "major",
-    "minor",
-    "patch",
-    "format.named",
-    "validate",
-    "indexOf",
-    "lastIndexOf",
     "authorizer",
     "path",
     "group",
@@ -78,9 +65,173 @@ pub const IMPLEMENTED: &[&str] = &[
     "sum",
     "min",
     "max",
+    "indexOf",
+    "lastIndexOf",
     "find",
     "findAll",
+    "validate",
 ];
+
+/// Whether a rule may call `name`: implemented here or declared by Kubernetes.
+pub fn declared(name: &str) -> bool {
+    IMPLEMENTED.contains(&name)
+        || KNOWN_UNIMPLEMENTED.contains(&name)
+        || super::cel_net::FUNCTIONS.contains(&name)
+        || super::cel_semver::FUNCTIONS.contains(&name)
+}
+
+/// Adds the overloads that share a name with one of CEL's own (so that a context cannot take
+/// them as functions): `indexOf` and `lastIndexOf` of a list, `string()` of an IP or a CIDR,
+/// `ip.isCanonical()` and the sets extension; and the simulator's cost meter and the functions
+/// its expansion of two-variable macros calls (`cel_macros`).
+pub fn extend_env(env: &mut cel::Env) {
+    let _ = env.add_overload(
+        super::cel::METER_FN,
+        "kube_sim_meter",
+        vec![cel::common::types::INT_TYPE, DYN_TYPE],
+        super::cel::meter,
+    );
+    for (name, f) in super::cel_format::constructors() {
+        let _ = env.add_overload(&name, &name, vec![], f);
+    }
+    let _ = env.add_overload(
+        "format.named",
+        "format_named",
+        vec![STRING_TYPE],
+        super::cel_format::named,
+    );
+    let _ = env.add_member_overload(
+        "validate",
+        "format_validate",
+        Type::new_opaque_type("kubernetes.NamedFormat"),
+        vec![STRING_TYPE],
+        super::cel_format::validate_fn,
+    );
+    let _ = env.add_overload(
+        super::cel_macros::PAIRS_FN,
+        "kube_sim_pairs",
+        vec![DYN_TYPE],
+        super::cel_macros::pairs,
+    );
+    let insert = super::cel_macros::INSERT_FN;
+    let _ = env.add_overload(
+        insert,
+        "kube_sim_map_insert_entry",
+        vec![DYN_TYPE, DYN_TYPE, DYN_TYPE],
+        super::cel_macros::map_insert,
+    );
+    let _ = env.add_overload(
+        insert,
+        "kube_sim_map_insert_map",
+        vec![DYN_TYPE, DYN_TYPE],
+        super::cel_macros::map_insert,
+    );
+    let ip = Type::new_opaque_type("net.IP");
+    let cidr = Type::new_opaque_type("net.CIDR");
+    let _ = env.add_member_overload("indexOf", "list_index_of", LIST_TYPE, vec![DYN_TYPE], list_index_of);
+    let _ = env.add_member_overload(
+        "lastIndexOf",
+        "list_last_index_of",
+        LIST_TYPE,
+        vec![DYN_TYPE],
+        list_last_index_of,
+    );
+    let _ = env.add_overload("string", "ip_to_string", vec![ip], net_to_string);
+    let _ = env.add_overload("string", "cidr_to_string", vec![cidr], net_to_string);
+    let _ = env.add_overload("ip.isCanonical", "ip_is_canonical", vec![STRING_TYPE], ip_is_canonical);
+    let _ = env.add_overload(
+        "sets.contains",
+        "list_sets_contains_list",
+        vec![LIST_TYPE, LIST_TYPE],
+        sets_contains,
+    );
+    let _ = env.add_overload(
+        "sets.equivalent",
+        "list_sets_equivalent_list",
+        vec![LIST_TYPE, LIST_TYPE],
+        sets_equivalent,
+    );
+    let _ = env.add_overload(
+        "sets.intersects",
+        "list_sets_intersects_list",
+        vec![LIST_TYPE, LIST_TYPE],
+        sets_intersects,
+    );
+}
+
+/// An overload written over [`Value`]s: the arguments converted, the result converted back.
+pub(crate) fn by_value<'b, 'v>(
+    args: Vec<CowVal<'b, 'v>>,
+    f: impl FnOnce(&[Value]) -> Result<Value, ExecutionError>,
+) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let values = args
+        .iter()
+        .map(|a| Value::try_from(a.as_ref()))
+        .collect::<Result<Vec<_>, _>>()?;
+    let out: Box<dyn Val> = Box::<dyn Val>::try_from(f(&values)?)?;
+    Ok(CowVal::Owned(out))
+}
+
+fn position(values: &[Value], last: bool) -> Result<Value, ExecutionError> {
+    let [Value::List(list), item] = values else {
+        return Err(ExecutionError::no_such_overload("indexOf", vec![]));
+    };
+    let found = if last {
+        list.iter().rposition(|v| v == item)
+    } else {
+        list.iter().position(|v| v == item)
+    };
+    Ok(Value::Int(found.map_or(-1, |i| i as i64)))
+}
+
+fn list_index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    by_value(args, |v| position(v, false))
+}
+
+fn list_last_index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    by_value(args, |v| position(v, true))
+}
+
+fn net_to_string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    by_value(args, |v| {
+        v.first()
+            .and_then(super::cel_net::to_string)
+            .map(|s| Value::String(Arc::new(s)))
+            .ok_or_else(|| ExecutionError::no_such_overload("string", vec![]))
+    })
+}
+
+fn ip_is_canonical<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    by_value(args, |v| match v {
+        [Value::String(s)] => super::cel_net::is_canonical(s)
+            .map(Value::Bool)
+            .map_err(|e| ExecutionError::function_error("ip.isCanonical", e)),
+        _ => Err(ExecutionError::no_such_overload("ip.isCanonical", vec![])),
+    })
+}
+
+fn two_lists(values: &[Value], f: fn(&[Value], &[Value]) -> bool) -> Result<Value, ExecutionError> {
+    match values {
+        [Value::List(a), Value::List(b)] => Ok(Value::Bool(f(a, b))),
+        _ => Err(ExecutionError::no_such_overload("sets", vec![])),
+    }
+}
+
+fn sets_contains<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    by_value(args, |v| two_lists(v, |a, b| b.iter().all(|x| a.contains(x))))
+}
+
+fn sets_equivalent<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    by_value(args, |v| {
+        two_lists(v, |a, b| {
+            b.iter().all(|x| a.contains(x)) && a.iter().all(|x| b.contains(x))
+        })
+    })
+}
+
+fn sets_intersects<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    by_value(args, |v| two_lists(v, |a, b| a.iter().any(|x| b.contains(x))))
+}
 
 /// Adds the library to a context.
 pub fn register(ctx: &mut Context) {
@@ -109,6 +260,8 @@ pub fn register(ctx: &mut Context) {
     let _ = ctx.add_function("max", max);
     let _ = ctx.add_function("find", find);
     let _ = ctx.add_function("findAll", find_all);
+    super::cel_net::register(ctx);
+    super::cel_semver::register(ctx);
 }
 
 // ---- quantity ----
@@ -213,7 +366,12 @@ fn is_quantity(s: Arc<String>) -> bool {
     parse_quantity(&s).is_some()
 }
 
+/// The order of two quantities, or of two semantic versions.
 fn compare(this: &Value, other: &Value) -> Result<std::cmp::Ordering, ExecutionError> {
+    use super::cel_semver::semver_of;
+    if let (Some(a), Some(b)) = (semver_of(this), semver_of(other)) {
+        return Ok(super::cel_semver::compare(a, b));
+    }
     Ok(quantity_of(this)?.0.cmp(&quantity_of(other)?.0))
 }
 

@@ -692,6 +692,18 @@ async fn differential(name: &str) {
         number(&mut want);
         number(&mut got);
         compared += want.len();
+        // `KUBE_SIM_SHOW_CODES=1`: what each step got from the real server, to see what a
+        // scenario measures.
+        if std::env::var_os("KUBE_SIM_SHOW_CODES").is_some() {
+            for (step, w) in &want {
+                let message = w
+                    .compared
+                    .pointer("/body/message")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                eprintln!("{}: {step}: {} {message}", version_name(version), w.compared["code"]);
+            }
+        }
         for ((step, w), (_, g)) in want.iter().zip(&got) {
             if w.compared != g.compared {
                 let diff = json_patch::diff(&w.compared, &g.compared);
@@ -828,4 +840,24 @@ async fn the_cost_of_crd_rules_is_estimated_like_the_real_apiserver() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rules_past_the_per_call_cost_limit_are_cut_short_like_the_real_apiserver() {
     differential("celruntime").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kubernetes_cel_libraries_match_the_real_apiserver() {
+    differential("cellibs").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_delete_of_a_terminating_pod_matches_the_real_apiserver() {
+    differential("podsterminating").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rules_that_stop_early_cost_what_they_did_like_the_real_apiserver() {
+    differential("celshortcircuit").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ratcheting_and_transition_rules_match_the_real_apiserver() {
+    differential("ratcheting").await;
 }

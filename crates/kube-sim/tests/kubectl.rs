@@ -25,7 +25,12 @@ async fn start() -> Kubectl {
     sim.seed("north", &objects).expect("the kinds seed");
     let dir = tempfile::tempdir().unwrap();
     sim.write_kubeconfig(&dir.path().join("kubeconfig")).unwrap();
-    Kubectl { _sim: sim, dir }
+    let k = Kubectl { _sim: sim, dir };
+    // The StatefulSet's pod is the controller's to create, a moment after seeding: the tests
+    // start once it is there.
+    k.until("pod/cache-0", "{.metadata.name}", |name| name == "cache-0")
+        .await;
+    k
 }
 
 impl Kubectl {

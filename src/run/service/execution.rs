@@ -320,17 +320,22 @@ impl Observer for StoreObserver<'_> {
                     self.runs
                         .notify(Lifecycle::StepFailed, run, Some(&s.name), s.error.as_deref());
                 }
-                if let Some(ms) = s.duration_ms {
-                    m.step_duration
-                        .with_label_values(&[&run.plan, s.step_type.as_str()])
-                        .observe(ms as f64 / 1000.0);
+                step_metrics(m, &run.plan, s);
+            }
+            Event::ChildFinished {
+                index,
+                compensation,
+                child,
+            } => {
+                // A step of a forEach iteration counts as a step. Its failure is told when the
+                // run goes on past it (onError: continue); otherwise the forEach's own failure,
+                // which names it, is.
+                let s = run.child(*index, *compensation, *child);
+                if s.status == StepStatus::Failed && s.continued {
+                    self.runs
+                        .notify(Lifecycle::StepFailed, run, Some(&s.name), s.error.as_deref());
                 }
-                if s.status == StepStatus::Failed {
-                    let reason = s.reason.as_deref().unwrap_or("unknown");
-                    m.step_failures
-                        .with_label_values(&[&run.plan, s.step_type.as_str(), reason])
-                        .inc();
-                }
+                step_metrics(m, &run.plan, s);
             }
             Event::RunFinished => {
                 if let Some(event) = Lifecycle::of_finished(run.phase) {
@@ -345,5 +350,20 @@ impl Observer for StoreObserver<'_> {
             }
             _ => {}
         }
+    }
+}
+
+/// A finished step's duration and, when it failed, its failure by reason.
+fn step_metrics(m: &crate::metrics::Metrics, plan: &str, s: &crate::record::StepRecord) {
+    if let Some(ms) = s.duration_ms {
+        m.step_duration
+            .with_label_values(&[plan, s.step_type.as_str()])
+            .observe(ms as f64 / 1000.0);
+    }
+    if s.status == StepStatus::Failed {
+        let reason = s.reason.as_deref().unwrap_or("unknown");
+        m.step_failures
+            .with_label_values(&[plan, s.step_type.as_str(), reason])
+            .inc();
     }
 }

@@ -90,8 +90,20 @@ pub fn capped_context(alert: &Alert) -> Value {
 }
 
 impl Runs {
-    /// Handles one alert of a webhook payload; each alert is judged by its own status.
+    /// Handles one alert of a webhook payload; each alert is judged by its own status. A store
+    /// that fails here counts as unhealthy at once (not at the next health check), so that no
+    /// later alert is answered from what this process remembers while nothing can be recorded.
     pub async fn alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
+        let result = self.take_alert(alert).await;
+        if let Err(RunsError::Store(e)) = &result {
+            if !e.not_ours() {
+                self.store_failed("", e);
+            }
+        }
+        result
+    }
+
+    async fn take_alert(self: &Arc<Self>, alert: &Alert) -> Result<Vec<AlertOutcome>, RunsError> {
         let outcome =
             |action: Action, plan: Option<String>, run_id: Option<String>, reason: Option<String>| AlertOutcome {
                 fingerprint: alert.fingerprint.clone(),

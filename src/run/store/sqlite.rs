@@ -111,6 +111,17 @@ fn now_ms() -> i64 {
     jiff::Timestamp::now().as_millisecond()
 }
 
+/// The records of the `(id, record)` rows `stmt` selects with `params`.
+fn records(stmt: &mut rusqlite::Statement<'_>, params: impl rusqlite::Params) -> Result<Vec<RunRecord>, StoreError> {
+    let rows = stmt.query_map(params, |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (id, text) = row?;
+        out.push(serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?);
+    }
+    Ok(out)
+}
+
 fn to_json<T: Serialize>(v: &T) -> String {
     serde_json::to_string(v).expect("records serialize")
 }
@@ -282,15 +293,7 @@ impl Db {
         let mut stmt = self.conn.prepare(
             "SELECT id, record FROM runs WHERE (?1 IS NULL OR plan = ?1) ORDER BY created_ms DESC, id DESC LIMIT ?2",
         )?;
-        let rows = stmt.query_map(params![plan, limit as i64], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, text) = row?;
-            out.push(serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?);
-        }
-        Ok(out)
+        records(&mut stmt, params![plan, limit as i64])
     }
 
     /// One page of run summaries, newest first, optionally of one plan; `after` is the
@@ -328,15 +331,7 @@ impl Db {
     /// Every run in one phase.
     fn in_phase(&self, phase: Phase) -> Result<Vec<RunRecord>, StoreError> {
         let mut stmt = self.conn.prepare("SELECT id, record FROM runs WHERE phase = ?1")?;
-        let rows = stmt.query_map([phase_name(phase)], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
-        })?;
-        let mut out = Vec::new();
-        for row in rows {
-            let (id, text) = row?;
-            out.push(serde_json::from_str(&text).map_err(|source| StoreError::Decode { id, source })?);
-        }
-        Ok(out)
+        records(&mut stmt, [phase_name(phase)])
     }
 
     /// Runs waiting for approval that a resolved alert with this fingerprint may cancel.

@@ -28,6 +28,39 @@ pub(super) struct Held {
     pub(super) version: String,
     pub(super) renewed: Instant,
     pub(super) lost: CancellationToken,
+    pub(super) tenure: Tenure,
+}
+
+/// What a Lease keeps across renewals, as client-go's leader election keeps it: when its holder
+/// acquired it, and how many times it changed hands.
+#[derive(Clone, Debug)]
+pub(super) struct Tenure {
+    acquired: MicroTime,
+    transitions: i32,
+}
+
+impl Tenure {
+    /// This replica's tenure of a Lease that is `current` now (`None`: it does not exist yet):
+    /// unchanged if this replica holds it already, else acquired now, one more transition when
+    /// it was another replica's.
+    fn taking(current: Option<&Lease>, identity: &str) -> Tenure {
+        let spec = current.and_then(|l| l.spec.as_ref());
+        let holder = spec
+            .and_then(|s| s.holder_identity.as_deref())
+            .filter(|h| !h.is_empty());
+        let transitions = spec.and_then(|s| s.lease_transitions).unwrap_or(0);
+        match (holder, spec.and_then(|s| s.acquire_time.clone())) {
+            (Some(h), Some(acquired)) if h == identity => Tenure { acquired, transitions },
+            (Some(_), _) => Tenure {
+                acquired: MicroTime(jiff::Timestamp::now()),
+                transitions: transitions + 1,
+            },
+            (None, _) => Tenure {
+                acquired: MicroTime(jiff::Timestamp::now()),
+                transitions,
+            },
+        }
+    }
 }
 
 impl KubeStore {
@@ -71,7 +104,8 @@ impl KubeStore {
         if let Some(lease) = &current {
             deliver(&mut lock(&self.state), id, lease);
         }
-        let held_version = match renew(&self.leases, &self.config, id, version).await {
+        let tenure = Tenure::taking(current.as_ref(), &self.config.identity);
+        let held_version = match renew(&self.leases, &self.config, id, version, &tenure).await {
             Ok(v) => v,
             // Another replica took it first.
             Err(e) if is_status(&e, 409) => return Ok(None),
@@ -102,6 +136,7 @@ impl KubeStore {
                 version: held_version,
                 renewed: Instant::now(),
                 lost: lost.clone(),
+                tenure,
             },
         );
         s.seen.remove(id);
@@ -249,17 +284,17 @@ pub(super) async fn renew_loop(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(third / 2) => {}
         }
-        let due: Vec<(String, String)> = lock(&state)
+        let due: Vec<(String, String, Tenure)> = lock(&state)
             .held
             .iter()
             .filter(|(_, h)| h.renewed.elapsed() >= third)
-            .map(|(id, h)| (id.clone(), h.version.clone()))
+            .map(|(id, h)| (id.clone(), h.version.clone(), h.tenure.clone()))
             .collect();
-        let tries = due.into_iter().map(|(id, version)| {
+        let tries = due.into_iter().map(|(id, version, tenure)| {
             let (leases, config) = (&leases, &config);
             async move {
                 let sent = Instant::now();
-                let result = tokio::time::timeout(third, renew(leases, config, &id, Some(version))).await;
+                let result = tokio::time::timeout(third, renew(leases, config, &id, Some(version), &tenure)).await;
                 (id, sent, result)
             }
         });
@@ -360,13 +395,14 @@ pub(super) fn lose(s: &mut State, id: &str) {
     s.versions.remove(id);
 }
 
-/// Writes run `id`'s Lease as held by this replica now: created when `version` is `None`,
-/// else replaced at `version`. Returns the new `resourceVersion`.
+/// Writes run `id`'s Lease as held by this replica now, in `tenure`: created when `version` is
+/// `None`, else replaced at `version`. Returns the new `resourceVersion`.
 pub(super) async fn renew(
     leases: &Api<Lease>,
     config: &KubeStoreConfig,
     id: &str,
     version: Option<String>,
+    tenure: &Tenure,
 ) -> Result<String, kube::Error> {
     let now = MicroTime(jiff::Timestamp::now());
     let lease = Lease {
@@ -380,8 +416,9 @@ pub(super) async fn renew(
         spec: Some(LeaseSpec {
             holder_identity: Some(config.identity.clone()),
             lease_duration_seconds: Some(config.lease_duration.as_secs().max(1) as i32),
-            renew_time: Some(now.clone()),
-            acquire_time: version.is_none().then_some(now),
+            renew_time: Some(now),
+            acquire_time: Some(tenure.acquired.clone()),
+            lease_transitions: Some(tenure.transitions),
             ..Default::default()
         }),
     };

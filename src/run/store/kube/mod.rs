@@ -227,11 +227,10 @@ impl KubeStore {
         Ok(self.all().await?.iter().map(|o| record_of(o)).collect())
     }
 
-    /// Writes `record` as the run's status with `version` (optimistic concurrency).
-    async fn write_status(&self, record: &RunRecord, version: Option<String>) -> Result<String, kube::Error> {
-        let name = object_name(&record.id);
+    /// The `RecoveryRun` named `name` for `record`, in the store's namespace, without status.
+    fn resource(&self, name: &str, record: &RunRecord) -> RecoveryRun {
         let mut obj = RecoveryRun::new(
-            &name,
+            name,
             RecoveryRunSpec {
                 plan: record.plan.clone(),
                 trigger: record.trigger.clone(),
@@ -239,6 +238,13 @@ impl KubeStore {
             },
         );
         obj.metadata.namespace = Some(self.config.namespace.clone());
+        obj
+    }
+
+    /// Writes `record` as the run's status with `version` (optimistic concurrency).
+    async fn write_status(&self, record: &RunRecord, version: Option<String>) -> Result<String, kube::Error> {
+        let name = object_name(&record.id);
+        let mut obj = self.resource(&name, record);
         obj.metadata.resource_version = version;
         let mut status: RunRecord =
             serde_json::from_value(bounded_status(record)).expect("a bounded record reads back");
@@ -292,15 +298,7 @@ impl RunStore for KubeStore {
             }
         }
         let name = object_name(&record.id);
-        let mut obj = RecoveryRun::new(
-            &name,
-            RecoveryRunSpec {
-                plan: record.plan.clone(),
-                trigger: record.trigger.clone(),
-                mode: record.mode,
-            },
-        );
-        obj.metadata.namespace = Some(self.config.namespace.clone());
+        let mut obj = self.resource(&name, record);
         obj.metadata.labels = Some(
             [
                 (MANAGED_BY.0.into(), MANAGED_BY.1.into()),

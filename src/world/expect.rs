@@ -1,220 +1,16 @@
-//! Worlds (I/O edge): the clusters a rehearsal starts from — CRDs and objects per cluster —
-//! and the reactors that emulate operators, read from a YAML file and applied through the
-//! registry's clients. Also the expectations a rehearsal checks afterwards.
+//! What a rehearsal checks afterwards: every object as the world seeded it, unchanged unless an
+//! expectation says how it changed (or that it is gone, or that the run created it), and the
+//! run's step records.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use kube::api::{Patch, PatchParams};
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 
-use crate::cluster::Registry;
-use crate::cluster::{api_for_object, object_diff};
+use super::Seeded;
+use crate::cluster::{api_for_object, object_diff, Registry};
 use crate::fieldpath::{self, FieldPath};
-use crate::reactor::{Reactor, ValueFrom};
-
-const WORLD_MANAGER: &str = "recoverd-world";
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct World {
-    pub clusters: BTreeMap<String, WorldCluster>,
-    #[serde(default)]
-    pub reactors: Vec<Reactor>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct WorldCluster {
-    /// CRD files, relative to the world file.
-    #[serde(default)]
-    pub crds: Vec<PathBuf>,
-    /// Objects, inline or as file paths relative to the world file.
-    #[serde(default)]
-    pub objects: Vec<Value>,
-    /// Faults the built-in simulator injects for this cluster (ignored on real clusters).
-    #[serde(default)]
-    pub faults: Option<kube_sim::FaultSpec>,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum WorldError {
-    #[error("failed to read {path}: {reason}")]
-    Read { path: String, reason: String },
-    #[error("failed to set up cluster {cluster:?}: {reason}")]
-    Apply { cluster: String, reason: String },
-}
-
-/// An object of the world, as it was after seeding.
-#[derive(Clone, Debug)]
-pub struct Seeded {
-    pub cluster: String,
-    pub api_version: String,
-    pub resource: String,
-    pub namespace: Option<String>,
-    pub name: String,
-    pub before: Value,
-}
-
-impl Seeded {
-    pub fn describe(&self) -> String {
-        format!(
-            "{}: {}",
-            self.cluster,
-            crate::cluster::describe_object(&self.api_version, &self.resource, self.namespace.as_deref(), &self.name)
-        )
-    }
-}
-
-pub fn load(path: &Path) -> Result<(World, PathBuf), WorldError> {
-    let text = std::fs::read_to_string(path).map_err(|e| WorldError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let world: World = serde_yaml::from_str(&text).map_err(|e| WorldError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok((world, path.parent().unwrap_or(Path::new(".")).to_path_buf()))
-}
-
-fn read_docs(path: &Path) -> Result<Vec<Value>, WorldError> {
-    let text = std::fs::read_to_string(path).map_err(|e| WorldError::Read {
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let mut out = Vec::new();
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v = Value::deserialize(doc).map_err(|e| WorldError::Read {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        if !v.is_null() {
-            out.push(v);
-        }
-    }
-    Ok(out)
-}
-
-/// Installs the world's CRDs and objects (server-side apply, status through the status
-/// subresource) and returns every object as it stands afterwards.
-pub async fn seed(registry: &Registry, world: &World, base: &Path) -> Result<Vec<Seeded>, WorldError> {
-    let mut seeded = Vec::new();
-    for (cluster, spec) in &world.clusters {
-        let err = |reason: String| WorldError::Apply {
-            cluster: cluster.clone(),
-            reason,
-        };
-        for crd_file in &spec.crds {
-            for crd in read_docs(&base.join(crd_file))? {
-                let gv = "apiextensions.k8s.io/v1";
-                let resolved = registry
-                    .resolve(cluster, gv, "customresourcedefinitions")
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
-                let api = api_for_object(registry, cluster, &resolved, None).map_err(|e| err(e.to_string()))?;
-                let name = crd
-                    .pointer("/metadata/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string();
-                api.patch(&name, &PatchParams::apply(WORLD_MANAGER).force(), &Patch::Apply(&crd))
-                    .await
-                    .map_err(|e| err(format!("CRD {name}: {e}")))?;
-                // Served once discovery lists it.
-                let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-                let plural = crd
-                    .pointer("/spec/names/plural")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let version = crd
-                    .pointer("/spec/versions/0/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default();
-                let mut tries = 0;
-                while registry
-                    .resolve(cluster, &format!("{group}/{version}"), plural)
-                    .await
-                    .is_err()
-                {
-                    tries += 1;
-                    if tries > 100 {
-                        return Err(err(format!("CRD {name} was never served")));
-                    }
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            }
-        }
-        let mut objects = Vec::new();
-        for o in &spec.objects {
-            match o {
-                Value::String(file) => objects.extend(read_docs(&base.join(file))?),
-                other => objects.push(other.clone()),
-            }
-        }
-        for obj in objects {
-            seeded.push(apply_object(registry, cluster, obj).await.map_err(err)?);
-        }
-    }
-    // What the clusters' controllers did in answer to seeding (a StatefulSet's status) is part
-    // of the world, not a change the plan makes.
-    for s in &mut seeded {
-        if let Ok(now) = current(registry, s).await {
-            s.before = now;
-        }
-    }
-    Ok(seeded)
-}
-
-async fn apply_object(registry: &Registry, cluster: &str, mut obj: Value) -> Result<Seeded, String> {
-    let get = |k: &str| obj.pointer(k).and_then(Value::as_str).map(str::to_string);
-    let (Some(api_version), Some(kind), Some(name)) = (get("/apiVersion"), get("/kind"), get("/metadata/name")) else {
-        return Err("every object needs apiVersion, kind and metadata.name".into());
-    };
-    let namespace = get("/metadata/namespace");
-    let resolved = registry
-        .resolve_kind(cluster, &api_version, &kind)
-        .await
-        .map_err(|e| e.to_string())?;
-    if let Some(ns) = namespace.as_deref().filter(|_| resolved.namespaced) {
-        let nsr = registry
-            .resolve(cluster, "v1", "namespaces")
-            .await
-            .map_err(|e| e.to_string())?;
-        let nsapi = api_for_object(registry, cluster, &nsr, None).map_err(|e| e.to_string())?;
-        let body = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-        nsapi
-            .patch(ns, &PatchParams::apply(WORLD_MANAGER), &Patch::Apply(&body))
-            .await
-            .map_err(|e| format!("namespace {ns}: {e}"))?;
-    }
-    let api = api_for_object(registry, cluster, &resolved, namespace.as_deref()).map_err(|e| e.to_string())?;
-    let status = obj.as_object_mut().and_then(|o| o.remove("status"));
-    let params = PatchParams::apply(WORLD_MANAGER).force();
-    let mut after = api
-        .patch(&name, &params, &Patch::Apply(&obj))
-        .await
-        .map_err(|e| format!("{kind} {name}: {e}"))?;
-    if let Some(status) = status {
-        if resolved.subresources.iter().any(|s| s == "status") {
-            let body = json!({"status": status});
-            after = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(&body))
-                .await
-                .map_err(|e| format!("{kind} {name} status: {e}"))?;
-        }
-    }
-    Ok(Seeded {
-        cluster: cluster.to_string(),
-        api_version,
-        resource: resolved.resource.plural.clone(),
-        namespace,
-        name,
-        before: serde_json::to_value(after).unwrap_or_default(),
-    })
-}
+use crate::reactor::ValueFrom;
 
 /// Expectations after a rehearsal, per object: field values (`fields`), fields equal to a field
 /// of another object (`sameAs`: a token handed from one cluster to another), fields that must
@@ -324,45 +120,27 @@ impl Expectation {
             && self.name == s.name
     }
 
-    /// The JSON Pointers of the fields this expectation lets change (with `strict`).
-    fn covered(&self) -> Vec<String> {
+    /// The JSON Pointers of the fields this expectation lets change (with `strict`), in the
+    /// object as it was and as it is: a JSONPath filter covers the elements it selects in
+    /// either, never the rest of their list.
+    fn covered(&self, versions: &[&Value]) -> Vec<String> {
         let mut paths: Vec<String> = (self.fields.keys())
             .chain(self.same_as.keys())
             .chain(&self.changed)
             .chain(&self.may_change)
-            .filter_map(|p| pointer_of(p))
+            .filter_map(|p| FieldPath::parse(p).ok())
+            .flat_map(|p| versions.iter().flat_map(move |v| p.pointers(v)).collect::<Vec<_>>())
             .collect();
+        // A re-created object is another object: its creation time and its whole status are
+        // new (the fields named still say what they must be).
         if self.changed.iter().any(|c| c == "metadata.uid") {
             paths.push("/metadata/creationTimestamp".into());
+            paths.push("/status".into());
         }
+        paths.sort();
+        paths.dedup();
         paths
     }
-}
-
-/// The JSON Pointer a field path names; a JSONPath with a filter names the list it filters
-/// (`$.status.conditions[?(@.type=='Ready')].status` → `/status/conditions`).
-fn pointer_of(path: &str) -> Option<String> {
-    let dotted = match FieldPath::parse(path).ok()? {
-        d @ FieldPath::Dotted { .. } => d,
-        FieldPath::JsonPath { text } => {
-            let head = text.split("[?").next().unwrap_or(&text);
-            FieldPath::parse(head.strip_prefix('$').unwrap_or(head)).ok()?
-        }
-    };
-    let FieldPath::Dotted { segments, .. } = dotted else {
-        return None;
-    };
-    Some(
-        segments
-            .iter()
-            .map(|s| match s {
-                fieldpath::Segment::Key(k) => {
-                    format!("/{}", k.replace('~', "~0").replace('/', "~1"))
-                }
-                fieldpath::Segment::Index(i) => format!("/{i}"),
-            })
-            .collect(),
-    )
 }
 
 /// The fields a JSON Patch operation changes: an object it adds or replaces counts as each of
@@ -387,35 +165,17 @@ fn leaves(op: &Value) -> Vec<String> {
     out
 }
 
-/// An object's change during the rehearsal.
-pub struct Change {
-    pub object: String,
-    pub diff: Value,
-}
-
 /// Reads every seeded object again and returns the ones that changed.
 pub async fn changes(registry: &Registry, seeded: &[Seeded]) -> Vec<(Seeded, Value)> {
     let mut out = Vec::new();
     for s in seeded {
-        let after = current(registry, s).await.unwrap_or(Value::Null);
+        let after = s.current(registry).await.unwrap_or(Value::Null);
         let diff = object_diff(&s.before, &after);
         if diff.as_array().is_some_and(|a| !a.is_empty()) {
             out.push((s.clone(), after));
         }
     }
     out
-}
-
-async fn current(registry: &Registry, s: &Seeded) -> Result<Value, String> {
-    let resolved = registry
-        .resolve(&s.cluster, &s.api_version, &s.resource)
-        .await
-        .map_err(|e| e.to_string())?;
-    let api = api_for_object(registry, &s.cluster, &resolved, s.namespace.as_deref()).map_err(|e| e.to_string())?;
-    api.get(&s.name)
-        .await
-        .map(|o| serde_json::to_value(o).unwrap_or_default())
-        .map_err(|e| e.to_string())
 }
 
 /// One kind in one namespace of one cluster.
@@ -471,24 +231,24 @@ impl Inventory {
         Ok(Inventory { objects })
     }
 
-    /// The objects in the same scopes now that were not there when this was taken.
-    async fn appeared(&self, registry: &Registry) -> Result<Vec<Seeded>, String> {
-        let mut out = Vec::new();
+    /// The objects in the same scopes that were not there when this was taken, and those that
+    /// were and are gone.
+    async fn compare(&self, registry: &Registry) -> Result<(Vec<Seeded>, Vec<Seeded>), String> {
+        let (mut appeared, mut gone) = (Vec::new(), Vec::new());
         for (scope, before) in &self.objects {
-            for name in list(registry, scope).await? {
-                if !before.contains(&name) {
-                    out.push(Seeded {
-                        cluster: scope.cluster.clone(),
-                        api_version: scope.api_version.clone(),
-                        resource: scope.resource.clone(),
-                        namespace: Some(scope.namespace.clone()),
-                        name,
-                        before: Value::Null,
-                    });
-                }
-            }
+            let now = list(registry, scope).await?;
+            let object = |name: &String| Seeded {
+                cluster: scope.cluster.clone(),
+                api_version: scope.api_version.clone(),
+                resource: scope.resource.clone(),
+                namespace: Some(scope.namespace.clone()),
+                name: name.clone(),
+                before: Value::Null,
+            };
+            appeared.extend(now.difference(before).map(object));
+            gone.extend(before.difference(&now).map(object));
         }
-        Ok(out)
+        Ok((appeared, gone))
     }
 
     fn had(&self, s: &Seeded) -> Option<bool> {
@@ -548,7 +308,7 @@ pub async fn verify(
     let mut failures = Vec::new();
     for e in &expectations.expect {
         let s = e.object();
-        let found = current(registry, &s).await;
+        let found = s.current(registry).await;
         let obj = match (found, e.absent) {
             (Ok(_), true) => {
                 failures.push(format!("{}: exists, expected it gone", s.describe()));
@@ -597,7 +357,7 @@ pub async fn verify(
                 name: other.object.name.clone().unwrap_or_else(|| s.name.clone()),
                 before: Value::Null,
             };
-            let want = match current(registry, &o).await {
+            let want = match o.current(registry).await {
                 Ok(o) => field(&o, &other.field_path),
                 Err(err) => {
                     failures.push(format!("{}: {err}", o.describe()));
@@ -645,7 +405,7 @@ pub async fn verify(
         }
         // Nothing else changed in it.
         if let (true, Some(before)) = (expectations.strict, before) {
-            let covered = e.covered();
+            let covered = e.covered(&[&before.before, &obj]);
             let diff = object_diff(&before.before, &obj);
             let mut stray: Vec<String> = diff
                 .as_array()
@@ -672,15 +432,29 @@ pub async fn verify(
     }
     if expectations.strict {
         if let Some(inventory) = inventory {
-            match inventory.appeared(registry).await {
-                Ok(new) => {
-                    for s in new {
+            match inventory.compare(registry).await {
+                Ok((appeared, gone)) => {
+                    for s in appeared {
                         if !expectations.expect.iter().any(|e| e.names(&s)) {
                             failures.push(format!("{}: created, but no expectation names it", s.describe()));
                         }
                     }
+                    // An object the world did not seed (it was there before, or an operator
+                    // made it) that the run deleted: a selector that reached too far. The
+                    // seeded ones are judged above, as changed.
+                    for s in gone {
+                        let seeded_or_named =
+                            seeded.iter().any(|b| b.same_object(&s)) || expectations.expect.iter().any(|e| e.names(&s));
+                        if !seeded_or_named {
+                            failures.push(format!(
+                                "{}: deleted, but no expectation names it (expect it `absent: true` if the run \
+                                 should delete it)",
+                                s.describe()
+                            ));
+                        }
+                    }
                 }
-                Err(e) => failures.push(format!("listing what the run created: {e}")),
+                Err(e) => failures.push(format!("listing what the run created and deleted: {e}")),
             }
         }
         for w in written {

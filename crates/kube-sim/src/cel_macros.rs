@@ -1,0 +1,341 @@
+//! CEL's macros with two variables, which Kubernetes declares for CRD rules (cel-go's
+//! `TwoVarComprehensions`: `all(i, v, p)`, `exists(i, v, p)`, `existsOne(i, v, p)`,
+//! `transformList(i, v, [filter,] e)`, `transformMap(k, v, [filter,] e)`,
+//! `transformMapEntry(k, v, [filter,] e)`) and the `cel` crate leaves unexpanded and cannot
+//! evaluate (its interpreter binds one variable per loop). Before such a rule is evaluated, each
+//! call is rewritten into loops the interpreter runs: over `@kube_sim_pairs(target)` — a list's
+//! `[index, item]` pairs, a map's `[key, value]` pairs — with both variables bound from the pair,
+//! as cel-go's expansion binds them.
+
+use std::sync::Arc;
+
+use cel::common::ast::{operators, CallExpr, ComprehensionExpr, Expr, ListExpr, LiteralValue};
+use cel::common::value::CowVal;
+use cel::objects::Value;
+use cel::{ExecutionError, IdedExpr};
+
+/// The pairs a two-variable loop runs over.
+pub const PAIRS_FN: &str = "@kube_sim_pairs";
+/// `@kube_sim_map_insert(map, key, value)` and `@kube_sim_map_insert(map, entries)`.
+pub const INSERT_FN: &str = "@kube_sim_map_insert";
+
+const MACROS: &[&str] = &[
+    "all",
+    "exists",
+    "existsOne",
+    "exists_one",
+    "transformList",
+    "transformMap",
+    "transformMapEntry",
+];
+
+/// Whether an expression calls a two-variable macro.
+pub fn uses_two_variable_macros(e: &IdedExpr) -> bool {
+    let mut found = false;
+    visit(e, &mut |c| found |= is_macro(c));
+    found
+}
+
+fn visit(e: &IdedExpr, f: &mut impl FnMut(&CallExpr)) {
+    match &e.expr {
+        Expr::Call(c) => {
+            f(c);
+            if let Some(t) = &c.target {
+                visit(t, f);
+            }
+            c.args.iter().for_each(|a| visit(a, f));
+        }
+        Expr::Comprehension(c) => {
+            for x in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                visit(x, f);
+            }
+        }
+        Expr::Select(s) => visit(&s.operand, f),
+        Expr::List(l) => l.elements.iter().for_each(|x| visit(x, f)),
+        Expr::Map(m) => {
+            for x in &m.entries {
+                if let cel::common::ast::EntryExpr::MapEntry(me) = &x.expr {
+                    visit(&me.key, f);
+                    visit(&me.value, f);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_macro(c: &CallExpr) -> bool {
+    let ident = |i: usize| matches!(c.args.get(i).map(|a| &a.expr), Some(Expr::Ident(_)));
+    c.target.is_some()
+        && MACROS.contains(&c.func_name.as_str())
+        && (3..=4).contains(&c.args.len())
+        && ident(0)
+        && ident(1)
+}
+
+fn node(expr: Expr) -> IdedExpr {
+    IdedExpr { id: 0, expr }
+}
+
+fn ident(name: &str) -> IdedExpr {
+    node(Expr::Ident(name.to_string()))
+}
+
+fn call(f: &str, args: Vec<IdedExpr>) -> IdedExpr {
+    node(Expr::Call(CallExpr {
+        func_name: f.to_string(),
+        target: None,
+        args,
+    }))
+}
+
+fn int(i: i64) -> IdedExpr {
+    node(Expr::Literal(LiteralValue::Int(i.into())))
+}
+
+fn boolean(b: bool) -> IdedExpr {
+    node(Expr::Literal(LiteralValue::Boolean(b.into())))
+}
+
+fn list(elements: Vec<IdedExpr>) -> IdedExpr {
+    node(Expr::List(ListExpr {
+        elements,
+        optional_indices: Vec::new(),
+    }))
+}
+
+/// `body` with `name` bound to `value` (cel-go's `cel.bind`: a loop over nothing whose
+/// accumulator is the variable).
+fn bind(name: &str, value: IdedExpr, body: IdedExpr) -> IdedExpr {
+    node(Expr::Comprehension(Box::new(ComprehensionExpr {
+        iter_range: list(Vec::new()),
+        iter_var: "#unused".to_string(),
+        iter_var2: None,
+        accu_var: name.to_string(),
+        accu_init: value,
+        loop_cond: boolean(false),
+        loop_step: ident(name),
+        result: body,
+    })))
+}
+
+/// An expression with its two-variable macros rewritten into loops the `cel` crate runs.
+pub fn rewrite(e: &IdedExpr) -> IdedExpr {
+    let mut e = e.clone();
+    go(&mut e);
+    e
+}
+
+fn go(e: &mut IdedExpr) {
+    match &mut e.expr {
+        Expr::Call(c) => {
+            if let Some(t) = c.target.as_deref_mut() {
+                go(t);
+            }
+            c.args.iter_mut().for_each(go);
+            if is_macro(c) {
+                let c = std::mem::replace(
+                    c,
+                    CallExpr {
+                        func_name: String::new(),
+                        target: None,
+                        args: Vec::new(),
+                    },
+                );
+                *e = expand(c);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for x in [
+                &mut c.iter_range,
+                &mut c.accu_init,
+                &mut c.loop_cond,
+                &mut c.loop_step,
+                &mut c.result,
+            ] {
+                go(x);
+            }
+        }
+        Expr::Select(s) => go(&mut s.operand),
+        Expr::List(l) => l.elements.iter_mut().for_each(go),
+        Expr::Map(m) => {
+            for x in m.entries.iter_mut() {
+                if let cel::common::ast::EntryExpr::MapEntry(me) = &mut x.expr {
+                    go(&mut me.key);
+                    go(&mut me.value);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn expand(c: CallExpr) -> IdedExpr {
+    let CallExpr {
+        func_name,
+        target,
+        mut args,
+    } = c;
+    let name = |e: &IdedExpr| match &e.expr {
+        Expr::Ident(n) => n.clone(),
+        _ => String::new(),
+    };
+    let (first, second) = (name(&args[0]), name(&args[1]));
+    let body = args.pop().unwrap_or_else(|| boolean(false));
+    let filter = (args.len() == 3).then(|| args.pop()).flatten();
+    const RESULT: &str = "@result";
+    const PAIR: &str = "@kube_sim_pair";
+    // Both variables bound from the pair, around an expression of the iteration.
+    let with_vars = |e: IdedExpr| {
+        bind(
+            &first,
+            call(operators::INDEX, vec![ident(PAIR), int(0)]),
+            bind(&second, call(operators::INDEX, vec![ident(PAIR), int(1)]), e),
+        )
+    };
+    let filtered = |step: IdedExpr, filter: Option<IdedExpr>| match filter {
+        Some(f) => call(operators::CONDITIONAL, vec![with_vars(f), step, ident(RESULT)]),
+        None => step,
+    };
+    let (init, cond, step, result) = match func_name.as_str() {
+        "all" => (
+            boolean(true),
+            call(operators::NOT_STRICTLY_FALSE, vec![ident(RESULT)]),
+            call(operators::LOGICAL_AND, vec![ident(RESULT), with_vars(body)]),
+            ident(RESULT),
+        ),
+        "exists" => (
+            boolean(false),
+            call(
+                operators::NOT_STRICTLY_FALSE,
+                vec![call(operators::LOGICAL_NOT, vec![ident(RESULT)])],
+            ),
+            call(operators::LOGICAL_OR, vec![ident(RESULT), with_vars(body)]),
+            ident(RESULT),
+        ),
+        "existsOne" | "exists_one" => (
+            int(0),
+            boolean(true),
+            call(
+                operators::CONDITIONAL,
+                vec![
+                    with_vars(body),
+                    call(operators::ADD, vec![ident(RESULT), int(1)]),
+                    ident(RESULT),
+                ],
+            ),
+            call(operators::EQUALS, vec![ident(RESULT), int(1)]),
+        ),
+        "transformList" => (
+            list(Vec::new()),
+            boolean(true),
+            filtered(
+                call(operators::ADD, vec![ident(RESULT), list(vec![with_vars(body)])]),
+                filter,
+            ),
+            ident(RESULT),
+        ),
+        "transformMap" => (
+            node(Expr::Map(Default::default())),
+            boolean(true),
+            filtered(
+                call(
+                    INSERT_FN,
+                    vec![
+                        ident(RESULT),
+                        call(operators::INDEX, vec![ident(PAIR), int(0)]),
+                        with_vars(body),
+                    ],
+                ),
+                filter,
+            ),
+            ident(RESULT),
+        ),
+        // transformMapEntry
+        _ => (
+            node(Expr::Map(Default::default())),
+            boolean(true),
+            filtered(call(INSERT_FN, vec![ident(RESULT), with_vars(body)]), filter),
+            ident(RESULT),
+        ),
+    };
+    node(Expr::Comprehension(Box::new(ComprehensionExpr {
+        iter_range: call(PAIRS_FN, vec![target.map(|t| *t).unwrap_or_else(|| list(Vec::new()))]),
+        iter_var: PAIR.to_string(),
+        iter_var2: None,
+        accu_var: RESULT.to_string(),
+        accu_init: init,
+        loop_cond: cond,
+        loop_step: step,
+        result,
+    })))
+}
+
+fn key_value(k: &cel::objects::Key) -> Value {
+    use cel::objects::Key;
+    match k {
+        Key::Int(i) => Value::Int(*i),
+        Key::Uint(u) => Value::UInt(*u),
+        Key::Bool(b) => Value::Bool(*b),
+        Key::String(s) => Value::String(s.clone()),
+    }
+}
+
+/// `@kube_sim_pairs(list or map)`.
+pub fn pairs<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    super::cel_lib::by_value(args, |v| match v {
+        [Value::List(l)] => Ok(Value::List(Arc::new(
+            l.iter()
+                .enumerate()
+                .map(|(i, x)| Value::List(Arc::new(vec![Value::Int(i as i64), x.clone()])))
+                .collect(),
+        ))),
+        [Value::Map(m)] => {
+            let mut entries: Vec<(&cel::objects::Key, &Value)> = m.map.iter().collect();
+            entries.sort_by_key(|(k, _)| format!("{k:?}"));
+            Ok(Value::List(Arc::new(
+                entries
+                    .into_iter()
+                    .map(|(k, x)| Value::List(Arc::new(vec![key_value(k), x.clone()])))
+                    .collect(),
+            )))
+        }
+        _ => Err(ExecutionError::no_such_overload("all", vec![])),
+    })
+}
+
+/// `@kube_sim_map_insert(map, key, value)`, `@kube_sim_map_insert(map, {key: value})`: a new
+/// map; a key already there is an error, as in cel-go.
+pub fn map_insert<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    super::cel_lib::by_value(args, |v| {
+        let (map, entries): (&cel::objects::Map, Vec<(Value, Value)>) = match v {
+            [Value::Map(m), k, x] => (m, vec![(k.clone(), x.clone())]),
+            [Value::Map(m), Value::Map(e)] => (m, e.map.iter().map(|(k, x)| (key_value(k), x.clone())).collect()),
+            _ => return Err(ExecutionError::no_such_overload("transformMap", vec![])),
+        };
+        let mut out: std::collections::HashMap<cel::objects::Key, Value> = (*map.map).clone();
+        for (k, x) in entries {
+            let key = match k {
+                Value::Int(i) => cel::objects::Key::Int(i),
+                Value::UInt(u) => cel::objects::Key::Uint(u),
+                Value::Bool(b) => cel::objects::Key::Bool(b),
+                Value::String(s) => cel::objects::Key::String(s),
+                _ => return Err(ExecutionError::function_error("transformMap", "unsupported key type")),
+            };
+            if out.contains_key(&key) {
+                let shown = match &key {
+                    cel::objects::Key::Int(i) => i.to_string(),
+                    cel::objects::Key::Uint(u) => u.to_string(),
+                    cel::objects::Key::Bool(b) => b.to_string(),
+                    cel::objects::Key::String(s) => s.to_string(),
+                };
+                return Err(ExecutionError::function_error(
+                    "transformMapEntry",
+                    format!("insert failed: key {shown} already exists"),
+                ));
+            }
+            out.insert(key, x);
+        }
+        Ok(Value::Map(cel::objects::Map { map: Arc::new(out) }))
+    })
+}
