@@ -107,6 +107,85 @@ pub struct Registry {
     mode: WriteMode,
     /// (cluster, apiVersion) → the resources discovery found there.
     discovery: Mutex<HashMap<(String, String), GroupResources>>,
+    /// Objects as a patch step last read or wrote them (see [`Seen`]).
+    seen: Seen,
+}
+
+/// Objects as the API server last returned them to a patch step, each with the
+/// `resourceVersion` it had: the next patch of the same object sends that version as a
+/// precondition instead of reading the object again. The API server refuses (409) a patch whose
+/// `metadata.resourceVersion` is not the object's, so a patch that succeeds proves the object was
+/// exactly the remembered one just before it — the "before" of the record's diff is as true as
+/// after a GET. Bounded: [`Seen::MAX_OBJECTS`] objects of about [`Seen::MAX_BYTES`] at most;
+/// Secrets and dry runs are never remembered (the patch step decides).
+#[derive(Default)]
+pub struct Seen(Mutex<HashMap<String, std::sync::Arc<Value>>>);
+
+impl Seen {
+    pub const MAX_OBJECTS: usize = 128;
+    /// About this many bytes of strings and keys.
+    pub const MAX_BYTES: usize = 64 * 1024;
+
+    /// The object last seen at `key`.
+    pub fn get(&self, key: &str) -> Option<std::sync::Arc<Value>> {
+        self.0.lock().expect("seen objects").get(key).cloned()
+    }
+
+    /// Remembers an object the API server returned (forgets `key` when it has no
+    /// `resourceVersion` or is too large); the oldest entries give way when full.
+    pub fn put(&self, key: String, object: Value) {
+        let mut map = self.0.lock().expect("seen objects");
+        if resource_version(&object).is_none() || approx_bytes(&object, Self::MAX_BYTES) >= Self::MAX_BYTES {
+            map.remove(&key);
+            return;
+        }
+        if map.len() >= Self::MAX_OBJECTS && !map.contains_key(&key) {
+            // Any one gives way: a forgotten object is only read again.
+            if let Some(old) = map.keys().next().cloned() {
+                map.remove(&old);
+            }
+        }
+        map.insert(key, std::sync::Arc::new(object));
+    }
+
+    pub fn forget(&self, key: &str) {
+        self.0.lock().expect("seen objects").remove(key);
+    }
+}
+
+/// An object's `metadata.resourceVersion`.
+pub fn resource_version(object: &Value) -> Option<&str> {
+    object
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|rv| !rv.is_empty())
+}
+
+/// Roughly how many bytes `v` holds, counting no further than `limit`.
+fn approx_bytes(v: &Value, limit: usize) -> usize {
+    let mut total = 0;
+    let mut stack = vec![v];
+    while let Some(v) = stack.pop() {
+        total += 8 + match v {
+            Value::String(s) => s.len(),
+            Value::Array(a) => {
+                stack.extend(a);
+                0
+            }
+            Value::Object(o) => {
+                for (k, v) in o {
+                    total += k.len();
+                    stack.push(v);
+                }
+                0
+            }
+            _ => 0,
+        };
+        if total >= limit {
+            break;
+        }
+    }
+    total
 }
 
 impl std::fmt::Debug for Registry {
@@ -198,7 +277,13 @@ impl Registry {
             default,
             mode,
             discovery: Mutex::default(),
+            seen: Seen::default(),
         }
+    }
+
+    /// Objects patch steps last read or wrote.
+    pub fn seen(&self) -> &Seen {
+        &self.seen
     }
 
     pub fn names(&self) -> BTreeSet<String> {

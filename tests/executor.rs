@@ -422,3 +422,74 @@ async fn a_clusters_file_names_clusters_independently_of_kubeconfig_contexts() {
         .unwrap_err();
     assert!(err.to_string().contains("default cluster \"elsewhere\""), "{err}");
 }
+
+/// A patch step remembers the object the API server answered with, and the next patch of the
+/// same object sends that object's resourceVersion as a precondition instead of reading it
+/// first. The record's diff stays true: after a write by someone else the precondition fails
+/// and the step reads the object again, so its diff is against what the other writer left.
+#[tokio::test]
+async fn a_patch_after_a_write_by_someone_else_diffs_against_what_that_write_left() {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    let clusters = support::shared();
+    let ns = clusters.namespace("patch-seen").await;
+    let cms: Api<ConfigMap> = Api::namespaced(clusters.client("north").await, &ns);
+    let cm = serde_json::from_value(json!({"metadata": {"name": "seen"}, "data": {"a": "0"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let reg = registry(clusters, WriteMode::Live).await;
+    let step = |name: &str, key: &str, value: &str| {
+        format!(
+            "  - name: {name}\n    type: patch\n    cluster: north\n    patch: {{apiVersion: v1, resource: configmaps, namespace: {ns}, name: seen, override: {{fieldPath: data.{key}, value: {{raw: \"{value}\"}}}}}}\n"
+        )
+    };
+    let compile = |steps: String| {
+        let text = format!(
+            "apiVersion: recoverd.io/v1alpha1\nkind: RecoveryPlan\nmetadata: {{name: seen, namespace: ops}}\nspec:\n  steps:\n{steps}"
+        );
+        let (mut plans, errors) = recoverd::plan::load_str(std::path::Path::new("seen.yaml"), &text);
+        assert!(errors.is_empty(), "{errors:?}");
+        recoverd::plan::compile_one(&plans.remove(0), None).unwrap()
+    };
+
+    let first = compile(step("a", "a", "1") + &step("b", "b", "1") + &step("a-again", "a", "2"));
+    let record = run(reg.clone(), &first, &ns, &[]).await;
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    let diffs: Vec<_> = record.steps.iter().map(|s| s.diff.clone().unwrap()).collect();
+    assert_eq!(
+        diffs,
+        [
+            json!([{"op": "replace", "path": "/data/a", "value": "1"}]),
+            json!([{"op": "add", "path": "/data/b", "value": "1"}]),
+            json!([{"op": "replace", "path": "/data/a", "value": "2"}]),
+        ]
+    );
+
+    // Someone else writes in between: the next patch's diff does not show their change.
+    let other = json!({"data": {"c": "theirs", "b": "2"}});
+    cms.patch("seen", &PatchParams::default(), &Patch::Merge(&other))
+        .await
+        .unwrap();
+    let second = compile(step("a", "a", "3"));
+    let record = run(reg.clone(), &second, &ns, &[]).await;
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    assert_eq!(
+        record.steps[0].diff,
+        Some(json!([{"op": "replace", "path": "/data/a", "value": "3"}]))
+    );
+    let now = cms.get("seen").await.unwrap().data.unwrap();
+    assert_eq!(
+        now.into_iter().collect::<Vec<_>>(),
+        [("a", "3"), ("b", "2"), ("c", "theirs")].map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+
+    // Deleted and created again (a new object, a new resourceVersion): read again, not refused.
+    cms.delete("seen", &Default::default()).await.unwrap();
+    let cm = serde_json::from_value(json!({"metadata": {"name": "seen"}, "data": {"a": "new"}})).unwrap();
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let record = run(reg, &compile(step("a", "a", "4")), &ns, &[]).await;
+    assert_eq!(record.phase, Phase::Succeeded, "{record:#?}");
+    assert_eq!(
+        record.steps[0].diff,
+        Some(json!([{"op": "replace", "path": "/data/a", "value": "4"}]))
+    );
+}

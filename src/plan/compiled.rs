@@ -40,7 +40,7 @@ pub const FIELD_MANAGER: &str = "recoverd";
 pub struct Plan {
     /// The plan as written.
     pub resource: RecoveryPlan,
-    /// Where it was read from (file plans).
+    /// Where it was read from (file plans): its file and line; the text is not kept (empty).
     pub source: Source,
     /// Written in Nova's `recovery.elotl.co` format.
     pub nova: bool,
@@ -58,8 +58,6 @@ pub struct Plan {
     pub cooldown: Option<Duration>,
     /// How long an approval-gated run waits to be approved.
     pub approval_timeout: Duration,
-    /// `alertLabels`: every pair must be on the alert.
-    pub labels: BTreeMap<String, String>,
     /// `alertMatchers`, compiled.
     pub matchers: Vec<Matcher>,
     pub steps: Vec<Step>,
@@ -77,9 +75,14 @@ impl Plan {
         &self.resource.spec.overridable_params
     }
 
+    /// `alertLabels`: every pair must be on the alert.
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.resource.spec.alert_labels
+    }
+
     /// Whether an alert with these labels triggers the plan (its mode aside).
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.labels.iter().all(|(k, v)| labels.get(k) == Some(v)) && self.matchers.iter().all(|m| m.matches(labels))
+        self.labels().iter().all(|(k, v)| labels.get(k) == Some(v)) && self.matchers.iter().all(|m| m.matches(labels))
     }
 
     /// The longest the `onFailure` steps can take together: their own budget, since the run's

@@ -30,7 +30,8 @@ pub struct Source {
     pub file: PathBuf,
     /// 1-based line where the document starts.
     pub line: usize,
-    /// The document's text, to point at steps in later messages.
+    /// The document's text, for `recoverd check` to point at fields. A compiled
+    /// [`super::Plan`] does not keep it (empty): a running server never shows it.
     pub text: String,
 }
 
@@ -111,12 +112,21 @@ const MAX_DEPTH: usize = 32;
 /// Loads every plan under the given paths (files, or directories searched for `*.yaml`/`*.yml`).
 pub fn load_paths(paths: &[PathBuf]) -> (Vec<LoadedPlan>, Vec<LoadError>) {
     let mut plans = Vec::new();
+    let errors = load_paths_each(paths, |p| plans.extend(p));
+    (plans, errors)
+}
+
+/// [`load_paths`] one file at a time: `each` gets the plans of each file in turn (so that a
+/// caller keeping something smaller than a loaded plan never holds them all at once); the
+/// errors of every file, in the same order as [`load_paths`], are returned at the end.
+pub fn load_paths_each(paths: &[PathBuf], mut each: impl FnMut(Vec<LoadedPlan>)) -> Vec<LoadError> {
     let mut errors = Vec::new();
     for file in plan_files(paths, &mut errors) {
         match read_limited(&file) {
             Ok(text) => {
                 let (p, e) = load_str(&file, &text);
-                plans.extend(p);
+                drop(text);
+                each(p);
                 errors.extend(e);
             }
             Err(message) => errors.push(LoadError {
@@ -127,7 +137,7 @@ pub fn load_paths(paths: &[PathBuf]) -> (Vec<LoadedPlan>, Vec<LoadError>) {
             }),
         }
     }
-    (plans, errors)
+    errors
 }
 
 /// A file's text, refusing one over [`MAX_FILE_BYTES`] without reading it all.

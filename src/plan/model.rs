@@ -129,25 +129,25 @@ pub struct Step {
     #[serde(default)]
     pub on_error: OnError,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub patch: Option<PatchStep>,
+    pub patch: Option<Box<PatchStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub read_field: Option<ReadFieldStep>,
+    pub read_field: Option<Box<ReadFieldStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub wait: Option<WaitStep>,
+    pub wait: Option<Box<WaitStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub apply: Option<ApplyStep>,
+    pub apply: Option<Box<ApplyStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub http: Option<HttpStep>,
+    pub http: Option<Box<HttpStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delete: Option<DeleteStep>,
+    pub delete: Option<Box<DeleteStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub assert: Option<AssertStep>,
+    pub assert: Option<Box<AssertStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exec: Option<ExecStep>,
+    pub exec: Option<Box<ExecStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub approval: Option<ApprovalStep>,
+    pub approval: Option<Box<ApprovalStep>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub for_each: Option<ForEachStep>,
+    pub for_each: Option<Box<ForEachStep>>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -510,7 +510,7 @@ pub struct WaitStep {
     pub field_path: Option<String>,
     /// What the watched field (or object) must become for the wait to end.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub condition: Option<Condition>,
+    pub condition: Option<Box<Condition>>,
     /// How long to wait for the condition (mandatory for a condition wait), e.g. `5m`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<String>,

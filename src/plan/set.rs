@@ -12,15 +12,16 @@
 //! 10 000 plans, reaching a candidate's labels and matchers through its `Plan` (scattered over a
 //! heap of tens of MiB) cost a handful of cache misses per alert, most of what a match cost.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::load::load_paths_each;
 use super::model::Mode;
-use super::{compile, load_paths, LoadedPlan, Plan};
+use super::{compile, LoadedPlan, Plan};
 use crate::matcher::{Op, Regexes};
 
 #[derive(Default)]
@@ -29,8 +30,9 @@ pub struct PlanSet {
     /// by its position, without a lookup by name: with thousands of plans, cache misses are
     /// most of what a match costs.
     plans: Vec<Entry>,
-    /// Position in `plans` by name.
-    by_name: HashMap<String, usize>,
+    /// The names added, while the set is built (to refuse a name given twice); once indexed,
+    /// [`PlanSet::get`] searches the sorted `plans` instead of keeping every name twice more.
+    by_name: HashSet<String>,
     /// What is wrong with each plan (or file) that did not load or validate.
     pub invalid: Vec<InvalidPlan>,
     index: Index,
@@ -39,7 +41,6 @@ pub struct PlanSet {
 }
 
 struct Entry {
-    name: String,
     plan: Arc<Plan>,
 }
 
@@ -135,19 +136,28 @@ pub fn key(plan: &LoadedPlan) -> String {
 
 impl PlanSet {
     /// Loads and validates every plan under `paths` against the registry's cluster names.
+    ///
+    /// Each file's plans are validated as soon as it is read and the loaded documents dropped:
+    /// a loaded plan is several times the size of what the set keeps, and holding every one of
+    /// 10 000 at once left the server's heap tens of MiB larger after the load.
     pub fn load(paths: &[PathBuf], clusters: Option<&BTreeSet<String>>) -> Self {
-        let (loaded, errors) = load_paths(paths);
         let mut set = PlanSet::default();
-        for e in errors {
-            set.invalid.push(InvalidPlan {
+        let errors = load_paths_each(paths, |loaded| {
+            for plan in loaded {
+                set.insert(&plan, clusters);
+            }
+        });
+        // The files' errors first, then the plans', as when every file was read first.
+        let invalid = std::mem::take(&mut set.invalid);
+        set.invalid = errors
+            .into_iter()
+            .map(|e| InvalidPlan {
                 file: e.file.display().to_string(),
                 plan: None,
                 problems: vec![e.to_string()],
-            });
-        }
-        for plan in loaded {
-            set.insert(&plan, clusters);
-        }
+            })
+            .chain(invalid)
+            .collect();
         set.reindex();
         set
     }
@@ -163,7 +173,7 @@ impl PlanSet {
                 plan: Some(name),
                 problems: invalid.problems.iter().map(ToString::to_string).collect(),
             }),
-            Ok(_) if self.by_name.contains_key(&name) => self.invalid.push(InvalidPlan {
+            Ok(_) if self.by_name.contains(&name) => self.invalid.push(InvalidPlan {
                 file,
                 plan: Some(name.clone()),
                 problems: vec![format!("plan {name} is defined twice; the first definition is used")],
@@ -180,7 +190,7 @@ impl PlanSet {
             ..PlanSet::default()
         };
         for plan in plans {
-            if set.by_name.contains_key(&plan.key) {
+            if set.by_name.contains(&plan.key) {
                 let name = plan.key.clone();
                 set.invalid.push(InvalidPlan {
                     file: plan.source.file.display().to_string(),
@@ -201,25 +211,22 @@ impl PlanSet {
     }
 
     fn add(&mut self, plan: Arc<Plan>) {
-        self.by_name.insert(plan.key.clone(), self.plans.len());
-        self.plans.push(Entry {
-            name: plan.key.clone(),
-            plan,
-        });
+        self.by_name.insert(plan.key.clone());
+        self.plans.push(Entry { plan });
     }
 
     /// Puts the plans in name order and files them for matching; after the last
     /// [`PlanSet::add`].
     fn reindex(&mut self) {
-        self.plans.sort_by(|a, b| a.name.cmp(&b.name));
-        self.by_name = (self.plans.iter().enumerate())
-            .map(|(i, e)| (e.name.clone(), i))
-            .collect();
+        self.plans.sort_by(|a, b| a.plan.key.cmp(&b.plan.key));
+        self.plans.shrink_to_fit();
+        self.by_name = HashSet::new();
         self.index = Index::build(&self.plans);
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Plan>> {
-        self.by_name.get(name).map(|&i| &self.plans[i].plan)
+        let i = self.plans.binary_search_by(|e| e.plan.key.as_str().cmp(name)).ok()?;
+        Some(&self.plans[i].plan)
     }
 
     pub fn len(&self) -> usize {
@@ -240,11 +247,11 @@ impl PlanSet {
     pub fn summaries(&self) -> Vec<PlanSummary> {
         self.plans
             .iter()
-            .map(|Entry { name, plan: p, .. }| PlanSummary {
-                name: name.clone(),
+            .map(|Entry { plan: p }| PlanSummary {
+                name: p.key.clone(),
                 file: p.source.file.display().to_string(),
                 mode: p.mode,
-                alert_labels: p.labels.clone(),
+                alert_labels: p.labels().clone(),
                 alert_matchers: p.resource.spec.alert_matchers.clone(),
                 steps: p.steps.len(),
             })
@@ -297,10 +304,10 @@ impl Serialize for Listing<'_> {
         impl Serialize for Summaries<'_> {
             fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 s.collect_seq(self.0.iter().map(|e| SummaryRef {
-                    name: &e.name,
+                    name: &e.plan.key,
                     file: &e.plan.source.file,
                     mode: e.plan.mode,
-                    alert_labels: &e.plan.labels,
+                    alert_labels: e.plan.labels(),
                     alert_matchers: &e.plan.resource.spec.alert_matchers,
                     steps: e.plan.steps.len(),
                 }))
@@ -350,7 +357,7 @@ impl Index {
         };
         let mut shared_by: HashMap<(&str, &str), usize> = HashMap::new();
         for (_, p) in active() {
-            for (k, v) in &p.labels {
+            for (k, v) in p.labels() {
                 *shared_by.entry((k, v)).or_default() += 1;
             }
         }
@@ -362,7 +369,7 @@ impl Index {
         for (i, p) in active() {
             let i = u32::try_from(i).expect("fewer than 2^32 plans");
             let rarest = p
-                .labels
+                .labels()
                 .iter()
                 .min_by_key(|(k, v)| shared_by[&(k.as_str(), v.as_str())]);
             match rarest {
@@ -380,7 +387,7 @@ impl Index {
         for entry in plans {
             let p = &entry.plan;
             if p.mode != Mode::Manual {
-                for (k, v) in &p.labels {
+                for (k, v) in p.labels() {
                     let cond = Cond {
                         name: index.intern(&mut texts, k),
                         value: index.intern(&mut texts, v),
@@ -405,6 +412,14 @@ impl Index {
             }
             index.starts.push(len_u32(index.conds.len()));
         }
+        // Kept for as long as the set: no room left over from growing.
+        index.filed.shrink_to_fit();
+        index.unindexed.shrink_to_fit();
+        index.starts.shrink_to_fit();
+        index.conds.shrink_to_fit();
+        index.text.shrink_to_fit();
+        index.regexes.shrink_to_fit();
+        index.by_pair.shrink_to_fit();
         index
     }
 

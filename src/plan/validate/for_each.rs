@@ -118,7 +118,7 @@ impl Validator<'_> {
         let mut inner_known = known.clone();
         inner_known.insert(ITEM.to_string());
         let mut names = BTreeSet::new();
-        let mut steps = Vec::new();
+        let mut steps = Vec::with_capacity(f.steps.len());
         for (i, inner) in f.steps.iter().enumerate() {
             let field = at(&format!("steps[{i}]"));
             let fld = |rest: &str| format!("{field}.{rest}");

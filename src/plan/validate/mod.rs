@@ -227,12 +227,15 @@ fn assemble(loaded: &LoadedPlan, parts: Parts) -> Plan {
         timeout: parts.timeout,
         cooldown: parts.cooldown,
         approval_timeout: parts.approval_timeout.unwrap_or(parts.timeout),
-        labels: plan.spec.alert_labels.clone(),
         matchers: parts.matchers,
         steps: parts.steps,
         on_failure: parts.on_failure,
         base_dir: loaded.source.file.parent().map(std::path::Path::to_path_buf),
-        source: loaded.source.clone(),
+        source: super::load::Source {
+            file: loaded.source.file.clone(),
+            line: loaded.source.line,
+            text: String::new(),
+        },
         nova: loaded.nova,
         resource: plan.clone(),
     }
@@ -346,7 +349,7 @@ impl<'a> Validator<'a> {
         let run_timeout = timeout.unwrap_or(DEFAULT_RUN_TIMEOUT);
         let approval_timeout = self.duration(None, "spec.approvalTimeout".into(), spec.approval_timeout.as_deref());
         let cooldown = self.duration(None, "spec.cooldown".into(), spec.cooldown.as_deref());
-        let mut matchers = Vec::new();
+        let mut matchers = Vec::with_capacity(spec.alert_matchers.len());
         for (i, m) in spec.alert_matchers.iter().enumerate() {
             match Matcher::parse_shared(m, self.regexes) {
                 Ok(m) => matchers.push(m),
@@ -380,7 +383,8 @@ impl<'a> Validator<'a> {
         // Compensation may run after any step failed: it may use params and the outputs of all
         // main steps (guard those with `| default(…)`), and of earlier compensation steps.
         let mut compiled = |list: &[super::model::Step], prefix: &str, v: &mut Self| {
-            let mut out = Vec::new();
+            // Exactly as long as the list: a loaded plan keeps it (pushing left room for 4).
+            let mut out = Vec::with_capacity(list.len());
             for (i, step) in list.iter().enumerate() {
                 let field = format!("{prefix}[{i}]");
                 out.push(v.step(step, &field, &known, &producers, run_timeout));
@@ -500,7 +504,7 @@ impl<'a> Validator<'a> {
             StepType::Apply => StepKind::Apply(self.apply(&s, step.apply.as_ref()?)?),
             StepType::Http => StepKind::Http(self.http(&s, step.http.as_ref()?)?),
             StepType::Delete => StepKind::Delete(self.delete(&s, step.delete.as_ref()?)?),
-            StepType::Assert => StepKind::Assert(step.assert.clone()?),
+            StepType::Assert => StepKind::Assert(step.assert.as_deref()?.clone()),
             StepType::Exec => StepKind::Exec(self.exec(&s, step.exec.as_ref()?)?),
             StepType::Approval => StepKind::Approval(self.approval(&s, step, step.approval.as_ref()?)?),
             StepType::ForEach => StepKind::ForEach(Box::new(self.for_each(
