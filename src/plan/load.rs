@@ -35,24 +35,6 @@ pub struct Source {
     pub text: String,
 }
 
-impl Source {
-    /// The line of a step (`name: <step>`), or of the document when it cannot be found.
-    pub fn line_of_step(&self, step: &str) -> usize {
-        let needle = [
-            format!("name: {step}"),
-            format!("name: \"{step}\""),
-            format!("name: '{step}'"),
-        ];
-        self.text
-            .lines()
-            .position(|l| {
-                let l = l.trim_start().trim_start_matches("- ");
-                needle.iter().any(|n| l.trim_end() == n)
-            })
-            .map_or(self.line, |i| self.line + i)
-    }
-}
-
 /// A document that could not be loaded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LoadError {
