@@ -1467,6 +1467,23 @@ mod tests {
     }
 
     #[test]
+    fn a_loop_over_a_transform_s_result_is_estimated_by_the_target_s_size() {
+        // Three nested loops over transformList() results of 400 items: 64 million iterations,
+        // which must be estimated as such and run metered (it was estimated at 1 224 and ran
+        // unmetered for minutes).
+        let rule = "self.l.transformList(i, v, v).all(a, self.l.transformList(j, w, w).all(b, \
+                    self.l.transformList(k, x, x).all(c, a + b + c >= 0)))";
+        let values = json!({"l": (0..400).collect::<Vec<i64>>()});
+        assert!(runtime_cost(rule, &values, None) > PER_CALL_LIMIT);
+        let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+            "x-kubernetes-validations": [{"rule": rule}]});
+        let mut out = Vec::new();
+        check(&schema, &values, None, "", &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].message.contains("actual cost limit exceeded"), "{out:?}");
+    }
+
+    #[test]
     fn rules_that_together_cost_more_than_the_budget_stop_validation() {
         let rule = json!({"rule": "self.l.all(a, self.l.all(b, a + b >= 0))"});
         let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
@@ -1496,6 +1513,9 @@ mod tests {
         assert_eq!(fields("frobnicate(self)"), [at]);
         assert!(fields("has(self.a) && quantity(self.a).isLessThan(quantity('1Gi'))").is_empty());
         assert!(fields("self.m.all(k, k.startsWith('x'))").is_empty());
+        // Two-variable all/exists take a predicate and nothing more (cel-go: no such overload).
+        assert!(fields("self.m.all(k, v, v.startsWith('x'))").is_empty());
+        assert_eq!(fields("self.m.all(k, v, true, v.startsWith('x'))"), [at]);
         assert_eq!(fields("self.a > 1"), [at]);
         // Kubernetes' IP and CIDR functions are enforced.
         assert!(fields("isCIDR(self.c)").is_empty());

@@ -866,7 +866,7 @@ impl Checker<'_> {
             _ => None,
         };
         let target = call.target.as_ref()?;
-        if !macro_ || !(3..=4).contains(&call.args.len()) {
+        if !macro_ || !crate::cel_macros::arity_fits(f, call.args.len()) {
             return None;
         }
         let (first, second) = (ident(0)?, ident(1)?);
@@ -875,10 +875,24 @@ impl Checker<'_> {
             id: 0,
             expr: Expr::Literal(LiteralValue::Boolean(v.into())),
         };
+        // A transform builds a list or a map as long as its target: start from an empty one, so
+        // that the result's size is the target's and loops over it are estimated as such (from
+        // `false`, its size was a literal's, and a loop over a transformList() ran unmetered).
         let (init, step) = match f {
-            "transformList" | "transformMap" | "transformMapEntry" => {
-                (lit(false), call.args[call.args.len() - 1].clone())
-            }
+            "transformList" => (
+                IdedExpr {
+                    id: 0,
+                    expr: Expr::List(cel::common::ast::ListExpr::default()),
+                },
+                call.args[call.args.len() - 1].clone(),
+            ),
+            "transformMap" | "transformMapEntry" => (
+                IdedExpr {
+                    id: 0,
+                    expr: Expr::Map(cel::common::ast::MapExpr { entries: vec![] }),
+                },
+                call.args[call.args.len() - 1].clone(),
+            ),
             _ => (lit(f == "all"), call.args[2].clone()),
         };
         let comprehension = cel::common::ast::ComprehensionExpr {

@@ -68,9 +68,19 @@ fn is_macro(c: &CallExpr) -> bool {
     let ident = |i: usize| matches!(c.args.get(i).map(|a| &a.expr), Some(Expr::Ident(_)));
     c.target.is_some()
         && MACROS.contains(&c.func_name.as_str())
-        && (3..=4).contains(&c.args.len())
+        && arity_fits(&c.func_name, c.args.len())
         && ident(0)
         && ident(1)
+}
+
+/// How many arguments a two-variable macro takes, as cel-go expands them: `all`, `exists` and
+/// `existsOne` three (two variables and a predicate), the transforms three or four (with a
+/// filter).
+pub(crate) fn arity_fits(name: &str, args: usize) -> bool {
+    match name {
+        "transformList" | "transformMap" | "transformMapEntry" => (3..=4).contains(&args),
+        _ => args == 3,
+    }
 }
 
 fn node(expr: Expr) -> IdedExpr {
