@@ -861,3 +861,8 @@ async fn rules_that_stop_early_cost_what_they_did_like_the_real_apiserver() {
 async fn ratcheting_and_transition_rules_match_the_real_apiserver() {
     differential("ratcheting").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_cost_what_their_operands_make_them_cost_like_the_real_apiserver() {
+    differential("celfunctions").await;
+}
