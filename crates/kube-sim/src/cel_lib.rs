@@ -2,14 +2,13 @@
 //! `isQuantity()` with the quantity methods, `url()` and `isURL()` with the URL accessors, the
 //! list functions `isSorted()`, `sum()`, `min()`, `max()`, `indexOf()`, `lastIndexOf()`, the
 //! regex functions `find()` and `findAll()`, the IP and CIDR library (`cel_net`), the semver
-//! library (`cel_semver`), the format library's name formats (`cel_format`), and cel-go's sets
+//! library (`cel_semver`), the format library (`cel_format`), and cel-go's sets
 //! extension (`sets.contains()`, `sets.equivalent()`,
 //! `sets.intersects()`). CEL's strings extension (`charAt`, `indexOf`, `format`, …) and lists
 //! extension come with the `cel` crate.
 //!
-//! What Kubernetes declares and the simulator does not implement (the `uri`, `uuid`, `byte`,
-//! `date` and `datetime` formats; [`KNOWN_UNIMPLEMENTED`]: the authorizer functions, which CRD
-//! rules cannot reach anyway) still installs
+//! What Kubernetes declares and the simulator does not implement ([`KNOWN_UNIMPLEMENTED`]: the
+//! authorizer functions, which CRD rules cannot reach anyway) still installs
 //! with a CRD, as it does on the real server; a write whose rule needs one is refused with a 422
 //! that names the rule and the function (`cel::Outcome::Unsupported`), never let through.
 

@@ -28,10 +28,11 @@
 //! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
 //!   libraries in `cel_lib`, `cel_net` and `cel_semver` (quantities, URLs, list, regex, IP,
 //!   CIDR, semver and sets functions); macros with two variables are rewritten into loops the
-//!   `cel` crate runs (`cel_macros`); the format library's name formats are checked
-//!   (`cel_format`). A rule calling a Kubernetes function not implemented there (the `uri`,
-//!   `uuid`, `byte`, `date` and `datetime` formats) installs, as on the real server, and a
-//!   write that needs it is refused with a 422 naming the rule and the function (the real
+//!   `cel` crate runs (`cel_macros`); the format library's name and CRD formats
+//!   (`uri`, `uuid`, `byte`, `date`, `datetime`) are checked (`cel_format`); `duration()` and
+//!   `timestamp()` come with the `cel` crate's `chrono` feature. A rule calling a function
+//!   Kubernetes declares and the simulator does not implement (none is known that a CRD rule
+//!   can reach) installs, as on the real server, and a write that needs it is refused with a 422 naming the rule and the function (the real
 //!   server runs it: a rehearsal refuses rather than accept what the cluster may refuse, and
 //!   says why). The
 //!   parse errors of `ip()`/`cidr()` have Go's wording for IPv4 and Go's form, not always its
