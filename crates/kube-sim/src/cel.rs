@@ -1444,6 +1444,25 @@ mod tests {
     }
 
     #[test]
+    fn a_two_variable_loop_inside_another_is_bounded_even_when_it_stops_at_once() {
+        // Each inner loop stops at its first pair, but making the pairs of a long list is work:
+        // counted at a tenth of its size, the rule is cut at the per-call limit instead of
+        // running for as long as the outer list is long.
+        let v = json!({"l": (0..600).collect::<Vec<i64>>(), "big": (0..20_000).collect::<Vec<i64>>()});
+        let (outcome, spent) = evaluate_metered(
+            "self.l.all(x, self.big.exists(i, v, true))",
+            "r",
+            &v,
+            OldSelf::Absent,
+            PER_CALL_LIMIT,
+        );
+        assert!(outcome.is_none() && spent > PER_CALL_LIMIT, "{spent}");
+        // One pass over it costs a tenth of its size more than the loop itself.
+        let one = cost_of("self.big.exists(i, v, true)", &v);
+        assert_eq!(one, cost_of("self.big.exists(v, true)", &v) + 2_000);
+    }
+
+    #[test]
     fn a_metered_all_keeps_an_element_s_error_until_another_decides() {
         // cel-go: `error && false` is false; the division by zero of the first element does not
         // decide the result when a later element is false.

@@ -185,24 +185,55 @@ pub(crate) fn by_value<'b, 'v>(
     Ok(CowVal::Owned(out))
 }
 
-fn position(values: &[Value], last: bool) -> Result<Value, ExecutionError> {
-    let [Value::List(list), item] = values else {
+/// A list's elements to walk through, borrowed.
+fn list<'b, 'v>(
+    v: &'b CowVal<'_, 'v>,
+    function: &str,
+) -> Result<&'b (dyn cel::common::traits::Iterable + 'v), ExecutionError> {
+    v.as_iterable()
+        .filter(|_| v.get_type().kind() == cel::common::types::Kind::List)
+        .ok_or_else(|| ExecutionError::no_such_overload(function, vec![]))
+}
+
+/// The elements of a list, borrowed (a copy of a long list at every call cost far more than
+/// the call is charged).
+fn elements<'b, 'v>(v: &'b CowVal<'_, 'v>, function: &str) -> Result<Vec<&'b (dyn Val + 'v)>, ExecutionError> {
+    let mut it = list(v, function)?.iter();
+    let mut out = Vec::new();
+    while let Some(x) = it.next() {
+        out.push(x);
+    }
+    Ok(out)
+}
+
+fn int(i: i64) -> Result<CowVal<'static, 'static>, ExecutionError> {
+    Ok(CowVal::Owned(Box::<dyn Val>::try_from(Value::Int(i))?))
+}
+
+fn boolean<'b, 'v>(b: bool) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    Ok(CowVal::Owned(Box::<dyn Val>::try_from(Value::Bool(b))?))
+}
+
+fn position<'b, 'v>(args: Vec<CowVal<'b, 'v>>, last: bool) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let [list, item] = args.as_slice() else {
         return Err(ExecutionError::no_such_overload("indexOf", vec![]));
     };
+    let items = elements(list, "indexOf")?;
+    let item: &dyn Val = item.as_ref();
     let found = if last {
-        list.iter().rposition(|v| v == item)
+        items.iter().rposition(|v| *v == item)
     } else {
-        list.iter().position(|v| v == item)
+        items.iter().position(|v| *v == item)
     };
-    Ok(Value::Int(found.map_or(-1, |i| i as i64)))
+    int(found.map_or(-1, |i| i as i64))
 }
 
 fn list_index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    by_value(args, |v| position(v, false))
+    position(args, false)
 }
 
 fn list_last_index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    by_value(args, |v| position(v, true))
+    position(args, true)
 }
 
 fn net_to_string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
@@ -223,27 +254,48 @@ fn ip_is_canonical<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, 
     })
 }
 
-fn two_lists(values: &[Value], f: fn(&[Value], &[Value]) -> bool) -> Result<Value, ExecutionError> {
-    match values {
-        [Value::List(a), Value::List(b)] => Ok(Value::Bool(f(a, b))),
-        _ => Err(ExecutionError::no_such_overload("sets", vec![])),
+/// Whether every element of `b` is in `a` (`a` collected, `b` walked only as far as needed).
+fn contains_all(a: &CowVal, b: &CowVal, name: &str) -> Result<bool, ExecutionError> {
+    let a = elements(a, name)?;
+    let mut it = list(b, name)?.iter();
+    while let Some(x) = it.next() {
+        if !a.contains(&x) {
+            return Ok(false);
+        }
     }
+    Ok(true)
+}
+
+fn two_lists<'b, 'v>(args: &[CowVal<'b, 'v>], name: &str) -> Result<(), ExecutionError> {
+    if args.len() != 2 {
+        return Err(ExecutionError::no_such_overload(name, vec![]));
+    }
+    Ok(())
 }
 
 fn sets_contains<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    by_value(args, |v| two_lists(v, |a, b| b.iter().all(|x| a.contains(x))))
+    two_lists(&args, "sets.contains")?;
+    boolean(contains_all(&args[0], &args[1], "sets.contains")?)
 }
 
 fn sets_equivalent<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    by_value(args, |v| {
-        two_lists(v, |a, b| {
-            b.iter().all(|x| a.contains(x)) && a.iter().all(|x| b.contains(x))
-        })
-    })
+    let name = "sets.equivalent";
+    two_lists(&args, name)?;
+    boolean(contains_all(&args[0], &args[1], name)? && contains_all(&args[1], &args[0], name)?)
 }
 
 fn sets_intersects<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    by_value(args, |v| two_lists(v, |a, b| a.iter().any(|x| b.contains(x))))
+    let name = "sets.intersects";
+    two_lists(&args, name)?;
+    // Some element of `a` is in `b`: not every element of `a` is outside it.
+    let b = elements(&args[1], name)?;
+    let mut it = list(&args[0], name)?.iter();
+    while let Some(x) = it.next() {
+        if b.contains(&x) {
+            return boolean(true);
+        }
+    }
+    boolean(false)
 }
 
 /// Adds the library to a context.

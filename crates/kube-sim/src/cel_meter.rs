@@ -74,7 +74,7 @@ fn limit_error() -> ExecutionError {
 }
 
 /// Counts `cost`; an error once the count is past the limit.
-fn count(cost: u64) -> Result<(), ExecutionError> {
+pub fn count(cost: u64) -> Result<(), ExecutionError> {
     let (spent, limit) = METER.with(|m| m.get());
     let spent = spent.saturating_add(cost);
     METER.with(|m| m.set((spent, limit)));

@@ -53,7 +53,10 @@
 //!   short with the real server's error only when what it did goes past the per-call limit or
 //!   the request's budget — an `exists()` that finds its item at once or a guarded loop is
 //!   accepted, as on the real server, and the thresholds of full loops match v1.36.2's to
-//!   within a few items (differential scenarios `celruntime`, `celshortcircuit`, `celfunctions`). Rules run with the store lock
+//!   within a few items (differential scenarios `celruntime`, `celshortcircuit`, `celfunctions`).
+//!   A two-variable macro also counts a tenth of its target's size each time it starts (it
+//!   copies the target into pairs, which cel-go's native loop does not), so that such a loop
+//!   stopping at once inside another cannot run unbounded. Rules run with the store lock
 //!   released (`cel::Gate`). Ratcheting skips unchanged values for CEL rules that are not
 //!   transition rules (as v1.36.2 does: transition rules are evaluated on unchanged values
 //!   too, differential scenario `ratcheting`), not for the schema's other constraints. Strict field validation of a merge patch answers
