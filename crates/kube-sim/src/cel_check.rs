@@ -512,6 +512,8 @@ pub struct Analysis {
     pub cost: u64,
     /// Type errors: the offset in the source and cel-go's message.
     pub errors: Vec<(usize, String)>,
+    /// Whether `errors` are cel-go's parser's (then they are all it reports).
+    pub parse_failed: bool,
 }
 
 struct Checker<'a> {
@@ -538,6 +540,7 @@ pub fn analyze(p: &cel::Program, self_ty: Ty, old_ty: Option<Ty>, sizes: &dyn Si
     };
     let n = c.node(p.expression());
     let info = p.source_info();
+    let parse_failed = !c.syntax.is_empty();
     let reported = if c.syntax.is_empty() {
         c.errors.into_iter().map(|(id, m)| (id, 0, m)).collect()
     } else {
@@ -556,6 +559,7 @@ pub fn analyze(p: &cel::Program, self_ty: Ty, old_ty: Option<Ty>, sizes: &dyn Si
         ty: n.ty,
         cost: n.cost,
         errors,
+        parse_failed,
     }
 }
 
@@ -1636,6 +1640,8 @@ mod tests {
         // A parse error is all cel-go reports: the type errors are not looked for.
         let rule = "nope == 1 && self.l.all(x, x, true)";
         refused(rule, 28, "duplicate variable name: x");
+        let rule = "frob(1) && self.l.all(x, x, true)";
+        refused(rule, 26, "duplicate variable name: x");
     }
 
     #[test]
