@@ -12,11 +12,11 @@
 //! Old and new values are matched through object properties, map values and the items of
 //! `x-kubernetes-list-type: map` lists (by their keys), as the API server does; not through other
 //! lists. A matched value an update leaves unchanged is not checked again by its rules, except
-//! its transition rules, which are never ratcheted (ratcheting). Before a
-//! rule runs, its cost is estimated from the sizes of what it iterates over; a rule estimated
-//! past the limits runs metered (its loops count what each iteration evaluates) and is stopped
-//! as soon as what it did goes past them, so that no rule can stall the simulator and none that
-//! stops early is refused for what it might have cost.
+//! its transition rules, which are never ratcheted (ratcheting). Every rule and message
+//! expression runs metered (`cel_meter`: each node it evaluates counts what cel-go counts, the
+//! functions whose work grows with their operands by the operands' sizes) and is stopped as soon
+//! as what it did goes past the per-call limit or the request's budget, so that no rule can
+//! stall the simulator and none that stops early is refused for what it might have cost.
 
 use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
@@ -142,19 +142,6 @@ fn context(new: &Value, old: OldSelf) -> cel::Context<'static, 'static> {
     ctx
 }
 
-fn evaluate(rule: &str, shown: &str, new: &Value, old: OldSelf) -> Outcome {
-    let program = match compile(rule) {
-        Ok(p) => p,
-        // Refused when the CRD was created (`crd_causes`); a CRD stored before cannot be.
-        Err(e) => return Outcome::Error(format!("compilation failed: {e}")),
-    };
-    let result = match runnable(rule) {
-        Some(expr) => cel::Value::resolve(&expr, &context(new, old)),
-        None => program.execute(&context(new, old)),
-    };
-    outcome(&program, result, shown)
-}
-
 fn outcome(program: &cel::Program, result: cel::ResolveResult, shown: &str) -> Outcome {
     match result {
         Ok(cel::Value::Bool(true)) => Outcome::Holds,
@@ -225,6 +212,13 @@ fn go_error(e: &cel::ExecutionError, shown: &str) -> String {
         E::NoSuchOverload(_) | E::UnsupportedBinaryOperator(..) | E::ValuesNotComparable(..) => {
             return format!("'no such overload': call arguments did not match a supported operator, function or macro signature for rule: {shown}");
         }
+        // A string `duration()` or `timestamp()` cannot read, as cel-go words it.
+        E::FunctionError { function, .. } if function == "duration" => {
+            "type conversion error from 'string' to 'google.protobuf.Duration'".to_string()
+        }
+        E::FunctionError { function, .. } if function == "timestamp" => {
+            "type conversion error from 'string' to 'google.protobuf.Timestamp'".to_string()
+        }
         E::FunctionError { message, .. } => message.clone(),
         other => other.to_string(),
     };
@@ -244,224 +238,87 @@ fn from_cel(v: &cel::Value) -> Value {
 
 // ---- metered evaluation ----
 
-thread_local! {
-    /// The cost a metered evaluation has counted, and where it stops.
-    static METER: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, u64::MAX)) };
-}
-
-/// The function every node of a metered rule is wrapped in: counts the node's cost and stops
-/// the evaluation past the limit.
-pub const METER_FN: &str = "@kube_sim_meter";
-
-/// [`METER_FN`], an overload of the environment: the node's value passes through as it is
-/// (borrowed values stay borrowed, so metering copies nothing).
-pub fn meter<'b, 'v>(
-    mut args: Vec<cel::common::value::CowVal<'b, 'v>>,
-) -> Result<cel::common::value::CowVal<'b, 'v>, cel::ExecutionError> {
-    let node = args.pop();
-    let weight = args
-        .first()
-        .and_then(|w| w.downcast_ref::<cel::common::types::CelInt>())
-        .map_or(1, |w| (*w.inner()).max(0) as u64);
-    let (spent, limit) = METER.with(|m| m.get());
-    let spent = spent.saturating_add(weight);
-    METER.with(|m| m.set((spent, limit)));
-    match node {
-        Some(node) if spent <= limit => Ok(node),
-        _ => Err(cel::ExecutionError::function_error(METER_FN, "kube-sim: cost limit")),
-    }
-}
-
-/// `node` wrapped in [`METER_FN`] with the cost of evaluating it.
-fn metered_node(node: cel::IdedExpr, cost: i64) -> cel::IdedExpr {
-    use cel::common::ast::{CallExpr, Expr, LiteralValue};
-    cel::IdedExpr {
-        id: node.id,
-        expr: Expr::Call(CallExpr {
-            func_name: METER_FN.to_string(),
-            target: None,
-            args: vec![
-                cel::IdedExpr {
-                    id: 0,
-                    expr: Expr::Literal(LiteralValue::Int(cost.into())),
-                },
-                node,
-            ],
-        }),
-    }
-}
-
-/// A rule whose every evaluated node counts its cost as cel-go's runtime cost tracker counts
-/// it: an identifier, a field selection and a function call 1 each, a list literal 10, a map
-/// literal 30, constants and the logical operators (`&&`, `||`, `?:`, which evaluate only what
-/// they need) nothing. Functions on strings and lists count 1, not their size as cel-go
-/// counts them, so a rule whose cost is in long strings can run where the real server stops
-/// it; loops, where the cost of real rules is, count as cel-go counts them.
-fn metered(e: &cel::IdedExpr) -> cel::IdedExpr {
-    use cel::common::ast::{EntryExpr, Expr};
-    /// `e` rewritten, and the cost of the nodes evaluated whenever `e` is, left to the caller
-    /// to count (one meter for a stretch of nodes evaluated together).
-    fn go(e: cel::IdedExpr) -> (cel::IdedExpr, i64) {
-        let cel::IdedExpr { id, expr } = e;
-        match expr {
-            Expr::Ident(_) => (cel::IdedExpr { id, expr }, 1),
-            Expr::Select(mut s) => {
-                let (operand, w) = go(*s.operand);
-                s.operand = Box::new(operand);
-                (
-                    cel::IdedExpr {
-                        id,
-                        expr: Expr::Select(s),
-                    },
-                    w + 1,
-                )
-            }
-            Expr::Call(mut c) if matches!(c.func_name.as_str(), "_&&_" | "_||_" | "_?_:_") => {
-                // Evaluated only as far as needed: each operand counts for itself.
-                c.args = c.args.into_iter().map(counted).collect();
-                (
-                    cel::IdedExpr {
-                        id,
-                        expr: Expr::Call(c),
-                    },
-                    0,
-                )
-            }
-            Expr::Call(mut c) => {
-                let mut w = 1;
-                // A namespace (`sets.contains`) or a method's receiver variable is not a value
-                // of its own here: left as it is.
-                if let Some(t) = c.target.take() {
-                    c.target = Some(Box::new(match t.expr {
-                        Expr::Ident(_) => *t,
-                        _ => {
-                            let (t, tw) = go(*t);
-                            w += tw;
-                            t
-                        }
-                    }));
-                }
-                c.args = c
-                    .args
-                    .into_iter()
-                    .map(|a| {
-                        let (a, aw) = go(a);
-                        w += aw;
-                        a
-                    })
-                    .collect();
-                (
-                    cel::IdedExpr {
-                        id,
-                        expr: Expr::Call(c),
-                    },
-                    w,
-                )
-            }
-            Expr::List(mut l) => {
-                let mut w = 10;
-                l.elements = l
-                    .elements
-                    .into_iter()
-                    .map(|x| {
-                        let (x, xw) = go(x);
-                        w += xw;
-                        x
-                    })
-                    .collect();
-                (
-                    cel::IdedExpr {
-                        id,
-                        expr: Expr::List(l),
-                    },
-                    w,
-                )
-            }
-            Expr::Map(mut m) => {
-                let mut w = 30;
-                for x in m.entries.iter_mut() {
-                    if let EntryExpr::MapEntry(me) = &mut x.expr {
-                        let (k, kw) = go(std::mem::take(&mut me.key));
-                        let (v, vw) = go(std::mem::take(&mut me.value));
-                        me.key = k;
-                        me.value = v;
-                        w += kw + vw;
-                    }
-                }
-                (cel::IdedExpr { id, expr: Expr::Map(m) }, w)
-            }
-            Expr::Comprehension(mut c) => {
-                c.iter_range = counted(c.iter_range);
-                c.accu_init = counted(c.accu_init);
-                c.loop_cond = counted(c.loop_cond);
-                c.loop_step = counted(c.loop_step);
-                c.result = counted(c.result);
-                (
-                    cel::IdedExpr {
-                        id,
-                        expr: Expr::Comprehension(c),
-                    },
-                    0,
-                )
-            }
-            other => (cel::IdedExpr { id, expr: other }, 0),
-        }
-    }
-    /// `e` with its cost counted when it is evaluated.
-    fn counted(e: cel::IdedExpr) -> cel::IdedExpr {
-        match go(e) {
-            (e, 0) => e,
-            (e, w) => metered_node(e, w),
-        }
-    }
-    counted(e.clone())
-}
-
-/// What a metered evaluation made of a rule, and what it cost; `None` when it went past
-/// `limit` and was stopped.
-fn evaluate_metered(rule: &str, shown: &str, new: &Value, old: OldSelf, limit: u64) -> (Option<Outcome>, u64) {
-    let program = match compile(rule) {
+/// What a metered evaluation made of an expression (a rule or a message expression), and what
+/// it cost; `None` when it went past `limit` and was stopped (`cel_meter`).
+fn evaluate_metered(expr: &str, shown: &str, new: &Value, old: OldSelf, limit: u64) -> (Option<Outcome>, u64) {
+    let program = match compile(expr) {
         Ok(p) => p,
         Err(e) => return (Some(Outcome::Error(format!("compilation failed: {e}"))), 0),
     };
-    let expr = match runnable(rule) {
-        Some(expr) => metered(&expr),
-        None => metered(program.expression()),
+    let (result, spent) = run_metered(&program, expr, new, old, limit);
+    match result {
+        None => (None, spent),
+        Some(result) => (Some(outcome(&program, result, shown)), spent),
+    }
+}
+
+/// An expression's value, evaluated metered, and what it cost; `None` when it was stopped.
+fn run_metered(
+    program: &cel::Program,
+    expr: &str,
+    new: &Value,
+    old: OldSelf,
+    limit: u64,
+) -> (Option<cel::ResolveResult>, u64) {
+    let metered = match runnable(expr) {
+        Some(e) => super::cel_meter::metered(&e),
+        None => super::cel_meter::metered(program.expression()),
     };
     let ctx = context(new, old);
-    METER.with(|m| m.set((0, limit)));
-    let result = cel::Value::resolve(&expr, &ctx);
-    let (spent, _) = METER.with(|m| m.replace((0, u64::MAX)));
+    super::cel_meter::start(limit);
+    let result = cel::Value::resolve(&metered, &ctx);
+    let spent = super::cel_meter::finish();
     if spent > limit {
         return (None, spent);
     }
-    (Some(outcome(&program, result, shown)), spent)
+    (Some(result), spent)
 }
 
 fn is_transition(rule: &str) -> bool {
     compile(rule).is_ok_and(|p| p.references().has_variable("oldSelf"))
 }
 
+/// The longest message a `messageExpression` may give (`MaxEvaluatedMessageExpressionSizeBytes`).
+const MAX_MESSAGE_BYTES: usize = 5 * 1024;
+
 /// The message of a failing rule: its `messageExpression` when that yields a non-empty
-/// string, else its `message`, else `failed rule: RULE`.
-fn detail(rule: &Value, text: &str, new: &Value, old: OldSelf) -> String {
+/// string of one line and at most [`MAX_MESSAGE_BYTES`], else its `message`, else
+/// `failed rule: RULE`. The message expression runs metered, its cost taken from `budget`, as
+/// the API server runs it; `Err` is the error that stops validation when it costs past the
+/// per-call limit or the budget.
+fn detail(rule: &Value, text: &str, new: &Value, old: OldSelf, budget: &mut u64) -> Result<String, String> {
     if let Some(expr) = rule.get("messageExpression").and_then(Value::as_str) {
         if let Ok(p) = compile(expr) {
-            let result = match runnable(expr) {
-                Some(e) => cel::Value::resolve(&e, &context(new, old)),
-                None => p.execute(&context(new, old)),
-            };
-            if let Ok(cel::Value::String(s)) = result {
-                if !s.trim().is_empty() {
-                    return s.to_string();
+            let limit = PER_CALL_LIMIT.min(*budget);
+            let (result, spent) = run_metered(&p, expr, new, old, limit);
+            *budget = budget.saturating_sub(spent);
+            match result {
+                None if spent > PER_CALL_LIMIT => {
+                    return Err(format!(
+                        "no further validation rules will be run due to call cost exceeds limit for messageExpression: {}",
+                        json!(expr)
+                    ))
                 }
+                None => {
+                    return Err(
+                        "messageExpression evaluation failed due to running out of cost budget, no further validation rules will be run"
+                            .to_string(),
+                    )
+                }
+                Some(Ok(cel::Value::String(s))) => {
+                    let s = s.trim();
+                    if !s.is_empty() && s.len() <= MAX_MESSAGE_BYTES && !s.contains('\n') {
+                        return Ok(s.to_string());
+                    }
+                }
+                Some(_) => {}
             }
         }
     }
-    match rule.get("message").and_then(Value::as_str) {
+    Ok(match rule.get("message").and_then(Value::as_str) {
         Some(m) if !m.trim().is_empty() => m.trim().to_string(),
         _ => format!("failed rule: {}", text.trim()),
-    }
+    })
 }
 
 /// How a rule is named in an evaluation error: its message, else its text.
@@ -472,13 +329,18 @@ fn shown(rule: &Value, text: &str) -> String {
     }
 }
 
+/// Where a rule's errors are reported: its node's path, and its `fieldPath` below it.
+fn rule_path(rule: &Value, path: &str) -> String {
+    match rule.get("fieldPath").and_then(Value::as_str) {
+        Some(fp) if !fp.is_empty() => format!("{path}{fp}"),
+        _ => path.to_string(),
+    }
+}
+
 /// The field error of a failing rule, worded as the API server words it: the value is shown
 /// for scalars only.
 fn cause(rule: &Value, field: &str, value: &Value, detail: String) -> Cause {
-    let field = match rule.get("fieldPath").and_then(Value::as_str) {
-        Some(fp) if !fp.is_empty() => format!("{field}{fp}"),
-        _ => field.to_string(),
-    };
+    let field = rule_path(rule, field);
     let (reason, message) = match rule.get("reason").and_then(Value::as_str) {
         Some("FieldValueForbidden") => ("FieldValueForbidden", format!("Forbidden: {detail}")),
         Some("FieldValueRequired") => ("FieldValueRequired", format!("Required value: {detail}")),
@@ -509,8 +371,9 @@ fn child_path(path: &str, key: &str) -> String {
     }
 }
 
-/// The old item of a `listType: map` list that has the same keys as `item`.
-fn matching_item<'a>(schema: &Value, item: &Value, old: Option<&'a Value>) -> Option<&'a Value> {
+/// The old items of a `listType: map` list by their keys, to match an update's new items with
+/// (one lookup per item, not a search of the old list); `None` for other lists.
+fn old_items<'a>(schema: &'a Value, old: Option<&'a Value>) -> Option<(Vec<&'a str>, HashMap<String, &'a Value>)> {
     if schema.get("x-kubernetes-list-type").and_then(Value::as_str) != Some("map") {
         return None;
     }
@@ -519,21 +382,30 @@ fn matching_item<'a>(schema: &Value, item: &Value, old: Option<&'a Value>) -> Op
         .and_then(Value::as_array)
         .map(|a| a.iter().filter_map(Value::as_str).collect())
         .unwrap_or_default();
-    old?.as_array()?
-        .iter()
-        .find(|o| keys.iter().all(|k| o.get(k) == item.get(k)))
+    let index = old?.as_array()?.iter().map(|o| (map_key(&keys, o), o)).collect();
+    Some((keys, index))
 }
 
-/// The cost, in CEL's units, above which a rule's evaluation is refused rather than run: the
-/// API server's budget per request (`RuntimeCELCostBudget`). The simulator estimates the cost
-/// before running a rule, from the sizes of the lists and maps it iterates over.
+/// The values of an item's keys, as one string.
+fn map_key(keys: &[&str], item: &Value) -> String {
+    Value::Array(
+        keys.iter()
+            .map(|k| item.get(k).cloned().unwrap_or(Value::Null))
+            .collect(),
+    )
+    .to_string()
+}
+
+/// What all the rules of a request may cost together, in CEL's units (`RuntimeCELCostBudget`).
 const RUNTIME_COST_BUDGET: u64 = 10_000_000;
 
 /// Checks every rule under `schema` against `new` (and `old`, the stored object on an update),
 /// adding a field error for each rule that fails or cannot be evaluated.
 pub fn check(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut Vec<Cause>) {
     let mut budget = RUNTIME_COST_BUDGET;
+    TRANSITIONS.with(|t| t.borrow_mut().clear());
     walk(schema, new, old, path, out, &mut budget);
+    TRANSITIONS.with(|t| t.borrow_mut().clear());
 }
 
 fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut Vec<Cause>, budget: &mut u64) {
@@ -574,17 +446,11 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
         } else {
             continue;
         };
-        // The cost is estimated on the object's values; a cheap rule runs as it is (its estimate
-        // taken from the budget), any other runs metered and is cut short only if what it
-        // actually does goes past the limits (an `exists()` that finds its item at once, a
-        // guard before a loop, cost what they did, as cel-go counts them).
+        // Every rule runs metered and is cut short only if what it actually does goes past the
+        // limits (an `exists()` that finds its item at once, a guard before a loop, cost what
+        // they did, as cel-go counts them).
         let call_limit = PER_CALL_LIMIT;
-        let estimate = runtime_cost(text, new, old);
-        let (result, cost) = if estimate <= CHEAP && estimate <= *budget {
-            (Some(evaluate(text, &shown(rule, text), new, old_self)), estimate)
-        } else {
-            evaluate_metered(text, &shown(rule, text), new, old_self, call_limit.min(*budget))
-        };
+        let (result, cost) = evaluate_metered(text, &shown(rule, text), new, old_self, call_limit.min(*budget));
         let ty = schema.get("type").and_then(Value::as_str).unwrap_or("");
         let Some(result) = result else {
             *budget = 0;
@@ -607,10 +473,14 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
                 tracing::warn!(rule = text, function = %name, "a validation rule needs a CEL function the simulator lacks");
                 out.push(Cause::invalid(path, &json!(ty), &unsupported_message(&name, text)));
             }
-            Outcome::Fails => {
-                let d = detail(rule, text, new, old_self);
-                out.push(cause(rule, path, new, d));
-            }
+            Outcome::Fails => match detail(rule, text, new, old_self, budget) {
+                Ok(d) => out.push(cause(rule, path, new, d)),
+                Err(stop) => {
+                    *budget = 0;
+                    out.push(Cause::invalid(&rule_path(rule, path), &json!(ty), &stop));
+                    return;
+                }
+            },
             Outcome::Error(message) => {
                 out.push(Cause::invalid(path, &json!(ty), &message));
             }
@@ -635,8 +505,11 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
         }
         Value::Array(items) => {
             if let Some(s) = schema.get("items") {
+                let old_items = old_items(schema, old);
                 for (i, item) in items.iter().enumerate() {
-                    let old_item = matching_item(schema, item, old);
+                    let old_item = old_items
+                        .as_ref()
+                        .and_then(|(keys, index)| index.get(&map_key(keys, item)).copied());
                     walk(s, item, old_item, &format!("{path}[{i}]"), out, budget);
                 }
             }
@@ -645,9 +518,20 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
     }
 }
 
+thread_local! {
+    /// [`has_transition_rules`] of the schema nodes of the current [`check`], by address: asked
+    /// for every unchanged value, it would otherwise walk the same schema again for every item
+    /// of a list.
+    static TRANSITIONS: std::cell::RefCell<HashMap<usize, bool>> = std::cell::RefCell::new(HashMap::new());
+}
+
 /// Whether a schema, or one below it, has a transition rule.
 fn has_transition_rules(schema: &Value) -> bool {
-    match schema {
+    let at = schema as *const Value as usize;
+    if let Some(known) = TRANSITIONS.with(|t| t.borrow().get(&at).copied()) {
+        return known;
+    }
+    let found = match schema {
         Value::Object(m) => {
             let here = m
                 .get("x-kubernetes-validations")
@@ -656,11 +540,24 @@ fn has_transition_rules(schema: &Value) -> bool {
                 .flatten()
                 .filter_map(|r| r.get("rule").and_then(Value::as_str))
                 .any(is_transition);
-            here || m.values().any(has_transition_rules)
+            // Every child is asked (not only up to the first with one), so that each is known.
+            let mut found = here;
+            for v in m.values() {
+                found |= has_transition_rules(v);
+            }
+            found
         }
-        Value::Array(a) => a.iter().any(has_transition_rules),
+        Value::Array(a) => {
+            let mut found = false;
+            for v in a {
+                found |= has_transition_rules(v);
+            }
+            found
+        }
         _ => false,
-    }
+    };
+    TRANSITIONS.with(|t| t.borrow_mut().insert(at, found));
+    found
 }
 
 /// Whether a schema has any validation rule.
@@ -698,25 +595,10 @@ pub fn rules_not_checked() -> Cause {
 
 // ---- cost ----
 
-/// What one evaluation may cost (`PerCallLimit`). A rule whose cost, estimated on the values
-/// it runs on, is within it runs as it is; one estimated past it runs metered and is stopped
-/// when its count goes past it (the count matches the real server's thresholds to within a
-/// few items in the differential scenarios `celruntime` and `celshortcircuit`).
+/// What one evaluation may cost (`PerCallLimit`): a rule is stopped when its count goes past it
+/// (the count matches the real server's thresholds to within a few items in the differential
+/// scenarios `celruntime`, `celshortcircuit` and `celfunctions`).
 const PER_CALL_LIMIT: u64 = 1_000_000;
-
-/// The estimated cost up to which a rule runs unmetered, its estimate counted against the
-/// request's budget (a few thousand such rules would be needed to exhaust it by overestimate).
-const CHEAP: u64 = 10_000;
-
-/// The cost of running a rule on these values, estimated as cel-go estimates a rule's cost
-/// with the sizes of the values instead of the schema's bounds.
-fn runtime_cost(rule: &str, new: &Value, old: Option<&Value>) -> u64 {
-    let Ok(p) = compile(rule) else {
-        return 0;
-    };
-    let sizes = super::cel_check::ValueSizes { new, old };
-    super::cel_check::analyze(&p, Ty::Dyn, Some(Ty::Dyn), &sizes).cost
-}
 
 /// The API server's limit on one rule's estimated cost (`StaticEstimatedCostLimit`), and on all
 /// of a schema's (`StaticEstimatedCRDCostLimit`).
@@ -1458,7 +1340,6 @@ mod tests {
                 {"rule": "self.l.exists(a, self.l.exists(b, a == b))"},
                 {"rule": "has(self.skip) || self.l.all(a, self.l.all(b, a != b || a == b))", "message": "all pairs"}]});
         let l: Vec<i64> = (0..1000).collect();
-        assert!(runtime_cost("self.l.exists(a, self.l.exists(b, a == b))", &json!({"l": l}), None) > PER_CALL_LIMIT);
         let mut out = Vec::new();
         check(&schema, &json!({"l": l, "skip": true}), None, "", &mut out);
         assert!(out.is_empty(), "{out:?}");
@@ -1477,7 +1358,6 @@ mod tests {
         let rule = "self.l.transformList(i, v, v).all(a, self.l.transformList(j, w, w).all(b, \
                     self.l.transformList(k, x, x).all(c, a + b + c >= 0)))";
         let values = json!({"l": (0..400).collect::<Vec<i64>>()});
-        assert!(runtime_cost(rule, &values, None) > PER_CALL_LIMIT);
         let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
             "x-kubernetes-validations": [{"rule": rule}]});
         let mut out = Vec::new();
@@ -1492,12 +1372,128 @@ mod tests {
         let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
             "x-kubernetes-validations": vec![rule; 16]});
         let values = json!({"l": (0..300).collect::<Vec<i64>>()});
-        assert!(runtime_cost("self.l.all(a, self.l.all(b, a + b >= 0))", &values, None) < PER_CALL_LIMIT);
         let mut out = Vec::new();
         check(&schema, &values, None, "", &mut out);
         assert_eq!(
             out.iter().map(|c| c.message.as_str()).collect::<Vec<_>>(),
             ["Invalid value: \"object\": validation failed due to running out of cost budget, no further validation rules will be run"]
+        );
+    }
+
+    #[test]
+    fn items_of_map_lists_are_matched_with_their_old_items_by_key() {
+        let schema = json!({"type": "object", "properties": {"l": {"type": "array",
+            "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+            "items": {"type": "object", "properties": {"name": {"type": "string"}, "v": {"type": "integer"}},
+                "x-kubernetes-validations": [{"rule": "self.v >= oldSelf.v", "message": "v may only grow"}]}}}});
+        let old = json!({"l": [{"name": "a", "v": 1}, {"name": "b", "v": 5}]});
+        let mut out = Vec::new();
+        check(
+            &schema,
+            &json!({"l": [{"name": "b", "v": 4}, {"name": "a", "v": 2}, {"name": "c", "v": 0}]}),
+            Some(&old),
+            "spec",
+            &mut out,
+        );
+        assert_eq!(
+            out.iter()
+                .map(|c| format!("{}: {}", c.field, c.message))
+                .collect::<Vec<_>>(),
+            ["spec.l[0]: Invalid value: v may only grow"]
+        );
+    }
+
+    /// What an expression costs on `value`, as the meter counts it.
+    fn cost_of(expr: &str, value: &Value) -> u64 {
+        evaluate_metered(expr, expr, value, OldSelf::Absent, u64::MAX / 2).1
+    }
+
+    #[test]
+    fn functions_cost_what_cel_go_charges_for_their_operands() {
+        let s = "a".repeat(1000);
+        let t = "b".repeat(1000);
+        let v = json!({"s": s, "t": t, "re": "c".repeat(40), "l": vec!["x"; 500],
+            "a": (0..500).collect::<Vec<i64>>(), "b": (0..30).collect::<Vec<i64>>(),
+            "c": (0..40).collect::<Vec<i64>>(), "w": vec!["ab"; 100]});
+        // `self.s`: the identifier and the selection, 1 each.
+        for (expr, cost) in [
+            // A tenth of the shorter operand.
+            ("self.s == self.t", 2 + 2 + 100),
+            // Against a short constant: 1.
+            ("self.s == 'abc'", 2 + 1),
+            // A tenth of the string times a tenth of the substring.
+            ("self.s.contains(self.t)", 2 + 2 + 100 * 100),
+            // (A tenth of the string + 1) times a quarter of the pattern.
+            ("self.s.matches(self.re)", 2 + 2 + 101 * 10),
+            // The list's size.
+            ("'x' in self.l", 2 + 500),
+            // 1 + the product of the sizes.
+            ("sets.contains(self.b, self.c)", 2 + 2 + 1 + 30 * 40),
+            ("sets.equivalent(self.b, self.c)", 2 + 2 + 1 + 2 * 30 * 40),
+            // A traversal of the target.
+            ("self.a.indexOf(3) == 3", 2 + 500 + 1),
+            // Two tenths of the string.
+            ("size(self.s.split('a')) > 0", 2 + 200 + 1 + 1),
+            // Two tenths of the result (299 characters).
+            ("size(self.w.join(',')) > 0", 2 + 60 + 1 + 1),
+            // A tenth of both strings.
+            ("size(self.s + self.t) > 0", 2 + 2 + 200 + 1 + 1),
+            // A loop: per element, its condition (`@not_strictly_false(@result)`), the
+            // accumulator, the variable and the comparison; the result once.
+            ("self.b.all(x, x >= 0)", 2 + 1 + 30 * (2 + 1 + 1 + 1)),
+        ] {
+            assert_eq!(cost_of(expr, &v), cost, "{expr}");
+        }
+    }
+
+    #[test]
+    fn a_metered_all_keeps_an_element_s_error_until_another_decides() {
+        // cel-go: `error && false` is false; the division by zero of the first element does not
+        // decide the result when a later element is false.
+        let v = json!({"l": [0, -1]});
+        let (outcome, _) = evaluate_metered("self.l.all(x, 10 / x > 0)", "r", &v, OldSelf::Absent, PER_CALL_LIMIT);
+        assert!(matches!(outcome, Some(Outcome::Fails)));
+        let v = json!({"l": [0, 1]});
+        let (outcome, _) = evaluate_metered("self.l.all(x, 10 / x > 0)", "r", &v, OldSelf::Absent, PER_CALL_LIMIT);
+        assert!(matches!(outcome, Some(Outcome::Error(e)) if e.starts_with("division by zero")));
+    }
+
+    #[test]
+    fn an_operand_that_fails_halfway_leaves_no_size_behind() {
+        // The error inside contains() is absorbed by `||`; the comparison after it must still
+        // be charged from its own operands (2 × 1000 characters: 100), not from what the
+        // failed call noted.
+        let v = json!({"s": "a".repeat(1000), "t": "a".repeat(1000), "l": vec!["y"; 5000]});
+        let with = cost_of("(self.l.contains(self.missing) || true) && self.s == self.t", &v);
+        let alone = cost_of("self.s == self.t", &v);
+        assert!(with >= alone && with < alone + 20, "{with} vs {alone}");
+    }
+
+    #[test]
+    fn a_message_expression_runs_metered_and_can_stop_validation() {
+        let schema = |message: &str| {
+            json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+                "x-kubernetes-validations": [{"rule": "self.n > 0", "message": "n must be positive",
+                    "messageExpression": message}, {"rule": "self.n > 1", "message": "never reached"}]})
+        };
+        let messages = |schema: Value, value: Value| {
+            let mut out = Vec::new();
+            check(&schema, &value, None, "spec", &mut out);
+            out.into_iter().map(|c| c.message).collect::<Vec<_>>()
+        };
+        let costly = "self.l.all(x, self.l.all(y, x == y || true)) ? 'n is ' + string(self.n) : ''";
+        assert_eq!(
+            messages(schema(costly), json!({"n": 0, "l": [1, 2]})),
+            ["Invalid value: n is 0", "Invalid value: never reached"]
+        );
+        assert_eq!(
+            messages(schema(costly), json!({"n": 0, "l": (0..2000).collect::<Vec<i64>>()})),
+            [format!("Invalid value: \"object\": no further validation rules will be run due to call cost exceeds limit for messageExpression: {}", json!(costly))]
+        );
+        // A message of two lines, or none, is not used.
+        assert_eq!(
+            messages(schema("'two\\nlines'"), json!({"n": 0})),
+            ["Invalid value: n must be positive", "Invalid value: never reached"]
         );
     }
 
@@ -1532,14 +1528,21 @@ mod tests {
             &mut out,
         );
         assert_eq!(out.len(), 1, "{out:?}");
-        // What Kubernetes declares and the simulator lacks installs, and refuses the objects
-        // that need it instead of letting them through.
-        let rule = "format.uri().validate(self.c).hasValue()";
+        // The CRD formats are validated.
+        let rule = "!format.uri().validate(self.c).hasValue()";
         assert!(fields(rule).is_empty());
         let mut out = Vec::new();
         check(&schema_of(rule), &json!({"spec": {"c": "x"}}), None, "", &mut out);
         assert_eq!(out.len(), 1, "{out:?}");
-        assert!(out[0].message.contains("kube-sim cannot evaluate rule: format.uri().validate(self.c).hasValue(): it needs the CEL function or macro 'format.uri().validate'"), "{out:?}");
+        let mut out = Vec::new();
+        check(
+            &schema_of(rule),
+            &json!({"spec": {"c": "https://x"}}),
+            None,
+            "",
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
         // Macros with two variables, which the `cel` crate does not expand, are rewritten.
         let rule = "!has(self.m) || self.m.all(k, v, k != v)";
         assert!(fields(rule).is_empty());
@@ -1575,6 +1578,12 @@ mod tests {
 mod library_tests {
     use super::*;
     use serde_json::json;
+
+    fn evaluate(rule: &str, shown: &str, new: &Value, old: OldSelf) -> Outcome {
+        evaluate_metered(rule, shown, new, old, PER_CALL_LIMIT)
+            .0
+            .unwrap_or_else(|| Outcome::Error("past the per-call limit".to_string()))
+    }
 
     fn holds(rule: &str) -> bool {
         let value = json!({"l": [3, 1, 2, 1], "s": "hello", "ips": ["10.0.0.1", "192.168.1.1"]});

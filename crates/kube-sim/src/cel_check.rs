@@ -428,46 +428,6 @@ impl Sizes for SchemaSizes {
     }
 }
 
-/// Sizes from the object being validated: the largest value a path names.
-pub struct ValueSizes<'a> {
-    pub new: &'a Value,
-    pub old: Option<&'a Value>,
-}
-
-impl Sizes for ValueSizes<'_> {
-    fn estimate(&self, path: &[String]) -> Option<Size> {
-        let start = match path.first().map(String::as_str) {
-            Some("oldSelf") => self.old?,
-            _ => self.new,
-        };
-        let mut values = vec![start];
-        for p in path.iter().skip(1) {
-            let mut next = Vec::new();
-            for v in values {
-                match (v, p.as_str()) {
-                    (Value::Array(a), "@items") => next.extend(a.iter()),
-                    (Value::Object(m), "@values") => next.extend(m.values()),
-                    (Value::Object(_), "@keys") => {}
-                    (Value::Object(m), name) => next.extend(m.get(name)),
-                    _ => {}
-                }
-            }
-            values = next;
-        }
-        let max = values
-            .iter()
-            .map(|v| match v {
-                Value::String(s) => s.chars().count() as u64,
-                Value::Array(a) => a.len() as u64,
-                Value::Object(m) => m.len() as u64,
-                _ => 0,
-            })
-            .max()
-            .unwrap_or(0);
-        Some(Size { min: 0, max })
-    }
-}
-
 /// What the checker knows of an expression.
 #[derive(Clone, Debug)]
 struct Node {

@@ -2,9 +2,9 @@
 //! (`k8s.io/apiserver/pkg/cel/library/format.go`): `format.dns1123Label()` and the other name
 //! formats, `format.named(name)` (an optional format), and `validate(string)`, which gives
 //! `optional.none()` for a valid string, else the list of what is wrong with it, in the words of
-//! `k8s.io/apimachinery/pkg/util/validation`. The formats of other kinds (`uri`, `uuid`, `byte`,
-//! `date`, `datetime`) are declared and not implemented: a rule that validates with one cannot
-//! be evaluated (the write is refused, saying so).
+//! `k8s.io/apimachinery/pkg/util/validation`; and the CRD formats `uri` (Go's
+//! `url.ParseRequestURI`, its error text), `uuid`, `byte`, `date` and `datetime` (kube-openapi's
+//! `strfmt` checks, with Kubernetes' fixed messages).
 
 use std::sync::{Arc, OnceLock};
 
@@ -22,7 +22,7 @@ impl Opaque for Format {
     }
 }
 
-/// The formats Kubernetes names; the simulator validates those before `uri`.
+/// The formats Kubernetes names.
 pub const NAMES: &[&str] = &[
     "dns1123Label",
     "dns1123Subdomain",
@@ -176,9 +176,115 @@ fn prefix(s: &str, f: fn(&str) -> Vec<String>) -> Vec<String> {
     f(s.strip_suffix('-').unwrap_or(s))
 }
 
+/// `url.ParseRequestURI`'s error, as far as the simulator words it: an empty string, or one
+/// that is neither an absolute URI nor an absolute path.
+fn uri(s: &str) -> Vec<String> {
+    if s.is_empty() {
+        return vec!["parse \"\": empty url".to_string()];
+    }
+    match super::cel_lib::parse_url(s) {
+        Some(_) => vec![],
+        None => vec![format!("parse {}: invalid URI for request", go_quote(s))],
+    }
+}
+
+/// Go's `%q` of a string, for the characters a URI can hold.
+fn go_quote(s: &str) -> String {
+    serde_json::Value::String(s.to_string()).to_string()
+}
+
+/// `strfmt.IsUUID`: 32 hexadecimal digits, grouped 8-4-4-4-12 by optional dashes.
+fn uuid(s: &str) -> Vec<String> {
+    if matches(
+        "(?i)[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}",
+        s,
+    ) {
+        return vec![];
+    }
+    vec!["does not match the UUID format".to_string()]
+}
+
+/// govalidator's `IsBase64`: standard base64, padded, not empty.
+fn byte(s: &str) -> Vec<String> {
+    let b64 = "(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=|[A-Za-z0-9+/]{4})";
+    if matches(b64, s) {
+        return vec![];
+    }
+    vec!["invalid base64".to_string()]
+}
+
+/// `time.Parse("2006-01-02", s)` succeeds: four digits of year, a month, a day of that month.
+fn is_date(s: &str) -> bool {
+    let b = s.as_bytes();
+    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
+        return false;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<u32> {
+        let part = &s[r];
+        part.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| part.parse().ok())
+            .flatten()
+    };
+    let (Some(year), Some(month), Some(day)) = (num(0..4), num(5..7), num(8..10)) else {
+        return false;
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days = match month {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return false,
+    };
+    (1..=days).contains(&day)
+}
+
+fn date(s: &str) -> Vec<String> {
+    if is_date(s) {
+        return vec![];
+    }
+    vec!["invalid date".to_string()]
+}
+
+/// `strfmt.IsDateTime`: a date and a time split at the first `t` (either case), the time
+/// `hh:mm:ss`, optional fractions, and `z` or an offset.
+fn datetime(s: &str) -> Vec<String> {
+    let valid = || {
+        if s.len() < 4 {
+            return false;
+        }
+        let lower = s.to_lowercase();
+        let parts: Vec<&str> = lower.split('t').collect();
+        if parts.len() < 2 || !is_date(parts[0]) {
+            return false;
+        }
+        let re = {
+            static RE: OnceLock<regex::Regex> = OnceLock::new();
+            RE.get_or_init(|| {
+                regex::Regex::new(r"^([0-9]{2}):([0-9]{2}):([0-9]{2})(.[0-9]+)?(z|([+-][0-9]{2}:[0-9]{2}))$")
+                    .unwrap_or_else(|_| regex::Regex::new("^$").unwrap())
+            })
+        };
+        let Some(m) = re.captures(parts[1]) else {
+            return false;
+        };
+        &m[1] <= "23" && &m[2] <= "59" && &m[3] <= "59"
+    };
+    if valid() {
+        return vec![];
+    }
+    vec!["invalid datetime".to_string()]
+}
+
 /// What is wrong with `s` in `format`, or `None` for a format the simulator does not check.
 pub fn validate(format: &str, s: &str) -> Option<Vec<String>> {
     Some(match format {
+        "uri" => uri(s),
+        "uuid" => uuid(s),
+        "byte" => byte(s),
+        "date" => date(s),
+        "datetime" => datetime(s),
         "dns1123Label" => dns1123_label(s),
         "dns1123Subdomain" => dns1123_subdomain(s),
         "dns1035Label" => dns1035_label(s),
@@ -285,6 +391,31 @@ mod tests {
         assert_eq!(validate("labelValue", ""), Some(vec![]));
         assert_eq!(validate("qualifiedName", "example.com/MyName"), Some(vec![]));
         assert_eq!(validate("qualifiedName", "a/b/c").map(|e| e.len()), Some(1));
-        assert_eq!(validate("uri", "x"), None);
+        assert_eq!(validate("nope", "x"), None);
+    }
+
+    #[test]
+    fn crd_formats_are_checked_as_kube_openapi_checks_them() {
+        let errs = |f: &str, s: &str| validate(f, s).unwrap();
+        assert!(errs("uri", "https://example.com/a?b=c").is_empty());
+        assert!(errs("uri", "/just/a/path").is_empty());
+        assert_eq!(errs("uri", "relative"), ["parse \"relative\": invalid URI for request"]);
+        assert_eq!(errs("uri", ""), ["parse \"\": empty url"]);
+        assert!(errs("uuid", "123e4567-e89b-12d3-a456-426614174000").is_empty());
+        assert!(errs("uuid", "123E4567E89B12D3A456426614174000").is_empty());
+        assert_eq!(
+            errs("uuid", "123e4567-e89b-12d3-a456"),
+            ["does not match the UUID format"]
+        );
+        assert!(errs("byte", "aGVsbG8=").is_empty());
+        assert_eq!(errs("byte", "aGVsbG8"), ["invalid base64"]);
+        assert_eq!(errs("byte", ""), ["invalid base64"]);
+        assert!(errs("date", "2024-02-29").is_empty());
+        assert_eq!(errs("date", "2023-02-29"), ["invalid date"]);
+        assert_eq!(errs("date", "2023-1-01"), ["invalid date"]);
+        assert!(errs("datetime", "2021-01-01T00:00:00Z").is_empty());
+        assert!(errs("datetime", "2021-01-01t23:59:59.123+02:00").is_empty());
+        assert_eq!(errs("datetime", "2021-01-01T24:00:00Z"), ["invalid datetime"]);
+        assert_eq!(errs("datetime", "2021-01-01 00:00:00Z"), ["invalid datetime"]);
     }
 }

@@ -2,14 +2,13 @@
 //! `isQuantity()` with the quantity methods, `url()` and `isURL()` with the URL accessors, the
 //! list functions `isSorted()`, `sum()`, `min()`, `max()`, `indexOf()`, `lastIndexOf()`, the
 //! regex functions `find()` and `findAll()`, the IP and CIDR library (`cel_net`), the semver
-//! library (`cel_semver`), the format library's name formats (`cel_format`), and cel-go's sets
+//! library (`cel_semver`), the format library (`cel_format`), and cel-go's sets
 //! extension (`sets.contains()`, `sets.equivalent()`,
 //! `sets.intersects()`). CEL's strings extension (`charAt`, `indexOf`, `format`, …) and lists
 //! extension come with the `cel` crate.
 //!
-//! What Kubernetes declares and the simulator does not implement (the `uri`, `uuid`, `byte`,
-//! `date` and `datetime` formats; [`KNOWN_UNIMPLEMENTED`]: the authorizer functions, which CRD
-//! rules cannot reach anyway) still installs
+//! What Kubernetes declares and the simulator does not implement ([`KNOWN_UNIMPLEMENTED`]: the
+//! authorizer functions, which CRD rules cannot reach anyway) still installs
 //! with a CRD, as it does on the real server; a write whose rule needs one is refused with a 422
 //! that names the rule and the function (`cel::Outcome::Unsupported`), never let through.
 
@@ -85,11 +84,26 @@ pub fn declared(name: &str) -> bool {
 /// `ip.isCanonical()` and the sets extension; and the simulator's cost meter and the functions
 /// its expansion of two-variable macros calls (`cel_macros`).
 pub fn extend_env(env: &mut cel::Env) {
+    use super::cel_meter;
+    use cel::common::types::INT_TYPE as INT;
     let _ = env.add_overload(
-        super::cel::METER_FN,
+        cel_meter::METER_FN,
         "kube_sim_meter",
-        vec![cel::common::types::INT_TYPE, DYN_TYPE],
-        super::cel::meter,
+        vec![INT, DYN_TYPE],
+        cel_meter::meter,
+    );
+    let _ = env.add_overload(cel_meter::MARK_FN, "kube_sim_mark", vec![], cel_meter::mark);
+    let _ = env.add_overload(
+        cel_meter::SIZE_FN,
+        "kube_sim_size",
+        vec![INT, INT, DYN_TYPE],
+        cel_meter::size,
+    );
+    let _ = env.add_overload(
+        cel_meter::CHARGE_FN,
+        "kube_sim_charge",
+        vec![INT, DYN_TYPE],
+        cel_meter::charge,
     );
     for (name, f) in super::cel_format::constructors() {
         let _ = env.add_overload(&name, &name, vec![], f);
@@ -113,18 +127,17 @@ pub fn extend_env(env: &mut cel::Env) {
         vec![DYN_TYPE],
         super::cel_macros::pairs,
     );
-    let insert = super::cel_macros::INSERT_FN;
     let _ = env.add_overload(
-        insert,
-        "kube_sim_map_insert_entry",
-        vec![DYN_TYPE, DYN_TYPE, DYN_TYPE],
-        super::cel_macros::map_insert,
+        super::cel_macros::FROM_PAIRS_FN,
+        "kube_sim_map_from_pairs",
+        vec![DYN_TYPE],
+        super::cel_macros::map_from_pairs,
     );
     let _ = env.add_overload(
-        insert,
-        "kube_sim_map_insert_map",
-        vec![DYN_TYPE, DYN_TYPE],
-        super::cel_macros::map_insert,
+        super::cel_macros::FROM_ENTRIES_FN,
+        "kube_sim_map_from_entries",
+        vec![DYN_TYPE],
+        super::cel_macros::map_from_entries,
     );
     let ip = Type::new_opaque_type("net.IP");
     let cidr = Type::new_opaque_type("net.CIDR");

@@ -16,8 +16,10 @@ use cel::{ExecutionError, IdedExpr};
 
 /// The pairs a two-variable loop runs over.
 pub const PAIRS_FN: &str = "@kube_sim_pairs";
-/// `@kube_sim_map_insert(map, key, value)` and `@kube_sim_map_insert(map, entries)`.
-pub const INSERT_FN: &str = "@kube_sim_map_insert";
+/// `@kube_sim_map_from_pairs([[key, value], …])`: `transformMap`'s result.
+pub const FROM_PAIRS_FN: &str = "@kube_sim_map_from_pairs";
+/// `@kube_sim_map_from_entries([{key: value}, …])`: `transformMapEntry`'s result.
+pub const FROM_ENTRIES_FN: &str = "@kube_sim_map_from_entries";
 
 const MACROS: &[&str] = &[
     "all",
@@ -83,8 +85,17 @@ pub(crate) fn arity_fits(name: &str, args: usize) -> bool {
     }
 }
 
+/// The variable an iteration's pair is bound to.
+const PAIR: &str = "@kube_sim_pair";
+
 fn node(expr: Expr) -> IdedExpr {
     IdedExpr { id: 0, expr }
+}
+
+/// A node that only binds or carries values, which costs nothing (`cel_meter::FREE`).
+fn free(mut e: IdedExpr) -> IdedExpr {
+    e.id = super::cel_meter::FREE;
+    e
 }
 
 fn ident(name: &str) -> IdedExpr {
@@ -117,16 +128,21 @@ fn list(elements: Vec<IdedExpr>) -> IdedExpr {
 /// `body` with `name` bound to `value` (cel-go's `cel.bind`: a loop over nothing whose
 /// accumulator is the variable).
 fn bind(name: &str, value: IdedExpr, body: IdedExpr) -> IdedExpr {
-    node(Expr::Comprehension(Box::new(ComprehensionExpr {
-        iter_range: list(Vec::new()),
+    free(node(Expr::Comprehension(Box::new(ComprehensionExpr {
+        iter_range: free(list(Vec::new())),
         iter_var: "#unused".to_string(),
         iter_var2: None,
         accu_var: name.to_string(),
         accu_init: value,
         loop_cond: boolean(false),
-        loop_step: ident(name),
+        loop_step: free(ident(name)),
         result: body,
-    })))
+    }))))
+}
+
+/// The `i`th of the pair an iteration binds its variables from.
+fn pair_item(i: i64) -> IdedExpr {
+    free(call(operators::INDEX, vec![free(ident(PAIR)), int(i)]))
 }
 
 /// An expression with its two-variable macros rewritten into loops the `cel` crate runs.
@@ -194,15 +210,8 @@ fn expand(c: CallExpr) -> IdedExpr {
     let body = args.pop().unwrap_or_else(|| boolean(false));
     let filter = (args.len() == 3).then(|| args.pop()).flatten();
     const RESULT: &str = "@result";
-    const PAIR: &str = "@kube_sim_pair";
     // Both variables bound from the pair, around an expression of the iteration.
-    let with_vars = |e: IdedExpr| {
-        bind(
-            &first,
-            call(operators::INDEX, vec![ident(PAIR), int(0)]),
-            bind(&second, call(operators::INDEX, vec![ident(PAIR), int(1)]), e),
-        )
-    };
+    let with_vars = |e: IdedExpr| bind(&first, pair_item(0), bind(&second, pair_item(1), e));
     let filtered = |step: IdedExpr, filter: Option<IdedExpr>| match filter {
         Some(f) => call(operators::CONDITIONAL, vec![with_vars(f), step, ident(RESULT)]),
         None => step,
@@ -245,16 +254,22 @@ fn expand(c: CallExpr) -> IdedExpr {
             ),
             ident(RESULT),
         ),
+        // A map is built as a list of its entries, which the interpreter appends to in place,
+        // and made a map once at the end (inserting into a copy of the map at every element
+        // took time in the square of its size). The step costs what cel-go's
+        // `@mapInsert(@result, k, v)` costs: the call, the accumulator and the key.
         "transformMap" => (
-            node(Expr::Map(Default::default())),
+            list(Vec::new()),
             boolean(true),
             filtered(
                 call(
-                    INSERT_FN,
+                    operators::ADD,
                     vec![
                         ident(RESULT),
-                        call(operators::INDEX, vec![ident(PAIR), int(0)]),
-                        with_vars(body),
+                        free(list(vec![free(list(vec![
+                            call(operators::INDEX, vec![free(ident(PAIR)), int(0)]),
+                            with_vars(body),
+                        ]))])),
                     ],
                 ),
                 filter,
@@ -263,14 +278,20 @@ fn expand(c: CallExpr) -> IdedExpr {
         ),
         // transformMapEntry
         _ => (
-            node(Expr::Map(Default::default())),
+            list(Vec::new()),
             boolean(true),
-            filtered(call(INSERT_FN, vec![ident(RESULT), with_vars(body)]), filter),
+            filtered(
+                call(operators::ADD, vec![ident(RESULT), free(list(vec![with_vars(body)]))]),
+                filter,
+            ),
             ident(RESULT),
         ),
     };
-    node(Expr::Comprehension(Box::new(ComprehensionExpr {
-        iter_range: call(PAIRS_FN, vec![target.map(|t| *t).unwrap_or_else(|| list(Vec::new()))]),
+    let loop_ = node(Expr::Comprehension(Box::new(ComprehensionExpr {
+        iter_range: free(call(
+            PAIRS_FN,
+            vec![target.map(|t| *t).unwrap_or_else(|| list(Vec::new()))],
+        )),
         iter_var: PAIR.to_string(),
         iter_var2: None,
         accu_var: RESULT.to_string(),
@@ -278,7 +299,12 @@ fn expand(c: CallExpr) -> IdedExpr {
         loop_cond: cond,
         loop_step: step,
         result,
-    })))
+    })));
+    match func_name.as_str() {
+        "transformMap" => free(call(FROM_PAIRS_FN, vec![loop_])),
+        "transformMapEntry" => free(call(FROM_ENTRIES_FN, vec![loop_])),
+        _ => loop_,
+    }
 }
 
 fn key_value(k: &cel::objects::Key) -> Value {
@@ -314,38 +340,63 @@ pub fn pairs<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Execut
     })
 }
 
-/// `@kube_sim_map_insert(map, key, value)`, `@kube_sim_map_insert(map, {key: value})`: a new
-/// map; a key already there is an error, as in cel-go.
-pub fn map_insert<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    super::cel_lib::by_value(args, |v| {
-        let (map, entries): (&cel::objects::Map, Vec<(Value, Value)>) = match v {
-            [Value::Map(m), k, x] => (m, vec![(k.clone(), x.clone())]),
-            [Value::Map(m), Value::Map(e)] => (m, e.map.iter().map(|(k, x)| (key_value(k), x.clone())).collect()),
-            _ => return Err(ExecutionError::no_such_overload("transformMap", vec![])),
-        };
-        let mut out: std::collections::HashMap<cel::objects::Key, Value> = (*map.map).clone();
-        for (k, x) in entries {
-            let key = match k {
-                Value::Int(i) => cel::objects::Key::Int(i),
-                Value::UInt(u) => cel::objects::Key::Uint(u),
-                Value::Bool(b) => cel::objects::Key::Bool(b),
-                Value::String(s) => cel::objects::Key::String(s),
-                _ => return Err(ExecutionError::function_error("transformMap", "unsupported key type")),
+fn key_of(k: Value) -> Result<cel::objects::Key, ExecutionError> {
+    use cel::objects::Key;
+    Ok(match k {
+        Value::Int(i) => Key::Int(i),
+        Value::UInt(u) => Key::Uint(u),
+        Value::Bool(b) => Key::Bool(b),
+        Value::String(s) => Key::String(s),
+        _ => return Err(ExecutionError::function_error("transformMap", "unsupported key type")),
+    })
+}
+
+/// A map of `entries`; a key given twice is an error, as in cel-go.
+fn map_of(entries: impl Iterator<Item = (Value, Value)>) -> Result<Value, ExecutionError> {
+    let mut out: std::collections::HashMap<cel::objects::Key, Value> = Default::default();
+    for (k, x) in entries {
+        let key = key_of(k)?;
+        if out.contains_key(&key) {
+            let shown = match &key {
+                cel::objects::Key::Int(i) => i.to_string(),
+                cel::objects::Key::Uint(u) => u.to_string(),
+                cel::objects::Key::Bool(b) => b.to_string(),
+                cel::objects::Key::String(s) => s.to_string(),
             };
-            if out.contains_key(&key) {
-                let shown = match &key {
-                    cel::objects::Key::Int(i) => i.to_string(),
-                    cel::objects::Key::Uint(u) => u.to_string(),
-                    cel::objects::Key::Bool(b) => b.to_string(),
-                    cel::objects::Key::String(s) => s.to_string(),
-                };
-                return Err(ExecutionError::function_error(
-                    "transformMapEntry",
-                    format!("insert failed: key {shown} already exists"),
-                ));
-            }
-            out.insert(key, x);
+            return Err(ExecutionError::function_error(
+                "transformMapEntry",
+                format!("insert failed: key {shown} already exists"),
+            ));
         }
-        Ok(Value::Map(cel::objects::Map { map: Arc::new(out) }))
+        out.insert(key, x);
+    }
+    Ok(Value::Map(cel::objects::Map { map: Arc::new(out) }))
+}
+
+/// [`FROM_PAIRS_FN`].
+pub fn map_from_pairs<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    super::cel_lib::by_value(args, |v| match v {
+        [Value::List(l)] => map_of(l.iter().filter_map(|p| match p {
+            Value::List(kv) if kv.len() == 2 => Some((kv[0].clone(), kv[1].clone())),
+            _ => None,
+        })),
+        _ => Err(ExecutionError::no_such_overload("transformMap", vec![])),
+    })
+}
+
+/// [`FROM_ENTRIES_FN`]: each element a map of the entries one iteration gave.
+pub fn map_from_entries<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    super::cel_lib::by_value(args, |v| match v {
+        [Value::List(l)] => {
+            let mut entries = Vec::new();
+            for e in l.iter() {
+                let Value::Map(m) = e else {
+                    return Err(ExecutionError::no_such_overload("transformMapEntry", vec![]));
+                };
+                entries.extend(m.map.iter().map(|(k, x)| (key_value(k), x.clone())));
+            }
+            map_of(entries.into_iter())
+        }
+        _ => Err(ExecutionError::no_such_overload("transformMapEntry", vec![])),
     })
 }

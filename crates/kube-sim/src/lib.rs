@@ -28,10 +28,11 @@
 //! - CEL rules run on the `cel` crate with its strings and lists extensions and the Kubernetes
 //!   libraries in `cel_lib`, `cel_net` and `cel_semver` (quantities, URLs, list, regex, IP,
 //!   CIDR, semver and sets functions); macros with two variables are rewritten into loops the
-//!   `cel` crate runs (`cel_macros`); the format library's name formats are checked
-//!   (`cel_format`). A rule calling a Kubernetes function not implemented there (the `uri`,
-//!   `uuid`, `byte`, `date` and `datetime` formats) installs, as on the real server, and a
-//!   write that needs it is refused with a 422 naming the rule and the function (the real
+//!   `cel` crate runs (`cel_macros`); the format library's name and CRD formats
+//!   (`uri`, `uuid`, `byte`, `date`, `datetime`) are checked (`cel_format`); `duration()` and
+//!   `timestamp()` come with the `cel` crate's `chrono` feature. A rule calling a function
+//!   Kubernetes declares and the simulator does not implement (none is known that a CRD rule
+//!   can reach) installs, as on the real server, and a write that needs it is refused with a 422 naming the rule and the function (the real
 //!   server runs it: a rehearsal refuses rather than accept what the cluster may refuse, and
 //!   says why). The
 //!   parse errors of `ip()`/`cidr()` have Go's wording for IPv4 and Go's form, not always its
@@ -44,15 +45,15 @@
 //!   over objects, optionals of objects). Syntax errors carry the `cel` crate's detail, not
 //!   cel-go's. Costs are estimated as cel-go and Kubernetes estimate them (the differential
 //!   scenario `celcost` holds them to the real server's figures to six decimals), with the
-//!   real server's limits per rule, per schema and per request; before a rule runs, its cost
-//!   is estimated on the object's values, and a rule estimated past the per-call limit (or
-//!   the request's remaining budget) runs metered: each node it evaluates counts as cel-go's
-//!   runtime cost tracker counts it (identifiers, selections and calls 1, the logical
-//!   operators nothing; string and list functions 1 rather than their size), and it is cut
-//!   short with the real server's error only when what it did goes past the limit — an
-//!   `exists()` that finds its item at once or a guarded loop is accepted, as on the real
-//!   server, and the thresholds of full loops match v1.36.2's to within a few items
-//!   (differential scenarios `celruntime`, `celshortcircuit`). Rules run with the store lock
+//!   real server's limits per rule, per schema and per request. Every rule and messageExpression
+//!   runs metered (`cel_meter`): each node it evaluates counts as cel-go's runtime cost tracker
+//!   counts it (identifiers, selections and calls 1, the logical operators nothing, comparisons,
+//!   `in`, concatenation, `contains`, `matches`, the Kubernetes list and string functions and
+//!   `sets.*` by their operands' sizes as cel-go and Kubernetes charge them), and it is cut
+//!   short with the real server's error only when what it did goes past the per-call limit or
+//!   the request's budget — an `exists()` that finds its item at once or a guarded loop is
+//!   accepted, as on the real server, and the thresholds of full loops match v1.36.2's to
+//!   within a few items (differential scenarios `celruntime`, `celshortcircuit`, `celfunctions`). Rules run with the store lock
 //!   released (`cel::Gate`). Ratcheting skips unchanged values for CEL rules that are not
 //!   transition rules (as v1.36.2 does: transition rules are evaluated on unchanged values
 //!   too, differential scenario `ratcheting`), not for the schema's other constraints. Strict field validation of a merge patch answers
@@ -98,6 +99,7 @@
 //! - `cel_lib`: Kubernetes' CEL libraries (quantity, URL, lists, regex, sets);
 //! - `cel_net`, `cel_semver`: Kubernetes' IP/CIDR and semver CEL libraries;
 //! - `cel_macros`: CEL's macros with two variables (`all(k, v, …)`, `transformMap`, …);
+//! - `cel_meter`: the cost meter of rule evaluation;
 //! - `cel_format`: Kubernetes' format library (`format.dns1123Label().validate(…)`, …);
 //! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
@@ -124,6 +126,7 @@ mod cel_check;
 mod cel_format;
 mod cel_lib;
 mod cel_macros;
+mod cel_meter;
 mod cel_net;
 mod cel_semver;
 mod controllers;

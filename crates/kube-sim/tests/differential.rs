@@ -866,3 +866,13 @@ async fn two_variable_macros_are_checked_when_a_crd_is_written_like_the_real_api
 async fn ratcheting_and_transition_rules_match_the_real_apiserver() {
     differential("ratcheting").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn functions_cost_what_their_operands_make_them_cost_like_the_real_apiserver() {
+    differential("celfunctions").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crd_formats_durations_and_timestamps_match_the_real_apiserver() {
+    differential("celformats").await;
+}
