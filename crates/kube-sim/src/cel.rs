@@ -1008,7 +1008,10 @@ fn schema_causes(
                 };
                 let a = super::cel_check::analyze(&p, self_ty.clone(), Some(old_ty), &sizes);
                 let mut names = Vec::new();
-                undeclared(p.expression(), &mut names);
+                // cel-go does not type-check a rule that does not parse (a macro's variables).
+                if !a.parse_failed {
+                    undeclared(p.expression(), &mut names);
+                }
                 let mut errors = a.errors.clone();
                 for (id, name) in names {
                     let at = p.source_info().offset_for(id).map_or(0, |o| o.0 as usize);

@@ -858,6 +858,11 @@ async fn rules_that_stop_early_cost_what_they_did_like_the_real_apiserver() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn two_variable_macros_are_checked_when_a_crd_is_written_like_the_real_apiserver() {
+    differential("celmacros").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn ratcheting_and_transition_rules_match_the_real_apiserver() {
     differential("ratcheting").await;
 }
