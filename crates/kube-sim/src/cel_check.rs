@@ -260,6 +260,8 @@ pub enum Ty {
     Object(Rc<Decl>),
     Opt(Box<Ty>),
     Type,
+    /// `kubernetes.Quantity`.
+    Quantity,
 }
 
 impl Ty {
@@ -295,6 +297,7 @@ impl Ty {
             Ty::List(e) => format!("list({})", e.name()?),
             Ty::Map(k, v) => format!("map({}, {})", k.name()?, v.name()?),
             Ty::Object(d) => d.name.clone(),
+            Ty::Quantity => "kubernetes.Quantity".into(),
             _ => return None,
         })
     }
@@ -1387,6 +1390,13 @@ impl Checker<'_> {
             ("duration", None) => Ty::Duration,
             ("timestamp", None) => Ty::Timestamp,
             ("type", None) => Ty::Type,
+            ("quantity", None) => Ty::Quantity,
+            ("add" | "sub", Some(t)) if matches!(t.ty, Ty::Quantity) => Ty::Quantity,
+            // Kubernetes v1.36 declares `sign()` for no quantity a CRD rule can hold.
+            ("sign", Some(t)) if matches!(t.ty, Ty::Quantity) && args.is_empty() => {
+                no_overload(self, "kubernetes.Quantity.()".to_string());
+                Ty::Dyn
+            }
             ("contains" | "startsWith" | "endsWith" | "matches", Some(t)) => {
                 if t.ty.primitive() && !matches!(t.ty, Ty::String) {
                     let names: Option<Vec<String>> = args.iter().map(|a| a.ty.name()).collect();

@@ -34,10 +34,8 @@
 //!   Kubernetes declares and the simulator does not implement (none is known that a CRD rule
 //!   can reach) installs, as on the real server, and a write that needs it is refused with a 422 naming the rule and the function (the real
 //!   server runs it: a rehearsal refuses rather than accept what the cluster may refuse, and
-//!   says why). The
-//!   parse errors of `ip()`/`cidr()` have Go's wording for IPv4 and Go's form, not always its
-//!   words, for IPv6; the type check lets `sign()` of a quantity install, which v1.36.2 does
-//!   not declare. When a CRD is written, rules are type-checked against the
+//!   says why). The parse errors of `ip()`/`cidr()` have Go's wording for IPv4 and Go's
+//!   form, not always its words, for IPv6. When a CRD is written, rules are type-checked against the
 //!   schema (`cel_check`) only as far as the simulator can be sure of cel-go's verdict —
 //!   undefined fields, field selection on scalars, operators and string functions on the wrong
 //!   scalar types, a rule that is not a bool, a messageExpression that is not a string — with

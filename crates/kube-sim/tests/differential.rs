@@ -876,3 +876,8 @@ async fn functions_cost_what_their_operands_make_them_cost_like_the_real_apiserv
 async fn crd_formats_durations_and_timestamps_match_the_real_apiserver() {
     differential("celformats").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_kubernetes_declares_for_crd_rules_matches_the_real_apiserver() {
+    differential("celdeclared").await;
+}
