@@ -57,7 +57,7 @@ enum Outcome {
 
 /// The environment rules compile in: CEL's standard library, its strings and lists
 /// extensions, optionals (Kubernetes' own libraries are added to each context, `cel_lib`).
-fn env() -> Arc<cel::Env> {
+pub(crate) fn env() -> Arc<cel::Env> {
     static ENV: OnceLock<Arc<cel::Env>> = OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = cel::Env::stdlib();
@@ -271,6 +271,15 @@ fn run_metered(
     if spent > limit {
         return (None, spent);
     }
+    if super::cel_meter::past_deadline() {
+        return (
+            Some(Err(cel::ExecutionError::function_error(
+                super::cel_meter::METER_FN,
+                super::cel_meter::INTERRUPTED,
+            ))),
+            spent,
+        );
+    }
     (Some(result), spent)
 }
 
@@ -402,9 +411,28 @@ const RUNTIME_COST_BUDGET: u64 = 10_000_000;
 /// Checks every rule under `schema` against `new` (and `old`, the stored object on an update),
 /// adding a field error for each rule that fails or cannot be evaluated.
 pub fn check(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut Vec<Cause>) {
+    check_within(schema, new, old, path, out, REQUEST_TIMEOUT);
+}
+
+/// How long the API server lets a request's rules run before their evaluation is interrupted
+/// (its default `--request-timeout`): a rule whose functions are cheap to the meter but slow to
+/// run cannot hold the simulator longer.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// [`check`], with the evaluations interrupted after `timeout`.
+fn check_within(
+    schema: &Value,
+    new: &Value,
+    old: Option<&Value>,
+    path: &str,
+    out: &mut Vec<Cause>,
+    timeout: std::time::Duration,
+) {
     let mut budget = RUNTIME_COST_BUDGET;
     TRANSITIONS.with(|t| t.borrow_mut().clear());
+    super::cel_meter::set_deadline(Some(std::time::Instant::now() + timeout));
     walk(schema, new, old, path, out, &mut budget);
+    super::cel_meter::set_deadline(None);
     TRANSITIONS.with(|t| t.borrow_mut().clear());
 }
 
@@ -473,7 +501,9 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
                 tracing::warn!(rule = text, function = %name, "a validation rule needs a CEL function the simulator lacks");
                 out.push(Cause::invalid(path, &json!(ty), &unsupported_message(&name, text)));
             }
-            Outcome::Fails => match detail(rule, text, new, old_self, budget) {
+            // The message expression sees `oldSelf` as the API server's plain activation binds
+            // it (the stored value, unbound on a create), whatever the rule's `optionalOldSelf`.
+            Outcome::Fails => match detail(rule, text, new, old.map_or(OldSelf::Absent, OldSelf::Plain), budget) {
                 Ok(d) => out.push(cause(rule, path, new, d)),
                 Err(stop) => {
                     *budget = 0;
@@ -483,6 +513,11 @@ fn walk(schema: &Value, new: &Value, old: Option<&Value>, path: &str, out: &mut 
             },
             Outcome::Error(message) => {
                 out.push(Cause::invalid(path, &json!(ty), &message));
+                // Past the request's deadline, no further rule runs.
+                if super::cel_meter::past_deadline() {
+                    *budget = 0;
+                    return;
+                }
             }
         }
     }
@@ -638,16 +673,6 @@ const STANDARD_FUNCTIONS: &[&str] = &[
     "dyn",
     "duration",
     "timestamp",
-    "getFullYear",
-    "getMonth",
-    "getDate",
-    "getDayOfMonth",
-    "getDayOfWeek",
-    "getDayOfYear",
-    "getHours",
-    "getMinutes",
-    "getSeconds",
-    "getMilliseconds",
     "has",
     "all",
     "exists",
@@ -693,6 +718,7 @@ fn undeclared(e: &cel::IdedExpr, out: &mut Vec<(u64, String)>) {
                 || name.contains('.')
                 || namespaced
                 || STANDARD_FUNCTIONS.contains(&name)
+                || super::cel_time::GETTERS.contains(&name)
                 || super::cel_lib::declared(name);
             if !known && !out.iter().any(|n| n.1 == name) {
                 out.push((e.id, name.to_string()));
@@ -1463,6 +1489,32 @@ mod tests {
         // One pass over it costs a tenth of its size more than the loop itself.
         let one = cost_of("self.big.exists(i, v, true)", &v);
         assert_eq!(one, cost_of("self.big.exists(v, true)", &v) + 2_000);
+    }
+
+    #[test]
+    fn rules_still_running_at_the_request_s_deadline_are_interrupted() {
+        let rule = json!({"rule": "self.l.all(a, self.l.all(b, a + b >= 0))", "message": "pairs"});
+        let schema = json!({"type": "object", "x-kubernetes-preserve-unknown-fields": true,
+            "x-kubernetes-validations": [rule, {"rule": "false", "message": "never reached"}]});
+        let values = json!({"l": (0..300).collect::<Vec<i64>>()});
+        let mut out = Vec::new();
+        check_within(
+            &schema,
+            &values,
+            None,
+            "spec",
+            &mut out,
+            std::time::Duration::from_millis(1),
+        );
+        assert_eq!(
+            out.iter().map(|c| c.message.as_str()).collect::<Vec<_>>(),
+            ["Invalid value: \"object\": operation interrupted evaluating rule: pairs"]
+        );
+        // Within the time, both run.
+        let mut out = Vec::new();
+        check(&schema, &values, None, "spec", &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].message.contains("never reached"), "{out:?}");
     }
 
     #[test]

@@ -176,21 +176,12 @@ fn prefix(s: &str, f: fn(&str) -> Vec<String>) -> Vec<String> {
     f(s.strip_suffix('-').unwrap_or(s))
 }
 
-/// `url.ParseRequestURI`'s error, as far as the simulator words it: an empty string, or one
-/// that is neither an absolute URI nor an absolute path.
+/// `url.ParseRequestURI`'s error, in Go's words.
 fn uri(s: &str) -> Vec<String> {
-    if s.is_empty() {
-        return vec!["parse \"\": empty url".to_string()];
+    match super::go_url::parse_request_uri(s) {
+        Ok(_) => vec![],
+        Err(e) => vec![e],
     }
-    match super::cel_lib::parse_url(s) {
-        Some(_) => vec![],
-        None => vec![format!("parse {}: invalid URI for request", go_quote(s))],
-    }
-}
-
-/// Go's `%q` of a string, for the characters a URI can hold.
-fn go_quote(s: &str) -> String {
-    serde_json::Value::String(s.to_string()).to_string()
 }
 
 /// `strfmt.IsUUID`: 32 hexadecimal digits, grouped 8-4-4-4-12 by optional dashes.
@@ -275,6 +266,22 @@ fn datetime(s: &str) -> Vec<String> {
         return vec![];
     }
     vec!["invalid datetime".to_string()]
+}
+
+/// The regex size Kubernetes estimates a format's check at (`MaxRegexSize` in its format
+/// library: the length of the pattern the check uses, or resembles), for its cost.
+pub fn max_regex_size(format: &str) -> u64 {
+    match format {
+        "dns1123Label" | "dns1035Label" | "dns1123LabelPrefix" | "dns1035LabelPrefix" => 30,
+        "dns1123Subdomain" | "qualifiedName" | "dns1123SubdomainPrefix" => 60,
+        "labelValue" => 40,
+        // govalidator.URL, strfmt.UUIDPattern, govalidator.Base64, strfmt.DateTimePattern.
+        "uri" => 1072,
+        "uuid" => 70,
+        "byte" => 84,
+        "date" | "datetime" => 71,
+        _ => 1,
+    }
 }
 
 /// What is wrong with `s` in `format`, or `None` for a format the simulator does not check.

@@ -86,13 +86,24 @@ pub fn declared(name: &str) -> bool {
 pub fn extend_env(env: &mut cel::Env) {
     use super::cel_meter;
     use cel::common::types::INT_TYPE as INT;
-    let _ = env.add_overload(
-        cel_meter::METER_FN,
-        "kube_sim_meter",
-        vec![INT, DYN_TYPE],
-        cel_meter::meter,
-    );
+    let _ = env.add_overload(cel_meter::METER_FN, "kube_sim_meter", vec![INT], cel_meter::meter);
     let _ = env.add_overload(cel_meter::MARK_FN, "kube_sim_mark", vec![], cel_meter::mark);
+    let _ = env.add_overload(MATCHES_FN, "kube_sim_matches", vec![STRING_TYPE, STRING_TYPE], matches);
+    use super::cel_time;
+    let _ = env.add_overload(
+        cel_time::DURATION_FN,
+        "kube_sim_duration",
+        vec![DYN_TYPE],
+        cel_time::duration,
+    );
+    let _ = env.add_overload(
+        cel_time::TIMESTAMP_FN,
+        "kube_sim_timestamp",
+        vec![DYN_TYPE],
+        cel_time::timestamp,
+    );
+    let _ = env.add_overload(cel_time::UTC_FN, "kube_sim_utc", vec![DYN_TYPE], cel_time::utc);
+    let _ = env.add_overload(cel_time::STRING_FN, "kube_sim_string", vec![DYN_TYPE], cel_time::string);
     let _ = env.add_overload(
         cel_meter::SIZE_FN,
         "kube_sim_size",
@@ -512,38 +523,17 @@ impl Opaque for Url {
 }
 
 pub fn parse_url(s: &str) -> Option<Url> {
-    if s.is_empty() || s.contains(char::is_whitespace) {
-        return None;
-    }
-    let (rest, query) = s.split_once('?').unwrap_or((s, ""));
-    let rest = rest.split_once('#').map_or(rest, |(r, _)| r);
-    if rest.starts_with('/') {
-        return Some(Url {
-            scheme: String::new(),
-            host: String::new(),
-            path: rest.to_string(),
-            query: query.to_string(),
-        });
-    }
-    let (scheme, after) = rest.split_once(':')?;
-    let valid_scheme = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-        && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c));
-    if !valid_scheme {
-        return None;
-    }
-    let (host, path) = match after.strip_prefix("//") {
-        Some(h) => match h.find('/') {
-            Some(i) => (h[..i].to_string(), h[i..].to_string()),
-            None => (h.to_string(), String::new()),
-        },
-        None => (String::new(), after.to_string()),
-    };
-    let host = host.rsplit_once('@').map_or(host.clone(), |(_, h)| h.to_string());
-    Some(Url {
-        scheme: scheme.to_string(),
-        host,
-        path,
-        query: query.to_string(),
+    url_parts(s).ok()
+}
+
+/// `url.ParseRequestURI(s)` as a [`Url`], or Go's error text.
+pub fn url_parts(s: &str) -> Result<Url, String> {
+    let p = super::go_url::parse_request_uri(s)?;
+    Ok(Url {
+        scheme: p.scheme,
+        host: p.host,
+        path: p.path,
+        query: p.query,
     })
 }
 
@@ -558,11 +548,9 @@ fn url_of(v: &Value) -> Result<Url, ExecutionError> {
 }
 
 fn url(ftx: &FunctionContext, s: Arc<String>) -> ResolveResult {
-    parse_url(&s).map(|u| Value::Opaque(Arc::new(u))).ok_or_else(|| {
-        ftx.error(format!(
-            "URL parse error during conversion from string: parse \"{s}\": invalid URI for request"
-        ))
-    })
+    url_parts(&s)
+        .map(|u| Value::Opaque(Arc::new(u)))
+        .map_err(|e| ftx.error(format!("URL parse error during conversion from string: {e}")))
 }
 
 fn is_url(s: Arc<String>) -> bool {
@@ -698,8 +686,132 @@ fn max(This(this): This<Value>, Arguments(args): Arguments) -> ResolveResult {
 
 // ---- regex ----
 
-fn compiled(ftx: &FunctionContext, re: &str) -> Result<regex::Regex, ExecutionError> {
-    regex::Regex::new(re).map_err(|e| ftx.error(e.to_string()))
+/// `matches()`, evaluated by the simulator rather than the `cel` crate (which compiles the
+/// pattern at every call, and reads `\d`, `\w`, `\s` as Unicode classes where RE2 reads ASCII).
+pub const MATCHES_FN: &str = "@kube_sim_matches";
+
+/// A pattern in RE2's syntax as the `regex` crate must be given it: RE2's `\d`, `\w`, `\s`
+/// and their negations are ASCII classes and its `\b`, `\B` ASCII word boundaries (the `regex`
+/// crate's are Unicode), and a `[`, `&&` or `~~` inside a class is literal in RE2 (the `regex`
+/// crate nests classes and operates on them).
+pub fn re2(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len() + 16);
+    let mut chars = pattern.chars().peekable();
+    // Inside a class: whether the class has had a member yet (a leading `]` is literal).
+    let mut class: Option<bool> = None;
+    while let Some(c) = chars.next() {
+        match (c, class) {
+            ('\\', _) => {
+                let Some(e) = chars.next() else {
+                    out.push('\\');
+                    break;
+                };
+                let inside = class.is_some();
+                let ascii = match e {
+                    'd' => Some(("[0-9]", "0-9")),
+                    'D' => Some(("[^0-9]", "")),
+                    'w' => Some(("[0-9A-Za-z_]", "0-9A-Za-z_")),
+                    'W' => Some(("[^0-9A-Za-z_]", "")),
+                    's' => Some(("[\\t\\n\\x0C\\r ]", "\\t\\n\\x0C\\r ")),
+                    'S' => Some(("[^\\t\\n\\x0C\\r ]", "")),
+                    _ => None,
+                };
+                match ascii {
+                    Some((_, within)) if inside && !within.is_empty() => out.push_str(within),
+                    Some((alone, _)) if !inside => out.push_str(alone),
+                    _ if !inside && (e == 'b' || e == 'B') => {
+                        out.push_str("(?-u:\\");
+                        out.push(e);
+                        out.push(')');
+                    }
+                    _ => {
+                        out.push('\\');
+                        out.push(e);
+                    }
+                }
+                if let Some(seen) = class.as_mut() {
+                    *seen = true;
+                }
+            }
+            ('[', None) => {
+                out.push('[');
+                if chars.peek() == Some(&'^') {
+                    out.push('^');
+                    chars.next();
+                }
+                class = Some(false);
+                // `[:alpha:]`-style classes are read below as they come.
+            }
+            (']', Some(true)) => {
+                out.push(']');
+                class = None;
+            }
+            ('[', Some(_)) if chars.peek() == Some(&':') => {
+                // A POSIX class, `[:alpha:]`: the same in both.
+                out.push('[');
+                for p in chars.by_ref() {
+                    out.push(p);
+                    if p == ']' {
+                        break;
+                    }
+                }
+                class = Some(true);
+            }
+            ('[' | '&' | '~' | ']', Some(_)) => {
+                out.push('\\');
+                out.push(c);
+                class = Some(true);
+            }
+            (c, Some(_)) => {
+                out.push(c);
+                class = Some(true);
+            }
+            (c, None) => out.push(c),
+        }
+    }
+    out
+}
+
+/// A pattern compiled, from a per-thread cache (a pattern is compiled once however many values
+/// it is matched against, as cel-go compiles a constant pattern once).
+fn regex(pattern: &str) -> Result<std::rc::Rc<regex::Regex>, String> {
+    thread_local! {
+        static CACHE: std::cell::RefCell<std::collections::HashMap<String, Result<std::rc::Rc<regex::Regex>, String>>> =
+            std::cell::RefCell::new(std::collections::HashMap::new());
+    }
+    CACHE.with(|c| {
+        if let Some(r) = c.borrow().get(pattern) {
+            return r.clone();
+        }
+        let compiled = regex::RegexBuilder::new(&re2(pattern))
+            .size_limit(64 << 20)
+            .build()
+            .map(std::rc::Rc::new)
+            .map_err(|e| format!("error parsing regexp: {e}"));
+        let mut cache = c.borrow_mut();
+        if cache.len() >= 256 {
+            cache.clear();
+        }
+        cache.insert(pattern.to_string(), compiled.clone());
+        compiled
+    })
+}
+
+/// [`MATCHES_FN`]: `matches(string, pattern)`.
+pub fn matches<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
+    let text = |i: usize| {
+        args.get(i)
+            .and_then(|v| v.downcast_ref::<cel::common::types::CelString>())
+            .map(|s| s.inner().to_string())
+            .ok_or_else(|| ExecutionError::no_such_overload("matches", vec![]))
+    };
+    let (s, pattern) = (text(0)?, text(1)?);
+    let re = regex(&pattern).map_err(|e| ExecutionError::function_error("matches", e))?;
+    boolean(re.is_match(&s))
+}
+
+fn compiled(ftx: &FunctionContext, re: &str) -> Result<std::rc::Rc<regex::Regex>, ExecutionError> {
+    regex(re).map_err(|e| ftx.error(e))
 }
 
 fn find(ftx: &FunctionContext, This(this): This<Arc<String>>, re: Arc<String>) -> ResolveResult {
@@ -748,6 +860,22 @@ mod tests {
         // store for every later request).
         assert!(parse_quantity("170141183460469231731687303715.884105727e-30").is_some());
         assert_eq!(parse_quantity("1e400"), None);
+    }
+
+    #[test]
+    fn patterns_are_read_as_re2_reads_them() {
+        let m = |p: &str, s: &str| regex(p).unwrap().is_match(s);
+        // RE2's classes are ASCII.
+        assert!(!m(r"^\w+$", "café") && m(r"^\w+$", "cafe_1"));
+        assert!(!m(r"^\d*$", "x٣") && !m(r"^\d+$", "٣") && m(r"^\d+$", "42"));
+        assert!(m(r"^[\w-]+$", "a-b_c") && !m(r"^[\w-]+$", "é"));
+        assert!(m(r"^\s$", "\t") && !m(r"^\s$", "\u{a0}"));
+        assert!(m(r"\bcat\b", "a cat.") && !m(r"\bcat\b", "écats"));
+        // A `[` or `&&` inside a class is literal.
+        assert!(m(r"^[a[]+$", "a[a") && m(r"^[a&&b]+$", "&"));
+        assert!(m(r"^[]a]+$", "]a") && m(r"^[[:alpha:]]+$", "abc"));
+        // Long repetitions of a class compile, as in RE2.
+        assert!(m(r"^\w{300}$", &"a".repeat(300)));
     }
 
     #[test]

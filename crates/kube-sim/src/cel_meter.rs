@@ -39,13 +39,16 @@ use cel::objects::Value;
 use cel::{ExecutionError, IdedExpr};
 
 thread_local! {
+    /// When the evaluations of the current request must stop (the API server's request
+    /// timeout), and how many counts until the clock is read again.
+    static DEADLINE: Cell<(Option<std::time::Instant>, u32)> = const { Cell::new((None, 0)) };
     /// The cost a metered evaluation has counted, and where it stops.
     static METER: Cell<(u64, u64)> = const { Cell::new((0, u64::MAX)) };
     /// The sizes of the operands of the costed calls being evaluated.
     static SIZES: RefCell<Vec<Option<u64>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// `@kube_sim_meter(cost, node)`: counts a stretch of nodes evaluated together.
+/// `@kube_sim_meter(cost)`: counts a stretch of nodes evaluated together, before them.
 pub const METER_FN: &str = "@kube_sim_meter";
 /// `@kube_sim_mark()`: where the next operand's size goes.
 pub const MARK_FN: &str = "@kube_sim_mark";
@@ -73,13 +76,43 @@ fn limit_error() -> ExecutionError {
     ExecutionError::function_error(METER_FN, "kube-sim: cost limit")
 }
 
-/// Counts `cost`; an error once the count is past the limit.
+/// Sets when the evaluations of the request being validated must stop; `None` clears it.
+pub fn set_deadline(at: Option<std::time::Instant>) {
+    DEADLINE.with(|d| d.set((at, 0)));
+}
+
+/// Whether the request's deadline has passed (read from the clock every 256 counts).
+pub fn past_deadline() -> bool {
+    DEADLINE.with(|d| match d.get() {
+        (Some(at), n) => {
+            if n < 255 {
+                d.set((Some(at), n + 1));
+                return false;
+            }
+            let past = std::time::Instant::now() >= at;
+            // Once past, every later count is past too.
+            d.set((Some(at), if past { 255 } else { 0 }));
+            past
+        }
+        (None, _) => false,
+    })
+}
+
+/// The error of an evaluation stopped at the request's deadline, as cel-go words an
+/// evaluation whose context ended.
+pub const INTERRUPTED: &str = "operation interrupted";
+
+/// Counts `cost`; an error once the count is past the limit, or the request's deadline has
+/// passed.
 pub fn count(cost: u64) -> Result<(), ExecutionError> {
     let (spent, limit) = METER.with(|m| m.get());
     let spent = spent.saturating_add(cost);
     METER.with(|m| m.set((spent, limit)));
     if spent > limit {
         return Err(limit_error());
+    }
+    if past_deadline() {
+        return Err(ExecutionError::function_error(METER_FN, INTERRUPTED));
     }
     Ok(())
 }
@@ -88,12 +121,12 @@ fn int_arg(v: Option<&CowVal>) -> i64 {
     v.and_then(|w| w.downcast_ref::<CelInt>()).map_or(0, |w| *w.inner())
 }
 
-/// [`METER_FN`], an overload of the environment: the node's value passes through as it is
-/// (borrowed values stay borrowed, so metering copies nothing).
-pub fn meter<'b, 'v>(mut args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    let node = args.pop().ok_or_else(limit_error)?;
+/// [`METER_FN`], an overload of the environment: counts a stretch's cost before the stretch is
+/// evaluated (so that a stretch whose evaluation fails costs what it did, as cel-go counts each
+/// step whatever its result), and gives `true`, the condition of `?:` around the stretch.
+pub fn meter<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
     count(int_arg(args.first()).max(0) as u64)?;
-    Ok(node)
+    Ok(CowVal::Owned(Box::<dyn Val>::try_from(Value::Bool(true))?))
 }
 
 /// [`MARK_FN`].
@@ -113,9 +146,23 @@ enum Measure {
     ListSize,
     /// Kubernetes' `traversalCost`: a tenth of every string in it, 1 for every other scalar.
     Traversal,
+    /// Its size if it is a string (`bytes()`).
+    StringSize,
+    /// Its size if it is bytes (`string()`).
+    BytesSize,
+    /// The regex size Kubernetes estimates a format's check at (`<format>.validate()`).
+    RegexSize,
 }
 
-const MEASURES: [Measure; 4] = [Measure::Size, Measure::TextSize, Measure::ListSize, Measure::Traversal];
+const MEASURES: [Measure; 7] = [
+    Measure::Size,
+    Measure::TextSize,
+    Measure::ListSize,
+    Measure::Traversal,
+    Measure::StringSize,
+    Measure::BytesSize,
+    Measure::RegexSize,
+];
 
 fn traversal(v: &Value) -> u64 {
     match v {
@@ -145,6 +192,14 @@ fn measure(m: Measure, v: &dyn Val) -> Option<u64> {
         Measure::TextSize => matches!(kind, Kind::String | Kind::Bytes).then(size),
         Measure::ListSize => matches!(kind, Kind::List).then(size),
         Measure::Traversal => Value::try_from(v).ok().map(|v| traversal(&v)),
+        Measure::StringSize => (kind == Kind::String).then(size),
+        Measure::BytesSize => (kind == Kind::Bytes).then(size),
+        Measure::RegexSize => match Value::try_from(v) {
+            Ok(Value::Opaque(o)) => o
+                .downcast_ref::<super::cel_format::Format>()
+                .map(|f| super::cel_format::max_regex_size(f.0)),
+            _ => None,
+        },
     }
 }
 
@@ -152,7 +207,7 @@ fn measure(m: Measure, v: &dyn Val) -> Option<u64> {
 /// size.
 pub fn size<'b, 'v>(mut args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
     let operand = args.pop().ok_or_else(limit_error)?;
-    let m = MEASURES[int_arg(args.get(1)).clamp(0, 3) as usize];
+    let m = MEASURES[int_arg(args.get(1)).clamp(0, MEASURES.len() as i64 - 1) as usize];
     let noted = measure(m, operand.as_ref());
     let at = int_arg(args.first()).max(0) as usize;
     SIZES.with(|s| {
@@ -255,9 +310,18 @@ enum Part {
     Arg(usize),
 }
 
-/// The cost of a call whose work grows with its operands, and the operands (A, B) it is
-/// computed from with what of each; `None` for a call that costs 1.
-fn costed(c: &CallExpr) -> Option<(Cost, Vec<(Part, Measure)>)> {
+/// How a call is charged.
+enum Costing {
+    /// Always this much.
+    Fixed(u64),
+    /// From its operands (A, B): what of each.
+    Sized(Cost, Vec<(Part, Measure)>),
+}
+
+/// How a call is charged, if not 1 as most calls are: the calls whose work grows with their
+/// operands, and the calls cel-go's optimizer turns into constants or set lookups.
+fn costed(c: &CallExpr) -> Option<Costing> {
+    use Costing::*;
     use Measure::*;
     use Part::*;
     let namespace = match c.target.as_deref().map(|t| &t.expr) {
@@ -267,10 +331,11 @@ fn costed(c: &CallExpr) -> Option<(Cost, Vec<(Part, Measure)>)> {
     let qualified = namespace.map(|ns| format!("{ns}.{}", c.func_name));
     match (qualified.as_deref(), c.args.len()) {
         (Some("sets.contains" | "sets.intersects"), 2) => {
-            return Some((Cost::SetsOnce, vec![(Arg(0), Size), (Arg(1), Size)]))
+            return Some(Sized(Cost::SetsOnce, vec![(Arg(0), Size), (Arg(1), Size)]))
         }
-        (Some("sets.equivalent"), 2) => return Some((Cost::SetsTwice, vec![(Arg(0), Size), (Arg(1), Size)])),
-        (Some("ip.isCanonical"), 1) => return Some((Cost::Scan2, vec![(Arg(0), Size)])),
+        (Some("sets.equivalent"), 2) => return Some(Sized(Cost::SetsTwice, vec![(Arg(0), Size), (Arg(1), Size)])),
+        (Some("ip.isCanonical"), 1) => return Some(Sized(Cost::Scan2, vec![(Arg(0), Size)])),
+        (Some("strings.quote"), 1) => return Some(Sized(Cost::Scan, vec![(Arg(0), Size)])),
         _ => {}
     }
     let member = c.target.is_some();
@@ -285,52 +350,83 @@ fn costed(c: &CallExpr) -> Option<(Cost, Vec<(Part, Measure)>)> {
         | operators::GREATER_EQUALS
             if !member && n == 2 =>
         {
-            // Against a constant no longer than ten, the cost is 1 whatever the other operand.
-            if c.args.iter().any(|a| short_literal(a, 10)) {
+            // Against a number, a bool or null, the cost is 1 whatever the other operand.
+            if c.args.iter().any(scalar_literal) {
                 return None;
             }
-            (Cost::Compare, vec![(Arg(0), Size), (Arg(1), Size)])
+            Sized(Cost::Compare, vec![(Arg(0), Size), (Arg(1), Size)])
         }
-        operators::IN if !member && n == 2 => {
-            if let Expr::List(_) | Expr::Map(_) = c.args[1].expr {
-                return None;
-            }
-            (Cost::InList, vec![(Arg(1), ListSize)])
-        }
+        operators::IN if !member && n == 2 => match &c.args[1].expr {
+            // A list of constants is a set lookup (cel-go's `evalSetMembership`): nothing.
+            Expr::List(_) if is_constant(&c.args[1]) => Fixed(0),
+            Expr::Map(_) => return None,
+            _ => Sized(Cost::InList, vec![(Arg(1), ListSize)]),
+        },
         operators::ADD if !member && n == 2 => {
-            if c.args.iter().any(|a| {
-                matches!(&a.expr, Expr::Literal(l) if !matches!(l, LiteralValue::String(_) | LiteralValue::Bytes(_)))
-                    || matches!(a.expr, Expr::List(_))
-            }) {
+            if c.args
+                .iter()
+                .any(|a| scalar_literal(a) || matches!(a.expr, Expr::List(_)))
+            {
                 return None;
             }
-            (Cost::Concat, vec![(Arg(0), TextSize), (Arg(1), TextSize)])
+            Sized(Cost::Concat, vec![(Arg(0), TextSize), (Arg(1), TextSize)])
         }
-        "contains" if member && n == 1 => (Cost::Contains, vec![(Target, Size), (Arg(0), Size)]),
-        "matches" if member && n == 1 => (Cost::Regex, vec![(Target, Size), (Arg(0), Size)]),
-        "matches" if !member && n == 2 => (Cost::Regex, vec![(Arg(0), Size), (Arg(1), Size)]),
-        "find" | "findAll" if member && n >= 1 => (Cost::Regex, vec![(Target, Size), (Arg(0), Size)]),
+        "contains" if member && n == 1 => Sized(Cost::Contains, vec![(Target, Size), (Arg(0), Size)]),
+        super::cel_lib::MATCHES_FN if !member && n == 2 => Sized(Cost::Regex, vec![(Arg(0), Size), (Arg(1), Size)]),
+        "find" | "findAll" if member && n >= 1 => Sized(Cost::Regex, vec![(Target, Size), (Arg(0), Size)]),
+        // Kubernetes: (a tenth of the string + 1) times a quarter of the format's regex size.
+        "validate" if member && n == 1 => Sized(Cost::Regex, vec![(Arg(0), Size), (Target, RegexSize)]),
         "startsWith" | "endsWith" | "lowerAscii" | "upperAscii" | "substring" | "trim" | "format" if member => {
-            (Cost::Scan, vec![(Target, Size)])
+            Sized(Cost::Scan, vec![(Target, Size)])
         }
         "url" | "quantity" | "isQuantity" | "ip" | "cidr" | "isIP" | "isCIDR" if !member && n >= 1 => {
-            (Cost::Scan, vec![(Arg(0), Size)])
+            Sized(Cost::Scan, vec![(Arg(0), Size)])
         }
-        "replace" | "split" if member => (Cost::Scan2, vec![(Target, Size)]),
-        "join" if member => (Cost::Join, vec![]),
+        "bytes" if !member && n == 1 => Sized(Cost::Scan, vec![(Arg(0), StringSize)]),
+        super::cel_time::STRING_FN if !member && n == 1 => Sized(Cost::Scan, vec![(Arg(0), BytesSize)]),
+        "replace" | "split" if member => Sized(Cost::Scan2, vec![(Target, Size)]),
+        "join" if member => Sized(Cost::Join, vec![]),
         "isSorted" | "sum" | "min" | "max" | "indexOf" | "lastIndexOf" if member => {
-            (Cost::Traverse, vec![(Target, Traversal)])
+            Sized(Cost::Traverse, vec![(Target, Traversal)])
         }
         _ => return None,
     })
 }
 
-/// A string constant of at most `n` characters, or another scalar constant.
-fn short_literal(e: &IdedExpr, n: usize) -> bool {
-    match &e.expr {
-        Expr::Literal(LiteralValue::String(s)) => s.chars().count() <= n,
-        Expr::Literal(LiteralValue::Bytes(b)) => b.len() <= n,
+/// A constant number, bool or null (its size is 1).
+fn scalar_literal(e: &IdedExpr) -> bool {
+    matches!(&e.expr, Expr::Literal(l) if !matches!(l, LiteralValue::String(_) | LiteralValue::Bytes(_)))
+}
+
+/// What cel-go's optimizer (`cel.OptOptimize`, which Kubernetes runs with) makes a constant,
+/// which then costs nothing: literals, lists and maps of constants, and a function of one
+/// constant (`duration('1h')`, `'abc'.size()`).
+fn is_constant(e: &IdedExpr) -> bool {
+    constant(&e.expr)
+}
+
+fn constant(e: &Expr) -> bool {
+    match e {
         Expr::Literal(_) => true,
+        Expr::List(l) => l.optional_indices.is_empty() && l.elements.iter().all(is_constant),
+        Expr::Map(m) => m.entries.iter().all(|x| match &x.expr {
+            EntryExpr::MapEntry(me) => !me.optional && is_constant(&me.key) && is_constant(&me.value),
+            _ => false,
+        }),
+        Expr::Call(c) => constant_unary(c),
+        _ => false,
+    }
+}
+
+/// A call of one operand that is a constant (cel-go folds it when it plans the rule).
+fn constant_unary(c: &CallExpr) -> bool {
+    let machinery = [METER_FN, MARK_FN, SIZE_FN, CHARGE_FN, super::cel_macros::PAIRS_FN];
+    if machinery.contains(&c.func_name.as_str()) || matches!(c.func_name.as_str(), "_&&_" | "_||_" | "_?_:_") {
+        return false;
+    }
+    match (&c.target, c.args.as_slice()) {
+        (Some(t), []) => !matches!(t.expr, Expr::Ident(_)) && is_constant(t),
+        (None, [a]) => is_constant(a),
         _ => false,
     }
 }
@@ -354,10 +450,13 @@ fn call(f: &str, args: Vec<IdedExpr>) -> IdedExpr {
     )
 }
 
-/// `node` wrapped in [`METER_FN`] with the cost of evaluating it.
+/// `node` behind [`METER_FN`] with the cost of evaluating it: `@kube_sim_meter(cost) ? node :
+/// false`.
 fn metered_node(e: IdedExpr, cost: u64) -> IdedExpr {
     let id = e.id;
-    let mut m = call(METER_FN, vec![int(cost.min(i64::MAX as u64) as i64), e]);
+    let pay = call(METER_FN, vec![int(cost.min(i64::MAX as u64) as i64)]);
+    let never = node(FREE, Expr::Literal(LiteralValue::Boolean(false.into())));
+    let mut m = call(operators::CONDITIONAL, vec![pay, e, never]);
     m.id = id;
     m
 }
@@ -375,18 +474,50 @@ fn counted(e: IdedExpr, extra: u64) -> IdedExpr {
     }
 }
 
+/// A call to a function the simulator evaluates itself, rather than the `cel` crate, renamed
+/// to it: `matches()` (`cel_lib::MATCHES_FN`), `duration()` and `timestamp()` of a string and
+/// `string()` of a timestamp (`cel_time`), and the calendar getters without a time zone, their timestamp at offset zero.
+fn simulated(c: &mut CallExpr) {
+    use super::{cel_lib, cel_time};
+    match (c.func_name.as_str(), c.target.is_some(), c.args.len()) {
+        ("matches", true, 1) => {
+            if let Some(t) = c.target.take() {
+                c.args.insert(0, *t);
+            }
+            c.func_name = cel_lib::MATCHES_FN.to_string();
+        }
+        ("matches", false, 2) => c.func_name = cel_lib::MATCHES_FN.to_string(),
+        ("duration", false, 1) => c.func_name = cel_time::DURATION_FN.to_string(),
+        ("timestamp", false, 1) => c.func_name = cel_time::TIMESTAMP_FN.to_string(),
+        ("string", false, 1) => c.func_name = cel_time::STRING_FN.to_string(),
+        (getter, true, 0) if cel_time::GETTERS.contains(&getter) => {
+            if let Some(t) = c.target.take() {
+                c.target = Some(Box::new(call(cel_time::UTC_FN, vec![*t])));
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `e` rewritten, and the cost of the nodes evaluated whenever `e` is, left to the caller to
 /// count (one meter for a stretch of nodes evaluated together).
 fn go(e: IdedExpr) -> (IdedExpr, u64) {
-    let IdedExpr { id, expr } = e;
+    let IdedExpr { id, mut expr } = e;
+    if let Expr::Call(c) = &mut expr {
+        simulated(c);
+    }
     let own = |w: u64| if id == FREE { 0 } else { w };
     match expr {
         Expr::Ident(_) => (node(id, expr), own(1)),
         Expr::Select(mut s) => {
             let (operand, w) = go(*s.operand);
+            // `has()` itself costs nothing (Kubernetes: `PresenceTestHasCost(false)`).
+            let test = if s.test { 0 } else { own(1) };
             s.operand = Box::new(operand);
-            (node(id, Expr::Select(s)), w + own(1))
+            (node(id, Expr::Select(s)), w + test)
         }
+        // Constants cost nothing: cel-go's optimizer made them before the rule ran.
+        ref e @ (Expr::List(_) | Expr::Map(_) | Expr::Call(_)) if id != FREE && constant(e) => (node(id, expr), 0),
         Expr::Call(mut c) if matches!(c.func_name.as_str(), "_&&_" | "_||_" | "_?_:_") => {
             // Evaluated only as far as needed: each operand counts for itself.
             c.args = c.args.into_iter().map(|a| counted(a, 0)).collect();
@@ -394,7 +525,11 @@ fn go(e: IdedExpr) -> (IdedExpr, u64) {
         }
         Expr::Call(mut c) => {
             let costed = if id == FREE { None } else { costed(&c) };
-            let mut w = if costed.is_some() { 0 } else { own(1) };
+            let mut w = match costed {
+                Some(Costing::Fixed(w)) => w,
+                Some(Costing::Sized(..)) => 0,
+                None => own(1),
+            };
             // A namespace (`sets.contains`) or a method's receiver variable is not a value of
             // its own here: left as it is.
             if let Some(t) = c.target.take() {
@@ -416,7 +551,7 @@ fn go(e: IdedExpr) -> (IdedExpr, u64) {
                     a
                 })
                 .collect();
-            let Some((cost, operands)) = costed else {
+            let Some(Costing::Sized(cost, operands)) = costed else {
                 return (node(id, Expr::Call(c)), w);
             };
             // Each operand's size noted as it is evaluated: a member call evaluates its
@@ -546,12 +681,13 @@ fn is_append(c: &CallExpr, accu: &str) -> bool {
 /// `@result + [e, …]` with the cost of the `+`, the accumulator and the list counted on `e`.
 fn append(mut c: CallExpr, id: u64) -> CallExpr {
     let carried = if id == FREE { 0 } else { 1 } + own_ident(&c.args[0]);
+    let constant = c.args.get(1).is_some_and(is_constant);
     if let Some(IdedExpr {
         id: list_id,
         expr: Expr::List(l),
     }) = c.args.get_mut(1)
     {
-        let mut carried = carried + if *list_id == FREE { 0 } else { 10 };
+        let mut carried = carried + if *list_id == FREE || constant { 0 } else { 10 };
         for x in l.elements.iter_mut() {
             *x = counted(std::mem::take(x), carried);
             carried = 0;

@@ -52,9 +52,20 @@
 //!   the request's budget — an `exists()` that finds its item at once or a guarded loop is
 //!   accepted, as on the real server, and the thresholds of full loops match v1.36.2's to
 //!   within a few items (differential scenarios `celruntime`, `celshortcircuit`, `celfunctions`).
-//!   A two-variable macro also counts a tenth of its target's size each time it starts (it
-//!   copies the target into pairs, which cel-go's native loop does not), so that such a loop
-//!   stopping at once inside another cannot run unbounded. Rules run with the store lock
+//!   As on the real server (which runs cel-go's optimizer), constant lists and maps, `x in
+//!   [constants]`, functions of one constant and `has()` cost nothing. A two-variable macro
+//!   also counts a tenth of its target's size each time it starts (it copies the target into
+//!   pairs, which cel-go's native loop does not), so that such a loop stopping at once inside
+//!   another cannot run unbounded. Functions cel-go charges 1 whatever their operands
+//!   (`charAt()`, `size()`, string `indexOf()`) are bounded by the request's 60-second deadline,
+//!   after which a rule still running gives the real server's `operation interrupted`.
+//!   `matches()`, `find()` and `findAll()` compile a pattern once and read it as RE2 does (`\d`,
+//!   `\w`, `\s`, `\b` ASCII); `duration()`, `timestamp()`, `string()` of a timestamp and the
+//!   calendar getters follow Go and cel-go (`cel_time`); `url()`, `isURL()` and `format.uri()`
+//!   are Go's `url.ParseRequestURI` (`go_url`). Left: a timestamp offset of 24 hours and the
+//!   time zones `24:00` and `Local` of the getters are refused; `transformMapEntry` reports a
+//!   key given twice only after its loop; the CRD-time cost estimate leaves
+//!   `<format>.validate()` out. Rules run with the store lock
 //!   released (`cel::Gate`). Ratcheting skips unchanged values for CEL rules that are not
 //!   transition rules (as v1.36.2 does: transition rules are evaluated on unchanged values
 //!   too, differential scenario `ratcheting`), not for the schema's other constraints. Strict field validation of a merge patch answers
@@ -101,6 +112,8 @@
 //! - `cel_net`, `cel_semver`: Kubernetes' IP/CIDR and semver CEL libraries;
 //! - `cel_macros`: CEL's macros with two variables (`all(k, v, …)`, `transformMap`, …);
 //! - `cel_meter`: the cost meter of rule evaluation;
+//! - `cel_time`: `duration()`, `timestamp()` and the calendar getters as cel-go reads them;
+//! - `go_url`: Go's `url.ParseRequestURI`;
 //! - `cel_format`: Kubernetes' format library (`format.dns1123Label().validate(…)`, …);
 //! - `strict`: `fieldValidation`, unknown and duplicate fields;
 //! - `patch`: merge, JSON and strategic merge patches;
@@ -130,11 +143,13 @@ mod cel_macros;
 mod cel_meter;
 mod cel_net;
 mod cel_semver;
+mod cel_time;
 mod controllers;
 mod delete_options;
 mod discovery;
 mod exec;
 mod faults;
+mod go_url;
 mod http;
 mod managed;
 mod openapi;

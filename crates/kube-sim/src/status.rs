@@ -16,11 +16,37 @@ pub struct Cause {
 /// A value as Go's field errors print it: strings quoted, numbers and booleans bare.
 pub fn go_value(v: &Value) -> String {
     match v {
-        Value::String(s) => Value::String(s.clone()).to_string(),
+        Value::String(s) => go_quote(s),
         Value::Null => "\"null\"".into(),
         Value::Number(_) | Value::Bool(_) => v.to_string(),
         other => other.to_string(),
     }
+}
+
+/// Go's `strconv.Quote`: `"` and `\\` escaped, the short escapes (`\\n`, `\\t`, …), other
+/// control characters as `\\x01`, other non-printing characters (controls and spaces beyond
+/// ASCII) as `\\u00a0`.
+pub fn go_quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            '\u{7}' => out.push_str("\\a"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            '\u{b}' => out.push_str("\\v"),
+            c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if c.is_control() || (c.is_whitespace() && c != ' ') => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
 }
 
 impl Cause {

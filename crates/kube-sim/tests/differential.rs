@@ -881,3 +881,13 @@ async fn crd_formats_durations_and_timestamps_match_the_real_apiserver() {
 async fn what_kubernetes_declares_for_crd_rules_matches_the_real_apiserver() {
     differential("celdeclared").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_a_review_found_the_meter_counting_wrong_matches_the_real_apiserver() {
+    differential("celreview").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn durations_timestamps_and_uris_are_read_like_the_real_apiserver() {
+    differential("celtime").await;
+}

@@ -1,0 +1,220 @@
+//! Go's `url.ParseRequestURI` (pure, no I/O), which Kubernetes' `url()`, `isURL()` and
+//! `format.uri()` call: an absolute URI or an absolute path (`*` too), no fragment split off,
+//! the host and any `%` escape checked, with Go's error texts (`parse "…": invalid port ":x"
+//! after host`, `invalid URL escape "%zz"`, …).
+
+/// What `url.ParseRequestURI` makes of a string.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Parts {
+    /// Lower case.
+    pub scheme: String,
+    /// Its text, port and IPv6 brackets included.
+    pub host: String,
+    pub path: String,
+    /// The raw query, after the first `?`.
+    pub query: String,
+}
+
+/// `url.ParseRequestURI(s)`, or its error text.
+pub fn parse_request_uri(s: &str) -> Result<Parts, String> {
+    parse(s).map_err(|e| format!("parse {}: {e}", super::status::go_quote(s)))
+}
+
+fn parse(raw: &str) -> Result<Parts, String> {
+    if raw.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err("net/url: invalid control character in URL".to_string());
+    }
+    if raw.is_empty() {
+        return Err("empty url".to_string());
+    }
+    let mut url = Parts::default();
+    if raw == "*" {
+        url.path = "*".to_string();
+        return Ok(url);
+    }
+    let (scheme, rest) = scheme(raw)?;
+    url.scheme = scheme.to_ascii_lowercase();
+    let mut rest = rest;
+    if rest.ends_with('?') && rest.matches('?').count() == 1 {
+        rest = &rest[..rest.len() - 1];
+    } else if let Some((r, q)) = rest.split_once('?') {
+        rest = r;
+        url.query = q.to_string();
+    }
+    if !rest.starts_with('/') {
+        if !url.scheme.is_empty() {
+            // An opaque URI (`mailto:x@y`): no host, no path.
+            return Ok(url);
+        }
+        return Err("invalid URI for request".to_string());
+    }
+    if !url.scheme.is_empty() && rest.starts_with("//") {
+        let after = &rest[2..];
+        let (authority, path) = match after.find('/') {
+            Some(i) => (&after[..i], &after[i..]),
+            None => (after, ""),
+        };
+        url.host = authority_host(authority)?;
+        rest = path;
+    }
+    unescape(rest, Mode::Path)?;
+    url.path = rest.to_string();
+    Ok(url)
+}
+
+fn scheme(raw: &str) -> Result<(&str, &str), String> {
+    for (i, c) in raw.bytes().enumerate() {
+        match c {
+            b'a'..=b'z' | b'A'..=b'Z' => {}
+            b'0'..=b'9' | b'+' | b'-' | b'.' if i == 0 => return Ok(("", raw)),
+            b'0'..=b'9' | b'+' | b'-' | b'.' => {}
+            b':' if i == 0 => return Err("missing protocol scheme".to_string()),
+            b':' => return Ok((&raw[..i], &raw[i + 1..])),
+            _ => return Ok(("", raw)),
+        }
+    }
+    Ok(("", raw))
+}
+
+fn authority_host(authority: &str) -> Result<String, String> {
+    let (userinfo, host) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    let host = parse_host(host)?;
+    if let Some(u) = userinfo {
+        let valid = u
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || b"-._:~!$&'()*+,;=%@".contains(&c) || c >= 0x80);
+        if !valid {
+            return Err("net/url: invalid userinfo".to_string());
+        }
+        unescape(u, Mode::UserPassword)?;
+    }
+    Ok(host)
+}
+
+fn valid_optional_port(port: &str) -> bool {
+    port.is_empty()
+        || port
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|c| c.is_ascii_digit()))
+}
+
+fn parse_host(host: &str) -> Result<String, String> {
+    if host.starts_with('[') {
+        let Some(i) = host.rfind(']') else {
+            return Err("missing ']' in host".to_string());
+        };
+        let port = &host[i + 1..];
+        if !valid_optional_port(port) {
+            return Err(format!("invalid port {} after host", super::status::go_quote(port)));
+        }
+        match host[..i].find("%25") {
+            Some(zone) => {
+                unescape(&host[..zone], Mode::Host)?;
+                unescape(&host[zone..i], Mode::Zone)?;
+                unescape(&host[i..], Mode::Host)?;
+            }
+            None => {
+                unescape(host, Mode::Host)?;
+            }
+        }
+        return Ok(host.to_string());
+    }
+    if let Some(i) = host.rfind(':') {
+        let port = &host[i..];
+        if !valid_optional_port(port) {
+            return Err(format!("invalid port {} after host", super::status::go_quote(port)));
+        }
+    }
+    unescape(host, Mode::Host)?;
+    Ok(host.to_string())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Path,
+    Host,
+    Zone,
+    UserPassword,
+}
+
+/// Whether `c` must be escaped in a host (`shouldEscape` for hosts and zones).
+fn escaped_in_host(c: u8) -> bool {
+    !(c.is_ascii_alphanumeric() || b"-_.~!$&'()*+,;=:[]<>\"".contains(&c))
+}
+
+/// Go's `unescape`, for its errors only.
+fn unescape(s: &str, mode: Mode) -> Result<(), String> {
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
+                if !hex(i + 1) || !hex(i + 2) {
+                    let end = (i + 3).min(b.len());
+                    return Err(format!("invalid URL escape {}", super::status::go_quote(&s[i..end])));
+                }
+                let high = (b[i + 1] as char).to_digit(16).unwrap_or(0);
+                if mode == Mode::Host && high < 8 && &s[i..i + 3] != "%25" {
+                    return Err(format!("invalid URL escape {}", super::status::go_quote(&s[i..i + 3])));
+                }
+                i += 3;
+            }
+            c if matches!(mode, Mode::Host | Mode::Zone) && c < 0x80 && escaped_in_host(c) => {
+                return Err(format!(
+                    "invalid character {} in host name",
+                    super::status::go_quote(&s[i..i + 1])
+                ));
+            }
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_uris_parse_as_go_parses_them() {
+        let ok = |s: &str| parse_request_uri(s).unwrap();
+        let u = ok("https://user@Example.com:8443/a/b?x=1&x=2");
+        assert_eq!(
+            (u.scheme.as_str(), u.host.as_str(), u.path.as_str(), u.query.as_str()),
+            ("https", "Example.com:8443", "/a/b", "x=1&x=2")
+        );
+        for s in [
+            "*",
+            "/a b",
+            "http://x/a b",
+            "mailto:x@y",
+            "http://[::1]:80/x",
+            "/just/a/path",
+        ] {
+            assert!(parse_request_uri(s).is_ok(), "{s}");
+        }
+        let err = |s: &str| parse_request_uri(s).unwrap_err();
+        assert_eq!(err("relative"), r#"parse "relative": invalid URI for request"#);
+        assert_eq!(err(""), r#"parse "": empty url"#);
+        assert_eq!(err(":foo"), r#"parse ":foo": missing protocol scheme"#);
+        assert_eq!(
+            err("http://x:abc/"),
+            r#"parse "http://x:abc/": invalid port ":abc" after host"#
+        );
+        assert_eq!(err("http://a%zz/"), r#"parse "http://a%zz/": invalid URL escape "%zz""#);
+        assert_eq!(err("/a%zz"), r#"parse "/a%zz": invalid URL escape "%zz""#);
+        assert_eq!(err("http://[::1"), r#"parse "http://[::1": missing ']' in host"#);
+        assert_eq!(
+            err("http://a b/"),
+            r#"parse "http://a b/": invalid character " " in host name"#
+        );
+        assert_eq!(
+            err("/\u{1}"),
+            r#"parse "/\x01": net/url: invalid control character in URL"#
+        );
+    }
+}
