@@ -328,7 +328,7 @@ impl Ty {
 
     fn scalar_size(&self) -> bool {
         match self {
-            Ty::Bool | Ty::Double | Ty::Duration | Ty::Int | Ty::Timestamp | Ty::Uint => true,
+            Ty::Bool | Ty::Double | Ty::Duration | Ty::Int | Ty::Timestamp | Ty::Uint | Ty::Quantity => true,
             Ty::Opt(t) => t.scalar_size(),
             _ => false,
         }
@@ -516,6 +516,15 @@ pub fn analyze(p: &cel::Program, self_ty: Ty, old_ty: Option<Ty>, sizes: &dyn Si
             (at + after, m)
         })
         .collect();
+    // cel-go's AST validators (Kubernetes enables them) run on what type-checks.
+    if errors.is_empty() && !parse_failed {
+        let mut found = Vec::new();
+        literal_validators(p.expression(), &mut found);
+        errors = found
+            .into_iter()
+            .map(|(id, m)| (info.offset_for(id).map_or(0, |(s, _)| s as usize), m))
+            .collect();
+    }
     errors.sort_by_key(|e| e.0);
     errors.dedup();
     Analysis {
@@ -523,6 +532,93 @@ pub fn analyze(p: &cel::Program, self_ty: Ty, old_ty: Option<Ty>, sizes: &dyn Si
         cost: n.cost,
         errors,
         parse_failed,
+    }
+}
+
+/// cel-go's validators of literals (`ValidateDurationLiterals`, `ValidateTimestampLiterals`,
+/// `ValidateRegexLiterals`, `ValidateHomogeneousAggregateLiterals`): a constant `duration()`,
+/// `timestamp()` or `matches()` pattern that does not parse, a list or map literal of constants
+/// of mixed types.
+fn literal_validators(e: &IdedExpr, out: &mut Vec<(u64, String)>) {
+    use cel::common::ast::EntryExpr;
+    let string = |a: &IdedExpr| match &a.expr {
+        Expr::Literal(LiteralValue::String(s)) => Some(s.to_string()),
+        _ => None,
+    };
+    let kind = |a: &IdedExpr| match &a.expr {
+        Expr::Literal(l) => Some(match l {
+            LiteralValue::Int(_) => "int",
+            LiteralValue::UInt(_) => "uint",
+            LiteralValue::Double(_) => "double",
+            LiteralValue::Boolean(_) => "bool",
+            LiteralValue::String(_) => "string",
+            LiteralValue::Bytes(_) => "bytes",
+            LiteralValue::Null => "null_type",
+        }),
+        _ => None,
+    };
+    let mixed = |items: Vec<&IdedExpr>, out: &mut Vec<(u64, String)>| {
+        let mut first: Option<&str> = None;
+        for x in items {
+            if let Some(k) = kind(x) {
+                match first {
+                    None => first = Some(k),
+                    Some(f) if f != k => {
+                        out.push((x.id, format!("expected type '{f}' but found '{k}'")));
+                        return;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    };
+    match &e.expr {
+        Expr::Call(c) => {
+            let invalid = match (c.func_name.as_str(), c.target.is_some(), c.args.as_slice()) {
+                ("duration", false, [a]) => string(a)
+                    .is_some_and(|s| crate::cel_time::parse_duration(&s).is_none())
+                    .then_some((a.id, "invalid duration argument")),
+                ("timestamp", false, [a]) => string(a)
+                    .is_some_and(|s| crate::cel_time::parse_rfc3339(&s).is_none())
+                    .then_some((a.id, "invalid timestamp argument")),
+                ("matches", true, [a]) | ("matches", false, [_, a]) => string(a)
+                    .is_some_and(|s| crate::cel_lib::regex(&s).is_err())
+                    .then_some((a.id, "invalid matches argument")),
+                _ => None,
+            };
+            out.extend(invalid.map(|(id, m)| (id, m.to_string())));
+            if let Some(t) = &c.target {
+                literal_validators(t, out);
+            }
+            c.args.iter().for_each(|a| literal_validators(a, out));
+        }
+        Expr::List(l) => {
+            mixed(l.elements.iter().collect(), out);
+            l.elements.iter().for_each(|x| literal_validators(x, out));
+        }
+        Expr::Map(m) => {
+            let entries: Vec<_> = m
+                .entries
+                .iter()
+                .filter_map(|x| match &x.expr {
+                    EntryExpr::MapEntry(me) => Some(me),
+                    _ => None,
+                })
+                .collect();
+            mixed(entries.iter().map(|me| &me.key).collect(), out);
+            mixed(entries.iter().map(|me| &me.value).collect(), out);
+            for me in entries {
+                literal_validators(&me.key, out);
+                literal_validators(&me.value, out);
+            }
+        }
+        Expr::Comprehension(c) => {
+            for x in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                literal_validators(x, out);
+            }
+        }
+        Expr::Select(s) => literal_validators(&s.operand, out),
+        _ => {}
     }
 }
 
@@ -934,6 +1030,15 @@ impl Checker<'_> {
         n.cost = target_cost.saturating_add(fn_cost);
         if n.computed.is_none() {
             n.computed = result;
+        }
+        // A quantity, URL, address, range or version has no size: comparing two costs what
+        // comparing scalars costs (v1.36.2 installs `quantity('1') == quantity('2')`).
+        let opaque = matches!(
+            (f, target.is_some()),
+            ("quantity" | "url" | "ip" | "cidr" | "semver", false) | ("add" | "sub" | "masked" | "ip", true)
+        );
+        if n.computed.is_none() && (opaque || matches!(n.ty, Ty::Quantity)) {
+            n.computed = Some(Size::fixed(1));
         }
         n
     }

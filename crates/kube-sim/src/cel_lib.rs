@@ -526,9 +526,9 @@ pub fn parse_url(s: &str) -> Option<Url> {
     url_parts(s).ok()
 }
 
-/// `url.ParseRequestURI(s)` as a [`Url`], or Go's error text.
+/// `url(s)` as Kubernetes reads it ([`super::go_url::parse_url`]), or Go's error text.
 pub fn url_parts(s: &str) -> Result<Url, String> {
-    let p = super::go_url::parse_request_uri(s)?;
+    let p = super::go_url::parse_url(s)?;
     Ok(Url {
         scheme: p.scheme,
         host: p.host,
@@ -586,17 +586,16 @@ fn get_port(This(this): This<Value>) -> ResolveResult {
 }
 
 fn get_escaped_path(This(this): This<Value>) -> ResolveResult {
-    Ok(Value::String(Arc::new(url_of(&this)?.path)))
+    Ok(Value::String(Arc::new(super::go_url::escaped_path(
+        &url_of(&this)?.path,
+    ))))
 }
 
 fn get_query(This(this): This<Value>) -> ResolveResult {
     let u = url_of(&this)?;
     let mut map: std::collections::HashMap<String, Vec<Value>> = Default::default();
-    for pair in u.query.split('&').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        map.entry(k.to_string())
-            .or_default()
-            .push(Value::String(Arc::new(v.to_string())));
+    for (k, v) in super::go_url::query_pairs(&u.query) {
+        map.entry(k).or_default().push(Value::String(Arc::new(v)));
     }
     let map: std::collections::HashMap<String, Value> =
         map.into_iter().map(|(k, v)| (k, Value::List(Arc::new(v)))).collect();
@@ -690,71 +689,160 @@ fn max(This(this): This<Value>, Arguments(args): Arguments) -> ResolveResult {
 /// pattern at every call, and reads `\d`, `\w`, `\s` as Unicode classes where RE2 reads ASCII).
 pub const MATCHES_FN: &str = "@kube_sim_matches";
 
-/// A pattern in RE2's syntax as the `regex` crate must be given it: RE2's `\d`, `\w`, `\s`
-/// and their negations are ASCII classes and its `\b`, `\B` ASCII word boundaries (the `regex`
-/// crate's are Unicode), and a `[`, `&&` or `~~` inside a class is literal in RE2 (the `regex`
-/// crate nests classes and operates on them).
-pub fn re2(pattern: &str) -> String {
+/// A pattern in RE2's syntax as the `regex` crate must be given it, or RE2's refusal: RE2's
+/// `\d`, `\w`, `\s` and their negations are ASCII classes and its `\b`, `\B` ASCII word
+/// boundaries (the `regex` crate's are Unicode); `\Q…\E` quotes, `\123` is octal, an escaped
+/// punctuation mark is itself (the `regex` crate reads `\<`, `\>` as boundaries), `{,n}` is
+/// literal text, and a `[`, `&&`, `--` or `~~` inside a class is literal (the `regex` crate
+/// nests classes and operates on them). RE2 refuses a repeat count over 1000, a repetition of
+/// a repetition (`a**`) and flags other than `i`, `m`, `s`, `U`.
+pub fn re2(pattern: &str) -> Result<String, String> {
     let mut out = String::with_capacity(pattern.len() + 16);
-    let mut chars = pattern.chars().peekable();
+    let chars: Vec<char> = pattern.chars().collect();
+    let mut i = 0;
     // Inside a class: whether the class has had a member yet (a leading `]` is literal).
     let mut class: Option<bool> = None;
-    while let Some(c) = chars.next() {
+    // Whether the last thing written outside a class was a repetition (`*`, `+`, `?`, `{n}`),
+    // and whether a `?` may still make it lazy.
+    let mut repeated = false;
+    let mut lazy_ok = false;
+    let literal = |c: char, out: &mut String| {
+        if c.is_ascii_punctuation()
+            && !matches!(
+                c,
+                '<' | '>' | '_' | '"' | '\'' | '`' | '@' | '%' | ',' | ';' | ':' | '!' | '=' | '/'
+            )
+        {
+            out.push('\\');
+        }
+        out.push(c);
+    };
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        if class.is_none() {
+            let is_repeat = matches!(c, '*' | '+' | '?') || (c == '{' && repeat_count(&chars[i..]).is_some());
+            if is_repeat {
+                if c == '?' && lazy_ok {
+                    out.push('?');
+                    lazy_ok = false;
+                    i += 1;
+                    continue;
+                }
+                if repeated {
+                    return Err(format!(
+                        "invalid nested repetition operator: `{}`",
+                        chars[i.saturating_sub(1)..=i].iter().collect::<String>()
+                    ));
+                }
+                if c == '{' {
+                    let (len, n, m) = repeat_count(&chars[i..]).unwrap_or((1, 0, None));
+                    if n > 1000 || m.is_some_and(|m| m > 1000) {
+                        return Err(format!(
+                            "invalid repeat count: `{}`",
+                            chars[i..i + len].iter().collect::<String>()
+                        ));
+                    }
+                    out.extend(&chars[i..i + len]);
+                    i += len;
+                } else {
+                    out.push(c);
+                    i += 1;
+                }
+                repeated = true;
+                lazy_ok = true;
+                continue;
+            }
+            repeated = false;
+            lazy_ok = false;
+        }
         match (c, class) {
             ('\\', _) => {
-                let Some(e) = chars.next() else {
-                    out.push('\\');
-                    break;
+                let Some(e) = next else {
+                    return Err("trailing backslash at end of expression: ``".to_string());
                 };
+                i += 2;
                 let inside = class.is_some();
-                let ascii = match e {
-                    'd' => Some(("[0-9]", "0-9")),
-                    'D' => Some(("[^0-9]", "")),
-                    'w' => Some(("[0-9A-Za-z_]", "0-9A-Za-z_")),
-                    'W' => Some(("[^0-9A-Za-z_]", "")),
-                    's' => Some(("[\\t\\n\\x0C\\r ]", "\\t\\n\\x0C\\r ")),
-                    'S' => Some(("[^\\t\\n\\x0C\\r ]", "")),
-                    _ => None,
-                };
-                match ascii {
-                    Some((_, within)) if inside && !within.is_empty() => out.push_str(within),
-                    Some((alone, _)) if !inside => out.push_str(alone),
-                    _ if !inside && (e == 'b' || e == 'B') => {
+                if let Some(seen) = class.as_mut() {
+                    *seen = true;
+                }
+                match e {
+                    'Q' => {
+                        // Quoted to `\E` or the end.
+                        while i < chars.len() {
+                            if chars[i] == '\\' && chars.get(i + 1) == Some(&'E') {
+                                i += 2;
+                                break;
+                            }
+                            literal(chars[i], &mut out);
+                            i += 1;
+                        }
+                    }
+                    '0'..='7' => {
+                        let mut v = e.to_digit(8).unwrap_or(0);
+                        let mut k = 0;
+                        while k < 2 && i < chars.len() && chars[i].is_digit(8) {
+                            v = v * 8 + chars[i].to_digit(8).unwrap_or(0);
+                            i += 1;
+                            k += 1;
+                        }
+                        if e != '0' && k == 0 {
+                            // `\1`..`\7` alone is a backreference, which RE2 refuses.
+                            return Err(format!("invalid escape sequence: `\\{e}`"));
+                        }
+                        out.push_str(&format!("\\x{{{v:x}}}"));
+                    }
+                    'd' | 'w' | 's' if inside => out.push_str(match e {
+                        'd' => "0-9",
+                        'w' => "0-9A-Za-z_",
+                        _ => "\\t\\n\\x0C\\r ",
+                    }),
+                    'd' => out.push_str("[0-9]"),
+                    'D' if !inside => out.push_str("[^0-9]"),
+                    'w' => out.push_str("[0-9A-Za-z_]"),
+                    'W' if !inside => out.push_str("[^0-9A-Za-z_]"),
+                    's' => out.push_str("[\\t\\n\\x0C\\r ]"),
+                    'S' if !inside => out.push_str("[^\\t\\n\\x0C\\r ]"),
+                    'b' | 'B' if !inside => {
                         out.push_str("(?-u:\\");
                         out.push(e);
                         out.push(')');
                     }
-                    _ => {
+                    e if e.is_ascii_punctuation() => literal(e, &mut out),
+                    e => {
                         out.push('\\');
                         out.push(e);
                     }
                 }
-                if let Some(seen) = class.as_mut() {
-                    *seen = true;
-                }
+                continue;
             }
             ('[', None) => {
                 out.push('[');
-                if chars.peek() == Some(&'^') {
+                if next == Some('^') {
                     out.push('^');
-                    chars.next();
+                    i += 1;
                 }
                 class = Some(false);
-                // `[:alpha:]`-style classes are read below as they come.
             }
             (']', Some(true)) => {
                 out.push(']');
                 class = None;
             }
-            ('[', Some(_)) if chars.peek() == Some(&':') => {
+            ('[', Some(_)) if next == Some(':') => {
                 // A POSIX class, `[:alpha:]`: the same in both.
-                out.push('[');
-                for p in chars.by_ref() {
-                    out.push(p);
-                    if p == ']' {
+                while i < chars.len() {
+                    out.push(chars[i]);
+                    i += 1;
+                    if chars[i - 1] == ']' {
                         break;
                     }
                 }
+                class = Some(true);
+                continue;
+            }
+            ('-', Some(_)) if next == Some('-') => {
+                out.push_str("-\\-");
+                i += 1;
                 class = Some(true);
             }
             ('[' | '&' | '~' | ']', Some(_)) => {
@@ -766,15 +854,45 @@ pub fn re2(pattern: &str) -> String {
                 out.push(c);
                 class = Some(true);
             }
+            ('(', None) if next == Some('?') => {
+                // Flags, `(?i)` or `(?i:…)`: RE2 knows `i`, `m`, `s`, `U`; `(?P<name>` too.
+                let flags: String = chars[i + 2..].iter().take_while(|c| !matches!(c, ')' | ':')).collect();
+                let named = flags.starts_with("P<") || flags.starts_with('<');
+                if !named && !flags.chars().all(|f| matches!(f, 'i' | 'm' | 's' | 'U' | '-')) {
+                    return Err(format!("invalid or unsupported Perl syntax: `(?{flags}`"));
+                }
+                out.push('(');
+            }
+            ('{', None) => out.push_str("\\{"),
             (c, None) => out.push(c),
         }
+        i += 1;
     }
-    out
+    Ok(out)
+}
+
+/// A repetition `{n}`, `{n,}` or `{n,m}` at the start of `chars`: its length and counts (RE2
+/// reads anything else, `{,n}` included, as literal text).
+fn repeat_count(chars: &[char]) -> Option<(usize, u64, Option<u64>)> {
+    let end = chars.iter().position(|c| *c == '}')?;
+    let inner: String = chars[1..end].iter().collect();
+    let (n, m) = match inner.split_once(',') {
+        Some((n, "")) => (n.parse().ok()?, None),
+        Some((n, m)) => (n.parse().ok()?, Some(m.parse().ok()?)),
+        None => {
+            let n = inner.parse().ok()?;
+            (n, Some(n))
+        }
+    };
+    if inner.starts_with(|c: char| !c.is_ascii_digit()) {
+        return None;
+    }
+    Some((end + 1, n, m))
 }
 
 /// A pattern compiled, from a per-thread cache (a pattern is compiled once however many values
 /// it is matched against, as cel-go compiles a constant pattern once).
-fn regex(pattern: &str) -> Result<std::rc::Rc<regex::Regex>, String> {
+pub(crate) fn regex(pattern: &str) -> Result<std::rc::Rc<regex::Regex>, String> {
     thread_local! {
         static CACHE: std::cell::RefCell<std::collections::HashMap<String, Result<std::rc::Rc<regex::Regex>, String>>> =
             std::cell::RefCell::new(std::collections::HashMap::new());
@@ -783,11 +901,15 @@ fn regex(pattern: &str) -> Result<std::rc::Rc<regex::Regex>, String> {
         if let Some(r) = c.borrow().get(pattern) {
             return r.clone();
         }
-        let compiled = regex::RegexBuilder::new(&re2(pattern))
-            .size_limit(64 << 20)
-            .build()
-            .map(std::rc::Rc::new)
-            .map_err(|e| format!("error parsing regexp: {e}"));
+        let compiled = re2(pattern)
+            .map_err(|e| format!("error parsing regexp: {e}"))
+            .and_then(|p| {
+                regex::RegexBuilder::new(&p)
+                    .size_limit(64 << 20)
+                    .build()
+                    .map(std::rc::Rc::new)
+                    .map_err(|e| format!("error parsing regexp: {e}"))
+            });
         let mut cache = c.borrow_mut();
         if cache.len() >= 256 {
             cache.clear();
@@ -876,6 +998,14 @@ mod tests {
         assert!(m(r"^[]a]+$", "]a") && m(r"^[[:alpha:]]+$", "abc"));
         // Long repetitions of a class compile, as in RE2.
         assert!(m(r"^\w{300}$", &"a".repeat(300)));
+        // Quoting, octal, escaped punctuation, `{,n}` and `--` as RE2 reads them.
+        assert!(m(r"^\Qa+b\E$", "a+b") && m(r"^\141$", "a") && m(r"a\<b", "a<b"));
+        assert!(m(r"^a{,2}$", "a{,2}") && m(r"^[+--]$", "-") && m(r"a\b{start}", "a{start}"));
+        assert!(m(r"^a+?b??$", "aab"));
+        // What RE2 refuses.
+        for bad in [r"a{1001}", r"a**", r"a++", r"a{2}{3}", r"(?x)a", r"\1"] {
+            assert!(regex(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

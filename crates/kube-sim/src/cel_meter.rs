@@ -418,15 +418,17 @@ fn constant(e: &Expr) -> bool {
     }
 }
 
-/// A call of one operand that is a constant (cel-go folds it when it plans the rule).
+/// A type conversion of a constant, which cel-go folds when it plans the rule
+/// (`maybeOptimizeConstUnary`: `bool`, `bytes`, `double`, `duration`, `dyn`, `int`, `string`,
+/// `timestamp`, `type`, `uint`).
 fn constant_unary(c: &CallExpr) -> bool {
-    let machinery = [METER_FN, MARK_FN, SIZE_FN, CHARGE_FN, super::cel_macros::PAIRS_FN];
-    if machinery.contains(&c.func_name.as_str()) || matches!(c.func_name.as_str(), "_&&_" | "_||_" | "_?_:_") {
-        return false;
-    }
+    use super::cel_time::{DURATION_FN, STRING_FN, TIMESTAMP_FN};
+    let conversion = matches!(
+        c.func_name.as_str(),
+        "bool" | "bytes" | "double" | "duration" | "dyn" | "int" | "string" | "timestamp" | "type" | "uint"
+    ) || [DURATION_FN, STRING_FN, TIMESTAMP_FN].contains(&c.func_name.as_str());
     match (&c.target, c.args.as_slice()) {
-        (Some(t), []) => !matches!(t.expr, Expr::Ident(_)) && is_constant(t),
-        (None, [a]) => is_constant(a),
+        (None, [a]) => conversion && is_constant(a),
         _ => false,
     }
 }
@@ -499,6 +501,29 @@ fn simulated(c: &mut CallExpr) {
     }
 }
 
+/// [`simulated`] for every call in `e` (a constant, which is not metered).
+fn simulated_within(e: &mut IdedExpr) {
+    match &mut e.expr {
+        Expr::Call(c) => {
+            simulated(c);
+            if let Some(t) = c.target.as_deref_mut() {
+                simulated_within(t);
+            }
+            c.args.iter_mut().for_each(simulated_within);
+        }
+        Expr::List(l) => l.elements.iter_mut().for_each(simulated_within),
+        Expr::Map(m) => {
+            for x in m.entries.iter_mut() {
+                if let EntryExpr::MapEntry(me) = &mut x.expr {
+                    simulated_within(&mut me.key);
+                    simulated_within(&mut me.value);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 /// `e` rewritten, and the cost of the nodes evaluated whenever `e` is, left to the caller to
 /// count (one meter for a stretch of nodes evaluated together).
 fn go(e: IdedExpr) -> (IdedExpr, u64) {
@@ -517,7 +542,11 @@ fn go(e: IdedExpr) -> (IdedExpr, u64) {
             (node(id, Expr::Select(s)), w + test)
         }
         // Constants cost nothing: cel-go's optimizer made them before the rule ran.
-        ref e @ (Expr::List(_) | Expr::Map(_) | Expr::Call(_)) if id != FREE && constant(e) => (node(id, expr), 0),
+        ref e @ (Expr::List(_) | Expr::Map(_) | Expr::Call(_)) if id != FREE && constant(e) => {
+            let mut e = node(id, expr);
+            simulated_within(&mut e);
+            (e, 0)
+        }
         Expr::Call(mut c) if matches!(c.func_name.as_str(), "_&&_" | "_||_" | "_?_:_") => {
             // Evaluated only as far as needed: each operand counts for itself.
             c.args = c.args.into_iter().map(|a| counted(a, 0)).collect();

@@ -110,6 +110,10 @@ pub fn parse_duration(s: &str) -> Option<i64> {
 /// offset: such a string is refused).
 pub fn parse_rfc3339(s: &str) -> Option<DateTime<FixedOffset>> {
     let b = s.as_bytes();
+    // Go reads an hour of one digit too.
+    if b.len() > 12 && b[10] == b'T' && b[11].is_ascii_digit() && b[12] == b':' {
+        return parse_rfc3339(&format!("{}0{}", &s[..11], &s[11..]));
+    }
     let num = |from: usize, len: usize| -> Option<u32> {
         let part = s.get(from..from + len)?;
         part.bytes()
@@ -310,6 +314,10 @@ mod tests {
         assert_eq!(t.timestamp(), 1_614_801_967);
         assert!(parse_rfc3339("2021-01-01T00:00:00Z").is_some());
         assert!(parse_rfc3339("2021-01-01T00:00:00-23:59").is_some());
+        assert_eq!(
+            parse_rfc3339("2021-01-01T1:00:00Z"),
+            parse_rfc3339("2021-01-01T01:00:00Z")
+        );
         for bad in [
             "2016-12-31T23:59:60Z",
             "2021-01-01 00:00:00Z",

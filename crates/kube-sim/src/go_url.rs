@@ -17,14 +17,88 @@ pub struct Parts {
 
 /// `url.ParseRequestURI(s)`, or its error text.
 pub fn parse_request_uri(s: &str) -> Result<Parts, String> {
-    parse(s).map_err(|e| format!("parse {}: {e}", super::status::go_quote(s)))
+    parse(s, true).map_err(|e| format!("parse {}: {e}", super::status::go_quote(s)))
 }
 
-fn parse(raw: &str) -> Result<Parts, String> {
+/// What Kubernetes' `url()` reads a string as: checked by `url.ParseRequestURI`, then parsed
+/// again by `url.Parse` (a `#fragment` split off, `//host` read as a host, the host decoded).
+pub fn parse_url(s: &str) -> Result<Parts, String> {
+    parse_request_uri(s)?;
+    let without_fragment = s.split_once('#').map_or(s, |(u, _)| u);
+    let mut p = parse(without_fragment, false).map_err(|e| format!("parse {}: {e}", super::status::go_quote(s)))?;
+    p.host = decode(&p.host, false);
+    Ok(p)
+}
+
+/// `%XX` decoded (and `+` as a space in a query).
+fn decode(s: &str, plus: bool) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() && b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3])
+                    .ok()
+                    .and_then(|h| u8::from_str_radix(h, 16).ok());
+                out.push(hex.unwrap_or(b'%'));
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Whether `c` stays as it is in an escaped path (`shouldEscape(c, encodePath)` is false).
+fn path_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-_.~$&+,/:;=@".contains(&c)
+}
+
+/// `URL.EscapedPath()` of a path as given: as it is when it is validly encoded, else its
+/// decoded form escaped.
+pub fn escaped_path(raw: &str) -> String {
+    let valid = raw
+        .bytes()
+        .all(|c| c == b'%' || path_char(c) || b"!'()*[]".contains(&c));
+    if valid && unescape(raw, Mode::Path).is_ok() {
+        return raw.to_string();
+    }
+    let mut out = String::new();
+    for &c in decode(raw, false).as_bytes() {
+        if path_char(c) {
+            out.push(c as char);
+        } else {
+            out.push_str(&format!("%{c:02X}"));
+        }
+    }
+    out
+}
+
+/// `url.ParseQuery(raw)`: its pairs, decoded; a pair with `;` or a bad escape is left out.
+pub fn query_pairs(raw: &str) -> Vec<(String, String)> {
+    raw.split('&')
+        .filter(|p| !p.is_empty() && !p.contains(';'))
+        .filter_map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            let bad = |t: &str| unescape(t, Mode::Path).is_err();
+            (!bad(k) && !bad(v)).then(|| (decode(k, true), decode(v, true)))
+        })
+        .collect()
+}
+
+fn parse(raw: &str, via_request: bool) -> Result<Parts, String> {
     if raw.bytes().any(|b| b < 0x20 || b == 0x7f) {
         return Err("net/url: invalid control character in URL".to_string());
     }
-    if raw.is_empty() {
+    if raw.is_empty() && via_request {
         return Err("empty url".to_string());
     }
     let mut url = Parts::default();
@@ -42,13 +116,13 @@ fn parse(raw: &str) -> Result<Parts, String> {
         url.query = q.to_string();
     }
     if !rest.starts_with('/') {
-        if !url.scheme.is_empty() {
+        if !url.scheme.is_empty() || !via_request {
             // An opaque URI (`mailto:x@y`): no host, no path.
             return Ok(url);
         }
         return Err("invalid URI for request".to_string());
     }
-    if !url.scheme.is_empty() && rest.starts_with("//") {
+    if (!url.scheme.is_empty() || (!via_request && !rest.starts_with("///"))) && rest.starts_with("//") {
         let after = &rest[2..];
         let (authority, path) = match after.find('/') {
             Some(i) => (&after[..i], &after[i..]),
@@ -216,5 +290,17 @@ mod tests {
             err("/\u{1}"),
             r#"parse "/\x01": net/url: invalid control character in URL"#
         );
+    }
+
+    #[test]
+    fn url_parts_are_read_as_kubernetes_url_reads_them() {
+        let u = parse_url("http://a%C3%A4b/a b?a=b%20c+d&x=1;y=2#frag").unwrap();
+        assert_eq!(u.host, "aäb");
+        assert_eq!(u.path, "/a b");
+        assert_eq!(escaped_path(&u.path), "/a%20b");
+        assert_eq!(escaped_path("/%C3%A4!"), "/%C3%A4!");
+        assert_eq!(query_pairs(&u.query), [("a".to_string(), "b c d".to_string())]);
+        assert_eq!(parse_url("http://x/a#b").unwrap().path, "/a");
+        assert_eq!(parse_url("//x/p").unwrap().host, "x");
     }
 }

@@ -41,12 +41,23 @@ pub fn go_quote(s: &str) -> String {
             '\u{c}' => out.push_str("\\f"),
             '\u{b}' => out.push_str("\\v"),
             c if (c as u32) < 0x20 || c as u32 == 0x7f => out.push_str(&format!("\\x{:02x}", c as u32)),
-            c if c.is_control() || (c.is_whitespace() && c != ' ') => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c if (c as u32) > 0xffff && not_printed(c) => out.push_str(&format!("\\U{:08x}", c as u32)),
+            c if c.is_control() || (c.is_whitespace() && c != ' ') || not_printed(c) => {
+                out.push_str(&format!("\\u{:04x}", c as u32))
+            }
             c => out.push(c),
         }
     }
     out.push('"');
     out
+}
+
+/// Characters Go's `strconv.IsPrint` rejects beyond controls and spaces: format characters
+/// (soft hyphen, zero-width and direction marks, the byte-order mark) and private use.
+fn not_printed(c: char) -> bool {
+    matches!(c as u32,
+        0xad | 0x600..=0x605 | 0x61c | 0x6dd | 0x70f | 0x180e | 0x200b..=0x200f | 0x2028..=0x202e
+            | 0x2060..=0x206f | 0xfeff | 0xfff9..=0xfffb | 0xe000..=0xf8ff | 0xf0000..=0x10ffff)
 }
 
 impl Cause {

@@ -891,3 +891,8 @@ async fn what_a_review_found_the_meter_counting_wrong_matches_the_real_apiserver
 async fn durations_timestamps_and_uris_are_read_like_the_real_apiserver() {
     differential("celtime").await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn literals_patterns_and_url_parts_are_read_like_the_real_apiserver() {
+    differential("celliterals").await;
+}
