@@ -1587,6 +1587,11 @@ mod tests {
         assert!(fields("self.m.all(k, v, v.startsWith('x'))").is_empty());
         assert_eq!(fields("self.m.all(k, v, true, v.startsWith('x'))"), [at]);
         assert_eq!(fields("self.a > 1"), [at]);
+        // cel-go's literal validators, and sizes of what has none.
+        assert_eq!(fields("duration('1hxyz') == duration('1h')"), [at]);
+        assert_eq!(fields("'a'.matches('a{1001}') || true"), [at]);
+        assert_eq!(fields("[1, 'a'].size() == 2"), [at]);
+        assert!(fields("quantity('1') == quantity('2') || true").is_empty());
         // Kubernetes' IP and CIDR functions are enforced.
         assert!(fields("isCIDR(self.c)").is_empty());
         let schema_of = |rule: &str| crd(rule)["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone();
