@@ -1,19 +1,22 @@
 //! The cost meter of rule evaluation (pure, no I/O). Before a rule runs it is rewritten so that
 //! every node it evaluates counts its cost as cel-go's runtime cost tracker counts it, and the
 //! evaluation stops as soon as the count goes past its limit: an identifier, a field selection
-//! and a function call 1 each, a list literal 10, a map literal 30, constants and the logical
-//! operators (`&&`, `||`, `?:`, which evaluate only what they need) nothing — and the calls
-//! whose work grows with their operands what cel-go and Kubernetes' `CostEstimator` charge for
-//! them, from the operands' actual sizes:
+//! and a function call 1 each, a list literal 10, a map literal 30, and nothing for the logical
+//! operators (`&&`, `||`, `?:`, which evaluate only what they need), `has()` (Kubernetes turns
+//! its cost off) and what cel-go's optimizer makes a constant before the rule runs (literals,
+//! lists and maps of constants, `x in [constants]`, a type conversion of a constant such as
+//! `duration('1h')`) — and the calls whose work grows with their operands what cel-go and
+//! Kubernetes' `CostEstimator` charge for them, from the operands' actual sizes:
 //!
 //! | calls | cost |
 //! |---|---|
-//! | `==`, `!=`, `<`, `<=`, `>`, `>=` | a tenth of the smaller operand's size (at least 1) |
+//! | `==`, `!=`, `<`, `<=`, `>`, `>=` | a tenth of the smaller operand's size (1 against a number) |
 //! | `x in list` | the list's size |
 //! | `+` of strings or bytes | a tenth of both sizes |
 //! | `contains` | a tenth of the string × a tenth of the substring |
 //! | `matches`, `find`, `findAll` | (a tenth of the string + 1) × a quarter of the pattern |
-//! | `startsWith`, `endsWith`, `lowerAscii`, `upperAscii`, `substring`, `trim`, `format`, `url`, `quantity`, `isQuantity`, `ip`, `cidr`, `isIP`, `isCIDR` | a tenth of the string |
+//! | `<format>.validate(s)` | (a tenth of `s` + 1) × a quarter of the format's regex size |
+//! | `startsWith`, `endsWith`, `lowerAscii`, `upperAscii`, `substring`, `trim`, `format`, `url`, `quantity`, `isQuantity`, `ip`, `cidr`, `isIP`, `isCIDR`, `bytes`, `string` of bytes, `strings.quote` | a tenth of the string |
 //! | `replace`, `split`, `ip.isCanonical` | two tenths of the string |
 //! | `join` | two tenths of the result |
 //! | `isSorted`, `sum`, `min`, `max`, `indexOf`, `lastIndexOf` | a traversal of the target |
@@ -22,13 +25,17 @@
 //! A string's size is its characters, a list's or a map's its entries, anything else 1. The
 //! operands' sizes are taken as they are evaluated (`@kube_sim_size`, each pushing onto a stack
 //! from a mark taken just before, so that an operand whose evaluation failed halfway leaves
-//! nothing behind) and charged when the call returns (`@kube_sim_charge`).
+//! nothing behind) and charged when the call returns (`@kube_sim_charge`). A stretch of nodes
+//! is paid for before it is evaluated (`@kube_sim_meter(cost) ? stretch : false`), so that one
+//! that fails costs what it did. The request's deadline ([`set_deadline`]) stops an evaluation
+//! too.
 //!
 //! Nodes a rewrite adds only to bind values (the two-variable macros' variables, `cel_macros`)
 //! carry the id [`FREE`] and cost nothing: cel-go binds them natively. The shapes of the
 //! loops the `cel` crate runs in place (`map`/`filter` appends, `all`/`exists` folds, which
 //! keep an error of one element until another decides the result) are kept as they are, their
-//! costs counted on the nodes inside.
+//! costs counted on the nodes inside. Calls the simulator evaluates itself are renamed here
+//! (`matches()`, `duration()`, `timestamp()`, `string()`, the calendar getters: [`simulated`]).
 
 use std::cell::{Cell, RefCell};
 
