@@ -65,7 +65,9 @@
 //!   are Go's `url.ParseRequestURI` (`go_url`). Left: a timestamp offset of 24 hours and the
 //!   time zones `24:00` and `Local` of the getters are refused; `transformMapEntry` reports a
 //!   key given twice only after its loop; the CRD-time cost estimate leaves
-//!   `<format>.validate()` out. Rules run with the store lock
+//!   `<format>.validate()` out; patterns with Unicode class names RE2 does not know
+//!   (`\p{Letter}`) match as the `regex` crate reads them, and a constant `find()` pattern that
+//!   does not compile refuses the write, not the CRD. Rules run with the store lock
 //!   released (`cel::Gate`). Ratcheting skips unchanged values for CEL rules that are not
 //!   transition rules (as v1.36.2 does: transition rules are evaluated on unchanged values
 //!   too, differential scenario `ratcheting`), not for the schema's other constraints. Strict field validation of a merge patch answers
