@@ -321,7 +321,7 @@ macro_rules! named_formats {
     ($($f:ident => $name:literal),* $(,)?) => {
         $(
             fn $f<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-                super::cel_lib::by_value(args, |_| Ok(format_value($name)))
+                super::cel_value::by_value(args, |_| Ok(format_value($name)))
             }
         )*
         /// `format.<name>()` for every format, as (function name, overload).
@@ -349,7 +349,7 @@ named_formats! {
 
 /// `format.named(name)`: the format of that name, or `optional.none()`.
 pub fn named<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    super::cel_lib::by_value(args, |v| match v {
+    super::cel_value::by_value(args, |v| match v {
         [Value::String(s)] => Ok(optional(
             NAMES.iter().find(|n| **n == s.as_str()).map(|n| format_value(n)),
         )),
@@ -359,7 +359,7 @@ pub fn named<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Execut
 
 /// `<format>.validate(string)`.
 pub fn validate_fn<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    super::cel_lib::by_value(args, |v| {
+    super::cel_value::by_value(args, |v| {
         let [Value::Opaque(f), Value::String(s)] = v else {
             return Err(ExecutionError::no_such_overload("validate", vec![]));
         };

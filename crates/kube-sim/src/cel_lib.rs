@@ -81,75 +81,8 @@ pub fn declared(name: &str) -> bool {
 
 /// Adds the overloads that share a name with one of CEL's own (so that a context cannot take
 /// them as functions): `indexOf` and `lastIndexOf` of a list, `string()` of an IP or a CIDR,
-/// `ip.isCanonical()` and the sets extension; and the simulator's cost meter and the functions
-/// its expansion of two-variable macros calls (`cel_macros`).
+/// `ip.isCanonical()` and the sets extension.
 pub fn extend_env(env: &mut cel::Env) {
-    use super::cel_meter;
-    use cel::common::types::INT_TYPE as INT;
-    let _ = env.add_overload(cel_meter::METER_FN, "kube_sim_meter", vec![INT], cel_meter::meter);
-    let _ = env.add_overload(cel_meter::MARK_FN, "kube_sim_mark", vec![], cel_meter::mark);
-    let _ = env.add_overload(MATCHES_FN, "kube_sim_matches", vec![STRING_TYPE, STRING_TYPE], matches);
-    use super::cel_time;
-    let _ = env.add_overload(
-        cel_time::DURATION_FN,
-        "kube_sim_duration",
-        vec![DYN_TYPE],
-        cel_time::duration,
-    );
-    let _ = env.add_overload(
-        cel_time::TIMESTAMP_FN,
-        "kube_sim_timestamp",
-        vec![DYN_TYPE],
-        cel_time::timestamp,
-    );
-    let _ = env.add_overload(cel_time::UTC_FN, "kube_sim_utc", vec![DYN_TYPE], cel_time::utc);
-    let _ = env.add_overload(cel_time::STRING_FN, "kube_sim_string", vec![DYN_TYPE], cel_time::string);
-    let _ = env.add_overload(
-        cel_meter::SIZE_FN,
-        "kube_sim_size",
-        vec![INT, INT, DYN_TYPE],
-        cel_meter::size,
-    );
-    let _ = env.add_overload(
-        cel_meter::CHARGE_FN,
-        "kube_sim_charge",
-        vec![INT, DYN_TYPE],
-        cel_meter::charge,
-    );
-    for (name, f) in super::cel_format::constructors() {
-        let _ = env.add_overload(&name, &name, vec![], f);
-    }
-    let _ = env.add_overload(
-        "format.named",
-        "format_named",
-        vec![STRING_TYPE],
-        super::cel_format::named,
-    );
-    let _ = env.add_member_overload(
-        "validate",
-        "format_validate",
-        Type::new_opaque_type("kubernetes.NamedFormat"),
-        vec![STRING_TYPE],
-        super::cel_format::validate_fn,
-    );
-    let _ = env.add_overload(
-        super::cel_macros::PAIRS_FN,
-        "kube_sim_pairs",
-        vec![DYN_TYPE],
-        super::cel_macros::pairs,
-    );
-    let _ = env.add_overload(
-        super::cel_macros::FROM_PAIRS_FN,
-        "kube_sim_map_from_pairs",
-        vec![DYN_TYPE],
-        super::cel_macros::map_from_pairs,
-    );
-    let _ = env.add_overload(
-        super::cel_macros::FROM_ENTRIES_FN,
-        "kube_sim_map_from_entries",
-        vec![DYN_TYPE],
-        super::cel_macros::map_from_entries,
-    );
     let ip = Type::new_opaque_type("net.IP");
     let cidr = Type::new_opaque_type("net.CIDR");
     let _ = env.add_member_overload("indexOf", "list_index_of", LIST_TYPE, vec![DYN_TYPE], list_index_of);
@@ -181,19 +114,6 @@ pub fn extend_env(env: &mut cel::Env) {
         vec![LIST_TYPE, LIST_TYPE],
         sets_intersects,
     );
-}
-
-/// An overload written over [`Value`]s: the arguments converted, the result converted back.
-pub(crate) fn by_value<'b, 'v>(
-    args: Vec<CowVal<'b, 'v>>,
-    f: impl FnOnce(&[Value]) -> Result<Value, ExecutionError>,
-) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    let values = args
-        .iter()
-        .map(|a| Value::try_from(a.as_ref()))
-        .collect::<Result<Vec<_>, _>>()?;
-    let out: Box<dyn Val> = Box::<dyn Val>::try_from(f(&values)?)?;
-    Ok(CowVal::Owned(out))
 }
 
 /// A list's elements to walk through, borrowed.
@@ -248,7 +168,7 @@ fn list_last_index_of<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v
 }
 
 fn net_to_string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    by_value(args, |v| {
+    super::cel_value::by_value(args, |v| {
         v.first()
             .and_then(super::cel_net::to_string)
             .map(|s| Value::String(Arc::new(s)))
@@ -257,7 +177,7 @@ fn net_to_string<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, Ex
 }
 
 fn ip_is_canonical<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    by_value(args, |v| match v {
+    super::cel_value::by_value(args, |v| match v {
         [Value::String(s)] => super::cel_net::is_canonical(s)
             .map(Value::Bool)
             .map_err(|e| ExecutionError::function_error("ip.isCanonical", e)),
@@ -685,255 +605,8 @@ fn max(This(this): This<Value>, Arguments(args): Arguments) -> ResolveResult {
 
 // ---- regex ----
 
-/// `matches()`, evaluated by the simulator rather than the `cel` crate (which compiles the
-/// pattern at every call, and reads `\d`, `\w`, `\s` as Unicode classes where RE2 reads ASCII).
-pub const MATCHES_FN: &str = "@kube_sim_matches";
-
-/// A pattern in RE2's syntax as the `regex` crate must be given it, or RE2's refusal: RE2's
-/// `\d`, `\w`, `\s` and their negations are ASCII classes and its `\b`, `\B` ASCII word
-/// boundaries (the `regex` crate's are Unicode); `\Q…\E` quotes, `\123` is octal, an escaped
-/// punctuation mark is itself (the `regex` crate reads `\<`, `\>` as boundaries), `{,n}` is
-/// literal text, and a `[`, `&&`, `--` or `~~` inside a class is literal (the `regex` crate
-/// nests classes and operates on them). RE2 refuses a repeat count over 1000, a repetition of
-/// a repetition (`a**`) and flags other than `i`, `m`, `s`, `U`.
-pub fn re2(pattern: &str) -> Result<String, String> {
-    let mut out = String::with_capacity(pattern.len() + 16);
-    let chars: Vec<char> = pattern.chars().collect();
-    let mut i = 0;
-    // Inside a class: whether the class has had a member yet (a leading `]` is literal).
-    let mut class: Option<bool> = None;
-    // Whether the last thing written outside a class was a repetition (`*`, `+`, `?`, `{n}`),
-    // and whether a `?` may still make it lazy.
-    let mut repeated = false;
-    let mut lazy_ok = false;
-    let literal = |c: char, out: &mut String| {
-        if c.is_ascii_punctuation()
-            && !matches!(
-                c,
-                '<' | '>' | '_' | '"' | '\'' | '`' | '@' | '%' | ',' | ';' | ':' | '!' | '=' | '/'
-            )
-        {
-            out.push('\\');
-        }
-        out.push(c);
-    };
-    while i < chars.len() {
-        let c = chars[i];
-        let next = chars.get(i + 1).copied();
-        if class.is_none() {
-            let is_repeat = matches!(c, '*' | '+' | '?') || (c == '{' && repeat_count(&chars[i..]).is_some());
-            if is_repeat {
-                if c == '?' && lazy_ok {
-                    out.push('?');
-                    lazy_ok = false;
-                    i += 1;
-                    continue;
-                }
-                if repeated {
-                    return Err(format!(
-                        "invalid nested repetition operator: `{}`",
-                        chars[i.saturating_sub(1)..=i].iter().collect::<String>()
-                    ));
-                }
-                if c == '{' {
-                    let (len, n, m) = repeat_count(&chars[i..]).unwrap_or((1, 0, None));
-                    if n > 1000 || m.is_some_and(|m| m > 1000) {
-                        return Err(format!(
-                            "invalid repeat count: `{}`",
-                            chars[i..i + len].iter().collect::<String>()
-                        ));
-                    }
-                    out.extend(&chars[i..i + len]);
-                    i += len;
-                } else {
-                    out.push(c);
-                    i += 1;
-                }
-                repeated = true;
-                lazy_ok = true;
-                continue;
-            }
-            repeated = false;
-            lazy_ok = false;
-        }
-        match (c, class) {
-            ('\\', _) => {
-                let Some(e) = next else {
-                    return Err("trailing backslash at end of expression: ``".to_string());
-                };
-                i += 2;
-                let inside = class.is_some();
-                if let Some(seen) = class.as_mut() {
-                    *seen = true;
-                }
-                match e {
-                    'Q' => {
-                        // Quoted to `\E` or the end.
-                        while i < chars.len() {
-                            if chars[i] == '\\' && chars.get(i + 1) == Some(&'E') {
-                                i += 2;
-                                break;
-                            }
-                            literal(chars[i], &mut out);
-                            i += 1;
-                        }
-                    }
-                    '0'..='7' => {
-                        let mut v = e.to_digit(8).unwrap_or(0);
-                        let mut k = 0;
-                        while k < 2 && i < chars.len() && chars[i].is_digit(8) {
-                            v = v * 8 + chars[i].to_digit(8).unwrap_or(0);
-                            i += 1;
-                            k += 1;
-                        }
-                        if e != '0' && k == 0 {
-                            // `\1`..`\7` alone is a backreference, which RE2 refuses.
-                            return Err(format!("invalid escape sequence: `\\{e}`"));
-                        }
-                        out.push_str(&format!("\\x{{{v:x}}}"));
-                    }
-                    'd' | 'w' | 's' if inside => out.push_str(match e {
-                        'd' => "0-9",
-                        'w' => "0-9A-Za-z_",
-                        _ => "\\t\\n\\x0C\\r ",
-                    }),
-                    'd' => out.push_str("[0-9]"),
-                    'D' if !inside => out.push_str("[^0-9]"),
-                    'w' => out.push_str("[0-9A-Za-z_]"),
-                    'W' if !inside => out.push_str("[^0-9A-Za-z_]"),
-                    's' => out.push_str("[\\t\\n\\x0C\\r ]"),
-                    'S' if !inside => out.push_str("[^\\t\\n\\x0C\\r ]"),
-                    'b' | 'B' if !inside => {
-                        out.push_str("(?-u:\\");
-                        out.push(e);
-                        out.push(')');
-                    }
-                    e if e.is_ascii_punctuation() => literal(e, &mut out),
-                    e => {
-                        out.push('\\');
-                        out.push(e);
-                    }
-                }
-                continue;
-            }
-            ('[', None) => {
-                out.push('[');
-                if next == Some('^') {
-                    out.push('^');
-                    i += 1;
-                }
-                class = Some(false);
-            }
-            (']', Some(true)) => {
-                out.push(']');
-                class = None;
-            }
-            ('[', Some(_)) if next == Some(':') => {
-                // A POSIX class, `[:alpha:]`: the same in both.
-                while i < chars.len() {
-                    out.push(chars[i]);
-                    i += 1;
-                    if chars[i - 1] == ']' {
-                        break;
-                    }
-                }
-                class = Some(true);
-                continue;
-            }
-            ('-', Some(_)) if next == Some('-') => {
-                out.push_str("-\\-");
-                i += 1;
-                class = Some(true);
-            }
-            ('[' | '&' | '~' | ']', Some(_)) => {
-                out.push('\\');
-                out.push(c);
-                class = Some(true);
-            }
-            (c, Some(_)) => {
-                out.push(c);
-                class = Some(true);
-            }
-            ('(', None) if next == Some('?') => {
-                // Flags, `(?i)` or `(?i:…)`: RE2 knows `i`, `m`, `s`, `U`; `(?P<name>` too.
-                let flags: String = chars[i + 2..].iter().take_while(|c| !matches!(c, ')' | ':')).collect();
-                let named = flags.starts_with("P<") || flags.starts_with('<');
-                if !named && !flags.chars().all(|f| matches!(f, 'i' | 'm' | 's' | 'U' | '-')) {
-                    return Err(format!("invalid or unsupported Perl syntax: `(?{flags}`"));
-                }
-                out.push('(');
-            }
-            ('{', None) => out.push_str("\\{"),
-            (c, None) => out.push(c),
-        }
-        i += 1;
-    }
-    Ok(out)
-}
-
-/// A repetition `{n}`, `{n,}` or `{n,m}` at the start of `chars`: its length and counts (RE2
-/// reads anything else, `{,n}` included, as literal text).
-fn repeat_count(chars: &[char]) -> Option<(usize, u64, Option<u64>)> {
-    let end = chars.iter().position(|c| *c == '}')?;
-    let inner: String = chars[1..end].iter().collect();
-    let (n, m) = match inner.split_once(',') {
-        Some((n, "")) => (n.parse().ok()?, None),
-        Some((n, m)) => (n.parse().ok()?, Some(m.parse().ok()?)),
-        None => {
-            let n = inner.parse().ok()?;
-            (n, Some(n))
-        }
-    };
-    if inner.starts_with(|c: char| !c.is_ascii_digit()) {
-        return None;
-    }
-    Some((end + 1, n, m))
-}
-
-/// A pattern compiled, from a per-thread cache (a pattern is compiled once however many values
-/// it is matched against, as cel-go compiles a constant pattern once).
-pub(crate) fn regex(pattern: &str) -> Result<std::rc::Rc<regex::Regex>, String> {
-    thread_local! {
-        static CACHE: std::cell::RefCell<std::collections::HashMap<String, Result<std::rc::Rc<regex::Regex>, String>>> =
-            std::cell::RefCell::new(std::collections::HashMap::new());
-    }
-    CACHE.with(|c| {
-        if let Some(r) = c.borrow().get(pattern) {
-            return r.clone();
-        }
-        let compiled = re2(pattern)
-            .map_err(|e| format!("error parsing regexp: {e}"))
-            .and_then(|p| {
-                regex::RegexBuilder::new(&p)
-                    .size_limit(64 << 20)
-                    .build()
-                    .map(std::rc::Rc::new)
-                    .map_err(|e| format!("error parsing regexp: {e}"))
-            });
-        let mut cache = c.borrow_mut();
-        if cache.len() >= 256 {
-            cache.clear();
-        }
-        cache.insert(pattern.to_string(), compiled.clone());
-        compiled
-    })
-}
-
-/// [`MATCHES_FN`]: `matches(string, pattern)`.
-pub fn matches<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    let text = |i: usize| {
-        args.get(i)
-            .and_then(|v| v.downcast_ref::<cel::common::types::CelString>())
-            .map(|s| s.inner().to_string())
-            .ok_or_else(|| ExecutionError::no_such_overload("matches", vec![]))
-    };
-    let (s, pattern) = (text(0)?, text(1)?);
-    let re = regex(&pattern).map_err(|e| ExecutionError::function_error("matches", e))?;
-    boolean(re.is_match(&s))
-}
-
 fn compiled(ftx: &FunctionContext, re: &str) -> Result<std::rc::Rc<regex::Regex>, ExecutionError> {
-    regex(re).map_err(|e| ftx.error(e))
+    super::cel_regex::regex(re).map_err(|e| ftx.error(e))
 }
 
 fn find(ftx: &FunctionContext, This(this): This<Arc<String>>, re: Arc<String>) -> ResolveResult {
@@ -982,30 +655,6 @@ mod tests {
         // store for every later request).
         assert!(parse_quantity("170141183460469231731687303715.884105727e-30").is_some());
         assert_eq!(parse_quantity("1e400"), None);
-    }
-
-    #[test]
-    fn patterns_are_read_as_re2_reads_them() {
-        let m = |p: &str, s: &str| regex(p).unwrap().is_match(s);
-        // RE2's classes are ASCII.
-        assert!(!m(r"^\w+$", "café") && m(r"^\w+$", "cafe_1"));
-        assert!(!m(r"^\d*$", "x٣") && !m(r"^\d+$", "٣") && m(r"^\d+$", "42"));
-        assert!(m(r"^[\w-]+$", "a-b_c") && !m(r"^[\w-]+$", "é"));
-        assert!(m(r"^\s$", "\t") && !m(r"^\s$", "\u{a0}"));
-        assert!(m(r"\bcat\b", "a cat.") && !m(r"\bcat\b", "écats"));
-        // A `[` or `&&` inside a class is literal.
-        assert!(m(r"^[a[]+$", "a[a") && m(r"^[a&&b]+$", "&"));
-        assert!(m(r"^[]a]+$", "]a") && m(r"^[[:alpha:]]+$", "abc"));
-        // Long repetitions of a class compile, as in RE2.
-        assert!(m(r"^\w{300}$", &"a".repeat(300)));
-        // Quoting, octal, escaped punctuation, `{,n}` and `--` as RE2 reads them.
-        assert!(m(r"^\Qa+b\E$", "a+b") && m(r"^\141$", "a") && m(r"a\<b", "a<b"));
-        assert!(m(r"^a{,2}$", "a{,2}") && m(r"^[+--]$", "-") && m(r"a\b{start}", "a{start}"));
-        assert!(m(r"^a+?b??$", "aab"));
-        // What RE2 refuses.
-        for bad in [r"a{1001}", r"a**", r"a++", r"a{2}{3}", r"(?x)a", r"\1"] {
-            assert!(regex(bad).is_err(), "{bad}");
-        }
     }
 
     #[test]

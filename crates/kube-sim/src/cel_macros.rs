@@ -397,7 +397,7 @@ fn map_of(entries: impl Iterator<Item = (Value, Value)>) -> Result<Value, Execut
 
 /// [`FROM_PAIRS_FN`].
 pub fn map_from_pairs<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    super::cel_lib::by_value(args, |v| match v {
+    super::cel_value::by_value(args, |v| match v {
         [Value::List(l)] => map_of(l.iter().filter_map(|p| match p {
             Value::List(kv) if kv.len() == 2 => Some((kv[0].clone(), kv[1].clone())),
             _ => None,
@@ -408,7 +408,7 @@ pub fn map_from_pairs<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v
 
 /// [`FROM_ENTRIES_FN`]: each element a map of the entries one iteration gave.
 pub fn map_from_entries<'b, 'v>(args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    super::cel_lib::by_value(args, |v| match v {
+    super::cel_value::by_value(args, |v| match v {
         [Value::List(l)] => {
             let mut entries = Vec::new();
             for e in l.iter() {

@@ -379,7 +379,7 @@ fn costed(c: &CallExpr) -> Option<Costing> {
             Sized(Cost::Concat, vec![(Arg(0), TextSize), (Arg(1), TextSize)])
         }
         "contains" if member && n == 1 => Sized(Cost::Contains, vec![(Target, Size), (Arg(0), Size)]),
-        super::cel_lib::MATCHES_FN if !member && n == 2 => Sized(Cost::Regex, vec![(Arg(0), Size), (Arg(1), Size)]),
+        super::cel_regex::MATCHES_FN if !member && n == 2 => Sized(Cost::Regex, vec![(Arg(0), Size), (Arg(1), Size)]),
         "find" | "findAll" if member && n >= 1 => Sized(Cost::Regex, vec![(Target, Size), (Arg(0), Size)]),
         // Kubernetes: (a tenth of the string + 1) times a quarter of the format's regex size.
         "validate" if member && n == 1 => Sized(Cost::Regex, vec![(Arg(0), Size), (Target, RegexSize)]),
@@ -484,18 +484,18 @@ fn counted(e: IdedExpr, extra: u64) -> IdedExpr {
 }
 
 /// A call to a function the simulator evaluates itself, rather than the `cel` crate, renamed
-/// to it: `matches()` (`cel_lib::MATCHES_FN`), `duration()` and `timestamp()` of a string and
+/// to it: `matches()` (`cel_regex::MATCHES_FN`), `duration()` and `timestamp()` of a string and
 /// `string()` of a timestamp (`cel_time`), and the calendar getters without a time zone, their timestamp at offset zero.
 fn simulated(c: &mut CallExpr) {
-    use super::{cel_lib, cel_time};
+    use super::{cel_regex, cel_time};
     match (c.func_name.as_str(), c.target.is_some(), c.args.len()) {
         ("matches", true, 1) => {
             if let Some(t) = c.target.take() {
                 c.args.insert(0, *t);
             }
-            c.func_name = cel_lib::MATCHES_FN.to_string();
+            c.func_name = cel_regex::MATCHES_FN.to_string();
         }
-        ("matches", false, 2) => c.func_name = cel_lib::MATCHES_FN.to_string(),
+        ("matches", false, 2) => c.func_name = cel_regex::MATCHES_FN.to_string(),
         ("duration", false, 1) => c.func_name = cel_time::DURATION_FN.to_string(),
         ("timestamp", false, 1) => c.func_name = cel_time::TIMESTAMP_FN.to_string(),
         ("string", false, 1) => c.func_name = cel_time::STRING_FN.to_string(),

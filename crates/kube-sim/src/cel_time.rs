@@ -174,9 +174,22 @@ fn owned<'b, 'v>(v: Value) -> Result<CowVal<'b, 'v>, ExecutionError> {
     Ok(CowVal::Owned(Box::<dyn Val>::try_from(v)?))
 }
 
-/// What the `cel` crate's own overload of `name` makes of `args`.
+/// What the `cel` crate's own overload of `name` makes of `args` (and, for `string()`, what
+/// Kubernetes' IP and CIDR libraries make of an address or a range).
 fn theirs<'b, 'v>(name: &str, args: Vec<CowVal<'b, 'v>>) -> Result<CowVal<'b, 'v>, ExecutionError> {
-    match super::cel::env().find_overload(name, &args) {
+    static STDLIB: std::sync::OnceLock<cel::Env> = std::sync::OnceLock::new();
+    if name == "string" {
+        if let [v] = args.as_slice() {
+            if let Some(s) = Value::try_from(v.as_ref())
+                .ok()
+                .as_ref()
+                .and_then(super::cel_net::to_string)
+            {
+                return owned(Value::String(std::sync::Arc::new(s)));
+            }
+        }
+    }
+    match STDLIB.get_or_init(cel::Env::stdlib).find_overload(name, &args) {
         Some(f) => f(args),
         None => Err(ExecutionError::no_such_overload(name, vec![])),
     }
