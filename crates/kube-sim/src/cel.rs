@@ -74,9 +74,8 @@ pub(crate) fn env() -> Arc<cel::Env> {
 /// expansion of two-variable macros (`cel_macros`), the format library (`cel_format`),
 /// `matches()` (`cel_regex`) and the time functions (`cel_time`).
 fn simulator_overloads(env: &mut cel::Env) {
-    use super::cel_meter;
-    use cel::common::types::INT_TYPE as INT;
-    use cel::common::types::{Type, DYN_TYPE, STRING_TYPE};
+    use super::{cel_meter, cel_time};
+    use cel::common::types::{Type, DYN_TYPE, INT_TYPE as INT, STRING_TYPE};
     let _ = env.add_overload(cel_meter::METER_FN, "kube_sim_meter", vec![INT], cel_meter::meter);
     let _ = env.add_overload(cel_meter::MARK_FN, "kube_sim_mark", vec![], cel_meter::mark);
     let _ = env.add_overload(
@@ -85,7 +84,6 @@ fn simulator_overloads(env: &mut cel::Env) {
         vec![STRING_TYPE, STRING_TYPE],
         super::cel_regex::matches,
     );
-    use super::cel_time;
     let _ = env.add_overload(
         cel_time::DURATION_FN,
         "kube_sim_duration",
@@ -148,6 +146,26 @@ fn simulator_overloads(env: &mut cel::Env) {
     );
 }
 
+/// What `make` gives for `key`, from a per-thread cache of at most 4 096 entries.
+fn cached<T: Clone>(
+    cache: &'static std::thread::LocalKey<std::cell::RefCell<HashMap<String, T>>>,
+    key: &str,
+    make: impl FnOnce() -> T,
+) -> T {
+    if let Some(v) = cache.with(|c| c.borrow().get(key).cloned()) {
+        return v;
+    }
+    let v = make();
+    cache.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 4096 {
+            c.clear();
+        }
+        c.insert(key.to_string(), v.clone());
+    });
+    v
+}
+
 /// A rule compiled, from a per-thread cache: every write of a custom resource evaluates all its
 /// CRD's rules, and parsing them each time would cost more than evaluating them.
 fn compile(rule: &str) -> Result<std::rc::Rc<cel::Program>, String> {
@@ -155,41 +173,27 @@ fn compile(rule: &str) -> Result<std::rc::Rc<cel::Program>, String> {
         static CACHE: std::cell::RefCell<HashMap<String, Result<std::rc::Rc<cel::Program>, String>>> =
             std::cell::RefCell::new(HashMap::new());
     }
-    CACHE.with(|c| {
-        if let Some(p) = c.borrow().get(rule) {
-            return p.clone();
-        }
-        let compiled = env().compile(rule).map(std::rc::Rc::new).map_err(|e| e.to_string());
-        let mut cache = c.borrow_mut();
-        if cache.len() >= 4096 {
-            cache.clear();
-        }
-        cache.insert(rule.to_string(), compiled.clone());
-        compiled
+    cached(&CACHE, rule, || {
+        env().compile(rule).map(std::rc::Rc::new).map_err(|e| e.to_string())
     })
 }
 
-/// A rule rewritten for the `cel` crate's interpreter, when it has to be (two-variable macros,
-/// `cel_macros`), from a per-thread cache.
-fn runnable(rule: &str) -> Option<std::rc::Rc<cel::IdedExpr>> {
+/// A compiled rule as the interpreter runs it, from a per-thread cache: its two-variable macros
+/// rewritten into loops the `cel` crate runs (`cel_macros`), and every node metered
+/// (`cel_meter`).
+fn runnable(rule: &str, program: &cel::Program) -> std::rc::Rc<cel::IdedExpr> {
     thread_local! {
-        static CACHE: std::cell::RefCell<HashMap<String, Option<std::rc::Rc<cel::IdedExpr>>>> =
+        static CACHE: std::cell::RefCell<HashMap<String, std::rc::Rc<cel::IdedExpr>>> =
             std::cell::RefCell::new(HashMap::new());
     }
-    CACHE.with(|c| {
-        if let Some(e) = c.borrow().get(rule) {
-            return e.clone();
-        }
-        let rewritten = compile(rule).ok().and_then(|p| {
-            super::cel_macros::uses_two_variable_macros(p.expression())
-                .then(|| std::rc::Rc::new(super::cel_macros::rewrite(p.expression())))
-        });
-        let mut cache = c.borrow_mut();
-        if cache.len() >= 4096 {
-            cache.clear();
-        }
-        cache.insert(rule.to_string(), rewritten.clone());
-        rewritten
+    cached(&CACHE, rule, || {
+        let e = program.expression();
+        let metered = if super::cel_macros::uses_two_variable_macros(e) {
+            super::cel_meter::metered(&super::cel_macros::rewrite(e))
+        } else {
+            super::cel_meter::metered(e)
+        };
+        std::rc::Rc::new(metered)
     })
 }
 
@@ -339,10 +343,7 @@ fn run_metered(
     old: OldSelf,
     limit: u64,
 ) -> (Option<cel::ResolveResult>, u64) {
-    let metered = match runnable(expr) {
-        Some(e) => super::cel_meter::metered(&e),
-        None => super::cel_meter::metered(program.expression()),
-    };
+    let metered = runnable(expr, program);
     let ctx = context(new, old);
     super::cel_meter::start(limit);
     let result = cel::Value::resolve(&metered, &ctx);
